@@ -1,0 +1,24 @@
+"""parplan: how to lay a transformer out over a cluster, how fast it runs, and how much memory it needs."""
+from __future__ import annotations
+
+from .errors import ParplanError
+from .estimate import Estimate, estimate, model_flops_per_step
+from .hardware import Cluster, Hardware, load_cluster, load_hardware
+from .layout import Layout
+from .model import ModelSpec, load_model
+from .roofline import matmul_time_s as _matmul_time_s
+
+__version__ = "0.1.0"
+
+
+def matmul_time_s(hardware, m: int, k: int, n: int, dtype: str = "bf16") -> float:
+    """Predicted seconds for one (m x k) @ (k x n) matmul on ``hardware`` (a Hardware or a profile name)."""
+    hw = load_hardware(hardware) if isinstance(hardware, str) else hardware
+    for name, v in (("m", m), ("k", k), ("n", n)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 1:
+            raise ParplanError(f"matmul dimension {name} must be a positive number, got {v!r}")
+    return float(_matmul_time_s(hw, m, k, n, dtype))
+
+
+__all__ = ["Cluster", "Estimate", "Hardware", "Layout", "ModelSpec", "ParplanError", "estimate",
+           "load_cluster", "load_hardware", "load_model", "matmul_time_s", "model_flops_per_step"]

@@ -1,0 +1,78 @@
+"""Roofline time of one kernel: compute-bound or memory-bound, with size-aware efficiency.
+
+``t = max(FLOPs / (peak * eff), bytes / (HBM bandwidth * hbm_eff)) + kernel overhead``
+(the roofline of Williams et al. 2009; the scaling book's "Rooflines" chapter).
+
+The matmul efficiency ``eff`` is the best-shape fraction of peak the device reaches
+(measured, ``efficiency.matmul``) times the *wave utilization* of the output tiles:
+a GPU computes a matmul as tiles of its output spread over its streaming
+multiprocessors, and a last, partial wave leaves units idle, so a small matmul
+cannot run at the rate of a large one. We take the best of the tile shapes
+cuBLAS/CUTLASS commonly pick. A TPU pads operands to its 128x128 systolic array.
+A profile calibrated by ``parplan bench`` carries a measured efficiency-by-size
+curve instead, which then replaces this model.
+
+Every function here broadcasts over numpy arrays (shapes of many candidate
+layouts at once); scalars in give numpy scalars out.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .hardware import BYTES_PER_ELEMENT, Hardware
+
+# Output tile shapes (rows x cols) of the GEMM kernels cuBLAS/CUTLASS pick for
+# 16-bit inputs on Ampere/Hopper (CUTLASS default threadblock shapes).
+GPU_TILES = ((128, 128), (128, 256), (256, 128))
+TPU_TILE = 128  # MXU systolic array side (scaling book, "TPUs")
+
+# FlashAttention kernels reach less of peak than a plain GEMM: FlashAttention-2
+# (Dao 2023, arXiv 2307.08691) reports up to 73% of A100 peak forward and 63%
+# backward, against 87% for the best GEMM: ratios 0.84 and 0.72.
+FLASH_FWD_FRACTION_OF_GEMM = 0.84
+FLASH_BWD_FRACTION_OF_GEMM = 0.72
+
+
+def wave_utilization(hw: Hardware, m, n, batch=1):
+    """Fraction of the compute units doing useful work for an (m x n) output, ``batch`` times."""
+    m, n, batch = np.asarray(m, float), np.asarray(n, float), np.asarray(batch, float)
+    if hw.kind == "tpu":
+        padded = np.ceil(m / TPU_TILE) * TPU_TILE * np.ceil(n / TPU_TILE) * TPU_TILE
+        return m * n / padded
+    units = hw.compute_units
+    best = np.zeros(np.broadcast(m, n, batch).shape)
+    for tm, tn in GPU_TILES:
+        tiles = np.ceil(m / tm) * np.ceil(n / tn) * batch
+        waves = np.ceil(tiles / units)
+        best = np.maximum(best, m * n * batch / (waves * units * tm * tn))
+    return best
+
+
+def matmul_efficiency(hw: Hardware, m, k, n, batch=1):
+    """Fraction of dense peak a (batch x) m-by-k times k-by-n matmul reaches when compute-bound."""
+    if hw.matmul_curve is not None:
+        flops = 2.0 * np.asarray(batch, float) * np.asarray(m, float) * np.asarray(k, float) * np.asarray(n, float)
+        curve = hw.matmul_curve
+        return np.interp(np.log(np.maximum(flops, 1.0)), np.log(curve.flops), curve.efficiency)
+    return hw.matmul_efficiency * wave_utilization(hw, m, n, batch)
+
+
+def memory_time_s(hw: Hardware, nbytes):
+    """A memory-bound kernel moving ``nbytes`` through HBM (reads plus writes)."""
+    return np.asarray(nbytes, float) / (hw.hbm_bandwidth * hw.hbm_efficiency) + hw.kernel_overhead_s
+
+
+def matmul_time_s(hw: Hardware, m, k, n, dtype: str = "bf16", batch=1, efficiency_scale: float = 1.0):
+    """Time of ``batch`` matmuls of (m x k) by (k x n) in ``dtype``: the roofline with size-aware efficiency."""
+    m, k, n, batch = (np.asarray(x, float) for x in (m, k, n, batch))
+    flops = 2.0 * batch * m * k * n
+    nbytes = batch * (m * k + k * n + m * n) * BYTES_PER_ELEMENT[dtype]
+    eff = matmul_efficiency(hw, m, k, n, batch) * efficiency_scale
+    compute = flops / (hw.peak(dtype) * eff)
+    memory = nbytes / (hw.hbm_bandwidth * hw.hbm_efficiency)
+    return np.maximum(compute, memory) + hw.kernel_overhead_s
+
+
+def arithmetic_intensity(flops, nbytes):
+    """FLOPs per byte of HBM traffic."""
+    return np.asarray(flops, float) / np.maximum(np.asarray(nbytes, float), 1.0)
