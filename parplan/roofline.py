@@ -21,9 +21,10 @@ import numpy as np
 
 from .hardware import BYTES_PER_ELEMENT, Hardware
 
-# Output tile shapes (rows x cols) of the GEMM kernels cuBLAS/CUTLASS pick for
-# 16-bit inputs on Ampere/Hopper (CUTLASS default threadblock shapes).
-GPU_TILES = ((128, 128), (128, 256), (256, 128))
+# Output tile shapes (rows x cols) of the GEMM kernels cuBLAS/CUTLASS choose among
+# for 16-bit inputs on Ampere/Hopper (CUTLASS threadblock shapes; the small ones
+# serve thin and small problems).
+GPU_TILES = ((128, 128), (128, 256), (256, 128), (64, 128), (128, 64), (64, 64))
 TPU_TILE = 128  # MXU systolic array side (scaling book, "TPUs")
 
 # FlashAttention kernels reach less of peak than a plain GEMM: FlashAttention-2

@@ -57,8 +57,12 @@ class TensorParallel1D(Strategy):
                 Collective(f"sp_{short}_bwd", op, "tp", t, stride, buf, rs_ag, "layer", "backward", "none"),
                 Collective(f"sp_{short}_recompute", op, "tp", t, stride, buf, rs_ag * again,
                            "layer", "recompute", "none"),
-                Collective(f"sp_{short}_head", op, "tp", t, stride, buf, rs_ag / 2, "microbatch",
-                           "forward" if op == "reduce_scatter" else "backward", "none"),
+                # Embedding output (reduce-scatter forward, all-gather backward) and logits input
+                # (all-gather forward, reduce-scatter backward): one of each per pass.
+                Collective(f"sp_{short}_head_fwd", op, "tp", t, stride, buf, rs_ag / 2, "microbatch",
+                           "forward", "none"),
+                Collective(f"sp_{short}_head_bwd", op, "tp", t, stride, buf, rs_ag / 2, "microbatch",
+                           "backward", "none"),
             ]
         return out
 

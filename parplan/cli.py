@@ -1,0 +1,235 @@
+"""The ``parplan`` command line: a thin shell over the library.
+
+Every failure the user can cause prints one line ``Error: ...`` and exits
+non-zero (2 for usage errors), never a traceback.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from functools import wraps
+
+import click
+
+from .errors import ParplanError
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(fn):
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ParplanError as exc:
+            _fail(str(exc), 1)
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="parplan")
+def cli():
+    """Plan, predict and explain distributed training of large transformers."""
+
+
+# --------------------------------------------------------------------------- shared options
+
+def layout_options(fn):
+    opts = [
+        click.option("--model", "model_name", required=True, help="Model name, YAML spec or HF config.json."),
+        click.option("--hw", "hw", required=True, help="Cluster: NAMExCOUNT (a100x512), a profile, or a cluster YAML."),
+        click.option("--mesh", default=None, help="Axes innermost first, e.g. 'tp=8,cp=1,pp=16,dp=128'."),
+        click.option("--tp", type=int, default=None, help="Tensor-parallel size."),
+        click.option("--pp", type=int, default=None, help="Pipeline-parallel stages."),
+        click.option("--dp", type=int, default=None, help="Data-parallel size (default: what the rest leaves)."),
+        click.option("--cp", type=int, default=None, help="Context-parallel size."),
+        click.option("--micro-batch", type=int, default=1, show_default=True, help="Sequences per micro-batch."),
+        click.option("--global-batch", type=int, default=None, help="Sequences per step (default micro-batch*dp)."),
+        click.option("--seq", type=int, default=None, help="Sequence length (default: the model's)."),
+        click.option("--recompute", type=click.Choice(["none", "selective", "full"]), default="none",
+                     show_default=True),
+        click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp8", "tf32", "fp32"]), default="bf16",
+                     show_default=True),
+        click.option("--zero", type=click.IntRange(0, 3), default=0, show_default=True,
+                     help="ZeRO stage (3 = FSDP FULL_SHARD)."),
+        click.option("--shard-group", type=int, default=None, help="HSDP: shard within groups of this many DP ranks."),
+        click.option("--sp/--no-sp", default=False, help="Megatron sequence parallel."),
+        click.option("--tp-mode", type=click.Choice(["1d", "2d", "3d"]), default="1d", show_default=True),
+        click.option("--cp-mode", type=click.Choice(["allgather", "ring"]), default="allgather", show_default=True),
+        click.option("--vpp", type=int, default=1, show_default=True, help="Virtual pipeline stages per rank."),
+        click.option("--schedule", type=click.Choice(["1f1b", "interleaved", "gpipe"]), default="1f1b",
+                     show_default=True),
+        click.option("--flash-attention/--no-flash-attention", default=True, show_default=True),
+        click.option("--headroom", type=click.FloatRange(0, 0.9), default=0.10, show_default=True,
+                     help="Fraction of HBM kept free."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def build_layout(cluster, model, *, mesh, tp, pp, dp, cp, micro_batch, global_batch, seq, recompute, dtype,
+                 zero, shard_group, sp, tp_mode, cp_mode, vpp, schedule, flash_attention):
+    from .layout import DEFAULT_ORDER, Layout, mesh_order, parse_mesh
+
+    order = DEFAULT_ORDER
+    given = {"tp": tp, "pp": pp, "dp": dp, "cp": cp}
+    if mesh:
+        sizes = parse_mesh(mesh)
+        for axis, size in sizes.items():
+            if given[axis] is not None and given[axis] != size:
+                raise ParplanError(f"--{axis} {given[axis]} contradicts --mesh {axis}={size}")
+            given[axis] = size
+        order = mesh_order(sizes)
+    for axis in ("tp", "pp", "cp"):
+        given[axis] = 1 if given[axis] is None else given[axis]
+        if given[axis] < 1:
+            raise ParplanError(f"--{axis} must be a positive whole number, got {given[axis]}")
+    if given["dp"] is None:
+        inner = given["tp"] * given["pp"] * given["cp"]
+        if cluster.devices % inner:
+            raise ParplanError(f"tp*pp*cp = {inner} does not divide the {cluster.devices} devices of {cluster.name}")
+        given["dp"] = cluster.devices // inner
+    for name, v in (("micro-batch", micro_batch), ("global-batch", global_batch), ("seq", seq), ("vpp", vpp),
+                    ("shard-group", shard_group), ("dp", given["dp"])):
+        if v is not None and v < 1:
+            raise ParplanError(f"--{name} must be a positive whole number, got {v}")
+    return Layout(tp=given["tp"], pp=given["pp"], dp=given["dp"], cp=given["cp"], micro_batch=micro_batch,
+                  global_batch=global_batch, seq_len=seq, recompute=recompute, dtype=dtype, zero=zero,
+                  shard_group=shard_group, sp=sp, tp_mode=tp_mode, cp_mode=cp_mode, vpp=vpp,
+                  schedule=schedule, flash_attention=flash_attention, order=tuple(order))
+
+
+def _estimate_from_options(model_name, hw, headroom, **kw):
+    from .estimate import estimate
+    from .hardware import load_cluster
+    from .model import load_model
+
+    model = load_model(model_name)
+    cluster = load_cluster(hw)
+    layout = build_layout(cluster, model, **kw)
+    return estimate(model, cluster, layout, headroom=headroom)
+
+
+# --------------------------------------------------------------------------- commands
+
+@cli.command()
+@layout_options
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@handle_errors
+def estimate(model_name, hw, headroom, fmt, **kw):
+    """Predict step time, throughput, MFU and memory of one layout."""
+    from .results import estimate_dict, format_estimate
+
+    est = _estimate_from_options(model_name, hw, headroom, **kw)
+    if fmt == "json":
+        click.echo(json.dumps(estimate_dict(est), indent=2))
+    else:
+        click.echo(format_estimate(est))
+
+
+@cli.command()
+@layout_options
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@handle_errors
+def explain(model_name, hw, headroom, fmt, **kw):
+    """Per-op and per-collective cost table for one layer and the whole step."""
+    from .results import explain_dict, format_estimate
+    from .tables import format_explain
+
+    est = _estimate_from_options(model_name, hw, headroom, **kw)
+    if fmt == "json":
+        click.echo(json.dumps(explain_dict(est), indent=2))
+    else:
+        click.echo(format_estimate(est))
+        click.echo("")
+        click.echo(format_explain(explain_dict(est)))
+
+
+@cli.command(name="list")
+@click.argument("what", type=click.Choice(["hardware", "models"]))
+@handle_errors
+def list_(what):
+    """List the shipped hardware profiles or model specs."""
+    if what == "hardware":
+        from .hardware import hardware_names, load_hardware
+
+        for name in hardware_names():
+            hw = load_hardware(name)
+            peak = hw.peak_flops.get("bf16") or hw.peak_flops.get("fp16") or max(hw.peak_flops.values())
+            click.echo(f"{hw.name:<14} {peak / 1e12:7.0f} TFLOP/s  {hw.hbm_bytes / 1e9:5.0f} GB  "
+                       f"{hw.hbm_bandwidth / 1e12:5.2f} TB/s  aliases: {', '.join(hw.aliases) or '-'}")
+    else:
+        from .model import load_model, model_names
+
+        for name in model_names():
+            m = load_model(name)
+            click.echo(f"{m.name:<16} {m.total_params() / 1e9:9.2f} B params  L={m.layers} h={m.hidden} "
+                       f"heads={m.heads}/{m.kv_heads} seq={m.seq_len}  aliases: {', '.join(m.aliases) or '-'}")
+
+
+@cli.command()
+@click.argument("name")
+@handle_errors
+def show(name):
+    """Show a hardware profile (with derived ratios) or a model spec (with parameter counts)."""
+    from .hardware import _shipped_profiles, load_hardware
+    from .model import _shipped_models, load_model
+    from .tables import format_hardware, format_model
+
+    if name.lower() in _shipped_profiles() or (name.endswith((".yaml", ".yml")) and _looks_like_profile(name)):
+        click.echo(format_hardware(load_hardware(name)))
+    elif name.lower() in _shipped_models() or name.endswith((".yaml", ".yml", ".json")):
+        click.echo(format_model(load_model(name)))
+    else:
+        from .yamlspec import suggest
+
+        raise ParplanError(f"unknown hardware or model '{name}'"
+                           f"{suggest(name, list(_shipped_profiles()) + list(_shipped_models()))}")
+
+
+def _looks_like_profile(path: str) -> bool:
+    from pathlib import Path
+
+    from .yamlspec import read_yaml
+
+    p = Path(path)
+    return p.is_file() and isinstance(data := read_yaml(p), dict) and "peak_flops" in data
+
+
+@cli.command()
+@click.argument("file", required=False)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@handle_errors
+def validate(file, fmt):
+    """Predict every published run in FILE (default: the shipped set) and report the error."""
+    from .validation import format_validation, load_runs, validate_runs
+
+    results = validate_runs(load_runs(file))
+    if fmt == "json":
+        click.echo(json.dumps(results, indent=2))
+    else:
+        click.echo(format_validation(results))
+
+
+def main(argv=None) -> None:
+    """Entry point: run the CLI with one-line errors (exit 2 for usage, 1 otherwise)."""
+    try:
+        cli.main(args=argv, prog_name="parplan", standalone_mode=False)
+    except click.exceptions.Abort:
+        _fail("aborted", 1)
+    except click.UsageError as exc:
+        _fail(exc.format_message().replace("\n", " "), 2)
+    except click.ClickException as exc:
+        _fail(exc.format_message().replace("\n", " "), 1)
+    except ParplanError as exc:
+        _fail(str(exc), 1)
+    except BrokenPipeError:
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""The calculator against hand-derivable cases and the primary sources' formulas."""
+import numpy as np
+import pytest
+
+import parplan
+from parplan.estimate import estimate, model_flops_per_step
+from parplan.hardware import load_cluster, load_hardware
+from parplan.layout import Layout
+from parplan.memory import layer_activation_bytes
+from parplan.model import load_model, model_from_dict
+from parplan.ops import LocalDims, layer_ops, total
+from parplan.roofline import matmul_efficiency
+
+
+def one_matmul_model(E):
+    return model_from_dict({"name": "toy", "layers": 1, "hidden": E, "heads": 1, "ffn_hidden": E,
+                            "activation": "relu", "vocab": 8, "seq_len": 1, "bias": False}, "toy")
+
+
+def test_fsdp_interconnect_intensity_equals_per_device_batch():
+    """An E x E bf16 matmul on B tokens: 2 B E^2 FLOPs over an all-gather of 2 E^2 bytes -> B FLOPs/byte."""
+    E = 8192
+    for B in (1, 256, 4096):
+        mm = [o for o in layer_ops(one_matmul_model(E), _dims(B, E), "bf16") if o.name == "mlp_up"][0]
+        assert mm.fwd_flops == 2 * B * E * E
+        weight_bytes = E * E * 2  # what FSDP all-gathers for this matrix (bf16)
+        assert mm.fwd_flops / weight_bytes == B
+
+
+def _dims(tokens, E):
+    return LocalDims(batch=1, seq=tokens, seq_kv=tokens, hidden=E, heads=1, kv_heads=1, head_dim=E, ffn=E,
+                     vocab=8, norm_shard=1)
+
+
+def test_fsdp_threshold_is_c_over_w_for_each_profile():
+    """Per-device batch above which FSDP hides its gathers = peak FLOP/s over link bytes/s."""
+    for name in ("a100", "h100", "b200", "tpu-v5p"):
+        hw = load_hardware(name)
+        r = hw.ratios("bf16")
+        assert r["flops_per_intra_node_byte"] == pytest.approx(hw.peak("bf16") / hw.intra_node.bandwidth)
+    # H100 over NVLink at 450 GB/s per direction: ~2200 (scaling book, "GPUs").
+    assert load_hardware("h100").ratios()["flops_per_intra_node_byte"] == pytest.approx(2199, rel=0.01)
+
+
+def test_megatron_tp_does_two_allreduces_per_layer_each_way():
+    m = load_model("gpt3")
+    est = estimate(m, load_cluster("a100x8"), Layout(tp=8, micro_batch=1, global_batch=1))
+    calls = {c.collective.name: float(c.calls_per_step) for c in est.collectives}
+    assert calls["tp_allreduce_fwd"] == 2 * 96 == 192
+    assert calls["tp_allreduce_bwd"] == 192
+    assert calls["tp_allreduce_recompute"] == 0
+    full = estimate(m, load_cluster("a100x8"), Layout(tp=8, micro_batch=1, global_batch=1, recompute="full"))
+    assert {c.collective.name: float(c.calls_per_step) for c in full.collectives}["tp_allreduce_recompute"] == 192
+
+
+def test_sequence_parallel_moves_the_same_bytes_but_shards_activations():
+    m, cl = load_model("gpt3"), load_cluster("a100x8")
+    plain = estimate(m, cl, Layout(tp=8, global_batch=1))
+    sp = estimate(m, cl, Layout(tp=8, global_batch=1, sp=True))
+
+    def wire_bytes(est):  # bytes each rank moves per step: buffer x nccl bus factor x calls
+        from parplan.collectives import bus_factor
+        return sum(float(c.collective.size_bytes) * bus_factor(c.collective.op, 8) * float(c.calls_per_step)
+                   for c in est.collectives if c.collective.axis == "tp")
+    assert wire_bytes(sp) == pytest.approx(wire_bytes(plain))
+    assert float(sp.memory_bytes["activations"]) < float(plain.memory_bytes["activations"])
+
+
+def test_flops_match_narayanan_and_korthikanti():
+    """Forward per layer 24 b s h^2 + 4 b s^2 h; model FLOPs 72 B L s h^2 (1 + s/6h + V/12hL)."""
+    m = load_model("gpt3")
+    h, s, L, V, B = m.hidden, m.seq_len, m.layers, m.vocab, 64
+    d = LocalDims(batch=1, seq=s, seq_kv=s, hidden=h, heads=m.heads, kv_heads=m.kv_heads, head_dim=m.head_dim,
+                  ffn=m.ffn_hidden, vocab=V, norm_shard=1, causal=False)
+    assert total(layer_ops(m, d, "bf16", flash_attention=False), "fwd_flops") == 24 * s * h * h + 4 * s * s * h
+    expected = 72 * B * L * s * h * h * (1 + s / (6 * h) + V / (12 * h * L))
+    assert float(model_flops_per_step(m, s, B)) == pytest.approx(expected, rel=1e-12)
+
+
+def test_activation_memory_matches_korthikanti():
+    """s b h (10 + 24/t + 5 a s/(h t)) without SP; s b h/t (34 + 5 a s/h) with SP; 34 s b h / t selective+SP."""
+    m = load_model("gpt3")
+    s, b, h, a = m.seq_len, 1, m.hidden, m.heads
+    for t in (1, 2, 8):
+        for sp in (False, True):
+            d = LocalDims(batch=b, seq=s, seq_kv=s, hidden=h, heads=a / t, kv_heads=a / t, head_dim=m.head_dim,
+                          ffn=m.ffn_hidden / t, vocab=m.vocab / t, norm_shard=t if sp else 1)
+            got = float(layer_activation_bytes(m, d, "fp16", False, True, "none"))
+            want = s * b * h * (34 + 5 * a * s / h) / t if sp else s * b * h * (10 + 24 / t + 5 * a * s / (h * t))
+            assert got == pytest.approx(want)
+            if sp:
+                assert float(layer_activation_bytes(m, d, "fp16", False, True, "selective")) == pytest.approx(
+                    34 * s * b * h / t)
+    d = LocalDims(batch=b, seq=s, seq_kv=s, hidden=h, heads=a, kv_heads=a, head_dim=m.head_dim,
+                  ffn=m.ffn_hidden, vocab=m.vocab, norm_shard=1)
+    assert float(layer_activation_bytes(m, d, "fp16", False, True, "full")) == 2 * s * b * h
+    assert float(layer_activation_bytes(m, d, "fp16", True, True, "none")) < \
+        float(layer_activation_bytes(m, d, "fp16", False, True, "none")) - 4 * a * s * s * b
+
+
+def test_model_state_bytes_per_parameter():
+    """Mixed-precision Adam: 2 (weights) + 4 (fp32 grads) + 12 (optimizer) = 18 bytes/param unsharded."""
+    m = load_model("gpt3-1.3b")
+    est = estimate(m, load_cluster("a100x1"), Layout(global_batch=1))
+    mem = est.memory_bytes
+    n = m.total_params()
+    assert float(mem["weights"]) == pytest.approx(2 * n)
+    assert float(mem["gradients"]) == pytest.approx(4 * n)
+    assert float(mem["optimizer"]) == pytest.approx(12 * n)
+
+
+def test_tiny_matmul_runs_below_the_efficiency_of_a_huge_one():
+    hw = load_hardware("a100")
+    big = float(matmul_efficiency(hw, 8192, 8192, 8192))
+    small = float(matmul_efficiency(hw, 64, 8192, 64))
+    assert big == pytest.approx(hw.matmul_efficiency, rel=0.02)
+    assert small < 0.1 * big
+    t_big = parplan.matmul_time_s("a100", 8192, 8192, 8192)
+    assert t_big == pytest.approx(2 * 8192 ** 3 / (312e12 * big) + hw.kernel_overhead_s, rel=1e-6)
+    # A decode-like GEMV is memory-bound: time ~ bytes / bandwidth.
+    t_gemv = parplan.matmul_time_s("a100", 1, 8192, 8192)
+    bytes_moved = (8192 * 8192 + 2 * 8192) * 2
+    assert t_gemv == pytest.approx(bytes_moved / (hw.hbm_bandwidth * hw.hbm_efficiency) + hw.kernel_overhead_s)
+
+
+def test_estimate_broadcasts_over_candidate_arrays():
+    """The same estimator evaluates many layouts at once (what the search relies on)."""
+    m, cl = load_model("gpt3"), load_cluster("a100x64")
+    scalar = [float(estimate(m, cl, Layout(tp=8, pp=8, micro_batch=mb, global_batch=64, recompute="full"))
+                    .step_time_s) for mb in (1, 2, 4)]
+    arr = estimate(m, cl, Layout(tp=8, pp=8, micro_batch=np.array([1, 2, 4]), global_batch=64,
+                                 recompute="full", seq_len=2048), check=False).step_time_s
+    assert np.allclose(arr, scalar, rtol=1e-9)
+
+
+def test_gpt3_on_64_a100_within_15_percent_of_korthikanti():
+    """Korthikanti et al. 2022 Table 5: GPT-3 175B, TP 8 x PP 8, full recompute: 18.13 s per iteration."""
+    est = estimate(load_model("gpt3"), load_cluster("a100x64"),
+                   Layout(tp=8, pp=8, dp=1, micro_batch=1, global_batch=64, recompute="full", vpp=3,
+                          flash_attention=False, dtype="fp16"))
+    assert abs(float(est.step_time_s) - 18.13) / 18.13 < 0.15
+    br = {k: float(v) for k, v in est.breakdown_s.items()}
+    assert sum(br.values()) == pytest.approx(float(est.step_time_s), rel=1e-9)
+    assert br["bubble"] > 0 and br["tp_comm"] > 0 and br["recompute"] > 0
