@@ -149,6 +149,49 @@ def explain(model_name, hw, headroom, fmt, **kw):
         click.echo(format_explain(explain_dict(est)))
 
 
+@cli.command()
+@click.option("--model", "model_name", required=True, help="Model name, YAML spec or HF config.json.")
+@click.option("--hw", "hw", required=True, help="Cluster: NAMExCOUNT (a100x512), a profile, or a cluster YAML.")
+@click.option("--global-batch", type=int, default=None, help="Sequences per step (default: ~4M tokens).")
+@click.option("--seq", type=int, default=None, help="Sequence length (default: the model's).")
+@click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp8", "tf32", "fp32"]), default="bf16",
+              show_default=True)
+@click.option("--objective", type=click.Choice(["throughput", "memory"]), default="throughput", show_default=True)
+@click.option("--top", type=click.IntRange(1, 1000), default=10, show_default=True)
+@click.option("--headroom", type=click.FloatRange(0, 0.9), default=0.10, show_default=True,
+              help="Fraction of HBM kept free.")
+@click.option("--allow-cross-node-tp", is_flag=True, help="Let tensor parallel span nodes.")
+@click.option("--flash-attention/--no-flash-attention", default=True, show_default=True)
+@click.option("--tp", type=int, default=None, help="Fix the tensor-parallel size.")
+@click.option("--pp", type=int, default=None, help="Fix the pipeline size.")
+@click.option("--dp", type=int, default=None, help="Fix the data-parallel size.")
+@click.option("--cp", type=int, default=None, help="Fix the context-parallel size.")
+@click.option("--zero", type=click.IntRange(0, 3), default=None, help="Fix the ZeRO stage.")
+@click.option("--micro-batch", type=int, default=None, help="Fix the micro-batch.")
+@click.option("--recompute", type=click.Choice(["none", "selective", "full"]), default=None)
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@handle_errors
+def plan(model_name, hw, global_batch, seq, dtype, objective, top, headroom, allow_cross_node_tp, flash_attention,
+         fmt, **fixed):
+    """Search every mesh shape and knob; print the best layouts, ranked."""
+    from .hardware import load_cluster
+    from .model import load_model, with_seq_len
+    from .planning import plan_report
+
+    model = load_model(model_name)
+    model = with_seq_len(model, seq)
+    cluster = load_cluster(hw)
+    fixed = {k: v for k, v in fixed.items() if v is not None}
+    for k, v in fixed.items():
+        if isinstance(v, int) and v < 1:
+            raise ParplanError(f"--{k.replace('_', '-')} must be a positive whole number, got {v}")
+    if global_batch is not None and global_batch < 1:
+        raise ParplanError(f"--global-batch must be a positive whole number, got {global_batch}")
+    click.echo(plan_report(model, cluster, global_batch=global_batch, dtype=dtype, objective=objective, top=top,
+                           headroom=headroom, allow_cross_node_tp=allow_cross_node_tp,
+                           flash_attention=flash_attention, fixed=fixed, fmt=fmt))
+
+
 @cli.command(name="list")
 @click.argument("what", type=click.Choice(["hardware", "models"]))
 @handle_errors

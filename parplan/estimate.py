@@ -242,29 +242,29 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, headroom: fl
     bwd_window_mb = stage_layers * (layer_bwd + layer_rec)
     dp_exposed = np.float64(0.0)
     dp_costs = []
-    for c in costs:
+    for idx, c in enumerate(costs):
         col = c.collective
         if col.axis != "dp" or not np.any(c.calls_per_step):
             continue
         if col.per == "microbatch":  # ZeRO-3: per micro-batch, behind that micro-batch's compute
             window = fwd_window_mb if col.hidden_by == "forward" else bwd_window_mb
             first_layer = c.time_s / np.maximum(stage_layers, 1)  # the first gather cannot be prefetched
-            dp_costs.append((c, col.hidden_by, c.link_s, window * m, first_layer * m))
+            dp_costs.append((idx, col.hidden_by, c.link_s, window * m, first_layer * m))
         else:
             window = {"backward": bwd_window_mb, "forward": fwd_window_mb}.get(col.hidden_by, 0.0)
-            dp_costs.append((c, col.hidden_by, c.link_s, window, 0.0))
+            dp_costs.append((idx, col.hidden_by, c.link_s, window, 0.0))
     for phase in ("forward", "backward", "none"):
         group = [x for x in dp_costs if x[1] == phase]
         if not group:
             continue
         link = sum(x[2] for x in group)
-        window = max((x[3] for x in group), key=lambda w: float(np.max(w))) if phase != "none" else 0.0
+        window = np.max(np.broadcast_arrays(*[x[3] for x in group]), axis=0) if phase != "none" else 0.0
         floor = sum(x[4] for x in group)
         exposed = np.maximum(link - window, floor) if phase != "none" else link
         dp_exposed = dp_exposed + exposed
-        for c, *_ in group:
-            share = np.where(link > 0, c.link_s / np.where(link > 0, link, 1), 0)
-            costs[costs.index(c)] = replace(c, exposed_s=exposed * share)
+        for idx, _, own, *_ in group:
+            share = np.where(link > 0, own / np.where(link > 0, link, 1), 0)
+            costs[idx] = replace(costs[idx], exposed_s=exposed * share)
     step_extra = link_sum(lambda c: c.axis == "pp" and c.per == "step")
 
     # ---- optimizer

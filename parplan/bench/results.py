@@ -2,7 +2,8 @@
 
 Columns (SI units; ``size_bytes`` is the nccl-tests buffer size):
 
-- what: ``kind`` (collective | matmul | copy | layer_fwd | layer_bwd), ``op``, ``dtype``,
+- what: ``kind`` (collective | matmul | copy | layer), ``op`` (the collective; matmul; copy;
+  forward or backward for a layer), ``dtype``,
   ``size_bytes``, ``count`` (elements), ``m``/``k``/``n`` (matmul), ``flops`` (per call),
   ``bytes_moved`` (copy: bytes read plus written), ``shape`` and ``model`` (layer).
 - where: ``group`` (world, contigG, stridedG), ``group_size``, ``group_stride``, ``group_count``
@@ -153,7 +154,7 @@ def timing_fields(times_s: Iterable[float]) -> dict[str, float]:
 # --------------------------------------------------------------------------- writing
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str, sync: bool = True) -> None:
     """Write ``text`` to ``path`` through a temporary file and ``os.replace``: never half a file."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
@@ -161,7 +162,8 @@ def atomic_write_text(path: Path, text: str) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
-            os.fsync(fh.fileno())
+            if sync:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -379,6 +379,13 @@ class Item:
             return f"copy {format_bytes(self.size_bytes)}"
         return f"layer {self.model}"
 
+    @property
+    def description(self) -> str:
+        """The item in an error message: ``all_reduce of 4 KiB on group contig2``."""
+        if self.kind == "collective" and self.layout is not None:
+            return f"{self.op} of {format_bytes(self.size_bytes)} on group {self.layout.name}"
+        return self.label
+
 
 def sizes(min_bytes: int, max_bytes: int, factor: int) -> list[int]:
     """``min, min*factor, ...`` up to ``max`` (nccl-tests ``-b -e -f``)."""
