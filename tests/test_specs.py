@@ -119,3 +119,25 @@ def test_specs_found_from_installed_package():
 
     for kind in ("hardware", "models", "validation"):
         assert any(spec_dir(kind).glob("*.yaml")), kind
+
+
+def test_every_subpackage_ships_in_the_wheel():
+    """pyproject lists packages explicitly (for the spec folders): every parplan subpackage must be in it."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(root).parts) for p in (root / "parplan").rglob("__init__.py")}
+    assert found <= listed, f"missing from pyproject packages: {sorted(found - listed)}"
+
+
+def test_spec_dir_prefers_the_installed_copy(tmp_path, monkeypatch):
+    """After `pip install .` the specs sit in parplan/specs/<kind>/; the loader must look there first."""
+    import parplan.specs as specs
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "x.yaml").write_text("name: x\n")
+    monkeypatch.setattr(specs, "_HERE", tmp_path)
+    assert specs.spec_dir("models") == tmp_path / "models"
+    assert specs.spec_dir("hardware") == specs._REPO_ROOT / "hardware"
