@@ -84,6 +84,8 @@ class CollectiveCost:
     calls_per_step: Any
     link_s: Any          # total time on the link per step
     exposed_s: Any       # part not hidden by compute
+    spans_nodes: Any = False  # runs over the network (else over the scale-up link)
+    hide_window_s: Any = 0.0  # compute per step it may hide under (0: critical path)
 
 
 @dataclass(frozen=True)
@@ -204,9 +206,10 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, headroom: fl
     costs: list[CollectiveCost] = []
     for s in strategies:
         for c in s.collectives(ctx):
-            t = collective_time_s(c.op, c.size_bytes, place(c.group, c.stride, cluster), cluster)
+            where = place(c.group, c.stride, cluster)
+            t = collective_time_s(c.op, c.size_bytes, where, cluster)
             per_step = np.asarray(c.count, float) * {"layer": stage_layers * m, "microbatch": m, "step": 1.0}[c.per]
-            costs.append(CollectiveCost(c, t, per_step, t * per_step, None))
+            costs.append(CollectiveCost(c, t, per_step, t * per_step, None, where.spans_nodes))
 
     def link_sum(pred):
         return sum((c.time_s * np.asarray(c.collective.count, float) for c in costs if pred(c.collective)),
@@ -253,10 +256,30 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, headroom: fl
         else:
             window = {"backward": bwd_window_mb, "forward": fwd_window_mb}.get(col.hidden_by, 0.0)
             dp_costs.append((idx, col.hidden_by, c.link_s, window, 0.0))
+    # Link sharing: while DP traffic hides under a pass, the other axes' collectives of that pass
+    # that use the same link class (network or scale-up) take their share of it first.
+    def busy_per_mb(phases, on_network):
+        total = np.float64(0.0)
+        for c in costs:
+            col = c.collective
+            if col.axis == "dp" or col.phase not in phases or col.per == "step":
+                continue
+            same = np.where(c.spans_nodes, 1.0, 0.0) if on_network else np.where(c.spans_nodes, 0.0, 1.0)
+            per_mb = np.asarray(col.count, float) * (stage_layers if col.per == "layer" else 1.0)
+            total = total + same * c.time_s * per_mb
+        return total
+
     for phase in ("forward", "backward", "none"):
         group = [x for x in dp_costs if x[1] == phase]
         if not group:
             continue
+        if phase != "none":
+            passes = ("forward",) if phase == "forward" else ("backward", "recompute")
+            window_mb = fwd_window_mb if phase == "forward" else bwd_window_mb
+            dp_net = costs[group[0][0]].spans_nodes
+            busy = np.where(dp_net, busy_per_mb(passes, True), busy_per_mb(passes, False))
+            share_left = 1.0 - np.clip(busy / np.maximum(window_mb, 1e-12), 0.0, 0.9)
+            group = [(i, ph, own / share_left, w, f) for i, ph, own, w, f in group]
         link = sum(x[2] for x in group)
         window = np.max(np.broadcast_arrays(*[x[3] for x in group]), axis=0) if phase != "none" else 0.0
         floor = sum(x[4] for x in group)
@@ -264,7 +287,7 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, headroom: fl
         dp_exposed = dp_exposed + exposed
         for idx, _, own, *_ in group:
             share = np.where(link > 0, own / np.where(link > 0, link, 1), 0)
-            costs[idx] = replace(costs[idx], exposed_s=exposed * share)
+            costs[idx] = replace(costs[idx], exposed_s=exposed * share, hide_window_s=window)
     step_extra = link_sum(lambda c: c.axis == "pp" and c.per == "step")
 
     # ---- optimizer

@@ -63,10 +63,38 @@ def collective_rows(est: Estimate) -> list[dict[str, Any]]:
     return rows
 
 
+def axis_rows(est: Estimate) -> list[dict[str, Any]]:
+    """Per mesh axis: time on the link, time exposed, and the bus bandwidth that would hide it.
+
+    Only overlapped traffic (data parallel under the backward/forward passes) can be hidden;
+    its required bandwidth is the bytes each rank moves over the compute it hides under.
+    """
+    from .collectives import bus_factor
+
+    rows = []
+    for axis in ("tp", "cp", "pp", "dp"):
+        costs = [c for c in est.collectives if c.collective.axis == axis and float(c.calls_per_step) > 0]
+        if not costs:
+            continue
+        link = sum(float(c.link_s) for c in costs)
+        exposed = sum(float(c.exposed_s) for c in costs)
+        hideable = [c for c in costs if float(c.hide_window_s) > 0]
+        needed = None
+        if hideable:
+            wire = sum(float(c.collective.size_bytes) * bus_factor(c.collective.op, int(c.collective.group))
+                       * float(c.calls_per_step) for c in hideable)
+            needed = wire / max(float(c.hide_window_s) for c in hideable)
+        rows.append({"axis": axis, "link_s": link, "exposed_s": exposed,
+                     "bandwidth_to_hide": needed,
+                     "note": "overlapped with compute" if hideable else "critical path"})
+    return rows
+
+
 def explain_dict(est: Estimate) -> dict[str, Any]:
     out = estimate_dict(est)
     out["ops"] = op_table(est)
     out["collectives"] = collective_rows(est)
+    out["axes"] = axis_rows(est)
     return out
 
 

@@ -1,0 +1,134 @@
+"""Layouts on a mesh: ZeRO stages, pipeline bubbles, FSDP x TP, placement and link sharing."""
+import numpy as np
+import pytest
+
+from parplan.collectives import bus_factor, collective_time_s, place
+from parplan.estimate import estimate
+from parplan.hardware import load_cluster
+from parplan.layout import Layout
+from parplan.model import load_model
+from parplan.strategies.pipeline import bubble_fraction
+
+
+@pytest.mark.parametrize("zero,per_param", [(0, 2 + 4 + 12), (1, 2 + 4 + 12 / 8), (2, 2 + (4 + 12) / 8),
+                                            (3, (2 + 4 + 12) / 8)])
+def test_zero_bytes_per_parameter(zero, per_param):
+    """ZeRO (Rajbhandari et al. 2019, Fig. 1) with fp32 gradient accumulation, 8-way data parallel."""
+    m = load_model("gpt3-1.3b")
+    est = estimate(m, load_cluster("a100x8"), Layout(dp=8, zero=zero, global_batch=8))
+    states = sum(float(est.memory_bytes[k]) for k in ("weights", "gradients", "optimizer"))
+    assert states == pytest.approx(per_param * m.total_params(), rel=1e-9)
+
+
+def test_zero_traffic_per_stage():
+    """Stages 0-2 move one all-reduce's worth per step; stage 3 adds a gather per pass per micro-batch."""
+    m, cl = load_model("gpt3-1.3b"), load_cluster("a100x8")
+
+    def wire(zero, gb=16):
+        est = estimate(m, cl, Layout(dp=8, zero=zero, global_batch=gb))
+        return sum(float(c.collective.size_bytes) * bus_factor(c.collective.op, 8) * float(c.calls_per_step)
+                   for c in est.collectives if c.collective.axis == "dp")
+    n_bytes = m.total_params() * 2
+    assert wire(0) == pytest.approx(2 * 7 / 8 * n_bytes)
+    assert wire(1) == pytest.approx(wire(0)) and wire(2) == pytest.approx(wire(0))
+    assert wire(3) == pytest.approx(3 * 7 / 8 * n_bytes * 2)  # 2 micro-batches: AG fwd, AG bwd, RS each
+
+
+def test_bubble_fractions():
+    assert float(bubble_fraction(8, 1, 64)) == pytest.approx(7 / 64)         # 1F1B: (p-1)/m
+    assert float(bubble_fraction(8, 3, 64)) == pytest.approx(7 / (3 * 64))   # interleaved: (p-1)/(v m)
+
+
+def test_bubble_in_the_step_breakdown():
+    m, cl = load_model("gpt3"), load_cluster("a100x64")
+    plain = estimate(m, cl, Layout(tp=8, pp=8, global_batch=64, recompute="full"))
+    inter = estimate(m, cl, Layout(tp=8, pp=8, global_batch=64, recompute="full", vpp=3))
+    b_plain, b_inter = float(plain.breakdown_s["bubble"]), float(inter.breakdown_s["bubble"])
+    assert b_inter == pytest.approx(b_plain / 3, rel=0.05)
+    p2p = lambda e: float(e.breakdown_s["pp_comm"])
+    assert p2p(inter) > 2.5 * p2p(plain)  # v times the sends
+
+
+def test_fsdp4_x_tp4_on_16_devices():
+    """The brief's mesh: FSDP gathers each TP shard (2 E^2 / 4 bytes per E x E matrix) over 4 ranks 4 apart."""
+    m = load_model("gpt3-6.7b")
+    cl = load_cluster("h100x16")
+    est = estimate(m, cl, Layout(tp=4, dp=4, zero=3, global_batch=4))
+    gathers = [c for c in est.collectives if c.collective.name == "fsdp_allgather_fwd"]
+    assert len(gathers) == 1
+    g = gathers[0].collective
+    assert int(g.group) == 4 and int(g.stride) == 4
+    stage_params = m.total_params()
+    assert float(g.size_bytes) == pytest.approx(stage_params * 2 / 4)
+    # Its TP all-reduces stay inside a node, the FSDP gathers span two nodes (8 GPUs per node).
+    assert not bool(place(4, 1, cl).spans_nodes) and bool(place(4, 4, cl).spans_nodes)
+
+
+def test_placement_strided_versus_contiguous():
+    """DP across nodes (stride 8) rides one NIC per rank; a contiguous group of 16 uses all 8 NICs of a node."""
+    cl = load_cluster("a100x64")
+    strided, contiguous = place(8, 8, cl), place(16, 1, cl)
+    assert (int(strided.local), int(strided.nodes)) == (1, 8)
+    assert (int(contiguous.local), int(contiguous.nodes)) == (8, 2)
+    size = 1e9
+    t_strided = float(collective_time_s("all_reduce", size, strided, cl))
+    t_contig = float(collective_time_s("all_reduce", size, contiguous, cl))
+    assert t_strided > 5 * t_contig
+    # Bus bandwidth: the strided ring sees one NIC (25 GB/s x 0.96); the contiguous one 8 NICs, capped by NVLink.
+    assert bus_factor("all_reduce", 8) * size / t_strided == pytest.approx(24e9, rel=0.02)
+
+
+def test_in_switch_reduction_speeds_up_node_all_reduce():
+    h100 = load_cluster("h100x8")
+    p = place(8, 1, h100)
+    ring = 2 * 7 / 8 * 1e9 / h100.intra_node.effective_bandwidth
+    assert float(collective_time_s("all_reduce", 1e9, p, h100)) < ring
+
+
+def test_link_sharing_slows_overlapped_dp():
+    """DP traffic hidden under the backward shares the network with cross-node TP traffic of that pass."""
+    m, cl = load_model("gpt3-6.7b"), load_cluster("a100x64")
+    own_links = estimate(m, cl, Layout(tp=8, dp=8, global_batch=64, zero=1))
+    shared = estimate(m, cl, Layout(tp=8, dp=8, global_batch=64, zero=1, order=("dp", "cp", "tp", "pp")))
+
+    def dp_link(e):
+        return sum(float(c.link_s) for c in e.collectives if c.collective.axis == "dp")
+    # With TP across nodes and DP inside a node, DP runs over NVLink and TP over the network: DP is cheaper,
+    # but TP becomes far more expensive.
+    assert float(shared.breakdown_s["tp_comm"]) > 5 * float(own_links.breakdown_s["tp_comm"])
+    assert dp_link(shared) < dp_link(own_links)
+
+
+def test_context_parallel_allgather_kv():
+    """CP all-gathers K and V (2 x kv_heads x head_dim per token) once per layer forward, reduce-scatters backward."""
+    m = load_model("llama3.1-8b")
+    cl = load_cluster("h100x8")
+    est = estimate(m, cl, Layout(cp=8, global_batch=1, seq_len=32768))
+    ag = {c.collective.name: c for c in est.collectives}["cp_kv_allgather_fwd"]
+    assert float(ag.collective.size_bytes) == pytest.approx(32768 * 2 * m.kv_heads * m.head_dim * 2)
+    assert float(ag.calls_per_step) == m.layers
+    ring = estimate(m, cl, Layout(cp=8, global_batch=1, seq_len=32768, cp_mode="ring"))
+    # Ring attention hides its KV passes behind attention compute at this length.
+    assert float(ring.breakdown_s["cp_comm"]) < float(est.breakdown_s["cp_comm"])
+
+
+def test_axis_summary_reports_bandwidth_to_hide():
+    from parplan.results import axis_rows
+
+    m, cl = load_model("gpt3-6.7b"), load_cluster("a100x64")
+    rows = {r["axis"]: r for r in axis_rows(estimate(m, cl, Layout(tp=8, dp=8, global_batch=64)))}
+    assert rows["tp"]["note"] == "critical path" and rows["tp"]["bandwidth_to_hide"] is None
+    assert rows["dp"]["bandwidth_to_hide"] > 0
+    assert rows["dp"]["exposed_s"] <= rows["dp"]["link_s"]
+
+
+def test_overlapped_dp_pays_for_pipeline_sends_on_the_same_nics():
+    m, cl = load_model("gpt3-6.7b"), load_cluster("a100x64")
+    est = estimate(m, cl, Layout(tp=8, pp=2, dp=4, global_batch=64, zero=1))
+    rs = {c.collective.name: c for c in est.collectives}["zero_grad_reduce_scatter"]
+    alone = float(rs.time_s) * float(rs.calls_per_step)
+    assert bool(rs.spans_nodes)
+    assert float(rs.link_s) > alone  # the backward's pipeline sends take part of the NICs
+    no_pp = estimate(m, load_cluster("a100x32"), Layout(tp=8, dp=4, global_batch=64, zero=1))
+    rs1 = {c.collective.name: c for c in no_pp.collectives}["zero_grad_reduce_scatter"]
+    assert float(rs1.link_s) == pytest.approx(float(rs1.time_s) * float(rs1.calls_per_step))
