@@ -287,7 +287,7 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, headroom: fl
         dp_exposed = dp_exposed + exposed
         for idx, _, own, *_ in group:
             share = np.where(link > 0, own / np.where(link > 0, link, 1), 0)
-            costs[idx] = replace(costs[idx], exposed_s=exposed * share, hide_window_s=window)
+            costs[idx] = replace(costs[idx], exposed_s=exposed * share, hide_window_s=window, link_s=own)
     step_extra = link_sum(lambda c: c.axis == "pp" and c.per == "step")
 
     # ---- optimizer
