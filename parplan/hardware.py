@@ -97,6 +97,7 @@ class Hardware:
     compute_units: int
     matmul_efficiency: float
     hbm_efficiency: float
+    elementwise_efficiency: float
     kernel_overhead_s: float
     collective_overhead_s: float
     scale_up_domain: int
@@ -242,6 +243,8 @@ def hardware_from_dict(data: Any, what: str, path: str = "") -> Hardware:
         compute_units=number(data, "compute_units", what, integer=True, maximum=100_000),
         matmul_efficiency=float(number(eff, "matmul", f"{what}: efficiency", maximum=1.0)),
         hbm_efficiency=float(number(eff, "hbm", f"{what}: efficiency", maximum=1.0)),
+        elementwise_efficiency=float(number(eff, "elementwise", f"{what}: efficiency", required=False,
+                                            default=eff.get("hbm"), maximum=1.0)),
         kernel_overhead_s=float(number(data, "kernel_overhead_s", what, maximum=1.0)),
         collective_overhead_s=float(number(data, "collective_overhead_s", what, maximum=1.0)),
         scale_up_domain=number(data, "scale_up_domain", what, required=False, integer=True,

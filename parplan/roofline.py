@@ -21,11 +21,13 @@ import numpy as np
 
 from .hardware import BYTES_PER_ELEMENT, Hardware
 
-# Output tile shapes (rows x cols) of the GEMM kernels cuBLAS/CUTLASS choose among
-# for 16-bit inputs on Ampere/Hopper (CUTLASS threadblock shapes; the small ones
-# serve thin and small problems).
-GPU_TILES = ((128, 128), (128, 256), (256, 128), (64, 128), (128, 64), (64, 64))
+# Output tile shapes (rows x cols) of the tensor-core GEMM kernels cuBLAS/CUTLASS use for
+# 16-bit inputs on Ampere and Hopper (CUTLASS threadblock shapes for large problems).
+GPU_TILES = ((128, 128), (128, 256), (256, 128))
 TPU_TILE = 128  # MXU systolic array side (scaling book, "TPUs")
+# A tile's main loop runs k/64 steps behind a software pipeline whose fill and drain
+# cost about two steps (CUTLASS multistage mainloop): efficiency k / (k + 128).
+K_PIPELINE_FILL = 128
 
 # FlashAttention kernels reach less of peak than a plain GEMM: FlashAttention-2
 # (Dao 2023, arXiv 2307.08691) reports up to 73% of A100 peak forward and 63%
@@ -46,7 +48,15 @@ def wave_utilization(hw: Hardware, m, n, batch=1):
         tiles = np.ceil(m / tm) * np.ceil(n / tn) * batch
         waves = np.ceil(tiles / units)
         best = np.maximum(best, m * n * batch / (waves * units * tm * tn))
-    return best
+    # Thin products (a side under one tile) run as GEMV/split-K kernels bound by memory,
+    # which the roofline's memory term already charges.
+    return np.where(np.minimum(m, n) < 128, 1.0, best)
+
+
+def k_efficiency(k):
+    """Pipeline fill and drain of a tile's k-loop: k / (k + 128)."""
+    k = np.asarray(k, float)
+    return k / (k + K_PIPELINE_FILL)
 
 
 def matmul_efficiency(hw: Hardware, m, k, n, batch=1):
@@ -55,12 +65,17 @@ def matmul_efficiency(hw: Hardware, m, k, n, batch=1):
         flops = 2.0 * np.asarray(batch, float) * np.asarray(m, float) * np.asarray(k, float) * np.asarray(n, float)
         curve = hw.matmul_curve
         return np.interp(np.log(np.maximum(flops, 1.0)), np.log(curve.flops), curve.efficiency)
-    return hw.matmul_efficiency * wave_utilization(hw, m, n, batch)
+    return hw.matmul_efficiency * wave_utilization(hw, m, n, batch) * k_efficiency(k)
 
 
-def memory_time_s(hw: Hardware, nbytes):
-    """A memory-bound kernel moving ``nbytes`` through HBM (reads plus writes)."""
-    return np.asarray(nbytes, float) / (hw.hbm_bandwidth * hw.hbm_efficiency) + hw.kernel_overhead_s
+def memory_time_s(hw: Hardware, nbytes, streaming: bool = False):
+    """A memory-bound kernel moving ``nbytes`` through HBM (reads plus writes).
+
+    Element-wise and normalization kernels reach ``efficiency.elementwise`` of the
+    bandwidth; a plain streaming copy reaches ``efficiency.hbm``.
+    """
+    eff = hw.hbm_efficiency if streaming else hw.elementwise_efficiency
+    return np.asarray(nbytes, float) / (hw.hbm_bandwidth * eff) + hw.kernel_overhead_s
 
 
 def matmul_time_s(hw: Hardware, m, k, n, dtype: str = "bf16", batch=1, efficiency_scale: float = 1.0):
