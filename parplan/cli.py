@@ -258,6 +258,17 @@ def validate(file, fmt):
         click.echo(format_validation(results))
 
 
+def _register_optional_commands() -> None:
+    """Commands that live in their own packages (their heavy imports stay inside the commands)."""
+    from .bench.cli import bench, calibrate, compare
+
+    for command in (bench, calibrate, compare):
+        cli.add_command(command)
+
+
+_register_optional_commands()
+
+
 def main(argv=None) -> None:
     """Entry point: run the CLI with one-line errors (exit 2 for usage, 1 otherwise)."""
     try:

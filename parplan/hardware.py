@@ -277,8 +277,14 @@ def hardware_names() -> list[str]:
     return sorted({p.stem for p in _shipped_profiles().values()})
 
 
-@lru_cache(maxsize=256)
 def _load_path(path: Path) -> Hardware:
+    stat = path.stat()
+    return _load_path_version(path, stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=256)
+def _load_path_version(path: Path, mtime_ns: int, size: int) -> Hardware:
+    """Cached by path and file version, so a profile rewritten by ``parplan calibrate`` is read again."""
     data = read_yaml(path)
     return hardware_from_dict(data, str(path), str(path))
 

@@ -57,16 +57,24 @@ def count_wrong(got: torch.Tensor, expected: torch.Tensor, dtype: str, terms: in
     return int(bad.sum())
 
 
-def collective_case(item: Item, rank: int, group, device: torch.device) -> Case:
-    """The nccl-tests buffer of ``item.size_bytes`` for this rank's group, and the op on it."""
+def collective_case(item: Item, rank: int, group, device: torch.device, shift: int = 0) -> Case:
+    """The nccl-tests buffer of ``item.size_bytes`` for this rank's group, and the op on it.
+
+    ``shift`` adds to this rank's value (in its inputs and in what it expects of itself): the
+    other ranks must then find wrong elements, which tests the checks themselves.
+    """
     members: Sequence[int] = item.layout.group_of(rank)
     n = len(members)
     me = members.index(rank)
     dtype, count = item.dtype, item.count
     tdtype = TORCH_DTYPES[dtype]
-    vs = torch.tensor([value_of(r) for r in members], dtype=tdtype, device=device)
-    total = float(sum(value_of(r) for r in members))
-    mine = value_of(rank)
+
+    def value(r: int) -> float:
+        return value_of(r) + (shift if r == rank else 0)
+
+    vs = torch.tensor([value(r) for r in members], dtype=tdtype, device=device)
+    total = float(sum(value(r) for r in members))
+    mine = value(rank)
     op = item.op
     chunk = count // n
 
@@ -98,7 +106,7 @@ def collective_case(item: Item, rank: int, group, device: torch.device) -> Case:
     if op in ("broadcast", "reduce"):
         root = members[0]
         buf = torch.empty(count, dtype=tdtype, device=device)
-        expect = value_of(root) if op == "broadcast" else total
+        expect = value(root) if op == "broadcast" else total
 
         def reset() -> None:
             if op == "broadcast" and rank != root:
@@ -126,7 +134,7 @@ def collective_case(item: Item, rank: int, group, device: torch.device) -> Case:
                 req.wait()
 
         return Case(run, lambda: recv.zero_(),
-                    lambda: count_wrong(recv, pattern(count, dtype, device) * value_of(prv), dtype, 1))
+                    lambda: count_wrong(recv, pattern(count, dtype, device) * value(prv), dtype, 1))
     raise ValueError(f"no measurement for collective {op}")
 
 
@@ -134,9 +142,9 @@ def matmul_case(item: Item, device: torch.device) -> Case:
     """``out = a @ b`` with ``a`` of ``m x k`` and ``b`` of ``k x n``, inputs uniform in [-1, 1]."""
     m, k, n = item.shape
     tdtype = TORCH_DTYPES[item.dtype]
-    gen = torch.Generator(device="cpu").manual_seed(1234)
-    a = (torch.rand(m, k, generator=gen) * 2 - 1).to(device=device, dtype=tdtype)
-    b = (torch.rand(k, n, generator=gen) * 2 - 1).to(device=device, dtype=tdtype)
+    gen = torch.Generator(device=device).manual_seed(1234)
+    a = (torch.rand(m, k, generator=gen, device=device) * 2 - 1).to(tdtype)
+    b = (torch.rand(k, n, generator=gen, device=device) * 2 - 1).to(tdtype)
     out = torch.empty(m, n, dtype=tdtype, device=device)
 
     def check() -> int:

@@ -20,6 +20,7 @@ Columns (SI units; ``size_bytes`` is the nccl-tests buffer size):
 from __future__ import annotations
 
 import csv
+import datetime as _dt
 import io
 import json
 import math
@@ -210,6 +211,12 @@ class ResultWriter:
         self._jsonl.close()
 
 
+def default_out_dir(host: str, now: "_dt.datetime | None" = None) -> Path:
+    """``reports/bench/<host>-<YYYYmmdd-HHMMSS>``."""
+    now = now or _dt.datetime.now()
+    return Path("reports") / "bench" / f"{host}-{now.strftime('%Y%m%d-%H%M%S')}"
+
+
 def _csv_value(value: Any) -> Any:
     if isinstance(value, float):
         return repr(value)
@@ -274,8 +281,12 @@ def load_results(paths: Sequence[str | Path]) -> list[Row]:
     if not paths:
         raise ParplanError("give at least one results directory or file")
     rows: list[Row] = []
+    seen: set[Path] = set()
     for raw in paths:
         path = Path(raw)
+        if path.resolve() in seen:
+            continue
+        seen.add(path.resolve())
         if path.is_dir():
             if (path / CSV_NAME).is_file():
                 found = _read_csv(path / CSV_NAME)

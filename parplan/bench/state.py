@@ -21,6 +21,7 @@ STATE_DIR_ENV = "PARPLAN_BENCH_STATE_DIR"
 EXIT_ERROR = 1
 EXIT_TIMEOUT = 3
 EXIT_FAULT = 17
+TIMEOUT_TEXT = "did not finish within"
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ class Watchdog:
         period = min(1.0, max(0.05, self.timeout_s / 20))
         while not self._stop.wait(period):
             if self._active and time.monotonic() - self._started > self.timeout_s:
-                message = (f"rank {self.rank}: {self.label} did not finish within {self.timeout_s:g} s "
+                message = (f"rank {self.rank}: {self.label} {TIMEOUT_TEXT} {self.timeout_s:g} s "
                            f"(a peer rank may have died or hung)")
                 self.fail(message)
                 sys.stderr.write(f"Error: {message}\n")

@@ -174,7 +174,7 @@ def parse_shapes(text: str | Sequence[str] | None) -> tuple[tuple[int, int, int]
 class BenchConfig:
     """Everything one run measures; identical on every rank.
 
-    Fields left empty (``()`` or ``None``) take a device-dependent default once the worker
+    Fields left empty (``()``, ``0`` or ``""``) take a device-dependent default once the worker
     knows whether it runs on a GPU (see :func:`resolve`).
     """
 
@@ -268,12 +268,18 @@ class BenchConfig:
 
 
 def resolve(config: BenchConfig, on_gpu: bool) -> BenchConfig:
-    """Fill the device-dependent defaults: matmul dtypes and sizes, the layer dtype."""
+    """Fill the device-dependent defaults: matmul dtypes and sizes, the layer dtype.
+
+    A default matmul bound never contradicts the other one given explicitly.
+    """
+    lo, hi = (256, 16384) if on_gpu else (64, 512)
+    matmul_min = config.matmul_min or min(lo, config.matmul_max or lo)
+    matmul_max = config.matmul_max or max(hi, matmul_min)
     return replace(
         config,
         matmul_dtypes=config.matmul_dtypes or (("bf16", "fp16", "fp32") if on_gpu else ("fp32",)),
-        matmul_min=config.matmul_min or (256 if on_gpu else 64),
-        matmul_max=config.matmul_max or (16384 if on_gpu else 512),
+        matmul_min=matmul_min,
+        matmul_max=matmul_max,
         layer_dtype=config.layer_dtype or ("bf16" if on_gpu else "fp32"),
     )
 
@@ -404,6 +410,13 @@ def collective_count(op: str, size_bytes: int, dtype: str, n: int) -> int:
     return count
 
 
+# GEMMs of real layers (tokens x in x out): GPT-3 175B and Llama 3 8B/70B projections and MLPs,
+# whole and as 8-way tensor-parallel shards. Square GEMMs run faster than these.
+TRANSFORMER_SHAPES = ((2048, 12288, 4608), (2048, 1536, 12288), (2048, 12288, 6144), (2048, 6144, 12288),
+                      (8192, 4096, 6144), (8192, 4096, 28672), (8192, 14336, 4096), (4096, 8192, 1280),
+                      (4096, 8192, 7168), (4096, 3584, 8192))
+
+
 def default_shapes(lo: int, hi: int) -> tuple[tuple[int, int, int], ...]:
     """Square ``s x s x s`` for powers of two ``lo..hi``, then thin decode-like ``m x K x K`` (m = 1..64)."""
     square = []
@@ -413,7 +426,8 @@ def default_shapes(lo: int, hi: int) -> tuple[tuple[int, int, int], ...]:
         s *= 2
     thin_k = min(8192, hi)
     thin = [(m, thin_k, thin_k) for m in THIN_M if m < thin_k]
-    return tuple(square + thin)
+    layers = [s for s in TRANSFORMER_SHAPES if max(s) <= hi and min(s) >= lo]
+    return tuple(square + thin + layers)
 
 
 def build_plan(config: BenchConfig, world: int, hosts: Sequence[str] | None = None) -> tuple[Item, ...]:
@@ -453,10 +467,11 @@ def build_plan(config: BenchConfig, world: int, hosts: Sequence[str] | None = No
 
 @dataclass(frozen=True)
 class Fault:
-    """A deliberate failure for rehearsing error handling: ``rank`` exits or hangs at plan item ``item``.
+    """A deliberate failure for rehearsing error handling: at plan item ``item`` (0-based), ``rank``
+    exits, hangs, or corrupts its collective input (which the result checks must catch).
 
     Set by ``PARPLAN_BENCH_FAIL_RANK``, ``PARPLAN_BENCH_FAIL_ITEM`` (default 1) and
-    ``PARPLAN_BENCH_FAIL_MODE`` (``exit`` or ``hang``).
+    ``PARPLAN_BENCH_FAIL_MODE`` (``exit``, ``hang`` or ``corrupt``).
     """
 
     rank: int
@@ -476,8 +491,8 @@ class Fault:
         except ValueError:
             raise ParplanError("PARPLAN_BENCH_FAIL_RANK and PARPLAN_BENCH_FAIL_ITEM must be integers") from None
         mode = env.get("PARPLAN_BENCH_FAIL_MODE", "exit")
-        if mode not in ("exit", "hang"):
-            raise ParplanError(f"PARPLAN_BENCH_FAIL_MODE must be exit or hang, got {mode!r}")
+        if mode not in ("exit", "hang", "corrupt"):
+            raise ParplanError(f"PARPLAN_BENCH_FAIL_MODE must be exit, hang or corrupt, got {mode!r}")
         return Fault(rank, item, mode)
 
 

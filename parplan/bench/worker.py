@@ -26,16 +26,12 @@ from ..model import load_model, with_seq_len
 from . import layer as layer_mod
 from .measure import (TORCH_DTYPES, collective_case, copy_case, matmul_case, synchronize,
                       time_iterations)
-from .results import ResultWriter, Row, timing_fields, write_meta
+from .results import ResultWriter, Row, default_out_dir, timing_fields, write_meta
 from .state import EXIT_ERROR, EXIT_FAULT, STATE_DIR_ENV, Watchdog
 from .sweep import BenchConfig, Fault, Item, build_plan, resolve
 
+PROGRESS_ENV = "PARPLAN_BENCH_PROGRESS"
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
-
-
-def default_out_dir(host: str, now: _dt.datetime | None = None) -> Path:
-    now = now or _dt.datetime.now()
-    return Path("reports") / "bench" / f"{host}-{now.strftime('%Y%m%d-%H%M%S')}"
 
 
 class Progress:
@@ -45,6 +41,7 @@ class Progress:
         self.total = max(1, total)
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
+        self.every = os.environ.get(PROGRESS_ENV) == "every"  # the launcher redraws each line
         self._last_pct = -1
         self._last_time = 0.0
 
@@ -56,7 +53,8 @@ class Progress:
             self.stream.write(f"\r[bench] [{bar}] {done}/{self.total} {label[:50]:<50}")
             if done >= self.total:
                 self.stream.write("\n")
-        elif pct // 5 != self._last_pct // 5 or done >= self.total or now - self._last_time > 10:
+        elif (self.every or pct // 5 != self._last_pct // 5 or done >= self.total
+              or now - self._last_time > 10):
             self.stream.write(f"[bench] {done}/{self.total} ({pct}%) {label}\n")
             self._last_pct, self._last_time = pct, now
         self.stream.flush()
@@ -72,6 +70,10 @@ class Context:
         want_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
         if want_cuda and not torch.cuda.is_available():
             raise ParplanError("--device cuda, but no CUDA GPU is visible to PyTorch")
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        if want_cuda and local_world > torch.cuda.device_count():
+            raise ParplanError(f"{local_world} ranks on this host but only {torch.cuda.device_count()} GPU(s) "
+                               f"visible; use fewer processes or --device cpu")
         self.device = torch.device("cuda", self.local_rank % torch.cuda.device_count()) if want_cuda \
             else torch.device("cpu")
         if want_cuda:
@@ -142,11 +144,12 @@ class Runner:
                     iters=self.config.iters, warmup=self.config.warmup,
                     timestamp=_dt.datetime.now().astimezone().isoformat(timespec="seconds"))
 
-    def measure(self, item: Item) -> list[Row]:
+    def measure(self, item: Item, shift: int = 0) -> list[Row]:
+        """Rows for one item; ``shift`` perturbs this rank's collective input (a deliberate corruption)."""
         cfg, ctx = self.config, self.ctx
         if item.kind == "collective":
             group = self.groups[item.layout.name]
-            case = collective_case(item, ctx.rank, group, ctx.comm_device)
+            case = collective_case(item, ctx.rank, group, ctx.comm_device, shift)
             case.reset()
             before = (lambda: dist.barrier(group=group)) if ctx.comm_device.type == "cpu" else ctx.barrier
             times = time_iterations(case.run, cfg.iters, cfg.warmup, ctx.comm_device, before)
@@ -201,14 +204,18 @@ class Runner:
         return rows
 
 
-def _fail_fast(fault: Fault, rank: int, index: int) -> None:
-    if fault.rank != rank or fault.item != index:
-        return
+def _inject(fault: Fault | None, rank: int, index: int, watchdog: Watchdog) -> int:
+    """Act out a deliberate failure (exit or hang); returns the value shift for ``corrupt``."""
+    if fault is None or fault.rank != rank or fault.item != index:
+        return 0
     if fault.mode == "exit":
         sys.stderr.flush()
         os._exit(EXIT_FAULT)
-    while True:  # hang
-        time.sleep(3600)
+    if fault.mode == "hang":
+        watchdog.idle()  # hung outside any collective: the peers' watchdogs must notice
+        while True:
+            time.sleep(3600)
+    return 1
 
 
 def run_worker(config: BenchConfig) -> int:
@@ -240,6 +247,7 @@ def run_worker(config: BenchConfig) -> int:
             meta = dict(status="running", host=ctx.host, hosts=sorted(set(ctx.hosts)), world_size=ctx.world,
                         local_world_size=ctx.local_world, backend=ctx.backend, device=ctx.device.type,
                         device_name=ctx.device_name, torch=torch.__version__, cuda=torch.version.cuda,
+                        allow_tf32=bool(torch.backends.cuda.matmul.allow_tf32),
                         started=_dt.datetime.now().astimezone().isoformat(timespec="seconds"),
                         config=asdict(replace(config, out_dir=str(out_dir))), items=len(plan))
             write_meta(out_dir, meta)
@@ -250,9 +258,7 @@ def run_worker(config: BenchConfig) -> int:
         rows: list[Row] = []
         for index, item in enumerate(plan):
             watchdog.begin(item.description)
-            if fault is not None:
-                _fail_fast(fault, rank, index)
-            new = runner.measure(item)
+            new = runner.measure(item, shift=_inject(fault, rank, index, watchdog))
             if writer is not None:
                 for row in new:
                     writer.write(row)

@@ -1,0 +1,8 @@
+"""``python -m parplan.bench [options]``: one bench rank, as torchrun starts it.
+
+``python -m parplan.bench bench|calibrate|compare ...`` runs that command instead.
+"""
+from .cli import main
+
+if __name__ == "__main__":
+    main()
