@@ -142,6 +142,10 @@ def check_layout(layout: Layout, model: ModelSpec, cluster: Cluster) -> Layout:
         for dim, name in ((model.hidden, "hidden size"), (model.ffn_hidden, "MLP width"), (model.heads, "heads")):
             if dim % q:
                 raise ParplanError(f"tp-mode {layout.tp_mode} with q={q} does not divide the {name} {dim}")
+        rows = q if layout.tp_mode == "2d" else q * q
+        if layout.micro_batch % rows:
+            raise ParplanError(f"tp-mode {layout.tp_mode} splits the micro-batch {rows} ways; "
+                               f"micro-batch {layout.micro_batch} is not divisible by {rows}")
     if layout.sp and tp == 1:
         layout = replace(layout, sp=False)
     if layout.sp and layout.tp_mode != "1d":

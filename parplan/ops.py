@@ -40,6 +40,8 @@ class LocalDims:
     norm_shard: Any       # divisor of activations outside the TP region (tp with sequence parallel, else 1)
     hidden_shard: Any = 1  # divisor of the hidden dim of GEMM inputs (2D/3D tensor parallel), else 1
     causal: bool = True
+    gemm_row_gather: Any = 1  # weight GEMMs run on batch*seq*this rows (3D TP gathers its rows over q)
+    gemm_steps: Any = 1       # sequential block products per weight GEMM (2D TP: q SUMMA steps)
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ def layer_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", flash_attenti
     """Ops of one transformer layer on one device for one micro-batch, in execution order."""
     bpe = BYTES_PER_ELEMENT[dtype]
     tokens = d.batch * d.seq
+    rows, steps = tokens * d.gemm_row_gather, d.gemm_steps
     h_in = model.hidden / d.hidden_shard
     q_cols = d.heads * d.head_dim
     kv_cols = d.kv_heads * d.head_dim
@@ -81,7 +84,7 @@ def layer_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", flash_attenti
     mask = 1.0 if dropout else 0.0  # one byte per element for a dropout mask
     ops = [
         _elementwise("input_norm", row, 2, 3, bpe),
-        _gemm("qkv_proj", tokens, h_in, q_cols + 2 * kv_cols, bpe),
+        _gemm("qkv_proj", rows, h_in, q_cols + 2 * kv_cols, bpe, steps),
     ]
     score_elems = d.batch * d.heads * d.seq * d.seq_kv
     if flash_attention:
@@ -99,23 +102,23 @@ def layer_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", flash_attenti
             _gemm("attn_context", d.seq, d.seq_kv, d.head_dim, bpe, d.batch * d.heads, True, BATCHED),
         ]
     ops += [
-        _gemm("out_proj", tokens, q_cols, model.hidden / d.hidden_shard, bpe),
+        _gemm("out_proj", rows, q_cols, model.hidden / d.hidden_shard, bpe, steps),
         _elementwise("attn_residual", row, 2 + mask, 1 + mask, bpe, extra_fwd_bytes=row * mask,
                      extra_bwd_bytes=row * mask),
         _elementwise("post_attn_norm", row, 2, 3, bpe),
     ]
     if model.activation == "swiglu":
         ops += [
-            _gemm("mlp_gate_up", tokens, h_in, 2 * d.ffn, bpe),
+            _gemm("mlp_gate_up", rows, h_in, 2 * d.ffn, bpe, steps),
             _elementwise("swiglu", tokens * d.ffn, 3, 5, bpe),
         ]
     else:
         ops += [
-            _gemm("mlp_up", tokens, h_in, d.ffn, bpe),
+            _gemm("mlp_up", rows, h_in, d.ffn, bpe, steps),
             _elementwise(model.activation, tokens * d.ffn, 2, 3, bpe),
         ]
     ops += [
-        _gemm("mlp_down", tokens, d.ffn, model.hidden / d.hidden_shard, bpe),
+        _gemm("mlp_down", rows, d.ffn, model.hidden / d.hidden_shard, bpe, steps),
         _elementwise("mlp_residual", row, 2 + mask, 1 + mask, bpe, extra_fwd_bytes=row * mask,
                      extra_bwd_bytes=row * mask),
     ]
@@ -125,7 +128,7 @@ def layer_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", flash_attenti
 def embedding_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16") -> list[Op]:
     """The input embedding: a gather forward, a scatter-add into the table's gradient backward."""
     bpe = BYTES_PER_ELEMENT[dtype]
-    elems = d.batch * d.seq * model.hidden
+    elems = d.batch * d.seq * model.hidden / d.hidden_shard
     return [_elementwise("embedding", elems, 2, 3, bpe)]
 
 
@@ -136,7 +139,7 @@ def head_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16") -> list[Op]:
     logits = tokens * d.vocab
     return [
         _elementwise("final_norm", tokens * model.hidden / d.norm_shard, 2, 3, bpe),
-        _gemm("logits", tokens, model.hidden, d.vocab, bpe),
+        _gemm("logits", tokens * d.gemm_row_gather, model.hidden / d.hidden_shard, d.vocab, bpe, d.gemm_steps),
         # Megatron's vocab-parallel cross-entropy: read 16-bit logits, write fp32, max/sum/exp
         # passes in fp32 forward; read fp32 softmax and write 16-bit grad backward.
         Op("cross_entropy", MEMORY, 0.0, 0.0, logits * (bpe + 3 * 4), logits * (4 + bpe)),

@@ -71,4 +71,6 @@ class TensorParallel1D(Strategy):
         return {"weights": t, "gradients": t, "optimizer": t}
 
 
-TENSOR_PARALLEL = {"1d": TensorParallel1D}
+from .tensor_multi import TensorParallel2D, TensorParallel3D  # noqa: E402
+
+TENSOR_PARALLEL = {"1d": TensorParallel1D, "2d": TensorParallel2D, "3d": TensorParallel3D}
