@@ -12,6 +12,7 @@ from functools import wraps
 import click
 
 from .errors import ParplanError
+from .inference_cli import inference_options
 
 
 def _fail(message: str, code: int) -> None:
@@ -118,11 +119,18 @@ def _estimate_from_options(model_name, hw, headroom, **kw):
 
 @cli.command()
 @layout_options
+@inference_options
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @handle_errors
-def estimate(model_name, hw, headroom, fmt, **kw):
-    """Predict step time, throughput, MFU and memory of one layout."""
+def estimate(model_name, hw, headroom, fmt, mode, inference, **kw):
+    """Predict step time, throughput, MFU and memory of one layout (--mode inference: TTFT, TPOT, KV cache)."""
+    from .inference_cli import dispatch_estimate
     from .results import estimate_dict, format_estimate
+
+    text = dispatch_estimate(model_name, hw, headroom, fmt, mode, inference, kw)
+    if text is not None:
+        click.echo(text)
+        return
 
     est = _estimate_from_options(model_name, hw, headroom, **kw)
     if fmt == "json":
@@ -133,12 +141,19 @@ def estimate(model_name, hw, headroom, fmt, **kw):
 
 @cli.command()
 @layout_options
+@inference_options
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @handle_errors
-def explain(model_name, hw, headroom, fmt, **kw):
+def explain(model_name, hw, headroom, fmt, mode, inference, **kw):
     """Per-op and per-collective cost table for one layer and the whole step."""
+    from .inference_cli import dispatch_estimate
     from .results import explain_dict, format_estimate
     from .tables import format_explain
+
+    text = dispatch_estimate(model_name, hw, headroom, fmt, mode, inference, kw, explain=True)
+    if text is not None:
+        click.echo(text)
+        return
 
     est = _estimate_from_options(model_name, hw, headroom, **kw)
     if fmt == "json":
@@ -170,13 +185,22 @@ def explain(model_name, hw, headroom, fmt, **kw):
 @click.option("--micro-batch", type=int, default=None, help="Fix the micro-batch.")
 @click.option("--recompute", type=click.Choice(["none", "selective", "full"]), default=None)
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@inference_options(plan=True)
 @handle_errors
 def plan(model_name, hw, global_batch, seq, dtype, objective, top, headroom, allow_cross_node_tp, flash_attention,
-         fmt, **fixed):
-    """Search every mesh shape and knob; print the best layouts, ranked."""
+         fmt, mode, inference, **fixed):
+    """Search every mesh shape and knob; print the best layouts, ranked (--mode inference: serving layouts)."""
     from .hardware import load_cluster
+    from .inference_cli import dispatch_plan
     from .model import load_model, with_seq_len
     from .planning import plan_report
+
+    text = dispatch_plan(model_name, hw, dtype, top, headroom, fmt, mode, inference,
+                         dict(global_batch=global_batch, seq=seq, objective=objective,
+                              flash_attention=flash_attention), fixed, allow_cross_node_tp)
+    if text is not None:
+        click.echo(text)
+        return
 
     model = load_model(model_name)
     model = with_seq_len(model, seq)
