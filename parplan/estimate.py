@@ -249,13 +249,16 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, headroom: fl
         col = c.collective
         if col.axis != "dp" or not np.any(c.calls_per_step):
             continue
+        # Candidates (array entries) that make no such call get no window and no floor from it.
+        active = np.asarray(c.calls_per_step) > 0
         if col.per == "microbatch":  # ZeRO-3: per micro-batch, behind that micro-batch's compute
             window = fwd_window_mb if col.hidden_by == "forward" else bwd_window_mb
             first_layer = c.time_s / np.maximum(stage_layers, 1)  # the first gather cannot be prefetched
-            dp_costs.append((idx, col.hidden_by, c.link_s, window * m, first_layer * m))
+            dp_costs.append((idx, col.hidden_by, c.link_s, np.where(active, window * m, 0.0),
+                             np.where(active, first_layer * m, 0.0)))
         else:
             window = {"backward": bwd_window_mb, "forward": fwd_window_mb}.get(col.hidden_by, 0.0)
-            dp_costs.append((idx, col.hidden_by, c.link_s, window, 0.0))
+            dp_costs.append((idx, col.hidden_by, c.link_s, np.where(active, window, 0.0), 0.0))
     # Link sharing: while DP traffic hides under a pass, the other axes' collectives of that pass
     # that use the same link class (network or scale-up) take their share of it first.
     def busy_per_mb(phases, on_network):

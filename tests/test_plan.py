@@ -1,4 +1,5 @@
 """The plan search obeys the brief's rules and reacts to the cluster in the expected direction."""
+import pytest
 import json
 
 from parplan.hardware import load_cluster
@@ -50,3 +51,22 @@ def test_fixed_axis_is_respected(run_cli):
     rc, out, err = run_cli("plan", "--model", "gpt3", "--hw", "a100x512", "--tp", "8", "--format", "json", "--top", "3")
     assert rc == 0, err
     assert all(p["tp"] == 8 for p in json.loads(out))
+
+
+def test_search_rows_equal_scalar_estimates():
+    """The batched evaluation gives every candidate exactly what estimate() gives it alone."""
+    import numpy as np
+
+    from parplan.estimate import estimate
+    from parplan.search import layout_of
+
+    m, cl = load_model("gpt3"), load_cluster("a100x512")
+    space = SearchSpace(global_batch=2048, seq_len=2048)
+    df, _ = search(m, cl, space)
+    rng = np.random.default_rng(0)
+    picks = [df[df["zero"] == z].iloc[int(rng.integers(0, (df["zero"] == z).sum()))] for z in (0, 1, 2, 3)]
+    picks += [rank(df).iloc[0], rank(df).iloc[1]]
+    for row in picks:
+        est = estimate(m, cl, layout_of(row, space))
+        assert float(est.step_time_s) == pytest.approx(row["step_time_s"], rel=1e-9), row.to_dict()
+        assert float(est.memory_bytes["total"]) == pytest.approx(row["memory_bytes"], rel=1e-9)
