@@ -285,8 +285,9 @@ def validate(file, fmt):
 def _register_optional_commands() -> None:
     """Commands that live in their own packages (their heavy imports stay inside the commands)."""
     from .bench.cli import bench, calibrate, compare
+    from .report_cli import report, sweep
 
-    for command in (bench, calibrate, compare):
+    for command in (bench, calibrate, compare, report, sweep):
         cli.add_command(command)
 
 
