@@ -138,14 +138,28 @@ def collective_case(item: Item, rank: int, group, device: torch.device, shift: i
     raise ValueError(f"no measurement for collective {op}")
 
 
+MATMUL_ROTATION_BYTES = 256 * 2**20
+
+
 def matmul_case(item: Item, device: torch.device) -> Case:
     """``out = a @ b`` with ``a`` of ``m x k`` and ``b`` of ``k x n``, inputs uniform in [-1, 1]."""
     m, k, n = item.shape
     tdtype = TORCH_DTYPES[item.dtype]
     gen = torch.Generator(device=device).manual_seed(1234)
-    a = (torch.rand(m, k, generator=gen, device=device) * 2 - 1).to(tdtype)
-    b = (torch.rand(k, n, generator=gen, device=device) * 2 - 1).to(tdtype)
+    # Rotate among enough operand sets to overflow the last-level cache (60 MB on an H200), so a
+    # repeated call reads its operands from HBM as a layer's GEMMs do, not from L2.
+    element = torch.finfo(tdtype).bits // 8
+    sets = max(1, min(16, math.ceil(MATMUL_ROTATION_BYTES / ((m * k + k * n) * element))))
+    pairs = [((torch.rand(m, k, generator=gen, device=device) * 2 - 1).to(tdtype),
+              (torch.rand(k, n, generator=gen, device=device) * 2 - 1).to(tdtype)) for _ in range(sets)]
+    a, b = pairs[0]
     out = torch.empty(m, n, dtype=tdtype, device=device)
+    turn = [0]
+
+    def run() -> None:
+        x, y = pairs[turn[0] % sets]
+        turn[0] += 1
+        torch.matmul(x, y, out=out)
 
     def check() -> int:
         rows, cols = min(m, 8), min(n, 8)
@@ -154,7 +168,11 @@ def matmul_case(item: Item, device: torch.device) -> Case:
         tol = 8 * EPS[item.dtype] * (ref.abs() + math.sqrt(k))
         return int(((got - ref).abs() > tol).sum()) + int((~torch.isfinite(got)).sum())
 
-    return Case(lambda: torch.matmul(a, b, out=out), lambda: None, check)
+    def check_last() -> int:
+        torch.matmul(a, b, out=out)
+        return check()
+
+    return Case(run, lambda: None, check_last)
 
 
 def copy_case(item: Item, device: torch.device) -> Case:
