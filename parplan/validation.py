@@ -12,7 +12,8 @@ Framework facts of the period that every record shares: no fused (flash)
 attention, which postdates all of them, and gradient reduction after the
 pipeline flush rather than under the backward pass (Megatron-LM's local DDP
 and DeepSpeed's pipeline engine of 2021-22); DeepSpeed ZeRO-3 prefetches and
-overlaps its gathers.
+overlaps its gathers; fp16 mixed precision keeps 16-bit gradients (the fp16
+optimizers of both frameworks), while the bf16 runs accumulate them in fp32.
 """
 from __future__ import annotations
 
@@ -74,6 +75,7 @@ def record_setup(rec: dict):
         seq_len=model.seq_len, zero=int(zero or 0), sp=bool(lay.get("sequence_parallel")),
         vpp=int(lay.get("vpp") or 1), recompute=str(lay.get("recompute") or "none"), dtype=precision,
         flash_attention=False, overlap_grad_reduce=(zero == 3), overlap_param_gather=(zero == 3),
+        grad_accum_fp32=(precision == "bf16"),
     )
     unknown = [k for k in ("micro_batch", "vpp", "zero", "recompute") if lay.get(k) is None]
     return model, cluster, layout, unknown
