@@ -167,7 +167,8 @@ def explain(model_name, hw, headroom, fmt, mode, inference, **kw):
 @cli.command()
 @click.option("--model", "model_name", required=True, help="Model name, YAML spec or HF config.json.")
 @click.option("--hw", "hw", required=True, help="Cluster: NAMExCOUNT (a100x512), a profile, or a cluster YAML.")
-@click.option("--global-batch", type=int, default=None, help="Sequences per step (default: ~4M tokens).")
+@click.option("--global-batch", default=None,
+              help="Sequences per step: N, a list 512,1024 or a range 512..4096 to search (default: ~4M tokens).")
 @click.option("--seq", type=int, default=None, help="Sequence length (default: the model's).")
 @click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp8", "tf32", "fp32"]), default="bf16",
               show_default=True)
@@ -185,10 +186,14 @@ def explain(model_name, hw, headroom, fmt, mode, inference, **kw):
 @click.option("--micro-batch", type=int, default=None, help="Fix the micro-batch.")
 @click.option("--recompute", type=click.Choice(["none", "selective", "full"]), default=None)
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@click.option("--emit", "emit_target", type=click.Choice(["megatron", "torchtitan", "deepspeed"]), default=None,
+              help="Print the launch flags / config of the best plan.")
+@click.option("--explain", is_flag=True, help="Name the binding constraint and what +10% of each hardware "
+              "parameter would buy.")
 @inference_options(plan=True)
 @handle_errors
 def plan(model_name, hw, global_batch, seq, dtype, objective, top, headroom, allow_cross_node_tp, flash_attention,
-         fmt, mode, inference, **fixed):
+         fmt, emit_target, explain, mode, inference, **fixed):
     """Search every mesh shape and knob; print the best layouts, ranked (--mode inference: serving layouts)."""
     from .hardware import load_cluster
     from .inference_cli import dispatch_plan
@@ -209,11 +214,10 @@ def plan(model_name, hw, global_batch, seq, dtype, objective, top, headroom, all
     for k, v in fixed.items():
         if isinstance(v, int) and v < 1:
             raise ParplanError(f"--{k.replace('_', '-')} must be a positive whole number, got {v}")
-    if global_batch is not None and global_batch < 1:
-        raise ParplanError(f"--global-batch must be a positive whole number, got {global_batch}")
     click.echo(plan_report(model, cluster, global_batch=global_batch, dtype=dtype, objective=objective, top=top,
                            headroom=headroom, allow_cross_node_tp=allow_cross_node_tp,
-                           flash_attention=flash_attention, fixed=fixed, fmt=fmt))
+                           flash_attention=flash_attention, fixed=fixed, fmt=fmt, emit_target=emit_target,
+                           explain=explain))
 
 
 @cli.command(name="list")

@@ -122,6 +122,7 @@ def search(model: ModelSpec, cluster: Cluster, space: SearchSpace):
         df = pd.DataFrame({k: v for k, v in cand.items()})
         df["recompute"] = np.array(RECOMPUTE_NAMES)[cand["recompute"]]
         df["order"] = ",".join(order)
+        df["global_batch"] = space.global_batch
         df["step_time_s"] = np.broadcast_to(est.step_time_s, len(df))
         df["tokens_per_s"] = np.broadcast_to(est.tokens_per_s, len(df))
         df["mfu"] = np.broadcast_to(est.mfu, len(df))
@@ -140,10 +141,12 @@ def search(model: ModelSpec, cluster: Cluster, space: SearchSpace):
 
 
 def rank(df, objective: str = "throughput"):
+    """Plans that fit, best first: fastest (most tokens/s, so batches of different size compare) or leanest."""
     fit = df[df["fits"]]
     if objective == "memory":
         return fit.sort_values(["memory_bytes", "step_time_s"], kind="stable")
-    return fit.sort_values(["step_time_s", "memory_bytes"], kind="stable")
+    return fit.assign(_neg_tps=-fit["tokens_per_s"]).sort_values(["_neg_tps", "memory_bytes"], kind="stable") \
+        .drop(columns="_neg_tps")
 
 
 def bottleneck(row) -> str:
@@ -166,7 +169,10 @@ def why(winner, runner) -> str:
     diffs = {k: runner[f"{k}_s"] - winner[f"{k}_s"] for k in BREAKDOWN_KEYS}
     k, v = max(diffs.items(), key=lambda kv: kv[1])
     changed = [f"{a} {runner[a]}->{winner[a]}" for a in ("tp", "pp", "dp", "cp", "micro_batch", "recompute", "zero",
-                                                          "sp", "vpp", "order") if runner[a] != winner[a]]
+                                                          "sp", "vpp", "order", "global_batch") if runner[a] != winner[a]]
+    if runner["global_batch"] != winner["global_batch"]:
+        gain = winner["tokens_per_s"] / runner["tokens_per_s"] - 1
+        return f"#1 moves {gain:.2%} more tokens/s than #2 ({', '.join(changed)})"
     gain = runner["step_time_s"] - winner["step_time_s"]
     return (f"#1 is {gain:.3g} s/step faster than #2, mostly {v:.3g} s less {k.replace('_', ' ')} "
             f"({', '.join(changed) or 'same knobs'})")
@@ -174,7 +180,8 @@ def why(winner, runner) -> str:
 
 def layout_of(row, space: SearchSpace) -> Layout:
     return Layout(tp=int(row["tp"]), pp=int(row["pp"]), dp=int(row["dp"]), cp=int(row["cp"]),
-                  micro_batch=int(row["micro_batch"]), global_batch=space.global_batch, seq_len=space.seq_len,
+                  micro_batch=int(row["micro_batch"]), global_batch=int(row.get("global_batch", space.global_batch)),
+                  seq_len=space.seq_len,
                   zero=int(row["zero"]), sp=bool(row["sp"]), vpp=int(row["vpp"]), recompute=str(row["recompute"]),
                   dtype=space.dtype, flash_attention=space.flash_attention, order=tuple(row["order"].split(",")))
 

@@ -70,3 +70,94 @@ def test_search_rows_equal_scalar_estimates():
         est = estimate(m, cl, layout_of(row, space))
         assert float(est.step_time_s) == pytest.approx(row["step_time_s"], rel=1e-9), row.to_dict()
         assert float(est.memory_bytes["total"]) == pytest.approx(row["memory_bytes"], rel=1e-9)
+
+
+def test_emitted_megatron_flags_round_trip_into_the_same_layout(run_cli):
+    from dataclasses import asdict
+
+    from parplan.emit import megatron_args, parse_megatron_args
+    from parplan.layout import Layout, check_layout
+
+    m = load_model("gpt3")
+    cl = load_cluster("a100x512")
+    for lay in (Layout(tp=8, pp=8, dp=8, micro_batch=2, global_batch=1024, vpp=3, recompute="full", zero=1,
+                       sp=True, seq_len=2048),
+                Layout(tp=4, pp=1, dp=64, cp=2, micro_batch=1, global_batch=512, zero=3, recompute="selective",
+                       cp_mode="ring", seq_len=2048),
+                Layout(tp=8, pp=4, dp=16, micro_batch=1, global_batch=512, zero=0, dtype="fp16", seq_len=2048,
+                       flash_attention=False)):
+        lay = check_layout(lay, m, cl)
+        back = check_layout(parse_megatron_args(" ".join(megatron_args(lay, m)), 512), m, cl)
+        keys = ("tp", "pp", "dp", "cp", "micro_batch", "global_batch", "seq_len", "zero", "sp", "vpp", "schedule",
+                "recompute", "dtype", "cp_mode", "flash_attention")
+        assert {k: asdict(back)[k] for k in keys} == {k: asdict(lay)[k] for k in keys}
+    rc, out, err = run_cli("plan", "--model", "gpt3", "--hw", "a100x512", "--emit", "megatron")
+    assert rc == 0, err
+    rc2, plans, _ = run_cli("plan", "--model", "gpt3", "--hw", "a100x512", "--format", "json", "--top", "1")
+    best = json.loads(plans)[0]
+    back = parse_megatron_args(out, 512)
+    assert (back.tp, back.pp, back.dp, back.cp, back.micro_batch, back.vpp, back.zero, back.recompute) == \
+        (best["tp"], best["pp"], best["dp"], best["cp"], best["micro_batch"], best["vpp"], best["zero"],
+         best["recompute"])
+
+
+def test_torchtitan_and_deepspeed_configs_carry_the_layout():
+    import json as js
+
+    from parplan.emit import deepspeed_config, torchtitan_toml
+    from parplan.layout import Layout
+
+    m = load_model("llama3.1-8b")
+    lay = Layout(tp=2, pp=2, dp=4, micro_batch=2, global_batch=64, zero=3, shard_group=2, recompute="full",
+                 seq_len=8192)
+    toml = torchtitan_toml(lay, m)
+    assert "data_parallel_replicate_degree = 2" in toml and "data_parallel_shard_degree = 2" in toml
+    assert "tensor_parallel_degree = 2" in toml and 'mode = "full"' in toml and "local_batch_size = 16" in toml
+    ds = js.loads(deepspeed_config(Layout(tp=4, pp=2, dp=2, micro_batch=2, global_batch=32, zero=1), m)
+                  .split("\n", 1)[1])
+    assert ds["zero_optimization"]["stage"] == 1 and ds["gradient_accumulation_steps"] == 8
+
+
+def test_rank_stability_counts_the_perturbations_it_survives():
+    """first_in = the number of the 10 one-at-a-time +-15% cases in which a plan is within 1% of the fastest;
+    recomputed here by hand for two plans whose order flips when the network slows."""
+    from parplan.estimate import estimate
+    from parplan.layout import Layout
+    from parplan.trust import PERTURBED, rank_stability, scaled_cluster
+
+    m, cl = load_model("gpt3-6.7b"), load_cluster("a100x64")
+    fsdp = Layout(tp=1, dp=64, global_batch=64, zero=3, seq_len=2048)       # gathers over the network
+    tp2 = Layout(tp=2, dp=32, global_batch=64, zero=3, seq_len=2048)
+    out = rank_stability(m, cl, [fsdp, tp2], headroom=0.1)
+    expected = [0, 0]
+    for what in PERTURBED:
+        for f in (0.85, 1.15):
+            t = [float(estimate(m, scaled_cluster(cl, what, f), lay).step_time_s) for lay in (fsdp, tp2)]
+            for i in range(2):
+                expected[i] += t[i] <= min(t) * 1.01
+    assert [r["first_in"] for r in out] == expected
+    assert out[0]["holds"] == (expected[0] == 10)
+    assert out[0]["cases"] == 10
+
+
+def test_explain_names_binding_constraint_and_sensitivity(run_cli):
+    rc, out, err = run_cli("plan", "--model", "gpt3", "--hw", "a100x512", "--top", "2", "--explain")
+    assert rc == 0, err
+    assert "binding constraint:" in out
+    lines = [ln for ln in out.splitlines() if ln.strip().startswith(("peak FLOP/s", "HBM bandwidth", "HBM capacity",
+                                                                     "scale-up bandwidth", "network bandwidth"))]
+    assert len(lines) == 5
+    gains = [float(ln.split()[-1].rstrip("%")) for ln in lines]
+    assert gains == sorted(gains, reverse=True) and gains[0] > 0
+
+
+def test_global_batch_range_is_searched(run_cli):
+    rc, out, err = run_cli("plan", "--model", "gpt3-13b", "--hw", "a100x64", "--global-batch", "64..256",
+                           "--format", "json", "--top", "20")
+    assert rc == 0, err
+    plans = json.loads(out)
+    assert {p["global_batch"] for p in plans} <= {64, 128, 256}
+    tps = [p["tokens_per_s"] for p in plans]
+    assert tps == sorted(tps, reverse=True)
+    rc, _, err = run_cli("plan", "--model", "gpt3-13b", "--hw", "a100x64", "--global-batch", "64..x")
+    assert rc == 1 and err.startswith("Error: --global-batch")

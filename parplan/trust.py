@@ -1,0 +1,81 @@
+"""How far to trust a plan: does its rank survive +-15% on the hardware's numbers, what binds it,
+and which hardware parameter would buy the most.
+
+A ranking is only useful if the winner does not change when the efficiencies and
+bandwidths the model assumes are somewhat off. We perturb each of them by +-15%
+one at a time and re-estimate the top plans; a plan's rank "holds" when it stays
+first (within 1%) under every perturbation. The sensitivity re-runs the whole
+search with one parameter 10% better, since more HBM can admit new layouts.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from types import MappingProxyType
+
+from .estimate import estimate
+from .hardware import Cluster, make_cluster
+
+PERTURBED = ("matmul efficiency", "element-wise efficiency", "HBM bandwidth", "scale-up bandwidth",
+             "network bandwidth")
+SENSITIVITY = ("peak FLOP/s", "HBM bandwidth", "HBM capacity", "scale-up bandwidth", "network bandwidth")
+
+
+def scaled_cluster(cluster: Cluster, what: str, factor: float) -> Cluster:
+    """The cluster with one hardware parameter multiplied by ``factor`` (efficiencies capped at 1)."""
+    hw, intra, inter = cluster.hardware, cluster.intra_node, cluster.inter_node
+    if what == "matmul efficiency":
+        hw = replace(hw, matmul_efficiency=min(1.0, hw.matmul_efficiency * factor))
+    elif what == "element-wise efficiency":
+        hw = replace(hw, elementwise_efficiency=min(1.0, hw.elementwise_efficiency * factor))
+    elif what == "HBM bandwidth":
+        hw = replace(hw, hbm_bandwidth=hw.hbm_bandwidth * factor)
+    elif what == "HBM capacity":
+        hw = replace(hw, hbm_bytes=hw.hbm_bytes * factor)
+    elif what == "peak FLOP/s":
+        hw = replace(hw, peak_flops=MappingProxyType({k: v * factor for k, v in hw.peak_flops.items()}))
+    elif what == "scale-up bandwidth":
+        intra = replace(intra, bandwidth=intra.bandwidth * factor)
+    elif what == "network bandwidth":
+        inter = replace(inter, bandwidth=inter.bandwidth * factor)
+    else:
+        raise ValueError(what)
+    return make_cluster(hw, cluster.devices, devices_per_node=cluster.devices_per_node, inter_node=inter,
+                        intra_node=intra, name=cluster.name)
+
+
+def rank_stability(model, cluster: Cluster, layouts: list, headroom: float, swing: float = 0.15,
+                   tolerance: float = 0.01) -> list[dict]:
+    """For each plan (in rank order): under how many of the 2x5 perturbations it is (within 1% of) the
+    fastest of these plans, and its worst rank."""
+    cases = [(w, f) for w in PERTURBED for f in (1 - swing, 1 + swing)]
+    firsts = [0] * len(layouts)
+    worst = [1] * len(layouts)
+    flips = []
+    for what, factor in cases:
+        cl = scaled_cluster(cluster, what, factor)
+        times = [float(estimate(model, cl, lay, headroom=headroom, check=False).step_time_s) for lay in layouts]
+        best = min(times)
+        order = sorted(range(len(times)), key=times.__getitem__)
+        for i, t in enumerate(times):
+            if t <= best * (1 + tolerance):
+                firsts[i] += 1
+            worst[i] = max(worst[i], order.index(i) + 1)
+        if times[0] > best * (1 + tolerance):
+            flips.append(f"{what} {'-' if factor < 1 else '+'}{swing:.0%}")
+    out = []
+    for i in range(len(layouts)):
+        out.append({"first_in": firsts[i], "cases": len(cases), "worst_rank": worst[i],
+                    "holds": firsts[i] == len(cases)})
+    if out:
+        out[0]["loses_first_under"] = flips
+    return out
+
+
+def sensitivity(run_search, cluster: Cluster, best_time_s: float, gain: float = 0.10) -> list[dict]:
+    """Best step time with each hardware parameter 10% better; ``run_search(cluster)`` returns the best time."""
+    rows = []
+    for what in SENSITIVITY:
+        t = run_search(scaled_cluster(cluster, what, 1 + gain))
+        rows.append({"parameter": what, "step_time_s": t,
+                     "speedup": (best_time_s / t - 1.0) if t else 0.0})
+    return sorted(rows, key=lambda r: -r["speedup"])
