@@ -140,11 +140,11 @@ def _table(model, cluster, ranked, best, plans, evaluated, batches, gb_note, obj
     out = [f"{model.name} on {cluster.name}: {evaluated} candidates evaluated, {len(ranked)} fit; "
            f"global batch {gb} x {seq} tokens ({gb_note}); objective {objective}",
            "",
-           f"{'#':>3}  {'layout':<53}{'placement':<11}{'batch':>6}{'step s':>9}{'tokens/s':>11}{'MFU':>7}"
+           f"{'#':>3}  {'layout':<58}{'placement':<11}{'batch':>6}{'step s':>9}{'tokens/s':>11}{'MFU':>7}"
            f"{'memory GiB':>16}  {'bottleneck':<10} rank holds +-15%"]
     for i, ((_, row), trust) in enumerate(zip(best.iterrows(), stability), 1):
         holds = "yes" if trust["holds"] else f"{trust['first_in']}/{trust['cases']} (worst #{trust['worst_rank']})"
-        out.append(f"{i:>3}  {describe_row(row):<53}{re.sub('^tp,cp,', '', row['order']):<11}"
+        out.append(f"{i:>3}  {describe_row(row):<58}{re.sub('^tp,cp,', '', row['order']):<11}"
                    f"{int(row['global_batch']):>6}{row['step_time_s']:9.3f}{row['tokens_per_s']:11.4g}"
                    f"{100 * row['mfu']:6.1f}%{row['memory_bytes'] / GIB:8.1f} / {hbm / GIB:4.0f}  "
                    f"{bottleneck(row):<10} {holds}")

@@ -46,6 +46,22 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
+TP_MODES = ("1d", "2d", "3d")
+CP_MODES = ("allgather", "ring")
+
+
+def _tp_modes(model: ModelSpec, tp: int) -> list[int]:
+    """Tensor-parallel modes a size admits: 1D when it divides heads and MLP, 2D/3D for squares/cubes."""
+    modes = []
+    if not (model.heads % tp or model.ffn_hidden % tp or (model.kv_heads % tp and tp % model.kv_heads)):
+        modes.append(0)
+    for code, power in ((1, 2), (2, 3)):
+        q = round(tp ** (1 / power))
+        if tp > 1 and q ** power == tp and q > 1 and not (model.hidden % q or model.ffn_hidden % q or model.heads % q):
+            modes.append(code)
+    return modes
+
+
 def candidates(model: ModelSpec, cluster: Cluster, space: SearchSpace) -> dict[str, np.ndarray]:
     """All layouts that pass the shape constraints, as parallel arrays."""
     n, gb, seq = cluster.devices, space.global_batch, space.seq_len
@@ -53,22 +69,25 @@ def candidates(model: ModelSpec, cluster: Cluster, space: SearchSpace) -> dict[s
     tp_max = n if space.allow_cross_node_tp else cluster.fast_domain
     rows = []
     for tp in _divisors(n):
-        if tp > tp_max or model.heads % tp or model.ffn_hidden % tp or (model.kv_heads % tp and tp % model.kv_heads):
+        if tp > tp_max:
             continue
-        for cp in _divisors(n // tp):
-            if seq % (2 * cp) and cp > 1:
-                continue
-            for pp in _divisors(n // (tp * cp)):
-                if pp > model.layers:
+        for mode in _tp_modes(model, tp):
+            for cp in _divisors(n // tp):
+                if seq % (2 * cp) and cp > 1:
                     continue
-                dp = n // (tp * cp * pp)
-                if gb % dp:
-                    continue
-                rows.append((tp, cp, pp, dp))
+                for cp_mode in ((0, 1) if cp > 1 else (0,)):
+                    for pp in _divisors(n // (tp * cp)):
+                        if pp > model.layers:
+                            continue
+                        dp = n // (tp * cp * pp)
+                        if gb % dp:
+                            continue
+                        rows.append((tp, cp, pp, dp, mode, cp_mode))
     if not rows:
         raise ParplanError(f"no factorization of {n} devices fits {model.name} with global batch {gb}")
     base = np.array(rows)
-    axes = {"tp": base[:, 0], "cp": base[:, 1], "pp": base[:, 2], "dp": base[:, 3]}
+    axes = {"tp": base[:, 0], "cp": base[:, 1], "pp": base[:, 2], "dp": base[:, 3], "tp_mode": base[:, 4],
+            "cp_mode": base[:, 5]}
     for k in ("tp", "cp", "pp", "dp"):
         if k in fixed:
             keep = axes[k] == fixed[k]
@@ -77,66 +96,81 @@ def candidates(model: ModelSpec, cluster: Cluster, space: SearchSpace) -> dict[s
         raise ParplanError(f"no layout of {n} devices has {', '.join(f'{k}={v}' for k, v in fixed.items())}")
 
     mbs = [b for b in (1, 2, 4, 8, 16, 32) if b <= space.max_micro_batch]
-    knobs = itertools.product(mbs, range(3), (0, 1, 2, 3), (False, True), (1, 2, 3, 4, 6, 8))
-    knob = np.array(list(knobs), dtype=object)
-    k_mb = knob[:, 0].astype(int)
-    k_rc = knob[:, 1].astype(int)
-    k_zero = knob[:, 2].astype(int)
-    k_sp = knob[:, 3].astype(bool)
-    k_vpp = knob[:, 4].astype(int)
-    # Cartesian product of axis rows and knob rows.
+    # Knobs: micro-batch, recompute, ZeRO stage, sequence parallel, virtual stages, HSDP (shard in one node).
+    knob = np.array(list(itertools.product(mbs, range(3), (0, 1, 2, 3), (0, 1), (1, 2, 3, 4, 6, 8), (0, 1))))
     ia, ik = np.meshgrid(np.arange(len(axes["tp"])), np.arange(len(knob)), indexing="ij")
     ia, ik = ia.ravel(), ik.ravel()
     c = {a: v[ia] for a, v in axes.items()}
-    c.update(micro_batch=k_mb[ik], recompute=k_rc[ik], zero=k_zero[ik], sp=k_sp[ik], vpp=k_vpp[ik])
+    c.update(micro_batch=knob[ik, 0], recompute=knob[ik, 1], zero=knob[ik, 2], sp=knob[ik, 3].astype(bool),
+             vpp=knob[ik, 4])
+    hsdp = knob[ik, 5].astype(bool)
+    # HSDP shards over the data-parallel ranks of one node and replicates across nodes.
+    node_group = np.maximum(cluster.devices_per_node // (c["tp"] * c["cp"]), 1)
+    c["shard_group"] = np.where(hsdp, node_group, c["dp"])
     for k in ("micro_batch", "zero", "vpp", "sp"):
         if k in fixed:
-            c["zero" if k == "zero" else k] = c[k]
             keep = c[k] == fixed[k]
             c = {a: v[keep] for a, v in c.items()}
+            hsdp = hsdp[keep]
     if "recompute" in fixed:
         keep = c["recompute"] == RECOMPUTE_NAMES.index(fixed["recompute"])
         c = {a: v[keep] for a, v in c.items()}
+        hsdp = hsdp[keep]
     per_replica = gb // c["dp"]
     m = per_replica // c["micro_batch"]
+    q = np.where(c["tp_mode"] == 1, np.round(np.sqrt(c["tp"])), np.round(np.cbrt(c["tp"]))).astype(int)
     ok = (per_replica % c["micro_batch"] == 0) & (m >= 1)
-    ok &= ~(c["sp"] & (c["tp"] == 1))                       # sequence parallel needs TP
+    ok &= ~(c["sp"] & ((c["tp"] == 1) | (c["tp_mode"] > 0)))  # sequence parallel: 1D TP only
+    ok &= (c["tp_mode"] == 0) | (c["micro_batch"] % np.where(c["tp_mode"] == 1, q, q * q) == 0)
     ok &= (c["vpp"] == 1) | ((c["pp"] > 1) & (model.layers % (c["pp"] * c["vpp"]) == 0) & (m % c["pp"] == 0))
     ok &= ~((c["zero"] > 0) & (c["dp"] * c["cp"] == 1))     # nothing to shard over
     ok &= ~((c["zero"] == 3) & (c["pp"] > 1))               # FSDP with pipelines: not offered by the frameworks
+    ok &= ~hsdp | ((c["zero"] > 0) & (c["dp"] % c["shard_group"] == 0) & (c["shard_group"] > 1)
+                   & (c["shard_group"] < c["dp"]))
     return {a: v[ok] for a, v in c.items()}
 
 
 def search(model: ModelSpec, cluster: Cluster, space: SearchSpace):
-    """Evaluate every candidate; return (pandas DataFrame of all candidates, number evaluated)."""
+    """Evaluate every candidate; return (pandas DataFrame of all candidates, number evaluated).
+
+    One vectorized estimate per placement, tensor-parallel mode and context-parallel scheme (the
+    categorical choices that pick different plug-ins); numeric knobs ride along as arrays.
+    """
     import pandas as pd
 
     cand = candidates(model, cluster, space)
     frames = []
-    for order in PLACEMENTS:
-        layout = Layout(tp=cand["tp"], pp=cand["pp"], dp=cand["dp"], cp=cand["cp"],
-                        micro_batch=cand["micro_batch"], global_batch=space.global_batch, seq_len=space.seq_len,
-                        zero=cand["zero"], sp=cand["sp"], vpp=cand["vpp"], recompute=cand["recompute"],
-                        dtype=space.dtype, flash_attention=space.flash_attention, order=order)
-        est = estimate(model, cluster, layout, check=False, headroom=space.headroom)
-        df = pd.DataFrame({k: v for k, v in cand.items()})
-        df["recompute"] = np.array(RECOMPUTE_NAMES)[cand["recompute"]]
-        df["order"] = ",".join(order)
-        df["global_batch"] = space.global_batch
-        df["step_time_s"] = np.broadcast_to(est.step_time_s, len(df))
-        df["tokens_per_s"] = np.broadcast_to(est.tokens_per_s, len(df))
-        df["mfu"] = np.broadcast_to(est.mfu, len(df))
-        df["hfu"] = np.broadcast_to(est.hfu, len(df))
-        df["tflops_per_device"] = np.broadcast_to(est.tflops_per_device, len(df))
-        df["memory_bytes"] = np.broadcast_to(est.memory_bytes["total"], len(df))
-        df["fits"] = np.broadcast_to(est.fits, len(df))
-        for k in BREAKDOWN_KEYS:
-            df[f"{k}_s"] = np.broadcast_to(est.breakdown_s[k], len(df))
-        frames.append(df)
+    for tp_code, cp_code in sorted(set(zip(cand["tp_mode"].tolist(), cand["cp_mode"].tolist()))):
+        sel = (cand["tp_mode"] == tp_code) & (cand["cp_mode"] == cp_code)
+        part = {k: v[sel] for k, v in cand.items()}
+        for order in PLACEMENTS:
+            layout = Layout(tp=part["tp"], pp=part["pp"], dp=part["dp"], cp=part["cp"],
+                            micro_batch=part["micro_batch"], global_batch=space.global_batch, seq_len=space.seq_len,
+                            zero=part["zero"], sp=part["sp"], vpp=part["vpp"], recompute=part["recompute"],
+                            shard_group=part["shard_group"], tp_mode=TP_MODES[tp_code], cp_mode=CP_MODES[cp_code],
+                            dtype=space.dtype, flash_attention=space.flash_attention, order=order)
+            est = estimate(model, cluster, layout, check=False, headroom=space.headroom)
+            df = pd.DataFrame({k: v for k, v in part.items()})
+            df["recompute"] = np.array(RECOMPUTE_NAMES)[part["recompute"]]
+            df["tp_mode"] = TP_MODES[tp_code]
+            df["cp_mode"] = CP_MODES[cp_code]
+            df["order"] = ",".join(order)
+            df["global_batch"] = space.global_batch
+            n = len(df)
+            df["step_time_s"] = np.broadcast_to(est.step_time_s, n)
+            df["tokens_per_s"] = np.broadcast_to(est.tokens_per_s, n)
+            df["mfu"] = np.broadcast_to(est.mfu, n)
+            df["hfu"] = np.broadcast_to(est.hfu, n)
+            df["tflops_per_device"] = np.broadcast_to(est.tflops_per_device, n)
+            df["memory_bytes"] = np.broadcast_to(est.memory_bytes["total"], n)
+            df["fits"] = np.broadcast_to(est.fits, n)
+            for k in BREAKDOWN_KEYS:
+                df[f"{k}_s"] = np.broadcast_to(est.breakdown_s[k], n)
+            frames.append(df)
     all_df = pd.concat(frames, ignore_index=True)
     # Placement only matters when some axis spans nodes; keep distinct results.
-    all_df = all_df.drop_duplicates(subset=["tp", "cp", "pp", "dp", "micro_batch", "recompute", "zero", "sp", "vpp",
-                                            "step_time_s"])
+    all_df = all_df.drop_duplicates(subset=["tp", "cp", "pp", "dp", "tp_mode", "cp_mode", "micro_batch", "recompute",
+                                            "zero", "sp", "vpp", "shard_group", "step_time_s"])
     return all_df, sum(len(f) for f in frames)
 
 
@@ -158,8 +192,13 @@ def bottleneck(row) -> str:
 
 
 def describe_row(row) -> str:
-    parts = [f"tp={row['tp']}" + ("+sp" if row["sp"] else ""), f"pp={row['pp']}" + (f"x{row['vpp']}" if row["vpp"] > 1 else ""),
-             f"dp={row['dp']}" + (f"(zero{row['zero']})" if row["zero"] else ""), f"cp={row['cp']}",
+    mode = row.get("tp_mode", "1d")
+    hsdp = row.get("shard_group", row["dp"]) != row["dp"] and row["zero"]
+    parts = [f"tp={row['tp']}" + (f"({mode})" if mode != "1d" else "") + ("+sp" if row["sp"] else ""),
+             f"pp={row['pp']}" + (f"x{row['vpp']}" if row["vpp"] > 1 else ""),
+             f"dp={row['dp']}" + (f"(zero{row['zero']}" + (f",hsdp{row['shard_group']}" if hsdp else "") + ")"
+                                  if row["zero"] else ""),
+             f"cp={row['cp']}" + ("(ring)" if row["cp"] > 1 and row.get("cp_mode") == "ring" else ""),
              f"mb={row['micro_batch']}", f"rc={row['recompute']}"]
     return " ".join(parts)
 
@@ -169,7 +208,8 @@ def why(winner, runner) -> str:
     diffs = {k: runner[f"{k}_s"] - winner[f"{k}_s"] for k in BREAKDOWN_KEYS}
     k, v = max(diffs.items(), key=lambda kv: kv[1])
     changed = [f"{a} {runner[a]}->{winner[a]}" for a in ("tp", "pp", "dp", "cp", "micro_batch", "recompute", "zero",
-                                                          "sp", "vpp", "order", "global_batch") if runner[a] != winner[a]]
+                                                          "sp", "vpp", "tp_mode", "cp_mode", "shard_group", "order", "global_batch")
+               if a in runner and runner[a] != winner[a]]
     if runner["global_batch"] != winner["global_batch"]:
         gain = winner["tokens_per_s"] / runner["tokens_per_s"] - 1
         return f"#1 moves {gain:.2%} more tokens/s than #2 ({', '.join(changed)})"
@@ -183,6 +223,9 @@ def layout_of(row, space: SearchSpace) -> Layout:
                   micro_batch=int(row["micro_batch"]), global_batch=int(row.get("global_batch", space.global_batch)),
                   seq_len=space.seq_len,
                   zero=int(row["zero"]), sp=bool(row["sp"]), vpp=int(row["vpp"]), recompute=str(row["recompute"]),
+                  tp_mode=str(row.get("tp_mode", "1d")), cp_mode=str(row.get("cp_mode", "allgather")),
+                  shard_group=(int(row["shard_group"]) if int(row.get("shard_group", row["dp"])) != int(row["dp"])
+                               else None),
                   dtype=space.dtype, flash_attention=space.flash_attention, order=tuple(row["order"].split(",")))
 
 

@@ -66,6 +66,9 @@ def test_search_rows_equal_scalar_estimates():
     rng = np.random.default_rng(0)
     picks = [df[df["zero"] == z].iloc[int(rng.integers(0, (df["zero"] == z).sum()))] for z in (0, 1, 2, 3)]
     picks += [rank(df).iloc[0], rank(df).iloc[1]]
+    for subset in (df[df["tp_mode"] == "2d"], df[df["shard_group"] != df["dp"]], df[df["cp_mode"] == "ring"]):
+        assert len(subset), "the search offers 2D TP, HSDP and ring attention"
+        picks.append(subset.iloc[len(subset) // 2])
     for row in picks:
         est = estimate(m, cl, layout_of(row, space))
         assert float(est.step_time_s) == pytest.approx(row["step_time_s"], rel=1e-9), row.to_dict()
