@@ -179,6 +179,8 @@ def rank(df, objective: str = "throughput"):
     fit = df[df["fits"]]
     if objective == "memory":
         return fit.sort_values(["memory_bytes", "step_time_s"], kind="stable")
+    if "global_batch" not in fit or fit["global_batch"].nunique() <= 1:
+        return fit.sort_values(["step_time_s", "memory_bytes"], kind="stable")
     return fit.assign(_neg_tps=-fit["tokens_per_s"]).sort_values(["_neg_tps", "memory_bytes"], kind="stable") \
         .drop(columns="_neg_tps")
 
