@@ -12,8 +12,11 @@ from __future__ import annotations
 from dataclasses import replace
 from types import MappingProxyType
 
+import numpy as np
+
 from .estimate import estimate
 from .hardware import Cluster, make_cluster
+from .layout import RECOMPUTE, Layout
 
 PERTURBED = ("matmul efficiency", "element-wise efficiency", "HBM bandwidth", "scale-up bandwidth",
              "network bandwidth")
@@ -43,6 +46,26 @@ def scaled_cluster(cluster: Cluster, what: str, factor: float) -> Cluster:
                         intra_node=intra, name=cluster.name)
 
 
+CATEGORICAL = ("order", "tp_mode", "cp_mode", "dtype", "flash_attention", "overlap_grad_reduce",
+               "overlap_param_gather", "grad_accum_fp32", "schedule", "seq_len")
+NUMERIC = ("tp", "pp", "dp", "cp", "micro_batch", "global_batch", "zero", "sp", "vpp")
+
+
+def stack_layouts(layouts: list) -> list[tuple[list[int], Layout]]:
+    """Layouts that differ only in numeric knobs, stacked into array Layouts (one estimate call each)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, lay in enumerate(layouts):
+        groups.setdefault(tuple(getattr(lay, k) for k in CATEGORICAL), []).append(i)
+    out = []
+    for idx in groups.values():
+        first = layouts[idx[0]]
+        fields = {k: np.array([getattr(layouts[i], k) for i in idx]) for k in NUMERIC}
+        fields["recompute"] = np.array([RECOMPUTE.index(layouts[i].recompute) for i in idx])
+        fields["shard_group"] = np.array([layouts[i].shard_group or layouts[i].dp for i in idx])
+        out.append((idx, replace(first, **fields)))
+    return out
+
+
 def rank_stability(model, cluster: Cluster, layouts: list, headroom: float, swing: float = 0.15,
                    tolerance: float = 0.01) -> list[dict]:
     """For each plan (in rank order): under how many of the 2x5 perturbations it is (within 1% of) the
@@ -51,9 +74,14 @@ def rank_stability(model, cluster: Cluster, layouts: list, headroom: float, swin
     firsts = [0] * len(layouts)
     worst = [1] * len(layouts)
     flips = []
+    groups = stack_layouts(layouts)
     for what, factor in cases:
         cl = scaled_cluster(cluster, what, factor)
-        times = [float(estimate(model, cl, lay, headroom=headroom, check=False).step_time_s) for lay in layouts]
+        times = [0.0] * len(layouts)
+        for idx, stacked in groups:
+            t = np.broadcast_to(estimate(model, cl, stacked, headroom=headroom, check=False).step_time_s, len(idx))
+            for i, v in zip(idx, t):
+                times[i] = float(v)
         best = min(times)
         order = sorted(range(len(times)), key=times.__getitem__)
         for i, t in enumerate(times):
