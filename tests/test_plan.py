@@ -164,3 +164,18 @@ def test_global_batch_range_is_searched(run_cli):
     assert tps == sorted(tps, reverse=True)
     rc, _, err = run_cli("plan", "--model", "gpt3-13b", "--hw", "a100x64", "--global-batch", "64..x")
     assert rc == 1 and err.startswith("Error: --global-batch")
+
+
+def test_smaller_cluster_changes_the_plan_in_the_expected_direction():
+    """A quarter of the devices at the same batch: each device takes more of the batch and the step gets longer."""
+    m = load_model("gpt3")
+
+    def best(hw):
+        space = SearchSpace(global_batch=1024, seq_len=2048)
+        df, _ = search(m, load_cluster(hw), space)
+        return rank(df).iloc[0]
+    big, small = best("a100x512"), best("a100x128")
+    assert small["step_time_s"] > 2.5 * big["step_time_s"]
+    assert small["tokens_per_s"] < big["tokens_per_s"]
+    per_device = lambda r: 1024 / (r["dp"] * r["cp"])
+    assert per_device(small) >= per_device(big)
