@@ -6,18 +6,13 @@ non-zero (2 for usage errors), never a traceback.
 from __future__ import annotations
 
 import json
-import sys
 from functools import wraps
 
 import click
 
+from .clitools import fail, run
 from .errors import ParplanError
 from .inference_cli import inference_options
-
-
-def _fail(message: str, code: int) -> None:
-    click.echo(f"Error: {message}", err=True)
-    sys.exit(code)
 
 
 def handle_errors(fn):
@@ -26,7 +21,7 @@ def handle_errors(fn):
         try:
             return fn(*args, **kwargs)
         except ParplanError as exc:
-            _fail(str(exc), 1)
+            fail(str(exc), 1)
     return wrapper
 
 
@@ -300,18 +295,7 @@ _register_optional_commands()
 
 def main(argv=None) -> None:
     """Entry point: run the CLI with one-line errors (exit 2 for usage, 1 otherwise)."""
-    try:
-        cli.main(args=argv, prog_name="parplan", standalone_mode=False)
-    except click.exceptions.Abort:
-        _fail("aborted", 1)
-    except click.UsageError as exc:
-        _fail(exc.format_message().replace("\n", " "), 2)
-    except click.ClickException as exc:
-        _fail(exc.format_message().replace("\n", " "), 1)
-    except ParplanError as exc:
-        _fail(str(exc), 1)
-    except BrokenPipeError:
-        sys.exit(0)
+    run(cli, argv)
 
 
 if __name__ == "__main__":

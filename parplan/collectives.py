@@ -20,7 +20,6 @@ tree replaces the ``2(N-1)`` inter-node ring steps of an all-reduce by ``2 log2 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 

@@ -59,6 +59,7 @@ import numpy as np
 from . import ops as ops_mod
 from .collectives import collective_time_s, place
 from .errors import ParplanError
+from .layout import check_tp_1d
 from .estimate import DEFAULT_HEADROOM, op_times
 from .hardware import BYTES_PER_ELEMENT, DTYPES, Cluster, Hardware
 from .model import ModelSpec
@@ -370,14 +371,7 @@ def pass_cost(model: ModelSpec, cluster: Cluster, tp: int, pp: int, phase: str, 
 # --------------------------------------------------------------------------- the estimate
 
 
-def check_tp(model: ModelSpec, tp: int) -> None:
-    """Megatron 1D TP shards the heads, the KV heads (or replicates them) and the MLP width."""
-    if model.heads % tp:
-        raise ParplanError(f"tp={tp} does not divide the {model.heads} attention heads of {model.name}")
-    if model.kv_heads % tp and tp % model.kv_heads:
-        raise ParplanError(f"tp={tp} and the {model.kv_heads} KV heads of {model.name} do not divide each other")
-    if model.ffn_hidden % tp:
-        raise ParplanError(f"tp={tp} does not divide the MLP width {model.ffn_hidden} of {model.name}")
+check_tp = check_tp_1d
 
 
 def check_serve_layout(layout: ServeLayout, model: ModelSpec, cluster: Cluster) -> ServeLayout:

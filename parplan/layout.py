@@ -100,6 +100,16 @@ def mesh_order(sizes: dict[str, int]) -> tuple[str, ...]:
     return tuple(sizes) + tuple(a for a in DEFAULT_ORDER if a not in sizes)
 
 
+def check_tp_1d(model: ModelSpec, tp: int) -> None:
+    """Megatron 1D TP shards the heads, the KV heads (or replicates them) and the MLP width."""
+    if model.heads % tp:
+        raise ParplanError(f"tp={tp} does not divide the {model.heads} attention heads of {model.name}")
+    if model.kv_heads % tp and tp % model.kv_heads:
+        raise ParplanError(f"tp={tp} and the {model.kv_heads} KV heads of {model.name} do not divide each other")
+    if model.ffn_hidden % tp:
+        raise ParplanError(f"tp={tp} does not divide the MLP width {model.ffn_hidden} of {model.name}")
+
+
 def check_layout(layout: Layout, model: ModelSpec, cluster: Cluster) -> Layout:
     """Refuse an impossible layout with one clear sentence; return it with defaults filled in."""
     for name in ("tp", "pp", "dp", "cp", "micro_batch", "vpp"):
@@ -128,12 +138,7 @@ def check_layout(layout: Layout, model: ModelSpec, cluster: Cluster) -> Layout:
                            f"does not match the {cluster.devices} devices of {cluster.name}")
     tp = layout.tp
     if layout.tp_mode == "1d":
-        if model.heads % tp:
-            raise ParplanError(f"tp={tp} does not divide the {model.heads} attention heads of {model.name}")
-        if model.kv_heads % tp and tp % model.kv_heads:
-            raise ParplanError(f"tp={tp} and the {model.kv_heads} KV heads of {model.name} do not divide each other")
-        if model.ffn_hidden % tp:
-            raise ParplanError(f"tp={tp} does not divide the MLP width {model.ffn_hidden} of {model.name}")
+        check_tp_1d(model, tp)
     else:
         q = round(tp ** (0.5 if layout.tp_mode == "2d" else 1 / 3))
         if q ** (2 if layout.tp_mode == "2d" else 3) != tp:

@@ -8,25 +8,16 @@ matplotlib; the commands import what they need when they run.
 from __future__ import annotations
 
 import shlex
-import sys
-from functools import wraps
 
 import click
 
+from .clitools import one_line_errors, run
 from .errors import ParplanError
 
 DTYPES = ["bf16", "fp16", "fp8", "tf32", "fp32"]
 
 
-def _one_line_errors(fn):
-    """ParplanError -> click's one-line ``Error: ...`` with exit status 1."""
-    @wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except ParplanError as exc:
-            raise click.ClickException(str(exc)) from None
-    return wrapper
+_one_line_errors = one_line_errors
 
 
 def _positive(name: str, value):
@@ -133,22 +124,7 @@ def main(argv=None) -> None:
     """Run ``report`` or ``sweep`` on their own, with the CLI's one-line errors."""
     group = click.Group(name="parplan", commands={"report": report, "sweep": sweep},
                         context_settings={"help_option_names": ["-h", "--help"]})
-    try:
-        group.main(args=argv, prog_name="parplan", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("Error: aborted", err=True)
-        sys.exit(1)
-    except click.UsageError as exc:
-        click.echo(f"Error: {exc.format_message()}".replace("\n", " "), err=True)
-        sys.exit(2)
-    except click.ClickException as exc:
-        click.echo(f"Error: {exc.format_message()}".replace("\n", " "), err=True)
-        sys.exit(1)
-    except ParplanError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(1)
-    except BrokenPipeError:
-        sys.exit(0)
+    run(group, argv)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ optimizers of both frameworks), while the bf16 runs accumulate them in fp32.
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any

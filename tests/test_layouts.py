@@ -1,5 +1,4 @@
 """Layouts on a mesh: ZeRO stages, pipeline bubbles, FSDP x TP, placement and link sharing."""
-import numpy as np
 import pytest
 
 from parplan.collectives import bus_factor, collective_time_s, place

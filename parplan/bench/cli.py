@@ -6,7 +6,6 @@ Nothing here imports torch: only the worker process does.
 """
 from __future__ import annotations
 
-import functools
 import importlib.util
 import socket
 import sys
@@ -17,19 +16,12 @@ import click
 
 from ..errors import ParplanError
 from .results import CSV_NAME, JSONL_NAME, atomic_write_text, default_out_dir, load_results
+from ..clitools import one_line_errors, run
 from .sweep import (BenchConfig, build_plan, parse_bytes, parse_dtypes, parse_groups, parse_layouts, parse_ops,
                     parse_shapes, parse_suites, resolve)
 
 
-def user_errors(fn):
-    """Show a ParplanError as one ``Error: ...`` line and a non-zero exit, in any click group."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except ParplanError as exc:
-            raise click.ClickException(str(exc)) from None
-    return wrapper
+user_errors = one_line_errors
 
 
 def measure_options(fn):
@@ -253,25 +245,6 @@ def worker(**opts) -> None:
 
 
 COMMANDS = {"bench": bench, "calibrate": calibrate, "compare": compare}
-
-
-def run(command: click.Command, argv: list[str], prog_name: str) -> None:
-    """Run one command as ``parplan`` does: every error one ``Error: ...`` line on stderr,
-    exit 2 for a bad argument and 1 otherwise."""
-    def fail(message: str, code: int) -> None:
-        click.echo(f"Error: {message}", err=True)
-        sys.exit(code)
-
-    try:
-        command.main(args=argv, prog_name=prog_name, standalone_mode=False)
-    except click.exceptions.Abort:
-        fail("aborted", 1)
-    except click.UsageError as exc:
-        fail(exc.format_message().replace("\n", " "), 2)
-    except click.ClickException as exc:
-        fail(exc.format_message().replace("\n", " "), 1)
-    except ParplanError as exc:
-        fail(str(exc), 1)
 
 
 def main(argv: list[str] | None = None) -> None:
