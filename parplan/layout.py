@@ -44,6 +44,7 @@ class Layout:
     overlap_grad_reduce: bool = True
     overlap_param_gather: bool = True
     grad_accum_fp32: bool = True     # fp32 main gradients (Megatron, DeepSpeed BF16_Optimizer)
+    pp_scatter_gather: bool = True   # TP ranks split pipeline sends (Megatron-LM); False: DeepSpeed pipeline
     order: tuple[str, ...] = field(default=DEFAULT_ORDER)
 
     @property

@@ -13,7 +13,9 @@ attention, which postdates all of them, and gradient reduction after the
 pipeline flush rather than under the backward pass (Megatron-LM's local DDP
 and DeepSpeed's pipeline engine of 2021-22); DeepSpeed ZeRO-3 prefetches and
 overlaps its gathers; fp16 mixed precision keeps 16-bit gradients (the fp16
-optimizers of both frameworks), while the bf16 runs accumulate them in fp32.
+optimizers of both frameworks), while the bf16 runs accumulate them in fp32;
+runs on DeepSpeed's pipeline engine (the records' notes say so) send whole
+activations between stages from every TP rank, where Megatron-LM splits them.
 """
 from __future__ import annotations
 
@@ -75,6 +77,7 @@ def record_setup(rec: dict):
         vpp=int(lay.get("vpp") or 1), recompute=str(lay.get("recompute") or "none"), dtype=precision,
         flash_attention=False, overlap_grad_reduce=(zero == 3), overlap_param_gather=(zero == 3),
         grad_accum_fp32=(precision == "bf16"),
+        pp_scatter_gather="deepspeed" not in str(rec.get("notes", "")).lower() + str(rec.get("source", "")).lower(),
     )
     unknown = [k for k in ("micro_batch", "vpp", "zero", "recompute") if lay.get(k) is None]
     return model, cluster, layout, unknown

@@ -6,7 +6,10 @@ interleaving v model chunks per device shrinks it to (p-1)/(v m) at v times the
 point-to-point messages. Each stage boundary sends one (b, s, h) activation
 forward and its gradient backward per micro-batch; with tensor parallelism each
 TP rank sends 1/t of it and the receivers all-gather over NVLink (the paper's
-scatter/gather optimisation).
+scatter/gather optimisation, Megatron-LM ``--scatter-gather-tensors-in-pipeline``).
+DeepSpeed's pipeline engine sends each stage's whole output from every TP rank
+(``deepspeed/runtime/pipe/engine.py``, ``_exec_send_activations``):
+``Layout.pp_scatter_gather = False``.
 """
 from __future__ import annotations
 
@@ -23,8 +26,10 @@ class PipelineParallel(Strategy):
         p, v, t = np.asarray(lay.pp), np.asarray(lay.vpp), np.asarray(lay.tp)
         stride = ctx.stride("pp")
         act = d.batch * d.seq * model.hidden * ctx.bpe
-        # Scatter/gather: each TP rank sends its 1/t slice (already sharded under sequence parallel).
-        msg = act / np.where(np.asarray(lay.sp), d.norm_shard, t)
+        # Scatter/gather: each TP rank sends its 1/t slice (already sharded under sequence parallel);
+        # without it (DeepSpeed's pipeline engine) every TP rank sends the whole activation.
+        split = np.where(np.asarray(lay.sp), d.norm_shard, np.where(lay.pp_scatter_gather, t, 1))
+        msg = act / split
         sends = np.where(p > 1, v, 0)
         tied = 1 if model.tied_embeddings else 0
         table = np.ceil(model.vocab / t) * model.hidden * ctx.bpe
