@@ -1,0 +1,49 @@
+"""The cost model against published training runs: a regression gate on `parplan validate`.
+
+The issue's targets (mean <= 5%, max <= 12% over all 51 runs) are not met yet: the DeepSpeed
+ZeRO-3 runs of Narayanan et al. 2021 Table 2 are predicted 34-79% too fast. These bounds keep
+what is reached from getting worse; tighten them as the model improves.
+"""
+import pytest
+
+from parplan.validation import load_runs, validate_runs
+
+
+@pytest.fixture(scope="module")
+def results():
+    return validate_runs(load_runs())
+
+
+def test_every_published_run_is_predicted(results):
+    assert results["summary"]["runs"] == 51
+    assert all(r["predicted_s"] > 0 for r in results["rows"])
+
+
+def test_summary_does_not_regress(results):
+    s = results["summary"]
+    assert s["mean_abs_error"] <= 0.135
+    assert s["median_abs_error"] <= 0.07
+
+
+def by_prefix(results, prefix):
+    return [r for r in results["rows"] if r["id"].startswith(prefix)]
+
+
+def test_korthikanti_runs_within_8_percent(results):
+    """Korthikanti et al. 2022 Table 5: every knob published, Megatron-LM on Selene."""
+    rows = by_prefix(results, "korthikanti2022")
+    assert len(rows) == 9
+    assert max(abs(r["error"]) for r in rows) <= 0.08
+    assert sum(abs(r["error"]) for r in rows) / len(rows) <= 0.04
+
+
+def test_megatron_table1_within_10_percent(results):
+    rows = by_prefix(results, "megatron2021-t1")
+    assert len(rows) == 10
+    assert max(abs(r["error"]) for r in rows) <= 0.10
+
+
+def test_bloom_runs_mean_within_8_percent(results):
+    rows = by_prefix(results, "bloom")
+    assert len(rows) == 21
+    assert sum(abs(r["error"]) for r in rows) / len(rows) <= 0.08
