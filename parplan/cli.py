@@ -207,7 +207,7 @@ def plan(model_name, hw, global_batch, seq, dtype, objective, top, headroom, all
     cluster = load_cluster(hw)
     fixed = {k: v for k, v in fixed.items() if v is not None}
     for k, v in fixed.items():
-        if isinstance(v, int) and v < 1:
+        if isinstance(v, int) and v < (0 if k == "zero" else 1):
             raise ParplanError(f"--{k.replace('_', '-')} must be a positive whole number, got {v}")
     click.echo(plan_report(model, cluster, global_batch=global_batch, dtype=dtype, objective=objective, top=top,
                            headroom=headroom, allow_cross_node_tp=allow_cross_node_tp,

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 from .errors import ParplanError
 from .specs import spec_dir
-from .yamlspec import number, read_yaml, require_mapping, suggest, text
+from .yamlspec import names, number, read_yaml, require_mapping, suggest, text, text_mapping
 
 DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8")
 BYTES_PER_ELEMENT = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
@@ -253,8 +253,8 @@ def hardware_from_dict(data: Any, what: str, path: str = "") -> Hardware:
         matmul_curve=_curve(data.get("matmul_curve"), f"{what}: matmul_curve"),
         collective_fits=_fits(data.get("collective_fits"), f"{what}: collective_fits"),
         description=str(data.get("description", "")),
-        aliases=tuple(str(a) for a in data.get("aliases", []) or []),
-        sources=MappingProxyType({str(k): str(v) for k, v in (data.get("sources") or {}).items()}),
+        aliases=names(data, "aliases", what),
+        sources=MappingProxyType(text_mapping(data, "sources", what)),
         path=path,
     )
 
@@ -267,8 +267,8 @@ def _shipped_profiles() -> dict[str, Path]:
         data = read_yaml(path)
         if isinstance(data, Mapping):
             table[str(data.get("name", path.stem))] = path
-            for alias in data.get("aliases", []) or []:
-                table[str(alias)] = path
+            for alias in names(data, "aliases", str(path)):
+                table[alias] = path
     return table
 
 

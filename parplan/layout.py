@@ -8,6 +8,7 @@ one concrete layout.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 
 from .errors import ParplanError
@@ -88,7 +89,7 @@ def parse_mesh(text: str) -> dict[str, int]:
             raise ParplanError(f"--mesh: unknown axis '{name}'; axes are {', '.join(AXES)}")
         if name in sizes:
             raise ParplanError(f"--mesh: axis '{name}' given twice")
-        if not value.isdigit() or int(value) < 1:
+        if not re.fullmatch(r"[0-9]+", value) or int(value) < 1:
             raise ParplanError(f"--mesh: axis '{name}' needs a positive whole size, got '{value}'")
         sizes[name] = int(value)
     if not sizes:

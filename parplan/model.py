@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from .errors import ParplanError
 from .specs import spec_dir
-from .yamlspec import number, read_yaml, require_mapping, suggest, text
+from .yamlspec import names, number, read_yaml, require_mapping, suggest, text
 
 ACTIVATIONS = ("gelu", "swiglu", "relu")
 NORMS = ("layernorm", "rmsnorm")
@@ -122,7 +122,7 @@ def model_from_dict(data: Any, what: str, path: str = "") -> ModelSpec:
         bias=_flag(data, "bias", what, True),
         tied_embeddings=_flag(data, "tied_embeddings", what, True),
         source=str(data.get("source", "")),
-        aliases=tuple(str(a) for a in data.get("aliases", []) or []),
+        aliases=names(data, "aliases", what),
         path=path,
     )
 
@@ -185,8 +185,8 @@ def _shipped_models() -> dict[str, Path]:
         data = read_yaml(path)
         if isinstance(data, Mapping):
             table[str(data.get("name", path.stem))] = path
-            for alias in data.get("aliases", []) or []:
-                table[str(alias)] = path
+            for alias in names(data, "aliases", str(path)):
+                table[alias] = path
     return table
 
 

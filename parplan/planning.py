@@ -46,19 +46,19 @@ def parse_global_batch(text: str | None, cluster) -> list[int] | None:
 def _search_all(model, cluster, batches, space_kw):
     import pandas as pd
 
-    frames, evaluated, spaces = [], 0, []
+    frames, evaluated, spaces, last_error = [], 0, [], None
     for gb in batches:
         space = SearchSpace(global_batch=gb, **space_kw)
         try:
             df, n = search(model, cluster, space)
-        except ParplanError:
+        except ParplanError as exc:
+            last_error = exc
             continue
         frames.append(df)
         evaluated += n
         spaces.append(space)
     if not frames:
-        raise ParplanError(f"no factorization of {cluster.devices} devices fits {model.name} with global batch "
-                           f"{', '.join(map(str, batches))}")
+        raise last_error
     return pd.concat(frames, ignore_index=True), evaluated, spaces[0]
 
 

@@ -95,9 +95,11 @@ def candidates(model: ModelSpec, cluster: Cluster, space: SearchSpace) -> dict[s
     if len(axes["tp"]) == 0:
         raise ParplanError(f"no layout of {n} devices has {', '.join(f'{k}={v}' for k, v in fixed.items())}")
 
-    mbs = [b for b in (1, 2, 4, 8, 16, 32) if b <= space.max_micro_batch]
+    mbs = [fixed["micro_batch"]] if "micro_batch" in fixed else \
+        [b for b in (1, 2, 4, 8, 16, 32) if b <= space.max_micro_batch]
+    vpps = [fixed["vpp"]] if "vpp" in fixed else [1, 2, 3, 4, 6, 8]
     # Knobs: micro-batch, recompute, ZeRO stage, sequence parallel, virtual stages, HSDP (shard in one node).
-    knob = np.array(list(itertools.product(mbs, range(3), (0, 1, 2, 3), (0, 1), (1, 2, 3, 4, 6, 8), (0, 1))))
+    knob = np.array(list(itertools.product(mbs, range(3), (0, 1, 2, 3), (0, 1), vpps, (0, 1))))
     ia, ik = np.meshgrid(np.arange(len(axes["tp"])), np.arange(len(knob)), indexing="ij")
     ia, ik = ia.ravel(), ik.ravel()
     c = {a: v[ia] for a, v in axes.items()}
@@ -116,7 +118,7 @@ def candidates(model: ModelSpec, cluster: Cluster, space: SearchSpace) -> dict[s
         keep = c["recompute"] == RECOMPUTE_NAMES.index(fixed["recompute"])
         c = {a: v[keep] for a, v in c.items()}
         hsdp = hsdp[keep]
-    per_replica = gb // c["dp"]
+    per_replica = gb // np.maximum(c["dp"], 1)
     m = per_replica // c["micro_batch"]
     q = np.where(c["tp_mode"] == 1, np.round(np.sqrt(c["tp"])), np.round(np.cbrt(c["tp"]))).astype(int)
     ok = (per_replica % c["micro_batch"] == 0) & (m >= 1)
@@ -127,7 +129,13 @@ def candidates(model: ModelSpec, cluster: Cluster, space: SearchSpace) -> dict[s
     ok &= ~((c["zero"] == 3) & (c["pp"] > 1))               # FSDP with pipelines: not offered by the frameworks
     ok &= ~hsdp | ((c["zero"] > 0) & (c["dp"] % c["shard_group"] == 0) & (c["shard_group"] > 1)
                    & (c["shard_group"] < c["dp"]))
-    return {a: v[ok] for a, v in c.items()}
+    out = {a: v[ok] for a, v in c.items()}
+    if len(out["tp"]) == 0:
+        given = ", ".join(f"{k}={v}" for k, v in fixed.items())
+        raise ParplanError(f"no layout of {model.name} on {n} devices with global batch {gb}"
+                           + (f" and {given}" if given else "") + " passes the layout rules "
+                           "(micro-batches dividing the batch, ZeRO-3 without pipelines, interleaving rules)")
+    return out
 
 
 def search(model: ModelSpec, cluster: Cluster, space: SearchSpace):

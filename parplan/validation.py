@@ -68,13 +68,21 @@ def record_setup(rec: dict):
     cluster = make_cluster(hw, devices, devices_per_node=rec.get("devices_per_node"), inter_node=inter,
                            name=f"{hw.name}x{devices}")
     lay = require_mapping(rec.get("layout"), f"run {rid}: layout")
+    w = f"run {rid}: layout"
     precision = rec.get("precision") or "fp16"
-    zero = lay.get("zero")
+    if precision not in ("bf16", "fp16", "fp8"):
+        raise ParplanError(f"run {rid}: precision must be bf16, fp16 or fp8, got {precision!r}")
+    zero = number(lay, "zero", w, required=False, positive=False, integer=True, maximum=3)
+    recompute = lay.get("recompute") or "none"
+    if recompute not in ("none", "selective", "full"):
+        raise ParplanError(f"{w}: recompute must be none, selective or full, got {recompute!r}")
     layout = Layout(
-        tp=int(lay["tp"]), pp=int(lay["pp"]), dp=int(lay["dp"]), cp=int(lay.get("cp") or 1),
-        micro_batch=int(lay.get("micro_batch") or 1), global_batch=int(rec["global_batch"]),
+        tp=number(lay, "tp", w, integer=True), pp=number(lay, "pp", w, integer=True),
+        dp=number(lay, "dp", w, integer=True), cp=number(lay, "cp", w, required=False, integer=True, default=1),
+        micro_batch=number(lay, "micro_batch", w, required=False, integer=True, default=1),
+        global_batch=number(rec, "global_batch", f"run {rid}", integer=True),
         seq_len=model.seq_len, zero=int(zero or 0), sp=bool(lay.get("sequence_parallel")),
-        vpp=int(lay.get("vpp") or 1), recompute=str(lay.get("recompute") or "none"), dtype=precision,
+        vpp=number(lay, "vpp", w, required=False, integer=True, default=1), recompute=recompute, dtype=precision,
         flash_attention=False, overlap_grad_reduce=(zero == 3), overlap_param_gather=(zero == 3),
         grad_accum_fp32=(precision == "bf16"),
         pp_scatter_gather="deepspeed" not in str(rec.get("notes", "")).lower() + str(rec.get("source", "")).lower(),

@@ -89,3 +89,25 @@ def suggest(name: str, known: Iterable[str]) -> str:
     """' (did you mean X?)' for the nearest known name, or '' when nothing is close."""
     close = difflib.get_close_matches(name.lower(), sorted(set(known)), n=1, cutoff=0.5)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def names(data: Mapping[str, Any], key: str, what: str) -> tuple[str, ...]:
+    """A list of names (``aliases``); a single string counts as one."""
+    value = data.get(key)
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) for v in value):
+        raise ParplanError(f"{what}: field '{key}' must be a list of names, got {value!r}")
+    return tuple(str(v) for v in value)
+
+
+def text_mapping(data: Mapping[str, Any], key: str, what: str) -> dict[str, str]:
+    """A mapping of names to text (``sources``)."""
+    value = data.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ParplanError(f"{what}: field '{key}' must be a mapping, got {type(value).__name__}")
+    return {str(k): str(v) for k, v in value.items()}
