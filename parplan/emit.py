@@ -41,6 +41,8 @@ def megatron_args(layout: Layout, model: ModelSpec) -> list[str]:
         args.append("--sequence-parallel")
     if layout.zero == 1:
         args.append("--use-distributed-optimizer")
+        if layout.shard_group and layout.shard_group < layout.dp:  # HSDP: optimizer shards within groups
+            args += ["--num-distributed-optimizer-instances", str(layout.dp // layout.shard_group)]
     elif layout.zero in FSDP_STRATEGY:
         args += ["--use-megatron-fsdp", "--use-distributed-optimizer", "--data-parallel-sharding-strategy",
                  FSDP_STRATEGY[layout.zero], "--no-gradient-accumulation-fusion", "--ckpt-format", "fsdp_dtensor"]
@@ -100,9 +102,12 @@ def parse_megatron_args(text: str, world_size: int) -> Layout:
         zero = {"no_shard": 0, "optim": 1, "optim_grads": 2, "optim_grads_params": 3}.get(str(strategy), 3)
     elif values.get("use-distributed-optimizer"):
         zero = 1
+    instances = num("num-distributed-optimizer-instances", 1)
+    dp = world_size // (tp * pp * cp)
+    shard_group = dp // instances if zero == 1 and instances > 1 and dp % instances == 0 else None
     recompute = str(values.get("recompute-granularity", "none"))
     dtype = "fp16" if values.get("fp16") else ("fp8" if values.get("fp8-format") else "bf16")
-    return Layout(tp=tp, pp=pp, cp=cp, dp=world_size // (tp * pp * cp), micro_batch=num("micro-batch-size", 1),
+    return Layout(tp=tp, pp=pp, cp=cp, dp=dp, micro_batch=num("micro-batch-size", 1), shard_group=shard_group,
                   global_batch=num("global-batch-size", 0) or None, seq_len=num("seq-length", 0) or None,
                   zero=zero, sp=bool(values.get("sequence-parallel")), vpp=vpp,
                   schedule="interleaved" if vpp > 1 else "1f1b", recompute=recompute, dtype=dtype,
@@ -159,10 +164,13 @@ def deepspeed_config(layout: Layout, model: ModelSpec) -> str:
         "zero_optimization": {"stage": layout.zero, "overlap_comm": bool(layout.overlap_grad_reduce)},
         "bf16": {"enabled": layout.dtype == "bf16"},
         "fp16": {"enabled": layout.dtype == "fp16"},
-        "activation_checkpointing": {"partition_activations": layout.recompute != "none"},
     }
+    # Recompute is a Megatron-DeepSpeed flag; DeepSpeed's own activation_checkpointing section only
+    # tunes it (partitioning, CPU offload).
     flags = (f"# Megatron-DeepSpeed: --tensor-model-parallel-size {layout.tp} --pipeline-model-parallel-size "
-             f"{layout.pp}" + (" --checkpoint-activations" if layout.recompute == "full" else ""))
+             f"{layout.pp}" + (" --checkpoint-activations" if layout.recompute == "full" else "")
+             + (" (DeepSpeed's pipeline engine runs ZeRO stage 1 at most; this plan has stage "
+                f"{layout.zero})" if layout.pp > 1 and layout.zero > 1 else ""))
     return flags + "\n" + json.dumps(config, indent=2)
 
 

@@ -56,9 +56,12 @@ def op_times(hw, op: ops_mod.Op, dtype: str):
     """(forward_s, backward_s) of one op on one device."""
     if op.kind in (ops_mod.MATMUL, ops_mod.BATCHED):
         m, k, n, batch = op.gemm
-        fwd = matmul_time_s(hw, m, k, n, dtype, batch)
+        # A batched matmul runs its batch in one kernel; a weight GEMM's "batch" is sequential
+        # block products (2D TP's SUMMA steps), one kernel each.
+        steps, batch = (batch, 1) if op.kind == ops_mod.MATMUL else (1, batch)
+        fwd = steps * matmul_time_s(hw, m, k, n, dtype, batch)
         # Backward: data gradient (m x n)(n x k) and weight gradient (k x m)(m x n).
-        bwd = matmul_time_s(hw, m, n, k, dtype, batch) + matmul_time_s(hw, k, m, n, dtype, batch)
+        bwd = steps * (matmul_time_s(hw, m, n, k, dtype, batch) + matmul_time_s(hw, k, m, n, dtype, batch))
         return fwd, bwd
     if op.kind == ops_mod.FLASH:
         s, dh, skv, heads = op.gemm
@@ -278,11 +281,13 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, headroom: fl
             continue
         if phase != "none":
             passes = ("forward",) if phase == "forward" else ("backward", "recompute")
-            window_mb = fwd_window_mb if phase == "forward" else bwd_window_mb
-            dp_net = costs[group[0][0]].spans_nodes
-            busy = np.where(dp_net, busy_per_mb(passes, True), busy_per_mb(passes, False))
-            share_left = 1.0 - np.clip(busy / np.maximum(window_mb, 1e-12), 0.0, 0.9)
-            group = [(i, ph, own / share_left, w, f) for i, ph, own, w, f in group]
+            window_mb = np.maximum(fwd_window_mb if phase == "forward" else bwd_window_mb, 1e-12)
+            busy_net, busy_local = busy_per_mb(passes, True), busy_per_mb(passes, False)
+            shared = []
+            for i, ph, own, w, f in group:  # each collective against the link class it runs on
+                busy = np.where(costs[i].spans_nodes, busy_net, busy_local)
+                shared.append((i, ph, own / (1.0 - np.clip(busy / window_mb, 0.0, 0.9)), w, f))
+            group = shared
         link = sum(x[2] for x in group)
         window = np.max(np.broadcast_arrays(*[x[3] for x in group]), axis=0) if phase != "none" else 0.0
         floor = sum(x[4] for x in group)

@@ -97,8 +97,10 @@ def layer_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", flash_attenti
         ops += [
             _gemm("attn_scores", d.seq, d.head_dim, d.seq_kv, bpe, d.batch * d.heads, True, BATCHED),
             _elementwise("softmax", score_elems, 2, 3, bpe, True),
-            _elementwise("attn_dropout", score_elems, 2 * mask, 2 * mask, bpe, True,
-                         score_elems * mask, score_elems * mask),
+        ]
+        if dropout:
+            ops.append(_elementwise("attn_dropout", score_elems, 2, 2, bpe, True, score_elems, score_elems))
+        ops += [
             _gemm("attn_context", d.seq, d.seq_kv, d.head_dim, bpe, d.batch * d.heads, True, BATCHED),
         ]
     ops += [

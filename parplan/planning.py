@@ -141,7 +141,7 @@ def _table(model, cluster, ranked, best, plans, evaluated, batches, gb_note, obj
            f"global batch {gb} x {seq} tokens ({gb_note}); objective {objective}",
            "",
            f"{'#':>3}  {'layout':<58}{'placement':<11}{'batch':>6}{'step s':>9}{'tokens/s':>11}{'MFU':>7}"
-           f"{'memory GiB':>16}  {'bottleneck':<10} rank holds +-15%"]
+           f"{'memory GiB':>16}  {'bottleneck':<10} best within 1% if +-15%"]
     for i, ((_, row), trust) in enumerate(zip(best.iterrows(), stability), 1):
         holds = "yes" if trust["holds"] else f"{trust['first_in']}/{trust['cases']} (worst #{trust['worst_rank']})"
         out.append(f"{i:>3}  {describe_row(row):<58}{re.sub('^tp,cp,', '', row['order']):<11}"

@@ -46,8 +46,8 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-TP_MODES = ("1d", "2d", "3d")
-CP_MODES = ("allgather", "ring")
+TP_MODES = ("1d", "2d", "3d")        # candidate codes 0, 1, 2 (layout.TP_MODES order)
+CP_SCHEMES = ("allgather", "ring")   # candidate codes 0, 1
 
 
 def _tp_modes(model: ModelSpec, tp: int) -> list[int]:
@@ -155,13 +155,13 @@ def search(model: ModelSpec, cluster: Cluster, space: SearchSpace):
             layout = Layout(tp=part["tp"], pp=part["pp"], dp=part["dp"], cp=part["cp"],
                             micro_batch=part["micro_batch"], global_batch=space.global_batch, seq_len=space.seq_len,
                             zero=part["zero"], sp=part["sp"], vpp=part["vpp"], recompute=part["recompute"],
-                            shard_group=part["shard_group"], tp_mode=TP_MODES[tp_code], cp_mode=CP_MODES[cp_code],
+                            shard_group=part["shard_group"], tp_mode=TP_MODES[tp_code], cp_mode=CP_SCHEMES[cp_code],
                             dtype=space.dtype, flash_attention=space.flash_attention, order=order)
             est = estimate(model, cluster, layout, check=False, headroom=space.headroom)
             df = pd.DataFrame({k: v for k, v in part.items()})
             df["recompute"] = np.array(RECOMPUTE_NAMES)[part["recompute"]]
             df["tp_mode"] = TP_MODES[tp_code]
-            df["cp_mode"] = CP_MODES[cp_code]
+            df["cp_mode"] = CP_SCHEMES[cp_code]
             df["order"] = ",".join(order)
             df["global_batch"] = space.global_batch
             n = len(df)

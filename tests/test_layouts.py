@@ -20,17 +20,22 @@ def test_zero_bytes_per_parameter(zero, per_param):
 
 
 def test_zero_traffic_per_stage():
-    """Stages 0-2 move one all-reduce's worth per step; stage 3 adds a gather per pass per micro-batch."""
+    """Bytes each rank moves per step (nccl bus bytes), 8-way DP, 2 micro-batches, N parameters:
+    gradients in fp32 (their accumulation precision), weights gathered in bf16.
+    stage 0: all-reduce 2(7/8)4N; 1: reduce-scatter (7/8)4N + gather (7/8)2N; 2: the reduce-scatter
+    after each micro-batch; 3: per micro-batch a gather forward and backward and a reduce-scatter."""
     m, cl = load_model("gpt3-1.3b"), load_cluster("a100x8")
 
-    def wire(zero, gb=16):
-        est = estimate(m, cl, Layout(dp=8, zero=zero, global_batch=gb))
+    def wire(zero, fp32=True):
+        est = estimate(m, cl, Layout(dp=8, zero=zero, global_batch=16, grad_accum_fp32=fp32))
         return sum(float(c.collective.size_bytes) * bus_factor(c.collective.op, 8) * float(c.calls_per_step)
                    for c in est.collectives if c.collective.axis == "dp")
-    n_bytes = m.total_params() * 2
-    assert wire(0) == pytest.approx(2 * 7 / 8 * n_bytes)
-    assert wire(1) == pytest.approx(wire(0)) and wire(2) == pytest.approx(wire(0))
-    assert wire(3) == pytest.approx(3 * 7 / 8 * n_bytes * 2)  # 2 micro-batches: AG fwd, AG bwd, RS each
+    n, f = m.total_params(), 7 / 8
+    assert wire(0) == pytest.approx(2 * f * 4 * n)
+    assert wire(0, fp32=False) == pytest.approx(2 * f * 2 * n)
+    assert wire(1) == pytest.approx(f * 4 * n + f * 2 * n)
+    assert wire(2) == pytest.approx(2 * f * 4 * n + f * 2 * n)
+    assert wire(3) == pytest.approx(2 * f * (2 * n + 2 * n + 4 * n))
 
 
 def test_bubble_fractions():

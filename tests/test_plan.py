@@ -68,7 +68,8 @@ def test_search_rows_equal_scalar_estimates():
     picks += [rank(df).iloc[0], rank(df).iloc[1]]
     for subset in (df[df["tp_mode"] == "2d"], df[df["shard_group"] != df["dp"]], df[df["cp_mode"] == "ring"]):
         assert len(subset), "the search offers 2D TP, HSDP and ring attention"
-        picks.append(subset.iloc[len(subset) // 2])
+        picks += [subset.iloc[int(i)] for i in rng.integers(0, len(subset), 12)]
+    picks += [df.iloc[int(i)] for i in rng.integers(0, len(df), 24)]
     for row in picks:
         est = estimate(m, cl, layout_of(row, space))
         assert float(est.step_time_s) == pytest.approx(row["step_time_s"], rel=1e-9), row.to_dict()
@@ -87,12 +88,13 @@ def test_emitted_megatron_flags_round_trip_into_the_same_layout(run_cli):
                        sp=True, seq_len=2048),
                 Layout(tp=4, pp=1, dp=64, cp=2, micro_batch=1, global_batch=512, zero=3, recompute="selective",
                        cp_mode="ring", seq_len=2048),
+                Layout(tp=8, pp=2, dp=32, micro_batch=1, global_batch=512, zero=1, shard_group=4, seq_len=2048),
                 Layout(tp=8, pp=4, dp=16, micro_batch=1, global_batch=512, zero=0, dtype="fp16", seq_len=2048,
                        flash_attention=False)):
         lay = check_layout(lay, m, cl)
         back = check_layout(parse_megatron_args(" ".join(megatron_args(lay, m)), 512), m, cl)
         keys = ("tp", "pp", "dp", "cp", "micro_batch", "global_batch", "seq_len", "zero", "sp", "vpp", "schedule",
-                "recompute", "dtype", "cp_mode", "flash_attention")
+                "recompute", "dtype", "cp_mode", "flash_attention", "shard_group")
         assert {k: asdict(back)[k] for k in keys} == {k: asdict(lay)[k] for k in keys}
     rc, out, err = run_cli("plan", "--model", "gpt3", "--hw", "a100x512", "--emit", "megatron")
     assert rc == 0, err

@@ -42,8 +42,8 @@ class Context:
     seq: Any               # full sequence length
     stage_layers: Any      # layers on the busiest pipeline stage
     micro_batches: Any     # per pipeline per step
-    layer_params: Any      # parameters of one layer on one device (after TP)
-    stage_params: Any      # parameters of the busiest stage on one device (after TP and PP)
+    layer_params: Any      # parameters of one layer (before tensor-parallel sharding)
+    stage_params: Any      # parameters of the busiest pipeline stage (before tensor-parallel sharding)
     recompute: Any         # 0 none, 1 selective, 2 full
 
     def stride(self, axis: str):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..collectives import place
 from .base import Collective, Context, Strategy
 
 
@@ -23,10 +24,20 @@ class DataParallel(Strategy):
     axis = "dp"
 
     def _group(self, ctx: Context):
-        lay = ctx.layout
-        cp = np.asarray(lay.cp)
-        size = np.asarray(lay.dp) * cp
-        stride = np.where(cp > 1, ctx.stride("cp"), ctx.stride("dp"))
+        """Size, placement stride and ZeRO shard size of the dp x cp gradient group.
+
+        cp and dp need not be neighbours in the mesh order: the group's members per node are
+        those of its cp part times those of its dp part (none of the dp part when the cp part
+        already spans nodes), expressed as the stride that places that many in a node.
+        """
+        lay, cluster = ctx.layout, ctx.cluster
+        cp, dp = np.asarray(lay.cp), np.asarray(lay.dp)
+        size = dp * cp
+        cp_local = place(cp, ctx.stride("cp"), cluster).local
+        dp_local = place(dp, ctx.stride("dp"), cluster).local
+        local = np.where(cp_local < cp, cp_local, cp_local * dp_local)
+        domain = cluster.fast_domain if cluster.hardware.torus is not None else cluster.devices_per_node
+        stride = np.maximum(1, domain // np.maximum(local, 1))
         shard = size if lay.shard_group is None else np.asarray(lay.shard_group) * cp
         return size, stride, shard
 
@@ -35,21 +46,26 @@ class DataParallel(Strategy):
         size, stride, shard = self._group(ctx)
         zero = np.asarray(lay.zero)
         params = ctx.stage_params / np.asarray(lay.tp)
-        grads = params * ctx.bpe
+        # Gradients travel in the precision they are accumulated in (fp32 main gradients in
+        # Megatron-LM's bf16 path and FSDP2's default reduce dtype).
+        grads = params * (4 if lay.grad_accum_fp32 else ctx.bpe)
         weights = params * ctx.bpe
         bwd = np.where(np.asarray(lay.overlap_grad_reduce), "backward", "none").item() \
             if np.ndim(lay.overlap_grad_reduce) == 0 else "backward"
         fwd = np.where(np.asarray(lay.overlap_param_gather), "forward", "none").item() \
             if np.ndim(lay.overlap_param_gather) == 0 else "forward"
         replicas = size // shard
-        z0, z12, z3 = (zero == 0), (zero == 1) | (zero == 2), (zero == 3)
+        z0, z1, z2, z3 = (zero == 0), (zero == 1), (zero == 2), (zero == 3)
         return [
             Collective("dp_grad_allreduce", "all_reduce", "dp", size, stride, grads, np.where(z0, 1, 0),
                        "step", "backward", bwd),
             Collective("zero_grad_reduce_scatter", "reduce_scatter", "dp", shard, stride, grads,
-                       np.where(z12, 1, 0), "step", "backward", bwd),
+                       np.where(z1, 1, 0), "step", "backward", bwd),
+            # ZeRO-2 keeps only its gradient shard, so it reduce-scatters after every micro-batch.
+            Collective("zero2_grad_reduce_scatter", "reduce_scatter", "dp", shard, stride, grads,
+                       np.where(z2, 1, 0), "microbatch", "backward", "backward"),
             Collective("zero_param_allgather", "all_gather", "dp", shard, stride, weights,
-                       np.where(z12, 1, 0), "step", "forward", fwd),
+                       np.where(z1 | z2, 1, 0), "step", "forward", fwd),
             Collective("fsdp_allgather_fwd", "all_gather", "dp", shard, stride, weights,
                        np.where(z3, 1, 0), "microbatch", "forward", "forward"),
             Collective("fsdp_allgather_bwd", "all_gather", "dp", shard, stride, weights,

@@ -25,11 +25,14 @@ class PipelineParallel(Strategy):
         lay, d, model = ctx.layout, ctx.dims, ctx.model
         p, v, t = np.asarray(lay.pp), np.asarray(lay.vpp), np.asarray(lay.tp)
         stride = ctx.stride("pp")
-        act = d.batch * d.seq * model.hidden * ctx.bpe
-        # Scatter/gather: each TP rank sends its 1/t slice (already sharded under sequence parallel);
-        # without it (DeepSpeed's pipeline engine) every TP rank sends the whole activation.
-        split = np.where(np.asarray(lay.sp), d.norm_shard, np.where(lay.pp_scatter_gather, t, 1))
-        msg = act / split
+        # The (b, s, h) activation as this device holds it: whole under 1D TP, a 1/P block under 2D/3D.
+        act = d.batch * d.seq * model.hidden / d.hidden_shard * ctx.bpe
+        if lay.tp_mode == "1d":
+            # Scatter/gather: each TP rank sends its 1/t slice (already sharded under sequence parallel);
+            # without it (DeepSpeed's pipeline engine) every TP rank sends the whole activation.
+            msg = act / np.where(np.asarray(lay.sp), d.norm_shard, np.where(lay.pp_scatter_gather, t, 1))
+        else:
+            msg = act
         sends = np.where(p > 1, v, 0)
         tied = 1 if model.tied_embeddings else 0
         table = np.ceil(model.vocab / t) * model.hidden * ctx.bpe
