@@ -37,15 +37,9 @@ IN_SWITCH_ALGBW_FRACTION = 0.61
 
 def bus_factor(op: str, n: int) -> float:
     """nccl-tests' busbw/algbw factor: the bytes each rank moves per byte of buffer."""
-    if op not in OPS:
-        raise ParplanError(f"unknown collective '{op}'; choose one of {', '.join(OPS)}")
     if n <= 1 and op != "send_recv":
         return 0.0
-    if op == "all_reduce":
-        return 2.0 * (n - 1) / n
-    if op in ("all_gather", "reduce_scatter", "all_to_all"):
-        return (n - 1) / n
-    return 1.0
+    return float(_bus_factor_array(op, n))
 
 
 @dataclass(frozen=True)

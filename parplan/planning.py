@@ -16,7 +16,7 @@ GIB = 2 ** 30
 MAX_BATCH_CHOICES = 16
 
 
-def parse_global_batch(text: str | None, cluster) -> list[int] | None:
+def parse_global_batch(text: str | None) -> list[int] | None:
     """``1536``, ``512,1024,2048`` or a range ``512..4096`` (powers of two times the start)."""
     if text is None:
         return None
@@ -77,7 +77,7 @@ def plan_report(model, cluster, *, global_batch=None, dtype="bf16", objective="t
                 headroom=0.10, allow_cross_node_tp=False, flash_attention=True, fixed=None, fmt="table",
                 emit_target=None, explain=False) -> str:
     seq = model.seq_len
-    batches = parse_global_batch(global_batch, cluster) if not isinstance(global_batch, int) else [global_batch]
+    batches = parse_global_batch(global_batch) if not isinstance(global_batch, int) else [global_batch]
     gb_note = "given" if batches and len(batches) == 1 else "searched"
     if batches is None:
         batches = [default_global_batch(model, cluster, seq)]

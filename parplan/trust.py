@@ -27,7 +27,9 @@ def scaled_cluster(cluster: Cluster, what: str, factor: float) -> Cluster:
     """The cluster with one hardware parameter multiplied by ``factor`` (efficiencies capped at 1)."""
     hw, intra, inter = cluster.hardware, cluster.intra_node, cluster.inter_node
     if what == "matmul efficiency":
-        hw = replace(hw, matmul_efficiency=min(1.0, hw.matmul_efficiency * factor))
+        curve = hw.matmul_curve and replace(hw.matmul_curve, efficiency=tuple(
+            min(1.0, e * factor) for e in hw.matmul_curve.efficiency))
+        hw = replace(hw, matmul_efficiency=min(1.0, hw.matmul_efficiency * factor), matmul_curve=curve)
     elif what == "element-wise efficiency":
         hw = replace(hw, elementwise_efficiency=min(1.0, hw.elementwise_efficiency * factor))
     elif what == "HBM bandwidth":
@@ -36,10 +38,15 @@ def scaled_cluster(cluster: Cluster, what: str, factor: float) -> Cluster:
         hw = replace(hw, hbm_bytes=hw.hbm_bytes * factor)
     elif what == "peak FLOP/s":
         hw = replace(hw, peak_flops=MappingProxyType({k: v * factor for k, v in hw.peak_flops.items()}))
-    elif what == "scale-up bandwidth":
-        intra = replace(intra, bandwidth=intra.bandwidth * factor)
-    elif what == "network bandwidth":
-        inter = replace(inter, bandwidth=inter.bandwidth * factor)
+    elif what in ("scale-up bandwidth", "network bandwidth"):
+        group = "intra" if what == "scale-up bandwidth" else "inter"
+        if group == "intra":
+            intra = replace(intra, bandwidth=intra.bandwidth * factor)
+        else:
+            inter = replace(inter, bandwidth=inter.bandwidth * factor)
+        # Measured collective fits (a calibrated profile) override the link's bandwidth: scale them too.
+        hw = replace(hw, collective_fits=tuple(replace(f, busbw=f.busbw * factor) if f.group == group else f
+                                               for f in hw.collective_fits))
     else:
         raise ValueError(what)
     return make_cluster(hw, cluster.devices, devices_per_node=cluster.devices_per_node, inter_node=inter,

@@ -89,8 +89,8 @@ def test_in_switch_reduction_speeds_up_node_all_reduce():
     assert float(collective_time_s("all_reduce", 1e9, p, h100)) < ring
 
 
-def test_link_sharing_slows_overlapped_dp():
-    """DP traffic hidden under the backward shares the network with cross-node TP traffic of that pass."""
+def test_placement_trades_tp_traffic_against_dp_traffic():
+    """Swapping which axis sits inside the node: TP across nodes costs far more than it saves DP."""
     m, cl = load_model("gpt3-6.7b"), load_cluster("a100x64")
     own_links = estimate(m, cl, Layout(tp=8, dp=8, global_batch=64, zero=1))
     shared = estimate(m, cl, Layout(tp=8, dp=8, global_batch=64, zero=1, order=("dp", "cp", "tp", "pp")))

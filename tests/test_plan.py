@@ -181,3 +181,22 @@ def test_smaller_cluster_changes_the_plan_in_the_expected_direction():
     assert small["tokens_per_s"] < big["tokens_per_s"]
     per_device = lambda r: 1024 / (r["dp"] * r["cp"])
     assert per_device(small) >= per_device(big)
+
+
+def test_perturbations_reach_calibrated_profiles(tmp_path):
+    """A profile with measured collective fits still feels a network 15% slower."""
+    from parplan.estimate import estimate
+    from parplan.hardware import load_hardware, make_cluster
+    from parplan.layout import Layout
+    from parplan.trust import scaled_cluster
+
+    prof = tmp_path / "cal.yaml"
+    base = open(load_cluster("a100").hardware.path).read()
+    prof.write_text(base.replace("name: a100-80gb", "name: cal") + "\ncollective_fits:\n"
+                    "  - {op: all_reduce, group: inter, ranks: 8, alpha_s: 2.0e-05, busbw: 2.0e+10}\n")
+    cl = make_cluster(load_hardware(str(prof)), 64)
+    lay = Layout(tp=8, dp=8, global_batch=64)
+    m = load_model("gpt3-6.7b")
+    t = float(estimate(m, cl, lay).step_time_s)
+    slower = float(estimate(m, scaled_cluster(cl, "network bandwidth", 0.85), lay).step_time_s)
+    assert slower > t
