@@ -119,19 +119,7 @@ def _estimate_from_options(model_name, hw, headroom, **kw):
 @handle_errors
 def estimate(model_name, hw, headroom, fmt, mode, inference, **kw):
     """Predict step time, throughput, MFU and memory of one layout (--mode inference: TTFT, TPOT, KV cache)."""
-    from .inference_cli import dispatch_estimate
-    from .results import estimate_dict, format_estimate
-
-    text = dispatch_estimate(model_name, hw, headroom, fmt, mode, inference, kw)
-    if text is not None:
-        click.echo(text)
-        return
-
-    est = _estimate_from_options(model_name, hw, headroom, **kw)
-    if fmt == "json":
-        click.echo(json.dumps(estimate_dict(est), indent=2))
-    else:
-        click.echo(format_estimate(est))
+    _estimate_or_explain(model_name, hw, headroom, fmt, mode, inference, kw, explain=False)
 
 
 @cli.command()
@@ -141,20 +129,24 @@ def estimate(model_name, hw, headroom, fmt, mode, inference, **kw):
 @handle_errors
 def explain(model_name, hw, headroom, fmt, mode, inference, **kw):
     """Per-op and per-collective cost table for one layer and the whole step."""
+    _estimate_or_explain(model_name, hw, headroom, fmt, mode, inference, kw, explain=True)
+
+
+def _estimate_or_explain(model_name, hw, headroom, fmt, mode, inference, kw, explain: bool) -> None:
     from .inference_cli import dispatch_estimate
-    from .results import explain_dict, format_estimate
+    from .results import estimate_dict, explain_dict, format_estimate
     from .tables import format_explain
 
-    text = dispatch_estimate(model_name, hw, headroom, fmt, mode, inference, kw, explain=True)
+    text = dispatch_estimate(model_name, hw, headroom, fmt, mode, inference, kw, explain=explain)
     if text is not None:
         click.echo(text)
         return
-
     est = _estimate_from_options(model_name, hw, headroom, **kw)
     if fmt == "json":
-        click.echo(json.dumps(explain_dict(est), indent=2))
-    else:
-        click.echo(format_estimate(est))
+        click.echo(json.dumps((explain_dict if explain else estimate_dict)(est), indent=2))
+        return
+    click.echo(format_estimate(est))
+    if explain:
         click.echo("")
         click.echo(format_explain(explain_dict(est)))
 

@@ -92,14 +92,12 @@ per micro-batch, except the embedding's and the classifier's (per micro-batch).
 """
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 
 from ..ops import LocalDims
 from .base import Collective, Context, Strategy
 
-_LOCAL_FIELDS = {f.name for f in dataclasses.fields(LocalDims)}
 STATS_BYTES = 4  # LayerNorm statistics are reduced in fp32 (the reference casts to float32)
 
 
@@ -145,11 +143,8 @@ class TensorParallel2D(Strategy):
     def local_dims(self, dims, model, layout):
         q = mesh_side(layout.tp, 2)
         dims = _shard_common(dims, model, q, rows=q)
-        if "gemm_steps" in _LOCAL_FIELDS:
-            # Each device runs q block products (b*s/q, h/q, n/q), one per SUMMA step.
-            dims.update(hidden_shard=q, gemm_steps=q)
-        # Otherwise the q steps are counted as their concatenation along k: one GEMM of
-        # (b*s/q, h, n/q) (or (b*s/q, k/q, h) for the row-sharded matrices) -- the same FLOPs.
+        # Each device runs q block products (b*s/q, h/q, n/q), one per SUMMA step.
+        dims.update(hidden_shard=q, gemm_steps=q)
         return dims
 
     def collectives(self, ctx: Context):
@@ -221,10 +216,8 @@ class TensorParallel3D(Strategy):
     def local_dims(self, dims, model, layout):
         q = mesh_side(layout.tp, 3)
         dims = _shard_common(dims, model, q, rows=q * q)
-        if "gemm_row_gather" in _LOCAL_FIELDS:
-            # One GEMM per linear on the all-gathered rows: (b*s/q, h/q, n/q).
-            dims.update(hidden_shard=q, gemm_row_gather=q)
-        # Otherwise one GEMM of (b*s/q^2, h, n/q) (or (b*s/q^2, k/q, h)) -- the same FLOPs.
+        # One GEMM per linear on the all-gathered rows: (b*s/q, h/q, n/q).
+        dims.update(hidden_shard=q, gemm_row_gather=q)
         return dims
 
     def collectives(self, ctx: Context):
