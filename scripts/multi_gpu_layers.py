@@ -1,0 +1,276 @@
+"""A real tensor-parallel and a real FSDP transformer layer across the GPUs of one host, against parplan.
+
+Run under torchrun, one process per GPU (gloo on CPUs for a small check):
+
+    torchrun --nproc-per-node 8 scripts/multi_gpu_layers.py --model gpt3-13b --micro-batch 1 --out DIR
+    torchrun --nproc-per-node 2 scripts/multi_gpu_layers.py --device cpu --tiny --out DIR
+
+* Tensor parallel (Megatron 1D): QKV column-parallel with the heads split, the output
+  projection row-parallel, the MLP column- then row-parallel; one all-reduce after the
+  attention block and one after the MLP forward, and their conjugates backward.
+* FSDP: the same layer, unsharded, wrapped with PyTorch's ``fully_shard`` over all ranks.
+
+Each is checked against a one-device reference (the same weights: outputs and input
+gradients must match) and timed forward and backward (median of repeats after warm-up,
+CUDA events on GPUs). Rank 0 writes ``multi_gpu_layers.csv`` with parplan's prediction for
+the same shapes beside each measurement (``parplan.estimate``, one layer, same cluster).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+sys.path.insert(0, os.getcwd())
+from parplan.model import load_model, model_from_dict, with_seq_len  # noqa: E402
+
+TINY = {"name": "tiny", "layers": 1, "hidden": 64, "heads": 4, "ffn_hidden": 256, "activation": "gelu",
+        "vocab": 128, "seq_len": 32}
+
+
+def layer_weights(model, dtype, device, seed=0):
+    """Full (unsharded) weights of one pre-norm GELU/SwiGLU layer, the same on every rank."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    h, q, kv, f = model.hidden, model.q_dim, model.kv_dim, model.ffn_hidden
+    up = 2 * f if model.activation == "swiglu" else f
+
+    def w(*shape):
+        return (torch.randn(*shape, generator=g) * shape[-1] ** -0.5).to(device=device, dtype=dtype)
+    return {"qkv": w(q + 2 * kv, h), "proj": w(h, q), "up": w(up, h), "down": w(h, f)}
+
+
+def layer_forward(x, wts, model, heads, kv_heads, reduce=None, enter=None):
+    """One layer on (a shard of) the weights. Under tensor parallelism ``enter`` (Megatron's f) marks
+    where each block's sharded region begins and ``reduce`` (g) sums its partial outputs."""
+    b, s, h = x.shape
+    hd = model.head_dim
+    enter = enter or (lambda t: t)
+    y = enter(F.layer_norm(x, (h,)))
+    q, k, v = F.linear(y, wts["qkv"]).split([heads * hd, kv_heads * hd, kv_heads * hd], dim=-1)
+    q = q.view(b, s, heads, hd).transpose(1, 2)
+    k = k.view(b, s, kv_heads, hd).transpose(1, 2)
+    v = v.view(b, s, kv_heads, hd).transpose(1, 2)
+    a = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=heads != kv_heads)
+    o = F.linear(a.transpose(1, 2).reshape(b, s, heads * hd), wts["proj"])
+    x = x + (reduce(o) if reduce else o)
+    u = F.linear(enter(F.layer_norm(x, (h,))), wts["up"])
+    if model.activation == "swiglu":
+        gate, up = u.chunk(2, dim=-1)
+        u = F.silu(gate) * up
+    else:
+        u = F.gelu(u)
+    m = F.linear(u, wts["down"])
+    return x + (reduce(m) if reduce else m)
+
+
+class _AllReduce(torch.autograd.Function):
+    """Megatron's g: all-reduce forward, identity backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+class _Copy(torch.autograd.Function):
+    """Megatron's f: identity forward, all-reduce backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+def tp_shard(wts, model, rank, world):
+    """Rank's slice: QKV by heads, proj by its input columns, up by rows, down by columns."""
+    hd, heads, kvh = model.head_dim, model.heads // world, max(1, model.kv_heads // world)
+    q, kv = model.q_dim, model.kv_dim
+    qkv = wts["qkv"]
+    qs = qkv[:q].view(model.heads, hd, -1)[rank * heads:(rank + 1) * heads].reshape(heads * hd, -1)
+    ks = qkv[q:q + kv].view(model.kv_heads, hd, -1)[rank * kvh:(rank + 1) * kvh].reshape(kvh * hd, -1)
+    vs = qkv[q + kv:].view(model.kv_heads, hd, -1)[rank * kvh:(rank + 1) * kvh].reshape(kvh * hd, -1)
+    f = model.ffn_hidden // world
+    if model.activation == "swiglu":
+        gate, up = wts["up"].chunk(2, dim=0)
+        up_shard = torch.cat([gate[rank * f:(rank + 1) * f], up[rank * f:(rank + 1) * f]])
+    else:
+        up_shard = wts["up"][rank * f:(rank + 1) * f]
+    return ({"qkv": torch.cat([qs, ks, vs]).contiguous(),
+             "proj": wts["proj"][:, rank * heads * hd:(rank + 1) * heads * hd].contiguous(),
+             "up": up_shard.contiguous(), "down": wts["down"][:, rank * f:(rank + 1) * f].contiguous()},
+            heads, kvh)
+
+
+def rel_error(y, dx, y_ref, dx_ref) -> float:
+    """Largest deviation of the output and the input gradient from the one-device reference, relative."""
+    with torch.no_grad():
+        return max(float((y - y_ref).abs().max()) / float(y_ref.abs().max()),
+                   float((dx - dx_ref).abs().max()) / float(dx_ref.abs().max()))
+
+
+def timed(fn, device, reps, warmup):
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            dist.barrier()
+            a.record()
+            fn()
+            b.record()
+            torch.cuda.synchronize()
+            out.append(a.elapsed_time(b) / 1e3)
+        else:
+            dist.barrier()
+            t = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t)
+    return statistics.median(out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="gpt3-1.3b")
+    ap.add_argument("--tiny", action="store_true", help="a 64-wide toy layer (CPU checks)")
+    ap.add_argument("--micro-batch", type=int, default=1)
+    ap.add_argument("--seq", type=int, default=None)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--dtype", default="bf16")
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--hw", default=None, help="parplan profile for the prediction (default: from the GPU name)")
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    args = ap.parse_args()
+
+    cuda = args.device == "cuda"
+    dist.init_process_group("nccl" if cuda else "gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype if cuda else "fp32"]
+    model = model_from_dict(TINY, "tiny") if args.tiny else with_seq_len(load_model(args.model), args.seq)
+    b, s, h = args.micro_batch, model.seq_len, model.hidden
+
+    wts = layer_weights(model, dtype, device)
+    g = torch.Generator(device="cpu").manual_seed(1)
+    x0 = torch.randn(b, s, h, generator=g).to(device=device, dtype=dtype)
+    dy = torch.randn(b, s, h, generator=g).to(device=device, dtype=dtype)
+
+    # One-device reference.
+    xr = x0.clone().requires_grad_(True)
+    yr = layer_forward(xr, wts, model, model.heads, model.kv_heads)
+    yr.backward(dy)
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    rows = []
+
+    # Tensor parallel.
+    shard, heads, kvh = tp_shard(wts, model, rank, world)
+
+    def tp_fwd(x):
+        return layer_forward(x, shard, model, heads, kvh, reduce=_AllReduce.apply, enter=_Copy.apply)
+    xt = x0.clone().requires_grad_(True)
+    yt = tp_fwd(xt)
+    yt.backward(dy)
+    tp_err = rel_error(yt, xt.grad, yr, xr.grad)
+    t_f = timed(lambda: tp_fwd(x0), device, args.reps, args.warmup)
+    xb = x0.clone().requires_grad_(True)
+    t_fb = timed(lambda: tp_fwd(xb).backward(dy), device, args.reps, args.warmup)
+    rows.append(("tp", t_f, t_fb - t_f, tp_err))
+
+    # FSDP (FULL_SHARD) of the whole layer over all ranks.
+    from torch.distributed.fsdp import fully_shard
+
+    class Layer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.ParameterDict({k: torch.nn.Parameter(v.clone()) for k, v in wts.items()})
+
+        def forward(self, x):
+            return layer_forward(x, self.p, model, model.heads, model.kv_heads)
+    layer = Layer()
+    fully_shard(layer)
+    xf = x0.clone().requires_grad_(True)
+    yf = layer(xf)
+    yf.backward(dy)
+    fsdp_err = rel_error(yf, xf.grad, yr, xr.grad)
+    t_f = timed(lambda: layer(x0), device, args.reps, args.warmup)
+    xb = x0.clone().requires_grad_(True)
+    t_fb = timed(lambda: layer(xb).backward(dy), device, args.reps, args.warmup)
+    rows.append(("fsdp", t_f, t_fb - t_f, fsdp_err))
+
+    ok = all(r[3] < tol for r in rows)
+    if rank == 0:
+        predictions = predict(model, world, b, args, cuda)
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "multi_gpu_layers.csv"), "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["layout", "ranks", "model", "micro_batch", "seq", "dtype", "device", "measured_fwd_s",
+                        "measured_bwd_s", "predicted_fwd_s", "predicted_bwd_s", "max_rel_error_vs_reference",
+                        "correct"])
+            for name, tf, tb, err in rows:
+                pf, pb = predictions.get(name, (float("nan"), float("nan")))
+                w.writerow([name, world, model.name, b, s, args.dtype if cuda else "fp32",
+                            torch.cuda.get_device_name() if cuda else "cpu", tf, tb, pf, pb, err, err < tol])
+        for name, tf, tb, err in rows:
+            print(f"{name:<5} fwd {tf * 1e3:8.3f} ms  bwd {tb * 1e3:8.3f} ms  error vs one device {err:.1e}",
+                  flush=True)
+    dist.destroy_process_group()
+    return 0 if ok else 1
+
+
+def predict(model, world, batch, args, cuda):
+    """parplan's forward/backward seconds of one layer with its TP or FSDP collectives on this host."""
+    if not cuda:
+        return {}
+    name = torch.cuda.get_device_name()
+    return predict_on(args.hw or ("h200" if "H200" in name else "h100"), model, world, batch, args.dtype)
+
+
+def predict_on(hw, model, world, batch, dtype):
+    from parplan.estimate import estimate
+    from parplan.hardware import load_cluster
+    from parplan.layout import Layout
+
+    one = model
+    single = model_from_dict(dict(name=one.name, layers=1, hidden=one.hidden, heads=one.heads, kv_heads=one.kv_heads,
+                                  head_dim=one.head_dim, ffn_hidden=one.ffn_hidden, activation=one.activation,
+                                  vocab=8, seq_len=one.seq_len, position="none", bias=False), "one layer")
+    cluster = load_cluster(f"{hw}x{world}")
+    out = {}
+    for name_, lay in (("tp", Layout(tp=world, micro_batch=batch, global_batch=batch, dtype=dtype)),
+                       ("fsdp", Layout(dp=world, zero=3, micro_batch=batch, global_batch=batch * world,
+                                       dtype=dtype))):
+        est = estimate(single, cluster, lay, dropout=False)
+        coll = {c.collective.name: c for c in est.collectives}
+        if name_ == "tp":
+            ar = float(coll["tp_allreduce_fwd"].time_s) * 2
+            out[name_] = (float(est.layer_forward_s) + ar, float(est.layer_backward_s) + ar)
+        else:
+            ag = coll["fsdp_allgather_fwd"]
+            rs = coll["fsdp_grad_reduce_scatter"]
+            out[name_] = (max(float(est.layer_forward_s), float(ag.time_s)),
+                          max(float(est.layer_backward_s), float(ag.time_s) + float(rs.time_s)))
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
