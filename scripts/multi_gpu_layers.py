@@ -233,6 +233,7 @@ def main() -> int:
         for name, tf, tb, err in rows:
             print(f"{name:<5} fwd {tf * 1e3:8.3f} ms  bwd {tb * 1e3:8.3f} ms  error vs one device {err:.1e}",
                   flush=True)
+    dist.barrier()
     dist.destroy_process_group()
     return 0 if ok else 1
 
@@ -273,4 +274,9 @@ def predict_on(hw, model, world, batch, dtype):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Leave without the interpreter's teardown: gloo's background threads can abort it after
+    # the work is done and the results are written.
+    os._exit(code)
