@@ -256,7 +256,8 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, headroom: fl
         active = np.asarray(c.calls_per_step) > 0
         if col.per == "microbatch":  # ZeRO-3: per micro-batch, behind that micro-batch's compute
             window = fwd_window_mb if col.hidden_by == "forward" else bwd_window_mb
-            first_layer = c.time_s / np.maximum(stage_layers, 1)  # the first gather cannot be prefetched
+            # The first layer's gather cannot be prefetched: one layer's share of the calls.
+            first_layer = c.time_s * np.asarray(col.count, float) / np.maximum(stage_layers, 1)
             dp_costs.append((idx, col.hidden_by, c.link_s, np.where(active, window * m, 0.0),
                              np.where(active, first_layer * m, 0.0)))
         else:

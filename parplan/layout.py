@@ -46,6 +46,8 @@ class Layout:
     overlap_param_gather: bool = True
     grad_accum_fp32: bool = True     # fp32 main gradients (Megatron, DeepSpeed BF16_Optimizer)
     pp_scatter_gather: bool = True   # TP ranks split pipeline sends (Megatron-LM); False: DeepSpeed pipeline
+    gather_bucket_params: int | None = None  # ZeRO-3 gathers in buckets of this many parameters (None: per layer)
+    reduce_bucket_params: int | None = None  # ZeRO-3 reduce-scatters in such buckets (None: per layer)
     order: tuple[str, ...] = field(default=DEFAULT_ORDER)
 
     @property

@@ -76,6 +76,7 @@ def record_setup(rec: dict):
     recompute = lay.get("recompute") or "none"
     if recompute not in ("none", "selective", "full"):
         raise ParplanError(f"{w}: recompute must be none, selective or full, got {recompute!r}")
+    deepspeed = "deepspeed" in (str(rec.get("notes", "")) + str(rec.get("source", ""))).lower()
     layout = Layout(
         tp=number(lay, "tp", w, integer=True), pp=number(lay, "pp", w, integer=True),
         dp=number(lay, "dp", w, integer=True), cp=number(lay, "cp", w, required=False, integer=True, default=1),
@@ -85,7 +86,10 @@ def record_setup(rec: dict):
         vpp=number(lay, "vpp", w, required=False, integer=True, default=1), recompute=recompute, dtype=precision,
         flash_attention=False, overlap_grad_reduce=(zero == 3), overlap_param_gather=(zero == 3),
         grad_accum_fp32=(precision == "bf16"),
-        pp_scatter_gather="deepspeed" not in str(rec.get("notes", "")).lower() + str(rec.get("source", "")).lower(),
+        pp_scatter_gather=not deepspeed,
+        # DeepSpeed's ZeRO-3 defaults: stage3_prefetch_bucket_size 5e7, reduce_bucket_size 5e8 elements.
+        gather_bucket_params=int(5e7) if deepspeed and zero == 3 else None,
+        reduce_bucket_params=int(5e8) if deepspeed and zero == 3 else None,
     )
     unknown = [k for k in ("micro_batch", "vpp", "zero", "recompute") if lay.get(k) is None]
     return model, cluster, layout, unknown

@@ -29,7 +29,8 @@ def test_fsdp_interconnect_intensity_equals_per_device_batch():
                                                            seq_len=1))
         gemm_flops = sum(float(o.fwd_flops) for o in est.ops if o.kind == "matmul")
         gather = {c.collective.name: c for c in est.collectives}["fsdp_allgather_fwd"]
-        per_layer_bytes = float(gather.collective.size_bytes) / layers
+        assert float(gather.collective.count) == layers  # FSDP gathers layer by layer
+        per_layer_bytes = float(gather.collective.size_bytes)
         assert gemm_flops / per_layer_bytes == pytest.approx(tokens, rel=0.01)
 
 

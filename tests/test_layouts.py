@@ -1,4 +1,5 @@
 """Layouts on a mesh: ZeRO stages, pipeline bubbles, FSDP x TP, placement and link sharing."""
+import numpy as np
 import pytest
 
 from parplan.collectives import bus_factor, collective_time_s, place
@@ -63,7 +64,9 @@ def test_fsdp4_x_tp4_on_16_devices():
     g = gathers[0].collective
     assert int(g.group) == 4 and int(g.stride) == 4
     stage_params = m.total_params()
-    assert float(g.size_bytes) == pytest.approx(stage_params * 2 / 4)
+    # One gather per layer; together they move every TP shard of the model in bf16.
+    assert float(g.count) == m.layers
+    assert float(g.size_bytes) * m.layers == pytest.approx(stage_params * 2 / 4)
     # Its TP all-reduces stay inside a node, the FSDP gathers span two nodes (8 GPUs per node).
     assert not bool(place(4, 1, cl).spans_nodes) and bool(place(4, 4, cl).spans_nodes)
 
@@ -136,3 +139,19 @@ def test_overlapped_dp_pays_for_pipeline_sends_on_the_same_nics():
     no_pp = estimate(m, load_cluster("a100x32"), Layout(tp=8, dp=4, global_batch=64, zero=1))
     rs1 = {c.collective.name: c for c in no_pp.collectives}["zero_grad_reduce_scatter"]
     assert float(rs1.link_s) == pytest.approx(float(rs1.time_s) * float(rs1.calls_per_step))
+
+
+def test_bucketed_zero3_pays_ring_latency_per_call():
+    """DeepSpeed-style 5e7-parameter gather buckets: many more calls than layers, each paying the ring's
+    latency, so the same bytes take longer over a large group than FSDP's one gather per layer."""
+    m, cl = load_model("gpt3"), load_cluster("a100x1536")
+    per_layer = estimate(m, cl, Layout(dp=1536, zero=3, global_batch=1536, recompute="full"))
+    buckets = estimate(m, cl, Layout(dp=1536, zero=3, global_batch=1536, recompute="full",
+                                     gather_bucket_params=int(5e7)))
+    g1 = {c.collective.name: c for c in per_layer.collectives}["fsdp_allgather_fwd"]
+    g2 = {c.collective.name: c for c in buckets.collectives}["fsdp_allgather_fwd"]
+    assert float(g1.calls_per_step) == 96
+    assert float(g2.calls_per_step) == pytest.approx(np.ceil(m.total_params() / 5e7), rel=0.01)
+    bytes1 = float(g1.collective.size_bytes) * float(g1.calls_per_step)
+    assert float(g2.collective.size_bytes) * float(g2.calls_per_step) == pytest.approx(bytes1)
+    assert float(g2.link_s) > 5 * float(g1.link_s)

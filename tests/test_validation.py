@@ -1,7 +1,7 @@
 """The cost model against published training runs: a regression gate on `parplan validate`.
 
 The issue's targets (mean <= 5%, max <= 12% over all 51 runs) are not met yet: the DeepSpeed
-ZeRO-3 runs of Narayanan et al. 2021 Table 2 are predicted 34-79% too fast. These bounds keep
+ZeRO-3 runs of Narayanan et al. 2021 Table 2 are predicted 32-58% too fast. These bounds keep
 what is reached from getting worse; tighten them as the model improves.
 """
 import pytest
@@ -21,7 +21,8 @@ def test_every_published_run_is_predicted(results):
 
 def test_summary_does_not_regress(results):
     s = results["summary"]
-    assert s["mean_abs_error"] <= 0.135
+    assert s["mean_abs_error"] <= 0.12
+    assert s["max_abs_error"] <= 0.60
     assert s["median_abs_error"] <= 0.07
 
 

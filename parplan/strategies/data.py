@@ -56,6 +56,14 @@ class DataParallel(Strategy):
             if np.ndim(lay.overlap_param_gather) == 0 else "forward"
         replicas = size // shard
         z0, z1, z2, z3 = (zero == 0), (zero == 1), (zero == 2), (zero == 3)
+        # ZeRO-3 gathers and reduces layer by layer (FSDP wraps each layer), or in a framework's
+        # fixed buckets (DeepSpeed: stage3_prefetch_bucket_size, reduce_bucket_size); each call pays
+        # the ring's latency, which grows with the group.
+        layers = np.maximum(ctx.stage_layers, 1)
+
+        def calls(bucket):
+            return layers if bucket is None else np.maximum(layers, np.ceil(params / bucket))
+        gathers, reduces = calls(lay.gather_bucket_params), calls(lay.reduce_bucket_params)
         return [
             Collective("dp_grad_allreduce", "all_reduce", "dp", size, stride, grads, np.where(z0, 1, 0),
                        "step", "backward", bwd),
@@ -66,12 +74,12 @@ class DataParallel(Strategy):
                        np.where(z2, 1, 0), "microbatch", "backward", "backward"),
             Collective("zero_param_allgather", "all_gather", "dp", shard, stride, weights,
                        np.where(z1 | z2, 1, 0), "step", "forward", fwd),
-            Collective("fsdp_allgather_fwd", "all_gather", "dp", shard, stride, weights,
-                       np.where(z3, 1, 0), "microbatch", "forward", "forward"),
-            Collective("fsdp_allgather_bwd", "all_gather", "dp", shard, stride, weights,
-                       np.where(z3, 1, 0), "microbatch", "backward", "backward"),
-            Collective("fsdp_grad_reduce_scatter", "reduce_scatter", "dp", shard, stride, grads,
-                       np.where(z3, 1, 0), "microbatch", "backward", "backward"),
+            Collective("fsdp_allgather_fwd", "all_gather", "dp", shard, stride, weights / gathers,
+                       np.where(z3, gathers, 0), "microbatch", "forward", "forward"),
+            Collective("fsdp_allgather_bwd", "all_gather", "dp", shard, stride, weights / gathers,
+                       np.where(z3, gathers, 0), "microbatch", "backward", "backward"),
+            Collective("fsdp_grad_reduce_scatter", "reduce_scatter", "dp", shard, stride, grads / reduces,
+                       np.where(z3, reduces, 0), "microbatch", "backward", "backward"),
             Collective("hsdp_replica_allreduce", "all_reduce", "dp", np.maximum(replicas, 1), stride * shard,
                        grads / shard, np.where((zero > 0) & (replicas > 1), 1, 0), "step", "backward", bwd),
         ]
