@@ -117,15 +117,20 @@ class Estimate:
 # --------------------------------------------------------------------------- the model
 
 
+def _whole_model_dims(model: ModelSpec, seq) -> ops_mod.LocalDims:
+    """One unsharded sequence with full (not causal-halved) attention: the FLOP-counting convention."""
+    return ops_mod.LocalDims(batch=1, seq=seq, seq_kv=seq, hidden=model.hidden, heads=model.heads,
+                             kv_heads=model.kv_heads, head_dim=model.head_dim, ffn=model.ffn_hidden,
+                             vocab=model.vocab, norm_shard=1, causal=False)
+
+
 def model_flops_per_step(model: ModelSpec, seq, batch, dtype: str = "bf16"):
     """FLOPs of forward + backward of the whole model for ``batch`` sequences of ``seq`` tokens.
 
     3x the forward matmul FLOPs with full attention, which for a GPT equals
     Korthikanti et al.'s ``72 B L s h^2 (1 + s/(6h) + V/(12 h L))``.
     """
-    d = ops_mod.LocalDims(batch=1, seq=seq, seq_kv=seq, hidden=model.hidden, heads=model.heads,
-                          kv_heads=model.kv_heads, head_dim=model.head_dim, ffn=model.ffn_hidden,
-                          vocab=model.vocab, norm_shard=1, causal=False)
+    d = _whole_model_dims(model, seq)
     layer = ops_mod.total(ops_mod.layer_ops(model, d, dtype, flash_attention=False), "fwd_flops")
     head = ops_mod.total(ops_mod.head_ops(model, d, dtype), "fwd_flops")
     return 3.0 * np.asarray(batch, float) * (model.layers * layer + head)
@@ -133,9 +138,7 @@ def model_flops_per_step(model: ModelSpec, seq, batch, dtype: str = "bf16"):
 
 def recompute_flops_per_step(model: ModelSpec, seq, batch, recompute, dtype: str = "bf16"):
     """Extra forward FLOPs spent recomputing activations (full: every layer; selective: attention core)."""
-    d = ops_mod.LocalDims(batch=1, seq=seq, seq_kv=seq, hidden=model.hidden, heads=model.heads,
-                          kv_heads=model.kv_heads, head_dim=model.head_dim, ffn=model.ffn_hidden,
-                          vocab=model.vocab, norm_shard=1, causal=False)
+    d = _whole_model_dims(model, seq)
     layer_ops = ops_mod.layer_ops(model, d, dtype, flash_attention=False)
     full = ops_mod.total(layer_ops, "fwd_flops")
     core = sum((o.fwd_flops for o in layer_ops if o.attention_core), 0.0)

@@ -361,15 +361,9 @@ PUBLISHED_METRICS = ("ttft_s", "itl_s", "tokens_per_s")
 
 def load_published_serving(path) -> list[dict]:
     """Records of a published-serving YAML file (see ``reports/inference/published-serving.yaml``)."""
-    from .yamlspec import read_yaml, require_mapping
+    from .yamlspec import read_records
 
-    p = Path(path)
-    if not p.is_file():
-        raise ParplanError(f"published serving file not found: {p}")
-    data = read_yaml(p)
-    if not isinstance(data, list) or not data:
-        raise ParplanError(f"{p}: expected a non-empty list of serving records")
-    return [require_mapping(r, f"{p}: record {i}") for i, r in enumerate(data)]
+    return read_records(Path(path), "published serving")
 
 
 def predict_published(records: list[dict], headroom: float = DEFAULT_HEADROOM) -> list[dict]:

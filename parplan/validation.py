@@ -32,19 +32,13 @@ from .hardware import load_hardware, make_cluster
 from .layout import Layout, check_layout
 from .model import model_from_dict
 from .specs import spec_dir
-from .yamlspec import number, read_yaml, require_mapping
+from .yamlspec import number, read_records, require_mapping
 
 DEFAULT_FILE = "published-runs.yaml"
 
 
 def load_runs(path: str | None = None) -> list[dict]:
-    p = Path(path) if path else spec_dir("validation") / DEFAULT_FILE
-    if not p.is_file():
-        raise ParplanError(f"validation file not found: {p}")
-    data = read_yaml(p)
-    if not isinstance(data, list) or not data:
-        raise ParplanError(f"{p}: expected a non-empty list of run records")
-    return [require_mapping(r, f"{p}: record {i}") for i, r in enumerate(data)]
+    return read_records(Path(path) if path else spec_dir("validation") / DEFAULT_FILE, "validation run")
 
 
 def _divisors(n: int) -> list[int]:

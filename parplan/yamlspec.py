@@ -111,3 +111,13 @@ def text_mapping(data: Mapping[str, Any], key: str, what: str) -> dict[str, str]
     if not isinstance(value, Mapping):
         raise ParplanError(f"{what}: field '{key}' must be a mapping, got {type(value).__name__}")
     return {str(k): str(v) for k, v in value.items()}
+
+
+def read_records(path: Path, what: str) -> list[Mapping[str, Any]]:
+    """A YAML file holding a non-empty list of mappings (validation runs, serving measurements)."""
+    if not path.is_file():
+        raise ParplanError(f"{what} file not found: {path}")
+    data = read_yaml(path)
+    if not isinstance(data, list) or not data:
+        raise ParplanError(f"{path}: expected a non-empty list of {what} records")
+    return [require_mapping(r, f"{path}: record {i}") for i, r in enumerate(data)]
