@@ -182,19 +182,21 @@ def main() -> int:
     tol = 1e-4 if dtype == torch.float32 else 3e-2
     rows = []
 
+    def check_and_time(name, forward):
+        """Output and input gradient against the one-device layer, then forward and backward times."""
+        x = x0.clone().requires_grad_(True)
+        y = forward(x)
+        y.backward(dy)
+        err = rel_error(y, x.grad, yr, xr.grad)
+        t_f = timed(lambda: forward(x0), device, args.reps, args.warmup)
+        xb = x0.clone().requires_grad_(True)
+        t_fb = timed(lambda: forward(xb).backward(dy), device, args.reps, args.warmup)
+        rows.append((name, t_f, t_fb - t_f, err))
+
     # Tensor parallel.
     shard, heads, kvh = tp_shard(wts, model, rank, world)
-
-    def tp_fwd(x):
-        return layer_forward(x, shard, model, heads, kvh, reduce=_AllReduce.apply, enter=_Copy.apply)
-    xt = x0.clone().requires_grad_(True)
-    yt = tp_fwd(xt)
-    yt.backward(dy)
-    tp_err = rel_error(yt, xt.grad, yr, xr.grad)
-    t_f = timed(lambda: tp_fwd(x0), device, args.reps, args.warmup)
-    xb = x0.clone().requires_grad_(True)
-    t_fb = timed(lambda: tp_fwd(xb).backward(dy), device, args.reps, args.warmup)
-    rows.append(("tp", t_f, t_fb - t_f, tp_err))
+    check_and_time("tp", lambda x: layer_forward(x, shard, model, heads, kvh, reduce=_AllReduce.apply,
+                                                 enter=_Copy.apply))
 
     # FSDP (FULL_SHARD) of the whole layer over all ranks.
     from torch.distributed.fsdp import fully_shard
@@ -208,14 +210,7 @@ def main() -> int:
             return layer_forward(x, self.p, model, model.heads, model.kv_heads)
     layer = Layer()
     fully_shard(layer)
-    xf = x0.clone().requires_grad_(True)
-    yf = layer(xf)
-    yf.backward(dy)
-    fsdp_err = rel_error(yf, xf.grad, yr, xr.grad)
-    t_f = timed(lambda: layer(x0), device, args.reps, args.warmup)
-    xb = x0.clone().requires_grad_(True)
-    t_fb = timed(lambda: layer(xb).backward(dy), device, args.reps, args.warmup)
-    rows.append(("fsdp", t_f, t_fb - t_f, fsdp_err))
+    check_and_time("fsdp", layer)
 
     ok = all(r[3] < tol for r in rows)
     if rank == 0:

@@ -72,19 +72,28 @@ def _split(text: str | Sequence[str] | None) -> list[str]:
     return out
 
 
+def _choose(names: list[str], allowed: Sequence[str], what: str, key=str.lower) -> list[str]:
+    """The named choices, normalised by ``key``, in order and without repeats; an unknown one is an error."""
+    out: list[str] = []
+    for name in names:
+        k = key(name)
+        if k not in allowed:
+            raise ParplanError(f"unknown {what} '{name}'; choose from {', '.join(allowed)}")
+        if k not in out:
+            out.append(k)
+    return out
+
+
+def _op_key(name: str) -> str:
+    key = name.lower().replace("-", "_")
+    return _OP_ALIASES.get(key.replace("_", ""), key)
+
+
 def parse_ops(text: str | Sequence[str] | None) -> tuple[str, ...]:
     names = _split(text)
     if not names or names == ["all"]:
         return DEFAULT_OPS
-    ops: list[str] = []
-    for name in names:
-        key = name.lower().replace("-", "_")
-        key = _OP_ALIASES.get(key.replace("_", ""), key)
-        if key not in OPS:
-            raise ParplanError(f"unknown collective '{name}'; choose from {', '.join(OPS)}")
-        if key not in ops:
-            ops.append(key)
-    return tuple(ops)
+    return tuple(_choose(names, OPS, "collective", _op_key))
 
 
 def parse_suites(text: str | Sequence[str] | None, with_model: bool) -> tuple[str, ...]:
@@ -93,13 +102,7 @@ def parse_suites(text: str | Sequence[str] | None, with_model: bool) -> tuple[st
         return DEFAULT_SUITES + (("layer",) if with_model else ())
     if names == ["all"]:
         return SUITES if with_model else DEFAULT_SUITES
-    out: list[str] = []
-    for name in names:
-        key = name.lower()
-        if key not in SUITES:
-            raise ParplanError(f"unknown suite '{name}'; choose from {', '.join(SUITES)} or all")
-        if key not in out:
-            out.append(key)
+    out = _choose(names, SUITES, "suite (or all)")
     if "layer" in out and not with_model:
         raise ParplanError("the layer suite needs --model NAME (a model name or YAML file)")
     return tuple(s for s in SUITES if s in out)
@@ -142,14 +145,7 @@ def parse_dtypes(text: str | Sequence[str] | None, what: str) -> tuple[str, ...]
     names = _split(text)
     if not names or names == ["auto"]:
         return ()
-    out: list[str] = []
-    for name in names:
-        key = name.lower()
-        if key not in DTYPES:
-            raise ParplanError(f"{what}: unknown dtype '{name}'; choose from {', '.join(DTYPES)}")
-        if key not in out:
-            out.append(key)
-    return tuple(out)
+    return tuple(_choose(names, DTYPES, f"{what} dtype"))
 
 
 def parse_shapes(text: str | Sequence[str] | None) -> tuple[tuple[int, int, int], ...]:
