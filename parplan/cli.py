@@ -59,6 +59,8 @@ def layout_options(fn):
         click.option("--schedule", type=click.Choice(["1f1b", "interleaved", "gpipe"]), default="1f1b",
                      show_default=True),
         click.option("--flash-attention/--no-flash-attention", default=True, show_default=True),
+        click.option("--fused-kernels/--no-fused-kernels", default=True, show_default=True,
+                     help="Fused element-wise kernels (Megatron-LM since 2021); off: eager PyTorch ops."),
         click.option("--headroom", type=click.FloatRange(0, 0.9), default=0.10, show_default=True,
                      help="Fraction of HBM kept free."),
     ]
@@ -68,7 +70,7 @@ def layout_options(fn):
 
 
 def build_layout(cluster, model, *, mesh, tp, pp, dp, cp, micro_batch, global_batch, seq, recompute, dtype,
-                 zero, shard_group, sp, tp_mode, cp_mode, vpp, schedule, flash_attention):
+                 zero, shard_group, sp, tp_mode, cp_mode, vpp, schedule, flash_attention, fused_kernels):
     from .layout import DEFAULT_ORDER, Layout, mesh_order, parse_mesh
 
     order = DEFAULT_ORDER
@@ -96,7 +98,8 @@ def build_layout(cluster, model, *, mesh, tp, pp, dp, cp, micro_batch, global_ba
     return Layout(tp=given["tp"], pp=given["pp"], dp=given["dp"], cp=given["cp"], micro_batch=micro_batch,
                   global_batch=global_batch, seq_len=seq, recompute=recompute, dtype=dtype, zero=zero,
                   shard_group=shard_group, sp=sp, tp_mode=tp_mode, cp_mode=cp_mode, vpp=vpp,
-                  schedule=schedule, flash_attention=flash_attention, order=tuple(order))
+                  schedule=schedule, flash_attention=flash_attention, fused_kernels=fused_kernels,
+                  order=tuple(order))
 
 
 def _estimate_from_options(model_name, hw, headroom, **kw):

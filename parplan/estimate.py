@@ -72,7 +72,9 @@ def op_times(hw, op: ops_mod.Op, dtype: str):
         fwd = np.maximum(op.fwd_flops / (peak * eff * FLASH_FWD_FRACTION_OF_GEMM), op.fwd_bytes / mem_bw)
         bwd = np.maximum(op.bwd_flops / (peak * eff * FLASH_BWD_FRACTION_OF_GEMM), op.bwd_bytes / mem_bw)
         return fwd + hw.kernel_overhead_s, bwd + hw.kernel_overhead_s
-    return memory_time_s(hw, op.fwd_bytes), memory_time_s(hw, op.bwd_bytes)
+    # A pass with no backward kernel (its gradient flows through untouched) costs nothing there.
+    return tuple(np.where(np.asarray(b) > 0, memory_time_s(hw, b, op.streaming), 0.0)
+                 for b in (op.fwd_bytes, op.bwd_bytes))
 
 
 # --------------------------------------------------------------------------- results
@@ -179,7 +181,7 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, headroom: fl
     dims = ops_mod.LocalDims(**fields)
 
     # ---- compute per layer, per micro-batch
-    lops = ops_mod.layer_ops(model, dims, dtype, layout.flash_attention, use_dropout)
+    lops = ops_mod.layer_ops(model, dims, dtype, layout.flash_attention, use_dropout, layout.fused_kernels)
     times = [op_times(hw, o, dtype) for o in lops]
     layer_fwd = sum((t[0] for t in times), np.float64(0.0))
     layer_bwd = sum((t[1] for t in times), np.float64(0.0))

@@ -26,7 +26,8 @@ INFERENCE_DEFAULTS = {"input_len": None, "output_len": None, "batch": None, "rep
 # Training-only options of ``estimate``/``explain`` (parplan.cli.layout_options) and ``plan``, at their defaults.
 ESTIMATE_TRAINING_DEFAULTS = {"mesh": None, "cp": None, "micro_batch": 1, "global_batch": None, "seq": None,
                               "recompute": "none", "zero": 0, "shard_group": None, "sp": False, "tp_mode": "1d",
-                              "cp_mode": "allgather", "vpp": 1, "schedule": "1f1b", "flash_attention": True}
+                              "cp_mode": "allgather", "vpp": 1, "schedule": "1f1b", "flash_attention": True,
+                              "fused_kernels": True}
 PLAN_TRAINING_DEFAULTS = {"cp": None, "zero": None, "micro_batch": None, "recompute": None, "global_batch": None,
                           "seq": None, "objective": "throughput", "flash_attention": True}
 

@@ -42,6 +42,7 @@ class Layout:
     recompute: str = "none"
     dtype: str = "bf16"
     flash_attention: bool = True
+    fused_kernels: bool = True       # Megatron's fused element-wise kernels (False: eager PyTorch, Megatron-LM 2019)
     overlap_grad_reduce: bool = True
     overlap_param_gather: bool = True
     grad_accum_fp32: bool = True     # fp32 main gradients (Megatron, DeepSpeed BF16_Optimizer)

@@ -7,7 +7,13 @@ roofline turns into time. Matmul FLOPs follow Narayanan et al. 2021 (arXiv
 GPT block; backward is twice forward (a data-gradient and a weight-gradient GEMM
 per forward GEMM). Element-wise byte counts follow the fused kernels of
 Megatron-LM (fused LayerNorm, bias-GeLU, bias-dropout-add, scale-mask-softmax):
-each reads its inputs once and writes its outputs once.
+each reads its inputs once and writes its outputs once. Those fusions, and the
+data layout that spares the attention's head transposes, arrived with Narayanan
+et al. 2021 (Sec. 4.2); with ``fused=False`` the layer runs as Megatron-LM 2019
+wrote it in eager PyTorch (``mpu/transformer.py``): a separate bias add after
+each linear, copies that transpose q, k, v and the context, and the attention
+scores scaled, masked (a multiply and a subtract) and only then soft-maxed, each
+a full pass over the ``b a s^2`` scores.
 
 All dimension fields may be numpy arrays (one entry per candidate layout).
 """
@@ -56,6 +62,7 @@ class Op:
     bwd_bytes: Any
     gemm: tuple | None = None  # (m, k, n, batch) of the forward GEMM
     attention_core: bool = False  # recomputed under selective recompute (Korthikanti 2022)
+    streaming: bool = False  # a plain pointwise pass or copy: runs at the copy rate, not the fused kernels'
 
 
 def _gemm(name: str, m, k, n, bpe: int, batch=1, attention_core: bool = False, kind: str = MATMUL) -> Op:
@@ -65,15 +72,19 @@ def _gemm(name: str, m, k, n, bpe: int, batch=1, attention_core: bool = False, k
 
 
 def _elementwise(name: str, elems, fwd_rw: float, bwd_rw: float, bpe: int,
-                 attention_core: bool = False, extra_fwd_bytes=0.0, extra_bwd_bytes=0.0) -> Op:
+                 attention_core: bool = False, extra_fwd_bytes=0.0, extra_bwd_bytes=0.0,
+                 streaming: bool = False) -> Op:
     """A memory-bound op over ``elems`` elements touching ``fwd_rw``/``bwd_rw`` tensors of them."""
     return Op(name, MEMORY, 0.0, 0.0, elems * fwd_rw * bpe + extra_fwd_bytes,
-              elems * bwd_rw * bpe + extra_bwd_bytes, None, attention_core)
+              elems * bwd_rw * bpe + extra_bwd_bytes, None, attention_core, streaming)
 
 
 def layer_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", flash_attention: bool = True,
-              dropout: bool = True) -> list[Op]:
-    """Ops of one transformer layer on one device for one micro-batch, in execution order."""
+              dropout: bool = True, fused: bool = True) -> list[Op]:
+    """Ops of one transformer layer on one device for one micro-batch, in execution order.
+
+    ``fused=False``: the unfused element-wise kernels of eager PyTorch (see the module docstring).
+    """
     bpe = BYTES_PER_ELEMENT[dtype]
     tokens = d.batch * d.seq
     rows, steps = tokens * d.gemm_row_gather, d.gemm_steps
@@ -86,6 +97,12 @@ def layer_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", flash_attenti
         _elementwise("input_norm", row, 2, 3, bpe),
         _gemm("qkv_proj", rows, h_in, q_cols + 2 * kv_cols, bpe, steps),
     ]
+    if not fused:
+        # Bias add (read, write) and, for the unfused attention, the [b, s, a, d] -> [b, a, s, d]
+        # copies of q, k, v; backward copies their gradients back.
+        copies = 0 if flash_attention else 2
+        ops.append(_elementwise("qkv_bias_transpose", tokens * (q_cols + 2 * kv_cols), 2 + copies, copies, bpe,
+                                streaming=True))
     score_elems = d.batch * d.heads * d.seq * d.seq_kv
     if flash_attention:
         causal = 0.5 if d.causal else 1.0
@@ -96,6 +113,12 @@ def layer_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", flash_attenti
     else:
         ops += [
             _gemm("attn_scores", d.seq, d.head_dim, d.seq_kv, bpe, d.batch * d.heads, True, BATCHED),
+        ]
+        if not fused:
+            # Scale, multiply by the mask, subtract the masked-out offset: three passes forward;
+            # the multiply's and the scale's gradients two backward (the subtract passes it through).
+            ops.append(_elementwise("scale_mask", score_elems, 6, 4, bpe, True, streaming=True))
+        ops += [
             _elementwise("softmax", score_elems, 2, 3, bpe, True),
         ]
         if dropout:
@@ -103,10 +126,11 @@ def layer_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", flash_attenti
         ops += [
             _gemm("attn_context", d.seq, d.seq_kv, d.head_dim, bpe, d.batch * d.heads, True, BATCHED),
         ]
+    if not fused and not flash_attention:
+        ops.append(_elementwise("context_transpose", tokens * q_cols, 2, 2, bpe, streaming=True))
     ops += [
         _gemm("out_proj", rows, q_cols, model.hidden / d.hidden_shard, bpe, steps),
-        _elementwise("attn_residual", row, 2 + mask, 1 + mask, bpe, extra_fwd_bytes=row * mask,
-                     extra_bwd_bytes=row * mask),
+        *_residual("attn_residual", row, mask, bpe, fused),
         _elementwise("post_attn_norm", row, 2, 3, bpe),
     ]
     if model.activation == "swiglu":
@@ -115,15 +139,31 @@ def layer_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", flash_attenti
             _elementwise("swiglu", tokens * d.ffn, 3, 5, bpe),
         ]
     else:
-        ops += [
-            _gemm("mlp_up", rows, h_in, d.ffn, bpe, steps),
-            _elementwise(model.activation, tokens * d.ffn, 2, 3, bpe),
-        ]
+        ops.append(_gemm("mlp_up", rows, h_in, d.ffn, bpe, steps))
+        if not fused:  # the bias add is a pass of its own; fused, it rides in the bias-GeLU kernel
+            ops.append(_elementwise("mlp_bias_add", tokens * d.ffn, 2, 0, bpe, streaming=True))
+        ops.append(_elementwise(model.activation, tokens * d.ffn, 2, 3, bpe))
     ops += [
         _gemm("mlp_down", rows, d.ffn, model.hidden / d.hidden_shard, bpe, steps),
-        _elementwise("mlp_residual", row, 2 + mask, 1 + mask, bpe, extra_fwd_bytes=row * mask,
-                     extra_bwd_bytes=row * mask),
+        *_residual("mlp_residual", row, mask, bpe, fused),
     ]
+    return ops
+
+
+def _residual(name: str, row, mask: float, bpe: int, fused: bool) -> list[Op]:
+    """Bias + dropout + residual add after a row-parallel linear.
+
+    Fused (one kernel): read the output, write the sum, and the 1-byte dropout mask. Unfused: the
+    bias add (read, write) and the residual add (read two, write one) as plain passes, and the
+    dropout (read, write, write its mask; backward: read, read the mask, write) as its own kernel.
+    The gradients' reduction into the bias gradient is left out in both.
+    """
+    if fused:
+        return [_elementwise(name, row, 2 + mask, 1 + mask, bpe, extra_fwd_bytes=row * mask,
+                             extra_bwd_bytes=row * mask)]
+    ops = [_elementwise(f"{name}_adds", row, 5, 0, bpe, streaming=True)]
+    if mask:
+        ops.append(_elementwise(f"{name}_dropout", row, 2, 2, bpe, extra_fwd_bytes=row, extra_bwd_bytes=row))
     return ops
 
 

@@ -9,7 +9,7 @@ search with one parameter 10% better, since more HBM can admit new layouts.
 """
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
 from types import MappingProxyType
 
 import numpy as np
@@ -53,9 +53,9 @@ def scaled_cluster(cluster: Cluster, what: str, factor: float) -> Cluster:
                         intra_node=intra, name=cluster.name)
 
 
-CATEGORICAL = ("order", "tp_mode", "cp_mode", "dtype", "flash_attention", "overlap_grad_reduce",
-               "overlap_param_gather", "grad_accum_fp32", "schedule", "seq_len")
 NUMERIC = ("tp", "pp", "dp", "cp", "micro_batch", "global_batch", "zero", "sp", "vpp")
+# Every other Layout field must be equal for layouts to share one array estimate.
+CATEGORICAL = tuple(f.name for f in fields(Layout) if f.name not in NUMERIC + ("recompute", "shard_group"))
 
 
 def stack_layouts(layouts: list) -> list[tuple[list[int], Layout]]:
@@ -66,10 +66,10 @@ def stack_layouts(layouts: list) -> list[tuple[list[int], Layout]]:
     out = []
     for idx in groups.values():
         first = layouts[idx[0]]
-        fields = {k: np.array([getattr(layouts[i], k) for i in idx]) for k in NUMERIC}
-        fields["recompute"] = np.array([RECOMPUTE.index(layouts[i].recompute) for i in idx])
-        fields["shard_group"] = np.array([layouts[i].shard_group or layouts[i].dp for i in idx])
-        out.append((idx, replace(first, **fields)))
+        arrays = {k: np.array([getattr(layouts[i], k) for i in idx]) for k in NUMERIC}
+        arrays["recompute"] = np.array([RECOMPUTE.index(layouts[i].recompute) for i in idx])
+        arrays["shard_group"] = np.array([layouts[i].shard_group or layouts[i].dp for i in idx])
+        out.append((idx, replace(first, **arrays)))
     return out
 
 

@@ -16,6 +16,9 @@ overlaps its gathers; fp16 mixed precision keeps 16-bit gradients (the fp16
 optimizers of both frameworks), while the bf16 runs accumulate them in fp32;
 runs on DeepSpeed's pipeline engine (the records' notes say so) send whole
 activations between stages from every TP rank, where Megatron-LM splits them.
+Megatron-LM's fused element-wise kernels and transpose-free attention layout
+came with Narayanan et al. 2021 (Sec. 4.2), so the 2019 runs (Shoeybi et al.)
+execute the layer's element-wise work as separate eager PyTorch kernels.
 """
 from __future__ import annotations
 
@@ -35,6 +38,8 @@ from .specs import spec_dir
 from .yamlspec import number, read_records, require_mapping
 
 DEFAULT_FILE = "published-runs.yaml"
+# Publications whose code predates Megatron-LM's fused kernels (Narayanan et al. 2021, Sec. 4.2).
+UNFUSED_SOURCES = ("Shoeybi et al. 2019",)
 
 
 def load_runs(path: str | None = None) -> list[dict]:
@@ -71,6 +76,7 @@ def record_setup(rec: dict):
     if recompute not in ("none", "selective", "full"):
         raise ParplanError(f"{w}: recompute must be none, selective or full, got {recompute!r}")
     deepspeed = "deepspeed" in (str(rec.get("notes", "")) + str(rec.get("source", ""))).lower()
+    fused = not str(rec.get("source", "")).startswith(UNFUSED_SOURCES)
     layout = Layout(
         tp=number(lay, "tp", w, integer=True), pp=number(lay, "pp", w, integer=True),
         dp=number(lay, "dp", w, integer=True), cp=number(lay, "cp", w, required=False, integer=True, default=1),
@@ -78,7 +84,7 @@ def record_setup(rec: dict):
         global_batch=number(rec, "global_batch", f"run {rid}", integer=True),
         seq_len=model.seq_len, zero=int(zero or 0), sp=bool(lay.get("sequence_parallel")),
         vpp=number(lay, "vpp", w, required=False, integer=True, default=1), recompute=recompute, dtype=precision,
-        flash_attention=False, overlap_grad_reduce=(zero == 3), overlap_param_gather=(zero == 3),
+        flash_attention=False, fused_kernels=fused, overlap_grad_reduce=(zero == 3), overlap_param_gather=(zero == 3),
         grad_accum_fp32=(precision == "bf16"),
         pp_scatter_gather=not deepspeed,
         # DeepSpeed's ZeRO-3 defaults: stage3_prefetch_bucket_size 5e7, reduce_bucket_size 5e8 elements.

@@ -1,4 +1,6 @@
 """The calculator against hand-derivable cases and the primary sources' formulas."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -157,3 +159,43 @@ def test_gpt3_on_64_a100_within_15_percent_of_korthikanti():
     br = {k: float(v) for k, v in est.breakdown_s.items()}
     assert sum(br.values()) == pytest.approx(float(est.step_time_s), rel=1e-9)
     assert br["bubble"] > 0 and br["tp_comm"] > 0 and br["recompute"] > 0
+
+
+def test_unfused_layer_adds_the_2019_passes_and_nothing_else():
+    """Megatron-LM 2019's eager layer: per forward, 3 extra passes over the b a s^2 scores (scale, mask
+    multiply, mask subtract), bias adds and q/k/v/context transposes; the FLOPs do not change."""
+    m = load_model("gpt2-2.5b")
+    t, b, s = 2, 8, m.seq_len
+    d = LocalDims(batch=b, seq=s, seq_kv=s, hidden=m.hidden, heads=m.heads // t, kv_heads=m.kv_heads // t,
+                  head_dim=m.head_dim, ffn=m.ffn_hidden // t, vocab=m.vocab // t, norm_shard=1)
+    fused = layer_ops(m, d, "fp16", flash_attention=False)
+    unfused = layer_ops(m, d, "fp16", flash_attention=False, fused=False)
+    assert total(unfused, "fwd_flops") == total(fused, "fwd_flops")
+    ops = {o.name: o for o in unfused}
+    scores = b * (m.heads // t) * s * s
+    assert ops["scale_mask"].fwd_bytes == 6 * scores * 2 and ops["scale_mask"].bwd_bytes == 4 * scores * 2
+    qkv = b * s * 3 * m.hidden // t
+    assert ops["qkv_bias_transpose"].fwd_bytes == 4 * qkv * 2  # bias add + transposing copy
+    assert ops["context_transpose"].fwd_bytes == 2 * b * s * m.hidden // t * 2
+    row = b * s * m.hidden
+    assert ops["mlp_residual_adds"].fwd_bytes == 5 * row * 2  # bias add (r, w) + residual add (r, r, w)
+    assert ops["mlp_bias_add"].fwd_bytes == 2 * b * s * m.ffn_hidden // t * 2
+    # Nothing else: each residual's separate bias and residual adds cost 4 passes over what the fused
+    # bias-dropout-add kernel reads and writes; the GeLU's own bytes are those of the fused kernel.
+    extra = total(unfused, "fwd_bytes") - total(fused, "fwd_bytes")
+    assert extra == (6 * scores + 4 * qkv + 2 * b * s * m.hidden // t + 2 * b * s * m.ffn_hidden // t
+                     + 2 * 4 * row) * 2
+    assert all(o.streaming for o in unfused if o.name in ("scale_mask", "qkv_bias_transpose", "context_transpose"))
+    assert not any(o.streaming for o in fused)
+
+
+def test_unfused_kernels_slow_the_step_most_where_scores_are_large():
+    """The extra passes scale with b a s^2 / t: they cost a 2.5B GPT-2 (TP2) more than the 8.3B (TP8)."""
+    cl = load_cluster("v100x128")
+    slow = {}
+    for name, tp in (("gpt2-2.5b", 2), ("gpt2-8.3b", 8)):
+        m = load_model(name)
+        lay = Layout(tp=tp, dp=128 // tp, micro_batch=8, recompute="full", dtype="fp16", flash_attention=False)
+        base = float(estimate(m, cl, lay).step_time_s)
+        slow[name] = float(estimate(m, cl, replace(lay, fused_kernels=False)).step_time_s) / base - 1
+    assert slow["gpt2-2.5b"] > 2 * slow["gpt2-8.3b"] > 0.04

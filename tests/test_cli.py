@@ -53,3 +53,18 @@ def test_explain_json_has_layer_times(run_cli):
     names = [o["op"] for o in d["ops"]]
     assert "qkv_proj" in names and "mlp_down" in names
     assert abs(sum(o["forward_s"] for o in d["ops"]) - d["layer"]["forward_s"]) < 1e-12
+
+
+def test_no_fused_kernels_adds_the_eager_passes(run_cli):
+    args = ("explain", "--model", "gpt2-2.5b", "--hw", "v100x2", "--tp", "2", "--micro-batch", "8",
+            "--dtype", "fp16", "--no-flash-attention", "--format", "json")
+    rc, out, err = run_cli(*args)
+    assert rc == 0, err
+    fused = json.loads(out)
+    rc, out, err = run_cli(*args, "--no-fused-kernels")
+    assert rc == 0, err
+    eager = json.loads(out)
+    assert eager["layout"]["fused_kernels"] is False and fused["layout"]["fused_kernels"] is True
+    names = {o["op"] for o in eager["ops"]} - {o["op"] for o in fused["ops"]}
+    assert {"scale_mask", "qkv_bias_transpose", "context_transpose"} <= names
+    assert eager["layer"]["forward_s"] > fused["layer"]["forward_s"]

@@ -200,3 +200,16 @@ def test_perturbations_reach_calibrated_profiles(tmp_path):
     t = float(estimate(m, cl, lay).step_time_s)
     slower = float(estimate(m, scaled_cluster(cl, "network bandwidth", 0.85), lay).step_time_s)
     assert slower > t
+
+
+def test_stacked_layouts_keep_every_non_numeric_knob_apart():
+    """Layouts stacked into one array estimate differ only in numeric knobs; any other field splits them."""
+    from dataclasses import replace as _replace
+
+    from parplan.layout import Layout
+    from parplan.trust import stack_layouts
+    base = Layout(tp=8, dp=8, micro_batch=1, flash_attention=False)
+    layouts = [base, _replace(base, dp=4), _replace(base, fused_kernels=False), _replace(base, pp_scatter_gather=False)]
+    groups = stack_layouts(layouts)
+    assert sorted(idx for idx, _ in groups) == [[0, 1], [2], [3]]
+    assert {bool(stacked.fused_kernels) for _, stacked in groups} == {True, False}

@@ -6,7 +6,7 @@ what is reached from getting worse; tighten them as the model improves.
 """
 import pytest
 
-from parplan.validation import load_runs, validate_runs
+from parplan.validation import load_runs, record_setup, validate_runs
 
 
 @pytest.fixture(scope="module")
@@ -48,3 +48,10 @@ def test_bloom_runs_mean_within_8_percent(results):
     rows = by_prefix(results, "bloom")
     assert len(rows) == 21
     assert sum(abs(r["error"]) for r in rows) / len(rows) <= 0.08
+
+
+def test_only_the_2019_runs_use_unfused_kernels():
+    """Megatron-LM's fused kernels arrived with Narayanan et al. 2021 (Sec. 4.2)."""
+    for rec in load_runs():
+        layout = record_setup(rec)[2]
+        assert layout.fused_kernels == (not rec["source"].startswith("Shoeybi et al. 2019")), rec["id"]
