@@ -139,6 +139,7 @@ def validate_runs(records: list[dict]) -> dict[str, Any]:
         lay = est.layout
         rows.append({
             "id": str(rec.get("id")),
+            "group": publication_group(rec, lay),
             "predicted_s": predicted,
             "published_s": published,
             "error": (predicted - published) / published,
@@ -146,16 +147,40 @@ def validate_runs(records: list[dict]) -> dict[str, Any]:
             "fits": bool(est.fits),
             "mfu": float(est.mfu),
         })
-    abs_err = np.array([abs(r["error"]) for r in rows])
+    groups = {}
+    for r in rows:
+        groups.setdefault(r["group"], []).append(r["error"])
     return {
         "rows": rows,
-        "summary": {
-            "runs": len(rows),
-            "mean_abs_error": float(abs_err.mean()),
-            "median_abs_error": float(np.median(abs_err)),
-            "max_abs_error": float(abs_err.max()),
-        },
+        "summary": _error_summary([r["error"] for r in rows]),
+        "groups": {g: _error_summary(errs) for g, errs in groups.items()},
     }
+
+
+def _error_summary(errors: list[float]) -> dict[str, Any]:
+    err = np.asarray(errors, float)
+    return {
+        "runs": int(err.size),
+        "mean_abs_error": float(np.abs(err).mean()),
+        "median_abs_error": float(np.median(np.abs(err))),
+        "max_abs_error": float(np.abs(err).max()),
+        "mean_error": float(err.mean()),  # the sign says whether the model runs fast (<0) or slow
+    }
+
+
+def publication_group(rec: dict, layout: Layout) -> str:
+    """Short name of a record's publication and table, e.g. "Narayanan et al. 2021, Table 1".
+
+    The citation's author-year part and its last part when that names a table or section; runs
+    on DeepSpeed ZeRO-3 are split from the rest of their table (a different framework).
+    """
+    source = str(rec.get("source", "?"))
+    head = source.split(" (")[0].split(",")[0].split(";")[0].strip()
+    last = source.rsplit(", ", 1)[-1].strip() if ", " in source else ""
+    label = f"{head}, {last}" if last.startswith(("Table", "Sec")) else head
+    if layout.zero == 3 and layout.gather_bucket_params is not None:
+        label += " (DeepSpeed ZeRO-3)"
+    return label
 
 
 def format_validation(results: dict) -> str:
@@ -164,6 +189,10 @@ def format_validation(results: dict) -> str:
         chosen = " ".join(f"{k}={v}" for k, v in r["chosen"].items())
         lines.append(f"{r['id']:<50}{r['predicted_s']:12.2f}{r['published_s']:12.2f}{r['error'] * 100:8.1f}%  "
                      f"{chosen}{'' if r['fits'] else '  (does not fit HBM)'}")
+    lines += ["", f"{'by publication':<58}{'runs':>5}{'mean |err|':>11}{'max |err|':>10}{'mean err':>10}"]
+    for name, g in sorted(results.get("groups", {}).items(), key=lambda kv: kv[1]["mean_abs_error"]):
+        lines.append(f"{name:<58}{g['runs']:>5}{g['mean_abs_error'] * 100:10.1f}%{g['max_abs_error'] * 100:9.1f}%"
+                     f"{g['mean_error'] * 100:9.1f}%")
     s = results["summary"]
     lines += ["", f"{s['runs']} runs: mean |error| {s['mean_abs_error'] * 100:.1f}%, "
                   f"median {s['median_abs_error'] * 100:.1f}%, max {s['max_abs_error'] * 100:.1f}%"]

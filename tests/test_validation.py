@@ -1,8 +1,9 @@
 """The cost model against published training runs: a regression gate on `parplan validate`.
 
 The issue's targets (mean <= 5%, max <= 12% over all 51 runs) are not met yet: the DeepSpeed
-ZeRO-3 runs of Narayanan et al. 2021 Table 2 are predicted 32-58% too fast. These bounds keep
-what is reached from getting worse; tighten them as the model improves.
+ZeRO-3 runs of Narayanan et al. 2021 Table 2 are predicted 32-58% too fast, the 2019 V100 runs
+12-25% and one BLOOM snapshot 31%. These bounds keep what is reached from getting worse; tighten
+them as the model improves.
 """
 import pytest
 
@@ -21,7 +22,7 @@ def test_every_published_run_is_predicted(results):
 
 def test_summary_does_not_regress(results):
     s = results["summary"]
-    assert s["mean_abs_error"] <= 0.12
+    assert s["mean_abs_error"] <= 0.115
     assert s["max_abs_error"] <= 0.60
     assert s["median_abs_error"] <= 0.07
 
@@ -55,3 +56,20 @@ def test_only_the_2019_runs_use_unfused_kernels():
     for rec in load_runs():
         layout = record_setup(rec)[2]
         assert layout.fused_kernels == (not rec["source"].startswith("Shoeybi et al. 2019")), rec["id"]
+
+
+def test_errors_are_summarised_by_publication(results):
+    groups = results["groups"]
+    assert sum(g["runs"] for g in groups.values()) == 51
+    assert groups["Narayanan et al. 2021, Table 1"]["runs"] == 10
+    assert groups["Narayanan et al. 2021, Table 2 (DeepSpeed ZeRO-3)"]["runs"] == 6
+    assert groups["Narayanan et al. 2021, Table 2"]["runs"] == 3
+    k = groups["Korthikanti et al. 2022, Tables 3+5"]
+    rows = [r["error"] for r in results["rows"] if r["group"] == "Korthikanti et al. 2022, Tables 3+5"]
+    assert k["mean_abs_error"] == pytest.approx(sum(abs(e) for e in rows) / len(rows))
+    assert k["mean_error"] == pytest.approx(sum(rows) / len(rows))
+
+
+def test_2019_v100_runs_within_20_percent_on_average(results):
+    g = results["groups"]["Shoeybi et al. 2019, Table 2 (GPT-2 training)"]
+    assert g["runs"] == 2 and g["mean_abs_error"] <= 0.20
