@@ -73,3 +73,18 @@ def test_errors_are_summarised_by_publication(results):
 def test_2019_v100_runs_within_20_percent_on_average(results):
     g = results["groups"]["Shoeybi et al. 2019, Table 2 (GPT-2 training)"]
     assert g["runs"] == 2 and g["mean_abs_error"] <= 0.20
+
+
+def test_band_spans_the_fitting_choices_of_unpublished_knobs(results):
+    banded = [r for r in results["rows"] if r["band_s"] is not None]
+    assert len(banded) == results["summary"]["runs_with_unpublished_knobs"] == 24
+    for r in banded:
+        lo, hi = r["band_s"]
+        assert lo <= hi
+        if r["fits"]:
+            assert r["predicted_s"] == pytest.approx(lo)  # the prediction takes the fastest choice
+    # Regression gate: Table 1's pipelined runs (interleaving degree and micro-batch unpublished)
+    # fall inside the band of their plausible configurations.
+    t1 = [r for r in banded if r["id"].startswith("megatron2021-t1") and r["chosen"].get("vpp")]
+    assert len(t1) == 6 and all(r["within_band"] for r in t1)
+    assert results["summary"]["published_within_band"] >= 8
