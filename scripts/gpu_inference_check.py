@@ -32,7 +32,6 @@ import argparse
 import csv
 import json
 import os
-import statistics
 import sys
 
 import torch
@@ -42,6 +41,9 @@ sys.path.insert(0, os.getcwd())
 from parplan.hardware import load_hardware, make_cluster  # noqa: E402
 from parplan.inference import pass_cost  # noqa: E402
 from parplan.model import load_model  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cuda_timing import timed  # noqa: E402
 
 DT = {"bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_BATCHES = "1,2,4,8,16,32,64,128,256"
@@ -54,22 +56,6 @@ def profile_for(gpu_name: str) -> str:
     if "H100" in name and "PCIE" in name:
         return "h100-pcie"
     return "h100-sxm"
-
-
-def timed(fn, reps: int, warmup: int) -> float:
-    """Median seconds of ``fn`` between two CUDA events."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) / 1e3)
-    return statistics.median(times)
 
 
 def rms_norm(x, w, eps=1e-5):

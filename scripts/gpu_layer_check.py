@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import statistics
 import sys
 
 import torch
@@ -23,6 +22,9 @@ from parplan.estimate import op_times  # noqa: E402
 from parplan.hardware import load_hardware  # noqa: E402
 from parplan.model import load_model, with_seq_len  # noqa: E402
 from parplan.ops import LocalDims, layer_ops  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cuda_timing import timed as cuda_timed  # noqa: E402
 
 DT = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 CASES = [  # model, tp, micro-batch, seq, dtype, flash attention
@@ -35,22 +37,9 @@ CASES = [  # model, tp, micro-batch, seq, dtype, flash attention
 ]
 
 
-def timed(fn, reps=30, warmup=5, batch=10):
-    """Median over ``reps`` of the mean time of ``batch`` back-to-back calls (the GPU stays busy and
-    at its working clocks, as in training; a sync after every call lets it idle between kernels)."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        for _ in range(batch):
-            fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) / 1e3 / batch)
-    return statistics.median(times)
+def timed(fn, reps=30, warmup=5):
+    """Back-to-back calls, 10 per timed repeat (scripts/cuda_timing.py)."""
+    return cuda_timed(fn, reps, warmup, batch=10)
 
 
 def fwd_bwd(make_inputs, f):

@@ -15,7 +15,6 @@ import argparse
 import csv
 import math
 import os
-import statistics
 import sys
 
 import torch
@@ -27,28 +26,15 @@ from parplan.hardware import load_hardware  # noqa: E402
 from parplan.model import load_model, with_seq_len  # noqa: E402
 from parplan.ops import LocalDims, layer_ops  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cuda_timing import timed  # noqa: E402
+
 DT = {"bf16": torch.bfloat16, "fp16": torch.float16}
 CASES = [  # model, tp, micro-batch, seq, dtype: the two Megatron-LM 2019 GPT-2 runs, and GPT-3 175B
     ("gpt2-2.5b", 2, 8, 1024, "fp16"),
     ("gpt2-8.3b", 8, 8, 1024, "fp16"),
     ("gpt3-175b", 8, 1, 2048, "fp16"),
 ]
-
-
-def timed(fn, reps=20, warmup=3, batch=5):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        for _ in range(batch):
-            fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) / 1e3 / batch)
-    return statistics.median(times)
 
 
 def layer_2019(x, w, mask, heads_local, head_dim, drop=0.1):
@@ -89,8 +75,8 @@ def run_case(hw, name, tp, mb, seq, dtype, dev):
     mask = torch.tril(torch.ones(seq, seq, device=dev, dtype=dt)).view(1, 1, seq, seq)
     grad = torch.randn(mb, seq, h, device=dev, dtype=dt)
     params = [x, *w.values()]
-    fwd = timed(lambda: layer_2019(x, w, mask, a, hd))
-    both = timed(lambda: torch.autograd.grad(layer_2019(x, w, mask, a, hd), params, grad))
+    fwd = timed(lambda: layer_2019(x, w, mask, a, hd), batch=5)
+    both = timed(lambda: torch.autograd.grad(layer_2019(x, w, mask, a, hd), params, grad), batch=5)
     d = LocalDims(batch=mb, seq=seq, seq_kv=seq, hidden=h, heads=a, kv_heads=a, head_dim=hd, ffn=f,
                   vocab=model.vocab // tp, norm_shard=1)
     pred = {}

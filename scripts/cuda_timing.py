@@ -1,0 +1,27 @@
+"""CUDA-event timing shared by the one-GPU check scripts."""
+from __future__ import annotations
+
+import statistics
+
+import torch
+
+
+def timed(fn, reps: int = 20, warmup: int = 3, batch: int = 1) -> float:
+    """Median over ``reps`` of the mean seconds of ``batch`` back-to-back calls of ``fn``.
+
+    With ``batch`` > 1 the GPU stays busy and at its working clocks, as in training; a sync
+    after every call would let it idle between kernels.
+    """
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for _ in range(batch):
+            fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b) / 1e3 / batch)
+    return statistics.median(times)
