@@ -61,7 +61,13 @@ def megatron_args(layout: Layout, model: ModelSpec) -> list[str]:
         args += ["--fp8-format", "hybrid"]
     if layout.flash_attention:
         args += ["--attention-backend", "flash"]
+    if not layout.fused_kernels:
+        args += list(UNFUSED_FLAGS)
     return args
+
+
+# Megatron-LM's switches for its fused scale-mask-softmax, bias-GeLU and bias-dropout-add kernels.
+UNFUSED_FLAGS = ("--no-masked-softmax-fusion", "--no-bias-gelu-fusion", "--no-bias-dropout-fusion")
 
 
 def parse_megatron_args(text: str, world_size: int) -> Layout:
@@ -114,7 +120,8 @@ def parse_megatron_args(text: str, world_size: int) -> Layout:
                   overlap_grad_reduce=bool(values.get("overlap-grad-reduce")),
                   overlap_param_gather=bool(values.get("overlap-param-gather")),
                   cp_mode="ring" if values.get("cp-comm-type") == "p2p" else "allgather",
-                  flash_attention=values.get("attention-backend") == "flash")
+                  flash_attention=values.get("attention-backend") == "flash",
+                  fused_kernels=not any(values.get(f[2:]) for f in UNFUSED_FLAGS))
 
 
 def torchtitan_toml(layout: Layout, model: ModelSpec) -> str:

@@ -90,11 +90,11 @@ def test_emitted_megatron_flags_round_trip_into_the_same_layout(run_cli):
                        cp_mode="ring", seq_len=2048),
                 Layout(tp=8, pp=2, dp=32, micro_batch=1, global_batch=512, zero=1, shard_group=4, seq_len=2048),
                 Layout(tp=8, pp=4, dp=16, micro_batch=1, global_batch=512, zero=0, dtype="fp16", seq_len=2048,
-                       flash_attention=False)):
+                       flash_attention=False, fused_kernels=False)):
         lay = check_layout(lay, m, cl)
         back = check_layout(parse_megatron_args(" ".join(megatron_args(lay, m)), 512), m, cl)
         keys = ("tp", "pp", "dp", "cp", "micro_batch", "global_batch", "seq_len", "zero", "sp", "vpp", "schedule",
-                "recompute", "dtype", "cp_mode", "flash_attention", "shard_group")
+                "recompute", "dtype", "cp_mode", "flash_attention", "fused_kernels", "shard_group")
         assert {k: asdict(back)[k] for k in keys} == {k: asdict(lay)[k] for k in keys}
     rc, out, err = run_cli("plan", "--model", "gpt3", "--hw", "a100x512", "--emit", "megatron")
     assert rc == 0, err
