@@ -168,6 +168,8 @@ def _estimate_or_explain(model_name, hw, headroom, fmt, mode, inference, kw, exp
               help="Fraction of HBM kept free.")
 @click.option("--allow-cross-node-tp", is_flag=True, help="Let tensor parallel span nodes.")
 @click.option("--flash-attention/--no-flash-attention", default=True, show_default=True)
+@click.option("--fused-kernels/--no-fused-kernels", default=True, show_default=True,
+              help="Fused element-wise kernels (Megatron-LM since 2021); off: eager PyTorch ops.")
 @click.option("--tp", type=int, default=None, help="Fix the tensor-parallel size.")
 @click.option("--pp", type=int, default=None, help="Fix the pipeline size.")
 @click.option("--dp", type=int, default=None, help="Fix the data-parallel size.")
@@ -183,7 +185,7 @@ def _estimate_or_explain(model_name, hw, headroom, fmt, mode, inference, kw, exp
 @inference_options(plan=True)
 @handle_errors
 def plan(model_name, hw, global_batch, seq, dtype, objective, top, headroom, allow_cross_node_tp, flash_attention,
-         fmt, emit_target, explain, mode, inference, **fixed):
+         fused_kernels, fmt, emit_target, explain, mode, inference, **fixed):
     """Search every mesh shape and knob; print the best layouts, ranked (--mode inference: serving layouts)."""
     from .hardware import load_cluster
     from .inference_cli import dispatch_plan
@@ -192,7 +194,8 @@ def plan(model_name, hw, global_batch, seq, dtype, objective, top, headroom, all
 
     text = dispatch_plan(model_name, hw, dtype, top, headroom, fmt, mode, inference,
                          dict(global_batch=global_batch, seq=seq, objective=objective,
-                              flash_attention=flash_attention), fixed, allow_cross_node_tp)
+                              flash_attention=flash_attention, fused_kernels=fused_kernels), fixed,
+                         allow_cross_node_tp)
     if text is not None:
         click.echo(text)
         return
@@ -207,7 +210,7 @@ def plan(model_name, hw, global_batch, seq, dtype, objective, top, headroom, all
     click.echo(plan_report(model, cluster, global_batch=global_batch, dtype=dtype, objective=objective, top=top,
                            headroom=headroom, allow_cross_node_tp=allow_cross_node_tp,
                            flash_attention=flash_attention, fixed=fixed, fmt=fmt, emit_target=emit_target,
-                           explain=explain))
+                           explain=explain, fused_kernels=fused_kernels))
 
 
 @cli.command(name="list")

@@ -29,7 +29,8 @@ ESTIMATE_TRAINING_DEFAULTS = {"mesh": None, "cp": None, "micro_batch": 1, "globa
                               "cp_mode": "allgather", "vpp": 1, "schedule": "1f1b", "flash_attention": True,
                               "fused_kernels": True}
 PLAN_TRAINING_DEFAULTS = {"cp": None, "zero": None, "micro_batch": None, "recompute": None, "global_batch": None,
-                          "seq": None, "objective": "throughput", "flash_attention": True}
+                          "seq": None, "objective": "throughput", "flash_attention": True,
+                          "fused_kernels": True}
 
 
 def inference_options(fn=None, *, plan: bool = False):

@@ -78,6 +78,8 @@ class Layout:
                  f"pp={self.pp}" + (f"x{self.vpp}" if self.vpp > 1 else ""),
                  f"dp={self.dp}" + (f"(zero{self.zero})" if self.zero else ""),
                  f"cp={self.cp}", f"mb={self.micro_batch}", f"recompute={self.recompute}"]
+        if not self.fused_kernels:
+            parts.append("unfused")
         return " ".join(parts)
 
 

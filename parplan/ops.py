@@ -97,12 +97,14 @@ def layer_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", flash_attenti
         _elementwise("input_norm", row, 2, 3, bpe),
         _gemm("qkv_proj", rows, h_in, q_cols + 2 * kv_cols, bpe, steps),
     ]
-    if not fused:
-        # Bias add (read, write) and, for the unfused attention, the [b, s, a, d] -> [b, a, s, d]
-        # copies of q, k, v; backward copies their gradients back.
-        copies = 0 if flash_attention else 2
-        ops.append(_elementwise("qkv_bias_transpose", tokens * (q_cols + 2 * kv_cols), 2 + copies, copies, bpe,
-                                streaming=True))
+    bias = 1.0 if model.bias else 0.0
+    if not fused and (bias or not flash_attention):
+        # The bias add (read, write; backward: its gradient read once more for the bias gradient)
+        # and, for the unfused attention, the [b, s, a, d] -> [b, a, s, d] copies of q, k, v.
+        # Backward copies the q and v gradients back (k's is a view) and concatenates all three.
+        copies_fwd, copies_bwd = (0.0, 0.0) if flash_attention else (2.0, 2.0 * 2 / 3 + 2)
+        ops.append(_elementwise("qkv_bias_transpose", tokens * (q_cols + 2 * kv_cols), 2 * bias + copies_fwd,
+                                bias + copies_bwd, bpe, streaming=True))
     score_elems = d.batch * d.heads * d.seq * d.seq_kv
     if flash_attention:
         causal = 0.5 if d.causal else 1.0
@@ -130,38 +132,39 @@ def layer_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", flash_attenti
         ops.append(_elementwise("context_transpose", tokens * q_cols, 2, 2, bpe, streaming=True))
     ops += [
         _gemm("out_proj", rows, q_cols, model.hidden / d.hidden_shard, bpe, steps),
-        *_residual("attn_residual", row, mask, bpe, fused),
+        *_residual("attn_residual", row, mask, bpe, fused, bias),
         _elementwise("post_attn_norm", row, 2, 3, bpe),
     ]
     if model.activation == "swiglu":
-        ops += [
-            _gemm("mlp_gate_up", rows, h_in, 2 * d.ffn, bpe, steps),
-            _elementwise("swiglu", tokens * d.ffn, 3, 5, bpe),
-        ]
+        ops.append(_gemm("mlp_gate_up", rows, h_in, 2 * d.ffn, bpe, steps))
+        if fused:
+            ops.append(_elementwise("swiglu", tokens * d.ffn, 3, 5, bpe))
+        else:  # SiLU (read, write), then the product (read two, write); backward 3 + 5
+            ops.append(_elementwise("swiglu", tokens * d.ffn, 5, 8, bpe, streaming=True))
     else:
         ops.append(_gemm("mlp_up", rows, h_in, d.ffn, bpe, steps))
-        if not fused:  # the bias add is a pass of its own; fused, it rides in the bias-GeLU kernel
-            ops.append(_elementwise("mlp_bias_add", tokens * d.ffn, 2, 0, bpe, streaming=True))
+        if not fused and bias:  # a pass of its own; fused, it rides in the bias-GeLU kernel
+            ops.append(_elementwise("mlp_bias_add", tokens * d.ffn, 2, 1, bpe, streaming=True))
         ops.append(_elementwise(model.activation, tokens * d.ffn, 2, 3, bpe))
     ops += [
         _gemm("mlp_down", rows, d.ffn, model.hidden / d.hidden_shard, bpe, steps),
-        *_residual("mlp_residual", row, mask, bpe, fused),
+        *_residual("mlp_residual", row, mask, bpe, fused, bias),
     ]
     return ops
 
 
-def _residual(name: str, row, mask: float, bpe: int, fused: bool) -> list[Op]:
+def _residual(name: str, row, mask: float, bpe: int, fused: bool, bias: float = 1.0) -> list[Op]:
     """Bias + dropout + residual add after a row-parallel linear.
 
     Fused (one kernel): read the output, write the sum, and the 1-byte dropout mask. Unfused: the
-    bias add (read, write) and the residual add (read two, write one) as plain passes, and the
-    dropout (read, write, write its mask; backward: read, read the mask, write) as its own kernel.
-    The gradients' reduction into the bias gradient is left out in both.
+    bias add (read, write; backward: a read for the bias gradient) and the residual add (read two,
+    write one) as plain passes, and the dropout (read, write, write its mask; backward: read, read
+    the mask, write) as its own kernel.
     """
     if fused:
         return [_elementwise(name, row, 2 + mask, 1 + mask, bpe, extra_fwd_bytes=row * mask,
                              extra_bwd_bytes=row * mask)]
-    ops = [_elementwise(f"{name}_adds", row, 5, 0, bpe, streaming=True)]
+    ops = [_elementwise(f"{name}_adds", row, 3 + 2 * bias, bias, bpe, streaming=True)]
     if mask:
         ops.append(_elementwise(f"{name}_dropout", row, 2, 2, bpe, extra_fwd_bytes=row, extra_bwd_bytes=row))
     return ops

@@ -75,7 +75,7 @@ def binding_constraint(df, ranked, headroom, hbm_bytes) -> str:
 
 def plan_report(model, cluster, *, global_batch=None, dtype="bf16", objective="throughput", top=10,
                 headroom=0.10, allow_cross_node_tp=False, flash_attention=True, fixed=None, fmt="table",
-                emit_target=None, explain=False) -> str:
+                emit_target=None, explain=False, fused_kernels=True) -> str:
     seq = model.seq_len
     batches = parse_global_batch(global_batch) if not isinstance(global_batch, int) else [global_batch]
     gb_note = "given" if batches and len(batches) == 1 else "searched"
@@ -84,7 +84,7 @@ def plan_report(model, cluster, *, global_batch=None, dtype="bf16", objective="t
         gb_note = f"default: about {batches[0] * seq / 1e6:.1f}M tokens, a multiple of the device count"
     cluster.hardware.peak(dtype)
     space_kw = dict(seq_len=seq, dtype=dtype, allow_cross_node_tp=allow_cross_node_tp, fixed=fixed or {},
-                    flash_attention=flash_attention, headroom=headroom)
+                    flash_attention=flash_attention, fused_kernels=fused_kernels, headroom=headroom)
     df, evaluated, space = _search_all(model, cluster, batches, space_kw)
     ranked = rank(df, objective)
     if ranked.empty:

@@ -33,6 +33,7 @@ class SearchSpace:
     allow_cross_node_tp: bool = False
     fixed: dict | None = None          # axis or knob -> value, e.g. {"tp": 8}
     flash_attention: bool = True
+    fused_kernels: bool = True
     headroom: float = DEFAULT_HEADROOM
 
 
@@ -156,7 +157,8 @@ def search(model: ModelSpec, cluster: Cluster, space: SearchSpace):
                             micro_batch=part["micro_batch"], global_batch=space.global_batch, seq_len=space.seq_len,
                             zero=part["zero"], sp=part["sp"], vpp=part["vpp"], recompute=part["recompute"],
                             shard_group=part["shard_group"], tp_mode=TP_MODES[tp_code], cp_mode=CP_SCHEMES[cp_code],
-                            dtype=space.dtype, flash_attention=space.flash_attention, order=order)
+                            dtype=space.dtype, flash_attention=space.flash_attention,
+                            fused_kernels=space.fused_kernels, order=order)
             est = estimate(model, cluster, layout, check=False, headroom=space.headroom)
             df = pd.DataFrame({k: v for k, v in part.items()})
             df["recompute"] = np.array(RECOMPUTE_NAMES)[part["recompute"]]
@@ -236,7 +238,8 @@ def layout_of(row, space: SearchSpace) -> Layout:
                   tp_mode=str(row.get("tp_mode", "1d")), cp_mode=str(row.get("cp_mode", "allgather")),
                   shard_group=(int(row["shard_group"]) if int(row.get("shard_group", row["dp"])) != int(row["dp"])
                                else None),
-                  dtype=space.dtype, flash_attention=space.flash_attention, order=tuple(row["order"].split(",")))
+                  dtype=space.dtype, flash_attention=space.flash_attention, fused_kernels=space.fused_kernels,
+                  order=tuple(row["order"].split(",")))
 
 
 def fewest_devices(model: ModelSpec, cluster: Cluster, space: SearchSpace, limit: int = 1 << 20) -> int | None:

@@ -70,10 +70,10 @@ def format_model(m: ModelSpec) -> str:
 
 def format_explain(data: dict) -> str:
     lines = ["one layer, one micro-batch, one device:",
-             f"  {'op':<16}{'kind':<16}{'fwd GFLOP':>10}{'fwd MB':>10}{'FLOP/B':>9}{'bound':>9}"
+             f"  {'op':<22}{'kind':<16}{'fwd GFLOP':>10}{'fwd MB':>10}{'FLOP/B':>9}{'bound':>9}"
              f"{'fwd ms':>9}{'bwd ms':>9}"]
     for r in data["ops"]:
-        lines.append(f"  {r['op']:<16}{r['kind']:<16}{r['fwd_flops'] / 1e9:10.2f}{r['fwd_bytes'] / 1e6:10.2f}"
+        lines.append(f"  {r['op']:<22}{r['kind']:<16}{r['fwd_flops'] / 1e9:10.2f}{r['fwd_bytes'] / 1e6:10.2f}"
                      f"{r['intensity_flops_per_byte']:9.0f}{r['bound']:>9}{r['forward_s'] * 1e3:9.3f}"
                      f"{r['backward_s'] * 1e3:9.3f}")
     layer = data["layer"]

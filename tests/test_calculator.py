@@ -176,6 +176,8 @@ def test_unfused_layer_adds_the_2019_passes_and_nothing_else():
     assert ops["scale_mask"].fwd_bytes == 6 * scores * 2 and ops["scale_mask"].bwd_bytes == 4 * scores * 2
     qkv = b * s * 3 * m.hidden // t
     assert ops["qkv_bias_transpose"].fwd_bytes == 4 * qkv * 2  # bias add + transposing copy
+    # Backward: the bias gradient's read, copies of the q and v gradients, their concatenation.
+    assert ops["qkv_bias_transpose"].bwd_bytes == pytest.approx((1 + 4 / 3 + 2) * qkv * 2)
     assert ops["context_transpose"].fwd_bytes == 2 * b * s * m.hidden // t * 2
     row = b * s * m.hidden
     assert ops["mlp_residual_adds"].fwd_bytes == 5 * row * 2  # bias add (r, w) + residual add (r, r, w)
@@ -187,6 +189,15 @@ def test_unfused_layer_adds_the_2019_passes_and_nothing_else():
                      + 2 * 4 * row) * 2
     assert all(o.streaming for o in unfused if o.name in ("scale_mask", "qkv_bias_transpose", "context_transpose"))
     assert not any(o.streaming for o in fused)
+    # A bias-free model (Llama) has no bias passes: its unfused flash layer differs only in the SwiGLU.
+    ll = load_model("llama3.1-8b")
+    dl = LocalDims(batch=1, seq=4096, seq_kv=4096, hidden=ll.hidden, heads=ll.heads, kv_heads=ll.kv_heads,
+                   head_dim=ll.head_dim, ffn=ll.ffn_hidden, vocab=ll.vocab, norm_shard=1)
+    plain = {o.name: o for o in layer_ops(ll, dl, "bf16", dropout=False)}
+    eager = {o.name: o for o in layer_ops(ll, dl, "bf16", dropout=False, fused=False)}
+    assert set(eager) - set(plain) == {"attn_residual_adds", "mlp_residual_adds"} and "qkv_bias_transpose" not in eager
+    assert eager["mlp_residual_adds"].fwd_bytes == 3 * 4096 * ll.hidden * 2 and eager["mlp_residual_adds"].bwd_bytes == 0
+    assert eager["swiglu"].fwd_bytes == 5 * 4096 * ll.ffn_hidden * 2
 
 
 def test_unfused_kernels_slow_the_step_most_where_scores_are_large():

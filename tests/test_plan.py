@@ -213,3 +213,16 @@ def test_stacked_layouts_keep_every_non_numeric_knob_apart():
     groups = stack_layouts(layouts)
     assert sorted(idx for idx, _ in groups) == [[0, 1], [2], [3]]
     assert {bool(stacked.fused_kernels) for _, stacked in groups} == {True, False}
+
+
+def test_plan_searches_an_unfused_stack_and_emits_its_flags(run_cli):
+    base = ("plan", "--model", "gpt2-2.5b", "--hw", "v100x128", "--dtype", "fp16", "--no-flash-attention",
+            "--top", "1")
+    rc, fused, err = run_cli(*base, "--format", "json")
+    assert rc == 0, err
+    rc, eager, err = run_cli(*base, "--format", "json", "--no-fused-kernels")
+    assert rc == 0, err
+    assert json.loads(eager)[0]["step_time_s"] > json.loads(fused)[0]["step_time_s"]
+    rc, out, err = run_cli(*base, "--no-fused-kernels", "--emit", "megatron")
+    assert rc == 0, err
+    assert "--no-masked-softmax-fusion" in out and "--no-bias-dropout-fusion" in out
