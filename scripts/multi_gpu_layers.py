@@ -125,7 +125,12 @@ def rel_error(y, dx, y_ref, dx_ref) -> float:
                    float((dx - dx_ref).abs().max()) / float(dx_ref.abs().max()))
 
 
-def timed(fn, device, reps, warmup):
+def timed(fn, device, reps, warmup, batch=5):
+    """Median over ``reps`` of the mean time of ``batch`` back-to-back calls, all ranks starting together.
+
+    Back to back, the CPU queues the next call's kernels while the GPU runs this one's; timing
+    single calls would measure Python's launch overhead, not the GPUs.
+    """
     for _ in range(warmup):
         fn()
     out = []
@@ -133,16 +138,19 @@ def timed(fn, device, reps, warmup):
         if device.type == "cuda":
             a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             dist.barrier()
+            torch.cuda.synchronize()
             a.record()
-            fn()
+            for _ in range(batch):
+                fn()
             b.record()
             torch.cuda.synchronize()
-            out.append(a.elapsed_time(b) / 1e3)
+            out.append(a.elapsed_time(b) / 1e3 / batch)
         else:
             dist.barrier()
             t = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - t)
+            for _ in range(batch):
+                fn()
+            out.append((time.perf_counter() - t) / batch)
     return statistics.median(out)
 
 
@@ -243,14 +251,14 @@ def predict(model, world, batch, args, cuda):
 
 def predict_on(hw, model, world, batch, dtype):
     from parplan.estimate import estimate
-    from parplan.hardware import load_cluster
+    from parplan.hardware import load_hardware, make_cluster
     from parplan.layout import Layout
 
     one = model
     single = model_from_dict(dict(name=one.name, layers=1, hidden=one.hidden, heads=one.heads, kv_heads=one.kv_heads,
                                   head_dim=one.head_dim, ffn_hidden=one.ffn_hidden, activation=one.activation,
                                   vocab=8, seq_len=one.seq_len, position="none", bias=False), "one layer")
-    cluster = load_cluster(f"{hw}x{world}")
+    cluster = make_cluster(load_hardware(hw), world)  # hw: a profile name or a (calibrated) profile file
     out = {}
     for name_, lay in (("tp", Layout(tp=world, micro_batch=batch, global_batch=batch, dtype=dtype)),
                        ("fsdp", Layout(dp=world, zero=3, micro_batch=batch, global_batch=batch * world,
