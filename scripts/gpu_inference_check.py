@@ -43,19 +43,10 @@ from parplan.inference import pass_cost  # noqa: E402
 from parplan.model import load_model  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cuda_timing import timed  # noqa: E402
+from gpu_common import profile_for, timed  # noqa: E402
 
 DT = {"bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_BATCHES = "1,2,4,8,16,32,64,128,256"
-
-
-def profile_for(gpu_name: str) -> str:
-    name = gpu_name.upper()
-    if "H200" in name:
-        return "h200"
-    if "H100" in name and "PCIE" in name:
-        return "h100-pcie"
-    return "h100-sxm"
 
 
 def rms_norm(x, w, eps=1e-5):

@@ -24,7 +24,7 @@ from parplan.model import load_model, with_seq_len  # noqa: E402
 from parplan.ops import LocalDims, layer_ops  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cuda_timing import timed as cuda_timed  # noqa: E402
+from gpu_common import profile_for, timed as cuda_timed  # noqa: E402
 
 DT = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 CASES = [  # model, tp, micro-batch, seq, dtype, flash attention
@@ -38,7 +38,7 @@ CASES = [  # model, tp, micro-batch, seq, dtype, flash attention
 
 
 def timed(fn, reps=30, warmup=5):
-    """Back-to-back calls, 10 per timed repeat (scripts/cuda_timing.py)."""
+    """Back-to-back calls, 10 per timed repeat (scripts/gpu_common.py)."""
     return cuda_timed(fn, reps, warmup, batch=10)
 
 
@@ -174,7 +174,7 @@ def main():
     args = ap.parse_args()
     dev = torch.device("cuda")
     name = torch.cuda.get_device_name()
-    hw = load_hardware(args.hw or ("h200" if "H200" in name else "h100"))
+    hw = load_hardware(args.hw or profile_for(name))
     print(f"{name}: predicting with profile {hw.name}", flush=True)
     os.makedirs(args.out, exist_ok=True)
     copy_bw(args.out, dev)

@@ -31,6 +31,9 @@ import torch.nn.functional as F
 sys.path.insert(0, os.getcwd())
 from parplan.model import load_model, model_from_dict, with_seq_len  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpu_common import profile_for  # noqa: E402
+
 TINY = {"name": "tiny", "layers": 1, "hidden": 64, "heads": 4, "ffn_hidden": 256, "activation": "gelu",
         "vocab": 128, "seq_len": 32}
 
@@ -245,8 +248,7 @@ def predict(model, world, batch, args, cuda):
     """parplan's forward/backward seconds of one layer with its TP or FSDP collectives on this host."""
     if not cuda:
         return {}
-    name = torch.cuda.get_device_name()
-    return predict_on(args.hw or ("h200" if "H200" in name else "h100"), model, world, batch, args.dtype)
+    return predict_on(args.hw or profile_for(torch.cuda.get_device_name()), model, world, batch, args.dtype)
 
 
 def predict_on(hw, model, world, batch, dtype):

@@ -1,4 +1,4 @@
-"""CUDA-event timing shared by the one-GPU check scripts."""
+"""What the GPU check scripts share: CUDA-event timing and the profile that matches a GPU."""
 from __future__ import annotations
 
 import statistics
@@ -25,3 +25,13 @@ def timed(fn, reps: int = 20, warmup: int = 3, batch: int = 1) -> float:
         torch.cuda.synchronize()
         times.append(a.elapsed_time(b) / 1e3 / batch)
     return statistics.median(times)
+
+
+def profile_for(gpu_name: str) -> str:
+    """The shipped parplan profile of a GPU, from its CUDA device name."""
+    name = gpu_name.upper()
+    if "H200" in name:
+        return "h200"
+    if "H100" in name and "PCIE" in name:
+        return "h100-pcie"
+    return "h100-sxm"
