@@ -32,14 +32,17 @@ from .memory import (
     optimizer_step_bytes,
     recompute_code,
 )
-from .model import ModelSpec, with_seq_len
+from .model import ModelSpec, vocab_shard, with_seq_len
 from .roofline import (
+    ALIGNED_BYTES,
+    alignment_bytes,
     FLASH_BWD_FRACTION_OF_GEMM,
     FLASH_FWD_FRACTION_OF_GEMM,
     arithmetic_intensity,
     matmul_efficiency,
     matmul_time_s,
     memory_time_s,
+    misalignment_fraction,
     wave_utilization,
 )
 from .strategies import Collective, Context, strategies_for
@@ -60,8 +63,11 @@ def op_times(hw, op: ops_mod.Op, dtype: str):
         # block products (2D TP's SUMMA steps), one kernel each.
         steps, batch = (batch, 1) if op.kind == ops_mod.MATMUL else (1, batch)
         fwd = steps * matmul_time_s(hw, m, k, n, dtype, batch)
-        # Backward: data gradient (m x n)(n x k) and weight gradient (k x m)(m x n).
-        bwd = steps * (matmul_time_s(hw, m, n, k, dtype, batch) + matmul_time_s(hw, k, m, n, dtype, batch))
+        # Backward: data gradient (m x n)(n x k) and weight gradient (k x m)(m x n), on the
+        # same row-major tensors: their rows are still k and n long.
+        lead = (k, n)
+        bwd = steps * (matmul_time_s(hw, m, n, k, dtype, batch, lead_dims=lead) +
+                       matmul_time_s(hw, k, m, n, dtype, batch, lead_dims=lead))
         return fwd, bwd
     if op.kind == ops_mod.FLASH:
         s, dh, skv, heads = op.gemm
@@ -175,7 +181,7 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, headroom: fl
     fields = dict(batch=np.asarray(layout.micro_batch), seq=np.asarray(seq, float),
                   seq_kv=np.asarray(seq, float), hidden=model.hidden, heads=model.heads,
                   kv_heads=model.kv_heads, head_dim=model.head_dim, ffn=model.ffn_hidden,
-                  vocab=model.vocab, norm_shard=1, hidden_shard=1, causal=True)
+                  vocab=vocab_shard(model.vocab, 1), norm_shard=1, hidden_shard=1, causal=True)
     for s in strategies:
         fields = s.local_dims(fields, model, layout)
     dims = ops_mod.LocalDims(**fields)
@@ -398,6 +404,9 @@ def op_table(est: Estimate, hw=None) -> list[dict]:
     rows = []
     for op, (tf, tb) in zip(est.ops, est.op_times):
         intensity = arithmetic_intensity(op.fwd_flops, op.fwd_bytes)
+        aligned = 1.0
+        if op.kind in (ops_mod.MATMUL, ops_mod.BATCHED):
+            aligned = float(misalignment_fraction(hw, op.gemm[1:3], est.layout.dtype))
         rows.append({
             "op": op.name, "kind": op.kind,
             "fwd_flops": float(op.fwd_flops), "bwd_flops": float(op.bwd_flops),
@@ -405,5 +414,8 @@ def op_table(est: Estimate, hw=None) -> list[dict]:
             "intensity_flops_per_byte": float(intensity),
             "bound": "compute" if float(intensity) >= ridge else "memory",
             "forward_s": float(tf), "backward_s": float(tb),
+            "aligned_rate_fraction": aligned,  # < 1: GEMM rows not 16-byte multiples
+            "misaligned_rows": [float(d) for d in (op.gemm[1:3] if aligned < 1.0 else ())
+                                if alignment_bytes(d, BYTES_PER_ELEMENT[est.layout.dtype]) < ALIGNED_BYTES],
         })
     return rows

@@ -103,6 +103,9 @@ class Hardware:
     scale_up_domain: int
     torus: Torus | None = None
     matmul_curve: MatmulCurve | None = None
+    # Fraction of the aligned GEMM rate when a GEMM's feature sizes are multiples of only
+    # this many bytes (2, 4 or 8; 16 and up run at full rate). Empty: not measured.
+    matmul_misaligned: Mapping[int, float] = field(default_factory=dict)
     collective_fits: tuple[CollectiveFit, ...] = ()
     description: str = ""
     aliases: tuple[str, ...] = ()
@@ -186,6 +189,23 @@ def _curve(data: Any, what: str) -> MatmulCurve | None:
     return MatmulCurve(tuple(p[0] for p in pts), tuple(p[1] for p in pts))
 
 
+MISALIGNED_BYTES = (1, 2, 4, 8)
+
+
+def _misaligned(data: Any, what: str) -> Mapping[int, float]:
+    """``{bytes: fraction}``: the rate of GEMMs whose feature sizes are multiples of only that many bytes."""
+    if data is None:
+        return MappingProxyType({})
+    data = require_mapping(data, what)
+    out = {}
+    for key in data:
+        if isinstance(key, bool) or key not in MISALIGNED_BYTES:
+            raise ParplanError(f"{what}: key {key!r} must be an alignment in bytes, one of "
+                               f"{', '.join(map(str, MISALIGNED_BYTES))}")
+        out[int(key)] = float(number(data, key, what, maximum=1.0))
+    return MappingProxyType(out)
+
+
 def _fits(data: Any, what: str) -> tuple[CollectiveFit, ...]:
     if data is None:
         return ()
@@ -251,6 +271,7 @@ def hardware_from_dict(data: Any, what: str, path: str = "") -> Hardware:
                                default=dpn, maximum=MAX_DEVICES),
         torus=torus,
         matmul_curve=_curve(data.get("matmul_curve"), f"{what}: matmul_curve"),
+        matmul_misaligned=_misaligned(eff.get("matmul_misaligned"), f"{what}: efficiency.matmul_misaligned"),
         collective_fits=_fits(data.get("collective_fits"), f"{what}: collective_fits"),
         description=str(data.get("description", "")),
         aliases=names(data, "aliases", what),

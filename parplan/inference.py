@@ -50,7 +50,6 @@ Every function accepts a numpy array of batch sizes where it takes ``batch``.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -62,7 +61,7 @@ from .errors import ParplanError
 from .layout import check_tp_1d
 from .estimate import DEFAULT_HEADROOM, op_times
 from .hardware import BYTES_PER_ELEMENT, DTYPES, Cluster, Hardware
-from .model import ModelSpec
+from .model import ModelSpec, vocab_shard
 from .roofline import matmul_time_s, memory_time_s
 
 KV_DTYPES = ("bf16", "fp16", "fp8", "fp32")
@@ -70,6 +69,9 @@ KV_DTYPES = ("bf16", "fp16", "fp8", "fp32")
 SPLIT_K = (2, 4, 8, 16)
 MIN_SPLIT_DEPTH = 256
 MAX_LEN = 100_000_000
+# vLLM pads the vocabulary of its embedding and LM head to a multiple of 64 (DEFAULT_VOCAB_PADDING_SIZE,
+# model_executor/layers/vocab_parallel_embedding.py).
+VLLM_VOCAB_PADDING = 64
 MAX_BATCH = 1 << 20
 DECODE_KEYS = ("matmul", "attention", "tp_comm", "other", "pp_comm", "pipeline_wait")
 PREFILL_KEYS = ("matmul", "attention", "tp_comm", "other", "pp_comm")
@@ -177,7 +179,7 @@ def workspace_bytes(model: ModelSpec, tp: int, tokens, logit_rows, dtype: str = 
     ffn = model.ffn_hidden / tp
     mlp = (3 if model.activation == "swiglu" else 2) * ffn
     per_token = (3 * model.hidden + q + 2 * kv + mlp) * bpe
-    return np.asarray(tokens, float) * per_token + np.asarray(logit_rows, float) * math.ceil(model.vocab / tp) * 4
+    return np.asarray(tokens, float) * per_token + np.asarray(logit_rows, float) * vocab_shard(model.vocab, tp, VLLM_VOCAB_PADDING) * 4
 
 
 def memory_per_device(model: ModelSpec, tp: int, pp: int, batch, input_len: int, output_len: int,
@@ -219,7 +221,8 @@ def _dims(model: ModelSpec, tp: int, seqs, seq, seq_kv, causal: bool) -> ops_mod
     return ops_mod.LocalDims(batch=np.asarray(seqs, float), seq=np.asarray(seq, float),
                              seq_kv=np.asarray(seq_kv, float), hidden=model.hidden, heads=model.heads / tp,
                              kv_heads=kv_heads_local(model, tp), head_dim=model.head_dim,
-                             ffn=model.ffn_hidden / tp, vocab=math.ceil(model.vocab / tp), norm_shard=1,
+                             ffn=model.ffn_hidden / tp, vocab=vocab_shard(model.vocab, tp, VLLM_VOCAB_PADDING),
+                             norm_shard=1,
                              causal=causal)
 
 
@@ -278,7 +281,7 @@ def gemm_time_s(hw: Hardware, m, k, n, dtype: str = "bf16", batch=1):
     m, k, n, batch = (np.asarray(x, float) for x in (m, k, n, batch))
     best = matmul_time_s(hw, m, k, n, dtype, batch)
     for s in SPLIT_K:
-        split = matmul_time_s(hw, m, k / s, n, dtype, batch * s)
+        split = matmul_time_s(hw, m, k / s, n, dtype, batch * s, lead_dims=(k, n))
         best = np.where(k / s >= MIN_SPLIT_DEPTH, np.minimum(best, split), best)
     return best
 
@@ -358,7 +361,7 @@ def pass_cost(model: ModelSpec, cluster: Cluster, tp: int, pp: int, phase: str, 
     embedding = {"other": memory_time_s(hw, 2.0 * act_bytes), "tp_comm": ar}
     # Head: final norm and logits for the positions that sample (the last prompt token; every decode token).
     rows = seqs
-    vocab_local = math.ceil(model.vocab / tp)
+    vocab_local = vocab_shard(model.vocab, tp, VLLM_VOCAB_PADDING)
     head = {
         "matmul": gemm_time_s(hw, rows, model.hidden, vocab_local, dtype),
         "other": memory_time_s(hw, 3.0 * rows * model.hidden * abpe) + memory_time_s(hw, rows * vocab_local * 4.0),

@@ -12,6 +12,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
+
 from .errors import ParplanError
 from .specs import spec_dir
 from .yamlspec import names, number, read_yaml, require_mapping, suggest, text
@@ -88,6 +90,18 @@ class ModelSpec:
 
     def non_embedding_params(self) -> int:
         return self.layers * self.layer_params()
+
+
+def vocab_shard(vocab: int, tp, multiple: int = 128):
+    """Rows of the vocabulary on each of ``tp`` ranks once the vocabulary is padded to ``multiple * tp``.
+
+    Megatron-LM pads the vocabulary with dummy tokens to a multiple of
+    ``--make-vocab-size-divisible-by`` (default 128) times the tensor-parallel size
+    (``_vocab_size_with_padding`` in its tokenizer), so every shard is a whole number of
+    GPU-friendly rows: GPT-2's 50257 becomes 50304 at tp=1. vLLM pads to 64.
+    """
+    tp = np.asarray(tp, float)
+    return np.ceil(vocab / (multiple * tp)) * multiple
 
 
 # --------------------------------------------------------------------------- loading

@@ -17,6 +17,8 @@ layouts at once); scalars in give numpy scalars out.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .hardware import BYTES_PER_ELEMENT, Hardware
@@ -34,6 +36,13 @@ K_PIPELINE_FILL = 128
 # backward, against 87% for the best GEMM: ratios 0.84 and 0.72.
 FLASH_FWD_FRACTION_OF_GEMM = 0.84
 FLASH_BWD_FRACTION_OF_GEMM = 0.72
+
+# cuBLAS's tensor-core kernels load operands in 16-byte vectors, so its fast kernels need every
+# leading dimension to be a multiple of 16 bytes (8 elements of fp16/bf16); other sizes fall to
+# slower kernels (cuBLAS documentation, "Tensor Core Usage"; NVIDIA Deep Learning Performance
+# Guide, "Matrix Multiplication": "multiples of 8" for fp16). How much slower is measured per
+# device (``efficiency.matmul_misaligned``).
+ALIGNED_BYTES = 16
 
 
 def wave_utilization(hw: Hardware, m, n, batch=1):
@@ -68,6 +77,33 @@ def matmul_efficiency(hw: Hardware, m, k, n, batch=1):
     return hw.matmul_efficiency * wave_utilization(hw, m, n, batch) * k_efficiency(k)
 
 
+def alignment_bytes(elems, bytes_per_element: int):
+    """Bytes that a row of ``elems`` elements is a multiple of, up to ``ALIGNED_BYTES`` (a power of two)."""
+    row = np.round(np.asarray(elems, float) * bytes_per_element).astype(np.int64)
+    return np.gcd(row, ALIGNED_BYTES)
+
+
+def misalignment_fraction(hw: Hardware, lead_dims, dtype: str):
+    """Fraction of the aligned GEMM rate left when its leading dimensions are not 16-byte multiples.
+
+    ``lead_dims``: the row lengths, in elements, of the GEMM's operands and output. For a linear
+    layer ``y = x W^T`` on row-major tensors these are its two feature sizes in the forward, the
+    data-gradient and the weight-gradient GEMM alike; the token count never is one. A byte
+    alignment the profile did not measure takes the fraction of the next coarser one it did
+    (or the finest, below all of them); a profile without measurements charges nothing.
+    """
+    bpe = BYTES_PER_ELEMENT[dtype]
+    worst = functools.reduce(np.minimum, (alignment_bytes(d, bpe) for d in lead_dims))
+    table = hw.matmul_misaligned
+    if not table:
+        return np.ones(np.shape(worst))
+    keys = sorted(table)
+    frac = np.full(np.shape(worst), table[keys[0]], float)
+    for key in keys:
+        frac = np.where(worst >= key, table[key], frac)
+    return np.where(worst >= ALIGNED_BYTES, 1.0, frac)
+
+
 def memory_time_s(hw: Hardware, nbytes, streaming: bool = False):
     """A memory-bound kernel moving ``nbytes`` through HBM (reads plus writes).
 
@@ -78,12 +114,18 @@ def memory_time_s(hw: Hardware, nbytes, streaming: bool = False):
     return np.asarray(nbytes, float) / (hw.hbm_bandwidth * eff) + hw.kernel_overhead_s
 
 
-def matmul_time_s(hw: Hardware, m, k, n, dtype: str = "bf16", batch=1, efficiency_scale: float = 1.0):
-    """Time of ``batch`` matmuls of (m x k) by (k x n) in ``dtype``: the roofline with size-aware efficiency."""
+def matmul_time_s(hw: Hardware, m, k, n, dtype: str = "bf16", batch=1, efficiency_scale: float = 1.0,
+                  lead_dims=None):
+    """Time of ``batch`` matmuls of (m x k) by (k x n) in ``dtype``: the roofline with size-aware efficiency.
+
+    ``lead_dims``: the operands' row lengths in elements, for the alignment penalty; row-major
+    (m x k) by (k x n) operands by default, whose rows are k and n long.
+    """
     m, k, n, batch = (np.asarray(x, float) for x in (m, k, n, batch))
     flops = 2.0 * batch * m * k * n
     nbytes = batch * (m * k + k * n + m * n) * BYTES_PER_ELEMENT[dtype]
-    eff = matmul_efficiency(hw, m, k, n, batch) * efficiency_scale
+    aligned = misalignment_fraction(hw, (k, n) if lead_dims is None else lead_dims, dtype)
+    eff = matmul_efficiency(hw, m, k, n, batch) * efficiency_scale * aligned
     compute = flops / (hw.peak(dtype) * eff)
     memory = nbytes / (hw.hbm_bandwidth * hw.hbm_efficiency)
     return np.maximum(compute, memory) + hw.kernel_overhead_s

@@ -78,6 +78,13 @@ def format_explain(data: dict) -> str:
                      f"{r['backward_s'] * 1e3:9.3f}")
     layer = data["layer"]
     lines.append(f"  layer total: forward {layer['forward_s'] * 1e3:.3f} ms, backward {layer['backward_s'] * 1e3:.3f} ms")
+    slow = [r for r in data["ops"] if r.get("aligned_rate_fraction", 1.0) < 1.0]
+    if slow:
+        dims = sorted({int(d) for r in slow for d in r["misaligned_rows"]})
+        lines.append(f"  note: {', '.join(r['op'] for r in slow)} run at "
+                     f"{min(r['aligned_rate_fraction'] for r in slow):.0%} of the aligned GEMM rate: rows of "
+                     f"{', '.join(map(str, dims))} elements are not multiples of 16 bytes "
+                     "(efficiency.matmul_misaligned); 16-byte multiples run at full rate")
     lines += ["", "collectives per step (one device):",
               f"  {'name':<28}{'op':<15}{'axis':<5}{'group':>6}{'MB/call':>10}{'calls':>9}{'ms/call':>9}"
               f"{'link s':>9}{'exposed s':>10}  overlaps"]

@@ -77,6 +77,9 @@ collective_overhead_s: 8.0e-6
     (PROFILE.replace("hbm_bytes: 8.0e+10", "hbm_bytes: .nan"), "finite"),
     (PROFILE.replace("devices_per_node: 8", "devices_per_node: 1.0e+12"), "absurdly large"),
     ("- just\n- a list\n", "expected a mapping"),
+    (PROFILE.replace("hbm: 0.9}", "hbm: 0.9, matmul_misaligned: {3: 0.5}}"), "must be an alignment in bytes"),
+    (PROFILE.replace("hbm: 0.9}", "hbm: 0.9, matmul_misaligned: {8: 1.5}}"), "absurdly large"),
+    (PROFILE.replace("hbm: 0.9}", "hbm: 0.9, matmul_misaligned: [0.4]}"), "expected a mapping"),
 ])
 def test_bad_profile_files(tmp_path, run_cli, text, match):
     f = tmp_path / "hw.yaml"

@@ -210,3 +210,64 @@ def test_unfused_kernels_slow_the_step_most_where_scores_are_large():
         base = float(estimate(m, cl, lay).step_time_s)
         slow[name] = float(estimate(m, cl, replace(lay, fused_kernels=False)).step_time_s) / base - 1
     assert slow["gpt2-2.5b"] > 2 * slow["gpt2-8.3b"] > 0.04
+
+
+def test_alignment_bytes_of_rows():
+    """A row's byte length, up to 16: 5120 bf16 elements are 16-byte aligned, GPT-3 13B's 5140 only 8."""
+    from parplan.roofline import alignment_bytes
+    assert alignment_bytes(5120, 2) == 16 and alignment_bytes(5140, 2) == 8
+    assert alignment_bytes(5122, 2) == 4 and alignment_bytes(5121, 2) == 2 and alignment_bytes(5121, 4) == 4
+    assert list(alignment_bytes(np.array([5128, 5124, 5120 / 2]), 2)) == [16, 8, 16]
+
+
+def test_misaligned_gemms_run_at_the_measured_fraction():
+    """GEMMs whose feature sizes are not 16-byte multiples run at the profile's measured fraction;
+    the token count never matters, and a profile that measured nothing charges nothing."""
+    from parplan.estimate import op_times
+    from parplan.ops import Op, MATMUL
+    from parplan.roofline import misalignment_fraction
+    h200 = load_hardware("h200")
+    table = h200.matmul_misaligned
+    assert misalignment_fraction(h200, (5120, 20480), "bf16") == 1.0
+    assert misalignment_fraction(h200, (5140, 15360), "bf16") == table[8]
+    assert misalignment_fraction(h200, (5121, 8), "bf16") == table[2]
+    assert misalignment_fraction(h200, (5121, 8), "fp8") == table[2]  # 1 byte: the finest measured
+    assert misalignment_fraction(load_hardware("a100-80gb"), (5140, 15360), "bf16") == 1.0
+
+    def gemm(m, k, n):
+        return Op("g", MATMUL, 0, 0, 0, 0, (m, k, n, 1))
+    aligned = replace(h200, matmul_misaligned={})
+    for m in (4096, 4095):  # tokens: an odd count costs nothing extra
+        slow, fast = op_times(h200, gemm(m, 5140, 20560), "bf16"), op_times(aligned, gemm(m, 5140, 20560), "bf16")
+        over = h200.kernel_overhead_s
+        for s, f in zip(slow, fast):
+            n_kernels = 1 if s is slow[0] else 2
+            assert (s - n_kernels * over) == pytest.approx((f - n_kernels * over) / table[8], rel=1e-9)
+    # The same GEMM on 5136-wide rows (16-byte aligned) is not penalized.
+    assert op_times(h200, gemm(4096, 5136, 20544), "bf16")[0] == op_times(aligned, gemm(4096, 5136, 20544), "bf16")[0]
+
+
+def test_gpt3_13b_as_printed_runs_slower_than_at_5120_on_hopper_only():
+    """d_model 5140 (Brown et al. Table 2.1) puts every weight GEMM on 8-byte rows: on H200 the layer
+    is ~2.5x slower than a 5120-wide one; on A100, whose profile measured nothing, it is not."""
+    m = load_model("gpt3-13b")
+    m5120 = replace(m, hidden=5120, ffn_hidden=20480)
+    lay = Layout(micro_batch=1, global_batch=1)
+    ratio = {}
+    for hw in ("h200x1", "a100-80gbx1"):
+        c = load_cluster(hw)
+        ratio[hw] = estimate(m, c, lay).layer_forward_s / estimate(m5120, c, lay).layer_forward_s
+    assert 2.0 < ratio["h200x1"] < 2.8
+    assert 1.0 < ratio["a100-80gbx1"] < 1.10  # the FLOPs (+0.8%) and a partial last tile column
+
+
+def test_vocabulary_is_padded_as_megatron_pads_it():
+    """Megatron pads the vocabulary to a multiple of 128 x tp: GPT-2's 50257 is 50304 at tp=1 and 51200
+    at tp=8 (6400 rows per rank); the logits GEMM runs on the padded shard."""
+    from parplan.model import vocab_shard
+    assert vocab_shard(50257, 1) == 50304 and vocab_shard(50257, 8) == 6400
+    assert vocab_shard(50304, 1) == 50304 and vocab_shard(32000, 2) == 16000
+    assert vocab_shard(50257, 4, multiple=64) == 12608  # vLLM pads to 64
+    from parplan.strategies.tensor import TensorParallel1D
+    m = load_model("gpt3-125m")
+    assert TensorParallel1D().local_dims({}, m, Layout(tp=4, micro_batch=1, global_batch=1))["vocab"] == 12672

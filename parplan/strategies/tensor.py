@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..model import vocab_shard
 from .base import Collective, Context, Strategy
 
 
@@ -26,7 +27,7 @@ class TensorParallel1D(Strategy):
             heads=model.heads / t,
             kv_heads=np.where(model.kv_heads >= t, model.kv_heads / t, 1),
             ffn=model.ffn_hidden / t,
-            vocab=np.ceil(model.vocab / t),
+            vocab=vocab_shard(model.vocab, t),
             norm_shard=np.where(sp & (t > 1), t, 1),
         )
         return dims

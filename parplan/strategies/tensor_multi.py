@@ -95,6 +95,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..model import vocab_shard
 from ..ops import LocalDims
 from .base import Collective, Context, Strategy
 
@@ -128,7 +129,7 @@ def _shard_common(dims: dict, model, q, rows) -> dict:
         heads=model.heads / q,
         kv_heads=np.where(model.kv_heads >= q, model.kv_heads / q, 1),
         ffn=model.ffn_hidden / q,
-        vocab=np.ceil(model.vocab / q),
+        vocab=vocab_shard(model.vocab, q),
         norm_shard=q,  # batch is already /rows: tokens * h / q is the 1/P block of the activation
     )
     return dims
