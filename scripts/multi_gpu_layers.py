@@ -8,12 +8,16 @@ Run under torchrun, one process per GPU (gloo on CPUs for a small check):
 * Tensor parallel (Megatron 1D): QKV column-parallel with the heads split, the output
   projection row-parallel, the MLP column- then row-parallel; one all-reduce after the
   attention block and one after the MLP forward, and their conjugates backward.
-* FSDP: the same layer, unsharded, wrapped with PyTorch's ``fully_shard`` over all ranks.
+* FSDP: the same layer, unsharded, wrapped with PyTorch's ``fully_shard`` over all ranks as an
+  inner unit (gathered for forward, freed, gathered again for backward, gradients reduce-scattered).
+* One device: the whole layer on each GPU alone, which splits a gap in the sharded layers
+  into its kernels' part and its communication's part.
 
-Each is checked against a one-device reference (the same weights: outputs and input
-gradients must match) and timed forward and backward (median of repeats after warm-up,
-CUDA events on GPUs). Rank 0 writes ``multi_gpu_layers.csv`` with parplan's prediction for
-the same shapes beside each measurement (``parplan.estimate``, one layer, same cluster).
+Each is checked against the one-device layer (the same weights: outputs and input
+gradients must match) and timed forward and backward as in training: the backward makes
+the weight gradients too (median of repeats after warm-up, CUDA events on GPUs). Rank 0
+writes ``multi_gpu_layers.csv`` with parplan's prediction for the same shapes beside each
+measurement (``parplan.estimate``, one layer, same cluster), one row per ``--hw`` profile.
 """
 from __future__ import annotations
 
@@ -121,6 +125,38 @@ def tp_shard(wts, model, rank, world):
             heads, kvh)
 
 
+def kernel_category(name: str) -> str:
+    """Coarse class of a CUDA kernel by its name: communication, GEMM, attention, or other."""
+    low = name.lower()
+    if "nccl" in low:
+        return "communication"
+    if "flash" in low or "fmha" in low or "attention" in low:
+        return "attention"
+    if any(k in low for k in ("gemm", "cutlass", "nvjet", "xmma", "sm90_", "sm80_", "cublas")):
+        return "gemm"
+    return "other"
+
+
+def kernel_times(step, steps: int):
+    """(category, kernel, calls per step, seconds per step) of every GPU kernel ``step`` runs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    dist.barrier()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    out = []
+    for ev in prof.key_averages():
+        total_us = getattr(ev, "device_time_total", None)
+        if total_us is None:
+            total_us = ev.cuda_time_total
+        if total_us > 0:
+            out.append((kernel_category(ev.key), ev.key[:120], ev.count / steps, total_us / 1e6 / steps))
+    return sorted(out, key=lambda r: -r[3])
+
+
 def rel_error(y, dx, y_ref, dx_ref) -> float:
     """Largest deviation of the output and the input gradient from the one-device reference, relative."""
     with torch.no_grad():
@@ -167,7 +203,11 @@ def main() -> int:
     ap.add_argument("--dtype", default="bf16")
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--hw", default=None, help="parplan profile for the prediction (default: from the GPU name)")
+    ap.add_argument("--hw", action="append", default=None,
+                    help="parplan profile (name or YAML file) to predict with; repeatable "
+                         "(default: the GPU's shipped profile)")
+    ap.add_argument("--profile", action="store_true",
+                    help="also write each GPU kernel's time per training step (kernel_times.csv, rank 0)")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
 
@@ -191,23 +231,40 @@ def main() -> int:
     yr = layer_forward(xr, wts, model, model.heads, model.kv_heads)
     yr.backward(dy)
     tol = 1e-4 if dtype == torch.float32 else 3e-2
-    rows = []
+    rows, kernels = [], []
 
-    def check_and_time(name, forward):
-        """Output and input gradient against the one-device layer, then forward and backward times."""
+    def check_and_time(name, forward, params):
+        """Output and input gradient against the one-device layer, then forward and backward times.
+
+        The backward makes the input's and every weight's gradient; the weights' are dropped
+        before each call (no accumulation kernel), as an optimizer step would consume them.
+        """
         x = x0.clone().requires_grad_(True)
         y = forward(x)
         y.backward(dy)
         err = rel_error(y, x.grad, yr, xr.grad)
-        t_f = timed(lambda: forward(x0), device, args.reps, args.warmup)
         xb = x0.clone().requires_grad_(True)
-        t_fb = timed(lambda: forward(xb).backward(dy), device, args.reps, args.warmup)
+        t_f = timed(lambda: forward(xb), device, args.reps, args.warmup)
+
+        def step():
+            for p in params:
+                p.grad = None
+            forward(xb).backward(dy)
+        t_fb = timed(step, device, args.reps, args.warmup)
         rows.append((name, t_f, t_fb - t_f, err))
+        if args.profile and device.type == "cuda":
+            kernels.extend((name, *k) for k in kernel_times(step, steps=3))
+
+    # The whole layer on each device alone.
+    full = {k: v.clone().requires_grad_(True) for k, v in wts.items()}
+    check_and_time("one_device", lambda x: layer_forward(x, full, model, model.heads, model.kv_heads),
+                   list(full.values()))
 
     # Tensor parallel.
     shard, heads, kvh = tp_shard(wts, model, rank, world)
+    shard = {k: v.requires_grad_(True) for k, v in shard.items()}
     check_and_time("tp", lambda x: layer_forward(x, shard, model, heads, kvh, reduce=_AllReduce.apply,
-                                                 enter=_Copy.apply))
+                                                 enter=_Copy.apply), list(shard.values()))
 
     # FSDP (FULL_SHARD) of the whole layer over all ranks.
     from torch.distributed.fsdp import fully_shard
@@ -219,23 +276,40 @@ def main() -> int:
 
         def forward(self, x):
             return layer_forward(x, self.p, model, model.heads, model.kv_heads)
+    # The layer is one FSDP unit inside a root, as each block of a model is: a root unit keeps its
+    # weights gathered after forward (it would gather them again at once for backward); an inner
+    # one frees them, and gathers them again for backward, as a training step does.
     layer = Layer()
     fully_shard(layer)
-    check_and_time("fsdp", layer)
+    root = torch.nn.Sequential(layer)
+    fully_shard(root)
+    check_and_time("fsdp", root, list(root.parameters()))
 
     ok = all(r[3] < tol for r in rows)
     if rank == 0:
-        predictions = predict(model, world, b, args, cuda)
+        profiles = (args.hw or [profile_for(torch.cuda.get_device_name())]) if cuda else ["-"]
         os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "multi_gpu_layers.csv"), "w", newline="") as fh:
+        path = os.path.join(args.out, "multi_gpu_layers.csv")
+        with open(path + ".part", "w", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(["layout", "ranks", "model", "micro_batch", "seq", "dtype", "device", "measured_fwd_s",
-                        "measured_bwd_s", "predicted_fwd_s", "predicted_bwd_s", "max_rel_error_vs_reference",
-                        "correct"])
-            for name, tf, tb, err in rows:
-                pf, pb = predictions.get(name, (float("nan"), float("nan")))
-                w.writerow([name, world, model.name, b, s, args.dtype if cuda else "fp32",
-                            torch.cuda.get_device_name() if cuda else "cpu", tf, tb, pf, pb, err, err < tol])
+            w.writerow(["layout", "ranks", "model", "micro_batch", "seq", "dtype", "device", "profile",
+                        "measured_fwd_s", "measured_bwd_s", "predicted_fwd_s", "predicted_bwd_s",
+                        "max_rel_error_vs_reference", "correct"])
+            for hw in profiles:
+                predictions = predict_on(hw, model, world, b, args.dtype) if cuda else {}
+                for name, tf, tb, err in rows:
+                    pf, pb = predictions.get(name, (float("nan"), float("nan")))
+                    w.writerow([name, world, model.name, b, s, args.dtype if cuda else "fp32",
+                                torch.cuda.get_device_name() if cuda else "cpu", os.path.basename(hw), tf, tb,
+                                pf, pb, err, err < tol])
+        os.replace(path + ".part", path)
+        if kernels:
+            path = os.path.join(args.out, "kernel_times.csv")
+            with open(path + ".part", "w", newline="") as fh:
+                w = csv.writer(fh)
+                w.writerow(["layout", "category", "kernel", "calls_per_step", "seconds_per_step"])
+                w.writerows(kernels)
+            os.replace(path + ".part", path)
         for name, tf, tb, err in rows:
             print(f"{name:<5} fwd {tf * 1e3:8.3f} ms  bwd {tb * 1e3:8.3f} ms  error vs one device {err:.1e}",
                   flush=True)
@@ -244,14 +318,13 @@ def main() -> int:
     return 0 if ok else 1
 
 
-def predict(model, world, batch, args, cuda):
-    """parplan's forward/backward seconds of one layer with its TP or FSDP collectives on this host."""
-    if not cuda:
-        return {}
-    return predict_on(args.hw or profile_for(torch.cuda.get_device_name()), model, world, batch, args.dtype)
-
-
 def predict_on(hw, model, world, batch, dtype):
+    """parplan's forward/backward seconds of one layer: alone, and with its TP or FSDP collectives.
+
+    One layer has nothing to overlap its FSDP collectives with: the all-gather must end before
+    the layer's compute starts (forward, and again backward after the forward resharded), and
+    the gradients' reduce-scatter starts after it ends. So FSDP's times are sums here.
+    """
     from parplan.estimate import estimate
     from parplan.hardware import load_hardware, make_cluster
     from parplan.layout import Layout
@@ -260,8 +333,12 @@ def predict_on(hw, model, world, batch, dtype):
     single = model_from_dict(dict(name=one.name, layers=1, hidden=one.hidden, heads=one.heads, kv_heads=one.kv_heads,
                                   head_dim=one.head_dim, ffn_hidden=one.ffn_hidden, activation=one.activation,
                                   vocab=8, seq_len=one.seq_len, position="none", bias=False), "one layer")
-    cluster = make_cluster(load_hardware(hw), world)  # hw: a profile name or a (calibrated) profile file
+    profile = load_hardware(hw)  # a profile name or a (calibrated) profile file
     out = {}
+    alone = estimate(single, make_cluster(profile, 1), Layout(micro_batch=batch, global_batch=batch, dtype=dtype),
+                     dropout=False)
+    out["one_device"] = (float(alone.layer_forward_s), float(alone.layer_backward_s))
+    cluster = make_cluster(profile, world)
     for name_, lay in (("tp", Layout(tp=world, micro_batch=batch, global_batch=batch, dtype=dtype)),
                        ("fsdp", Layout(dp=world, zero=3, micro_batch=batch, global_batch=batch * world,
                                        dtype=dtype))):
@@ -273,8 +350,8 @@ def predict_on(hw, model, world, batch, dtype):
         else:
             ag = coll["fsdp_allgather_fwd"]
             rs = coll["fsdp_grad_reduce_scatter"]
-            out[name_] = (max(float(est.layer_forward_s), float(ag.time_s)),
-                          max(float(est.layer_backward_s), float(ag.time_s) + float(rs.time_s)))
+            out[name_] = (float(est.layer_forward_s) + float(ag.time_s),
+                          float(est.layer_backward_s) + float(ag.time_s) + float(rs.time_s))
     return out
 
 
