@@ -4,7 +4,8 @@
 #   2. calibrate a profile from those rows plus a one-GPU pass of the same GPU model
 #      (matmul, copy and layer rows, e.g. reports/bench/h200-2026-11-23) given as ONE_GPU_DIRS
 #   3. parplan compare: the base profile and the calibrated one against the collectives
-#   4. a real tensor-parallel and a real FSDP layer (scripts/multi_gpu_layers.py) under torchrun,
+#   4. a real tensor-parallel and a real FSDP layer, and the layer on each GPU alone
+#      (scripts/multi_gpu_layers.py, with per-kernel times) under torchrun, for each of LAYERS,
 #      predicted with the base profile and with the calibrated one
 #
 # Usage, from the repository root, on a machine whose python3 has PyTorch with CUDA:
@@ -16,7 +17,9 @@ set -uo pipefail
 OUT=${OUT:?set OUT to the output directory}
 BASE=${BASE:?set BASE to the profile of these GPUs, e.g. h200}
 PY=${PYTHON:-python3}
-MODEL=${MODEL:-gpt3-13b}
+# MODEL:MICRO_BATCH cases for the layers, at 2048 tokens: GPT-3 13B as printed (5140 wide, rows
+# not 16-byte multiples) beside 16-byte-aligned GELU and SwiGLU layers
+LAYERS=${LAYERS:-"gpt3-13b:1 gpt3-6.7b:1 gpt3-6.7b:4 llama2-13b:1"}
 export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 \
   NVSHMEM_DISABLE_NVLS=1
 mkdir -p "$OUT"
@@ -48,11 +51,13 @@ run calibrate 60 "$PY" -m parplan.bench calibrate "$COLL" ${ONE_GPU_DIRS:-} --hw
 run compare-base 60 "$PY" -m parplan.bench compare "$COLL" --hw "$BASE" -o "$OUT/compare-base"
 [[ -s $OUT/calibrated.yaml ]] && \
   run compare-calibrated 60 "$PY" -m parplan.bench compare "$COLL" --hw "$OUT/calibrated.yaml" -o "$OUT/compare-calibrated"
-run layers-base 150 torchrun --nproc-per-node "$NGPU" scripts/multi_gpu_layers.py --model "$MODEL" --hw "$BASE" \
-  --out "$OUT/layers-base"
-[[ -s $OUT/calibrated.yaml ]] && \
-  run layers-calibrated 150 torchrun --nproc-per-node "$NGPU" scripts/multi_gpu_layers.py --model "$MODEL" \
-    --hw "$OUT/calibrated.yaml" --out "$OUT/layers-calibrated"
+HW=(--hw "$BASE")
+[[ -s $OUT/calibrated.yaml ]] && HW+=(--hw "$OUT/calibrated.yaml")
+for case in $LAYERS; do
+  model=${case%:*} mb=${case#*:}
+  run "layers-$model-mb$mb" 150 torchrun --nproc-per-node "$NGPU" scripts/multi_gpu_layers.py --model "$model" \
+    --micro-batch "$mb" --seq 2048 --profile "${HW[@]}" --out "$OUT/layers-$model-mb$mb"
+done
 
 if (( ${#FAILED[@]} )); then
   echo "== failed: ${FAILED[*]}" | tee -a "$OUT/summary.txt"

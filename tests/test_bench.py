@@ -375,6 +375,36 @@ def test_calibrate_recovers_synthetic_machine(tmp_path):
     assert after == pytest.approx(15e-6 + size * bus_factor("all_reduce", 8) / 360e9, rel=0.03)
 
 
+def test_calibrate_scales_the_matmul_rate_to_what_layers_measure(tmp_path):
+    """Layer rows whose matmuls and attention run at 0.8 of the rate the matmul rows imply (the other
+    ops as the model predicts them): the written profile's matmul efficiency is scaled by 0.8, and
+    the layers are then predicted as measured. Without layer rows nothing is scaled."""
+    from parplan.estimate import op_times
+    from parplan.ops import BATCHED, FLASH, MATMUL, LocalDims, layer_ops
+    rows = synthetic_rows()
+    plain, hw0 = cal.write_profile(rows, tmp_path / "plain.yaml", "a100")
+    assert plain.in_layer_scale is None
+    shape = ("b=4 s=2048 h=2048 heads=16 kv_heads=16 head_dim=128 ffn=8192 act=gelu norm=layernorm "
+             "bias=true dtype=bf16")
+    spec, b, s = cmp.layer_spec(shape, "gpt3-1.3b")
+    dims = LocalDims(batch=b, seq=s, seq_kv=s, hidden=spec.hidden, heads=spec.heads, kv_heads=spec.kv_heads,
+                     head_dim=spec.head_dim, ffn=spec.ffn_hidden, vocab=1, norm_shard=1)
+    layer_rows = []
+    for side, op in enumerate(("forward", "backward")):
+        gemm = other = 0.0
+        for o in layer_ops(spec, dims, "bf16", dropout=False):
+            t = float(op_times(hw0, o, "bf16")[side])
+            gemm, other = (gemm + t, other) if o.kind in (MATMUL, BATCHED, FLASH) else (gemm, other + t)
+        layer_rows.append(Row("layer", op, "bf16", model="gpt3-1.3b", shape=shape, flops=1e12,
+                              time_s=gemm / 0.8 + other, host="node7"))
+    scaled, hw = cal.write_profile(rows + layer_rows, tmp_path / "scaled.yaml", "a100")
+    assert scaled.in_layer_scale == pytest.approx(0.8, rel=1e-6) and scaled.in_layer_passes == 2
+    assert hw.matmul_efficiency == pytest.approx(hw0.matmul_efficiency * 0.8, rel=1e-6)
+    assert "in-layer scale" in hw.sources["efficiency.matmul"]
+    for c in cmp.compare(layer_rows, str(tmp_path / "scaled.yaml")):
+        assert abs(c.error_pct) < 3.0  # not exact: op times carry a fixed kernel overhead
+
+
 def test_calibrate_from_nccl_tests_log(tmp_path):
     log = tmp_path / "h100-nccl-tests.log"
     log.write_text(NCCL_TESTS_LOG)

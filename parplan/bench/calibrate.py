@@ -16,7 +16,7 @@ import datetime as _dt
 import math
 import re
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from statistics import median
 from typing import Any, Mapping, Sequence
@@ -56,6 +56,8 @@ class Calibration:
     intra_efficiency: float | None
     notes: tuple[str, ...]
     matmul_efficiency: float | None = None  # the roofline's shape model fitted to the compute-bound rows
+    in_layer_scale: float | None = None  # GEMM rate inside measured layers over the matmul rows' rate
+    in_layer_passes: int = 0
 
 
 # --------------------------------------------------------------------------- fitting
@@ -209,6 +211,63 @@ def shape_model_efficiency(rows: Sequence[Row], hw: Hardware, dtype: str, overhe
     layer_like = [v for square, v in ratios if not square]
     chosen = layer_like if len(layer_like) >= 3 else [v for _, v in ratios]
     return min(1.0, median(chosen)) if chosen else None
+
+
+def in_layer_scale(rows: Sequence[Row], hw: Hardware) -> tuple[float, int] | None:
+    """How fast a layer's matmuls run inside measured layers, relative to what ``hw`` (fitted to
+    matmuls alone) predicts: per layer pass, the matmul and attention ops' predicted time over
+    the measured time less the other ops' predicted time; the median over passes.
+
+    In a layer the GEMMs share the GPU with the kernels, launches and syncs between them: on
+    two H200s, a profile fitted to isolated GEMMs predicted whole layers 13-23% fast
+    (reports/multi-gpu/README.md). The layer rows measure that directly.
+    """
+    from ..estimate import op_times
+    from ..ops import BATCHED, FLASH, MATMUL, LocalDims, layer_ops
+    from .compare import layer_spec
+
+    ratios = []
+    for r in rows:
+        if r.kind != "layer" or not r.correct or r.op not in ("forward", "backward") or r.time_s <= 0:
+            continue
+        try:
+            spec, batch, seq = layer_spec(r.shape, r.model)
+            dims = LocalDims(batch=batch, seq=seq, seq_kv=seq, hidden=spec.hidden, heads=spec.heads,
+                             kv_heads=spec.kv_heads, head_dim=spec.head_dim, ffn=spec.ffn_hidden, vocab=1,
+                             norm_shard=1)
+            side = 0 if r.op == "forward" else 1
+            gemm = other = 0.0
+            for op in layer_ops(spec, dims, r.dtype, dropout=False):
+                t = float(op_times(hw, op, r.dtype)[side])
+                if op.kind in (MATMUL, BATCHED, FLASH):
+                    gemm += t
+                else:
+                    other += t
+        except ParplanError:
+            continue
+        if gemm > 0 and r.time_s > other:
+            ratios.append(gemm / (r.time_s - other))
+    return (median(ratios), len(ratios)) if ratios else None
+
+
+def apply_in_layer_scale(data: dict[str, Any], base: Hardware, rows: Sequence[Row]) -> tuple[float, int] | None:
+    """Scale the fitted matmul rate in ``data`` (a profile being written) by :func:`in_layer_scale`."""
+    eff = data.get("efficiency", {})
+    if "matmul" not in eff:
+        return None
+    found = in_layer_scale(rows, hardware_from_dict(data, base.name))
+    if found is None:
+        return None
+    scale, passes = found
+    eff["matmul"] = min(1.0, eff["matmul"] * scale)
+    if data.get("matmul_curve"):
+        data["matmul_curve"] = [_Flow([float(f), min(1.0, float(e) * scale)]) for f, e in data["matmul_curve"]]
+    layer_rows = [r for r in rows if r.kind == "layer"]
+    sources = data.setdefault("sources", {})
+    sources["efficiency.matmul"] = (f"{sources.get('efficiency.matmul', '')}; x {scale:.3f} in-layer scale: "
+                                    f"{provenance(layer_rows)} (median over {passes} layer passes of predicted "
+                                    f"matmul time over measured time less the other ops' predicted time)")
+    return scale, passes
 
 
 def intra_efficiency(fits: Sequence[Fit], hw: Hardware) -> float | None:
@@ -379,6 +438,10 @@ def write_profile(rows: Sequence[Row], out_path: Path, base_name: str | None) ->
     base_raw = read_yaml(Path(base.path))
     cal = calibrate(rows, base)
     data = profile_dict(base_raw, base, cal, rows, out_path.stem)
+    if cal.matmul_efficiency is not None or cal.matmul_curve:
+        scaled = apply_in_layer_scale(data, base, rows)
+        if scaled is not None:
+            cal = replace(cal, in_layer_scale=scaled[0], in_layer_passes=scaled[1])
     header = (f"Hardware profile calibrated by parplan calibrate from {base.name}.\n"
               f"{provenance(rows)}.\nLoad it with --hw {out_path}")
     text = render(data, header)

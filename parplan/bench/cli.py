@@ -170,6 +170,8 @@ def calibrate(results: tuple[str, ...], output: str, base: str | None) -> None:
                    f"{hw.matmul_efficiency:.3f}")
     if cal.hbm_efficiency is not None:
         click.echo(f"HBM copy efficiency: {cal.hbm_efficiency:.3f}")
+    if cal.in_layer_scale is not None:
+        click.echo(f"in-layer matmul scale: {cal.in_layer_scale:.3f} ({cal.in_layer_passes} layer passes)")
     if cal.kernel_overhead_s is not None:
         click.echo(f"kernel overhead: {cal.kernel_overhead_s * 1e6:.2f} us")
     click.echo(f"wrote {output} (use it as --hw {output})")

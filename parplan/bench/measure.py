@@ -186,16 +186,30 @@ def copy_case(item: Item, device: torch.device) -> Case:
 # --------------------------------------------------------------------------- timing
 
 
+# A GPU sleep queued ahead of the timed calls, per call: long enough (about 1 ms at 2 GHz) for
+# the CPU to launch each call before the GPU reaches it.
+QUEUE_CYCLES_PER_CALL = 2_000_000
+
+
 def time_iterations(run: Callable[[], None], iters: int, warmup: int, device: torch.device,
                     before: Callable[[], None] | None = None) -> list[float]:
-    """Per-iteration seconds: CUDA events around each call on a GPU; ``before`` (a barrier) then
-    ``perf_counter`` on the CPU."""
+    """Per-iteration seconds of the device's work.
+
+    On a GPU: a sleep kernel first, during which the CPU queues every timed call, then CUDA
+    events around each call. The events then time the GPU alone, as nccl-tests do and as a
+    training step sees it (its CPU runs ahead); timing calls the CPU launches one at a time
+    would time the launch instead whenever the GPU is quicker (a small collective: ~6 us on
+    the GPU, 30-120 us to launch through PyTorch on an H200 host). On a CPU: ``before`` (a
+    barrier), then ``perf_counter`` around each call.
+    """
     for _ in range(warmup):
         run()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         if before is not None:
             before()
+        if hasattr(torch.cuda, "_sleep"):
+            torch.cuda._sleep(QUEUE_CYCLES_PER_CALL * iters)
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
         for i in range(iters):
