@@ -219,7 +219,7 @@ def in_layer_scale(rows: Sequence[Row], hw: Hardware) -> tuple[float, int] | Non
     the measured time less the other ops' predicted time; the median over passes.
 
     In a layer the GEMMs share the GPU with the kernels, launches and syncs between them: on
-    two H200s, a profile fitted to isolated GEMMs predicted whole layers 13-23% fast
+    two H200s, a profile fitted to isolated GEMMs predicted whole layers 13-27% fast
     (reports/multi-gpu/README.md). The layer rows measure that directly.
     """
     from ..estimate import op_times
