@@ -22,6 +22,9 @@ import sys
 import torch
 import torch.distributed as dist
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpu_common import timed  # noqa: E402
+
 SLEEP_CYCLES_PER_CALL = 2_000_000  # ~1 ms at ~2 GHz: ample time to launch one call
 
 
@@ -39,19 +42,7 @@ def per_call(fn, reps: int) -> float:
 
 
 def queued(fn, calls: int, reps: int) -> float:
-    out = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda.synchronize()
-        dist.barrier()
-        torch.cuda._sleep(SLEEP_CYCLES_PER_CALL * calls)
-        a.record()
-        for _ in range(calls):
-            fn()
-        b.record()
-        torch.cuda.synchronize()
-        out.append(a.elapsed_time(b) / 1e3 / calls)
-    return statistics.median(out)
+    return timed(fn, reps, warmup=0, batch=calls, before=dist.barrier, sleep_cycles=SLEEP_CYCLES_PER_CALL * calls)
 
 
 def main() -> int:

@@ -6,17 +6,24 @@ import statistics
 import torch
 
 
-def timed(fn, reps: int = 20, warmup: int = 3, batch: int = 1) -> float:
+def timed(fn, reps: int = 20, warmup: int = 3, batch: int = 1, before=None, sleep_cycles: int = 0) -> float:
     """Median over ``reps`` of the mean seconds of ``batch`` back-to-back calls of ``fn``.
 
     With ``batch`` > 1 the GPU stays busy and at its working clocks, as in training; a sync
-    after every call would let it idle between kernels.
+    after every call would let it idle between kernels. ``before`` runs ahead of each repeat
+    (a barrier); ``sleep_cycles`` queues a GPU sleep ahead of each repeat's calls, so that the
+    CPU launches them all before the GPU reaches them and the events time the GPU alone.
     """
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
     times = []
     for _ in range(reps):
+        if before is not None:
+            torch.cuda.synchronize()
+            before()
+        if sleep_cycles:
+            torch.cuda._sleep(sleep_cycles)
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
         for _ in range(batch):

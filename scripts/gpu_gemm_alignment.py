@@ -11,7 +11,7 @@ For each width ``w`` in a ladder whose largest power-of-two divisor is 1, 2, 4, 
 elements, this times the three GEMMs of a ``w -> 4*5120`` and a ``4*5120 -> w`` layer on
 ``--tokens`` rows, plus the layers of GPT-3 13B as its paper prints it (d_model 5140), whole
 and split over 2 tensor-parallel ranks, and writes achieved FLOP/s and parplan's prediction
-to ``gemm_alignment.csv``:
+to ``gemm_alignment.csv`` (as if aligned, and with the profile's misaligned fractions):
 
     PYTHONPATH=. python3 scripts/gpu_gemm_alignment.py --out DIR
 """
@@ -21,6 +21,7 @@ import argparse
 import csv
 import os
 import sys
+from dataclasses import replace
 
 import torch
 
@@ -42,6 +43,13 @@ GPT3_13B_PRINTED = (  # (in, out) of each linear of the layer, d_model 5140, 40 
 
 def pow2_divisor(n: int) -> int:
     return n & -n
+
+
+def predictions(hw, m, k, n, lead_dims, dtype):
+    """parplan's seconds for the GEMM as if its rows were 16-byte aligned, and with its real rows."""
+    aligned = replace(hw, matmul_misaligned={})
+    return (float(matmul_time_s(aligned, m, k, n, dtype)),
+            float(matmul_time_s(hw, m, k, n, dtype, lead_dims=lead_dims)))
 
 
 def three_gemms(tokens, fan_in, fan_out, dtype, dev):
@@ -71,15 +79,15 @@ def main() -> int:
     with open(path + ".part", "w", newline="") as fh:
         out = csv.writer(fh)
         out.writerow(["case", "tokens", "fan_in", "fan_out", "gemm", "m", "k", "n", "align_elems",
-                      "measured_s", "achieved_flops", "predicted_aligned_s", "device", "dtype"])
+                      "measured_s", "achieved_flops", "predicted_aligned_s", "predicted_s", "device", "dtype"])
         for tokens in args.tokens:
             for name, fan_in, fan_out in cases:
                 align = min(pow2_divisor(fan_in), pow2_divisor(fan_out))
                 for gemm, (fn, (m, k, n)) in three_gemms(tokens, fan_in, fan_out, dtype, dev).items():
                     t = timed(fn, reps=20, warmup=3, batch=5)
-                    pred = float(matmul_time_s(hw, m, k, n, args.dtype))
+                    pred, full = predictions(hw, m, k, n, (fan_in, fan_out), args.dtype)
                     out.writerow([name, tokens, fan_in, fan_out, gemm, m, k, n, align, t, 2.0 * m * k * n / t,
-                                  pred, torch.cuda.get_device_name(), args.dtype])
+                                  pred, full, torch.cuda.get_device_name(), args.dtype])
                     print(f"{name:<16} T={tokens:<5} {gemm:<5} align {align:>4}  {2 * m * k * n / t / 1e12:7.1f} "
                           f"TFLOP/s  measured/aligned-model {t / pred:5.2f}", flush=True)
                 torch.cuda.empty_cache()
