@@ -223,21 +223,17 @@ def in_layer_scale(rows: Sequence[Row], hw: Hardware) -> tuple[float, int] | Non
     (reports/multi-gpu/README.md). The layer rows measure that directly.
     """
     from ..estimate import op_times
-    from ..ops import BATCHED, FLASH, MATMUL, LocalDims, layer_ops
-    from .compare import layer_spec
+    from ..ops import BATCHED, FLASH, MATMUL
+    from .compare import layer_row_ops
 
     ratios = []
     for r in rows:
         if r.kind != "layer" or not r.correct or r.op not in ("forward", "backward") or r.time_s <= 0:
             continue
         try:
-            spec, batch, seq = layer_spec(r.shape, r.model)
-            dims = LocalDims(batch=batch, seq=seq, seq_kv=seq, hidden=spec.hidden, heads=spec.heads,
-                             kv_heads=spec.kv_heads, head_dim=spec.head_dim, ffn=spec.ffn_hidden, vocab=1,
-                             norm_shard=1)
             side = 0 if r.op == "forward" else 1
             gemm = other = 0.0
-            for op in layer_ops(spec, dims, r.dtype, dropout=False):
+            for op in layer_row_ops(r):
                 t = float(op_times(hw, op, r.dtype)[side])
                 if op.kind in (MATMUL, BATCHED, FLASH):
                     gemm += t

@@ -104,18 +104,25 @@ def layer_spec(shape: str, name: str) -> tuple[ModelSpec, int, int]:
         raise ParplanError(f"layer row has an unreadable shape {shape!r}") from None
 
 
+def layer_row_ops(row: Row) -> list:
+    """The planner's op list for a layer row: one layer on one device, no parallelism, no dropout."""
+    from ..ops import LocalDims, layer_ops
+
+    spec, batch, seq = layer_spec(row.shape, row.model)
+    dims = LocalDims(batch=batch, seq=seq, seq_kv=seq, hidden=spec.hidden, heads=spec.heads,
+                     kv_heads=spec.kv_heads, head_dim=spec.head_dim, ffn=spec.ffn_hidden, vocab=1, norm_shard=1)
+    return layer_ops(spec, dims, row.dtype, dropout=False)
+
+
 def predict_layer(row: Row, hw) -> tuple[float | None, str]:
     """One layer on one device, no parallelism: the planner's own op list and op times."""
     try:
         from ..estimate import op_times
-        from ..ops import LocalDims, layer_ops
     except ImportError:
         return None, "no layer model (parplan.ops / parplan.estimate) in this version"
-    spec, batch, seq = layer_spec(row.shape, row.model)
-    dims = LocalDims(batch=batch, seq=seq, seq_kv=seq, hidden=spec.hidden, heads=spec.heads,
-                     kv_heads=spec.kv_heads, head_dim=spec.head_dim, ffn=spec.ffn_hidden, vocab=1, norm_shard=1)
+    ops = layer_row_ops(row)
     try:
-        times = [op_times(hw, op, row.dtype) for op in layer_ops(spec, dims, row.dtype, dropout=False)]
+        times = [op_times(hw, op, row.dtype) for op in ops]
     except ParplanError as exc:
         return None, str(exc)
     return float(sum(t[0 if row.op == "forward" else 1] for t in times)), ""
