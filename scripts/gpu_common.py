@@ -42,3 +42,13 @@ def profile_for(gpu_name: str) -> str:
     if "H100" in name and "PCIE" in name:
         return "h100-pcie"
     return "h100-sxm"
+
+
+def gpu_profile(hw_arg: str | None = None):
+    """The profile named by ``--hw`` (a name or a YAML file), else the shipped one of this GPU; says which."""
+    from parplan.hardware import load_hardware
+
+    gpu = torch.cuda.get_device_name()
+    hw = load_hardware(hw_arg or profile_for(gpu))
+    print(f"{gpu}: predicting with profile {hw.name}", flush=True)
+    return hw

@@ -26,11 +26,10 @@ from dataclasses import replace
 import torch
 
 sys.path.insert(0, os.getcwd())
-from parplan.hardware import load_hardware  # noqa: E402
 from parplan.roofline import matmul_time_s  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_common import profile_for, timed  # noqa: E402
+from gpu_common import gpu_profile, timed  # noqa: E402
 
 WIDE = 4 * 5120
 WIDTHS = (5120, 5121, 5122, 5124, 5128, 5136, 5140, 5152, 5184)
@@ -71,7 +70,7 @@ def main() -> int:
     args = ap.parse_args()
     dev = torch.device("cuda")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    hw = load_hardware(args.hw or profile_for(torch.cuda.get_device_name()))
+    hw = gpu_profile(args.hw)
     cases = [(f"w{w}_to_wide", w, WIDE) for w in WIDTHS] + [(f"wide_to_w{w}", WIDE, w) for w in WIDTHS]
     cases += list(GPT3_13B_PRINTED)
     os.makedirs(args.out, exist_ok=True)

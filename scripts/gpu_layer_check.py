@@ -19,12 +19,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.getcwd())
 from parplan.estimate import op_times  # noqa: E402
-from parplan.hardware import load_hardware  # noqa: E402
 from parplan.model import load_model, with_seq_len  # noqa: E402
 from parplan.ops import LocalDims, layer_ops  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_common import profile_for, timed as cuda_timed  # noqa: E402
+from gpu_common import gpu_profile, timed as cuda_timed  # noqa: E402
 
 DT = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 CASES = [  # model, tp, micro-batch, seq, dtype, flash attention
@@ -173,9 +172,7 @@ def main():
     ap.add_argument("--hw", default=None, help="profile to predict with (default: from the GPU's name)")
     args = ap.parse_args()
     dev = torch.device("cuda")
-    name = torch.cuda.get_device_name()
-    hw = load_hardware(args.hw or profile_for(name))
-    print(f"{name}: predicting with profile {hw.name}", flush=True)
+    hw = gpu_profile(args.hw)
     os.makedirs(args.out, exist_ok=True)
     copy_bw(args.out, dev)
     gemm_sweep(hw, args.out, dev)

@@ -36,7 +36,7 @@ sys.path.insert(0, os.getcwd())
 from parplan.model import load_model, model_from_dict, with_seq_len  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_common import profile_for  # noqa: E402
+from gpu_common import profile_for, timed as cuda_timed  # noqa: E402
 
 TINY = {"name": "tiny", "layers": 1, "hidden": 64, "heads": 4, "ffn_hidden": 256, "activation": "gelu",
         "vocab": 128, "seq_len": 32}
@@ -170,26 +170,17 @@ def timed(fn, device, reps, warmup, batch=5):
     Back to back, the CPU queues the next call's kernels while the GPU runs this one's; timing
     single calls would measure Python's launch overhead, not the GPUs.
     """
+    if device.type == "cuda":
+        return cuda_timed(fn, reps, warmup, batch, before=dist.barrier)
     for _ in range(warmup):
         fn()
     out = []
     for _ in range(reps):
-        if device.type == "cuda":
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            dist.barrier()
-            torch.cuda.synchronize()
-            a.record()
-            for _ in range(batch):
-                fn()
-            b.record()
-            torch.cuda.synchronize()
-            out.append(a.elapsed_time(b) / 1e3 / batch)
-        else:
-            dist.barrier()
-            t = time.perf_counter()
-            for _ in range(batch):
-                fn()
-            out.append((time.perf_counter() - t) / batch)
+        dist.barrier()
+        t = time.perf_counter()
+        for _ in range(batch):
+            fn()
+        out.append((time.perf_counter() - t) / batch)
     return statistics.median(out)
 
 
