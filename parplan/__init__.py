@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 from .errors import ParplanError
-from .estimate import Estimate, estimate, model_flops_per_step
-from .hardware import Cluster, Hardware, load_cluster, load_hardware
-from .layout import Layout
-from .model import ModelSpec, load_model
-from .roofline import matmul_time_s as _matmul_time_s
+from .step.train import Estimate, estimate, model_flops_per_step
+from .specs.hardware import Cluster, Hardware, load_cluster, load_hardware
+from .layouts.layout import Layout
+from .specs.model import ModelSpec, load_model
+from .cost.roofline import matmul_time_s as _matmul_time_s
 
 __version__ = "0.1.0"
 

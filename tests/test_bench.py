@@ -8,22 +8,22 @@ from pathlib import Path
 
 import pytest
 
-from parplan.roofline import k_efficiency, wave_utilization
+from parplan.cost.roofline import k_efficiency, wave_utilization
 import yaml
 from click.testing import CliRunner
 
-from parplan.bench import calibrate as cal
-from parplan.bench import compare as cmp
-from parplan.bench.cli import calibrate, compare, config_from_options, main, worker
+from parplan.calibrate import fit as cal
+from parplan.calibrate import compare as cmp
+from parplan.cli.bench_cmd import calibrate, compare, config_from_options, main, worker
 from parplan.bench.launch import diagnose, exit_codes
-from parplan.bench.nccl_tests import parse_nccl_tests, parse_nccl_tests_file
-from parplan.bench.results import ResultWriter, Row, load_results, timing_fields, with_rates
+from parplan.calibrate.nccl_tests import parse_nccl_tests, parse_nccl_tests_file
+from parplan.calibrate.rows import ResultWriter, Row, load_results, timing_fields, with_rates
 from parplan.bench.state import RankState
-from parplan.bench.sweep import (BenchConfig, build_plan, collective_count, mesh_layouts, parse_bytes, parse_ops,
-                                 resolve, sizes)
-from parplan.collectives import bus_factor, collective_time_s, place
+from parplan.bench.config import (BenchConfig, build_plan, collective_count, mesh_layouts, parse_bytes, parse_ops,
+    resolve, sizes)
+from parplan.cost.collectives import bus_factor, collective_time_s, place
 from parplan.errors import ParplanError
-from parplan.hardware import load_cluster, load_hardware, make_cluster
+from parplan.specs.hardware import load_cluster, load_hardware, make_cluster
 
 # A realistic nccl-tests capture: an 8-GPU all_gather_perf on one node, then a 16-GPU
 # all_reduce_perf over two nodes, with launcher and NCCL noise around the tables.
@@ -379,8 +379,8 @@ def test_calibrate_scales_the_matmul_rate_to_what_layers_measure(tmp_path):
     """Layer rows whose matmuls and attention run at 0.8 of the rate the matmul rows imply (the other
     ops as the model predicts them): the written profile's matmul efficiency is scaled by 0.8, and
     the layers are then predicted as measured. Without layer rows nothing is scaled."""
-    from parplan.estimate import op_times
-    from parplan.ops import BATCHED, FLASH, MATMUL, LocalDims, layer_ops
+    from parplan.step.train import op_times
+    from parplan.cost.ops import BATCHED, FLASH, MATMUL, LocalDims, layer_ops
     rows = synthetic_rows()
     plain, hw0 = cal.write_profile(rows, tmp_path / "plain.yaml", "a100")
     assert plain.in_layer_scale is None
@@ -474,8 +474,8 @@ def test_compare_predicts_a_layer_with_the_planners_op_model():
 
 
 def test_commands_need_no_torch():
-    code = ("import sys; import parplan.bench.cli, parplan.bench.calibrate, parplan.bench.compare, "
-            "parplan.bench.nccl_tests, parplan.bench.launch; assert 'torch' not in sys.modules")
+    code = ("import sys; import parplan.cli.bench_cmd, parplan.calibrate.fit, parplan.calibrate.compare, "
+            "parplan.calibrate.nccl_tests, parplan.bench.launch; assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
 
 

@@ -13,9 +13,9 @@ import pytest
 
 pytest.importorskip("torch")
 
-from parplan.bench.results import load_results  # noqa: E402
-from parplan.collectives import bus_factor  # noqa: E402
-from parplan.hardware import load_hardware  # noqa: E402
+from parplan.calibrate.rows import load_results  # noqa: E402
+from parplan.cost.collectives import bus_factor  # noqa: E402
+from parplan.specs.hardware import load_hardware  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = ["--iters", "3", "--warmup", "1", "--timeout", "60"]

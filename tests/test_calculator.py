@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 
 import parplan
-from parplan.estimate import estimate, model_flops_per_step
-from parplan.hardware import load_cluster, load_hardware
-from parplan.layout import Layout
-from parplan.memory import layer_activation_bytes
-from parplan.model import load_model, model_from_dict
-from parplan.ops import LocalDims, layer_ops, total
-from parplan.roofline import matmul_efficiency
+from parplan.step.train import estimate, model_flops_per_step
+from parplan.specs.hardware import load_cluster, load_hardware
+from parplan.layouts.layout import Layout
+from parplan.cost.memory import layer_activation_bytes
+from parplan.specs.model import load_model, model_from_dict
+from parplan.cost.ops import LocalDims, layer_ops, total
+from parplan.cost.roofline import matmul_efficiency
 
 
 def one_matmul_model(E):
@@ -43,7 +43,7 @@ def _dims(tokens, E):
 
 def test_fsdp_threshold_is_c_over_w_for_each_profile():
     """Per-device batch above which FSDP hides its gathers = peak FLOP/s over link bytes/s."""
-    from parplan.hardware import hardware_names
+    from parplan.specs.hardware import hardware_names
 
     for name in hardware_names():
         hw = load_hardware(name)
@@ -74,7 +74,7 @@ def test_sequence_parallel_moves_the_same_bytes_but_shards_activations():
     sp = estimate(m, cl, Layout(tp=8, global_batch=1, sp=True))
 
     def wire_bytes(est):  # bytes each rank moves per step: buffer x nccl bus factor x calls
-        from parplan.collectives import bus_factor
+        from parplan.cost.collectives import bus_factor
         return sum(float(c.collective.size_bytes) * bus_factor(c.collective.op, 8) * float(c.calls_per_step)
                    for c in est.collectives if c.collective.axis == "tp")
     assert wire_bytes(sp) == pytest.approx(wire_bytes(plain))
@@ -214,7 +214,7 @@ def test_unfused_kernels_slow_the_step_most_where_scores_are_large():
 
 def test_alignment_bytes_of_rows():
     """A row's byte length, up to 16: 5120 bf16 elements are 16-byte aligned, GPT-3 13B's 5140 only 8."""
-    from parplan.roofline import alignment_bytes
+    from parplan.cost.roofline import alignment_bytes
     assert alignment_bytes(5120, 2) == 16 and alignment_bytes(5140, 2) == 8
     assert alignment_bytes(5122, 2) == 4 and alignment_bytes(5121, 2) == 2 and alignment_bytes(5121, 4) == 4
     assert list(alignment_bytes(np.array([5128, 5124, 5120 / 2]), 2)) == [16, 8, 16]
@@ -223,9 +223,9 @@ def test_alignment_bytes_of_rows():
 def test_misaligned_gemms_run_at_the_measured_fraction():
     """GEMMs whose feature sizes are not 16-byte multiples run at the profile's measured fraction;
     the token count never matters, and a profile that measured nothing charges nothing."""
-    from parplan.estimate import op_times
-    from parplan.ops import Op, MATMUL
-    from parplan.roofline import misalignment_fraction
+    from parplan.step.train import op_times
+    from parplan.cost.ops import Op, MATMUL
+    from parplan.cost.roofline import misalignment_fraction
     h200 = load_hardware("h200")
     table = h200.matmul_misaligned
     assert misalignment_fraction(h200, (5120, 20480), "bf16") == 1.0
@@ -264,10 +264,10 @@ def test_gpt3_13b_as_printed_runs_slower_than_at_5120_on_hopper_only():
 def test_vocabulary_is_padded_as_megatron_pads_it():
     """Megatron pads the vocabulary to a multiple of 128 x tp: GPT-2's 50257 is 50304 at tp=1 and 51200
     at tp=8 (6400 rows per rank); the logits GEMM runs on the padded shard."""
-    from parplan.model import vocab_shard
+    from parplan.specs.model import vocab_shard
     assert vocab_shard(50257, 1) == 50304 and vocab_shard(50257, 8) == 6400
     assert vocab_shard(50304, 1) == 50304 and vocab_shard(32000, 2) == 16000
     assert vocab_shard(50257, 4, multiple=64) == 12608  # vLLM pads to 64
-    from parplan.strategies.tensor import TensorParallel1D
+    from parplan.layouts.strategies.tensor import TensorParallel1D
     m = load_model("gpt3-125m")
     assert TensorParallel1D().local_dims({}, m, Layout(tp=4, micro_batch=1, global_batch=1))["vocab"] == 12672

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 
 from parplan.errors import ParplanError
-from parplan.hardware import BYTES_PER_ELEMENT, load_cluster, make_cluster
-from parplan.inference import (ServeLayout, comm_crossover_batch, decode_breakdown, estimate_inference,
-                               inference_dict, kv_bytes_per_token, kv_cache_bytes, max_batch, memory_per_device,
-                               tp_allreduce_bytes_per_layer, weight_bytes)
-from parplan.inference_cli import estimate_inference_command, explain_inference_command, plan_inference_command
-from parplan.inference_search import (format_published, load_published_serving, pareto_front, pareto_plot,
-                                      predict_published, search_inference)
-from parplan.model import load_model
+from parplan.specs.hardware import BYTES_PER_ELEMENT, load_cluster, make_cluster
+from parplan.step.serve import (ServeLayout, comm_crossover_batch, decode_breakdown, estimate_inference,
+    inference_dict, kv_bytes_per_token, kv_cache_bytes, max_batch, memory_per_device, tp_allreduce_bytes_per_layer,
+    weight_bytes)
+from parplan.cli.serve_cmd import estimate_inference_command, explain_inference_command, plan_inference_command
+from parplan.plan.serve_search import (format_published, load_published_serving, pareto_front, pareto_plot,
+    predict_published, search_inference)
+from parplan.specs.model import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED = ROOT / "reports" / "inference" / "published-serving.yaml"
@@ -323,7 +323,7 @@ def test_published_serving_rows():
 
 
 def _wired() -> bool:
-    from parplan import cli
+    from parplan.cli import commands as cli
 
     return any(p.name == "mode" for p in cli.estimate.params) and any(p.name == "mode" for p in cli.plan.params)
 

@@ -2,12 +2,12 @@
 import numpy as np
 import pytest
 
-from parplan.collectives import bus_factor, collective_time_s, place
-from parplan.estimate import estimate
-from parplan.hardware import load_cluster
-from parplan.layout import Layout
-from parplan.model import load_model
-from parplan.strategies.pipeline import bubble_fraction
+from parplan.cost.collectives import bus_factor, collective_time_s, place
+from parplan.step.train import estimate
+from parplan.specs.hardware import load_cluster
+from parplan.layouts.layout import Layout
+from parplan.specs.model import load_model
+from parplan.layouts.strategies.pipeline import bubble_fraction
 
 
 @pytest.mark.parametrize("zero,per_param", [(0, 2 + 4 + 12), (1, 2 + 4 + 12 / 8), (2, 2 + (4 + 12) / 8),
@@ -120,7 +120,7 @@ def test_context_parallel_allgather_kv():
 
 
 def test_axis_summary_reports_bandwidth_to_hide():
-    from parplan.results import axis_rows
+    from parplan.views.records import axis_rows
 
     m, cl = load_model("gpt3-6.7b"), load_cluster("a100x64")
     rows = {r["axis"]: r for r in axis_rows(estimate(m, cl, Layout(tp=8, dp=8, global_batch=64)))}

@@ -2,9 +2,9 @@
 import pytest
 import json
 
-from parplan.hardware import load_cluster
-from parplan.model import load_model
-from parplan.search import SearchSpace, default_global_batch, rank, search
+from parplan.specs.hardware import load_cluster
+from parplan.specs.model import load_model
+from parplan.plan.search import SearchSpace, default_global_batch, rank, search
 
 
 def test_gpt3_a100x512_plan_keeps_tp_inside_a_node(run_cli):
@@ -57,8 +57,8 @@ def test_search_rows_equal_scalar_estimates():
     """The batched evaluation gives every candidate exactly what estimate() gives it alone."""
     import numpy as np
 
-    from parplan.estimate import estimate
-    from parplan.search import layout_of
+    from parplan.step.train import estimate
+    from parplan.plan.search import layout_of
 
     m, cl = load_model("gpt3"), load_cluster("a100x512")
     space = SearchSpace(global_batch=2048, seq_len=2048)
@@ -79,8 +79,8 @@ def test_search_rows_equal_scalar_estimates():
 def test_emitted_megatron_flags_round_trip_into_the_same_layout(run_cli):
     from dataclasses import asdict
 
-    from parplan.emit import megatron_args, parse_megatron_args
-    from parplan.layout import Layout, check_layout
+    from parplan.plan.emit import megatron_args, parse_megatron_args
+    from parplan.layouts.layout import Layout, check_layout
 
     m = load_model("gpt3")
     cl = load_cluster("a100x512")
@@ -109,8 +109,8 @@ def test_emitted_megatron_flags_round_trip_into_the_same_layout(run_cli):
 def test_torchtitan_and_deepspeed_configs_carry_the_layout():
     import json as js
 
-    from parplan.emit import deepspeed_config, torchtitan_toml
-    from parplan.layout import Layout
+    from parplan.plan.emit import deepspeed_config, torchtitan_toml
+    from parplan.layouts.layout import Layout
 
     m = load_model("llama3.1-8b")
     lay = Layout(tp=2, pp=2, dp=4, micro_batch=2, global_batch=64, zero=3, shard_group=2, recompute="full",
@@ -126,9 +126,9 @@ def test_torchtitan_and_deepspeed_configs_carry_the_layout():
 def test_rank_stability_counts_the_perturbations_it_survives():
     """first_in = the number of the 10 one-at-a-time +-15% cases in which a plan is within 1% of the fastest;
     recomputed here by hand for two plans whose order flips when the network slows."""
-    from parplan.estimate import estimate
-    from parplan.layout import Layout
-    from parplan.trust import PERTURBED, rank_stability, scaled_cluster
+    from parplan.step.train import estimate
+    from parplan.layouts.layout import Layout
+    from parplan.plan.trust import PERTURBED, rank_stability, scaled_cluster
 
     m, cl = load_model("gpt3-6.7b"), load_cluster("a100x64")
     fsdp = Layout(tp=1, dp=64, global_batch=64, zero=3, seq_len=2048)       # gathers over the network
@@ -185,10 +185,10 @@ def test_smaller_cluster_changes_the_plan_in_the_expected_direction():
 
 def test_perturbations_reach_calibrated_profiles(tmp_path):
     """A profile with measured collective fits still feels a network 15% slower."""
-    from parplan.estimate import estimate
-    from parplan.hardware import load_hardware, make_cluster
-    from parplan.layout import Layout
-    from parplan.trust import scaled_cluster
+    from parplan.step.train import estimate
+    from parplan.specs.hardware import load_hardware, make_cluster
+    from parplan.layouts.layout import Layout
+    from parplan.plan.trust import scaled_cluster
 
     prof = tmp_path / "cal.yaml"
     base = open(load_cluster("a100").hardware.path).read()
@@ -206,8 +206,8 @@ def test_stacked_layouts_keep_every_non_numeric_knob_apart():
     """Layouts stacked into one array estimate differ only in numeric knobs; any other field splits them."""
     from dataclasses import replace as _replace
 
-    from parplan.layout import Layout
-    from parplan.trust import stack_layouts
+    from parplan.layouts.layout import Layout
+    from parplan.plan.trust import stack_layouts
     base = Layout(tp=8, dp=8, micro_batch=1, flash_attention=False)
     layouts = [base, _replace(base, dp=4), _replace(base, fused_kernels=False), _replace(base, pp_scatter_gather=False)]
     groups = stack_layouts(layouts)

@@ -23,7 +23,7 @@ def assert_png(path: Path, min_bytes: int = 15_000):
 
 
 def run_module(*args, env=None):
-    proc = subprocess.run([sys.executable, "-m", "parplan.report_cli", *args], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "parplan.cli", *args], capture_output=True, text=True,
                           timeout=120, cwd=ROOT, env=env)
     return proc.returncode, proc.stdout, proc.stderr
 
@@ -40,7 +40,7 @@ def assert_one_line_error(result, match, code=1):
 # --------------------------------------------------------------------------- --vary parsing
 
 def test_vary_ranges_double_and_lists_keep_order():
-    from parplan.sweep import parse_values, parse_vary
+    from parplan.plan.sweep import parse_values, parse_vary
 
     assert parse_values("64..4096") == [64, 128, 256, 512, 1024, 2048, 4096]
     assert parse_values("96..1000") == [96, 192, 384, 768]
@@ -63,14 +63,14 @@ def test_vary_ranges_double_and_lists_keep_order():
     ("global-batch=1.5", "not a positive whole number"),
 ])
 def test_vary_errors(spec, match):
-    from parplan.sweep import parse_vary
+    from parplan.plan.sweep import parse_vary
 
     with pytest.raises(ParplanError, match=re.escape(match)):
         parse_vary([spec])
 
 
 def test_vary_key_twice_and_too_many_points():
-    from parplan.sweep import parse_vary
+    from parplan.plan.sweep import parse_vary
 
     with pytest.raises(ParplanError, match="given twice"):
         parse_vary(["devices=8", "devices=16"])
@@ -81,7 +81,7 @@ def test_vary_key_twice_and_too_many_points():
 # --------------------------------------------------------------------------- light imports
 
 def test_planner_imports_no_matplotlib():
-    code = ("import sys, parplan, parplan.cli, parplan.report_cli, parplan.frames, parplan.sweep, parplan.report\n"
+    code = ("import sys, parplan, parplan.cli, parplan.cli.report_cmd, parplan.frames, parplan.plan.sweep, parplan.views.report\n"
             "assert 'matplotlib' not in sys.modules, 'matplotlib imported'\n"
             "assert 'pandas' not in sys.modules, 'pandas imported'\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
@@ -92,14 +92,14 @@ def test_planner_imports_no_matplotlib():
 
 @pytest.fixture(scope="module")
 def plans():
-    from parplan import frames
+    from parplan.views import frames
 
     return frames.plan_frame(MODEL, HW, global_batch=64)
 
 
 @pytest.fixture(scope="module")
 def top(plans):
-    from parplan import frames
+    from parplan.views import frames
 
     return frames.plan_estimates(plans, MODEL, HW, top=3)
 
@@ -118,8 +118,8 @@ def test_plan_frame_ranks_fitting_plans_first(plans):
 
 
 def test_estimate_and_explain_frames(top):
-    from parplan import frames
-    from parplan.estimate import BREAKDOWN_KEYS
+    from parplan.views import frames
+    from parplan.step.train import BREAKDOWN_KEYS
 
     df = frames.estimate_frame(top)
     assert len(df) == 3
@@ -141,7 +141,7 @@ def test_estimate_and_explain_frames(top):
 
 
 def test_frames_reject_bad_input():
-    from parplan import frames
+    from parplan.views import frames
 
     with pytest.raises(ParplanError, match="global batch"):
         frames.plan_frame(MODEL, HW, global_batch=0)
@@ -154,7 +154,7 @@ def test_frames_reject_bad_input():
 def test_plot_functions_return_figures(plans, top, tmp_path):
     from matplotlib.figure import Figure
 
-    from parplan import plots
+    from parplan.views import plots
 
     figs = {
         "roofline": plots.roofline(top[0]),
@@ -176,8 +176,9 @@ def test_plot_functions_return_figures(plans, top, tmp_path):
 
 
 def test_scaling_frames_and_plot(tmp_path):
-    from parplan import plots, sweep
-    from parplan.frames import as_cluster, as_model
+    from parplan.views import plots
+    from parplan.plan import sweep
+    from parplan.views.frames import as_cluster, as_model
 
     model, cluster = as_model(MODEL), as_cluster("a100x32")
     dev = sweep.device_scaling(model, cluster)
@@ -201,7 +202,7 @@ def test_scaling_frames_and_plot(tmp_path):
 
 @pytest.fixture(scope="module")
 def report_dir(tmp_path_factory):
-    from parplan.report_cli import report
+    from parplan.cli.report_cmd import report
 
     out = tmp_path_factory.mktemp("report") / "gpt3-small"
     result = CliRunner().invoke(report, ["--model", MODEL, "--hw", HW, "--global-batch", "64", "-o", str(out)])
@@ -230,7 +231,7 @@ def test_report_writes_markdown_and_pngs(report_dir):
 
 
 def test_report_default_dir_and_no_scaling(tmp_path, monkeypatch):
-    from parplan.report_cli import report
+    from parplan.cli.report_cmd import report
 
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(report, ["--model", MODEL, "--hw", "a100x8", "--no-scaling", "--top", "2"])
@@ -242,7 +243,7 @@ def test_report_default_dir_and_no_scaling(tmp_path, monkeypatch):
 
 
 def test_report_overwrites_atomically(tmp_path):
-    from parplan.report import write_text
+    from parplan.views.report import write_text
 
     target = tmp_path / "x.md"
     write_text(target, "one")
@@ -257,7 +258,7 @@ def test_report_overwrites_atomically(tmp_path):
 def test_sweep_grid_table_csv_and_plot(tmp_path):
     import pandas as pd
 
-    from parplan.report_cli import sweep
+    from parplan.cli.report_cmd import sweep
 
     out = tmp_path / "sw"
     result = CliRunner().invoke(sweep, ["--model", MODEL, "--hw", "a100", "--vary", "devices=8..32",
@@ -275,7 +276,7 @@ def test_sweep_grid_table_csv_and_plot(tmp_path):
 def test_sweep_cluster_with_count_and_infeasible_points(tmp_path):
     import pandas as pd
 
-    from parplan.report_cli import sweep
+    from parplan.cli.report_cmd import sweep
 
     out = tmp_path / "sw"
     result = CliRunner().invoke(sweep, ["--model", "gpt3-13b", "--hw", "a100x16", "--vary", "devices=1,16",
@@ -314,7 +315,7 @@ def test_unwritable_output_dir_is_one_line(tmp_path):
 
 
 def test_registered_in_main_cli(run_cli):
-    from parplan.cli import cli
+    from parplan.cli.commands import cli
 
     if "report" not in cli.commands:
         pytest.skip("report/sweep not registered in parplan.cli yet")

@@ -1,8 +1,8 @@
 """Spec files: every profile and model loads, carries its sources, and counts its parameters right."""
 import pytest
 
-from parplan.hardware import hardware_names, load_cluster, load_hardware
-from parplan.model import load_model, model_names
+from parplan.specs.hardware import hardware_names, load_cluster, load_hardware
+from parplan.specs.model import load_model, model_names
 
 REQUIRED_PROFILES = ["v100-32gb", "a100-40gb", "a100-80gb", "h100-sxm", "h100-pcie", "h200", "b200", "mi300x",
                      "tpu-v3", "tpu-v4", "tpu-v5e", "tpu-v5p"]
@@ -115,7 +115,7 @@ def test_hf_config(tmp_path):
 
 def test_specs_found_from_installed_package():
     """The loader finds the specs through the package (works after a non-editable install too)."""
-    from parplan.specs import spec_dir
+    from parplan.specs.registry import spec_dir
 
     for kind in ("hardware", "models", "validation"):
         assert any(spec_dir(kind).glob("*.yaml")), kind
@@ -133,11 +133,11 @@ def test_every_subpackage_ships_in_the_wheel():
 
 
 def test_spec_dir_prefers_the_installed_copy(tmp_path, monkeypatch):
-    """After `pip install .` the specs sit in parplan/specs/<kind>/; the loader must look there first."""
-    import parplan.specs as specs
+    """After `pip install .` the specs sit in parplan/data/<kind>/; the loader must look there first."""
+    import parplan.specs.registry as specs
 
-    (tmp_path / "models").mkdir()
-    (tmp_path / "models" / "x.yaml").write_text("name: x\n")
-    monkeypatch.setattr(specs, "_HERE", tmp_path)
-    assert specs.spec_dir("models") == tmp_path / "models"
+    (tmp_path / "data" / "models").mkdir(parents=True)
+    (tmp_path / "data" / "models" / "x.yaml").write_text("name: x\n")
+    monkeypatch.setattr(specs, "_PACKAGE", tmp_path)
+    assert specs.spec_dir("models") == tmp_path / "data" / "models"
     assert specs.spec_dir("hardware") == specs._REPO_ROOT / "hardware"

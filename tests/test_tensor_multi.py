@@ -10,15 +10,15 @@ the 2D broadcasts and reduces are counted with the table's factor (q-1) instead.
 import numpy as np
 import pytest
 
-from parplan import ops as ops_mod
-from parplan.collectives import bus_factor
+from parplan.cost import ops as ops_mod
+from parplan.cost.collectives import bus_factor
 from parplan.errors import ParplanError
-from parplan.estimate import estimate
-from parplan.hardware import load_cluster
-from parplan.layout import Layout, check_layout
-from parplan.model import model_from_dict
-from parplan.strategies import strategies_for, tensor
-from parplan.strategies.tensor_multi import TensorParallel2D, TensorParallel3D
+from parplan.step.train import estimate
+from parplan.specs.hardware import load_cluster
+from parplan.layouts.layout import Layout, check_layout
+from parplan.specs.model import model_from_dict
+from parplan.layouts.strategies import strategies_for, tensor
+from parplan.layouts.strategies.tensor_multi import TensorParallel2D, TensorParallel3D
 
 CASES = [("2d", 4, 2), ("2d", 16, 4), ("2d", 64, 8), ("3d", 8, 2), ("3d", 64, 4)]
 MB = 16  # divisible by q (2D) and q^2 (3D) for every case: whole sequences per device

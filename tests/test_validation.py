@@ -7,7 +7,7 @@ them as the model improves.
 """
 import pytest
 
-from parplan.validation import load_runs, record_setup, validate_runs
+from parplan.validate.published import load_runs, record_setup, validate_runs
 
 
 @pytest.fixture(scope="module")

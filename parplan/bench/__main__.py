@@ -2,7 +2,7 @@
 
 ``python -m parplan.bench bench|calibrate|compare ...`` runs that command instead.
 """
-from .cli import main
+from ..cli.bench_cmd import main
 
 if __name__ == "__main__":
     main()

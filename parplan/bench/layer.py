@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..model import ModelSpec
+from ..specs.model import ModelSpec
 
 
 class _RMSNorm(nn.Module):

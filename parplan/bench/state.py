@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .results import atomic_write_text
+from ..calibrate.rows import atomic_write_text
 
 STATE_DIR_ENV = "PARPLAN_BENCH_STATE_DIR"
 EXIT_ERROR = 1

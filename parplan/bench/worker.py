@@ -20,15 +20,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..collectives import algbw, busbw
+from ..cost.collectives import algbw, busbw
 from ..errors import ParplanError
-from ..model import load_model, with_seq_len
+from ..specs.model import load_model, with_seq_len
 from . import layer as layer_mod
-from .measure import (TORCH_DTYPES, collective_case, copy_case, matmul_case, synchronize,
-                      time_iterations)
-from .results import ResultWriter, Row, default_out_dir, timing_fields, write_meta
+from .measure import TORCH_DTYPES, collective_case, copy_case, matmul_case, synchronize, time_iterations
+from ..calibrate.rows import ResultWriter, Row, default_out_dir, timing_fields, write_meta
 from .state import EXIT_ERROR, EXIT_FAULT, STATE_DIR_ENV, Watchdog
-from .sweep import BenchConfig, Fault, Item, build_plan, resolve
+from .config import BenchConfig, Fault, Item, build_plan, resolve
 
 PROGRESS_ENV = "PARPLAN_BENCH_PROGRESS"
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
@@ -292,7 +291,7 @@ def run_worker(config: BenchConfig) -> int:
 
 
 def _finish(out_dir: Path, rows: list[Row], meta: dict) -> None:
-    from .plots import plot_results
+    from ..views.bench_plots import plot_results
 
     notes = []
     try:

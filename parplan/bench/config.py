@@ -1,0 +1,499 @@
+"""What a bench run measures: its configuration, the rank groups, and the ordered list of items.
+
+Every rank builds the same plan from the same configuration, so the ranks agree on the
+order of collectives without talking. Sizes follow nccl-tests: ``size_bytes`` is the whole
+buffer (the all-gather output, the reduce-scatter input), rounded down to a whole number of
+elements per rank.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from typing import Iterable, Sequence
+
+from ..cost.collectives import OPS
+from ..errors import ParplanError
+
+SUITES = ("collectives", "matmul", "copy", "layer")
+DEFAULT_SUITES = ("collectives", "matmul", "copy")
+DEFAULT_OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast", "send_recv")
+DTYPES = ("fp32", "bf16", "fp16")
+ELEMENT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+LAYOUTS = ("contiguous", "strided")
+MAX_BYTES = 64 * 2**30
+MAX_ITERS = 100_000
+MAX_DIM = 1 << 20
+THIN_M = (1, 2, 4, 8, 16, 32, 64)
+
+_OP_ALIASES = {
+    "allreduce": "all_reduce", "allgather": "all_gather", "reducescatter": "reduce_scatter",
+    "alltoall": "all_to_all", "all2all": "all_to_all", "bcast": "broadcast",
+    "sendrecv": "send_recv", "p2p": "send_recv",
+}
+_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+_BYTES = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
+
+
+# --------------------------------------------------------------------------- parsing helpers
+
+
+def parse_bytes(value: str | int, what: str = "size") -> int:
+    """``8``, ``64K``, ``64KiB``, ``1M``, ``1G``: binary multiples, as nccl-tests' ``-b``/``-e`` read them."""
+    if isinstance(value, bool):
+        raise ParplanError(f"{what}: expected a byte count such as 8, 64K or 1G, got {value!r}")
+    if isinstance(value, int):
+        size = value
+    else:
+        m = _BYTES.match(str(value))
+        if not m:
+            raise ParplanError(f"{what}: expected a byte count such as 8, 64K or 1G, got {value!r}")
+        size = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if size < 1 or size > MAX_BYTES:
+        raise ParplanError(f"{what}: {value!r} is out of range (1 B to 64 GiB)")
+    return size
+
+
+def format_bytes(size: float) -> str:
+    """``4 KiB``, ``1 GiB``, ``24 B``."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            v = size / scale
+            return f"{v:.0f} {unit}" if v == int(v) else f"{v:.3g} {unit}"
+    return f"{int(size)} B"
+
+
+def _split(text: str | Sequence[str] | None) -> list[str]:
+    if text is None:
+        return []
+    items = [text] if isinstance(text, str) else list(text)
+    out: list[str] = []
+    for item in items:
+        out.extend(p.strip() for p in str(item).split(",") if p.strip())
+    return out
+
+
+def _choose(names: list[str], allowed: Sequence[str], what: str, key=str.lower) -> list[str]:
+    """The named choices, normalised by ``key``, in order and without repeats; an unknown one is an error."""
+    out: list[str] = []
+    for name in names:
+        k = key(name)
+        if k not in allowed:
+            raise ParplanError(f"unknown {what} '{name}'; choose from {', '.join(allowed)}")
+        if k not in out:
+            out.append(k)
+    return out
+
+
+def _op_key(name: str) -> str:
+    key = name.lower().replace("-", "_")
+    return _OP_ALIASES.get(key.replace("_", ""), key)
+
+
+def parse_ops(text: str | Sequence[str] | None) -> tuple[str, ...]:
+    names = _split(text)
+    if not names or names == ["all"]:
+        return DEFAULT_OPS
+    return tuple(_choose(names, OPS, "collective", _op_key))
+
+
+def parse_suites(text: str | Sequence[str] | None, with_model: bool) -> tuple[str, ...]:
+    names = _split(text)
+    if not names:
+        return DEFAULT_SUITES + (("layer",) if with_model else ())
+    if names == ["all"]:
+        return SUITES if with_model else DEFAULT_SUITES
+    out = _choose(names, SUITES, "suite (or all)")
+    if "layer" in out and not with_model:
+        raise ParplanError("the layer suite needs --model NAME (a model name or YAML file)")
+    return tuple(s for s in SUITES if s in out)
+
+
+def parse_groups(text: str | Sequence[str] | None) -> tuple[int, ...]:
+    """Group sizes to measure; ``()`` means automatic (the world and every power of two dividing it).
+
+    ``world`` stands for the whole world and is written as 0.
+    """
+    names = _split(text)
+    if not names or names == ["auto"]:
+        return ()
+    sizes: list[int] = []
+    for name in names:
+        if name.lower() == "world":
+            value = 0
+        else:
+            try:
+                value = int(name)
+            except ValueError:
+                raise ParplanError(f"--groups: expected group sizes such as 2,4,8 or 'world', got {name!r}") from None
+            if value < 1 or value > MAX_DIM:
+                raise ParplanError(f"--groups: group size must be between 1 and {MAX_DIM}, got {value}")
+        if value not in sizes:
+            sizes.append(value)
+    return tuple(sizes)
+
+
+def parse_layouts(text: str | None) -> tuple[str, ...]:
+    key = (text or "both").lower()
+    if key == "both":
+        return LAYOUTS
+    if key in LAYOUTS:
+        return (key,)
+    raise ParplanError(f"--layout must be contiguous, strided or both; got {text!r}")
+
+
+def parse_dtypes(text: str | Sequence[str] | None, what: str) -> tuple[str, ...]:
+    names = _split(text)
+    if not names or names == ["auto"]:
+        return ()
+    return tuple(_choose(names, DTYPES, f"{what} dtype"))
+
+
+def parse_shapes(text: str | Sequence[str] | None) -> tuple[tuple[int, int, int], ...]:
+    """Matmul shapes ``MxKxN`` (an ``m x k`` times a ``k x n`` matrix), comma separated."""
+    shapes: list[tuple[int, int, int]] = []
+    for item in _split(text):
+        parts = item.lower().split("x")
+        try:
+            m, k, n = (int(p) for p in parts)
+        except ValueError:
+            raise ParplanError(f"--shapes: expected MxKxN such as 4096x4096x4096, got {item!r}") from None
+        if min(m, k, n) < 1 or max(m, k, n) > MAX_DIM:
+            raise ParplanError(f"--shapes: dimensions must be between 1 and {MAX_DIM}, got {item!r}")
+        shapes.append((m, k, n))
+    return tuple(shapes)
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Everything one run measures; identical on every rank.
+
+    Fields left empty (``()``, ``0`` or ``""``) take a device-dependent default once the worker
+    knows whether it runs on a GPU (see :func:`resolve`).
+    """
+
+    suites: tuple[str, ...] = DEFAULT_SUITES
+    ops: tuple[str, ...] = DEFAULT_OPS
+    min_bytes: int = 8
+    max_bytes: int = 2**30
+    factor: int = 2
+    dtype: str = "fp32"
+    groups: tuple[int, ...] = ()
+    layouts: tuple[str, ...] = LAYOUTS
+    iters: int = 20
+    warmup: int = 5
+    timeout_s: float = 300.0
+    matmul_dtypes: tuple[str, ...] = ()
+    shapes: tuple[tuple[int, int, int], ...] = ()
+    matmul_min: int = 0
+    matmul_max: int = 0
+    models: tuple[str, ...] = ()
+    micro_batch: int = 1
+    seq: int = 0
+    layer_dtype: str = ""
+    device: str = "auto"
+    backend: str = "auto"
+    out_dir: str = ""
+
+    def __post_init__(self) -> None:
+        if self.min_bytes < 1 or self.max_bytes > MAX_BYTES:
+            raise ParplanError("sizes must be between 1 B and 64 GiB")
+        if self.max_bytes < self.min_bytes:
+            raise ParplanError(f"--max-bytes ({format_bytes(self.max_bytes)}) is below "
+                               f"--min-bytes ({format_bytes(self.min_bytes)})")
+        if not 2 <= self.factor <= 1024:
+            raise ParplanError(f"--factor must be an integer between 2 and 1024, got {self.factor}")
+        if self.dtype not in DTYPES:
+            raise ParplanError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if not 1 <= self.iters <= MAX_ITERS:
+            raise ParplanError(f"--iters must be between 1 and {MAX_ITERS}, got {self.iters}")
+        if not 0 <= self.warmup <= MAX_ITERS:
+            raise ParplanError(f"--warmup must be between 0 and {MAX_ITERS}, got {self.warmup}")
+        if not 1.0 <= self.timeout_s <= 86400.0:
+            raise ParplanError(f"--timeout must be between 1 and 86400 seconds, got {self.timeout_s:g}")
+        if self.matmul_min < 0 or self.matmul_max < 0 or self.matmul_max > MAX_DIM:
+            raise ParplanError(f"--matmul-min/--matmul-max must be between 1 and {MAX_DIM}")
+        if self.matmul_min and self.matmul_max and self.matmul_max < self.matmul_min:
+            raise ParplanError(f"--matmul-max ({self.matmul_max}) is below --matmul-min ({self.matmul_min})")
+        if not 1 <= self.micro_batch <= 1_000_000:
+            raise ParplanError(f"--micro-batch must be between 1 and 1000000, got {self.micro_batch}")
+        if not 0 <= self.seq <= 10_000_000:
+            raise ParplanError(f"--seq must be between 1 and 10000000, got {self.seq}")
+        if self.layer_dtype and self.layer_dtype not in DTYPES:
+            raise ParplanError(f"--layer-dtype must be one of {', '.join(DTYPES)}, got {self.layer_dtype!r}")
+        if self.device not in ("auto", "cuda", "cpu"):
+            raise ParplanError(f"--device must be auto, cuda or cpu, got {self.device!r}")
+        if self.backend not in ("auto", "nccl", "gloo"):
+            raise ParplanError(f"--backend must be auto, nccl or gloo, got {self.backend!r}")
+        if self.backend == "nccl" and self.device == "cpu":
+            raise ParplanError("the nccl backend needs GPUs; use --backend gloo with --device cpu")
+        if "layer" in self.suites and not self.models:
+            raise ParplanError("the layer suite needs --model NAME (a model name or YAML file)")
+
+    def to_argv(self) -> list[str]:
+        """The worker command line (``python -m parplan.bench ...``) that rebuilds this configuration."""
+        argv = [
+            "--suite", ",".join(self.suites), "--ops", ",".join(self.ops),
+            "--min-bytes", str(self.min_bytes), "--max-bytes", str(self.max_bytes),
+            "--factor", str(self.factor), "--dtype", self.dtype,
+            "--groups", ",".join("world" if g == 0 else str(g) for g in self.groups) or "auto",
+            "--layout", "both" if len(self.layouts) == 2 else self.layouts[0],
+            "--iters", str(self.iters), "--warmup", str(self.warmup),
+            "--timeout", repr(float(self.timeout_s)),
+            "--matmul-dtypes", ",".join(self.matmul_dtypes) or "auto",
+            "--micro-batch", str(self.micro_batch),
+            "--device", self.device, "--backend", self.backend,
+        ]
+        if self.shapes:
+            argv += ["--shapes", ",".join(f"{m}x{k}x{n}" for m, k, n in self.shapes)]
+        if self.matmul_min:
+            argv += ["--matmul-min", str(self.matmul_min)]
+        if self.matmul_max:
+            argv += ["--matmul-max", str(self.matmul_max)]
+        for model in self.models:
+            argv += ["--model", model]
+        if self.seq:
+            argv += ["--seq", str(self.seq)]
+        if self.layer_dtype:
+            argv += ["--layer-dtype", self.layer_dtype]
+        if self.out_dir:
+            argv += ["-o", self.out_dir]
+        return argv
+
+
+def resolve(config: BenchConfig, on_gpu: bool) -> BenchConfig:
+    """Fill the device-dependent defaults: matmul dtypes and sizes, the layer dtype.
+
+    A default matmul bound never contradicts the other one given explicitly.
+    """
+    lo, hi = (256, 16384) if on_gpu else (64, 512)
+    matmul_min = config.matmul_min or min(lo, config.matmul_max or lo)
+    matmul_max = config.matmul_max or max(hi, matmul_min)
+    return replace(
+        config,
+        matmul_dtypes=config.matmul_dtypes or (("bf16", "fp16", "fp32") if on_gpu else ("fp32",)),
+        matmul_min=matmul_min,
+        matmul_max=matmul_max,
+        layer_dtype=config.layer_dtype or ("bf16" if on_gpu else "fp32"),
+    )
+
+
+# --------------------------------------------------------------------------- groups
+
+
+@dataclass(frozen=True)
+class GroupLayout:
+    """One mesh axis: the world split into ``count`` groups of ``size`` ranks ``stride`` apart.
+
+    All groups of a layout communicate at once, as the groups of one mesh axis do in training.
+    ``nodes`` is how many hosts each group spans (the most of any group).
+    """
+
+    name: str
+    size: int
+    stride: int
+    members: tuple[tuple[int, ...], ...]
+    nodes: int = 1
+
+    @property
+    def count(self) -> int:
+        return len(self.members)
+
+    @property
+    def group_class(self) -> str:
+        return "inter" if self.nodes > 1 else "intra"
+
+    def group_of(self, rank: int) -> tuple[int, ...]:
+        for members in self.members:
+            if rank in members:
+                return members
+        raise ParplanError(f"rank {rank} is in no group of layout {self.name}")
+
+
+def _layout(name: str, members: list[tuple[int, ...]], stride: int, hosts: Sequence[str]) -> GroupLayout:
+    nodes = max(len({hosts[r] for r in g}) for g in members)
+    return GroupLayout(name=name, size=len(members[0]), stride=stride, members=tuple(members), nodes=nodes)
+
+
+def mesh_layouts(world: int, sizes: Iterable[int], layouts: Sequence[str],
+                 hosts: Sequence[str] | None = None) -> tuple[GroupLayout, ...]:
+    """The world, and for each size ``g`` its contiguous (``contigG``) and strided (``stridedG``) partitions.
+
+    Contiguous groups are ``[0..g-1], [g..2g-1], ...``; strided groups take every ``world/g``-th
+    rank (``[0, s, 2s, ...], [1, 1+s, ...]``), like the outer axis of a device mesh.
+    """
+    hosts = list(hosts) if hosts is not None else ["localhost"] * world
+    if len(hosts) != world:
+        raise ParplanError(f"expected {world} host names, got {len(hosts)}")
+    sizes = list(sizes)
+    if not sizes:
+        sizes = [0] + [g for g in (2**i for i in range(1, 21)) if g < world and world % g == 0]
+    out: list[GroupLayout] = []
+    seen: set[str] = set()
+    for g in sizes:
+        if g == 0 or g == world:
+            if "world" not in seen:
+                out.append(_layout("world", [tuple(range(world))], 1, hosts))
+                seen.add("world")
+            continue
+        if g > world:
+            raise ParplanError(f"--groups: group size {g} is larger than the {world} ranks")
+        if world % g:
+            raise ParplanError(f"--groups: group size {g} does not divide the {world} ranks")
+        stride = world // g
+        if "contiguous" in layouts and f"contig{g}" not in seen:
+            members = [tuple(range(i * g, (i + 1) * g)) for i in range(stride)]
+            out.append(_layout(f"contig{g}", members, 1, hosts))
+            seen.add(f"contig{g}")
+        if "strided" in layouts and f"strided{g}" not in seen:
+            members = [tuple(range(i, world, stride)) for i in range(stride)]
+            out.append(_layout(f"strided{g}", members, stride, hosts))
+            seen.add(f"strided{g}")
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class Item:
+    """One measurement: a collective on a layout at one size, a matmul shape, a copy, or a layer."""
+
+    kind: str  # collective | matmul | copy | layer
+    op: str
+    dtype: str
+    size_bytes: int = 0
+    count: int = 0
+    layout: GroupLayout | None = None
+    shape: tuple[int, int, int] = (0, 0, 0)
+    model: str = ""
+
+    @property
+    def label(self) -> str:
+        if self.kind == "collective":
+            return f"{self.op} {self.layout.name if self.layout else ''} {format_bytes(self.size_bytes)}"
+        if self.kind == "matmul":
+            m, k, n = self.shape
+            return f"matmul {self.dtype} {m}x{k}x{n}"
+        if self.kind == "copy":
+            return f"copy {format_bytes(self.size_bytes)}"
+        return f"layer {self.model}"
+
+    @property
+    def description(self) -> str:
+        """The item in an error message: ``all_reduce of 4 KiB on group contig2``."""
+        if self.kind == "collective" and self.layout is not None:
+            return f"{self.op} of {format_bytes(self.size_bytes)} on group {self.layout.name}"
+        return self.label
+
+
+def sizes(min_bytes: int, max_bytes: int, factor: int) -> list[int]:
+    """``min, min*factor, ...`` up to ``max`` (nccl-tests ``-b -e -f``)."""
+    out, size = [], min_bytes
+    while size <= max_bytes:
+        out.append(size)
+        size *= factor
+    return out
+
+
+def collective_count(op: str, size_bytes: int, dtype: str, n: int) -> int:
+    """Elements in the nccl-tests buffer: a whole number per rank for the ops that split it."""
+    count = max(1, size_bytes // ELEMENT_BYTES[dtype])
+    if op in ("all_gather", "reduce_scatter", "all_to_all"):
+        count = max(n, count // n * n)
+    return count
+
+
+# GEMMs of real layers (tokens x in x out): GPT-3 175B and Llama 3 8B/70B projections and MLPs,
+# whole and as 8-way tensor-parallel shards. Square GEMMs run faster than these.
+TRANSFORMER_SHAPES = ((2048, 12288, 4608), (2048, 1536, 12288), (2048, 12288, 6144), (2048, 6144, 12288),
+                      (8192, 4096, 6144), (8192, 4096, 28672), (8192, 14336, 4096), (4096, 8192, 1280),
+                      (4096, 8192, 7168), (4096, 3584, 8192))
+
+
+def default_shapes(lo: int, hi: int) -> tuple[tuple[int, int, int], ...]:
+    """Square ``s x s x s`` for powers of two ``lo..hi``, then thin decode-like ``m x K x K`` (m = 1..64)."""
+    square = []
+    s = 1 << max(0, (lo - 1).bit_length())
+    while s <= hi:
+        square.append((s, s, s))
+        s *= 2
+    thin_k = min(8192, hi)
+    thin = [(m, thin_k, thin_k) for m in THIN_M if m < thin_k]
+    layers = [s for s in TRANSFORMER_SHAPES if max(s) <= hi and min(s) >= lo]
+    return tuple(square + thin + layers)
+
+
+def build_plan(config: BenchConfig, world: int, hosts: Sequence[str] | None = None) -> tuple[Item, ...]:
+    """Every item of the run, in order: collectives, matmuls, copies, layers.
+
+    ``config`` must be :func:`resolve`\\ d for the compute items to be planned.
+    """
+    if world < 1:
+        raise ParplanError(f"world size must be positive, got {world}")
+    items: list[Item] = []
+    if "collectives" in config.suites:
+        for layout in mesh_layouts(world, config.groups, config.layouts, hosts):
+            for op in config.ops:
+                if op == "send_recv" and layout.size < 2:
+                    continue
+                seen: set[int] = set()
+                for size in sizes(config.min_bytes, config.max_bytes, config.factor):
+                    count = collective_count(op, size, config.dtype, layout.size)
+                    actual = count * ELEMENT_BYTES[config.dtype]
+                    if actual in seen:
+                        continue
+                    seen.add(actual)
+                    items.append(Item("collective", op, config.dtype, actual, count, layout))
+    if "matmul" in config.suites and config.matmul_max:
+        shapes = config.shapes or default_shapes(config.matmul_min, config.matmul_max)
+        for dtype in config.matmul_dtypes:
+            for shape in shapes:
+                items.append(Item("matmul", "matmul", dtype, shape=shape))
+    if "copy" in config.suites:
+        for size in sizes(config.min_bytes, config.max_bytes, config.factor):
+            items.append(Item("copy", "copy", "uint8", size, size))
+    if "layer" in config.suites:
+        for model in config.models:
+            items.append(Item("layer", "layer", config.layer_dtype or "fp32", model=model))
+    return tuple(items)
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A deliberate failure for rehearsing error handling: at plan item ``item`` (0-based), ``rank``
+    exits, hangs, or corrupts its collective input (which the result checks must catch).
+
+    Set by ``PARPLAN_BENCH_FAIL_RANK``, ``PARPLAN_BENCH_FAIL_ITEM`` (default 1) and
+    ``PARPLAN_BENCH_FAIL_MODE`` (``exit``, ``hang`` or ``corrupt``).
+    """
+
+    rank: int
+    item: int = 1
+    mode: str = "exit"
+
+    @staticmethod
+    def from_env(env: dict[str, str] | None = None) -> "Fault | None":
+        import os
+
+        env = dict(os.environ) if env is None else env
+        if not env.get("PARPLAN_BENCH_FAIL_RANK"):
+            return None
+        try:
+            rank = int(env["PARPLAN_BENCH_FAIL_RANK"])
+            item = int(env.get("PARPLAN_BENCH_FAIL_ITEM", "1"))
+        except ValueError:
+            raise ParplanError("PARPLAN_BENCH_FAIL_RANK and PARPLAN_BENCH_FAIL_ITEM must be integers") from None
+        mode = env.get("PARPLAN_BENCH_FAIL_MODE", "exit")
+        if mode not in ("exit", "hang", "corrupt"):
+            raise ParplanError(f"PARPLAN_BENCH_FAIL_MODE must be exit, hang or corrupt, got {mode!r}")
+        return Fault(rank, item, mode)
+
+
+__all__ = [
+    "BenchConfig", "Fault", "GroupLayout", "Item", "build_plan", "collective_count", "default_shapes",
+    "format_bytes", "mesh_layouts", "parse_bytes", "parse_dtypes", "parse_groups", "parse_layouts",
+    "parse_ops", "parse_shapes", "parse_suites", "resolve", "sizes",
+]

@@ -1,0 +1,210 @@
+"""Predicted against measured time for every bench row, and the error per op and group.
+
+Predictions: a collective by :func:`parplan.collectives.collective_time_s` on a cluster of
+the row's world size and ranks per host, with the group placed as the row's stride places it;
+a matmul by ``parplan.roofline.matmul_time_s``; a copy as ``kernel_overhead_s`` plus bytes
+read and written over ``hbm_bandwidth x efficiency.hbm``; a layer's forward or backward as
+the sum of the planner's op times (``parplan.ops.layer_ops``, ``parplan.estimate.op_times``)
+for one device without parallelism or dropout. Error is ``(predicted - measured) / measured``.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from statistics import mean, median
+from typing import Sequence
+
+from ..cost.collectives import collective_time_s, place
+from ..errors import ParplanError
+from ..specs.hardware import BYTES_PER_ELEMENT, Cluster, load_cluster, make_cluster
+from ..specs.model import ModelSpec
+from .rows import Row
+from ..bench.config import format_bytes
+
+
+@dataclass(frozen=True)
+class Comparison:
+    kind: str
+    op: str
+    group: str
+    group_class: str
+    group_size: int
+    dtype: str
+    what: str  # the size or shape
+    measured_s: float
+    predicted_s: float | None
+    error_pct: float | None
+    note: str = ""
+
+    @property
+    def key(self) -> str:
+        """The summary bucket: ``all_reduce contig4 (intra, 4)``, ``matmul bf16``, ``copy``."""
+        if self.kind == "collective":
+            return f"{self.op} {self.group} ({self.group_class}, {self.group_size})"
+        if self.kind == "matmul":
+            return f"matmul {self.dtype}"
+        return self.op if self.kind == "copy" else f"{self.kind} {self.op}"
+
+
+@dataclass(frozen=True)
+class Summary:
+    key: str
+    rows: int
+    median_ape_pct: float
+    mean_ape_pct: float
+    mean_error_pct: float
+
+
+def _cluster_for(row: Row, base: Cluster) -> Cluster:
+    return make_cluster(base.hardware, max(1, row.world_size),
+                        devices_per_node=max(1, row.local_world_size or base.devices_per_node),
+                        intra_node=base.intra_node, inter_node=base.inter_node)
+
+
+def predict(row: Row, base: Cluster) -> tuple[float | None, str]:
+    """Predicted seconds for one row, or ``None`` and the reason."""
+    hw = base.hardware
+    if row.kind == "collective":
+        if row.group_size < 2:
+            return None, "a one-rank group moves no data"
+        cluster = _cluster_for(row, base)
+        placement = place(row.group_size, max(1, row.group_stride), cluster)
+        return collective_time_s(row.op, row.size_bytes, placement, cluster), ""
+    if row.kind == "matmul":
+        try:
+            from ..cost.roofline import matmul_time_s
+        except ImportError:
+            return None, "no matmul model (parplan.roofline.matmul_time_s) in this version"
+        if row.dtype not in BYTES_PER_ELEMENT:
+            return None, f"no matmul model for dtype {row.dtype}"
+        try:
+            return float(matmul_time_s(hw, row.m, row.k, row.n, dtype=row.dtype)), ""
+        except ParplanError as exc:
+            return None, str(exc)
+    if row.kind == "copy":
+        # the roofline's memory-bound kernel: bytes read plus written over effective HBM bandwidth
+        return hw.kernel_overhead_s + row.bytes_moved / (hw.hbm_bandwidth * hw.hbm_efficiency), ""
+    if row.kind == "layer":
+        return predict_layer(row, hw)
+    return None, f"no prediction for {row.kind} rows"
+
+
+def layer_spec(shape: str, name: str) -> tuple[ModelSpec, int, int]:
+    """The layer's model and (micro-batch, sequence) from a row's ``shape`` text."""
+    fields = dict(part.split("=", 1) for part in shape.split() if "=" in part)
+    try:
+        spec = ModelSpec(name=name or "layer", layers=1, hidden=int(fields["h"]), heads=int(fields["heads"]),
+                         kv_heads=int(fields["kv_heads"]), head_dim=int(fields["head_dim"]),
+                         ffn_hidden=int(fields["ffn"]), activation=fields["act"], vocab=1, seq_len=int(fields["s"]),
+                         norm=fields.get("norm", "layernorm"), bias=fields.get("bias", "true") == "true")
+        return spec, int(fields["b"]), int(fields["s"])
+    except (KeyError, ValueError):
+        raise ParplanError(f"layer row has an unreadable shape {shape!r}") from None
+
+
+def layer_row_ops(row: Row) -> list:
+    """The planner's op list for a layer row: one layer on one device, no parallelism, no dropout."""
+    from ..cost.ops import LocalDims, layer_ops
+
+    spec, batch, seq = layer_spec(row.shape, row.model)
+    dims = LocalDims(batch=batch, seq=seq, seq_kv=seq, hidden=spec.hidden, heads=spec.heads,
+                     kv_heads=spec.kv_heads, head_dim=spec.head_dim, ffn=spec.ffn_hidden, vocab=1, norm_shard=1)
+    return layer_ops(spec, dims, row.dtype, dropout=False)
+
+
+def predict_layer(row: Row, hw) -> tuple[float | None, str]:
+    """One layer on one device, no parallelism: the planner's own op list and op times."""
+    try:
+        from ..step.train import op_times
+    except ImportError:
+        return None, "no layer model (parplan.ops / parplan.estimate) in this version"
+    ops = layer_row_ops(row)
+    try:
+        times = [op_times(hw, op, row.dtype) for op in ops]
+    except ParplanError as exc:
+        return None, str(exc)
+    return float(sum(t[0 if row.op == "forward" else 1] for t in times)), ""
+
+
+def _what(row: Row) -> str:
+    if row.kind == "matmul":
+        return f"{row.m}x{row.k}x{row.n}"
+    if row.kind == "layer":
+        return " ".join([row.model] + row.shape.split()[:2])
+    return format_bytes(row.size_bytes)
+
+
+def compare(rows: Sequence[Row], hw_spec: str) -> list[Comparison]:
+    base = load_cluster(hw_spec)
+    out = []
+    for row in rows:
+        predicted, note = predict(row, base)
+        error = None if predicted is None else 100.0 * (predicted - row.time_s) / row.time_s
+        if not row.correct:
+            note = (note + "; " if note else "") + "measured row failed its correctness check"
+        out.append(Comparison(row.kind, row.op, row.group, row.group_class, row.group_size, row.dtype,
+                              _what(row), row.time_s, predicted, error, note))
+    return out
+
+
+def summarize(comparisons: Sequence[Comparison]) -> list[Summary]:
+    """Median and mean absolute percentage error per op and group, then per kind, then overall."""
+    buckets: dict[str, list[float]] = defaultdict(list)
+    kinds: dict[str, list[float]] = defaultdict(list)
+    for c in comparisons:
+        if c.error_pct is None:
+            continue
+        buckets[c.key].append(c.error_pct)
+        kinds[f"all {c.kind}"].append(c.error_pct)
+    def summary(key: str, errors: list[float]) -> Summary:
+        return Summary(key, len(errors), median(abs(e) for e in errors), mean(abs(e) for e in errors), mean(errors))
+
+    out = [summary(k, v) for k, v in sorted(buckets.items())]
+    if len(buckets) > 1:
+        out += [summary(k, v) for k, v in sorted(kinds.items())]
+    if len(kinds) > 1:
+        out.append(summary("all rows", [e for v in kinds.values() for e in v]))
+    return out
+
+
+def to_csv(items: Sequence[object]) -> str:
+    if not items:
+        return ""
+    records = [asdict(i) for i in items]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(records[0]))
+    writer.writeheader()
+    for rec in records:
+        writer.writerow({k: ("" if v is None else (f"{v:.6g}" if isinstance(v, float) else v))
+                         for k, v in rec.items()})
+    return buf.getvalue()
+
+
+def _fmt_s(value: float | None) -> str:
+    if value is None:
+        return "-"
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if value >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value / 1e-9:.3g} ns"
+
+
+def summary_table(summaries: Sequence[Summary]) -> str:
+    width = max([len(s.key) for s in summaries] + [10])
+    lines = [f"{'op / group':<{width}}  {'rows':>5}  {'median |err|':>12}  {'mean |err|':>10}  {'mean err':>9}"]
+    for s in summaries:
+        lines.append(f"{s.key:<{width}}  {s.rows:>5}  {s.median_ape_pct:>11.1f}%  {s.mean_ape_pct:>9.1f}%  "
+                     f"{s.mean_error_pct:>+8.1f}%")
+    return "\n".join(lines)
+
+
+def rows_table(comparisons: Sequence[Comparison]) -> str:
+    lines = [f"{'kind':<10} {'op':<14} {'group':<10} {'dtype':<5} {'size/shape':<24} {'measured':>10} "
+             f"{'predicted':>10} {'error':>8}"]
+    for c in comparisons:
+        err = "-" if c.error_pct is None else f"{c.error_pct:+.1f}%"
+        lines.append(f"{c.kind:<10} {c.op:<14} {c.group or '-':<10} {c.dtype or '-':<5} {c.what[:24]:<24} "
+                     f"{_fmt_s(c.measured_s):>10} {_fmt_s(c.predicted_s):>10} {err:>8}")
+    return "\n".join(lines)

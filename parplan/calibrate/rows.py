@@ -1,0 +1,318 @@
+"""Result rows: one flat record per measurement, written as CSV and JSON lines as each finishes.
+
+Columns (SI units; ``size_bytes`` is the nccl-tests buffer size):
+
+- what: ``kind`` (collective | matmul | copy | layer), ``op`` (the collective; matmul; copy;
+  forward or backward for a layer), ``dtype``,
+  ``size_bytes``, ``count`` (elements), ``m``/``k``/``n`` (matmul), ``flops`` (per call),
+  ``bytes_moved`` (copy: bytes read plus written), ``shape`` and ``model`` (layer).
+- where: ``group`` (world, contigG, stridedG), ``group_size``, ``group_stride``, ``group_count``
+  (groups running at once), ``group_nodes`` (hosts one group spans), ``group_class`` (intra | inter),
+  ``world_size``, ``local_world_size`` (ranks per host), ``nodes``, ``backend``, ``device``,
+  ``device_name``, ``host``.
+- how long: ``iters``, ``warmup``, ``time_s`` (median over iterations of the slowest rank),
+  ``time_min_s``, ``time_p10_s``, ``time_p90_s``, ``time_max_s``.
+- rates: ``algbw_bytes_per_s`` and ``busbw_bytes_per_s`` (nccl-tests doc/PERFORMANCE.md:
+  algbw = size / time, busbw = algbw x bus factor), ``flops_per_s``, ``bandwidth_bytes_per_s``.
+- checks: ``wrong`` (elements that differ from the expected result, summed over ranks),
+  ``correct``; ``source`` (parplan-bench or nccl-tests:FILE) and ``timestamp`` (ISO 8601).
+"""
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from ..errors import ParplanError
+
+CSV_NAME = "results.csv"
+JSONL_NAME = "results.jsonl"
+META_NAME = "meta.json"
+
+
+@dataclass(frozen=True)
+class Row:
+    kind: str
+    op: str
+    dtype: str = ""
+    size_bytes: int = 0
+    count: int = 0
+    m: int = 0
+    k: int = 0
+    n: int = 0
+    flops: float = 0.0
+    bytes_moved: int = 0
+    shape: str = ""
+    model: str = ""
+    group: str = ""
+    group_size: int = 1
+    group_stride: int = 1
+    group_count: int = 1
+    group_nodes: int = 1
+    group_class: str = "intra"
+    world_size: int = 1
+    local_world_size: int = 1
+    nodes: int = 1
+    backend: str = ""
+    device: str = ""
+    device_name: str = ""
+    host: str = ""
+    iters: int = 0
+    warmup: int = 0
+    time_s: float = 0.0
+    time_min_s: float = 0.0
+    time_p10_s: float = 0.0
+    time_p90_s: float = 0.0
+    time_max_s: float = 0.0
+    algbw_bytes_per_s: float = 0.0
+    busbw_bytes_per_s: float = 0.0
+    flops_per_s: float = 0.0
+    bandwidth_bytes_per_s: float = 0.0
+    wrong: int = 0
+    correct: bool = True
+    source: str = "parplan-bench"
+    timestamp: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+COLUMNS = tuple(f.name for f in fields(Row))
+_TYPES = {f.name: f.type for f in fields(Row)}
+_REQUIRED = ("kind", "op", "time_s")
+
+
+def _convert(name: str, value: Any, what: str) -> Any:
+    kind = _TYPES[name]
+    if value is None or value == "":
+        return Row.__dataclass_fields__[name].default
+    try:
+        if kind == "int":
+            return int(float(value))
+        if kind == "float":
+            v = float(value)
+            if math.isnan(v):
+                raise ValueError(value)
+            return v
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("true", "1", "yes"):
+                return True
+            if text in ("false", "0", "no"):
+                return False
+            raise ValueError(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ParplanError(f"{what}: column '{name}' has a bad value {value!r}") from None
+
+
+def row_from_mapping(data: Mapping[str, Any], what: str) -> Row:
+    """A Row from a CSV or JSON record, checking types; unknown columns are ignored."""
+    for key in _REQUIRED:
+        if data.get(key) in (None, ""):
+            raise ParplanError(f"{what}: missing column '{key}'")
+    values = {name: _convert(name, data.get(name), what) for name in COLUMNS if name in data}
+    row = Row(**values)
+    if row.time_s <= 0 or not math.isfinite(row.time_s):
+        raise ParplanError(f"{what}: time_s must be a positive number, got {row.time_s!r}")
+    return row
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (``q`` in 0..100) of already sorted values."""
+    if not sorted_values:
+        raise ParplanError("no timings to summarize")
+    pos = (len(sorted_values) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def timing_fields(times_s: Iterable[float]) -> dict[str, float]:
+    """Median and spread of per-iteration times."""
+    values = sorted(float(t) for t in times_s)
+    return {
+        "time_s": percentile(values, 50),
+        "time_min_s": values[0],
+        "time_p10_s": percentile(values, 10),
+        "time_p90_s": percentile(values, 90),
+        "time_max_s": values[-1],
+    }
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def atomic_write_text(path: Path, text: str, sync: bool = True) -> None:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace``: never half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            if sync:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+class ResultWriter:
+    """Appends rows to ``results.csv`` and ``results.jsonl`` in ``out_dir``, flushing after each row.
+
+    A run that dies keeps every row written before it died.
+    """
+
+    def __init__(self, out_dir: Path):
+        self.out_dir = Path(out_dir)
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            csv_path = self.out_dir / CSV_NAME
+            new = not csv_path.exists() or csv_path.stat().st_size == 0
+            self._csv = open(csv_path, "a", encoding="utf-8", newline="")
+            self._jsonl = open(self.out_dir / JSONL_NAME, "a", encoding="utf-8")
+        except OSError as exc:
+            raise ParplanError(f"cannot write results to {out_dir}: {exc.strerror or exc}") from None
+        self._writer = csv.DictWriter(self._csv, fieldnames=COLUMNS)
+        if new:
+            self._writer.writeheader()
+            self._csv.flush()
+        self.rows = 0
+
+    def write(self, row: Row) -> None:
+        record = row.as_dict()
+        buf = io.StringIO()
+        csv.DictWriter(buf, fieldnames=COLUMNS).writerow({k: _csv_value(v) for k, v in record.items()})
+        self._csv.write(buf.getvalue())  # one write per row
+        self._csv.flush()
+        self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
+        self._jsonl.flush()
+        self.rows += 1
+
+    def close(self) -> None:
+        self._csv.close()
+        self._jsonl.close()
+
+
+def default_out_dir(host: str, now: "_dt.datetime | None" = None) -> Path:
+    """``reports/bench/<host>-<YYYYmmdd-HHMMSS>``."""
+    now = now or _dt.datetime.now()
+    return Path("reports") / "bench" / f"{host}-{now.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _csv_value(value: Any) -> Any:
+    if isinstance(value, float):
+        return repr(value)
+    return value
+
+
+def write_meta(out_dir: Path, meta: Mapping[str, Any]) -> None:
+    atomic_write_text(Path(out_dir) / META_NAME, json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _read_csv(path: Path) -> list[Row]:
+    text = _read_text(path)
+    reader = csv.DictReader(io.StringIO(text))
+    header = reader.fieldnames or []
+    if "kind" not in header or "time_s" not in header:
+        raise ParplanError(f"{path}: not a parplan bench CSV (no 'kind' and 'time_s' columns)")
+    rows: list[Row] = []
+    lines = list(reader)
+    for i, rec in enumerate(lines):
+        if None in rec or any(rec.get(c) is None for c in header):
+            if i == len(lines) - 1:  # a torn last line from a run that died mid-write
+                break
+            raise ParplanError(f"{path}: line {i + 2} has the wrong number of fields")
+        rows.append(row_from_mapping(rec, f"{path}: line {i + 2}"))
+    return rows
+
+
+def _read_jsonl(path: Path) -> list[Row]:
+    rows: list[Row] = []
+    lines = _read_text(path).splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise ParplanError(f"{path}: line {i + 1} is not JSON") from None
+        if not isinstance(rec, dict):
+            raise ParplanError(f"{path}: line {i + 1} is not a JSON object")
+        rows.append(row_from_mapping(rec, f"{path}: line {i + 1}"))
+    return rows
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ParplanError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ParplanError(f"{path}: not a UTF-8 text file") from None
+
+
+def load_results(paths: Sequence[str | Path]) -> list[Row]:
+    """Rows from bench result directories, ``results.csv``/``results.jsonl`` files, or nccl-tests logs."""
+    from .nccl_tests import parse_nccl_tests_file
+
+    if not paths:
+        raise ParplanError("give at least one results directory or file")
+    rows: list[Row] = []
+    seen: set[Path] = set()
+    for raw in paths:
+        path = Path(raw)
+        if path.resolve() in seen:
+            continue
+        seen.add(path.resolve())
+        if path.is_dir():
+            if (path / CSV_NAME).is_file():
+                found = _read_csv(path / CSV_NAME)
+            elif (path / JSONL_NAME).is_file():
+                found = _read_jsonl(path / JSONL_NAME)
+            else:
+                raise ParplanError(f"{path}: no {CSV_NAME} or {JSONL_NAME} in this directory")
+        elif not path.is_file():
+            raise ParplanError(f"results not found: {path}")
+        elif path.suffix.lower() == ".csv":
+            found = _read_csv(path)
+        elif path.suffix.lower() in (".jsonl", ".json"):
+            found = _read_jsonl(path)
+        else:
+            found = parse_nccl_tests_file(path)
+        rows.extend(found)
+    if not rows:
+        raise ParplanError(f"no result rows in {', '.join(str(p) for p in paths)}")
+    return rows
+
+
+def with_rates(row: Row) -> Row:
+    """Fill the derived rates of a row from its time (used for rows built outside the worker)."""
+    from ..cost.collectives import algbw, busbw
+
+    if row.kind != "collective":
+        return row
+    return replace(row, algbw_bytes_per_s=algbw(row.size_bytes, row.time_s),
+                   busbw_bytes_per_s=busbw(row.op, row.group_size, row.size_bytes, row.time_s))

@@ -1,0 +1,300 @@
+"""The ``parplan`` command line: a thin shell over the library.
+
+Every failure the user can cause prints one line ``Error: ...`` and exits
+non-zero (2 for usage errors), never a traceback.
+"""
+from __future__ import annotations
+
+import json
+from functools import wraps
+
+import click
+
+from .common import fail, run
+from ..errors import ParplanError
+from .serve_cmd import inference_options
+
+
+def handle_errors(fn):
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ParplanError as exc:
+            fail(str(exc), 1)
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="parplan")
+def cli():
+    """Plan, predict and explain distributed training of large transformers."""
+
+
+# --------------------------------------------------------------------------- shared options
+
+def layout_options(fn):
+    opts = [
+        click.option("--model", "model_name", required=True, help="Model name, YAML spec or HF config.json."),
+        click.option("--hw", "hw", required=True, help="Cluster: NAMExCOUNT (a100x512), a profile, or a cluster YAML."),
+        click.option("--mesh", default=None, help="Axes innermost first, e.g. 'tp=8,cp=1,pp=16,dp=128'."),
+        click.option("--tp", type=int, default=None, help="Tensor-parallel size."),
+        click.option("--pp", type=int, default=None, help="Pipeline-parallel stages."),
+        click.option("--dp", type=int, default=None, help="Data-parallel size (default: what the rest leaves)."),
+        click.option("--cp", type=int, default=None, help="Context-parallel size."),
+        click.option("--micro-batch", type=int, default=1, show_default=True, help="Sequences per micro-batch."),
+        click.option("--global-batch", type=int, default=None, help="Sequences per step (default micro-batch*dp)."),
+        click.option("--seq", type=int, default=None, help="Sequence length (default: the model's)."),
+        click.option("--recompute", type=click.Choice(["none", "selective", "full"]), default="none",
+                     show_default=True),
+        click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp8", "tf32", "fp32"]), default="bf16",
+                     show_default=True),
+        click.option("--zero", type=click.IntRange(0, 3), default=0, show_default=True,
+                     help="ZeRO stage (3 = FSDP FULL_SHARD)."),
+        click.option("--shard-group", type=int, default=None, help="HSDP: shard within groups of this many DP ranks."),
+        click.option("--sp/--no-sp", default=False, help="Megatron sequence parallel."),
+        click.option("--tp-mode", type=click.Choice(["1d", "2d", "3d"]), default="1d", show_default=True),
+        click.option("--cp-mode", type=click.Choice(["allgather", "ring"]), default="allgather", show_default=True),
+        click.option("--vpp", type=int, default=1, show_default=True, help="Virtual pipeline stages per rank."),
+        click.option("--schedule", type=click.Choice(["1f1b", "interleaved", "gpipe"]), default="1f1b",
+                     show_default=True),
+        click.option("--flash-attention/--no-flash-attention", default=True, show_default=True),
+        click.option("--fused-kernels/--no-fused-kernels", default=True, show_default=True,
+                     help="Fused element-wise kernels (Megatron-LM since 2021); off: eager PyTorch ops."),
+        click.option("--headroom", type=click.FloatRange(0, 0.9), default=0.10, show_default=True,
+                     help="Fraction of HBM kept free."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def build_layout(cluster, model, *, mesh, tp, pp, dp, cp, micro_batch, global_batch, seq, recompute, dtype,
+                 zero, shard_group, sp, tp_mode, cp_mode, vpp, schedule, flash_attention, fused_kernels):
+    from ..layouts.layout import DEFAULT_ORDER, Layout, mesh_order, parse_mesh
+
+    order = DEFAULT_ORDER
+    given = {"tp": tp, "pp": pp, "dp": dp, "cp": cp}
+    if mesh:
+        sizes = parse_mesh(mesh)
+        for axis, size in sizes.items():
+            if given[axis] is not None and given[axis] != size:
+                raise ParplanError(f"--{axis} {given[axis]} contradicts --mesh {axis}={size}")
+            given[axis] = size
+        order = mesh_order(sizes)
+    for axis in ("tp", "pp", "cp"):
+        given[axis] = 1 if given[axis] is None else given[axis]
+        if given[axis] < 1:
+            raise ParplanError(f"--{axis} must be a positive whole number, got {given[axis]}")
+    if given["dp"] is None:
+        inner = given["tp"] * given["pp"] * given["cp"]
+        if cluster.devices % inner:
+            raise ParplanError(f"tp*pp*cp = {inner} does not divide the {cluster.devices} devices of {cluster.name}")
+        given["dp"] = cluster.devices // inner
+    for name, v in (("micro-batch", micro_batch), ("global-batch", global_batch), ("seq", seq), ("vpp", vpp),
+                    ("shard-group", shard_group), ("dp", given["dp"])):
+        if v is not None and v < 1:
+            raise ParplanError(f"--{name} must be a positive whole number, got {v}")
+    return Layout(tp=given["tp"], pp=given["pp"], dp=given["dp"], cp=given["cp"], micro_batch=micro_batch,
+                  global_batch=global_batch, seq_len=seq, recompute=recompute, dtype=dtype, zero=zero,
+                  shard_group=shard_group, sp=sp, tp_mode=tp_mode, cp_mode=cp_mode, vpp=vpp,
+                  schedule=schedule, flash_attention=flash_attention, fused_kernels=fused_kernels,
+                  order=tuple(order))
+
+
+def _estimate_from_options(model_name, hw, headroom, **kw):
+    from ..step.train import estimate
+    from ..specs.hardware import load_cluster
+    from ..specs.model import load_model
+
+    model = load_model(model_name)
+    cluster = load_cluster(hw)
+    layout = build_layout(cluster, model, **kw)
+    return estimate(model, cluster, layout, headroom=headroom)
+
+
+# --------------------------------------------------------------------------- commands
+
+@cli.command()
+@layout_options
+@inference_options
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@handle_errors
+def estimate(model_name, hw, headroom, fmt, mode, inference, **kw):
+    """Predict step time, throughput, MFU and memory of one layout (--mode inference: TTFT, TPOT, KV cache)."""
+    _estimate_or_explain(model_name, hw, headroom, fmt, mode, inference, kw, explain=False)
+
+
+@cli.command()
+@layout_options
+@inference_options
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@handle_errors
+def explain(model_name, hw, headroom, fmt, mode, inference, **kw):
+    """Per-op and per-collective cost table for one layer and the whole step."""
+    _estimate_or_explain(model_name, hw, headroom, fmt, mode, inference, kw, explain=True)
+
+
+def _estimate_or_explain(model_name, hw, headroom, fmt, mode, inference, kw, explain: bool) -> None:
+    from .serve_cmd import dispatch_estimate
+    from ..views.records import estimate_dict, explain_dict, format_estimate
+    from ..views.text import format_explain
+
+    text = dispatch_estimate(model_name, hw, headroom, fmt, mode, inference, kw, explain=explain)
+    if text is not None:
+        click.echo(text)
+        return
+    est = _estimate_from_options(model_name, hw, headroom, **kw)
+    if fmt == "json":
+        click.echo(json.dumps((explain_dict if explain else estimate_dict)(est), indent=2))
+        return
+    click.echo(format_estimate(est))
+    if explain:
+        click.echo("")
+        click.echo(format_explain(explain_dict(est)))
+
+
+@cli.command()
+@click.option("--model", "model_name", required=True, help="Model name, YAML spec or HF config.json.")
+@click.option("--hw", "hw", required=True, help="Cluster: NAMExCOUNT (a100x512), a profile, or a cluster YAML.")
+@click.option("--global-batch", default=None,
+              help="Sequences per step: N, a list 512,1024 or a range 512..4096 to search (default: ~4M tokens).")
+@click.option("--seq", type=int, default=None, help="Sequence length (default: the model's).")
+@click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp8", "tf32", "fp32"]), default="bf16",
+              show_default=True)
+@click.option("--objective", type=click.Choice(["throughput", "memory"]), default="throughput", show_default=True)
+@click.option("--top", type=click.IntRange(1, 1000), default=10, show_default=True)
+@click.option("--headroom", type=click.FloatRange(0, 0.9), default=0.10, show_default=True,
+              help="Fraction of HBM kept free.")
+@click.option("--allow-cross-node-tp", is_flag=True, help="Let tensor parallel span nodes.")
+@click.option("--flash-attention/--no-flash-attention", default=True, show_default=True)
+@click.option("--fused-kernels/--no-fused-kernels", default=True, show_default=True,
+              help="Fused element-wise kernels (Megatron-LM since 2021); off: eager PyTorch ops.")
+@click.option("--tp", type=int, default=None, help="Fix the tensor-parallel size.")
+@click.option("--pp", type=int, default=None, help="Fix the pipeline size.")
+@click.option("--dp", type=int, default=None, help="Fix the data-parallel size.")
+@click.option("--cp", type=int, default=None, help="Fix the context-parallel size.")
+@click.option("--zero", type=click.IntRange(0, 3), default=None, help="Fix the ZeRO stage.")
+@click.option("--micro-batch", type=int, default=None, help="Fix the micro-batch.")
+@click.option("--recompute", type=click.Choice(["none", "selective", "full"]), default=None)
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@click.option("--emit", "emit_target", type=click.Choice(["megatron", "torchtitan", "deepspeed"]), default=None,
+              help="Print the launch flags / config of the best plan.")
+@click.option("--explain", is_flag=True, help="Name the binding constraint and what +10% of each hardware "
+              "parameter would buy.")
+@inference_options(plan=True)
+@handle_errors
+def plan(model_name, hw, global_batch, seq, dtype, objective, top, headroom, allow_cross_node_tp, flash_attention,
+         fused_kernels, fmt, emit_target, explain, mode, inference, **fixed):
+    """Search every mesh shape and knob; print the best layouts, ranked (--mode inference: serving layouts)."""
+    from ..specs.hardware import load_cluster
+    from .serve_cmd import dispatch_plan
+    from ..specs.model import load_model, with_seq_len
+    from ..plan.planner import plan_report
+
+    text = dispatch_plan(model_name, hw, dtype, top, headroom, fmt, mode, inference,
+                         dict(global_batch=global_batch, seq=seq, objective=objective,
+                              flash_attention=flash_attention, fused_kernels=fused_kernels), fixed,
+                         allow_cross_node_tp)
+    if text is not None:
+        click.echo(text)
+        return
+
+    model = load_model(model_name)
+    model = with_seq_len(model, seq)
+    cluster = load_cluster(hw)
+    fixed = {k: v for k, v in fixed.items() if v is not None}
+    for k, v in fixed.items():
+        if isinstance(v, int) and v < (0 if k == "zero" else 1):
+            raise ParplanError(f"--{k.replace('_', '-')} must be a positive whole number, got {v}")
+    click.echo(plan_report(model, cluster, global_batch=global_batch, dtype=dtype, objective=objective, top=top,
+                           headroom=headroom, allow_cross_node_tp=allow_cross_node_tp,
+                           flash_attention=flash_attention, fixed=fixed, fmt=fmt, emit_target=emit_target,
+                           explain=explain, fused_kernels=fused_kernels))
+
+
+@cli.command(name="list")
+@click.argument("what", type=click.Choice(["hardware", "models"]))
+@handle_errors
+def list_(what):
+    """List the shipped hardware profiles or model specs."""
+    if what == "hardware":
+        from ..specs.hardware import hardware_names, load_hardware
+
+        for name in hardware_names():
+            hw = load_hardware(name)
+            peak = hw.peak_flops.get("bf16") or hw.peak_flops.get("fp16") or max(hw.peak_flops.values())
+            click.echo(f"{hw.name:<14} {peak / 1e12:7.0f} TFLOP/s  {hw.hbm_bytes / 1e9:5.0f} GB  "
+                       f"{hw.hbm_bandwidth / 1e12:5.2f} TB/s  aliases: {', '.join(hw.aliases) or '-'}")
+    else:
+        from ..specs.model import load_model, model_names
+
+        for name in model_names():
+            m = load_model(name)
+            click.echo(f"{m.name:<16} {m.total_params() / 1e9:9.2f} B params  L={m.layers} h={m.hidden} "
+                       f"heads={m.heads}/{m.kv_heads} seq={m.seq_len}  aliases: {', '.join(m.aliases) or '-'}")
+
+
+@cli.command()
+@click.argument("name")
+@handle_errors
+def show(name):
+    """Show a hardware profile (with derived ratios) or a model spec (with parameter counts)."""
+    from ..specs.hardware import _shipped_profiles, load_hardware
+    from ..specs.model import _shipped_models, load_model
+    from ..views.text import format_hardware, format_model
+
+    if name.lower() in _shipped_profiles() or (name.endswith((".yaml", ".yml")) and _looks_like_profile(name)):
+        click.echo(format_hardware(load_hardware(name)))
+    elif name.lower() in _shipped_models() or name.endswith((".yaml", ".yml", ".json")):
+        click.echo(format_model(load_model(name)))
+    else:
+        from ..specs.yamlio import suggest
+
+        raise ParplanError(f"unknown hardware or model '{name}'"
+                           f"{suggest(name, list(_shipped_profiles()) + list(_shipped_models()))}")
+
+
+def _looks_like_profile(path: str) -> bool:
+    from pathlib import Path
+
+    from ..specs.yamlio import read_yaml
+
+    p = Path(path)
+    return p.is_file() and isinstance(data := read_yaml(p), dict) and "peak_flops" in data
+
+
+@cli.command()
+@click.argument("file", required=False)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@handle_errors
+def validate(file, fmt):
+    """Predict every published run in FILE (default: the shipped set) and report the error."""
+    from ..validate.published import format_validation, load_runs, validate_runs
+
+    results = validate_runs(load_runs(file))
+    if fmt == "json":
+        click.echo(json.dumps(results, indent=2))
+    else:
+        click.echo(format_validation(results))
+
+
+def _register_optional_commands() -> None:
+    """Commands that live in their own packages (their heavy imports stay inside the commands)."""
+    from .bench_cmd import bench, calibrate, compare
+    from .report_cmd import report, sweep
+
+    for command in (bench, calibrate, compare, report, sweep):
+        cli.add_command(command)
+
+
+_register_optional_commands()
+
+
+def main(argv=None) -> None:
+    """Entry point: run the CLI with one-line errors (exit 2 for usage, 1 otherwise)."""
+    run(cli, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""Collective communication cost: alpha-beta per algorithm on a topology-aware group.
+
+Conventions follow nccl-tests ``doc/PERFORMANCE.md``: a collective of ``size_bytes``
+``S`` over ``n`` ranks takes time ``t``; its algorithm bandwidth is ``S / t`` and its
+bus bandwidth ``algbw * factor`` with factor ``2(n-1)/n`` for all-reduce, ``(n-1)/n``
+for all-gather, reduce-scatter and all-to-all, 1 for broadcast, reduce and send/recv.
+``S`` is the whole buffer: the all-gather *output*, the reduce-scatter *input*.
+
+The bus bandwidth a ring can sustain is the slowest link class it crosses:
+inside a node the scale-up link (NVLink), across nodes the network. A group with
+``local`` members in each of ``nodes`` nodes drives ``local`` NICs per node in
+parallel (NCCL builds one ring per NIC), so its cross-node bus bandwidth is
+``local * network-per-device`` (NVIDIA/nccl issue 812: 8 x 24 GB/s = 192 GB/s
+on DGX A100). This is also the fair share when several groups of one mesh axis
+communicate at once: each group owns ``local`` of the node's NICs.
+
+Latency follows NCCL's tuner model (``src/graph/tuning.cc``): a base latency plus
+a per-step latency for each ring step, intra- or inter-node; the double binary
+tree replaces the ``2(N-1)`` inter-node ring steps of an all-reduce by ``2 log2 N``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import ParplanError
+from ..specs.hardware import Cluster
+
+OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast", "reduce", "send_recv")
+
+# In-switch (NVLS / SHARP) all-reduce: algbw ~275 GB/s of 450 GB/s line rate on 8 H100
+# (NVIDIA/nccl-tests issue 212, sjeaugey).
+IN_SWITCH_ALGBW_FRACTION = 0.61
+
+
+def bus_factor(op: str, n: int) -> float:
+    """nccl-tests' busbw/algbw factor: the bytes each rank moves per byte of buffer."""
+    if n <= 1 and op != "send_recv":
+        return 0.0
+    return float(_bus_factor_array(op, n))
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a group's ranks sit: ``local`` members in each of ``nodes`` nodes (arrays allowed)."""
+
+    size: Any
+    local: Any
+    nodes: Any
+
+    @property
+    def spans_nodes(self):
+        return np.asarray(self.nodes) > 1
+
+
+def place(size, stride, cluster: Cluster) -> Placement:
+    """Placement of a group of ``size`` ranks ``stride`` apart in device order.
+
+    Devices are numbered node by node; a mesh axis whose inner axes multiply to
+    ``stride`` has its ranks ``stride`` apart (contiguous when stride is 1).
+    """
+    size, stride = np.asarray(size), np.asarray(stride)
+    if np.any(size < 1) or np.any(stride < 1):
+        raise ParplanError("group size and stride must be positive")
+    domain = cluster.fast_domain if cluster.hardware.torus is not None else cluster.devices_per_node
+    local = np.where(stride >= domain, 1, np.maximum(1, np.minimum(size, domain // np.maximum(stride, 1))))
+    local = np.gcd(local, size)
+    return Placement(size=size, local=local, nodes=size // local)
+
+
+def bus_bandwidth(placement: Placement, cluster: Cluster):
+    """Sustained bus bandwidth (bytes/s per rank) of a ring over this placement."""
+    intra = cluster.intra_node.effective_bandwidth
+    hw = cluster.hardware
+    size = np.asarray(placement.size, float)
+    if hw.torus is not None:
+        # Along torus axes: each further axis the group spans adds a ring (scaling book, "Sharding").
+        side = max(2, round(hw.torus.pod_devices ** (1.0 / hw.torus.dims)))
+        axes = np.clip(np.ceil(np.log(np.maximum(size, 2)) / np.log(side) - 1e-9), 1, hw.torus.dims)
+        within = intra * axes
+    else:
+        within = intra + 0 * size
+    cross = np.asarray(placement.local) * cluster.inter_node.effective_bandwidth
+    return np.where(placement.spans_nodes, np.minimum(within, cross), within)
+
+
+def latency_s(op: str, placement: Placement, cluster: Cluster):
+    """Alpha: base latency plus per-step latencies; the cheaper of ring and tree for all-reduce."""
+    n = np.asarray(placement.size, float)
+    nodes = np.asarray(placement.nodes, float)
+    local = np.asarray(placement.local, float)
+    base = cluster.hardware.collective_overhead_s
+    intra, inter = cluster.intra_node.latency_s, cluster.inter_node.latency_s
+    if op == "send_recv":
+        return base + np.where(nodes > 1, inter, intra)
+    k = 2.0 if op == "all_reduce" else 1.0
+    ring = base + k * ((n - 1) - (nodes - 1)) * intra + k * (nodes - 1) * inter
+    if op == "all_reduce":
+        tree = base + 2 * ((local - 1) * intra + np.ceil(np.log2(np.maximum(nodes, 1))) * inter)
+        ring = np.where(nodes > 1, np.minimum(ring, tree), ring)
+    return np.where(n > 1, ring, 0.0)
+
+
+def _measured_fit(op: str, placement: Placement, cluster: Cluster):
+    """Calibrated (alpha, busbw) for this op with the nearest measured group size, or None."""
+    fits = [f for f in cluster.hardware.collective_fits if f.op == op]
+    if not fits:
+        return None
+    size = np.asarray(placement.size, float)
+    spans = placement.spans_nodes
+    alpha = np.full(np.broadcast(size, spans).shape, np.nan)
+    bw = np.full_like(alpha, np.nan)
+    best = np.full_like(alpha, np.inf)
+    for f in fits:
+        match = spans if f.group == "inter" else ~spans
+        dist = np.abs(np.log(f.ranks / np.maximum(size, 1)))
+        take = match & (dist < best)
+        alpha, bw, best = np.where(take, f.alpha_s, alpha), np.where(take, f.busbw, bw), np.where(take, dist, best)
+    return alpha, bw
+
+
+def collective_time_s(op: str, size_bytes, placement: Placement, cluster: Cluster):
+    """Time of one collective of ``size_bytes`` (nccl-tests buffer size) over ``placement``."""
+    size_bytes = np.asarray(size_bytes, float)
+    if np.any(size_bytes < 0):
+        raise ParplanError("collective size must be non-negative")
+    n = np.asarray(placement.size)
+    factor = _bus_factor_array(op, n)
+    alpha = latency_s(op, placement, cluster)
+    spans = placement.spans_nodes
+    if op == "send_recv":
+        bw = np.where(spans, cluster.inter_node.effective_bandwidth, cluster.intra_node.effective_bandwidth)
+        t = alpha + size_bytes / bw
+    elif op == "all_to_all":
+        local = np.asarray(placement.local, float)
+        # Each rank keeps 1/n, sends (local-1)/n over the scale-up link and (n-local)/n over its NIC.
+        off_node = size_bytes * (n - local) / n / cluster.inter_node.effective_bandwidth
+        on_node = size_bytes * (local - 1) / n / cluster.intra_node.effective_bandwidth
+        t = alpha + np.where(spans, np.maximum(off_node, on_node), size_bytes * factor / bus_bandwidth(placement, cluster))
+    else:
+        t = alpha + size_bytes * factor / bus_bandwidth(placement, cluster)
+        if (op == "all_reduce" and cluster.intra_node.in_switch_reduction and cluster.hardware.torus is None):
+            nvls = alpha + size_bytes / (cluster.intra_node.bandwidth * IN_SWITCH_ALGBW_FRACTION)
+            t = np.where(spans, t, np.minimum(t, nvls))
+    fit = _measured_fit(op, placement, cluster)
+    if fit is not None:
+        f_alpha, f_bw = fit
+        measured = f_alpha + size_bytes * factor / f_bw
+        t = np.where(np.isnan(f_alpha), t, measured)
+    return np.where((n > 1) | (op == "send_recv"), t, 0.0)
+
+
+def _bus_factor_array(op: str, n):
+    if op not in OPS:
+        raise ParplanError(f"unknown collective '{op}'; choose one of {', '.join(OPS)}")
+    n = np.maximum(np.asarray(n, float), 1)
+    if op == "all_reduce":
+        return 2.0 * (n - 1) / n
+    if op in ("all_gather", "reduce_scatter", "all_to_all"):
+        return (n - 1) / n
+    return np.ones_like(n)
+
+
+def algbw(size_bytes: float, time_s: float) -> float:
+    """nccl-tests algorithm bandwidth: bytes/s of buffer."""
+    return size_bytes / time_s if time_s > 0 else float("inf")
+
+
+def busbw(op: str, n: int, size_bytes: float, time_s: float) -> float:
+    """nccl-tests bus bandwidth: algbw times the op's bus factor."""
+    return algbw(size_bytes, time_s) * bus_factor(op, n)

@@ -1,0 +1,78 @@
+"""Activation and model-state memory per device.
+
+Activations follow Korthikanti et al. 2022 (arXiv 2205.05198, Sec. 4): with 16-bit
+activations, per layer and micro-batch a GPT layer stores
+``s b h (34 + 5 a s / h)`` bytes, of which ``s b h (24 + 5 a s / h) / t`` sit inside
+the tensor-parallel region and ``10 s b h`` outside it (sharded by ``t`` too under
+sequence parallelism). We derive the same sum from the tensors each op keeps for
+its backward, so GQA, SwiGLU, other MLP widths and FlashAttention (which keeps
+no ``s^2`` scores, only a log-sum-exp per row) follow without new formulas.
+
+Model states follow ZeRO (Rajbhandari et al. 2019, arXiv 1910.02054): 16-bit
+weights (2 bytes/param), gradients (2, or 4 when accumulated in fp32 as Megatron
+and DeepSpeed's BF16 optimizer do) and Adam's fp32 master weights, momentum and
+variance (12 bytes/param).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..specs.hardware import BYTES_PER_ELEMENT
+from ..specs.model import ModelSpec
+from .ops import LocalDims
+
+ADAM_STATE_BYTES_PER_PARAM = 12  # fp32 master weight + momentum + variance (ZeRO Sec. 3.1)
+
+
+def layer_activation_bytes(model: ModelSpec, d: LocalDims, dtype: str, flash_attention: bool,
+                           dropout: bool, recompute):
+    """Bytes one layer keeps for its backward, for one micro-batch, under ``recompute``.
+
+    ``recompute`` is 'none', 'selective' or 'full' (or an array of codes 0/1/2).
+    """
+    bpe = BYTES_PER_ELEMENT[dtype]
+    mask = 1.0 if dropout else 0.0
+    tokens = d.batch * d.seq
+    outside = tokens * model.hidden / d.norm_shard
+    # Outside the TP region: both norms' inputs, the QKV and MLP inputs, two dropout masks.
+    outer = outside * (4 * bpe + 2 * mask)
+    q_cols, kv_cols = d.heads * d.head_dim, d.kv_heads * d.head_dim
+    qkv = tokens * (q_cols + 2 * kv_cols) * bpe          # Q, K for the scores; V for the context
+    proj_in = tokens * q_cols * bpe
+    act_in = tokens * d.ffn * bpe * (2 if model.activation == "swiglu" else 1)
+    mlp_down_in = tokens * d.ffn * bpe
+    scores = d.batch * d.heads * d.seq * d.seq_kv
+    if flash_attention:
+        core = d.batch * d.heads * d.seq * 4.0           # fp32 log-sum-exp per query row
+    else:
+        core = scores * (2 * bpe + mask)                 # softmax output, dropout mask, dropout output
+    full = outer + qkv + proj_in + act_in + mlp_down_in + core
+    selective = full - (0.0 if flash_attention else core)
+    kept_input = outside * bpe                           # full recompute keeps only the layer input
+    code = recompute_code(recompute)
+    return np.where(code == 2, kept_input, np.where(code == 1, selective, full))
+
+
+def recompute_code(recompute):
+    if isinstance(recompute, str):
+        return np.asarray({"none": 0, "selective": 1, "full": 2}[recompute])
+    return np.asarray(recompute)
+
+
+def inflight_microbatches(pp, vpp, micro_batches, schedule: str):
+    """Micro-batches whose activations the first pipeline stage holds at its peak.
+
+    1F1B: ``min(p, m)``; interleaved: ``p (1 + (p-1)/(p v))`` layers-worth scaled
+    (Korthikanti 2022 Sec. 4.2.3); GPipe: all ``m``.
+    """
+    pp, vpp, m = (np.asarray(x, float) for x in (pp, vpp, micro_batches))
+    one_f_one_b = np.minimum(pp, m)
+    interleaved = np.minimum(pp * (1 + (pp - 1) / (pp * vpp)), m * 1.0 + 0 * pp)
+    if schedule == "gpipe":
+        return m
+    return np.where(vpp > 1, interleaved, one_f_one_b)
+
+
+def optimizer_step_bytes(params, grad_bytes_per_param):
+    """HBM bytes of one Adam step over ``params``: read master, m, v, grad; write master, m, v, 16-bit copy."""
+    return np.asarray(params, float) * (3 * 4 + grad_bytes_per_param + 3 * 4 + 2)

@@ -1,0 +1,77 @@
+"""Tensor parallelism: 1D Megatron (with or without sequence parallel), 2D and 3D.
+
+1D (Shoeybi et al. 2019, arXiv 1909.08053): the attention heads and the MLP's
+first matrix are column-sharded, the output projection and the MLP's second
+matrix row-sharded; Megatron's conjugate operators f/g cost one all-reduce of
+the (b, s, h) activation per block forward and one backward: 2 + 2 per layer.
+Sequence parallel (Korthikanti et al. 2022) replaces each all-reduce with a
+reduce-scatter and an all-gather of the same buffer — the same bytes on the wire
+(an all-reduce *is* a reduce-scatter plus an all-gather) — and shards the
+activations outside the TP region by t.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ...specs.model import vocab_shard
+from .base import Collective, Context, Strategy
+
+
+class TensorParallel1D(Strategy):
+    axis = "tp"
+
+    def local_dims(self, dims, model, layout):
+        t = np.asarray(layout.tp)
+        sp = np.asarray(layout.sp)
+        dims.update(
+            heads=model.heads / t,
+            kv_heads=np.where(model.kv_heads >= t, model.kv_heads / t, 1),
+            ffn=model.ffn_hidden / t,
+            vocab=vocab_shard(model.vocab, t),
+            norm_shard=np.where(sp & (t > 1), t, 1),
+        )
+        return dims
+
+    def collectives(self, ctx: Context):
+        lay, d = ctx.layout, ctx.dims
+        t = np.asarray(lay.tp)
+        buf = d.batch * d.seq * ctx.model.hidden * ctx.bpe  # one (b, s, h) activation
+        stride = ctx.stride("tp")
+        sp = np.asarray(lay.sp)
+        ar = np.where(sp, 0, 2)          # all-reduces per block pair without sequence parallel
+        rs_ag = np.where(sp, 2, 0)       # reduce-scatters (and all-gathers) with it
+        again = np.where(ctx.recompute == 2, 1, 0)  # full recompute re-runs the forward's collectives
+        out = [
+            Collective("tp_allreduce_fwd", "all_reduce", "tp", t, stride, buf, ar, "layer", "forward", "none"),
+            Collective("tp_allreduce_bwd", "all_reduce", "tp", t, stride, buf, ar, "layer", "backward", "none"),
+            Collective("tp_allreduce_recompute", "all_reduce", "tp", t, stride, buf, ar * again,
+                       "layer", "recompute", "none"),
+            # Vocab-parallel embedding sums its partial lookups; the logits' input gradient is summed.
+            Collective("tp_embedding_allreduce", "all_reduce", "tp", t, stride, buf, ar / 2,
+                       "microbatch", "forward", "none"),
+            Collective("tp_logits_allreduce", "all_reduce", "tp", t, stride, buf, ar / 2,
+                       "microbatch", "backward", "none"),
+        ]
+        for op, short in (("all_gather", "ag"), ("reduce_scatter", "rs")):
+            out += [
+                Collective(f"sp_{short}_fwd", op, "tp", t, stride, buf, rs_ag, "layer", "forward", "none"),
+                Collective(f"sp_{short}_bwd", op, "tp", t, stride, buf, rs_ag, "layer", "backward", "none"),
+                Collective(f"sp_{short}_recompute", op, "tp", t, stride, buf, rs_ag * again,
+                           "layer", "recompute", "none"),
+                # Embedding output (reduce-scatter forward, all-gather backward) and logits input
+                # (all-gather forward, reduce-scatter backward): one of each per pass.
+                Collective(f"sp_{short}_head_fwd", op, "tp", t, stride, buf, rs_ag / 2, "microbatch",
+                           "forward", "none"),
+                Collective(f"sp_{short}_head_bwd", op, "tp", t, stride, buf, rs_ag / 2, "microbatch",
+                           "backward", "none"),
+            ]
+        return out
+
+    def state_divisors(self, ctx):
+        t = np.asarray(ctx.layout.tp)
+        return {"weights": t, "gradients": t, "optimizer": t}
+
+
+from .tensor_multi import TensorParallel2D, TensorParallel3D  # noqa: E402
+
+TENSOR_PARALLEL = {"1d": TensorParallel1D, "2d": TensorParallel2D, "3d": TensorParallel3D}

@@ -1,0 +1,411 @@
+"""Hardware profiles and clusters: the three numbers of a device, and how devices connect.
+
+A *profile* (``hardware/*.yaml``) describes one accelerator in its standard server:
+peak dense FLOP/s per dtype, HBM capacity and bandwidth, the scale-up link
+(NVLink/xGMI/PCIe, or a TPU's ICI torus) and the scale-out network per device.
+A *cluster* is a profile times a device count, optionally with a different
+server (devices per node, network bandwidth) as a cluster file describes.
+
+Units are SI everywhere: bytes, bytes/s (per device, per direction), seconds, FLOP/s.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from ..errors import ParplanError
+from .registry import spec_dir
+from .yamlio import names, number, read_yaml, require_mapping, suggest, text, text_mapping
+
+DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8")
+BYTES_PER_ELEMENT = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
+MAX_DEVICES = 1_000_000
+LINK_KINDS = ("nvlink", "xgmi", "pcie", "ici", "net")
+
+
+@dataclass(frozen=True)
+class Link:
+    """One class of link a collective can run over.
+
+    ``bandwidth`` is the line rate per device per direction (bytes/s);
+    ``efficiency`` the fraction of it that a large NCCL/ICI collective reaches
+    (nccl-tests bus bandwidth over line rate); ``latency_s`` the per-step latency
+    of a ring or tree step over this link.
+    """
+
+    name: str
+    bandwidth: float
+    latency_s: float
+    efficiency: float = 1.0
+    in_switch_reduction: bool = False
+    kind: str = "net"  # nvlink | xgmi | pcie | ici | net
+
+    @property
+    def effective_bandwidth(self) -> float:
+        return self.bandwidth * self.efficiency
+
+
+@dataclass(frozen=True)
+class Torus:
+    """A TPU inter-chip-interconnect torus: ``dims`` axes, each link ``link_bandwidth`` one way."""
+
+    dims: int
+    link_bandwidth: float
+    pod_devices: int
+
+
+@dataclass(frozen=True)
+class MatmulCurve:
+    """A measured matmul efficiency curve: fraction of peak against FLOPs per call (log-interpolated)."""
+
+    flops: tuple[float, ...]
+    efficiency: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class CollectiveFit:
+    """A measured alpha-beta fit for one collective on one group class (from ``parplan calibrate``).
+
+    ``group`` is ``intra`` (all ranks in one node) or ``inter`` (spanning nodes);
+    ``ranks`` the group size measured; time = ``alpha_s + size * bus_factor / busbw``.
+    """
+
+    op: str
+    group: str
+    ranks: int
+    alpha_s: float
+    busbw: float
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """One accelerator as its standard server houses it."""
+
+    name: str
+    vendor: str
+    kind: str  # gpu | tpu
+    peak_flops: Mapping[str, float]
+    hbm_bytes: float
+    hbm_bandwidth: float
+    devices_per_node: int
+    intra_node: Link
+    inter_node: Link
+    compute_units: int
+    matmul_efficiency: float
+    hbm_efficiency: float
+    elementwise_efficiency: float
+    kernel_overhead_s: float
+    collective_overhead_s: float
+    scale_up_domain: int
+    torus: Torus | None = None
+    matmul_curve: MatmulCurve | None = None
+    # Fraction of the aligned GEMM rate when a GEMM's feature sizes are multiples of only
+    # this many bytes (2, 4 or 8; 16 and up run at full rate). Empty: not measured.
+    matmul_misaligned: Mapping[int, float] = field(default_factory=dict)
+    collective_fits: tuple[CollectiveFit, ...] = ()
+    description: str = ""
+    aliases: tuple[str, ...] = ()
+    sources: Mapping[str, str] = field(default_factory=dict)
+    path: str = ""
+
+    def peak(self, dtype: str) -> float:
+        """Dense peak FLOP/s for ``dtype``; a clear error when the device has no such rate."""
+        if dtype not in DTYPES:
+            raise ParplanError(f"unknown dtype '{dtype}'; choose one of {', '.join(DTYPES)}")
+        value = self.peak_flops.get(dtype)
+        if not value:
+            have = ", ".join(d for d in DTYPES if self.peak_flops.get(d))
+            raise ParplanError(f"{self.name} has no dense {dtype} rate (it has {have})")
+        return value
+
+    def ratios(self, dtype: str = "bf16") -> dict[str, float]:
+        """Derived ratios: FLOP per byte of HBM, of the scale-up link, of the network.
+
+        The last two are the per-device batch (tokens) above which FSDP hides its
+        all-gathers behind compute on that link (scaling book, "Training": B/X > C/W).
+        """
+        c = self.peak(dtype)
+        return {
+            "flops_per_hbm_byte": c / self.hbm_bandwidth,
+            "flops_per_intra_node_byte": c / self.intra_node.bandwidth,
+            "flops_per_inter_node_byte": c / self.inter_node.bandwidth,
+        }
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A set of identical devices in nodes of ``devices_per_node``."""
+
+    hardware: Hardware
+    devices: int
+    devices_per_node: int
+    intra_node: Link
+    inter_node: Link
+    name: str
+
+    @property
+    def nodes(self) -> int:
+        return -(-self.devices // self.devices_per_node)
+
+    @property
+    def fast_domain(self) -> int:
+        """Devices that reach each other over the scale-up link (NVLink node, TPU pod slice)."""
+        if self.hardware.torus is not None:
+            return min(self.devices, self.hardware.scale_up_domain)
+        return min(self.devices, self.devices_per_node)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _link(data: Any, what: str, default_eff: float = 1.0) -> Link:
+    data = require_mapping(data, what)
+    return Link(
+        name=text(data, "name", what, required=False, default="") or "",
+        bandwidth=number(data, "bandwidth", what, maximum=1e15),
+        latency_s=number(data, "latency_s", what, maximum=1.0),
+        efficiency=number(data, "efficiency", what, required=False, default=default_eff, maximum=1.0),
+        in_switch_reduction=bool(data.get("in_switch_reduction", False)),
+        kind=text(data, "kind", what, required=False, choices=LINK_KINDS, default="net") or "net",
+    )
+
+
+def _curve(data: Any, what: str) -> MatmulCurve | None:
+    if data is None:
+        return None
+    if not isinstance(data, list) or len(data) < 2:
+        raise ParplanError(f"{what}: expected a list of at least two [flops, efficiency] pairs")
+    pts = []
+    for i, row in enumerate(data):
+        if not (isinstance(row, list) and len(row) == 2):
+            raise ParplanError(f"{what}[{i}]: expected [flops, efficiency]")
+        pair = {"flops": row[0], "efficiency": row[1]}
+        pts.append((number(pair, "flops", f"{what}[{i}]"), number(pair, "efficiency", f"{what}[{i}]", maximum=1.0)))
+    pts.sort()
+    return MatmulCurve(tuple(p[0] for p in pts), tuple(p[1] for p in pts))
+
+
+MISALIGNED_BYTES = (1, 2, 4, 8)
+
+
+def _misaligned(data: Any, what: str) -> Mapping[int, float]:
+    """``{bytes: fraction}``: the rate of GEMMs whose feature sizes are multiples of only that many bytes."""
+    if data is None:
+        return MappingProxyType({})
+    data = require_mapping(data, what)
+    out = {}
+    for key in data:
+        if isinstance(key, bool) or key not in MISALIGNED_BYTES:
+            raise ParplanError(f"{what}: key {key!r} must be an alignment in bytes, one of "
+                               f"{', '.join(map(str, MISALIGNED_BYTES))}")
+        out[int(key)] = float(number(data, key, what, maximum=1.0))
+    return MappingProxyType(out)
+
+
+def _fits(data: Any, what: str) -> tuple[CollectiveFit, ...]:
+    if data is None:
+        return ()
+    if not isinstance(data, list):
+        raise ParplanError(f"{what}: expected a list of fits")
+    fits = []
+    for i, row in enumerate(data):
+        w = f"{what}[{i}]"
+        row = require_mapping(row, w)
+        fits.append(CollectiveFit(
+            op=text(row, "op", w),
+            group=text(row, "group", w, choices=("intra", "inter")),
+            ranks=number(row, "ranks", w, integer=True, maximum=MAX_DEVICES),
+            alpha_s=float(number(row, "alpha_s", w, positive=False, maximum=10.0)),
+            busbw=float(number(row, "busbw", w, maximum=1e15)),
+        ))
+    return tuple(fits)
+
+
+def hardware_from_dict(data: Any, what: str, path: str = "") -> Hardware:
+    """Build a Hardware from a parsed profile, checking every field."""
+    data = require_mapping(data, what)
+    name = text(data, "name", what)
+    peaks_raw = require_mapping(data.get("peak_flops"), f"{what}: peak_flops")
+    peaks = {}
+    for dtype, value in peaks_raw.items():
+        if dtype not in DTYPES:
+            raise ParplanError(f"{what}: peak_flops has unknown dtype '{dtype}'; known: {', '.join(DTYPES)}")
+        v = number(peaks_raw, dtype, f"{what}: peak_flops", required=False, maximum=1e18)
+        if v:
+            peaks[dtype] = float(v)
+    if not peaks:
+        raise ParplanError(f"{what}: peak_flops lists no dtype with a rate")
+    eff = require_mapping(data.get("efficiency", {}), f"{what}: efficiency")
+    kind = text(data, "kind", what, required=False, choices=("gpu", "tpu"), default="gpu")
+    dpn = number(data, "devices_per_node", what, integer=True, maximum=MAX_DEVICES)
+    torus = None
+    if data.get("ici") is not None:
+        ici = require_mapping(data["ici"], f"{what}: ici")
+        torus = Torus(
+            dims=number(ici, "dims", f"{what}: ici", integer=True, maximum=3),
+            link_bandwidth=number(ici, "link_bandwidth", f"{what}: ici", maximum=1e14),
+            pod_devices=number(ici, "pod_devices", f"{what}: ici", integer=True, maximum=MAX_DEVICES),
+        )
+    return Hardware(
+        name=name,
+        vendor=text(data, "vendor", what, required=False, default="") or "",
+        kind=kind,
+        peak_flops=MappingProxyType(peaks),
+        hbm_bytes=float(number(data, "hbm_bytes", what, maximum=1e14)),
+        hbm_bandwidth=float(number(data, "hbm_bandwidth", what, maximum=1e15)),
+        devices_per_node=dpn,
+        intra_node=_link(data.get("intra_node"), f"{what}: intra_node"),
+        inter_node=_link(data.get("inter_node"), f"{what}: inter_node"),
+        compute_units=number(data, "compute_units", what, integer=True, maximum=100_000),
+        matmul_efficiency=float(number(eff, "matmul", f"{what}: efficiency", maximum=1.0)),
+        hbm_efficiency=float(number(eff, "hbm", f"{what}: efficiency", maximum=1.0)),
+        elementwise_efficiency=float(number(eff, "elementwise", f"{what}: efficiency", required=False,
+                                            default=eff.get("hbm"), maximum=1.0)),
+        kernel_overhead_s=float(number(data, "kernel_overhead_s", what, maximum=1.0)),
+        collective_overhead_s=float(number(data, "collective_overhead_s", what, maximum=1.0)),
+        scale_up_domain=number(data, "scale_up_domain", what, required=False, integer=True,
+                               default=dpn, maximum=MAX_DEVICES),
+        torus=torus,
+        matmul_curve=_curve(data.get("matmul_curve"), f"{what}: matmul_curve"),
+        matmul_misaligned=_misaligned(eff.get("matmul_misaligned"), f"{what}: efficiency.matmul_misaligned"),
+        collective_fits=_fits(data.get("collective_fits"), f"{what}: collective_fits"),
+        description=str(data.get("description", "")),
+        aliases=names(data, "aliases", what),
+        sources=MappingProxyType(text_mapping(data, "sources", what)),
+        path=path,
+    )
+
+
+@lru_cache(maxsize=None)
+def _shipped_profiles() -> dict[str, Path]:
+    """Every shipped profile by name and alias."""
+    table: dict[str, Path] = {}
+    for path in sorted(spec_dir("hardware").glob("*.yaml")):
+        data = read_yaml(path)
+        if isinstance(data, Mapping):
+            table[str(data.get("name", path.stem))] = path
+            for alias in names(data, "aliases", str(path)):
+                table[alias] = path
+    return table
+
+
+def hardware_names() -> list[str]:
+    """Canonical names of the shipped profiles."""
+    return sorted({p.stem for p in _shipped_profiles().values()})
+
+
+def _load_path(path: Path) -> Hardware:
+    stat = path.stat()
+    return _load_path_version(path, stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=256)
+def _load_path_version(path: Path, mtime_ns: int, size: int) -> Hardware:
+    """Cached by path and file version, so a profile rewritten by ``parplan calibrate`` is read again."""
+    data = read_yaml(path)
+    return hardware_from_dict(data, str(path), str(path))
+
+
+def load_hardware(name_or_path: str) -> Hardware:
+    """A profile by name, alias (``a100``) or YAML path."""
+    if not isinstance(name_or_path, str) or not name_or_path:
+        raise ParplanError("hardware name must be a non-empty string")
+    path = Path(name_or_path)
+    if name_or_path.endswith((".yaml", ".yml")) or path.is_file():
+        if not path.is_file():
+            raise ParplanError(f"hardware file not found: {name_or_path}")
+        data = read_yaml(path)
+        if isinstance(data, Mapping) and "hardware" in data and "peak_flops" not in data:
+            raise ParplanError(f"{name_or_path} is a cluster file; pass it as --hw, not as a profile")
+        return _load_path(path.resolve())
+    table = _shipped_profiles()
+    key = name_or_path.lower()
+    if key not in table:
+        raise ParplanError(f"unknown hardware '{name_or_path}'{suggest(key, table)}; "
+                           f"see 'parplan list hardware'")
+    return _load_path(table[key])
+
+
+_COUNT = re.compile(r"^(?P<name>.+?)x(?P<count>\d+)$")
+
+
+def load_cluster(spec: str) -> Cluster:
+    """A cluster from ``a100x512`` (rightmost ``x<digits>`` is the count), a profile name, or a YAML cluster file.
+
+    Cluster file fields: ``hardware`` (profile name or path), ``devices``, and optional
+    ``devices_per_node``, ``inter_node_bandwidth`` (bytes/s per device per direction),
+    ``inter_node_latency_s``, ``intra_node_bandwidth``, ``intra_node_latency_s``, ``name``.
+    """
+    if not isinstance(spec, str) or not spec:
+        raise ParplanError("--hw must name a profile, a cluster like a100x512, or a cluster YAML file")
+    path = Path(spec)
+    if spec.endswith((".yaml", ".yml")) or path.is_file():
+        if not path.is_file():
+            raise ParplanError(f"cluster file not found: {spec}")
+        data = require_mapping(read_yaml(path), spec)
+        if "peak_flops" in data:  # a bare profile file: one device
+            hw = load_hardware(spec)
+            return make_cluster(hw, 1)
+        return cluster_from_dict(data, spec, base_dir=path.parent)
+    table = _shipped_profiles()
+    if spec.lower() in table:
+        return make_cluster(load_hardware(spec), 1)
+    m = _COUNT.match(spec.lower())
+    if m and m.group("name") in table:
+        count = int(m.group("count"))
+        if count < 1 or count > MAX_DEVICES:
+            raise ParplanError(f"device count in '{spec}' must be between 1 and {MAX_DEVICES}")
+        return make_cluster(load_hardware(m.group("name")), count)
+    name = m.group("name") if m else spec.lower()
+    raise ParplanError(f"unknown hardware '{name}'{suggest(name, table)} in --hw '{spec}'; "
+                       f"use NAMExCOUNT such as a100x512, or a cluster YAML file")
+
+
+def make_cluster(hw: Hardware, devices: int, *, devices_per_node: int | None = None,
+                 inter_node: Link | None = None, intra_node: Link | None = None,
+                 name: str | None = None) -> Cluster:
+    dpn = devices_per_node or hw.devices_per_node
+    if devices < 1:
+        raise ParplanError(f"a cluster needs at least one device, got {devices}")
+    return Cluster(
+        hardware=hw,
+        devices=devices,
+        devices_per_node=dpn,
+        intra_node=intra_node or hw.intra_node,
+        inter_node=inter_node or hw.inter_node,
+        name=name or f"{hw.name}x{devices}",
+    )
+
+
+def cluster_from_dict(data: Mapping[str, Any], what: str, base_dir: Path | None = None) -> Cluster:
+    hw_ref = text(data, "hardware", what)
+    ref_path = Path(hw_ref)
+    if base_dir is not None and not ref_path.is_absolute() and (base_dir / ref_path).is_file():
+        hw_ref = str(base_dir / ref_path)
+    hw = load_hardware(hw_ref)
+    devices = number(data, "devices", what, integer=True, maximum=MAX_DEVICES)
+    dpn = number(data, "devices_per_node", what, required=False, integer=True, maximum=MAX_DEVICES)
+    inter = hw.inter_node
+    if data.get("inter_node_bandwidth") is not None or data.get("inter_node_latency_s") is not None:
+        inter = replace(inter,
+                        bandwidth=float(number(data, "inter_node_bandwidth", what, required=False,
+                                               default=inter.bandwidth, maximum=1e15)),
+                        latency_s=float(number(data, "inter_node_latency_s", what, required=False,
+                                               default=inter.latency_s, maximum=1.0)),
+                        name=str(data.get("inter_node_name", inter.name)))
+    intra = hw.intra_node
+    if data.get("intra_node_bandwidth") is not None or data.get("intra_node_latency_s") is not None:
+        intra = replace(intra,
+                        bandwidth=float(number(data, "intra_node_bandwidth", what, required=False,
+                                               default=intra.bandwidth, maximum=1e15)),
+                        latency_s=float(number(data, "intra_node_latency_s", what, required=False,
+                                               default=intra.latency_s, maximum=1.0)),
+                        name=str(data.get("intra_node_name", intra.name)),
+                        efficiency=float(number(data, "intra_node_efficiency", what, required=False,
+                                                default=intra.efficiency, maximum=1.0)))
+    return make_cluster(hw, devices, devices_per_node=dpn, inter_node=inter, intra_node=intra,
+                        name=str(data.get("name") or f"{hw.name}x{devices}"))

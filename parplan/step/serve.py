@@ -1,0 +1,587 @@
+"""Inference: prefill, decode, the KV cache and serving throughput of one layout.
+
+A serving layout is ``replicas`` copies of the model (data parallel, no
+communication between them), each split over ``tp`` x ``pp`` devices, each
+replica holding ``batch`` sequences in flight (continuous batching). A request
+has ``input_len`` prompt tokens and generates ``output_len`` tokens.
+
+* **Prefill** runs the prompt through the model once: the training forward's ops
+  (``parplan.ops.layer_ops``) for ``input_len`` tokens of one sequence, no
+  dropout, FlashAttention, and the logits of the last position only. Its GEMMs
+  have ``m = input_len``: compute-bound. Every GEMM is timed through
+  ``roofline.matmul_time_s`` as the faster of a plain and a split-K launch
+  (``gemm_time_s``). TTFT is the prefill of one request's
+  prompt through every stage (queueing ignored).
+* **Decode** produces one token for each of the ``batch`` sequences: the same
+  GEMMs with ``m = batch`` — at small batch each reads all local weights for a
+  few rows of work, memory-bound through ``roofline.matmul_time_s`` — and an
+  attention that reads the KV cache of every sequence (memory-bound: it does
+  ``2 * heads / kv_heads`` FLOPs per KV element). TPOT is one decode step at the
+  average context ``input_len + output_len / 2``.
+* **Tensor parallel** (Megatron 1D, Shoeybi et al. 2019) keeps its 2 all-reduces
+  of the ``(tokens, hidden)`` activation per layer, plus one for the
+  vocab-parallel embedding and an all-gather of the vocab-parallel logits; their
+  bytes grow with ``batch * hidden`` while the decode GEMMs barely grow with
+  the batch, so at large batch the all-reduces dominate — sooner over PCIe
+  than NVLink (``decode_breakdown``, ``comm_crossover_batch``).
+* **Pipeline parallel** splits the layers into ``pp`` stages with a send of the
+  activation between stages. A token's latency is the sum over stages; with
+  ``min(pp, batch)`` micro-batches of ``batch / pp`` sequences in flight every
+  stage stays busy, so a decode round is
+  ``max(sum over stages, micro-batches x busiest stage)``.
+* **Continuous batching throughput**: over one request's lifetime each of the
+  ``batch`` slots is refilled once, so a replica spends ``output_len * TPOT``
+  on decode and ``batch`` prefills (on its busiest stage) per ``batch *
+  output_len`` generated tokens (prefills not overlapped with decode: the
+  known remedies, chunked prefill piggy-backing and prefill/decode
+  disaggregation, are not modelled). ``itl_s`` is the resulting
+  inter-token latency a user sees; ``tpot_s`` the decode step itself.
+* **Memory per device**: the weights of the busiest stage over ``tp``; the KV
+  cache of ``batch`` sequences of ``input_len + output_len`` tokens (K and V of
+  ``kv_heads * head_dim`` per layer per token, ``kv_dtype`` bytes, KV heads
+  sharded by ``tp`` and replicated when ``tp`` exceeds them); and an activation
+  workspace (the largest transient activations of one prefill or one decode
+  step). It fits within HBM less the headroom.
+
+Weights in fp8 run their GEMMs at the fp8 rate; activations, all-reduces and
+attention then stay 16-bit (what FP8 serving engines do).
+
+Every function accepts a numpy array of batch sizes where it takes ``batch``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from ..cost import ops as ops_mod
+from ..cost.collectives import collective_time_s, place
+from ..errors import ParplanError
+from ..layouts.layout import check_tp_1d
+from .train import DEFAULT_HEADROOM, op_times
+from ..specs.hardware import BYTES_PER_ELEMENT, DTYPES, Cluster, Hardware
+from ..specs.model import ModelSpec, vocab_shard
+from ..cost.roofline import matmul_time_s, memory_time_s
+
+KV_DTYPES = ("bf16", "fp16", "fp8", "fp32")
+# Split-K launches considered for each GEMM: the k loop split s ways (depth at least 256).
+SPLIT_K = (2, 4, 8, 16)
+MIN_SPLIT_DEPTH = 256
+MAX_LEN = 100_000_000
+# vLLM pads the vocabulary of its embedding and LM head to a multiple of 64 (DEFAULT_VOCAB_PADDING_SIZE,
+# model_executor/layers/vocab_parallel_embedding.py).
+VLLM_VOCAB_PADDING = 64
+MAX_BATCH = 1 << 20
+DECODE_KEYS = ("matmul", "attention", "tp_comm", "other", "pp_comm", "pipeline_wait")
+PREFILL_KEYS = ("matmul", "attention", "tp_comm", "other", "pp_comm")
+GIB = 2 ** 30
+
+
+@dataclass(frozen=True)
+class ServeLayout:
+    """How a model is served: tp x pp devices per replica, replicas, sequences in flight, lengths, dtypes."""
+
+    tp: int = 1
+    pp: int = 1
+    replicas: int = 1
+    batch: Any = 1               # sequences in flight per replica (continuous batching)
+    input_len: int = 2048        # prompt tokens per request
+    output_len: int = 256        # generated tokens per request
+    dtype: str = "bf16"          # weights and GEMMs
+    kv_dtype: str | None = None  # KV cache; default: the activation dtype
+
+    @property
+    def devices(self) -> int:
+        return self.tp * self.pp * self.replicas
+
+    @property
+    def kv(self) -> str:
+        return self.kv_dtype or activation_dtype(self.dtype)
+
+
+@dataclass(frozen=True)
+class InferenceEstimate:
+    model: ModelSpec
+    cluster: Cluster
+    layout: ServeLayout
+    ttft_s: Any
+    tpot_s: Any
+    itl_s: Any
+    tokens_per_s: Any                 # generated tokens per second, all replicas
+    tokens_per_s_per_device: Any
+    tokens_per_s_per_user: Any        # 1 / TPOT
+    request_latency_s: Any            # TTFT + (output_len - 1) * ITL
+    prefill_busy_s: Any               # prefill time on the busiest stage (what one prefill costs a replica)
+    kv_cache_bytes: Any               # per device
+    memory_bytes: dict
+    fits: Any
+    max_batch: int
+    prefill_breakdown_s: dict
+    decode_breakdown_s: dict
+    tp_allreduce_bytes_per_layer: Any  # decode step
+    headroom: float = DEFAULT_HEADROOM
+    prefill_ops: list = field(default_factory=list)
+    decode_ops: list = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- shapes and memory
+
+
+def activation_dtype(dtype: str) -> str:
+    """Activations, collectives and attention run in 16 bits when the weights are fp8."""
+    return "bf16" if dtype == "fp8" else dtype
+
+
+def kv_heads_local(model: ModelSpec, tp: int) -> float:
+    """KV heads per device: sharded by tp, replicated (one per device) when tp exceeds them."""
+    return model.kv_heads / tp if model.kv_heads >= tp else 1.0
+
+
+def stage_layers(model: ModelSpec, pp: int) -> int:
+    """Layers on the busiest pipeline stage."""
+    return -(-model.layers // pp)
+
+
+def stage_params(model: ModelSpec, pp: int) -> float:
+    """Parameters of the busiest stage: its layers plus the embedding (first) or the output head (last)."""
+    if pp == 1:
+        return float(model.total_params())
+    head = model.output_params() + (model.vocab * model.hidden if model.tied_embeddings else 0)
+    return float(stage_layers(model, pp) * model.layer_params() + max(model.embedding_params(), head))
+
+
+def weight_bytes(model: ModelSpec, tp: int, pp: int, dtype: str) -> float:
+    """Weights per device: the busiest stage's parameters over tp (norms are a negligible replicated part)."""
+    return stage_params(model, pp) * BYTES_PER_ELEMENT[dtype] / tp
+
+
+def kv_bytes_per_token(model: ModelSpec, tp: int = 1, pp: int = 1, kv_dtype: str = "bf16") -> float:
+    """KV-cache bytes one token of context costs one device: K and V of its KV heads in each of its layers."""
+    return 2.0 * stage_layers(model, pp) * kv_heads_local(model, tp) * model.head_dim * BYTES_PER_ELEMENT[kv_dtype]
+
+
+def kv_cache_bytes(model: ModelSpec, tp: int, pp: int, batch, context, kv_dtype: str = "bf16"):
+    """KV cache per device for ``batch`` sequences of ``context`` tokens."""
+    return np.asarray(batch, float) * np.asarray(context, float) * kv_bytes_per_token(model, tp, pp, kv_dtype)
+
+
+def tp_allreduce_bytes_per_layer(model: ModelSpec, tokens, dtype: str = "bf16"):
+    """Bytes all-reduced per layer under 1D TP: two (tokens x hidden) activations."""
+    return 2.0 * np.asarray(tokens, float) * model.hidden * BYTES_PER_ELEMENT[activation_dtype(dtype)]
+
+
+def workspace_bytes(model: ModelSpec, tp: int, tokens, logit_rows, dtype: str = "bf16"):
+    """Transient activations of one pass: residual, norm output, QKV, MLP intermediates, fp32 logits."""
+    bpe = BYTES_PER_ELEMENT[activation_dtype(dtype)]
+    q = model.heads / tp * model.head_dim
+    kv = kv_heads_local(model, tp) * model.head_dim
+    ffn = model.ffn_hidden / tp
+    mlp = (3 if model.activation == "swiglu" else 2) * ffn
+    per_token = (3 * model.hidden + q + 2 * kv + mlp) * bpe
+    return np.asarray(tokens, float) * per_token + np.asarray(logit_rows, float) * vocab_shard(model.vocab, tp, VLLM_VOCAB_PADDING) * 4
+
+
+def memory_per_device(model: ModelSpec, tp: int, pp: int, batch, input_len: int, output_len: int,
+                      dtype: str = "bf16", kv_dtype: str | None = None) -> dict:
+    """Bytes per device: weights, KV cache (batch x (input+output) tokens), workspace, total."""
+    kv_dtype = kv_dtype or activation_dtype(dtype)
+    batch = np.asarray(batch, float)
+    weights = weight_bytes(model, tp, pp, dtype)
+    kv = kv_cache_bytes(model, tp, pp, batch, input_len + output_len, kv_dtype)
+    micro = np.ceil(batch / np.minimum(pp, batch))
+    work = np.maximum(workspace_bytes(model, tp, input_len, 1, dtype), workspace_bytes(model, tp, micro, micro, dtype))
+    return {"weights": weights + 0 * batch, "kv_cache": kv, "workspace": work, "total": weights + kv + work}
+
+
+def max_batch(model: ModelSpec, hw: Hardware, tp: int, pp: int, input_len: int, output_len: int,
+              dtype: str = "bf16", kv_dtype: str | None = None, headroom: float = DEFAULT_HEADROOM) -> int:
+    """The most sequences in flight per replica whose weights, KV cache and workspace fit (0: none fits)."""
+    usable = hw.hbm_bytes * (1 - headroom)
+
+    def fits(b: int) -> bool:
+        return float(memory_per_device(model, tp, pp, b, input_len, output_len, dtype, kv_dtype)["total"]) <= usable
+
+    if not fits(1):
+        return 0
+    lo = 1
+    while lo < MAX_BATCH and fits(min(2 * lo, MAX_BATCH)):
+        lo = min(2 * lo, MAX_BATCH)
+    hi = min(2 * lo, MAX_BATCH + 1)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+# --------------------------------------------------------------------------- timing one pass
+
+
+def _dims(model: ModelSpec, tp: int, seqs, seq, seq_kv, causal: bool) -> ops_mod.LocalDims:
+    return ops_mod.LocalDims(batch=np.asarray(seqs, float), seq=np.asarray(seq, float),
+                             seq_kv=np.asarray(seq_kv, float), hidden=model.hidden, heads=model.heads / tp,
+                             kv_heads=kv_heads_local(model, tp), head_dim=model.head_dim,
+                             ffn=model.ffn_hidden / tp, vocab=vocab_shard(model.vocab, tp, VLLM_VOCAB_PADDING),
+                             norm_shard=1,
+                             causal=causal)
+
+
+def decode_attention_op(model: ModelSpec, d: ops_mod.LocalDims, dtype: str, kv_dtype: str,
+                        compute_units: int = 1) -> ops_mod.Op:
+    """One decode step's attention: each sequence's new query against its whole KV cache.
+
+    FLOPs ``4 * batch * heads * context * head_dim`` (scores and context); bytes: the
+    K and V cache read (``kv_dtype``) plus the query and output. The query heads
+    sharing a KV head form the GEMM rows, and the context is split into chunks of at
+    least 256 keys until every compute unit has work (Flash-Decoding, Dao et al. 2023;
+    vLLM's paged attention v2 does the same), so one sequence does not run on one unit.
+    """
+    act = BYTES_PER_ELEMENT[activation_dtype(dtype)]
+    flops = 4.0 * d.batch * d.heads * d.seq_kv * d.head_dim
+    nbytes = d.batch * d.seq_kv * 2 * d.kv_heads * d.head_dim * BYTES_PER_ELEMENT[kv_dtype] + \
+        d.batch * 2 * d.heads * d.head_dim * act
+    group = d.heads / d.kv_heads
+    units = d.batch * d.kv_heads
+    splits = np.clip(np.ceil(compute_units / units), 1, np.maximum(1, np.ceil(d.seq_kv / 256)))
+    return ops_mod.Op("decode_attention", ops_mod.FLASH, flops, 0.0, nbytes, 0.0,
+                      (group, d.head_dim, d.seq_kv / splits, units * splits), True)
+
+
+def _kv_write_op(d: ops_mod.LocalDims, dtype: str, kv_dtype: str) -> ops_mod.Op:
+    """Appending the new tokens' K and V to the cache (read from the QKV output, write in kv_dtype)."""
+    elems = d.batch * d.seq * 2 * d.kv_heads * d.head_dim
+    nbytes = elems * (BYTES_PER_ELEMENT[activation_dtype(dtype)] + BYTES_PER_ELEMENT[kv_dtype])
+    return ops_mod.Op("kv_cache_write", ops_mod.MEMORY, 0.0, 0.0, nbytes, 0.0)
+
+
+def pass_ops(model: ModelSpec, tp: int, phase: str, seqs, tokens_per_seq, context, dtype: str,
+             kv_dtype: str, compute_units: int = 1) -> list[ops_mod.Op]:
+    """The ops of one layer on one device for a prefill (``tokens_per_seq`` prompt tokens) or a decode step."""
+    act = activation_dtype(dtype)
+    if phase == "prefill":
+        d = _dims(model, tp, seqs, tokens_per_seq, tokens_per_seq, True)
+        ops = ops_mod.layer_ops(model, d, act, flash_attention=True, dropout=False)
+    else:
+        d = _dims(model, tp, seqs, 1, context, False)
+        ops = [decode_attention_op(model, d, dtype, kv_dtype, compute_units) if o.kind == ops_mod.FLASH else o
+               for o in ops_mod.layer_ops(model, d, act, flash_attention=True, dropout=False)]
+    at = next(i for i, o in enumerate(ops) if o.kind == ops_mod.FLASH)
+    return ops[:at] + [_kv_write_op(d, dtype, kv_dtype)] + ops[at:]
+
+
+def gemm_time_s(hw: Hardware, m, k, n, dtype: str = "bf16", batch=1):
+    """One GEMM: the faster of a plain launch and split-K launches, each through ``roofline.matmul_time_s``.
+
+    A split-K launch (k split ``s`` ways, each part at least 256 deep) is ``s`` GEMMs of
+    depth ``k / s`` writing ``s`` partial outputs: the FLOPs are the same, the tiles
+    ``s`` times as many. cuBLAS and CUTLASS pick it for thin, deep products whose output
+    tiles alone would leave most compute units idle — the decode GEMMs under tensor
+    parallelism (e.g. 256 x 8192 x 1280 for Llama 3 70B's QKV at tp=8).
+    """
+    m, k, n, batch = (np.asarray(x, float) for x in (m, k, n, batch))
+    best = matmul_time_s(hw, m, k, n, dtype, batch)
+    for s in SPLIT_K:
+        split = matmul_time_s(hw, m, k / s, n, dtype, batch * s, lead_dims=(k, n))
+        best = np.where(k / s >= MIN_SPLIT_DEPTH, np.minimum(best, split), best)
+    return best
+
+
+def _op_time(hw: Hardware, op: ops_mod.Op, dtype: str):
+    """Forward seconds of one op: GEMMs at the weights' dtype, attention and element-wise at the activations'."""
+    if op.kind in (ops_mod.MATMUL, ops_mod.BATCHED):
+        m, k, n, batch = op.gemm
+        return gemm_time_s(hw, m, k, n, dtype, batch)
+    if op.kind == ops_mod.FLASH:
+        return op_times(hw, op, activation_dtype(dtype))[0]
+    return memory_time_s(hw, op.fwd_bytes)
+
+
+def _category(op: ops_mod.Op) -> str:
+    if op.kind in (ops_mod.MATMUL, ops_mod.BATCHED):
+        return "matmul"
+    return "attention" if op.kind == ops_mod.FLASH else "other"
+
+
+@dataclass(frozen=True)
+class PassCost:
+    """One pass (prefill of one request, or one decode step of ``seqs`` sequences) on one replica."""
+
+    layer: dict            # per layer on one device: matmul, attention, other, tp_comm (seconds)
+    embedding: dict        # first stage: other, tp_comm
+    head: dict             # last stage: matmul, other, tp_comm
+    p2p_s: Any             # one stage-to-stage send
+    tp_bytes_per_layer: Any
+    ops: list
+    op_times: list
+
+    @property
+    def layer_s(self):
+        return sum(self.layer.values())
+
+    def total(self, model: ModelSpec, pp: int):
+        """Sum over the stages (one micro-batch's trip through the pipeline)."""
+        return model.layers * self.layer_s + sum(self.embedding.values()) + sum(self.head.values()) + \
+            (pp - 1) * self.p2p_s
+
+    def busiest(self, model: ModelSpec, pp: int):
+        """Time of the busiest stage."""
+        emb, head = sum(self.embedding.values()), sum(self.head.values())
+        ends = emb + head if pp == 1 else np.maximum(emb, head)
+        return stage_layers(model, pp) * self.layer_s + ends + (self.p2p_s if pp > 1 else 0.0)
+
+    def parts(self, model: ModelSpec, pp: int) -> dict:
+        """``total`` split into matmul, attention, tp_comm, other and pp_comm."""
+        out = {k: model.layers * self.layer[k] for k in ("matmul", "attention", "tp_comm", "other")}
+        for d in (self.embedding, self.head):
+            for k, v in d.items():
+                out[k] = out[k] + v
+        out["pp_comm"] = (pp - 1) * self.p2p_s
+        return out
+
+
+def pass_cost(model: ModelSpec, cluster: Cluster, tp: int, pp: int, phase: str, seqs, tokens_per_seq, context,
+              dtype: str = "bf16", kv_dtype: str | None = None) -> PassCost:
+    """Time of one prefill or decode pass on one replica, per layer and for the embedding/head."""
+    hw = cluster.hardware
+    kv_dtype = kv_dtype or activation_dtype(dtype)
+    act = activation_dtype(dtype)
+    abpe = BYTES_PER_ELEMENT[act]
+    seqs = np.asarray(seqs, float)
+    ops = pass_ops(model, tp, phase, seqs, tokens_per_seq, context, dtype, kv_dtype, hw.compute_units)
+    times = [_op_time(hw, o, dtype) for o in ops]
+    layer = {"matmul": np.float64(0.0), "attention": np.float64(0.0), "other": np.float64(0.0)}
+    for o, t in zip(ops, times):
+        layer[_category(o)] = layer[_category(o)] + t
+    tokens = seqs * (tokens_per_seq if phase == "prefill" else 1)
+    act_bytes = tokens * model.hidden * abpe
+    tp_group = place(tp, 1, cluster)
+    ar = collective_time_s("all_reduce", act_bytes, tp_group, cluster)
+    layer["tp_comm"] = 2.0 * ar
+    # Embedding: a gather of the tokens' rows; vocab-parallel under TP, summed by an all-reduce.
+    embedding = {"other": memory_time_s(hw, 2.0 * act_bytes), "tp_comm": ar}
+    # Head: final norm and logits for the positions that sample (the last prompt token; every decode token).
+    rows = seqs
+    vocab_local = vocab_shard(model.vocab, tp, VLLM_VOCAB_PADDING)
+    head = {
+        "matmul": gemm_time_s(hw, rows, model.hidden, vocab_local, dtype),
+        "other": memory_time_s(hw, 3.0 * rows * model.hidden * abpe) + memory_time_s(hw, rows * vocab_local * 4.0),
+        "tp_comm": collective_time_s("all_gather", rows * model.vocab * abpe, tp_group, cluster),
+    }
+    p2p = collective_time_s("send_recv", act_bytes, place(pp, tp, cluster), cluster) if pp > 1 else 0.0 * seqs
+    return PassCost(layer, embedding, head, p2p, 2.0 * act_bytes, ops, times)
+
+
+# --------------------------------------------------------------------------- the estimate
+
+
+check_tp = check_tp_1d
+
+
+def check_serve_layout(layout: ServeLayout, model: ModelSpec, cluster: Cluster) -> ServeLayout:
+    """Refuse an impossible serving layout with one clear sentence."""
+    for name in ("tp", "pp", "replicas", "batch", "input_len", "output_len"):
+        v = getattr(layout, name)
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ParplanError(f"{name.replace('_', '-')} must be a positive whole number, got {v!r}")
+        if v > MAX_LEN:
+            raise ParplanError(f"{name.replace('_', '-')} = {v} is absurdly large")
+    if layout.dtype not in DTYPES:
+        raise ParplanError(f"dtype must be one of {', '.join(DTYPES)}, got '{layout.dtype}'")
+    if layout.kv_dtype is not None and layout.kv_dtype not in KV_DTYPES:
+        raise ParplanError(f"kv-dtype must be one of {', '.join(KV_DTYPES)}, got '{layout.kv_dtype}'")
+    cluster.hardware.peak(layout.dtype)
+    check_tp(model, layout.tp)
+    if layout.pp > model.layers:
+        raise ParplanError(f"pp={layout.pp} exceeds the {model.layers} layers of {model.name}")
+    if layout.devices != cluster.devices:
+        raise ParplanError(f"tp*pp*replicas = {layout.tp}*{layout.pp}*{layout.replicas} = {layout.devices} "
+                           f"does not match the {cluster.devices} devices of {cluster.name}")
+    return layout
+
+
+def estimate_inference(model: ModelSpec, cluster: Cluster, layout: ServeLayout, *,
+                       headroom: float = DEFAULT_HEADROOM, check: bool = True) -> InferenceEstimate:
+    """Predict TTFT, TPOT, throughput and memory of serving ``model`` on ``cluster`` under ``layout``.
+
+    With ``check=False`` ``layout.batch`` may be a numpy array of batch sizes.
+    """
+    if check:
+        layout = check_serve_layout(layout, model, cluster)
+    tp, pp, dtype, kv = layout.tp, layout.pp, layout.dtype, layout.kv
+    I, O = layout.input_len, layout.output_len
+    b = np.asarray(layout.batch, float)
+
+    # ---- prefill of one request
+    pre = pass_cost(model, cluster, tp, pp, "prefill", 1, I, I, dtype, kv)
+    ttft = pre.total(model, pp)
+    prefill_busy = pre.busiest(model, pp)
+    prefill_parts = pre.parts(model, pp)
+
+    # ---- one decode round: min(pp, b) micro-batches of ceil(b / that) sequences
+    micro = np.minimum(pp, b)
+    mb = np.ceil(b / micro)
+    context = I + O / 2.0
+    dec = pass_cost(model, cluster, tp, pp, "decode", mb, 1, context, dtype, kv)
+    trip = dec.total(model, pp)
+    tpot = np.maximum(trip, micro * dec.busiest(model, pp))
+    decode_parts = dec.parts(model, pp)
+    decode_parts["pipeline_wait"] = tpot - trip
+
+    # ---- continuous batching
+    cycle = O * tpot + b * prefill_busy
+    per_replica = b * O / cycle
+    tokens_per_s = per_replica * layout.replicas
+    itl = tpot + (b - 1) * prefill_busy / O
+
+    mem = memory_per_device(model, tp, pp, b, I, O, dtype, kv)
+    usable = cluster.hardware.hbm_bytes * (1 - headroom)
+    return InferenceEstimate(
+        model=model, cluster=cluster, layout=layout,
+        ttft_s=ttft, tpot_s=tpot, itl_s=itl,
+        tokens_per_s=tokens_per_s,
+        tokens_per_s_per_device=tokens_per_s / layout.devices,
+        tokens_per_s_per_user=1.0 / tpot,
+        request_latency_s=ttft + (O - 1) * itl,
+        prefill_busy_s=prefill_busy,
+        kv_cache_bytes=mem["kv_cache"],
+        memory_bytes=mem,
+        fits=mem["total"] <= usable,
+        max_batch=max_batch(model, cluster.hardware, tp, pp, I, O, dtype, kv, headroom),
+        prefill_breakdown_s=prefill_parts,
+        decode_breakdown_s=decode_parts,
+        tp_allreduce_bytes_per_layer=dec.tp_bytes_per_layer,
+        headroom=headroom,
+        prefill_ops=list(zip(pre.ops, pre.op_times)),
+        decode_ops=list(zip(dec.ops, dec.op_times)),
+    )
+
+
+def bottleneck(decode_parts: dict) -> str:
+    """What most of a decode step is spent on."""
+    names = {"matmul": "weight reads (GEMMs)", "attention": "KV-cache reads (attention)",
+             "tp_comm": "TP all-reduce", "other": "element-wise ops", "pp_comm": "pipeline sends",
+             "pipeline_wait": "pipeline stages busy with other micro-batches"}
+    key = max(DECODE_KEYS, key=lambda k: float(decode_parts[k]))
+    return names[key]
+
+
+# --------------------------------------------------------------------------- batch sweeps
+
+
+def decode_breakdown(model: ModelSpec, cluster: Cluster, tp: int, batches=None, input_len: int = 2048,
+                     output_len: int = 256, dtype: str = "bf16", kv_dtype: str | None = None):
+    """A pandas DataFrame of one decode step (pp=1) against batch: matmul, attention, all-reduce, other.
+
+    Columns: ``batch, matmul_s, attention_s, allreduce_s, other_s, step_s, allreduce_fraction,
+    allreduce_bytes_per_layer``. The all-reduce column is every TP collective of the step
+    (2 per layer, the embedding's, and the logits' all-gather).
+    """
+    import pandas as pd
+
+    if batches is None:
+        batches = 2 ** np.arange(0, 11)
+    batches = np.asarray(batches, float)
+    if np.any(batches < 1):
+        raise ParplanError("batch sizes must be positive whole numbers")
+    dec = pass_cost(model, cluster, tp, 1, "decode", batches, 1, input_len + output_len / 2.0, dtype, kv_dtype)
+    parts = dec.parts(model, 1)
+    step = sum(parts.values())
+    df = pd.DataFrame({
+        "batch": batches.astype(int),
+        "matmul_s": np.broadcast_to(parts["matmul"], batches.shape),
+        "attention_s": np.broadcast_to(parts["attention"], batches.shape),
+        "allreduce_s": np.broadcast_to(parts["tp_comm"], batches.shape),
+        "other_s": np.broadcast_to(parts["other"], batches.shape),
+        "step_s": np.broadcast_to(step, batches.shape),
+        "allreduce_bytes_per_layer": np.broadcast_to(dec.tp_bytes_per_layer, batches.shape),
+    })
+    df["allreduce_fraction"] = df["allreduce_s"] / df["step_s"]
+    return df
+
+
+def comm_crossover_batch(model: ModelSpec, cluster: Cluster, tp: int, input_len: int = 2048, output_len: int = 256,
+                         dtype: str = "bf16", kv_dtype: str | None = None, max_batch_size: int = 4096) -> int | None:
+    """The smallest decode batch at which the TP collectives take at least as long as the GEMMs (None: never)."""
+    if tp < 2:
+        return None
+    df = decode_breakdown(model, cluster, tp, np.arange(1, max_batch_size + 1), input_len, output_len, dtype,
+                          kv_dtype)
+    over = df[df["allreduce_s"] >= df["matmul_s"]]
+    return int(over["batch"].iloc[0]) if len(over) else None
+
+
+# --------------------------------------------------------------------------- plain data and text
+
+
+def inference_dict(est: InferenceEstimate) -> dict[str, Any]:
+    """The JSON object of ``estimate --mode inference --format json`` (stable names)."""
+    lay = est.layout
+    return {
+        "mode": "inference",
+        "model": est.model.name,
+        "hardware": est.cluster.hardware.name,
+        "cluster": est.cluster.name,
+        "devices": lay.devices,
+        "layout": {"tp": lay.tp, "pp": lay.pp, "replicas": lay.replicas, "batch": int(lay.batch),
+                   "input_len": lay.input_len, "output_len": lay.output_len, "dtype": lay.dtype,
+                   "kv_dtype": lay.kv},
+        "tp": lay.tp, "pp": lay.pp, "replicas": lay.replicas, "batch": int(lay.batch),
+        "ttft_s": float(est.ttft_s),
+        "tpot_s": float(est.tpot_s),
+        "itl_s": float(est.itl_s),
+        "request_latency_s": float(est.request_latency_s),
+        "tokens_per_s": float(est.tokens_per_s),
+        "tokens_per_s_per_device": float(est.tokens_per_s_per_device),
+        "tokens_per_s_per_user": float(est.tokens_per_s_per_user),
+        "kv_cache_bytes": float(est.kv_cache_bytes),
+        "memory_bytes": {k: float(v) for k, v in est.memory_bytes.items()},
+        "hbm_bytes": float(est.cluster.hardware.hbm_bytes),
+        "headroom": est.headroom,
+        "fits": bool(est.fits),
+        "max_batch": int(est.max_batch),
+        "tp_allreduce_bytes_per_layer": float(est.tp_allreduce_bytes_per_layer),
+        "prefill_breakdown_s": {k: float(est.prefill_breakdown_s[k]) for k in PREFILL_KEYS},
+        "decode_breakdown_s": {k: float(est.decode_breakdown_s[k]) for k in DECODE_KEYS},
+        "bottleneck": bottleneck(est.decode_breakdown_s),
+    }
+
+
+def format_inference(est: InferenceEstimate) -> str:
+    d = inference_dict(est)
+    lay = est.layout
+    hbm = est.cluster.hardware.hbm_bytes
+    m = d["memory_bytes"]
+    lines = [
+        f"{d['model']} on {d['cluster']}: serving tp={lay.tp} pp={lay.pp} replicas={lay.replicas}, "
+        f"batch {d['batch']} per replica, {lay.input_len} in / {lay.output_len} out tokens, "
+        f"weights {lay.dtype}, KV {lay.kv}",
+        f"  TTFT              {d['ttft_s'] * 1e3:10.2f} ms   (prefill of one prompt, queueing ignored)",
+        f"  TPOT              {d['tpot_s'] * 1e3:10.2f} ms   (one decode step at batch {d['batch']}, "
+        f"context {lay.input_len + lay.output_len // 2})",
+        f"  ITL               {d['itl_s'] * 1e3:10.2f} ms   (TPOT plus other requests' prefills, spread)",
+        f"  request latency   {d['request_latency_s']:10.3f} s",
+        f"  throughput        {d['tokens_per_s']:10.1f} generated tokens/s "
+        f"({d['tokens_per_s_per_device']:.1f} per device, {d['tokens_per_s_per_user']:.1f} per user)",
+        f"  memory / device   {m['total'] / GIB:10.2f} GiB of {hbm / GIB:.0f} GiB "
+        f"(weights {m['weights'] / GIB:.2f}, KV cache {m['kv_cache'] / GIB:.2f}, workspace {m['workspace'] / GIB:.2f})"
+        f" -> {'fits' if d['fits'] else 'DOES NOT FIT'} with {100 * est.headroom:.0f}% headroom; "
+        f"max batch {d['max_batch']}",
+        "  decode step       " + ", ".join(f"{k} {v * 1e3:.3g} ms" for k, v in d["decode_breakdown_s"].items()
+                                           if v > 0),
+        "  prefill           " + ", ".join(f"{k} {v * 1e3:.3g} ms" for k, v in d["prefill_breakdown_s"].items()
+                                           if v > 0),
+        f"  TP all-reduce     {d['tp_allreduce_bytes_per_layer'] / 1e6:.3g} MB per layer per decode step; "
+        f"bottleneck: {d['bottleneck']}",
+    ]
+    return "\n".join(lines)
+
+
+def op_rows(est: InferenceEstimate, phase: str = "decode") -> list[dict]:
+    """Per-op rows of one layer for the prefill or one decode step."""
+    pairs = est.decode_ops if phase == "decode" else est.prefill_ops
+    return [{"op": o.name, "kind": o.kind, "flops": float(o.fwd_flops), "bytes": float(o.fwd_bytes),
+             "time_s": float(t)} for o, t in pairs]
+
+
+def with_batch(layout: ServeLayout, batch) -> ServeLayout:
+    return replace(layout, batch=batch)
