@@ -10,9 +10,9 @@ import subprocess
 import sys
 import time
 
-from parplan.hardware import load_cluster
-from parplan.model import load_model
-from parplan.search import SearchSpace, default_global_batch, search
+from parplan.specs.hardware import load_cluster
+from parplan.specs.model import load_model
+from parplan.plan.search import SearchSpace, default_global_batch, search
 
 COMMANDS = [["--model", "gpt3", "--hw", "a100x512"], ["--model", "megatron-1t", "--hw", "h100x16384"]]
 

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from parplan import frames, plots, sweep
-from parplan.report import build_report
+from parplan import frames, plots
+from parplan.plan import sweep
+from parplan.views.report import build_report
 
 MODEL = os.environ.get("PARPLAN_TOUR_MODEL", "gpt3-13b")
 HW = os.environ.get("PARPLAN_TOUR_HW", "a100x64")

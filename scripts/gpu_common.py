@@ -46,7 +46,7 @@ def profile_for(gpu_name: str) -> str:
 
 def gpu_profile(hw_arg: str | None = None):
     """The profile named by ``--hw`` (a name or a YAML file), else the shipped one of this GPU; says which."""
-    from parplan.hardware import load_hardware
+    from parplan.specs.hardware import load_hardware
 
     gpu = torch.cuda.get_device_name()
     hw = load_hardware(hw_arg or profile_for(gpu))

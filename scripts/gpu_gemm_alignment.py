@@ -26,7 +26,7 @@ from dataclasses import replace
 import torch
 
 sys.path.insert(0, os.getcwd())
-from parplan.roofline import matmul_time_s  # noqa: E402
+from parplan.cost.roofline import matmul_time_s  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gpu_common import gpu_profile, timed  # noqa: E402

@@ -38,9 +38,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.getcwd())
-from parplan.hardware import load_hardware, make_cluster  # noqa: E402
-from parplan.inference import pass_cost  # noqa: E402
-from parplan.model import load_model  # noqa: E402
+from parplan.specs.hardware import load_hardware, make_cluster  # noqa: E402
+from parplan.step.serve import pass_cost  # noqa: E402
+from parplan.specs.model import load_model  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gpu_common import profile_for, timed  # noqa: E402

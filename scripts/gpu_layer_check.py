@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.getcwd())
-from parplan.estimate import op_times  # noqa: E402
-from parplan.model import load_model, with_seq_len  # noqa: E402
-from parplan.ops import LocalDims, layer_ops  # noqa: E402
+from parplan.step.train import op_times  # noqa: E402
+from parplan.specs.model import load_model, with_seq_len  # noqa: E402
+from parplan.cost.ops import LocalDims, layer_ops  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gpu_common import gpu_profile, timed as cuda_timed  # noqa: E402
@@ -127,7 +127,7 @@ def layer_cases(hw, out_dir, dev):
 
 
 def gemm_sweep(hw, out_dir, dev):
-    from parplan.roofline import matmul_time_s
+    from parplan.cost.roofline import matmul_time_s
     shapes = [(s, s, s) for s in (256, 512, 1024, 2048, 4096, 8192, 16384)]
     shapes += [(2048, 12288, 4608), (2048, 1536, 12288), (2048, 12288, 6144), (2048, 6144, 12288),
                (8192, 4096, 6144), (8192, 4096, 28672), (8192, 14336, 4096), (1, 8192, 8192), (16, 8192, 8192),

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.getcwd())
-from parplan.estimate import op_times  # noqa: E402
-from parplan.model import load_model, with_seq_len  # noqa: E402
-from parplan.ops import LocalDims, layer_ops  # noqa: E402
+from parplan.step.train import op_times  # noqa: E402
+from parplan.specs.model import load_model, with_seq_len  # noqa: E402
+from parplan.cost.ops import LocalDims, layer_ops  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gpu_common import gpu_profile, timed  # noqa: E402

@@ -33,7 +33,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 sys.path.insert(0, os.getcwd())
-from parplan.model import load_model, model_from_dict, with_seq_len  # noqa: E402
+from parplan.specs.model import load_model, model_from_dict, with_seq_len  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gpu_common import profile_for, timed as cuda_timed  # noqa: E402
@@ -316,9 +316,9 @@ def predict_on(hw, model, world, batch, dtype):
     the layer's compute starts (forward, and again backward after the forward resharded), and
     the gradients' reduce-scatter starts after it ends. So FSDP's times are sums here.
     """
-    from parplan.estimate import estimate
-    from parplan.hardware import load_hardware, make_cluster
-    from parplan.layout import Layout
+    from parplan.step.train import estimate
+    from parplan.specs.hardware import load_hardware, make_cluster
+    from parplan.layouts.layout import Layout
 
     one = model
     single = model_from_dict(dict(name=one.name, layers=1, hidden=one.hidden, heads=one.heads, kv_heads=one.kv_heads,
