@@ -19,7 +19,8 @@ from parplan.bench.launch import diagnose, exit_codes
 from parplan.calibrate.nccl_tests import parse_nccl_tests, parse_nccl_tests_file
 from parplan.calibrate.rows import ResultWriter, Row, load_results, timing_fields, with_rates
 from parplan.bench.state import RankState
-from parplan.bench.config import (BenchConfig, build_plan, collective_count, mesh_layouts, parse_bytes, parse_ops,
+from parplan.units import parse_bytes
+from parplan.bench.config import (BenchConfig, build_plan, collective_count, mesh_layouts, parse_ops,
     resolve, sizes)
 from parplan.cost.collectives import bus_factor, collective_time_s, place
 from parplan.errors import ParplanError

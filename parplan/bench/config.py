@@ -7,12 +7,12 @@ elements per rank.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 from typing import Iterable, Sequence
 
 from ..cost.collectives import OPS
 from ..errors import ParplanError
+from ..units import GIB, format_bytes
 
 SUITES = ("collectives", "matmul", "copy", "layer")
 DEFAULT_SUITES = ("collectives", "matmul", "copy")
@@ -20,7 +20,7 @@ DEFAULT_OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broa
 DTYPES = ("fp32", "bf16", "fp16")
 ELEMENT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 LAYOUTS = ("contiguous", "strided")
-MAX_BYTES = 64 * 2**30
+MAX_BYTES = 64 * GIB
 MAX_ITERS = 100_000
 MAX_DIM = 1 << 20
 THIN_M = (1, 2, 4, 8, 16, 32, 64)
@@ -30,36 +30,9 @@ _OP_ALIASES = {
     "alltoall": "all_to_all", "all2all": "all_to_all", "bcast": "broadcast",
     "sendrecv": "send_recv", "p2p": "send_recv",
 }
-_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
-_BYTES = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
 
 
 # --------------------------------------------------------------------------- parsing helpers
-
-
-def parse_bytes(value: str | int, what: str = "size") -> int:
-    """``8``, ``64K``, ``64KiB``, ``1M``, ``1G``: binary multiples, as nccl-tests' ``-b``/``-e`` read them."""
-    if isinstance(value, bool):
-        raise ParplanError(f"{what}: expected a byte count such as 8, 64K or 1G, got {value!r}")
-    if isinstance(value, int):
-        size = value
-    else:
-        m = _BYTES.match(str(value))
-        if not m:
-            raise ParplanError(f"{what}: expected a byte count such as 8, 64K or 1G, got {value!r}")
-        size = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-    if size < 1 or size > MAX_BYTES:
-        raise ParplanError(f"{what}: {value!r} is out of range (1 B to 64 GiB)")
-    return size
-
-
-def format_bytes(size: float) -> str:
-    """``4 KiB``, ``1 GiB``, ``24 B``."""
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if size >= scale:
-            v = size / scale
-            return f"{v:.0f} {unit}" if v == int(v) else f"{v:.3g} {unit}"
-    return f"{int(size)} B"
 
 
 def _split(text: str | Sequence[str] | None) -> list[str]:
@@ -177,7 +150,7 @@ class BenchConfig:
     suites: tuple[str, ...] = DEFAULT_SUITES
     ops: tuple[str, ...] = DEFAULT_OPS
     min_bytes: int = 8
-    max_bytes: int = 2**30
+    max_bytes: int = GIB
     factor: int = 2
     dtype: str = "fp32"
     groups: tuple[int, ...] = ()
@@ -494,6 +467,6 @@ class Fault:
 
 __all__ = [
     "BenchConfig", "Fault", "GroupLayout", "Item", "build_plan", "collective_count", "default_shapes",
-    "format_bytes", "mesh_layouts", "parse_bytes", "parse_dtypes", "parse_groups", "parse_layouts",
+    "mesh_layouts", "parse_dtypes", "parse_groups", "parse_layouts",
     "parse_ops", "parse_shapes", "parse_suites", "resolve", "sizes",
 ]

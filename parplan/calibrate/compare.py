@@ -18,10 +18,10 @@ from typing import Sequence
 
 from ..cost.collectives import collective_time_s, place
 from ..errors import ParplanError
+from ..units import format_bytes
 from ..specs.hardware import BYTES_PER_ELEMENT, Cluster, load_cluster, make_cluster
 from ..specs.model import ModelSpec
 from .rows import Row
-from ..bench.config import format_bytes
 
 
 @dataclass(frozen=True)

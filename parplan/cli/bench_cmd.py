@@ -15,9 +15,10 @@ from pathlib import Path
 import click
 
 from ..errors import ParplanError
+from ..units import parse_bytes
 from ..calibrate.rows import CSV_NAME, JSONL_NAME, atomic_write_text, default_out_dir, load_results
 from .common import one_line_errors, run
-from ..bench.config import (BenchConfig, build_plan, parse_bytes, parse_dtypes, parse_groups, parse_layouts,
+from ..bench.config import (BenchConfig, build_plan, parse_dtypes, parse_groups, parse_layouts,
     parse_ops, parse_shapes, parse_suites, resolve)
 
 

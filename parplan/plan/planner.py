@@ -11,8 +11,8 @@ from ..views.records import estimate_dict
 from .search import (SearchSpace, bottleneck, default_global_batch, describe_row, fewest_devices, layout_of, rank,
     search, why)
 from .trust import rank_stability, sensitivity
+from ..units import GIB
 
-GIB = 2 ** 30
 MAX_BATCH_CHOICES = 16
 
 

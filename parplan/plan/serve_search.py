@@ -24,8 +24,8 @@ from ..specs.hardware import Cluster
 from ..step.serve import (ServeLayout, bottleneck, check_serve_layout, estimate_inference, inference_dict, max_batch,
     memory_per_device)
 from ..specs.model import ModelSpec
+from ..units import GIB
 
-GIB = 2 ** 30
 COLUMNS = ("tp", "pp", "replicas", "batch", "ttft_s", "tpot_s", "itl_s", "tokens_per_s", "tokens_per_s_per_device",
            "tokens_per_s_per_user", "kv_cache_bytes", "memory_bytes", "fits", "meets_targets", "max_batch",
            "bottleneck")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from ..errors import ParplanError
+from ..units import GIB
 from ..step.train import BREAKDOWN_KEYS, DEFAULT_HEADROOM, estimate
 from ..specs.hardware import MAX_DEVICES, Cluster, load_cluster, load_hardware, make_cluster
 from ..specs.model import ModelSpec, with_seq_len
@@ -298,7 +299,6 @@ TABLE_COLUMNS = (("devices", "devices", "{:>8d}"), ("global_batch", "global batc
 
 def format_sweep(df) -> str:
     """The terminal table of ``parplan sweep``."""
-    gib = 2 ** 30
     head = "".join(f"{title:>{len(fmt.format(1))}}  " for _, title, fmt in TABLE_COLUMNS)
     lines = [f"{df.attrs.get('model', '')} on {df.attrs.get('hardware', '')}: the best plan of each combination "
              f"({df.attrs.get('dtype', 'bf16')}, {100 * df.attrs.get('headroom', DEFAULT_HEADROOM):.0f}% HBM headroom)",
@@ -308,7 +308,7 @@ def format_sweep(df) -> str:
         cells = "".join(fmt.format(int(r[c]) if "d}" in fmt else float(r[c])) + "  " for c, _, fmt in TABLE_COLUMNS)
         if r["status"] == "ok":
             lines.append(cells + f"{r['layout']:<50}{r['step_time_s']:9.3f}{r['tokens_per_s']:11.4g}"
-                                 f"{100 * r['mfu']:6.1f}%{r['memory_bytes'] / gib:9.1f}  {r['bottleneck']}")
+                                 f"{100 * r['mfu']:6.1f}%{r['memory_bytes'] / GIB:9.1f}  {r['bottleneck']}")
         else:
             lines.append(cells + str(r["status"]))
     return "\n".join(lines)

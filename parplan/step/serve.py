@@ -63,6 +63,7 @@ from .train import DEFAULT_HEADROOM, op_times
 from ..specs.hardware import BYTES_PER_ELEMENT, DTYPES, Cluster, Hardware
 from ..specs.model import ModelSpec, vocab_shard
 from ..cost.roofline import matmul_time_s, memory_time_s
+from ..units import GIB
 
 KV_DTYPES = ("bf16", "fp16", "fp8", "fp32")
 # Split-K launches considered for each GEMM: the k loop split s ways (depth at least 256).
@@ -75,7 +76,6 @@ VLLM_VOCAB_PADDING = 64
 MAX_BATCH = 1 << 20
 DECODE_KEYS = ("matmul", "attention", "tp_comm", "other", "pp_comm", "pipeline_wait")
 PREFILL_KEYS = ("matmul", "attention", "tp_comm", "other", "pp_comm")
-GIB = 2 ** 30
 
 
 @dataclass(frozen=True)

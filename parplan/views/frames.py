@@ -20,7 +20,8 @@ from ..errors import ParplanError
 from ..step.train import BREAKDOWN_KEYS, DEFAULT_HEADROOM, Estimate, estimate, op_table
 from ..specs.hardware import Cluster, load_cluster
 from ..specs.model import ModelSpec, load_model, with_seq_len
-from .records import GIB, collective_rows, estimate_dict
+from ..units import GIB
+from .records import collective_rows, estimate_dict
 from ..plan.search import SearchSpace, bottleneck, default_global_batch, describe_row, layout_of, rank, search
 
 __all__ = ["as_cluster", "as_model", "estimate_frame", "explain_frames", "memory_part_columns", "plan_estimates",

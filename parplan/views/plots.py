@@ -28,10 +28,10 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: 
 
 from ..step.train import BREAKDOWN_KEYS, Estimate, op_table  # noqa: E402
 from ..plan.search import describe_row  # noqa: E402
+from ..units import GIB
 
 __all__ = ["memory_breakdown", "plan_scatter", "roofline", "save", "scaling", "si", "step_breakdown", "sweep"]
 
-GIB = 2 ** 30
 DPI = 120
 
 BREAKDOWN_STYLE = {

@@ -5,12 +5,12 @@ import dataclasses
 from typing import Any
 
 from ..step.train import BREAKDOWN_KEYS, Estimate, op_table
+from ..units import GIB
 
 MFU_DEFINITION = ("model FLOPs (forward + backward matmuls, full attention, no recompute; "
                   "Korthikanti et al. 2022 / PaLM) per second over dense peak of all devices")
 HFU_DEFINITION = ("hardware FLOPs (model FLOPs plus recomputed forward; Narayanan et al. 2021 eq. 3) "
                   "per second over dense peak of all devices")
-GIB = 2 ** 30
 
 
 def layout_dict(layout) -> dict[str, Any]:

@@ -18,7 +18,8 @@ from ..errors import ParplanError
 from ..step.train import BREAKDOWN_KEYS, DEFAULT_HEADROOM, Estimate, op_table
 from ..specs.hardware import Cluster
 from ..specs.model import ModelSpec
-from .records import GIB, MFU_DEFINITION, collective_rows, estimate_dict
+from ..units import GIB
+from .records import MFU_DEFINITION, collective_rows, estimate_dict
 from ..plan.search import describe_row, fewest_devices, why
 
 SIGNIFICANT_SHARE = 0.05  # a step-time component worth pointing out

@@ -4,7 +4,6 @@ from __future__ import annotations
 from ..specs.hardware import DTYPES, Hardware
 from ..specs.model import ModelSpec
 
-GIB = 2 ** 30
 
 
 def _si(value: float, unit: str) -> str:
