@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.getcwd())
-from parplan.step.train import op_times  # noqa: E402
+from parplan.cost.kernels import op_times  # noqa: E402
 from parplan.specs.model import load_model, with_seq_len  # noqa: E402
 from parplan.cost.ops import LocalDims, layer_ops  # noqa: E402
 

@@ -20,8 +20,7 @@ from parplan.calibrate.nccl_tests import parse_nccl_tests, parse_nccl_tests_file
 from parplan.calibrate.rows import ResultWriter, Row, load_results, timing_fields, with_rates
 from parplan.bench.state import RankState
 from parplan.units import parse_bytes
-from parplan.bench.config import (BenchConfig, build_plan, collective_count, mesh_layouts, parse_ops,
-    resolve, sizes)
+from parplan.bench.config import BenchConfig, build_plan, collective_count, mesh_layouts, parse_ops, resolve, sizes
 from parplan.cost.collectives import bus_factor, collective_time_s, place
 from parplan.errors import ParplanError
 from parplan.specs.hardware import load_cluster, load_hardware, make_cluster
@@ -380,7 +379,7 @@ def test_calibrate_scales_the_matmul_rate_to_what_layers_measure(tmp_path):
     """Layer rows whose matmuls and attention run at 0.8 of the rate the matmul rows imply (the other
     ops as the model predicts them): the written profile's matmul efficiency is scaled by 0.8, and
     the layers are then predicted as measured. Without layer rows nothing is scaled."""
-    from parplan.step.train import op_times
+    from parplan.cost.kernels import op_times
     from parplan.cost.ops import BATCHED, FLASH, MATMUL, LocalDims, layer_ops
     rows = synthetic_rows()
     plain, hw0 = cal.write_profile(rows, tmp_path / "plain.yaml", "a100")

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 import parplan
-from parplan.step.train import estimate, model_flops_per_step
+from parplan.step.train import estimate
+from parplan.cost.flops import model_flops_per_step
 from parplan.specs.hardware import load_cluster, load_hardware
 from parplan.layouts.layout import Layout
 from parplan.cost.memory import layer_activation_bytes
@@ -223,7 +224,7 @@ def test_alignment_bytes_of_rows():
 def test_misaligned_gemms_run_at_the_measured_fraction():
     """GEMMs whose feature sizes are not 16-byte multiples run at the profile's measured fraction;
     the token count never matters, and a profile that measured nothing charges nothing."""
-    from parplan.step.train import op_times
+    from parplan.cost.kernels import op_times
     from parplan.cost.ops import Op, MATMUL
     from parplan.cost.roofline import misalignment_fraction
     h200 = load_hardware("h200")

@@ -1,4 +1,4 @@
-"""One decoder layer of a :class:`~parplan.model.ModelSpec` in plain PyTorch, timed forward and backward.
+"""One decoder layer of a :class:`~parplan.specs.model.ModelSpec` in plain PyTorch, timed forward and backward.
 
 Pre-norm: ``x + proj(attn(norm(x)))``, then ``x + mlp(norm(x))``; fused QKV projection,
 causal ``scaled_dot_product_attention`` with grouped KV heads, GELU / ReLU or SwiGLU MLP,
@@ -57,15 +57,6 @@ class DecoderLayer(nn.Module):
         else:
             u = F.gelu(u) if s.activation == "gelu" else F.relu(u)
         return x + self.down(u)
-
-
-def forward_flops(spec: ModelSpec, batch: int, seq: int) -> float:
-    """Matmul FLOPs of one forward pass: projections and MLP, plus causal attention (half of ``s x s``)."""
-    tokens = batch * seq
-    h = spec.hidden
-    dense = 2 * tokens * (h * (spec.q_dim + 2 * spec.kv_dim) + spec.q_dim * h + spec.mlp_matrices * h * spec.ffn_hidden)
-    attention = 2 * batch * spec.heads * seq * seq * spec.head_dim  # QK^T and PV, causal half of each
-    return float(dense + attention)
 
 
 def shape_text(spec: ModelSpec, batch: int, seq: int, dtype: str) -> str:

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from ..cost.collectives import algbw, busbw
+from ..cost.flops import layer_forward_flops
 from ..errors import ParplanError
 from ..specs.model import load_model, with_seq_len
 from . import layer as layer_mod
@@ -191,7 +192,7 @@ class Runner:
         spec = with_seq_len(spec, seq)
         fwd, bwd, bad = layer_mod.time_layer(spec, cfg.micro_batch, seq, TORCH_DTYPES[item.dtype],
                                              ctx.device, cfg.iters, cfg.warmup)
-        flops = layer_mod.forward_flops(spec, cfg.micro_batch, seq)
+        flops = layer_forward_flops(spec, cfg.micro_batch, seq)
         shape = layer_mod.shape_text(spec, cfg.micro_batch, seq, item.dtype)
         rows = []
         for op, times, work in (("forward", fwd, flops), ("backward", bwd, 2 * flops)):

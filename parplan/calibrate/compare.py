@@ -1,11 +1,11 @@
 """Predicted against measured time for every bench row, and the error per op and group.
 
-Predictions: a collective by :func:`parplan.collectives.collective_time_s` on a cluster of
+Predictions: a collective by :func:`parplan.cost.collectives.collective_time_s` on a cluster of
 the row's world size and ranks per host, with the group placed as the row's stride places it;
-a matmul by ``parplan.roofline.matmul_time_s``; a copy as ``kernel_overhead_s`` plus bytes
-read and written over ``hbm_bandwidth x efficiency.hbm``; a layer's forward or backward as
-the sum of the planner's op times (``parplan.ops.layer_ops``, ``parplan.estimate.op_times``)
-for one device without parallelism or dropout. Error is ``(predicted - measured) / measured``.
+a matmul, a copy (bytes read and written over ``hbm_bandwidth x efficiency.hbm``, plus
+``kernel_overhead_s``) and a layer's forward or backward (the sum of the planner's op times over
+``parplan.cost.ops.layer_ops``, one device, no parallelism or dropout) through the planner's one
+kernel-timing path, :mod:`parplan.cost.kernels`. Error is ``(predicted - measured) / measured``.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from statistics import mean, median
 from typing import Sequence
 
 from ..cost.collectives import collective_time_s, place
+from ..cost.kernels import copy_time_s, gemm_time_s, op_times
 from ..errors import ParplanError
 from ..units import format_bytes
 from ..specs.hardware import BYTES_PER_ELEMENT, Cluster, load_cluster, make_cluster
@@ -73,19 +74,14 @@ def predict(row: Row, base: Cluster) -> tuple[float | None, str]:
         placement = place(row.group_size, max(1, row.group_stride), cluster)
         return collective_time_s(row.op, row.size_bytes, placement, cluster), ""
     if row.kind == "matmul":
-        try:
-            from ..cost.roofline import matmul_time_s
-        except ImportError:
-            return None, "no matmul model (parplan.roofline.matmul_time_s) in this version"
         if row.dtype not in BYTES_PER_ELEMENT:
             return None, f"no matmul model for dtype {row.dtype}"
         try:
-            return float(matmul_time_s(hw, row.m, row.k, row.n, dtype=row.dtype)), ""
+            return float(gemm_time_s(hw, row.m, row.k, row.n, dtype=row.dtype)), ""
         except ParplanError as exc:
             return None, str(exc)
     if row.kind == "copy":
-        # the roofline's memory-bound kernel: bytes read plus written over effective HBM bandwidth
-        return hw.kernel_overhead_s + row.bytes_moved / (hw.hbm_bandwidth * hw.hbm_efficiency), ""
+        return float(copy_time_s(hw, row.bytes_moved)), ""
     if row.kind == "layer":
         return predict_layer(row, hw)
     return None, f"no prediction for {row.kind} rows"
@@ -116,10 +112,6 @@ def layer_row_ops(row: Row) -> list:
 
 def predict_layer(row: Row, hw) -> tuple[float | None, str]:
     """One layer on one device, no parallelism: the planner's own op list and op times."""
-    try:
-        from ..step.train import op_times
-    except ImportError:
-        return None, "no layer model (parplan.ops / parplan.estimate) in this version"
     ops = layer_row_ops(row)
     try:
         times = [op_times(hw, op, row.dtype) for op in ops]

@@ -222,7 +222,7 @@ def in_layer_scale(rows: Sequence[Row], hw: Hardware) -> tuple[float, int] | Non
     two H200s, a profile fitted to isolated GEMMs predicted whole layers 13-27% fast
     (reports/multi-gpu/README.md). The layer rows measure that directly.
     """
-    from ..step.train import op_times
+    from ..cost.kernels import op_times
     from ..cost.ops import BATCHED, FLASH, MATMUL
     from .compare import layer_row_ops
 

@@ -12,7 +12,7 @@ import json
 import click
 
 from ..errors import ParplanError
-from ..step.train import DEFAULT_HEADROOM
+from ..cost.memory import DEFAULT_HEADROOM
 from ..step.serve import (KV_DTYPES, ServeLayout, check_tp, decode_breakdown, estimate_inference, format_inference,
     inference_dict, op_rows)
 from ..plan.serve_search import format_plans, pareto_plot, plan_dicts, plans

@@ -22,6 +22,9 @@ from ..specs.model import ModelSpec
 from .ops import LocalDims
 
 ADAM_STATE_BYTES_PER_PARAM = 12  # fp32 master weight + momentum + variance (ZeRO Sec. 3.1)
+# Fraction of HBM a plan keeps free for the allocator's fragmentation, NCCL buffers and the CUDA
+# context, unless the user sets --headroom.
+DEFAULT_HEADROOM = 0.10
 
 
 def layer_activation_bytes(model: ModelSpec, d: LocalDims, dtype: str, flash_attention: bool,

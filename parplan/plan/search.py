@@ -14,7 +14,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..errors import ParplanError
-from ..step.train import BREAKDOWN_KEYS, DEFAULT_HEADROOM, estimate
+from ..step.train import BREAKDOWN_KEYS, estimate
+from ..cost.memory import DEFAULT_HEADROOM
 from ..specs.hardware import Cluster
 from ..layouts.layout import Layout
 from ..specs.model import ModelSpec

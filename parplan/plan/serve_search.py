@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ParplanError
-from ..step.train import DEFAULT_HEADROOM
+from ..cost.memory import DEFAULT_HEADROOM
 from ..specs.hardware import Cluster
 from ..step.serve import (ServeLayout, bottleneck, check_serve_layout, estimate_inference, inference_dict, max_batch,
     memory_per_device)

@@ -18,7 +18,8 @@ from typing import Any, Iterable, Sequence
 
 from ..errors import ParplanError
 from ..units import GIB
-from ..step.train import BREAKDOWN_KEYS, DEFAULT_HEADROOM, estimate
+from ..step.train import BREAKDOWN_KEYS, estimate
+from ..cost.memory import DEFAULT_HEADROOM
 from ..specs.hardware import MAX_DEVICES, Cluster, load_cluster, load_hardware, make_cluster
 from ..specs.model import ModelSpec, with_seq_len
 from ..views.records import estimate_dict

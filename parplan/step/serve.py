@@ -8,9 +8,8 @@ has ``input_len`` prompt tokens and generates ``output_len`` tokens.
 * **Prefill** runs the prompt through the model once: the training forward's ops
   (``parplan.ops.layer_ops``) for ``input_len`` tokens of one sequence, no
   dropout, FlashAttention, and the logits of the last position only. Its GEMMs
-  have ``m = input_len``: compute-bound. Every GEMM is timed through
-  ``roofline.matmul_time_s`` as the faster of a plain and a split-K launch
-  (``gemm_time_s``). TTFT is the prefill of one request's
+  have ``m = input_len``: compute-bound. Every GEMM is timed as the faster of a plain
+  and a split-K launch (``parplan.cost.kernels.gemm_time_s``). TTFT is the prefill of one request's
   prompt through every stage (queueing ignored).
 * **Decode** produces one token for each of the ``batch`` sequences: the same
   GEMMs with ``m = batch`` — at small batch each reads all local weights for a
@@ -59,16 +58,14 @@ from ..cost import ops as ops_mod
 from ..cost.collectives import collective_time_s, place
 from ..errors import ParplanError
 from ..layouts.layout import check_tp_1d
-from .train import DEFAULT_HEADROOM, op_times
+from ..cost.memory import DEFAULT_HEADROOM
+from ..cost.kernels import gemm_time_s, op_times
 from ..specs.hardware import BYTES_PER_ELEMENT, DTYPES, Cluster, Hardware
 from ..specs.model import ModelSpec, vocab_shard
-from ..cost.roofline import matmul_time_s, memory_time_s
+from ..cost.roofline import memory_time_s
 from ..units import GIB
 
 KV_DTYPES = ("bf16", "fp16", "fp8", "fp32")
-# Split-K launches considered for each GEMM: the k loop split s ways (depth at least 256).
-SPLIT_K = (2, 4, 8, 16)
-MIN_SPLIT_DEPTH = 256
 MAX_LEN = 100_000_000
 # vLLM pads the vocabulary of its embedding and LM head to a multiple of 64 (DEFAULT_VOCAB_PADDING_SIZE,
 # model_executor/layers/vocab_parallel_embedding.py).
@@ -269,31 +266,11 @@ def pass_ops(model: ModelSpec, tp: int, phase: str, seqs, tokens_per_seq, contex
     return ops[:at] + [_kv_write_op(d, dtype, kv_dtype)] + ops[at:]
 
 
-def gemm_time_s(hw: Hardware, m, k, n, dtype: str = "bf16", batch=1):
-    """One GEMM: the faster of a plain launch and split-K launches, each through ``roofline.matmul_time_s``.
-
-    A split-K launch (k split ``s`` ways, each part at least 256 deep) is ``s`` GEMMs of
-    depth ``k / s`` writing ``s`` partial outputs: the FLOPs are the same, the tiles
-    ``s`` times as many. cuBLAS and CUTLASS pick it for thin, deep products whose output
-    tiles alone would leave most compute units idle — the decode GEMMs under tensor
-    parallelism (e.g. 256 x 8192 x 1280 for Llama 3 70B's QKV at tp=8).
-    """
-    m, k, n, batch = (np.asarray(x, float) for x in (m, k, n, batch))
-    best = matmul_time_s(hw, m, k, n, dtype, batch)
-    for s in SPLIT_K:
-        split = matmul_time_s(hw, m, k / s, n, dtype, batch * s, lead_dims=(k, n))
-        best = np.where(k / s >= MIN_SPLIT_DEPTH, np.minimum(best, split), best)
-    return best
-
-
 def _op_time(hw: Hardware, op: ops_mod.Op, dtype: str):
-    """Forward seconds of one op: GEMMs at the weights' dtype, attention and element-wise at the activations'."""
-    if op.kind in (ops_mod.MATMUL, ops_mod.BATCHED):
-        m, k, n, batch = op.gemm
-        return gemm_time_s(hw, m, k, n, dtype, batch)
-    if op.kind == ops_mod.FLASH:
-        return op_times(hw, op, activation_dtype(dtype))[0]
-    return memory_time_s(hw, op.fwd_bytes)
+    """Forward seconds of one op: GEMMs at the weights' dtype (split-K where it pays), the rest at the
+    activations'."""
+    gemm = op.kind in (ops_mod.MATMUL, ops_mod.BATCHED)
+    return op_times(hw, op, dtype if gemm else activation_dtype(dtype), split_k=True)[0]
 
 
 def _category(op: ops_mod.Op) -> str:
@@ -363,7 +340,7 @@ def pass_cost(model: ModelSpec, cluster: Cluster, tp: int, pp: int, phase: str, 
     rows = seqs
     vocab_local = vocab_shard(model.vocab, tp, VLLM_VOCAB_PADDING)
     head = {
-        "matmul": gemm_time_s(hw, rows, model.hidden, vocab_local, dtype),
+        "matmul": gemm_time_s(hw, rows, model.hidden, vocab_local, dtype, split_k=True),
         "other": memory_time_s(hw, 3.0 * rows * model.hidden * abpe) + memory_time_s(hw, rows * vocab_local * 4.0),
         "tp_comm": collective_time_s("all_gather", rows * model.vocab * abpe, tp_group, cluster),
     }

@@ -22,50 +22,19 @@ from typing import Any
 import numpy as np
 
 from ..cost import ops as ops_mod
+from ..cost.flops import model_flops_per_step, recompute_flops_per_step
+from ..cost.kernels import op_times
 from ..cost.collectives import collective_time_s, place
 from ..specs.hardware import BYTES_PER_ELEMENT, Cluster
 from ..layouts.layout import Layout, check_layout
-from ..cost.memory import (ADAM_STATE_BYTES_PER_PARAM, inflight_microbatches, layer_activation_bytes,
-    optimizer_step_bytes, recompute_code)
+from ..cost.memory import (ADAM_STATE_BYTES_PER_PARAM, DEFAULT_HEADROOM, inflight_microbatches,
+    layer_activation_bytes, optimizer_step_bytes, recompute_code)
 from ..specs.model import ModelSpec, vocab_shard, with_seq_len
-from ..cost.roofline import (ALIGNED_BYTES, alignment_bytes, FLASH_BWD_FRACTION_OF_GEMM, FLASH_FWD_FRACTION_OF_GEMM,
-    arithmetic_intensity, matmul_efficiency, matmul_time_s, memory_time_s, misalignment_fraction, wave_utilization)
+from ..cost.roofline import ALIGNED_BYTES, alignment_bytes, arithmetic_intensity, memory_time_s, misalignment_fraction
 from ..layouts.strategies import Collective, Context, strategies_for
 from ..layouts.strategies.pipeline import bubble_fraction
 
-DEFAULT_HEADROOM = 0.10
 BREAKDOWN_KEYS = ("compute", "recompute", "tp_comm", "cp_comm", "pp_comm", "bubble", "dp_comm", "optimizer")
-
-
-# --------------------------------------------------------------------------- op timing
-
-
-def op_times(hw, op: ops_mod.Op, dtype: str):
-    """(forward_s, backward_s) of one op on one device."""
-    if op.kind in (ops_mod.MATMUL, ops_mod.BATCHED):
-        m, k, n, batch = op.gemm
-        # A batched matmul runs its batch in one kernel; a weight GEMM's "batch" is sequential
-        # block products (2D TP's SUMMA steps), one kernel each.
-        steps, batch = (batch, 1) if op.kind == ops_mod.MATMUL else (1, batch)
-        fwd = steps * matmul_time_s(hw, m, k, n, dtype, batch)
-        # Backward: data gradient (m x n)(n x k) and weight gradient (k x m)(m x n), on the
-        # same row-major tensors: their rows are still k and n long.
-        lead = (k, n)
-        bwd = steps * (matmul_time_s(hw, m, n, k, dtype, batch, lead_dims=lead) +
-                       matmul_time_s(hw, k, m, n, dtype, batch, lead_dims=lead))
-        return fwd, bwd
-    if op.kind == ops_mod.FLASH:
-        s, dh, skv, heads = op.gemm
-        eff = matmul_efficiency(hw, s, dh, skv, heads) if hw.matmul_curve is not None else \
-            hw.matmul_efficiency * wave_utilization(hw, s, dh, heads)
-        peak = hw.peak(dtype)
-        mem_bw = hw.hbm_bandwidth * hw.hbm_efficiency
-        fwd = np.maximum(op.fwd_flops / (peak * eff * FLASH_FWD_FRACTION_OF_GEMM), op.fwd_bytes / mem_bw)
-        bwd = np.maximum(op.bwd_flops / (peak * eff * FLASH_BWD_FRACTION_OF_GEMM), op.bwd_bytes / mem_bw)
-        return fwd + hw.kernel_overhead_s, bwd + hw.kernel_overhead_s
-    # A pass with no backward kernel (its gradient flows through untouched) costs nothing there.
-    return tuple(np.where(np.asarray(b) > 0, memory_time_s(hw, b, op.streaming), 0.0)
-                 for b in (op.fwd_bytes, op.bwd_bytes))
 
 
 # --------------------------------------------------------------------------- results
@@ -108,36 +77,6 @@ class Estimate:
 
 
 # --------------------------------------------------------------------------- the model
-
-
-def _whole_model_dims(model: ModelSpec, seq) -> ops_mod.LocalDims:
-    """One unsharded sequence with full (not causal-halved) attention: the FLOP-counting convention."""
-    return ops_mod.LocalDims(batch=1, seq=seq, seq_kv=seq, hidden=model.hidden, heads=model.heads,
-                             kv_heads=model.kv_heads, head_dim=model.head_dim, ffn=model.ffn_hidden,
-                             vocab=model.vocab, norm_shard=1, causal=False)
-
-
-def model_flops_per_step(model: ModelSpec, seq, batch, dtype: str = "bf16"):
-    """FLOPs of forward + backward of the whole model for ``batch`` sequences of ``seq`` tokens.
-
-    3x the forward matmul FLOPs with full attention, which for a GPT equals
-    Korthikanti et al.'s ``72 B L s h^2 (1 + s/(6h) + V/(12 h L))``.
-    """
-    d = _whole_model_dims(model, seq)
-    layer = ops_mod.total(ops_mod.layer_ops(model, d, dtype, flash_attention=False), "fwd_flops")
-    head = ops_mod.total(ops_mod.head_ops(model, d, dtype), "fwd_flops")
-    return 3.0 * np.asarray(batch, float) * (model.layers * layer + head)
-
-
-def recompute_flops_per_step(model: ModelSpec, seq, batch, recompute, dtype: str = "bf16"):
-    """Extra forward FLOPs spent recomputing activations (full: every layer; selective: attention core)."""
-    d = _whole_model_dims(model, seq)
-    layer_ops = ops_mod.layer_ops(model, d, dtype, flash_attention=False)
-    full = ops_mod.total(layer_ops, "fwd_flops")
-    core = sum((o.fwd_flops for o in layer_ops if o.attention_core), 0.0)
-    code = recompute_code(recompute)
-    per_layer = np.where(code == 2, full, np.where(code == 1, core, 0.0))
-    return np.asarray(batch, float) * model.layers * per_layer
 
 
 def _stage_layers(model: ModelSpec, pp):

@@ -17,7 +17,8 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from ..errors import ParplanError
-from ..step.train import BREAKDOWN_KEYS, DEFAULT_HEADROOM, Estimate, estimate, op_table
+from ..step.train import BREAKDOWN_KEYS, Estimate, estimate, op_table
+from ..cost.memory import DEFAULT_HEADROOM
 from ..specs.hardware import Cluster, load_cluster
 from ..specs.model import ModelSpec, load_model, with_seq_len
 from ..units import GIB

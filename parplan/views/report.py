@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import ParplanError
-from ..step.train import BREAKDOWN_KEYS, DEFAULT_HEADROOM, Estimate, op_table
+from ..step.train import BREAKDOWN_KEYS, Estimate, op_table
+from ..cost.memory import DEFAULT_HEADROOM
 from ..specs.hardware import Cluster
 from ..specs.model import ModelSpec
 from ..units import GIB

@@ -1,0 +1,53 @@
+"""Model FLOPs of a training step, the FLOP-counting convention behind MFU and HFU.
+
+Model FLOPs count the matmuls of forward and backward with full (not causal-halved)
+attention, as Korthikanti et al. 2022 (arXiv 2205.05198, Appendix) and PaLM (Chowdhery et
+al. 2022, App. B) do; hardware FLOPs (HFU, Narayanan et al. 2021 eq. 3) add the recomputed
+forward. Every count is the sum of the FLOPs of the ops in :mod:`parplan.cost.ops`, so the
+FLOPs the roofline times and the FLOPs MFU divides by are the same numbers.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import ops as ops_mod
+from .memory import recompute_code
+from ..specs.model import ModelSpec
+
+
+def _whole_model_dims(model: ModelSpec, seq) -> ops_mod.LocalDims:
+    """One unsharded sequence with full (not causal-halved) attention: the FLOP-counting convention."""
+    return ops_mod.LocalDims(batch=1, seq=seq, seq_kv=seq, hidden=model.hidden, heads=model.heads,
+                             kv_heads=model.kv_heads, head_dim=model.head_dim, ffn=model.ffn_hidden,
+                             vocab=model.vocab, norm_shard=1, causal=False)
+
+
+def model_flops_per_step(model: ModelSpec, seq, batch, dtype: str = "bf16"):
+    """FLOPs of forward + backward of the whole model for ``batch`` sequences of ``seq`` tokens.
+
+    3x the forward matmul FLOPs with full attention, which for a GPT equals
+    Korthikanti et al.'s ``72 B L s h^2 (1 + s/(6h) + V/(12 h L))``.
+    """
+    d = _whole_model_dims(model, seq)
+    layer = ops_mod.total(ops_mod.layer_ops(model, d, dtype, flash_attention=False), "fwd_flops")
+    head = ops_mod.total(ops_mod.head_ops(model, d, dtype), "fwd_flops")
+    return 3.0 * np.asarray(batch, float) * (model.layers * layer + head)
+
+
+def recompute_flops_per_step(model: ModelSpec, seq, batch, recompute, dtype: str = "bf16"):
+    """Extra forward FLOPs spent recomputing activations (full: every layer; selective: attention core)."""
+    d = _whole_model_dims(model, seq)
+    layer_ops = ops_mod.layer_ops(model, d, dtype, flash_attention=False)
+    full = ops_mod.total(layer_ops, "fwd_flops")
+    core = sum((o.fwd_flops for o in layer_ops if o.attention_core), 0.0)
+    code = recompute_code(recompute)
+    per_layer = np.where(code == 2, full, np.where(code == 1, core, 0.0))
+    return np.asarray(batch, float) * model.layers * per_layer
+
+
+def layer_forward_flops(model: ModelSpec, batch: int, seq: int, dtype: str = "bf16") -> float:
+    """Matmul FLOPs of one layer's forward pass as it runs: projections, MLP and causal attention."""
+    d = ops_mod.LocalDims(batch=batch, seq=seq, seq_kv=seq, hidden=model.hidden, heads=model.heads,
+                          kv_heads=model.kv_heads, head_dim=model.head_dim, ffn=model.ffn_hidden,
+                          vocab=model.vocab, norm_shard=1, causal=True)
+    return float(ops_mod.total(ops_mod.layer_ops(model, d, dtype, flash_attention=True), "fwd_flops"))
