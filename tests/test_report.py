@@ -119,12 +119,12 @@ def test_plan_frame_ranks_fitting_plans_first(plans):
 
 def test_estimate_and_explain_frames(top):
     from parplan.views import frames
-    from parplan.step.train import BREAKDOWN_KEYS
+    from parplan.layouts.strategies import breakdown_keys
 
     df = frames.estimate_frame(top)
     assert len(df) == 3
     row = df.iloc[0]
-    assert row["step_time_s"] == pytest.approx(sum(row[f"{k}_s"] for k in BREAKDOWN_KEYS))
+    assert row["step_time_s"] == pytest.approx(sum(row[f"{k}_s"] for k in breakdown_keys()))
     parts = frames.memory_part_columns(df)
     assert {"memory_weights_bytes", "memory_activations_bytes"} <= set(parts)
     assert row["memory_bytes"] == pytest.approx(sum(row[c] for c in parts))

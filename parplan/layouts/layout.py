@@ -12,14 +12,15 @@ import re
 from dataclasses import dataclass, field, replace
 
 from ..errors import ParplanError
+from ..specs.yamlio import suggest
 from ..specs.hardware import DTYPES, Cluster
 from ..specs.model import ModelSpec
+from .strategies import BUILTIN, axis as strategy_axis, axis_names, is_folded
 
 RECOMPUTE = ("none", "selective", "full")
 SCHEDULES = ("1f1b", "interleaved", "gpipe")
 TP_MODES = ("1d", "2d", "3d")
 CP_MODES = ("ring", "allgather")
-AXES = ("tp", "cp", "dp", "pp")
 DEFAULT_ORDER = ("tp", "cp", "dp", "pp")
 
 
@@ -50,10 +51,23 @@ class Layout:
     gather_bucket_params: int | None = None  # ZeRO-3 gathers in buckets of this many parameters (None: per layer)
     reduce_bucket_params: int | None = None  # ZeRO-3 reduce-scatters in such buckets (None: per layer)
     order: tuple[str, ...] = field(default=DEFAULT_ORDER)
+    # Sizes of plug-in axes beyond tp, cp, pp and dp, as (name, size) pairs; an axis folded over
+    # others (parplan.layouts.strategies) lies over their ranks and is not in ``order``.
+    axes: tuple[tuple[str, int], ...] = ()
+
+    def size(self, axis: str):
+        """The size of any mesh axis, built-in or plug-in (1 for a plug-in axis the layout does not use)."""
+        if axis in BUILTIN:
+            return getattr(self, axis)
+        return dict(self.axes).get(axis, 1)
 
     @property
     def devices(self) -> int:
-        return self.tp * self.pp * self.dp * self.cp
+        n = self.tp * self.pp * self.dp * self.cp
+        for name, size in self.axes:
+            if not is_folded(name):
+                n = n * size
+        return n
 
     @property
     def batch(self) -> int:
@@ -65,12 +79,18 @@ class Layout:
         return self.batch // (self.micro_batch * self.dp)
 
     def stride(self, axis: str) -> int:
-        """Device-index distance between neighbours on ``axis`` (product of inner axes)."""
+        """Device-index distance between neighbours on ``axis`` (product of inner axes).
+
+        A folded axis takes the innermost ranks of the axes it folds over: its stride is theirs.
+        """
+        if axis not in self.order and axis in dict(self.axes) and is_folded(axis):
+            over = strategy_axis(axis).folded_over
+            return self.stride(next(a for a in self.order if a in over))
         s = 1
         for a in self.order:
             if a == axis:
                 return s
-            s *= getattr(self, a)
+            s *= self.size(a)
         raise ParplanError(f"axis '{axis}' is not in the mesh order {self.order}")
 
     def describe(self) -> str:
@@ -78,6 +98,7 @@ class Layout:
                  f"pp={self.pp}" + (f"x{self.vpp}" if self.vpp > 1 else ""),
                  f"dp={self.dp}" + (f"(zero{self.zero})" if self.zero else ""),
                  f"cp={self.cp}", f"mb={self.micro_batch}", f"recompute={self.recompute}"]
+        parts[4:4] = [f"{name}={size}" for name, size in self.axes]
         if not self.fused_kernels:
             parts.append("unfused")
         return " ".join(parts)
@@ -90,8 +111,9 @@ def parse_mesh(text: str) -> dict[str, int]:
         if not part:
             continue
         name, _, value = part.partition("=")
-        if name not in AXES:
-            raise ParplanError(f"--mesh: unknown axis '{name}'; axes are {', '.join(AXES)}")
+        if name not in axis_names():
+            raise ParplanError(f"--mesh: unknown axis '{name}'{suggest(name, axis_names())}; "
+                               f"axes are {', '.join(axis_names())}")
         if name in sizes:
             raise ParplanError(f"--mesh: axis '{name}' given twice")
         if not re.fullmatch(r"[0-9]+", value) or int(value) < 1:
@@ -103,8 +125,17 @@ def parse_mesh(text: str) -> dict[str, int]:
 
 
 def mesh_order(sizes: dict[str, int]) -> tuple[str, ...]:
-    """The mesh order: the named axes first in the order given, then the rest (size 1)."""
-    return tuple(sizes) + tuple(a for a in DEFAULT_ORDER if a not in sizes)
+    """The mesh order: the named axes first in the order given, then the rest (size 1).
+
+    Folded axes lie over the ranks of others and take no place of their own.
+    """
+    named = tuple(a for a in sizes if not is_folded(a))
+    return named + tuple(a for a in DEFAULT_ORDER if a not in sizes)
+
+
+def plugin_axes(sizes: dict[str, int]) -> tuple[tuple[str, int], ...]:
+    """The (name, size) pairs of the plug-in axes among ``sizes`` (for ``Layout.axes``)."""
+    return tuple((a, v) for a, v in sizes.items() if a not in BUILTIN)
 
 
 def check_tp_1d(model: ModelSpec, tp: int) -> None:
@@ -138,10 +169,26 @@ def check_layout(layout: Layout, model: ModelSpec, cluster: Cluster) -> Layout:
     cluster.hardware.peak(layout.dtype)
     if layout.zero not in (0, 1, 2, 3):
         raise ParplanError(f"zero stage must be 0, 1, 2 or 3, got {layout.zero!r}")
-    if sorted(layout.order) != sorted(AXES):
-        raise ParplanError(f"mesh order must list each of {', '.join(AXES)} once, got {layout.order}")
+    for name, size in layout.axes:
+        strategy_axis(name)
+        if name in BUILTIN:
+            raise ParplanError(f"axis '{name}' is a Layout field; give it as {name}=, not in axes")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ParplanError(f"axis {name} must be a positive whole number, got {size!r}")
+        over = strategy_axis(name).folded_over
+        if over:
+            ranks = 1
+            for a in over:
+                ranks *= layout.size(a)
+            if ranks % size:
+                raise ParplanError(f"{name}={size} is folded over {'x'.join(over)} = {ranks} ranks and must "
+                                   f"divide them")
+    mesh = BUILTIN + tuple(a for a, _ in layout.axes if not is_folded(a))
+    if sorted(layout.order) != sorted(mesh):
+        raise ParplanError(f"mesh order must list each of {', '.join(mesh)} once, got {layout.order}")
     if layout.devices != cluster.devices:
-        raise ParplanError(f"tp*cp*pp*dp = {layout.tp}*{layout.cp}*{layout.pp}*{layout.dp} = {layout.devices} "
+        names = ["tp", "cp", "pp", "dp"] + [a for a, _ in layout.axes if not is_folded(a)]
+        raise ParplanError(f"{'*'.join(names)} = {'*'.join(str(layout.size(a)) for a in names)} = {layout.devices} "
                            f"does not match the {cluster.devices} devices of {cluster.name}")
     tp = layout.tp
     if layout.tp_mode == "1d":

@@ -6,7 +6,8 @@ import re
 
 from .emit import emit
 from ..errors import ParplanError
-from ..step.train import BREAKDOWN_KEYS, estimate
+from ..step.train import estimate
+from ..layouts.strategies import breakdown_keys
 from ..views.records import estimate_dict
 from .search import (SearchSpace, bottleneck, default_global_batch, describe_row, fewest_devices, layout_of, rank,
     search, why)
@@ -156,7 +157,7 @@ def _table(model, cluster, ranked, best, plans, evaluated, batches, gb_note, obj
     elif stability:
         out.append("#1 stays fastest of these plans with any one efficiency or bandwidth 15% off")
     b = plans[0]["breakdown_s"]
-    out += ["", "best plan's step: " + ", ".join(f"{k} {b[k]:.3g} s" for k in BREAKDOWN_KEYS if b[k] > 0)]
+    out += ["", "best plan's step: " + ", ".join(f"{k} {b[k]:.3g} s" for k in breakdown_keys() if b[k] > 0)]
     if extra:
         out += ["", f"binding constraint: {extra['binding_constraint']}",
                 "what +10% of one hardware parameter buys (best plan re-searched):"]

@@ -14,7 +14,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..errors import ParplanError
-from ..step.train import BREAKDOWN_KEYS, estimate
+from ..step.train import estimate
+from ..layouts.strategies import breakdown_keys, breakdown_labels
 from ..cost.memory import DEFAULT_HEADROOM
 from ..specs.hardware import Cluster
 from ..layouts.layout import Layout
@@ -175,7 +176,7 @@ def search(model: ModelSpec, cluster: Cluster, space: SearchSpace):
             df["tflops_per_device"] = np.broadcast_to(est.tflops_per_device, n)
             df["memory_bytes"] = np.broadcast_to(est.memory_bytes["total"], n)
             df["fits"] = np.broadcast_to(est.fits, n)
-            for k in BREAKDOWN_KEYS:
+            for k in breakdown_keys():
                 df[f"{k}_s"] = np.broadcast_to(est.breakdown_s[k], n)
             frames.append(df)
     all_df = pd.concat(frames, ignore_index=True)
@@ -198,8 +199,8 @@ def rank(df, objective: str = "throughput"):
 
 def bottleneck(row) -> str:
     """The largest cost beyond compute, or compute itself."""
-    parts = {"TP comm": row["tp_comm_s"], "CP comm": row["cp_comm_s"], "PP comm": row["pp_comm_s"],
-             "bubble": row["bubble_s"], "DP comm": row["dp_comm_s"], "recompute": row["recompute_s"]}
+    parts = {label: row[f"{key}_s"] for key, label in breakdown_labels().items()}
+    parts["recompute"] = row["recompute_s"]
     name, value = max(parts.items(), key=lambda kv: kv[1])
     return name if value > 0.10 * row["step_time_s"] else "compute"
 
@@ -218,7 +219,7 @@ def describe_row(row) -> str:
 
 def why(winner, runner) -> str:
     """One line on why the winner beats the runner-up: the largest component difference."""
-    diffs = {k: runner[f"{k}_s"] - winner[f"{k}_s"] for k in BREAKDOWN_KEYS}
+    diffs = {k: runner[f"{k}_s"] - winner[f"{k}_s"] for k in breakdown_keys()}
     k, v = max(diffs.items(), key=lambda kv: kv[1])
     changed = [f"{a} {runner[a]}->{winner[a]}" for a in ("tp", "pp", "dp", "cp", "micro_batch", "recompute", "zero",
                                                           "sp", "vpp", "tp_mode", "cp_mode", "shard_group", "order", "global_batch")

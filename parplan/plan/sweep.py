@@ -18,7 +18,8 @@ from typing import Any, Iterable, Sequence
 
 from ..errors import ParplanError
 from ..units import GIB
-from ..step.train import BREAKDOWN_KEYS, estimate
+from ..step.train import estimate
+from ..layouts.strategies import breakdown_keys
 from ..cost.memory import DEFAULT_HEADROOM
 from ..specs.hardware import MAX_DEVICES, Cluster, load_cluster, load_hardware, make_cluster
 from ..specs.model import ModelSpec, with_seq_len
@@ -161,16 +162,16 @@ def _plan_columns(row, est=None, prefix: str = "") -> dict[str, Any]:
     for c in PLAN_COLUMNS:
         v = row[c]
         out[f"{prefix}{c}"] = v.item() if hasattr(v, "item") else v
-    for k in BREAKDOWN_KEYS:
+    for k in breakdown_keys():
         out[f"{prefix}{k}_s"] = float(row[f"{k}_s"])
     if est is not None:
         d = estimate_dict(est)
         for k in ("step_time_s", "tokens_per_s", "mfu", "hfu", "tflops_per_device"):
             out[f"{prefix}{k}"] = d[k]
         out[f"{prefix}memory_bytes"] = d["memory_bytes"]["total"]
-        for k in BREAKDOWN_KEYS:
+        for k in breakdown_keys():
             out[f"{prefix}{k}_s"] = d["breakdown_s"][k]
-        parts = {f"{k}_s": d["breakdown_s"][k] for k in BREAKDOWN_KEYS}
+        parts = {f"{k}_s": d["breakdown_s"][k] for k in breakdown_keys()}
         out[f"{prefix}bottleneck"] = bottleneck({"step_time_s": d["step_time_s"], **parts})
     return out
 

@@ -27,14 +27,14 @@ from ..cost.kernels import op_times
 from ..cost.collectives import collective_time_s, place
 from ..specs.hardware import BYTES_PER_ELEMENT, Cluster
 from ..layouts.layout import Layout, check_layout
-from ..cost.memory import (ADAM_STATE_BYTES_PER_PARAM, DEFAULT_HEADROOM, inflight_microbatches,
+from ..cost.memory import (ADAM_STATE_BYTES_PER_PARAM, DEFAULT_HEADROOM,
     layer_activation_bytes, optimizer_step_bytes, recompute_code)
 from ..specs.model import ModelSpec, vocab_shard, with_seq_len
 from ..cost.roofline import ALIGNED_BYTES, alignment_bytes, arithmetic_intensity, memory_time_s, misalignment_fraction
-from ..layouts.strategies import Collective, Context, strategies_for
-from ..layouts.strategies.pipeline import bubble_fraction
+from ..layouts.strategies import (Collective, Context, StageTimes, axis, axis_names, stages_of,
+                                  strategies_for)
+from .overlap import attention_exposed, link_sum, step_exposures
 
-BREAKDOWN_KEYS = ("compute", "recompute", "tp_comm", "cp_comm", "pp_comm", "bubble", "dp_comm", "optimizer")
 
 
 # --------------------------------------------------------------------------- results
@@ -79,11 +79,6 @@ class Estimate:
 # --------------------------------------------------------------------------- the model
 
 
-def _stage_layers(model: ModelSpec, pp):
-    """Layers on the busiest stage (uneven splits give some stages one more)."""
-    return np.ceil(model.layers / np.asarray(pp, float))
-
-
 def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, headroom: float = DEFAULT_HEADROOM,
              check: bool = True, dropout: bool | None = None) -> Estimate:
     """Predict one training step of ``model`` on ``cluster`` under ``layout``.
@@ -102,6 +97,7 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, headroom: fl
 
     # ---- per-device shapes: each axis shrinks what it shards
     strategies = strategies_for(layout)
+    stages = stages_of(strategies)
     fields = dict(batch=np.asarray(layout.micro_batch), seq=np.asarray(seq, float),
                   seq_kv=np.asarray(seq, float), hidden=model.hidden, heads=model.heads,
                   kv_heads=model.kv_heads, head_dim=model.head_dim, ffn=model.ffn_hidden,
@@ -118,121 +114,53 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, headroom: fl
     attn_fwd = sum((t[0] for o, t in zip(lops, times) if o.attention_core), np.float64(0.0))
     attn_bwd = sum((t[1] for o, t in zip(lops, times) if o.attention_core), np.float64(0.0))
     layer_rec = np.where(rc == 2, layer_fwd, np.where(rc == 1, attn_fwd, 0.0))
-    emb_ops, head_ops = ops_mod.embedding_ops(model, dims, dtype), ops_mod.head_ops(model, dims, dtype)
-    emb_t = [op_times(hw, o, dtype) for o in emb_ops]
-    head_t = [op_times(hw, o, dtype) for o in head_ops]
+    emb_t = [op_times(hw, o, dtype) for o in ops_mod.embedding_ops(model, dims, dtype)]
+    head_t = [op_times(hw, o, dtype) for o in ops_mod.head_ops(model, dims, dtype)]
     emb_f, emb_b = sum(t[0] for t in emb_t), sum(t[1] for t in emb_t)
     head_f, head_b = sum(t[0] for t in head_t), sum(t[1] for t in head_t)
 
     # ---- stages
-    pp, vpp = np.asarray(layout.pp), np.asarray(layout.vpp)
     m = np.asarray(layout.global_batch) // (np.asarray(layout.micro_batch) * np.asarray(layout.dp))
     m = np.maximum(m, 1)
-    stage_layers = _stage_layers(model, pp)
+    stage_layers = stages.stage_layers(model, layout)
+    stage_params = stages.stage_params(model, layout)
     layer_p = model.layer_params()
-    first_params = stage_layers * layer_p + model.embedding_params()
-    last_params = stage_layers * layer_p + model.output_params() + \
-        np.where(pp > 1, model.vocab * model.hidden if model.tied_embeddings else 0, model.embedding_params())
-    last_params = np.where(pp > 1, last_params, first_params + model.output_params())
-    stage_params = np.maximum(first_params, last_params)
-
     ctx = Context(model=model, cluster=cluster, layout=layout, dims=dims, bpe=bpe, seq=seq,
                   stage_layers=stage_layers, micro_batches=m, layer_params=layer_p,
                   stage_params=stage_params, recompute=rc)
 
-    # ---- collectives: time per call, calls per step, exposure
-    costs: list[CollectiveCost] = []
-    for s in strategies:
-        for c in s.collectives(ctx):
-            where = place(c.group, c.stride, cluster)
-            t = collective_time_s(c.op, c.size_bytes, where, cluster)
-            per_step = np.asarray(c.count, float) * {"layer": stage_layers * m, "microbatch": m, "step": 1.0}[c.per]
-            costs.append(CollectiveCost(c, t, per_step, t * per_step, None, where.spans_nodes))
+    # ---- collectives: time per call, calls per step
+    costs = price_collectives(strategies, ctx)
 
-    def link_sum(pred):
-        return sum((c.time_s * np.asarray(c.collective.count, float) for c in costs if pred(c.collective)),
-                   np.float64(0.0))
-
-    # Per layer per micro-batch: critical TP/CP collectives; CP ring hidden behind attention.
-    tp_layer = link_sum(lambda c: c.axis == "tp" and c.per == "layer")
-    tp_mb = link_sum(lambda c: c.axis == "tp" and c.per == "microbatch")
-    cp_crit = link_sum(lambda c: c.axis == "cp" and c.per == "layer" and c.hidden_by == "none")
-    ring_f = link_sum(lambda c: c.axis == "cp" and c.hidden_by == "attention" and c.phase != "backward")
-    ring_b = link_sum(lambda c: c.axis == "cp" and c.hidden_by == "attention" and c.phase == "backward")
-    ring_exposed = np.maximum(0, ring_f - attn_fwd * np.where(rc == 2, 2, 1)) + np.maximum(0, ring_b - attn_bwd)
-    cp_layer = cp_crit + ring_exposed
-    p2p = link_sum(lambda c: c.axis == "pp" and c.per == "microbatch")
-
-    # ---- one micro-batch on a stage
+    # ---- per micro-batch on the busiest stage: each axis's critical collectives (the embedding's
+    # and head's at the busiest stage's share), and what outlasts the attention it hides under
+    axes = axis_names()
+    share = stages.ends_share(layout)
+    layer_comm, mb_comm, attention = {}, {}, {}
+    for a in axes:
+        crit = link_sum(costs, lambda c: c.axis == a and c.per == "layer" and c.hidden_by == "none")
+        attention[a] = attention_exposed(costs, a, attn_fwd, attn_bwd, rc)
+        layer_comm[a] = crit + attention[a][0]
+        ends = link_sum(costs, lambda c: c.axis == a and c.per == "microbatch" and c.hidden_by == "none"
+                        and c.stage != "all")
+        every = link_sum(costs, lambda c: c.axis == a and c.per == "microbatch" and c.hidden_by == "none"
+                         and c.stage == "all")
+        mb_comm[a] = ends * share + every
+    comm_mb = stage_layers * sum(layer_comm.values(), np.float64(0.0))
+    for a in axes:
+        comm_mb = comm_mb + mb_comm[a]
     compute_mb = stage_layers * (layer_fwd + layer_bwd)
-    compute_first = compute_mb + emb_f + emb_b
-    compute_last = compute_mb + head_f + head_b
-    single = pp == 1
-    compute_busiest = np.where(single, compute_mb + emb_f + emb_b + head_f + head_b,
-                               np.maximum(compute_first, compute_last))
     recompute_mb = stage_layers * layer_rec
-    comm_mb = stage_layers * (tp_layer + cp_layer) + tp_mb / np.where(single, 1, 2) + p2p
-    t_mb_max = compute_busiest + recompute_mb + comm_mb
-    t_mb_avg = np.where(single, t_mb_max,
-                        (compute_mb * model.layers / (stage_layers * pp)) + (emb_f + emb_b + head_f + head_b) / pp
-                        + recompute_mb + comm_mb)
-    pipeline_s = m * t_mb_max + bubble_fraction(pp, vpp, m) * m * t_mb_avg
+    pipeline_s, compute_busiest, schedule_s = stages.compose(model, layout, StageTimes(
+        m, stage_layers, compute_mb, emb_f, emb_b, head_f, head_b, recompute_mb, comm_mb))
 
-    # ---- data parallel: hide what the compute can
-    fwd_window_mb = stage_layers * layer_fwd
-    bwd_window_mb = stage_layers * (layer_bwd + layer_rec)
-    dp_exposed = np.float64(0.0)
-    dp_costs = []
-    for idx, c in enumerate(costs):
-        col = c.collective
-        if col.axis != "dp" or not np.any(c.calls_per_step):
-            continue
-        # Candidates (array entries) that make no such call get no window and no floor from it.
-        active = np.asarray(c.calls_per_step) > 0
-        if col.per == "microbatch":  # ZeRO-3: per micro-batch, behind that micro-batch's compute
-            window = fwd_window_mb if col.hidden_by == "forward" else bwd_window_mb
-            # The first layer's gather cannot be prefetched: one layer's share of the calls.
-            first_layer = c.time_s * np.asarray(col.count, float) / np.maximum(stage_layers, 1)
-            dp_costs.append((idx, col.hidden_by, c.link_s, np.where(active, window * m, 0.0),
-                             np.where(active, first_layer * m, 0.0)))
-        else:
-            window = {"backward": bwd_window_mb, "forward": fwd_window_mb}.get(col.hidden_by, 0.0)
-            dp_costs.append((idx, col.hidden_by, c.link_s, np.where(active, window, 0.0), 0.0))
-    # Link sharing: while DP traffic hides under a pass, the other axes' collectives of that pass
-    # that use the same link class (network or scale-up) take their share of it first.
-    def busy_per_mb(phases, on_network):
-        total = np.float64(0.0)
-        for c in costs:
-            col = c.collective
-            if col.axis == "dp" or col.phase not in phases or col.per == "step":
-                continue
-            same = np.where(c.spans_nodes, 1.0, 0.0) if on_network else np.where(c.spans_nodes, 0.0, 1.0)
-            per_mb = np.asarray(col.count, float) * (stage_layers if col.per == "layer" else 1.0)
-            total = total + same * c.time_s * per_mb
-        return total
-
-    for phase in ("forward", "backward", "none"):
-        group = [x for x in dp_costs if x[1] == phase]
-        if not group:
-            continue
-        if phase != "none":
-            passes = ("forward",) if phase == "forward" else ("backward", "recompute")
-            window_mb = np.maximum(fwd_window_mb if phase == "forward" else bwd_window_mb, 1e-12)
-            busy_net, busy_local = busy_per_mb(passes, True), busy_per_mb(passes, False)
-            shared = []
-            for i, ph, own, w, f in group:  # each collective against the link class it runs on
-                busy = np.where(costs[i].spans_nodes, busy_net, busy_local)
-                shared.append((i, ph, own / (1.0 - np.clip(busy / window_mb, 0.0, 0.9)), w, f))
-            group = shared
-        link = sum(x[2] for x in group)
-        window = np.max(np.broadcast_arrays(*[x[3] for x in group]), axis=0) if phase != "none" else 0.0
-        floor = sum(x[4] for x in group)
-        exposed = np.maximum(link - window, floor) if phase != "none" else link
-        dp_exposed = dp_exposed + exposed
-        for idx, _, own, *_ in group:
-            share = np.where(link > 0, own / np.where(link > 0, link, 1), 0)
-            costs[idx] = replace(costs[idx], exposed_s=exposed * share, hide_window_s=window, link_s=own)
-    step_extra = link_sum(lambda c: c.axis == "pp" and c.per == "step")
+    # ---- per step: what the compute does not hide of the overlapped collectives, and the
+    # per-step critical ones, in the order the step issues them after its last backward
+    step_comm = step_exposures(costs, stage_layers, m, stage_layers * layer_fwd,
+                               stage_layers * (layer_bwd + layer_rec))
+    step = pipeline_s
+    for a in sorted(axes, key=lambda a: axis(a).finish_order):
+        step = step + step_comm.get(a, 0.0)
 
     # ---- optimizer
     divisors = {"weights": 1, "gradients": 1, "optimizer": 1}
@@ -242,50 +170,44 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, headroom: fl
     grad_bytes = 4 if layout.grad_accum_fp32 else bpe
     opt_params = stage_params / divisors["optimizer"]
     optimizer_s = memory_time_s(hw, optimizer_step_bytes(opt_params, grad_bytes))
+    step = step + optimizer_s
 
-    step = pipeline_s + dp_exposed + step_extra + optimizer_s
-
-    # ---- exposures for the remaining collectives (critical-path ones are fully exposed)
+    # ---- exposures of the per-layer and per-micro-batch collectives
     for i, c in enumerate(costs):
         if c.exposed_s is None:
             col = c.collective
             exposed = c.link_s if col.hidden_by == "none" else np.zeros_like(c.link_s)
             if col.hidden_by == "attention":
+                ring_exposed, ring_f, ring_b = attention[col.axis]
                 ring_link = (ring_f + ring_b) * stage_layers * m
                 exposed = ring_exposed * stage_layers * m * c.link_s / np.where(ring_link > 0, ring_link, 1)
             costs[i] = replace(c, exposed_s=exposed)
 
     # ---- breakdown (sums to the step time)
-    tp_total = m * (stage_layers * tp_layer + tp_mb / np.where(single, 1, 2))
-    breakdown = {
-        "compute": m * compute_busiest,
-        "recompute": m * recompute_mb,
-        "tp_comm": tp_total,
-        "cp_comm": m * stage_layers * cp_layer,
-        "pp_comm": m * p2p + step_extra,
-        "bubble": bubble_fraction(pp, vpp, m) * m * t_mb_avg,
-        "dp_comm": dp_exposed,
-        "optimizer": optimizer_s,
-    }
+    breakdown = {"compute": m * compute_busiest, "recompute": m * recompute_mb}
+    for a in axes:
+        for key in axis(a).labels:
+            if key == f"{a}_comm":
+                breakdown[key] = m * (stage_layers * layer_comm[a] + mb_comm[a]) + step_comm.get(a, 0.0)
+            else:
+                breakdown[key] = schedule_s.get(key, 0.0 * pipeline_s)
+    breakdown["optimizer"] = optimizer_s
 
     # ---- memory
     act_layer = layer_activation_bytes(model, dims, dtype, layout.flash_attention, use_dropout, rc)
-    inflight = inflight_microbatches(pp, vpp, m, layout.schedule)
+    inflight = stages.inflight(layout, m)
     act_full_layer = layer_activation_bytes(model, dims, dtype, layout.flash_attention, use_dropout, "none")
     activations = stage_layers * act_layer * inflight + np.where(rc == 2, act_full_layer, 0.0)
     logits = dims.batch * dims.seq * dims.vocab * (bpe + 4)  # 16-bit logits and the fp32 loss softmax
-    weights = stage_params * bpe / divisors["weights"]
-    gradients = stage_params * grad_bytes / divisors["gradients"]
-    optimizer_state = stage_params * ADAM_STATE_BYTES_PER_PARAM / divisors["optimizer"]
-    gathered = np.where(np.asarray(layout.zero) == 3, 2 * layer_p / np.asarray(layout.tp) * bpe, 0.0)
     memory = {
-        "weights": weights,
-        "gradients": gradients,
-        "optimizer": optimizer_state,
+        "weights": stage_params * bpe / divisors["weights"],
+        "gradients": stage_params * grad_bytes / divisors["gradients"],
+        "optimizer": stage_params * ADAM_STATE_BYTES_PER_PARAM / divisors["optimizer"],
         "activations": activations,
         "logits": logits,
-        "gathered_weights": gathered,
     }
+    for s in strategies_in_registry_order(strategies):
+        memory.update(s.memory_bytes(ctx))
     memory["total"] = sum(memory.values())
     fits = memory["total"] <= hw.hbm_bytes * (1.0 - headroom)
 
@@ -314,6 +236,24 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, headroom: fl
         collectives=costs,
         headroom=headroom,
     )
+
+
+def price_collectives(strategies, ctx: Context) -> list[CollectiveCost]:
+    """Every strategy's collectives placed on the cluster, with time per call and calls per step."""
+    per = {"layer": ctx.stage_layers * ctx.micro_batches, "microbatch": ctx.micro_batches, "step": 1.0}
+    costs = []
+    for s in strategies:
+        for c in s.collectives(ctx):
+            where = place(c.group, c.stride, ctx.cluster)
+            t = collective_time_s(c.op, c.size_bytes, where, ctx.cluster)
+            per_step = np.asarray(c.count, float) * per[c.per]
+            costs.append(CollectiveCost(c, t, per_step, t * per_step, None, where.spans_nodes))
+    return costs
+
+
+def strategies_in_registry_order(strategies):
+    rank = {a: i for i, a in enumerate(axis_names())}
+    return sorted(strategies, key=lambda s: rank[s.axis])
 
 
 def model_has_dropout(model: ModelSpec) -> bool:

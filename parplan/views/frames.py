@@ -17,7 +17,8 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from ..errors import ParplanError
-from ..step.train import BREAKDOWN_KEYS, Estimate, estimate, op_table
+from ..step.train import Estimate, estimate, op_table
+from ..layouts.strategies import breakdown_keys
 from ..cost.memory import DEFAULT_HEADROOM
 from ..specs.hardware import Cluster, load_cluster
 from ..specs.model import ModelSpec, load_model, with_seq_len
@@ -128,7 +129,7 @@ def _estimate_row(est: Estimate) -> dict[str, Any]:
     row["memory_bytes"] = d["memory_bytes"]["total"]
     row.update({f"memory_{k}_bytes": v for k, v in d["memory_bytes"].items() if k != "total"})
     row.update(hbm_bytes=d["hbm_bytes"], headroom=d["headroom"], fits=d["fits"])
-    row.update({f"{k}_s": d["breakdown_s"][k] for k in BREAKDOWN_KEYS})
+    row.update({f"{k}_s": d["breakdown_s"][k] for k in breakdown_keys()})
     row.update(layer_forward_s=d["layer"]["forward_s"], layer_backward_s=d["layer"]["backward_s"])
     return row
 
@@ -154,8 +155,8 @@ def explain_frames(est: Estimate) -> dict[str, Any]:
 
     d = estimate_dict(est)
     step = d["step_time_s"]
-    breakdown = pd.DataFrame({"component": list(BREAKDOWN_KEYS),
-                              "seconds": [d["breakdown_s"][k] for k in BREAKDOWN_KEYS]})
+    breakdown = pd.DataFrame({"component": list(breakdown_keys()),
+                              "seconds": [d["breakdown_s"][k] for k in breakdown_keys()]})
     breakdown["share"] = breakdown["seconds"] / step
     mem = {k: v for k, v in d["memory_bytes"].items() if k != "total"}
     memory = pd.DataFrame({"part": list(mem), "bytes": list(mem.values())})

@@ -26,7 +26,8 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: E402
 
-from ..step.train import BREAKDOWN_KEYS, Estimate, op_table  # noqa: E402
+from ..step.train import Estimate, op_table  # noqa: E402
+from ..layouts.strategies import breakdown_keys
 from ..plan.search import describe_row  # noqa: E402
 from ..units import GIB
 
@@ -243,7 +244,7 @@ def step_breakdown(plans, *, title: str | None = None, top: int | None = None) -
         raise ValueError("no plans to draw")
     fig, axes = _figure(11.5, 1.6 + 0.55 * len(rows))
     ax = axes[0][0]
-    parts = [(f"{k}_s", *_style(BREAKDOWN_STYLE, k, i)) for i, k in enumerate(BREAKDOWN_KEYS)]
+    parts = [(f"{k}_s", *_style(BREAKDOWN_STYLE, k, i)) for i, k in enumerate(breakdown_keys())]
     totals = _stacked_barh(ax, rows, parts, 1.0)
     for i, (r, t) in enumerate(zip(rows, totals)):
         ax.annotate(f"{t:.3g} s   MFU {100 * float(r['mfu']):.1f}%", (t, i), xytext=(4, 0),

@@ -4,7 +4,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ..step.train import BREAKDOWN_KEYS, Estimate, op_table
+from ..step.train import Estimate, op_table
+from ..layouts.strategies import breakdown_keys
 from ..units import GIB
 
 MFU_DEFINITION = ("model FLOPs (forward + backward matmuls, full attention, no recompute; "
@@ -14,8 +15,11 @@ HFU_DEFINITION = ("hardware FLOPs (model FLOPs plus recomputed forward; Narayana
 
 
 def layout_dict(layout) -> dict[str, Any]:
+    """The layout's fields; plug-in axes appear under their own names, after the order."""
     d = dataclasses.asdict(layout)
     d["order"] = list(layout.order)
+    d.pop("axes")
+    d.update(dict(layout.axes))
     return d
 
 
@@ -42,7 +46,7 @@ def estimate_dict(est: Estimate) -> dict[str, Any]:
         "hbm_bytes": float(hbm),
         "headroom": est.headroom,
         "fits": bool(est.fits),
-        "breakdown_s": {k: float(est.breakdown_s[k]) for k in BREAKDOWN_KEYS},
+        "breakdown_s": {k: float(est.breakdown_s[k]) for k in breakdown_keys()},
         "layer": {"forward_s": float(est.layer_forward_s), "backward_s": float(est.layer_backward_s)},
     }
 

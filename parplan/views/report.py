@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import ParplanError
-from ..step.train import BREAKDOWN_KEYS, Estimate, op_table
+from ..step.train import Estimate, op_table
+from ..layouts.strategies import breakdown_keys
 from ..cost.memory import DEFAULT_HEADROOM
 from ..specs.hardware import Cluster
 from ..specs.model import ModelSpec
@@ -179,7 +180,7 @@ def build_report(model: ModelSpec | str, cluster: Cluster | str, *, global_batch
         rep.files.append(write_text(out / "scaling_batch.csv", rep.batch_scaling.to_csv(index=False)))
     cols = ["rank", "layout", "placement", "tp", "pp", "dp", "cp", "zero", "micro_batch", "recompute", "sp", "vpp",
             "order", "step_time_s", "tokens_per_s", "mfu", "hfu", "memory_bytes", "fits", "bottleneck"] + \
-        [f"{k}_s" for k in BREAKDOWN_KEYS]
+        [f"{k}_s" for k in breakdown_keys()]
     rep.files.append(write_text(out / "plans.csv", fitting.head(max(top, 20))[cols].to_csv(index=False)))
     text = render_markdown(m, cl, plans, ests, pngs, rep.device_scaling, rep.batch_scaling,
                            global_batch_given=global_batch is not None, command=command)
@@ -254,7 +255,7 @@ def _breakdown_text(est: Estimate) -> list[str]:
     notable = [f"{k.replace('_', ' ')} {_pct(v / step)}" for k, v in parts if k != "compute" and v / step >= 0.01]
     text = (f"Compute is {_pct(d['breakdown_s']['compute'] / step)} of the best plan's step"
             + (f"; beyond it: {', '.join(notable)}." if notable else "; nothing else takes as much as 1%."))
-    rows = [[k, _s(d["breakdown_s"][k]), _pct(d["breakdown_s"][k] / step)] for k in BREAKDOWN_KEYS]
+    rows = [[k, _s(d["breakdown_s"][k]), _pct(d["breakdown_s"][k] / step)] for k in breakdown_keys()]
     return [text, "", md_table(["component", "time per step", "share"], rows)]
 
 

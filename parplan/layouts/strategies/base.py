@@ -1,12 +1,40 @@
-"""What every parallelism plug-in provides, and the records they exchange with the estimator."""
+"""The plug-in contract: what a mesh axis tells the step, and the records they exchange.
+
+A strategy (one per mesh axis) says three things about a layout, and nothing else:
+
+* how it shrinks the per-device shapes of one micro-batch (``local_dims``);
+* which collectives it issues (``collectives``), each tagged with *when* it runs (``per``
+  layer, micro-batch or step; ``phase``), *where* (``stage``: every pipeline stage, or the
+  first or last, which hold the embedding and the head) and *what can hide it*
+  (``hidden_by``: nothing, the attention core of the same layer, or the forward or backward
+  pass of the micro-batch);
+* how it divides the model states (``state_divisors``) and which extra buffers it keeps
+  (``memory_bytes``).
+
+The step composes those tags generically, so a new axis is one new class registered with
+:func:`parplan.layouts.strategies.register`: its breakdown key (``<axis>_comm``), its result
+columns and its bottleneck name follow from the registration. An axis may be *folded* over
+others (``folded_over``): its ranks are laid over theirs rather than multiplying the device
+count, as Megatron-Core lays expert parallelism over the data-parallel ranks.
+
+One strategy may split the layers into pipeline stages (``Stages``); without one, the model
+is a single stage.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from ...cost.ops import LocalDims
 from ...specs.hardware import Cluster
 from ...specs.model import ModelSpec
-from ...cost.ops import LocalDims
+
+PERS = ("layer", "microbatch", "step")
+PHASES = ("forward", "backward", "recompute", "step")
+STAGES = ("all", "first", "last")
+HIDERS = ("none", "attention", "forward", "backward")
 
 
 @dataclass(frozen=True)
@@ -15,7 +43,9 @@ class Collective:
 
     ``size_bytes`` is the nccl-tests buffer size of one call; ``count`` the calls
     per ``per`` (a layer of one micro-batch, a micro-batch on one stage, or a step).
-    ``hidden_by`` names the compute that can hide it (``none`` = critical path).
+    ``hidden_by`` names the compute that can hide it (``none`` = critical path);
+    ``stage`` the pipeline stage that issues it (``first``: the embedding's, ``last``: the
+    head's; ``all``: every stage).
     """
 
     name: str
@@ -28,6 +58,7 @@ class Collective:
     per: str        # layer | microbatch | step
     phase: str      # forward | backward | recompute | step
     hidden_by: str  # none | forward | backward | attention
+    stage: str = "all"
 
 
 @dataclass(frozen=True)
@@ -45,6 +76,7 @@ class Context:
     layer_params: Any      # parameters of one layer (before tensor-parallel sharding)
     stage_params: Any      # parameters of the busiest pipeline stage (before tensor-parallel sharding)
     recompute: Any         # 0 none, 1 selective, 2 full
+    sampling: bool = False  # a serving pass: the head's logits are gathered for sampling
 
     def stride(self, axis: str):
         return self.layout.stride(axis)
@@ -54,6 +86,16 @@ class Strategy:
     """A mesh axis. Subclasses override what their parallelism changes."""
 
     axis = ""
+    folded_over: tuple[str, ...] = ()
+    # When the axis's per-step work runs after the last backward, lower first (the order the
+    # step adds these costs in): Megatron-Core's finalize_model_grads syncs data-parallel
+    # gradients before it all-reduces the pipeline's tied embeddings.
+    finish_order = 2
+
+    @classmethod
+    def breakdown_labels(cls) -> dict[str, str]:
+        """Step-breakdown keys this axis adds, with the name ``plan`` gives each as a bottleneck."""
+        return {f"{cls.axis}_comm": f"{cls.axis.upper()} comm"}
 
     def local_dims(self, dims: dict, model: ModelSpec, layout) -> dict:
         """Shrink the per-device shapes (a dict of LocalDims fields)."""
@@ -65,3 +107,56 @@ class Strategy:
     def state_divisors(self, ctx: Context) -> dict[str, Any]:
         """Divisors of the per-device weights, gradients and optimizer state this axis shards."""
         return {}
+
+    def memory_bytes(self, ctx: Context) -> dict[str, Any]:
+        """Buffers per device beyond weights, gradients, optimizer state and activations."""
+        return {}
+
+
+class Stages:
+    """How the layers split into pipeline stages and how micro-batches flow through them.
+
+    The default is one stage holding every layer, the embedding and the head; a pipeline
+    strategy overrides each method (:class:`parplan.layouts.strategies.pipeline.PipelineParallel`).
+    """
+
+    splits_stages = False
+
+    def stage_layers(self, model: ModelSpec, layout):
+        """Transformer layers on the busiest stage."""
+        return np.ceil(model.layers / np.asarray(1.0))
+
+    def stage_params(self, model: ModelSpec, layout):
+        """Parameters of the busiest stage (before tensor-parallel sharding)."""
+        return model.layers * model.layer_params() + model.embedding_params() + model.output_params()
+
+    def ends_share(self, layout):
+        """The share of the embedding's and head's per-micro-batch collectives on the busiest stage."""
+        return 1.0
+
+    def inflight(self, layout, micro_batches):
+        """Micro-batches whose activations the busiest stage holds at its peak."""
+        return np.asarray(1.0)
+
+    def compose(self, model: ModelSpec, layout, t: "StageTimes"):
+        """(seconds of the micro-batches through the stages, the busiest stage's compute per micro-batch,
+        {breakdown key: seconds} of the schedule's own idle time) of one step."""
+        busiest = t.compute_mb + t.emb_f + t.emb_b + t.head_f + t.head_b
+        return t.micro_batches * (busiest + t.recompute_mb + t.comm_mb), busiest, {}
+
+
+@dataclass(frozen=True)
+class StageTimes:
+    """What a schedule composes, per micro-batch on one device: the stage's layers, the embedding's
+    and head's compute (forward, backward), the recompute and the exposed per-micro-batch
+    communication (arrays allowed)."""
+
+    micro_batches: Any
+    stage_layers: Any
+    compute_mb: Any     # stage_layers x (layer forward + backward)
+    emb_f: Any
+    emb_b: Any
+    head_f: Any
+    head_b: Any
+    recompute_mb: Any
+    comm_mb: Any

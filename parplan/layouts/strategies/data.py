@@ -22,6 +22,7 @@ from .base import Collective, Context, Strategy
 
 class DataParallel(Strategy):
     axis = "dp"
+    finish_order = 0  # the gradient sync is the first thing a step does after its last backward
 
     def _group(self, ctx: Context):
         """Size, placement stride and ZeRO shard size of the dp x cp gradient group.
@@ -92,3 +93,9 @@ class DataParallel(Strategy):
             "gradients": np.where(zero >= 2, shard, 1),
             "weights": np.where(zero >= 3, shard, 1),
         }
+
+    def memory_bytes(self, ctx: Context):
+        # ZeRO-3 holds one layer gathered while the next is prefetched.
+        lay = ctx.layout
+        return {"gathered_weights": np.where(np.asarray(lay.zero) == 3,
+                                             2 * ctx.layer_params / np.asarray(lay.tp) * ctx.bpe, 0.0)}

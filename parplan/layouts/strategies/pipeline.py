@@ -10,16 +10,53 @@ scatter/gather optimisation, Megatron-LM ``--scatter-gather-tensors-in-pipeline`
 DeepSpeed's pipeline engine sends each stage's whole output from every TP rank
 (``deepspeed/runtime/pipe/engine.py``, ``_exec_send_activations``):
 ``Layout.pp_scatter_gather = False``.
+
+The embedding sits on the first stage and the head (final norm, logits, loss) on the
+last; the busiest stage is whichever of the two does more, and it holds the
+activations of ``inflight_microbatches`` micro-batches at its peak (Korthikanti 2022).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .base import Collective, Context, Strategy
+from ...cost.memory import inflight_microbatches
+from .base import Collective, Context, Stages, Strategy
 
 
-class PipelineParallel(Strategy):
+def stage_layers(model, pp):
+    """Layers on the busiest stage (uneven splits give some stages one more)."""
+    return np.ceil(model.layers / np.asarray(pp, float))
+
+
+def stage_params(model, pp):
+    """Parameters of the busiest stage: its layers plus the embedding (first) or the head (last).
+
+    With tied embeddings the last stage keeps its own copy of the table for the logits.
+    """
+    pp = np.asarray(pp)
+    layers = stage_layers(model, pp)
+    layer_p = model.layer_params()
+    first = layers * layer_p + model.embedding_params()
+    last = layers * layer_p + model.output_params() + \
+        np.where(pp > 1, model.vocab * model.hidden if model.tied_embeddings else 0, model.embedding_params())
+    last = np.where(pp > 1, last, first + model.output_params())
+    return np.maximum(first, last)
+
+
+def bubble_fraction(pp, vpp, micro_batches):
+    """Idle fraction of the ideal time: (p-1)/(v m) (Narayanan 2021, eqs. 1-2)."""
+    pp, vpp, m = (np.asarray(x, float) for x in (pp, vpp, micro_batches))
+    return (pp - 1) / (vpp * m)
+
+
+class PipelineParallel(Strategy, Stages):
     axis = "pp"
+    splits_stages = True
+    finish_order = 1  # the tied-embedding all-reduce follows the data-parallel gradient sync
+
+    @classmethod
+    def breakdown_labels(cls):
+        return {"pp_comm": "PP comm", "bubble": "bubble"}
 
     def collectives(self, ctx: Context):
         lay, d, model = ctx.layout, ctx.dims, ctx.model
@@ -44,8 +81,31 @@ class PipelineParallel(Strategy):
                        table, np.where(p > 1, tied, 0), "step", "step", "none"),
         ]
 
+    # ---- the schedule
 
-def bubble_fraction(pp, vpp, micro_batches):
-    """Idle fraction of the ideal time: (p-1)/(v m) (Narayanan 2021, eqs. 1-2)."""
-    pp, vpp, m = (np.asarray(x, float) for x in (pp, vpp, micro_batches))
-    return (pp - 1) / (vpp * m)
+    def stage_layers(self, model, layout):
+        return stage_layers(model, layout.pp)
+
+    def stage_params(self, model, layout):
+        return stage_params(model, layout.pp)
+
+    def ends_share(self, layout):
+        # The embedding's collectives run on the first stage and the head's on the last.
+        return 1.0 / np.where(np.asarray(layout.pp) == 1, 1, 2)
+
+    def inflight(self, layout, micro_batches):
+        return inflight_microbatches(layout.pp, layout.vpp, micro_batches, layout.schedule)
+
+    def compose(self, model, layout, t):
+        pp, vpp, m = np.asarray(layout.pp), np.asarray(layout.vpp), t.micro_batches
+        single = pp == 1
+        first = t.compute_mb + t.emb_f + t.emb_b
+        last = t.compute_mb + t.head_f + t.head_b
+        busiest = np.where(single, t.compute_mb + t.emb_f + t.emb_b + t.head_f + t.head_b, np.maximum(first, last))
+        t_mb_max = busiest + t.recompute_mb + t.comm_mb
+        # The bubble idles for the average stage's micro-batch time.
+        t_mb_avg = np.where(single, t_mb_max,
+                            (t.compute_mb * model.layers / (t.stage_layers * pp))
+                            + (t.emb_f + t.emb_b + t.head_f + t.head_b) / pp + t.recompute_mb + t.comm_mb)
+        bubble = bubble_fraction(pp, vpp, m) * m * t_mb_avg
+        return m * t_mb_max + bubble, busiest, {"bubble": bubble}

@@ -48,9 +48,9 @@ class TensorParallel1D(Strategy):
                        "layer", "recompute", "none"),
             # Vocab-parallel embedding sums its partial lookups; the logits' input gradient is summed.
             Collective("tp_embedding_allreduce", "all_reduce", "tp", t, stride, buf, ar / 2,
-                       "microbatch", "forward", "none"),
+                       "microbatch", "forward", "none", "first"),
             Collective("tp_logits_allreduce", "all_reduce", "tp", t, stride, buf, ar / 2,
-                       "microbatch", "backward", "none"),
+                       "microbatch", "backward", "none", "last"),
         ]
         for op, short in (("all_gather", "ag"), ("reduce_scatter", "rs")):
             out += [
@@ -61,10 +61,16 @@ class TensorParallel1D(Strategy):
                 # Embedding output (reduce-scatter forward, all-gather backward) and logits input
                 # (all-gather forward, reduce-scatter backward): one of each per pass.
                 Collective(f"sp_{short}_head_fwd", op, "tp", t, stride, buf, rs_ag / 2, "microbatch",
-                           "forward", "none"),
+                           "forward", "none", "last" if short == "ag" else "first"),
                 Collective(f"sp_{short}_head_bwd", op, "tp", t, stride, buf, rs_ag / 2, "microbatch",
-                           "backward", "none"),
+                           "backward", "none", "first" if short == "ag" else "last"),
             ]
+        if ctx.sampling:
+            # Serving samples from the whole vocabulary: the vocab-parallel logits of each
+            # sequence's last position are gathered.
+            logits = d.batch * ctx.model.vocab * ctx.bpe
+            out.append(Collective("tp_logits_allgather", "all_gather", "tp", t, stride, logits, 1,
+                                  "microbatch", "forward", "none", "last"))
         return out
 
     def state_divisors(self, ctx):

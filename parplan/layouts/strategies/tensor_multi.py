@@ -158,8 +158,8 @@ class TensorParallel2D(Strategy):
         again = np.where(np.asarray(ctx.recompute) == 2, 1, 0)
         out: list[Collective] = []
 
-        def add(name, op, stride, size, count, phase, per="layer"):
-            out.append(Collective(name, op, "tp", q, stride, size, count, per, phase, "none"))
+        def add(name, op, stride, size, count, phase, per="layer", stage="all"):
+            out.append(Collective(name, op, "tp", q, stride, size, count, per, phase, "none", stage))
 
         for name, K, N in weight_gemms(ctx.model, d, q):
             x = M * K / q**2 * bpe        # one activation block X_ij (or a dX partial)
@@ -187,20 +187,20 @@ class TensorParallel2D(Strategy):
         # its (vocab, hidden) block for the whole micro-batch, then reduce-scatters the partial
         # (b*s, h/q) over the column (splitting the batch); all-gather of the gradient backward.
         emb = M * ctx.model.hidden / q * bpe
-        add("tp2d_embedding_rs", "reduce_scatter", col, emb, 1, "forward", "microbatch")
-        add("tp2d_embedding_ag", "all_gather", col, emb, 1, "backward", "microbatch")
+        add("tp2d_embedding_rs", "reduce_scatter", col, emb, 1, "forward", "microbatch", "first")
+        add("tp2d_embedding_ag", "all_gather", col, emb, 1, "backward", "microbatch", "first")
         # Classifier (reference VocabParallelClassifier2D): logits = X E^T with SUMMA A B^T.
         V = q * d.vocab
         e = V * ctx.model.hidden / q**2 * bpe
         y = M * V / q**2 * bpe
-        add("summa_logits_bcast_w_fwd", "broadcast", col, e, q, "forward", "microbatch")
-        add("summa_logits_reduce_y_fwd", "reduce", row, y, q, "forward", "microbatch")
+        add("summa_logits_bcast_w_fwd", "broadcast", col, e, q, "forward", "microbatch", "last")
+        add("summa_logits_reduce_y_fwd", "reduce", row, y, q, "forward", "microbatch", "last")
         # dX = dY E (A B): broadcast dY along rows and E along columns.
-        add("summa_logits_bcast_dy_bwd", "broadcast", row, y, q, "backward", "microbatch")
-        add("summa_logits_bcast_w_bwd", "broadcast", col, e, q, "backward", "microbatch")
+        add("summa_logits_bcast_dy_bwd", "broadcast", row, y, q, "backward", "microbatch", "last")
+        add("summa_logits_bcast_w_bwd", "broadcast", col, e, q, "backward", "microbatch", "last")
         # dE = dY^T X (A^T B): broadcast dY along rows, reduce dE partials along columns.
-        add("summa_logits_bcast_dy2_bwd", "broadcast", row, y, q, "backward", "microbatch")
-        add("summa_logits_reduce_dw_bwd", "reduce", col, e, q, "backward", "microbatch")
+        add("summa_logits_bcast_dy2_bwd", "broadcast", row, y, q, "backward", "microbatch", "last")
+        add("summa_logits_reduce_dw_bwd", "reduce", col, e, q, "backward", "microbatch", "last")
         return out
 
     def state_divisors(self, ctx):
@@ -231,22 +231,22 @@ class TensorParallel3D(Strategy):
         again = np.where(np.asarray(ctx.recompute) == 2, 1, 0)
         out: list[Collective] = []
 
-        def add(name, op, stride, size, count, phase, per="layer"):
-            out.append(Collective(name, op, "tp", q, stride, size, count, per, phase, "none"))
+        def add(name, op, stride, size, count, phase, per="layer", stage="all"):
+            out.append(Collective(name, op, "tp", q, stride, size, count, per, phase, "none", stage))
 
-        def linear(name, K, N, in_stride, out_stride, per="layer"):
+        def linear(name, K, N, in_stride, out_stride, per="layer", stage="all"):
             x = M * K / q**2 * bpe        # X_il: the all-gather output over the input group
             w = K * N / q**2 * bpe        # W_lj: the all-gather output over the weight group
             y = M * N / q**2 * bpe        # partial X_il W_lj: the reduce-scatter input
             rec = again if per == "layer" else 0
             for phase, n in (("fwd", 1), ("recompute", rec)):
                 ph = "forward" if phase == "fwd" else phase
-                add(f"tp3d_{name}_ag_x_{phase}", "all_gather", in_stride, x, n, ph, per)
-                add(f"tp3d_{name}_ag_w_{phase}", "all_gather", weight_group, w, n, ph, per)
-                add(f"tp3d_{name}_rs_y_{phase}", "reduce_scatter", out_stride, y, n, ph, per)
-            add(f"tp3d_{name}_ag_dy_bwd", "all_gather", out_stride, y, 1, "backward", per)
-            add(f"tp3d_{name}_rs_dx_bwd", "reduce_scatter", in_stride, x, 1, "backward", per)
-            add(f"tp3d_{name}_rs_dw_bwd", "reduce_scatter", weight_group, w, 1, "backward", per)
+                add(f"tp3d_{name}_ag_x_{phase}", "all_gather", in_stride, x, n, ph, per, stage)
+                add(f"tp3d_{name}_ag_w_{phase}", "all_gather", weight_group, w, n, ph, per, stage)
+                add(f"tp3d_{name}_rs_y_{phase}", "reduce_scatter", out_stride, y, n, ph, per, stage)
+            add(f"tp3d_{name}_ag_dy_bwd", "all_gather", out_stride, y, 1, "backward", per, stage)
+            add(f"tp3d_{name}_rs_dx_bwd", "reduce_scatter", in_stride, x, 1, "backward", per, stage)
+            add(f"tp3d_{name}_rs_dw_bwd", "reduce_scatter", weight_group, w, 1, "backward", per, stage)
 
         for k, (name, K, N) in enumerate(weight_gemms(ctx.model, d, q)):
             # QKV and MLP-up gather over the inner group and scatter over the middle one;
@@ -266,12 +266,12 @@ class TensorParallel3D(Strategy):
         h, V = ctx.model.hidden, q * d.vocab
         table = V * h / q**2 * bpe
         emb = M * h / q**2 * bpe
-        add("tp3d_embedding_ag_w", "all_gather", weight_group, table, 1, "forward", "microbatch")
-        add("tp3d_embedding_rs", "reduce_scatter", inner, emb, 1, "forward", "microbatch")
-        add("tp3d_embedding_ag_dy", "all_gather", inner, emb, 1, "backward", "microbatch")
-        add("tp3d_embedding_rs_dw", "reduce_scatter", weight_group, table, 1, "backward", "microbatch")
+        add("tp3d_embedding_ag_w", "all_gather", weight_group, table, 1, "forward", "microbatch", "first")
+        add("tp3d_embedding_rs", "reduce_scatter", inner, emb, 1, "forward", "microbatch", "first")
+        add("tp3d_embedding_ag_dy", "all_gather", inner, emb, 1, "backward", "microbatch", "first")
+        add("tp3d_embedding_rs_dw", "reduce_scatter", weight_group, table, 1, "backward", "microbatch", "first")
         # Classifier (reference _VocabParallelClassifier3D): a 3D linear h -> V.
-        linear("logits", h, V, inner, middle, per="microbatch")
+        linear("logits", h, V, inner, middle, per="microbatch", stage="last")
         return out
 
     def state_divisors(self, ctx):

@@ -1,0 +1,120 @@
+"""How much of each collective the compute hides: the exposure half of the step composition.
+
+Collectives come tagged by their strategies (``hidden_by``):
+
+* ``none``: on the critical path, all of it exposed;
+* ``attention``: issued per layer beside the attention core of the same layer (ring
+  attention's ``cp - 1`` sends), exposed where they outlast it;
+* ``forward`` / ``backward``: issued beside the forward or backward pass of a micro-batch
+  (gradient reduction under the backward, the next weights' gather under the forward:
+  FSDP prefetch, Megatron ``--overlap-grad-reduce`` / ``--overlap-param-gather``). All of a
+  pass's overlapped traffic hides under that pass's compute, but it shares its link class
+  (network or scale-up) with the critical collectives that pass issues on the same links,
+  which take their share of it first; a collective issued per micro-batch cannot hide the
+  first layer's share of its calls (the first gather has nothing to prefetch behind).
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+OVERLAPPED = ("forward", "backward")
+
+
+def link_sum(costs, pred):
+    """Seconds on the link of the collectives that ``pred`` selects, per one ``per`` unit."""
+    return sum((c.time_s * np.asarray(c.collective.count, float) for c in costs if pred(c.collective)),
+               np.float64(0.0))
+
+
+def attention_exposed(costs, axis: str, attn_fwd, attn_bwd, recompute):
+    """(exposed seconds per layer, forward link seconds, backward link seconds) of ``axis``'s
+    collectives hidden under the attention core: forward and recompute under the forward
+    kernel (twice over with full recompute), backward under the backward kernel."""
+    ring_f = link_sum(costs, lambda c: c.axis == axis and c.hidden_by == "attention" and c.phase != "backward")
+    ring_b = link_sum(costs, lambda c: c.axis == axis and c.hidden_by == "attention" and c.phase == "backward")
+    exposed = np.maximum(0, ring_f - attn_fwd * np.where(recompute == 2, 2, 1)) + np.maximum(0, ring_b - attn_bwd)
+    return exposed, ring_f, ring_b
+
+
+def _busy_per_mb(costs, phases, on_network, stage_layers):
+    """Critical link seconds per micro-batch in ``phases`` on the network (or the scale-up link)."""
+    total = np.float64(0.0)
+    for c in costs:
+        col = c.collective
+        if col.hidden_by in OVERLAPPED or col.phase not in phases or col.per == "step":
+            continue
+        same = np.where(c.spans_nodes, 1.0, 0.0) if on_network else np.where(c.spans_nodes, 0.0, 1.0)
+        per_mb = np.asarray(col.count, float) * (stage_layers if col.per == "layer" else 1.0)
+        total = total + same * c.time_s * per_mb
+    return total
+
+
+def _spread(costs, group, exposed, window, out, phase_key):
+    """Give each member of a hiding group its share of the group's exposed time; add it per axis."""
+    link = sum(x[1] for x in group)
+    axes = {costs[i].collective.axis for i, *_ in group}
+    for idx, own, *_ in group:
+        share = np.where(link > 0, own / np.where(link > 0, link, 1), 0)
+        costs[idx] = replace(costs[idx], exposed_s=exposed * share, hide_window_s=window, link_s=own)
+    for a in axes:
+        mine = exposed if len(axes) == 1 else sum(exposed * x[1] / np.where(link > 0, link, 1) for x in group
+                                                   if costs[x[0]].collective.axis == a)
+        out.setdefault(a, {})[phase_key] = mine
+
+
+def step_exposures(costs: list, stage_layers, micro_batches, fwd_window_mb, bwd_window_mb) -> dict[str, Any]:
+    """Exposed seconds per step of every axis's overlapped and per-step critical collectives.
+
+    Fills ``exposed_s``, ``hide_window_s`` and the shared ``link_s`` of those entries of ``costs``
+    (a list of ``CollectiveCost``, replaced in place). Returns ``{axis: seconds}``.
+    """
+    m = micro_batches
+    hiding = []
+    for idx, c in enumerate(costs):
+        col = c.collective
+        if col.hidden_by not in OVERLAPPED or not np.any(c.calls_per_step):
+            continue
+        # Candidates (array entries) that make no such call get no window and no floor from it.
+        active = np.asarray(c.calls_per_step) > 0
+        window = fwd_window_mb if col.hidden_by == "forward" else bwd_window_mb
+        if col.per == "microbatch":  # behind that micro-batch's compute
+            # The first layer's share of the calls cannot be prefetched.
+            first_layer = c.time_s * np.asarray(col.count, float) / np.maximum(stage_layers, 1)
+            hiding.append((idx, col.hidden_by, c.link_s, np.where(active, window * m, 0.0),
+                           np.where(active, first_layer * m, 0.0)))
+        else:
+            hiding.append((idx, col.hidden_by, c.link_s, np.where(active, window, 0.0), 0.0))
+    parts: dict[str, dict] = {}
+    for phase in OVERLAPPED:
+        group = [x for x in hiding if x[1] == phase]
+        if not group:
+            continue
+        passes = ("forward",) if phase == "forward" else ("backward", "recompute")
+        window_mb = np.maximum(fwd_window_mb if phase == "forward" else bwd_window_mb, 1e-12)
+        busy_net = _busy_per_mb(costs, passes, True, stage_layers)
+        busy_local = _busy_per_mb(costs, passes, False, stage_layers)
+        shared = []
+        for i, _, own, w, f in group:  # each collective against the link class it runs on
+            busy = np.where(costs[i].spans_nodes, busy_net, busy_local)
+            shared.append((i, own / (1.0 - np.clip(busy / window_mb, 0.0, 0.9)), w, f))
+        link = sum(x[1] for x in shared)
+        window = np.max(np.broadcast_arrays(*[x[2] for x in shared]), axis=0)
+        floor = sum(x[3] for x in shared)
+        _spread(costs, shared, np.maximum(link - window, floor), window, parts, phase)
+    # Per-step collectives on the critical path (after the last backward), axis by axis.
+    for a in dict.fromkeys(c.collective.axis for c in costs):
+        group = [(i, c.link_s) for i, c in enumerate(costs) if c.collective.axis == a and c.collective.per == "step"
+                 and c.collective.hidden_by == "none" and np.any(c.calls_per_step)]
+        if group:
+            _spread(costs, group, sum(x[1] for x in group), 0.0, parts, "none")
+    out = {}
+    for a, p in parts.items():
+        total = np.float64(0.0)
+        for phase in ("forward", "backward", "none"):
+            if phase in p:
+                total = total + p[phase]
+        out[a] = total
+    return out
