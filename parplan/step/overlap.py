@@ -20,13 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from .comms import link_sum
+
 OVERLAPPED = ("forward", "backward")
-
-
-def link_sum(costs, pred):
-    """Seconds on the link of the collectives that ``pred`` selects, per one ``per`` unit."""
-    return sum((c.time_s * np.asarray(c.collective.count, float) for c in costs if pred(c.collective)),
-               np.float64(0.0))
 
 
 def attention_exposed(costs, axis: str, attn_fwd, attn_bwd, recompute):

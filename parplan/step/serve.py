@@ -55,9 +55,11 @@ from typing import Any
 import numpy as np
 
 from ..cost import ops as ops_mod
-from ..cost.collectives import collective_time_s, place
 from ..errors import ParplanError
-from ..layouts.layout import check_tp_1d
+from ..layouts.layout import Layout, check_tp_1d
+from ..layouts.strategies import Context, stages_of, strategies_for
+from ..layouts.strategies.pipeline import stage_layers, stage_params
+from .comms import link_sum, price_collectives
 from ..cost.memory import DEFAULT_HEADROOM
 from ..cost.kernels import gemm_time_s, op_times
 from ..specs.hardware import BYTES_PER_ELEMENT, DTYPES, Cluster, Hardware
@@ -135,19 +137,6 @@ def kv_heads_local(model: ModelSpec, tp: int) -> float:
     return model.kv_heads / tp if model.kv_heads >= tp else 1.0
 
 
-def stage_layers(model: ModelSpec, pp: int) -> int:
-    """Layers on the busiest pipeline stage."""
-    return -(-model.layers // pp)
-
-
-def stage_params(model: ModelSpec, pp: int) -> float:
-    """Parameters of the busiest stage: its layers plus the embedding (first) or the output head (last)."""
-    if pp == 1:
-        return float(model.total_params())
-    head = model.output_params() + (model.vocab * model.hidden if model.tied_embeddings else 0)
-    return float(stage_layers(model, pp) * model.layer_params() + max(model.embedding_params(), head))
-
-
 def weight_bytes(model: ModelSpec, tp: int, pp: int, dtype: str) -> float:
     """Weights per device: the busiest stage's parameters over tp (norms are a negligible replicated part)."""
     return stage_params(model, pp) * BYTES_PER_ELEMENT[dtype] / tp
@@ -214,13 +203,23 @@ def max_batch(model: ModelSpec, hw: Hardware, tp: int, pp: int, input_len: int, 
 # --------------------------------------------------------------------------- timing one pass
 
 
+def serving_layout(tp: int, pp: int, replicas: int = 1) -> Layout:
+    """The mesh the strategies see for one replica: tensor parallel inside, the pipeline next to it;
+    no sequence parallel, and every TP rank sends its stage's whole activation on (as vLLM's
+    pipeline does)."""
+    return Layout(tp=tp, pp=pp, dp=replicas, pp_scatter_gather=False, order=("tp", "cp", "pp", "dp"))
+
+
 def _dims(model: ModelSpec, tp: int, seqs, seq, seq_kv, causal: bool) -> ops_mod.LocalDims:
-    return ops_mod.LocalDims(batch=np.asarray(seqs, float), seq=np.asarray(seq, float),
-                             seq_kv=np.asarray(seq_kv, float), hidden=model.hidden, heads=model.heads / tp,
-                             kv_heads=kv_heads_local(model, tp), head_dim=model.head_dim,
-                             ffn=model.ffn_hidden / tp, vocab=vocab_shard(model.vocab, tp, VLLM_VOCAB_PADDING),
-                             norm_shard=1,
-                             causal=causal)
+    """Per-device shapes of one pass, as the strategies shard them; the vocabulary padded as vLLM pads it."""
+    layout = serving_layout(tp, 1)
+    fields = dict(batch=np.asarray(seqs, float), seq=np.asarray(seq, float), seq_kv=np.asarray(seq_kv, float),
+                  hidden=model.hidden, heads=model.heads, kv_heads=model.kv_heads, head_dim=model.head_dim,
+                  ffn=model.ffn_hidden, vocab=model.vocab, norm_shard=1, hidden_shard=1, causal=causal)
+    for s in strategies_for(layout):
+        fields = s.local_dims(fields, model, layout)
+    fields["vocab"] = vocab_shard(model.vocab, tp, VLLM_VOCAB_PADDING)
+    return ops_mod.LocalDims(**fields)
 
 
 def decode_attention_op(model: ModelSpec, d: ops_mod.LocalDims, dtype: str, kv_dtype: str,
@@ -331,21 +330,38 @@ def pass_cost(model: ModelSpec, cluster: Cluster, tp: int, pp: int, phase: str, 
         layer[_category(o)] = layer[_category(o)] + t
     tokens = seqs * (tokens_per_seq if phase == "prefill" else 1)
     act_bytes = tokens * model.hidden * abpe
-    tp_group = place(tp, 1, cluster)
-    ar = collective_time_s("all_reduce", act_bytes, tp_group, cluster)
-    layer["tp_comm"] = 2.0 * ar
+    # The strategies' forward collectives of this pass: per layer (TP's two all-reduces), on the first
+    # stage (the vocab-parallel embedding's all-reduce), on the last (the logits' gather) and between
+    # stages (the pipeline's send).
+    comm = _forward_collectives(model, cluster, tp, pp, phase, seqs, tokens_per_seq, act)
+    layer["tp_comm"] = link_sum(comm, lambda c: c.per == "layer")
     # Embedding: a gather of the tokens' rows; vocab-parallel under TP, summed by an all-reduce.
-    embedding = {"other": memory_time_s(hw, 2.0 * act_bytes), "tp_comm": ar}
+    embedding = {"other": memory_time_s(hw, 2.0 * act_bytes),
+                 "tp_comm": link_sum(comm, lambda c: c.per == "microbatch" and c.stage == "first")}
     # Head: final norm and logits for the positions that sample (the last prompt token; every decode token).
     rows = seqs
     vocab_local = vocab_shard(model.vocab, tp, VLLM_VOCAB_PADDING)
     head = {
         "matmul": gemm_time_s(hw, rows, model.hidden, vocab_local, dtype, split_k=True),
         "other": memory_time_s(hw, 3.0 * rows * model.hidden * abpe) + memory_time_s(hw, rows * vocab_local * 4.0),
-        "tp_comm": collective_time_s("all_gather", rows * model.vocab * abpe, tp_group, cluster),
+        "tp_comm": link_sum(comm, lambda c: c.per == "microbatch" and c.stage == "last"),
     }
-    p2p = collective_time_s("send_recv", act_bytes, place(pp, tp, cluster), cluster) if pp > 1 else 0.0 * seqs
+    p2p = link_sum(comm, lambda c: c.per == "microbatch" and c.stage == "all")
     return PassCost(layer, embedding, head, p2p, 2.0 * act_bytes, ops, times)
+
+
+def _forward_collectives(model: ModelSpec, cluster: Cluster, tp: int, pp: int, phase: str, seqs, tokens_per_seq,
+                         act_dtype: str) -> list:
+    """The priced forward collectives the strategies issue for one prefill or decode micro-batch."""
+    layout = serving_layout(tp, pp)
+    strategies = strategies_for(layout)
+    dims = _dims(model, tp, seqs, tokens_per_seq if phase == "prefill" else 1, 1, phase == "prefill")
+    stages = stages_of(strategies)
+    ctx = Context(model=model, cluster=cluster, layout=layout, dims=dims, bpe=BYTES_PER_ELEMENT[act_dtype],
+                  seq=tokens_per_seq, stage_layers=stages.stage_layers(model, layout), micro_batches=1,
+                  layer_params=model.layer_params(), stage_params=stages.stage_params(model, layout),
+                  recompute=np.asarray(0), sampling=True)
+    return [c for c in price_collectives(strategies, ctx) if c.collective.phase == "forward"]
 
 
 # --------------------------------------------------------------------------- the estimate

@@ -24,33 +24,20 @@ import numpy as np
 from ..cost import ops as ops_mod
 from ..cost.flops import model_flops_per_step, recompute_flops_per_step
 from ..cost.kernels import op_times
-from ..cost.collectives import collective_time_s, place
 from ..specs.hardware import BYTES_PER_ELEMENT, Cluster
 from ..layouts.layout import Layout, check_layout
 from ..cost.memory import (ADAM_STATE_BYTES_PER_PARAM, DEFAULT_HEADROOM,
     layer_activation_bytes, optimizer_step_bytes, recompute_code)
 from ..specs.model import ModelSpec, vocab_shard, with_seq_len
 from ..cost.roofline import ALIGNED_BYTES, alignment_bytes, arithmetic_intensity, memory_time_s, misalignment_fraction
-from ..layouts.strategies import (Collective, Context, StageTimes, axis, axis_names, stages_of,
+from ..layouts.strategies import (Context, StageTimes, axis, axis_names, stages_of,
                                   strategies_for)
-from .overlap import attention_exposed, link_sum, step_exposures
+from .comms import link_sum, price_collectives
+from .overlap import attention_exposed, step_exposures
 
 
 
 # --------------------------------------------------------------------------- results
-
-
-@dataclass(frozen=True)
-class CollectiveCost:
-    """A collective with its time: per call, per step on link, and exposed on the critical path."""
-
-    collective: Collective
-    time_s: Any          # one call
-    calls_per_step: Any
-    link_s: Any          # total time on the link per step
-    exposed_s: Any       # part not hidden by compute
-    spans_nodes: Any = False  # runs over the network (else over the scale-up link)
-    hide_window_s: Any = 0.0  # compute per step it may hide under (0: critical path)
 
 
 @dataclass(frozen=True)
@@ -236,19 +223,6 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, headroom: fl
         collectives=costs,
         headroom=headroom,
     )
-
-
-def price_collectives(strategies, ctx: Context) -> list[CollectiveCost]:
-    """Every strategy's collectives placed on the cluster, with time per call and calls per step."""
-    per = {"layer": ctx.stage_layers * ctx.micro_batches, "microbatch": ctx.micro_batches, "step": 1.0}
-    costs = []
-    for s in strategies:
-        for c in s.collectives(ctx):
-            where = place(c.group, c.stride, ctx.cluster)
-            t = collective_time_s(c.op, c.size_bytes, where, ctx.cluster)
-            per_step = np.asarray(c.count, float) * per[c.per]
-            costs.append(CollectiveCost(c, t, per_step, t * per_step, None, where.spans_nodes))
-    return costs
 
 
 def strategies_in_registry_order(strategies):
