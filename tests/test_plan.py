@@ -1,10 +1,13 @@
 """The plan search obeys the brief's rules and reacts to the cluster in the expected direction."""
-import pytest
 import json
+
+import numpy as np
+import pytest
 
 from parplan.specs.hardware import load_cluster
 from parplan.specs.model import load_model
-from parplan.plan.search import SearchSpace, default_global_batch, rank, search
+from parplan.plan.candidates import SearchSpace, default_global_batch
+from parplan.plan.search import rank, search
 
 
 def test_gpt3_a100x512_plan_keeps_tp_inside_a_node(run_cli):
@@ -80,7 +83,8 @@ def test_emitted_megatron_flags_round_trip_into_the_same_layout(run_cli):
     from dataclasses import asdict
 
     from parplan.plan.emit import megatron_args, parse_megatron_args
-    from parplan.layouts.layout import Layout, check_layout
+    from parplan.layouts.layout import Layout
+    from parplan.layouts.rules import check_layout
 
     m = load_model("gpt3")
     cl = load_cluster("a100x512")
@@ -226,3 +230,31 @@ def test_plan_searches_an_unfused_stack_and_emits_its_flags(run_cli):
     rc, out, err = run_cli(*base, "--no-fused-kernels", "--emit", "megatron")
     assert rc == 0, err
     assert "--no-masked-softmax-fusion" in out and "--no-bias-dropout-fusion" in out
+
+
+@pytest.mark.parametrize("hw", ["a100x384", "h100x48"])
+def test_plan_answers_on_device_counts_with_a_factor_of_three(run_cli, hw):
+    """The search once ranked sequence-parallel layouts at tp=3 that the final check refused."""
+    code, out, err = run_cli("plan", "--model", "gpt3", "--hw", hw, "--top", "3")
+    assert code == 0, err
+    assert out.splitlines()[3].lstrip().startswith("1 ")
+
+
+def test_every_searched_candidate_passes_the_check_estimate_applies():
+    from parplan.layouts.rules import check_layout
+    from parplan.plan.candidates import SearchSpace, candidates
+    from parplan.plan.search import PLACEMENTS, layout_of
+    from parplan.specs.hardware import load_cluster
+    from parplan.specs.model import load_model
+
+    model, cluster = load_model("gpt2-8.3b"), load_cluster("a100x24")  # 24 heads, 1024 tokens: tp=3 and sp clash
+    space = SearchSpace(global_batch=48, seq_len=model.seq_len)
+    cand = candidates(model, cluster, space)
+    assert 3 in set(cand["tp"]) and not np.any(cand["sp"] & (cand["tp"] == 3))
+    rng = np.random.default_rng(0)
+    for i in rng.choice(len(cand["tp"]), size=300, replace=False):
+        row = {k: v[i] for k, v in cand.items()}
+        row.update(recompute=["none", "selective", "full"][row["recompute"]],
+                   tp_mode=["1d", "2d", "3d"][row["tp_mode"]], cp_mode=["allgather", "ring"][row["cp_mode"]],
+                   order=",".join(PLACEMENTS[i % 2]), global_batch=48)
+        check_layout(layout_of(row, space), model, cluster)

@@ -15,7 +15,8 @@ from parplan.cost.collectives import bus_factor
 from parplan.errors import ParplanError
 from parplan.step.train import estimate
 from parplan.specs.hardware import load_cluster
-from parplan.layouts.layout import Layout, check_layout
+from parplan.layouts.layout import Layout
+from parplan.layouts.rules import check_layout
 from parplan.specs.model import model_from_dict
 from parplan.layouts.strategies import strategies_for, tensor
 from parplan.layouts.strategies.tensor_multi import TensorParallel2D, TensorParallel3D

@@ -12,8 +12,9 @@ import json
 import click
 
 from ..errors import ParplanError
+from ..layouts.rules import check_tp_1d
 from ..cost.memory import DEFAULT_HEADROOM
-from ..step.serve import (KV_DTYPES, ServeLayout, check_tp, decode_breakdown, estimate_inference, format_inference,
+from ..step.serve import (KV_DTYPES, ServeLayout, decode_breakdown, estimate_inference, format_inference,
     inference_dict, op_rows)
 from ..plan.serve_search import format_plans, pareto_plot, plan_dicts, plans
 
@@ -149,7 +150,7 @@ def _layout(model, cluster, tp, pp, replicas, batch, input_len, output_len, kv_d
     for name, v in (("tp", tp), ("pp", pp), ("replicas", replicas), ("batch", batch)):
         _positive(name, v)
     tp, pp, batch = tp or 1, pp or 1, batch or 1
-    check_tp(model, tp)
+    check_tp_1d(model, tp)
     if replicas is None:
         if cluster.devices % (tp * pp):
             raise ParplanError(f"tp*pp = {tp * pp} does not divide the {cluster.devices} devices of {cluster.name}")

@@ -9,12 +9,10 @@ one concrete layout.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from ..errors import ParplanError
 from ..specs.yamlio import suggest
-from ..specs.hardware import DTYPES, Cluster
-from ..specs.model import ModelSpec
 from .strategies import BUILTIN, axis as strategy_axis, axis_names, is_folded
 
 RECOMPUTE = ("none", "selective", "full")
@@ -136,110 +134,3 @@ def mesh_order(sizes: dict[str, int]) -> tuple[str, ...]:
 def plugin_axes(sizes: dict[str, int]) -> tuple[tuple[str, int], ...]:
     """The (name, size) pairs of the plug-in axes among ``sizes`` (for ``Layout.axes``)."""
     return tuple((a, v) for a, v in sizes.items() if a not in BUILTIN)
-
-
-def check_tp_1d(model: ModelSpec, tp: int) -> None:
-    """Megatron 1D TP shards the heads, the KV heads (or replicates them) and the MLP width."""
-    if model.heads % tp:
-        raise ParplanError(f"tp={tp} does not divide the {model.heads} attention heads of {model.name}")
-    if model.kv_heads % tp and tp % model.kv_heads:
-        raise ParplanError(f"tp={tp} and the {model.kv_heads} KV heads of {model.name} do not divide each other")
-    if model.ffn_hidden % tp:
-        raise ParplanError(f"tp={tp} does not divide the MLP width {model.ffn_hidden} of {model.name}")
-
-
-def check_layout(layout: Layout, model: ModelSpec, cluster: Cluster) -> Layout:
-    """Refuse an impossible layout with one clear sentence; return it with defaults filled in."""
-    for name in ("tp", "pp", "dp", "cp", "micro_batch", "vpp"):
-        v = getattr(layout, name)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ParplanError(f"{name.replace('_', '-')} must be a positive whole number, got {v!r}")
-        if v > 10_000_000:
-            raise ParplanError(f"{name.replace('_', '-')} = {v} is absurdly large")
-    if layout.recompute not in RECOMPUTE:
-        raise ParplanError(f"recompute must be one of {', '.join(RECOMPUTE)}, got '{layout.recompute}'")
-    if layout.schedule not in SCHEDULES:
-        raise ParplanError(f"schedule must be one of {', '.join(SCHEDULES)}, got '{layout.schedule}'")
-    if layout.tp_mode not in TP_MODES:
-        raise ParplanError(f"tp-mode must be one of {', '.join(TP_MODES)}, got '{layout.tp_mode}'")
-    if layout.cp_mode not in CP_MODES:
-        raise ParplanError(f"cp-mode must be one of {', '.join(CP_MODES)}, got '{layout.cp_mode}'")
-    if layout.dtype not in DTYPES:
-        raise ParplanError(f"dtype must be one of {', '.join(DTYPES)}, got '{layout.dtype}'")
-    cluster.hardware.peak(layout.dtype)
-    if layout.zero not in (0, 1, 2, 3):
-        raise ParplanError(f"zero stage must be 0, 1, 2 or 3, got {layout.zero!r}")
-    for name, size in layout.axes:
-        strategy_axis(name)
-        if name in BUILTIN:
-            raise ParplanError(f"axis '{name}' is a Layout field; give it as {name}=, not in axes")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-            raise ParplanError(f"axis {name} must be a positive whole number, got {size!r}")
-        over = strategy_axis(name).folded_over
-        if over:
-            ranks = 1
-            for a in over:
-                ranks *= layout.size(a)
-            if ranks % size:
-                raise ParplanError(f"{name}={size} is folded over {'x'.join(over)} = {ranks} ranks and must "
-                                   f"divide them")
-    mesh = BUILTIN + tuple(a for a, _ in layout.axes if not is_folded(a))
-    if sorted(layout.order) != sorted(mesh):
-        raise ParplanError(f"mesh order must list each of {', '.join(mesh)} once, got {layout.order}")
-    if layout.devices != cluster.devices:
-        names = ["tp", "cp", "pp", "dp"] + [a for a, _ in layout.axes if not is_folded(a)]
-        raise ParplanError(f"{'*'.join(names)} = {'*'.join(str(layout.size(a)) for a in names)} = {layout.devices} "
-                           f"does not match the {cluster.devices} devices of {cluster.name}")
-    tp = layout.tp
-    if layout.tp_mode == "1d":
-        check_tp_1d(model, tp)
-    else:
-        q = round(tp ** (0.5 if layout.tp_mode == "2d" else 1 / 3))
-        if q ** (2 if layout.tp_mode == "2d" else 3) != tp:
-            kind = "square" if layout.tp_mode == "2d" else "cube"
-            raise ParplanError(f"tp-mode {layout.tp_mode} needs tp to be a {kind} number, got {tp}")
-        for dim, name in ((model.hidden, "hidden size"), (model.ffn_hidden, "MLP width"), (model.heads, "heads")):
-            if dim % q:
-                raise ParplanError(f"tp-mode {layout.tp_mode} with q={q} does not divide the {name} {dim}")
-        rows = q if layout.tp_mode == "2d" else q * q
-        if layout.micro_batch % rows:
-            raise ParplanError(f"tp-mode {layout.tp_mode} splits the micro-batch {rows} ways; "
-                               f"micro-batch {layout.micro_batch} is not divisible by {rows}")
-    if layout.sp and tp == 1:
-        layout = replace(layout, sp=False)
-    if layout.sp and layout.tp_mode != "1d":
-        raise ParplanError("sequence parallel (--sp) applies to 1D tensor parallel only")
-    seq = layout.seq_len or model.seq_len
-    if seq % layout.cp or (layout.cp > 1 and seq % (2 * layout.cp)):
-        raise ParplanError(f"cp={layout.cp} needs the sequence length {seq} divisible by 2*cp "
-                           f"(causal load balancing splits it into 2*cp chunks)")
-    if layout.sp and seq * layout.micro_batch % tp:
-        raise ParplanError(f"sequence parallel needs micro-batch*seq divisible by tp={tp}")
-    if layout.pp > model.layers:
-        raise ParplanError(f"pp={layout.pp} exceeds the {model.layers} layers of {model.name}")
-    if layout.vpp > 1:
-        if layout.schedule == "1f1b":
-            layout = replace(layout, schedule="interleaved")
-        if layout.pp == 1:
-            raise ParplanError("virtual pipeline stages (vpp > 1) need pp > 1")
-        if model.layers % (layout.pp * layout.vpp):
-            raise ParplanError(f"interleaving needs pp*vpp = {layout.pp * layout.vpp} to divide the "
-                               f"{model.layers} layers of {model.name}")
-    elif layout.schedule == "interleaved":
-        raise ParplanError("the interleaved schedule needs vpp > 1")
-    batch = layout.batch
-    if not isinstance(batch, int) or batch < 1:
-        raise ParplanError(f"global batch must be a positive whole number, got {batch!r}")
-    if batch % (layout.micro_batch * layout.dp):
-        raise ParplanError(f"global batch {batch} is not divisible into micro-batches of {layout.micro_batch} "
-                           f"on dp={layout.dp} ({layout.micro_batch * layout.dp} sequences per round)")
-    if layout.shard_group is not None:
-        g = layout.shard_group
-        if layout.zero == 0:
-            raise ParplanError("a ZeRO shard group (HSDP) needs zero >= 1")
-        if g < 1 or layout.dp % g:
-            raise ParplanError(f"shard group {g} must divide dp={layout.dp}")
-    if layout.schedule == "interleaved" and layout.micro_batches % layout.pp:
-        raise ParplanError(f"the interleaved schedule needs the {layout.micro_batches} micro-batches per step "
-                           f"to be a multiple of pp={layout.pp}")
-    return replace(layout, seq_len=seq, global_batch=batch)

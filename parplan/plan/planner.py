@@ -9,8 +9,8 @@ from ..errors import ParplanError
 from ..step.train import estimate
 from ..layouts.strategies import breakdown_keys
 from ..views.records import estimate_dict
-from .search import (SearchSpace, bottleneck, default_global_batch, describe_row, fewest_devices, layout_of, rank,
-    search, why)
+from .candidates import SearchSpace, default_global_batch
+from .search import bottleneck, describe_row, fewest_devices, layout_of, rank, search, why
 from .trust import rank_stability, sensitivity
 from ..units import GIB
 

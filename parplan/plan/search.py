@@ -1,144 +1,24 @@
-"""The plan search: enumerate layouts, drop what cannot run, rank the rest.
+"""The plan search: evaluate every candidate (:mod:`parplan.plan.candidates`), rank what fits.
 
-Candidates are every factorization of the device count into tp x cp x pp x dp
-with the knobs (micro-batch, recompute, ZeRO stage, sequence parallel, virtual
-pipeline stages) and two placements of the axes on nodes. They are built and
-evaluated as numpy arrays — one call of the same estimator per placement, not
-one Python object per candidate.
+Each candidate is tried in two placements of the axes on nodes (data parallel or the
+pipeline outermost). They are evaluated as numpy arrays: one call of the same estimator
+per placement and categorical choice, not one Python object per candidate.
 """
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 
 from ..errors import ParplanError
 from ..step.train import estimate
 from ..layouts.strategies import breakdown_keys, breakdown_labels
-from ..cost.memory import DEFAULT_HEADROOM
 from ..specs.hardware import Cluster
-from ..layouts.layout import Layout
+from ..layouts.layout import RECOMPUTE, TP_MODES, Layout
+from .candidates import CP_SCHEMES, SearchSpace, candidates
 from ..specs.model import ModelSpec
 
-RECOMPUTE_NAMES = ("none", "selective", "full")
 PLACEMENTS = (("tp", "cp", "dp", "pp"), ("tp", "cp", "pp", "dp"))
-DEFAULT_BATCH_TOKENS = 2 ** 22  # ~4M tokens per step: GPT-3 175B used 3.2M, Llama 3 405B started at 4M
-
-
-@dataclass(frozen=True)
-class SearchSpace:
-    global_batch: int
-    seq_len: int
-    dtype: str = "bf16"
-    max_micro_batch: int = 16
-    allow_cross_node_tp: bool = False
-    fixed: dict | None = None          # axis or knob -> value, e.g. {"tp": 8}
-    flash_attention: bool = True
-    fused_kernels: bool = True
-    headroom: float = DEFAULT_HEADROOM
-
-
-def default_global_batch(model: ModelSpec, cluster: Cluster, seq_len: int) -> int:
-    """About 4M tokens per step, at least one sequence per device, a multiple of the device count."""
-    sequences = max(DEFAULT_BATCH_TOKENS // seq_len, cluster.devices)
-    return int(-(-sequences // cluster.devices) * cluster.devices)
-
-
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
-
-
-TP_MODES = ("1d", "2d", "3d")        # candidate codes 0, 1, 2 (layout.TP_MODES order)
-CP_SCHEMES = ("allgather", "ring")   # candidate codes 0, 1
-
-
-def _tp_modes(model: ModelSpec, tp: int) -> list[int]:
-    """Tensor-parallel modes a size admits: 1D when it divides heads and MLP, 2D/3D for squares/cubes."""
-    modes = []
-    if not (model.heads % tp or model.ffn_hidden % tp or (model.kv_heads % tp and tp % model.kv_heads)):
-        modes.append(0)
-    for code, power in ((1, 2), (2, 3)):
-        q = round(tp ** (1 / power))
-        if tp > 1 and q ** power == tp and q > 1 and not (model.hidden % q or model.ffn_hidden % q or model.heads % q):
-            modes.append(code)
-    return modes
-
-
-def candidates(model: ModelSpec, cluster: Cluster, space: SearchSpace) -> dict[str, np.ndarray]:
-    """All layouts that pass the shape constraints, as parallel arrays."""
-    n, gb, seq = cluster.devices, space.global_batch, space.seq_len
-    fixed = space.fixed or {}
-    tp_max = n if space.allow_cross_node_tp else cluster.fast_domain
-    rows = []
-    for tp in _divisors(n):
-        if tp > tp_max:
-            continue
-        for mode in _tp_modes(model, tp):
-            for cp in _divisors(n // tp):
-                if seq % (2 * cp) and cp > 1:
-                    continue
-                for cp_mode in ((0, 1) if cp > 1 else (0,)):
-                    for pp in _divisors(n // (tp * cp)):
-                        if pp > model.layers:
-                            continue
-                        dp = n // (tp * cp * pp)
-                        if gb % dp:
-                            continue
-                        rows.append((tp, cp, pp, dp, mode, cp_mode))
-    if not rows:
-        raise ParplanError(f"no factorization of {n} devices fits {model.name} with global batch {gb}")
-    base = np.array(rows)
-    axes = {"tp": base[:, 0], "cp": base[:, 1], "pp": base[:, 2], "dp": base[:, 3], "tp_mode": base[:, 4],
-            "cp_mode": base[:, 5]}
-    for k in ("tp", "cp", "pp", "dp"):
-        if k in fixed:
-            keep = axes[k] == fixed[k]
-            axes = {a: v[keep] for a, v in axes.items()}
-    if len(axes["tp"]) == 0:
-        raise ParplanError(f"no layout of {n} devices has {', '.join(f'{k}={v}' for k, v in fixed.items())}")
-
-    mbs = [fixed["micro_batch"]] if "micro_batch" in fixed else \
-        [b for b in (1, 2, 4, 8, 16, 32) if b <= space.max_micro_batch]
-    vpps = [fixed["vpp"]] if "vpp" in fixed else [1, 2, 3, 4, 6, 8]
-    # Knobs: micro-batch, recompute, ZeRO stage, sequence parallel, virtual stages, HSDP (shard in one node).
-    knob = np.array(list(itertools.product(mbs, range(3), (0, 1, 2, 3), (0, 1), vpps, (0, 1))))
-    ia, ik = np.meshgrid(np.arange(len(axes["tp"])), np.arange(len(knob)), indexing="ij")
-    ia, ik = ia.ravel(), ik.ravel()
-    c = {a: v[ia] for a, v in axes.items()}
-    c.update(micro_batch=knob[ik, 0], recompute=knob[ik, 1], zero=knob[ik, 2], sp=knob[ik, 3].astype(bool),
-             vpp=knob[ik, 4])
-    hsdp = knob[ik, 5].astype(bool)
-    # HSDP shards over the data-parallel ranks of one node and replicates across nodes.
-    node_group = np.maximum(cluster.devices_per_node // (c["tp"] * c["cp"]), 1)
-    c["shard_group"] = np.where(hsdp, node_group, c["dp"])
-    for k in ("micro_batch", "zero", "vpp", "sp"):
-        if k in fixed:
-            keep = c[k] == fixed[k]
-            c = {a: v[keep] for a, v in c.items()}
-            hsdp = hsdp[keep]
-    if "recompute" in fixed:
-        keep = c["recompute"] == RECOMPUTE_NAMES.index(fixed["recompute"])
-        c = {a: v[keep] for a, v in c.items()}
-        hsdp = hsdp[keep]
-    per_replica = gb // np.maximum(c["dp"], 1)
-    m = per_replica // c["micro_batch"]
-    q = np.where(c["tp_mode"] == 1, np.round(np.sqrt(c["tp"])), np.round(np.cbrt(c["tp"]))).astype(int)
-    ok = (per_replica % c["micro_batch"] == 0) & (m >= 1)
-    ok &= ~(c["sp"] & ((c["tp"] == 1) | (c["tp_mode"] > 0)))  # sequence parallel: 1D TP only
-    ok &= (c["tp_mode"] == 0) | (c["micro_batch"] % np.where(c["tp_mode"] == 1, q, q * q) == 0)
-    ok &= (c["vpp"] == 1) | ((c["pp"] > 1) & (model.layers % (c["pp"] * c["vpp"]) == 0) & (m % c["pp"] == 0))
-    ok &= ~((c["zero"] > 0) & (c["dp"] * c["cp"] == 1))     # nothing to shard over
-    ok &= ~((c["zero"] == 3) & (c["pp"] > 1))               # FSDP with pipelines: not offered by the frameworks
-    ok &= ~hsdp | ((c["zero"] > 0) & (c["dp"] % c["shard_group"] == 0) & (c["shard_group"] > 1)
-                   & (c["shard_group"] < c["dp"]))
-    out = {a: v[ok] for a, v in c.items()}
-    if len(out["tp"]) == 0:
-        given = ", ".join(f"{k}={v}" for k, v in fixed.items())
-        raise ParplanError(f"no layout of {model.name} on {n} devices with global batch {gb}"
-                           + (f" and {given}" if given else "") + " passes the layout rules "
-                           "(micro-batches dividing the batch, ZeRO-3 without pipelines, interleaving rules)")
-    return out
 
 
 def search(model: ModelSpec, cluster: Cluster, space: SearchSpace):
@@ -163,7 +43,7 @@ def search(model: ModelSpec, cluster: Cluster, space: SearchSpace):
                             fused_kernels=space.fused_kernels, order=order)
             est = estimate(model, cluster, layout, check=False, headroom=space.headroom)
             df = pd.DataFrame({k: v for k, v in part.items()})
-            df["recompute"] = np.array(RECOMPUTE_NAMES)[part["recompute"]]
+            df["recompute"] = np.array(RECOMPUTE)[part["recompute"]]
             df["tp_mode"] = TP_MODES[tp_code]
             df["cp_mode"] = CP_SCHEMES[cp_code]
             df["order"] = ",".join(order)

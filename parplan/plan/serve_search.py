@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ParplanError
+from ..layouts.rules import tp_1d_problem
 from ..cost.memory import DEFAULT_HEADROOM
 from ..specs.hardware import Cluster
 from ..step.serve import (ServeLayout, bottleneck, check_serve_layout, estimate_inference, inference_dict, max_batch,
@@ -35,10 +36,6 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def valid_tp(model: ModelSpec, tp: int) -> bool:
-    return not (model.heads % tp or model.ffn_hidden % tp or (model.kv_heads % tp and tp % model.kv_heads))
-
-
 def serve_splits(model: ModelSpec, cluster: Cluster, allow_cross_node_tp: bool = False,
                  fixed: dict | None = None) -> list[tuple[int, int, int]]:
     """Every (tp, pp, replicas) with tp * pp * replicas = the device count that the model's shapes allow."""
@@ -47,7 +44,7 @@ def serve_splits(model: ModelSpec, cluster: Cluster, allow_cross_node_tp: bool =
     tp_max = n if allow_cross_node_tp else max(1, min(n, cluster.devices_per_node))
     rows = []
     for tp in _divisors(n):
-        if tp > tp_max or not valid_tp(model, tp):
+        if tp > tp_max or not tp_1d_problem(model, tp) is None:
             continue
         for pp in _divisors(n // tp):
             if pp > model.layers:
@@ -194,7 +191,7 @@ def fewest_devices(model: ModelSpec, cluster: Cluster, input_len: int, output_le
     counts = list(range(1, dpn + 1)) + list(range(2 * dpn, limit + 1, dpn))
     for n in counts:
         for tp in _divisors(min(n, dpn)):
-            if n % tp or not valid_tp(model, tp):
+            if n % tp or not tp_1d_problem(model, tp) is None:
                 continue
             pp = n // tp
             if pp > model.layers:

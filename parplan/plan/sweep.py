@@ -24,7 +24,8 @@ from ..cost.memory import DEFAULT_HEADROOM
 from ..specs.hardware import MAX_DEVICES, Cluster, load_cluster, load_hardware, make_cluster
 from ..specs.model import ModelSpec, with_seq_len
 from ..views.records import estimate_dict
-from .search import SearchSpace, bottleneck, default_global_batch, describe_row, layout_of, rank, search
+from .candidates import SearchSpace, default_global_batch
+from .search import bottleneck, describe_row, layout_of, rank, search
 
 VARY_KEYS = ("devices", "global-batch", "seq")
 _KEY_ALIASES = {"devices": "devices", "device": "devices", "global-batch": "global-batch",

@@ -56,7 +56,8 @@ import numpy as np
 
 from ..cost import ops as ops_mod
 from ..errors import ParplanError
-from ..layouts.layout import Layout, check_tp_1d
+from ..layouts.layout import Layout
+from ..layouts.rules import check_tp_1d
 from ..layouts.strategies import Context, stages_of, strategies_for
 from ..layouts.strategies.pipeline import stage_layers, stage_params
 from .comms import link_sum, price_collectives
@@ -367,9 +368,6 @@ def _forward_collectives(model: ModelSpec, cluster: Cluster, tp: int, pp: int, p
 # --------------------------------------------------------------------------- the estimate
 
 
-check_tp = check_tp_1d
-
-
 def check_serve_layout(layout: ServeLayout, model: ModelSpec, cluster: Cluster) -> ServeLayout:
     """Refuse an impossible serving layout with one clear sentence."""
     for name in ("tp", "pp", "replicas", "batch", "input_len", "output_len"):
@@ -383,7 +381,7 @@ def check_serve_layout(layout: ServeLayout, model: ModelSpec, cluster: Cluster) 
     if layout.kv_dtype is not None and layout.kv_dtype not in KV_DTYPES:
         raise ParplanError(f"kv-dtype must be one of {', '.join(KV_DTYPES)}, got '{layout.kv_dtype}'")
     cluster.hardware.peak(layout.dtype)
-    check_tp(model, layout.tp)
+    check_tp_1d(model, layout.tp)
     if layout.pp > model.layers:
         raise ParplanError(f"pp={layout.pp} exceeds the {model.layers} layers of {model.name}")
     if layout.devices != cluster.devices:

@@ -32,7 +32,8 @@ import numpy as np
 from ..errors import ParplanError
 from ..step.train import estimate
 from ..specs.hardware import load_hardware, make_cluster
-from ..layouts.layout import Layout, check_layout
+from ..layouts.layout import Layout
+from ..layouts.rules import check_layout
 from ..specs.model import model_from_dict
 from ..specs.registry import spec_dir
 from ..specs.yamlio import number, read_records, require_mapping
@@ -44,10 +45,6 @@ UNFUSED_SOURCES = ("Shoeybi et al. 2019",)
 
 def load_runs(path: str | None = None) -> list[dict]:
     return read_records(Path(path) if path else spec_dir("validation") / DEFAULT_FILE, "validation run")
-
-
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
 
 
 def record_setup(rec: dict):
@@ -96,11 +93,10 @@ def record_setup(rec: dict):
 
 
 def _candidates(model, layout: Layout, unknown: list[str]):
-    per_replica = layout.global_batch // layout.dp
+    """Every choice of the unpublished knobs; the layout rules (``check_layout``) then drop what cannot run."""
     options = {
-        "micro_batch": [b for b in _divisors(per_replica) if b <= 16] if "micro_batch" in unknown else [layout.micro_batch],
-        "vpp": ([v for v in range(1, 9) if model.layers % (layout.pp * v) == 0] if layout.pp > 1 else [1])
-        if "vpp" in unknown else [layout.vpp],
+        "micro_batch": list(range(1, 17)) if "micro_batch" in unknown else [layout.micro_batch],
+        "vpp": list(range(1, 9)) if "vpp" in unknown else [layout.vpp],
         "zero": [0, 1] if "zero" in unknown and layout.zero < 3 else [layout.zero],
         "recompute": ["none", "selective", "full"] if "recompute" in unknown else [layout.recompute],
     }

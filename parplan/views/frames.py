@@ -24,7 +24,8 @@ from ..specs.hardware import Cluster, load_cluster
 from ..specs.model import ModelSpec, load_model, with_seq_len
 from ..units import GIB
 from .records import collective_rows, estimate_dict
-from ..plan.search import SearchSpace, bottleneck, default_global_batch, describe_row, layout_of, rank, search
+from ..plan.candidates import SearchSpace, default_global_batch
+from ..plan.search import bottleneck, describe_row, layout_of, rank, search
 
 __all__ = ["as_cluster", "as_model", "estimate_frame", "explain_frames", "memory_part_columns", "plan_estimates",
            "plan_frame", "search_space"]

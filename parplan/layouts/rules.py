@@ -1,0 +1,232 @@
+"""The one set of layout rules: which layouts can run at all, for one layout or a whole candidate array.
+
+``check_layout`` (``estimate``, ``validate``), the plan search and the serving splits all
+ask these rules, so the search can never rank a layout that ``estimate`` then refuses.
+Each rule is a mask of violations over numpy arrays (one entry per candidate) and the
+sentence that explains it for one layout; a scalar check raises the first rule it breaks.
+What the search chooses *not to enumerate* (duplicates, tensor parallel across nodes) is
+the search space's business (:mod:`parplan.plan.candidates`), not a rule.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from types import SimpleNamespace
+from typing import Callable
+
+import numpy as np
+
+from ..errors import ParplanError
+from ..specs.hardware import DTYPES, Cluster
+from ..specs.model import ModelSpec
+from .layout import CP_MODES, RECOMPUTE, SCHEDULES, TP_MODES, Layout
+from .strategies import BUILTIN, axis as strategy_axis, is_folded
+
+MAX_AXIS = 10_000_000
+_KIND = {1: ("2d", "square", 2), 2: ("3d", "cube", 3)}  # tp_mode code -> (name, word, power)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A layout rule: ``broken(model, a)`` is the mask of candidates that break it; ``say(model, a)``
+    explains it for one candidate (``a`` holds the candidate's fields as numbers); ``reads`` names the
+    fields it needs, so the search can apply the mesh-shape rules before it multiplies the shapes by
+    the knobs."""
+
+    name: str
+    reads: tuple[str, ...]
+    broken: Callable
+    say: Callable
+
+
+def _q(a):
+    """The mesh side of 2D / 3D tensor parallel (1 for 1D)."""
+    power = np.where(a.mode == 1, 2, np.where(a.mode == 2, 3, 1))
+    return np.rint(np.asarray(a.tp, float) ** (1.0 / power)).astype(np.int64)
+
+
+def _nd_dim(model, a):
+    q = int(_q(a))
+    return next((name, dim) for dim, name in ((model.hidden, "hidden size"), (model.ffn_hidden, "MLP width"),
+                                              (model.heads, "heads")) if dim % q)
+
+
+def _say_batch(a):
+    mb = getattr(a, "mb", 1)
+    return (f"global batch {a.batch} is not divisible into micro-batches of {mb} on dp={a.dp} "
+            f"({mb * a.dp} sequences per round)")
+
+
+def _micro_batches(a):
+    return a.batch // np.maximum(a.mb * a.dp, 1)
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("tp divides heads", ('tp', 'mode'),
+         lambda m, a: (a.mode == 0) & (m.heads % a.tp != 0),
+         lambda m, a: f"tp={a.tp} does not divide the {m.heads} attention heads of {m.name}"),
+    Rule("tp and KV heads divide each other", ('tp', 'mode'),
+         lambda m, a: (a.mode == 0) & (m.kv_heads % a.tp != 0) & (a.tp % m.kv_heads != 0),
+         lambda m, a: f"tp={a.tp} and the {m.kv_heads} KV heads of {m.name} do not divide each other"),
+    Rule("tp divides the MLP", ('tp', 'mode'),
+         lambda m, a: (a.mode == 0) & (m.ffn_hidden % a.tp != 0),
+         lambda m, a: f"tp={a.tp} does not divide the MLP width {m.ffn_hidden} of {m.name}"),
+    Rule("2D/3D tp is a square/cube", ('tp', 'mode'),
+         lambda m, a: (a.mode > 0) & (_q(a) ** np.where(a.mode == 1, 2, 3) != a.tp),
+         lambda m, a: f"tp-mode {_KIND[int(a.mode)][0]} needs tp to be a {_KIND[int(a.mode)][1]} number, "
+                      f"got {a.tp}"),
+    Rule("2D/3D q divides the shapes", ('tp', 'mode'),
+         lambda m, a: (a.mode > 0) & ((m.hidden % _q(a) != 0) | (m.ffn_hidden % _q(a) != 0) | (m.heads % _q(a) != 0)),
+         lambda m, a: f"tp-mode {_KIND[int(a.mode)][0]} with q={int(_q(a))} does not divide the "
+                      f"{_nd_dim(m, a)[0]} {_nd_dim(m, a)[1]}"),
+    Rule("2D/3D rows divide the micro-batch", ('tp', 'mode', 'mb'),
+         lambda m, a: (a.mode > 0) & (a.mb % np.where(a.mode == 1, _q(a), _q(a) ** 2) != 0),
+         lambda m, a: (lambda rows: f"tp-mode {_KIND[int(a.mode)][0]} splits the micro-batch {rows} ways; "
+                                    f"micro-batch {a.mb} is not divisible by {rows}")(
+             int(_q(a)) ** (1 if a.mode == 1 else 2))),
+    Rule("sequence parallel is 1D", ('sp', 'mode'),
+         lambda m, a: a.sp & (a.mode > 0),
+         lambda m, a: "sequence parallel (--sp) applies to 1D tensor parallel only"),
+    Rule("cp balances the sequence", ('cp', 'seq'),
+         lambda m, a: (a.seq % a.cp != 0) | ((a.cp > 1) & (a.seq % (2 * a.cp) != 0)),
+         lambda m, a: f"cp={a.cp} needs the sequence length {a.seq} divisible by 2*cp "
+                      f"(causal load balancing splits it into 2*cp chunks)"),
+    Rule("sequence parallel splits the tokens", ('sp', 'seq', 'mb', 'tp'),
+         lambda m, a: a.sp & (a.seq * a.mb % a.tp != 0),
+         lambda m, a: f"sequence parallel needs micro-batch*seq divisible by tp={a.tp}"),
+    Rule("pp at most the layers", ('pp',),
+         lambda m, a: a.pp > m.layers,
+         lambda m, a: f"pp={a.pp} exceeds the {m.layers} layers of {m.name}"),
+    Rule("interleaving needs a pipeline", ('vpp', 'pp'),
+         lambda m, a: (a.vpp > 1) & (a.pp == 1),
+         lambda m, a: "virtual pipeline stages (vpp > 1) need pp > 1"),
+    Rule("pp*vpp divides the layers", ('vpp', 'pp'),
+         lambda m, a: (a.vpp > 1) & (m.layers % (a.pp * a.vpp) != 0),
+         lambda m, a: f"interleaving needs pp*vpp = {a.pp * a.vpp} to divide the {m.layers} layers of {m.name}"),
+    Rule("the interleaved schedule needs vpp", ('interleaved', 'vpp'),
+         lambda m, a: a.interleaved & (a.vpp == 1),
+         lambda m, a: "the interleaved schedule needs vpp > 1"),
+    Rule("dp divides the batch", ('batch', 'dp'),
+         lambda m, a: a.batch % a.dp != 0,
+         lambda m, a: _say_batch(a)),
+    Rule("micro-batches divide the batch", ('batch', 'dp', 'mb'),
+         lambda m, a: a.batch % (a.mb * a.dp) != 0,
+         lambda m, a: _say_batch(a)),
+    Rule("HSDP needs ZeRO", ('hsdp', 'zero'),
+         lambda m, a: a.hsdp & (a.zero == 0),
+         lambda m, a: "a ZeRO shard group (HSDP) needs zero >= 1"),
+    Rule("the shard group divides dp", ('hsdp', 'shard', 'dp'),
+         lambda m, a: a.hsdp & ((a.shard < 1) | (a.dp % np.maximum(a.shard, 1) != 0)),
+         lambda m, a: f"shard group {a.shard} must divide dp={a.dp}"),
+    Rule("interleaving takes whole rounds of micro-batches", ('interleaved', 'batch', 'mb', 'dp', 'pp'),
+         lambda m, a: a.interleaved & (_micro_batches(a) % a.pp != 0),
+         lambda m, a: f"the interleaved schedule needs the {_micro_batches(a)} micro-batches per step to be a "
+                      f"multiple of pp={a.pp}"),
+)
+
+
+def fields(*, tp, cp, pp, dp, micro_batch, vpp, sp, tp_mode, zero, shard_group, hsdp, global_batch, seq,
+           interleaved) -> SimpleNamespace:
+    """The candidate fields the rules read, as arrays (``tp_mode`` as codes 0/1/2 of ``TP_MODES``)."""
+    return SimpleNamespace(tp=np.asarray(tp), cp=np.asarray(cp), pp=np.asarray(pp), dp=np.asarray(dp),
+                           mb=np.asarray(micro_batch), vpp=np.asarray(vpp), sp=np.asarray(sp, bool),
+                           mode=np.asarray(tp_mode), zero=np.asarray(zero), shard=np.asarray(shard_group),
+                           hsdp=np.asarray(hsdp, bool), batch=np.asarray(global_batch), seq=np.asarray(seq),
+                           interleaved=np.asarray(interleaved, bool))
+
+
+def violations(model: ModelSpec, a) -> list[tuple[Rule, np.ndarray]]:
+    """Each rule that ``a``'s fields let it judge, with the mask of candidates that break it.
+
+    ``a``: a namespace of candidate fields (:func:`fields` makes all of them); a rule whose
+    fields ``a`` lacks is left out (the search judges the mesh shapes before the knobs).
+    """
+    have = set(vars(a))
+    return [(rule, np.asarray(rule.broken(model, a), bool)) for rule in RULES if have.issuperset(rule.reads)]
+
+
+def valid(model: ModelSpec, a) -> np.ndarray:
+    """The mask of candidates that break none of the rules ``a``'s fields let it judge."""
+    ok = np.ones(np.broadcast(*vars(a).values()).shape, bool)
+    for _, broken in violations(model, a):
+        ok &= ~broken
+    return ok
+
+
+def first_violation(model: ModelSpec, a) -> str | None:
+    """The sentence of the first rule one candidate breaks, or None."""
+    for rule, broken in violations(model, a):
+        if bool(broken):
+            return rule.say(model, SimpleNamespace(**{k: v.item() for k, v in vars(a).items()}))
+    return None
+
+
+def tp_1d_problem(model: ModelSpec, tp: int) -> str | None:
+    """Why Megatron 1D tensor parallel of size ``tp`` cannot shard ``model`` (None: it can)."""
+    return first_violation(model, fields(tp=tp, cp=1, pp=1, dp=1, micro_batch=1, vpp=1, sp=False, tp_mode=0, zero=0,
+                                         shard_group=1, hsdp=False, global_batch=1, seq=2, interleaved=False))
+
+
+def check_tp_1d(model: ModelSpec, tp: int) -> None:
+    """Megatron 1D TP shards the heads, the KV heads (or replicates them) and the MLP width."""
+    problem = tp_1d_problem(model, tp)
+    if problem:
+        raise ParplanError(problem)
+
+
+def check_layout(layout: Layout, model: ModelSpec, cluster: Cluster) -> Layout:
+    """Refuse an impossible layout with one clear sentence; return it with defaults filled in."""
+    for name in ("tp", "pp", "dp", "cp", "micro_batch", "vpp"):
+        v = getattr(layout, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ParplanError(f"{name.replace('_', '-')} must be a positive whole number, got {v!r}")
+        if v > MAX_AXIS:
+            raise ParplanError(f"{name.replace('_', '-')} = {v} is absurdly large")
+    for name, choices in (("recompute", RECOMPUTE), ("schedule", SCHEDULES), ("tp_mode", TP_MODES),
+                          ("cp_mode", CP_MODES), ("dtype", DTYPES)):
+        if getattr(layout, name) not in choices:
+            raise ParplanError(f"{name.replace('_', '-')} must be one of {', '.join(choices)}, "
+                               f"got '{getattr(layout, name)}'")
+    cluster.hardware.peak(layout.dtype)
+    if layout.zero not in (0, 1, 2, 3):
+        raise ParplanError(f"zero stage must be 0, 1, 2 or 3, got {layout.zero!r}")
+    _check_plugin_axes(layout)
+    if layout.devices != cluster.devices:
+        names = ["tp", "cp", "pp", "dp"] + [a for a, _ in layout.axes if not is_folded(a)]
+        raise ParplanError(f"{'*'.join(names)} = {'*'.join(str(layout.size(a)) for a in names)} = {layout.devices} "
+                           f"does not match the {cluster.devices} devices of {cluster.name}")
+    if layout.sp and layout.tp == 1:
+        layout = replace(layout, sp=False)
+    if layout.vpp > 1 and layout.schedule == "1f1b":
+        layout = replace(layout, schedule="interleaved")
+    batch = layout.batch
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        raise ParplanError(f"global batch must be a positive whole number, got {batch!r}")
+    seq = layout.seq_len or model.seq_len
+    problem = first_violation(model, fields(
+        tp=layout.tp, cp=layout.cp, pp=layout.pp, dp=layout.dp, micro_batch=layout.micro_batch, vpp=layout.vpp,
+        sp=layout.sp, tp_mode=TP_MODES.index(layout.tp_mode), zero=layout.zero,
+        shard_group=1 if layout.shard_group is None else layout.shard_group, hsdp=layout.shard_group is not None, global_batch=batch, seq=seq,
+        interleaved=layout.schedule == "interleaved"))
+    if problem:
+        raise ParplanError(problem)
+    return replace(layout, seq_len=seq, global_batch=batch)
+
+
+def _check_plugin_axes(layout: Layout) -> None:
+    for name, size in layout.axes:
+        strategy_axis(name)
+        if name in BUILTIN:
+            raise ParplanError(f"axis '{name}' is a Layout field; give it as {name}=, not in axes")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ParplanError(f"axis {name} must be a positive whole number, got {size!r}")
+        over = strategy_axis(name).folded_over
+        if over:
+            ranks = 1
+            for a in over:
+                ranks *= layout.size(a)
+            if ranks % size:
+                raise ParplanError(f"{name}={size} is folded over {'x'.join(over)} = {ranks} ranks and must "
+                                   f"divide them")
+    mesh = BUILTIN + tuple(a for a, _ in layout.axes if not is_folded(a))
+    if sorted(layout.order) != sorted(mesh):
+        raise ParplanError(f"mesh order must list each of {', '.join(mesh)} once, got {layout.order}")

@@ -1,0 +1,134 @@
+"""The candidate space of the plan search: every mesh shape and knob, as parallel numpy arrays.
+
+Candidates are every factorization of the device count into tp x cp x pp x dp (2D and
+3D tensor parallel where tp is a square or a cube), each with every micro-batch,
+recompute mode, ZeRO stage, sequence parallel, interleaving degree and HSDP choice. The
+one set of layout rules (:mod:`parplan.layouts.rules`) removes what cannot run; the
+search space itself leaves out only what would repeat another candidate or what the
+user ruled out (tensor parallel across nodes, fixed axes and knobs).
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import numpy as np
+
+from ..cost.memory import DEFAULT_HEADROOM
+from ..errors import ParplanError
+from ..layouts import rules
+from ..layouts.layout import RECOMPUTE
+from ..specs.hardware import Cluster
+from ..specs.model import ModelSpec
+
+CP_SCHEMES = ("allgather", "ring")   # candidate codes 0, 1
+MICRO_BATCHES = (1, 2, 4, 8, 16, 32)
+VPPS = (1, 2, 3, 4, 6, 8)
+DEFAULT_BATCH_TOKENS = 2 ** 22  # ~4M tokens per step: GPT-3 175B used 3.2M, Llama 3 405B started at 4M
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    global_batch: int
+    seq_len: int
+    dtype: str = "bf16"
+    max_micro_batch: int = 16
+    allow_cross_node_tp: bool = False
+    fixed: dict | None = None          # axis or knob -> value, e.g. {"tp": 8}
+    flash_attention: bool = True
+    fused_kernels: bool = True
+    headroom: float = DEFAULT_HEADROOM
+
+
+def default_global_batch(model: ModelSpec, cluster: Cluster, seq_len: int) -> int:
+    """About 4M tokens per step, at least one sequence per device, a multiple of the device count."""
+    sequences = max(DEFAULT_BATCH_TOKENS // seq_len, cluster.devices)
+    return int(-(-sequences // cluster.devices) * cluster.devices)
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _tp_modes(tp: int) -> list[int]:
+    """1D always; 2D / 3D (codes 1, 2) where tp is a square / cube above 1 (at 1 they are 1D)."""
+    return [0] + [code for code, power in ((1, 2), (2, 3)) if tp > 1 and round(tp ** (1 / power)) ** power == tp]
+
+
+def _keep(arrays: dict, mask) -> dict:
+    return {k: v[mask] for k, v in arrays.items()}
+
+
+def candidates(model: ModelSpec, cluster: Cluster, space: SearchSpace) -> dict[str, np.ndarray]:
+    """All layouts that pass the layout rules, as parallel arrays."""
+    n, gb, seq = cluster.devices, space.global_batch, space.seq_len
+    fixed = space.fixed or {}
+    tp_max = n if space.allow_cross_node_tp else cluster.fast_domain
+    rows = [(tp, cp, pp, n // (tp * cp * pp), mode, cp_mode)
+            for tp in _divisors(n) if tp <= tp_max for mode in _tp_modes(tp)
+            for cp in _divisors(n // tp) for cp_mode in ((0, 1) if cp > 1 else (0,))
+            for pp in _divisors(n // (tp * cp))]
+    base = np.array(rows)
+    axes = {"tp": base[:, 0], "cp": base[:, 1], "pp": base[:, 2], "dp": base[:, 3], "tp_mode": base[:, 4],
+            "cp_mode": base[:, 5]}
+    for k in ("tp", "cp", "pp", "dp"):
+        if k in fixed:
+            axes = _keep(axes, axes[k] == fixed[k])
+    if len(axes["tp"]) == 0:
+        raise ParplanError(f"no layout of {n} devices has {', '.join(f'{k}={v}' for k, v in fixed.items())}")
+    # The rules on the mesh shape alone first, so the knobs multiply only shapes that can run.
+    shape = SimpleNamespace(tp=axes["tp"], mode=axes["tp_mode"], cp=axes["cp"], pp=axes["pp"], dp=axes["dp"],
+                            seq=np.asarray(seq), batch=np.asarray(gb))
+    shape_ok = rules.valid(model, shape)
+    if not shape_ok.any():
+        raise ParplanError(_nothing_passes(model, n, gb, fixed, shape))
+    axes = _keep(axes, shape_ok)
+
+    mbs = [fixed["micro_batch"]] if "micro_batch" in fixed else [b for b in MICRO_BATCHES if b <= space.max_micro_batch]
+    vpps = [fixed["vpp"]] if "vpp" in fixed else list(VPPS)
+    # Knobs: micro-batch, recompute, ZeRO stage, sequence parallel, virtual stages, HSDP (shard in one node).
+    knob = np.array(list(itertools.product(mbs, range(3), (0, 1, 2, 3), (0, 1), vpps, (0, 1))))
+    ia, ik = np.meshgrid(np.arange(len(axes["tp"])), np.arange(len(knob)), indexing="ij")
+    ia, ik = ia.ravel(), ik.ravel()
+    c = {a: v[ia] for a, v in axes.items()}
+    c.update(micro_batch=knob[ik, 0], recompute=knob[ik, 1], zero=knob[ik, 2], sp=knob[ik, 3].astype(bool),
+             vpp=knob[ik, 4], hsdp=knob[ik, 5].astype(bool))
+    # HSDP shards over the data-parallel ranks of one node and replicates across nodes.
+    node_group = np.maximum(cluster.devices_per_node // (c["tp"] * c["cp"]), 1)
+    c["shard_group"] = np.where(c["hsdp"], node_group, c["dp"])
+    for k in ("micro_batch", "zero", "vpp", "sp"):
+        if k in fixed:
+            c = _keep(c, c[k] == fixed[k])
+    if "recompute" in fixed:
+        c = _keep(c, c["recompute"] == RECOMPUTE.index(fixed["recompute"]))
+    # The search space leaves out candidates that repeat another one ...
+    space_ok = ~(c["sp"] & (c["tp"] == 1))                  # sequence parallel at tp=1: plain tp=1
+    space_ok &= ~((c["zero"] > 0) & (c["dp"] * c["cp"] == 1))  # ZeRO with nothing to shard over: zero=0
+    space_ok &= ~c["hsdp"] | ((c["shard_group"] > 1) & (c["shard_group"] < c["dp"]))  # HSDP of 1 or all of dp
+    # ... and FSDP under a pipeline, which the frameworks do not offer.
+    space_ok &= ~((c["zero"] == 3) & (c["pp"] > 1))
+    c = _keep(c, space_ok)
+    knobs = rules.fields(tp=c["tp"], cp=c["cp"], pp=c["pp"], dp=c["dp"], micro_batch=c["micro_batch"], vpp=c["vpp"],
+                         sp=c["sp"], tp_mode=c["tp_mode"], zero=c["zero"], shard_group=c["shard_group"],
+                         hsdp=c["hsdp"], global_batch=gb, seq=seq, interleaved=c["vpp"] > 1)
+    ok = rules.valid(model, knobs)
+    if not ok.any():
+        raise ParplanError(_nothing_passes(model, n, gb, fixed, knobs))
+    out = _keep(c, ok)
+    del out["hsdp"]
+    return out
+
+
+def _nothing_passes(model: ModelSpec, n: int, gb: int, fixed: dict, a) -> str:
+    """Why no candidate runs: the rule that rejects the most of them, in its words for the first one."""
+    broken = [(rule, mask) for rule, mask in rules.violations(model, a) if mask.any()]
+    given = ", ".join(f"{k}={v}" for k, v in fixed.items())
+    head = (f"no layout of {model.name} on {n} devices with global batch {gb}" + (f" and {given}" if given else "")
+            + " passes the layout rules")
+    if not broken:
+        return head
+    rule, mask = max(broken, key=lambda rm: int(rm[1].sum()))
+    i = int(np.flatnonzero(np.broadcast_to(mask, mask.shape))[0])
+    one = SimpleNamespace(**{k: np.broadcast_to(v, mask.shape).flat[i].item() for k, v in vars(a).items()})
+    return f"{head}; {rule.say(model, one)}"
