@@ -14,10 +14,12 @@ from click.testing import CliRunner
 
 from parplan.calibrate import fit as cal
 from parplan.calibrate import compare as cmp
+from parplan.views.profiles import write_profile
 from parplan.cli.bench_cmd import calibrate, compare, config_from_options, main, worker
 from parplan.bench.launch import diagnose, exit_codes
 from parplan.calibrate.nccl_tests import parse_nccl_tests, parse_nccl_tests_file
-from parplan.calibrate.rows import ResultWriter, Row, load_results, timing_fields, with_rates
+from parplan.bench.writer import ResultWriter
+from parplan.calibrate.rows import Row, load_results, timing_fields, with_rates
 from parplan.bench.state import RankState
 from parplan.units import parse_bytes
 from parplan.bench.config import BenchConfig, build_plan, collective_count, mesh_layouts, parse_ops, resolve, sizes
@@ -340,7 +342,7 @@ def test_fit_alpha_beta_recovers_known_values():
 def test_calibrate_recovers_synthetic_machine(tmp_path):
     rows = synthetic_rows()
     out = tmp_path / "my-cluster.yaml"
-    result, hw = cal.write_profile(rows, out, "a100")
+    result, hw = write_profile(rows, out, "a100")
     fits = {(f.op, f.group, f.ranks): f for f in result.fits}
     assert fits[("all_reduce", "intra", 8)].alpha_s == pytest.approx(15e-6, rel=0.03)
     assert fits[("all_reduce", "intra", 8)].busbw == pytest.approx(360e9, rel=0.03)
@@ -382,7 +384,7 @@ def test_calibrate_scales_the_matmul_rate_to_what_layers_measure(tmp_path):
     from parplan.cost.kernels import op_times
     from parplan.cost.ops import BATCHED, FLASH, MATMUL, LocalDims, layer_ops
     rows = synthetic_rows()
-    plain, hw0 = cal.write_profile(rows, tmp_path / "plain.yaml", "a100")
+    plain, hw0 = write_profile(rows, tmp_path / "plain.yaml", "a100")
     assert plain.in_layer_scale is None
     shape = ("b=4 s=2048 h=2048 heads=16 kv_heads=16 head_dim=128 ffn=8192 act=gelu norm=layernorm "
              "bias=true dtype=bf16")
@@ -397,7 +399,7 @@ def test_calibrate_scales_the_matmul_rate_to_what_layers_measure(tmp_path):
             gemm, other = (gemm + t, other) if o.kind in (MATMUL, BATCHED, FLASH) else (gemm, other + t)
         layer_rows.append(Row("layer", op, "bf16", model="gpt3-1.3b", shape=shape, flops=1e12,
                               time_s=gemm / 0.8 + other, host="node7"))
-    scaled, hw = cal.write_profile(rows + layer_rows, tmp_path / "scaled.yaml", "a100")
+    scaled, hw = write_profile(rows + layer_rows, tmp_path / "scaled.yaml", "a100")
     assert scaled.in_layer_scale == pytest.approx(0.8, rel=1e-6) and scaled.in_layer_passes == 2
     assert hw.matmul_efficiency == pytest.approx(hw0.matmul_efficiency * 0.8, rel=1e-6)
     assert "in-layer scale" in hw.sources["efficiency.matmul"]
@@ -408,7 +410,7 @@ def test_calibrate_scales_the_matmul_rate_to_what_layers_measure(tmp_path):
 def test_calibrate_from_nccl_tests_log(tmp_path):
     log = tmp_path / "h100-nccl-tests.log"
     log.write_text(NCCL_TESTS_LOG)
-    result, hw = cal.write_profile(load_results([log]), tmp_path / "h100-measured.yaml", None)
+    result, hw = write_profile(load_results([log]), tmp_path / "h100-measured.yaml", None)
     assert hw.name == "h100-measured"  # base guessed from "NVIDIA H100 80GB HBM3"
     assert load_hardware("h100").name in hw.description
     fits = {(f.op, f.group, f.ranks): f for f in result.fits}
@@ -422,12 +424,12 @@ def test_calibrate_from_nccl_tests_log(tmp_path):
 def test_calibrate_refuses_what_it_cannot_use(tmp_path):
     cpu = [Row("copy", "copy", "uint8", size_bytes=8, bytes_moved=16, time_s=1e-6, device_name="x86_64")]
     with pytest.raises(ParplanError, match="pass --hw BASE_PROFILE"):
-        cal.write_profile(cpu, tmp_path / "p.yaml", None)
+        write_profile(cpu, tmp_path / "p.yaml", None)
     with pytest.raises(ParplanError, match=r"\.yaml"):
-        cal.write_profile(cpu, tmp_path / "p.txt", "a100")
+        write_profile(cpu, tmp_path / "p.txt", "a100")
     layer_only = [Row("layer", "forward", "bf16", flops=1e9, time_s=1e-3)]
     with pytest.raises(ParplanError, match="nothing to calibrate"):
-        cal.write_profile(layer_only, tmp_path / "p.yaml", "a100")
+        write_profile(layer_only, tmp_path / "p.yaml", "a100")
     assert not (tmp_path / "p.yaml").exists()
 
 
@@ -436,7 +438,7 @@ def test_calibrate_refuses_what_it_cannot_use(tmp_path):
 
 def test_compare_against_the_calibrated_profile(tmp_path):
     rows = synthetic_rows()
-    cal.write_profile(rows, tmp_path / "fit.yaml", "a100")
+    write_profile(rows, tmp_path / "fit.yaml", "a100")
     comparisons = cmp.compare(rows, str(tmp_path / "fit.yaml"))
     coll = [c for c in comparisons if c.kind == "collective"]
     assert all(c.predicted_s is not None for c in coll)

@@ -243,7 +243,7 @@ def test_report_default_dir_and_no_scaling(tmp_path, monkeypatch):
 
 
 def test_report_overwrites_atomically(tmp_path):
-    from parplan.views.report import write_text
+    from parplan.views.files import write_text
 
     target = tmp_path / "x.md"
     write_text(target, "one")

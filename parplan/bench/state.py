@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..calibrate.rows import atomic_write_text
+from ..views.files import write_text
 
 STATE_DIR_ENV = "PARPLAN_BENCH_STATE_DIR"
 EXIT_ERROR = 1
@@ -41,7 +41,7 @@ def write_state(state_dir: Path | None, state: RankState) -> None:
     if state_dir is None:
         return
     try:
-        atomic_write_text(state_path(state_dir, state.rank), json.dumps(asdict(state)), sync=False)
+        write_text(state_path(state_dir, state.rank), json.dumps(asdict(state)))
     except OSError:
         pass  # the record helps diagnosis; never let it break a measurement
 

@@ -26,7 +26,8 @@ from ..errors import ParplanError
 from ..specs.model import load_model, with_seq_len
 from . import layer as layer_mod
 from .measure import TORCH_DTYPES, collective_case, copy_case, matmul_case, synchronize, time_iterations
-from ..calibrate.rows import ResultWriter, Row, default_out_dir, timing_fields, write_meta
+from .writer import ResultWriter, default_out_dir, write_meta
+from ..calibrate.rows import Row, timing_fields
 from .state import EXIT_ERROR, EXIT_FAULT, STATE_DIR_ENV, Watchdog
 from .config import BenchConfig, Fault, Item, build_plan, resolve
 

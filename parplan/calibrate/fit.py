@@ -1,5 +1,5 @@
 """Fit a hardware profile to bench rows: alpha-beta per collective, a matmul efficiency curve, HBM copy
-efficiency and kernel overhead; write it as a profile YAML that ``--hw PATH`` loads.
+efficiency and kernel overhead; render it as a profile YAML that ``--hw PATH`` loads.
 
 Collective model (as :func:`parplan.collectives.collective_time_s` uses it)::
 
@@ -28,7 +28,7 @@ from ..cost.collectives import bus_factor
 from ..errors import ParplanError
 from ..specs.hardware import BYTES_PER_ELEMENT, Hardware, hardware_from_dict, hardware_names, load_hardware
 from ..specs.yamlio import read_yaml
-from .rows import Row, atomic_write_text
+from .rows import Row
 
 MATMUL_DTYPE_PREFERENCE = ("bf16", "fp16", "fp32")
 CURVE_BIN_OCTAVES = 0.5
@@ -421,27 +421,22 @@ def render(data: Mapping[str, Any], header: str) -> str:
     return "".join(f"# {line}\n" for line in header.splitlines()) + body
 
 
-def write_profile(rows: Sequence[Row], out_path: Path, base_name: str | None) -> tuple[Calibration, Hardware]:
-    """Calibrate, write ``out_path`` atomically, and return the profile as loaded back from it."""
-    out_path = Path(out_path)
-    if out_path.suffix.lower() not in (".yaml", ".yml"):
-        raise ParplanError(f"-o must name a .yaml file, got {out_path}")
-    if out_path.parent and not out_path.parent.is_dir():
-        raise ParplanError(f"directory does not exist: {out_path.parent}")
+def calibrated_profile(rows: Sequence[Row], name: str, base_name: str | None = None,
+                       load_as: str = "") -> tuple[Calibration, str, Hardware]:
+    """Calibrate ``rows`` against a base profile: the calibration, the profile YAML text named ``name``,
+    and that profile as ``--hw`` will load it (checked before anyone writes it)."""
     base = load_hardware(base_name or guess_base(rows))
     if not base.path:
         raise ParplanError(f"base profile {base.name} has no file to start from")
     base_raw = read_yaml(Path(base.path))
     cal = calibrate(rows, base)
-    data = profile_dict(base_raw, base, cal, rows, out_path.stem)
+    data = profile_dict(base_raw, base, cal, rows, name)
     if cal.matmul_efficiency is not None or cal.matmul_curve:
         scaled = apply_in_layer_scale(data, base, rows)
         if scaled is not None:
             cal = replace(cal, in_layer_scale=scaled[0], in_layer_passes=scaled[1])
     header = (f"Hardware profile calibrated by parplan calibrate from {base.name}.\n"
-              f"{provenance(rows)}.\nLoad it with --hw {out_path}")
+              f"{provenance(rows)}.\nLoad it with --hw {load_as or name + '.yaml'}")
     text = render(data, header)
-    hardware_from_dict(yaml.safe_load(text), str(out_path), str(out_path))  # refuse to write a bad profile
-    atomic_write_text(out_path, text)
-    loaded = hardware_from_dict(read_yaml(out_path), str(out_path), str(out_path))
-    return cal, loaded
+    where = load_as or name
+    return cal, text, hardware_from_dict(yaml.safe_load(text), where, load_as)

@@ -1,4 +1,5 @@
-"""Result rows: one flat record per measurement, written as CSV and JSON lines as each finishes.
+"""Result rows: one flat record per measurement (``parplan bench`` writes them as CSV and JSON lines as
+each finishes, ``parplan.bench.writer``), and reading them back, with nccl-tests logs.
 
 Columns (SI units; ``size_bytes`` is the nccl-tests buffer size):
 
@@ -20,12 +21,9 @@ Columns (SI units; ``size_bytes`` is the nccl-tests buffer size):
 from __future__ import annotations
 
 import csv
-import datetime as _dt
 import io
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -150,81 +148,6 @@ def timing_fields(times_s: Iterable[float]) -> dict[str, float]:
         "time_p90_s": percentile(values, 90),
         "time_max_s": values[-1],
     }
-
-
-# --------------------------------------------------------------------------- writing
-
-
-def atomic_write_text(path: Path, text: str, sync: bool = True) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``: never half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            if sync:
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-class ResultWriter:
-    """Appends rows to ``results.csv`` and ``results.jsonl`` in ``out_dir``, flushing after each row.
-
-    A run that dies keeps every row written before it died.
-    """
-
-    def __init__(self, out_dir: Path):
-        self.out_dir = Path(out_dir)
-        try:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            csv_path = self.out_dir / CSV_NAME
-            new = not csv_path.exists() or csv_path.stat().st_size == 0
-            self._csv = open(csv_path, "a", encoding="utf-8", newline="")
-            self._jsonl = open(self.out_dir / JSONL_NAME, "a", encoding="utf-8")
-        except OSError as exc:
-            raise ParplanError(f"cannot write results to {out_dir}: {exc.strerror or exc}") from None
-        self._writer = csv.DictWriter(self._csv, fieldnames=COLUMNS)
-        if new:
-            self._writer.writeheader()
-            self._csv.flush()
-        self.rows = 0
-
-    def write(self, row: Row) -> None:
-        record = row.as_dict()
-        buf = io.StringIO()
-        csv.DictWriter(buf, fieldnames=COLUMNS).writerow({k: _csv_value(v) for k, v in record.items()})
-        self._csv.write(buf.getvalue())  # one write per row
-        self._csv.flush()
-        self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
-        self._jsonl.flush()
-        self.rows += 1
-
-    def close(self) -> None:
-        self._csv.close()
-        self._jsonl.close()
-
-
-def default_out_dir(host: str, now: "_dt.datetime | None" = None) -> Path:
-    """``reports/bench/<host>-<YYYYmmdd-HHMMSS>``."""
-    now = now or _dt.datetime.now()
-    return Path("reports") / "bench" / f"{host}-{now.strftime('%Y%m%d-%H%M%S')}"
-
-
-def _csv_value(value: Any) -> Any:
-    if isinstance(value, float):
-        return repr(value)
-    return value
-
-
-def write_meta(out_dir: Path, meta: Mapping[str, Any]) -> None:
-    atomic_write_text(Path(out_dir) / META_NAME, json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
 
 
 # --------------------------------------------------------------------------- reading

@@ -16,10 +16,12 @@ import click
 
 from ..errors import ParplanError
 from ..units import parse_bytes
-from ..calibrate.rows import CSV_NAME, JSONL_NAME, atomic_write_text, default_out_dir, load_results
+from ..calibrate.rows import CSV_NAME, JSONL_NAME, load_results
+from ..bench.writer import default_out_dir
+from ..views.files import write_text
 from .common import one_line_errors, run
-from ..bench.config import (BenchConfig, build_plan, parse_dtypes, parse_groups, parse_layouts,
-    parse_ops, parse_shapes, parse_suites, resolve)
+from ..bench.config import (BenchConfig, build_plan, parse_dtypes, parse_groups, parse_layouts, parse_ops,
+    parse_shapes, parse_suites, resolve)
 
 
 user_errors = one_line_errors
@@ -154,7 +156,7 @@ def calibrate(results: tuple[str, ...], output: str, base: str | None) -> None:
     that --hw OUTPUT loads: alpha-beta fits per collective and group class, a matmul
     efficiency curve, HBM copy efficiency and kernel overhead.
     """
-    from ..calibrate.fit import write_profile
+    from ..views.profiles import write_profile
 
     rows = load_results(results)
     cal, hw = write_profile(rows, Path(output), base)
@@ -201,8 +203,8 @@ def compare(results: tuple[str, ...], hw_spec: str, output: str | None, all_rows
     except OSError as exc:
         raise ParplanError(f"cannot create {out_dir}: {exc.strerror or exc}") from None
     summaries = cmp.summarize(comparisons)
-    atomic_write_text(out_dir / "compare.csv", cmp.to_csv(comparisons))
-    atomic_write_text(out_dir / "compare-summary.csv", cmp.to_csv(summaries))
+    write_text(out_dir / "compare.csv", cmp.to_csv(comparisons), sync=True)
+    write_text(out_dir / "compare-summary.csv", cmp.to_csv(summaries), sync=True)
     skipped = {}
     for c in comparisons:
         if c.error_pct is None:

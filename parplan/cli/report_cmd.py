@@ -98,7 +98,7 @@ def report(model_name, hw, global_batch, seq, dtype, objective, top, headroom, s
 def sweep(model_name, hw, vary, global_batch, dtype, objective, headroom, fmt, out_dir):
     """Best plan for every combination of device count, global batch and sequence length."""
     from ..specs.model import load_model
-    from ..views.report import check_writable
+    from ..views.files import check_writable
     from ..plan.sweep import (Options, base_cluster, default_sweep_dir, format_sweep, parse_vary, run_sweep,
         sweep_columns, write_sweep)
 

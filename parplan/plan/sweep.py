@@ -325,7 +325,7 @@ def sweep_columns(df) -> list[str]:
 
 
 def default_sweep_dir(model: ModelSpec, hw_spec: str) -> str:
-    from ..views.report import slug
+    from ..views.files import slug
 
     return f"reports/sweep-{slug(model.name)}-{slug(hw_spec)}"
 
@@ -333,7 +333,7 @@ def default_sweep_dir(model: ModelSpec, hw_spec: str) -> str:
 def write_sweep(df, out_dir) -> dict[str, str]:
     """``sweep.csv`` and ``sweep.png`` into ``out_dir`` (created; written atomically)."""
     from ..views import plots
-    from ..views.report import prepare_dir, write_text
+    from ..views.files import prepare_dir, write_text
 
     out = prepare_dir(out_dir)
     csv_path = out / "sweep.csv"

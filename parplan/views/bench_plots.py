@@ -1,12 +1,14 @@
 """PNG plots of bench results (matplotlib, Agg backend): bus bandwidth, matmul rate, predicted vs measured."""
 from __future__ import annotations
 
+import io
 import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
 from ..calibrate.rows import Row
+from .files import write_bytes
 
 
 def _pyplot():
@@ -24,9 +26,9 @@ def _grid(count: int) -> tuple[int, int]:
 
 
 def _save(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    write_bytes(path, buf.getvalue())
 
 
 def plot_busbw(rows: Sequence[Row], path: Path) -> bool:

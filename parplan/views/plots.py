@@ -29,7 +29,8 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: 
 from ..step.train import Estimate, op_table  # noqa: E402
 from ..layouts.strategies import breakdown_keys
 from ..plan.search import describe_row  # noqa: E402
-from ..units import GIB
+from ..units import GIB  # noqa: E402
+from .files import write_bytes  # noqa: E402
 
 __all__ = ["memory_breakdown", "plan_scatter", "roofline", "save", "scaling", "si", "step_breakdown", "sweep"]
 
@@ -86,8 +87,6 @@ def _plain_log_ticks(axis) -> None:
 
 def save(fig: Figure, path, dpi: int = DPI) -> Path:
     """Write ``fig`` as a PNG at ``path`` (temp file, then rename); returns the path."""
-    from .report import write_bytes
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     return write_bytes(Path(path), buf.getvalue())

@@ -7,14 +7,12 @@ directory, then ``os.replace``), so a reader never sees half a report file.
 """
 from __future__ import annotations
 
-import os
-import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import ParplanError
+from .files import check_writable, prepare_dir, slug, write_text
 from ..step.train import Estimate, op_table
 from ..layouts.strategies import breakdown_keys
 from ..cost.memory import DEFAULT_HEADROOM
@@ -27,72 +25,8 @@ from ..plan.search import describe_row, fewest_devices, why
 SIGNIFICANT_SHARE = 0.05  # a step-time component worth pointing out
 
 
-# --------------------------------------------------------------------------- files
-
-
-def slug(text: str) -> str:
-    """A file-name-safe version of a model or cluster name."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-.").lower() or "unnamed"
-
-
 def default_report_dir(model: ModelSpec, cluster: Cluster) -> Path:
     return Path("reports") / f"{slug(model.name)}-{slug(cluster.name)}"
-
-
-def check_writable(path) -> Path:
-    """Refuse early (before any work) an output directory that cannot be created or written; creates nothing."""
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise ParplanError(f"output path {p} exists and is not a directory")
-    probe = p
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        raise ParplanError(f"cannot create output directory {p}: {probe} is not a directory")
-    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
-        raise ParplanError(f"cannot create output directory {p}: {probe} is not writable")
-    return p
-
-
-def prepare_dir(path) -> Path:
-    """Create the output directory; a one-line ParplanError when that is impossible."""
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise ParplanError(f"output path {p} exists and is not a directory")
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ParplanError(f"cannot create output directory {p}: {exc.strerror or exc}") from None
-    if not os.access(p, os.W_OK | os.X_OK):
-        raise ParplanError(f"output directory {p} is not writable")
-    return p
-
-
-def write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and ``os.replace``."""
-    path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise ParplanError(f"cannot write to {path.parent}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise ParplanError(f"cannot write {path}: {exc.strerror or exc}") from None
-    return path
-
-
-def write_text(path: Path, text: str) -> Path:
-    return write_bytes(path, text.encode("utf-8"))
 
 
 # --------------------------------------------------------------------------- Markdown helpers
