@@ -21,6 +21,7 @@ import pandas as pd
 from parplan import frames, plots
 from parplan.plan import sweep
 from parplan.views.report import build_report
+from parplan.views.sweep_text import format_sweep
 
 MODEL = os.environ.get("PARPLAN_TOUR_MODEL", "gpt3-13b")
 HW = os.environ.get("PARPLAN_TOUR_HW", "a100x64")
@@ -132,7 +133,7 @@ print("wrote", plots.save(plots.scaling(by_batch), OUT / "scaling_batch.png"))
 n = cluster.devices
 grid = sweep.parse_vary([f"devices={max(8, n // 4)}..{n}", f"global-batch={n},{2 * n}"])
 table = sweep.run_sweep(model, cluster.hardware.name, grid)
-print(sweep.format_sweep(table), end="\n\n")
+print(format_sweep(table), end="\n\n")
 print("wrote", plots.save(plots.sweep(table), OUT / "sweep.png"))
 
 # %% [markdown]

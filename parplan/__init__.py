@@ -9,7 +9,7 @@ from .layouts.layout import Layout
 from .specs.model import ModelSpec, load_model
 from .cost.roofline import matmul_time_s as _matmul_time_s
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401
 
 
 def matmul_time_s(hardware, m: int, k: int, n: int, dtype: str = "bf16") -> float:

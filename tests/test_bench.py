@@ -19,7 +19,8 @@ from parplan.cli.bench_cmd import calibrate, compare, config_from_options, main,
 from parplan.bench.launch import diagnose, exit_codes
 from parplan.calibrate.nccl_tests import parse_nccl_tests, parse_nccl_tests_file
 from parplan.bench.writer import ResultWriter
-from parplan.calibrate.rows import Row, load_results, timing_fields, with_rates
+from parplan.calibrate.rows import Row, timing_fields, with_rates
+from parplan.calibrate.load import load_results
 from parplan.bench.state import RankState
 from parplan.units import parse_bytes
 from parplan.bench.config import BenchConfig, build_plan, collective_count, mesh_layouts, parse_ops, resolve, sizes

@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from parplan.calibrate.rows import load_results  # noqa: E402
+from parplan.calibrate.load import load_results  # noqa: E402
 from parplan.cost.collectives import bus_factor  # noqa: E402
 from parplan.specs.hardware import load_hardware  # noqa: E402
 

@@ -8,7 +8,7 @@ import parplan
 from parplan.errors import ParplanError
 from parplan.layouts.layout import Layout, mesh_order, parse_mesh, plugin_axes
 from parplan.layouts.strategies import Collective, Strategy, breakdown_keys, register, unregister
-from parplan.plan.search import bottleneck
+from parplan.step.train import bottleneck
 from parplan.views.records import estimate_dict, explain_dict
 from parplan.views.text import format_explain
 

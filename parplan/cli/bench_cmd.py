@@ -16,7 +16,8 @@ import click
 
 from ..errors import ParplanError
 from ..units import parse_bytes
-from ..calibrate.rows import CSV_NAME, JSONL_NAME, load_results
+from ..calibrate.rows import CSV_NAME, JSONL_NAME
+from ..calibrate.load import load_results
 from ..bench.writer import default_out_dir
 from ..views.files import write_text
 from .common import one_line_errors, run

@@ -190,7 +190,8 @@ def plan(model_name, hw, global_batch, seq, dtype, objective, top, headroom, all
     from ..specs.hardware import load_cluster
     from .serve_cmd import dispatch_plan
     from ..specs.model import load_model, with_seq_len
-    from ..plan.planner import plan_report
+    from ..plan.planner import make_plan
+    from ..views.plan_text import plan_report
 
     text = dispatch_plan(model_name, hw, dtype, top, headroom, fmt, mode, inference,
                          dict(global_batch=global_batch, seq=seq, objective=objective,
@@ -207,10 +208,10 @@ def plan(model_name, hw, global_batch, seq, dtype, objective, top, headroom, all
     for k, v in fixed.items():
         if isinstance(v, int) and v < (0 if k == "zero" else 1):
             raise ParplanError(f"--{k.replace('_', '-')} must be a positive whole number, got {v}")
-    click.echo(plan_report(model, cluster, global_batch=global_batch, dtype=dtype, objective=objective, top=top,
-                           headroom=headroom, allow_cross_node_tp=allow_cross_node_tp,
-                           flash_attention=flash_attention, fixed=fixed, fmt=fmt, emit_target=emit_target,
-                           explain=explain, fused_kernels=fused_kernels))
+    result = make_plan(model, cluster, global_batch=global_batch, dtype=dtype, objective=objective, top=top,
+                       headroom=headroom, allow_cross_node_tp=allow_cross_node_tp, flash_attention=flash_attention,
+                       fixed=fixed, emit_target=emit_target, explain=explain, fused_kernels=fused_kernels)
+    click.echo(plan_report(result, fmt))
 
 
 @cli.command(name="list")

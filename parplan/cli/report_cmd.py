@@ -99,8 +99,8 @@ def sweep(model_name, hw, vary, global_batch, dtype, objective, headroom, fmt, o
     """Best plan for every combination of device count, global batch and sequence length."""
     from ..specs.model import load_model
     from ..views.files import check_writable
-    from ..plan.sweep import (Options, base_cluster, default_sweep_dir, format_sweep, parse_vary, run_sweep,
-        sweep_columns, write_sweep)
+    from ..plan.sweep import Options, base_cluster, parse_vary, run_sweep
+    from ..views.sweep_text import default_sweep_dir, format_sweep, sweep_columns, write_sweep
 
     grid = parse_vary(vary)
     _positive("global-batch", global_batch)

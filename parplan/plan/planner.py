@@ -1,18 +1,18 @@
-"""``parplan plan``: run the search and render the ranked plans (table, JSON or CSV), with trust checks."""
+"""``parplan plan``: run the search, rank what fits, check how far each rank holds and what binds it."""
 from __future__ import annotations
 
-import json
-import re
+from dataclasses import dataclass
+from typing import Any
 
-from .emit import emit
 from ..errors import ParplanError
-from ..step.train import estimate
-from ..layouts.strategies import breakdown_keys
-from ..views.records import estimate_dict
-from .candidates import SearchSpace, default_global_batch
-from .search import bottleneck, describe_row, fewest_devices, layout_of, rank, search, why
-from .trust import rank_stability, sensitivity
+from ..specs.hardware import Cluster
+from ..specs.model import ModelSpec
+from ..step.train import bottleneck, estimate
 from ..units import GIB
+from .candidates import SearchSpace, default_global_batch
+from .emit import emit
+from .search import describe_row, fewest_devices, layout_of, rank, search
+from .trust import rank_stability, sensitivity
 
 MAX_BATCH_CHOICES = 16
 
@@ -74,15 +74,39 @@ def binding_constraint(df, ranked, headroom, hbm_bytes) -> str:
     return f"none of the layout rules: the fastest layout fits; its time goes to {bottleneck(best)}"
 
 
-def plan_report(model, cluster, *, global_batch=None, dtype="bf16", objective="throughput", top=10,
-                headroom=0.10, allow_cross_node_tp=False, flash_attention=True, fixed=None, fmt="table",
-                emit_target=None, explain=False, fused_kernels=True) -> str:
+@dataclass(frozen=True)
+class PlanResult:
+    """What ``parplan plan`` found: every candidate, the ranked ones that fit, and the top plans with
+    their full estimates and trust checks."""
+
+    model: ModelSpec
+    cluster: Cluster
+    objective: str
+    batches: list
+    batch_note: str            # given, searched, or the default rule
+    evaluated: int
+    candidates: Any            # DataFrame of every distinct candidate
+    ranked: Any                # the ones that fit, best first
+    top: Any                   # the first ``top`` rows of ``ranked``
+    layouts: list              # their Layouts
+    estimates: list            # their full Estimates
+    stability: list            # rank_stability of each
+    binding_constraint: str | None = None
+    sensitivity: list | None = None
+    emitted: str | None = None  # the launch config of the best plan
+    emit_target: str | None = None
+
+
+def make_plan(model, cluster, *, global_batch=None, dtype="bf16", objective="throughput", top=10,
+              headroom=0.10, allow_cross_node_tp=False, flash_attention=True, fixed=None,
+              emit_target=None, explain=False, fused_kernels=True) -> PlanResult:
+    """Search, rank, check the ranks' stability and (with ``explain``) what binds the best plan."""
     seq = model.seq_len
     batches = parse_global_batch(global_batch) if not isinstance(global_batch, int) else [global_batch]
-    gb_note = "given" if batches and len(batches) == 1 else "searched"
+    note = "given" if batches and len(batches) == 1 else "searched"
     if batches is None:
         batches = [default_global_batch(model, cluster, seq)]
-        gb_note = f"default: about {batches[0] * seq / 1e6:.1f}M tokens, a multiple of the device count"
+        note = f"default: about {batches[0] * seq / 1e6:.1f}M tokens, a multiple of the device count"
     cluster.hardware.peak(dtype)
     space_kw = dict(seq_len=seq, dtype=dtype, allow_cross_node_tp=allow_cross_node_tp, fixed=fixed or {},
                     flash_attention=flash_attention, fused_kernels=fused_kernels, headroom=headroom)
@@ -95,75 +119,22 @@ def plan_report(model, cluster, *, global_batch=None, dtype="bf16", objective="t
                            f"(global batch {', '.join(map(str, batches))}, {100 * headroom:.0f}% HBM headroom){more}")
     best = ranked.head(top)
     layouts = [layout_of(row, space) for _, row in best.iterrows()]
-    stability = rank_stability(model, cluster, layouts, headroom)
-    plans = []
-    for (_, row), lay, trust in zip(best.iterrows(), layouts, stability):
-        d = estimate_dict(estimate(model, cluster, lay, headroom=headroom))
-        d.update({k: d["layout"][k] for k in ("tp", "pp", "dp", "cp", "zero", "micro_batch", "sp", "vpp",
-                                              "recompute", "order", "global_batch")})
-        d["bottleneck"] = bottleneck(row)
-        d["rank_holds"] = trust["holds"]
-        d["rank_stability"] = trust
-        plans.append(d)
-    extra = {}
+    binding = sens = None
     if explain:
-        extra["binding_constraint"] = binding_constraint(df, ranked, headroom, cluster.hardware.hbm_bytes)
+        binding = binding_constraint(df, ranked, headroom, cluster.hardware.hbm_bytes)
 
         def best_time(cl):
             d2, _, _ = _search_all(model, cl, batches, space_kw)
             r2 = rank(d2, objective)
             return float(r2.iloc[0]["step_time_s"]) if not r2.empty else float("nan")
-        extra["sensitivity"] = sensitivity(best_time, cluster, float(ranked.iloc[0]["step_time_s"]))
-    if emit_target:
-        text = emit(emit_target, layouts[0], model)
-        if fmt == "json":
-            plans[0]["emit"] = {emit_target: text}
-        else:
-            return text
-    if fmt == "json":
-        if extra:
-            plans[0].update(extra)
-        return json.dumps(plans, indent=2)
-    if fmt == "csv":
-        cols = ["tp", "pp", "dp", "cp", "zero", "micro_batch", "sp", "vpp", "recompute", "global_batch",
-                "step_time_s", "tokens_per_s", "mfu", "tflops_per_device", "fits", "bottleneck", "rank_holds"]
-        lines = [",".join(cols + ["memory_total_bytes"])]
-        for p in plans:
-            lines.append(",".join([str(p[c]) for c in cols] + [str(p["memory_bytes"]["total"])]))
-        return "\n".join(lines)
-    return _table(model, cluster, ranked, best, plans, evaluated, batches, gb_note, objective, stability, extra)
+        sens = sensitivity(best_time, cluster, float(ranked.iloc[0]["step_time_s"]))
+    return PlanResult(
+        model=model, cluster=cluster, objective=objective, batches=batches, batch_note=note, evaluated=evaluated,
+        candidates=df, ranked=ranked, top=best, layouts=layouts,
+        estimates=[estimate(model, cluster, lay, headroom=headroom) for lay in layouts],
+        stability=rank_stability(model, cluster, layouts, headroom), binding_constraint=binding,
+        sensitivity=sens, emitted=emit(emit_target, layouts[0], model) if emit_target else None,
+        emit_target=emit_target)
 
 
-def _table(model, cluster, ranked, best, plans, evaluated, batches, gb_note, objective, stability, extra) -> str:
-    hbm = cluster.hardware.hbm_bytes
-    seq = model.seq_len
-    gb = ", ".join(map(str, batches))
-    out = [f"{model.name} on {cluster.name}: {evaluated} candidates evaluated, {len(ranked)} fit; "
-           f"global batch {gb} x {seq} tokens ({gb_note}); objective {objective}",
-           "",
-           f"{'#':>3}  {'layout':<58}{'placement':<11}{'batch':>6}{'step s':>9}{'tokens/s':>11}{'MFU':>7}"
-           f"{'memory GiB':>16}  {'bottleneck':<10} best within 1% if +-15%"]
-    for i, ((_, row), trust) in enumerate(zip(best.iterrows(), stability), 1):
-        holds = "yes" if trust["holds"] else f"{trust['first_in']}/{trust['cases']} (worst #{trust['worst_rank']})"
-        out.append(f"{i:>3}  {describe_row(row):<58}{re.sub('^tp,cp,', '', row['order']):<11}"
-                   f"{int(row['global_batch']):>6}{row['step_time_s']:9.3f}{row['tokens_per_s']:11.4g}"
-                   f"{100 * row['mfu']:6.1f}%{row['memory_bytes'] / GIB:8.1f} / {hbm / GIB:4.0f}  "
-                   f"{bottleneck(row):<10} {holds}")
-    if len(ranked) > 1:
-        out += ["", why(ranked.iloc[0], ranked.iloc[1])]
-    flips = stability[0].get("loses_first_under") if stability else None
-    if flips:
-        out.append(f"#1 stops being fastest (by >1%) of these plans if: {', '.join(flips)}")
-    elif stability:
-        out.append("#1 stays fastest of these plans with any one efficiency or bandwidth 15% off")
-    b = plans[0]["breakdown_s"]
-    out += ["", "best plan's step: " + ", ".join(f"{k} {b[k]:.3g} s" for k in breakdown_keys() if b[k] > 0)]
-    if extra:
-        out += ["", f"binding constraint: {extra['binding_constraint']}",
-                "what +10% of one hardware parameter buys (best plan re-searched):"]
-        for r in extra["sensitivity"]:
-            out.append(f"  {r['parameter']:<20} {r['step_time_s']:9.3f} s/step  {100 * r['speedup']:+6.2f}%")
-    return "\n".join(out)
-
-
-__all__ = ["plan_report", "parse_global_batch", "binding_constraint"]
+__all__ = ["PlanResult", "binding_constraint", "make_plan", "parse_global_batch"]

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import ParplanError
 from ..step.train import estimate
-from ..layouts.strategies import breakdown_keys, breakdown_labels
+from ..layouts.strategies import breakdown_keys
 from ..specs.hardware import Cluster
 from ..layouts.layout import RECOMPUTE, TP_MODES, Layout
 from .candidates import CP_SCHEMES, SearchSpace, candidates
@@ -49,15 +49,8 @@ def search(model: ModelSpec, cluster: Cluster, space: SearchSpace):
             df["order"] = ",".join(order)
             df["global_batch"] = space.global_batch
             n = len(df)
-            df["step_time_s"] = np.broadcast_to(est.step_time_s, n)
-            df["tokens_per_s"] = np.broadcast_to(est.tokens_per_s, n)
-            df["mfu"] = np.broadcast_to(est.mfu, n)
-            df["hfu"] = np.broadcast_to(est.hfu, n)
-            df["tflops_per_device"] = np.broadcast_to(est.tflops_per_device, n)
-            df["memory_bytes"] = np.broadcast_to(est.memory_bytes["total"], n)
-            df["fits"] = np.broadcast_to(est.fits, n)
-            for k in breakdown_keys():
-                df[f"{k}_s"] = np.broadcast_to(est.breakdown_s[k], n)
+            for k, v in est.columns().items():
+                df[k] = np.broadcast_to(v, n)
             frames.append(df)
     all_df = pd.concat(frames, ignore_index=True)
     # Placement only matters when some axis spans nodes; keep distinct results.
@@ -75,14 +68,6 @@ def rank(df, objective: str = "throughput"):
         return fit.sort_values(["step_time_s", "memory_bytes"], kind="stable")
     return fit.assign(_neg_tps=-fit["tokens_per_s"]).sort_values(["_neg_tps", "memory_bytes"], kind="stable") \
         .drop(columns="_neg_tps")
-
-
-def bottleneck(row) -> str:
-    """The largest cost beyond compute, or compute itself."""
-    parts = {label: row[f"{key}_s"] for key, label in breakdown_labels().items()}
-    parts["recompute"] = row["recompute_s"]
-    name, value = max(parts.items(), key=lambda kv: kv[1])
-    return name if value > 0.10 * row["step_time_s"] else "compute"
 
 
 def describe_row(row) -> str:

@@ -17,15 +17,14 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from ..errors import ParplanError
-from ..units import GIB
 from ..step.train import estimate
 from ..layouts.strategies import breakdown_keys
 from ..cost.memory import DEFAULT_HEADROOM
 from ..specs.hardware import MAX_DEVICES, Cluster, load_cluster, load_hardware, make_cluster
 from ..specs.model import ModelSpec, with_seq_len
-from ..views.records import estimate_dict
 from .candidates import SearchSpace, default_global_batch
-from .search import bottleneck, describe_row, layout_of, rank, search
+from ..step.train import bottleneck
+from .search import describe_row, layout_of, rank, search
 
 VARY_KEYS = ("devices", "global-batch", "seq")
 _KEY_ALIASES = {"devices": "devices", "device": "devices", "global-batch": "global-batch",
@@ -166,14 +165,12 @@ def _plan_columns(row, est=None, prefix: str = "") -> dict[str, Any]:
     for k in breakdown_keys():
         out[f"{prefix}{k}_s"] = float(row[f"{k}_s"])
     if est is not None:
-        d = estimate_dict(est)
-        for k in ("step_time_s", "tokens_per_s", "mfu", "hfu", "tflops_per_device"):
-            out[f"{prefix}{k}"] = d[k]
-        out[f"{prefix}memory_bytes"] = d["memory_bytes"]["total"]
+        cols = {k: float(v) for k, v in est.columns().items() if k != "fits"}
+        for k in ("step_time_s", "tokens_per_s", "mfu", "hfu", "tflops_per_device", "memory_bytes"):
+            out[f"{prefix}{k}"] = cols[k]
         for k in breakdown_keys():
-            out[f"{prefix}{k}_s"] = d["breakdown_s"][k]
-        parts = {f"{k}_s": d["breakdown_s"][k] for k in breakdown_keys()}
-        out[f"{prefix}bottleneck"] = bottleneck({"step_time_s": d["step_time_s"], **parts})
+            out[f"{prefix}{k}_s"] = cols[f"{k}_s"]
+        out[f"{prefix}bottleneck"] = bottleneck(cols)
     return out
 
 
@@ -294,50 +291,3 @@ def run_sweep(model: ModelSpec, hw_spec: str, vary: dict[str, Sequence[int]], *,
         points.append(best_point(m, cl, gb, options))
     attrs = _attrs(model, cluster, options, vary=keys, hw_spec=hw_spec)
     return _frame(points, attrs)
-
-
-TABLE_COLUMNS = (("devices", "devices", "{:>8d}"), ("global_batch", "global batch", "{:>12d}"),
-                 ("seq_len", "seq", "{:>6d}"), ("tokens_per_device", "tokens/dev", "{:>10.0f}"))
-
-
-def format_sweep(df) -> str:
-    """The terminal table of ``parplan sweep``."""
-    head = "".join(f"{title:>{len(fmt.format(1))}}  " for _, title, fmt in TABLE_COLUMNS)
-    lines = [f"{df.attrs.get('model', '')} on {df.attrs.get('hardware', '')}: the best plan of each combination "
-             f"({df.attrs.get('dtype', 'bf16')}, {100 * df.attrs.get('headroom', DEFAULT_HEADROOM):.0f}% HBM headroom)",
-             "",
-             head + f"{'layout':<50}{'step s':>9}{'tokens/s':>11}{'MFU':>7}{'mem GiB':>9}  bottleneck"]
-    for _, r in df.iterrows():
-        cells = "".join(fmt.format(int(r[c]) if "d}" in fmt else float(r[c])) + "  " for c, _, fmt in TABLE_COLUMNS)
-        if r["status"] == "ok":
-            lines.append(cells + f"{r['layout']:<50}{r['step_time_s']:9.3f}{r['tokens_per_s']:11.4g}"
-                                 f"{100 * r['mfu']:6.1f}%{r['memory_bytes'] / GIB:9.1f}  {r['bottleneck']}")
-        else:
-            lines.append(cells + str(r["status"]))
-    return "\n".join(lines)
-
-
-def sweep_columns(df) -> list[str]:
-    """The CSV columns: the grid, the status, then the best plan."""
-    first = ["devices", "global_batch", "seq_len", "tokens_per_device", "status", "candidates", "fitting", "layout",
-             "bottleneck"]
-    return [c for c in first if c in df.columns] + [c for c in df.columns if c not in first]
-
-
-def default_sweep_dir(model: ModelSpec, hw_spec: str) -> str:
-    from ..views.files import slug
-
-    return f"reports/sweep-{slug(model.name)}-{slug(hw_spec)}"
-
-
-def write_sweep(df, out_dir) -> dict[str, str]:
-    """``sweep.csv`` and ``sweep.png`` into ``out_dir`` (created; written atomically)."""
-    from ..views import plots
-    from ..views.files import prepare_dir, write_text
-
-    out = prepare_dir(out_dir)
-    csv_path = out / "sweep.csv"
-    write_text(csv_path, df[sweep_columns(df)].to_csv(index=False))
-    png_path = out / "sweep.png"
-    plots.save(plots.sweep(df, list(df.attrs.get("vary", []))), png_path)
-    return {"csv": str(csv_path), "plot": str(png_path)}

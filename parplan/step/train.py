@@ -31,7 +31,8 @@ from ..cost.memory import (ADAM_STATE_BYTES_PER_PARAM, DEFAULT_HEADROOM, layer_a
     optimizer_step_bytes, recompute_code)
 from ..specs.model import ModelSpec, vocab_shard, with_seq_len
 from ..cost.roofline import ALIGNED_BYTES, alignment_bytes, arithmetic_intensity, memory_time_s, misalignment_fraction
-from ..layouts.strategies import Context, StageTimes, axis, axis_names, stages_of, strategies_for
+from ..layouts.strategies import (Context, StageTimes, axis, axis_names, breakdown_labels, stages_of,
+                                  strategies_for)
 from .comms import link_sum, price_collectives
 from .overlap import attention_exposed, step_exposures
 
@@ -61,6 +62,16 @@ class Estimate:
     op_times: list = field(default_factory=list)
     collectives: list = field(default_factory=list)
     headroom: float = DEFAULT_HEADROOM
+
+    def columns(self) -> dict[str, Any]:
+        """The estimate's numbers as flat columns: ``step_time_s``, ``tokens_per_s``, ``mfu``, ``hfu``,
+        ``tflops_per_device``, ``memory_bytes`` (the total), ``fits`` and ``<breakdown key>_s``, the
+        names of ``estimate --format json`` and of the search's rows (arrays for candidate arrays)."""
+        out = {"step_time_s": self.step_time_s, "tokens_per_s": self.tokens_per_s, "mfu": self.mfu,
+               "hfu": self.hfu, "tflops_per_device": self.tflops_per_device,
+               "memory_bytes": self.memory_bytes["total"], "fits": self.fits}
+        out.update({f"{k}_s": v for k, v in self.breakdown_s.items()})
+        return out
 
 
 # --------------------------------------------------------------------------- the model
@@ -228,6 +239,15 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, headroom: fl
 def strategies_in_registry_order(strategies):
     rank = {a: i for i, a in enumerate(axis_names())}
     return sorted(strategies, key=lambda s: rank[s.axis])
+
+
+def bottleneck(row) -> str:
+    """The largest cost beyond compute, or compute itself, of a step breakdown given as ``<key>_s`` entries
+    (a search row, or ``Estimate.columns()``); a cost names the step's bottleneck above 10% of it."""
+    parts = {label: row[f"{key}_s"] for key, label in breakdown_labels().items()}
+    parts["recompute"] = row["recompute_s"]
+    name, value = max(parts.items(), key=lambda kv: kv[1])
+    return name if value > 0.10 * row["step_time_s"] else "compute"
 
 
 def model_has_dropout(model: ModelSpec) -> bool:

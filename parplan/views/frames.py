@@ -25,7 +25,8 @@ from ..specs.model import ModelSpec, load_model, with_seq_len
 from ..units import GIB
 from .records import collective_rows, estimate_dict
 from ..plan.candidates import SearchSpace, default_global_batch
-from ..plan.search import bottleneck, describe_row, layout_of, rank, search
+from ..step.train import bottleneck
+from ..plan.search import describe_row, layout_of, rank, search
 
 __all__ = ["as_cluster", "as_model", "estimate_frame", "explain_frames", "memory_part_columns", "plan_estimates",
            "plan_frame", "search_space"]

@@ -295,7 +295,7 @@ def _collectives_text(est: Estimate) -> list[str]:
 def render_markdown(model: ModelSpec, cluster: Cluster, plans, ests: list[Estimate], pngs: dict[str, str],
                     devices_df=None, batch_df=None, *, global_batch_given: bool = False,
                     command: str | None = None) -> str:
-    from .. import __version__
+    from ..version import __version__
 
     best = ests[0]
     space = plans.attrs["space"]

@@ -1,0 +1,85 @@
+"""The text of ``parplan plan``: the ranked plans as a table, JSON or CSV."""
+from __future__ import annotations
+
+import json
+import re
+
+from ..layouts.strategies import breakdown_keys
+from ..plan.planner import PlanResult
+from ..plan.search import describe_row, why
+from ..step.train import bottleneck
+from ..units import GIB
+from .records import estimate_dict
+
+CSV_COLUMNS = ["tp", "pp", "dp", "cp", "zero", "micro_batch", "sp", "vpp", "recompute", "global_batch",
+               "step_time_s", "tokens_per_s", "mfu", "tflops_per_device", "fits", "bottleneck", "rank_holds"]
+
+
+def plan_dicts(result: PlanResult) -> list[dict]:
+    """One JSON object per top plan: its estimate's stable names, its knobs, bottleneck and rank checks."""
+    plans = []
+    for (_, row), est, trust in zip(result.top.iterrows(), result.estimates, result.stability):
+        d = estimate_dict(est)
+        d.update({k: d["layout"][k] for k in ("tp", "pp", "dp", "cp", "zero", "micro_batch", "sp", "vpp",
+                                              "recompute", "order", "global_batch")})
+        d["bottleneck"] = bottleneck(row)
+        d["rank_holds"] = trust["holds"]
+        d["rank_stability"] = trust
+        plans.append(d)
+    return plans
+
+
+def plan_report(result: PlanResult, fmt: str = "table") -> str:
+    """``table``, ``json`` or ``csv``; with an emit target, the launch config (inside the JSON for ``json``)."""
+    plans = plan_dicts(result)
+    extra = {}
+    if result.binding_constraint is not None:
+        extra = {"binding_constraint": result.binding_constraint, "sensitivity": result.sensitivity}
+    if result.emitted is not None:
+        if fmt != "json":
+            return result.emitted
+        plans[0]["emit"] = {result.emit_target: result.emitted}
+    if fmt == "json":
+        if extra:
+            plans[0].update(extra)
+        return json.dumps(plans, indent=2)
+    if fmt == "csv":
+        lines = [",".join(CSV_COLUMNS + ["memory_total_bytes"])]
+        for p in plans:
+            lines.append(",".join([str(p[c]) for c in CSV_COLUMNS] + [str(p["memory_bytes"]["total"])]))
+        return "\n".join(lines)
+    return _table(result, plans, extra)
+
+
+def _table(result: PlanResult, plans: list[dict], extra: dict) -> str:
+    model, cluster, ranked, best = result.model, result.cluster, result.ranked, result.top
+    batches, stability = result.batches, result.stability
+    hbm = cluster.hardware.hbm_bytes
+    seq = model.seq_len
+    gb = ", ".join(map(str, batches))
+    out = [f"{model.name} on {cluster.name}: {result.evaluated} candidates evaluated, {len(ranked)} fit; "
+           f"global batch {gb} x {seq} tokens ({result.batch_note}); objective {result.objective}",
+           "",
+           f"{'#':>3}  {'layout':<58}{'placement':<11}{'batch':>6}{'step s':>9}{'tokens/s':>11}{'MFU':>7}"
+           f"{'memory GiB':>16}  {'bottleneck':<10} best within 1% if +-15%"]
+    for i, ((_, row), trust) in enumerate(zip(best.iterrows(), stability), 1):
+        holds = "yes" if trust["holds"] else f"{trust['first_in']}/{trust['cases']} (worst #{trust['worst_rank']})"
+        out.append(f"{i:>3}  {describe_row(row):<58}{re.sub('^tp,cp,', '', row['order']):<11}"
+                   f"{int(row['global_batch']):>6}{row['step_time_s']:9.3f}{row['tokens_per_s']:11.4g}"
+                   f"{100 * row['mfu']:6.1f}%{row['memory_bytes'] / GIB:8.1f} / {hbm / GIB:4.0f}  "
+                   f"{bottleneck(row):<10} {holds}")
+    if len(ranked) > 1:
+        out += ["", why(ranked.iloc[0], ranked.iloc[1])]
+    flips = stability[0].get("loses_first_under") if stability else None
+    if flips:
+        out.append(f"#1 stops being fastest (by >1%) of these plans if: {', '.join(flips)}")
+    elif stability:
+        out.append("#1 stays fastest of these plans with any one efficiency or bandwidth 15% off")
+    b = plans[0]["breakdown_s"]
+    out += ["", "best plan's step: " + ", ".join(f"{k} {b[k]:.3g} s" for k in breakdown_keys() if b[k] > 0)]
+    if extra:
+        out += ["", f"binding constraint: {extra['binding_constraint']}",
+                "what +10% of one hardware parameter buys (best plan re-searched):"]
+        for r in extra["sensitivity"]:
+            out.append(f"  {r['parameter']:<20} {r['step_time_s']:9.3f} s/step  {100 * r['speedup']:+6.2f}%")
+    return "\n".join(out)
