@@ -4,7 +4,8 @@ from __future__ import annotations
 from .errors import ParplanError
 from .step.train import Estimate, estimate
 from .cost.flops import model_flops_per_step
-from .specs.hardware import Cluster, Hardware, load_cluster, load_hardware
+from .specs.cluster import Cluster, load_cluster
+from .specs.hardware import Hardware, load_hardware
 from .layouts.layout import Layout
 from .specs.model import ModelSpec, load_model
 from .cost.roofline import matmul_time_s as _matmul_time_s

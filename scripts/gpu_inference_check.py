@@ -38,7 +38,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.getcwd())
-from parplan.specs.hardware import load_hardware, make_cluster  # noqa: E402
+from parplan.specs.hardware import load_hardware  # noqa: E402
+from parplan.specs.cluster import make_cluster
 from parplan.step.serve import pass_cost  # noqa: E402
 from parplan.specs.model import load_model  # noqa: E402
 

@@ -317,7 +317,8 @@ def predict_on(hw, model, world, batch, dtype):
     the gradients' reduce-scatter starts after it ends. So FSDP's times are sums here.
     """
     from parplan.step.train import estimate
-    from parplan.specs.hardware import load_hardware, make_cluster
+    from parplan.specs.hardware import load_hardware
+    from parplan.specs.cluster import make_cluster
     from parplan.layouts.layout import Layout
 
     one = model

@@ -26,7 +26,8 @@ from parplan.units import parse_bytes
 from parplan.bench.config import BenchConfig, build_plan, collective_count, mesh_layouts, parse_ops, resolve, sizes
 from parplan.cost.collectives import bus_factor, collective_time_s, place
 from parplan.errors import ParplanError
-from parplan.specs.hardware import load_cluster, load_hardware, make_cluster
+from parplan.specs.cluster import load_cluster, make_cluster
+from parplan.specs.hardware import load_hardware
 
 # A realistic nccl-tests capture: an 8-GPU all_gather_perf on one node, then a 16-GPU
 # all_reduce_perf over two nodes, with launcher and NCCL noise around the tables.

@@ -7,7 +7,8 @@ import pytest
 import parplan
 from parplan.step.train import estimate
 from parplan.cost.flops import model_flops_per_step
-from parplan.specs.hardware import load_cluster, load_hardware
+from parplan.specs.cluster import load_cluster
+from parplan.specs.hardware import load_hardware
 from parplan.layouts.layout import Layout
 from parplan.cost.memory import layer_activation_bytes
 from parplan.specs.model import load_model, model_from_dict

@@ -7,13 +7,18 @@ import numpy as np
 import pytest
 
 from parplan.errors import ParplanError
-from parplan.specs.hardware import BYTES_PER_ELEMENT, load_cluster, make_cluster
-from parplan.step.serve import (ServeLayout, comm_crossover_batch, decode_breakdown, estimate_inference,
-    inference_dict, kv_bytes_per_token, kv_cache_bytes, max_batch, memory_per_device, tp_allreduce_bytes_per_layer,
-    weight_bytes)
+from parplan.specs.dtypes import BYTES_PER_ELEMENT
+from parplan.specs.cluster import load_cluster, make_cluster
+from parplan.step.serve import ServeLayout, estimate_inference
+from parplan.step.serve_sweeps import comm_crossover_batch, decode_breakdown
+from parplan.views.serve_text import inference_dict
+from parplan.step.serve_memory import (kv_bytes_per_token, kv_cache_bytes, max_batch, memory_per_device,
+    tp_allreduce_bytes_per_layer, weight_bytes)
 from parplan.cli.serve_cmd import estimate_inference_command, explain_inference_command, plan_inference_command
-from parplan.plan.serve_search import (format_published, load_published_serving, pareto_front, pareto_plot,
-    predict_published, search_inference)
+from parplan.views.serve_text import format_published
+from parplan.validate.serving import load_published_serving, predict_published
+from parplan.plan.serve_search import pareto_front, search_inference
+from parplan.views.serve_plots import pareto_plot
 from parplan.specs.model import load_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from parplan.specs.hardware import load_cluster
+from parplan.specs.cluster import load_cluster
 from parplan.specs.model import load_model
 from parplan.plan.candidates import SearchSpace, default_global_batch
 from parplan.plan.search import rank, search
@@ -190,7 +190,8 @@ def test_smaller_cluster_changes_the_plan_in_the_expected_direction():
 def test_perturbations_reach_calibrated_profiles(tmp_path):
     """A profile with measured collective fits still feels a network 15% slower."""
     from parplan.step.train import estimate
-    from parplan.specs.hardware import load_hardware, make_cluster
+    from parplan.specs.hardware import load_hardware
+    from parplan.specs.cluster import make_cluster
     from parplan.layouts.layout import Layout
     from parplan.plan.trust import scaled_cluster
 
@@ -244,7 +245,7 @@ def test_every_searched_candidate_passes_the_check_estimate_applies():
     from parplan.layouts.rules import check_layout
     from parplan.plan.candidates import SearchSpace, candidates
     from parplan.plan.search import PLACEMENTS, layout_of
-    from parplan.specs.hardware import load_cluster
+    from parplan.specs.cluster import load_cluster
     from parplan.specs.model import load_model
 
     model, cluster = load_model("gpt2-8.3b"), load_cluster("a100x24")  # 24 heads, 1024 tokens: tp=3 and sp clash

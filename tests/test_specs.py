@@ -1,7 +1,8 @@
 """Spec files: every profile and model loads, carries its sources, and counts its parameters right."""
 import pytest
 
-from parplan.specs.hardware import hardware_names, load_cluster, load_hardware
+from parplan.specs.hardware import hardware_names, load_hardware
+from parplan.specs.cluster import load_cluster
 from parplan.specs.model import load_model, model_names
 
 REQUIRED_PROFILES = ["v100-32gb", "a100-40gb", "a100-80gb", "h100-sxm", "h100-pcie", "h200", "b200", "mi300x",

@@ -14,7 +14,7 @@ from parplan.cost import ops as ops_mod
 from parplan.cost.collectives import bus_factor
 from parplan.errors import ParplanError
 from parplan.step.train import estimate
-from parplan.specs.hardware import load_cluster
+from parplan.specs.cluster import load_cluster
 from parplan.layouts.layout import Layout
 from parplan.layouts.rules import check_layout
 from parplan.specs.model import model_from_dict

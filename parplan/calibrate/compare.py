@@ -20,7 +20,8 @@ from ..cost.collectives import collective_time_s, place
 from ..cost.kernels import copy_time_s, gemm_time_s, op_times
 from ..errors import ParplanError
 from ..units import format_bytes
-from ..specs.hardware import BYTES_PER_ELEMENT, Cluster, load_cluster, make_cluster
+from ..specs.dtypes import BYTES_PER_ELEMENT
+from ..specs.cluster import Cluster, load_cluster, make_cluster
 from ..specs.model import ModelSpec
 from .rows import Row
 

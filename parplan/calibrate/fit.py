@@ -26,7 +26,8 @@ import yaml
 
 from ..cost.collectives import bus_factor
 from ..errors import ParplanError
-from ..specs.hardware import BYTES_PER_ELEMENT, Hardware, hardware_from_dict, hardware_names, load_hardware
+from ..specs.dtypes import BYTES_PER_ELEMENT
+from ..specs.hardware import CollectiveFit, Hardware, hardware_from_dict, hardware_names, load_hardware
 from ..specs.yamlio import read_yaml
 from .rows import Row
 
@@ -36,19 +37,8 @@ COPY_TOP_SIZES = 3
 
 
 @dataclass(frozen=True)
-class Fit:
-    op: str
-    group: str  # intra | inter
-    ranks: int
-    alpha_s: float
-    busbw: float
-    points: int
-    rms_rel_err: float
-
-
-@dataclass(frozen=True)
 class Calibration:
-    fits: tuple[Fit, ...]
+    fits: tuple[CollectiveFit, ...]
     matmul_dtype: str
     matmul_curve: tuple[tuple[float, float], ...]
     hbm_efficiency: float | None
@@ -89,7 +79,7 @@ def fit_alpha_beta(x: Sequence[float], t: Sequence[float]) -> tuple[float, float
     return float(alpha), float(1.0 / beta), rms
 
 
-def fit_collectives(rows: Sequence[Row]) -> tuple[list[Fit], list[str]]:
+def fit_collectives(rows: Sequence[Row]) -> tuple[list[CollectiveFit], list[str]]:
     """One fit per (op, group class, ranks) from the correct collective rows."""
     notes: list[str] = []
     points: dict[tuple[str, str, int], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -113,7 +103,7 @@ def fit_collectives(rows: Sequence[Row]) -> tuple[list[Fit], list[str]]:
             continue
         factor = bus_factor(op, ranks)
         alpha, bw, rms = fit_alpha_beta([s * factor for s in sizes], [median(by_size[s]) for s in sizes])
-        fits.append(Fit(op, group, ranks, alpha, bw, len(sizes), rms))
+        fits.append(CollectiveFit(op, group, ranks, alpha, bw, len(sizes), rms))
     return fits, notes
 
 
@@ -266,7 +256,7 @@ def apply_in_layer_scale(data: dict[str, Any], base: Hardware, rows: Sequence[Ro
     return scale, passes
 
 
-def intra_efficiency(fits: Sequence[Fit], hw: Hardware) -> float | None:
+def intra_efficiency(fits: Sequence[CollectiveFit], hw: Hardware) -> float | None:
     """Bus bandwidth of the widest intra-node all-gather (else reduce-scatter) fit over the link's line rate."""
     for op in ("all_gather", "reduce_scatter"):
         cands = [f for f in fits if f.op == op and f.group == "intra"]

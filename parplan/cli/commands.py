@@ -104,7 +104,7 @@ def build_layout(cluster, model, *, mesh, tp, pp, dp, cp, micro_batch, global_ba
 
 def _estimate_from_options(model_name, hw, headroom, **kw):
     from ..step.train import estimate
-    from ..specs.hardware import load_cluster
+    from ..specs.cluster import load_cluster
     from ..specs.model import load_model
 
     model = load_model(model_name)
@@ -187,7 +187,7 @@ def _estimate_or_explain(model_name, hw, headroom, fmt, mode, inference, kw, exp
 def plan(model_name, hw, global_batch, seq, dtype, objective, top, headroom, allow_cross_node_tp, flash_attention,
          fused_kernels, fmt, emit_target, explain, mode, inference, **fixed):
     """Search every mesh shape and knob; print the best layouts, ranked (--mode inference: serving layouts)."""
-    from ..specs.hardware import load_cluster
+    from ..specs.cluster import load_cluster
     from .serve_cmd import dispatch_plan
     from ..specs.model import load_model, with_seq_len
     from ..plan.planner import make_plan

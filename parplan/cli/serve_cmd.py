@@ -14,9 +14,12 @@ import click
 from ..errors import ParplanError
 from ..layouts.rules import check_tp_1d
 from ..cost.memory import DEFAULT_HEADROOM
-from ..step.serve import (KV_DTYPES, ServeLayout, decode_breakdown, estimate_inference, format_inference,
-    inference_dict, op_rows)
-from ..plan.serve_search import format_plans, pareto_plot, plan_dicts, plans
+from ..step.serve import KV_DTYPES, ServeLayout, estimate_inference
+from ..step.serve_sweeps import decode_breakdown
+from ..views.serve_text import format_inference, inference_dict, op_rows
+from ..views.serve_text import format_plans, plan_dicts
+from ..views.serve_plots import pareto_plot
+from ..plan.serve_search import plans
 
 PLAN_CSV_COLUMNS = ("tp", "pp", "replicas", "batch", "ttft_s", "tpot_s", "itl_s", "tokens_per_s",
                     "tokens_per_s_per_device", "tokens_per_s_per_user", "kv_cache_bytes", "fits", "bottleneck")
@@ -125,7 +128,7 @@ def dispatch_plan(model_name, hw, dtype, top, headroom, fmt, mode, inference: di
 
 
 def _resolve(model, cluster):
-    from ..specs.hardware import load_cluster
+    from ..specs.cluster import load_cluster
     from ..specs.model import load_model
 
     return (load_model(model) if isinstance(model, str) else model,

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ParplanError
-from ..specs.hardware import Cluster
+from ..specs.cluster import Cluster
 
 OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast", "reduce", "send_recv")
 

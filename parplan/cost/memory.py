@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..specs.hardware import BYTES_PER_ELEMENT
+from ..specs.dtypes import BYTES_PER_ELEMENT
 from ..specs.model import ModelSpec
 from .ops import LocalDims
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..specs.hardware import BYTES_PER_ELEMENT
+from ..specs.dtypes import BYTES_PER_ELEMENT
 from ..specs.model import ModelSpec
 
 MATMUL, BATCHED, FLASH, MEMORY = "matmul", "batched_matmul", "flash_attention", "memory"

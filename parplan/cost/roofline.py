@@ -21,7 +21,8 @@ import functools
 
 import numpy as np
 
-from ..specs.hardware import BYTES_PER_ELEMENT, Hardware
+from ..specs.dtypes import BYTES_PER_ELEMENT
+from ..specs.hardware import Hardware
 
 # Output tile shapes (rows x cols) of the tensor-core GEMM kernels cuBLAS/CUTLASS use for
 # 16-bit inputs on Ampere and Hopper (CUTLASS threadblock shapes for large problems).

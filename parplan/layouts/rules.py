@@ -16,7 +16,8 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ParplanError
-from ..specs.hardware import DTYPES, Cluster
+from ..specs.dtypes import DTYPES
+from ..specs.cluster import Cluster
 from ..specs.model import ModelSpec
 from .layout import CP_MODES, RECOMPUTE, SCHEDULES, TP_MODES, Layout
 from .strategies import BUILTIN, axis as strategy_axis, is_folded

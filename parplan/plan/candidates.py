@@ -19,7 +19,7 @@ from ..cost.memory import DEFAULT_HEADROOM
 from ..errors import ParplanError
 from ..layouts import rules
 from ..layouts.layout import RECOMPUTE
-from ..specs.hardware import Cluster
+from ..specs.cluster import Cluster
 from ..specs.model import ModelSpec
 
 CP_SCHEMES = ("allgather", "ring")   # candidate codes 0, 1

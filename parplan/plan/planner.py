@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ParplanError
-from ..specs.hardware import Cluster
+from ..specs.cluster import Cluster
 from ..specs.model import ModelSpec
 from ..step.train import bottleneck, estimate
 from ..units import GIB

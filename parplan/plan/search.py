@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import ParplanError
 from ..step.train import estimate
 from ..layouts.strategies import breakdown_keys
-from ..specs.hardware import Cluster
+from ..specs.cluster import Cluster
 from ..layouts.layout import RECOMPUTE, TP_MODES, Layout
 from .candidates import CP_SCHEMES, SearchSpace, candidates
 from ..specs.model import ModelSpec
@@ -111,7 +111,7 @@ def layout_of(row, space: SearchSpace) -> Layout:
 
 def fewest_devices(model: ModelSpec, cluster: Cluster, space: SearchSpace, limit: int = 1 << 20) -> int | None:
     """The smallest device count (in whole nodes) at which some layout fits, by doubling then bisecting."""
-    from ..specs.hardware import make_cluster
+    from ..specs.cluster import make_cluster
 
     def fits(n):
         cl = make_cluster(cluster.hardware, n, devices_per_node=cluster.devices_per_node,

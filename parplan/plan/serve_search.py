@@ -14,18 +14,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 
 from ..errors import ParplanError
 from ..layouts.rules import tp_1d_problem
 from ..cost.memory import DEFAULT_HEADROOM
-from ..specs.hardware import Cluster
-from ..step.serve import (ServeLayout, bottleneck, check_serve_layout, estimate_inference, inference_dict, max_batch,
-    memory_per_device)
+from ..specs.cluster import Cluster
+from ..step.serve import ServeLayout, check_serve_layout, decode_bottleneck, estimate_inference
+from ..step.serve_memory import max_batch, memory_per_device
 from ..specs.model import ModelSpec
-from ..units import GIB
 
 COLUMNS = ("tp", "pp", "replicas", "batch", "ttft_s", "tpot_s", "itl_s", "tokens_per_s", "tokens_per_s_per_device",
            "tokens_per_s_per_user", "kv_cache_bytes", "memory_bytes", "fits", "meets_targets", "max_batch",
@@ -94,7 +92,7 @@ def _frame(est, batches, mb, ttft_ms, tpot_ms):
     names = []
     for i in range(len(df)):
         parts = {k: np.broadcast_to(v, shape)[i] for k, v in est.decode_breakdown_s.items()}
-        names.append(bottleneck(parts))
+        names.append(decode_bottleneck(parts))
     df["bottleneck"] = names
     return df
 
@@ -202,7 +200,8 @@ def fewest_devices(model: ModelSpec, cluster: Cluster, input_len: int, output_le
     return None
 
 
-def _describe(row) -> str:
+def describe_split(row) -> str:
+    """``tp=8 pp=1 replicas=2``."""
     return f"tp={row['tp']} pp={row['pp']} replicas={row['replicas']}"
 
 
@@ -229,175 +228,11 @@ def plans(model: ModelSpec, cluster: Cluster, *, input_len: int, output_len: int
         wanted = " and ".join(x for x in (f"TTFT <= {ttft_ms:g} ms" if ttft_ms is not None else "",
                                           f"TPOT <= {tpot_ms:g} ms" if tpot_ms is not None else "") if x)
         raise ParplanError(f"no layout of {model.name} on {cluster.name} meets {wanted}: the lowest TTFT is "
-                           f"{t['ttft_s'] * 1e3:.3g} ms ({_describe(t)}), the lowest TPOT {p['tpot_s'] * 1e3:.3g} ms "
-                           f"({_describe(p)}, batch {p['batch']})")
+                           f"{t['ttft_s'] * 1e3:.3g} ms ({describe_split(t)}), the lowest TPOT {p['tpot_s'] * 1e3:.3g} ms "
+                           f"({describe_split(p)}, batch {p['batch']})")
     return df, ranked
-
-
-def plan_dicts(model: ModelSpec, cluster: Cluster, ranked, *, input_len: int, output_len: int, dtype: str,
-               kv_dtype: str | None, headroom: float, top: int) -> list[dict]:
-    """The JSON plans, best first: each the full estimate of its layout."""
-    out = []
-    for _, row in ranked.head(top).iterrows():
-        lay = ServeLayout(tp=int(row["tp"]), pp=int(row["pp"]), replicas=int(row["replicas"]), batch=int(row["batch"]),
-                          input_len=input_len, output_len=output_len, dtype=dtype, kv_dtype=kv_dtype)
-        out.append(inference_dict(estimate_inference(model, cluster, lay, headroom=headroom)))
-    return out
-
-
-def format_plans(df, ranked, top: int = 10) -> str:
-    a = df.attrs
-    targets = [f"TTFT <= {a['ttft_ms']:g} ms" if a.get("ttft_ms") is not None else "",
-               f"TPOT <= {a['tpot_ms']:g} ms" if a.get("tpot_ms") is not None else ""]
-    targets = " and ".join(t for t in targets if t) or "none"
-    lines = [f"{a['model']} serving on {a['cluster']}: {a['input_len']} in / {a['output_len']} out tokens, "
-             f"weights {a['dtype']}, KV {a['kv_dtype'] or 'same as activations'}; {len(df)} candidates, "
-             f"{int(df['fits'].sum())} fit, {len(ranked)} split{'s meet' if len(ranked) != 1 else ' meets'} the "
-             f"targets ({targets})",
-             "",
-             f"{'#':>3}  {'layout':<28}{'batch':>6}{'TTFT ms':>10}{'TPOT ms':>10}{'ITL ms':>9}{'tok/s':>11}"
-             f"{'tok/s/dev':>11}{'tok/s/user':>11}{'mem GiB':>9}  bottleneck"]
-    for i, (_, r) in enumerate(ranked.head(top).iterrows(), 1):
-        lines.append(f"{i:>3}  {_describe(r):<28}{r['batch']:>6}{r['ttft_s'] * 1e3:10.1f}{r['tpot_s'] * 1e3:10.2f}"
-                     f"{r['itl_s'] * 1e3:9.2f}{r['tokens_per_s']:11.1f}{r['tokens_per_s_per_device']:11.1f}"
-                     f"{r['tokens_per_s_per_user']:11.1f}{r['memory_bytes'] / GIB:9.1f}  {r['bottleneck']}")
-    lines += ["", format_pareto(pareto_front(df))]
-    return "\n".join(lines)
-
-
-def format_pareto(front, limit: int = 25) -> str:
-    """The Pareto front as a table: per-user speed down, throughput per device up."""
-    rows = front
-    if len(rows) > limit:  # keep the ends and an even spread
-        idx = np.unique(np.round(np.linspace(0, len(rows) - 1, limit)).astype(int))
-        rows = rows.iloc[idx]
-    lines = [f"Pareto front (throughput per device vs per-user speed; {len(front)} points"
-             + (f", {len(rows)} shown" if len(rows) < len(front) else "") + "):",
-             f"  {'layout':<28}{'batch':>6}{'TPOT ms':>10}{'tok/s/user':>11}{'tok/s/dev':>11}{'TTFT ms':>10}  targets"]
-    for _, r in rows.iterrows():
-        lines.append(f"  {_describe(r):<28}{r['batch']:>6}{r['tpot_s'] * 1e3:10.2f}{r['tokens_per_s_per_user']:11.1f}"
-                     f"{r['tokens_per_s_per_device']:11.1f}{r['ttft_s'] * 1e3:10.1f}  "
-                     f"{'met' if r['meets_targets'] else 'missed'}")
-    return "\n".join(lines)
-
-
-def pareto_plot(df, path) -> Path:
-    """Save a PNG of throughput per device against per-user decode speed, every split, with the Pareto front."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise ParplanError(f"the Pareto plot is a PNG; give a path ending in .png, got {path}")
-    fit = df[df["fits"]]
-    if fit.empty:
-        raise ParplanError("no candidate fits, so there is no Pareto front to plot")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    a = df.attrs
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    for (tp, pp), g in fit.groupby(["tp", "pp"]):
-        g = g.sort_values("batch")
-        ax.plot(g["tokens_per_s_per_user"], g["tokens_per_s_per_device"], marker=".", markersize=3, linewidth=0.8,
-                alpha=0.6, label=f"tp={tp} pp={pp} (x{g['replicas'].iloc[0]} replicas)")
-    front = pareto_front(df)
-    ax.plot(front["tokens_per_s_per_user"], front["tokens_per_s_per_device"], color="black", linewidth=2,
-            label="Pareto front")
-    if a.get("tpot_ms") is not None:
-        ax.axvline(1e3 / a["tpot_ms"], color="red", linestyle="--", linewidth=1,
-                   label=f"TPOT target {a['tpot_ms']:g} ms")
-    ax.set_xlabel("per-user decode speed (tokens/s per user = 1 / TPOT)")
-    ax.set_ylabel("throughput per device (generated tokens/s per device)")
-    ax.set_title(f"{a.get('model', '')} on {a.get('cluster', '')}: {a.get('input_len')} in / "
-                 f"{a.get('output_len')} out tokens, weights {a.get('dtype', '')}\n"
-                 "each line: one tp x pp split, batch growing to the left")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def crossover_plot(tables: dict, path, title: str = "") -> Path:
-    """Save a PNG of decode-step time split (GEMM vs TP all-reduce) against batch for several clusters.
-
-    ``tables`` maps a label (e.g. the cluster name) to a ``decode_breakdown`` DataFrame.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    for i, (label, t) in enumerate(tables.items()):
-        color = f"C{i}"
-        ax.plot(t["batch"], t["matmul_s"] * 1e3, color=color, linestyle="-", label=f"{label}: GEMMs (weight reads)")
-        ax.plot(t["batch"], t["allreduce_s"] * 1e3, color=color, linestyle="--", label=f"{label}: TP all-reduces")
-        ax.plot(t["batch"], t["attention_s"] * 1e3, color=color, linestyle=":", label=f"{label}: attention (KV reads)")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("decode batch (sequences per step)")
-    ax.set_ylabel("time per decode step (ms)")
-    ax.set_title(title or "decode step: GEMM time vs TP all-reduce time")
-    ax.grid(True, alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 # --------------------------------------------------------------------------- published serving measurements
 
-PUBLISHED_METRICS = ("ttft_s", "itl_s", "tokens_per_s")
 
-
-def load_published_serving(path) -> list[dict]:
-    """Records of a published-serving YAML file (see ``reports/inference/published-serving.yaml``)."""
-    from ..specs.yamlio import read_records
-
-    return read_records(Path(path), "published serving")
-
-
-def predict_published(records: list[dict], headroom: float = DEFAULT_HEADROOM) -> list[dict]:
-    """Predict each record's published metrics: rows of id, metric, published, predicted, error (pred/pub - 1)."""
-    from ..specs.hardware import load_hardware, make_cluster
-    from ..specs.model import load_model
-    from ..specs.yamlio import require_mapping
-
-    rows = []
-    for rec in records:
-        rid = str(rec.get("id", "?"))
-        lay = require_mapping(rec.get("layout"), f"serving record {rid}: layout")
-        model = load_model(str(rec.get("model")))
-        hw = load_hardware(str(rec.get("hardware")))
-        cluster = make_cluster(hw, int(rec.get("devices", 1)))
-        layout = ServeLayout(tp=int(lay.get("tp", 1)), pp=int(lay.get("pp", 1)), replicas=int(lay.get("replicas", 1)),
-                             batch=int(lay.get("batch", 1)), input_len=int(lay["input_len"]),
-                             output_len=int(lay["output_len"]), dtype=str(lay.get("dtype", "bf16")),
-                             kv_dtype=lay.get("kv_dtype"))
-        d = inference_dict(estimate_inference(model, cluster, layout, headroom=headroom))
-        published = require_mapping(rec.get("published"), f"serving record {rid}: published")
-        for metric in PUBLISHED_METRICS:
-            if published.get(metric) is None:
-                continue
-            pub = float(published[metric])
-            rows.append({"id": rid, "metric": metric, "published": pub, "predicted": d[metric],
-                         "error": d[metric] / pub - 1.0, "fits": d["fits"]})
-    return rows
-
-
-def format_published(rows: list[dict]) -> str:
-    lines = [f"{'record':<58}{'metric':<14}{'published':>11}{'predicted':>11}{'error':>9}"]
-    for r in rows:
-        lines.append(f"{r['id']:<58}{r['metric']:<14}{r['published']:11.4g}{r['predicted']:11.4g}"
-                     f"{100 * r['error']:+8.1f}%")
-    errs = np.abs([r["error"] for r in rows])
-    if len(errs):
-        lines.append(f"mean |error| {100 * errs.mean():.1f}%, median {100 * np.median(errs):.1f}%, "
-                     f"max {100 * errs.max():.1f}%")
-    return "\n".join(lines)

@@ -20,7 +20,8 @@ from ..errors import ParplanError
 from ..step.train import estimate
 from ..layouts.strategies import breakdown_keys
 from ..cost.memory import DEFAULT_HEADROOM
-from ..specs.hardware import MAX_DEVICES, Cluster, load_cluster, load_hardware, make_cluster
+from ..specs.hardware import MAX_DEVICES, load_hardware
+from ..specs.cluster import Cluster, load_cluster, make_cluster
 from ..specs.model import ModelSpec, with_seq_len
 from .candidates import SearchSpace, default_global_batch
 from ..step.train import bottleneck

@@ -15,7 +15,7 @@ from types import MappingProxyType
 import numpy as np
 
 from ..step.train import estimate
-from ..specs.hardware import Cluster, make_cluster
+from ..specs.cluster import Cluster, make_cluster
 from ..layouts.layout import RECOMPUTE, Layout
 
 PERTURBED = ("matmul efficiency", "element-wise efficiency", "HBM bandwidth", "scale-up bandwidth",

@@ -10,19 +10,17 @@ Units are SI everywhere: bytes, bytes/s (per device, per direction), seconds, FL
 """
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
 from ..errors import ParplanError
+from .dtypes import DTYPES
 from .registry import spec_dir
 from .yamlio import names, number, read_yaml, require_mapping, suggest, text, text_mapping
 
-DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8")
-BYTES_PER_ELEMENT = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
 MAX_DEVICES = 1_000_000
 LINK_KINDS = ("nvlink", "xgmi", "pcie", "ici", "net")
 
@@ -79,6 +77,8 @@ class CollectiveFit:
     ranks: int
     alpha_s: float
     busbw: float
+    points: int = 0               # sizes the fit was made from (0: not recorded)
+    rms_rel_err: float | None = None  # its root-mean-square relative error over them
 
 
 @dataclass(frozen=True)
@@ -134,29 +134,6 @@ class Hardware:
             "flops_per_intra_node_byte": c / self.intra_node.bandwidth,
             "flops_per_inter_node_byte": c / self.inter_node.bandwidth,
         }
-
-
-@dataclass(frozen=True)
-class Cluster:
-    """A set of identical devices in nodes of ``devices_per_node``."""
-
-    hardware: Hardware
-    devices: int
-    devices_per_node: int
-    intra_node: Link
-    inter_node: Link
-    name: str
-
-    @property
-    def nodes(self) -> int:
-        return -(-self.devices // self.devices_per_node)
-
-    @property
-    def fast_domain(self) -> int:
-        """Devices that reach each other over the scale-up link (NVLink node, TPU pod slice)."""
-        if self.hardware.torus is not None:
-            return min(self.devices, self.hardware.scale_up_domain)
-        return min(self.devices, self.devices_per_node)
 
 
 # --------------------------------------------------------------------------- loading
@@ -328,84 +305,3 @@ def load_hardware(name_or_path: str) -> Hardware:
         raise ParplanError(f"unknown hardware '{name_or_path}'{suggest(key, table)}; "
                            f"see 'parplan list hardware'")
     return _load_path(table[key])
-
-
-_COUNT = re.compile(r"^(?P<name>.+?)x(?P<count>\d+)$")
-
-
-def load_cluster(spec: str) -> Cluster:
-    """A cluster from ``a100x512`` (rightmost ``x<digits>`` is the count), a profile name, or a YAML cluster file.
-
-    Cluster file fields: ``hardware`` (profile name or path), ``devices``, and optional
-    ``devices_per_node``, ``inter_node_bandwidth`` (bytes/s per device per direction),
-    ``inter_node_latency_s``, ``intra_node_bandwidth``, ``intra_node_latency_s``, ``name``.
-    """
-    if not isinstance(spec, str) or not spec:
-        raise ParplanError("--hw must name a profile, a cluster like a100x512, or a cluster YAML file")
-    path = Path(spec)
-    if spec.endswith((".yaml", ".yml")) or path.is_file():
-        if not path.is_file():
-            raise ParplanError(f"cluster file not found: {spec}")
-        data = require_mapping(read_yaml(path), spec)
-        if "peak_flops" in data:  # a bare profile file: one device
-            hw = load_hardware(spec)
-            return make_cluster(hw, 1)
-        return cluster_from_dict(data, spec, base_dir=path.parent)
-    table = _shipped_profiles()
-    if spec.lower() in table:
-        return make_cluster(load_hardware(spec), 1)
-    m = _COUNT.match(spec.lower())
-    if m and m.group("name") in table:
-        count = int(m.group("count"))
-        if count < 1 or count > MAX_DEVICES:
-            raise ParplanError(f"device count in '{spec}' must be between 1 and {MAX_DEVICES}")
-        return make_cluster(load_hardware(m.group("name")), count)
-    name = m.group("name") if m else spec.lower()
-    raise ParplanError(f"unknown hardware '{name}'{suggest(name, table)} in --hw '{spec}'; "
-                       f"use NAMExCOUNT such as a100x512, or a cluster YAML file")
-
-
-def make_cluster(hw: Hardware, devices: int, *, devices_per_node: int | None = None,
-                 inter_node: Link | None = None, intra_node: Link | None = None,
-                 name: str | None = None) -> Cluster:
-    dpn = devices_per_node or hw.devices_per_node
-    if devices < 1:
-        raise ParplanError(f"a cluster needs at least one device, got {devices}")
-    return Cluster(
-        hardware=hw,
-        devices=devices,
-        devices_per_node=dpn,
-        intra_node=intra_node or hw.intra_node,
-        inter_node=inter_node or hw.inter_node,
-        name=name or f"{hw.name}x{devices}",
-    )
-
-
-def cluster_from_dict(data: Mapping[str, Any], what: str, base_dir: Path | None = None) -> Cluster:
-    hw_ref = text(data, "hardware", what)
-    ref_path = Path(hw_ref)
-    if base_dir is not None and not ref_path.is_absolute() and (base_dir / ref_path).is_file():
-        hw_ref = str(base_dir / ref_path)
-    hw = load_hardware(hw_ref)
-    devices = number(data, "devices", what, integer=True, maximum=MAX_DEVICES)
-    dpn = number(data, "devices_per_node", what, required=False, integer=True, maximum=MAX_DEVICES)
-    inter = hw.inter_node
-    if data.get("inter_node_bandwidth") is not None or data.get("inter_node_latency_s") is not None:
-        inter = replace(inter,
-                        bandwidth=float(number(data, "inter_node_bandwidth", what, required=False,
-                                               default=inter.bandwidth, maximum=1e15)),
-                        latency_s=float(number(data, "inter_node_latency_s", what, required=False,
-                                               default=inter.latency_s, maximum=1.0)),
-                        name=str(data.get("inter_node_name", inter.name)))
-    intra = hw.intra_node
-    if data.get("intra_node_bandwidth") is not None or data.get("intra_node_latency_s") is not None:
-        intra = replace(intra,
-                        bandwidth=float(number(data, "intra_node_bandwidth", what, required=False,
-                                               default=intra.bandwidth, maximum=1e15)),
-                        latency_s=float(number(data, "intra_node_latency_s", what, required=False,
-                                               default=intra.latency_s, maximum=1.0)),
-                        name=str(data.get("intra_node_name", intra.name)),
-                        efficiency=float(number(data, "intra_node_efficiency", what, required=False,
-                                                default=intra.efficiency, maximum=1.0)))
-    return make_cluster(hw, devices, devices_per_node=dpn, inter_node=inter, intra_node=intra,
-                        name=str(data.get("name") or f"{hw.name}x{devices}"))

@@ -59,21 +59,19 @@ from ..errors import ParplanError
 from ..layouts.layout import Layout
 from ..layouts.rules import check_tp_1d
 from ..layouts.strategies import Context, stages_of, strategies_for
-from ..layouts.strategies.pipeline import stage_layers, stage_params
+from ..layouts.strategies.pipeline import stage_layers
 from .comms import link_sum, price_collectives
 from ..cost.memory import DEFAULT_HEADROOM
 from ..cost.kernels import gemm_time_s, op_times
-from ..specs.hardware import BYTES_PER_ELEMENT, DTYPES, Cluster, Hardware
+from ..specs.dtypes import BYTES_PER_ELEMENT, DTYPES
+from ..specs.cluster import Cluster
+from ..specs.hardware import Hardware
 from ..specs.model import ModelSpec, vocab_shard
 from ..cost.roofline import memory_time_s
-from ..units import GIB
+from .serve_memory import VLLM_VOCAB_PADDING, activation_dtype, max_batch, memory_per_device
 
 KV_DTYPES = ("bf16", "fp16", "fp8", "fp32")
 MAX_LEN = 100_000_000
-# vLLM pads the vocabulary of its embedding and LM head to a multiple of 64 (DEFAULT_VOCAB_PADDING_SIZE,
-# model_executor/layers/vocab_parallel_embedding.py).
-VLLM_VOCAB_PADDING = 64
-MAX_BATCH = 1 << 20
 DECODE_KEYS = ("matmul", "attention", "tp_comm", "other", "pp_comm", "pipeline_wait")
 PREFILL_KEYS = ("matmul", "attention", "tp_comm", "other", "pp_comm")
 
@@ -126,79 +124,6 @@ class InferenceEstimate:
 
 
 # --------------------------------------------------------------------------- shapes and memory
-
-
-def activation_dtype(dtype: str) -> str:
-    """Activations, collectives and attention run in 16 bits when the weights are fp8."""
-    return "bf16" if dtype == "fp8" else dtype
-
-
-def kv_heads_local(model: ModelSpec, tp: int) -> float:
-    """KV heads per device: sharded by tp, replicated (one per device) when tp exceeds them."""
-    return model.kv_heads / tp if model.kv_heads >= tp else 1.0
-
-
-def weight_bytes(model: ModelSpec, tp: int, pp: int, dtype: str) -> float:
-    """Weights per device: the busiest stage's parameters over tp (norms are a negligible replicated part)."""
-    return stage_params(model, pp) * BYTES_PER_ELEMENT[dtype] / tp
-
-
-def kv_bytes_per_token(model: ModelSpec, tp: int = 1, pp: int = 1, kv_dtype: str = "bf16") -> float:
-    """KV-cache bytes one token of context costs one device: K and V of its KV heads in each of its layers."""
-    return 2.0 * stage_layers(model, pp) * kv_heads_local(model, tp) * model.head_dim * BYTES_PER_ELEMENT[kv_dtype]
-
-
-def kv_cache_bytes(model: ModelSpec, tp: int, pp: int, batch, context, kv_dtype: str = "bf16"):
-    """KV cache per device for ``batch`` sequences of ``context`` tokens."""
-    return np.asarray(batch, float) * np.asarray(context, float) * kv_bytes_per_token(model, tp, pp, kv_dtype)
-
-
-def tp_allreduce_bytes_per_layer(model: ModelSpec, tokens, dtype: str = "bf16"):
-    """Bytes all-reduced per layer under 1D TP: two (tokens x hidden) activations."""
-    return 2.0 * np.asarray(tokens, float) * model.hidden * BYTES_PER_ELEMENT[activation_dtype(dtype)]
-
-
-def workspace_bytes(model: ModelSpec, tp: int, tokens, logit_rows, dtype: str = "bf16"):
-    """Transient activations of one pass: residual, norm output, QKV, MLP intermediates, fp32 logits."""
-    bpe = BYTES_PER_ELEMENT[activation_dtype(dtype)]
-    q = model.heads / tp * model.head_dim
-    kv = kv_heads_local(model, tp) * model.head_dim
-    ffn = model.ffn_hidden / tp
-    mlp = (3 if model.activation == "swiglu" else 2) * ffn
-    per_token = (3 * model.hidden + q + 2 * kv + mlp) * bpe
-    return np.asarray(tokens, float) * per_token + np.asarray(logit_rows, float) * vocab_shard(model.vocab, tp, VLLM_VOCAB_PADDING) * 4
-
-
-def memory_per_device(model: ModelSpec, tp: int, pp: int, batch, input_len: int, output_len: int,
-                      dtype: str = "bf16", kv_dtype: str | None = None) -> dict:
-    """Bytes per device: weights, KV cache (batch x (input+output) tokens), workspace, total."""
-    kv_dtype = kv_dtype or activation_dtype(dtype)
-    batch = np.asarray(batch, float)
-    weights = weight_bytes(model, tp, pp, dtype)
-    kv = kv_cache_bytes(model, tp, pp, batch, input_len + output_len, kv_dtype)
-    micro = np.ceil(batch / np.minimum(pp, batch))
-    work = np.maximum(workspace_bytes(model, tp, input_len, 1, dtype), workspace_bytes(model, tp, micro, micro, dtype))
-    return {"weights": weights + 0 * batch, "kv_cache": kv, "workspace": work, "total": weights + kv + work}
-
-
-def max_batch(model: ModelSpec, hw: Hardware, tp: int, pp: int, input_len: int, output_len: int,
-              dtype: str = "bf16", kv_dtype: str | None = None, headroom: float = DEFAULT_HEADROOM) -> int:
-    """The most sequences in flight per replica whose weights, KV cache and workspace fit (0: none fits)."""
-    usable = hw.hbm_bytes * (1 - headroom)
-
-    def fits(b: int) -> bool:
-        return float(memory_per_device(model, tp, pp, b, input_len, output_len, dtype, kv_dtype)["total"]) <= usable
-
-    if not fits(1):
-        return 0
-    lo = 1
-    while lo < MAX_BATCH and fits(min(2 * lo, MAX_BATCH)):
-        lo = min(2 * lo, MAX_BATCH)
-    hi = min(2 * lo, MAX_BATCH + 1)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    return lo
 
 
 # --------------------------------------------------------------------------- timing one pass
@@ -447,7 +372,7 @@ def estimate_inference(model: ModelSpec, cluster: Cluster, layout: ServeLayout, 
     )
 
 
-def bottleneck(decode_parts: dict) -> str:
+def decode_bottleneck(decode_parts: dict) -> str:
     """What most of a decode step is spent on."""
     names = {"matmul": "weight reads (GEMMs)", "attention": "KV-cache reads (attention)",
              "tp_comm": "TP all-reduce", "other": "element-wise ops", "pp_comm": "pipeline sends",
@@ -459,119 +384,7 @@ def bottleneck(decode_parts: dict) -> str:
 # --------------------------------------------------------------------------- batch sweeps
 
 
-def decode_breakdown(model: ModelSpec, cluster: Cluster, tp: int, batches=None, input_len: int = 2048,
-                     output_len: int = 256, dtype: str = "bf16", kv_dtype: str | None = None):
-    """A pandas DataFrame of one decode step (pp=1) against batch: matmul, attention, all-reduce, other.
-
-    Columns: ``batch, matmul_s, attention_s, allreduce_s, other_s, step_s, allreduce_fraction,
-    allreduce_bytes_per_layer``. The all-reduce column is every TP collective of the step
-    (2 per layer, the embedding's, and the logits' all-gather).
-    """
-    import pandas as pd
-
-    if batches is None:
-        batches = 2 ** np.arange(0, 11)
-    batches = np.asarray(batches, float)
-    if np.any(batches < 1):
-        raise ParplanError("batch sizes must be positive whole numbers")
-    dec = pass_cost(model, cluster, tp, 1, "decode", batches, 1, input_len + output_len / 2.0, dtype, kv_dtype)
-    parts = dec.parts(model, 1)
-    step = sum(parts.values())
-    df = pd.DataFrame({
-        "batch": batches.astype(int),
-        "matmul_s": np.broadcast_to(parts["matmul"], batches.shape),
-        "attention_s": np.broadcast_to(parts["attention"], batches.shape),
-        "allreduce_s": np.broadcast_to(parts["tp_comm"], batches.shape),
-        "other_s": np.broadcast_to(parts["other"], batches.shape),
-        "step_s": np.broadcast_to(step, batches.shape),
-        "allreduce_bytes_per_layer": np.broadcast_to(dec.tp_bytes_per_layer, batches.shape),
-    })
-    df["allreduce_fraction"] = df["allreduce_s"] / df["step_s"]
-    return df
-
-
-def comm_crossover_batch(model: ModelSpec, cluster: Cluster, tp: int, input_len: int = 2048, output_len: int = 256,
-                         dtype: str = "bf16", kv_dtype: str | None = None, max_batch_size: int = 4096) -> int | None:
-    """The smallest decode batch at which the TP collectives take at least as long as the GEMMs (None: never)."""
-    if tp < 2:
-        return None
-    df = decode_breakdown(model, cluster, tp, np.arange(1, max_batch_size + 1), input_len, output_len, dtype,
-                          kv_dtype)
-    over = df[df["allreduce_s"] >= df["matmul_s"]]
-    return int(over["batch"].iloc[0]) if len(over) else None
-
-
 # --------------------------------------------------------------------------- plain data and text
-
-
-def inference_dict(est: InferenceEstimate) -> dict[str, Any]:
-    """The JSON object of ``estimate --mode inference --format json`` (stable names)."""
-    lay = est.layout
-    return {
-        "mode": "inference",
-        "model": est.model.name,
-        "hardware": est.cluster.hardware.name,
-        "cluster": est.cluster.name,
-        "devices": lay.devices,
-        "layout": {"tp": lay.tp, "pp": lay.pp, "replicas": lay.replicas, "batch": int(lay.batch),
-                   "input_len": lay.input_len, "output_len": lay.output_len, "dtype": lay.dtype,
-                   "kv_dtype": lay.kv},
-        "tp": lay.tp, "pp": lay.pp, "replicas": lay.replicas, "batch": int(lay.batch),
-        "ttft_s": float(est.ttft_s),
-        "tpot_s": float(est.tpot_s),
-        "itl_s": float(est.itl_s),
-        "request_latency_s": float(est.request_latency_s),
-        "tokens_per_s": float(est.tokens_per_s),
-        "tokens_per_s_per_device": float(est.tokens_per_s_per_device),
-        "tokens_per_s_per_user": float(est.tokens_per_s_per_user),
-        "kv_cache_bytes": float(est.kv_cache_bytes),
-        "memory_bytes": {k: float(v) for k, v in est.memory_bytes.items()},
-        "hbm_bytes": float(est.cluster.hardware.hbm_bytes),
-        "headroom": est.headroom,
-        "fits": bool(est.fits),
-        "max_batch": int(est.max_batch),
-        "tp_allreduce_bytes_per_layer": float(est.tp_allreduce_bytes_per_layer),
-        "prefill_breakdown_s": {k: float(est.prefill_breakdown_s[k]) for k in PREFILL_KEYS},
-        "decode_breakdown_s": {k: float(est.decode_breakdown_s[k]) for k in DECODE_KEYS},
-        "bottleneck": bottleneck(est.decode_breakdown_s),
-    }
-
-
-def format_inference(est: InferenceEstimate) -> str:
-    d = inference_dict(est)
-    lay = est.layout
-    hbm = est.cluster.hardware.hbm_bytes
-    m = d["memory_bytes"]
-    lines = [
-        f"{d['model']} on {d['cluster']}: serving tp={lay.tp} pp={lay.pp} replicas={lay.replicas}, "
-        f"batch {d['batch']} per replica, {lay.input_len} in / {lay.output_len} out tokens, "
-        f"weights {lay.dtype}, KV {lay.kv}",
-        f"  TTFT              {d['ttft_s'] * 1e3:10.2f} ms   (prefill of one prompt, queueing ignored)",
-        f"  TPOT              {d['tpot_s'] * 1e3:10.2f} ms   (one decode step at batch {d['batch']}, "
-        f"context {lay.input_len + lay.output_len // 2})",
-        f"  ITL               {d['itl_s'] * 1e3:10.2f} ms   (TPOT plus other requests' prefills, spread)",
-        f"  request latency   {d['request_latency_s']:10.3f} s",
-        f"  throughput        {d['tokens_per_s']:10.1f} generated tokens/s "
-        f"({d['tokens_per_s_per_device']:.1f} per device, {d['tokens_per_s_per_user']:.1f} per user)",
-        f"  memory / device   {m['total'] / GIB:10.2f} GiB of {hbm / GIB:.0f} GiB "
-        f"(weights {m['weights'] / GIB:.2f}, KV cache {m['kv_cache'] / GIB:.2f}, workspace {m['workspace'] / GIB:.2f})"
-        f" -> {'fits' if d['fits'] else 'DOES NOT FIT'} with {100 * est.headroom:.0f}% headroom; "
-        f"max batch {d['max_batch']}",
-        "  decode step       " + ", ".join(f"{k} {v * 1e3:.3g} ms" for k, v in d["decode_breakdown_s"].items()
-                                           if v > 0),
-        "  prefill           " + ", ".join(f"{k} {v * 1e3:.3g} ms" for k, v in d["prefill_breakdown_s"].items()
-                                           if v > 0),
-        f"  TP all-reduce     {d['tp_allreduce_bytes_per_layer'] / 1e6:.3g} MB per layer per decode step; "
-        f"bottleneck: {d['bottleneck']}",
-    ]
-    return "\n".join(lines)
-
-
-def op_rows(est: InferenceEstimate, phase: str = "decode") -> list[dict]:
-    """Per-op rows of one layer for the prefill or one decode step."""
-    pairs = est.decode_ops if phase == "decode" else est.prefill_ops
-    return [{"op": o.name, "kind": o.kind, "flops": float(o.fwd_flops), "bytes": float(o.fwd_bytes),
-             "time_s": float(t)} for o, t in pairs]
 
 
 def with_batch(layout: ServeLayout, batch) -> ServeLayout:

@@ -24,15 +24,15 @@ import numpy as np
 from ..cost import ops as ops_mod
 from ..cost.flops import model_flops_per_step, recompute_flops_per_step
 from ..cost.kernels import op_times
-from ..specs.hardware import BYTES_PER_ELEMENT, Cluster
+from ..specs.dtypes import BYTES_PER_ELEMENT
+from ..specs.cluster import Cluster
 from ..layouts.layout import Layout
 from ..layouts.rules import check_layout
 from ..cost.memory import (ADAM_STATE_BYTES_PER_PARAM, DEFAULT_HEADROOM, layer_activation_bytes,
     optimizer_step_bytes, recompute_code)
 from ..specs.model import ModelSpec, vocab_shard, with_seq_len
 from ..cost.roofline import ALIGNED_BYTES, alignment_bytes, arithmetic_intensity, memory_time_s, misalignment_fraction
-from ..layouts.strategies import (Context, StageTimes, axis, axis_names, breakdown_labels, stages_of,
-                                  strategies_for)
+from ..layouts.strategies import Context, StageTimes, axis, axis_names, breakdown_labels, stages_of, strategies_for
 from .comms import link_sum, price_collectives
 from .overlap import attention_exposed, step_exposures
 

@@ -31,7 +31,8 @@ import numpy as np
 
 from ..errors import ParplanError
 from ..step.train import estimate
-from ..specs.hardware import load_hardware, make_cluster
+from ..specs.hardware import load_hardware
+from ..specs.cluster import make_cluster
 from ..layouts.layout import Layout
 from ..layouts.rules import check_layout
 from ..specs.model import model_from_dict

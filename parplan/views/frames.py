@@ -20,7 +20,7 @@ from ..errors import ParplanError
 from ..step.train import Estimate, estimate, op_table
 from ..layouts.strategies import breakdown_keys
 from ..cost.memory import DEFAULT_HEADROOM
-from ..specs.hardware import Cluster, load_cluster
+from ..specs.cluster import Cluster, load_cluster
 from ..specs.model import ModelSpec, load_model, with_seq_len
 from ..units import GIB
 from .records import collective_rows, estimate_dict

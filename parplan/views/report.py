@@ -16,7 +16,7 @@ from .files import check_writable, prepare_dir, slug, write_text
 from ..step.train import Estimate, op_table
 from ..layouts.strategies import breakdown_keys
 from ..cost.memory import DEFAULT_HEADROOM
-from ..specs.hardware import Cluster
+from ..specs.cluster import Cluster
 from ..specs.model import ModelSpec
 from ..units import GIB
 from .records import MFU_DEFINITION, collective_rows, estimate_dict

@@ -1,7 +1,8 @@
 """Text renderings of profiles, models and explain tables for the terminal."""
 from __future__ import annotations
 
-from ..specs.hardware import DTYPES, Hardware
+from ..specs.dtypes import DTYPES
+from ..specs.hardware import Hardware
 from ..specs.model import ModelSpec
 
 

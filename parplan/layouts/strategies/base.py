@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ...cost.ops import LocalDims
-from ...specs.hardware import Cluster
+from ...specs.cluster import Cluster
 from ...specs.model import ModelSpec
 
 PERS = ("layer", "microbatch", "step")
