@@ -23,7 +23,8 @@ from parplan.calibrate.rows import Row, timing_fields, with_rates
 from parplan.calibrate.load import load_results
 from parplan.bench.state import RankState
 from parplan.units import parse_bytes
-from parplan.bench.config import BenchConfig, build_plan, collective_count, mesh_layouts, parse_ops, resolve, sizes
+from parplan.bench.config import BenchConfig, parse_ops, resolve
+from parplan.bench.items import build_plan, collective_count, mesh_layouts, sizes
 from parplan.cost.collectives import bus_factor, collective_time_s, place
 from parplan.errors import ParplanError
 from parplan.specs.cluster import load_cluster, make_cluster

@@ -154,7 +154,7 @@ def test_frames_reject_bad_input():
 def test_plot_functions_return_figures(plans, top, tmp_path):
     from matplotlib.figure import Figure
 
-    from parplan.views import plots
+    from parplan import plots
 
     figs = {
         "roofline": plots.roofline(top[0]),
@@ -176,7 +176,7 @@ def test_plot_functions_return_figures(plans, top, tmp_path):
 
 
 def test_scaling_frames_and_plot(tmp_path):
-    from parplan.views import plots
+    from parplan import plots
     from parplan.plan import sweep
     from parplan.views.frames import as_cluster, as_model
 

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import torch
 import torch.distributed as dist
 
-from .config import Item
+from .items import Item
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "uint8": torch.uint8}
 # Largest integer every partial sum of which the dtype holds exactly.

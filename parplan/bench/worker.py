@@ -29,7 +29,8 @@ from .measure import TORCH_DTYPES, collective_case, copy_case, matmul_case, sync
 from .writer import ResultWriter, default_out_dir, write_meta
 from ..calibrate.rows import Row, timing_fields
 from .state import EXIT_ERROR, EXIT_FAULT, STATE_DIR_ENV, Watchdog
-from .config import BenchConfig, Fault, Item, build_plan, resolve
+from .config import BenchConfig, resolve
+from .items import Fault, Item, build_plan
 
 PROGRESS_ENV = "PARPLAN_BENCH_PROGRESS"
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")

@@ -21,8 +21,9 @@ from ..calibrate.load import load_results
 from ..bench.writer import default_out_dir
 from ..views.files import write_text
 from .common import one_line_errors, run
-from ..bench.config import (BenchConfig, build_plan, parse_dtypes, parse_groups, parse_layouts, parse_ops,
-    parse_shapes, parse_suites, resolve)
+from ..bench.config import (BenchConfig, parse_dtypes, parse_groups, parse_layouts, parse_ops, parse_shapes,
+    parse_suites, resolve)
+from ..bench.items import build_plan
 
 
 user_errors = one_line_errors

@@ -4,7 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from ..calibrate.fit import Calibration, calibrated_profile
+from ..calibrate.fit import Calibration
+from ..calibrate.profile import calibrated_profile
 from ..calibrate.rows import Row
 from ..errors import ParplanError
 from ..specs.hardware import Hardware

@@ -74,7 +74,7 @@ def build_report(model: ModelSpec | str, cluster: Cluster | str, *, global_batch
                  objective: str = "throughput", seq: int | None = None, scaling: bool = True,
                  command: str | None = None) -> Report:
     """Search the plans of ``model`` on ``cluster`` and write the report; returns what was written."""
-    from . import plots
+    from . import plots, scaling_plots
     from .frames import as_cluster, as_model, plan_estimates, plan_frame
     from ..plan.sweep import Options, batch_scaling, device_scaling
 
@@ -108,8 +108,8 @@ def build_report(model: ModelSpec | str, cluster: Cluster | str, *, global_batch
     if scaling:
         rep.device_scaling = device_scaling(m, cl, global_batch=global_batch, options=options)
         rep.batch_scaling = batch_scaling(m, cl, global_batch=space.global_batch, options=options)
-        pngs["devices"] = figure("scaling_devices.png", plots.scaling(rep.device_scaling, x="devices"))
-        pngs["batch"] = figure("scaling_batch.png", plots.scaling(rep.batch_scaling, x="global_batch"))
+        pngs["devices"] = figure("scaling_devices.png", scaling_plots.scaling(rep.device_scaling, x="devices"))
+        pngs["batch"] = figure("scaling_batch.png", scaling_plots.scaling(rep.batch_scaling, x="global_batch"))
         rep.files.append(write_text(out / "scaling_devices.csv", rep.device_scaling.to_csv(index=False)))
         rep.files.append(write_text(out / "scaling_batch.csv", rep.batch_scaling.to_csv(index=False)))
     cols = ["rank", "layout", "placement", "tp", "pp", "dp", "cp", "zero", "micro_batch", "recompute", "sp", "vpp",

@@ -41,11 +41,11 @@ def default_sweep_dir(model: ModelSpec, hw_spec: str) -> str:
 
 def write_sweep(df, out_dir) -> dict[str, str]:
     """``sweep.csv`` and ``sweep.png`` into ``out_dir`` (created; written atomically)."""
-    from . import plots
+    from . import plots, scaling_plots
 
     out = prepare_dir(out_dir)
     csv_path = out / "sweep.csv"
     write_text(csv_path, df[sweep_columns(df)].to_csv(index=False))
     png_path = out / "sweep.png"
-    plots.save(plots.sweep(df, list(df.attrs.get("vary", []))), png_path)
+    plots.save(scaling_plots.sweep(df, list(df.attrs.get("vary", []))), png_path)
     return {"csv": str(csv_path), "plot": str(png_path)}
