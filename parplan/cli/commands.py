@@ -10,6 +10,10 @@ from functools import wraps
 
 import click
 
+from ..layouts.layout import CP_MODES, RECOMPUTE, SCHEDULES, TP_MODES
+from ..plan.emit import TARGETS as EMIT_TARGETS
+from ..plan.search import OBJECTIVES
+from ..specs.dtypes import DTYPES
 from .common import fail, run
 from ..errors import ParplanError
 from .serve_cmd import inference_options
@@ -45,18 +49,18 @@ def layout_options(fn):
         click.option("--micro-batch", type=int, default=1, show_default=True, help="Sequences per micro-batch."),
         click.option("--global-batch", type=int, default=None, help="Sequences per step (default micro-batch*dp)."),
         click.option("--seq", type=int, default=None, help="Sequence length (default: the model's)."),
-        click.option("--recompute", type=click.Choice(["none", "selective", "full"]), default="none",
+        click.option("--recompute", type=click.Choice(RECOMPUTE), default="none",
                      show_default=True),
-        click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp8", "tf32", "fp32"]), default="bf16",
+        click.option("--dtype", type=click.Choice(DTYPES), default="bf16",
                      show_default=True),
         click.option("--zero", type=click.IntRange(0, 3), default=0, show_default=True,
                      help="ZeRO stage (3 = FSDP FULL_SHARD)."),
         click.option("--shard-group", type=int, default=None, help="HSDP: shard within groups of this many DP ranks."),
         click.option("--sp/--no-sp", default=False, help="Megatron sequence parallel."),
-        click.option("--tp-mode", type=click.Choice(["1d", "2d", "3d"]), default="1d", show_default=True),
-        click.option("--cp-mode", type=click.Choice(["allgather", "ring"]), default="allgather", show_default=True),
+        click.option("--tp-mode", type=click.Choice(TP_MODES), default="1d", show_default=True),
+        click.option("--cp-mode", type=click.Choice(CP_MODES), default="allgather", show_default=True),
         click.option("--vpp", type=int, default=1, show_default=True, help="Virtual pipeline stages per rank."),
-        click.option("--schedule", type=click.Choice(["1f1b", "interleaved", "gpipe"]), default="1f1b",
+        click.option("--schedule", type=click.Choice(SCHEDULES), default="1f1b",
                      show_default=True),
         click.option("--flash-attention/--no-flash-attention", default=True, show_default=True),
         click.option("--fused-kernels/--no-fused-kernels", default=True, show_default=True,
@@ -160,9 +164,9 @@ def _estimate_or_explain(model_name, hw, headroom, fmt, mode, inference, kw, exp
 @click.option("--global-batch", default=None,
               help="Sequences per step: N, a list 512,1024 or a range 512..4096 to search (default: ~4M tokens).")
 @click.option("--seq", type=int, default=None, help="Sequence length (default: the model's).")
-@click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp8", "tf32", "fp32"]), default="bf16",
+@click.option("--dtype", type=click.Choice(DTYPES), default="bf16",
               show_default=True)
-@click.option("--objective", type=click.Choice(["throughput", "memory"]), default="throughput", show_default=True)
+@click.option("--objective", type=click.Choice(OBJECTIVES), default="throughput", show_default=True)
 @click.option("--top", type=click.IntRange(1, 1000), default=10, show_default=True)
 @click.option("--headroom", type=click.FloatRange(0, 0.9), default=0.10, show_default=True,
               help="Fraction of HBM kept free.")
@@ -176,9 +180,9 @@ def _estimate_or_explain(model_name, hw, headroom, fmt, mode, inference, kw, exp
 @click.option("--cp", type=int, default=None, help="Fix the context-parallel size.")
 @click.option("--zero", type=click.IntRange(0, 3), default=None, help="Fix the ZeRO stage.")
 @click.option("--micro-batch", type=int, default=None, help="Fix the micro-batch.")
-@click.option("--recompute", type=click.Choice(["none", "selective", "full"]), default=None)
+@click.option("--recompute", type=click.Choice(RECOMPUTE), default=None)
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
-@click.option("--emit", "emit_target", type=click.Choice(["megatron", "torchtitan", "deepspeed"]), default=None,
+@click.option("--emit", "emit_target", type=click.Choice(EMIT_TARGETS), default=None,
               help="Print the launch flags / config of the best plan.")
 @click.option("--explain", is_flag=True, help="Name the binding constraint and what +10% of each hardware "
               "parameter would buy.")

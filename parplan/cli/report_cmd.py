@@ -10,10 +10,11 @@ import shlex
 
 import click
 
+from ..plan.search import OBJECTIVES
+from ..specs.dtypes import DTYPES
 from .common import one_line_errors
 from ..errors import ParplanError
 
-DTYPES = ["bf16", "fp16", "fp8", "tf32", "fp32"]
 
 
 _one_line_errors = one_line_errors
@@ -50,7 +51,7 @@ def _command_line() -> str:
 @click.option("--global-batch", type=int, default=None, help="Sequences per step (default: ~4M tokens).")
 @click.option("--seq", type=int, default=None, help="Sequence length (default: the model's).")
 @click.option("--dtype", type=click.Choice(DTYPES), default="bf16", show_default=True)
-@click.option("--objective", type=click.Choice(["throughput", "memory"]), default="throughput", show_default=True)
+@click.option("--objective", type=click.Choice(OBJECTIVES), default="throughput", show_default=True)
 @click.option("--top", type=click.IntRange(1, 20), default=5, show_default=True,
               help="Plans in the breakdown charts and tables.")
 @click.option("--headroom", type=click.FloatRange(0, 0.9), default=0.10, show_default=True,
@@ -87,7 +88,7 @@ def report(model_name, hw, global_batch, seq, dtype, objective, top, headroom, s
 @click.option("--global-batch", type=int, default=None,
               help="Sequences per step when not varied (default: the default rule at each size).")
 @click.option("--dtype", type=click.Choice(DTYPES), default="bf16", show_default=True)
-@click.option("--objective", type=click.Choice(["throughput", "memory"]), default="throughput", show_default=True)
+@click.option("--objective", type=click.Choice(OBJECTIVES), default="throughput", show_default=True)
 @click.option("--headroom", type=click.FloatRange(0, 0.9), default=0.10, show_default=True,
               help="Fraction of HBM kept free.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv"]), default="table", show_default=True,

@@ -19,6 +19,7 @@ from .candidates import CP_SCHEMES, SearchSpace, candidates
 from ..specs.model import ModelSpec
 
 PLACEMENTS = (("tp", "cp", "dp", "pp"), ("tp", "cp", "pp", "dp"))
+OBJECTIVES = ("throughput", "memory")
 
 
 def search(model: ModelSpec, cluster: Cluster, space: SearchSpace):
