@@ -10,9 +10,10 @@ import subprocess
 import sys
 import time
 
-from parplan.specs.hardware import load_cluster
+from parplan.specs.cluster import load_cluster
 from parplan.specs.model import load_model
-from parplan.plan.search import SearchSpace, default_global_batch, search
+from parplan.plan.candidates import SearchSpace, default_global_batch
+from parplan.plan.search import search
 
 COMMANDS = [["--model", "gpt3", "--hw", "a100x512"], ["--model", "megatron-1t", "--hw", "h100x16384"]]
 

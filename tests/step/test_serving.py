@@ -1,11 +1,11 @@
 """The inference model against hand-derivable cases, the PCIe/NVLink all-reduce effect and published serving runs."""
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.helpers import REPO
 from parplan.errors import ParplanError
 from parplan.specs.dtypes import BYTES_PER_ELEMENT
 from parplan.specs.cluster import load_cluster, make_cluster
@@ -21,7 +21,7 @@ from parplan.plan.serve_search import pareto_front, search_inference
 from parplan.views.serve_plots import pareto_plot
 from parplan.specs.model import load_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 PUBLISHED = ROOT / "reports" / "inference" / "published-serving.yaml"
 
 

@@ -2,12 +2,13 @@
 import csv
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from tests.helpers import REPO
+
 pytest.importorskip("torch")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 
 
 def test_tp_and_fsdp_layers_match_the_one_device_layer(tmp_path):

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from tests.helpers import REPO
 from parplan.errors import ParplanError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MODEL, HW = "gpt3-1.3b", "a100x16"   # small: every search here takes well under a second
 

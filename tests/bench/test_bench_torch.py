@@ -7,17 +7,16 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("torch")
 
+from tests.helpers import REPO
 from parplan.calibrate.load import load_results  # noqa: E402
 from parplan.cost.collectives import bus_factor  # noqa: E402
 from parplan.specs.hardware import load_hardware  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 QUICK = ["--iters", "3", "--warmup", "1", "--timeout", "60"]
 
 

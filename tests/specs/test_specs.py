@@ -1,6 +1,7 @@
 """Spec files: every profile and model loads, carries its sources, and counts its parameters right."""
 import pytest
 
+from tests.helpers import REPO
 from parplan.specs.hardware import hardware_names, load_hardware
 from parplan.specs.cluster import load_cluster
 from parplan.specs.model import load_model, model_names
@@ -125,9 +126,8 @@ def test_specs_found_from_installed_package():
 def test_every_subpackage_ships_in_the_wheel():
     """pyproject lists packages explicitly (for the spec folders): every parplan subpackage must be in it."""
     import tomllib
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = REPO
     listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.parent.relative_to(root).parts) for p in (root / "parplan").rglob("__init__.py")}
     assert found <= listed, f"missing from pyproject packages: {sorted(found - listed)}"
