@@ -20,7 +20,7 @@ parplan does not count it). Then it times, with CUDA events (median of
   serving engines do for decode), when capture works;
 * **decode ops**: each GEMM and the attention of one layer alone, per batch.
 
-The prediction is parplan's (``parplan.inference.pass_cost``) for the same
+The prediction is parplan's (``parplan.step.serve.pass_cost``) for the same
 slice on one device of the profile the GPU name selects (h200 for an H200,
 h100-pcie for an H100 PCIe, else h100-sxm; ``--profile`` overrides).
 Writes ``inference_check.csv`` (one row per phase/batch), ``decode_ops.csv``,

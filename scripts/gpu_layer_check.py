@@ -2,7 +2,7 @@
 
 Runs on a CUDA machine with PyTorch (``PYTHONPATH=. python3 scripts/gpu_layer_check.py --out DIR``).
 For each case (model, tensor-parallel shard, micro-batch, sequence, dtype) it builds the
-local shapes parplan uses (``parplan.ops.layer_ops``), runs the equivalent PyTorch kernel
+local shapes parplan uses (``parplan.cost.ops.layer_ops``), runs the equivalent PyTorch kernel
 forward and backward, times each with CUDA events (median of repeats after warm-up), and
 writes predicted and measured seconds per op to ``layer_ops.csv``; plus a GEMM sweep
 (``gemm.csv``) and a device-to-device copy (``copy.csv``).
