@@ -6,7 +6,6 @@ non-zero (2 for usage errors), never a traceback.
 from __future__ import annotations
 
 import json
-from functools import wraps
 
 import click
 
@@ -14,19 +13,9 @@ from ..layouts.layout import CP_MODES, RECOMPUTE, SCHEDULES, TP_MODES
 from ..plan.emit import TARGETS as EMIT_TARGETS
 from ..plan.search import OBJECTIVES
 from ..specs.dtypes import DTYPES
-from .common import fail, run
+from .common import one_line_errors, run
 from ..errors import ParplanError
 from .serve_cmd import inference_options
-
-
-def handle_errors(fn):
-    @wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except ParplanError as exc:
-            fail(str(exc), 1)
-    return wrapper
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -123,7 +112,7 @@ def _estimate_from_options(model_name, hw, headroom, **kw):
 @layout_options
 @inference_options
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-@handle_errors
+@one_line_errors
 def estimate(model_name, hw, headroom, fmt, mode, inference, **kw):
     """Predict step time, throughput, MFU and memory of one layout (--mode inference: TTFT, TPOT, KV cache)."""
     _estimate_or_explain(model_name, hw, headroom, fmt, mode, inference, kw, explain=False)
@@ -133,7 +122,7 @@ def estimate(model_name, hw, headroom, fmt, mode, inference, **kw):
 @layout_options
 @inference_options
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-@handle_errors
+@one_line_errors
 def explain(model_name, hw, headroom, fmt, mode, inference, **kw):
     """Per-op and per-collective cost table for one layer and the whole step."""
     _estimate_or_explain(model_name, hw, headroom, fmt, mode, inference, kw, explain=True)
@@ -187,7 +176,7 @@ def _estimate_or_explain(model_name, hw, headroom, fmt, mode, inference, kw, exp
 @click.option("--explain", is_flag=True, help="Name the binding constraint and what +10% of each hardware "
               "parameter would buy.")
 @inference_options(plan=True)
-@handle_errors
+@one_line_errors
 def plan(model_name, hw, global_batch, seq, dtype, objective, top, headroom, allow_cross_node_tp, flash_attention,
          fused_kernels, fmt, emit_target, explain, mode, inference, **fixed):
     """Search every mesh shape and knob; print the best layouts, ranked (--mode inference: serving layouts)."""
@@ -220,7 +209,7 @@ def plan(model_name, hw, global_batch, seq, dtype, objective, top, headroom, all
 
 @cli.command(name="list")
 @click.argument("what", type=click.Choice(["hardware", "models"]))
-@handle_errors
+@one_line_errors
 def list_(what):
     """List the shipped hardware profiles or model specs."""
     if what == "hardware":
@@ -242,22 +231,23 @@ def list_(what):
 
 @cli.command()
 @click.argument("name")
-@handle_errors
+@one_line_errors
 def show(name):
     """Show a hardware profile (with derived ratios) or a model spec (with parameter counts)."""
-    from ..specs.hardware import _shipped_profiles, load_hardware
-    from ..specs.model import _shipped_models, load_model
+    from ..specs.hardware import load_hardware
+    from ..specs.model import load_model
+    from ..specs.registry import shipped
     from ..views.text import format_hardware, format_model
 
-    if name.lower() in _shipped_profiles() or (name.endswith((".yaml", ".yml")) and _looks_like_profile(name)):
+    if name.lower() in shipped("hardware") or (name.endswith((".yaml", ".yml")) and _looks_like_profile(name)):
         click.echo(format_hardware(load_hardware(name)))
-    elif name.lower() in _shipped_models() or name.endswith((".yaml", ".yml", ".json")):
+    elif name.lower() in shipped("models") or name.endswith((".yaml", ".yml", ".json")):
         click.echo(format_model(load_model(name)))
     else:
         from ..specs.yamlio import suggest
 
         raise ParplanError(f"unknown hardware or model '{name}'"
-                           f"{suggest(name, list(_shipped_profiles()) + list(_shipped_models()))}")
+                           f"{suggest(name, list(shipped('hardware')) + list(shipped('models')))}")
 
 
 def _looks_like_profile(path: str) -> bool:
@@ -272,7 +262,7 @@ def _looks_like_profile(path: str) -> bool:
 @cli.command()
 @click.argument("file", required=False)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-@handle_errors
+@one_line_errors
 def validate(file, fmt):
     """Predict every published run in FILE (default: the shipped set) and report the error."""
     from ..validate.published import format_validation, load_runs, validate_runs

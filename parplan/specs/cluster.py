@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import ParplanError
-from .hardware import MAX_DEVICES, Hardware, Link, _shipped_profiles, load_hardware
+from .hardware import MAX_DEVICES, Hardware, Link, load_hardware
+from .registry import shipped
 from .yamlio import number, read_yaml, require_mapping, suggest, text
 
 
@@ -60,7 +61,7 @@ def load_cluster(spec: str) -> Cluster:
             hw = load_hardware(spec)
             return make_cluster(hw, 1)
         return cluster_from_dict(data, spec, base_dir=path.parent)
-    table = _shipped_profiles()
+    table = shipped("hardware")
     if spec.lower() in table:
         return make_cluster(load_hardware(spec), 1)
     m = _COUNT.match(spec.lower())

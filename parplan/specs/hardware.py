@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 from ..errors import ParplanError
 from .dtypes import DTYPES
-from .registry import spec_dir
+from .registry import shipped, shipped_names
 from .yamlio import names, number, read_yaml, require_mapping, suggest, text, text_mapping
 
 MAX_DEVICES = 1_000_000
@@ -257,22 +257,9 @@ def hardware_from_dict(data: Any, what: str, path: str = "") -> Hardware:
     )
 
 
-@lru_cache(maxsize=None)
-def _shipped_profiles() -> dict[str, Path]:
-    """Every shipped profile by name and alias."""
-    table: dict[str, Path] = {}
-    for path in sorted(spec_dir("hardware").glob("*.yaml")):
-        data = read_yaml(path)
-        if isinstance(data, Mapping):
-            table[str(data.get("name", path.stem))] = path
-            for alias in names(data, "aliases", str(path)):
-                table[alias] = path
-    return table
-
-
 def hardware_names() -> list[str]:
     """Canonical names of the shipped profiles."""
-    return sorted({p.stem for p in _shipped_profiles().values()})
+    return shipped_names("hardware")
 
 
 def _load_path(path: Path) -> Hardware:
@@ -299,7 +286,7 @@ def load_hardware(name_or_path: str) -> Hardware:
         if isinstance(data, Mapping) and "hardware" in data and "peak_flops" not in data:
             raise ParplanError(f"{name_or_path} is a cluster file; pass it as --hw, not as a profile")
         return _load_path(path.resolve())
-    table = _shipped_profiles()
+    table = shipped("hardware")
     key = name_or_path.lower()
     if key not in table:
         raise ParplanError(f"unknown hardware '{name_or_path}'{suggest(key, table)}; "

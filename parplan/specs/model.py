@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..errors import ParplanError
-from .registry import spec_dir
+from .registry import shipped, shipped_names
 from .yamlio import names, number, read_yaml, require_mapping, suggest, text
 
 ACTIVATIONS = ("gelu", "swiglu", "relu")
@@ -192,20 +192,9 @@ def model_from_hf_config(cfg: Any, what: str, path: str = "") -> ModelSpec:
     return model_from_dict(data, what, path)
 
 
-@lru_cache(maxsize=None)
-def _shipped_models() -> dict[str, Path]:
-    table: dict[str, Path] = {}
-    for path in sorted(spec_dir("models").glob("*.yaml")):
-        data = read_yaml(path)
-        if isinstance(data, Mapping):
-            table[str(data.get("name", path.stem))] = path
-            for alias in names(data, "aliases", str(path)):
-                table[alias] = path
-    return table
-
-
 def model_names() -> list[str]:
-    return sorted({p.stem for p in _shipped_models().values()})
+    """Canonical names of the shipped models."""
+    return shipped_names("models")
 
 
 @lru_cache(maxsize=256)
@@ -232,7 +221,7 @@ def load_model(name_or_path: str) -> ModelSpec:
         if not path.is_file():
             raise ParplanError(f"model file not found: {name_or_path}")
         return _load_model_path(path.resolve())
-    table = _shipped_models()
+    table = shipped("models")
     key = name_or_path.lower()
     if key not in table:
         raise ParplanError(f"unknown model '{name_or_path}'{suggest(key, table)}; see 'parplan list models'")
