@@ -5,7 +5,7 @@ import dataclasses
 from typing import Any
 
 from ..step.train import Estimate, op_table
-from ..layouts.strategies import breakdown_keys
+from ..layouts.strategies import axis_names, breakdown_keys
 from ..units import GIB
 
 MFU_DEFINITION = ("model FLOPs (forward + backward matmuls, full attention, no recompute; "
@@ -76,7 +76,7 @@ def axis_rows(est: Estimate) -> list[dict[str, Any]]:
     from ..cost.collectives import bus_factor
 
     rows = []
-    for axis in ("tp", "cp", "pp", "dp"):
+    for axis in axis_names():
         costs = [c for c in est.collectives if c.collective.axis == axis and float(c.calls_per_step) > 0]
         if not costs:
             continue

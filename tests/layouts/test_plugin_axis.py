@@ -115,3 +115,14 @@ def test_registry_refuses_bad_axes():
         unregister("dp")
     with pytest.raises(ParplanError, match="unknown axis 'toyy'"):
         parse_mesh("tp=2,toyy=2")
+
+
+def test_explain_summarises_a_registered_axis(toy_axes):
+    from parplan.views.records import axis_rows
+
+    sizes = parse_mesh("tp=2,dp=2,toy=2")
+    lay = _layout(order=mesh_order(sizes), axes=plugin_axes(sizes))
+    est = parplan.estimate(parplan.load_model("gpt3-1.3b"), parplan.load_cluster("a100x8"), lay)
+    rows = {r["axis"]: r for r in axis_rows(est)}
+    assert rows["toy"]["exposed_s"] == pytest.approx(float(est.breakdown_s["toy_comm"]))
+    assert rows["toy"]["note"] == "critical path"
