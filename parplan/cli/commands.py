@@ -272,6 +272,10 @@ def validate(file, fmt):
         click.echo(json.dumps(results, indent=2))
     else:
         click.echo(format_validation(results))
+    if results["skipped"]:
+        raise ParplanError(f"{len(results['skipped'])} runs could not be predicted: "
+                           + "; ".join(f"{r['id']}: {r['skipped']}" for r in results["skipped"][:3])
+                           + (" ..." if len(results["skipped"]) > 3 else ""))
 
 
 def _register_optional_commands() -> None:

@@ -115,7 +115,7 @@ def make_plan(model, cluster, *, global_batch=None, dtype="bf16", objective="thr
     if ranked.empty:
         need = fewest_devices(model, cluster, SearchSpace(global_batch=batches[0], **space_kw))
         more = f"; the fewest {cluster.hardware.name} devices on which some layout fits: {need}" if need else ""
-        raise ParplanError(f"{model.name} does not fit on {cluster.name} at any layout "
+        raise ParplanError(f"{model.name} does not fit on {cluster.label} at any layout "
                            f"(global batch {', '.join(map(str, batches))}, {100 * headroom:.0f}% HBM headroom){more}")
     best = ranked.head(top)
     layouts = [layout_of(row, space) for _, row in best.iterrows()]

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 from ..errors import ParplanError
 from .hardware import MAX_DEVICES, Hardware, Link, load_hardware
 from .registry import shipped
-from .yamlio import number, read_yaml, require_mapping, suggest, text
+from .yamlio import check_keys, number, read_yaml, require_mapping, suggest, text
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,12 @@ class Cluster:
     intra_node: Link
     inter_node: Link
     name: str
+
+    @property
+    def label(self) -> str:
+        """The cluster as a person reads it: ``512 x a100-80gb`` (or the name a cluster file gives)."""
+        return f"{self.devices} x {self.hardware.name}" if self.name == f"{self.hardware.name}x{self.devices}" \
+            else self.name
 
     @property
     def nodes(self) -> int:
@@ -81,6 +87,10 @@ def make_cluster(hw: Hardware, devices: int, *, devices_per_node: int | None = N
     dpn = devices_per_node or hw.devices_per_node
     if devices < 1:
         raise ParplanError(f"a cluster needs at least one device, got {devices}")
+    if devices > dpn and devices % dpn:
+        below, above = devices // dpn * dpn, -(-devices // dpn) * dpn
+        raise ParplanError(f"{devices} {hw.name} devices do not fill whole nodes of {dpn}; use a multiple of "
+                           f"{dpn} (such as {below} or {above}), or at most {dpn}")
     return Cluster(
         hardware=hw,
         devices=devices,
@@ -91,7 +101,23 @@ def make_cluster(hw: Hardware, devices: int, *, devices_per_node: int | None = N
     )
 
 
+CLUSTER_KEYS = ("name", "hardware", "devices", "devices_per_node", "inter_node_bandwidth", "inter_node_latency_s",
+                "inter_node_name", "intra_node_bandwidth", "intra_node_latency_s", "intra_node_name",
+                "intra_node_efficiency")
+
+
+def _link_override(data: Mapping[str, Any], side: str, link: Link, what: str) -> Link:
+    """The profile's ``intra_node`` or ``inter_node`` link with what a cluster file changes of it."""
+    fields = {"bandwidth": 1e15, "latency_s": 1.0, "efficiency": 1.0}
+    given = {f: data[f"{side}_{f}"] for f in fields if data.get(f"{side}_{f}") is not None}
+    if not given and data.get(f"{side}_name") is None:
+        return link
+    return replace(link, name=str(data.get(f"{side}_name", link.name)),
+                   **{f: float(number(data, f"{side}_{f}", what, maximum=fields[f])) for f in given})
+
+
 def cluster_from_dict(data: Mapping[str, Any], what: str, base_dir: Path | None = None) -> Cluster:
+    check_keys(data, CLUSTER_KEYS, what)
     hw_ref = text(data, "hardware", what)
     ref_path = Path(hw_ref)
     if base_dir is not None and not ref_path.is_absolute() and (base_dir / ref_path).is_file():
@@ -99,23 +125,7 @@ def cluster_from_dict(data: Mapping[str, Any], what: str, base_dir: Path | None 
     hw = load_hardware(hw_ref)
     devices = number(data, "devices", what, integer=True, maximum=MAX_DEVICES)
     dpn = number(data, "devices_per_node", what, required=False, integer=True, maximum=MAX_DEVICES)
-    inter = hw.inter_node
-    if data.get("inter_node_bandwidth") is not None or data.get("inter_node_latency_s") is not None:
-        inter = replace(inter,
-                        bandwidth=float(number(data, "inter_node_bandwidth", what, required=False,
-                                               default=inter.bandwidth, maximum=1e15)),
-                        latency_s=float(number(data, "inter_node_latency_s", what, required=False,
-                                               default=inter.latency_s, maximum=1.0)),
-                        name=str(data.get("inter_node_name", inter.name)))
-    intra = hw.intra_node
-    if data.get("intra_node_bandwidth") is not None or data.get("intra_node_latency_s") is not None:
-        intra = replace(intra,
-                        bandwidth=float(number(data, "intra_node_bandwidth", what, required=False,
-                                               default=intra.bandwidth, maximum=1e15)),
-                        latency_s=float(number(data, "intra_node_latency_s", what, required=False,
-                                               default=intra.latency_s, maximum=1.0)),
-                        name=str(data.get("intra_node_name", intra.name)),
-                        efficiency=float(number(data, "intra_node_efficiency", what, required=False,
-                                                default=intra.efficiency, maximum=1.0)))
-    return make_cluster(hw, devices, devices_per_node=dpn, inter_node=inter, intra_node=intra,
+    return make_cluster(hw, devices, devices_per_node=dpn,
+                        inter_node=_link_override(data, "inter_node", hw.inter_node, what),
+                        intra_node=_link_override(data, "intra_node", hw.intra_node, what),
                         name=str(data.get("name") or f"{hw.name}x{devices}"))

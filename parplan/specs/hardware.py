@@ -19,10 +19,17 @@ from typing import Any, Mapping
 from ..errors import ParplanError
 from .dtypes import DTYPES
 from .registry import shipped, shipped_names
-from .yamlio import names, number, read_yaml, require_mapping, suggest, text, text_mapping
+from .yamlio import check_keys, names, number, read_yaml, require_mapping, suggest, text, text_mapping
 
 MAX_DEVICES = 1_000_000
 LINK_KINDS = ("nvlink", "xgmi", "pcie", "ici", "net")
+PROFILE_KEYS = ("name", "aliases", "description", "vendor", "kind", "compute_units", "peak_flops", "hbm_bytes",
+                "hbm_bandwidth", "devices_per_node", "scale_up_domain", "intra_node", "inter_node", "ici", "efficiency",
+                "kernel_overhead_s", "collective_overhead_s", "matmul_curve", "collective_fits", "sources")
+LINK_KEYS = ("name", "kind", "bandwidth", "latency_s", "efficiency", "in_switch_reduction")
+EFFICIENCY_KEYS = ("matmul", "hbm", "elementwise", "matmul_misaligned")
+ICI_KEYS = ("dims", "link_bandwidth", "pod_devices")
+FIT_KEYS = ("op", "group", "ranks", "alpha_s", "busbw", "points", "rms_rel_err")
 
 
 @dataclass(frozen=True)
@@ -141,6 +148,7 @@ class Hardware:
 
 def _link(data: Any, what: str, default_eff: float = 1.0) -> Link:
     data = require_mapping(data, what)
+    check_keys(data, LINK_KEYS, what)
     return Link(
         name=text(data, "name", what, required=False, default="") or "",
         bandwidth=number(data, "bandwidth", what, maximum=1e15),
@@ -192,6 +200,7 @@ def _fits(data: Any, what: str) -> tuple[CollectiveFit, ...]:
     for i, row in enumerate(data):
         w = f"{what}[{i}]"
         row = require_mapping(row, w)
+        check_keys(row, FIT_KEYS, w)
         fits.append(CollectiveFit(
             op=text(row, "op", w),
             group=text(row, "group", w, choices=("intra", "inter")),
@@ -205,6 +214,7 @@ def _fits(data: Any, what: str) -> tuple[CollectiveFit, ...]:
 def hardware_from_dict(data: Any, what: str, path: str = "") -> Hardware:
     """Build a Hardware from a parsed profile, checking every field."""
     data = require_mapping(data, what)
+    check_keys(data, PROFILE_KEYS, what)
     name = text(data, "name", what)
     peaks_raw = require_mapping(data.get("peak_flops"), f"{what}: peak_flops")
     peaks = {}
@@ -217,11 +227,13 @@ def hardware_from_dict(data: Any, what: str, path: str = "") -> Hardware:
     if not peaks:
         raise ParplanError(f"{what}: peak_flops lists no dtype with a rate")
     eff = require_mapping(data.get("efficiency", {}), f"{what}: efficiency")
+    check_keys(eff, EFFICIENCY_KEYS, f"{what}: efficiency")
     kind = text(data, "kind", what, required=False, choices=("gpu", "tpu"), default="gpu")
     dpn = number(data, "devices_per_node", what, integer=True, maximum=MAX_DEVICES)
     torus = None
     if data.get("ici") is not None:
         ici = require_mapping(data["ici"], f"{what}: ici")
+        check_keys(ici, ICI_KEYS, f"{what}: ici")
         torus = Torus(
             dims=number(ici, "dims", f"{what}: ici", integer=True, maximum=3),
             link_bandwidth=number(ici, "link_bandwidth", f"{what}: ici", maximum=1e14),

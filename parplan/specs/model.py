@@ -16,12 +16,17 @@ import numpy as np
 
 from ..errors import ParplanError
 from .registry import shipped, shipped_names
-from .yamlio import names, number, read_yaml, require_mapping, suggest, text
+from .yamlio import check_keys, names, number, read_yaml, require_mapping, suggest, text
 
 ACTIVATIONS = ("gelu", "swiglu", "relu")
 NORMS = ("layernorm", "rmsnorm")
 POSITIONS = ("learned", "rope", "alibi", "none")
 MAX_DIM = 10_000_000
+# Expert counts in the Hugging Face configs of Mixtral, Qwen-MoE, DeepSeek, gpt-oss and Llama 4.
+MOE_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+# The keys a model spec may carry: the shapes, and documentation (family, source, aliases).
+MODEL_KEYS = ("name", "family", "layers", "hidden", "heads", "kv_heads", "head_dim", "ffn_hidden", "activation",
+              "norm", "position", "bias", "tied_embeddings", "vocab", "seq_len", "source", "aliases")
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,7 @@ def vocab_shard(vocab: int, tp, multiple: int = 128):
 
 def model_from_dict(data: Any, what: str, path: str = "") -> ModelSpec:
     data = require_mapping(data, what)
+    check_keys(data, MODEL_KEYS, what)
     hidden = number(data, "hidden", what, integer=True, maximum=MAX_DIM)
     heads = number(data, "heads", what, integer=True, maximum=MAX_DIM)
     kv_heads = number(data, "kv_heads", what, required=False, integer=True, default=heads, maximum=MAX_DIM)
@@ -162,6 +168,10 @@ def model_from_hf_config(cfg: Any, what: str, path: str = "") -> ModelSpec:
                 return cfg[k]
         return default
 
+    for key in MOE_KEYS:
+        if isinstance(cfg.get(key), (int, float)) and not isinstance(cfg.get(key), bool) and cfg[key] > 1:
+            raise ParplanError(f"{what} is a mixture-of-experts model ({key}: {cfg[key]}); parplan plans dense "
+                               f"models only, and would count it as a dense model of the wrong size")
     model_type = str(cfg.get("model_type", "")).lower()
     hidden = pick("hidden_size", "n_embd", "d_model")
     act = str(pick("hidden_act", "activation_function", "hidden_activation", default="gelu")).lower()

@@ -91,6 +91,15 @@ def suggest(name: str, known: Iterable[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def check_keys(data: Mapping[str, Any], known: Iterable[str], what: str) -> None:
+    """Refuse a key no reader knows (a typo would otherwise be ignored and its default used)."""
+    known = tuple(known)
+    for key in data:
+        if key not in known:
+            hint = suggest(str(key), known) or f"; the keys are {', '.join(sorted(known))}"
+            raise ParplanError(f"{what}: unknown key '{key}'{hint}")
+
+
 def names(data: Mapping[str, Any], key: str, what: str) -> tuple[str, ...]:
     """A list of names (``aliases``); a single string counts as one."""
     value = data.get(key)

@@ -37,7 +37,7 @@ from ..layouts.layout import Layout
 from ..layouts.rules import check_layout
 from ..specs.model import model_from_dict
 from ..specs.registry import spec_dir
-from ..specs.yamlio import number, read_records, require_mapping
+from ..specs.yamlio import check_keys, number, read_records, require_mapping
 
 DEFAULT_FILE = "published-runs.yaml"
 # Publications whose code predates Megatron-LM's fused kernels (Narayanan et al. 2021, Sec. 4.2).
@@ -48,9 +48,23 @@ def load_runs(path: str | None = None) -> list[dict]:
     return read_records(Path(path) if path else spec_dir("validation") / DEFAULT_FILE, "validation run")
 
 
+# The schema of a published-run record (see the comment at the top of validation/published-runs.yaml).
+RUN_KEYS = ("id", "source", "confidence", "model", "hardware", "devices", "devices_per_node", "network",
+            "inter_node_bandwidth", "precision", "framework", "flash_attention", "fused_kernels", "compiled",
+            "fp8_recipe", "layout", "global_batch", "published", "reference_step_time_s", "reference_derivation",
+            "notes")
+RUN_LAYOUT_KEYS = ("tp", "pp", "dp", "cp", "vpp", "zero", "sequence_parallel", "recompute", "micro_batch")
+PUBLISHED_KEYS = ("step_time_s", "tflops_per_device", "mfu", "hfu", "tokens_per_s", "tokens_per_s_per_device",
+                  "flops_convention")
+
+
 def record_setup(rec: dict):
     """(model, cluster, base layout, unknown knobs) of one record."""
     rid = str(rec.get("id", "?"))
+    check_keys(rec, RUN_KEYS, f"run {rid}")
+    check_keys(require_mapping(rec.get("layout"), f"run {rid}: layout"), RUN_LAYOUT_KEYS, f"run {rid}: layout")
+    check_keys(require_mapping(rec.get("published") or {}, f"run {rid}: published"), PUBLISHED_KEYS,
+               f"run {rid}: published")
     model_data = dict(require_mapping(rec.get("model"), f"run {rid}: model"))
     model_data.setdefault("name", rid)
     model_data.setdefault("position", "learned")
@@ -115,11 +129,12 @@ def predict_record(rec: dict):
     model, cluster, layout, unknown = record_setup(rec)
     best = None
     fallback = None
-    fitting = []
+    fitting, first_problem = [], None
     for cand in _candidates(model, layout, unknown):
         try:
             cand = check_layout(cand, model, cluster)
-        except ParplanError:
+        except ParplanError as exc:
+            first_problem = first_problem or str(exc)
             continue
         est = estimate(model, cluster, cand, check=False)
         if fallback is None or float(est.memory_bytes["total"]) < float(fallback.memory_bytes["total"]):
@@ -130,16 +145,21 @@ def predict_record(rec: dict):
                 best = est
     chosen = best or fallback
     if chosen is None:
-        raise ParplanError(f"run {rec.get('id')}: no valid layout for the published configuration")
+        raise ParplanError(f"run {rec.get('id')}: the published configuration cannot run: {first_problem}")
     band = (min(fitting), max(fitting)) if fitting else None  # None: no choice fits HBM
     return chosen, unknown, band
 
 
 def validate_runs(records: list[dict]) -> dict[str, Any]:
-    rows = []
+    """Predict every record; one that cannot be predicted becomes a row with its reason (``skipped``)."""
+    rows, skipped = [], []
     for rec in records:
-        est, unknown, band = predict_record(rec)
-        published = float(number(rec, "reference_step_time_s", f"run {rec.get('id')}"))
+        try:
+            est, unknown, band = predict_record(rec)
+            published = float(number(rec, "reference_step_time_s", f"run {rec.get('id')}"))
+        except ParplanError as exc:
+            skipped.append({"id": str(rec.get("id", "?")), "skipped": str(exc)})
+            continue
         predicted = float(est.step_time_s)
         lay = est.layout
         rows.append({
@@ -160,8 +180,10 @@ def validate_runs(records: list[dict]) -> dict[str, Any]:
     summary = _error_summary([r["error"] for r in rows])
     summary["runs_with_unpublished_knobs"] = sum(r["band_s"] is not None for r in rows)  # and a fitting choice
     summary["published_within_band"] = sum(r["within_band"] for r in rows)
+    summary["skipped"] = len(skipped)
     return {
         "rows": rows,
+        "skipped": skipped,
         "summary": summary,
         "groups": {g: _error_summary(errs) for g, errs in groups.items()},
     }
@@ -169,6 +191,9 @@ def validate_runs(records: list[dict]) -> dict[str, Any]:
 
 def _error_summary(errors: list[float]) -> dict[str, Any]:
     err = np.asarray(errors, float)
+    if not err.size:
+        return {"runs": 0, "mean_abs_error": float("nan"), "median_abs_error": float("nan"),
+                "max_abs_error": float("nan"), "mean_error": float("nan")}
     return {
         "runs": int(err.size),
         "mean_abs_error": float(np.abs(err).mean()),
@@ -201,11 +226,15 @@ def format_validation(results: dict) -> str:
         band = f"{r['band_s'][0]:.2f}-{r['band_s'][1]:.2f}" if r["band_s"] else ("none fits" if r["chosen"] else "")
         lines.append(f"{r['id']:<50}{r['predicted_s']:12.2f}{r['published_s']:12.2f}{r['error'] * 100:8.1f}%"
                      f"{band:>16}  {chosen}{'' if r['fits'] else '  (does not fit HBM)'}")
+    for r in results.get("skipped", []):
+        lines.append(f"{r['id']:<50}{'skipped':>12}  {r['skipped']}")
     lines += ["", f"{'by publication':<58}{'runs':>5}{'mean |err|':>11}{'max |err|':>10}{'mean err':>10}"]
     for name, g in sorted(results.get("groups", {}).items(), key=lambda kv: kv[1]["mean_abs_error"]):
         lines.append(f"{name:<58}{g['runs']:>5}{g['mean_abs_error'] * 100:10.1f}%{g['max_abs_error'] * 100:9.1f}%"
                      f"{g['mean_error'] * 100:9.1f}%")
     s = results["summary"]
+    if s.get("skipped"):
+        lines += ["", f"{s['skipped']} of {s['runs'] + s['skipped']} runs could not be predicted (listed above)"]
     lines += ["", f"{s['runs']} runs: mean |error| {s['mean_abs_error'] * 100:.1f}%, "
                   f"median {s['median_abs_error'] * 100:.1f}%, max {s['max_abs_error'] * 100:.1f}%",
               f"band: the step times of every fitting choice of the unpublished knobs; the prediction takes "

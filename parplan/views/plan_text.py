@@ -57,7 +57,7 @@ def _table(result: PlanResult, plans: list[dict], extra: dict) -> str:
     hbm = cluster.hardware.hbm_bytes
     seq = model.seq_len
     gb = ", ".join(map(str, batches))
-    out = [f"{model.name} on {cluster.name}: {result.evaluated} candidates evaluated, {len(ranked)} fit; "
+    out = [f"{model.name} on {cluster.label}: {result.evaluated} candidates evaluated, {len(ranked)} fit; "
            f"global batch {gb} x {seq} tokens ({result.batch_note}); objective {result.objective}",
            "",
            f"{'#':>3}  {'layout':<58}{'placement':<11}{'batch':>6}{'step s':>9}{'tokens/s':>11}{'MFU':>7}"

@@ -107,7 +107,7 @@ def format_estimate(est: Estimate) -> str:
     d = estimate_dict(est)
     lay = est.layout
     lines = [
-        f"{est.model.name} on {est.cluster.name} ({est.cluster.nodes} nodes x {est.cluster.devices_per_node})",
+        f"{est.model.name} on {est.cluster.label} ({est.cluster.nodes} nodes x {est.cluster.devices_per_node})",
         f"layout  {lay.describe()}  global batch {lay.global_batch} x seq {lay.seq_len}  "
         f"({est.layout.micro_batches} micro-batches)  {lay.dtype}",
         "",

@@ -53,7 +53,7 @@ def format_inference(est: InferenceEstimate) -> str:
     hbm = est.cluster.hardware.hbm_bytes
     m = d["memory_bytes"]
     lines = [
-        f"{d['model']} on {d['cluster']}: serving tp={lay.tp} pp={lay.pp} replicas={lay.replicas}, "
+        f"{d['model']} on {est.cluster.label}: serving tp={lay.tp} pp={lay.pp} replicas={lay.replicas}, "
         f"batch {d['batch']} per replica, {lay.input_len} in / {lay.output_len} out tokens, "
         f"weights {lay.dtype}, KV {lay.kv}",
         f"  TTFT              {d['ttft_s'] * 1e3:10.2f} ms   (prefill of one prompt, queueing ignored)",

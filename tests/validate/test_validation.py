@@ -88,3 +88,23 @@ def test_band_spans_the_fitting_choices_of_unpublished_knobs(results):
     t1 = [r for r in banded if r["id"].startswith("megatron2021-t1") and r["chosen"].get("vpp")]
     assert len(t1) == 6 and all(r["within_band"] for r in t1)
     assert results["summary"]["published_within_band"] >= 8
+
+
+def test_a_bad_record_is_a_row_with_its_reason_and_the_rest_are_predicted(tmp_path, run_cli):
+    import yaml
+
+    from parplan.validate.published import load_runs
+    good = load_runs()[0]
+    typo = dict(good, id="typo", layout=dict(good["layout"], zeroo=0))
+    wrong = dict(good, id="wrong-devices", layout=dict(good["layout"], tp=5))
+    path = tmp_path / "runs.yaml"
+    path.write_text(yaml.safe_dump([good, typo, wrong], sort_keys=False))
+    results = validate_runs(load_runs(str(path)))
+    assert [r["id"] for r in results["rows"]] == [good["id"]]
+    reasons = {r["id"]: r["skipped"] for r in results["skipped"]}
+    assert "unknown key 'zeroo' (did you mean 'zero'?)" in reasons["typo"]
+    assert "does not match the 32 devices" in reasons["wrong-devices"]
+    assert results["summary"]["skipped"] == 2 and results["summary"]["runs"] == 1
+    code, out, err = run_cli("validate", str(path))
+    assert code == 1 and "skipped" in out and good["id"] in out
+    assert err.count("\n") == 1 and err.startswith("Error: 2 runs could not be predicted")

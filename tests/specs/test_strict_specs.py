@@ -1,0 +1,68 @@
+"""Spec readers refuse what they do not understand, rather than planning on a default."""
+import json
+
+import pytest
+
+from parplan.errors import ParplanError
+from parplan.specs.cluster import load_cluster, make_cluster
+from parplan.specs.hardware import load_hardware
+from parplan.specs.model import load_model
+
+
+def test_a_cluster_file_typo_is_refused_with_the_nearest_key(tmp_path):
+    path = tmp_path / "cluster.yaml"
+    path.write_text("hardware: a100-80gb\ndevices: 384\ninter_node_bandwitdh: 6.25e+9\n")
+    with pytest.raises(ParplanError, match=r"unknown key 'inter_node_bandwitdh' \(did you mean 'inter_node_bandwidth'"):
+        load_cluster(str(path))
+
+
+def test_cluster_file_overrides_reach_the_links(tmp_path):
+    path = tmp_path / "cluster.yaml"
+    path.write_text("hardware: a100-80gb\ndevices: 384\ninter_node_bandwidth: 6.25e+9\nintra_node_efficiency: 0.5\n")
+    cl = load_cluster(str(path))
+    base = load_hardware("a100-80gb")
+    assert cl.inter_node.bandwidth == 6.25e9 and cl.inter_node.latency_s == base.inter_node.latency_s
+    assert cl.intra_node.efficiency == 0.5 and cl.intra_node.bandwidth == base.intra_node.bandwidth
+
+
+@pytest.mark.parametrize("text, key", [
+    ("name: m\nlayers: 2\nhidden: 64\nheads: 4\nffn_hidden: 256\nactivation: gelu\nvocab: 100\nseq_len: 64\n"
+     "tied_embedings: false\n", "tied_embedings"),
+])
+def test_a_model_file_typo_is_refused(tmp_path, text, key):
+    path = tmp_path / "m.yaml"
+    path.write_text(text)
+    with pytest.raises(ParplanError, match=f"unknown key '{key}' \\(did you mean 'tied_embeddings'"):
+        load_model(str(path))
+
+
+def test_a_profile_typo_is_refused_at_any_depth(tmp_path):
+    text = (load_hardware("a100").path and open(load_hardware("a100").path).read())
+    bad = text.replace("  matmul:", "  matmull:", 1)
+    assert bad != text
+    path = tmp_path / "p.yaml"
+    path.write_text(bad)
+    with pytest.raises(ParplanError, match=r"efficiency: unknown key 'matmull' \(did you mean 'matmul'"):
+        load_hardware(str(path))
+
+
+def test_nodes_must_be_whole():
+    hw = load_hardware("a100")
+    with pytest.raises(ParplanError, match="do not fill whole nodes of 8; use a multiple of 8 .such as 8 or 16"):
+        make_cluster(hw, 12)
+    assert make_cluster(hw, 4).nodes == 1 and make_cluster(hw, 16).nodes == 2
+    with pytest.raises(ParplanError, match="whole nodes"):
+        load_cluster("a100x12")
+
+
+def test_a_mixture_of_experts_config_is_refused_not_counted_as_dense(tmp_path):
+    cfg = {"model_type": "mixtral", "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
+           "num_key_value_heads": 8, "intermediate_size": 14336, "vocab_size": 32000,
+           "max_position_embeddings": 32768, "num_local_experts": 8, "num_experts_per_tok": 2}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(ParplanError, match="mixture-of-experts model .num_local_experts: 8."):
+        load_model(str(path))
+    cfg["num_local_experts"] = 1  # a single expert is a dense MLP
+    path.write_text(json.dumps(cfg))
+    assert load_model(str(path)).ffn_hidden == 14336
