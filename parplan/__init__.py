@@ -7,7 +7,8 @@ from .cost.flops import model_flops_per_step
 from .specs.cluster import Cluster, load_cluster
 from .specs.hardware import Hardware, load_hardware
 from .layouts.layout import Layout
-from .specs.model import ModelSpec, load_model
+from .specs.model import ModelSpec
+from .specs.model_loader import load_model
 from .cost.roofline import matmul_time_s as _matmul_time_s
 
 from .version import __version__  # noqa: F401

@@ -23,7 +23,8 @@ import torch.distributed as dist
 from ..cost.collectives import algbw, busbw
 from ..cost.flops import layer_forward_flops
 from ..errors import ParplanError
-from ..specs.model import load_model, with_seq_len
+from ..specs.model_loader import load_model
+from ..specs.model import with_seq_len
 from . import layer as layer_mod
 from .measure import TORCH_DTYPES, collective_case, copy_case, matmul_case, synchronize, time_iterations
 from .writer import ResultWriter, default_out_dir, write_meta

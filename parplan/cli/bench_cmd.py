@@ -101,7 +101,7 @@ def config_from_options(opts: dict) -> BenchConfig:
 
 
 def _check_models(config: BenchConfig) -> None:
-    from ..specs.model import load_model
+    from ..specs.model_loader import load_model
 
     for name in config.models:
         load_model(name)

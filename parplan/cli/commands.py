@@ -36,7 +36,9 @@ def layout_options(fn):
         click.option("--dp", type=int, default=None, help="Data-parallel size (default: what the rest leaves)."),
         click.option("--cp", type=int, default=None, help="Context-parallel size."),
         click.option("--micro-batch", type=int, default=1, show_default=True, help="Sequences per micro-batch."),
-        click.option("--global-batch", type=int, default=None, help="Sequences per step (default micro-batch*dp)."),
+        click.option("--global-batch", type=int, default=None,
+                     help="Sequences per step (default: the plan's fixed budget of ~4.2M tokens, in whole rounds of "
+                          "micro-batches)."),
         click.option("--seq", type=int, default=None, help="Sequence length (default: the model's)."),
         click.option("--recompute", type=click.Choice(RECOMPUTE), default="none",
                      show_default=True),
@@ -65,6 +67,7 @@ def layout_options(fn):
 def build_layout(cluster, model, *, mesh, tp, pp, dp, cp, micro_batch, global_batch, seq, recompute, dtype,
                  zero, shard_group, sp, tp_mode, cp_mode, vpp, schedule, flash_attention, fused_kernels):
     from ..layouts.layout import DEFAULT_ORDER, Layout, mesh_order, parse_mesh
+    from ..plan.candidates import default_global_batch
 
     order = DEFAULT_ORDER
     given = {"tp": tp, "pp": pp, "dp": dp, "cp": cp}
@@ -88,6 +91,8 @@ def build_layout(cluster, model, *, mesh, tp, pp, dp, cp, micro_batch, global_ba
                     ("shard-group", shard_group), ("dp", given["dp"])):
         if v is not None and v < 1:
             raise ParplanError(f"--{name} must be a positive whole number, got {v}")
+    if global_batch is None:  # the plan's default, in whole rounds of micro-batches
+        global_batch = default_global_batch(model, cluster, seq or model.seq_len, micro_batch * given["dp"])
     return Layout(tp=given["tp"], pp=given["pp"], dp=given["dp"], cp=given["cp"], micro_batch=micro_batch,
                   global_batch=global_batch, seq_len=seq, recompute=recompute, dtype=dtype, zero=zero,
                   shard_group=shard_group, sp=sp, tp_mode=tp_mode, cp_mode=cp_mode, vpp=vpp,
@@ -96,14 +101,17 @@ def build_layout(cluster, model, *, mesh, tp, pp, dp, cp, micro_batch, global_ba
 
 
 def _estimate_from_options(model_name, hw, headroom, **kw):
+    from ..plan.candidates import default_batch_note
     from ..step.train import estimate
     from ..specs.cluster import load_cluster
-    from ..specs.model import load_model
+    from ..specs.model_loader import load_model
 
     model = load_model(model_name)
     cluster = load_cluster(hw)
     layout = build_layout(cluster, model, **kw)
-    return estimate(model, cluster, layout, headroom=headroom)
+    note = "given" if kw.get("global_batch") is not None else \
+        default_batch_note(layout.global_batch, layout.seq_len or model.seq_len)
+    return estimate(model, cluster, layout, headroom=headroom), note
 
 
 # --------------------------------------------------------------------------- commands
@@ -137,11 +145,12 @@ def _estimate_or_explain(model_name, hw, headroom, fmt, mode, inference, kw, exp
     if text is not None:
         click.echo(text)
         return
-    est = _estimate_from_options(model_name, hw, headroom, **kw)
+    est, note = _estimate_from_options(model_name, hw, headroom, **kw)
     if fmt == "json":
-        click.echo(json.dumps((explain_dict if explain else estimate_dict)(est), indent=2))
+        click.echo(json.dumps((explain_dict if explain else estimate_dict)(est) | {"global_batch_note": note},
+                              indent=2))
         return
-    click.echo(format_estimate(est))
+    click.echo(format_estimate(est, batch_note=note))
     if explain:
         click.echo("")
         click.echo(format_explain(explain_dict(est)))
@@ -182,7 +191,8 @@ def plan(model_name, hw, global_batch, seq, dtype, objective, top, headroom, all
     """Search every mesh shape and knob; print the best layouts, ranked (--mode inference: serving layouts)."""
     from ..specs.cluster import load_cluster
     from .serve_cmd import dispatch_plan
-    from ..specs.model import load_model, with_seq_len
+    from ..specs.model_loader import load_model
+    from ..specs.model import with_seq_len
     from ..plan.planner import make_plan
     from ..views.plan_text import plan_report
 
@@ -221,7 +231,7 @@ def list_(what):
             click.echo(f"{hw.name:<14} {peak / 1e12:7.0f} TFLOP/s  {hw.hbm_bytes / 1e9:5.0f} GB  "
                        f"{hw.hbm_bandwidth / 1e12:5.2f} TB/s  aliases: {', '.join(hw.aliases) or '-'}")
     else:
-        from ..specs.model import load_model, model_names
+        from ..specs.model_loader import load_model, model_names
 
         for name in model_names():
             m = load_model(name)
@@ -235,7 +245,7 @@ def list_(what):
 def show(name):
     """Show a hardware profile (with derived ratios) or a model spec (with parameter counts)."""
     from ..specs.hardware import load_hardware
-    from ..specs.model import load_model
+    from ..specs.model_loader import load_model
     from ..specs.registry import shipped
     from ..views.text import format_hardware, format_model
 

@@ -98,7 +98,7 @@ def report(model_name, hw, global_batch, seq, dtype, objective, top, headroom, s
 @_one_line_errors
 def sweep(model_name, hw, vary, global_batch, dtype, objective, headroom, fmt, out_dir):
     """Best plan for every combination of device count, global batch and sequence length."""
-    from ..specs.model import load_model
+    from ..specs.model_loader import load_model
     from ..views.files import check_writable
     from ..plan.sweep import Options, base_cluster, parse_vary, run_sweep
     from ..views.sweep_text import default_sweep_dir, format_sweep, sweep_columns, write_sweep

@@ -14,7 +14,8 @@ import click
 from ..errors import ParplanError
 from ..layouts.rules import check_tp_1d
 from ..cost.memory import DEFAULT_HEADROOM
-from ..step.serve import KV_DTYPES, ServeLayout, estimate_inference
+from ..step.serve_layout import KV_DTYPES, ServeLayout
+from ..step.serve import estimate_inference
 from ..step.serve_sweeps import decode_breakdown
 from ..views.serve_text import format_inference, inference_dict, op_rows
 from ..views.serve_text import format_plans, plan_dicts
@@ -129,7 +130,7 @@ def dispatch_plan(model_name, hw, dtype, top, headroom, fmt, mode, inference: di
 
 def _resolve(model, cluster):
     from ..specs.cluster import load_cluster
-    from ..specs.model import load_model
+    from ..specs.model_loader import load_model
 
     return (load_model(model) if isinstance(model, str) else model,
             load_cluster(cluster) if isinstance(cluster, str) else cluster)

@@ -25,7 +25,11 @@ from ..specs.model import ModelSpec
 CP_SCHEMES = ("allgather", "ring")   # candidate codes 0, 1
 MICRO_BATCHES = (1, 2, 4, 8, 16, 32)
 VPPS = (1, 2, 3, 4, 6, 8)
-DEFAULT_BATCH_TOKENS = 2 ** 22  # ~4M tokens per step: GPT-3 175B used 3.2M, Llama 3 405B started at 4M
+# The default global batch: a fixed budget of 2^22 (~4.2M) tokens per step, whatever the cluster. GPT-3 175B
+# trained at 3.2M tokens (Brown et al. 2020, Table 2.1), Llama 3 405B began at 4M (Dubey et al. 2024, Sec. 3.4.1),
+# PaLM 540B at 1M rising to 4M (Chowdhery et al. 2022, Sec. 5). A cluster with more devices than the budget has
+# sequences must split the model to use them, as those runs did; --global-batch sets another batch.
+DEFAULT_BATCH_TOKENS = 2 ** 22
 
 
 @dataclass(frozen=True)
@@ -41,10 +45,17 @@ class SearchSpace:
     headroom: float = DEFAULT_HEADROOM
 
 
-def default_global_batch(model: ModelSpec, cluster: Cluster, seq_len: int) -> int:
-    """About 4M tokens per step, at least one sequence per device, a multiple of the device count."""
-    sequences = max(DEFAULT_BATCH_TOKENS // seq_len, cluster.devices)
-    return int(-(-sequences // cluster.devices) * cluster.devices)
+def default_global_batch(model: ModelSpec, cluster: Cluster, seq_len: int, multiple: int = 1) -> int:
+    """The sequences of ``DEFAULT_BATCH_TOKENS`` tokens (at least one), rounded up to a multiple of ``multiple``
+    (the sequences one round of micro-batches takes, when the layout is fixed)."""
+    sequences = max(DEFAULT_BATCH_TOKENS // seq_len, 1)
+    return int(-(-sequences // multiple) * multiple)
+
+
+def default_batch_note(batch: int, seq_len: int) -> str:
+    """Why a default batch is what it is, for every output that uses it."""
+    return (f"default: {batch} x {seq_len} = {batch * seq_len / 1e6:.2f}M tokens, the fixed budget of "
+            f"{DEFAULT_BATCH_TOKENS / 1e6:.1f}M tokens per step (--global-batch sets another)")
 
 
 def _divisors(n: int) -> list[int]:

@@ -9,7 +9,7 @@ from ..specs.cluster import Cluster
 from ..specs.model import ModelSpec
 from ..step.train import bottleneck, estimate
 from ..units import GIB
-from .candidates import SearchSpace, default_global_batch
+from .candidates import SearchSpace, default_batch_note, default_global_batch
 from .emit import emit
 from .search import describe_row, fewest_devices, layout_of, rank, search
 from .trust import rank_stability, sensitivity
@@ -106,7 +106,7 @@ def make_plan(model, cluster, *, global_batch=None, dtype="bf16", objective="thr
     note = "given" if batches and len(batches) == 1 else "searched"
     if batches is None:
         batches = [default_global_batch(model, cluster, seq)]
-        note = f"default: about {batches[0] * seq / 1e6:.1f}M tokens, a multiple of the device count"
+        note = default_batch_note(batches[0], seq)
     cluster.hardware.peak(dtype)
     space_kw = dict(seq_len=seq, dtype=dtype, allow_cross_node_tp=allow_cross_node_tp, fixed=fixed or {},
                     flash_attention=flash_attention, fused_kernels=fused_kernels, headroom=headroom)

@@ -21,7 +21,8 @@ from ..errors import ParplanError
 from ..layouts.rules import tp_1d_problem
 from ..cost.memory import DEFAULT_HEADROOM
 from ..specs.cluster import Cluster
-from ..step.serve import ServeLayout, check_serve_layout, decode_bottleneck, estimate_inference
+from ..step.serve_layout import ServeLayout, check_serve_layout
+from ..step.serve import decode_bottleneck, estimate_inference
 from ..step.serve_memory import max_batch, memory_per_device
 from ..specs.model import ModelSpec
 

@@ -55,47 +55,22 @@ from typing import Any
 import numpy as np
 
 from ..cost import ops as ops_mod
-from ..errors import ParplanError
 from ..layouts.layout import Layout
-from ..layouts.rules import check_tp_1d
 from ..layouts.strategies import Context, stages_of, strategies_for
 from ..layouts.strategies.pipeline import stage_layers
 from .comms import link_sum, price_collectives
 from ..cost.memory import DEFAULT_HEADROOM
 from ..cost.kernels import gemm_time_s, op_times
-from ..specs.dtypes import BYTES_PER_ELEMENT, DTYPES
+from ..specs.dtypes import BYTES_PER_ELEMENT
 from ..specs.cluster import Cluster
 from ..specs.hardware import Hardware
 from ..specs.model import ModelSpec, vocab_shard
 from ..cost.roofline import memory_time_s
+from .serve_layout import ServeLayout, check_serve_layout, context_notes
 from .serve_memory import VLLM_VOCAB_PADDING, activation_dtype, max_batch, memory_per_device
 
-KV_DTYPES = ("bf16", "fp16", "fp8", "fp32")
-MAX_LEN = 100_000_000
 DECODE_KEYS = ("matmul", "attention", "tp_comm", "other", "pp_comm", "pipeline_wait")
 PREFILL_KEYS = ("matmul", "attention", "tp_comm", "other", "pp_comm")
-
-
-@dataclass(frozen=True)
-class ServeLayout:
-    """How a model is served: tp x pp devices per replica, replicas, sequences in flight, lengths, dtypes."""
-
-    tp: int = 1
-    pp: int = 1
-    replicas: int = 1
-    batch: Any = 1               # sequences in flight per replica (continuous batching)
-    input_len: int = 2048        # prompt tokens per request
-    output_len: int = 256        # generated tokens per request
-    dtype: str = "bf16"          # weights and GEMMs
-    kv_dtype: str | None = None  # KV cache; default: the activation dtype
-
-    @property
-    def devices(self) -> int:
-        return self.tp * self.pp * self.replicas
-
-    @property
-    def kv(self) -> str:
-        return self.kv_dtype or activation_dtype(self.dtype)
 
 
 @dataclass(frozen=True)
@@ -119,6 +94,7 @@ class InferenceEstimate:
     decode_breakdown_s: dict
     tp_allreduce_bytes_per_layer: Any  # decode step
     headroom: float = DEFAULT_HEADROOM
+    notes: tuple[str, ...] = ()        # what the numbers assume that a reader should know
     prefill_ops: list = field(default_factory=list)
     decode_ops: list = field(default_factory=list)
 
@@ -293,28 +269,6 @@ def _forward_collectives(model: ModelSpec, cluster: Cluster, tp: int, pp: int, p
 # --------------------------------------------------------------------------- the estimate
 
 
-def check_serve_layout(layout: ServeLayout, model: ModelSpec, cluster: Cluster) -> ServeLayout:
-    """Refuse an impossible serving layout with one clear sentence."""
-    for name in ("tp", "pp", "replicas", "batch", "input_len", "output_len"):
-        v = getattr(layout, name)
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ParplanError(f"{name.replace('_', '-')} must be a positive whole number, got {v!r}")
-        if v > MAX_LEN:
-            raise ParplanError(f"{name.replace('_', '-')} = {v} is absurdly large")
-    if layout.dtype not in DTYPES:
-        raise ParplanError(f"dtype must be one of {', '.join(DTYPES)}, got '{layout.dtype}'")
-    if layout.kv_dtype is not None and layout.kv_dtype not in KV_DTYPES:
-        raise ParplanError(f"kv-dtype must be one of {', '.join(KV_DTYPES)}, got '{layout.kv_dtype}'")
-    cluster.hardware.peak(layout.dtype)
-    check_tp_1d(model, layout.tp)
-    if layout.pp > model.layers:
-        raise ParplanError(f"pp={layout.pp} exceeds the {model.layers} layers of {model.name}")
-    if layout.devices != cluster.devices:
-        raise ParplanError(f"tp*pp*replicas = {layout.tp}*{layout.pp}*{layout.replicas} = {layout.devices} "
-                           f"does not match the {cluster.devices} devices of {cluster.name}")
-    return layout
-
-
 def estimate_inference(model: ModelSpec, cluster: Cluster, layout: ServeLayout, *,
                        headroom: float = DEFAULT_HEADROOM, check: bool = True) -> InferenceEstimate:
     """Predict TTFT, TPOT, throughput and memory of serving ``model`` on ``cluster`` under ``layout``.
@@ -367,6 +321,7 @@ def estimate_inference(model: ModelSpec, cluster: Cluster, layout: ServeLayout, 
         decode_breakdown_s=decode_parts,
         tp_allreduce_bytes_per_layer=dec.tp_bytes_per_layer,
         headroom=headroom,
+        notes=context_notes(model, I + O),
         prefill_ops=list(zip(pre.ops, pre.op_times)),
         decode_ops=list(zip(dec.ops, dec.op_times)),
     )

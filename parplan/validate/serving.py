@@ -6,9 +6,10 @@ from pathlib import Path
 from ..cost.memory import DEFAULT_HEADROOM
 from ..specs.cluster import make_cluster
 from ..specs.hardware import load_hardware
-from ..specs.model import load_model
+from ..specs.model_loader import load_model
 from ..specs.yamlio import read_records, require_mapping
-from ..step.serve import ServeLayout, estimate_inference
+from ..step.serve_layout import ServeLayout
+from ..step.serve import estimate_inference
 
 
 PUBLISHED_METRICS = ("ttft_s", "itl_s", "tokens_per_s")

@@ -21,7 +21,8 @@ from ..step.train import Estimate, estimate, op_table
 from ..layouts.strategies import breakdown_keys
 from ..cost.memory import DEFAULT_HEADROOM
 from ..specs.cluster import Cluster, load_cluster
-from ..specs.model import ModelSpec, load_model, with_seq_len
+from ..specs.model import ModelSpec, with_seq_len
+from ..specs.model_loader import load_model
 from ..units import GIB
 from .records import collective_rows, estimate_dict
 from ..plan.candidates import SearchSpace, default_global_batch

@@ -59,6 +59,7 @@ def _table(result: PlanResult, plans: list[dict], extra: dict) -> str:
     gb = ", ".join(map(str, batches))
     out = [f"{model.name} on {cluster.label}: {result.evaluated} candidates evaluated, {len(ranked)} fit; "
            f"global batch {gb} x {seq} tokens ({result.batch_note}); objective {result.objective}",
+           *([f"sequence length: {model.seq_note}"] if model.seq_note else []),
            "",
            f"{'#':>3}  {'layout':<58}{'placement':<11}{'batch':>6}{'step s':>9}{'tokens/s':>11}{'MFU':>7}"
            f"{'memory GiB':>16}  {'bottleneck':<10} best within 1% if +-15%"]

@@ -102,14 +102,16 @@ def explain_dict(est: Estimate) -> dict[str, Any]:
     return out
 
 
-def format_estimate(est: Estimate) -> str:
-    """The human table of ``parplan estimate``."""
+def format_estimate(est: Estimate, batch_note: str | None = None) -> str:
+    """The human table of ``parplan estimate``; ``batch_note`` says where the global batch came from."""
     d = estimate_dict(est)
     lay = est.layout
     lines = [
         f"{est.model.name} on {est.cluster.label} ({est.cluster.nodes} nodes x {est.cluster.devices_per_node})",
         f"layout  {lay.describe()}  global batch {lay.global_batch} x seq {lay.seq_len}  "
         f"({est.layout.micro_batches} micro-batches)  {lay.dtype}",
+        *([f"        global batch: {batch_note}"] if batch_note and batch_note != "given" else []),
+        *([f"        sequence length: {est.model.seq_note}"] if est.model.seq_note else []),
         "",
         f"step time          {d['step_time_s']:10.3f} s",
         f"tokens/s           {d['tokens_per_s']:10.4g}   ({d['tokens_per_s_per_device']:.4g} per device)",

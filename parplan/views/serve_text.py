@@ -9,8 +9,8 @@ import numpy as np
 from ..plan.serve_search import describe_split, pareto_front
 from ..specs.cluster import Cluster
 from ..specs.model import ModelSpec
-from ..step.serve import (DECODE_KEYS, PREFILL_KEYS, InferenceEstimate, ServeLayout, decode_bottleneck,
-                          estimate_inference)
+from ..step.serve import DECODE_KEYS, PREFILL_KEYS, InferenceEstimate, decode_bottleneck, estimate_inference
+from ..step.serve_layout import ServeLayout
 from ..units import GIB
 
 
@@ -44,6 +44,7 @@ def inference_dict(est: InferenceEstimate) -> dict[str, Any]:
         "prefill_breakdown_s": {k: float(est.prefill_breakdown_s[k]) for k in PREFILL_KEYS},
         "decode_breakdown_s": {k: float(est.decode_breakdown_s[k]) for k in DECODE_KEYS},
         "bottleneck": decode_bottleneck(est.decode_breakdown_s),
+        "notes": list(est.notes),
     }
 
 
@@ -74,6 +75,7 @@ def format_inference(est: InferenceEstimate) -> str:
         f"  TP all-reduce     {d['tp_allreduce_bytes_per_layer'] / 1e6:.3g} MB per layer per decode step; "
         f"bottleneck: {d['bottleneck']}",
     ]
+    lines += [f"  note: {n}" for n in d["notes"]]
     return "\n".join(lines)
 
 

@@ -63,6 +63,10 @@ def format_model(m: ModelSpec) -> str:
         f"  model FLOPs/token {6 * m.total_params() + 12 * m.layers * m.hidden * m.seq_len:10.4g} "
         "(6N + 12 L h s, PaLM App. B)",
     ]
+    if m.max_seq_len:
+        lines.append(f"  context window    {m.max_seq_len} tokens")
+    if m.seq_note:
+        lines.append(f"  sequence length   {m.seq_note}")
     if m.source:
         lines.append(f"  source: {m.source}")
     return "\n".join(lines)

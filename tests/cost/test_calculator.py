@@ -11,7 +11,8 @@ from parplan.specs.cluster import load_cluster
 from parplan.specs.hardware import load_hardware
 from parplan.layouts.layout import Layout
 from parplan.cost.memory import layer_activation_bytes
-from parplan.specs.model import load_model, model_from_dict
+from parplan.specs.model_loader import load_model
+from parplan.specs.model import model_from_dict
 from parplan.cost.ops import LocalDims, layer_ops, total
 from parplan.cost.roofline import matmul_efficiency
 

@@ -6,7 +6,7 @@ from parplan.cost.collectives import bus_factor, collective_time_s, place
 from parplan.step.train import estimate
 from parplan.specs.cluster import load_cluster
 from parplan.layouts.layout import Layout
-from parplan.specs.model import load_model
+from parplan.specs.model_loader import load_model
 from parplan.layouts.strategies.pipeline import bubble_fraction
 
 

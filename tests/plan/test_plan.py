@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from parplan.specs.cluster import load_cluster
-from parplan.specs.model import load_model
+from parplan.specs.model_loader import load_model
 from parplan.plan.candidates import SearchSpace, default_global_batch
 from parplan.plan.search import rank, search
 
@@ -246,7 +246,7 @@ def test_every_searched_candidate_passes_the_check_estimate_applies():
     from parplan.plan.candidates import SearchSpace, candidates
     from parplan.plan.search import PLACEMENTS, layout_of
     from parplan.specs.cluster import load_cluster
-    from parplan.specs.model import load_model
+    from parplan.specs.model_loader import load_model
 
     model, cluster = load_model("gpt2-8.3b"), load_cluster("a100x24")  # 24 heads, 1024 tokens: tp=3 and sp clash
     space = SearchSpace(global_batch=48, seq_len=model.seq_len)

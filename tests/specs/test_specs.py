@@ -4,7 +4,7 @@ import pytest
 from tests.helpers import REPO
 from parplan.specs.hardware import hardware_names, load_hardware
 from parplan.specs.cluster import load_cluster
-from parplan.specs.model import load_model, model_names
+from parplan.specs.model_loader import load_model, model_names
 
 REQUIRED_PROFILES = ["v100-32gb", "a100-40gb", "a100-80gb", "h100-sxm", "h100-pcie", "h200", "b200", "mi300x",
                      "tpu-v3", "tpu-v4", "tpu-v5e", "tpu-v5p"]

@@ -6,7 +6,7 @@ import pytest
 from parplan.errors import ParplanError
 from parplan.specs.cluster import load_cluster, make_cluster
 from parplan.specs.hardware import load_hardware
-from parplan.specs.model import load_model
+from parplan.specs.model_loader import load_model
 
 
 def test_a_cluster_file_typo_is_refused_with_the_nearest_key(tmp_path):

@@ -9,7 +9,8 @@ from tests.helpers import REPO
 from parplan.errors import ParplanError
 from parplan.specs.dtypes import BYTES_PER_ELEMENT
 from parplan.specs.cluster import load_cluster, make_cluster
-from parplan.step.serve import ServeLayout, estimate_inference
+from parplan.step.serve_layout import ServeLayout
+from parplan.step.serve import estimate_inference
 from parplan.step.serve_sweeps import comm_crossover_batch, decode_breakdown
 from parplan.views.serve_text import inference_dict
 from parplan.step.serve_memory import (kv_bytes_per_token, kv_cache_bytes, max_batch, memory_per_device,
@@ -19,7 +20,7 @@ from parplan.views.serve_text import format_published
 from parplan.validate.serving import load_published_serving, predict_published
 from parplan.plan.serve_search import pareto_front, search_inference
 from parplan.views.serve_plots import pareto_plot
-from parplan.specs.model import load_model
+from parplan.specs.model_loader import load_model
 
 ROOT = REPO
 PUBLISHED = ROOT / "reports" / "inference" / "published-serving.yaml"
