@@ -58,10 +58,21 @@ def layout_options(fn):
                      help="Fused element-wise kernels (Megatron-LM since 2021); off: eager PyTorch ops."),
         click.option("--headroom", type=click.FloatRange(0, 0.9), default=0.10, show_default=True,
                      help="Fraction of HBM kept free."),
+        *budget_options(),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
     return fn
+
+
+def budget_options() -> list:
+    return [
+        click.option("--tokens", type=float, default=None,
+                     help="Tokens to train on: prints the time to train and the device-hours (e.g. 1e12)."),
+        click.option("--price-per-device-hour", "price", type=float, default=None,
+                     help="Price of one device for an hour (or price_per_device_hour in a cluster file): "
+                          "prints the cost."),
+    ]
 
 
 def build_layout(cluster, model, *, mesh, tp, pp, dp, cp, micro_batch, global_batch, seq, recompute, dtype,
@@ -138,19 +149,23 @@ def explain(model_name, hw, headroom, fmt, mode, inference, **kw):
 
 def _estimate_or_explain(model_name, hw, headroom, fmt, mode, inference, kw, explain: bool) -> None:
     from .serve_cmd import dispatch_estimate
-    from ..views.records import estimate_dict, explain_dict, format_estimate
+    from ..views.records import estimate_dict, explain_dict, format_budget, format_estimate, plan_budget
     from ..views.text import format_explain
 
     text = dispatch_estimate(model_name, hw, headroom, fmt, mode, inference, kw, explain=explain)
     if text is not None:
         click.echo(text)
         return
+    tokens, price = kw.pop("tokens"), kw.pop("price")
     est, note = _estimate_from_options(model_name, hw, headroom, **kw)
+    money = plan_budget(est, tokens, price)
     if fmt == "json":
-        click.echo(json.dumps((explain_dict if explain else estimate_dict)(est) | {"global_batch_note": note},
-                              indent=2))
+        extra = {"global_batch_note": note} | ({"budget": money.as_dict()} if money else {})
+        click.echo(json.dumps((explain_dict if explain else estimate_dict)(est) | extra, indent=2))
         return
     click.echo(format_estimate(est, batch_note=note))
+    if money:
+        click.echo(format_budget(money))
     if explain:
         click.echo("")
         click.echo(format_explain(explain_dict(est)))
@@ -179,15 +194,24 @@ def _estimate_or_explain(model_name, hw, headroom, fmt, mode, inference, kw, exp
 @click.option("--zero", type=click.IntRange(0, 3), default=None, help="Fix the ZeRO stage.")
 @click.option("--micro-batch", type=int, default=None, help="Fix the micro-batch.")
 @click.option("--recompute", type=click.Choice(RECOMPUTE), default=None)
+@click.option("--mesh", default=None, help="Fix the axes and their order, innermost first, e.g. 'tp=8,pp=4,dp=16'.")
+@click.option("--sp/--no-sp", default=None, help="Fix Megatron sequence parallel on or off.")
+@click.option("--vpp", type=int, default=None, help="Fix the virtual pipeline stages per rank.")
+@click.option("--schedule", type=click.Choice(SCHEDULES), default=None, help="Fix the pipeline schedule.")
+@click.option("--tp-mode", type=click.Choice(TP_MODES), default=None, help="Fix the tensor-parallel scheme.")
+@click.option("--cp-mode", type=click.Choice(CP_MODES), default=None, help="Fix the context-parallel scheme.")
+@click.option("--shard-group", type=int, default=None, help="Fix HSDP: ZeRO shards within groups of this many.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
 @click.option("--emit", "emit_target", type=click.Choice(EMIT_TARGETS), default=None,
               help="Print the launch flags / config of the best plan.")
 @click.option("--explain", is_flag=True, help="Name the binding constraint and what +10% of each hardware "
               "parameter would buy.")
+@budget_options()[0]
+@budget_options()[1]
 @inference_options(plan=True)
 @one_line_errors
 def plan(model_name, hw, global_batch, seq, dtype, objective, top, headroom, allow_cross_node_tp, flash_attention,
-         fused_kernels, fmt, emit_target, explain, mode, inference, **fixed):
+         fused_kernels, fmt, emit_target, explain, tokens, price, mode, inference, **fixed):
     """Search every mesh shape and knob; print the best layouts, ranked (--mode inference: serving layouts)."""
     from ..specs.cluster import load_cluster
     from .serve_cmd import dispatch_plan
@@ -207,14 +231,39 @@ def plan(model_name, hw, global_batch, seq, dtype, objective, top, headroom, all
     model = load_model(model_name)
     model = with_seq_len(model, seq)
     cluster = load_cluster(hw)
-    fixed = {k: v for k, v in fixed.items() if v is not None}
-    for k, v in fixed.items():
-        if isinstance(v, int) and v < (0 if k == "zero" else 1):
-            raise ParplanError(f"--{k.replace('_', '-')} must be a positive whole number, got {v}")
+    fixed, schedule, placements = plan_fixed(fixed)
     result = make_plan(model, cluster, global_batch=global_batch, dtype=dtype, objective=objective, top=top,
                        headroom=headroom, allow_cross_node_tp=allow_cross_node_tp, flash_attention=flash_attention,
-                       fixed=fixed, emit_target=emit_target, explain=explain, fused_kernels=fused_kernels)
-    click.echo(plan_report(result, fmt))
+                       fixed=fixed, emit_target=emit_target, explain=explain, fused_kernels=fused_kernels,
+                       schedule=schedule if schedule == "gpipe" else None, placements=placements)
+    click.echo(plan_report(result, fmt, tokens=tokens, price=price))
+
+
+def plan_fixed(options: dict) -> tuple[dict, str | None, tuple | None]:
+    """The search's fixed axes and knobs from plan's options, with the schedule and the mesh order."""
+    from ..layouts.layout import mesh_order, parse_mesh, plugin_axes
+
+    fixed = {k: v for k, v in options.items() if v is not None}
+    mesh, schedule = fixed.pop("mesh", None), fixed.pop("schedule", None)
+    placements = None
+    if mesh:
+        sizes = parse_mesh(mesh)
+        if plugin_axes(sizes):
+            raise ParplanError(f"--mesh: plan searches tp, cp, pp and dp; give {plugin_axes(sizes)[0][0]} "
+                               f"to estimate instead")
+        for axis, size in sizes.items():
+            if fixed.get(axis, size) != size:
+                raise ParplanError(f"--{axis} {fixed[axis]} contradicts --mesh {axis}={size}")
+            fixed[axis] = size
+        placements = (mesh_order(sizes),)
+    if schedule == "interleaved" and fixed.get("vpp", 2) < 2:
+        raise ParplanError("the interleaved schedule needs --vpp 2 or more")
+    if schedule == "1f1b":
+        fixed.setdefault("vpp", 1)
+    for k, v in fixed.items():
+        if isinstance(v, int) and not isinstance(v, bool) and v < (0 if k == "zero" else 1):
+            raise ParplanError(f"--{k.replace('_', '-')} must be a positive whole number, got {v}")
+    return fixed, schedule, placements
 
 
 @cli.command(name="list")

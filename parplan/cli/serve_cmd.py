@@ -35,7 +35,8 @@ ESTIMATE_TRAINING_DEFAULTS = {"mesh": None, "cp": None, "micro_batch": 1, "globa
                               "fused_kernels": True}
 PLAN_TRAINING_DEFAULTS = {"cp": None, "zero": None, "micro_batch": None, "recompute": None, "global_batch": None,
                           "seq": None, "objective": "throughput", "flash_attention": True,
-                          "fused_kernels": True}
+                          "fused_kernels": True, "mesh": None, "sp": None, "vpp": None, "schedule": None,
+                          "tp_mode": None, "cp_mode": None, "shard_group": None}
 
 
 def inference_options(fn=None, *, plan: bool = False):

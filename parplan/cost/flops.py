@@ -8,6 +8,8 @@ FLOPs the roofline times and the FLOPs MFU divides by are the same numbers.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from . import ops as ops_mod
@@ -22,14 +24,15 @@ def _whole_model_dims(model: ModelSpec, seq) -> ops_mod.LocalDims:
                              vocab=model.vocab, norm_shard=1, causal=False)
 
 
-def model_flops_per_step(model: ModelSpec, seq, batch, dtype: str = "bf16"):
+def model_flops_per_step(model: ModelSpec, seq, batch, dtype: str = "bf16", causal: bool = False):
     """FLOPs of forward + backward of the whole model for ``batch`` sequences of ``seq`` tokens.
 
     3x the forward matmul FLOPs with full attention, which for a GPT equals
-    Korthikanti et al.'s ``72 B L s h^2 (1 + s/(6h) + V/(12 h L))``.
+    Korthikanti et al.'s ``72 B L s h^2 (1 + s/(6h) + V/(12 h L))``; with ``causal`` the
+    attention products count only the causal half a causal kernel computes.
     """
-    d = _whole_model_dims(model, seq)
-    layer = ops_mod.total(ops_mod.layer_ops(model, d, dtype, flash_attention=False), "fwd_flops")
+    d = replace(_whole_model_dims(model, seq), causal=causal)
+    layer = ops_mod.total(ops_mod.layer_ops(model, d, dtype, flash_attention=causal), "fwd_flops")
     head = ops_mod.total(ops_mod.head_ops(model, d, dtype), "fwd_flops")
     return 3.0 * np.asarray(batch, float) * (model.layers * layer + head)
 

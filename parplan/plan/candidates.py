@@ -18,7 +18,7 @@ import numpy as np
 from ..cost.memory import DEFAULT_HEADROOM
 from ..errors import ParplanError
 from ..layouts import rules
-from ..layouts.layout import RECOMPUTE
+from ..layouts.layout import RECOMPUTE, TP_MODES
 from ..specs.cluster import Cluster
 from ..specs.model import ModelSpec
 
@@ -43,6 +43,8 @@ class SearchSpace:
     flash_attention: bool = True
     fused_kernels: bool = True
     headroom: float = DEFAULT_HEADROOM
+    schedule: str | None = None        # gpipe, or None: 1F1B, interleaved where vpp > 1
+    placements: tuple | None = None    # mesh orders to try (None: data parallel or the pipeline outermost)
 
 
 def default_global_batch(model: ModelSpec, cluster: Cluster, seq_len: int, multiple: int = 1) -> int:
@@ -76,6 +78,9 @@ def candidates(model: ModelSpec, cluster: Cluster, space: SearchSpace) -> dict[s
     n, gb, seq = cluster.devices, space.global_batch, space.seq_len
     fixed = space.fixed or {}
     tp_max = n if space.allow_cross_node_tp else cluster.fast_domain
+    if fixed.get("tp", 1) > tp_max:
+        raise ParplanError(f"tp={fixed['tp']} spans more than the {tp_max} devices of one node; pass "
+                           f"--allow-cross-node-tp to search tensor parallel across nodes")
     rows = [(tp, cp, pp, n // (tp * cp * pp), mode, cp_mode)
             for tp in _divisors(n) if tp <= tp_max for mode in _tp_modes(tp)
             for cp in _divisors(n // tp) for cp_mode in ((0, 1) if cp > 1 else (0,))
@@ -86,6 +91,10 @@ def candidates(model: ModelSpec, cluster: Cluster, space: SearchSpace) -> dict[s
     for k in ("tp", "cp", "pp", "dp"):
         if k in fixed:
             axes = _keep(axes, axes[k] == fixed[k])
+    if "tp_mode" in fixed:
+        axes = _keep(axes, axes["tp_mode"] == TP_MODES.index(fixed["tp_mode"]))
+    if "cp_mode" in fixed:  # a context-parallel scheme for the layouts that split the sequence
+        axes = _keep(axes, (axes["cp"] == 1) | (axes["cp_mode"] == CP_SCHEMES.index(fixed["cp_mode"])))
     if len(axes["tp"]) == 0:
         raise ParplanError(f"no layout of {n} devices has {', '.join(f'{k}={v}' for k, v in fixed.items())}")
     # The rules on the mesh shape alone first, so the knobs multiply only shapes that can run.
@@ -98,6 +107,8 @@ def candidates(model: ModelSpec, cluster: Cluster, space: SearchSpace) -> dict[s
 
     mbs = [fixed["micro_batch"]] if "micro_batch" in fixed else [b for b in MICRO_BATCHES if b <= space.max_micro_batch]
     vpps = [fixed["vpp"]] if "vpp" in fixed else list(VPPS)
+    if space.schedule == "gpipe":
+        vpps = [v for v in vpps if v == 1]
     # Knobs: micro-batch, recompute, ZeRO stage, sequence parallel, virtual stages, HSDP (shard in one node).
     knob = np.array(list(itertools.product(mbs, range(3), (0, 1, 2, 3), (0, 1), vpps, (0, 1))))
     ia, ik = np.meshgrid(np.arange(len(axes["tp"])), np.arange(len(knob)), indexing="ij")
@@ -107,6 +118,9 @@ def candidates(model: ModelSpec, cluster: Cluster, space: SearchSpace) -> dict[s
              vpp=knob[ik, 4], hsdp=knob[ik, 5].astype(bool))
     # HSDP shards over the data-parallel ranks of one node and replicates across nodes.
     node_group = np.maximum(cluster.devices_per_node // (c["tp"] * c["cp"]), 1)
+    if "shard_group" in fixed:  # HSDP with the given shard group only
+        c = _keep(c, c["hsdp"])
+        node_group = np.full(len(c["tp"]), fixed["shard_group"])
     c["shard_group"] = np.where(c["hsdp"], node_group, c["dp"])
     for k in ("micro_batch", "zero", "vpp", "sp"):
         if k in fixed:

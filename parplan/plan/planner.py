@@ -15,6 +15,7 @@ from .search import describe_row, fewest_devices, layout_of, rank, search
 from .trust import rank_stability, sensitivity
 
 MAX_BATCH_CHOICES = 16
+STABILITY_REFERENCE = 10  # a plan's rank under perturbation is judged against the ten fastest that fit
 
 
 def parse_global_batch(text: str | None) -> list[int] | None:
@@ -64,14 +65,18 @@ def _search_all(model, cluster, batches, space_kw):
 
 
 def binding_constraint(df, ranked, headroom, hbm_bytes) -> str:
-    """What keeps the plan from being faster: the fastest layout overall, if it does not fit, says memory."""
-    fastest = df.sort_values("tokens_per_s", ascending=False).iloc[0]
+    """What keeps the best plan from being faster: if some faster layout does not fit, memory, told by the
+    one nearest to fitting (the least memory among the faster ones); else what the best plan's time goes to."""
     best = ranked.iloc[0]
-    if not bool(fastest["fits"]) and fastest["tokens_per_s"] > best["tokens_per_s"] * 1.001:
-        gain = fastest["tokens_per_s"] / best["tokens_per_s"] - 1
-        return (f"memory: the fastest layout ({describe_row(fastest)}) would be {gain:.1%} faster but needs "
-                f"{fastest['memory_bytes'] / GIB:.1f} GiB of the {hbm_bytes * (1 - headroom) / GIB:.1f} GiB usable")
-    return f"none of the layout rules: the fastest layout fits; its time goes to {bottleneck(best)}"
+    faster = df[(~df["fits"]) & (df["tokens_per_s"] > best["tokens_per_s"] * 1.001)]
+    usable = hbm_bytes * (1 - headroom)
+    if not faster.empty:
+        near = faster.sort_values(["memory_bytes", "tokens_per_s"], ascending=[True, False], kind="stable").iloc[0]
+        gain = near["tokens_per_s"] / best["tokens_per_s"] - 1
+        return (f"memory: with {(near['memory_bytes'] - usable) / GIB:.1f} GiB more usable HBM per device, "
+                f"{describe_row(near)} ({near['memory_bytes'] / GIB:.1f} GiB of the {usable / GIB:.1f} usable) "
+                f"would run {gain:.1%} faster")
+    return f"none of the layout rules: no faster layout exists that does not fit; its time goes to {bottleneck(best)}"
 
 
 @dataclass(frozen=True)
@@ -99,8 +104,12 @@ class PlanResult:
 
 def make_plan(model, cluster, *, global_batch=None, dtype="bf16", objective="throughput", top=10,
               headroom=0.10, allow_cross_node_tp=False, flash_attention=True, fixed=None,
-              emit_target=None, explain=False, fused_kernels=True) -> PlanResult:
-    """Search, rank, check the ranks' stability and (with ``explain``) what binds the best plan."""
+              emit_target=None, explain=False, fused_kernels=True, schedule=None, placements=None) -> PlanResult:
+    """Search, rank, check the ranks' stability and (with ``explain``) what binds the best plan.
+
+    ``fixed`` pins axes and knobs (``tp``, ``cp``, ``pp``, ``dp``, ``micro_batch``, ``zero``, ``vpp``, ``sp``,
+    ``recompute``, ``tp_mode``, ``cp_mode``, ``shard_group``); ``schedule`` and ``placements`` (mesh orders)
+    pin the pipeline schedule and the placement."""
     seq = model.seq_len
     batches = parse_global_batch(global_batch) if not isinstance(global_batch, int) else [global_batch]
     note = "given" if batches and len(batches) == 1 else "searched"
@@ -109,7 +118,8 @@ def make_plan(model, cluster, *, global_batch=None, dtype="bf16", objective="thr
         note = default_batch_note(batches[0], seq)
     cluster.hardware.peak(dtype)
     space_kw = dict(seq_len=seq, dtype=dtype, allow_cross_node_tp=allow_cross_node_tp, fixed=fixed or {},
-                    flash_attention=flash_attention, fused_kernels=fused_kernels, headroom=headroom)
+                    flash_attention=flash_attention, fused_kernels=fused_kernels, headroom=headroom,
+                    schedule=schedule, placements=placements)
     df, evaluated, space = _search_all(model, cluster, batches, space_kw)
     ranked = rank(df, objective)
     if ranked.empty:
@@ -118,7 +128,8 @@ def make_plan(model, cluster, *, global_batch=None, dtype="bf16", objective="thr
         raise ParplanError(f"{model.name} does not fit on {cluster.label} at any layout "
                            f"(global batch {', '.join(map(str, batches))}, {100 * headroom:.0f}% HBM headroom){more}")
     best = ranked.head(top)
-    layouts = [layout_of(row, space) for _, row in best.iterrows()]
+    checked = [layout_of(row, space) for _, row in ranked.head(max(top, STABILITY_REFERENCE)).iterrows()]
+    layouts = checked[:top]
     binding = sens = None
     if explain:
         binding = binding_constraint(df, ranked, headroom, cluster.hardware.hbm_bytes)
@@ -132,7 +143,8 @@ def make_plan(model, cluster, *, global_batch=None, dtype="bf16", objective="thr
         model=model, cluster=cluster, objective=objective, batches=batches, batch_note=note, evaluated=evaluated,
         candidates=df, ranked=ranked, top=best, layouts=layouts,
         estimates=[estimate(model, cluster, lay, headroom=headroom) for lay in layouts],
-        stability=rank_stability(model, cluster, layouts, headroom), binding_constraint=binding,
+        stability=rank_stability(model, cluster, checked, headroom, reference=STABILITY_REFERENCE)[:top],
+        binding_constraint=binding,
         sensitivity=sens, emitted=emit(emit_target, layouts[0], model) if emit_target else None,
         emit_target=emit_target)
 

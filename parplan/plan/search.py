@@ -19,7 +19,7 @@ from .candidates import CP_SCHEMES, SearchSpace, candidates
 from ..specs.model import ModelSpec
 
 PLACEMENTS = (("tp", "cp", "dp", "pp"), ("tp", "cp", "pp", "dp"))
-OBJECTIVES = ("throughput", "memory")
+OBJECTIVES = ("throughput", "memory", "cost")
 
 
 def search(model: ModelSpec, cluster: Cluster, space: SearchSpace):
@@ -35,13 +35,13 @@ def search(model: ModelSpec, cluster: Cluster, space: SearchSpace):
     for tp_code, cp_code in sorted(set(zip(cand["tp_mode"].tolist(), cand["cp_mode"].tolist()))):
         sel = (cand["tp_mode"] == tp_code) & (cand["cp_mode"] == cp_code)
         part = {k: v[sel] for k, v in cand.items()}
-        for order in PLACEMENTS:
+        for order in space.placements or PLACEMENTS:
             layout = Layout(tp=part["tp"], pp=part["pp"], dp=part["dp"], cp=part["cp"],
                             micro_batch=part["micro_batch"], global_batch=space.global_batch, seq_len=space.seq_len,
                             zero=part["zero"], sp=part["sp"], vpp=part["vpp"], recompute=part["recompute"],
                             shard_group=part["shard_group"], tp_mode=TP_MODES[tp_code], cp_mode=CP_SCHEMES[cp_code],
                             dtype=space.dtype, flash_attention=space.flash_attention,
-                            fused_kernels=space.fused_kernels, order=order)
+                            fused_kernels=space.fused_kernels, order=order, schedule=space.schedule or "1f1b")
             est = estimate(model, cluster, layout, check=False, headroom=space.headroom)
             df = pd.DataFrame({k: v for k, v in part.items()})
             df["recompute"] = np.array(RECOMPUTE)[part["recompute"]]
@@ -61,7 +61,9 @@ def search(model: ModelSpec, cluster: Cluster, space: SearchSpace):
 
 
 def rank(df, objective: str = "throughput"):
-    """Plans that fit, best first: fastest (most tokens/s, so batches of different size compare) or leanest."""
+    """Plans that fit, best first: fastest (most tokens/s, so batches of different size compare), leanest, or
+    cheapest per token. On one cluster the cost of a token is the cluster's price over its throughput, so
+    ``cost`` orders the plans as ``throughput`` does; it differs between clusters (``sweep``)."""
     fit = df[df["fits"]]
     if objective == "memory":
         return fit.sort_values(["memory_bytes", "step_time_s"], kind="stable")
@@ -94,8 +96,10 @@ def why(winner, runner) -> str:
         gain = winner["tokens_per_s"] / runner["tokens_per_s"] - 1
         return f"#1 moves {gain:.2%} more tokens/s than #2 ({', '.join(changed)})"
     gain = runner["step_time_s"] - winner["step_time_s"]
-    return (f"#1 is {gain:.3g} s/step faster than #2, mostly {v:.3g} s less {k.replace('_', ' ')} "
-            f"({', '.join(changed) or 'same knobs'})")
+    if gain <= 1e-9 * runner["step_time_s"]:
+        return f"#1 and #2 take the same step time ({', '.join(changed) or 'same knobs'})"
+    return (f"#1 is {gain / runner['step_time_s']:.2%} faster than #2 ({gain:.3g} s per step), mostly "
+            f"{v:.3g} s less {k.replace('_', ' ')} ({', '.join(changed) or 'same knobs'})")
 
 
 def layout_of(row, space: SearchSpace) -> Layout:
@@ -107,7 +111,8 @@ def layout_of(row, space: SearchSpace) -> Layout:
                   shard_group=(int(row["shard_group"]) if int(row.get("shard_group", row["dp"])) != int(row["dp"])
                                else None),
                   dtype=space.dtype, flash_attention=space.flash_attention, fused_kernels=space.fused_kernels,
-                  order=tuple(row["order"].split(",")))
+                  order=tuple(row["order"].split(",")),
+                  schedule=space.schedule or ("interleaved" if int(row["vpp"]) > 1 else "1f1b"))
 
 
 def fewest_devices(model: ModelSpec, cluster: Cluster, space: SearchSpace, limit: int = 1 << 20) -> int | None:

@@ -74,9 +74,12 @@ def stack_layouts(layouts: list) -> list[tuple[list[int], Layout]]:
 
 
 def rank_stability(model, cluster: Cluster, layouts: list, headroom: float, swing: float = 0.15,
-                   tolerance: float = 0.01) -> list[dict]:
+                   tolerance: float = 0.01, reference: int | None = None) -> list[dict]:
     """For each plan (in rank order): under how many of the 2x5 perturbations it is (within 1% of) the
-    fastest of these plans, and its worst rank."""
+    fastest of the first ``reference`` plans (all of them by default), and its worst rank among those.
+
+    A fixed reference set keeps a plan's verdict the same however many plans are shown."""
+    ref = len(layouts) if reference is None else max(1, min(reference, len(layouts)))
     cases = [(w, f) for w in PERTURBED for f in (1 - swing, 1 + swing)]
     firsts = [0] * len(layouts)
     worst = [1] * len(layouts)
@@ -89,12 +92,12 @@ def rank_stability(model, cluster: Cluster, layouts: list, headroom: float, swin
             t = np.broadcast_to(estimate(model, cl, stacked, headroom=headroom, check=False).step_time_s, len(idx))
             for i, v in zip(idx, t):
                 times[i] = float(v)
-        best = min(times)
-        order = sorted(range(len(times)), key=times.__getitem__)
+        best = min(times[:ref])
         for i, t in enumerate(times):
             if t <= best * (1 + tolerance):
                 firsts[i] += 1
-            worst[i] = max(worst[i], order.index(i) + 1)
+            rank = 1 + sum(1 for j in range(ref) if j != i and (times[j], j) < (t, i))
+            worst[i] = max(worst[i], rank)
         if times[0] > best * (1 + tolerance):
             flips.append(f"{what} {'-' if factor < 1 else '+'}{swing:.0%}")
     out = []

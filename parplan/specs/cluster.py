@@ -26,6 +26,7 @@ class Cluster:
     intra_node: Link
     inter_node: Link
     name: str
+    price_per_device_hour: float | None = None  # what one device costs for an hour (a cluster file's, or given)
 
     @property
     def label(self) -> str:
@@ -83,7 +84,7 @@ def load_cluster(spec: str) -> Cluster:
 
 def make_cluster(hw: Hardware, devices: int, *, devices_per_node: int | None = None,
                  inter_node: Link | None = None, intra_node: Link | None = None,
-                 name: str | None = None) -> Cluster:
+                 name: str | None = None, price_per_device_hour: float | None = None) -> Cluster:
     dpn = devices_per_node or hw.devices_per_node
     if devices < 1:
         raise ParplanError(f"a cluster needs at least one device, got {devices}")
@@ -98,12 +99,13 @@ def make_cluster(hw: Hardware, devices: int, *, devices_per_node: int | None = N
         intra_node=intra_node or hw.intra_node,
         inter_node=inter_node or hw.inter_node,
         name=name or f"{hw.name}x{devices}",
+        price_per_device_hour=price_per_device_hour,
     )
 
 
 CLUSTER_KEYS = ("name", "hardware", "devices", "devices_per_node", "inter_node_bandwidth", "inter_node_latency_s",
                 "inter_node_name", "intra_node_bandwidth", "intra_node_latency_s", "intra_node_name",
-                "intra_node_efficiency")
+                "intra_node_efficiency", "price_per_device_hour")
 
 
 def _link_override(data: Mapping[str, Any], side: str, link: Link, what: str) -> Link:
@@ -128,4 +130,6 @@ def cluster_from_dict(data: Mapping[str, Any], what: str, base_dir: Path | None 
     return make_cluster(hw, devices, devices_per_node=dpn,
                         inter_node=_link_override(data, "inter_node", hw.inter_node, what),
                         intra_node=_link_override(data, "intra_node", hw.intra_node, what),
-                        name=str(data.get("name") or f"{hw.name}x{devices}"))
+                        name=str(data.get("name") or f"{hw.name}x{devices}"),
+                        price_per_device_hour=number(data, "price_per_device_hour", what, required=False,
+                                                     maximum=1e6))

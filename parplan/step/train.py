@@ -50,7 +50,7 @@ class Estimate:
     tokens_per_s: Any
     model_flops_per_step: Any
     hardware_flops_per_step: Any
-    mfu: Any
+    mfu: Any               # model FLOPs with full attention (PaLM's convention) over peak
     hfu: Any
     tflops_per_device: Any
     memory_bytes: dict
@@ -62,6 +62,7 @@ class Estimate:
     op_times: list = field(default_factory=list)
     collectives: list = field(default_factory=list)
     headroom: float = DEFAULT_HEADROOM
+    mfu_causal: Any = None  # the same with the causal half of attention: the FLOPs the kernels execute
 
     def columns(self) -> dict[str, Any]:
         """The estimate's numbers as flat columns: ``step_time_s``, ``tokens_per_s``, ``mfu``, ``hfu``,
@@ -222,6 +223,7 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, headroom: fl
         model_flops_per_step=model_flops,
         hardware_flops_per_step=hw_flops,
         mfu=model_flops / (step * peak_total),
+        mfu_causal=model_flops_per_step(model, seq, batch, dtype, causal=True) / (step * peak_total),
         hfu=hw_flops / (step * peak_total),
         tflops_per_device=model_flops / step / cluster.devices / 1e12,
         memory_bytes=memory,

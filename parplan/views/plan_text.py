@@ -9,7 +9,7 @@ from ..plan.planner import PlanResult
 from ..plan.search import describe_row, why
 from ..step.train import bottleneck
 from ..units import GIB
-from .records import estimate_dict
+from .records import estimate_dict, format_budget, plan_budget
 
 CSV_COLUMNS = ["tp", "pp", "dp", "cp", "zero", "micro_batch", "sp", "vpp", "recompute", "global_batch",
                "step_time_s", "tokens_per_s", "mfu", "tflops_per_device", "fits", "bottleneck", "rank_holds"]
@@ -29,9 +29,15 @@ def plan_dicts(result: PlanResult) -> list[dict]:
     return plans
 
 
-def plan_report(result: PlanResult, fmt: str = "table") -> str:
-    """``table``, ``json`` or ``csv``; with an emit target, the launch config (inside the JSON for ``json``)."""
+def plan_report(result: PlanResult, fmt: str = "table", tokens: float | None = None,
+                price: float | None = None) -> str:
+    """``table``, ``json`` or ``csv``; with an emit target, the launch config (inside the JSON for ``json``);
+    with ``tokens``, each plan's time (and, with a price, cost) to train on them."""
     plans = plan_dicts(result)
+    budgets = [plan_budget(est, tokens, price) for est in result.estimates]
+    for p, b in zip(plans, budgets):
+        if b is not None:
+            p["budget"] = b.as_dict()
     extra = {}
     if result.binding_constraint is not None:
         extra = {"binding_constraint": result.binding_constraint, "sensitivity": result.sensitivity}
@@ -48,7 +54,7 @@ def plan_report(result: PlanResult, fmt: str = "table") -> str:
         for p in plans:
             lines.append(",".join([str(p[c]) for c in CSV_COLUMNS] + [str(p["memory_bytes"]["total"])]))
         return "\n".join(lines)
-    return _table(result, plans, extra)
+    return _table(result, plans, extra) + (f"\n#1 {format_budget(budgets[0])}" if budgets[0] else "")
 
 
 def _table(result: PlanResult, plans: list[dict], extra: dict) -> str:
@@ -69,13 +75,18 @@ def _table(result: PlanResult, plans: list[dict], extra: dict) -> str:
                    f"{int(row['global_batch']):>6}{row['step_time_s']:9.3f}{row['tokens_per_s']:11.4g}"
                    f"{100 * row['mfu']:6.1f}%{row['memory_bytes'] / GIB:8.1f} / {hbm / GIB:4.0f}  "
                    f"{bottleneck(row):<10} {holds}")
+    out += ["", "placement: the order of the outer mesh axes on the devices, innermost first (dp,pp: each "
+                "pipeline stage's data-parallel replicas sit side by side, the stages outermost; pp,dp: the reverse)"]
+    out += _same_layout_other_placement(best)
     if len(ranked) > 1:
-        out += ["", why(ranked.iloc[0], ranked.iloc[1])]
+        out += [why(ranked.iloc[0], ranked.iloc[1])]
     flips = stability[0].get("loses_first_under") if stability else None
     if flips:
         out.append(f"#1 stops being fastest (by >1%) of these plans if: {', '.join(flips)}")
     elif stability:
         out.append("#1 stays fastest of these plans with any one efficiency or bandwidth 15% off")
+    out.append(f"MFU counts model FLOPs with full attention (PaLM App. B); #1 executes "
+               f"{100 * plans[0]['mfu_causal']:.1f}% of peak counting only causal attention")
     b = plans[0]["breakdown_s"]
     out += ["", "best plan's step: " + ", ".join(f"{k} {b[k]:.3g} s" for k in breakdown_keys() if b[k] > 0)]
     if extra:
@@ -84,3 +95,16 @@ def _table(result: PlanResult, plans: list[dict], extra: dict) -> str:
         for r in extra["sensitivity"]:
             out.append(f"  {r['parameter']:<20} {r['step_time_s']:9.3f} s/step  {100 * r['speedup']:+6.2f}%")
     return "\n".join(out)
+
+
+def _same_layout_other_placement(rows) -> list[str]:
+    """Name the shown plans that are one layout in two placements (they differ in nothing else)."""
+    first: dict[str, int] = {}
+    lines = []
+    for i, (_, row) in enumerate(rows.iterrows(), 1):
+        key = f"{describe_row(row)} gb={row['global_batch']}"
+        if key in first:
+            lines.append(f"#{i} is #{first[key]} in the other placement")
+        else:
+            first[key] = i
+    return lines

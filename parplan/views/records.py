@@ -6,8 +6,11 @@ from typing import Any
 
 from ..step.train import Estimate, op_table
 from ..layouts.strategies import axis_names, breakdown_keys
+from ..errors import ParplanError
 from ..units import GIB
 
+MFU_CAUSAL_DEFINITION = ("MFU with only the causal half of the attention products counted: the FLOPs causal "
+                         "attention kernels execute")
 MFU_DEFINITION = ("model FLOPs (forward + backward matmuls, full attention, no recompute; "
                   "Korthikanti et al. 2022 / PaLM) per second over dense peak of all devices")
 HFU_DEFINITION = ("hardware FLOPs (model FLOPs plus recomputed forward; Narayanan et al. 2021 eq. 3) "
@@ -39,6 +42,8 @@ def estimate_dict(est: Estimate) -> dict[str, Any]:
         "mfu": float(est.mfu),
         "hfu": float(est.hfu),
         "mfu_definition": MFU_DEFINITION,
+        "mfu_causal": float(est.mfu_causal),
+        "mfu_causal_definition": MFU_CAUSAL_DEFINITION,
         "hfu_definition": HFU_DEFINITION,
         "model_flops_per_step": float(est.model_flops_per_step),
         "hardware_flops_per_step": float(est.hardware_flops_per_step),
@@ -102,12 +107,25 @@ def explain_dict(est: Estimate) -> dict[str, Any]:
     return out
 
 
+def mfu_notes(est: Estimate) -> list[str]:
+    """A flag when an MFU exceeds what the device's matmuls reach at all (its measured best-shape rate)."""
+    ceiling = est.cluster.hardware.matmul_efficiency
+    if float(est.mfu_causal) > ceiling:
+        return [f"note: causal MFU {float(est.mfu_causal):.1%} is above the {ceiling:.0%} of peak the "
+                f"{est.cluster.hardware.name}'s matmuls reach (efficiency.matmul): the estimate is wrong"]
+    if float(est.mfu) > ceiling:
+        return [f"note: MFU {float(est.mfu):.1%} is above the {ceiling:.0%} of peak the matmuls reach because the "
+                f"full-attention convention counts attention FLOPs that causal kernels skip"]
+    return []
+
+
 def format_estimate(est: Estimate, batch_note: str | None = None) -> str:
     """The human table of ``parplan estimate``; ``batch_note`` says where the global batch came from."""
     d = estimate_dict(est)
     lay = est.layout
     lines = [
-        f"{est.model.name} on {est.cluster.label} ({est.cluster.nodes} nodes x {est.cluster.devices_per_node})",
+        f"{est.model.name} on {est.cluster.label} ({est.cluster.nodes} node{'s' if est.cluster.nodes > 1 else ''} "
+        f"of {est.cluster.devices_per_node})",
         f"layout  {lay.describe()}  global batch {lay.global_batch} x seq {lay.seq_len}  "
         f"({est.layout.micro_batches} micro-batches)  {lay.dtype}",
         *([f"        global batch: {batch_note}"] if batch_note and batch_note != "given" else []),
@@ -116,7 +134,9 @@ def format_estimate(est: Estimate, batch_note: str | None = None) -> str:
         f"step time          {d['step_time_s']:10.3f} s",
         f"tokens/s           {d['tokens_per_s']:10.4g}   ({d['tokens_per_s_per_device']:.4g} per device)",
         f"TFLOP/s per device {d['tflops_per_device']:10.1f}   (model FLOPs)",
-        f"MFU                {d['mfu'] * 100:9.1f} %   HFU {d['hfu'] * 100:.1f} % (with recompute)",
+        f"MFU                {d['mfu'] * 100:9.1f} %   full attention (PaLM App. B); {d['mfu_causal'] * 100:.1f} % "
+        f"causal; HFU {d['hfu'] * 100:.1f} % (with recompute)",
+        *mfu_notes(est),
         "",
         "time breakdown (critical path)",
     ]
@@ -130,3 +150,24 @@ def format_estimate(est: Estimate, batch_note: str | None = None) -> str:
             lines.append(f"  {k:<17} {v / GIB:8.2f} GiB")
     lines.append(f"  fits: {'yes' if d['fits'] else 'NO'}")
     return "\n".join(lines)
+
+
+def plan_budget(est: Estimate, tokens: float | None, price: float | None):
+    """The time and money of training ``tokens`` at ``est``'s throughput (None without ``tokens``); the price
+    is the one given, else the cluster file's."""
+    from ..plan.budget import budget, check_budget_inputs
+
+    check_budget_inputs(tokens, price)
+    if tokens is None:
+        if price is not None:
+            raise ParplanError("--price-per-device-hour needs --tokens (the tokens to train on)")
+        return None
+    return budget(tokens, float(est.tokens_per_s), est.cluster.devices,
+                  price if price is not None else est.cluster.price_per_device_hour)
+
+
+def format_budget(b) -> str:
+    cost = f", cost {b.cost:,.0f} at {b.price_per_device_hour:g} per device-hour" if b.cost is not None else \
+        " (no price: --price-per-device-hour or price_per_device_hour in a cluster file)"
+    return (f"training {b.tokens:.3g} tokens: {b.time_to_train_s / 86400:.3g} days, "
+            f"{b.device_hours:,.0f} device-hours{cost}")
