@@ -11,7 +11,7 @@ import sys
 import time
 
 from parplan.specs.cluster import load_cluster
-from parplan.specs.model import load_model
+from parplan.specs.model_loader import load_model
 from parplan.plan.candidates import SearchSpace, default_global_batch
 from parplan.plan.search import search
 

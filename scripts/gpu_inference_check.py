@@ -41,7 +41,7 @@ sys.path.insert(0, os.getcwd())
 from parplan.specs.hardware import load_hardware  # noqa: E402
 from parplan.specs.cluster import make_cluster
 from parplan.step.serve import pass_cost  # noqa: E402
-from parplan.specs.model import load_model  # noqa: E402
+from parplan.specs.model_loader import load_model  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gpu_common import profile_for, timed  # noqa: E402

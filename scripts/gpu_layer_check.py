@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.getcwd())
 from parplan.cost.kernels import op_times  # noqa: E402
-from parplan.specs.model import load_model, with_seq_len  # noqa: E402
+from parplan.specs.model_loader import load_model  # noqa: E402
+from parplan.specs.model import with_seq_len  # noqa: E402
 from parplan.cost.ops import LocalDims, layer_ops  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

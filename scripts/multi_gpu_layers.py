@@ -33,7 +33,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 sys.path.insert(0, os.getcwd())
-from parplan.specs.model import load_model, model_from_dict, with_seq_len  # noqa: E402
+from parplan.specs.model_loader import load_model  # noqa: E402
+from parplan.specs.model import model_from_dict, with_seq_len
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gpu_common import profile_for, timed as cuda_timed  # noqa: E402

@@ -20,7 +20,8 @@ sys.path.insert(0, os.getcwd())
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from multi_gpu_layers import predict_on  # noqa: E402
 
-from parplan.specs.model import load_model, with_seq_len  # noqa: E402
+from parplan.specs.model_loader import load_model  # noqa: E402
+from parplan.specs.model import with_seq_len  # noqa: E402
 
 
 def repredict(paths: list[str], profiles: list[str]) -> pd.DataFrame:
