@@ -11,7 +11,7 @@
    (as transformers writes them) and under torch.compile: RMSNorm, LayerNorm, rotary embedding,
    SwiGLU, GELU, a residual add, and the fp32 cross-entropy of the logits.
 
-usage: python scripts/gpu_stack_kernels.py OUT_DIR [--quick]
+usage: python scripts/gpu_stack_kernels.py OUT_DIR [--quick] [--parts=casts,elementwise,fp8_gemm,attention]
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, os.getcwd())
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gpu_common import timed  # noqa: E402
 
@@ -216,12 +217,14 @@ def main() -> None:
     with open(f"{out}/device.txt", "w") as fh:
         fh.write(f"{torch.cuda.get_device_name()}\ntorch {torch.__version__}\ncudnn {torch.backends.cudnn.version()}\n"
                  f"gemm_bf16_8192_tflops {gemm / 1e12:.2f}\n")
-    for part in (casts, elementwise, fp8_gemm):
+    chosen = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--parts=")),
+                  "casts,elementwise,fp8_gemm,attention")
+    parts = {"casts": casts, "elementwise": elementwise, "fp8_gemm": fp8_gemm, "attention": lambda o: attention(o, gemm)}
+    for name in chosen.split(","):
         try:
-            part(out)
+            parts[name](out)
         except Exception as exc:  # noqa: BLE001 - keep the other parts' rows
-            print(f"{part.__name__} failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
-    attention(out, gemm)
+            print(f"{name} failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
     print("done", flush=True)
 
 
