@@ -1,8 +1,8 @@
-"""Where the shipped spec files live: hardware profiles, model specs, validation runs.
+"""Where the shipped spec files live: hardware profiles, model specs, framework profiles, validation runs.
 
-In the repository they are the top-level folders ``hardware/``, ``models/`` and
-``validation/``; the wheel installs them as the data packages
-``parplan/data/{hardware,models,validation}`` (named apart from the code modules of
+In the repository they are the top-level folders ``hardware/``, ``models/``,
+``frameworks/`` and ``validation/``; the wheel installs them as the data packages
+``parplan/data/{hardware,models,frameworks,validation}`` (named apart from the code modules of
 ``parplan.specs`` so a data folder can never shadow a module).
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ _REPO_ROOT = _PACKAGE.parent
 
 
 def spec_dir(kind: str) -> Path:
-    """The folder holding the shipped specs of one kind ('hardware', 'models', 'validation')."""
+    """The folder holding the shipped specs of one kind ('hardware', 'models', 'frameworks', 'validation')."""
     installed = _PACKAGE / "data" / kind
     if installed.is_dir() and any(installed.glob("*.yaml")):
         return installed
