@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from parplan.errors import ParplanError
-from parplan.specs.framework import (ELEMENTWISE_OPS, default_framework, framework_names, load_framework,
-                                     resolve_software)
+from parplan.specs.framework import ELEMENTWISE_OPS, default_framework, resolve_software
+from parplan.specs.framework_loader import framework_names, load_framework
 
 SHIPPED = ("megatron-lm", "megatron-core", "megatron-deepspeed", "deepspeed", "torchtitan", "llm-foundry",
            "pytorch", "jax")

@@ -1,0 +1,186 @@
+"""Reading a framework profile: a shipped name or alias, or a YAML file (``frameworks/*.yaml``)."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from ..errors import ParplanError
+from .framework import (ATTENTION_KERNELS, COMPILE_KEYS, CP_MODES, DEVICE_KINDS, DP_KEYS, ELEMENTWISE_OPS, FP8,
+    FP8_CASTS, FP8_KEYS, FP8_RECIPES, FRAMEWORK_KEYS, GRAD_REDUCE, IMPLEMENTATIONS, KERNEL_KEYS, LOSSES,
+    MASTER_WEIGHTS, OPTIMIZERS, PARALLEL_KEYS, PP_KEYS, PP_SENDS, PREFETCH, RECOMPUTE_MODES, SCHEDULES,
+    SEQUENCE_PARALLEL, TP_MODES, VOCAB_KEYS, WEIGHT_CASTS, ZERO3_IMPLS, Compile, DataParallelSoftware, Framework,
+    Kernels, Parallelism, PipelineSoftware)
+from .registry import shipped, shipped_names
+from .yamlio import check_keys, names, number, read_yaml, require_mapping, suggest, text, text_mapping
+
+
+
+
+def framework_names() -> list[str]:
+    return shipped_names("frameworks")
+
+
+def _choices(data, key, what, allowed, default=()) -> tuple[str, ...]:
+    values = names(data, key, what) if key in data else tuple(default)
+    for v in values:
+        if v not in allowed:
+            raise ParplanError(f"{what}: '{key}' takes {', '.join(allowed)}; got '{v}'{suggest(v, allowed)}")
+    return values
+
+
+def _flag(data, key, what, default: bool) -> bool:
+    value = data.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ParplanError(f"{what}: field '{key}' must be true or false, got {value!r}")
+    return value
+
+
+def _impls(data, key, what, complete: bool) -> dict[str, str]:
+    table = data.get(key) or {}
+    table = require_mapping(table, f"{what}.{key}")
+    check_keys(table, ELEMENTWISE_OPS, f"{what}.{key}")
+    out = {}
+    for op in ELEMENTWISE_OPS:
+        if op in table:
+            out[op] = text(table, op, f"{what}.{key}", choices=IMPLEMENTATIONS)
+        elif complete:
+            raise ParplanError(f"{what}.{key}: missing op '{op}' (fused or eager)")
+    return out
+
+
+def _per_stage(data, key, what, allowed) -> Mapping[int, str]:
+    """One value for every ZeRO stage, or a mapping of stage -> value."""
+    value = data.get(key)
+    if isinstance(value, str):
+        value = {z: value for z in range(4)}
+    if not isinstance(value, Mapping):
+        raise ParplanError(f"{what}: '{key}' must be one of {', '.join(allowed)} or a mapping of ZeRO stage to one")
+    out = {}
+    for z in range(4):
+        v = value.get(z, value.get(str(z)))
+        if v is None:
+            raise ParplanError(f"{what}: '{key}' gives no value for ZeRO stage {z}")
+        if v not in allowed:
+            raise ParplanError(f"{what}: '{key}' takes {', '.join(allowed)}; got '{v}'{suggest(str(v), allowed)}")
+        out[z] = v
+    return MappingProxyType(out)
+
+
+def _zero_stages(data, key, what, default) -> tuple[int, ...]:
+    value = data.get(key, default)
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(z, int) and not isinstance(z, bool)
+                                                          and 0 <= z <= 3 for z in value):
+        raise ParplanError(f"{what}: '{key}' must be a list of ZeRO stages 0-3, got {value!r}")
+    return tuple(sorted(set(value)))
+
+
+def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
+    data = require_mapping(data, what)
+    check_keys(data, FRAMEWORK_KEYS, what)
+    name = text(data, "name", what)
+    k = require_mapping(data.get("kernels") or {}, f"{what}: kernels")
+    check_keys(k, KERNEL_KEYS, f"{what}: kernels")
+    attention = _choices(k, "attention", f"{what}: kernels", ATTENTION_KERNELS)
+    kernels = Kernels(attention=attention,
+                      flash_attention=_flag(k, "flash_attention", f"{what}: kernels", bool(attention)),
+                      elementwise=MappingProxyType(_impls(k, "elementwise", f"{what}: kernels", True)),
+                      loss=text(k, "loss", f"{what}: kernels", choices=LOSSES),
+                      weight_casts=_flag(k, "weight_casts", f"{what}: kernels", False))
+    c = require_mapping(data.get("compile") or {}, f"{what}: compile")
+    check_keys(c, COMPILE_KEYS, f"{what}: compile")
+    compile_ = Compile(available=_flag(c, "available", f"{what}: compile", False),
+                       default=_flag(c, "default", f"{what}: compile", False),
+                       elementwise=MappingProxyType(_impls(c, "elementwise", f"{what}: compile", False)),
+                       loss=text(c, "loss", f"{what}: compile", required=False, choices=LOSSES))
+    if compile_.default and not compile_.available:
+        raise ParplanError(f"{what}: compile.default is true but compile.available is false")
+    f = require_mapping(data.get("fp8") or {}, f"{what}: fp8")
+    check_keys(f, FP8_KEYS, f"{what}: fp8")
+    recipes = _choices(f, "recipes", f"{what}: fp8", FP8_RECIPES)
+    default = text(f, "default", f"{what}: fp8", required=False, choices=recipes or None)
+    if recipes and default is None:
+        raise ParplanError(f"{what}: fp8.default must name one of its recipes ({', '.join(recipes)})")
+    casts = text(f, "casts", f"{what}: fp8", required=False, choices=FP8_CASTS, default="separate")
+    fp8 = FP8(recipes=recipes, default=default, casts=casts,
+              compiled_casts=text(f, "compiled_casts", f"{what}: fp8", required=False, choices=FP8_CASTS,
+                                  default=casts),
+              weight_cast=text(f, "weight_cast", f"{what}: fp8", required=False, choices=WEIGHT_CASTS,
+                               default="per-microbatch"),
+              all_gather=_flag(f, "all_gather", f"{what}: fp8", False), wgrad=_flag(f, "wgrad", f"{what}: fp8", True))
+    d = require_mapping(data.get("data_parallel") or {}, f"{what}: data_parallel")
+    w = f"{what}: data_parallel"
+    check_keys(d, DP_KEYS, w)
+    dp = DataParallelSoftware(
+        zero=_zero_stages(d, "zero", w, [0, 1, 2, 3]),
+        zero3=text(d, "zero3", w, choices=ZERO3_IMPLS),
+        grad_reduce=_per_stage(d, "grad_reduce", w, GRAD_REDUCE),
+        reduce_every_microbatch=_flag(d, "reduce_every_microbatch", w, True),
+        backward_prefetch=text(d, "backward_prefetch", w, required=False, choices=PREFETCH, default="before"),
+        gather_bucket_params=number(d, "gather_bucket_params", w, required=False, integer=True, maximum=1e13),
+        reduce_bucket_params=number(d, "reduce_bucket_params", w, required=False, integer=True, maximum=1e13),
+        grad_dtype=text(d, "grad_dtype", w, choices=("fp32", "param", "fp32-with-bf16")),
+        overlap_param_gather=_flag(d, "overlap_param_gather", w, True))
+    if 3 in dp.zero and dp.zero3 == "none":
+        raise ParplanError(f"{w}: runs ZeRO-3 but zero3 is 'none'")
+    p = require_mapping(data.get("pipeline") or {}, f"{what}: pipeline")
+    check_keys(p, PP_KEYS, f"{what}: pipeline")
+    pipeline = PipelineSoftware(schedules=_choices(p, "schedules", f"{what}: pipeline", SCHEDULES, ("1f1b",)),
+                                send=text(p, "send", f"{what}: pipeline", choices=PP_SENDS),
+                                zero=_zero_stages(p, "zero", f"{what}: pipeline", list(dp.zero)),
+                                reduce_every_microbatch=_flag(p, "reduce_every_microbatch", f"{what}: pipeline",
+                                                              dp.reduce_every_microbatch))
+    q = require_mapping(data.get("parallelism") or {}, f"{what}: parallelism")
+    check_keys(q, PARALLEL_KEYS, f"{what}: parallelism")
+    parallel = Parallelism(tp_modes=_choices(q, "tp_modes", f"{what}: parallelism", TP_MODES, ("1d",)),
+                           cp_modes=_choices(q, "cp_modes", f"{what}: parallelism", CP_MODES, ()),
+                           sequence_parallel=text(q, "sequence_parallel", f"{what}: parallelism",
+                                                  choices=SEQUENCE_PARALLEL))
+    v = require_mapping(data.get("vocab") or {}, f"{what}: vocab")
+    check_keys(v, VOCAB_KEYS, f"{what}: vocab")
+    devices = _choices(data, "devices", what, DEVICE_KINDS, ("gpu",))
+    eff = number(data, "elementwise_efficiency", what, required=False, maximum=1.0)
+    return Framework(
+        name=name, description=str(data.get("description", "")), devices=devices,
+        emit=text(data, "emit", what, required=False), kernels=kernels, compile=compile_, fp8=fp8,
+        data_parallel=dp, pipeline=pipeline, parallelism=parallel,
+        recompute=_choices(data, "recompute", what, RECOMPUTE_MODES, ("none", "full")),
+        vocab_multiple=number(v, "multiple", f"{what}: vocab", required=False, integer=True, default=1,
+                              maximum=1_000_000),
+        vocab_times_tp=_flag(v, "times_tp", f"{what}: vocab", False),
+        optimizer=text(data, "optimizer", what, choices=OPTIMIZERS),
+        master_weights=text(data, "master_weights", what, choices=MASTER_WEIGHTS),
+        host_overhead_per_layer_s=number(data, "host_overhead_per_layer_s", what, required=False, positive=False,
+                                         default=0.0, maximum=1.0),
+        elementwise_efficiency=eff,
+        aliases=names(data, "aliases", what), sources=MappingProxyType(text_mapping(data, "sources", what)),
+        path=path)
+
+
+@lru_cache(maxsize=64)
+def _load_path(path: Path) -> Framework:
+    return framework_from_dict(read_yaml(path), str(path), str(path))
+
+
+def load_framework(name_or_path: str) -> Framework:
+    """A shipped framework by name or alias, or a framework YAML file."""
+    if not isinstance(name_or_path, str) or not name_or_path:
+        raise ParplanError("framework name must be a non-empty string")
+    path = Path(name_or_path)
+    if name_or_path.endswith((".yaml", ".yml")) or path.is_file():
+        if not path.is_file():
+            raise ParplanError(f"framework file not found: {name_or_path}")
+        return _load_path(path.resolve())
+    table = shipped("frameworks")
+    key = name_or_path.lower()
+    if key not in table:
+        raise ParplanError(f"unknown framework '{name_or_path}'{suggest(key, table)}; "
+                           f"choose from {', '.join(framework_names())} or a YAML file")
+    return _load_path(table[key])
+
+
