@@ -56,7 +56,7 @@ FRAMEWORK_KEYS = ("name", "aliases", "description", "devices", "emit", "kernels"
                   "host_overhead_per_layer_s", "elementwise_efficiency", "sources")
 KERNEL_KEYS = ("attention", "flash_attention", "elementwise", "loss", "weight_casts")
 COMPILE_KEYS = ("available", "default", "elementwise", "loss")
-FP8_KEYS = ("recipes", "default", "casts", "compiled_casts", "weight_cast", "all_gather", "wgrad")
+FP8_KEYS = ("recipes", "default", "casts", "compiled_casts", "weight_cast", "all_gather", "saves_fp8_inputs", "wgrad")
 DP_KEYS = ("zero", "zero3", "grad_reduce", "reduce_every_microbatch", "backward_prefetch", "gather_bucket_params",
            "reduce_bucket_params", "grad_dtype", "overlap_param_gather")
 PP_KEYS = ("schedules", "send", "zero", "reduce_every_microbatch")
@@ -90,6 +90,7 @@ class FP8:
     weight_cast: str                    # per-step (cached across micro-batches) | per-microbatch
     all_gather: bool                    # ZeRO-3 weights are gathered in FP8
     wgrad: bool                         # the weight-gradient GEMM runs in FP8 too
+    saves_fp8_inputs: bool = False      # linear layers keep their FP8-cast inputs for the backward (TE)
 
 
 @dataclass(frozen=True)

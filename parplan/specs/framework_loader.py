@@ -112,7 +112,8 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
                                   default=casts),
               weight_cast=text(f, "weight_cast", f"{what}: fp8", required=False, choices=WEIGHT_CASTS,
                                default="per-microbatch"),
-              all_gather=_flag(f, "all_gather", f"{what}: fp8", False), wgrad=_flag(f, "wgrad", f"{what}: fp8", True))
+              all_gather=_flag(f, "all_gather", f"{what}: fp8", False), wgrad=_flag(f, "wgrad", f"{what}: fp8", True),
+              saves_fp8_inputs=_flag(f, "saves_fp8_inputs", f"{what}: fp8", False))
     d = require_mapping(data.get("data_parallel") or {}, f"{what}: data_parallel")
     w = f"{what}: data_parallel"
     check_keys(d, DP_KEYS, w)

@@ -25,9 +25,12 @@ MAX_DEVICES = 1_000_000
 LINK_KINDS = ("nvlink", "xgmi", "pcie", "ici", "net")
 PROFILE_KEYS = ("name", "aliases", "description", "vendor", "kind", "compute_units", "peak_flops", "hbm_bytes",
                 "hbm_bandwidth", "devices_per_node", "scale_up_domain", "intra_node", "inter_node", "ici", "efficiency",
-                "kernel_overhead_s", "collective_overhead_s", "matmul_curve", "collective_fits", "sources")
+                "kernel_overhead_s", "collective_overhead_s", "matmul_curve", "attention_kernels", "collective_fits",
+                "sources")
 LINK_KEYS = ("name", "kind", "bandwidth", "latency_s", "efficiency", "in_switch_reduction")
-EFFICIENCY_KEYS = ("matmul", "hbm", "elementwise", "matmul_misaligned")
+EFFICIENCY_KEYS = ("matmul", "hbm", "elementwise", "matmul_misaligned", "matmul_fp8")
+FP8_SCALINGS = ("tensorwise", "rowwise")
+ATTENTION_CURVE_KEYS = ("seq", "forward", "backward")
 ICI_KEYS = ("dims", "link_bandwidth", "pod_devices")
 FIT_KEYS = ("op", "group", "ranks", "alpha_s", "busbw", "points", "rms_rel_err")
 
@@ -72,6 +75,19 @@ class MatmulCurve:
 
 
 @dataclass(frozen=True)
+class AttentionCurve:
+    """A fused attention kernel's measured rate: fraction of the large-GEMM rate against sequence length.
+
+    ``forward`` and ``backward`` map a head size to one fraction per entry of ``seq`` (causal, the
+    kernel's own FLOPs: the causal half of ``4 b a s^2 d`` forward, 2.5x that backward).
+    """
+
+    seq: tuple[float, ...]
+    forward: Mapping[int, tuple[float, ...]]
+    backward: Mapping[int, tuple[float, ...]]
+
+
+@dataclass(frozen=True)
 class CollectiveFit:
     """A measured alpha-beta fit for one collective on one group class (from ``parplan calibrate``).
 
@@ -113,6 +129,10 @@ class Hardware:
     # Fraction of the aligned GEMM rate when a GEMM's feature sizes are multiples of only
     # this many bytes (2, 4 or 8; 16 and up run at full rate). Empty: not measured.
     matmul_misaligned: Mapping[int, float] = field(default_factory=dict)
+    # FP8 GEMMs' efficiency at the FP8 peak as a fraction of the 16-bit GEMMs' at theirs, per scaling
+    # (one scale per tensor, or per row); empty: FP8 GEMMs reach the 16-bit efficiency.
+    matmul_fp8: Mapping[str, float] = field(default_factory=dict)
+    attention_kernels: Mapping[str, AttentionCurve] = field(default_factory=dict)
     collective_fits: tuple[CollectiveFit, ...] = ()
     description: str = ""
     aliases: tuple[str, ...] = ()
@@ -191,6 +211,45 @@ def _misaligned(data: Any, what: str) -> Mapping[int, float]:
     return MappingProxyType(out)
 
 
+def _fp8_efficiency(data: Any, what: str) -> Mapping[str, float]:
+    if data is None:
+        return MappingProxyType({})
+    data = require_mapping(data, what)
+    check_keys(data, FP8_SCALINGS, what)
+    return MappingProxyType({k: float(number(data, k, what, maximum=1.0)) for k in data})
+
+
+def _attention_kernels(data: Any, what: str) -> Mapping[str, AttentionCurve]:
+    if data is None:
+        return MappingProxyType({})
+    data = require_mapping(data, what)
+    out = {}
+    for kernel, curve in data.items():
+        w = f"{what}.{kernel}"
+        curve = require_mapping(curve, w)
+        check_keys(curve, ATTENTION_CURVE_KEYS, w)
+        seq = curve.get("seq")
+        if not isinstance(seq, list) or len(seq) < 2 or any(
+                isinstance(x, bool) or not isinstance(x, (int, float)) or x <= 0 for x in seq) or seq != sorted(seq):
+            raise ParplanError(f"{w}: 'seq' must be an increasing list of at least two positive lengths")
+        passes = {}
+        for key in ("forward", "backward"):
+            table = require_mapping(curve.get(key), f"{w}.{key}")
+            heads = {}
+            for head_dim, fractions in table.items():
+                if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1:
+                    raise ParplanError(f"{w}.{key}: keys must be head sizes, got {head_dim!r}")
+                if not isinstance(fractions, list) or len(fractions) != len(seq) or any(
+                        isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 < x <= 1 for x in fractions):
+                    raise ParplanError(f"{w}.{key}.{head_dim}: expected {len(seq)} fractions in (0, 1]")
+                heads[head_dim] = tuple(float(x) for x in fractions)
+            if not heads:
+                raise ParplanError(f"{w}.{key}: no head size measured")
+            passes[key] = MappingProxyType(heads)
+        out[str(kernel)] = AttentionCurve(tuple(float(x) for x in seq), passes["forward"], passes["backward"])
+    return MappingProxyType(out)
+
+
 def _fits(data: Any, what: str) -> tuple[CollectiveFit, ...]:
     if data is None:
         return ()
@@ -261,6 +320,8 @@ def hardware_from_dict(data: Any, what: str, path: str = "") -> Hardware:
         torus=torus,
         matmul_curve=_curve(data.get("matmul_curve"), f"{what}: matmul_curve"),
         matmul_misaligned=_misaligned(eff.get("matmul_misaligned"), f"{what}: efficiency.matmul_misaligned"),
+        matmul_fp8=_fp8_efficiency(eff.get("matmul_fp8"), f"{what}: efficiency.matmul_fp8"),
+        attention_kernels=_attention_kernels(data.get("attention_kernels"), f"{what}: attention_kernels"),
         collective_fits=_fits(data.get("collective_fits"), f"{what}: collective_fits"),
         description=str(data.get("description", "")),
         aliases=names(data, "aliases", what),
