@@ -13,7 +13,7 @@ from dataclasses import replace
 import numpy as np
 
 from . import ops as ops_mod
-from .memory import recompute_code
+from .memory import SELECTIVE_LAYER_EVERY, recompute_code
 from ..specs.model import ModelSpec
 
 
@@ -38,13 +38,18 @@ def model_flops_per_step(model: ModelSpec, seq, batch, dtype: str = "bf16", caus
 
 
 def recompute_flops_per_step(model: ModelSpec, seq, batch, recompute, dtype: str = "bf16"):
-    """Extra forward FLOPs spent recomputing activations (full: every layer; selective: attention core)."""
+    """Extra forward FLOPs spent recomputing activations: full, every layer; selective, the attention
+    core; selective-op, the matmuls per-op checkpointing does not save (``Op.sac``); selective-layer,
+    every N-th layer (:data:`parplan.cost.memory.SELECTIVE_LAYER_EVERY`)."""
     d = _whole_model_dims(model, seq)
     layer_ops = ops_mod.layer_ops(model, d, dtype, flash_attention=False)
     full = ops_mod.total(layer_ops, "fwd_flops")
     core = sum((o.fwd_flops for o in layer_ops if o.attention_core), 0.0)
+    flash = ops_mod.layer_ops(model, replace(d, causal=False), dtype, flash_attention=True)
+    per_op = sum((o.fwd_flops * o.sac for o in flash), 0.0)
     code = recompute_code(recompute)
-    per_layer = np.where(code == 2, full, np.where(code == 1, core, 0.0))
+    per_layer = np.select([code == 2, code == 1, code == 3, code == 4],
+                          [full, core, per_op, full / SELECTIVE_LAYER_EVERY], 0.0)
     return np.asarray(batch, float) * model.layers * per_layer
 
 

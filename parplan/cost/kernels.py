@@ -9,11 +9,19 @@ roofline shows in every prediction alike.
   and CUTLASS pick split-K for thin, deep products whose output tiles alone would leave most
   compute units idle, the decode GEMMs under tensor parallelism (e.g. 256 x 8192 x 1280 for
   Llama 3 70B's QKV at tp=8).
-* FlashAttention runs at a fraction of the GEMM rate (``FLASH_*_FRACTION_OF_GEMM``), never
-  below its HBM traffic.
-* An element-wise pass or copy is bytes over HBM bandwidth (``memory_time_s``).
+* Fused attention runs at the fraction of the GEMM rate the hardware profile measured for the
+  kernel the framework runs (``attention_kernels``: FlashAttention-2, cuDNN, ... against sequence
+  length and head size), scaled by the waves of query tiles it fills; a device without a
+  measured curve takes FlashAttention-2's published fractions (``FLASH_*_FRACTION_OF_GEMM``).
+  Never below its HBM traffic.
+* A linear layer's GEMM under an FP8 recipe runs at the FP8 peak times the 16-bit efficiency
+  times the profile's measured FP8 fraction for its scaling (per tensor or per row).
+* An element-wise pass or copy is bytes over HBM bandwidth (``memory_time_s``), plus a launch
+  for each aten kernel an eager op takes.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -21,48 +29,106 @@ from . import ops as ops_mod
 from .roofline import (FLASH_BWD_FRACTION_OF_GEMM, FLASH_FWD_FRACTION_OF_GEMM, matmul_efficiency, matmul_time_s,
     memory_time_s, wave_utilization)
 
+# Query rows per thread block of the fused attention kernels (FlashAttention-2 and cuDNN, forward).
+ATTENTION_BLOCK_ROWS = 128
 SPLIT_K = (2, 4, 8, 16)  # split-K launches considered for each GEMM
 MIN_SPLIT_DEPTH = 256    # ... each part at least this deep
 
 
-def gemm_time_s(hw, m, k, n, dtype: str = "bf16", batch=1, *, split_k: bool = False, lead_dims=None):
+def gemm_time_s(hw, m, k, n, dtype: str = "bf16", batch=1, *, split_k: bool = False, lead_dims=None,
+                efficiency_scale: float = 1.0):
     """One GEMM launch (``batch`` products in one kernel): the roofline, or the best split-K launch."""
     m, k, n, batch = (np.asarray(x, float) for x in (m, k, n, batch))
-    best = matmul_time_s(hw, m, k, n, dtype, batch, lead_dims=lead_dims)
+    best = matmul_time_s(hw, m, k, n, dtype, batch, efficiency_scale, lead_dims=lead_dims)
     if not split_k:
         return best
     for s in SPLIT_K:
-        split = matmul_time_s(hw, m, k / s, n, dtype, batch * s, lead_dims=(k, n) if lead_dims is None else lead_dims)
+        split = matmul_time_s(hw, m, k / s, n, dtype, batch * s, efficiency_scale,
+                              lead_dims=(k, n) if lead_dims is None else lead_dims)
         best = np.where(k / s >= MIN_SPLIT_DEPTH, np.minimum(best, split), best)
     return best
 
 
-def op_times(hw, op: ops_mod.Op, dtype: str, *, split_k: bool = False):
-    """(forward_s, backward_s) of one op on one device."""
+@dataclass(frozen=True)
+class KernelEnv:
+    """What the software decides about kernel speed: the attention kernels it prefers, the FP8
+    scaling of its linear GEMMs, and (from ``calibrate``) its element-wise kernels' HBM efficiency."""
+
+    attention: tuple[str, ...] = ("flash2",)
+    fp8_scaling: str = "tensorwise"
+    elementwise_efficiency: float | None = None
+
+
+DEFAULT_ENV = KernelEnv()
+
+
+def op_times(hw, op: ops_mod.Op, dtype: str, *, split_k: bool = False, env: KernelEnv = DEFAULT_ENV):
+    """(forward_s, backward_s) of one op on one device; ``dtype`` is the 16-bit (or fp32) compute type."""
     if op.kind in (ops_mod.MATMUL, ops_mod.BATCHED):
         m, k, n, batch = op.gemm
+        gemm_dtype, scale = (("fp8", hw.matmul_fp8.get(env.fp8_scaling, 1.0)) if op.fp8 else (dtype, 1.0))
         # A batched matmul runs its batch in one kernel; a weight GEMM's "batch" is sequential
         # block products (2D TP's SUMMA steps), one kernel each.
         steps, batch = (batch, 1) if op.kind == ops_mod.MATMUL else (1, batch)
-        fwd = steps * gemm_time_s(hw, m, k, n, dtype, batch, split_k=split_k)
+        fwd = steps * gemm_time_s(hw, m, k, n, gemm_dtype, batch, split_k=split_k, efficiency_scale=scale)
         # Backward: data gradient (m x n)(n x k) and weight gradient (k x m)(m x n), on the
         # same row-major tensors: their rows are still k and n long.
         lead = (k, n)
-        bwd = steps * (matmul_time_s(hw, m, n, k, dtype, batch, lead_dims=lead) +
-                       matmul_time_s(hw, k, m, n, dtype, batch, lead_dims=lead))
+        bwd = steps * (matmul_time_s(hw, m, n, k, gemm_dtype, batch, scale, lead_dims=lead) +
+                       matmul_time_s(hw, k, m, n, gemm_dtype, batch, scale, lead_dims=lead))
         return fwd, bwd
     if op.kind == ops_mod.FLASH:
         s, dh, skv, heads = op.gemm
-        eff = matmul_efficiency(hw, s, dh, skv, heads) if hw.matmul_curve is not None else \
-            hw.matmul_efficiency * wave_utilization(hw, s, dh, heads)
+        eff_f, eff_b = attention_efficiency(hw, s, dh, skv, heads, env.attention)
         peak = hw.peak(dtype)
         mem_bw = hw.hbm_bandwidth * hw.hbm_efficiency
-        fwd = np.maximum(op.fwd_flops / (peak * eff * FLASH_FWD_FRACTION_OF_GEMM), op.fwd_bytes / mem_bw)
-        bwd = np.maximum(op.bwd_flops / (peak * eff * FLASH_BWD_FRACTION_OF_GEMM), op.bwd_bytes / mem_bw)
+        fwd = np.maximum(op.fwd_flops / (peak * eff_f), op.fwd_bytes / mem_bw)
+        bwd = np.maximum(op.bwd_flops / (peak * eff_b), op.bwd_bytes / mem_bw)
         return fwd + hw.kernel_overhead_s, bwd + hw.kernel_overhead_s
     # A pass with no backward kernel (its gradient flows through untouched) costs nothing there.
-    return tuple(np.where(np.asarray(b) > 0, memory_time_s(hw, b, op.streaming), 0.0)
-                 for b in (op.fwd_bytes, op.bwd_bytes))
+    extra = [(k - 1) * hw.kernel_overhead_s for k in op.kernels]
+    return tuple(np.where(np.asarray(b) > 0, memory_time_s(hw, b, op.streaming, env.elementwise_efficiency) + x, 0.0)
+                 for b, x in zip((op.fwd_bytes, op.bwd_bytes), extra))
+
+
+def attention_efficiency(hw, s, dh, skv, heads, kernels=("flash2",)):
+    """(forward, backward) fraction of dense peak of fused causal attention on ``heads`` (batch x heads).
+
+    The first of ``kernels`` the profile measured sets the fraction of the GEMM rate against the
+    sequence length (log-interpolated) and head size (linear between measured sizes); the query
+    tiles' last partial wave scales it. Without a measured kernel: FlashAttention-2's published
+    fractions of the GEMM rate (Dao 2023) on the GEMM model of this shape.
+    """
+    curve = next((hw.attention_kernels[k] for k in kernels if k in hw.attention_kernels), None)
+    if curve is None:
+        eff = matmul_efficiency(hw, s, dh, skv, heads) if hw.matmul_curve is not None else \
+            hw.matmul_efficiency * wave_utilization(hw, s, dh, heads)
+        return eff * FLASH_FWD_FRACTION_OF_GEMM, eff * FLASH_BWD_FRACTION_OF_GEMM
+    s, dh, heads = (np.asarray(x, float) for x in (s, dh, heads))
+    tiles = np.ceil(s / ATTENTION_BLOCK_ROWS) * heads
+    waves = np.ceil(tiles / hw.compute_units)
+    util = tiles / (waves * hw.compute_units)
+    return tuple(hw.matmul_efficiency * util * _curve_fraction(curve.seq, table, s, dh)
+                 for table in (curve.forward, curve.backward))
+
+
+def _curve_fraction(seq_points, table, s, dh):
+    logs = np.log(np.asarray(seq_points))
+    sizes = sorted(table)
+    per_size = [np.interp(np.log(np.maximum(s, 1.0)), logs, np.asarray(table[d])) for d in sizes]
+    if len(sizes) == 1:
+        return per_size[0]
+    return _interp_sizes(sizes, per_size, dh)
+
+
+def _interp_sizes(sizes, values, dh):
+    """Linear in the head size between measured sizes, clamped at the ends."""
+    dh = np.asarray(dh, float)
+    out = np.asarray(values[0], float) * np.ones(np.broadcast(dh, values[0]).shape)
+    for (d0, v0), (d1, v1) in zip(zip(sizes, values), zip(sizes[1:], values[1:])):
+        w = np.clip((dh - d0) / (d1 - d0), 0.0, 1.0)
+        out = np.where(dh >= d0, v0 + w * (np.asarray(v1) - np.asarray(v0)), out)
+    return out
 
 
 def copy_time_s(hw, nbytes):

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..specs.dtypes import BYTES_PER_ELEMENT
 from ..specs.model import ModelSpec
+from .elementwise import optimizer_bytes_per_param
 from .ops import LocalDims
 
 ADAM_STATE_BYTES_PER_PARAM = 12  # fp32 master weight + momentum + variance (ZeRO Sec. 3.1)
@@ -27,38 +28,61 @@ ADAM_STATE_BYTES_PER_PARAM = 12  # fp32 master weight + momentum + variance (ZeR
 DEFAULT_HEADROOM = 0.10
 
 
+RECOMPUTE_MODES = ("none", "selective", "full", "selective-op", "selective-layer")  # codes 0-4
+# torchtitan's layer-selective checkpointing wraps every N-th block (selective_ac_option; its presets: 2).
+SELECTIVE_LAYER_EVERY = 2
+
+
 def layer_activation_bytes(model: ModelSpec, d: LocalDims, dtype: str, flash_attention: bool,
-                           dropout: bool, recompute):
+                           dropout: bool, recompute, elementwise=None, fp8_inputs: bool = False):
     """Bytes one layer keeps for its backward, for one micro-batch, under ``recompute``.
 
-    ``recompute`` is 'none', 'selective' or 'full' (or an array of codes 0/1/2).
+    ``recompute`` is a mode name of :data:`RECOMPUTE_MODES` or an array of their codes:
+    ``selective`` drops the attention core's tensors (Korthikanti 2022); ``full`` keeps only the
+    layer input; ``selective-op`` (torchtitan's per-op policy) keeps the layer input, the outputs
+    of the odd matmuls (wq, wv, w1 and, for SwiGLU, w2) and the attention output with its
+    log-sum-exp; ``selective-layer`` averages full (every N-th block) and none.
+    ``elementwise``: ops run eager keep more (an eager RMSNorm its fp32 upcast and normalized
+    output, 4 bytes per element over the fused kernel's 16-bit input; an eager SwiGLU the SiLU output).
+    ``fp8_inputs``: the linear layers keep their inputs cast to FP8 (Transformer Engine), 1 byte each.
     """
     bpe = BYTES_PER_ELEMENT[dtype]
+    eager = {op for op, how in (elementwise or {}).items() if how == "eager"}
     mask = 1.0 if dropout else 0.0
     tokens = d.batch * d.seq
     outside = tokens * model.hidden / d.norm_shard
     # Outside the TP region: both norms' inputs, the QKV and MLP inputs, two dropout masks.
-    outer = outside * (4 * bpe + 2 * mask)
+    gemm_in = 1 if fp8_inputs else bpe
+    outer = outside * (2 * bpe + 2 * gemm_in + 2 * mask)
+    if "norm" in eager and model.norm == "rmsnorm":
+        outer = outer + 2 * outside * 4
     q_cols, kv_cols = d.heads * d.head_dim, d.kv_heads * d.head_dim
+    swiglu = model.activation == "swiglu"
     qkv = tokens * (q_cols + 2 * kv_cols) * bpe          # Q, K for the scores; V for the context
-    proj_in = tokens * q_cols * bpe
-    act_in = tokens * d.ffn * bpe * (2 if model.activation == "swiglu" else 1)
-    mlp_down_in = tokens * d.ffn * bpe
+    proj_in = tokens * q_cols * gemm_in
+    act_in = tokens * d.ffn * bpe * (2 if swiglu else 1)
+    if "activation" in eager and swiglu:
+        act_in = act_in + tokens * d.ffn * bpe
+    mlp_down_in = tokens * d.ffn * gemm_in
     scores = d.batch * d.heads * d.seq * d.seq_kv
+    lse = d.batch * d.heads * d.seq * 4.0                # fp32 log-sum-exp per query row
     if flash_attention:
-        core = d.batch * d.heads * d.seq * 4.0           # fp32 log-sum-exp per query row
+        core = lse
     else:
         core = scores * (2 * bpe + mask)                 # softmax output, dropout mask, dropout output
     full = outer + qkv + proj_in + act_in + mlp_down_in + core
     selective = full - (0.0 if flash_attention else core)
     kept_input = outside * bpe                           # full recompute keeps only the layer input
+    saved_mm = tokens * (q_cols + kv_cols + d.ffn + (model.hidden / d.hidden_shard if swiglu else 0)) * bpe
+    per_op = kept_input + saved_mm + tokens * q_cols * bpe + lse
+    per_layer = (kept_input + (SELECTIVE_LAYER_EVERY - 1) * full) / SELECTIVE_LAYER_EVERY
     code = recompute_code(recompute)
-    return np.where(code == 2, kept_input, np.where(code == 1, selective, full))
+    return np.select([code == 2, code == 1, code == 3, code == 4], [kept_input, selective, per_op, per_layer], full)
 
 
 def recompute_code(recompute):
     if isinstance(recompute, str):
-        return np.asarray({"none": 0, "selective": 1, "full": 2}[recompute])
+        return np.asarray(RECOMPUTE_MODES.index(recompute))
     return np.asarray(recompute)
 
 
@@ -76,6 +100,7 @@ def inflight_microbatches(pp, vpp, micro_batches, schedule: str):
     return np.where(vpp > 1, interleaved, one_f_one_b)
 
 
-def optimizer_step_bytes(params, grad_bytes_per_param):
-    """HBM bytes of one Adam step over ``params``: read master, m, v, grad; write master, m, v, 16-bit copy."""
-    return np.asarray(params, float) * (3 * 4 + grad_bytes_per_param + 3 * 4 + 2)
+def optimizer_step_bytes(params, grad_bytes_per_param, optimizer: str = "fused", master_weights: str = "fp32-copy"):
+    """HBM bytes of one Adam step over ``params`` (:func:`parplan.cost.elementwise.optimizer_bytes_per_param`):
+    fused with fp32 master weights: read master, m, v, grad; write master, m, v, 16-bit copy."""
+    return np.asarray(params, float) * optimizer_bytes_per_param(optimizer, master_weights, grad_bytes_per_param)

@@ -20,11 +20,12 @@ All dimension fields may be numpy arrays (one entry per candidate layout).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
 from ..specs.dtypes import BYTES_PER_ELEMENT
+from .elementwise import FP8_CAST_BYTES, FP8_CAST_MULTIPLIER, LOSS_TRAFFIC, WEIGHT_CAST_BYTES, traffic
 from ..specs.model import ModelSpec
 
 MATMUL, BATCHED, FLASH, MEMORY = "matmul", "batched_matmul", "flash_attention", "memory"
@@ -48,6 +49,7 @@ class LocalDims:
     causal: bool = True
     gemm_row_gather: Any = 1  # weight GEMMs run on batch*seq*this rows (3D TP gathers its rows over q)
     gemm_steps: Any = 1       # sequential block products per weight GEMM (2D TP: q SUMMA steps)
+    vocab_split: Any = 1      # ways the vocabulary is sharded (the framework pads it before)
 
 
 @dataclass(frozen=True)
@@ -63,63 +65,115 @@ class Op:
     gemm: tuple | None = None  # (m, k, n, batch) of the forward GEMM
     attention_core: bool = False  # recomputed under selective recompute (Korthikanti 2022)
     streaming: bool = False  # a plain pointwise pass or copy: runs at the copy rate, not the fused kernels'
+    kernels: tuple = (1, 1)  # launches forward and backward (eager ops are several aten kernels)
+    fp8: bool = False        # a linear layer's GEMM run in FP8 (its inputs 1 byte each)
+    sac: Any = 1.0           # fraction of its forward that per-op selective checkpointing recomputes
 
 
-def _gemm(name: str, m, k, n, bpe: int, batch=1, attention_core: bool = False, kind: str = MATMUL) -> Op:
+@dataclass(frozen=True)
+class Fp8:
+    """How a run casts to FP8: the recipe, whether casts are fused into producers, and how often
+    weights are re-cast (``weight_casts_per_microbatch``: 1, or 1/m when cached for the step)."""
+
+    recipe: str
+    casts: str = "fused"
+    weight_casts_per_microbatch: Any = 1.0
+    weight_shard: Any = 1.0   # ZeRO-3 casts the local shard before gathering
+
+
+ALL_FUSED = {op: "fused" for op in ("norm", "rope", "activation", "residual", "bias", "softmax", "transposes")}
+ALL_EAGER = {op: "eager" for op in ALL_FUSED}
+
+
+def _gemm(name: str, m, k, n, bpe: int, batch=1, attention_core: bool = False, kind: str = MATMUL,
+          fp8: bool = False, sac=1.0) -> Op:
     flops = 2.0 * batch * m * k * n
-    fwd_bytes = batch * (m * k + k * n + m * n) * bpe
-    return Op(name, kind, flops, 2.0 * flops, fwd_bytes, 2.0 * fwd_bytes, (m, k, n, batch), attention_core)
+    in_bpe = 1 if fp8 else bpe
+    fwd_bytes = batch * ((m * k + k * n) * in_bpe + m * n * bpe)
+    return Op(name, kind, flops, 2.0 * flops, fwd_bytes, 2.0 * fwd_bytes, (m, k, n, batch), attention_core,
+              fp8=fp8, sac=sac)
 
 
 def _elementwise(name: str, elems, fwd_rw: float, bwd_rw: float, bpe: int,
                  attention_core: bool = False, extra_fwd_bytes=0.0, extra_bwd_bytes=0.0,
-                 streaming: bool = False) -> Op:
+                 streaming: bool = False, kernels=(1, 1)) -> Op:
     """A memory-bound op over ``elems`` elements touching ``fwd_rw``/``bwd_rw`` tensors of them."""
     return Op(name, MEMORY, 0.0, 0.0, elems * fwd_rw * bpe + extra_fwd_bytes,
-              elems * bwd_rw * bpe + extra_bwd_bytes, None, attention_core, streaming)
+              elems * bwd_rw * bpe + extra_bwd_bytes, None, attention_core, streaming, kernels)
+
+
+def _traffic_op(name: str, family: str, impl: str, elems, bpe: int) -> Op:
+    """An element-wise op from its per-element traffic (:mod:`parplan.cost.elementwise`), at ``bpe``."""
+    t = traffic(family, impl)
+    scale = bpe / 2.0
+    return Op(name, MEMORY, 0.0, 0.0, elems * t.fwd_bytes * scale, elems * t.bwd_bytes * scale,
+              streaming=impl == "eager", kernels=(t.fwd_kernels, t.bwd_kernels))
 
 
 def layer_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", flash_attention: bool = True,
-              dropout: bool = True, fused: bool = True) -> list[Op]:
+              dropout: bool = True, fused: bool = True, *, elementwise: Mapping[str, str] | None = None,
+              fp8: Fp8 | None = None, weight_cast_shard=None) -> list[Op]:
     """Ops of one transformer layer on one device for one micro-batch, in execution order.
 
-    ``fused=False``: the unfused element-wise kernels of eager PyTorch (see the module docstring).
+    ``elementwise`` says for each element-wise op (norm, rope, activation, residual, bias, softmax,
+    transposes) whether it runs fused or as eager PyTorch's kernels; by default all ``fused``, or
+    all ``eager`` with ``fused=False`` (Megatron-LM 2019, see the module docstring). ``dtype`` is
+    the activations' 16-bit (or fp32) type; with ``fp8`` the four linear GEMMs run in FP8 and pay
+    their operand casts, while attention and every element-wise op stay in ``dtype``.
+    ``weight_cast_shard``: autocast re-casts the fp32 weights every forward (on the ZeRO-3 shard,
+    divided by this); None when weights are kept in 16 bits.
     """
+    impl = dict(ALL_FUSED if fused else ALL_EAGER)
+    if elementwise is not None:
+        impl.update(elementwise)
+    eager = {op for op, how in impl.items() if how == "eager"}
     bpe = BYTES_PER_ELEMENT[dtype]
     tokens = d.batch * d.seq
     rows, steps = tokens * d.gemm_row_gather, d.gemm_steps
     h_in = model.hidden / d.hidden_shard
+    h_out = model.hidden / d.hidden_shard
     q_cols = d.heads * d.head_dim
     kv_cols = d.kv_heads * d.head_dim
+    qkv_cols = q_cols + 2 * kv_cols
     row = tokens * model.hidden / d.norm_shard  # elements of one activation outside the TP region
     mask = 1.0 if dropout else 0.0  # one byte per element for a dropout mask
+    swiglu = model.activation == "swiglu"
+    lin = bool(fp8)
+    # Per-op selective checkpointing (torchtitan) saves every odd matmul of the block in the order
+    # wq, wk, wv, wo, w1, (w3,) w2 and recomputes the even ones: wk, wo and w3 (SwiGLU) or w2 (GELU).
+    sac_qkv = kv_cols / qkv_cols
     ops = [
-        _elementwise("input_norm", row, 2, 3, bpe),
-        _gemm("qkv_proj", rows, h_in, q_cols + 2 * kv_cols, bpe, steps),
+        _norm_op("input_norm", model, row, bpe, impl["norm"]),
+        _gemm("qkv_proj", rows, h_in, qkv_cols, bpe, steps, fp8=lin, sac=sac_qkv),
     ]
     bias = 1.0 if model.bias else 0.0
-    if not fused and (bias or not flash_attention):
+    if ("bias" in eager and bias) or (not flash_attention and "transposes" in eager):
         # The bias add (read, write; backward: its gradient read once more for the bias gradient)
         # and, for the unfused attention, the [b, s, a, d] -> [b, a, s, d] copies of q, k, v.
         # Backward copies the q and v gradients back (k's is a view) and concatenates all three.
-        copies_fwd, copies_bwd = (0.0, 0.0) if flash_attention else (2.0, 2.0 * 2 / 3 + 2)
-        ops.append(_elementwise("qkv_bias_transpose", tokens * (q_cols + 2 * kv_cols), 2 * bias + copies_fwd,
-                                bias + copies_bwd, bpe, streaming=True))
+        b_ = bias if "bias" in eager else 0.0
+        copies_fwd, copies_bwd = (0.0, 0.0) if flash_attention or "transposes" not in eager else (2.0, 2.0 * 2 / 3 + 2)
+        ops.append(_elementwise("qkv_bias_transpose", tokens * qkv_cols, 2 * b_ + copies_fwd,
+                                b_ + copies_bwd, bpe, streaming=True))
+    if model.position == "rope":
+        ops.append(_traffic_op("rope", "rope", impl["rope"], tokens * (q_cols + kv_cols), bpe))
     score_elems = d.batch * d.heads * d.seq * d.seq_kv
     if flash_attention:
         causal = 0.5 if d.causal else 1.0
         fwd = 4.0 * d.batch * d.heads * d.seq * d.seq_kv * d.head_dim * causal
         io = d.batch * d.seq * (2 * q_cols + 2 * kv_cols) * bpe
         ops.append(Op("flash_attention", FLASH, fwd, 2.5 * fwd, io, 2.0 * io,
-                      (d.seq, d.head_dim, d.seq_kv, d.batch * d.heads), True))
+                      (d.seq, d.head_dim, d.seq_kv, d.batch * d.heads), True, sac=0.0))
+        if "transposes" in eager:
+            ops.append(_traffic_op("context_transpose", "transposes", "eager", tokens * q_cols, bpe))
     else:
         ops += [
             _gemm("attn_scores", d.seq, d.head_dim, d.seq_kv, bpe, d.batch * d.heads, True, BATCHED),
         ]
-        if not fused:
+        if "softmax" in eager:
             # Scale, multiply by the mask, subtract the masked-out offset: three passes forward;
             # the multiply's and the scale's gradients two backward (the subtract passes it through).
-            ops.append(_elementwise("scale_mask", score_elems, 6, 4, bpe, True, streaming=True))
+            ops.append(_elementwise("scale_mask", score_elems, 6, 4, bpe, True, streaming=True, kernels=(3, 2)))
         ops += [
             _elementwise("softmax", score_elems, 2, 3, bpe, True),
         ]
@@ -128,43 +182,85 @@ def layer_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", flash_attenti
         ops += [
             _gemm("attn_context", d.seq, d.seq_kv, d.head_dim, bpe, d.batch * d.heads, True, BATCHED),
         ]
-    if not fused and not flash_attention:
-        ops.append(_elementwise("context_transpose", tokens * q_cols, 2, 2, bpe, streaming=True))
+        if "transposes" in eager:
+            ops.append(_elementwise("context_transpose", tokens * q_cols, 2, 2, bpe, streaming=True))
     ops += [
-        _gemm("out_proj", rows, q_cols, model.hidden / d.hidden_shard, bpe, steps),
-        *_residual("attn_residual", row, mask, bpe, fused, bias),
-        _elementwise("post_attn_norm", row, 2, 3, bpe),
+        _gemm("out_proj", rows, q_cols, h_out, bpe, steps, fp8=lin, sac=1.0),
+        *_residual("attn_residual", row, mask, bpe, impl["residual"], bias if "bias" in eager else 0.0),
+        _norm_op("post_attn_norm", model, row, bpe, impl["norm"]),
     ]
-    if model.activation == "swiglu":
-        ops.append(_gemm("mlp_gate_up", rows, h_in, 2 * d.ffn, bpe, steps))
-        if fused:
-            ops.append(_elementwise("swiglu", tokens * d.ffn, 3, 5, bpe))
-        else:  # SiLU (read, write), then the product (read two, write); backward 3 + 5
-            ops.append(_elementwise("swiglu", tokens * d.ffn, 5, 8, bpe, streaming=True))
+    if swiglu:
+        ops.append(_gemm("mlp_gate_up", rows, h_in, 2 * d.ffn, bpe, steps, fp8=lin, sac=0.5))
+        ops.append(_traffic_op("swiglu", "swiglu", impl["activation"], tokens * d.ffn, bpe))
     else:
-        ops.append(_gemm("mlp_up", rows, h_in, d.ffn, bpe, steps))
-        if not fused and bias:  # a pass of its own; fused, it rides in the bias-GeLU kernel
+        ops.append(_gemm("mlp_up", rows, h_in, d.ffn, bpe, steps, fp8=lin, sac=0.0))
+        if "bias" in eager and bias:  # a pass of its own; fused, it rides in the bias-GeLU kernel
             ops.append(_elementwise("mlp_bias_add", tokens * d.ffn, 2, 1, bpe, streaming=True))
         ops.append(_elementwise(model.activation, tokens * d.ffn, 2, 3, bpe))
     ops += [
-        _gemm("mlp_down", rows, d.ffn, model.hidden / d.hidden_shard, bpe, steps),
-        *_residual("mlp_residual", row, mask, bpe, fused, bias),
+        _gemm("mlp_down", rows, d.ffn, h_out, bpe, steps, fp8=lin, sac=0.0 if swiglu else 1.0),
+        *_residual("mlp_residual", row, mask, bpe, impl["residual"], bias if "bias" in eager else 0.0),
     ]
+    if fp8:
+        ops.append(_fp8_casts(model, d, fp8, rows, h_in, qkv_cols, q_cols, swiglu))
+    if weight_cast_shard is not None:
+        params = _local_linear_params(model, d)
+        fwd, bwd = WEIGHT_CAST_BYTES
+        ops.append(Op("weight_casts", MEMORY, 0.0, 0.0, params * fwd / weight_cast_shard,
+                      params * bwd / weight_cast_shard, streaming=True,
+                      kernels=(_linear_count(model), _linear_count(model))))
     return ops
 
 
-def _residual(name: str, row, mask: float, bpe: int, fused: bool, bias: float = 1.0) -> list[Op]:
+def _linear_count(model: ModelSpec) -> int:
+    return 4 + (3 if model.activation == "swiglu" else 2)
+
+
+def _local_linear_params(model: ModelSpec, d: LocalDims):
+    """Weights of one layer's linear layers on this device (after tensor parallelism)."""
+    q_cols, kv_cols = d.heads * d.head_dim, d.kv_heads * d.head_dim
+    h = model.hidden / d.hidden_shard
+    mlp = (3 if model.activation == "swiglu" else 2) * h * d.ffn
+    return h * (q_cols + 2 * kv_cols) + q_cols * h + mlp
+
+
+def _fp8_casts(model: ModelSpec, d: LocalDims, fp8: Fp8, rows, h_in, qkv_cols, q_cols, swiglu: bool) -> Op:
+    """The casts of the four linear GEMMs' operands to FP8 in one layer (:data:`FP8_CAST_BYTES`).
+
+    Forward: each GEMM's input activation; backward: each GEMM's output gradient (with its
+    transposed copy); weights once per micro-batch or once per step.
+    """
+    fwd_b, bwd_b, w_b = FP8_CAST_BYTES[fp8.casts]
+    times = FP8_CAST_MULTIPLIER.get(fp8.recipe, 1)
+    ffn_out = (2 if swiglu else 1) * d.ffn
+    inputs = rows * (h_in + q_cols + h_in + d.ffn)
+    grads = rows * (qkv_cols + h_in + ffn_out + h_in)
+    weights = _local_linear_params(model, d) / fp8.weight_shard * fp8.weight_casts_per_microbatch
+    launches = 4 * (2 if fp8.casts == "separate" else 1)
+    return Op("fp8_casts", MEMORY, 0.0, 0.0, times * (inputs * fwd_b + weights * w_b), times * grads * bwd_b,
+              streaming=True, kernels=(launches, launches))
+
+
+def _norm_op(name: str, model: ModelSpec, row, bpe: int, impl: str) -> Op:
+    if impl == "fused" or model.norm == "layernorm":
+        return _elementwise(name, row, 2, 3, bpe)
+    return _traffic_op(name, model.norm, impl, row, bpe)
+
+
+def _residual(name: str, row, mask: float, bpe: int, impl: str, bias: float = 1.0) -> list[Op]:
     """Bias + dropout + residual add after a row-parallel linear.
 
-    Fused (one kernel): read the output, write the sum, and the 1-byte dropout mask. Unfused: the
+    Fused (one kernel): read the output, write the sum, and the 1-byte dropout mask. Eager: the
     bias add (read, write; backward: a read for the bias gradient) and the residual add (read two,
-    write one) as plain passes, and the dropout (read, write, write its mask; backward: read, read
-    the mask, write) as its own kernel.
+    write one) as plain passes, the accumulation of the residual stream's two gradients backward
+    (read two, write one), and the dropout (read, write, write its mask; backward: read, read the
+    mask, write) as its own kernel.
     """
-    if fused:
+    if impl == "fused":
         return [_elementwise(name, row, 2 + mask, 1 + mask, bpe, extra_fwd_bytes=row * mask,
                              extra_bwd_bytes=row * mask)]
-    ops = [_elementwise(f"{name}_adds", row, 3 + 2 * bias, bias, bpe, streaming=True)]
+    ops = [_elementwise(f"{name}_adds", row, 3 + 2 * bias, 3 + bias, bpe, streaming=True,
+                        kernels=(1 + int(bias), 1 + int(bias)))]
     if mask:
         ops.append(_elementwise(f"{name}_dropout", row, 2, 2, bpe, extra_fwd_bytes=row, extra_bwd_bytes=row))
     return ops
@@ -177,17 +273,28 @@ def embedding_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16") -> list[O
     return [_elementwise("embedding", elems, 2, 3, bpe)]
 
 
-def head_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16") -> list[Op]:
-    """Final norm, logits GEMM (vocab-parallel) and the fp32 softmax cross-entropy loss."""
+def head_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", loss: str = "vocab-parallel",
+             norm: str = "fused") -> list[Op]:
+    """Final norm, logits GEMM (vocab-parallel) and the softmax cross-entropy loss.
+
+    ``loss``: ``vocab-parallel`` (Megatron: read 16-bit logits, write fp32, max/sum/exp passes in
+    fp32 forward; read the fp32 softmax and write the 16-bit gradient backward), ``eager-fp32``
+    (the logits upcast to fp32, then ``F.cross_entropy``) or ``fused`` (one kernel reading the
+    logits, writing their gradient in place): :data:`parplan.cost.elementwise.LOSS_TRAFFIC`.
+    """
     bpe = BYTES_PER_ELEMENT[dtype]
     tokens = d.batch * d.seq
     logits = tokens * d.vocab
+    if loss == "vocab-parallel":
+        ce = Op("cross_entropy", MEMORY, 0.0, 0.0, logits * (bpe + 3 * 4), logits * (4 + bpe))
+    else:
+        t = LOSS_TRAFFIC[loss]
+        ce = Op("cross_entropy", MEMORY, 0.0, 0.0, logits * t.fwd_bytes * bpe / 2, logits * t.bwd_bytes * bpe / 2,
+                streaming=loss == "eager-fp32", kernels=(t.fwd_kernels, t.bwd_kernels))
     return [
-        _elementwise("final_norm", tokens * model.hidden / d.norm_shard, 2, 3, bpe),
+        _norm_op("final_norm", model, tokens * model.hidden / d.norm_shard, bpe, norm),
         _gemm("logits", tokens * d.gemm_row_gather, model.hidden / d.hidden_shard, d.vocab, bpe, d.gemm_steps),
-        # Megatron's vocab-parallel cross-entropy: read 16-bit logits, write fp32, max/sum/exp
-        # passes in fp32 forward; read fp32 softmax and write 16-bit grad backward.
-        Op("cross_entropy", MEMORY, 0.0, 0.0, logits * (bpe + 3 * 4), logits * (4 + bpe)),
+        ce,
     ]
 
 

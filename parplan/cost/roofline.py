@@ -105,13 +105,14 @@ def misalignment_fraction(hw: Hardware, lead_dims, dtype: str):
     return np.where(worst >= ALIGNED_BYTES, 1.0, frac)
 
 
-def memory_time_s(hw: Hardware, nbytes, streaming: bool = False):
+def memory_time_s(hw: Hardware, nbytes, streaming: bool = False, efficiency: float | None = None):
     """A memory-bound kernel moving ``nbytes`` through HBM (reads plus writes).
 
     Element-wise and normalization kernels reach ``efficiency.elementwise`` of the
-    bandwidth; a plain streaming copy reaches ``efficiency.hbm``.
+    bandwidth; a plain streaming copy reaches ``efficiency.hbm``; ``efficiency`` (a software
+    profile's calibrated value) replaces both.
     """
-    eff = hw.hbm_efficiency if streaming else hw.elementwise_efficiency
+    eff = efficiency if efficiency is not None else hw.hbm_efficiency if streaming else hw.elementwise_efficiency
     return np.asarray(nbytes, float) / (hw.hbm_bandwidth * eff) + hw.kernel_overhead_s
 
 
