@@ -12,10 +12,11 @@ import re
 from dataclasses import dataclass, field
 
 from ..errors import ParplanError
+from ..cost.memory import RECOMPUTE_MODES
 from ..specs.yamlio import suggest
 from .strategies import BUILTIN, axis as strategy_axis, axis_names, is_folded
 
-RECOMPUTE = ("none", "selective", "full")
+RECOMPUTE = RECOMPUTE_MODES
 SCHEDULES = ("1f1b", "interleaved", "gpipe")
 TP_MODES = ("1d", "2d", "3d")
 CP_MODES = ("ring", "allgather")
@@ -39,15 +40,7 @@ class Layout:
     vpp: int = 1                     # virtual pipeline stages per rank (interleaved 1F1B)
     schedule: str = "1f1b"
     recompute: str = "none"
-    dtype: str = "bf16"
-    flash_attention: bool = True
-    fused_kernels: bool = True       # Megatron's fused element-wise kernels (False: eager PyTorch, Megatron-LM 2019)
-    overlap_grad_reduce: bool = True
-    overlap_param_gather: bool = True
-    grad_accum_fp32: bool = True     # fp32 main gradients (Megatron, DeepSpeed BF16_Optimizer)
-    pp_scatter_gather: bool = True   # TP ranks split pipeline sends (Megatron-LM); False: DeepSpeed pipeline
-    gather_bucket_params: int | None = None  # ZeRO-3 gathers in buckets of this many parameters (None: per layer)
-    reduce_bucket_params: int | None = None  # ZeRO-3 reduce-scatters in such buckets (None: per layer)
+    dtype: str = "bf16"              # the compute type; fp8: the linear GEMMs under the software's FP8 recipe
     order: tuple[str, ...] = field(default=DEFAULT_ORDER)
     # Sizes of plug-in axes beyond tp, cp, pp and dp, as (name, size) pairs; an axis folded over
     # others (parplan.layouts.strategies) lies over their ranks and is not in ``order``.
@@ -97,8 +90,6 @@ class Layout:
                  f"dp={self.dp}" + (f"(zero{self.zero})" if self.zero else ""),
                  f"cp={self.cp}", f"mb={self.micro_batch}", f"recompute={self.recompute}"]
         parts[4:4] = [f"{name}={size}" for name, size in self.axes]
-        if not self.fused_kernels:
-            parts.append("unfused")
         return " ".join(parts)
 
 

@@ -125,37 +125,87 @@ RULES: tuple[Rule, ...] = (
 )
 
 
+def software_rules(fw) -> tuple[Rule, ...]:
+    """What a framework's code can run (``frameworks/*.yaml``: ZeRO stages, with pipelines too; its
+    tensor, pipeline and context parallelism; sequence parallelism; recompute modes)."""
+    if fw is None:
+        return ()
+    dp, pipe, par = fw.data_parallel, fw.pipeline, fw.parallelism
+    n = fw.name
+    modes = [TP_MODES.index(m) for m in par.tp_modes]
+    codes = [RECOMPUTE.index(r) for r in fw.recompute]
+
+    def stages(z):
+        return ", ".join(map(str, z))
+    return (
+        Rule(f"{n} runs these ZeRO stages", ('zero',),
+             lambda m, a: ~np.isin(a.zero, dp.zero),
+             lambda m, a: f"{n} runs ZeRO stages {stages(dp.zero)}, not zero={a.zero}"),
+        Rule(f"{n} pipelines with these ZeRO stages", ('zero', 'pp'),
+             lambda m, a: (a.pp > 1) & ~np.isin(a.zero, pipe.zero),
+             lambda m, a: f"{n} combines pipeline parallelism only with ZeRO stages {stages(pipe.zero)}, "
+                          f"not zero={a.zero}"),
+        Rule(f"{n} has tensor parallelism", ('tp', 'mode'),
+             lambda m, a: (a.tp > 1) & ~np.isin(a.mode, modes),
+             lambda m, a: (f"{n} has no tensor parallelism (tp must be 1)" if not modes else
+                           f"{n} runs tensor parallelism {', '.join(par.tp_modes)}, not {TP_MODES[int(a.mode)]}")),
+        Rule(f"{n} has pipeline parallelism", ('pp',),
+             lambda m, a: (a.pp > 1) & (not pipe.schedules),
+             lambda m, a: f"{n} has no pipeline parallelism (pp must be 1)"),
+        Rule(f"{n} has the interleaved schedule", ('interleaved',),
+             lambda m, a: a.interleaved & ("interleaved" not in pipe.schedules),
+             lambda m, a: f"{n} runs the pipeline schedules {', '.join(pipe.schedules) or 'none'}, not interleaved"),
+        Rule(f"{n} has context parallelism", ('cp', 'cp_ring'),
+             lambda m, a: (a.cp > 1) & ~np.isin(np.where(a.cp_ring, 0, 1), [CP_MODES.index(c) for c in par.cp_modes]),
+             lambda m, a: (f"{n} has no context parallelism (cp must be 1)" if not par.cp_modes else
+                           f"{n} runs context parallelism {', '.join(par.cp_modes)}, not "
+                           f"{'ring' if a.cp_ring else 'allgather'}")),
+        Rule(f"{n} sequence parallelism", ('sp', 'tp', 'mode'),
+             lambda m, a: (a.sp & (par.sequence_parallel == "never"))
+             | ((a.tp > 1) & (a.mode == 0) & ~a.sp & (par.sequence_parallel == "always")),
+             lambda m, a: (f"{n} has no sequence parallelism" if par.sequence_parallel == "never" else
+                           f"{n} always runs tensor parallelism with sequence parallelism (--sp)")),
+        Rule(f"{n} recompute modes", ('rc',),
+             lambda m, a: ~np.isin(a.rc, codes),
+             lambda m, a: f"{n} offers recompute {', '.join(fw.recompute)}, not {RECOMPUTE[int(a.rc)]}"),
+    )
+
+
 def fields(*, tp, cp, pp, dp, micro_batch, vpp, sp, tp_mode, zero, shard_group, hsdp, global_batch, seq,
-           interleaved) -> SimpleNamespace:
-    """The candidate fields the rules read, as arrays (``tp_mode`` as codes 0/1/2 of ``TP_MODES``)."""
+           interleaved, recompute=0, cp_ring=False) -> SimpleNamespace:
+    """The candidate fields the rules read, as arrays (``tp_mode`` as codes 0/1/2 of ``TP_MODES``,
+    ``recompute`` as codes of ``RECOMPUTE``)."""
     return SimpleNamespace(tp=np.asarray(tp), cp=np.asarray(cp), pp=np.asarray(pp), dp=np.asarray(dp),
                            mb=np.asarray(micro_batch), vpp=np.asarray(vpp), sp=np.asarray(sp, bool),
                            mode=np.asarray(tp_mode), zero=np.asarray(zero), shard=np.asarray(shard_group),
                            hsdp=np.asarray(hsdp, bool), batch=np.asarray(global_batch), seq=np.asarray(seq),
-                           interleaved=np.asarray(interleaved, bool))
+                           interleaved=np.asarray(interleaved, bool), rc=np.asarray(recompute),
+                           cp_ring=np.asarray(cp_ring, bool))
 
 
-def violations(model: ModelSpec, a) -> list[tuple[Rule, np.ndarray]]:
+def violations(model: ModelSpec, a, framework=None) -> list[tuple[Rule, np.ndarray]]:
     """Each rule that ``a``'s fields let it judge, with the mask of candidates that break it.
 
     ``a``: a namespace of candidate fields (:func:`fields` makes all of them); a rule whose
     fields ``a`` lacks is left out (the search judges the mesh shapes before the knobs).
+    ``framework``: its :func:`software_rules` apply too.
     """
     have = set(vars(a))
-    return [(rule, np.asarray(rule.broken(model, a), bool)) for rule in RULES if have.issuperset(rule.reads)]
+    return [(rule, np.asarray(rule.broken(model, a), bool)) for rule in RULES + software_rules(framework)
+            if have.issuperset(rule.reads)]
 
 
-def valid(model: ModelSpec, a) -> np.ndarray:
+def valid(model: ModelSpec, a, framework=None) -> np.ndarray:
     """The mask of candidates that break none of the rules ``a``'s fields let it judge."""
     ok = np.ones(np.broadcast(*vars(a).values()).shape, bool)
-    for _, broken in violations(model, a):
+    for _, broken in violations(model, a, framework):
         ok &= ~broken
     return ok
 
 
-def first_violation(model: ModelSpec, a) -> str | None:
+def first_violation(model: ModelSpec, a, framework=None) -> str | None:
     """The sentence of the first rule one candidate breaks, or None."""
-    for rule, broken in violations(model, a):
+    for rule, broken in violations(model, a, framework):
         if bool(broken):
             return rule.say(model, SimpleNamespace(**{k: v.item() for k, v in vars(a).items()}))
     return None
@@ -174,8 +224,11 @@ def check_tp_1d(model: ModelSpec, tp: int) -> None:
         raise ParplanError(problem)
 
 
-def check_layout(layout: Layout, model: ModelSpec, cluster: Cluster) -> Layout:
-    """Refuse an impossible layout with one clear sentence; return it with defaults filled in."""
+def check_layout(layout: Layout, model: ModelSpec, cluster: Cluster, framework=None) -> Layout:
+    """Refuse an impossible layout with one clear sentence; return it with defaults filled in.
+
+    ``framework`` (a :class:`parplan.specs.framework.Framework`): also refuse what its code cannot run.
+    """
     for name in ("tp", "pp", "dp", "cp", "micro_batch", "vpp"):
         v = getattr(layout, name)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -197,6 +250,9 @@ def check_layout(layout: Layout, model: ModelSpec, cluster: Cluster) -> Layout:
                            f"does not match the {cluster.devices} devices of {cluster.name}")
     if layout.sp and layout.tp == 1:
         layout = replace(layout, sp=False)
+    if (framework is not None and framework.parallelism.sequence_parallel == "always" and layout.tp > 1
+            and layout.tp_mode == "1d"):
+        layout = replace(layout, sp=True)  # its tensor parallelism always shards the sequence
     if layout.vpp > 1 and layout.schedule == "1f1b":
         layout = replace(layout, schedule="interleaved")
     batch = layout.batch
@@ -206,10 +262,14 @@ def check_layout(layout: Layout, model: ModelSpec, cluster: Cluster) -> Layout:
     problem = first_violation(model, fields(
         tp=layout.tp, cp=layout.cp, pp=layout.pp, dp=layout.dp, micro_batch=layout.micro_batch, vpp=layout.vpp,
         sp=layout.sp, tp_mode=TP_MODES.index(layout.tp_mode), zero=layout.zero,
-        shard_group=1 if layout.shard_group is None else layout.shard_group, hsdp=layout.shard_group is not None, global_batch=batch, seq=seq,
-        interleaved=layout.schedule == "interleaved"))
+        shard_group=1 if layout.shard_group is None else layout.shard_group, hsdp=layout.shard_group is not None,
+        global_batch=batch, seq=seq, interleaved=layout.schedule == "interleaved",
+        recompute=RECOMPUTE.index(layout.recompute), cp_ring=layout.cp_mode == "ring"), framework)
     if problem:
         raise ParplanError(problem)
+    if framework is not None and layout.pp > 1 and layout.schedule not in framework.pipeline.schedules:
+        raise ParplanError(f"{framework.name} runs the pipeline schedules "
+                           f"{', '.join(framework.pipeline.schedules) or 'none'}, not {layout.schedule}")
     return replace(layout, seq_len=seq, global_batch=batch)
 
 

@@ -75,8 +75,11 @@ class Context:
     micro_batches: Any     # per pipeline per step
     layer_params: Any      # parameters of one layer (before tensor-parallel sharding)
     stage_params: Any      # parameters of the busiest pipeline stage (before tensor-parallel sharding)
-    recompute: Any         # 0 none, 1 selective, 2 full
+    recompute: Any         # codes of parplan.cost.memory.RECOMPUTE_MODES
     sampling: bool = False  # a serving pass: the head's logits are gathered for sampling
+    software: Any = None    # the run's parplan.specs.framework.Software (what its framework does)
+    grad_bytes: Any = 4     # bytes per gradient element as accumulated and reduced
+    weight_bytes: Any = 2   # bytes per weight element as ZeRO-3 gathers it
 
     def stride(self, axis: str):
         return self.layout.stride(axis)

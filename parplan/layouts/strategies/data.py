@@ -8,16 +8,32 @@ micro-batch. HSDP shards within groups of ``shard_group`` ranks and all-reduces
 the shards across groups. Context-parallel ranks hold the same weights, so
 gradients are reduced over dp x cp (as Megatron-LM does).
 
-Overlap: gradient reduction runs under the backward pass and the next weight
-gather under the forward (FSDP prefetch, Megatron --overlap-grad-reduce /
---overlap-param-gather); the estimator hides each up to the compute available.
+Overlap and timing come from the run's framework (``frameworks/*.yaml``): gradient
+reduction under the backward pass or after it, the next weight gather under the forward
+(FSDP prefetch, Megatron --overlap-grad-reduce / --overlap-param-gather), ZeRO-3 buckets,
+the backward prefetch order, and whether ZeRO-3 reduces every micro-batch; the estimator
+hides each overlapped collective up to the compute available.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ...cost.collectives import place
+from ...specs.framework_loader import load_framework
 from .base import Collective, Context, Strategy
+
+
+def _software(ctx: Context):
+    """The data-parallel behaviour of the run's framework (Megatron-Core's when none is given)."""
+    if ctx.software is not None:
+        return ctx.software.framework.data_parallel
+    return load_framework("megatron-core").data_parallel
+
+
+def _pipeline_every(ctx: Context) -> bool:
+    if ctx.software is not None:
+        return ctx.software.framework.pipeline.reduce_every_microbatch
+    return True
 
 
 class DataParallel(Strategy):
@@ -48,13 +64,19 @@ class DataParallel(Strategy):
         zero = np.asarray(lay.zero)
         params = ctx.stage_params / np.asarray(lay.tp)
         # Gradients travel in the precision they are accumulated in (fp32 main gradients in
-        # Megatron-LM's bf16 path and FSDP2's default reduce dtype).
-        grads = params * (4 if lay.grad_accum_fp32 else ctx.bpe)
-        weights = params * ctx.bpe
-        bwd = np.where(np.asarray(lay.overlap_grad_reduce), "backward", "none").item() \
-            if np.ndim(lay.overlap_grad_reduce) == 0 else "backward"
-        fwd = np.where(np.asarray(lay.overlap_param_gather), "forward", "none").item() \
-            if np.ndim(lay.overlap_param_gather) == 0 else "forward"
+        # Megatron's bf16 path, FSDP's fp32 reduce dtype); weights as ZeRO-3 gathers them.
+        grads = params * ctx.grad_bytes
+        weights = params * ctx.weight_bytes
+        dp = _software(ctx)
+        reduce = {z: "backward" if dp.grad_reduce[z] == "overlapped" else "none" for z in range(4)}
+        fwd = "forward" if dp.overlap_param_gather else "none"
+        # FSDP's BACKWARD_POST issues the next layer's gather after this layer's gradients: the
+        # backward then waits for every gather (PyTorch FSDP docs, BackwardPrefetch).
+        bwd_gather = "backward" if dp.backward_prefetch == "before" else "none"
+        # ZeRO-3 reduce-scatters every micro-batch (DeepSpeed, FSDP) or once per step (under
+        # torch.distributed.pipelining, which defers the gradient sync to the last backward).
+        pp = np.asarray(lay.pp)
+        every = dp.reduce_every_microbatch if np.all(pp == 1) else _pipeline_every(ctx)
         replicas = size // shard
         z0, z1, z2, z3 = (zero == 0), (zero == 1), (zero == 2), (zero == 3)
         # ZeRO-3 gathers and reduces layer by layer (FSDP wraps each layer), or in a framework's
@@ -64,33 +86,40 @@ class DataParallel(Strategy):
 
         def calls(bucket):
             return layers if bucket is None else np.maximum(layers, np.ceil(params / bucket))
-        gathers, reduces = calls(lay.gather_bucket_params), calls(lay.reduce_bucket_params)
+        gathers, reduces = calls(dp.gather_bucket_params), calls(dp.reduce_bucket_params)
         return [
             Collective("dp_grad_allreduce", "all_reduce", "dp", size, stride, grads, np.where(z0, 1, 0),
-                       "step", "backward", bwd),
+                       "step", "backward", reduce[0]),
             Collective("zero_grad_reduce_scatter", "reduce_scatter", "dp", shard, stride, grads,
-                       np.where(z1, 1, 0), "step", "backward", bwd),
+                       np.where(z1, 1, 0), "step", "backward", reduce[1]),
             # ZeRO-2 keeps only its gradient shard, so it reduce-scatters after every micro-batch.
             Collective("zero2_grad_reduce_scatter", "reduce_scatter", "dp", shard, stride, grads,
-                       np.where(z2, 1, 0), "microbatch", "backward", "backward"),
-            Collective("zero_param_allgather", "all_gather", "dp", shard, stride, weights,
+                       np.where(z2, 1, 0), "microbatch", "backward", reduce[2]),
+            Collective("zero_param_allgather", "all_gather", "dp", shard, stride, params * ctx.bpe,
                        np.where(z1 | z2, 1, 0), "step", "forward", fwd),
             Collective("fsdp_allgather_fwd", "all_gather", "dp", shard, stride, weights / gathers,
                        np.where(z3, gathers, 0), "microbatch", "forward", "forward"),
             Collective("fsdp_allgather_bwd", "all_gather", "dp", shard, stride, weights / gathers,
-                       np.where(z3, gathers, 0), "microbatch", "backward", "backward"),
+                       np.where(z3, gathers, 0), "microbatch", "backward", bwd_gather),
             Collective("fsdp_grad_reduce_scatter", "reduce_scatter", "dp", shard, stride, grads / reduces,
-                       np.where(z3, reduces, 0), "microbatch", "backward", "backward"),
+                       np.where(z3, reduces, 0) if every else 0, "microbatch", "backward", reduce[3]),
+            Collective("fsdp_grad_reduce_scatter_step", "reduce_scatter", "dp", shard, stride, grads,
+                       0 if every else np.where(z3, 1, 0), "step", "backward", reduce[3]),
             Collective("hsdp_replica_allreduce", "all_reduce", "dp", np.maximum(replicas, 1), stride * shard,
-                       grads / shard, np.where((zero > 0) & (replicas > 1), 1, 0), "step", "backward", bwd),
+                       grads / shard, np.where((zero > 0) & (replicas > 1), 1, 0), "step", "backward", reduce[1]),
         ]
 
     def state_divisors(self, ctx: Context):
         _, _, shard = self._group(ctx)
         zero = np.asarray(ctx.layout.zero)
+        # A ZeRO-3 that reduces once per step (under pipelining, deferred gradient sync) holds the
+        # stage's unsharded gradients until then.
+        every = _software(ctx).reduce_every_microbatch if np.all(np.asarray(ctx.layout.pp) == 1) \
+            else _pipeline_every(ctx)
+        sharded_grads = (zero == 2) | ((zero == 3) & (bool(every) | (np.asarray(ctx.micro_batches) == 1)))
         return {
             "optimizer": np.where(zero >= 1, shard, 1),
-            "gradients": np.where(zero >= 2, shard, 1),
+            "gradients": np.where(sharded_grads, shard, 1),
             "weights": np.where(zero >= 3, shard, 1),
         }
 
@@ -98,4 +127,4 @@ class DataParallel(Strategy):
         # ZeRO-3 holds one layer gathered while the next is prefetched.
         lay = ctx.layout
         return {"gathered_weights": np.where(np.asarray(lay.zero) == 3,
-                                             2 * ctx.layer_params / np.asarray(lay.tp) * ctx.bpe, 0.0)}
+                                             2 * ctx.layer_params / np.asarray(lay.tp) * ctx.weight_bytes, 0.0)}

@@ -4,12 +4,12 @@ Narayanan et al. 2021 (arXiv 2104.04473, Sec. 2.2): with p stages and m
 micro-batches the 1F1B schedule idles for a bubble of (p-1)/m of the ideal time;
 interleaving v model chunks per device shrinks it to (p-1)/(v m) at v times the
 point-to-point messages. Each stage boundary sends one (b, s, h) activation
-forward and its gradient backward per micro-batch; with tensor parallelism each
-TP rank sends 1/t of it and the receivers all-gather over NVLink (the paper's
-scatter/gather optimisation, Megatron-LM ``--scatter-gather-tensors-in-pipeline``).
-DeepSpeed's pipeline engine sends each stage's whole output from every TP rank
-(``deepspeed/runtime/pipe/engine.py``, ``_exec_send_activations``):
-``Layout.pp_scatter_gather = False``.
+forward and its gradient backward per micro-batch. How is the framework's
+(``pipeline.send``): ``scatter-gather`` (Megatron-LM, the paper's Sec. 4.1) and
+``partitioned`` (DeepSpeed's pipeline engine, ``pipe_partitioned``) send 1/t of it
+from each TP rank and the receivers all-gather it over NVLink; ``full`` (Megatron-Core,
+torch.distributed.pipelining) sends the whole tensor from every TP rank. Under sequence
+parallelism the activation is already split t ways and goes as it is.
 
 The embedding sits on the first stage and the head (final norm, logits, loss) on the
 last; the busiest stage is whichever of the two does more, and it holds the
@@ -64,18 +64,26 @@ class PipelineParallel(Strategy, Stages):
         stride = ctx.stride("pp")
         # The (b, s, h) activation as this device holds it: whole under 1D TP, a 1/P block under 2D/3D.
         act = d.batch * d.seq * model.hidden / d.hidden_shard * ctx.bpe
+        # Without a training framework (serving): each TP rank sends its stage's whole output, as vLLM does.
+        send = ctx.software.framework.pipeline.send if ctx.software is not None else "full"
+        split = send in ("scatter-gather", "partitioned")
+        sp = np.asarray(lay.sp)
         if lay.tp_mode == "1d":
-            # Scatter/gather: each TP rank sends its 1/t slice (already sharded under sequence parallel);
-            # without it (DeepSpeed's pipeline engine) every TP rank sends the whole activation.
-            msg = act / np.where(np.asarray(lay.sp), d.norm_shard, np.where(lay.pp_scatter_gather, t, 1))
+            msg = act / np.where(sp, d.norm_shard, t if split else 1)
+            gather = np.where(sp | (t == 1) | (not split), 0, 1)  # the receiver rebuilds the whole tensor
         else:
-            msg = act
+            msg, gather = act, 0
         sends = np.where(p > 1, v, 0)
         tied = 1 if model.tied_embeddings else 0
-        table = np.ceil(model.vocab / t) * model.hidden * ctx.bpe
+        table = np.ceil(model.vocab / t) * model.hidden * ctx.grad_bytes
+        tp_stride = ctx.stride("tp")
         return [
             Collective("pp_send_activation", "send_recv", "pp", 2, stride, msg, sends, "microbatch", "forward", "none"),
             Collective("pp_send_gradient", "send_recv", "pp", 2, stride, msg, sends, "microbatch", "backward", "none"),
+            Collective("pp_recv_allgather_activation", "all_gather", "pp", t, tp_stride, act, sends * gather,
+                       "microbatch", "forward", "none"),
+            Collective("pp_recv_allgather_gradient", "all_gather", "pp", t, tp_stride, act, sends * gather,
+                       "microbatch", "backward", "none"),
             # Tied input/output embeddings live on the first and last stage: their gradients are summed.
             Collective("pp_embedding_grad_allreduce", "all_reduce", "pp", 2, stride * np.maximum(p - 1, 1),
                        table, np.where(p > 1, tied, 0), "step", "step", "none"),

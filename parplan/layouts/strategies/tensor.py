@@ -28,6 +28,7 @@ class TensorParallel1D(Strategy):
             kv_heads=np.where(model.kv_heads >= t, model.kv_heads / t, 1),
             ffn=model.ffn_hidden / t,
             vocab=vocab_shard(model.vocab, t),
+            vocab_split=t,
             norm_shard=np.where(sp & (t > 1), t, 1),
         )
         return dims

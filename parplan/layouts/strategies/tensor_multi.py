@@ -130,6 +130,7 @@ def _shard_common(dims: dict, model, q, rows) -> dict:
         kv_heads=np.where(model.kv_heads >= q, model.kv_heads / q, 1),
         ffn=model.ffn_hidden / q,
         vocab=vocab_shard(model.vocab, q),
+        vocab_split=q,
         norm_shard=q,  # batch is already /rows: tokens * h / q is the 1/P block of the activation
     )
     return dims
