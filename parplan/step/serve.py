@@ -109,7 +109,7 @@ def serving_layout(tp: int, pp: int, replicas: int = 1) -> Layout:
     """The mesh the strategies see for one replica: tensor parallel inside, the pipeline next to it;
     no sequence parallel, and every TP rank sends its stage's whole activation on (as vLLM's
     pipeline does)."""
-    return Layout(tp=tp, pp=pp, dp=replicas, pp_scatter_gather=False, order=("tp", "cp", "pp", "dp"))
+    return Layout(tp=tp, pp=pp, dp=replicas, order=("tp", "cp", "pp", "dp"))
 
 
 def _dims(model: ModelSpec, tp: int, seqs, seq, seq_kv, causal: bool) -> ops_mod.LocalDims:

@@ -28,8 +28,9 @@ from ..specs.dtypes import BYTES_PER_ELEMENT
 from ..specs.cluster import Cluster
 from ..layouts.layout import Layout
 from ..layouts.rules import check_layout
-from ..cost.memory import (ADAM_STATE_BYTES_PER_PARAM, DEFAULT_HEADROOM, layer_activation_bytes,
-    optimizer_step_bytes, recompute_code)
+from ..cost.memory import DEFAULT_HEADROOM, SELECTIVE_LAYER_EVERY, layer_activation_bytes, recompute_code
+from ..specs.framework import Software
+from . import software as sw_mod
 from ..specs.model import ModelSpec, vocab_shard, with_seq_len
 from ..cost.roofline import ALIGNED_BYTES, alignment_bytes, arithmetic_intensity, memory_time_s, misalignment_fraction
 from ..layouts.strategies import Context, StageTimes, axis, axis_names, breakdown_labels, stages_of, strategies_for
@@ -63,6 +64,7 @@ class Estimate:
     collectives: list = field(default_factory=list)
     headroom: float = DEFAULT_HEADROOM
     mfu_causal: Any = None  # the same with the causal half of attention: the FLOPs the kernels execute
+    software: Any = None    # the Software the step was predicted for
 
     def columns(self) -> dict[str, Any]:
         """The estimate's numbers as flat columns: ``step_time_s``, ``tokens_per_s``, ``mfu``, ``hfu``,
@@ -78,23 +80,28 @@ class Estimate:
 # --------------------------------------------------------------------------- the model
 
 
-def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, headroom: float = DEFAULT_HEADROOM,
-             check: bool = True, dropout: bool | None = None) -> Estimate:
-    """Predict one training step of ``model`` on ``cluster`` under ``layout``.
+def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: Software | None = None,
+             headroom: float = DEFAULT_HEADROOM, check: bool = True, dropout: bool | None = None) -> Estimate:
+    """Predict one training step of ``model`` on ``cluster`` under ``layout``, run by ``software``
+    (a :class:`parplan.specs.framework.Software`; by default Megatron-Core on GPUs, JAX on TPUs).
 
     With ``check=False`` the layout's fields may be numpy arrays of candidates (the
     search); every result field is then an array.
     """
+    sw = software or sw_mod.default_software(cluster, layout.dtype)
+    fw = sw.framework
     if check:
-        layout = check_layout(layout, model, cluster)
+        layout = check_layout(layout, model, cluster, fw)
     seq = layout.seq_len or model.seq_len
     model = with_seq_len(model, int(seq)) if np.ndim(seq) == 0 else model
     hw, dtype = cluster.hardware, layout.dtype
-    bpe = BYTES_PER_ELEMENT[dtype]
+    act = sw_mod.activation_dtype(dtype)
+    bpe = BYTES_PER_ELEMENT[act]
     use_dropout = model_has_dropout(model) if dropout is None else dropout
     rc = recompute_code(layout.recompute)
+    env = sw_mod.kernel_env(sw)
 
-    # ---- per-device shapes: each axis shrinks what it shards
+    # ---- per-device shapes: each axis shrinks what it shards; the vocabulary padded as the framework pads it
     strategies = strategies_for(layout)
     stages = stages_of(strategies)
     fields = dict(batch=np.asarray(layout.micro_batch), seq=np.asarray(seq, float),
@@ -103,31 +110,37 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, headroom: fl
                   vocab=vocab_shard(model.vocab, 1), norm_shard=1, hidden_shard=1, causal=True)
     for s in strategies:
         fields = s.local_dims(fields, model, layout)
+    split = fields.get("vocab_split", 1)
+    fields["vocab"] = np.ceil(fw.padded_vocab(model.vocab, split) / split)
     dims = ops_mod.LocalDims(**fields)
+    m = np.asarray(layout.global_batch) // (np.asarray(layout.micro_batch) * np.asarray(layout.dp))
+    m = np.maximum(m, 1)
 
     # ---- compute per layer, per micro-batch
-    lops = ops_mod.layer_ops(model, dims, dtype, layout.flash_attention, use_dropout, layout.fused_kernels)
-    times = [op_times(hw, o, dtype) for o in lops]
-    layer_fwd = sum((t[0] for t in times), np.float64(0.0))
-    layer_bwd = sum((t[1] for t in times), np.float64(0.0))
+    lops = sw_mod.layer_ops(model, dims, layout, sw, use_dropout, m)
+    times = [op_times(hw, o, act, env=env) for o in lops]
+    host = fw.host_overhead_per_layer_s
+    layer_fwd = sum((t[0] for t in times), np.float64(0.0)) + host
+    layer_bwd = sum((t[1] for t in times), np.float64(0.0)) + host
     attn_fwd = sum((t[0] for o, t in zip(lops, times) if o.attention_core), np.float64(0.0))
     attn_bwd = sum((t[1] for o, t in zip(lops, times) if o.attention_core), np.float64(0.0))
-    layer_rec = np.where(rc == 2, layer_fwd, np.where(rc == 1, attn_fwd, 0.0))
-    emb_t = [op_times(hw, o, dtype) for o in ops_mod.embedding_ops(model, dims, dtype)]
-    head_t = [op_times(hw, o, dtype) for o in ops_mod.head_ops(model, dims, dtype)]
+    sac_fwd = sum((t[0] * o.sac for o, t in zip(lops, times) if o.name != "fsdp_copies"), np.float64(0.0))
+    layer_rec = np.select([rc == 2, rc == 1, rc == 3, rc == 4],
+                          [layer_fwd, attn_fwd, sac_fwd, layer_fwd / SELECTIVE_LAYER_EVERY], 0.0)
+    emb_t = [op_times(hw, o, act, env=env) for o in ops_mod.embedding_ops(model, dims, act)]
+    head_t = [op_times(hw, o, act, env=env) for o in sw_mod.head_ops(model, dims, layout, sw)]
     emb_f, emb_b = sum(t[0] for t in emb_t), sum(t[1] for t in emb_t)
     head_f, head_b = sum(t[0] for t in head_t), sum(t[1] for t in head_t)
 
     # ---- stages
-    m = np.asarray(layout.global_batch) // (np.asarray(layout.micro_batch) * np.asarray(layout.dp))
-    m = np.maximum(m, 1)
     stage_layers = stages.stage_layers(model, layout)
     stage_params = stages.stage_params(model, layout)
     layer_p = model.layer_params()
+    grad_bytes = sw_mod.grad_bytes(sw, dtype)
     ctx = Context(model=model, cluster=cluster, layout=layout, dims=dims, bpe=bpe, seq=seq,
                   stage_layers=stage_layers, micro_batches=m, layer_params=layer_p,
-                  stage_params=stage_params, recompute=rc)
-
+                  stage_params=stage_params, recompute=rc, software=sw, grad_bytes=grad_bytes,
+                  weight_bytes=sw_mod.weight_bytes(sw, dtype))
     # ---- collectives: time per call, calls per step
     costs = price_collectives(strategies, ctx)
 
@@ -166,9 +179,8 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, headroom: fl
     for s in strategies:
         for k, v in s.state_divisors(ctx).items():
             divisors[k] = divisors[k] * v
-    grad_bytes = 4 if layout.grad_accum_fp32 else bpe
     opt_params = stage_params / divisors["optimizer"]
-    optimizer_s = memory_time_s(hw, optimizer_step_bytes(opt_params, grad_bytes))
+    optimizer_s = memory_time_s(hw, sw_mod.optimizer_bytes(sw, opt_params, grad_bytes))
     step = step + optimizer_s
 
     # ---- exposures of the per-layer and per-micro-batch collectives
@@ -193,18 +205,23 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, headroom: fl
     breakdown["optimizer"] = optimizer_s
 
     # ---- memory
-    act_layer = layer_activation_bytes(model, dims, dtype, layout.flash_attention, use_dropout, rc)
+    fp8_inputs = bool(sw.fp8_recipe) and fw.fp8.saves_fp8_inputs
+    act_layer = layer_activation_bytes(model, dims, act, sw.flash_attention, use_dropout, rc, sw.elementwise,
+                                       fp8_inputs)
     inflight = stages.inflight(layout, m)
-    act_full_layer = layer_activation_bytes(model, dims, dtype, layout.flash_attention, use_dropout, "none")
-    activations = stage_layers * act_layer * inflight + np.where(rc == 2, act_full_layer, 0.0)
-    logits = dims.batch * dims.seq * dims.vocab * (bpe + 4)  # 16-bit logits and the fp32 loss softmax
+    act_full_layer = layer_activation_bytes(model, dims, act, sw.flash_attention, use_dropout, "none",
+                                            sw.elementwise, fp8_inputs)
+    # Recomputing a whole layer (full; selective-layer's checkpointed blocks) rebuilds one layer's activations.
+    activations = stage_layers * act_layer * inflight + np.where((rc == 2) | (rc == 4), act_full_layer, 0.0)
+    states = sw_mod.state_bytes_per_param(sw, dtype)
     memory = {
-        "weights": stage_params * bpe / divisors["weights"],
+        "weights": stage_params * states["weights"] / divisors["weights"],
         "gradients": stage_params * grad_bytes / divisors["gradients"],
-        "optimizer": stage_params * ADAM_STATE_BYTES_PER_PARAM / divisors["optimizer"],
+        "optimizer": stage_params * states["optimizer"] / divisors["optimizer"],
         "activations": activations,
-        "logits": logits,
+        "logits": sw_mod.logits_bytes(dims, sw, dtype),
     }
+    memory.update(sw_mod.extra_memory(model, dims, layout, sw, stage_layers, stage_params))
     for s in strategies_in_registry_order(strategies):
         memory.update(s.memory_bytes(ctx))
     memory["total"] = sum(memory.values())
@@ -213,8 +230,8 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, headroom: fl
     # ---- throughput and utilization
     batch = np.asarray(layout.global_batch, float)
     tokens = batch * seq
-    model_flops = model_flops_per_step(model, seq, batch, dtype)
-    hw_flops = model_flops + recompute_flops_per_step(model, seq, batch, rc, dtype)
+    model_flops = model_flops_per_step(model, seq, batch, act)
+    hw_flops = model_flops + recompute_flops_per_step(model, seq, batch, rc, act)
     peak_total = hw.peak(dtype) * cluster.devices
     return Estimate(
         model=model, cluster=cluster, layout=layout,
@@ -235,6 +252,7 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, headroom: fl
         op_times=times,
         collectives=costs,
         headroom=headroom,
+        software=sw,
     )
 
 

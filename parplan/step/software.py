@@ -1,0 +1,137 @@
+"""What the run's software changes in a step: its kernels, precision, FSDP copies, loss and optimizer.
+
+A :class:`parplan.specs.framework.Software` (a framework profile with the user's choices) decides
+
+* the op list of a layer: which element-wise ops run fused or eager, the attention kernel, FP8
+  on the linear GEMMs with their casts, autocast's per-forward weight casts, and FSDP2's
+  copy-in/copy-out around each gather and reduce-scatter (per-parameter sharding);
+* the head's loss kernel and its memory;
+* the bytes gradients and gathered weights travel in;
+* how model states are kept (fp32 master weights beside 16-bit ones, or fp32 parameters) and
+  the optimizer kernel's HBM traffic;
+* a per-layer host overhead (measured by ``calibrate``).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..cost import ops as ops_mod
+from ..cost.elementwise import LOSS_MEMORY_BYTES
+from ..cost.kernels import KernelEnv
+from ..cost.memory import optimizer_step_bytes
+from ..specs.dtypes import BYTES_PER_ELEMENT
+from ..specs.framework import Software, default_framework, resolve_software
+from ..specs.framework_loader import load_framework
+
+ROWWISE_SCALINGS = ("rowwise", "blockwise", "mxfp8")
+
+
+def default_software(cluster, dtype: str) -> Software:
+    """The software a plan assumes when none is named: Megatron-Core on GPUs, JAX on TPUs."""
+    kind = cluster.hardware.kind
+    return resolve_software(load_framework(default_framework(kind)), dtype=dtype)
+
+
+def activation_dtype(dtype: str) -> str:
+    """The type activations, attention and element-wise work run in: 16 bits under an FP8 recipe."""
+    return "bf16" if dtype == "fp8" else dtype
+
+
+def kernel_env(sw: Software) -> KernelEnv:
+    scaling = "rowwise" if sw.fp8_recipe in ROWWISE_SCALINGS else "tensorwise"
+    return KernelEnv(attention=sw.attention_kernels or ("flash2",), fp8_scaling=scaling,
+                     elementwise_efficiency=sw.framework.elementwise_efficiency)
+
+
+def grad_bytes(sw: Software, dtype: str) -> int:
+    """Bytes per gradient element as accumulated and reduced (fp32 main gradients, or the weights' type)."""
+    act = activation_dtype(dtype)
+    rule = sw.framework.data_parallel.grad_dtype
+    if rule == "fp32" or (rule == "fp32-with-bf16" and act == "bf16"):
+        return 4
+    return BYTES_PER_ELEMENT[act]
+
+
+def weight_bytes(sw: Software, dtype: str) -> int:
+    """Bytes per weight element as ZeRO-3 gathers it: FP8 where the framework gathers FP8 weights."""
+    if dtype == "fp8" and sw.framework.fp8.all_gather:
+        return 1
+    return BYTES_PER_ELEMENT[activation_dtype(dtype)]
+
+
+def zero3_shard(layout):
+    """Ranks a ZeRO-3 parameter is sharded over (1 where the layout does not shard parameters)."""
+    group = layout.dp if layout.shard_group is None else layout.shard_group
+    return np.where(np.asarray(layout.zero) == 3, np.asarray(group) * np.asarray(layout.cp), 1)
+
+
+def layer_ops(model, dims, layout, sw: Software, dropout: bool, micro_batches) -> list[ops_mod.Op]:
+    """One layer's ops as this software runs them, per micro-batch (FSDP2 copies included)."""
+    act = activation_dtype(layout.dtype)
+    fw = sw.framework
+    shard = zero3_shard(layout)
+    fp8 = None
+    if sw.fp8_recipe:
+        per_step = fw.fp8.weight_cast == "per-step"
+        fp8 = ops_mod.Fp8(recipe=sw.fp8_recipe, casts=sw.fp8_casts,
+                          weight_casts_per_microbatch=1.0 / np.maximum(micro_batches, 1) if per_step else 1.0,
+                          weight_shard=shard)
+    ops = ops_mod.layer_ops(model, dims, act, sw.flash_attention, dropout, elementwise=sw.elementwise, fp8=fp8,
+                            weight_cast_shard=shard if fw.kernels.weight_casts else None)
+    if fw.data_parallel.zero3 == "per-parameter":
+        ops.append(_fsdp_copies(model, dims, layout, act))
+    return ops
+
+
+def _fsdp_copies(model, dims, layout, act: str) -> ops_mod.Op:
+    """FSDP2's copies around a layer's collectives (``_fsdp_collectives.py``): forward, the gathered
+    weights copied out of the flat buffer into each parameter (read, write); backward, the same for
+    the backward gather, and the gradients packed into the reduce-scatter buffer in fp32 (read 16
+    bits, write 4 bytes)."""
+    bpe = BYTES_PER_ELEMENT[act]
+    params = model.layer_params() / np.asarray(layout.tp, float)
+    z3 = np.asarray(layout.zero) == 3
+    fwd = np.where(z3, 2 * params * bpe, 0.0)
+    bwd = np.where(z3, 2 * params * bpe + params * (bpe + 4), 0.0)
+    return ops_mod.Op("fsdp_copies", ops_mod.MEMORY, 0.0, 0.0, fwd, bwd, streaming=True, kernels=(1, 2))
+
+
+def head_ops(model, dims, layout, sw: Software) -> list[ops_mod.Op]:
+    return ops_mod.head_ops(model, dims, activation_dtype(layout.dtype), sw.loss, sw.elementwise["norm"])
+
+
+def logits_bytes(dims, sw: Software, dtype: str):
+    """The loss's peak memory: the logits and what its kernel keeps (fp32 softmax, eager copies)."""
+    per = LOSS_MEMORY_BYTES[sw.loss] * BYTES_PER_ELEMENT[activation_dtype(dtype)] / 2
+    return dims.batch * dims.seq * dims.vocab * per
+
+
+def state_bytes_per_param(sw: Software, dtype: str) -> dict[str, float]:
+    """Bytes per parameter of weights and optimizer state: 16-bit weights with fp32 master copies,
+    momentum and variance in the optimizer (Megatron, DeepSpeed: 2 + 12), or fp32 parameters with
+    fp32 momentum and variance (FSDP, autocast: 4 + 8)."""
+    if sw.framework.master_weights == "fp32-params":
+        return {"weights": 4.0, "optimizer": 8.0}
+    return {"weights": float(BYTES_PER_ELEMENT[activation_dtype(dtype)]), "optimizer": 12.0}
+
+
+def optimizer_bytes(sw: Software, params, grad_bytes_per_param: int):
+    fw = sw.framework
+    return optimizer_step_bytes(params, grad_bytes_per_param, fw.optimizer, fw.master_weights)
+
+
+def extra_memory(model, dims, layout, sw: Software, stage_layers, stage_params) -> dict[str, Any]:
+    """Copies the software keeps beyond weights, gradients, optimizer state and activations: autocast's
+    16-bit weight copies (saved for the backward; gathered per layer instead under ZeRO-3) and
+    Transformer Engine's cached FP8 weights with their transposes (1 + 1 byte per parameter)."""
+    fw = sw.framework
+    local = stage_params / np.asarray(layout.tp, float)
+    z3 = np.asarray(layout.zero) == 3
+    out = {}
+    if fw.kernels.weight_casts:
+        out["weight_copies"] = np.where(z3, 0.0, local * BYTES_PER_ELEMENT[activation_dtype(layout.dtype)])
+    if sw.fp8_recipe and fw.fp8.weight_cast == "per-step":
+        out["fp8_weight_cache"] = local * 2.0 / zero3_shard(layout)
+    return out
