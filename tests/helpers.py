@@ -156,3 +156,11 @@ def synthetic_rows() -> list[Row]:
         rows.append(Row("copy", "copy", "uint8", size_bytes=size, bytes_moved=2 * size,
                         time_s=overhead + 2 * size / (2.039e12 * 0.88), host="node7"))
     return rows
+
+
+def software(framework: str = "megatron-core", **choices):
+    """A run's Software: a shipped framework with the given choices (``flash_attention=False``, ...)."""
+    from parplan.specs.framework import resolve_software
+    from parplan.specs.framework_loader import load_framework
+
+    return resolve_software(load_framework(framework), **choices)

@@ -14,6 +14,7 @@ from ..plan.emit import TARGETS as EMIT_TARGETS
 from ..plan.search import OBJECTIVES
 from ..specs.dtypes import DTYPES
 from .common import one_line_errors, run
+from .software_opts import pop_software, software_from, software_options
 from ..errors import ParplanError
 from .serve_cmd import inference_options
 
@@ -53,16 +54,13 @@ def layout_options(fn):
         click.option("--vpp", type=int, default=1, show_default=True, help="Virtual pipeline stages per rank."),
         click.option("--schedule", type=click.Choice(SCHEDULES), default="1f1b",
                      show_default=True),
-        click.option("--flash-attention/--no-flash-attention", default=True, show_default=True),
-        click.option("--fused-kernels/--no-fused-kernels", default=True, show_default=True,
-                     help="Fused element-wise kernels (Megatron-LM since 2021); off: eager PyTorch ops."),
         click.option("--headroom", type=click.FloatRange(0, 0.9), default=0.10, show_default=True,
                      help="Fraction of HBM kept free."),
         *budget_options(),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
-    return fn
+    return software_options(fn)
 
 
 def budget_options() -> list:
@@ -76,7 +74,7 @@ def budget_options() -> list:
 
 
 def build_layout(cluster, model, *, mesh, tp, pp, dp, cp, micro_batch, global_batch, seq, recompute, dtype,
-                 zero, shard_group, sp, tp_mode, cp_mode, vpp, schedule, flash_attention, fused_kernels):
+                 zero, shard_group, sp, tp_mode, cp_mode, vpp, schedule):
     from ..layouts.layout import DEFAULT_ORDER, Layout, mesh_order, parse_mesh
     from ..plan.candidates import default_global_batch
 
@@ -107,8 +105,7 @@ def build_layout(cluster, model, *, mesh, tp, pp, dp, cp, micro_batch, global_ba
     return Layout(tp=given["tp"], pp=given["pp"], dp=given["dp"], cp=given["cp"], micro_batch=micro_batch,
                   global_batch=global_batch, seq_len=seq, recompute=recompute, dtype=dtype, zero=zero,
                   shard_group=shard_group, sp=sp, tp_mode=tp_mode, cp_mode=cp_mode, vpp=vpp,
-                  schedule=schedule, flash_attention=flash_attention, fused_kernels=fused_kernels,
-                  order=tuple(order))
+                  schedule=schedule, order=tuple(order))
 
 
 def _estimate_from_options(model_name, hw, headroom, **kw):
@@ -119,10 +116,11 @@ def _estimate_from_options(model_name, hw, headroom, **kw):
 
     model = load_model(model_name)
     cluster = load_cluster(hw)
+    software = software_from(pop_software(kw), cluster, kw["dtype"])
     layout = build_layout(cluster, model, **kw)
     note = "given" if kw.get("global_batch") is not None else \
         default_batch_note(layout.global_batch, layout.seq_len or model.seq_len)
-    return estimate(model, cluster, layout, headroom=headroom), note
+    return estimate(model, cluster, layout, headroom=headroom, software=software), note
 
 
 # --------------------------------------------------------------------------- commands
@@ -184,9 +182,7 @@ def _estimate_or_explain(model_name, hw, headroom, fmt, mode, inference, kw, exp
 @click.option("--headroom", type=click.FloatRange(0, 0.9), default=0.10, show_default=True,
               help="Fraction of HBM kept free.")
 @click.option("--allow-cross-node-tp", is_flag=True, help="Let tensor parallel span nodes.")
-@click.option("--flash-attention/--no-flash-attention", default=True, show_default=True)
-@click.option("--fused-kernels/--no-fused-kernels", default=True, show_default=True,
-              help="Fused element-wise kernels (Megatron-LM since 2021); off: eager PyTorch ops.")
+@software_options
 @click.option("--tp", type=int, default=None, help="Fix the tensor-parallel size.")
 @click.option("--pp", type=int, default=None, help="Fix the pipeline size.")
 @click.option("--dp", type=int, default=None, help="Fix the data-parallel size.")
@@ -210,8 +206,8 @@ def _estimate_or_explain(model_name, hw, headroom, fmt, mode, inference, kw, exp
 @budget_options()[1]
 @inference_options(plan=True)
 @one_line_errors
-def plan(model_name, hw, global_batch, seq, dtype, objective, top, headroom, allow_cross_node_tp, flash_attention,
-         fused_kernels, fmt, emit_target, explain, tokens, price, mode, inference, **fixed):
+def plan(model_name, hw, global_batch, seq, dtype, objective, top, headroom, allow_cross_node_tp,
+         fmt, emit_target, explain, tokens, price, mode, inference, **fixed):
     """Search every mesh shape and knob; print the best layouts, ranked (--mode inference: serving layouts)."""
     from ..specs.cluster import load_cluster
     from .serve_cmd import dispatch_plan
@@ -220,9 +216,9 @@ def plan(model_name, hw, global_batch, seq, dtype, objective, top, headroom, all
     from ..plan.planner import make_plan
     from ..views.plan_text import plan_report
 
+    software_kw = pop_software(fixed)
     text = dispatch_plan(model_name, hw, dtype, top, headroom, fmt, mode, inference,
-                         dict(global_batch=global_batch, seq=seq, objective=objective,
-                              flash_attention=flash_attention, fused_kernels=fused_kernels), fixed,
+                         dict(global_batch=global_batch, seq=seq, objective=objective, **software_kw), fixed,
                          allow_cross_node_tp)
     if text is not None:
         click.echo(text)
@@ -233,9 +229,9 @@ def plan(model_name, hw, global_batch, seq, dtype, objective, top, headroom, all
     cluster = load_cluster(hw)
     fixed, schedule, placements = plan_fixed(fixed)
     result = make_plan(model, cluster, global_batch=global_batch, dtype=dtype, objective=objective, top=top,
-                       headroom=headroom, allow_cross_node_tp=allow_cross_node_tp, flash_attention=flash_attention,
-                       fixed=fixed, emit_target=emit_target, explain=explain, fused_kernels=fused_kernels,
-                       schedule=schedule if schedule == "gpipe" else None, placements=placements)
+                       headroom=headroom, allow_cross_node_tp=allow_cross_node_tp,
+                       software=software_from(software_kw, cluster, dtype), fixed=fixed, emit_target=emit_target,
+                       explain=explain, schedule=schedule if schedule == "gpipe" else None, placements=placements)
     click.echo(plan_report(result, fmt, tokens=tokens, price=price))
 
 
@@ -319,14 +315,18 @@ def _looks_like_profile(path: str) -> bool:
 
 
 @cli.command()
-@click.argument("file", required=False)
+@click.argument("files", nargs=-1)
+@click.option("--framework", default=None,
+              help="Framework for the runs whose record names none (default: megatron-core on GPUs, jax on TPUs).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @one_line_errors
-def validate(file, fmt):
-    """Predict every published run in FILE (default: the shipped set) and report the error."""
+def validate(files, framework, fmt):
+    """Predict every published run in FILES (default: the shipped sets) as 'plan' would, and report the error."""
     from ..validate.published import format_validation, load_runs, validate_runs
 
-    results = validate_runs(load_runs(file))
+    runs = [r for f in files for r in (dict(x, _file=f.rsplit("/", 1)[-1]) for x in load_runs(f))] if files \
+        else load_runs(None)
+    results = validate_runs(runs, framework=framework)
     if fmt == "json":
         click.echo(json.dumps(results, indent=2))
     else:

@@ -31,11 +31,12 @@ INFERENCE_DEFAULTS = {"input_len": None, "output_len": None, "batch": None, "rep
 # Training-only options of ``estimate``/``explain`` (parplan.cli.layout_options) and ``plan``, at their defaults.
 ESTIMATE_TRAINING_DEFAULTS = {"mesh": None, "cp": None, "micro_batch": 1, "global_batch": None, "seq": None,
                               "recompute": "none", "zero": 0, "shard_group": None, "sp": False, "tp_mode": "1d",
-                              "cp_mode": "allgather", "vpp": 1, "schedule": "1f1b", "flash_attention": True,
-                              "fused_kernels": True}
+                              "cp_mode": "allgather", "vpp": 1, "schedule": "1f1b", "flash_attention": None,
+                              "fused_kernels": None, "framework": None, "compiled": None, "fp8_recipe": None}
 PLAN_TRAINING_DEFAULTS = {"cp": None, "zero": None, "micro_batch": None, "recompute": None, "global_batch": None,
-                          "seq": None, "objective": "throughput", "flash_attention": True,
-                          "fused_kernels": True, "mesh": None, "sp": None, "vpp": None, "schedule": None,
+                          "seq": None, "objective": "throughput", "flash_attention": None,
+                          "fused_kernels": None, "framework": None, "compiled": None, "fp8_recipe": None,
+                          "mesh": None, "sp": None, "vpp": None, "schedule": None,
                           "tp_mode": None, "cp_mode": None, "shard_group": None}
 
 

@@ -20,7 +20,9 @@ from ..errors import ParplanError
 from ..layouts import rules
 from ..layouts.layout import RECOMPUTE, TP_MODES
 from ..specs.cluster import Cluster
+from ..specs.framework import Software
 from ..specs.model import ModelSpec
+from ..step.software import default_software
 
 CP_SCHEMES = ("allgather", "ring")   # candidate codes 0, 1
 MICRO_BATCHES = (1, 2, 4, 8, 16, 32)
@@ -40,11 +42,17 @@ class SearchSpace:
     max_micro_batch: int = 16
     allow_cross_node_tp: bool = False
     fixed: dict | None = None          # axis or knob -> value, e.g. {"tp": 8}
-    flash_attention: bool = True
-    fused_kernels: bool = True
+    software: Software | None = None   # the framework and its choices (None: the device's default framework)
     headroom: float = DEFAULT_HEADROOM
     schedule: str | None = None        # gpipe, or None: 1F1B, interleaved where vpp > 1
     placements: tuple | None = None    # mesh orders to try (None: data parallel or the pipeline outermost)
+
+
+def space_software(space: SearchSpace, cluster: Cluster) -> Software:
+    """The software the search assumes: the space's, or the device's default framework."""
+    if space.software is not None:
+        return space.software
+    return default_software(cluster, space.dtype)
 
 
 def default_global_batch(model: ModelSpec, cluster: Cluster, seq_len: int, multiple: int = 1) -> int:
@@ -95,6 +103,12 @@ def candidates(model: ModelSpec, cluster: Cluster, space: SearchSpace) -> dict[s
         axes = _keep(axes, axes["tp_mode"] == TP_MODES.index(fixed["tp_mode"]))
     if "cp_mode" in fixed:  # a context-parallel scheme for the layouts that split the sequence
         axes = _keep(axes, (axes["cp"] == 1) | (axes["cp_mode"] == CP_SCHEMES.index(fixed["cp_mode"])))
+    given = [k for k in ("tp", "cp", "pp", "dp") if k in fixed]
+    product = int(np.prod([fixed[k] for k in given])) if given else 1
+    if len(given) == 4 and product != n or n % product:
+        verb = "does not match" if len(given) == 4 else "does not divide"
+        raise ParplanError(f"{'*'.join(given)} = {product} {verb} the {n} devices: "
+                           f"tp*cp*pp*dp must equal the device count")
     if len(axes["tp"]) == 0:
         raise ParplanError(f"no layout of {n} devices has {', '.join(f'{k}={v}' for k, v in fixed.items())}")
     # The rules on the mesh shape alone first, so the knobs multiply only shapes that can run.
@@ -110,7 +124,7 @@ def candidates(model: ModelSpec, cluster: Cluster, space: SearchSpace) -> dict[s
     if space.schedule == "gpipe":
         vpps = [v for v in vpps if v == 1]
     # Knobs: micro-batch, recompute, ZeRO stage, sequence parallel, virtual stages, HSDP (shard in one node).
-    knob = np.array(list(itertools.product(mbs, range(3), (0, 1, 2, 3), (0, 1), vpps, (0, 1))))
+    knob = np.array(list(itertools.product(mbs, range(len(RECOMPUTE)), (0, 1, 2, 3), (0, 1), vpps, (0, 1))))
     ia, ik = np.meshgrid(np.arange(len(axes["tp"])), np.arange(len(knob)), indexing="ij")
     ia, ik = ia.ravel(), ik.ravel()
     c = {a: v[ia] for a, v in axes.items()}
@@ -131,23 +145,24 @@ def candidates(model: ModelSpec, cluster: Cluster, space: SearchSpace) -> dict[s
     space_ok = ~(c["sp"] & (c["tp"] == 1))                  # sequence parallel at tp=1: plain tp=1
     space_ok &= ~((c["zero"] > 0) & (c["dp"] * c["cp"] == 1))  # ZeRO with nothing to shard over: zero=0
     space_ok &= ~c["hsdp"] | ((c["shard_group"] > 1) & (c["shard_group"] < c["dp"]))  # HSDP of 1 or all of dp
-    # ... and FSDP under a pipeline, which the frameworks do not offer.
-    space_ok &= ~((c["zero"] == 3) & (c["pp"] > 1))
     c = _keep(c, space_ok)
+    # The framework decides which ZeRO stages, recompute modes, schedules and parallelisms it runs.
+    framework = space_software(space, cluster).framework
     knobs = rules.fields(tp=c["tp"], cp=c["cp"], pp=c["pp"], dp=c["dp"], micro_batch=c["micro_batch"], vpp=c["vpp"],
                          sp=c["sp"], tp_mode=c["tp_mode"], zero=c["zero"], shard_group=c["shard_group"],
-                         hsdp=c["hsdp"], global_batch=gb, seq=seq, interleaved=c["vpp"] > 1)
-    ok = rules.valid(model, knobs)
+                         hsdp=c["hsdp"], global_batch=gb, seq=seq, interleaved=c["vpp"] > 1,
+                         recompute=c["recompute"], cp_ring=c["cp_mode"] == CP_SCHEMES.index("ring"))
+    ok = rules.valid(model, knobs, framework)
     if not ok.any():
-        raise ParplanError(_nothing_passes(model, n, gb, fixed, knobs))
+        raise ParplanError(_nothing_passes(model, n, gb, fixed, knobs, framework))
     out = _keep(c, ok)
     del out["hsdp"]
     return out
 
 
-def _nothing_passes(model: ModelSpec, n: int, gb: int, fixed: dict, a) -> str:
+def _nothing_passes(model: ModelSpec, n: int, gb: int, fixed: dict, a, framework=None) -> str:
     """Why no candidate runs: the rule that rejects the most of them, in its words for the first one."""
-    broken = [(rule, mask) for rule, mask in rules.violations(model, a) if mask.any()]
+    broken = [(rule, mask) for rule, mask in rules.violations(model, a, framework) if mask.any()]
     given = ", ".join(f"{k}={v}" for k, v in fixed.items())
     head = (f"no layout of {model.name} on {n} devices with global batch {gb}" + (f" and {given}" if given else "")
             + " passes the layout rules")

@@ -20,7 +20,7 @@ TARGETS = ("megatron", "torchtitan", "deepspeed")
 FSDP_STRATEGY = {2: "optim_grads", 3: "optim_grads_params"}
 
 
-def megatron_args(layout: Layout, model: ModelSpec) -> list[str]:
+def megatron_args(layout: Layout, model: ModelSpec, software=None) -> list[str]:
     args = [
         "--tensor-model-parallel-size", str(layout.tp),
         "--pipeline-model-parallel-size", str(layout.pp),
@@ -50,18 +50,19 @@ def megatron_args(layout: Layout, model: ModelSpec) -> list[str]:
         args += ["--recompute-granularity", "selective"]
     elif layout.recompute == "full":
         args += ["--recompute-granularity", "full", "--recompute-method", "uniform", "--recompute-num-layers", "1"]
-    if layout.overlap_grad_reduce and layout.dp > 1:
+    dp_sw = software.framework.data_parallel if software is not None else None
+    if layout.dp > 1 and (dp_sw is None or dp_sw.grad_reduce[layout.zero] == "overlapped"):
         args.append("--overlap-grad-reduce")
-    if layout.overlap_param_gather and layout.zero >= 1:
+    if layout.zero >= 1 and (dp_sw is None or dp_sw.overlap_param_gather):
         args.append("--overlap-param-gather")
     if layout.cp > 1:
         args += ["--cp-comm-type", "p2p" if layout.cp_mode == "ring" else "allgather"]
     args.append({"bf16": "--bf16", "fp16": "--fp16"}.get(layout.dtype, "--bf16"))
     if layout.dtype == "fp8":
         args += ["--fp8-format", "hybrid"]
-    if layout.flash_attention:
+    if software is None or software.flash_attention:
         args += ["--attention-backend", "flash"]
-    if not layout.fused_kernels:
+    if software is not None and set(software.elementwise.values()) == {"eager"}:
         args += list(UNFUSED_FLAGS)
     return args
 
@@ -119,11 +120,7 @@ def parse_megatron_args(text: str, world_size: int) -> Layout:
                   global_batch=num("global-batch-size", 0) or None, seq_len=num("seq-length", 0) or None,
                   zero=zero, sp=bool(values.get("sequence-parallel")), vpp=vpp,
                   schedule="interleaved" if vpp > 1 else "1f1b", recompute=recompute, dtype=dtype,
-                  overlap_grad_reduce=bool(values.get("overlap-grad-reduce")),
-                  overlap_param_gather=bool(values.get("overlap-param-gather")),
-                  cp_mode="ring" if values.get("cp-comm-type") == "p2p" else "allgather",
-                  flash_attention=values.get("attention-backend") == "flash",
-                  fused_kernels=not any(values.get(f[2:]) for f in UNFUSED_FLAGS))
+                  cp_mode="ring" if values.get("cp-comm-type") == "p2p" else "allgather")
 
 
 def torchtitan_toml(layout: Layout, model: ModelSpec) -> str:
@@ -170,7 +167,7 @@ def deepspeed_config(layout: Layout, model: ModelSpec) -> str:
         "train_batch_size": layout.batch,
         "train_micro_batch_size_per_gpu": layout.micro_batch,
         "gradient_accumulation_steps": layout.micro_batches,
-        "zero_optimization": {"stage": layout.zero, "overlap_comm": bool(layout.overlap_grad_reduce)},
+        "zero_optimization": {"stage": layout.zero, "overlap_comm": layout.zero == 3},
         "bf16": {"enabled": layout.dtype == "bf16"},
         "fp16": {"enabled": layout.dtype == "fp16"},
     }
@@ -183,9 +180,10 @@ def deepspeed_config(layout: Layout, model: ModelSpec) -> str:
     return flags + "\n" + json.dumps(config, indent=2)
 
 
-def emit(target: str, layout: Layout, model: ModelSpec) -> str:
+def emit(target: str, layout: Layout, model: ModelSpec, software=None) -> str:
     if target == "megatron":
-        return " \\\n  ".join(" ".join(shlex.quote(a) for a in pair) for pair in _pairs(megatron_args(layout, model)))
+        return " \\\n  ".join(" ".join(shlex.quote(a) for a in pair)
+                              for pair in _pairs(megatron_args(layout, model, software)))
     if target == "torchtitan":
         return torchtitan_toml(layout, model)
     if target == "deepspeed":

@@ -7,6 +7,7 @@ from typing import Any
 from ..errors import ParplanError
 from ..specs.cluster import Cluster
 from ..specs.model import ModelSpec
+from ..step.software import default_software
 from ..step.train import bottleneck, estimate
 from ..units import GIB
 from .candidates import SearchSpace, default_batch_note, default_global_batch
@@ -103,13 +104,14 @@ class PlanResult:
 
 
 def make_plan(model, cluster, *, global_batch=None, dtype="bf16", objective="throughput", top=10,
-              headroom=0.10, allow_cross_node_tp=False, flash_attention=True, fixed=None,
-              emit_target=None, explain=False, fused_kernels=True, schedule=None, placements=None) -> PlanResult:
+              headroom=0.10, allow_cross_node_tp=False, fixed=None, software=None,
+              emit_target=None, explain=False, schedule=None, placements=None) -> PlanResult:
     """Search, rank, check the ranks' stability and (with ``explain``) what binds the best plan.
 
     ``fixed`` pins axes and knobs (``tp``, ``cp``, ``pp``, ``dp``, ``micro_batch``, ``zero``, ``vpp``, ``sp``,
     ``recompute``, ``tp_mode``, ``cp_mode``, ``shard_group``); ``schedule`` and ``placements`` (mesh orders)
-    pin the pipeline schedule and the placement."""
+    pin the pipeline schedule and the placement; ``software`` (a :class:`parplan.specs.framework.Software`)
+    is what runs it (by default the device's default framework), and bounds the layouts searched."""
     seq = model.seq_len
     batches = parse_global_batch(global_batch) if not isinstance(global_batch, int) else [global_batch]
     note = "given" if batches and len(batches) == 1 else "searched"
@@ -117,9 +119,9 @@ def make_plan(model, cluster, *, global_batch=None, dtype="bf16", objective="thr
         batches = [default_global_batch(model, cluster, seq)]
         note = default_batch_note(batches[0], seq)
     cluster.hardware.peak(dtype)
+    software = software or default_software(cluster, dtype)
     space_kw = dict(seq_len=seq, dtype=dtype, allow_cross_node_tp=allow_cross_node_tp, fixed=fixed or {},
-                    flash_attention=flash_attention, fused_kernels=fused_kernels, headroom=headroom,
-                    schedule=schedule, placements=placements)
+                    software=software, headroom=headroom, schedule=schedule, placements=placements)
     df, evaluated, space = _search_all(model, cluster, batches, space_kw)
     ranked = rank(df, objective)
     if ranked.empty:
@@ -142,10 +144,11 @@ def make_plan(model, cluster, *, global_batch=None, dtype="bf16", objective="thr
     return PlanResult(
         model=model, cluster=cluster, objective=objective, batches=batches, batch_note=note, evaluated=evaluated,
         candidates=df, ranked=ranked, top=best, layouts=layouts,
-        estimates=[estimate(model, cluster, lay, headroom=headroom) for lay in layouts],
-        stability=rank_stability(model, cluster, checked, headroom, reference=STABILITY_REFERENCE)[:top],
+        estimates=[estimate(model, cluster, lay, headroom=headroom, software=software) for lay in layouts],
+        stability=rank_stability(model, cluster, checked, headroom, reference=STABILITY_REFERENCE,
+                                 software=software)[:top],
         binding_constraint=binding,
-        sensitivity=sens, emitted=emit(emit_target, layouts[0], model) if emit_target else None,
+        sensitivity=sens, emitted=emit(emit_target, layouts[0], model, software) if emit_target else None,
         emit_target=emit_target)
 
 

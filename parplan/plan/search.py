@@ -15,7 +15,7 @@ from ..step.train import estimate
 from ..layouts.strategies import breakdown_keys
 from ..specs.cluster import Cluster
 from ..layouts.layout import RECOMPUTE, TP_MODES, Layout
-from .candidates import CP_SCHEMES, SearchSpace, candidates
+from .candidates import CP_SCHEMES, SearchSpace, candidates, space_software
 from ..specs.model import ModelSpec
 
 PLACEMENTS = (("tp", "cp", "dp", "pp"), ("tp", "cp", "pp", "dp"))
@@ -40,9 +40,9 @@ def search(model: ModelSpec, cluster: Cluster, space: SearchSpace):
                             micro_batch=part["micro_batch"], global_batch=space.global_batch, seq_len=space.seq_len,
                             zero=part["zero"], sp=part["sp"], vpp=part["vpp"], recompute=part["recompute"],
                             shard_group=part["shard_group"], tp_mode=TP_MODES[tp_code], cp_mode=CP_SCHEMES[cp_code],
-                            dtype=space.dtype, flash_attention=space.flash_attention,
-                            fused_kernels=space.fused_kernels, order=order, schedule=space.schedule or "1f1b")
-            est = estimate(model, cluster, layout, check=False, headroom=space.headroom)
+                            dtype=space.dtype, order=order, schedule=space.schedule or "1f1b")
+            est = estimate(model, cluster, layout, check=False, headroom=space.headroom,
+                           software=space_software(space, cluster))
             df = pd.DataFrame({k: v for k, v in part.items()})
             df["recompute"] = np.array(RECOMPUTE)[part["recompute"]]
             df["tp_mode"] = TP_MODES[tp_code]
@@ -110,8 +110,7 @@ def layout_of(row, space: SearchSpace) -> Layout:
                   tp_mode=str(row.get("tp_mode", "1d")), cp_mode=str(row.get("cp_mode", "allgather")),
                   shard_group=(int(row["shard_group"]) if int(row.get("shard_group", row["dp"])) != int(row["dp"])
                                else None),
-                  dtype=space.dtype, flash_attention=space.flash_attention, fused_kernels=space.fused_kernels,
-                  order=tuple(row["order"].split(",")),
+                  dtype=space.dtype, order=tuple(row["order"].split(",")),
                   schedule=space.schedule or ("interleaved" if int(row["vpp"]) > 1 else "1f1b"))
 
 

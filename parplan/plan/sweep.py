@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable, Sequence
 
 from ..errors import ParplanError
@@ -22,7 +22,10 @@ from ..layouts.strategies import breakdown_keys
 from ..cost.memory import DEFAULT_HEADROOM
 from ..specs.hardware import MAX_DEVICES, load_hardware
 from ..specs.cluster import Cluster, load_cluster, make_cluster
+from ..specs.framework import resolve_software
+from ..specs.framework_loader import load_framework
 from ..specs.model import ModelSpec, with_seq_len
+from ..step.software import default_software
 from .candidates import SearchSpace, default_global_batch
 from ..step.train import bottleneck
 from .search import describe_row, layout_of, rank, search
@@ -145,6 +148,10 @@ def scaled_batch(model: ModelSpec, cluster: Cluster, seq: int, global_batch: int
 # --------------------------------------------------------------------------- one point
 
 
+# The FSDP baseline of a sweep whose framework does not shard parameters (Megatron-Core): PyTorch FSDP2.
+FSDP_FRAMEWORK = "torchtitan"
+
+
 @dataclass(frozen=True)
 class Options:
     """Search settings shared by every point of a sweep."""
@@ -153,7 +160,7 @@ class Options:
     headroom: float = DEFAULT_HEADROOM
     objective: str = "throughput"
     allow_cross_node_tp: bool = False
-    flash_attention: bool = True
+    software: Any = None       # a parplan.specs.framework.Software (None: the device's default framework)
     fixed: dict | None = None
 
 
@@ -186,31 +193,49 @@ def best_point(model: ModelSpec, cluster: Cluster, global_batch: int, options: O
     seq = model.seq_len
     point: dict[str, Any] = {"devices": cluster.devices, "global_batch": global_batch, "seq_len": seq,
                              "tokens_per_device": global_batch * seq / cluster.devices}
+    software = options.software or default_software(cluster, options.dtype)
     space = SearchSpace(global_batch=global_batch, seq_len=seq, dtype=options.dtype,
                         allow_cross_node_tp=options.allow_cross_node_tp, fixed=options.fixed or {},
-                        flash_attention=options.flash_attention, headroom=options.headroom)
+                        software=software, headroom=options.headroom)
     try:
         df, evaluated = search(model, cluster, space)
     except ParplanError as exc:
         point.update(status=f"no layout: {exc}", candidates=0, fitting=0)
         return point
     ranked = rank(df, options.objective)
-    point.update(candidates=evaluated, fitting=len(ranked))
+    point.update(candidates=evaluated, fitting=len(ranked), framework=software.name)
 
-    def columns(row, prefix=""):
-        est = estimate(model, cluster, layout_of(row, space), headroom=options.headroom)
+    def columns(row, sp, prefix=""):
+        est = estimate(model, cluster, layout_of(row, sp), headroom=options.headroom, software=sp.software)
         return _plan_columns(row, est, prefix)
 
     if ranked.empty:
         point["status"] = "no layout fits"
     else:
         point["status"] = "ok"
-        point.update(columns(ranked.iloc[0]))
+        point.update(columns(ranked.iloc[0], space))
     if fsdp:
-        sharded = ranked[(ranked["zero"] == 3) & (ranked["pp"] == 1)]
-        if not sharded.empty:
-            point.update(columns(sharded.iloc[0], "fsdp_"))
+        point.update(_fsdp_point(model, cluster, space, options))
     return point
+
+
+def _fsdp_point(model, cluster, space, options) -> dict[str, Any]:
+    """The best fully sharded data-parallel plan (ZeRO-3, no pipeline), with ``fsdp_`` columns; under the
+    run's framework when it shards parameters, else under :data:`FSDP_FRAMEWORK` (named in ``fsdp_framework``)."""
+    sw = space.software
+    if 3 not in sw.framework.data_parallel.zero:
+        sw = resolve_software(load_framework(FSDP_FRAMEWORK), dtype=options.dtype)
+    sp = replace(space, software=sw, fixed={**(space.fixed or {}), "zero": 3, "pp": 1})
+    try:
+        df, _ = search(model, cluster, sp)
+    except ParplanError:
+        return {}
+    ranked = rank(df, options.objective)
+    if ranked.empty:
+        return {}
+    row = ranked.iloc[0]
+    est = estimate(model, cluster, layout_of(row, sp), headroom=options.headroom, software=sw)
+    return {**_plan_columns(row, est, "fsdp_"), "fsdp_framework": sw.name}
 
 
 def _frame(points: list[dict], attrs: dict):

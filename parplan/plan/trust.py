@@ -74,7 +74,7 @@ def stack_layouts(layouts: list) -> list[tuple[list[int], Layout]]:
 
 
 def rank_stability(model, cluster: Cluster, layouts: list, headroom: float, swing: float = 0.15,
-                   tolerance: float = 0.01, reference: int | None = None) -> list[dict]:
+                   tolerance: float = 0.01, reference: int | None = None, software=None) -> list[dict]:
     """For each plan (in rank order): under how many of the 2x5 perturbations it is (within 1% of) the
     fastest of the first ``reference`` plans (all of them by default), and its worst rank among those.
 
@@ -89,7 +89,8 @@ def rank_stability(model, cluster: Cluster, layouts: list, headroom: float, swin
         cl = scaled_cluster(cluster, what, factor)
         times = [0.0] * len(layouts)
         for idx, stacked in groups:
-            t = np.broadcast_to(estimate(model, cl, stacked, headroom=headroom, check=False).step_time_s, len(idx))
+            t = np.broadcast_to(estimate(model, cl, stacked, headroom=headroom, check=False,
+                                         software=software).step_time_s, len(idx))
             for i, v in zip(idx, t):
                 times[i] = float(v)
         best = min(times[:ref])

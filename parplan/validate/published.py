@@ -1,75 +1,94 @@
-"""Predict published training runs and report the error: the yardstick of the cost model.
+"""Predict published training runs as a user would, and report the error: the yardstick of the cost model.
 
-Each record of ``validation/published-runs.yaml`` gives a model, a cluster
-(with its own server where it differs from the profile's), a layout and the
-step time its publication implies. We predict it with no per-record constants.
-Where a publication leaves a knob unstated (``null``: micro-batch, interleaving,
-ZeRO stage, recompute), we take the value the planner would pick — the fastest
-one that fits — since the authors tuned those knobs for speed too; the table
-marks such rows.
-
-Framework facts of the period that every record shares: no fused (flash)
-attention, which postdates all of them, and gradient reduction after the
-pipeline flush rather than under the backward pass (Megatron-LM's local DDP
-and DeepSpeed's pipeline engine of 2021-22); DeepSpeed ZeRO-3 prefetches and
-overlaps its gathers; fp16 mixed precision keeps 16-bit gradients (the fp16
-optimizers of both frameworks), while the bf16 runs accumulate them in fp32;
-runs on DeepSpeed's pipeline engine (the records' notes say so) send whole
-activations between stages from every TP rank, where Megatron-LM splits them.
-Megatron-LM's fused element-wise kernels and transpose-free attention layout
-came with Narayanan et al. 2021 (Sec. 4.2), so the 2019 runs (Shoeybi et al.)
-execute the layer's element-wise work as separate eager PyTorch kernels.
+Each record of ``validation/*.yaml`` gives a model, a cluster (with its own server where it
+differs from the profile's), a layout, the software that ran it (``framework`` and its
+overrides: ``flash_attention``, ``fused_kernels``, ``compiled``, ``fp8_recipe``) and the step
+time its publication implies. Each record is predicted exactly as ``parplan plan`` predicts it
+for a user who passes the record's fields as flags (``../shared/tools/predict_via_cli.py``
+does that through the command line): the published axes (tp, pp, dp, cp) and every published
+knob (ZeRO stage, recompute, micro-batch) fixed, the global batch, sequence length and
+precision given, the framework named; what a publication leaves out (``null``) the plan
+searches, taking the fastest layout that fits, as the authors tuned for speed too. Where no
+layout fits, the record is predicted by ``parplan estimate`` with its published knobs and the
+defaults, and counted as a memory-model miss. There are no per-record constants and no knob a
+user cannot pass: what a framework does comes from its profile (``frameworks/*.yaml``).
 """
 from __future__ import annotations
 
-import itertools
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import ParplanError
-from ..step.train import estimate
+from ..layouts.layout import RECOMPUTE, Layout
+from ..plan.planner import make_plan
+from ..specs.cluster import Cluster, make_cluster
+from ..specs.framework import Software, default_framework, resolve_software
+from ..specs.framework_loader import load_framework
 from ..specs.hardware import load_hardware
-from ..specs.cluster import make_cluster
-from ..layouts.layout import Layout
-from ..layouts.rules import check_layout
-from ..specs.model import model_from_dict
+from ..specs.model import ModelSpec, model_from_dict
 from ..specs.registry import spec_dir
 from ..specs.yamlio import check_keys, number, read_records, require_mapping
+from ..step.train import estimate
 
-DEFAULT_FILE = "published-runs.yaml"
-# Publications whose code predates Megatron-LM's fused kernels (Narayanan et al. 2021, Sec. 4.2).
-UNFUSED_SOURCES = ("Shoeybi et al. 2019",)
+DEFAULT_FILES = ("published-runs.yaml", "modern-runs.yaml")
+DEFAULT_FILE = DEFAULT_FILES[0]
 
 
 def load_runs(path: str | None = None) -> list[dict]:
-    return read_records(Path(path) if path else spec_dir("validation") / DEFAULT_FILE, "validation run")
+    """The records of one validation file (default: every shipped one, in order)."""
+    if path:
+        return read_records(Path(path), "validation run")
+    runs = []
+    for name in DEFAULT_FILES:
+        file = spec_dir("validation") / name
+        if file.is_file():
+            runs += [dict(r, _file=name) for r in read_records(file, "validation run")]
+    return runs
 
 
 # The schema of a published-run record (see the comment at the top of validation/published-runs.yaml).
 RUN_KEYS = ("id", "source", "confidence", "model", "hardware", "devices", "devices_per_node", "network",
             "inter_node_bandwidth", "precision", "framework", "flash_attention", "fused_kernels", "compiled",
             "fp8_recipe", "layout", "global_batch", "published", "reference_step_time_s", "reference_derivation",
-            "notes")
+            "notes", "_file")
 RUN_LAYOUT_KEYS = ("tp", "pp", "dp", "cp", "vpp", "zero", "sequence_parallel", "recompute", "micro_batch")
 PUBLISHED_KEYS = ("step_time_s", "tflops_per_device", "mfu", "hfu", "tokens_per_s", "tokens_per_s_per_device",
                   "flops_convention")
+# What a user passes for a record's model when the record leaves it out (predict_via_cli.py does the same):
+# a 2-matrix MLP for squared-ReLU (FLOP-equal to GELU), GPT-2's BPE padded as Megatron pads it.
+MODEL_FALLBACKS = {"activation": "gelu", "vocab": 51200}
 
 
-def record_setup(rec: dict):
-    """(model, cluster, base layout, unknown knobs) of one record."""
+@dataclass(frozen=True)
+class RunSetup:
+    """A record as a user passes it: the model, cluster, software, fixed knobs and the estimate fallback's layout."""
+
+    model: ModelSpec
+    cluster: Cluster
+    software: Software
+    fixed: dict             # what the plan keeps (published axes and knobs)
+    global_batch: int
+    dtype: str
+    fallback: Layout        # ``parplan estimate`` with the published knobs and the defaults
+    unknown: tuple          # knobs the publication leaves out, searched
+    framework_note: str     # where the framework came from
+
+
+def record_setup(rec: dict, framework: str | None = None) -> RunSetup:
+    """The flags a user passes for one record. ``framework``: used where the record names none."""
     rid = str(rec.get("id", "?"))
     check_keys(rec, RUN_KEYS, f"run {rid}")
-    check_keys(require_mapping(rec.get("layout"), f"run {rid}: layout"), RUN_LAYOUT_KEYS, f"run {rid}: layout")
+    lay = require_mapping(rec.get("layout"), f"run {rid}: layout")
+    check_keys(lay, RUN_LAYOUT_KEYS, f"run {rid}: layout")
     check_keys(require_mapping(rec.get("published") or {}, f"run {rid}: published"), PUBLISHED_KEYS,
                f"run {rid}: published")
-    model_data = dict(require_mapping(rec.get("model"), f"run {rid}: model"))
+    model_data = {k: v for k, v in require_mapping(rec.get("model"), f"run {rid}: model").items() if v is not None}
+    for key, value in MODEL_FALLBACKS.items():
+        model_data.setdefault(key, value)
     model_data.setdefault("name", rid)
-    model_data.setdefault("position", "learned")
-    if model_data.get("activation") is None:
-        model_data["activation"] = "gelu"
     model = model_from_dict(model_data, f"run {rid}: model")
     hw = load_hardware(str(rec.get("hardware")))
     devices = number(rec, "devices", f"run {rid}", integer=True)
@@ -78,114 +97,108 @@ def record_setup(rec: dict):
         inter = replace(inter, bandwidth=float(number(rec, "inter_node_bandwidth", f"run {rid}")))
     cluster = make_cluster(hw, devices, devices_per_node=rec.get("devices_per_node"), inter_node=inter,
                            name=f"{hw.name}x{devices}")
-    lay = require_mapping(rec.get("layout"), f"run {rid}: layout")
+    dtype = rec.get("precision") or "bf16"
     w = f"run {rid}: layout"
-    precision = rec.get("precision") or "fp16"
-    if precision not in ("bf16", "fp16", "fp8"):
-        raise ParplanError(f"run {rid}: precision must be bf16, fp16 or fp8, got {precision!r}")
+    recompute = lay.get("recompute")
+    if recompute is not None and recompute not in RECOMPUTE:
+        raise ParplanError(f"{w}: recompute must be one of {', '.join(RECOMPUTE)}, got {recompute!r}")
+    fixed = {k: number(lay, k, w, integer=True) for k in ("tp", "pp", "dp")}
+    fixed["cp"] = number(lay, "cp", w, required=False, integer=True, default=1)
     zero = number(lay, "zero", w, required=False, positive=False, integer=True, maximum=3)
-    recompute = lay.get("recompute") or "none"
-    if recompute not in ("none", "selective", "full"):
-        raise ParplanError(f"{w}: recompute must be none, selective or full, got {recompute!r}")
-    deepspeed = "deepspeed" in (str(rec.get("notes", "")) + str(rec.get("source", ""))).lower()
-    fused = not str(rec.get("source", "")).startswith(UNFUSED_SOURCES)
-    layout = Layout(
-        tp=number(lay, "tp", w, integer=True), pp=number(lay, "pp", w, integer=True),
-        dp=number(lay, "dp", w, integer=True), cp=number(lay, "cp", w, required=False, integer=True, default=1),
-        micro_batch=number(lay, "micro_batch", w, required=False, integer=True, default=1),
-        global_batch=number(rec, "global_batch", f"run {rid}", integer=True),
-        seq_len=model.seq_len, zero=int(zero or 0), sp=bool(lay.get("sequence_parallel")),
-        vpp=number(lay, "vpp", w, required=False, integer=True, default=1), recompute=recompute, dtype=precision,
-        flash_attention=False, fused_kernels=fused, overlap_grad_reduce=(zero == 3), overlap_param_gather=(zero == 3),
-        grad_accum_fp32=(precision == "bf16"),
-        pp_scatter_gather=not deepspeed,
-        # DeepSpeed's ZeRO-3 defaults: stage3_prefetch_bucket_size 5e7, reduce_bucket_size 5e8 elements.
-        gather_bucket_params=int(5e7) if deepspeed and zero == 3 else None,
-        reduce_bucket_params=int(5e8) if deepspeed and zero == 3 else None,
-    )
-    unknown = [k for k in ("micro_batch", "vpp", "zero", "recompute") if lay.get(k) is None]
-    return model, cluster, layout, unknown
+    if zero is not None:
+        fixed["zero"] = zero
+    if recompute:
+        fixed["recompute"] = recompute
+    if lay.get("micro_batch"):
+        fixed["micro_batch"] = number(lay, "micro_batch", w, integer=True)
+    name = rec.get("framework") or framework
+    note = "given" if rec.get("framework") else ("--framework" if framework else "default")
+    name = name or default_framework(hw.kind)
+    software = resolve_software(load_framework(str(name)), dtype=dtype, compiled=rec.get("compiled"),
+                                fp8_recipe=rec.get("fp8_recipe"),
+                                flash_attention=False if rec.get("flash_attention") is False else None,
+                                fused_kernels=False if rec.get("fused_kernels") is False else None,
+                                device_kind=hw.kind)
+    batch = number(rec, "global_batch", f"run {rid}", integer=True)
+    vpp = number(lay, "vpp", w, required=False, integer=True, default=1)
+    fallback = Layout(tp=fixed["tp"], pp=fixed["pp"], dp=fixed["dp"], cp=fixed["cp"],
+                      micro_batch=fixed.get("micro_batch", 1), global_batch=batch, seq_len=model.seq_len,
+                      zero=fixed.get("zero", 0), sp=bool(lay.get("sequence_parallel")), vpp=vpp,
+                      schedule="interleaved" if vpp > 1 else "1f1b", recompute=fixed.get("recompute", "none"),
+                      dtype=dtype)
+    unknown = tuple(k for k in ("micro_batch", "zero", "recompute") if k not in fixed) + ("vpp", "sp")
+    return RunSetup(model, cluster, software, fixed, batch, dtype, fallback, unknown, note)
 
 
-def _candidates(model, layout: Layout, unknown: list[str]):
-    """Every choice of the unpublished knobs; the layout rules (``check_layout``) then drop what cannot run."""
-    options = {
-        "micro_batch": list(range(1, 17)) if "micro_batch" in unknown else [layout.micro_batch],
-        "vpp": list(range(1, 9)) if "vpp" in unknown else [layout.vpp],
-        "zero": [0, 1] if "zero" in unknown and layout.zero < 3 else [layout.zero],
-        "recompute": ["none", "selective", "full"] if "recompute" in unknown else [layout.recompute],
-    }
-    for mb, v, z, rc in itertools.product(*options.values()):
-        yield replace(layout, micro_batch=mb, vpp=v, zero=z, recompute=rc,
-                      schedule="interleaved" if v > 1 else "1f1b")
+def predict_record(rec: dict, framework: str | None = None):
+    """(Estimate, setup, how, band) for one record: the best plan with its fixed knobs, or ``estimate``.
 
-
-def predict_record(rec: dict):
-    """The Estimate for one record, choosing unstated knobs as the planner would.
-
-    Also returns the (fastest, slowest) step time over every fitting choice of those knobs: the
-    band a reader who does not trust "the fastest" should hold the publication against.
+    ``band`` is the (fastest, slowest) step time over every fitting choice of the searched knobs: the
+    range a reader who does not trust "the fastest" should hold the publication against.
     """
-    model, cluster, layout, unknown = record_setup(rec)
-    best = None
-    fallback = None
-    fitting, first_problem = [], None
-    for cand in _candidates(model, layout, unknown):
-        try:
-            cand = check_layout(cand, model, cluster)
-        except ParplanError as exc:
-            first_problem = first_problem or str(exc)
-            continue
-        est = estimate(model, cluster, cand, check=False)
-        if fallback is None or float(est.memory_bytes["total"]) < float(fallback.memory_bytes["total"]):
-            fallback = est
-        if bool(est.fits):
-            fitting.append(float(est.step_time_s))
-            if best is None or float(est.step_time_s) < float(best.step_time_s):
-                best = est
-    chosen = best or fallback
-    if chosen is None:
-        raise ParplanError(f"run {rec.get('id')}: the published configuration cannot run: {first_problem}")
-    band = (min(fitting), max(fitting)) if fitting else None  # None: no choice fits HBM
-    return chosen, unknown, band
+    setup = record_setup(rec, framework)
+    try:
+        result = make_plan(setup.model, setup.cluster, global_batch=setup.global_batch, dtype=setup.dtype, top=1,
+                           fixed=setup.fixed, software=setup.software)
+    except ParplanError as exc:
+        if "does not fit" not in str(exc):
+            raise
+        est = estimate(setup.model, setup.cluster, setup.fallback, software=setup.software)
+        return est, setup, "estimate (no fitting plan)", None
+    times = result.ranked["step_time_s"].to_numpy(float)
+    return result.estimates[0], setup, "plan", (float(times.min()), float(times.max()))
 
 
-def validate_runs(records: list[dict]) -> dict[str, Any]:
-    """Predict every record; one that cannot be predicted becomes a row with its reason (``skipped``)."""
+def validate_runs(records: list[dict], framework: str | None = None, progress=None) -> dict[str, Any]:
+    """Predict every record; one that cannot be predicted becomes a row with its reason (``skipped``).
+
+    ``framework`` applies to the records that name none; ``progress(done, total)`` is called after each."""
     rows, skipped = [], []
-    for rec in records:
+    for i, rec in enumerate(records):
         try:
-            est, unknown, band = predict_record(rec)
+            est, setup, how, band = predict_record(rec, framework)
             published = float(number(rec, "reference_step_time_s", f"run {rec.get('id')}"))
         except ParplanError as exc:
             skipped.append({"id": str(rec.get("id", "?")), "skipped": str(exc)})
+            if progress:
+                progress(i + 1, len(records))
             continue
         predicted = float(est.step_time_s)
         lay = est.layout
         rows.append({
             "id": str(rec.get("id")),
+            "file": rec.get("_file", ""),
             "group": publication_group(rec, lay),
+            "framework": setup.software.name + ("" if setup.framework_note == "given" else f" ({setup.framework_note})"),
+            "software": setup.software.describe(),
+            "software_defaults": list(setup.software.notes),
+            "how": how,
             "predicted_s": predicted,
             "published_s": published,
             "error": (predicted - published) / published,
-            "chosen": {k: getattr(lay, k) for k in unknown},
-            "band_s": list(band) if unknown and band else None,
-            "within_band": bool(unknown and band) and band[0] <= published <= band[1],
+            "chosen": {k: (bool(getattr(lay, k)) if k == "sp" else getattr(lay, k)) for k in setup.unknown},
+            "band_s": list(band) if band else None,
+            "within_band": bool(band) and band[0] <= published <= band[1],
             "fits": bool(est.fits),
             "mfu": float(est.mfu),
         })
-    groups = {}
+        if progress:
+            progress(i + 1, len(records))
+    groups, files = {}, {}
     for r in rows:
         groups.setdefault(r["group"], []).append(r["error"])
+        files.setdefault(r["file"] or "given file", []).append(r["error"])
     summary = _error_summary([r["error"] for r in rows])
     summary["runs_with_unpublished_knobs"] = sum(r["band_s"] is not None for r in rows)  # and a fitting choice
     summary["published_within_band"] = sum(r["within_band"] for r in rows)
+    summary["no_fitting_plan"] = sum(r["how"] != "plan" for r in rows)
     summary["skipped"] = len(skipped)
     return {
         "rows": rows,
         "skipped": skipped,
         "summary": summary,
         "groups": {g: _error_summary(errs) for g, errs in groups.items()},
+        "files": {f: _error_summary(errs) for f, errs in files.items()},
     }
 
 
@@ -193,12 +206,13 @@ def _error_summary(errors: list[float]) -> dict[str, Any]:
     err = np.asarray(errors, float)
     if not err.size:
         return {"runs": 0, "mean_abs_error": float("nan"), "median_abs_error": float("nan"),
-                "max_abs_error": float("nan"), "mean_error": float("nan")}
+                "max_abs_error": float("nan"), "p90_abs_error": float("nan"), "mean_error": float("nan")}
     return {
         "runs": int(err.size),
         "mean_abs_error": float(np.abs(err).mean()),
         "median_abs_error": float(np.median(np.abs(err))),
         "max_abs_error": float(np.abs(err).max()),
+        "p90_abs_error": float(np.sort(np.abs(err))[min(err.size - 1, int(0.9 * err.size))]),
         "mean_error": float(err.mean()),  # the sign says whether the model runs fast (<0) or slow
     }
 
@@ -213,31 +227,41 @@ def publication_group(rec: dict, layout: Layout) -> str:
     head = source.split(" (")[0].split(",")[0].split(";")[0].strip()
     last = source.rsplit(", ", 1)[-1].strip() if ", " in source else ""
     label = f"{head}, {last}" if last.startswith(("Table", "Sec")) else head
-    if layout.zero == 3 and layout.gather_bucket_params is not None:
-        label += " (DeepSpeed ZeRO-3)"
+    if rec.get("framework") and rec.get("framework") not in label.lower():
+        label += f" ({rec['framework']})"
     return label
 
 
 def format_validation(results: dict) -> str:
-    lines = [f"{'run':<50}{'predicted s':>12}{'published s':>12}{'error':>9}{'band s':>16}  "
-             "chosen (unpublished knobs)"]
+    lines = [f"{'run':<48}{'predicted s':>12}{'published s':>12}{'error':>8}{'band s':>16}  "
+             f"{'software':<34}chosen (unpublished knobs)"]
     for r in results["rows"]:
         chosen = " ".join(f"{k}={v}" for k, v in r["chosen"].items())
-        band = f"{r['band_s'][0]:.2f}-{r['band_s'][1]:.2f}" if r["band_s"] else ("none fits" if r["chosen"] else "")
-        lines.append(f"{r['id']:<50}{r['predicted_s']:12.2f}{r['published_s']:12.2f}{r['error'] * 100:8.1f}%"
-                     f"{band:>16}  {chosen}{'' if r['fits'] else '  (does not fit HBM)'}")
+        band = f"{r['band_s'][0]:.2f}-{r['band_s'][1]:.2f}" if r["band_s"] else "none fits"
+        miss = "" if r["how"] == "plan" else "  (no layout fits: estimated with the published knobs)"
+        lines.append(f"{r['id'][:47]:<48}{r['predicted_s']:12.2f}{r['published_s']:12.2f}{r['error'] * 100:7.1f}%"
+                     f"{band:>16}  {r['software'][:33]:<34}{chosen}{miss}")
     for r in results.get("skipped", []):
-        lines.append(f"{r['id']:<50}{'skipped':>12}  {r['skipped']}")
-    lines += ["", f"{'by publication':<58}{'runs':>5}{'mean |err|':>11}{'max |err|':>10}{'mean err':>10}"]
+        lines.append(f"{r['id']:<48}{'skipped':>12}  {r['skipped']}")
+    lines += ["", f"{'by publication':<62}{'runs':>5}{'mean |err|':>11}{'max |err|':>10}{'mean err':>10}"]
     for name, g in sorted(results.get("groups", {}).items(), key=lambda kv: kv[1]["mean_abs_error"]):
-        lines.append(f"{name:<58}{g['runs']:>5}{g['mean_abs_error'] * 100:10.1f}%{g['max_abs_error'] * 100:9.1f}%"
+        lines.append(f"{name[:61]:<62}{g['runs']:>5}{g['mean_abs_error'] * 100:10.1f}%{g['max_abs_error'] * 100:9.1f}%"
                      f"{g['mean_error'] * 100:9.1f}%")
+    if len(results.get("files", {})) > 1:
+        lines += ["", f"{'by file':<30}{'runs':>5}{'mean |err|':>11}{'median':>8}{'p90':>8}{'mean err':>10}"]
+        for name, g in results["files"].items():
+            lines.append(f"{name:<30}{g['runs']:>5}{g['mean_abs_error'] * 100:10.1f}%"
+                         f"{g['median_abs_error'] * 100:7.1f}%{g['p90_abs_error'] * 100:7.1f}%"
+                         f"{g['mean_error'] * 100:9.1f}%")
     s = results["summary"]
     if s.get("skipped"):
         lines += ["", f"{s['skipped']} of {s['runs'] + s['skipped']} runs could not be predicted (listed above)"]
     lines += ["", f"{s['runs']} runs: mean |error| {s['mean_abs_error'] * 100:.1f}%, "
-                  f"median {s['median_abs_error'] * 100:.1f}%, max {s['max_abs_error'] * 100:.1f}%",
-              f"band: the step times of every fitting choice of the unpublished knobs; the prediction takes "
-              f"the fastest. The published time lies in the band for {s['published_within_band']} of the "
-              f"{s['runs_with_unpublished_knobs']} runs with such knobs and a choice that fits."]
+                  f"median {s['median_abs_error'] * 100:.1f}%, p90 {s['p90_abs_error'] * 100:.1f}%, "
+                  f"max {s['max_abs_error'] * 100:.1f}%, signed mean {s['mean_error'] * 100:+.1f}%"
+                  + (f"; {s['no_fitting_plan']} without a fitting plan" if s.get("no_fitting_plan") else ""),
+              "each run is predicted as 'parplan plan' predicts it with the run's fields as flags (published axes "
+              "and knobs fixed, the rest searched); band: the step times of every fitting choice of the searched "
+              f"knobs, the prediction the fastest. The published time lies in the band for "
+              f"{s['published_within_band']} of the {s['runs_with_unpublished_knobs']} runs."]
     return "\n".join(lines)

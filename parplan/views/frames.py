@@ -21,6 +21,8 @@ from ..step.train import Estimate, estimate, op_table
 from ..layouts.strategies import breakdown_keys
 from ..cost.memory import DEFAULT_HEADROOM
 from ..specs.cluster import Cluster, load_cluster
+from ..specs.framework import resolve_software
+from ..specs.framework_loader import load_framework
 from ..specs.model import ModelSpec, with_seq_len
 from ..specs.model_loader import load_model
 from ..units import GIB
@@ -29,7 +31,7 @@ from ..plan.candidates import SearchSpace, default_global_batch
 from ..step.train import bottleneck
 from ..plan.search import describe_row, layout_of, rank, search
 
-__all__ = ["as_cluster", "as_model", "estimate_frame", "explain_frames", "memory_part_columns", "plan_estimates",
+__all__ = ["as_cluster", "as_model", "as_software", "estimate_frame", "explain_frames", "memory_part_columns", "plan_estimates",
            "plan_frame", "search_space"]
 
 LAYOUT_COLUMNS = ("tp", "pp", "dp", "cp", "zero", "micro_batch", "global_batch", "seq_len", "sp", "vpp",
@@ -52,9 +54,16 @@ def as_cluster(cluster: Cluster | str) -> Cluster:
     return c
 
 
+def as_software(software, cluster: Cluster, dtype: str = "bf16"):
+    """A Software from itself, a framework name or YAML path, or None (the device's default framework)."""
+    if software is None or not isinstance(software, str):
+        return software
+    return resolve_software(load_framework(software), dtype=dtype, device_kind=cluster.hardware.kind)
+
+
 def search_space(model: ModelSpec, cluster: Cluster, *, global_batch: int | None = None, dtype: str = "bf16",
                  headroom: float = DEFAULT_HEADROOM, fixed: dict | None = None, allow_cross_node_tp: bool = False,
-                 flash_attention: bool = True) -> SearchSpace:
+                 software=None) -> SearchSpace:
     """The search space ``parplan plan`` uses: the default global batch unless one is given."""
     if global_batch is not None and (isinstance(global_batch, bool) or int(global_batch) != global_batch
                                      or global_batch < 1):
@@ -62,13 +71,13 @@ def search_space(model: ModelSpec, cluster: Cluster, *, global_batch: int | None
     cluster.hardware.peak(dtype)
     gb = int(global_batch) if global_batch is not None else default_global_batch(model, cluster, model.seq_len)
     return SearchSpace(global_batch=gb, seq_len=model.seq_len, dtype=dtype, allow_cross_node_tp=allow_cross_node_tp,
-                       fixed=dict(fixed or {}), flash_attention=flash_attention, headroom=headroom)
+                       fixed=dict(fixed or {}), software=as_software(software, cluster, dtype), headroom=headroom)
 
 
 def plan_frame(model: ModelSpec | str, cluster: Cluster | str, *, global_batch: int | None = None,
                seq: int | None = None, dtype: str = "bf16", objective: str = "throughput",
                headroom: float = DEFAULT_HEADROOM, fixed: dict | None = None, allow_cross_node_tp: bool = False,
-               flash_attention: bool = True, feasible_only: bool = False):
+               software=None, feasible_only: bool = False):
     """Every candidate layout the search evaluates, ranked.
 
     The plans that fit come first in ``objective`` order (``rank`` 1, 2, ...), then
@@ -82,7 +91,7 @@ def plan_frame(model: ModelSpec | str, cluster: Cluster | str, *, global_batch: 
 
     m, cl = as_model(model, seq), as_cluster(cluster)
     space = search_space(m, cl, global_batch=global_batch, dtype=dtype, headroom=headroom, fixed=fixed,
-                         allow_cross_node_tp=allow_cross_node_tp, flash_attention=flash_attention)
+                         allow_cross_node_tp=allow_cross_node_tp, software=software)
     df, evaluated = search(m, cl, space)
     ranked = rank(df, objective)
     parts = [ranked]
@@ -109,7 +118,7 @@ def plan_estimates(frame, model: ModelSpec | str, cluster: Cluster | str, top: i
     if space is None:
         raise ParplanError("this frame carries no search space; pass space= (plan_frame sets it)")
     m, cl = as_model(model, space.seq_len), as_cluster(cluster)
-    return [estimate(m, cl, layout_of(row, space), headroom=space.headroom)
+    return [estimate(m, cl, layout_of(row, space), headroom=space.headroom, software=space.software)
             for _, row in frame.head(top).iterrows()]
 
 

@@ -35,6 +35,7 @@ def estimate_dict(est: Estimate) -> dict[str, Any]:
         "cluster": est.cluster.name,
         "devices": est.cluster.devices,
         "layout": layout_dict(est.layout),
+        "software": software_dict(est.software),
         "step_time_s": float(est.step_time_s),
         "tokens_per_s": float(est.tokens_per_s),
         "tokens_per_s_per_device": float(est.tokens_per_s) / est.cluster.devices,
@@ -54,6 +55,16 @@ def estimate_dict(est: Estimate) -> dict[str, Any]:
         "breakdown_s": {k: float(est.breakdown_s[k]) for k in breakdown_keys()},
         "layer": {"forward_s": float(est.layer_forward_s), "backward_s": float(est.layer_backward_s)},
     }
+
+
+def software_dict(sw) -> dict[str, Any]:
+    """What ran the step: the framework and the choices made within it (``null`` fields: not applicable)."""
+    if sw is None:
+        return {}
+    return {"framework": sw.name, "compiled": sw.compiled, "fp8_recipe": sw.fp8_recipe,
+            "flash_attention": sw.flash_attention, "attention_kernels": list(sw.attention_kernels),
+            "elementwise": dict(sw.elementwise), "loss": sw.loss, "defaults": list(sw.notes),
+            "profile": sw.framework.path}
 
 
 def collective_rows(est: Estimate) -> list[dict[str, Any]]:

@@ -64,7 +64,8 @@ def test_no_fused_kernels_adds_the_eager_passes(run_cli):
     rc, out, err = run_cli(*args, "--no-fused-kernels")
     assert rc == 0, err
     eager = json.loads(out)
-    assert eager["layout"]["fused_kernels"] is False and fused["layout"]["fused_kernels"] is True
+    assert set(eager["software"]["elementwise"].values()) == {"eager"}
+    assert set(fused["software"]["elementwise"].values()) == {"fused"}
     names = {o["op"] for o in eager["ops"]} - {o["op"] for o in fused["ops"]}
     assert {"scale_mask", "qkv_bias_transpose", "context_transpose"} <= names
     assert eager["layer"]["forward_s"] > fused["layer"]["forward_s"]

@@ -2,6 +2,8 @@
 import numpy as np
 import pytest
 
+from tests.helpers import software
+
 from parplan.cost.collectives import bus_factor, collective_time_s, place
 from parplan.step.train import estimate
 from parplan.specs.cluster import load_cluster
@@ -13,9 +15,10 @@ from parplan.layouts.strategies.pipeline import bubble_fraction
 @pytest.mark.parametrize("zero,per_param", [(0, 2 + 4 + 12), (1, 2 + 4 + 12 / 8), (2, 2 + (4 + 12) / 8),
                                             (3, (2 + 4 + 12) / 8)])
 def test_zero_bytes_per_parameter(zero, per_param):
-    """ZeRO (Rajbhandari et al. 2019, Fig. 1) with fp32 gradient accumulation, 8-way data parallel."""
+    """ZeRO (Rajbhandari et al. 2019, Fig. 1) with fp32 gradient accumulation, 8-way data parallel
+    (a framework with fp32 main gradients under bf16 and all four stages: Colossal-AI's profile)."""
     m = load_model("gpt3-1.3b")
-    est = estimate(m, load_cluster("a100x8"), Layout(dp=8, zero=zero, global_batch=8))
+    est = estimate(m, load_cluster("a100x8"), Layout(dp=8, zero=zero, global_batch=8), software=software("colossalai"))
     states = sum(float(est.memory_bytes[k]) for k in ("weights", "gradients", "optimizer"))
     assert states == pytest.approx(per_param * m.total_params(), rel=1e-9)
 
@@ -28,7 +31,10 @@ def test_zero_traffic_per_stage():
     m, cl = load_model("gpt3-1.3b"), load_cluster("a100x8")
 
     def wire(zero, fp32=True):
-        est = estimate(m, cl, Layout(dp=8, zero=zero, global_batch=16, grad_accum_fp32=fp32))
+        # Colossal-AI's profile keeps fp32 gradients under bf16 and 16-bit ones under fp16.
+        dtype = "bf16" if fp32 else "fp16"
+        est = estimate(m, cl, Layout(dp=8, zero=zero, global_batch=16, dtype=dtype),
+                       software=software("colossalai", dtype=dtype))
         return sum(float(c.collective.size_bytes) * bus_factor(c.collective.op, 8) * float(c.calls_per_step)
                    for c in est.collectives if c.collective.axis == "dp")
     n, f = m.total_params(), 7 / 8
@@ -145,9 +151,9 @@ def test_bucketed_zero3_pays_ring_latency_per_call():
     """DeepSpeed-style 5e7-parameter gather buckets: many more calls than layers, each paying the ring's
     latency, so the same bytes take longer over a large group than FSDP's one gather per layer."""
     m, cl = load_model("gpt3"), load_cluster("a100x1536")
-    per_layer = estimate(m, cl, Layout(dp=1536, zero=3, global_batch=1536, recompute="full"))
-    buckets = estimate(m, cl, Layout(dp=1536, zero=3, global_batch=1536, recompute="full",
-                                     gather_bucket_params=int(5e7)))
+    lay = Layout(dp=1536, zero=3, global_batch=1536, recompute="full")
+    per_layer = estimate(m, cl, lay, software=software("colossalai"))   # one gather per layer
+    buckets = estimate(m, cl, lay, software=software("deepspeed"))      # stage3_prefetch_bucket_size 5e7
     g1 = {c.collective.name: c for c in per_layer.collectives}["fsdp_allgather_fwd"]
     g2 = {c.collective.name: c for c in buckets.collectives}["fsdp_allgather_fwd"]
     assert float(g1.calls_per_step) == 96

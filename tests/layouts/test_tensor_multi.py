@@ -10,6 +10,8 @@ the 2D broadcasts and reduces are counted with the table's factor (q-1) instead.
 import numpy as np
 import pytest
 
+from tests.helpers import software
+
 from parplan.cost import ops as ops_mod
 from parplan.cost.collectives import bus_factor
 from parplan.errors import ParplanError
@@ -41,10 +43,13 @@ def gpt(hidden=2048, heads=64, ffn=8192, seq=512, layers=4, vocab=51200, **extra
     return model_from_dict(spec, "toy-gpt")
 
 
+# Colossal-AI is the framework whose code runs 2D and 3D tensor parallelism; these layers use unfused attention.
+SOFTWARE = software("colossalai", flash_attention=False)
+
+
 def run(model, mode, P, mb=MB, **kw):
-    kw.setdefault("flash_attention", False)
     lay = Layout(tp=P, tp_mode=mode, micro_batch=mb, global_batch=mb, **kw)
-    return estimate(model, load_cluster(f"a100x{lay.devices}"), lay)
+    return estimate(model, load_cluster(f"a100x{lay.devices}"), lay, software=SOFTWARE)
 
 
 def local_dims(model, layout):
@@ -176,11 +181,14 @@ def test_full_recompute_repeats_the_forward_collectives():
 def test_sub_axis_strides():
     """Rows of the 2D mesh lie along the tp axis's stride, columns q times further; 3D uses S, Sq, Sq^2."""
     m = gpt()
-    order = ("cp", "tp", "dp", "pp")
+
+    def inside_dp(mode, P):  # two data-parallel replicas innermost: the tp axis's stride is 2
+        lay = Layout(tp=P, tp_mode=mode, dp=2, micro_batch=MB, global_batch=2 * MB, order=("dp", "tp", "cp", "pp"))
+        return estimate(m, load_cluster(f"a100x{lay.devices}"), lay, software=SOFTWARE)
     for mode, P, expected in (("2d", 16, {2, 8}), ("3d", 8, {2, 4, 8})):
-        est = run(m, mode, P, cp=2, order=order)
+        est = inside_dp(mode, P)
         assert {int(c.stride) for c in tp_records(est, per="layer")} == expected
-    est = run(m, "2d", 16, cp=2, order=order)
+    est = inside_dp("2d", 16)
     rec = {c.name: c for c in tp_records(est)}
     assert int(rec["summa_qkv_bcast_x_fwd"].stride) == 2      # activation blocks along a row
     assert int(rec["summa_qkv_bcast_w_fwd"].stride) == 8      # weight blocks along a column
@@ -279,8 +287,8 @@ def test_non_square_and_non_cube_are_refused():
 def test_vectorised_layouts_match_scalar_ones():
     m = gpt()
     tps = np.array([4, 16, 64])
-    lay = Layout(tp=tps, tp_mode="2d", micro_batch=MB, global_batch=MB, flash_attention=False)
-    est = estimate(m, load_cluster("a100x64"), lay, check=False)
+    lay = Layout(tp=tps, tp_mode="2d", micro_batch=MB, global_batch=MB)
+    est = estimate(m, load_cluster("a100x64"), lay, check=False, software=SOFTWARE)
     vec = sum(np.asarray(c.size_bytes, float) * np.where(np.asarray(c.group) > 1, 1.0, 0.0) * np.asarray(c.count)
               for c in tp_records(est) if c.op in ("broadcast", "reduce"))
     for i, P in enumerate(tps):

@@ -63,7 +63,8 @@ def test_fixed_tensor_parallel_beyond_a_node_points_at_the_flag(run_cli):
     (["--mesh", "tp=8,dp=8,pp=8"], lambda p: (p["tp"], p["dp"], p["pp"], p["order"][:3]) == (8, 8, 8, ["tp", "dp", "pp"])),
     (["--tp", "8", "--pp", "8", "--vpp", "3", "--sp"], lambda p: p["vpp"] == 3 and p["sp"]),
     (["--tp", "8", "--pp", "8", "--no-sp"], lambda p: not p["sp"]),
-    (["--tp", "8", "--pp", "8", "--schedule", "gpipe"], lambda p: p["layout"]["schedule"] == "gpipe"),
+    (["--tp", "8", "--pp", "8", "--schedule", "gpipe", "--framework", "torchtitan"],
+     lambda p: p["layout"]["schedule"] == "gpipe"),
     (["--zero", "3", "--shard-group", "8", "--pp", "1"], lambda p: p["layout"]["shard_group"] == 8),
 ])
 def test_plan_takes_the_fixed_knobs_estimate_takes(run_cli, flags, check):
@@ -77,7 +78,7 @@ def test_cp_and_tp_schemes_can_be_fixed(run_cli):
                              "allgather", "--top", "1", "--format", "json")
     assert code == 0 and json.loads(out)[0]["layout"]["cp_mode"] == "allgather"
     code, out, err = run_cli("plan", "--model", "gpt3-13b", "--hw", "a100x64", "--tp", "4", "--tp-mode", "2d",
-                             "--top", "1", "--format", "json")
+                             "--framework", "colossalai", "--top", "1", "--format", "json")
     assert code == 0 and json.loads(out)[0]["layout"]["tp_mode"] == "2d"
 
 

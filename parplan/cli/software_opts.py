@@ -1,0 +1,43 @@
+"""The software options every training command shares: the framework and the choices made within it."""
+from __future__ import annotations
+
+import click
+
+from ..specs.framework import DEFAULT_FRAMEWORK, FP8_RECIPES, Software, resolve_software
+from ..specs.framework_loader import framework_names, load_framework
+
+SOFTWARE_DEFAULTS = {"framework": None, "compiled": None, "fp8_recipe": None, "flash_attention": None,
+                     "fused_kernels": None}
+
+
+def software_options(fn):
+    """``--framework``, ``--compile/--no-compile``, ``--fp8-recipe`` and the kernel overrides."""
+    opts = [
+        click.option("--framework", default=None,
+                     help=f"Software that runs it: {', '.join(framework_names())}, or a framework YAML "
+                          f"(default: {DEFAULT_FRAMEWORK['gpu']} on GPUs, {DEFAULT_FRAMEWORK['tpu']} on TPUs)."),
+        click.option("--compile/--no-compile", "compiled", default=None,
+                     help="torch.compile (frameworks that offer it; default: the framework's)."),
+        click.option("--fp8-recipe", type=click.Choice(FP8_RECIPES), default=None,
+                     help="FP8 scaling with --dtype fp8 (default: the framework's)."),
+        click.option("--flash-attention/--no-flash-attention", default=None,
+                     help="Fused attention on or off (default: the framework's)."),
+        click.option("--fused-kernels/--no-fused-kernels", default=None,
+                     help="Every element-wise op fused, or every one eager (default: as the framework runs them)."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def pop_software(kw: dict) -> dict:
+    """Take the software options out of a command's keyword arguments."""
+    return {k: kw.pop(k, None) for k in SOFTWARE_DEFAULTS}
+
+
+def software_from(options: dict, cluster, dtype: str) -> Software:
+    """The run's Software: the named framework (or the device's default) with the given choices."""
+    name = options.get("framework") or DEFAULT_FRAMEWORK.get(cluster.hardware.kind, DEFAULT_FRAMEWORK["gpu"])
+    return resolve_software(load_framework(name), dtype=dtype, compiled=options.get("compiled"),
+                            fp8_recipe=options.get("fp8_recipe"), flash_attention=options.get("flash_attention"),
+                            fused_kernels=options.get("fused_kernels"), device_kind=cluster.hardware.kind)
