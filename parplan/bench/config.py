@@ -7,6 +7,7 @@ elements per rank.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from typing import Sequence
 
@@ -14,7 +15,7 @@ from ..cost.collectives import OPS
 from ..errors import ParplanError
 from ..units import GIB, format_bytes
 
-SUITES = ("collectives", "matmul", "copy", "layer")
+SUITES = ("collectives", "matmul", "copy", "layer", "step")
 DEFAULT_SUITES = ("collectives", "matmul", "copy")
 DEFAULT_OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast", "send_recv")
 DTYPES = ("fp32", "bf16", "fp16")
@@ -24,6 +25,9 @@ MAX_BYTES = 64 * GIB
 MAX_ITERS = 100_000
 MAX_DIM = 1 << 20
 THIN_M = (1, 2, 4, 8, 16, 32, 64)
+# A whole training step (``--suite step``): eager or torch.compile'd, optionally with torchao FP8 linears.
+STEP_MODE = re.compile(r"^(eager|compiled)(?:-fp8-(tensorwise|rowwise))?$")
+DEFAULT_STEP_MODES = {True: ("eager", "compiled", "compiled-fp8-tensorwise"), False: ("eager",)}
 
 _OP_ALIASES = {
     "allreduce": "all_reduce", "allgather": "all_gather", "reducescatter": "reduce_scatter",
@@ -76,8 +80,9 @@ def parse_suites(text: str | Sequence[str] | None, with_model: bool) -> tuple[st
     if names == ["all"]:
         return SUITES if with_model else DEFAULT_SUITES
     out = _choose(names, SUITES, "suite (or all)")
-    if "layer" in out and not with_model:
-        raise ParplanError("the layer suite needs --model NAME (a model name or YAML file)")
+    for suite in ("layer", "step"):
+        if suite in out and not with_model:
+            raise ParplanError(f"the {suite} suite needs --model NAME (a model name or YAML file)")
     return tuple(s for s in SUITES if s in out)
 
 
@@ -119,6 +124,33 @@ def parse_dtypes(text: str | Sequence[str] | None, what: str) -> tuple[str, ...]
     if not names or names == ["auto"]:
         return ()
     return tuple(_choose(names, DTYPES, f"{what} dtype"))
+
+
+def parse_step_modes(text: str | Sequence[str] | None) -> tuple[str, ...]:
+    """Whole-step variants: ``eager``, ``compiled``, either with ``-fp8-tensorwise`` or ``-fp8-rowwise``.
+
+    ``()`` means the device's default (eager, compiled and compiled FP8 per tensor on a GPU; eager on a CPU).
+    """
+    names = _split(text)
+    if not names or names == ["auto"]:
+        return ()
+    out: list[str] = []
+    for name in names:
+        key = name.lower()
+        if not STEP_MODE.match(key):
+            raise ParplanError(f"--step-modes: unknown mode {name!r}; choose from eager, compiled, "
+                               f"eager-fp8-tensorwise, compiled-fp8-tensorwise, compiled-fp8-rowwise, ...")
+        if key not in out:
+            out.append(key)
+    return tuple(out)
+
+
+def step_mode(mode: str) -> tuple[bool, str]:
+    """(compiled, FP8 recipe or "") of a step mode."""
+    match = STEP_MODE.match(mode)
+    if match is None:
+        raise ParplanError(f"unknown step mode {mode!r}")
+    return match.group(1) == "compiled", match.group(2) or ""
 
 
 def parse_shapes(text: str | Sequence[str] | None) -> tuple[tuple[int, int, int], ...]:
@@ -166,6 +198,8 @@ class BenchConfig:
     micro_batch: int = 1
     seq: int = 0
     layer_dtype: str = ""
+    step_modes: tuple[str, ...] = ()
+    micro_batches: int = 1
     device: str = "auto"
     backend: str = "auto"
     out_dir: str = ""
@@ -194,6 +228,8 @@ class BenchConfig:
             raise ParplanError(f"--micro-batch must be between 1 and 1000000, got {self.micro_batch}")
         if not 0 <= self.seq <= 10_000_000:
             raise ParplanError(f"--seq must be between 1 and 10000000, got {self.seq}")
+        if not 1 <= self.micro_batches <= 10_000:
+            raise ParplanError(f"--micro-batches must be between 1 and 10000, got {self.micro_batches}")
         if self.layer_dtype and self.layer_dtype not in DTYPES:
             raise ParplanError(f"--layer-dtype must be one of {', '.join(DTYPES)}, got {self.layer_dtype!r}")
         if self.device not in ("auto", "cuda", "cpu"):
@@ -202,8 +238,9 @@ class BenchConfig:
             raise ParplanError(f"--backend must be auto, nccl or gloo, got {self.backend!r}")
         if self.backend == "nccl" and self.device == "cpu":
             raise ParplanError("the nccl backend needs GPUs; use --backend gloo with --device cpu")
-        if "layer" in self.suites and not self.models:
-            raise ParplanError("the layer suite needs --model NAME (a model name or YAML file)")
+        for suite in ("layer", "step"):
+            if suite in self.suites and not self.models:
+                raise ParplanError(f"the {suite} suite needs --model NAME (a model name or YAML file)")
 
     def to_argv(self) -> list[str]:
         """The worker command line (``python -m parplan.bench ...``) that rebuilds this configuration."""
@@ -216,7 +253,8 @@ class BenchConfig:
             "--iters", str(self.iters), "--warmup", str(self.warmup),
             "--timeout", repr(float(self.timeout_s)),
             "--matmul-dtypes", ",".join(self.matmul_dtypes) or "auto",
-            "--micro-batch", str(self.micro_batch),
+            "--micro-batch", str(self.micro_batch), "--micro-batches", str(self.micro_batches),
+            "--step-modes", ",".join(self.step_modes) or "auto",
             "--device", self.device, "--backend", self.backend,
         ]
         if self.shapes:
@@ -250,6 +288,7 @@ def resolve(config: BenchConfig, on_gpu: bool) -> BenchConfig:
         matmul_min=matmul_min,
         matmul_max=matmul_max,
         layer_dtype=config.layer_dtype or ("bf16" if on_gpu else "fp32"),
+        step_modes=config.step_modes or DEFAULT_STEP_MODES[on_gpu],
     )
 
 
@@ -259,5 +298,5 @@ def resolve(config: BenchConfig, on_gpu: bool) -> BenchConfig:
 # --------------------------------------------------------------------------- the plan
 
 
-__all__ = ["BenchConfig", "parse_dtypes", "parse_groups", "parse_layouts", "parse_ops", "parse_shapes", "parse_suites",
-           "resolve"]
+__all__ = ["BenchConfig", "parse_dtypes", "parse_groups", "parse_layouts", "parse_ops", "parse_shapes",
+           "parse_step_modes", "parse_suites", "resolve", "step_mode"]

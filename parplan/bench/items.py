@@ -83,9 +83,9 @@ def mesh_layouts(world: int, sizes: Iterable[int], layouts: Sequence[str],
 
 @dataclass(frozen=True)
 class Item:
-    """One measurement: a collective on a layout at one size, a matmul shape, a copy, or a layer."""
+    """One measurement: a collective on a layout at one size, a matmul shape, a copy, a layer or a whole step."""
 
-    kind: str  # collective | matmul | copy | layer
+    kind: str  # collective | matmul | copy | layer | step
     op: str
     dtype: str
     size_bytes: int = 0
@@ -103,6 +103,8 @@ class Item:
             return f"matmul {self.dtype} {m}x{k}x{n}"
         if self.kind == "copy":
             return f"copy {format_bytes(self.size_bytes)}"
+        if self.kind == "step":
+            return f"step {self.model} {self.op}"
         return f"layer {self.model}"
 
     @property
@@ -151,7 +153,7 @@ def default_shapes(lo: int, hi: int) -> tuple[tuple[int, int, int], ...]:
 
 
 def build_plan(config: BenchConfig, world: int, hosts: Sequence[str] | None = None) -> tuple[Item, ...]:
-    """Every item of the run, in order: collectives, matmuls, copies, layers.
+    """Every item of the run, in order: collectives, matmuls, copies, layers, whole steps.
 
     ``config`` must be :func:`resolve`\\ d for the compute items to be planned.
     """
@@ -182,6 +184,10 @@ def build_plan(config: BenchConfig, world: int, hosts: Sequence[str] | None = No
     if "layer" in config.suites:
         for model in config.models:
             items.append(Item("layer", "layer", config.layer_dtype or "fp32", model=model))
+    if "step" in config.suites:
+        for model in config.models:
+            for mode in config.step_modes:
+                items.append(Item("step", mode, config.layer_dtype or "fp32", model=model))
     return tuple(items)
 
 

@@ -35,6 +35,7 @@ class StepResult:
     peak_memory_bytes: int
     params: int
     steps: int
+    step_times_s: tuple[float, ...] = ()
     note: str = ""
 
 
@@ -136,4 +137,4 @@ def time_step(spec: ModelSpec, seq: int, micro_batch: int, device: torch.device,
     steps = [f + b + o for f, b, o in zip(fwd, bwd, opt)]
     return StepResult(step_s=statistics.median(steps), forward_s=statistics.median(fwd),
                       backward_s=statistics.median(bwd), optimizer_s=statistics.median(opt),
-                      peak_memory_bytes=peak, params=params, steps=iters)
+                      peak_memory_bytes=peak, params=params, steps=iters, step_times_s=tuple(steps))

@@ -8,6 +8,7 @@ environment the worker runs alone as a world of one.
 from __future__ import annotations
 
 import datetime as _dt
+import importlib.util
 import os
 import platform
 import socket
@@ -30,7 +31,7 @@ from .measure import TORCH_DTYPES, collective_case, copy_case, matmul_case, sync
 from .writer import ResultWriter, default_out_dir, write_meta
 from ..calibrate.rows import Row, timing_fields
 from .state import EXIT_ERROR, EXIT_FAULT, STATE_DIR_ENV, Watchdog
-from .config import BenchConfig, resolve
+from .config import BenchConfig, resolve, step_mode
 from .items import Fault, Item, build_plan
 
 PROGRESS_ENV = "PARPLAN_BENCH_PROGRESS"
@@ -186,7 +187,50 @@ class Runner:
             moved = 2 * item.size_bytes
             return [Row(**fields, size_bytes=item.size_bytes, count=item.count, bytes_moved=moved,
                         bandwidth_bytes_per_s=moved / timing["time_s"])]
+        if item.kind == "step":
+            return self.measure_step(item)
         return self.measure_layer(item)
+
+    def measure_step(self, item: Item) -> list[Row]:
+        """One whole training step of a model (``bench/step.py``): FSDP2 over the ranks when there are several.
+
+        A mode this machine cannot run (FP8 without torchao or without a GPU) or a step that runs out
+        of memory is skipped with a one-line note on rank 0; the run goes on.
+        """
+        from .step import time_step
+
+        cfg, ctx = self.config, self.ctx
+        compiled, fp8 = step_mode(item.op)
+        spec = load_model(item.model)
+        seq = cfg.seq or spec.seq_len
+        skip = ""
+        if fp8 and ctx.device.type != "cuda":
+            skip = "FP8 steps need a GPU"
+        elif fp8 and importlib.util.find_spec("torchao") is None:
+            skip = "FP8 steps need torchao (pip install torchao)"
+        result = None
+        if not skip:
+            try:
+                result = time_step(spec, seq, cfg.micro_batch, ctx.device, micro_batches=cfg.micro_batches,
+                                   compile=compiled, fp8=fp8, iters=cfg.iters, warmup=cfg.warmup,
+                                   sharded=ctx.world > 1, barrier=ctx.barrier if ctx.world > 1 else None)
+            except torch.cuda.OutOfMemoryError:
+                skip = "out of memory"
+            finally:
+                if ctx.device.type == "cuda":
+                    torch.cuda.empty_cache()
+        if skip:
+            if ctx.rank == 0:
+                sys.stdout.write(f"[bench] skipped {item.label}: {skip}\n")
+                sys.stdout.flush()
+            return []
+        times, wrong = ctx.reduce_times(list(result.step_times_s), 0)
+        timing = timing_fields(times)
+        shape = f"b={cfg.micro_batch} s={seq} m={cfg.micro_batches} layers={spec.layers} h={spec.hidden}"
+        return [Row(**self.base(item, ctx.device), model=item.model, shape=shape, **timing,
+                    forward_s=result.forward_s, backward_s=result.backward_s, optimizer_s=result.optimizer_s,
+                    peak_memory_bytes=result.peak_memory_bytes, params=result.params,
+                    wrong=wrong, correct=wrong == 0)]
 
     def measure_layer(self, item: Item) -> list[Row]:
         cfg, ctx = self.config, self.ctx

@@ -5,7 +5,11 @@ the row's world size and ranks per host, with the group placed as the row's stri
 a matmul, a copy (bytes read and written over ``hbm_bandwidth x efficiency.hbm``, plus
 ``kernel_overhead_s``) and a layer's forward or backward (the sum of the planner's op times over
 ``parplan.cost.ops.layer_ops``, one device, no parallelism or dropout) through the planner's one
-kernel-timing path, :mod:`parplan.cost.kernels`. Error is ``(predicted - measured) / measured``.
+kernel-timing path, :mod:`parplan.cost.kernels`; a whole step (``--suite step``) by
+:func:`parplan.step.train.estimate` of the row's model on the row's ranks (data parallel with FSDP
+over several), run by a framework profile (default ``torchtitan``, the stack ``bench/step.py``
+reproduces: fp32 parameters under autocast, fused AdamW, each block compiled), with its peak memory
+against ``torch.cuda.max_memory_allocated``. Error is ``(predicted - measured) / measured``.
 """
 from __future__ import annotations
 
@@ -39,6 +43,9 @@ class Comparison:
     predicted_s: float | None
     error_pct: float | None
     note: str = ""
+    measured_memory_bytes: int | None = None   # whole steps: peak memory
+    predicted_memory_bytes: int | None = None
+    memory_error_pct: float | None = None
 
     @property
     def key(self) -> str:
@@ -121,24 +128,72 @@ def predict_layer(row: Row, hw) -> tuple[float | None, str]:
     return float(sum(t[0 if row.op == "forward" else 1] for t in times)), ""
 
 
+STEP_FRAMEWORK = "torchtitan"
+
+
+def step_setup(row: Row, hw, framework: str = STEP_FRAMEWORK):
+    """(model, cluster, layout, software) a planner user passes for one whole-step row."""
+    from ..bench.config import step_mode
+    from ..layouts.layout import Layout
+    from ..specs.framework import resolve_software
+    from ..specs.framework_loader import load_framework
+    from ..specs.model_loader import load_model
+
+    fields = dict(part.split("=", 1) for part in row.shape.split() if "=" in part)
+    try:
+        batch, seq, micro_batches = int(fields["b"]), int(fields["s"]), int(fields.get("m", 1))
+    except (KeyError, ValueError):
+        raise ParplanError(f"step row has an unreadable shape {row.shape!r}") from None
+    compiled, recipe = step_mode(row.op)
+    model = load_model(row.model)
+    world = max(1, row.world_size)
+    cluster = make_cluster(hw, world, devices_per_node=max(1, min(world, row.local_world_size or world)))
+    dtype = "fp8" if recipe else ("bf16" if row.dtype in ("bf16", "fp16") else "fp32")
+    layout = Layout(dp=world, micro_batch=batch, global_batch=batch * micro_batches * world, seq_len=seq,
+                    zero=3 if world > 1 else 0, dtype=dtype)
+    software = resolve_software(load_framework(framework), dtype=dtype, compiled=compiled,
+                                fp8_recipe=recipe or None, device_kind=hw.kind)
+    return model, cluster, layout, software
+
+
+def predict_step(row: Row, hw, framework: str = STEP_FRAMEWORK) -> tuple[float | None, int | None, str]:
+    """A whole step's predicted seconds and peak bytes per device, or ``None`` and the reason."""
+    from ..step.train import estimate
+
+    try:
+        model, cluster, layout, software = step_setup(row, hw, framework)
+        est = estimate(model, cluster, layout, software=software)
+    except ParplanError as exc:
+        return None, None, str(exc)
+    return float(est.step_time_s), int(est.memory_bytes["total"]), ""
+
+
 def _what(row: Row) -> str:
     if row.kind == "matmul":
         return f"{row.m}x{row.k}x{row.n}"
-    if row.kind == "layer":
+    if row.kind in ("layer", "step"):
         return " ".join([row.model] + row.shape.split()[:2])
     return format_bytes(row.size_bytes)
 
 
-def compare(rows: Sequence[Row], hw_spec: str) -> list[Comparison]:
+def compare(rows: Sequence[Row], hw_spec: str, framework: str = STEP_FRAMEWORK) -> list[Comparison]:
+    """Every row against its prediction; ``framework`` runs the whole-step rows."""
     base = load_cluster(hw_spec)
     out = []
     for row in rows:
-        predicted, note = predict(row, base)
+        memory = {}
+        if row.kind == "step":
+            predicted, mem, note = predict_step(row, base.hardware, framework)
+            if mem is not None and row.peak_memory_bytes > 0:
+                memory = dict(measured_memory_bytes=row.peak_memory_bytes, predicted_memory_bytes=mem,
+                              memory_error_pct=100.0 * (mem - row.peak_memory_bytes) / row.peak_memory_bytes)
+        else:
+            predicted, note = predict(row, base)
         error = None if predicted is None else 100.0 * (predicted - row.time_s) / row.time_s
         if not row.correct:
             note = (note + "; " if note else "") + "measured row failed its correctness check"
         out.append(Comparison(row.kind, row.op, row.group, row.group_class, row.group_size, row.dtype,
-                              _what(row), row.time_s, predicted, error, note))
+                              _what(row), row.time_s, predicted, error, note, **memory))
     return out
 
 
@@ -151,6 +206,8 @@ def summarize(comparisons: Sequence[Comparison]) -> list[Summary]:
             continue
         buckets[c.key].append(c.error_pct)
         kinds[f"all {c.kind}"].append(c.error_pct)
+        if c.memory_error_pct is not None:
+            buckets[f"{c.key} peak memory"].append(c.memory_error_pct)
     def summary(key: str, errors: list[float]) -> Summary:
         return Summary(key, len(errors), median(abs(e) for e in errors), mean(abs(e) for e in errors), mean(errors))
 
@@ -199,5 +256,6 @@ def rows_table(comparisons: Sequence[Comparison]) -> str:
     for c in comparisons:
         err = "-" if c.error_pct is None else f"{c.error_pct:+.1f}%"
         lines.append(f"{c.kind:<10} {c.op:<14} {c.group or '-':<10} {c.dtype or '-':<5} {c.what[:24]:<24} "
-                     f"{_fmt_s(c.measured_s):>10} {_fmt_s(c.predicted_s):>10} {err:>8}")
+                     f"{_fmt_s(c.measured_s):>10} {_fmt_s(c.predicted_s):>10} {err:>8}"
+                     + ("" if c.memory_error_pct is None else f"  peak memory {c.memory_error_pct:+.1f}%"))
     return "\n".join(lines)

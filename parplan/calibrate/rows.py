@@ -3,10 +3,13 @@ each finishes, ``parplan.bench.writer``), and reading them back, with nccl-tests
 
 Columns (SI units; ``size_bytes`` is the nccl-tests buffer size):
 
-- what: ``kind`` (collective | matmul | copy | layer), ``op`` (the collective; matmul; copy;
-  forward or backward for a layer), ``dtype``,
+- what: ``kind`` (collective | matmul | copy | layer | step), ``op`` (the collective; matmul; copy;
+  forward or backward for a layer; the mode of a whole step: eager, compiled, compiled-fp8-tensorwise, ...),
+  ``dtype``,
   ``size_bytes``, ``count`` (elements), ``m``/``k``/``n`` (matmul), ``flops`` (per call),
-  ``bytes_moved`` (copy: bytes read plus written), ``shape`` and ``model`` (layer).
+  ``bytes_moved`` (copy: bytes read plus written), ``shape`` and ``model`` (layer, step).
+- a whole step: ``forward_s``, ``backward_s`` and ``optimizer_s`` (medians, summed over the step's
+  micro-batches), ``peak_memory_bytes`` (``torch.cuda.max_memory_allocated``), ``params``.
 - where: ``group`` (world, contigG, stridedG), ``group_size``, ``group_stride``, ``group_count``
   (groups running at once), ``group_nodes`` (hosts one group spans), ``group_class`` (intra | inter),
   ``world_size``, ``local_world_size`` (ranks per host), ``nodes``, ``backend``, ``device``,
@@ -69,6 +72,11 @@ class Row:
     busbw_bytes_per_s: float = 0.0
     flops_per_s: float = 0.0
     bandwidth_bytes_per_s: float = 0.0
+    forward_s: float = 0.0
+    backward_s: float = 0.0
+    optimizer_s: float = 0.0
+    peak_memory_bytes: int = 0
+    params: int = 0
     wrong: int = 0
     correct: bool = True
     source: str = "parplan-bench"

@@ -22,7 +22,7 @@ from ..bench.writer import default_out_dir
 from ..views.files import write_text
 from .common import one_line_errors, run
 from ..bench.config import (BenchConfig, parse_dtypes, parse_groups, parse_layouts, parse_ops, parse_shapes,
-    parse_suites, resolve)
+    parse_step_modes, parse_suites, resolve)
 from ..bench.items import build_plan
 
 
@@ -33,8 +33,8 @@ def measure_options(fn):
     """The options shared by ``parplan bench`` and the worker."""
     options = [
         click.option("--suite", default=None,
-                     help="What to measure: collectives, matmul, copy, layer, or all "
-                          "[default: collectives,matmul,copy, plus layer with --model]."),
+                     help="What to measure: collectives, matmul, copy, layer, step (whole training steps of "
+                          "--model), or all [default: collectives,matmul,copy, plus layer with --model]."),
         click.option("--ops", default="all", show_default=True,
                      help="Collectives, comma separated: all_reduce, all_gather, reduce_scatter, all_to_all, "
                           "broadcast, reduce, send_recv (all = every one but reduce)."),
@@ -60,6 +60,11 @@ def measure_options(fn):
         click.option("--micro-batch", type=int, default=1, show_default=True, help="Layer micro-batch."),
         click.option("--seq", type=int, default=0, help="Layer sequence length [the model's]."),
         click.option("--layer-dtype", default="", help="Layer dtype [bf16 on a GPU, fp32 on a CPU]."),
+        click.option("--step-modes", default="auto", show_default=True,
+                     help="Whole steps: eager, compiled, and either with -fp8-tensorwise or -fp8-rowwise (torchao) "
+                          "(auto: eager,compiled,compiled-fp8-tensorwise on a GPU, eager on a CPU)."),
+        click.option("--micro-batches", type=int, default=1, show_default=True,
+                     help="Micro-batches accumulated per whole step."),
         click.option("--device", default="auto", show_default=True, help="auto, cuda or cpu."),
         click.option("--backend", default="auto", show_default=True,
                      help="auto (nccl on GPUs, gloo on CPUs), nccl or gloo."),
@@ -94,6 +99,8 @@ def config_from_options(opts: dict) -> BenchConfig:
         micro_batch=opts.get("micro_batch", 1),
         seq=opts.get("seq") or 0,
         layer_dtype=str(opts.get("layer_dtype") or "").lower(),
+        step_modes=parse_step_modes(opts.get("step_modes")),
+        micro_batches=opts.get("micro_batches") or 1,
         device=str(opts.get("device", "auto")).lower(),
         backend=str(opts.get("backend", "auto")).lower(),
         out_dir=opts.get("output") or "",
@@ -190,13 +197,17 @@ def calibrate(results: tuple[str, ...], output: str, base: str | None) -> None:
 @click.option("--hw", "hw_spec", required=True, help="Profile (name or YAML) or cluster to predict with.")
 @click.option("-o", "--output", default=None, help="Directory for compare.csv and compare.png [the results'].")
 @click.option("--all-rows", is_flag=True, help="Print every row's error, not only the worst ten.")
+@click.option("--framework", default=None,
+              help="Framework profile (name or YAML) that predicts whole-step rows [torchtitan: what "
+                   "--suite step runs].")
 @user_errors
-def compare(results: tuple[str, ...], hw_spec: str, output: str | None, all_rows: bool) -> None:
+def compare(results: tuple[str, ...], hw_spec: str, output: str | None, all_rows: bool,
+            framework: str | None) -> None:
     """Predicted against measured time for every result row, with error tables and a plot."""
     from ..calibrate import compare as cmp
 
     rows = load_results(results)
-    comparisons = cmp.compare(rows, hw_spec)
+    comparisons = cmp.compare(rows, hw_spec, framework or cmp.STEP_FRAMEWORK)
     predicted = [c for c in comparisons if c.error_pct is not None]
     first = Path(results[0])
     out_dir = Path(output) if output else (first if first.is_dir() else first.parent)

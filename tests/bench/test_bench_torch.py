@@ -207,3 +207,39 @@ def test_pattern_and_wrong_counts():
     rounded = big + 8.0  # one bf16 step at this magnitude is 16: within n * eps
     assert count_wrong(rounded, big, "bf16", 64) == 0
     assert count_wrong(big * 2, big, "bf16", 64) == 4
+
+
+def test_step_suite_times_whole_fsdp2_steps_on_two_gloo_ranks_and_compare_predicts_them(tmp_path):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text("name: tiny\nlayers: 2\nhidden: 64\nheads: 4\nkv_heads: 2\nffn_hidden: 96\n"
+                    "activation: swiglu\nnorm: rmsnorm\nvocab: 1000\nseq_len: 32\n")
+    out = tmp_path / "run"
+    proc = run_bench("bench", "--nproc", "2", "--suite", "step", "--model", str(spec), "--seq", "16",
+                     "--micro-batch", "2", "--micro-batches", "2", "--step-modes", "eager,compiled-fp8-rowwise",
+                     "--iters", "2", "--warmup", "1", "--timeout", "120", "-o", str(out), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    said = proc.stdout + proc.stderr
+    assert "skipped step" in said and "FP8 steps need a GPU" in said
+    rows = load_results([out])
+    assert [(r.kind, r.op, r.world_size) for r in rows] == [("step", "eager", 2)]
+    row = rows[0]
+    assert row.shape.startswith("b=2 s=16 m=2 layers=2 h=64")
+    # forward and backward of both micro-batches plus the optimizer make up the median step
+    parts = row.forward_s + row.backward_s + row.optimizer_s
+    assert 0 < parts and row.time_min_s <= row.time_s <= row.time_max_s
+    # the spec's defaults: biases, a tied table; learned positions for the 16 tokens run
+    from parplan.specs.model_loader import load_model
+    assert row.params == load_model(str(spec)).total_params() - (32 - 16) * 64
+    proc = run_bench("compare", str(out), "--hw", "a100-80gb")
+    assert proc.returncode == 0, proc.stderr
+    assert "step eager" in proc.stdout
+    import csv
+    got = list(csv.DictReader(open(out / "compare.csv")))
+    assert got[0]["kind"] == "step" and float(got[0]["predicted_s"]) > 0
+
+
+def test_step_modes_are_checked():
+    proc = run_bench("--suite", "step", "--model", "gpt3-125m", "--step-modes", "jit")
+    assert "unknown mode 'jit'" in error_line(proc)
+    proc = run_bench("--suite", "step")
+    assert error_line(proc) == "Error: the step suite needs --model NAME (a model name or YAML file)"

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Whole-model training steps on one GPU through `parplan bench --suite step`: eager, torch.compile'd,
+# and compiled with torchao FP8 linears (per-tensor scales), for the models below at the sequence and
+# micro-batch each line gives; plus the element-wise kernels of scripts/gpu_stack_kernels.py.
+#
+# usage: scripts/gpu_step_suite.sh OUT_DIR [SET ...]     (SET: kernels, a, b; default: all)
+# torchao travels as a wheel in .whl/ (the device has no registry); without it the FP8 modes are
+# skipped with a note. Rows: OUT_DIR/<set>/results.csv; logs beside them.
+set -uo pipefail
+out=${1:?usage: scripts/gpu_step_suite.sh OUT_DIR [SET ...]}; shift
+sets=${*:-kernels a b}
+mkdir -p "$out"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv > "$out/device.txt" 2>&1
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" >> "$out/device.txt" 2>&1
+python3 -c "import torchao; print('torchao', torchao.__version__)" >> "$out/device.txt" 2>&1
+
+step() {  # step SET NAME MODEL SEQ MICRO_BATCH [MICRO_BATCHES]
+  python3 -m parplan.bench --suite step --model "$3" --seq "$4" --micro-batch "$5" --micro-batches "${6:-1}" \
+    --iters 5 --warmup 3 --timeout 400 -o "$out/$1/$2" 2>&1 | tee "$out/$1/$2.log"
+}
+for set in $sets; do
+  mkdir -p "$out/$set"
+  case $set in
+    kernels) python3 scripts/gpu_stack_kernels.py "$out/kernels" --parts=elementwise 2>&1 | tee "$out/kernels.log" ;;
+    a) step a gpt2-large-s1024 gpt2-large 1024 8          # unpadded 50257 vocabulary, LayerNorm, GELU, biases
+       step a qwen2.5-0.5b-s4096 qwen2.5-0.5b 4096 4 2    # 152k vocabulary, head size 64, two micro-batches
+       step a llama3.2-1b-s8192 llama3.2-1b 8192 2 ;;
+    b) step b llama3.2-1b-s16384 llama3.2-1b 16384 1     # long sequence: attention-bound
+       step b llama3.2-3b-s4096 llama3.2-3b 4096 2
+       step b mistral-7b-s2048 mistral-7b 2048 1 ;;      # 7B under fp32 AdamW: most of the 141 GB
+    *) echo "unknown set $set" >&2 ;;
+  esac
+done
