@@ -22,6 +22,7 @@ DTYPES = ("fp32", "bf16", "fp16")
 ELEMENT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 LAYOUTS = ("contiguous", "strided")
 MAX_BYTES = 64 * GIB
+CPU_MAX_BYTES = 64 * 1024 * 1024  # the default largest buffer on a CPU (gloo): 1 GiB there takes over 10 minutes
 MAX_ITERS = 100_000
 MAX_DIM = 1 << 20
 THIN_M = (1, 2, 4, 8, 16, 32, 64)
@@ -182,7 +183,7 @@ class BenchConfig:
     suites: tuple[str, ...] = DEFAULT_SUITES
     ops: tuple[str, ...] = DEFAULT_OPS
     min_bytes: int = 8
-    max_bytes: int = GIB
+    max_bytes: int = 0  # 0: CPU_MAX_BYTES on a CPU, GIB on a GPU (see resolve)
     factor: int = 2
     dtype: str = "fp32"
     groups: tuple[int, ...] = ()
@@ -205,9 +206,9 @@ class BenchConfig:
     out_dir: str = ""
 
     def __post_init__(self) -> None:
-        if self.min_bytes < 1 or self.max_bytes > MAX_BYTES:
+        if self.min_bytes < 1 or self.max_bytes > MAX_BYTES or self.max_bytes < 0:
             raise ParplanError("sizes must be between 1 B and 64 GiB")
-        if self.max_bytes < self.min_bytes:
+        if self.max_bytes and self.max_bytes < self.min_bytes:
             raise ParplanError(f"--max-bytes ({format_bytes(self.max_bytes)}) is below "
                                f"--min-bytes ({format_bytes(self.min_bytes)})")
         if not 2 <= self.factor <= 1024:
@@ -246,7 +247,7 @@ class BenchConfig:
         """The worker command line (``python -m parplan.bench ...``) that rebuilds this configuration."""
         argv = [
             "--suite", ",".join(self.suites), "--ops", ",".join(self.ops),
-            "--min-bytes", str(self.min_bytes), "--max-bytes", str(self.max_bytes),
+            "--min-bytes", str(self.min_bytes), "--max-bytes", str(self.max_bytes or "auto"),
             "--factor", str(self.factor), "--dtype", self.dtype,
             "--groups", ",".join("world" if g == 0 else str(g) for g in self.groups) or "auto",
             "--layout", "both" if len(self.layouts) == 2 else self.layouts[0],
@@ -275,15 +276,17 @@ class BenchConfig:
 
 
 def resolve(config: BenchConfig, on_gpu: bool) -> BenchConfig:
-    """Fill the device-dependent defaults: matmul dtypes and sizes, the layer dtype.
+    """Fill the device-dependent defaults: the largest buffer, matmul dtypes and sizes, the layer dtype.
 
-    A default matmul bound never contradicts the other one given explicitly.
+    A CPU sweep stops at :data:`CPU_MAX_BYTES` so that the default run ends in about a minute on two
+    cores. A default bound never contradicts the other one given explicitly.
     """
     lo, hi = (256, 16384) if on_gpu else (64, 512)
     matmul_min = config.matmul_min or min(lo, config.matmul_max or lo)
     matmul_max = config.matmul_max or max(hi, matmul_min)
     return replace(
         config,
+        max_bytes=config.max_bytes or max(GIB if on_gpu else CPU_MAX_BYTES, config.min_bytes),
         matmul_dtypes=config.matmul_dtypes or (("bf16", "fp16", "fp32") if on_gpu else ("fp32",)),
         matmul_min=matmul_min,
         matmul_max=matmul_max,

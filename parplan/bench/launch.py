@@ -8,6 +8,7 @@ recorded error (a failed or timed-out collective) is the cause.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -18,8 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from ..calibrate.rows import META_NAME
 from ..errors import ParplanError
+from ..views.progress import is_terminal, progress
 from .state import STATE_DIR_ENV, TIMEOUT_TEXT, RankState, read_states
+from .writer import finish_from_files
 
 LOG_NAME = "torchrun.log"
 _FAILURE = re.compile(r"rank\s*:\s*(\d+)\s*\(local_rank:\s*\d+\)\s*\n\s*exitcode\s*:\s*(-?\d+)")
@@ -99,7 +103,7 @@ def launch(nproc: int, worker_argv: Sequence[str], out_dir: Path, stream=None) -
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root(), env.get("PYTHONPATH", "")) if p)
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("PYTHONUNBUFFERED", "1")
-    tty = stream.isatty()
+    tty = is_terminal(stream)
     if tty:
         env["PARPLAN_BENCH_PROGRESS"] = "every"
     with tempfile.TemporaryDirectory(prefix="parplan-bench-") as state_dir, \
@@ -112,43 +116,49 @@ def launch(nproc: int, worker_argv: Sequence[str], out_dir: Path, stream=None) -
         except OSError as exc:
             raise ParplanError(f"cannot start torchrun: {exc.strerror or exc}") from None
         log_text: list[str] = []
-        redrawn = False
         previous = signal.getsignal(signal.SIGTERM)
         signal.signal(signal.SIGTERM, _terminated)
         try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                log.write(line)
-                log.flush()
-                log_text.append(line)
-                if line.startswith("[bench]"):
-                    progress = _PROGRESS.match(line.rstrip("\n")) if tty else None
-                    if progress:
-                        stream.write("\r" + _bar(int(progress.group(1)), int(progress.group(2)), progress.group(3)))
-                        redrawn = True
-                    else:
-                        stream.write(("\n" if redrawn else "") + line)
-                        redrawn = False
-                    stream.flush()
-            returncode = proc.wait()
+            with progress("bench", unit="item", stream=stream, disable=not tty) as update:
+                assert proc.stdout is not None
+                for line in proc.stdout:
+                    log.write(line)
+                    log.flush()
+                    log_text.append(line)
+                    if line.startswith("[bench]"):
+                        step = _PROGRESS.match(line.rstrip("\n")) if tty else None
+                        if step:
+                            update(int(step.group(1)), int(step.group(2)), step.group(3)[:40])
+                        else:
+                            update.bar.write(line.rstrip("\n"), file=stream)
+                        stream.flush()
+                returncode = proc.wait()
         except KeyboardInterrupt:
             _stop(proc)
+            _finish_rows(out_dir, "interrupted", stream)
             raise ParplanError(f"interrupted; finished rows are kept in {out_dir}") from None
         finally:
             signal.signal(signal.SIGTERM, previous)
-        if redrawn:
-            stream.write("\n")
         if returncode != 0:
             states = read_states(Path(state_dir))
             text = "".join(log_text)
             message = diagnose(states, exit_codes(text), nproc, returncode, log_path, text)
+            _finish_rows(out_dir, "failed", stream, message)
             raise ParplanError(message)
     return LaunchResult(returncode, log_path)
 
 
-def _bar(done: int, total: int, label: str, width: int = 30) -> str:
-    filled = width * done // max(1, total)
-    return f"[bench] [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label[:40]:<40}"
+def _finish_rows(out_dir: Path, status: str, stream, error: str = "") -> None:
+    """Plots and summary of the rows a stopped run finished, unless rank 0 wrote them itself."""
+    try:
+        meta = json.loads((out_dir / META_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        meta = {}
+    if meta.get("status", "running") != "running":
+        return
+    for note in finish_from_files(out_dir, status, error):
+        stream.write(f"[bench] {note}\n")
+    stream.flush()
 
 
 def _terminated(signum, frame) -> None:

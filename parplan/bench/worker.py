@@ -28,7 +28,7 @@ from ..specs.model_loader import load_model
 from ..specs.model import with_seq_len
 from . import layer as layer_mod
 from .measure import TORCH_DTYPES, collective_case, copy_case, matmul_case, synchronize, time_iterations
-from .writer import ResultWriter, default_out_dir, write_meta
+from .writer import ResultWriter, default_out_dir, finish, write_meta
 from ..calibrate.rows import Row, timing_fields
 from .state import EXIT_ERROR, EXIT_FAULT, STATE_DIR_ENV, Watchdog
 from .config import BenchConfig, resolve, step_mode
@@ -39,29 +39,41 @@ warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distri
 
 
 class Progress:
-    """A progress line on stderr (rank 0): redrawn in place on a terminal, else every 5 %."""
+    """Progress on stderr (rank 0): a tqdm bar with the time left on a terminal; for the launcher
+    (which draws the bar) a line per item; in a log a line every 5 %."""
 
     def __init__(self, total: int, stream=None):
         self.total = max(1, total)
         self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
         self.every = os.environ.get(PROGRESS_ENV) == "every"  # the launcher redraws each line
+        self.tty = self.stream.isatty() and not self.every
         self._last_pct = -1
         self._last_time = 0.0
+        self._bar = None
+        if self.tty:
+            from ..views.progress import progress
+
+            self._bar = progress("bench", self.total, unit="item", stream=self.stream)
+            self._update = self._bar.__enter__()
 
     def update(self, done: int, label: str) -> None:
         pct = 100 * done // self.total
         now = time.monotonic()
-        if self.tty:
-            bar = "#" * (pct // 5) + "." * (20 - pct // 5)
-            self.stream.write(f"\r[bench] [{bar}] {done}/{self.total} {label[:50]:<50}")
+        if self._bar is not None:
+            self._update(done, note=label[:40])
             if done >= self.total:
-                self.stream.write("\n")
+                self.close()
+            return
         elif (self.every or pct // 5 != self._last_pct // 5 or done >= self.total
               or now - self._last_time > 10):
             self.stream.write(f"[bench] {done}/{self.total} ({pct}%) {label}\n")
             self._last_pct, self._last_time = pct, now
         self.stream.flush()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None
 
 
 class Context:
@@ -276,6 +288,8 @@ def run_worker(config: BenchConfig) -> int:
     writer = None
     out_dir = None
     meta: dict = {}
+    rows: list[Row] = []
+    progress = None
     try:
         fault = Fault.from_env()
         ctx = Context(config)
@@ -302,7 +316,6 @@ def run_worker(config: BenchConfig) -> int:
                              f"{ctx.device_name}; writing {out_dir}\n")
             sys.stdout.flush()
         progress = Progress(len(plan)) if rank == 0 else None
-        rows: list[Row] = []
         for index, item in enumerate(plan):
             watchdog.begin(item.description)
             new = runner.measure(item, shift=_inject(fault, rank, index, watchdog))
@@ -321,17 +334,18 @@ def run_worker(config: BenchConfig) -> int:
         return 0
     except ParplanError as exc:
         message = f"rank {rank}: {exc}"
+    except KeyboardInterrupt:
+        message = f"rank {rank}: interrupted during {watchdog.label}"
     except Exception as exc:  # a collective that failed: a dead peer, a timeout, out of memory
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         message = f"rank {rank}: {watchdog.label} failed: {first}"
     watchdog.fail(message)
+    if progress is not None:
+        progress.close()
     if writer is not None:
         writer.close()
-        meta.update(status="failed", error=message)
-        try:
-            write_meta(out_dir, meta)
-        except OSError:
-            pass
+        for note in finish(out_dir, rows, meta, "failed", message):  # plots of the rows it finished
+            sys.stdout.write(f"[bench] {note}\n")
     sys.stdout.flush()
     sys.stderr.write(f"Error: {message}\n")
     sys.stderr.flush()
@@ -339,19 +353,6 @@ def run_worker(config: BenchConfig) -> int:
 
 
 def _finish(out_dir: Path, rows: list[Row], meta: dict) -> None:
-    from ..views.bench_plots import plot_results
-
-    notes = []
-    try:
-        notes = plot_results(rows, out_dir)
-    except Exception as exc:  # a plot is a convenience; the rows are already safe
-        notes = [f"plots skipped: {exc}"]
-    meta.update(status="finished", rows=len(rows),
-                finished=_dt.datetime.now().astimezone().isoformat(timespec="seconds"))
-    write_meta(out_dir, meta)
-    bad = sum(1 for r in rows if not r.correct)
-    for note in notes:
+    for note in finish(out_dir, rows, meta):
         sys.stdout.write(f"[bench] {note}\n")
-    sys.stdout.write(f"[bench] wrote {len(rows)} rows to {out_dir}"
-                     + (f"; {bad} rows FAILED the correctness check" if bad else "") + "\n")
     sys.stdout.flush()

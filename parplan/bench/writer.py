@@ -65,3 +65,47 @@ def _csv_value(value: Any) -> Any:
 
 def write_meta(out_dir: Path, meta: Mapping[str, Any]) -> None:
     write_text(Path(out_dir) / META_NAME, json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n", sync=True)
+
+
+def finish(out_dir: Path, rows: list[Row], meta: dict, status: str = "finished", error: str = "") -> list[str]:
+    """The plots of the rows and ``meta.json`` with the status and row count; the notes to print.
+
+    Called when a run ends, finished or not: an interrupted run or one whose rank died still gets
+    the plots and summary of the rows it finished.
+    """
+    from ..views.bench_plots import plot_results
+
+    notes = []
+    try:
+        notes = plot_results(rows, out_dir) if rows else []
+    except Exception as exc:  # a plot is a convenience; the rows are already safe
+        notes = [f"plots skipped: {exc}"]
+    meta = dict(meta, status=status, rows=len(rows),
+                finished=_dt.datetime.now().astimezone().isoformat(timespec="seconds"))
+    if error:
+        meta["error"] = error
+    try:
+        write_meta(out_dir, meta)
+    except (OSError, ParplanError):
+        pass
+    bad = sum(1 for r in rows if not r.correct)
+    notes.append(f"wrote {len(rows)} rows to {out_dir}" + (f"; {bad} rows FAILED the correctness check" if bad else ""))
+    return notes
+
+
+def finish_from_files(out_dir: Path, status: str, error: str = "") -> list[str]:
+    """:func:`finish` from what the ranks left on disk (the launcher's view of a run that stopped)."""
+    from ..calibrate.load import load_results
+
+    out_dir = Path(out_dir)
+    if not (out_dir / CSV_NAME).is_file():
+        return []
+    try:
+        meta = json.loads((out_dir / META_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        meta = {}
+    try:
+        rows = load_results([out_dir])
+    except ParplanError:
+        rows = []
+    return finish(out_dir, rows, meta, status, error)

@@ -39,7 +39,8 @@ def measure_options(fn):
                      help="Collectives, comma separated: all_reduce, all_gather, reduce_scatter, all_to_all, "
                           "broadcast, reduce, send_recv (all = every one but reduce)."),
         click.option("--min-bytes", default="8", show_default=True, help="Smallest buffer (8, 64K, 1M, ...)."),
-        click.option("--max-bytes", default="1G", show_default=True, help="Largest buffer."),
+        click.option("--max-bytes", default="auto", show_default=True,
+                     help="Largest buffer (auto: 1G on a GPU, 64M on a CPU)."),
         click.option("--factor", type=int, default=2, show_default=True, help="Size step factor."),
         click.option("--dtype", default="fp32", show_default=True, help="Collective dtype: fp32, bf16, fp16."),
         click.option("--groups", default="auto", show_default=True,
@@ -83,7 +84,7 @@ def config_from_options(opts: dict) -> BenchConfig:
         suites=parse_suites(opts.get("suite"), bool(models)),
         ops=parse_ops(opts.get("ops")),
         min_bytes=parse_bytes(opts.get("min_bytes", "8"), "--min-bytes"),
-        max_bytes=parse_bytes(opts.get("max_bytes", "1G"), "--max-bytes"),
+        max_bytes=_max_bytes(opts.get("max_bytes") or "auto"),
         factor=opts.get("factor", 2),
         dtype=str(opts.get("dtype", "fp32")).lower(),
         groups=parse_groups(opts.get("groups")),
@@ -105,6 +106,11 @@ def config_from_options(opts: dict) -> BenchConfig:
         backend=str(opts.get("backend", "auto")).lower(),
         out_dir=opts.get("output") or "",
     )
+
+
+def _max_bytes(text: str) -> int:
+    """``--max-bytes``: a size, or ``auto`` (0) for the device's default."""
+    return 0 if str(text).strip().lower() == "auto" else parse_bytes(text, "--max-bytes")
 
 
 def _check_models(config: BenchConfig) -> None:

@@ -323,10 +323,12 @@ def _looks_like_profile(path: str) -> bool:
 def validate(files, framework, fmt):
     """Predict every published run in FILES (default: the shipped sets) as 'plan' would, and report the error."""
     from ..validate.published import format_validation, load_runs, validate_runs
+    from ..views.progress import progress
 
     runs = [r for f in files for r in (dict(x, _file=f.rsplit("/", 1)[-1]) for x in load_runs(f))] if files \
         else load_runs(None)
-    results = validate_runs(runs, framework=framework)
+    with progress("validate", len(runs), unit="run") as bar:
+        results = validate_runs(runs, framework=framework, progress=bar)
     if fmt == "json":
         click.echo(json.dumps(results, indent=2))
     else:

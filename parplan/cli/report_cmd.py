@@ -64,14 +64,16 @@ def _command_line() -> str:
 def report(model_name, hw, global_batch, seq, dtype, objective, top, headroom, scaling, out_dir):
     """Write a Markdown report of the best plans with roofline, breakdown, memory and scaling plots."""
     from ..views.frames import as_cluster, as_model
+    from ..views.progress import progress
     from ..views.report import build_report
 
     _positive("global-batch", global_batch)
     _positive("seq", seq)
     model, cluster = as_model(model_name, seq), as_cluster(hw)
-    rep = build_report(model, cluster, global_batch=global_batch, out_dir=out_dir,
-                       top=top, dtype=dtype, headroom=headroom, objective=objective, scaling=scaling,
-                       command=_command_line())
+    with progress("report", percent=True) as bar:
+        rep = build_report(model, cluster, global_batch=global_batch, out_dir=out_dir,
+                           top=top, dtype=dtype, headroom=headroom, objective=objective, scaling=scaling,
+                           command=_command_line(), progress=bar)
     click.echo(f"wrote {rep.markdown}")
     for f in rep.files:
         if f != rep.markdown:
@@ -100,6 +102,7 @@ def sweep(model_name, hw, vary, global_batch, dtype, objective, headroom, fmt, o
     """Best plan for every combination of device count, global batch and sequence length."""
     from ..specs.model_loader import load_model
     from ..views.files import check_writable
+    from ..views.progress import progress
     from ..plan.sweep import Options, base_cluster, parse_vary, run_sweep
     from ..views.sweep_text import default_sweep_dir, format_sweep, sweep_columns, write_sweep
 
@@ -108,8 +111,12 @@ def sweep(model_name, hw, vary, global_batch, dtype, objective, headroom, fmt, o
     model = load_model(model_name)
     base_cluster(hw)
     target = check_writable(out_dir if out_dir is not None else default_sweep_dir(model, hw))
-    df = run_sweep(model, hw, grid, global_batch=global_batch,
-                   options=Options(dtype=dtype, headroom=headroom, objective=objective))
+    points = 1
+    for values in grid.values():
+        points *= len(values)
+    with progress("sweep", points, unit="point") as bar:
+        df = run_sweep(model, hw, grid, global_batch=global_batch,
+                       options=Options(dtype=dtype, headroom=headroom, objective=objective), progress=bar)
     written = write_sweep(df, target)
     if fmt == "csv":
         click.echo(df[sweep_columns(df)].to_csv(index=False), nl=False)

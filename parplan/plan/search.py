@@ -22,20 +22,23 @@ PLACEMENTS = (("tp", "cp", "dp", "pp"), ("tp", "cp", "pp", "dp"))
 OBJECTIVES = ("throughput", "memory", "cost")
 
 
-def search(model: ModelSpec, cluster: Cluster, space: SearchSpace):
+def search(model: ModelSpec, cluster: Cluster, space: SearchSpace, progress=None):
     """Evaluate every candidate; return (pandas DataFrame of all candidates, number evaluated).
 
     One vectorized estimate per placement, tensor-parallel mode and context-parallel scheme (the
     categorical choices that pick different plug-ins); numeric knobs ride along as arrays.
+    ``progress(done, total)``, when given, is called after each of those estimates.
     """
     import pandas as pd
 
     cand = candidates(model, cluster, space)
     frames = []
-    for tp_code, cp_code in sorted(set(zip(cand["tp_mode"].tolist(), cand["cp_mode"].tolist()))):
+    choices = sorted(set(zip(cand["tp_mode"].tolist(), cand["cp_mode"].tolist())))
+    orders = space.placements or PLACEMENTS
+    for tp_code, cp_code in choices:
         sel = (cand["tp_mode"] == tp_code) & (cand["cp_mode"] == cp_code)
         part = {k: v[sel] for k, v in cand.items()}
-        for order in space.placements or PLACEMENTS:
+        for order in orders:
             layout = Layout(tp=part["tp"], pp=part["pp"], dp=part["dp"], cp=part["cp"],
                             micro_batch=part["micro_batch"], global_batch=space.global_batch, seq_len=space.seq_len,
                             zero=part["zero"], sp=part["sp"], vpp=part["vpp"], recompute=part["recompute"],
@@ -53,6 +56,8 @@ def search(model: ModelSpec, cluster: Cluster, space: SearchSpace):
             for k, v in est.columns().items():
                 df[k] = np.broadcast_to(v, n)
             frames.append(df)
+            if progress is not None:
+                progress(len(frames), len(choices) * len(orders))
     all_df = pd.concat(frames, ignore_index=True)
     # Placement only matters when some axis spans nodes; keep distinct results.
     all_df = all_df.drop_duplicates(subset=["tp", "cp", "pp", "dp", "tp_mode", "cp_mode", "micro_batch", "recompute",

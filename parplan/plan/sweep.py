@@ -238,6 +238,11 @@ def _fsdp_point(model, cluster, space, options) -> dict[str, Any]:
     return {**_plan_columns(row, est, "fsdp_"), "fsdp_framework": sw.name}
 
 
+def _report(progress, done: int, total: int) -> None:
+    if progress is not None:
+        progress(done, total)
+
+
 def _frame(points: list[dict], attrs: dict):
     import pandas as pd
 
@@ -257,18 +262,20 @@ def _attrs(model: ModelSpec, cluster: Cluster, options: Options, **extra) -> dic
 
 
 def device_scaling(model: ModelSpec, cluster: Cluster, *, global_batch: int | None = None,
-                   options: Options = Options(), start: int = 8):
+                   options: Options = Options(), start: int = 8, progress=None):
     """Best plan (and best FSDP plan) at 8, 16, ... devices up to the cluster size.
 
     The global batch follows the default rule at each size (about 4M tokens, at
     least one sequence per device), or a given batch rounded up to a multiple of
-    the device count.
+    the device count. ``progress(done, total)`` is called after each point.
     """
     points = []
-    for n in device_counts(cluster, start):
+    counts = device_counts(cluster, start)
+    for n in counts:
         cl = with_devices(cluster, n)
         points.append(best_point(model, cl, scaled_batch(model, cl, model.seq_len, global_batch), options,
                                  fsdp=True))
+        _report(progress, len(points), len(counts))
     return _frame(points, _attrs(model, cluster, options, x="devices"))
 
 
@@ -286,12 +293,16 @@ def batch_grid(cluster: Cluster, seq: int, global_batch: int, threshold_tokens: 
 
 
 def batch_scaling(model: ModelSpec, cluster: Cluster, *, global_batch: int | None = None,
-                  options: Options = Options()):
-    """Best plan (and best FSDP plan) on the whole cluster at global batches around the chosen one."""
+                  options: Options = Options(), progress=None):
+    """Best plan (and best FSDP plan) on the whole cluster at global batches around the chosen one;
+    ``progress(done, total)`` is called after each point."""
     gb = global_batch or default_global_batch(model, cluster, model.seq_len)
     threshold = cluster.hardware.ratios(options.dtype)["flops_per_inter_node_byte"]
-    points = [best_point(model, cluster, b, options, fsdp=True)
-              for b in batch_grid(cluster, model.seq_len, gb, threshold)]
+    batches = batch_grid(cluster, model.seq_len, gb, threshold)
+    points = []
+    for b in batches:
+        points.append(best_point(model, cluster, b, options, fsdp=True))
+        _report(progress, len(points), len(batches))
     return _frame(points, _attrs(model, cluster, options, x="global_batch", chosen_global_batch=gb))
 
 
@@ -299,8 +310,9 @@ def batch_scaling(model: ModelSpec, cluster: Cluster, *, global_batch: int | Non
 
 
 def run_sweep(model: ModelSpec, hw_spec: str, vary: dict[str, Sequence[int]], *, global_batch: int | None = None,
-              options: Options = Options()):
-    """Best plan for every combination of the varied values, as a DataFrame (one row per combination)."""
+              options: Options = Options(), progress=None):
+    """Best plan for every combination of the varied values, as a DataFrame (one row per combination);
+    ``progress(done, total)`` is called after each combination."""
     cluster, has_count = base_cluster(hw_spec)
     if "devices" not in vary and not has_count:
         raise ParplanError(f"--hw {hw_spec} gives no device count: add --vary devices=A..B "
@@ -309,11 +321,13 @@ def run_sweep(model: ModelSpec, hw_spec: str, vary: dict[str, Sequence[int]], *,
         raise ParplanError("give the global batch either with --global-batch or with --vary global-batch, not both")
     keys = list(vary)
     points = []
-    for combo in itertools.product(*(vary[k] for k in keys)):
+    combos = list(itertools.product(*(vary[k] for k in keys)))
+    for combo in combos:
         values = dict(zip(keys, combo))
         m = with_seq_len(model, values["seq"]) if "seq" in values else model
         cl = with_devices(cluster, values["devices"]) if "devices" in values else cluster
         gb = values.get("global-batch") or scaled_batch(m, cl, m.seq_len, global_batch)
         points.append(best_point(m, cl, gb, options))
+        _report(progress, len(points), len(combos))
     attrs = _attrs(model, cluster, options, vary=keys, hw_spec=hw_spec)
     return _frame(points, attrs)

@@ -66,15 +66,20 @@ def plot_matmul(rows: Sequence[Row], path: Path) -> bool:
     mm = [r for r in rows if r.kind == "matmul"]
     if not mm:
         return False
+    from matplotlib.ticker import FuncFormatter
+
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    scale, unit = rate_unit(max(r.flops_per_s for r in mm))
     for dtype in sorted({r.dtype for r in mm}):
         rs = sorted((r for r in mm if r.dtype == dtype), key=lambda r: r.flops)
-        ax.scatter([r.flops for r in rs], [r.flops_per_s / 1e12 for r in rs], label=dtype, s=14)
+        ax.scatter([r.flops for r in rs], [r.flops_per_s / scale for r in rs], label=dtype, s=14)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
     ax.set_xlabel("FLOPs per matmul (2 m k n)")
-    ax.set_ylabel("achieved rate (TFLOP/s)")
+    ax.set_ylabel(f"achieved rate ({unit})")
     ax.set_title(f"matmul on {mm[0].device_name}", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
@@ -82,6 +87,11 @@ def plot_matmul(rows: Sequence[Row], path: Path) -> bool:
     _save(fig, path)
     plt.close(fig)
     return True
+
+
+def rate_unit(fastest: float) -> tuple[float, str]:
+    """TFLOP/s from 1 TFLOP/s up, GFLOP/s below (a CPU), so the axis reads 60 GFLOP/s, not 6x10^-2."""
+    return (1e12, "TFLOP/s") if fastest >= 1e12 else (1e9, "GFLOP/s")
 
 
 def plot_results(rows: Sequence[Row], out_dir: Path) -> list[str]:

@@ -77,7 +77,7 @@ def search_space(model: ModelSpec, cluster: Cluster, *, global_batch: int | None
 def plan_frame(model: ModelSpec | str, cluster: Cluster | str, *, global_batch: int | None = None,
                seq: int | None = None, dtype: str = "bf16", objective: str = "throughput",
                headroom: float = DEFAULT_HEADROOM, fixed: dict | None = None, allow_cross_node_tp: bool = False,
-               software=None, feasible_only: bool = False):
+               software=None, feasible_only: bool = False, progress=None):
     """Every candidate layout the search evaluates, ranked.
 
     The plans that fit come first in ``objective`` order (``rank`` 1, 2, ...), then
@@ -85,14 +85,14 @@ def plan_frame(model: ModelSpec | str, cluster: Cluster | str, *, global_batch: 
     ``layout`` (as ``parplan plan`` prints it), ``placement``, ``bottleneck`` and
     ``memory_gib``. ``frame.attrs`` holds the model and cluster names, the
     ``SearchSpace`` (for ``search.layout_of``), ``hbm_bytes``, ``headroom`` and
-    the number of candidates ``evaluated``.
+    the number of candidates ``evaluated``. ``progress(done, total)`` follows the search.
     """
     import pandas as pd
 
     m, cl = as_model(model, seq), as_cluster(cluster)
     space = search_space(m, cl, global_batch=global_batch, dtype=dtype, headroom=headroom, fixed=fixed,
                          allow_cross_node_tp=allow_cross_node_tp, software=software)
-    df, evaluated = search(m, cl, space)
+    df, evaluated = search(m, cl, space, progress=progress)
     ranked = rank(df, objective)
     parts = [ranked]
     if not feasible_only:

@@ -32,6 +32,7 @@ from ..layouts.strategies import breakdown_keys
 from ..plan.search import describe_row  # noqa: E402
 from ..units import GIB  # noqa: E402
 from .files import write_bytes  # noqa: E402
+from .plot_fit import fit_annotations, merge_identical  # noqa: E402
 
 __all__ = ["memory_breakdown", "plan_scatter", "roofline", "save", "si", "step_breakdown"]
 
@@ -237,25 +238,35 @@ def step_breakdown(plans, *, title: str | None = None, top: int | None = None) -
     """Stacked step time (compute, recompute, exposed communication, bubble, optimizer) per plan.
 
     ``plans``: a plan frame (``frames.plan_frame(...).head(5)``), an estimate frame
-    or a list of Estimates; the first is drawn at the top.
+    or a list of Estimates; the first is drawn at the top. Plans with identical breakdowns share
+    one bar (each named in its label, and the title says so); the time and MFU beside each bar
+    stay inside the axes.
     """
     rows = _records(plans)[:top]
     if not rows:
         raise ValueError("no plans to draw")
-    fig, axes = _figure(11.5, 1.6 + 0.55 * len(rows))
+    rows, labels, numbers = merge_identical(rows, _plan_labels(rows))
+    lines = sum(len(n) for n in numbers)
+    fig, axes = _figure(11.5, 1.6 + 0.55 * len(rows) + 0.22 * (lines - len(rows)))
     ax = axes[0][0]
     parts = [(f"{k}_s", *_style(BREAKDOWN_STYLE, k, i)) for i, k in enumerate(breakdown_keys())]
     totals = _stacked_barh(ax, rows, parts, 1.0)
+    notes = []
     for i, (r, t) in enumerate(zip(rows, totals)):
-        ax.annotate(f"{t:.3g} s   MFU {100 * float(r['mfu']):.1f}%", (t, i), xytext=(4, 0),
-                    textcoords="offset points", va="center", fontsize=8)
-    ax.set_yticks(np.arange(len(rows)), _plan_labels(rows), fontsize=8, family="monospace")
+        notes.append(ax.annotate(f"{t:.3g} s   MFU {100 * float(r['mfu']):.1f}%", (t, i), xytext=(4, 0),
+                                 textcoords="offset points", va="center", fontsize=8))
+    ax.set_yticks(np.arange(len(rows)), labels, fontsize=8, family="monospace")
     ax.invert_yaxis()
     ax.set_xlim(0, totals.max() * 1.22)
     ax.set_xlabel("time per optimizer step (s), busiest device, critical path")
     ax.grid(True, axis="x", alpha=0.3)
     fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=4, fontsize=8, frameon=False)
-    ax.set_title(title or "Step time breakdown of the top plans", fontsize=11)
+    same = [" and ".join(f"#{n}" for n in group) for group in numbers if len(group) > 1]
+    heading = title or "Step time breakdown of the top plans"
+    if same:
+        heading += f"\n({'; '.join(same)}: identical breakdowns, one bar each)"
+    ax.set_title(heading, fontsize=11)
+    fit_annotations(ax, notes, float(totals.max()))
     return fig
 
 

@@ -23,6 +23,7 @@ from .records import MFU_DEFINITION, collective_rows, estimate_dict
 from ..plan.search import describe_row, fewest_devices, why
 
 SIGNIFICANT_SHARE = 0.05  # a step-time component worth pointing out
+FIGURES_WORK = 0.3  # the estimates and figures of the top plans, in units of one plan search
 
 
 def default_report_dir(model: ModelSpec, cluster: Cluster) -> Path:
@@ -72,18 +73,29 @@ class Report:
 def build_report(model: ModelSpec | str, cluster: Cluster | str, *, global_batch: int | None = None,
                  out_dir=None, top: int = 5, dtype: str = "bf16", headroom: float = DEFAULT_HEADROOM,
                  objective: str = "throughput", seq: int | None = None, scaling: bool = True,
-                 command: str | None = None) -> Report:
-    """Search the plans of ``model`` on ``cluster`` and write the report; returns what was written."""
+                 command: str | None = None, progress=None) -> Report:
+    """Search the plans of ``model`` on ``cluster`` and write the report; returns what was written.
+
+    ``progress(done, total)`` follows the whole run in units of one plan search (the scaling points
+    take two each: the best plan and the best FSDP plan), so one bar can estimate the time left.
+    """
     from . import plots, scaling_plots
     from .frames import as_cluster, as_model, plan_estimates, plan_frame
-    from ..plan.sweep import Options, batch_scaling, device_scaling
+    from .progress import part
+    from ..plan.sweep import Options, batch_scaling, batch_grid, device_counts, device_scaling
 
     m, cl = as_model(model, seq), as_cluster(cluster)
     if top < 1:
         raise ParplanError(f"--top must be at least 1, got {top}")
     out = check_writable(out_dir if out_dir is not None else default_report_dir(m, cl))
-    plans = plan_frame(m, cl, global_batch=global_batch, dtype=dtype, headroom=headroom, objective=objective)
+    n_devices = len(device_counts(cl)) if scaling else 0
+    total = 1.0 + FIGURES_WORK + 2 * n_devices
+    plans = plan_frame(m, cl, global_batch=global_batch, dtype=dtype, headroom=headroom, objective=objective,
+                       progress=part(progress, 0.0, 1.0, total))
     space = plans.attrs["space"]
+    if scaling:
+        cw = cl.hardware.ratios(dtype)["flops_per_inter_node_byte"]
+        total += 2 * len(batch_grid(cl, m.seq_len, space.global_batch, cw))
     fitting = plans[plans["rank"].notna()]
     if fitting.empty:
         need = fewest_devices(m, cl, space)
@@ -105,9 +117,15 @@ def build_report(model: ModelSpec | str, cluster: Cluster | str, *, global_batch
         "memory": figure("memory.png", plots.memory_breakdown(ests)),
         "candidates": figure("candidates.png", plots.plan_scatter(plans)),
     }
+    if progress is not None:
+        progress(1.0 + FIGURES_WORK, total)
     if scaling:
-        rep.device_scaling = device_scaling(m, cl, global_batch=global_batch, options=options)
-        rep.batch_scaling = batch_scaling(m, cl, global_batch=space.global_batch, options=options)
+        done = 1.0 + FIGURES_WORK
+        rep.device_scaling = device_scaling(m, cl, global_batch=global_batch, options=options,
+                                            progress=part(progress, done, 2 * n_devices, total))
+        rep.batch_scaling = batch_scaling(m, cl, global_batch=space.global_batch, options=options,
+                                          progress=part(progress, done + 2 * n_devices,
+                                                        total - done - 2 * n_devices, total))
         pngs["devices"] = figure("scaling_devices.png", scaling_plots.scaling(rep.device_scaling, x="devices"))
         pngs["batch"] = figure("scaling_batch.png", scaling_plots.scaling(rep.batch_scaling, x="global_batch"))
         rep.files.append(write_text(out / "scaling_devices.csv", rep.device_scaling.to_csv(index=False)))

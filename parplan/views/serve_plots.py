@@ -24,21 +24,27 @@ def pareto_plot(df, path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     a = df.attrs
     fig, ax = plt.subplots(figsize=(8, 5.5))
+    one_batch = bool(fit.groupby(["tp", "pp"])["batch"].nunique().max() == 1)  # --batch fixed: a point per split
     for (tp, pp), g in fit.groupby(["tp", "pp"]):
         g = g.sort_values("batch")
-        ax.plot(g["tokens_per_s_per_user"], g["tokens_per_s_per_device"], marker=".", markersize=3, linewidth=0.8,
-                alpha=0.6, label=f"tp={tp} pp={pp} (x{g['replicas'].iloc[0]} replicas)")
+        ax.plot(g["tokens_per_s_per_user"], g["tokens_per_s_per_device"], marker="o" if one_batch else ".",
+                markersize=7 if one_batch else 3, linewidth=0.8, alpha=0.9 if one_batch else 0.6, zorder=3,
+                label=f"tp={tp} pp={pp} (x{g['replicas'].iloc[0]} replicas)")
     front = pareto_front(df)
-    ax.plot(front["tokens_per_s_per_user"], front["tokens_per_s_per_device"], color="black", linewidth=2,
+    # drawn beneath the splits, so a split on the front stays visible
+    ax.plot(front["tokens_per_s_per_user"], front["tokens_per_s_per_device"], color="black",
+            linewidth=1.2 if one_batch else 2, linestyle="--" if one_batch else "-", alpha=0.7, zorder=2,
             label="Pareto front")
     if a.get("tpot_ms") is not None:
         ax.axvline(1e3 / a["tpot_ms"], color="red", linestyle="--", linewidth=1,
                    label=f"TPOT target {a['tpot_ms']:g} ms")
     ax.set_xlabel("per-user decode speed (tokens/s per user = 1 / TPOT)")
     ax.set_ylabel("throughput per device (generated tokens/s per device)")
+    batch = f"batch {int(fit['batch'].iloc[0])}: each point one tp x pp split" if one_batch else \
+        "each line: one tp x pp split, batch growing to the left"
     ax.set_title(f"{a.get('model', '')} on {a.get('cluster', '')}: {a.get('input_len')} in / "
-                 f"{a.get('output_len')} out tokens, weights {a.get('dtype', '')}\n"
-                 "each line: one tp x pp split, batch growing to the left")
+                 f"{a.get('output_len')} out tokens, weights {a.get('dtype', '')}, "
+                 f"KV cache {a.get('kv_dtype') or a.get('dtype', '')}\n{batch}")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
