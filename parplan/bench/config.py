@@ -7,10 +7,10 @@ elements per rank.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 from typing import Sequence
 
+from ..calibrate.rows import STEP_MODE, step_mode
 from ..cost.collectives import OPS
 from ..errors import ParplanError
 from ..units import GIB, format_bytes
@@ -26,8 +26,6 @@ CPU_MAX_BYTES = 64 * 1024 * 1024  # the default largest buffer on a CPU (gloo): 
 MAX_ITERS = 100_000
 MAX_DIM = 1 << 20
 THIN_M = (1, 2, 4, 8, 16, 32, 64)
-# A whole training step (``--suite step``): eager or torch.compile'd, optionally with torchao FP8 linears.
-STEP_MODE = re.compile(r"^(eager|compiled)(?:-fp8-(tensorwise|rowwise))?$")
 DEFAULT_STEP_MODES = {True: ("eager", "compiled", "compiled-fp8-tensorwise"), False: ("eager",)}
 
 _OP_ALIASES = {
@@ -144,14 +142,6 @@ def parse_step_modes(text: str | Sequence[str] | None) -> tuple[str, ...]:
         if key not in out:
             out.append(key)
     return tuple(out)
-
-
-def step_mode(mode: str) -> tuple[bool, str]:
-    """(compiled, FP8 recipe or "") of a step mode."""
-    match = STEP_MODE.match(mode)
-    if match is None:
-        raise ParplanError(f"unknown step mode {mode!r}")
-    return match.group(1) == "compiled", match.group(2) or ""
 
 
 def parse_shapes(text: str | Sequence[str] | None) -> tuple[tuple[int, int, int], ...]:

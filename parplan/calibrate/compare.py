@@ -27,7 +27,7 @@ from ..units import format_bytes
 from ..specs.dtypes import BYTES_PER_ELEMENT
 from ..specs.cluster import Cluster, load_cluster, make_cluster
 from ..specs.model import ModelSpec
-from .rows import Row
+from .rows import Row, step_mode
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,6 @@ STEP_FRAMEWORK = "torchtitan"
 
 def step_setup(row: Row, hw, framework: str = STEP_FRAMEWORK):
     """(model, cluster, layout, software) a planner user passes for one whole-step row."""
-    from ..bench.config import step_mode
     from ..layouts.layout import Layout
     from ..specs.framework import resolve_software
     from ..specs.framework_loader import load_framework

@@ -24,10 +24,23 @@ Columns (SI units; ``size_bytes`` is the nccl-tests buffer size):
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import ParplanError
+
+# A whole training step's mode (``--suite step``): eager or torch.compile'd, optionally with torchao FP8 linears.
+STEP_MODE = re.compile(r"^(eager|compiled)(?:-fp8-(tensorwise|rowwise))?$")
+
+
+def step_mode(mode: str) -> tuple[bool, str]:
+    """(compiled, FP8 recipe or "") of a step row's mode."""
+    match = STEP_MODE.match(mode)
+    if match is None:
+        raise ParplanError(f"unknown step mode {mode!r}")
+    return match.group(1) == "compiled", match.group(2) or ""
+
 
 CSV_NAME = "results.csv"
 JSONL_NAME = "results.jsonl"

@@ -38,7 +38,7 @@ def test_a_hf_config_trains_at_its_pre_training_length_and_says_so(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     m = load_model(str(tmp_path / "config.json"))
     assert (m.seq_len, m.max_seq_len) == (8192, 131072) and "llama3.1-8b" in m.seq_note
-    cfg.update(hidden_size=2048, num_hidden_layers=16, intermediate_size=8192)
+    cfg.update(hidden_size=2304, num_hidden_layers=18, intermediate_size=8192)  # no shipped spec has this shape
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     other = tmp_path / "other"
     other.mkdir()
