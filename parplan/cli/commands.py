@@ -136,6 +136,8 @@ def _estimate_from_options(model_name, hw, headroom, **kw):
 @one_line_errors
 def estimate(model_name, hw, headroom, fmt, mode, inference, from_config, **kw):
     """Predict step time, throughput, MFU and memory of one layout (--mode inference: TTFT, TPOT, KV cache)."""
+    if from_config and mode == "inference":
+        raise ParplanError("--from-config reads a training launch; it does not apply with --mode inference")
     if from_config:
         kw = with_launch_config(from_config, model_name, hw, kw, click.get_current_context())
     _estimate_or_explain(model_name, hw, headroom, fmt, mode, inference, kw, explain=False)
@@ -151,6 +153,8 @@ def estimate(model_name, hw, headroom, fmt, mode, inference, from_config, **kw):
 @one_line_errors
 def explain(model_name, hw, headroom, fmt, mode, inference, from_config, **kw):
     """Per-op and per-collective cost table for one layer and the whole step."""
+    if from_config and mode == "inference":
+        raise ParplanError("--from-config reads a training launch; it does not apply with --mode inference")
     if from_config:
         kw = with_launch_config(from_config, model_name, hw, kw, click.get_current_context())
     _estimate_or_explain(model_name, hw, headroom, fmt, mode, inference, kw, explain=True)

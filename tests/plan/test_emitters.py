@@ -191,3 +191,25 @@ def test_deepspeed_parses_the_emitted_json(monkeypatch):
     assert (c.train_batch_size, c.train_micro_batch_size_per_gpu, c.gradient_accumulation_steps) == (64, 2, 8)
     assert c.zero_optimization_stage == 1 and c.bfloat16_config.enabled
     assert c.pipeline["stages"] == 2 and c.pipeline["activation_checkpoint_interval"] == 1
+
+
+def test_megatron_yaml_and_explain_read_the_same_layout(run_cli, tmp_path):
+    """A NeMo-style YAML (Megatron names under ``model``) and the same flags give one prediction."""
+    (tmp_path / "n.yaml").write_text("model:\n  tensor_model_parallel_size: 8\n  pipeline_model_parallel_size: 8\n"
+                                     "  micro_batch_size: 1\n  global_batch_size: 512\n  sequence_parallel: true\n"
+                                     "  recompute_granularity: selective\n  num_layers: 96\n")
+    (tmp_path / "f.sh").write_text("torchrun pretrain_gpt.py --tensor-model-parallel-size 8 \\\n"
+                                   "  --pipeline-model-parallel-size 8 --micro-batch-size 1 --global-batch-size 512 "
+                                   "--sequence-parallel --recompute-granularity selective  # the 2022 run\n")
+    base = ("--model", "gpt3", "--hw", "a100x512", "--format", "json")
+    outs = []
+    for name in ("n.yaml", "f.sh"):
+        rc, out, err = run_cli("explain", *base, "--from-config", str(tmp_path / name))
+        assert rc == 0, err
+        outs.append(json.loads(out))
+    rc, out, err = run_cli("estimate", *base, "--tp", "8", "--pp", "8", "--micro-batch", "1", "--global-batch", "512",
+                           "--sp", "--recompute", "selective")
+    assert rc == 0, err
+    assert outs[0]["step_time_s"] == outs[1]["step_time_s"] == pytest.approx(json.loads(out)["step_time_s"], rel=1e-12)
+    rc, _, err = run_cli("estimate", *base, "--from-config", str(tmp_path / "n.yaml"), "--mode", "inference")
+    assert rc == 1 and err.startswith("Error:")
