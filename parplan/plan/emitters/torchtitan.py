@@ -15,6 +15,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
+from ...cost.memory import SELECTIVE_LAYER_EVERY
 from ...errors import ParplanError
 from ...layouts.layout import Layout
 from ...specs.model import ModelSpec
@@ -24,7 +25,7 @@ TARGET = "torchtitan"
 PROFILE = "torchtitan"
 SCHEDULE = {"1f1b": "1F1B", "interleaved": "Interleaved1F1B", "gpipe": "GPipe"}
 RECOMPUTE = {"none": ("none", None), "full": ("full", None), "selective-op": ("selective", "op"),
-             "selective-layer": ("selective", "2")}
+             "selective-layer": ("selective", str(SELECTIVE_LAYER_EVERY))}
 ROTATE = {"allgather": "allgather", "ring": "alltoall"}
 # v0.2.2 job_config.py: the fields of the sections a plan sets; the other sections are read and left alone.
 KEYS = {
@@ -128,6 +129,9 @@ def read(source: str, world_size: int, model: ModelSpec):
     option = str(ac.get("selective_ac_option", "2"))
     recompute = {"none": "none", "full": "full"}.get(mode) or \
         ("selective-op" if option == "op" else "selective-layer" if mode == "selective" else None)
+    if recompute == "selective-layer" and option != str(SELECTIVE_LAYER_EVERY):
+        raise ParplanError(f"torchtitan TOML: selective_ac_option '{option}': the model prices layer-selective "
+                           f"checkpointing of one block in {SELECTIVE_LAYER_EVERY}, or 'op'")
     if recompute is None:
         raise ParplanError(f"torchtitan TOML: activation_checkpoint mode '{mode}' is not none, full or selective")
     converters = data.get("model", {}).get("converters", [])
