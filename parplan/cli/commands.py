@@ -10,13 +10,14 @@ import json
 import click
 
 from ..layouts.layout import CP_MODES, RECOMPUTE, SCHEDULES, TP_MODES
-from ..plan.emit import TARGETS as EMIT_TARGETS
+from ..plan.emitters import TARGETS as EMIT_TARGETS
 from ..plan.search import OBJECTIVES
 from ..specs.dtypes import DTYPES
 from .common import one_line_errors, run
 from .software_opts import pop_software, software_from, software_options
 from ..errors import ParplanError
 from .serve_cmd import inference_options
+from .launch_opts import emit_framework, with_launch_config
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -129,9 +130,16 @@ def _estimate_from_options(model_name, hw, headroom, **kw):
 @layout_options
 @inference_options
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--from-config", "from_config", default=None,
+              help="Read the layout from a launch config: torchtitan TOML, DeepSpeed JSON, Megatron flags or YAML, "
+                   "llm-foundry YAML (options given here override it).")
 @one_line_errors
-def estimate(model_name, hw, headroom, fmt, mode, inference, **kw):
+def estimate(model_name, hw, headroom, fmt, mode, inference, from_config, **kw):
     """Predict step time, throughput, MFU and memory of one layout (--mode inference: TTFT, TPOT, KV cache)."""
+    if from_config and mode == "inference":
+        raise ParplanError("--from-config reads a training launch; it does not apply with --mode inference")
+    if from_config:
+        kw = with_launch_config(from_config, model_name, hw, kw, click.get_current_context())
     _estimate_or_explain(model_name, hw, headroom, fmt, mode, inference, kw, explain=False)
 
 
@@ -139,9 +147,16 @@ def estimate(model_name, hw, headroom, fmt, mode, inference, **kw):
 @layout_options
 @inference_options
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--from-config", "from_config", default=None,
+              help="Read the layout from a launch config: torchtitan TOML, DeepSpeed JSON, Megatron flags or YAML, "
+                   "llm-foundry YAML (options given here override it).")
 @one_line_errors
-def explain(model_name, hw, headroom, fmt, mode, inference, **kw):
+def explain(model_name, hw, headroom, fmt, mode, inference, from_config, **kw):
     """Per-op and per-collective cost table for one layer and the whole step."""
+    if from_config and mode == "inference":
+        raise ParplanError("--from-config reads a training launch; it does not apply with --mode inference")
+    if from_config:
+        kw = with_launch_config(from_config, model_name, hw, kw, click.get_current_context())
     _estimate_or_explain(model_name, hw, headroom, fmt, mode, inference, kw, explain=True)
 
 
@@ -199,7 +214,8 @@ def _estimate_or_explain(model_name, hw, headroom, fmt, mode, inference, kw, exp
 @click.option("--shard-group", type=int, default=None, help="Fix HSDP: ZeRO shards within groups of this many.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
 @click.option("--emit", "emit_target", type=click.Choice(EMIT_TARGETS), default=None,
-              help="Print the launch flags / config of the best plan.")
+              help="Print the launch config of the best plan for this framework (implies its --framework); "
+                   "vllm or sglang with --mode inference.")
 @click.option("--explain", is_flag=True, help="Name the binding constraint and what +10% of each hardware "
               "parameter would buy.")
 @budget_options()[0]
@@ -219,7 +235,7 @@ def plan(model_name, hw, global_batch, seq, dtype, objective, top, headroom, all
     software_kw = pop_software(fixed)
     text = dispatch_plan(model_name, hw, dtype, top, headroom, fmt, mode, inference,
                          dict(global_batch=global_batch, seq=seq, objective=objective, **software_kw), fixed,
-                         allow_cross_node_tp)
+                         allow_cross_node_tp, emit_target=emit_target)
     if text is not None:
         click.echo(text)
         return
@@ -227,6 +243,8 @@ def plan(model_name, hw, global_batch, seq, dtype, objective, top, headroom, all
     model = load_model(model_name)
     model = with_seq_len(model, seq)
     cluster = load_cluster(hw)
+    if emit_target:
+        software_kw["framework"] = emit_framework(emit_target, software_kw.get("framework"))
     fixed, schedule, placements = plan_fixed(fixed)
     result = make_plan(model, cluster, global_batch=global_batch, dtype=dtype, objective=objective, top=top,
                        headroom=headroom, allow_cross_node_tp=allow_cross_node_tp,

@@ -111,7 +111,7 @@ def dispatch_estimate(model_name, hw, headroom, fmt, mode, inference: dict, layo
 
 
 def dispatch_plan(model_name, hw, dtype, top, headroom, fmt, mode, inference: dict, training_kw: dict,
-                  fixed: dict, allow_cross_node_tp: bool = False) -> str | None:
+                  fixed: dict, allow_cross_node_tp: bool = False, emit_target: str | None = None) -> str | None:
     """For ``plan``: the text to print in inference mode, None in training mode.
 
     ``training_kw``: the plan's training-only options (``global_batch``, ``seq``, ``objective``,
@@ -127,7 +127,7 @@ def dispatch_plan(model_name, hw, dtype, top, headroom, fmt, mode, inference: di
                                   inference.get("batch"), inference.get("ttft_ms"), inference.get("tpot_ms"),
                                   inference.get("kv_dtype"), dtype, top, fmt, headroom,
                                   plot_path=inference.get("plot_path"), fixed=axes,
-                                  allow_cross_node_tp=allow_cross_node_tp)
+                                  allow_cross_node_tp=allow_cross_node_tp, emit_target=emit_target)
 
 
 def _resolve(model, cluster):
@@ -210,7 +210,7 @@ def explain_inference_command(model, cluster, tp, pp, replicas, batch, input_len
 
 def plan_inference_command(model, cluster, input_len, output_len, batch, ttft_ms, tpot_ms, kv_dtype, dtype,
                            top=10, fmt="table", headroom=DEFAULT_HEADROOM, plot_path=None, fixed=None,
-                           allow_cross_node_tp=False) -> str:
+                           allow_cross_node_tp=False, emit_target=None) -> str:
     """``parplan plan --mode inference``: the best serving layouts under the latency targets, and the Pareto front."""
     model, cluster = _resolve(model, cluster)
     _lengths(input_len, output_len)
@@ -227,6 +227,8 @@ def plan_inference_command(model, cluster, input_len, output_len, batch, ttft_ms
     df, ranked = plans(model, cluster, input_len=input_len, output_len=output_len, batch=batch, ttft_ms=ttft_ms,
                        tpot_ms=tpot_ms, dtype=dtype, kv_dtype=kv_dtype, headroom=headroom, fixed=fixed,
                        allow_cross_node_tp=allow_cross_node_tp)
+    if emit_target is not None:
+        return _serving_flags(emit_target, model, ranked.iloc[0], input_len, output_len, dtype, kv_dtype)
     note = ""
     if plot_path:
         note = f"\nPareto plot saved to {pareto_plot(df, plot_path)}"
@@ -239,6 +241,21 @@ def plan_inference_command(model, cluster, input_len, output_len, batch, ttft_ms
             lines.append(",".join([str(r[c]) for c in PLAN_CSV_COLUMNS] + [str(r["memory_bytes"])]))
         return "\n".join(lines)
     return format_plans(df, ranked, top) + note
+
+
+def _serving_flags(target, model, best, input_len, output_len, dtype, kv_dtype) -> str:
+    """vLLM or SGLang flags that serve the best plan."""
+    from ..plan.emitters import serving
+
+    if target not in serving.TARGETS:
+        raise ParplanError(f"--emit {target} writes a training launch; with --mode inference use "
+                           f"{' or '.join(serving.TARGETS)}")
+    lay = ServeLayout(tp=int(best["tp"]), pp=int(best["pp"]), replicas=int(best["replicas"]), batch=int(best["batch"]),
+                      input_len=input_len, output_len=output_len, dtype=dtype, kv_dtype=kv_dtype)
+    said = serving.problem(target, lay, model)
+    if said:
+        raise ParplanError(f"--emit {target}: {said}")
+    return serving.text(target, lay, model)
 
 
 __all__ = ["dispatch_estimate", "dispatch_plan", "estimate_inference_command", "explain_inference_command",

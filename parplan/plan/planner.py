@@ -11,7 +11,7 @@ from ..step.software import default_software
 from ..step.train import bottleneck, estimate
 from ..units import GIB
 from .candidates import SearchSpace, default_batch_note, default_global_batch
-from .emit import emit
+from .emitters import emit
 from .search import describe_row, fewest_devices, layout_of, rank, search
 from .trust import rank_stability, sensitivity
 

@@ -91,7 +91,7 @@ def test_search_rows_equal_scalar_estimates():
 def test_emitted_megatron_flags_round_trip_into_the_same_layout(run_cli):
     from dataclasses import asdict
 
-    from parplan.plan.emit import megatron_args, parse_megatron_args
+    from parplan.plan.emitters.megatron import megatron_args, parse_megatron_args
     from parplan.layouts.layout import Layout
     from parplan.layouts.rules import check_layout
 
@@ -121,17 +121,16 @@ def test_emitted_megatron_flags_round_trip_into_the_same_layout(run_cli):
 def test_torchtitan_and_deepspeed_configs_carry_the_layout():
     import json as js
 
-    from parplan.plan.emit import deepspeed_config, torchtitan_toml
+    from parplan.plan.emitters import deepspeed, torchtitan
     from parplan.layouts.layout import Layout
 
     m = load_model("llama3.1-8b")
     lay = Layout(tp=2, pp=2, dp=4, micro_batch=2, global_batch=64, zero=3, shard_group=2, recompute="full",
                  seq_len=8192)
-    toml = torchtitan_toml(lay, m)
+    toml = torchtitan.text(lay, m)
     assert "data_parallel_replicate_degree = 2" in toml and "data_parallel_shard_degree = 2" in toml
     assert "tensor_parallel_degree = 2" in toml and 'mode = "full"' in toml and "local_batch_size = 16" in toml
-    ds = js.loads(deepspeed_config(Layout(tp=4, pp=2, dp=2, micro_batch=2, global_batch=32, zero=1), m)
-                  .split("\n", 1)[1])
+    ds = js.loads(deepspeed.text(Layout(tp=4, pp=2, dp=2, micro_batch=2, global_batch=32, zero=1), m))
     assert ds["zero_optimization"]["stage"] == 1 and ds["gradient_accumulation_steps"] == 8
 
 

@@ -1,23 +1,44 @@
-"""Launch settings for a plan: Megatron-LM flags, a torchtitan TOML section, a DeepSpeed config.
+"""Megatron-LM / Megatron-Core launch flags for a plan, and the plan back from a user's flags or YAML.
 
-Flag names follow Megatron-LM's ``megatron/training/arguments.py`` (Megatron-Core
-distributed optimizer for ZeRO-1, Megatron-FSDP ``--data-parallel-sharding-strategy``
-``optim_grads`` / ``optim_grads_params`` for ZeRO-2/3), torchtitan's job config
-(``[parallelism]``, ``[activation_checkpoint]``) and DeepSpeed's JSON config
-(``zero_optimization.stage``). ``parse_megatron_args`` reads Megatron flags back,
-so a plan survives the round trip.
+Flag names are Megatron-LM core_v0.14.0's (commit 23e00ed0963c35382dfe8a5a94fb3cda4d21e133,
+``megatron/training/arguments.py``; every flag of that file is listed in ``megatron_flags.txt``):
+the distributed optimizer for ZeRO-1, Megatron-FSDP ``--data-parallel-sharding-strategy``
+``optim_grads`` / ``optim_grads_params`` for ZeRO-2/3, ``--cp-comm-type p2p`` for ring context parallel,
+``--fp8-format hybrid`` with ``--fp8-recipe``. NeMo / Megatron YAML gives the same names with underscores.
 """
 from __future__ import annotations
 
-import json
 import shlex
+from functools import lru_cache
+from importlib import resources
 
-from ..errors import ParplanError
-from ..layouts.layout import Layout
-from ..specs.model import ModelSpec
+from ...errors import ParplanError
+from ...layouts.layout import Layout
+from ...specs.model import ModelSpec
+from .common import agree, launch, profile_for, rule_problem, software_problem
 
-TARGETS = ("megatron", "torchtitan", "deepspeed")
+TARGET = "megatron"
+PROFILE = "megatron-core"
 FSDP_STRATEGY = {2: "optim_grads", 3: "optim_grads_params"}
+MODEL_FLAGS = (("num-layers", "layers"), ("hidden-size", "hidden"), ("ffn-hidden-size", "ffn_hidden"),
+               ("num-attention-heads", "heads"))
+
+
+@lru_cache(maxsize=1)
+def megatron_flags() -> frozenset[str]:
+    """Every flag name Megatron-LM core_v0.14.0 parses (``megatron_flags.txt``)."""
+    text = resources.files(__package__).joinpath("megatron_flags.txt").read_text()
+    return frozenset(line.strip()[2:] for line in text.splitlines() if line.startswith("--"))
+
+
+def problem(layout: Layout, model: ModelSpec, software=None) -> str | None:
+    fw = profile_for(TARGET, software, PROFILE)
+    return rule_problem(layout, model, fw) or software_problem(software, fw)
+
+
+def text(layout: Layout, model: ModelSpec, software=None) -> str:
+    pairs = _pairs(megatron_args(layout, model, software))
+    return " \\\n  ".join(" ".join(shlex.quote(a) for a in pair) for pair in pairs)
 
 
 def megatron_args(layout: Layout, model: ModelSpec, software=None) -> list[str]:
@@ -60,6 +81,9 @@ def megatron_args(layout: Layout, model: ModelSpec, software=None) -> list[str]:
     args.append({"bf16": "--bf16", "fp16": "--fp16"}.get(layout.dtype, "--bf16"))
     if layout.dtype == "fp8":
         args += ["--fp8-format", "hybrid"]
+        recipe = software.fp8_recipe if software is not None else None
+        if recipe and recipe != "delayed":
+            args += ["--fp8-recipe", recipe]
     if software is None or software.flash_attention:
         args += ["--attention-backend", "flash"]
     if software is not None and set(software.elementwise.values()) == {"eager"}:
@@ -115,6 +139,8 @@ def parse_megatron_args(text: str, world_size: int) -> Layout:
     dp = world_size // (tp * pp * cp)
     shard_group = dp // instances if zero == 1 and instances > 1 and dp % instances == 0 else None
     recompute = str(values.get("recompute-granularity", "none"))
+    if values.get("checkpoint-activations"):
+        recompute = "full"
     dtype = "fp16" if values.get("fp16") else ("fp8" if values.get("fp8-format") else "bf16")
     return Layout(tp=tp, pp=pp, cp=cp, dp=dp, micro_batch=num("micro-batch-size", 1), shard_group=shard_group,
                   global_batch=num("global-batch-size", 0) or None, seq_len=num("seq-length", 0) or None,
@@ -123,72 +149,58 @@ def parse_megatron_args(text: str, world_size: int) -> Layout:
                   cp_mode="ring" if values.get("cp-comm-type") == "p2p" else "allgather")
 
 
-def torchtitan_toml(layout: Layout, model: ModelSpec) -> str:
-    """torchtitan job-config sections. torchtitan shards with FSDP2: ZeRO-3 is dp_shard, plain DP
-    is dp_replicate, HSDP both; ZeRO-2 keeps gathered weights (reshard_after_forward = never)."""
-    if layout.zero == 0:
-        replicate, shard = layout.dp, 1
-    elif layout.shard_group:
-        replicate, shard = layout.dp // layout.shard_group, layout.shard_group
-    else:
-        replicate, shard = 1, layout.dp
-    lines = [
-        "[parallelism]",
-        f"data_parallel_replicate_degree = {replicate}",
-        f"data_parallel_shard_degree = {shard}",
-        f"tensor_parallel_degree = {layout.tp}",
-        f"context_parallel_degree = {layout.cp}",
-        f"pipeline_parallel_degree = {layout.pp}",
-    ]
-    if layout.pp > 1:
-        lines += [f'pipeline_parallel_schedule = "{"Interleaved1F1B" if layout.vpp > 1 else "1F1B"}"',
-                  f"pipeline_parallel_microbatch_size = {layout.micro_batch}"]
-    if layout.zero in (1, 2):
-        lines.append('fsdp_reshard_after_forward = "never"')
-    lines += [
-        "",
-        "[training]",
-        f"local_batch_size = {layout.batch // layout.dp}",
-        f"global_batch_size = {layout.batch}",
-        f"seq_len = {layout.seq_len or model.seq_len}",
-        f'mixed_precision_param = "{"bfloat16" if layout.dtype != "fp16" else "float16"}"',
-        "",
-        "[activation_checkpoint]",
-        f'mode = "{layout.recompute}"',
-    ]
-    if layout.recompute == "selective":
-        lines.append('selective_ac_option = "op"')
-    return "\n".join(lines)
 
 
-def deepspeed_config(layout: Layout, model: ModelSpec) -> str:
-    """A DeepSpeed config (ZeRO stage, batch sizes, precision) plus the Megatron-DeepSpeed TP/PP flags."""
-    config = {
-        "train_batch_size": layout.batch,
-        "train_micro_batch_size_per_gpu": layout.micro_batch,
-        "gradient_accumulation_steps": layout.micro_batches,
-        "zero_optimization": {"stage": layout.zero, "overlap_comm": layout.zero == 3},
-        "bf16": {"enabled": layout.dtype == "bf16"},
-        "fp16": {"enabled": layout.dtype == "fp16"},
-    }
-    # Recompute is a Megatron-DeepSpeed flag; DeepSpeed's own activation_checkpointing section only
-    # tunes it (partitioning, CPU offload).
-    flags = (f"# Megatron-DeepSpeed: --tensor-model-parallel-size {layout.tp} --pipeline-model-parallel-size "
-             f"{layout.pp}" + (" --checkpoint-activations" if layout.recompute == "full" else "")
-             + (" (DeepSpeed's pipeline engine runs ZeRO stage 1 at most; this plan has stage "
-                f"{layout.zero})" if layout.pp > 1 and layout.zero > 1 else ""))
-    return flags + "\n" + json.dumps(config, indent=2)
+def read(source: str, world_size: int, model: ModelSpec, yaml_data=None):
+    """A :class:`LaunchConfig` from Megatron flags (or a Megatron / NeMo YAML mapping)."""
+    if yaml_data is not None:
+        source = _yaml_to_flags(yaml_data)
+    values = _values(source)
+    bad = sorted(k for k in values if k not in megatron_flags())
+    if bad:
+        raise ParplanError(f"Megatron flags: unknown flag '--{bad[0]}' (not a flag of Megatron-LM core_v0.14.0)")
+    for flag, attr in MODEL_FLAGS:
+        if flag in values:
+            agree(f"--{flag}", int(values[flag]), getattr(model, attr), f"the {model.name} model")
+    if "num-query-groups" in values:
+        agree("--num-query-groups", int(values["num-query-groups"]), model.kv_heads, f"the {model.name} model")
+    lay = parse_megatron_args(source, world_size)
+    fields = {k: getattr(lay, k) for k in ("tp", "pp", "cp", "dp", "micro_batch", "global_batch", "seq_len", "zero",
+                                            "shard_group", "sp", "vpp", "schedule", "recompute", "dtype", "cp_mode")}
+    recipe = values.get("fp8-recipe") or ("delayed" if values.get("fp8-format") else None)
+    return launch(TARGET, PROFILE, fields, fp8_recipe=recipe)
 
 
-def emit(target: str, layout: Layout, model: ModelSpec, software=None) -> str:
-    if target == "megatron":
-        return " \\\n  ".join(" ".join(shlex.quote(a) for a in pair)
-                              for pair in _pairs(megatron_args(layout, model, software)))
-    if target == "torchtitan":
-        return torchtitan_toml(layout, model)
-    if target == "deepspeed":
-        return deepspeed_config(layout, model)
-    raise ParplanError(f"unknown --emit target '{target}'; choose one of {', '.join(TARGETS)}")
+def _values(source: str) -> dict:
+    tokens = shlex.split(source.replace("\\\n", " "), comments=True)
+    values: dict = {}
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if tok.startswith("--"):
+            if "=" in tok:
+                key, val = tok[2:].split("=", 1)
+                values[key] = val
+            elif i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
+                values[tok[2:]] = tokens[i + 1]
+                i += 1
+            else:
+                values[tok[2:]] = True
+        i += 1
+    return values
+
+
+def _yaml_to_flags(data) -> str:
+    """Megatron YAML (``--yaml-cfg``) or a NeMo config: keys with underscores, nested under ``model`` for NeMo."""
+    if isinstance(data, dict) and isinstance(data.get("model"), dict):
+        data = data["model"]
+    out = []
+    for key, value in (data or {}).items():
+        if isinstance(value, dict) or value is None or value is False:
+            continue
+        flag = "--" + str(key).replace("_", "-")
+        out += [flag] if value is True else [flag, shlex.quote(str(value))]
+    return " ".join(out)
 
 
 def _pairs(args: list[str]) -> list[list[str]]:

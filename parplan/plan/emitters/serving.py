@@ -1,0 +1,43 @@
+"""Serving flags for vLLM and SGLang from a serving plan (``plan --mode inference --emit vllm|sglang``).
+
+Flag names: vLLM ``vllm/engine/arg_utils.py`` (EngineArgs.add_cli_args) at vllm-project/vllm 99d7eb5d:
+``--tensor-parallel-size``, ``--pipeline-parallel-size``, ``--data-parallel-size``, ``--max-num-seqs``,
+``--max-model-len``, ``--kv-cache-dtype`` auto | fp8. SGLang ``python/sglang/srt/server_args.py``
+(ServerArgs.add_cli_args) at sgl-project/sglang 469c63e5: ``--tensor-parallel-size`` (alias ``--tp-size``),
+``--pipeline-parallel-size``, ``--data-parallel-size``, ``--max-running-requests``, ``--context-length``,
+``--kv-cache-dtype`` auto | fp8_e4m3.
+"""
+from __future__ import annotations
+
+import shlex
+
+from ...step.serve_layout import ServeLayout
+from ...specs.model import ModelSpec
+
+TARGETS = ("vllm", "sglang")
+KV = {"vllm": {"fp8": "fp8"}, "sglang": {"fp8": "fp8_e4m3"}}
+
+
+def problem(target: str, layout: ServeLayout, model: ModelSpec) -> str | None:
+    kv = layout.kv
+    if kv not in ("bf16", "fp16", "fp8"):
+        return f"{target} keeps the KV cache in the model dtype or fp8, not {kv}"
+    return None
+
+
+def args(target: str, layout: ServeLayout, model: ModelSpec) -> list[str]:
+    context = layout.input_len + layout.output_len
+    out = ["--tensor-parallel-size", str(layout.tp), "--pipeline-parallel-size", str(layout.pp)]
+    if layout.replicas > 1:
+        out += ["--data-parallel-size", str(layout.replicas)]
+    if target == "vllm":
+        out += ["--max-num-seqs", str(layout.batch), "--max-model-len", str(context)]
+    else:
+        out += ["--max-running-requests", str(layout.batch), "--context-length", str(context)]
+    out += ["--kv-cache-dtype", KV[target].get(layout.kv, "auto")]
+    return out
+
+
+def text(target: str, layout: ServeLayout, model: ModelSpec) -> str:
+    command = "vllm serve MODEL" if target == "vllm" else "python -m sglang.launch_server --model-path MODEL"
+    return command + " " + " ".join(shlex.quote(a) for a in args(target, layout, model))

@@ -1,0 +1,146 @@
+"""torchtitan job-config TOML for a plan, and the plan back from a user's TOML.
+
+Sections and keys of torchtitan v0.2.2, the last release read from TOML (``torchtitan/config/job_config.py``:
+``Parallelism``, ``Training``, ``ActivationCheckpoint``, ``Compile``, ``Model.converters``,
+``quantize.linear.float8``). FSDP2 shards: ZeRO-3 is ``data_parallel_shard_degree``, plain DP
+``data_parallel_replicate_degree``, HSDP both; ZeRO-2 keeps the gathered weights
+(``fsdp_reshard_after_forward = "never"``). ``local_batch_size`` is each rank's batch per forward; under a
+pipeline it is split into ``local_batch_size / pipeline_parallel_microbatch_size`` micro-batches, otherwise
+``global_batch_size / (local_batch_size * dp)`` steps accumulate gradients (``train.py``).
+"""
+from __future__ import annotations
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+from ...cost.memory import SELECTIVE_LAYER_EVERY
+from ...errors import ParplanError
+from ...layouts.layout import Layout
+from ...specs.model import ModelSpec
+from .common import launch, profile_for, rule_problem, software_problem, split_dp, unknown, whole
+
+TARGET = "torchtitan"
+PROFILE = "torchtitan"
+SCHEDULE = {"1f1b": "1F1B", "interleaved": "Interleaved1F1B", "gpipe": "GPipe"}
+RECOMPUTE = {"none": ("none", None), "full": ("full", None), "selective-op": ("selective", "op"),
+             "selective-layer": ("selective", str(SELECTIVE_LAYER_EVERY))}
+ROTATE = {"allgather": "allgather", "ring": "alltoall"}
+# v0.2.2 job_config.py: the fields of the sections a plan sets; the other sections are read and left alone.
+KEYS = {
+    "parallelism": ("data_parallel_replicate_degree", "enable_compiled_autograd", "data_parallel_shard_degree",
+                    "fsdp_reshard_after_forward", "tensor_parallel_degree", "disable_loss_parallel",
+                    "enable_async_tensor_parallel", "pipeline_parallel_degree", "module_fqns_per_model_part",
+                    "pipeline_parallel_first_stage_less_layers", "pipeline_parallel_last_stage_less_layers",
+                    "pipeline_parallel_layers_per_stage", "pipeline_parallel_schedule",
+                    "pipeline_parallel_schedule_csv", "pipeline_parallel_microbatch_size",
+                    "context_parallel_degree", "context_parallel_rotate_method", "expert_parallel_degree",
+                    "expert_tensor_parallel_degree"),
+    "training": ("dataset", "dataset_path", "local_batch_size", "global_batch_size", "seq_len", "max_norm", "steps",
+                 "enable_cpu_offload", "dtype", "mixed_precision_param", "mixed_precision_reduce", "gc_freq",
+                 "gc_debug", "seed", "deterministic", "debug_moe_force_load_balance"),
+    "activation_checkpoint": ("mode", "selective_ac_option", "per_op_sac_force_recompute_mm_shapes_by_fqns",
+                              "early_stop", "memory_budget", "visualize_memory_budget_pareto"),
+    "compile": ("enable", "components", "backend"),
+}
+OTHER_SECTIONS = ("job", "profiling", "metrics", "model", "optimizer", "lr_scheduler", "checkpoint", "quantize",
+                  "comm", "memory_estimation", "fault_tolerance", "experimental", "validation", "debug",
+                  "float8", "mx")
+
+
+def problem(layout: Layout, model: ModelSpec, software=None) -> str | None:
+    fw = profile_for(TARGET, software, PROFILE)
+    if layout.dtype == "fp16":
+        return "torchtitan trains in bf16 (mixed_precision_param bfloat16 | float32, v0.2.2), not fp16"
+    return rule_problem(layout, model, fw) or software_problem(software, fw)
+
+
+def _degrees(layout: Layout) -> tuple[int, int]:
+    if layout.zero == 0:
+        return layout.dp, 1
+    if layout.shard_group:
+        return layout.dp // layout.shard_group, layout.shard_group
+    return 1, layout.dp
+
+
+def text(layout: Layout, model: ModelSpec, software=None) -> str:
+    replicate, shard = _degrees(layout)
+    lines = ["[parallelism]", f"data_parallel_replicate_degree = {replicate}",
+             f"data_parallel_shard_degree = {shard}", f"tensor_parallel_degree = {layout.tp}",
+             f"context_parallel_degree = {layout.cp}", f"pipeline_parallel_degree = {layout.pp}"]
+    if layout.cp > 1:
+        lines.append(f'context_parallel_rotate_method = "{ROTATE[layout.cp_mode]}"')
+    if layout.pp > 1:
+        lines += [f'pipeline_parallel_schedule = "{SCHEDULE[layout.schedule]}"',
+                  f"pipeline_parallel_microbatch_size = {layout.micro_batch}",
+                  f"pipeline_parallel_layers_per_stage = {model.layers // (layout.pp * layout.vpp)}"]
+    if layout.zero == 2:
+        lines.append('fsdp_reshard_after_forward = "never"')
+    local = layout.batch // layout.dp if layout.pp > 1 else layout.micro_batch
+    mode, option = RECOMPUTE[layout.recompute]
+    lines += ["", "[training]", f"local_batch_size = {local}", f"global_batch_size = {layout.batch}",
+              f"seq_len = {layout.seq_len or model.seq_len}", 'mixed_precision_param = "bfloat16"',
+              "", "[activation_checkpoint]", f'mode = "{mode}"']
+    if option:
+        lines.append(f'selective_ac_option = "{option}"')
+    compiled = software is not None and software.compiled
+    lines += ["", "[compile]", f"enable = {'true' if compiled else 'false'}"]
+    if layout.dtype == "fp8":
+        recipe = (software.fp8_recipe if software is not None else None) or "tensorwise"
+        lines += ["", "[model]", 'converters = ["quantize.linear.float8"]', "",
+                  "[quantize.linear.float8]", f'recipe_name = "{recipe}"']
+    return "\n".join(lines)
+
+
+def read(source: str, world_size: int, model: ModelSpec):
+    """A :class:`LaunchConfig` from a torchtitan TOML."""
+    try:
+        data = tomllib.loads(source)
+    except tomllib.TOMLDecodeError as exc:
+        raise ParplanError(f"torchtitan TOML: {exc}") from None
+    unknown(data, tuple(KEYS) + OTHER_SECTIONS, "torchtitan TOML")
+    for section, keys in KEYS.items():
+        unknown(data.get(section, {}), keys, f"torchtitan TOML [{section}]")
+    par, train = data.get("parallelism", {}), data.get("training", {})
+    ac, comp = data.get("activation_checkpoint", {}), data.get("compile", {})
+    tp, pp, cp = (whole(par.get(k, 1), k) for k in ("tensor_parallel_degree", "pipeline_parallel_degree",
+                                                     "context_parallel_degree"))
+    replicate = whole(par.get("data_parallel_replicate_degree", 1), "data_parallel_replicate_degree")
+    shard = par.get("data_parallel_shard_degree", -1)
+    shard = split_dp(world_size, tp * pp * cp * replicate) if shard == -1 else whole(shard, "data_parallel_shard_degree")
+    dp = replicate * shard
+    split_dp(world_size, tp * pp * cp * dp)
+    if tp * pp * cp * dp != world_size:
+        raise ParplanError(f"torchtitan TOML: the degrees multiply to {tp * pp * cp * dp}, not the {world_size} devices")
+    zero = 0 if shard == 1 else (2 if par.get("fsdp_reshard_after_forward") == "never" else 3)
+    local = whole(train.get("local_batch_size", 8), "local_batch_size")
+    mb = whole(par.get("pipeline_parallel_microbatch_size", 1), "pipeline_parallel_microbatch_size") if pp > 1 else local
+    gb = train.get("global_batch_size", -1)
+    gb = local * dp if gb == -1 else whole(gb, "global_batch_size")
+    schedule = {v: k for k, v in SCHEDULE.items()}.get(par.get("pipeline_parallel_schedule", "1F1B"))
+    if pp > 1 and schedule is None:
+        raise ParplanError(f"torchtitan TOML: pipeline_parallel_schedule '{par['pipeline_parallel_schedule']}' is not "
+                           f"one of {', '.join(SCHEDULE.values())}")
+    per_stage = par.get("pipeline_parallel_layers_per_stage")
+    vpp = model.layers // (pp * whole(per_stage, "pipeline_parallel_layers_per_stage")) if pp > 1 and per_stage \
+        else (2 if schedule == "interleaved" else 1)
+    mode = ac.get("mode", "selective")
+    option = str(ac.get("selective_ac_option", "2"))
+    recompute = {"none": "none", "full": "full"}.get(mode) or \
+        ("selective-op" if option == "op" else "selective-layer" if mode == "selective" else None)
+    if recompute == "selective-layer" and option != str(SELECTIVE_LAYER_EVERY):
+        raise ParplanError(f"torchtitan TOML: selective_ac_option '{option}': the model prices layer-selective "
+                           f"checkpointing of one block in {SELECTIVE_LAYER_EVERY}, or 'op'")
+    if recompute is None:
+        raise ParplanError(f"torchtitan TOML: activation_checkpoint mode '{mode}' is not none, full or selective")
+    converters = data.get("model", {}).get("converters", [])
+    fp8 = "quantize.linear.float8" in converters or "float8" in converters
+    recipe = data.get("quantize", {}).get("linear", {}).get("float8", {}).get("recipe_name") if fp8 else None
+    layout = dict(tp=tp, pp=pp, cp=cp, dp=dp, micro_batch=mb, global_batch=gb,
+                  seq_len=whole(train.get("seq_len", 2048), "seq_len"), zero=zero,
+                  shard_group=shard if zero and replicate > 1 else None, sp=tp > 1, vpp=vpp,
+                  schedule=schedule if pp > 1 else "1f1b", recompute=recompute, dtype="fp8" if fp8 else "bf16",
+                  cp_mode="ring" if par.get("context_parallel_rotate_method") == "alltoall" else "allgather")
+    return launch(TARGET, PROFILE, layout, compiled=bool(comp.get("enable", False)),
+                  fp8_recipe=(recipe or "tensorwise") if fp8 else None)
