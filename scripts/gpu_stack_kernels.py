@@ -182,7 +182,7 @@ def elementwise(out: str) -> None:
     def loss(logits, labels):
         return F.cross_entropy(logits.float(), labels)
 
-    labels = torch.randint(0, vocab, (tokens,), device=DEV)
+    labels = torch.randint(0, vocab, (tokens // 2,), device=DEV)  # the logits below have tokens // 2 rows
     r = lambda *shape: torch.randn(*shape, device=DEV, dtype=BF16, requires_grad=True)  # noqa: E731
     cases = [  # (op, fn, inputs, width, fused fwd bytes/elem, fused bwd bytes/elem)
         ("rmsnorm", lambda x: rms(x), (r(tokens, h),), h, 4, 6),

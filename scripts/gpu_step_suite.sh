@@ -5,7 +5,8 @@
 #
 # usage: scripts/gpu_step_suite.sh OUT_DIR [SET ...]     (SET: kernels, a, b; default: all)
 # torchao travels as a wheel in .whl/ (the device has no registry); without it the FP8 modes are
-# skipped with a note. Rows: OUT_DIR/<set>/results.csv; logs beside them.
+# skipped with a note. Rows: OUT_DIR/<set>/<name>/results.csv; logs beside them (pass $OUT itself as
+# OUT_DIR on the device machine: it returns files at most three folders deep).
 set -uo pipefail
 out=${1:?usage: scripts/gpu_step_suite.sh OUT_DIR [SET ...]}; shift
 sets=${*:-kernels a b}
