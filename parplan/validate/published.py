@@ -111,6 +111,11 @@ def record_setup(rec: dict, framework: str | None = None) -> RunSetup:
         fixed["recompute"] = recompute
     if lay.get("micro_batch"):
         fixed["micro_batch"] = number(lay, "micro_batch", w, integer=True)
+    # A published interleaving degree and sequence-parallel setting are fixed as `plan --vpp --sp` fixes them.
+    if lay.get("vpp") is not None:
+        fixed["vpp"] = number(lay, "vpp", w, integer=True)
+    if lay.get("sequence_parallel") is not None:
+        fixed["sp"] = bool(lay["sequence_parallel"])
     name = rec.get("framework") or framework
     note = "given" if rec.get("framework") else ("--framework" if framework else "default")
     name = name or default_framework(hw.kind)
@@ -126,7 +131,7 @@ def record_setup(rec: dict, framework: str | None = None) -> RunSetup:
                       zero=fixed.get("zero", 0), sp=bool(lay.get("sequence_parallel")), vpp=vpp,
                       schedule="interleaved" if vpp > 1 else "1f1b", recompute=fixed.get("recompute", "none"),
                       dtype=dtype)
-    unknown = tuple(k for k in ("micro_batch", "zero", "recompute") if k not in fixed) + ("vpp", "sp")
+    unknown = tuple(k for k in ("micro_batch", "zero", "recompute", "vpp", "sp") if k not in fixed)
     return RunSetup(model, cluster, software, fixed, batch, dtype, fallback, unknown, note)
 
 
