@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..cost import ops as ops_mod
+from ..cost.contention import class_seconds
 from ..cost.flops import model_flops_per_step, recompute_flops_per_step
 from ..cost.kernels import op_times
 from ..specs.dtypes import BYTES_PER_ELEMENT
@@ -168,8 +169,12 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
 
     # ---- per step: what the compute does not hide of the overlapped collectives, and the
     # per-step critical ones, in the order the step issues them after its last backward
+    # The op-class mix of each window sets how much the collectives beside it slow it.
+    mix_f, mix_b = class_seconds(lops, times, 0), class_seconds(lops, times, 1)
+    rec_share = layer_rec / np.where(layer_fwd > 0, layer_fwd, 1.0)
+    mixes = {"forward": mix_f, "backward": {c: mix_b[c] + rec_share * mix_f[c] for c in mix_b}}
     step_comm = step_exposures(costs, stage_layers, m, stage_layers * layer_fwd,
-                               stage_layers * (layer_bwd + layer_rec))
+                               stage_layers * (layer_bwd + layer_rec), hw=hw, mixes=mixes)
     step = pipeline_s
     for a in sorted(axes, key=lambda a: axis(a).finish_order):
         step = step + step_comm.get(a, 0.0)

@@ -78,13 +78,16 @@ def collective_rows(est: Estimate) -> list[dict[str, Any]]:
             "bytes": float(col.size_bytes), "per": col.per, "phase": col.phase,
             "calls_per_step": float(c.calls_per_step), "time_s": float(c.time_s),
             "link_s": float(c.link_s), "exposed_s": float(c.exposed_s),
+            "compute_slowdown_s": float(c.slowdown_s),
             "overlaps_with": col.hidden_by,
         })
     return rows
 
 
 def axis_rows(est: Estimate) -> list[dict[str, Any]]:
-    """Per mesh axis: time on the link, time exposed, and the bus bandwidth that would hide it.
+    """Per mesh axis: time on the link, hidden and exposed, the part of the exposed time that is the
+    overlapped compute's slowdown (the SMs the collectives' kernels hold), and the bus bandwidth that
+    would hide the rest.
 
     Only overlapped traffic (data parallel under the backward/forward passes) can be hidden;
     its required bandwidth is the bytes each rank moves over the compute it hides under.
@@ -98,14 +101,15 @@ def axis_rows(est: Estimate) -> list[dict[str, Any]]:
             continue
         link = sum(float(c.link_s) for c in costs)
         exposed = sum(float(c.exposed_s) for c in costs)
+        slowed = sum(float(c.slowdown_s) for c in costs)
         hideable = [c for c in costs if float(c.hide_window_s) > 0]
         needed = None
         if hideable:
             wire = sum(float(c.collective.size_bytes) * bus_factor(c.collective.op, int(c.collective.group))
                        * float(c.calls_per_step) for c in hideable)
             needed = wire / max(float(c.hide_window_s) for c in hideable)
-        rows.append({"axis": axis, "link_s": link, "exposed_s": exposed,
-                     "bandwidth_to_hide": needed,
+        rows.append({"axis": axis, "link_s": link, "hidden_s": max(link - (exposed - slowed), 0.0),
+                     "exposed_s": exposed, "compute_slowdown_s": slowed, "bandwidth_to_hide": needed,
                      "note": "overlapped with compute" if hideable else "critical path"})
     return rows
 
@@ -115,7 +119,19 @@ def explain_dict(est: Estimate) -> dict[str, Any]:
     out["ops"] = op_table(est)
     out["collectives"] = collective_rows(est)
     out["axes"] = axis_rows(est)
+    out["contention"] = contention_note(est.cluster.hardware)
     return out
+
+
+def contention_note(hw) -> str:
+    """One line on what overlap costs the compute on ``hw`` (empty when the profile measured nothing)."""
+    c = hw.contention
+    if c is None:
+        return ""
+    source = hw.sources.get("overlap.slowdown", "").removeprefix("[derived] ").split(" (")[0].strip()
+    return (f"overlapped collectives hold {c.collective_sms['scale_up']} of {hw.compute_units} SMs on the scale-up "
+            f"link, {c.collective_sms['network']} across nodes; the compute beside them slows as the profile's "
+            f"overlap.slowdown says ({source or 'see the profile'})")
 
 
 def mfu_notes(est: Estimate) -> list[str]:

@@ -96,8 +96,14 @@ def format_explain(data: dict) -> str:
         lines.append(f"  {c['name']:<28}{c['op']:<15}{c['axis']:<5}{c['group']:>6}{c['bytes'] / 1e6:10.2f}"
                      f"{c['calls_per_step']:9.0f}{c['time_s'] * 1e3:9.3f}{c['link_s']:9.3f}{c['exposed_s']:10.3f}"
                      f"  {c['overlaps_with']}")
-    lines += ["", "per mesh axis:", f"  {'axis':<6}{'on link s':>11}{'exposed s':>11}  bus bandwidth to hide it"]
+    lines += ["", "per mesh axis (exposed includes the slowdown of the compute the overlapped collectives run beside):",
+              f"  {'axis':<6}{'on link s':>11}{'hidden s':>10}{'exposed s':>11}{'slowdown s':>12}"
+              "  bus bandwidth to hide it"]
     for a in data.get("axes", []):
         need = f"{a['bandwidth_to_hide'] / 1e9:.1f} GB/s" if a["bandwidth_to_hide"] else "n/a (" + a["note"] + ")"
-        lines.append(f"  {a['axis']:<6}{a['link_s']:11.3f}{a['exposed_s']:11.3f}  {need}")
+        lines.append(f"  {a['axis']:<6}{a['link_s']:11.3f}{a['hidden_s']:10.3f}{a['exposed_s']:11.3f}"
+                     f"{a['compute_slowdown_s']:12.3f}  {need}")
+    contention = data.get("contention")
+    if contention:
+        lines.append(f"  {contention}")
     return "\n".join(lines)
