@@ -107,6 +107,11 @@ class Strategy:
     def collectives(self, ctx: Context) -> list[Collective]:
         return []
 
+    def layer_ops(self, dims, model: ModelSpec, layout, dtype: str) -> list:
+        """Kernels this axis adds to each layer on a device (``parplan.cost.ops.Op``), beyond the
+        layer's own: e.g. the merges of ring attention's partial outputs."""
+        return []
+
     def state_divisors(self, ctx: Context) -> dict[str, Any]:
         """Divisors of the per-device weights, gradients and optimizer state this axis shards."""
         return {}
