@@ -29,7 +29,7 @@ PROFILE_KEYS = ("name", "aliases", "description", "vendor", "kind", "compute_uni
                 "kernel_overhead_s", "collective_overhead_s", "matmul_curve", "attention_kernels", "collective_fits",
                 "overlap", "sources")
 LINK_KEYS = ("name", "kind", "bandwidth", "latency_s", "efficiency", "in_switch_reduction")
-EFFICIENCY_KEYS = ("matmul", "hbm", "elementwise", "matmul_misaligned", "matmul_fp8")
+EFFICIENCY_KEYS = ("matmul", "hbm", "elementwise", "optimizer", "matmul_misaligned", "matmul_fp8")
 FP8_SCALINGS = ("tensorwise", "rowwise")
 ATTENTION_CURVE_KEYS = ("seq", "forward", "backward")
 ICI_KEYS = ("dims", "link_bandwidth", "pod_devices")
@@ -125,6 +125,8 @@ class Hardware:
     kernel_overhead_s: float
     collective_overhead_s: float
     scale_up_domain: int
+    # HBM efficiency of the fused optimizer step (None: the element-wise kernels' efficiency).
+    optimizer_efficiency: float | None = None
     torus: Torus | None = None
     matmul_curve: MatmulCurve | None = None
     # Fraction of the aligned GEMM rate when a GEMM's feature sizes are multiples of only
@@ -316,6 +318,8 @@ def hardware_from_dict(data: Any, what: str, path: str = "") -> Hardware:
         hbm_efficiency=float(number(eff, "hbm", f"{what}: efficiency", maximum=1.0)),
         elementwise_efficiency=float(number(eff, "elementwise", f"{what}: efficiency", required=False,
                                             default=eff.get("hbm"), maximum=1.0)),
+        optimizer_efficiency=(float(number(eff, "optimizer", f"{what}: efficiency", maximum=1.0))
+                              if eff.get("optimizer") is not None else None),
         kernel_overhead_s=float(number(data, "kernel_overhead_s", what, maximum=1.0)),
         collective_overhead_s=float(number(data, "collective_overhead_s", what, maximum=1.0)),
         scale_up_domain=number(data, "scale_up_domain", what, required=False, integer=True,

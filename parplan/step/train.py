@@ -187,7 +187,8 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
         for k, v in s.state_divisors(ctx).items():
             divisors[k] = divisors[k] * v
     opt_params = stage_params / divisors["optimizer"]
-    optimizer_s = memory_time_s(hw, sw_mod.optimizer_bytes(sw, opt_params, grad_bytes))
+    optimizer_s = memory_time_s(hw, sw_mod.optimizer_bytes(sw, opt_params, grad_bytes),
+                                efficiency=hw.optimizer_efficiency)
     step = step + optimizer_s
 
     # ---- exposures of the per-layer and per-micro-batch collectives
