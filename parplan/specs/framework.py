@@ -58,7 +58,7 @@ KERNEL_KEYS = ("attention", "flash_attention", "elementwise", "loss", "weight_ca
 COMPILE_KEYS = ("available", "default", "elementwise", "loss")
 FP8_KEYS = ("recipes", "default", "casts", "compiled_casts", "weight_cast", "all_gather", "saves_fp8_inputs", "wgrad")
 DP_KEYS = ("zero", "zero3", "grad_reduce", "reduce_every_microbatch", "backward_prefetch", "gather_bucket_params",
-           "reduce_bucket_params", "grad_dtype", "overlap_param_gather")
+           "reduce_bucket_params", "max_live_params", "grad_dtype", "overlap_param_gather")
 PP_KEYS = ("schedules", "send", "zero", "reduce_every_microbatch")
 PARALLEL_KEYS = ("tp_modes", "cp_modes", "sequence_parallel")
 VOCAB_KEYS = ("multiple", "times_tp")
@@ -104,6 +104,9 @@ class DataParallelSoftware:
     reduce_bucket_params: int | None
     grad_dtype: str                     # fp32 | param | fp32-with-bf16 (the dtype gradients are accumulated in)
     overlap_param_gather: bool
+    # ZeRO-3: gathered parameters kept resident before the oldest are released (DeepSpeed's
+    # stage3_max_live_parameters); None: the wrapped units (FSDP: the layer in use and the prefetched one).
+    max_live_params: int | None = None
 
 
 @dataclass(frozen=True)

@@ -125,6 +125,7 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
         backward_prefetch=text(d, "backward_prefetch", w, required=False, choices=PREFETCH, default="before"),
         gather_bucket_params=number(d, "gather_bucket_params", w, required=False, integer=True, maximum=1e13),
         reduce_bucket_params=number(d, "reduce_bucket_params", w, required=False, integer=True, maximum=1e13),
+        max_live_params=number(d, "max_live_params", w, required=False, integer=True, maximum=1e13),
         grad_dtype=text(d, "grad_dtype", w, choices=("fp32", "param", "fp32-with-bf16")),
         overlap_param_gather=_flag(d, "overlap_param_gather", w, True))
     if 3 in dp.zero and dp.zero3 == "none":

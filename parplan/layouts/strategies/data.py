@@ -124,7 +124,15 @@ class DataParallel(Strategy):
         }
 
     def memory_bytes(self, ctx: Context):
-        # ZeRO-3 holds one layer gathered while the next is prefetched.
+        """ZeRO-3 holds one layer gathered while the next is prefetched (FSDP's units), or, where the
+        framework caps what stays resident (DeepSpeed's stage3_max_live_parameters), that many
+        parameters, but never less than the largest single weight it must gather whole."""
         lay = ctx.layout
-        return {"gathered_weights": np.where(np.asarray(lay.zero) == 3,
-                                             2 * ctx.layer_params / np.asarray(lay.tp) * ctx.weight_bytes, 0.0)}
+        tp = np.asarray(lay.tp, float)
+        live = 2 * ctx.layer_params / tp
+        cap = _software(ctx).max_live_params
+        if cap is not None:
+            largest = max(ctx.model.hidden * ctx.model.ffn_hidden * (2 if ctx.model.activation == "swiglu" else 1),
+                          ctx.model.hidden * (ctx.model.heads + 2 * ctx.model.kv_heads) * ctx.model.head_dim) / tp
+            live = np.minimum(live, np.maximum(cap, largest))
+        return {"gathered_weights": np.where(np.asarray(lay.zero) == 3, live * ctx.weight_bytes, 0.0)}
