@@ -113,7 +113,9 @@ def read(source: str, world_size: int, model: ModelSpec):
     split_dp(world_size, tp * pp * cp * dp)
     if tp * pp * cp * dp != world_size:
         raise ParplanError(f"torchtitan TOML: the degrees multiply to {tp * pp * cp * dp}, not the {world_size} devices")
-    zero = 0 if shard == 1 else (2 if par.get("fsdp_reshard_after_forward") == "never" else 3)
+    # FSDP runs over dp_shard x cp: context-parallel ranks shard parameters even when dp_shard is 1
+    # (v0.2.2 parallel_dims.py: fsdp_enabled = dp_shard_enabled or cp_enabled; mesh "dp_shard_cp").
+    zero = 0 if shard * cp == 1 else (2 if par.get("fsdp_reshard_after_forward") == "never" else 3)
     local = whole(train.get("local_batch_size", 8), "local_batch_size")
     mb = whole(par.get("pipeline_parallel_microbatch_size", 1), "pipeline_parallel_microbatch_size") if pp > 1 else local
     gb = train.get("global_batch_size", -1)
