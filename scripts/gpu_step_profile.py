@@ -1,12 +1,14 @@
 """Where a whole training step's GPU time goes, kernel by kernel: the step of `parplan bench --suite step`
 (fp32 parameters under bf16 autocast, fused AdamW) under torch.profiler, eager and compiled.
 
-Writes OUT_DIR/step_profile.csv (mode, category, kernels, calls, gpu_s per step) and
-OUT_DIR/step_kernels.csv (the 40 longest kernels per mode), so the model's per-op times can be
+Writes OUT_DIR/MODEL-sSEQ-profile.csv (mode, category, kernels, calls, gpu_s per step) and
+OUT_DIR/MODEL-sSEQ-kernels.csv (the 40 longest kernels per mode), so the model's per-op times can be
 checked against what ran: GEMMs, attention, Triton (Inductor) kernels, eager element-wise and
 reduction kernels, the loss, the optimizer, copies.
 
-usage: python scripts/gpu_step_profile.py OUT_DIR MODEL SEQ MICRO_BATCH [--quick]
+usage: python scripts/gpu_step_profile.py OUT_DIR MODEL SEQ MICRO_BATCH [--modes=eager,compiled,compiled-fp8]
+(compiled-fp8: torchao Float8Linear with per-tensor scales on every linear but the LM head, as the bench's
+step suite runs it; torchao must be importable)
 """
 from __future__ import annotations
 
@@ -39,10 +41,13 @@ def category(name: str) -> str:
     return next((c for c, pattern in CATEGORIES if re.search(pattern, low)), "other")
 
 
-def profile(spec, seq: int, micro_batch: int, compile: bool, steps: int):
+def profile(spec, seq: int, micro_batch: int, compile: bool, steps: int, fp8: bool = False):
     dev = torch.device("cuda")
     torch.manual_seed(0)
     model = Transformer(spec, seq).to(dev)
+    if fp8:
+        from parplan.bench.step import _fp8_convert
+        _fp8_convert(model, "tensorwise")
     loss_fn = causal_lm_loss
     if compile:
         for i, block in enumerate(model.layers):
@@ -80,14 +85,16 @@ def main() -> None:
     out, name, seq, mb = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     os.makedirs(out, exist_ok=True)
     spec = load_model(name)
-    steps = 1 if "--quick" in sys.argv else 3
-    with open(f"{out}/step_profile.csv", "w", newline="") as f_cat, \
-            open(f"{out}/step_kernels.csv", "w", newline="") as f_k:
+    steps = 3
+    modes = next((a.split("=", 1)[1].split(",") for a in sys.argv if a.startswith("--modes=")), ["eager", "compiled"])
+    tag = f"{name}-s{seq}"
+    with open(f"{out}/{tag}-profile.csv", "w", newline="") as f_cat, \
+            open(f"{out}/{tag}-kernels.csv", "w", newline="") as f_k:
         cat_w, k_w = csv.writer(f_cat), csv.writer(f_k)
         cat_w.writerow(["model", "seq", "micro_batch", "mode", "category", "kernels", "calls", "gpu_s"])
         k_w.writerow(["model", "mode", "kernel", "category", "calls", "gpu_s"])
-        for mode in ("eager", "compiled"):
-            rows = profile(spec, seq, mb, mode == "compiled", steps)
+        for mode in modes:
+            rows = profile(spec, seq, mb, mode.startswith("compiled"), steps, fp8=mode.endswith("fp8"))
             cats = {}
             for kname, (calls, t) in rows.items():
                 c = category(kname)
