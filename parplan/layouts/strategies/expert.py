@@ -95,7 +95,7 @@ class ExpertParallel(Strategy):
             return {}
         rows = moe_mod.routed_rows(model, d) * moe_mod.imbalance(model, d)[0]
         # The rows received (and gathered over etp) and the experts' output before the combine.
-        return {"moe_dispatch_buffers": 2.0 * rows * model.hidden * ctx.bpe}
+        return {"moe_dispatch": 2.0 * rows * model.hidden * ctx.bpe}
 
 
 class ExpertTensorParallel(Strategy):
