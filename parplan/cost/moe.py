@@ -15,10 +15,16 @@ all-to-all token dispatcher; MegaBlocks, arXiv 2211.15841, for the grouped GEMMs
 6. the **shared experts** (DeepSeekMoE, arXiv 2401.06066) on every token, tensor-parallel like a
    dense MLP.
 
-Token counts (Megatron-Core's MoE parallel folding, arXiv 2504.14960): attention's tensor-parallel
-ranks each route the ``b s / tp`` tokens their sequence-parallel shard holds, so a device's
-experts process ``b s k etp / tp`` rows on average (the expert-tensor-parallel group gathers its
-members' rows) and the per-device expert FLOPs shrink with ``tp`` as a dense MLP's do.
+Token counts (Megatron-Core's MoE parallel folding, arXiv 2504.14960): a device holds ``b s /
+norm_shard`` tokens (its sequence-parallel shard in training; all of them on every tensor-parallel
+rank when serving, where they are replicated ``tp / norm_shard`` ways). The ``ep x etp`` devices of
+an expert group see ``max(ep etp b s / tp, b s / norm_shard)`` distinct tokens, and each device's
+experts process their ``k / ep`` share of those as rows (the expert-tensor-parallel group gathers
+its members' rows), so the per-device expert FLOPs shrink with ``tp`` as a dense MLP's do. Tokens a
+group already holds need no all-to-all: the dispatch runs only when the group is larger than the
+replication (``ep etp > tp / norm_shard``), each device sending the copies of its ``b s / tp``
+tokens; replicated tokens leave the sum of the experts' outputs to the layer's tensor-parallel
+all-reduce, as vLLM's expert parallelism under tensor-parallel attention does.
 
 Load imbalance: the busiest device sets the pace. With a ``capacity_factor`` (tokens beyond it
 dropped, each expert padded to its capacity: Switch Transformer, arXiv 2101.03961, Sec. 2.1) its
@@ -70,14 +76,47 @@ def share(model: ModelSpec, d):
     return model.moe_layers / model.layers
 
 
+def tokens_held(d):
+    """Tokens one device holds at the MoE block (its sequence-parallel shard, or all of them)."""
+    return d.batch * d.seq / np.asarray(d.norm_shard, float)
+
+
+def replication(model: ModelSpec, d):
+    """How many tensor-parallel ranks hold the same tokens: 1 under sequence parallelism, tp when serving."""
+    return np.asarray(parallel(model, d).tp, float) / np.asarray(d.norm_shard, float)
+
+
 def dispatch_tokens(model: ModelSpec, d):
-    """Tokens this device routes per micro-batch: its sequence-parallel shard of the TP region."""
+    """Tokens whose copies this device sends in the dispatch: ``b s / tp``."""
     return d.batch * d.seq / np.asarray(parallel(model, d).tp, float)
 
 
+def group_tokens(model: ModelSpec, d):
+    """Distinct tokens one ``ep x etp`` expert group processes per micro-batch."""
+    p = parallel(model, d)
+    group = np.asarray(p.ep, float) * np.asarray(p.etp, float)
+    return np.maximum(group * dispatch_tokens(model, d), tokens_held(d))
+
+
 def routed_rows(model: ModelSpec, d):
-    """Token-expert rows this device's experts process per micro-batch, on average: ``b s k etp / tp``."""
-    return dispatch_tokens(model, d) * model.top_k * np.asarray(parallel(model, d).etp, float)
+    """Token-expert rows this device's experts process per micro-batch, on average (``b s k etp / tp`` in
+    training)."""
+    return group_tokens(model, d) * model.top_k / np.asarray(parallel(model, d).ep, float)
+
+
+def exchanges(model: ModelSpec, d):
+    """(dispatch all-to-all needed, expert-TP gather needed): only where the group is larger than the ranks
+    that already hold the same tokens."""
+    p = parallel(model, d)
+    ep, etp, r = np.asarray(p.ep, float), np.asarray(p.etp, float), replication(model, d)
+    return (ep > 1) & (ep * etp > r), (etp > 1) & (etp > r)
+
+
+def touched_experts(model: ModelSpec, d):
+    """Experts of this device that some token selects (:func:`distinct_experts` over the group's tokens):
+    all ``experts / ep`` of them at training batch sizes, fewer at a small decode batch."""
+    p = parallel(model, d)
+    return distinct_experts(model.experts, model.top_k, group_tokens(model, d)) / np.asarray(p.ep, float)
 
 
 def imbalance(model: ModelSpec, d, balanced: bool = False):
@@ -89,7 +128,7 @@ def imbalance(model: ModelSpec, d, balanced: bool = False):
     if model.router_imbalance is not None:
         return float(model.router_imbalance), f"router imbalance {model.router_imbalance:g} (model spec)"
     n = np.asarray(parallel(model, d).ep, float)
-    mean = np.maximum(dispatch_tokens(model, d) * model.top_k, 1.0)
+    mean = np.maximum(routed_rows(model, d), 1.0)
     return 1.0 + np.sqrt(2.0 * np.log(n) / mean), "uniform-routing bound (Raab and Steger 1998)"
 
 
@@ -108,13 +147,14 @@ def block_kernels(model: ModelSpec, d, rows, activation_impl: str, balanced: boo
     """The kernels of one MoE block on one device, per micro-batch (module docstring); ``rows``: the
     tokens of the tensor-parallel region (the shared experts' GEMM rows)."""
     p = parallel(model, d)
-    h, e, k = model.hidden, model.experts, model.top_k
+    h, e = model.hidden, model.experts
     swiglu = model.activation == "swiglu"
-    tokens = dispatch_tokens(model, d)
-    sent = tokens * k
-    local = e / np.asarray(p.ep, float)
+    tokens = tokens_held(d)
+    local = touched_experts(model, d)
     width = model.expert_width / np.asarray(p.etp, float)
     busiest = routed_rows(model, d) * imbalance(model, d, balanced)[0]
+    # The copies this device permutes (before a gather over etp, when there is one) and unpermutes.
+    sent = routed_rows(model, d) / np.where(exchanges(model, d)[1], np.asarray(p.etp, float), 1.0)
     per_expert = busiest / local
     out = [
         Kernel("router", "gemm", (tokens, h, e, 1)),
@@ -141,7 +181,7 @@ def activation_bytes(model: ModelSpec, d, bpe: int, tokens_tp_region):
     the fp32 gate scores, the permuted rows (the experts' input), the gate/up output, the down
     projection's input, the experts' output (for the scores' gradient) and the shared experts'."""
     p = parallel(model, d)
-    tokens = dispatch_tokens(model, d)
+    tokens = tokens_held(d)
     rows = routed_rows(model, d) * imbalance(model, d)[0]
     width = model.expert_width / np.asarray(p.etp, float)
     up = 2 if model.activation == "swiglu" else 1

@@ -243,6 +243,8 @@ def _build(k: moe_mod.Kernel, bpe: int, fp8: bool, share=1.0, grouped_gemm: bool
     return op if isinstance(share, float) and share == 1.0 else replace(op, share=share)
 
 
+build_kernel = _build  # the public name (serving's absorbed latent-attention products)
+
 MLP_OPS = ("mlp_gate_up", "mlp_up", "swiglu", "gelu", "relu", "mlp_bias_add", "mlp_down")
 
 

@@ -59,7 +59,7 @@ class ExpertParallel(Strategy):
         overlap = ctx.software is not None and ctx.software.framework.moe.shared_expert_overlap and \
             model.shared_experts > 0
         hide = "shared_experts" if overlap else "none"
-        calls = np.where(ep > 1, share, 0.0)
+        calls = np.where(moe_mod.exchanges(model, d)[0], share, 0.0)
         out = []
         for phase, count in (("forward", calls), ("backward", calls), ("recompute", calls * again)):
             out += [Collective(f"ep_dispatch_{phase}", "all_to_all", "ep", ep, stride, buf, count, "layer", phase,
@@ -111,7 +111,7 @@ class ExpertTensorParallel(Strategy):
         buf = moe_mod.routed_rows(model, d) * model.hidden * ctx.bpe
         stride = ctx.stride("tp")
         again = np.where(ctx.recompute == 2, 1, 0)
-        calls = np.where(etp > 1, share, 0.0)
+        calls = np.where(moe_mod.exchanges(model, d)[1], share, 0.0)
         out = []
         for phase, count in (("forward", calls), ("backward", calls), ("recompute", calls * again)):
             out += [Collective(f"etp_allgather_{phase}", "all_gather", "etp", etp, stride, buf, count, "layer",
