@@ -237,7 +237,9 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
         "activations": activations,
         "logits": sw_mod.logits_bytes(dims, sw, dtype),
     }
-    memory.update(sw_mod.extra_memory(model, dims, layout, sw, stage_layers, stage_params))
+    # The software's weight copies cover the weights a device holds (an MoE model's experts over their own axes).
+    held = stage_params - expert_p + expert_p / divisors.get("expert_weights", 1) if model.is_moe else stage_params
+    memory.update(sw_mod.extra_memory(model, dims, layout, sw, stage_layers, held))
     for s in strategies_in_registry_order(strategies):
         memory.update(s.memory_bytes(ctx))
     memory["total"] = sum(memory.values())
