@@ -63,7 +63,17 @@ DEFAULT_ENV = KernelEnv()
 
 
 def op_times(hw, op: ops_mod.Op, dtype: str, *, split_k: bool = False, env: KernelEnv = DEFAULT_ENV):
-    """(forward_s, backward_s) of one op on one device; ``dtype`` is the 16-bit (or fp32) compute type."""
+    """(forward_s, backward_s) of one op on one device; ``dtype`` is the 16-bit (or fp32) compute type.
+
+    An op that runs in only a share of the layers (an MoE model's MoE or dense MLP) costs that share of
+    its time per layer."""
+    fwd, bwd = _op_times(hw, op, dtype, split_k, env)
+    if isinstance(op.share, float) and op.share == 1.0:
+        return fwd, bwd
+    return fwd * op.share, bwd * op.share
+
+
+def _op_times(hw, op: ops_mod.Op, dtype: str, split_k: bool, env: KernelEnv):
     if op.kind in (ops_mod.MATMUL, ops_mod.BATCHED):
         m, k, n, batch = op.gemm
         gemm_dtype, scale = (("fp8", hw.matmul_fp8.get(env.fp8_scaling, 1.0)) if op.fp8 else (dtype, 1.0))

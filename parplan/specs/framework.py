@@ -15,6 +15,9 @@ framework profile says, each value with its source:
 * ``pipeline``: schedules, how activations are sent between stages, which ZeRO stages combine;
 * ``parallelism``: the tensor/context-parallel modes its code has, and its sequence parallelism;
 * ``recompute``: the activation-checkpointing modes it offers;
+* ``moe``: whether it has expert parallelism, which expert-tensor-parallel sizes it runs, whether its
+  experts run as one grouped GEMM or a loop of GEMMs, and whether it overlaps the token all-to-all
+  with the shared experts;
 * the vocabulary padding rule, the optimizer kernel, how master weights are kept, and a
   per-layer host overhead.
 
@@ -53,7 +56,7 @@ DEFAULT_FRAMEWORK = {"gpu": "megatron-core", "tpu": "jax"}
 
 FRAMEWORK_KEYS = ("name", "aliases", "description", "devices", "emit", "kernels", "compile", "fp8", "data_parallel",
                   "pipeline", "parallelism", "recompute", "vocab", "optimizer", "master_weights",
-                  "host_overhead_per_layer_s", "elementwise_efficiency", "sources")
+                  "host_overhead_per_layer_s", "elementwise_efficiency", "sources", "moe")
 KERNEL_KEYS = ("attention", "flash_attention", "elementwise", "loss", "weight_casts")
 COMPILE_KEYS = ("available", "default", "elementwise", "loss")
 FP8_KEYS = ("recipes", "default", "casts", "compiled_casts", "weight_cast", "all_gather", "saves_fp8_inputs", "wgrad")
@@ -62,6 +65,8 @@ DP_KEYS = ("zero", "zero3", "grad_reduce", "reduce_every_microbatch", "backward_
 PP_KEYS = ("schedules", "send", "zero", "reduce_every_microbatch")
 PARALLEL_KEYS = ("tp_modes", "cp_modes", "sequence_parallel")
 VOCAB_KEYS = ("multiple", "times_tp")
+MOE_KEYS = ("expert_parallel", "expert_tensor_parallel", "grouped_gemm", "shared_expert_overlap")
+EXPERT_TP = ("any", "one-or-tp", "one")
 
 
 @dataclass(frozen=True)
@@ -125,6 +130,14 @@ class Parallelism:
 
 
 @dataclass(frozen=True)
+class MoeSoftware:
+    expert_parallel: bool = False       # shards experts over an expert-parallel group
+    expert_tensor_parallel: str = "one"  # any | one-or-tp (etp is 1 or tp) | one
+    grouped_gemm: bool = False          # the local experts run as one grouped GEMM (else a loop of GEMMs)
+    shared_expert_overlap: bool = False  # the token all-to-all runs under the shared experts' GEMMs
+
+
+@dataclass(frozen=True)
 class Framework:
     name: str
     description: str
@@ -146,6 +159,7 @@ class Framework:
     aliases: tuple[str, ...] = ()
     sources: Mapping[str, str] = field(default_factory=dict)
     path: str = ""
+    moe: MoeSoftware = MoeSoftware()
 
     def padded_vocab(self, vocab: int, tp) -> Any:
         """Vocabulary rows after the framework's padding (Megatron: a multiple of 128 x tp)."""

@@ -54,6 +54,7 @@ def estimate_dict(est: Estimate) -> dict[str, Any]:
         "fits": bool(est.fits),
         "breakdown_s": {k: float(est.breakdown_s[k]) for k in breakdown_keys()},
         "layer": {"forward_s": float(est.layer_forward_s), "backward_s": float(est.layer_backward_s)},
+        **({"notes": list(est.notes)} if est.notes else {}),
     }
 
 
@@ -164,6 +165,7 @@ def format_estimate(est: Estimate, batch_note: str | None = None) -> str:
         f"MFU                {d['mfu'] * 100:9.1f} %   full attention (PaLM App. B); {d['mfu_causal'] * 100:.1f} % "
         f"causal; HFU {d['hfu'] * 100:.1f} % (with recompute)",
         *mfu_notes(est),
+        *(f"        {note}" for note in est.notes),
         "",
         "time breakdown (critical path)",
     ]

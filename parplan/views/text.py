@@ -63,6 +63,20 @@ def format_model(m: ModelSpec) -> str:
         f"  model FLOPs/token {6 * m.total_params() + 12 * m.layers * m.hidden * m.seq_len:10.4g} "
         "(6N + 12 L h s, PaLM App. B)",
     ]
+    if m.is_moe:
+        lines[6:6] = [
+            f"  experts           {m.experts} routed (top-{m.top_k}, width {m.expert_width})"
+            + (f", {m.shared_experts} shared (width {m.shared_width})" if m.shared_experts else "")
+            + f" in {m.moe_layers} of {m.layers} layers, {m.router} router",
+            f"  active parameters {m.active_params() / 1e9:10.3f} B per token (embedding and head included)",
+        ]
+        lines[-1] = (f"  model FLOPs/token {6 * m.active_params() + 12 * m.layers * m.hidden * m.seq_len:10.4g} "
+                     "(6 N_active + 12 L h s)")
+        if m.mtp_layers:
+            lines.append(f"  MTP modules       {m.mtp_layers} ({m.mtp_params() / 1e9:.2f} B more, not in the total)")
+    if m.mla:
+        lines.append(f"  latent attention  kv_lora_rank {m.kv_lora_rank}, q_lora_rank {m.q_lora_rank or 'none'}, "
+                     f"rope {m.qk_rope_dim}, v {m.v_dim}")
     if m.max_seq_len:
         lines.append(f"  context window    {m.max_seq_len} tokens")
     if m.seq_note:

@@ -12,17 +12,39 @@ import pytest
 from parplan.validate.published import load_runs, record_setup, validate_runs
 
 
+DENSE_FILES = ("published-runs.yaml", "modern-runs.yaml")
+
+
 @pytest.fixture(scope="module")
 def results():
-    return validate_runs(load_runs())
+    """The dense-model yardstick: the 2019-22 and 2023-24 files (the MoE runs have their own gate below)."""
+    return validate_runs([r for r in load_runs() if r["_file"] in DENSE_FILES])
 
 
-def test_every_shipped_run_is_predicted(results):
+@pytest.fixture(scope="module")
+def moe_results():
+    return validate_runs([r for r in load_runs() if r["_file"] == "moe-runs.yaml"])
+
+
+def test_every_shipped_run_is_predicted(results, moe_results):
     files = results["files"]
     assert files["published-runs.yaml"]["runs"] == 51
     assert files["modern-runs.yaml"]["runs"] == 45
     assert results["summary"]["runs"] == 96 and results["summary"]["skipped"] == 0
     assert all(r["predicted_s"] > 0 for r in results["rows"])
+    assert moe_results["files"]["moe-runs.yaml"]["runs"] == 13 and moe_results["summary"]["skipped"] == 0
+
+
+def test_moe_runs_do_not_regress(moe_results):
+    """Mixture-of-experts runs (validation/moe-runs.yaml), a regression gate at what is reached, not the 12%
+    median aimed for. Known misses: cross-node expert parallelism (EP 32-64 over 4-8 nodes, predicted up to
+    ~95% slow: DeepEP's node-deduplicated dispatch and the all-to-all overlap of those runs are not modelled),
+    and the small-expert Qwen3-30B and gpt-oss runs on few GPUs (predicted 20-55% fast)."""
+    s = moe_results["summary"]
+    assert s["median_abs_error"] <= 0.30
+    assert s["mean_abs_error"] <= 0.40
+    assert abs(s["mean_error"]) <= 0.10
+    assert s["no_fitting_plan"] == 0
 
 
 def test_summary_does_not_regress(results):

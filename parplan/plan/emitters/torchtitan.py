@@ -53,7 +53,21 @@ def problem(layout: Layout, model: ModelSpec, software=None) -> str | None:
     fw = profile_for(TARGET, software, PROFILE)
     if layout.dtype == "fp16":
         return "torchtitan trains in bf16 (mixed_precision_param bfloat16 | float32, v0.2.2), not fp16"
-    return rule_problem(layout, model, fw) or software_problem(software, fw)
+    return rule_problem(layout, model, fw) or _expert_problem(layout) or software_problem(software, fw)
+
+
+def _expert_problem(layout: Layout) -> str | None:
+    """torchtitan's expert mesh (v0.2.2 job_config.py, Parallelism.expert_parallel_degree): with etp = tp the
+    experts take ep of the dp_shard x cp ranks (ep a multiple of cp); with etp = 1 ep spans all of tp x cp."""
+    ep, etp = layout.size("ep"), layout.size("etp")
+    if ep == 1:
+        return None
+    if etp == layout.tp and etp > 1 and (ep % layout.cp or ep < layout.cp):
+        return f"torchtitan's expert_parallel_degree with etp = tp needs ep a multiple of cp={layout.cp}, not {ep}"
+    if etp == 1 and ep % (layout.cp * layout.tp):
+        return f"torchtitan's expert_parallel_degree with etp = 1 needs ep a multiple of cp*tp = " \
+               f"{layout.cp * layout.tp}, not {ep}"
+    return None
 
 
 def _degrees(layout: Layout) -> tuple[int, int]:
@@ -77,6 +91,9 @@ def text(layout: Layout, model: ModelSpec, software=None) -> str:
                   f"pipeline_parallel_layers_per_stage = {model.layers // (layout.pp * layout.vpp)}"]
     if layout.zero == 2:
         lines.append('fsdp_reshard_after_forward = "never"')
+    if model.is_moe:
+        lines += [f"expert_parallel_degree = {layout.size('ep')}",
+                  f"expert_tensor_parallel_degree = {layout.size('etp')}"]
     local = layout.batch // layout.dp if layout.pp > 1 else layout.micro_batch
     mode, option = RECOMPUTE[layout.recompute]
     lines += ["", "[training]", f"local_batch_size = {local}", f"global_batch_size = {layout.batch}",
@@ -136,6 +153,11 @@ def read(source: str, world_size: int, model: ModelSpec):
                            f"checkpointing of one block in {SELECTIVE_LAYER_EVERY}, or 'op'")
     if recompute is None:
         raise ParplanError(f"torchtitan TOML: activation_checkpoint mode '{mode}' is not none, full or selective")
+    ep = whole(par.get("expert_parallel_degree", 1), "expert_parallel_degree")
+    etp = whole(par.get("expert_tensor_parallel_degree", 1), "expert_tensor_parallel_degree")
+    if (ep > 1 or etp > 1) and not model.is_moe:
+        raise ParplanError(f"torchtitan TOML: expert_parallel_degree {ep} shards experts, but {model.name} is a "
+                           f"dense model")
     converters = data.get("model", {}).get("converters", [])
     fp8 = "quantize.linear.float8" in converters or "float8" in converters
     recipe = data.get("quantize", {}).get("linear", {}).get("float8", {}).get("recipe_name") if fp8 else None
@@ -144,5 +166,7 @@ def read(source: str, world_size: int, model: ModelSpec):
                   shard_group=shard if zero and replicate > 1 else None, sp=tp > 1, vpp=vpp,
                   schedule=schedule if pp > 1 else "1f1b", recompute=recompute, dtype="fp8" if fp8 else "bf16",
                   cp_mode="ring" if par.get("context_parallel_rotate_method") == "alltoall" else "allgather")
+    if model.is_moe:
+        layout["axes"] = (("ep", ep), ("etp", etp))
     return launch(TARGET, PROFILE, layout, compiled=bool(comp.get("enable", False)),
                   fp8_recipe=(recipe or "tensorwise") if fp8 else None)
