@@ -17,7 +17,9 @@ roofline shows in every prediction alike.
 * A linear layer's GEMM under an FP8 recipe runs at the FP8 peak times the 16-bit efficiency
   times the profile's measured FP8 fraction for its scaling (per tensor or per row).
 * An element-wise pass or copy is bytes over HBM bandwidth (``memory_time_s``), plus a launch
-  for each aten kernel an eager op takes.
+  for each aten kernel an eager op takes; an eager op runs at its family's measured rate where the
+  profile has one (``efficiency.eager``: eager RMSNorm and rotary chains reach 0.4-0.6 of HBM
+  bandwidth, a large add 0.75-0.9), else at the copy rate.
 """
 from __future__ import annotations
 
@@ -97,7 +99,12 @@ def _op_times(hw, op: ops_mod.Op, dtype: str, split_k: bool, env: KernelEnv):
         return fwd + hw.kernel_overhead_s, bwd + hw.kernel_overhead_s
     # A pass with no backward kernel (its gradient flows through untouched) costs nothing there.
     extra = [(k - 1) * hw.kernel_overhead_s for k in op.kernels]
-    return tuple(np.where(np.asarray(b) > 0, memory_time_s(hw, b, op.streaming, env.elementwise_efficiency) + x, 0.0)
+    # A calibrated software efficiency first, else the measured rate of this eager op family, else the
+    # profile's copy (streaming) or fused-kernel rate.
+    eff = env.elementwise_efficiency
+    if eff is None and op.streaming:
+        eff = hw.eager_kernels.get(op.family)
+    return tuple(np.where(np.asarray(b) > 0, memory_time_s(hw, b, op.streaming, eff) + x, 0.0)
                  for b, x in zip((op.fwd_bytes, op.bwd_bytes), extra))
 
 

@@ -71,6 +71,8 @@ class Op:
     kernels: tuple = (1, 1)  # launches forward and backward (eager ops are several aten kernels)
     fp8: bool = False        # a linear layer's GEMM run in FP8 (its inputs 1 byte each)
     sac: Any = 1.0           # fraction of its forward that per-op selective checkpointing recomputes
+    family: str = ""         # an eager element-wise op's family (rmsnorm, rope, swiglu, residual, loss), whose
+    #                          measured efficiency the hardware profile may carry (efficiency.eager)
     share: Any = 1.0         # fraction of the layers that run it (an MoE model's MoE or dense MLP)
 
 
@@ -100,10 +102,11 @@ def _gemm(name: str, m, k, n, bpe: int, batch=1, attention_core: bool = False, k
 
 def _elementwise(name: str, elems, fwd_rw: float, bwd_rw: float, bpe: int,
                  attention_core: bool = False, extra_fwd_bytes=0.0, extra_bwd_bytes=0.0,
-                 streaming: bool = False, kernels=(1, 1)) -> Op:
+                 streaming: bool = False, kernels=(1, 1), family: str = "") -> Op:
     """A memory-bound op over ``elems`` elements touching ``fwd_rw``/``bwd_rw`` tensors of them."""
     return Op(name, MEMORY, 0.0, 0.0, elems * fwd_rw * bpe + extra_fwd_bytes,
-              elems * bwd_rw * bpe + extra_bwd_bytes, None, attention_core, streaming, kernels)
+              elems * bwd_rw * bpe + extra_bwd_bytes, None, attention_core, streaming, kernels,
+              family=family if streaming else "")
 
 
 def _traffic_op(name: str, family: str, impl: str, elems, bpe: int) -> Op:
@@ -111,7 +114,8 @@ def _traffic_op(name: str, family: str, impl: str, elems, bpe: int) -> Op:
     t = traffic(family, impl)
     scale = bpe / 2.0
     return Op(name, MEMORY, 0.0, 0.0, elems * t.fwd_bytes * scale, elems * t.bwd_bytes * scale,
-              streaming=impl == "eager", kernels=(t.fwd_kernels, t.bwd_kernels))
+              streaming=impl == "eager", kernels=(t.fwd_kernels, t.bwd_kernels),
+              family=family if impl == "eager" else "")
 
 
 def layer_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", flash_attention: bool = True,
@@ -315,7 +319,7 @@ def _residual(name: str, row, mask: float, bpe: int, impl: str, bias: float = 1.
         return [_elementwise(name, row, 2 + mask, 1 + mask, bpe, extra_fwd_bytes=row * mask,
                              extra_bwd_bytes=row * mask)]
     ops = [_elementwise(f"{name}_adds", row, 3 + 2 * bias, 3 + bias, bpe, streaming=True,
-                        kernels=(1 + int(bias), 1 + int(bias)))]
+                        kernels=(1 + int(bias), 1 + int(bias)), family="residual")]
     if mask:
         ops.append(_elementwise(f"{name}_dropout", row, 2, 2, bpe, extra_fwd_bytes=row, extra_bwd_bytes=row))
     return ops
@@ -345,7 +349,8 @@ def head_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", loss: str = "v
     else:
         t = LOSS_TRAFFIC[loss]
         ce = Op("cross_entropy", MEMORY, 0.0, 0.0, logits * t.fwd_bytes * bpe / 2, logits * t.bwd_bytes * bpe / 2,
-                streaming=loss == "eager-fp32", kernels=(t.fwd_kernels, t.bwd_kernels))
+                streaming=loss == "eager-fp32", kernels=(t.fwd_kernels, t.bwd_kernels),
+                family="loss" if loss == "eager-fp32" else "")
     return [
         _norm_op("final_norm", model, tokens * model.hidden / d.norm_shard, bpe, norm),
         _gemm("logits", tokens * d.gemm_row_gather, model.hidden / d.hidden_shard, d.vocab, bpe, d.gemm_steps),

@@ -29,7 +29,8 @@ PROFILE_KEYS = ("name", "aliases", "description", "vendor", "kind", "compute_uni
                 "kernel_overhead_s", "collective_overhead_s", "matmul_curve", "attention_kernels", "collective_fits",
                 "overlap", "sources")
 LINK_KEYS = ("name", "kind", "bandwidth", "latency_s", "efficiency", "in_switch_reduction")
-EFFICIENCY_KEYS = ("matmul", "hbm", "elementwise", "optimizer", "matmul_misaligned", "matmul_fp8")
+EFFICIENCY_KEYS = ("matmul", "hbm", "elementwise", "optimizer", "eager", "matmul_misaligned", "matmul_fp8")
+EAGER_FAMILIES = ("rmsnorm", "layernorm", "rope", "swiglu", "residual", "transposes", "loss")
 FP8_SCALINGS = ("tensorwise", "rowwise")
 ATTENTION_CURVE_KEYS = ("seq", "forward", "backward")
 ICI_KEYS = ("dims", "link_bandwidth", "pod_devices")
@@ -136,6 +137,9 @@ class Hardware:
     # (one scale per tensor, or per row); empty: FP8 GEMMs reach the 16-bit efficiency.
     matmul_fp8: Mapping[str, float] = field(default_factory=dict)
     attention_kernels: Mapping[str, AttentionCurve] = field(default_factory=dict)
+    # Measured HBM efficiency of eager PyTorch element-wise ops per family (efficiency.eager); a family
+    # not measured runs at the copy rate.
+    eager_kernels: Mapping[str, float] = field(default_factory=dict)
     collective_fits: tuple[CollectiveFit, ...] = ()
     # Compute slowdown beside communication kernels (measured); None: overlap costs no compute.
     contention: Contention | None = None
@@ -214,6 +218,14 @@ def _misaligned(data: Any, what: str) -> Mapping[int, float]:
                                f"{', '.join(map(str, MISALIGNED_BYTES))}")
         out[int(key)] = float(number(data, key, what, maximum=1.0))
     return MappingProxyType(out)
+
+
+def _eager(data: Any, what: str) -> Mapping[str, float]:
+    if data is None:
+        return MappingProxyType({})
+    data = require_mapping(data, what)
+    check_keys(data, EAGER_FAMILIES, what)
+    return MappingProxyType({k: float(number(data, k, what, maximum=1.0)) for k in data})
 
 
 def _fp8_efficiency(data: Any, what: str) -> Mapping[str, float]:
@@ -329,6 +341,7 @@ def hardware_from_dict(data: Any, what: str, path: str = "") -> Hardware:
         matmul_misaligned=_misaligned(eff.get("matmul_misaligned"), f"{what}: efficiency.matmul_misaligned"),
         matmul_fp8=_fp8_efficiency(eff.get("matmul_fp8"), f"{what}: efficiency.matmul_fp8"),
         attention_kernels=_attention_kernels(data.get("attention_kernels"), f"{what}: attention_kernels"),
+        eager_kernels=_eager(eff.get("eager"), f"{what}: efficiency.eager"),
         collective_fits=_fits(data.get("collective_fits"), f"{what}: collective_fits"),
         contention=contention_from_dict(data.get("overlap"), f"{what}: overlap"),
         description=str(data.get("description", "")),
