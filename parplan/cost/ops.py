@@ -71,6 +71,7 @@ class Op:
     kernels: tuple = (1, 1)  # launches forward and backward (eager ops are several aten kernels)
     fp8: bool = False        # a linear layer's GEMM run in FP8 (its inputs 1 byte each)
     sac: Any = 1.0           # fraction of its forward that per-op selective checkpointing recomputes
+    grouped: bool = False    # an MoE layer's experts as one grouped GEMM (its measured rate: grouped_gemm)
     family: str = ""         # an eager element-wise op's family (rmsnorm, rope, swiglu, residual, loss), whose
     #                          measured efficiency the hardware profile may carry (efficiency.eager)
     share: Any = 1.0         # fraction of the layers that run it (an MoE model's MoE or dense MLP)
@@ -238,6 +239,7 @@ def _build(k: moe_mod.Kernel, bpe: int, fp8: bool, share=1.0, grouped_gemm: bool
         m, kk, n, batch = k.args
         grouped = grouped_gemm and not (isinstance(batch, (int, float)) and batch == 1)
         op = _gemm(k.name, m, kk, n, bpe, batch, kind=BATCHED if grouped else MATMUL, fp8=fp8 and k.linear)
+        op = replace(op, grouped=grouped)
     elif k.kind == "traffic":
         family, impl, elems = k.args
         op = _traffic_op(k.name, family, impl, elems, bpe)

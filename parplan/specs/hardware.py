@@ -27,7 +27,7 @@ LINK_KINDS = ("nvlink", "xgmi", "pcie", "ici", "net")
 PROFILE_KEYS = ("name", "aliases", "description", "vendor", "kind", "compute_units", "peak_flops", "hbm_bytes",
                 "hbm_bandwidth", "devices_per_node", "scale_up_domain", "intra_node", "inter_node", "ici", "efficiency",
                 "kernel_overhead_s", "collective_overhead_s", "matmul_curve", "attention_kernels", "collective_fits",
-                "overlap", "sources")
+                "overlap", "grouped_gemm", "sources")
 LINK_KEYS = ("name", "kind", "bandwidth", "latency_s", "efficiency", "in_switch_reduction")
 EFFICIENCY_KEYS = ("matmul", "hbm", "elementwise", "optimizer", "eager", "matmul_misaligned", "matmul_fp8")
 EAGER_FAMILIES = ("rmsnorm", "layernorm", "rope", "swiglu", "residual", "transposes", "loss")
@@ -140,6 +140,8 @@ class Hardware:
     # Measured HBM efficiency of eager PyTorch element-wise ops per family (efficiency.eager); a family
     # not measured runs at the copy rate.
     eager_kernels: Mapping[str, float] = field(default_factory=dict)
+    # Grouped expert GEMMs: (tokens per expert, fraction of the GEMM roofline's rate), measured; None: 1.
+    grouped_gemm: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     collective_fits: tuple[CollectiveFit, ...] = ()
     # Compute slowdown beside communication kernels (measured); None: overlap costs no compute.
     contention: Contention | None = None
@@ -218,6 +220,20 @@ def _misaligned(data: Any, what: str) -> Mapping[int, float]:
                                f"{', '.join(map(str, MISALIGNED_BYTES))}")
         out[int(key)] = float(number(data, key, what, maximum=1.0))
     return MappingProxyType(out)
+
+
+def _grouped(data: Any, what: str):
+    """``{tokens_per_expert: [...], fraction: [...]}``: grouped GEMMs' rate against the roofline's."""
+    if data is None:
+        return None
+    data = require_mapping(data, what)
+    check_keys(data, ("tokens_per_expert", "fraction"), what)
+    tokens, frac = data.get("tokens_per_expert"), data.get("fraction")
+    if not (isinstance(tokens, list) and isinstance(frac, list) and len(tokens) == len(frac) >= 2) or any(
+            isinstance(x, bool) or not isinstance(x, (int, float)) or x <= 0 for x in tokens + frac) \
+            or tokens != sorted(tokens) or max(frac) > 1:
+        raise ParplanError(f"{what}: expected increasing tokens_per_expert and as many fractions in (0, 1]")
+    return tuple(float(x) for x in tokens), tuple(float(x) for x in frac)
 
 
 def _eager(data: Any, what: str) -> Mapping[str, float]:
@@ -342,6 +358,7 @@ def hardware_from_dict(data: Any, what: str, path: str = "") -> Hardware:
         matmul_fp8=_fp8_efficiency(eff.get("matmul_fp8"), f"{what}: efficiency.matmul_fp8"),
         attention_kernels=_attention_kernels(data.get("attention_kernels"), f"{what}: attention_kernels"),
         eager_kernels=_eager(eff.get("eager"), f"{what}: efficiency.eager"),
+        grouped_gemm=_grouped(data.get("grouped_gemm"), f"{what}: grouped_gemm"),
         collective_fits=_fits(data.get("collective_fits"), f"{what}: collective_fits"),
         contention=contention_from_dict(data.get("overlap"), f"{what}: overlap"),
         description=str(data.get("description", "")),
