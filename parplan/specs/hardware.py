@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from ..errors import ParplanError
+from .clocks import Clocks, clocks_from_dict
 from .dtypes import DTYPES
 from .registry import shipped, shipped_names
 from .yamlio import check_keys, names, number, read_yaml, require_mapping, suggest, text, text_mapping
@@ -26,7 +27,7 @@ LINK_KINDS = ("nvlink", "xgmi", "pcie", "ici", "net")
 PROFILE_KEYS = ("name", "aliases", "description", "vendor", "kind", "compute_units", "peak_flops", "hbm_bytes",
                 "hbm_bandwidth", "devices_per_node", "scale_up_domain", "intra_node", "inter_node", "ici", "efficiency",
                 "kernel_overhead_s", "collective_overhead_s", "matmul_curve", "attention_kernels", "collective_fits",
-                "sources")
+                "clocks", "sources")
 LINK_KEYS = ("name", "kind", "bandwidth", "latency_s", "efficiency", "in_switch_reduction")
 EFFICIENCY_KEYS = ("matmul", "hbm", "elementwise", "matmul_misaligned", "matmul_fp8")
 FP8_SCALINGS = ("tensorwise", "rowwise")
@@ -134,6 +135,7 @@ class Hardware:
     matmul_fp8: Mapping[str, float] = field(default_factory=dict)
     attention_kernels: Mapping[str, AttentionCurve] = field(default_factory=dict)
     collective_fits: tuple[CollectiveFit, ...] = ()
+    clocks: Clocks | None = None  # the SM clock behind peak_flops (specs/clocks.py); None: not listed
     description: str = ""
     aliases: tuple[str, ...] = ()
     sources: Mapping[str, str] = field(default_factory=dict)
@@ -323,6 +325,7 @@ def hardware_from_dict(data: Any, what: str, path: str = "") -> Hardware:
         matmul_fp8=_fp8_efficiency(eff.get("matmul_fp8"), f"{what}: efficiency.matmul_fp8"),
         attention_kernels=_attention_kernels(data.get("attention_kernels"), f"{what}: attention_kernels"),
         collective_fits=_fits(data.get("collective_fits"), f"{what}: collective_fits"),
+        clocks=clocks_from_dict(data.get("clocks"), f"{what}: clocks"),
         description=str(data.get("description", "")),
         aliases=names(data, "aliases", what),
         sources=MappingProxyType(text_mapping(data, "sources", what)),
