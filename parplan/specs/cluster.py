@@ -31,9 +31,12 @@ class Cluster:
 
     @property
     def label(self) -> str:
-        """The cluster as a person reads it: ``512 x a100-80gb`` (or the name a cluster file gives)."""
-        return f"{self.devices} x {self.hardware.name}" if self.name == f"{self.hardware.name}x{self.devices}" \
+        """The cluster as a person reads it: ``512 x a100-80gb`` (or the name a cluster file gives), with the
+        sustained SM clock a cluster file set."""
+        label = f"{self.devices} x {self.hardware.name}" if self.name == f"{self.hardware.name}x{self.devices}" \
             else self.name
+        clocks = self.hardware.clocks
+        return label if clocks is None or clocks.sustained_mhz is None else f"{label} at {clocks.sustained_mhz:g} MHz"
 
     @property
     def nodes(self) -> int:

@@ -26,6 +26,7 @@ def test_sustained_clock_scales_every_peak(tmp_path):
     base = load_hardware("h100-sxm-96gb")
     assert hw.hbm_bandwidth == base.hbm_bandwidth and c.intra_node == base.intra_node
     assert hw.clocks.sustained_mhz == 1500 and base.clocks.sustained_mhz is None
+    assert c.label == "16 x h100-sxm-96gb at 1500 MHz"
     assert load_cluster("h100-sxm-96gbx16").hardware.peak("bf16") == base.peak("bf16")
 
 
