@@ -55,10 +55,12 @@ def test_derived_ratios_match_hand_computation(name):
     assert r["flops_per_inter_node_byte"] == pytest.approx(inter, rel=1e-4)
 
 
-# SMs x bf16 FLOP per SM per clock (Hopper 4 tensor cores x 1024, Blackwell 4 x 2048) x the listed peak clock.
+# SMs x bf16 FLOP per SM per clock (Ampere 4 tensor cores x 512, Hopper 4 x 1024, Blackwell 4 x 2048) x the
+# listed peak clock.
 @pytest.mark.parametrize("name, flop_per_sm_clock", [("h100-sxm-96gb", 4096), ("h800", 4096), ("gh200", 4096),
                                                     ("gh200-144gb", 4096), ("b300", 8192), ("gb200-nvl72", 8192),
-                                                    ("gb300-nvl72", 8192)])
+                                                    ("gb300-nvl72", 8192), ("h100-sxm", 4096), ("h200", 4096),
+                                                    ("b200", 8192), ("a100-80gb", 2048)])
 def test_clock_reproduces_the_bf16_peak(name, flop_per_sm_clock):
     hw = load_hardware(name)
     assert hw.compute_units * flop_per_sm_clock * hw.clocks.peak_mhz * 1e6 == pytest.approx(hw.peak("bf16"), rel=1e-3)
