@@ -99,7 +99,8 @@ def test_the_prediction_is_the_fastest_of_the_band(results):
         assert lo <= hi
         if r["fits"]:
             assert r["predicted_s"] == pytest.approx(lo)
-    assert results["summary"]["published_within_band"] >= 25
+    # 24 since validate pins each record's published vpp and sp (e6d042b): fewer searched knobs, narrower bands.
+    assert results["summary"]["published_within_band"] >= 24
 
 
 def test_a_bad_record_is_a_row_with_its_reason_and_the_rest_are_predicted(tmp_path, run_cli):
