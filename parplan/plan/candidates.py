@@ -91,8 +91,8 @@ def candidates(model: ModelSpec, cluster: Cluster, space: SearchSpace) -> dict[s
                            f"mixture-of-experts layers)")
     tp_max = n if space.allow_cross_node_tp else cluster.fast_domain
     if fixed.get("tp", 1) > tp_max:
-        raise ParplanError(f"tp={fixed['tp']} spans more than the {tp_max} devices of one node; pass "
-                           f"--allow-cross-node-tp to search tensor parallel across nodes")
+        raise ParplanError(f"tp={fixed['tp']} spans more than the {tp_max} devices of one NVLink node or domain; "
+                           f"pass --allow-cross-node-tp to search tensor parallel across nodes")
     rows = [(tp, cp, pp, n // (tp * cp * pp), mode, cp_mode)
             for tp in _divisors(n) if tp <= tp_max for mode in _tp_modes(tp)
             for cp in _divisors(n // tp) for cp_mode in ((0, 1) if cp > 1 else (0,))

@@ -40,7 +40,8 @@ def serve_splits(model: ModelSpec, cluster: Cluster, allow_cross_node_tp: bool =
     """Every (tp, pp, replicas) with tp * pp * replicas = the device count that the model's shapes allow."""
     n = cluster.devices
     fixed = fixed or {}
-    tp_max = n if allow_cross_node_tp else max(1, min(n, cluster.devices_per_node))
+    domain = cluster.devices_per_node if cluster.hardware.torus is not None else cluster.scale_up_domain
+    tp_max = n if allow_cross_node_tp else max(1, min(n, domain))  # tensor parallel inside one NVLink domain
     rows = []
     for tp in _divisors(n):
         if tp > tp_max or not tp_1d_problem(model, tp) is None:

@@ -21,6 +21,11 @@ def format_hardware(hw: Hardware) -> str:
     for dtype in DTYPES:
         if hw.peak_flops.get(dtype):
             lines.append(f"  peak {dtype:<13} {_si(hw.peak_flops[dtype], 'FLOP/s')} (dense)")
+    if hw.clocks is not None:
+        c = hw.clocks
+        lines.append(f"  SM clock           {c.peak_mhz:g} MHz behind the tensor peaks, {c.boost_mhz:g} MHz boost"
+                     + (f", rated at {c.power_limit_w:g} W" if c.power_limit_w else "")
+                     + (f"; peaks scaled to a sustained {c.sustained_mhz:g} MHz" if c.sustained_mhz else ""))
     lines += [
         f"  HBM                {hw.hbm_bytes / 1e9:.0f} GB at {_si(hw.hbm_bandwidth, 'B/s')}",
         f"  devices per node   {hw.devices_per_node}" + (f" (scale-up domain {hw.scale_up_domain})"

@@ -53,7 +53,7 @@ class DataParallel(Strategy):
         cp_local = place(cp, ctx.stride("cp"), cluster).local
         dp_local = place(dp, ctx.stride("dp"), cluster).local
         local = np.where(cp_local < cp, cp_local, cp_local * dp_local)
-        domain = cluster.fast_domain if cluster.hardware.torus is not None else cluster.devices_per_node
+        domain = cluster.fast_domain if cluster.hardware.torus is not None else cluster.scale_up_domain
         stride = np.maximum(1, domain // np.maximum(local, 1))
         shard = size if lay.shard_group is None else np.asarray(lay.shard_group) * cp
         return size, stride, shard
