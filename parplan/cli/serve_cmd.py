@@ -41,8 +41,7 @@ PLAN_TRAINING_DEFAULTS = {"cp": None, "zero": None, "micro_batch": None, "recomp
                           "compiled": None, "fp8_recipe": None,
                           "mesh": None, "sp": None, "vpp": None, "schedule": None,
                           "tp_mode": None, "cp_mode": None, "shard_group": None}
-SERVING_HELP = (f"with --mode inference the serving stack (default: {DEFAULT_SERVING['gpu']} on GPUs, "
-                f"{DEFAULT_SERVING['tpu']} on TPUs)")
+SERVING_HELP = f"whose default is {DEFAULT_SERVING['gpu']} on GPUs and {DEFAULT_SERVING['tpu']} on TPUs"
 
 
 def inference_options(fn=None, *, plan: bool = False):
@@ -66,8 +65,8 @@ def inference_options(fn=None, *, plan: bool = False):
         click.option("--kv-dtype", type=click.Choice(list(KV_DTYPES)), default=None,
                      help="Inference: KV-cache dtype (default: the activations', bf16 for fp8 weights)."),
         click.option("--cuda-graphs/--no-cuda-graphs", "cuda_graphs", default=None,
-                     help="Inference: replay decode steps as CUDA graphs (default: the framework's; "
-                          f"--framework is {SERVING_HELP})."),
+                     help="Inference: replay decode steps as CUDA graphs (default: the serving stack's, "
+                          f"{SERVING_HELP})."),
     ]
     if plan:
         opts += [
@@ -219,7 +218,7 @@ def explain_inference_command(model, cluster, tp, pp, replicas, batch, input_len
     lines.append(f"  {'batch':>6}{'GEMMs':>9}{'attention':>11}{'all-reduce':>12}{'other':>8}{'host':>8}{'step':>8}"
                  f"{'AR share':>10}")
     for _, r in table.iterrows():
-        lines.append(f"  {r['batch']:>6}{r['matmul_s'] * 1e3:9.3f}{r['attention_s'] * 1e3:11.3f}"
+        lines.append(f"  {int(r['batch']):>6}{r['matmul_s'] * 1e3:9.3f}{r['attention_s'] * 1e3:11.3f}"
                      f"{r['allreduce_s'] * 1e3:12.3f}{(r['other_s'] + r['sampling_s']) * 1e3:8.3f}"
                      f"{r['host_s'] * 1e3:8.3f}{r['step_s'] * 1e3:8.3f}{100 * r['allreduce_fraction']:9.1f}%")
     return "\n".join(lines)
