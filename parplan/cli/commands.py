@@ -350,26 +350,33 @@ def _looks_like_profile(path: str) -> bool:
 @cli.command()
 @click.argument("files", nargs=-1)
 @click.option("--framework", default=None,
-              help="Framework for the runs whose record names none (default: megatron-core on GPUs, jax on TPUs).")
+              help="Framework for the runs whose record names none (default: megatron-core on GPUs, jax on TPUs; "
+                   "a serving stack applies to the serving records).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @one_line_errors
 def validate(files, framework, fmt):
-    """Predict every published run in FILES (default: the shipped sets) as 'plan' would, and report the error."""
-    from ..validate.published import format_validation, load_runs, validate_runs
+    """Predict every published run in FILES (default: the shipped sets) as 'plan' would, and every serving
+    record as 'estimate --mode inference' would, and report the error."""
+    from ..validate.published import format_validation, validate_runs
+    from ..validate.serving import format_serving_validation, framework_split, split_runs, validate_serving
     from ..views.progress import progress
 
-    runs = [r for f in files for r in (dict(x, _file=f.rsplit("/", 1)[-1]) for x in load_runs(f))] if files \
-        else load_runs(None)
-    with progress("validate", len(runs), unit="run") as bar:
-        results = validate_runs(runs, framework=framework, progress=bar)
+    runs, serving = split_runs(files)
+    train_fw, serve_fw = framework_split(framework)
+    with progress("validate", len(runs) + len(serving), unit="run") as bar:
+        results = validate_runs(runs, framework=train_fw, progress=bar) if runs else None
+        served = validate_serving(serving, serve_fw, lambda i, n: bar(len(runs) + i, len(runs) + n)) \
+            if serving else None
     if fmt == "json":
-        click.echo(json.dumps(results, indent=2))
+        click.echo(json.dumps((results or {}) | ({"serving": served} if served else {}), indent=2))
     else:
-        click.echo(format_validation(results))
-    if results["skipped"]:
-        raise ParplanError(f"{len(results['skipped'])} runs could not be predicted: "
-                           + "; ".join(f"{r['id']}: {r['skipped']}" for r in results["skipped"][:3])
-                           + (" ..." if len(results["skipped"]) > 3 else ""))
+        click.echo("\n\n".join(t for t in (results and format_validation(results),
+                                             served and "serving:\n" + format_serving_validation(served)) if t))
+    skipped = (results or {}).get("skipped", []) + (served or {}).get("skipped", [])
+    if skipped:
+        raise ParplanError(f"{len(skipped)} runs could not be predicted: "
+                           + "; ".join(f"{r['id']}: {r['skipped']}" for r in skipped[:3])
+                           + (" ..." if len(skipped) > 3 else ""))
 
 
 def _register_optional_commands() -> None:

@@ -56,7 +56,7 @@ DEFAULT_FRAMEWORK = {"gpu": "megatron-core", "tpu": "jax"}
 
 FRAMEWORK_KEYS = ("name", "aliases", "description", "devices", "emit", "kernels", "compile", "fp8", "data_parallel",
                   "pipeline", "parallelism", "recompute", "vocab", "optimizer", "master_weights",
-                  "host_overhead_per_layer_s", "elementwise_efficiency", "sources", "moe")
+                  "host_overhead_per_layer_s", "elementwise_efficiency", "serving", "sources", "moe")
 KERNEL_KEYS = ("attention", "flash_attention", "elementwise", "loss", "weight_casts")
 COMPILE_KEYS = ("available", "default", "elementwise", "loss")
 FP8_KEYS = ("recipes", "default", "casts", "compiled_casts", "weight_cast", "all_gather", "saves_fp8_inputs", "wgrad")
