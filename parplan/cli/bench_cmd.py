@@ -161,7 +161,8 @@ def bench(nproc: int, **opts) -> None:
 @click.argument("results", nargs=-1, required=True)
 @click.option("-o", "--output", required=True, help="Profile YAML to write (e.g. my-cluster.yaml).")
 @click.option("--hw", "base", default=None,
-              help="Base profile whose other fields the new one keeps [guessed from the device name].")
+              help="Base profile whose other fields the new one keeps, or a cluster file whose links it "
+                   "keeps too (in_switch_reduction: false) [guessed from the device name].")
 @user_errors
 def calibrate(results: tuple[str, ...], output: str, base: str | None) -> None:
     """Fit a hardware profile to bench results or nccl-tests logs.

@@ -55,7 +55,8 @@ def load_cluster(spec: str) -> Cluster:
 
     Cluster file fields: ``hardware`` (profile name or path), ``devices``, and optional
     ``devices_per_node``, ``inter_node_bandwidth`` (bytes/s per device per direction),
-    ``inter_node_latency_s``, ``intra_node_bandwidth``, ``intra_node_latency_s``, ``name``.
+    ``inter_node_latency_s``, ``intra_node_bandwidth``, ``intra_node_latency_s``,
+    ``in_switch_reduction`` (``false``: the switch's all-reduce is off), ``name``.
     """
     if not isinstance(spec, str) or not spec:
         raise ParplanError("--hw must name a profile, a cluster like a100x512, or a cluster YAML file")
@@ -105,7 +106,7 @@ def make_cluster(hw: Hardware, devices: int, *, devices_per_node: int | None = N
 
 CLUSTER_KEYS = ("name", "hardware", "devices", "devices_per_node", "inter_node_bandwidth", "inter_node_latency_s",
                 "inter_node_name", "intra_node_bandwidth", "intra_node_latency_s", "intra_node_name",
-                "intra_node_efficiency", "price_per_device_hour")
+                "intra_node_efficiency", "in_switch_reduction", "price_per_device_hour")
 
 
 def _link_override(data: Mapping[str, Any], side: str, link: Link, what: str) -> Link:
@@ -118,6 +119,20 @@ def _link_override(data: Mapping[str, Any], side: str, link: Link, what: str) ->
                    **{f: float(number(data, f"{side}_{f}", what, maximum=fields[f])) for f in given})
 
 
+def _in_switch(data: Mapping[str, Any], link: Link, hw: Hardware, what: str) -> Link:
+    """The scale-up link with in-switch reduction (NVLink SHARP) turned off where the file says
+    ``in_switch_reduction: false``; it can only turn off what the profile's switches have."""
+    value = data.get("in_switch_reduction")
+    if value is None:
+        return link
+    if not isinstance(value, bool):
+        raise ParplanError(f"{what}: in_switch_reduction must be true or false, got {value!r}")
+    if value and not hw.intra_node.in_switch_reduction:
+        raise ParplanError(f"{what}: in_switch_reduction: true, but {hw.name}'s scale-up link has no "
+                           f"in-switch reduction to turn on; only false is allowed")
+    return replace(link, in_switch_reduction=value)
+
+
 def cluster_from_dict(data: Mapping[str, Any], what: str, base_dir: Path | None = None) -> Cluster:
     check_keys(data, CLUSTER_KEYS, what)
     hw_ref = text(data, "hardware", what)
@@ -127,9 +142,10 @@ def cluster_from_dict(data: Mapping[str, Any], what: str, base_dir: Path | None 
     hw = load_hardware(hw_ref)
     devices = number(data, "devices", what, integer=True, maximum=MAX_DEVICES)
     dpn = number(data, "devices_per_node", what, required=False, integer=True, maximum=MAX_DEVICES)
+    intra = _in_switch(data, _link_override(data, "intra_node", hw.intra_node, what), hw, what)
     return make_cluster(hw, devices, devices_per_node=dpn,
                         inter_node=_link_override(data, "inter_node", hw.inter_node, what),
-                        intra_node=_link_override(data, "intra_node", hw.intra_node, what),
+                        intra_node=intra,
                         name=str(data.get("name") or f"{hw.name}x{devices}"),
                         price_per_device_hour=number(data, "price_per_device_hour", what, required=False,
                                                      maximum=1e6))
