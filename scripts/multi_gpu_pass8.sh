@@ -16,8 +16,8 @@
 # then packs OUT_DIR into one tar.gz.
 #
 # usage: scripts/multi_gpu_pass8.sh [--dry-run] [--nproc N] [--only STEP,STEP] OUT_DIR [PACK_DIR]
-#   On the device: bash scripts/multi_gpu_pass8.sh /tmp/pass "$OUT"
-#   (PACK_DIR gets multi-gpu-pass.tar.gz, tables.md and summary.txt: the device returns 8 files at most.)
+#   e.g. bash scripts/multi_gpu_pass8.sh /tmp/multi-gpu-pass PACK_DIR
+#   (PACK_DIR gets three files: multi-gpu-pass.tar.gz with everything, tables.md and summary.txt.)
 #   --dry-run: the same steps on this machine's CPU, gloo and tiny sizes (N defaults to 4), in minutes.
 #   --only: run just these steps (the others are skipped, not failed).
 # Every step has a time limit, and the whole pass stops measuring after PASS_BUDGET_S seconds
