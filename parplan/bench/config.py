@@ -304,5 +304,5 @@ def resolve(config: BenchConfig, on_gpu: bool) -> BenchConfig:
 # --------------------------------------------------------------------------- the plan
 
 
-__all__ = ["BenchConfig", "parse_concurrency", "parse_dtypes", "parse_groups", "parse_layouts", "parse_ops", "parse_shapes",
-           "parse_step_modes", "parse_suites", "resolve", "step_mode"]
+__all__ = ["BenchConfig", "parse_concurrency", "parse_dtypes", "parse_groups", "parse_layouts", "parse_ops",
+           "parse_shapes", "parse_step_modes", "parse_suites", "resolve", "step_mode"]
