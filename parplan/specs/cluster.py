@@ -66,7 +66,8 @@ def load_cluster(spec: str) -> Cluster:
     ``devices_per_node``, ``scale_up_domain`` (devices one NVLink domain joins, a multiple of the node),
     ``inter_node_bandwidth`` (bytes/s per device per direction), ``inter_node_latency_s``,
     ``intra_node_bandwidth``, ``intra_node_latency_s``, ``sustained_clock_mhz`` (the SM clock the
-    devices hold under load; scales every peak, see ``specs/clocks.py``), ``name``.
+    devices hold under load; scales every peak, see ``specs/clocks.py``), ``in_switch_reduction``
+    (``false``: the switch's all-reduce is off), ``name``.
     """
     if not isinstance(spec, str) or not spec:
         raise ParplanError("--hw must name a profile, a cluster like a100x512, or a cluster YAML file")
@@ -116,7 +117,8 @@ def make_cluster(hw: Hardware, devices: int, *, devices_per_node: int | None = N
 
 CLUSTER_KEYS = ("name", "hardware", "devices", "devices_per_node", "inter_node_bandwidth", "inter_node_latency_s",
                 "inter_node_name", "intra_node_bandwidth", "intra_node_latency_s", "intra_node_name",
-                "intra_node_efficiency", "price_per_device_hour", "scale_up_domain", "sustained_clock_mhz")
+                "intra_node_efficiency", "in_switch_reduction", "price_per_device_hour", "scale_up_domain",
+                "sustained_clock_mhz")
 
 
 def _link_override(data: Mapping[str, Any], side: str, link: Link, what: str) -> Link:
@@ -127,6 +129,20 @@ def _link_override(data: Mapping[str, Any], side: str, link: Link, what: str) ->
         return link
     return replace(link, name=str(data.get(f"{side}_name", link.name)),
                    **{f: float(number(data, f"{side}_{f}", what, maximum=fields[f])) for f in given})
+
+
+def _in_switch(data: Mapping[str, Any], link: Link, hw: Hardware, what: str) -> Link:
+    """The scale-up link with in-switch reduction (NVLink SHARP) turned off where the file says
+    ``in_switch_reduction: false``; it can only turn off what the profile's switches have."""
+    value = data.get("in_switch_reduction")
+    if value is None:
+        return link
+    if not isinstance(value, bool):
+        raise ParplanError(f"{what}: in_switch_reduction must be true or false, got {value!r}")
+    if value and not hw.intra_node.in_switch_reduction:
+        raise ParplanError(f"{what}: in_switch_reduction: true, but {hw.name}'s scale-up link has no "
+                           f"in-switch reduction to turn on; only false is allowed")
+    return replace(link, in_switch_reduction=value)
 
 
 def cluster_from_dict(data: Mapping[str, Any], what: str, base_dir: Path | None = None) -> Cluster:
@@ -147,9 +163,10 @@ def cluster_from_dict(data: Mapping[str, Any], what: str, base_dir: Path | None 
             raise ParplanError(f"{what}: the scale-up domain of {domain} devices must be a whole number of nodes "
                                f"of {node} (set scale_up_domain or devices_per_node)")
         hw = replace(hw, scale_up_domain=domain, devices_per_node=node)  # the profile as this cluster houses it
+    intra = _in_switch(data, _link_override(data, "intra_node", hw.intra_node, what), hw, what)
     return make_cluster(hw, devices, devices_per_node=dpn,
                         inter_node=_link_override(data, "inter_node", hw.inter_node, what),
-                        intra_node=_link_override(data, "intra_node", hw.intra_node, what),
+                        intra_node=intra,
                         name=str(data.get("name") or f"{hw.name}x{devices}"),
                         price_per_device_hour=number(data, "price_per_device_hour", what, required=False,
                                                      maximum=1e6))
