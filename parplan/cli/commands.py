@@ -20,6 +20,10 @@ from .serve_cmd import inference_options
 from .launch_opts import emit_framework, with_launch_config
 
 
+ICI_HELP = ("TPU: lay the mesh axes over the slice's torus axes (x, y, z) and the slices (dcn), e.g. "
+            "'tp=z,dp=x+y+dcn' or 'tp=z:4,dp=x+y+z:4' (default: the fastest).")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="parplan")
 def cli():
@@ -55,6 +59,7 @@ def layout_options(fn):
         click.option("--vpp", type=int, default=1, show_default=True, help="Virtual pipeline stages per rank."),
         click.option("--schedule", type=click.Choice(SCHEDULES), default="1f1b",
                      show_default=True),
+        click.option("--ici", default=None, help=ICI_HELP),
         click.option("--headroom", type=click.FloatRange(0, 0.9), default=0.10, show_default=True,
                      help="Fraction of HBM kept free."),
         *budget_options(),
@@ -75,7 +80,7 @@ def budget_options() -> list:
 
 
 def build_layout(cluster, model, *, mesh, tp, pp, dp, cp, micro_batch, global_batch, seq, recompute, dtype,
-                 zero, shard_group, sp, tp_mode, cp_mode, vpp, schedule):
+                 zero, shard_group, sp, tp_mode, cp_mode, vpp, schedule, ici=None):
     from ..layouts.layout import DEFAULT_ORDER, Layout, mesh_order, parse_mesh
     from ..plan.candidates import default_global_batch
 
@@ -103,10 +108,15 @@ def build_layout(cluster, model, *, mesh, tp, pp, dp, cp, micro_batch, global_ba
             raise ParplanError(f"--{name} must be a positive whole number, got {v}")
     if global_batch is None:  # the plan's default, in whole rounds of micro-batches
         global_batch = default_global_batch(model, cluster, seq or model.seq_len, micro_batch * given["dp"])
-    return Layout(tp=given["tp"], pp=given["pp"], dp=given["dp"], cp=given["cp"], micro_batch=micro_batch,
-                  global_batch=global_batch, seq_len=seq, recompute=recompute, dtype=dtype, zero=zero,
-                  shard_group=shard_group, sp=sp, tp_mode=tp_mode, cp_mode=cp_mode, vpp=vpp,
-                  schedule=schedule, order=tuple(order))
+    layout = Layout(tp=given["tp"], pp=given["pp"], dp=given["dp"], cp=given["cp"], micro_batch=micro_batch,
+                    global_batch=global_batch, seq_len=seq, recompute=recompute, dtype=dtype, zero=zero,
+                    shard_group=shard_group, sp=sp, tp_mode=tp_mode, cp_mode=cp_mode, vpp=vpp,
+                    schedule=schedule, order=tuple(order))
+    if ici is not None:
+        from dataclasses import replace
+        from ..layouts.torus_map import parse_map
+        layout = replace(layout, torus_map=parse_map(ici, layout.sizes(), cluster))
+    return layout
 
 
 def _estimate_from_options(model_name, hw, headroom, **kw):
@@ -212,6 +222,7 @@ def _estimate_or_explain(model_name, hw, headroom, fmt, mode, inference, kw, exp
 @click.option("--tp-mode", type=click.Choice(TP_MODES), default=None, help="Fix the tensor-parallel scheme.")
 @click.option("--cp-mode", type=click.Choice(CP_MODES), default=None, help="Fix the context-parallel scheme.")
 @click.option("--shard-group", type=int, default=None, help="Fix HSDP: ZeRO shards within groups of this many.")
+@click.option("--ici", default=None, help=ICI_HELP)
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
 @click.option("--emit", "emit_target", type=click.Choice(EMIT_TARGETS), default=None,
               help="Print the launch config of the best plan for this framework (implies its --framework); "

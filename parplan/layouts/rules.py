@@ -21,6 +21,7 @@ from ..specs.cluster import Cluster
 from ..specs.model import ModelSpec
 from .layout import CP_MODES, RECOMPUTE, SCHEDULES, TP_MODES, Layout
 from .strategies import BUILTIN, axis as strategy_axis, is_folded
+from .torus_map import check_map, enumerate_maps, no_map_reason
 
 MAX_AXIS = 10_000_000
 _KIND = {1: ("2d", "square", 2), 2: ("3d", "cube", 3)}  # tp_mode code -> (name, word, power)
@@ -267,6 +268,11 @@ def check_layout(layout: Layout, model: ModelSpec, cluster: Cluster, framework=N
         recompute=RECOMPUTE.index(layout.recompute), cp_ring=layout.cp_mode == "ring"), framework)
     if problem:
         raise ParplanError(problem)
+    if cluster.is_torus:  # the mesh must lie over the slices' torus axes (parplan.layouts.torus_map)
+        if layout.torus_map is not None:
+            check_map(layout.torus_map, layout.sizes(), cluster)
+        elif not enumerate_maps(layout.sizes(), cluster):
+            raise ParplanError(no_map_reason(layout.sizes(), cluster))
     if framework is not None and layout.pp > 1 and layout.schedule not in framework.pipeline.schedules:
         raise ParplanError(f"{framework.name} runs the pipeline schedules "
                            f"{', '.join(framework.pipeline.schedules) or 'none'}, not {layout.schedule}")

@@ -28,6 +28,7 @@ from ..specs.dtypes import BYTES_PER_ELEMENT
 from ..specs.cluster import Cluster
 from ..layouts.layout import Layout
 from ..layouts.rules import check_layout
+from ..layouts.torus_map import enumerate_maps
 from ..cost.memory import DEFAULT_HEADROOM, SELECTIVE_LAYER_EVERY, layer_activation_bytes, recompute_code
 from ..specs.framework import Software
 from . import software as sw_mod
@@ -92,6 +93,8 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
     fw = sw.framework
     if check:
         layout = check_layout(layout, model, cluster, fw)
+        if cluster.is_torus and layout.torus_map is None:
+            layout = fastest_torus_map(model, cluster, layout, sw, headroom, dropout)
     seq = layout.seq_len or model.seq_len
     model = with_seq_len(model, int(seq)) if np.ndim(seq) == 0 else model
     hw, dtype = cluster.hardware, layout.dtype
@@ -254,6 +257,19 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
         headroom=headroom,
         software=sw,
     )
+
+
+def fastest_torus_map(model: ModelSpec, cluster: Cluster, layout: Layout, software, headroom, dropout) -> Layout:
+    """``layout`` on the TPU map (:mod:`parplan.layouts.torus_map`) with the shortest step, all maps
+    estimated at once as candidate arrays; the first of equals (the innermost axis on the most bandwidth)."""
+    maps = enumerate_maps(layout.sizes(), cluster)
+    if len(maps) <= 1:
+        return replace(layout, torus_map=maps[0] if maps else None)
+    stacked = tuple((axis, tuple(np.array([dict(m)[axis][i] for m in maps]) for i in range(len(factors))))
+                    for axis, factors in maps[0])
+    est = estimate(model, cluster, replace(layout, torus_map=stacked), software=software, headroom=headroom,
+                   check=False, dropout=dropout)
+    return replace(layout, torus_map=maps[int(np.argmin(np.broadcast_to(est.step_time_s, len(maps))))])
 
 
 def strategies_in_registry_order(strategies):

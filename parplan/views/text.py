@@ -95,7 +95,7 @@ def format_explain(data: dict) -> str:
     for c in data["collectives"]:
         lines.append(f"  {c['name']:<28}{c['op']:<15}{c['axis']:<5}{c['group']:>6}{c['bytes'] / 1e6:10.2f}"
                      f"{c['calls_per_step']:9.0f}{c['time_s'] * 1e3:9.3f}{c['link_s']:9.3f}{c['exposed_s']:10.3f}"
-                     f"  {c['overlaps_with']}")
+                     f"  {c['overlaps_with']}" + (f" on {c['links']}" if "links" in c else ""))
     lines += ["", "per mesh axis:", f"  {'axis':<6}{'on link s':>11}{'exposed s':>11}  bus bandwidth to hide it"]
     for a in data.get("axes", []):
         need = f"{a['bandwidth_to_hide'] / 1e9:.1f} GB/s" if a["bandwidth_to_hide"] else "n/a (" + a["note"] + ")"
