@@ -27,6 +27,7 @@ import numpy as np
 from ..specs.dtypes import BYTES_PER_ELEMENT
 from .elementwise import FP8_CAST_BYTES, FP8_CAST_MULTIPLIER, LOSS_TRAFFIC, WEIGHT_CAST_BYTES, traffic
 from ..specs.model import ModelSpec
+from .parallel_block import parallel_block
 
 MATMUL, BATCHED, FLASH, MEMORY = "matmul", "batched_matmul", "flash_attention", "memory"
 
@@ -201,6 +202,8 @@ def layer_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", flash_attenti
         _gemm("mlp_down", rows, d.ffn, h_out, bpe, steps, fp8=lin, sac=0.0 if swiglu else 1.0),
         *_residual("mlp_residual", row, mask, bpe, impl["residual"], bias if "bias" in eager else 0.0),
     ]
+    if model.parallel_layers:
+        ops = parallel_block(ops)
     if fp8:
         ops.append(_fp8_casts(model, d, fp8, rows, h_in, qkv_cols, q_cols, swiglu))
     if weight_cast_shard is not None:

@@ -21,7 +21,8 @@ POSITIONS = ("learned", "rope", "alibi", "none")
 MAX_DIM = 10_000_000
 # The keys a model spec may carry: the shapes, and documentation (family, source, aliases).
 MODEL_KEYS = ("name", "family", "layers", "hidden", "heads", "kv_heads", "head_dim", "ffn_hidden", "activation",
-              "norm", "position", "bias", "tied_embeddings", "vocab", "seq_len", "max_seq_len", "source", "aliases")
+              "norm", "position", "bias", "tied_embeddings", "parallel_layers", "vocab", "seq_len", "max_seq_len",
+              "source", "aliases")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,9 @@ class ModelSpec:
     path: str = ""
     max_seq_len: int | None = None  # the context window it can hold (None: not given)
     seq_note: str = ""              # where seq_len came from, when it was not given
+    # Attention and MLP side by side on one normalized input, y = x + Attn(LN(x)) + MLP(LN(x)) (GPT-J,
+    # PaLM Sec. 2): one norm per layer, one fused input projection, one TP all-reduce per block pass.
+    parallel_layers: bool = False
 
     @property
     def context_limit(self) -> int | None:
@@ -84,7 +88,8 @@ class ModelSpec:
         return (2 if self.norm == "layernorm" else 1) * self.hidden
 
     def layer_params(self) -> int:
-        return self.attention_params() + self.mlp_params() + 2 * self.norm_params()
+        norms = 1 if self.parallel_layers else 2
+        return self.attention_params() + self.mlp_params() + norms * self.norm_params()
 
     def embedding_params(self) -> int:
         pos = self.seq_len * self.hidden if self.position == "learned" else 0
@@ -151,6 +156,7 @@ def model_from_dict(data: Any, what: str, path: str = "", seq_note: str = "") ->
         position=text(data, "position", what, required=False, choices=POSITIONS, default="learned"),
         bias=_flag(data, "bias", what, True),
         tied_embeddings=_flag(data, "tied_embeddings", what, True),
+        parallel_layers=_flag(data, "parallel_layers", what, False),
         source=str(data.get("source", "")),
         aliases=names(data, "aliases", what),
         path=path,

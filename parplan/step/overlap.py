@@ -5,6 +5,8 @@ Collectives come tagged by their strategies (``hidden_by``):
 * ``none``: on the critical path, all of it exposed;
 * ``attention``: issued per layer beside the attention core of the same layer (ring
   attention's ``cp - 1`` sends), exposed where they outlast it;
+* ``matmul``: issued per layer in steps under the linear GEMMs they feed or follow (a collective
+  matmul), exposed where they outlast them;
 * ``forward`` / ``backward``: issued beside the forward or backward pass of a micro-batch
   (gradient reduction under the backward, the next weights' gather under the forward:
   FSDP prefetch, Megatron ``--overlap-grad-reduce`` / ``--overlap-param-gather``). All of a
@@ -26,12 +28,13 @@ from .comms import link_sum, shared_links
 OVERLAPPED = ("forward", "backward")
 
 
-def attention_exposed(costs, axis: str, attn_fwd, attn_bwd, recompute):
+def attention_exposed(costs, axis: str, attn_fwd, attn_bwd, recompute, hider: str = "attention"):
     """(exposed seconds per layer, forward link seconds, backward link seconds) of ``axis``'s
-    collectives hidden under the attention core: forward and recompute under the forward
-    kernel (twice over with full recompute), backward under the backward kernel."""
-    ring_f = link_sum(costs, lambda c: c.axis == axis and c.hidden_by == "attention" and c.phase != "backward")
-    ring_b = link_sum(costs, lambda c: c.axis == axis and c.hidden_by == "attention" and c.phase == "backward")
+    collectives hidden under the attention core (or, with ``hider="matmul"``, under the layer's linear
+    GEMMs): forward and recompute under the forward kernels (twice over with full recompute), backward
+    under the backward ones."""
+    ring_f = link_sum(costs, lambda c: c.axis == axis and c.hidden_by == hider and c.phase != "backward")
+    ring_b = link_sum(costs, lambda c: c.axis == axis and c.hidden_by == hider and c.phase == "backward")
     exposed = np.maximum(0, ring_f - attn_fwd * np.where(recompute == 2, 2, 1)) + np.maximum(0, ring_b - attn_bwd)
     return exposed, ring_f, ring_b
 

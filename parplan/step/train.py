@@ -127,6 +127,8 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
     layer_bwd = sum((t[1] for t in times), np.float64(0.0)) + host
     attn_fwd = sum((t[0] for o, t in zip(lops, times) if o.attention_core), np.float64(0.0))
     attn_bwd = sum((t[1] for o, t in zip(lops, times) if o.attention_core), np.float64(0.0))
+    gemm_fwd = sum((t[0] for o, t in zip(lops, times) if o.kind == ops_mod.MATMUL), np.float64(0.0))
+    gemm_bwd = sum((t[1] for o, t in zip(lops, times) if o.kind == ops_mod.MATMUL), np.float64(0.0))
     sac_fwd = sum((t[0] * o.sac for o, t in zip(lops, times) if o.name != "fsdp_copies"), np.float64(0.0))
     layer_rec = np.select([rc == 2, rc == 1, rc == 3, rc == 4],
                           [layer_fwd, attn_fwd, sac_fwd, layer_fwd / SELECTIVE_LAYER_EVERY], 0.0)
@@ -151,11 +153,12 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
     # and head's at the busiest stage's share), and what outlasts the attention it hides under
     axes = axis_names()
     share = stages.ends_share(layout)
-    layer_comm, mb_comm, attention = {}, {}, {}
+    layer_comm, mb_comm, attention, matmul = {}, {}, {}, {}
     for a in axes:
         crit = link_sum(costs, lambda c: c.axis == a and c.per == "layer" and c.hidden_by == "none")
         attention[a] = attention_exposed(costs, a, attn_fwd, attn_bwd, rc)
-        layer_comm[a] = crit + attention[a][0]
+        matmul[a] = attention_exposed(costs, a, gemm_fwd, gemm_bwd, rc, hider="matmul")
+        layer_comm[a] = crit + attention[a][0] + matmul[a][0]
         ends = link_sum(costs, lambda c: c.axis == a and c.per == "microbatch" and c.hidden_by == "none"
                         and c.stage != "all")
         every = link_sum(costs, lambda c: c.axis == a and c.per == "microbatch" and c.hidden_by == "none"
@@ -191,8 +194,8 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
         if c.exposed_s is None:
             col = c.collective
             exposed = c.link_s if col.hidden_by == "none" else np.zeros_like(c.link_s)
-            if col.hidden_by == "attention":
-                ring_exposed, ring_f, ring_b = attention[col.axis]
+            if col.hidden_by in ("attention", "matmul"):
+                ring_exposed, ring_f, ring_b = (attention if col.hidden_by == "attention" else matmul)[col.axis]
                 ring_link = (ring_f + ring_b) * stage_layers * m
                 exposed = ring_exposed * stage_layers * m * c.link_s / np.where(ring_link > 0, ring_link, 1)
             costs[i] = replace(c, exposed_s=exposed)

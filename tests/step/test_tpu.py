@@ -90,3 +90,36 @@ def test_hsdp_across_slices_reduces_over_dcn_only_between_replicas():
 def test_a_mesh_that_no_map_lays_out_is_refused():
     with pytest.raises(ParplanError, match="cannot be laid over the 16x16 slices"):
         estimate(load_model("llama3.1-8b"), load_cluster("tpu-v5ex2x256"), Layout(cp=512, global_batch=8))
+
+
+def test_palm_on_two_v4_slices_end_to_end():
+    """PaLM 540B as trained (Chowdhery et al. 2022, Sec. 4): 12-way tensor and 256-way FSDP parallelism within
+    each 3072-chip v4 slice, data parallel across the two. Its spec exercises multi-query attention (one KV
+    head, replicated over the 12 TP ranks), head size 256 != 18432 / 48, shared input-output embeddings and
+    parallel attention + MLP blocks."""
+    model = load_model("palm-540b")
+    assert (model.kv_heads, model.head_dim, model.hidden // model.heads) == (1, 256, 384)
+    assert model.tied_embeddings and model.parallel_layers
+    assert model.total_params() == pytest.approx(540.35e9, rel=1e-3)
+    cl = load_cluster("tpu-v4x2x3072")
+    lay = Layout(tp=12, dp=512, zero=3, global_batch=2048, recompute="full")
+    est = estimate(model, cl, lay)
+    fused = next(o for o in est.ops if o.name == "qkv_mlp_proj")
+    q_cols, kv_cols, ffn = 48 // 12 * 256, 1 * 256, model.ffn_hidden // 12
+    assert fused.gemm[2] == q_cols + 2 * kv_cols + 2 * ffn  # KV head whole on every TP rank, SwiGLU gate + up
+    assert not any(o.name == "post_attn_norm" for o in est.ops)
+    ar = next(c for c in est.collectives if c.collective.name == "sp_rs_fwd" or c.collective.name == "tp_allreduce_fwd"
+              and float(c.calls_per_step) > 0)
+    assert float(np.asarray(ar.collective.count)) == 1  # one collective per parallel block pass
+    # Shared embeddings: the head keeps no second vocab x hidden table.
+    assert model.output_params() == model.norm_params()
+    assert est.fits and 0.25 < float(est.mfu) < 0.7
+
+
+def test_plan_on_a_tpu_slice_names_each_plans_map():
+    from parplan.plan.planner import make_plan
+    result = make_plan(load_model("llama3.1-8b"), load_cluster("tpu-v5px256"), global_batch=512, top=3)
+    assert "ici" in result.top.columns and all(e.layout.torus_map is not None for e in result.estimates)
+    row = result.top.iloc[0]
+    from parplan.layouts.torus_map import format_map
+    assert format_map(result.estimates[0].layout.torus_map, result.cluster) == row["ici"]
