@@ -9,7 +9,7 @@ no layout fits the memory model.
 """
 import pytest
 
-from parplan.validate.published import load_runs, record_setup, validate_runs
+from parplan.validate.published import _error_summary, load_runs, record_setup, validate_runs
 
 
 @pytest.fixture(scope="module")
@@ -17,21 +17,39 @@ def results():
     return validate_runs(load_runs())
 
 
+GPU_FILES = ("published-runs.yaml", "modern-runs.yaml")
+
+
 def test_every_shipped_run_is_predicted(results):
     files = results["files"]
     assert files["published-runs.yaml"]["runs"] == 51
     assert files["modern-runs.yaml"]["runs"] == 45
-    assert results["summary"]["runs"] == 96 and results["summary"]["skipped"] == 0
+    assert files["tpu-runs.yaml"]["runs"] == 49
+    assert results["summary"]["runs"] == 145 and results["summary"]["skipped"] == 0
     assert all(r["predicted_s"] > 0 for r in results["rows"])
 
 
 def test_summary_does_not_regress(results):
-    s = results["summary"]
+    """The GPU runs (the two files of GPU-era publications)."""
+    rows = [r for r in results["rows"] if r["file"] in GPU_FILES]
+    s = _error_summary([r["error"] for r in rows])
     assert s["mean_abs_error"] <= 0.15
     assert s["median_abs_error"] <= 0.12
     assert s["max_abs_error"] <= 0.60
     assert abs(s["mean_error"]) <= 0.14
-    assert s["no_fitting_plan"] <= 2
+    assert sum(r["how"] != "plan" for r in rows) <= 2
+
+
+def test_tpu_runs_median_within_10_percent(results):
+    """MaxText's v4, v5e and v5p tables, PaLM and the Trillium recipes: a group of their own, predicted on the
+    slices' torus maps with the JAX profile, no per-run constant. Known misses: the Trillium (v6e) runs are
+    predicted 18-22% fast (the v6e matmul efficiency is an assumption), and the memory model refuses 18 runs
+    that ran (it keeps more of MaxText's rematerialised activations than its remat policies do)."""
+    f = results["files"]["tpu-runs.yaml"]
+    assert f["median_abs_error"] <= 0.10 and f["mean_abs_error"] <= 0.10
+    assert f["max_abs_error"] <= 0.25 and abs(f["mean_error"]) <= 0.08
+    rows = [r for r in results["rows"] if r["file"] == "tpu-runs.yaml"]
+    assert sum(r["how"] != "plan" for r in rows) <= 18
 
 
 def group(results, prefix):
@@ -82,8 +100,9 @@ def test_the_framework_decides_the_kernels():
 
 def test_errors_are_summarised_by_publication(results):
     groups = results["groups"]
-    assert sum(g["runs"] for g in groups.values()) == 96
+    assert sum(g["runs"] for g in groups.values()) == 145
     assert groups["Narayanan et al. 2021, Table 1 (megatron-lm)"]["runs"] == 10
+    assert groups["MaxText README 'Runtime Performance Results' v5e tables (jax)"]["runs"] == 24
     assert groups["Narayanan et al. 2021, Table 2 (deepspeed)"]["runs"] == 6
     name = "Korthikanti et al. 2022, Tables 3+5 (megatron-lm)"
     rows = [r["error"] for r in results["rows"] if r["group"] == name]
