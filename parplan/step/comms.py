@@ -41,7 +41,7 @@ def price_collectives(strategies, ctx: Context) -> list[CollectiveCost]:
     per = {"layer": ctx.stage_layers * ctx.micro_batches, "microbatch": ctx.micro_batches, "step": 1.0}
     layout = ctx.layout
     if ctx.cluster.is_torus and layout.torus_map is None:
-        layout = replace(layout, torus_map=default_map(layout.sizes(), ctx.cluster))
+        layout = replace(layout, torus_map=default_map(_whole_mesh(layout, ctx.cluster), ctx.cluster))
     costs, groups = [], {}
     for s in strategies:
         for c in s.collectives(ctx):
@@ -59,6 +59,16 @@ def price_collectives(strategies, ctx: Context) -> list[CollectiveCost]:
             t = collective_time_s(c.op, c.size_bytes, where, ctx.cluster)
             costs.append(CollectiveCost(c, t, per_step, t * per_step, None, where.spans_nodes))
     return costs
+
+
+def _whole_mesh(layout, cluster) -> dict:
+    """The mesh sizes over every chip: a layout of fewer chips (one serving replica) is one of several
+    replicas, counted into its outermost data-parallel axis."""
+    sizes = layout.sizes()
+    n = int(np.prod(list(sizes.values())))
+    if n < cluster.devices and cluster.devices % n == 0 and "dp" in sizes:
+        sizes["dp"] = sizes["dp"] * (cluster.devices // n)
+    return sizes
 
 
 def link_sum(costs, pred):

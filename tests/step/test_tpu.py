@@ -21,8 +21,10 @@ def test_tp12_over_two_v4_slices_keeps_fsdp_traffic_on_ici():
         load_cluster("tpu-v4x6144")
     cl = load_cluster("tpu-v4x2x3072")
     est = estimate(load_model("gpt3"), cl, Layout(tp=12, dp=512, zero=3, global_batch=2048, recompute="full"))
-    assert est.breakdown_s["dp_comm"] < 0.05 * est.step_time_s
-    assert est.mfu > 0.3
+    # One sequence per FSDP rank per micro-batch sits near the book's compute-bound threshold (B/X > C/W_ici),
+    # so some of the gathers show; nothing like 91% of the step.
+    assert est.breakdown_s["dp_comm"] < 0.2 * est.step_time_s
+    assert est.mfu > 0.3 and est.fits
     gather = next(c for c in est.collectives if c.collective.name == "fsdp_allgather_fwd")
     assert bool(gather.spans_nodes)  # the gather spans both slices, mostly over ICI
 
@@ -123,3 +125,48 @@ def test_plan_on_a_tpu_slice_names_each_plans_map():
     row = result.top.iloc[0]
     from parplan.layouts.torus_map import format_map
     assert format_map(result.estimates[0].layout.torus_map, result.cluster) == row["ici"]
+
+
+def test_collective_matmul_hides_tp_gathers_under_the_gemms_they_feed(tmp_path):
+    """A profile with tp_overlap: collective-matmul runs the sequence-parallel all-gathers and reduce-scatters
+    under the layer's GEMMs (scaling book "Programming TPUs in JAX": collective matmul): per layer, what
+    outlasts the GEMMs of its pass is exposed, forward and backward apart."""
+    from pathlib import Path
+
+    from parplan.cost.ops import MATMUL
+    from parplan.specs.framework import resolve_software
+    from parplan.specs.framework_loader import load_framework
+
+    jax = Path(load_framework("jax").path).read_text()
+    path = tmp_path / "jax-cm.yaml"
+    path.write_text(jax.replace("name: jax", "name: jax-cm").replace("aliases: [xla, maxtext]", "aliases: []")
+                    .replace("tp_overlap: none", "tp_overlap: collective-matmul"))
+    model = load_model("llama3.1-70b")
+    cl = load_cluster("tpu-v5ex256")
+    lay = Layout(tp=16, dp=16, zero=3, global_batch=64, micro_batch=4)
+    plain = estimate(model, cl, lay)
+    est = estimate(model, cl, lay, software=resolve_software(load_framework(str(path)), device_kind="tpu"))
+    hidden = [c for c in est.collectives if c.collective.hidden_by == "matmul" and float(c.calls_per_step) > 0]
+    assert {c.collective.name for c in hidden} == {"sp_ag_fwd", "sp_ag_bwd", "sp_rs_fwd", "sp_rs_bwd"}
+    gemm_f = sum(float(t[0]) for o, t in zip(est.ops, est.op_times) if o.kind == MATMUL)
+    gemm_b = sum(float(t[1]) for o, t in zip(est.ops, est.op_times) if o.kind == MATMUL)
+    per_layer = {ph: sum(float(c.time_s) * float(np.asarray(c.collective.count)) for c in hidden
+                         if c.collective.phase == ph) for ph in ("forward", "backward")}
+    layers, m = model.layers, 64 // (4 * 16)
+    exposed = layers * m * (max(0.0, per_layer["forward"] - gemm_f) + max(0.0, per_layer["backward"] - gemm_b))
+    assert sum(float(c.exposed_s) for c in hidden) == pytest.approx(exposed, abs=1e-12)
+    assert float(est.breakdown_s["tp_comm"]) < float(plain.breakdown_s["tp_comm"])
+
+
+def test_the_search_runs_the_layouts_tpu_users_run():
+    """FSDP + TP, pure FSDP over a slice, FSDP within slices with data parallelism across them (MaxText's
+    ici_fsdp x dcn_data) and ZeRO-1 across slices are all candidates on a multi-slice cluster."""
+    from parplan.plan.candidates import SearchSpace, candidates
+
+    cl = load_cluster("tpu-v5px2x64")
+    c = candidates(load_model("llama3.1-8b"), cl, SearchSpace(global_batch=256, seq_len=8192))
+    rows = list(zip(c["tp"], c["dp"], c["zero"], c["shard_group"], c["pp"], c["cp"]))
+    assert any(tp == 4 and z == 3 and pp == 1 for tp, _, z, _, pp, _ in rows)                  # FSDP + TP
+    assert any(tp == 1 and dp == 128 and z == 3 and sg == 128 for tp, dp, z, sg, *_ in rows)  # FSDP over both
+    assert any(tp == 1 and dp == 128 and z == 3 and sg == 64 for tp, dp, z, sg, *_ in rows)   # HSDP across DCN
+    assert any(tp == 1 and dp == 128 and z == 1 for tp, dp, z, *_ in rows)                    # ZeRO-1 across DCN
