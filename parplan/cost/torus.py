@@ -2,27 +2,29 @@
 
 A group's chips lie along some axes of the slice torus (:class:`TorusGroup`: per torus axis, how
 many chips, how far apart, whether they close a ring) and, for a multi-slice job, across slices
-over the data-centre network (DCN). Times follow "How to Scale Your Model" (Austin et al., JAX
-scaling book), Part 3 "Sharded Matrices", section "A Deeper Dive into TPU Communication
-Primitives":
+over the data-centre network (DCN). Times follow "How to Scale Your Model" (Austin et al., the JAX
+scaling book), Part 3 "Sharded Matrices":
 
-* AllGather along one axis of ``n`` chips with wraparound, bidirectional: ``ceil(n/2)`` hops of
-  ``V/n`` bytes each way, so ``T = V / W_ici`` with ``W_ici`` the bidirectional bandwidth of one
-  axis (two links one way). Without the wraparound (a line, as on slices of less than a full cube
-  or a v5e axis under 16) the data from one end must cross ``n - 1`` links: ``T = (n-1) V / (n W)``
-  with ``W`` one link one way (the book's Pop Quiz 2: ``3 x 8.4e6 / 4.5e10 = 560 us``). Both are
-  ``k V / (n W)`` with ``k`` the hops: :func:`axis_bandwidth` is ``n W / k``.
-* Over several torus axes at once the bandwidth adds: ``T = V / (W_ici n_axes)``; the latency
-  bound is ``T_min`` per hop over the longest path: ``T = max(T_min sum_i k_i, V / sum_i W_i)``.
-* ReduceScatter costs what AllGather does; AllReduce twice that; AllToAll a quarter of an
-  AllGather of the same array on a bidirectional ring (each chip's buffer times the group size).
+* Case 2, "How long does this take?": a bidirectional AllGather along one axis of ``|X|`` chips
+  with a wraparound takes ``|X|/2`` hops of ``V/|X|`` bytes each way, ``T_total = V / W_ICI`` with
+  ``W_ICI`` the axis's bidirectional bandwidth (two links one way). Without the wraparound (a line:
+  slices of less than a full cube, v5e axes under 16) the data from one end crosses ``|X| - 1``
+  links, ``T = (|X|-1) V / (|X| W)`` at one link's one-way ``W`` (Pop Quiz 2: "3 * 8.4e6 / 4.5e10 =
+  560us"). Both are ``k V / (n W)`` with ``k`` the hops; :func:`axis_bandwidth` is ``n W / k``.
+* Case 2, "What happens when we AllGather over multiple axes?": ``T_total = max[T_min * sum_i
+  |X_i| / 2, V / (W_ICI * n_axes)]``, the bandwidths of the axes adding, the hop latency ``T_min``
+  (about 1 us) over the longest path.
+* Case 3 and "A Deeper Dive into TPU Communication Primitives": ``T(ReduceScatter) = T(AllGather)
+  = V / W_ICI``, ``T(AllReduce) = 2 V / W_ICI``, and an AllToAll "AllGather / 4 for a bidirectional
+  ring" (of the same array: each chip's buffer times the group size).
 * Chips spaced ``s`` apart along a torus axis (the outer part of an axis split between two mesh
   axes) share each link with ``s - 1`` other groups of the same mesh axis: ``W / s`` each, and
-  ``s`` hops per step.
+  ``s`` hops per step (the hop count above, over ``s`` links per step).
 
 Across slices the collective is hierarchical, as XLA runs multi-slice collectives: within each
-slice over ICI, then across slices over DCN on the chip's share of the host NICs (the scaling
-book, Part 5 "Training", "To go larger than one pod, we need to scale over DCN").
+slice over ICI, then across slices over DCN on the chip's share of the host NICs (Part 5
+"Training": "To go larger than one pod, we need to scale over DCN"; data parallelism across pods
+costs the per-pod batch over ``C_pod / W_dcn``).
 """
 from __future__ import annotations
 

@@ -32,6 +32,7 @@ def format_hardware(hw: Hardware) -> str:
         f"direction, {hw.inter_node.latency_s * 1e6:.2g} us/step, {hw.inter_node.efficiency:.0%} achievable",
         f"  matmul efficiency  {hw.matmul_efficiency:.1%} of peak (best shape)"
         + ("; calibrated curve" if hw.matmul_curve else ""),
+        *_torus_lines(hw),
         "",
         "  derived (bf16 or the fastest 16-bit rate):",
     ]
@@ -47,6 +48,18 @@ def format_hardware(hw: Hardware) -> str:
     if hw.sources:
         lines += ["", "  sources:"] + [f"    {k}: {v}" for k, v in hw.sources.items()]
     return "\n".join(lines)
+
+
+def _torus_lines(hw: Hardware) -> list[str]:
+    """A TPU's torus: its links, the largest slice and which slice axes wrap."""
+    t = hw.torus
+    if t is None:
+        return []
+    wrap = {"cubes": f"every axis of a slice made of whole {t.wrap_side}-chip-sided cubes",
+            "full-axis": f"an axis of {t.wrap_side} chips"}.get(t.wrap_rule or "", "none below a pod")
+    return [f"  ICI torus          {t.dims}D, {_si(t.link_bandwidth, 'B/s')} per link one way; largest slice "
+            f"{'x'.join(map(str, t.max_slice)) or t.pod_devices} (more join over DCN: NAMExSLICESxCOUNT); "
+            f"wraparound: {wrap}"]
 
 
 def format_model(m: ModelSpec) -> str:

@@ -170,3 +170,31 @@ def test_the_search_runs_the_layouts_tpu_users_run():
     assert any(tp == 1 and dp == 128 and z == 3 and sg == 128 for tp, dp, z, sg, *_ in rows)  # FSDP over both
     assert any(tp == 1 and dp == 128 and z == 3 and sg == 64 for tp, dp, z, sg, *_ in rows)   # HSDP across DCN
     assert any(tp == 1 and dp == 128 and z == 1 for tp, dp, z, *_ in rows)                    # ZeRO-1 across DCN
+
+
+def test_a_tpu_plan_of_an_mqa_model_with_wide_heads_and_shared_embeddings():
+    """Multi-query attention, head size 256 != hidden / heads and tied embeddings through a whole TPU plan:
+    the per-device GEMMs, the model FLOPs (PaLM App. B: 6N + 12 L H Q T per token) and the weights held."""
+    from parplan.cost.flops import model_flops_per_step
+    from parplan.plan.planner import make_plan
+    from parplan.specs.model import model_from_dict
+
+    model = model_from_dict({"name": "mqa-toy", "layers": 8, "hidden": 2048, "heads": 16, "kv_heads": 1,
+                             "head_dim": 256, "ffn_hidden": 8192, "activation": "swiglu", "vocab": 32000,
+                             "seq_len": 2048, "norm": "rmsnorm", "position": "rope", "bias": False,
+                             "tied_embeddings": True, "parallel_layers": True}, "toy")
+    n = model.total_params()
+    assert n == 8 * (2048 * 4096 + 2 * 2048 * 256 + 4096 * 2048 + 3 * 2048 * 8192 + 2048) + 32000 * 2048 + 2048
+    result = make_plan(model, load_cluster("tpu-v5px64"), global_batch=256, top=3)
+    est = result.estimates[0]
+    lay = est.layout
+    fused = next(o for o in est.ops if o.name == "qkv_mlp_proj")
+    kv_cols = 256  # one KV head, whole on every tensor-parallel rank
+    assert fused.gemm[2] == 16 // lay.tp * 256 + 2 * kv_cols + 2 * 8192 // lay.tp
+    tokens = 256 * 2048
+    assert float(est.model_flops_per_step) == pytest.approx(
+        model_flops_per_step(model, 2048, 256), rel=1e-12)
+    assert float(est.model_flops_per_step) == pytest.approx(6 * n * tokens + 12 * 8 * 16 * 256 * 2048 * tokens,
+                                                            rel=0.01)
+    shards = lay.tp * (lay.shard_group or lay.dp if lay.zero == 3 else 1)
+    assert float(est.memory_bytes["weights"]) == pytest.approx(n * 4 / shards, rel=1e-9)  # fp32 weights (MaxText)
