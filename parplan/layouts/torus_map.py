@@ -185,20 +185,25 @@ class _ClusterView:
 def _lay(rest: tuple, shape: tuple, twin: list, d: int, cols: tuple):
     """Columns for torus axes ``d`` onwards that finish laying ``rest`` (each mesh axis's chips still to
     place); a torus axis interchangeable with an earlier one takes a column no later in order than its."""
+    anchors = tuple(cols[e] if e is not None and e < d else None for e in twin[d:])
+    for tail in _completions(rest, shape, tuple(twin), d, anchors):
+        yield cols + tail
+
+
+@functools.lru_cache(maxsize=65536)
+def _completions(rest: tuple, shape: tuple, twin: tuple, d: int, anchors: tuple) -> tuple:
+    """The column tuples for torus axes ``d`` onwards (cached: many mesh shapes share a remainder)."""
     if d == len(shape):
-        if all(r == 1 for r in rest):
-            yield cols
-        return
-    if d == len(shape) - 1:
-        options = (rest,) if _prod(rest) == shape[d] else ()
-    else:
-        options = _columns(shape[d], len(rest))
+        return ((),) if all(r == 1 for r in rest) else ()
+    options = ((rest,) if _prod(rest) == shape[d] else ()) if d == len(shape) - 1 else _columns(shape[d], len(rest))
+    out = []
     for col in options:
-        if any(r % f for r, f in zip(rest, col)):
+        if any(r % f for r, f in zip(rest, col)) or (anchors[0] is not None and col > anchors[0]):
             continue
-        if twin[d] is not None and col > cols[twin[d]]:
-            continue
-        yield from _lay(tuple(r // f for r, f in zip(rest, col)), shape, twin, d + 1, (*cols, col))
+        later = tuple(col if e == d else a for e, a in zip(twin[d + 1:], anchors[1:]))
+        for tail in _completions(tuple(r // f for r, f in zip(rest, col)), shape, twin, d + 1, later):
+            out.append((col, *tail))
+    return tuple(out)
 
 
 def _dcn_splits(slices: int, axes: list, sizes: dict):

@@ -51,6 +51,8 @@ def search(model: ModelSpec, cluster: Cluster, space: SearchSpace, progress=None
             est = estimate(model, cluster, layout, check=False, headroom=space.headroom,
                            software=space_software(space, cluster))
             df = pd.DataFrame({k: v for k, v in part.items() if k not in hidden})
+            if hidden:
+                df["ici"] = torus_maps.texts(part, order, cluster)
             df["recompute"] = np.array(RECOMPUTE)[part["recompute"]]
             df["tp_mode"] = TP_MODES[tp_code]
             df["cp_mode"] = CP_SCHEMES[cp_code]

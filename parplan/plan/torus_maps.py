@@ -3,8 +3,8 @@
 On GPUs the search tries two mesh orders, which decide the axes that share a node's NVLink; on a
 TPU slice every axis lies over torus axes, so the search tries every map of every shape
 (:func:`parplan.layouts.torus_map.enumerate_maps`), as candidate rows carrying the map as numeric
-columns (``map_<axis>_<k>``: the axis's factor on torus axis ``k``, the last ``k`` the slices) and
-as its ``--ici`` text (``ici``), which :func:`layout_map` reads back.
+columns (``map_<axis>_<k>``: the axis's factor on torus axis ``k``, the last ``dcn``: the slices);
+the search's results name it by its ``--ici`` text (:func:`texts`), which :func:`row_map` reads back.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def expand(axes: dict, cluster, order: tuple, fixed_ici: str | None = None) -> d
     """The candidate mesh shapes in ``axes`` (arrays tp, cp, pp, dp, ...), one row per torus map in the
     mesh ``order``; with ``fixed_ici`` (``--ici``), that map only."""
     dims = len(cluster.slice_shape)
-    rows, maps, texts, refused = [], [], [], None
+    rows, maps, refused = [], [], None
     for i in range(len(axes["tp"])):
         sizes = {a: int(axes[a][i]) for a in order}
         if fixed_ici:
@@ -40,7 +40,6 @@ def expand(axes: dict, cluster, order: tuple, fixed_ici: str | None = None) -> d
         for m in found:
             rows.append(i)
             maps.append(dict(m))
-            texts.append(format_map(m, cluster))
     if not rows:
         if refused is not None:
             raise refused
@@ -49,12 +48,21 @@ def expand(axes: dict, cluster, order: tuple, fixed_ici: str | None = None) -> d
     idx = np.asarray(rows)
     out = {k: v[idx] for k, v in axes.items()}
     out["_shape"] = idx
+    out["map_id"] = np.arange(len(rows))  # one id per (shape, map): the search names each map once
     for a in order:
         for k in range(dims + 1):
             name = dcn_column(a) if k == dims else column(a, k)
             out[name] = np.asarray([m[a][k] for m in maps])
-    out["ici"] = np.asarray(texts, dtype=object)
     return out
+
+
+def texts(part: dict, order, cluster) -> np.ndarray:
+    """The ``--ici`` text of each candidate's map (formatted once per distinct map)."""
+    _, first, inverse = np.unique(np.asarray(part["map_id"]), return_index=True, return_inverse=True)
+    tmap = layout_map(part, order, cluster)
+    names = [format_map(tuple((a, tuple(int(f[i]) for f in factors)) for a, factors in tmap), cluster)
+             for i in first]
+    return np.asarray(names, dtype=object)[np.ravel(inverse)]
 
 
 KEEP = 2  # maps of each mesh shape the full search keeps
@@ -93,8 +101,9 @@ def prune(rows: dict, model, cluster, space, software, order: tuple, cp_schemes:
 
 
 def map_columns(order, cluster) -> list[str]:
+    """The candidate columns of a map (left out of the search's results, which carry its text)."""
     dims = len(cluster.slice_shape)
-    return [dcn_column(a) if k == dims else column(a, k) for a in order for k in range(dims + 1)]
+    return [dcn_column(a) if k == dims else column(a, k) for a in order for k in range(dims + 1)] + ["map_id"]
 
 
 def layout_map(part: dict, order, cluster) -> tuple:
