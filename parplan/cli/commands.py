@@ -18,6 +18,11 @@ from .software_opts import pop_software, software_from, software_options
 from ..errors import ParplanError
 from .serve_cmd import inference_options
 from .launch_opts import emit_framework, with_launch_config
+from .layout_build import build_layout
+
+
+ICI_HELP = ("TPU: lay the mesh axes over the slice's torus axes (x, y, z) and the slices (dcn), e.g. "
+            "'tp=z,dp=x+y+dcn' or 'tp=z:4,dp=x+y+z:4' (default: the fastest).")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -58,6 +63,7 @@ def layout_options(fn):
         click.option("--vpp", type=int, default=1, show_default=True, help="Virtual pipeline stages per rank."),
         click.option("--schedule", type=click.Choice(SCHEDULES), default="1f1b",
                      show_default=True),
+        click.option("--ici", default=None, help=ICI_HELP),
         click.option("--headroom", type=click.FloatRange(0, 0.9), default=0.10, show_default=True,
                      help="Fraction of HBM kept free."),
         *budget_options(),
@@ -75,50 +81,6 @@ def budget_options() -> list:
                      help="Price of one device for an hour (or price_per_device_hour in a cluster file): "
                           "prints the cost."),
     ]
-
-
-def build_layout(cluster, model, *, mesh, tp, pp, dp, cp, micro_batch, global_batch, seq, recompute, dtype,
-                 zero, shard_group, sp, tp_mode, cp_mode, vpp, schedule, ep=None, etp=None):
-    from ..layouts.layout import DEFAULT_ORDER, Layout, mesh_order, parse_mesh
-    from ..plan.candidates import default_global_batch
-
-    order = DEFAULT_ORDER
-    given = {"tp": tp, "pp": pp, "dp": dp, "cp": cp, "ep": ep, "etp": etp}
-    extra = {}
-    if mesh:
-        sizes = parse_mesh(mesh)
-        for axis, size in sizes.items():
-            if given.get(axis) is not None and given[axis] != size:
-                raise ParplanError(f"--{axis} {given[axis]} contradicts --mesh {axis}={size}")
-            if axis in given:
-                given[axis] = size
-            else:
-                extra[axis] = size
-        order = mesh_order(sizes)
-    for axis in ("ep", "etp"):
-        if given[axis] is not None:
-            if given[axis] < 1:
-                raise ParplanError(f"--{axis} must be a positive whole number, got {given[axis]}")
-            extra[axis] = given[axis]
-    for axis in ("tp", "pp", "cp"):
-        given[axis] = 1 if given[axis] is None else given[axis]
-        if given[axis] < 1:
-            raise ParplanError(f"--{axis} must be a positive whole number, got {given[axis]}")
-    if given["dp"] is None:
-        inner = given["tp"] * given["pp"] * given["cp"]
-        if cluster.devices % inner:
-            raise ParplanError(f"tp*pp*cp = {inner} does not divide the {cluster.devices} devices of {cluster.name}")
-        given["dp"] = cluster.devices // inner
-    for name, v in (("micro-batch", micro_batch), ("global-batch", global_batch), ("seq", seq), ("vpp", vpp),
-                    ("shard-group", shard_group), ("dp", given["dp"])):
-        if v is not None and v < 1:
-            raise ParplanError(f"--{name} must be a positive whole number, got {v}")
-    if global_batch is None:  # the plan's default, in whole rounds of micro-batches
-        global_batch = default_global_batch(model, cluster, seq or model.seq_len, micro_batch * given["dp"])
-    return Layout(tp=given["tp"], pp=given["pp"], dp=given["dp"], cp=given["cp"], micro_batch=micro_batch,
-                  global_batch=global_batch, seq_len=seq, recompute=recompute, dtype=dtype, zero=zero,
-                  shard_group=shard_group, sp=sp, tp_mode=tp_mode, cp_mode=cp_mode, vpp=vpp,
-                  schedule=schedule, order=tuple(order), axes=tuple(extra.items()))
 
 
 def _estimate_from_options(model_name, hw, headroom, **kw):
@@ -226,6 +188,7 @@ def _estimate_or_explain(model_name, hw, headroom, fmt, mode, inference, kw, exp
 @click.option("--tp-mode", type=click.Choice(TP_MODES), default=None, help="Fix the tensor-parallel scheme.")
 @click.option("--cp-mode", type=click.Choice(CP_MODES), default=None, help="Fix the context-parallel scheme.")
 @click.option("--shard-group", type=int, default=None, help="Fix HSDP: ZeRO shards within groups of this many.")
+@click.option("--ici", default=None, help=ICI_HELP)
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
 @click.option("--emit", "emit_target", type=click.Choice(EMIT_TARGETS), default=None,
               help="Print the launch config of the best plan for this framework (implies its --framework); "

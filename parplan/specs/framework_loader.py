@@ -12,9 +12,9 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from ..errors import ParplanError
-from .framework import (ATTENTION_KERNELS, COMPILE_KEYS, CP_MODES, DEVICE_KINDS, DP_KEYS, ELEMENTWISE_OPS, FP8,
+from .framework import (ACTIVATION_SHARDS, ATTENTION_KERNELS, COMPILE_KEYS, CP_MODES, DEVICE_KINDS, DP_KEYS, ELEMENTWISE_OPS, FP8,
     FP8_CASTS, FP8_KEYS, FP8_RECIPES, FRAMEWORK_KEYS, GRAD_REDUCE, IMPLEMENTATIONS, KERNEL_KEYS, LOSSES,
-    MASTER_WEIGHTS, OPTIMIZERS, PARALLEL_KEYS, PP_KEYS, PP_SENDS, PREFETCH, RECOMPUTE_MODES, SCHEDULES,
+    MASTER_WEIGHTS, OPTIMIZERS, PARALLEL_KEYS, PP_KEYS, PP_SENDS, PREFETCH, RECOMPUTE_MODES, SCHEDULES, TP_OVERLAPS,
     SEQUENCE_PARALLEL, TP_MODES, VOCAB_KEYS, WEIGHT_CASTS, ZERO3_IMPLS, Compile, DataParallelSoftware, Framework,
     Kernels, Parallelism, PipelineSoftware, EXPERT_TP, MOE_KEYS, MoeSoftware)
 from .registry import shipped, shipped_names
@@ -159,7 +159,11 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
     parallel = Parallelism(tp_modes=_choices(q, "tp_modes", f"{what}: parallelism", TP_MODES, ("1d",)),
                            cp_modes=_choices(q, "cp_modes", f"{what}: parallelism", CP_MODES, ()),
                            sequence_parallel=text(q, "sequence_parallel", f"{what}: parallelism",
-                                                  choices=SEQUENCE_PARALLEL))
+                                                  choices=SEQUENCE_PARALLEL),
+                           tp_overlap=text(q, "tp_overlap", f"{what}: parallelism", required=False,
+                                           choices=TP_OVERLAPS, default="none"),
+                           activation_shard=text(q, "activation_shard", f"{what}: parallelism", required=False,
+                                                 choices=ACTIVATION_SHARDS, default="sequence"))
     v = require_mapping(data.get("vocab") or {}, f"{what}: vocab")
     check_keys(v, VOCAB_KEYS, f"{what}: vocab")
     m = require_mapping(data.get("moe") or {}, f"{what}: moe")
