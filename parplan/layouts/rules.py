@@ -19,6 +19,7 @@ from ..errors import ParplanError
 from ..specs.dtypes import DTYPES
 from ..specs.cluster import Cluster
 from ..specs.model import ModelSpec
+from . import split as split_mod
 from .layout import CP_MODES, RECOMPUTE, SCHEDULES, TP_MODES, Layout
 from .strategies import BUILTIN, axis as strategy_axis, is_folded
 
@@ -55,6 +56,12 @@ def _say_batch(a):
     mb = getattr(a, "mb", 1)
     return (f"global batch {a.batch} is not divisible into micro-batches of {mb} on dp={a.dp} "
             f"({mb * a.dp} sequences per round)")
+
+
+def _say_empty(m, a):
+    free = m.layers - (a.pp - 2) - (a.first == 0) - (a.last == 0)
+    return (f"first {a.first or '-'} and last {a.last or '-'} stage layers leave a stage of pp={a.pp} without a "
+            f"transformer layer ({m.layers} layers of {m.name}); the ends may hold at most {free} together")
 
 
 def _micro_batches(a):
@@ -100,9 +107,20 @@ RULES: tuple[Rule, ...] = (
     Rule("interleaving needs a pipeline", ('vpp', 'pp'),
          lambda m, a: (a.vpp > 1) & (a.pp == 1),
          lambda m, a: "virtual pipeline stages (vpp > 1) need pp > 1"),
-    Rule("pp*vpp divides the layers", ('vpp', 'pp'),
-         lambda m, a: (a.vpp > 1) & (m.layers % (a.pp * a.vpp) != 0),
-         lambda m, a: f"interleaving needs pp*vpp = {a.pp * a.vpp} to divide the {m.layers} layers of {m.name}"),
+    Rule("stage layers need a pipeline", ('pp', 'first', 'last'),
+         lambda m, a: (a.pp == 1) & ((a.first > 0) | (a.last > 0)),
+         lambda m, a: "first/last stage layers (--first-stage-layers, --last-stage-layers) need pp > 1"),
+    Rule("two stages hold every layer", ('pp', 'first', 'last'),
+         lambda m, a: (a.pp == 2) & (a.first > 0) & (a.last > 0) & (a.first + a.last != m.layers),
+         lambda m, a: f"with pp=2 the first and last stage hold all {m.layers} layers of {m.name}, but "
+                      f"{a.first} + {a.last} = {a.first + a.last}; e.g. --first-stage-layers "
+                      f"{m.layers - m.layers // 2} --last-stage-layers {m.layers // 2}"),
+    Rule("every stage holds a layer", ('pp', 'first', 'last'),
+         lambda m, a: (a.pp > 2) & (m.layers - a.first - a.last - (a.pp - 2) - (a.first == 0) - (a.last == 0) < 0),
+         lambda m, a: _say_empty(m, a)),
+    Rule("ZB-H1 runs one stage per rank", ('zb', 'vpp'),
+         lambda m, a: a.zb & (a.vpp > 1),
+         lambda m, a: "the zb-h1 schedule (Qi et al. 2023) runs one stage per rank: use --vpp 1"),
     Rule("the interleaved schedule needs vpp", ('interleaved', 'vpp'),
          lambda m, a: a.interleaved & (a.vpp == 1),
          lambda m, a: "the interleaved schedule needs vpp > 1"),
@@ -152,6 +170,20 @@ def software_rules(fw) -> tuple[Rule, ...]:
         Rule(f"{n} has pipeline parallelism", ('pp',),
              lambda m, a: (a.pp > 1) & (not pipe.schedules),
              lambda m, a: f"{n} has no pipeline parallelism (pp must be 1)"),
+        Rule(f"{n} splits the layers evenly", ('pp', 'vpp', 'first', 'last'),
+             lambda m, a: (a.pp > 1) & (a.first == 0) & (a.last == 0)
+             & ~split_mod.default_valid(m.layers, a.pp, a.vpp, pipe.split),
+             lambda m, a: _say_even(n, pipe.split, m, a)),
+        Rule(f"{n} can split the layers so", ('pp', 'vpp', 'first', 'last'),
+             lambda m, a: (a.pp > 1) & ((a.first > 0) | (a.last > 0)) & ~_expressible(m, a, pipe.split),
+             lambda m, a: _say_split(n, pipe.split, m, a)),
+        Rule(f"{n} interleaved chunks hold a layer", ('pp', 'vpp', 'first', 'last'),
+             lambda m, a: (a.pp > 2) & (a.vpp > 1) & (_middle_least(m, a, pipe.split) < a.vpp),
+             lambda m, a: f"vpp={a.vpp} leaves a chunk of a middle stage without a layer "
+                          f"({_middle_least(m, a, pipe.split)} layers per middle stage)"),
+        Rule(f"{n} has the zb-h1 schedule", ('zb',),
+             lambda m, a: a.zb & ("zb-h1" not in pipe.schedules),
+             lambda m, a: f"{n} runs the pipeline schedules {', '.join(pipe.schedules) or 'none'}, not zb-h1"),
         Rule(f"{n} has the interleaved schedule", ('interleaved',),
              lambda m, a: a.interleaved & ("interleaved" not in pipe.schedules),
              lambda m, a: f"{n} runs the pipeline schedules {', '.join(pipe.schedules) or 'none'}, not interleaved"),
@@ -171,16 +203,53 @@ def software_rules(fw) -> tuple[Rule, ...]:
     )
 
 
+def _ends(m, a, split):
+    return split_mod.resolve_ends(m.layers, a.pp, a.vpp, a.first, a.last, split)
+
+
+def _expressible(m, a, split):
+    first, last = _ends(m, a, split)
+    return split_mod.expressible(m.layers, a.pp, a.vpp, first, last, split)
+
+
+def _middle_least(m, a, split):
+    return split_mod.middle_layers(m.layers, a.pp, *_ends(m, a, split))[1]
+
+
+def _suggestion(split, m, a) -> str:
+    ends = split_mod.suggest_ends(m.layers, a.pp, a.vpp, split) if split.ends else None
+    return f"; e.g. --first-stage-layers {ends[0]} --last-stage-layers {ends[1]}" if ends else ""
+
+
+def _say_even(n, split, m, a):
+    need = f"pp={a.pp}" if m.layers % a.pp else f"pp*vpp = {a.pp * a.vpp} (vpp={a.vpp} equal chunks)"
+    ends = _suggestion(split, m, a)
+    how = f"; give the first and last stage's layers instead{ends[1:].replace(' e.g.', ', e.g.')}" if ends else ""
+    return f"{n} needs {need} to divide the {m.layers} layers of {m.name}{how}"
+
+
+def _say_split(n, split, m, a):
+    first, last = (int(x) for x in _ends(m, a, split))
+    ways = {"counts": "any first/last counts" + (" with the middle stages even" if split.default == "even" else ""),
+            "as-layers": "the ends one layer short (the embedding and head counted as layers)"}
+    can = " or ".join(ways[e] for e in split.ends) or "only its own split"
+    chunks = f", each rank's layers in {a.vpp} equal chunks" if a.vpp > 1 and split.chunks == "equal" else ""
+    return (f"{n} cannot split the {m.layers} layers of {m.name} as first {first}, last {last} over pp={a.pp} "
+            f"(it runs {can}{chunks}){_suggestion(split, m, a)}")
+
+
 def fields(*, tp, cp, pp, dp, micro_batch, vpp, sp, tp_mode, zero, shard_group, hsdp, global_batch, seq,
-           interleaved, recompute=0, cp_ring=False) -> SimpleNamespace:
+           interleaved, recompute=0, cp_ring=False, first=0, last=0, zb=False) -> SimpleNamespace:
     """The candidate fields the rules read, as arrays (``tp_mode`` as codes 0/1/2 of ``TP_MODES``,
-    ``recompute`` as codes of ``RECOMPUTE``)."""
+    ``recompute`` as codes of ``RECOMPUTE``; ``first``/``last``: the first and last pipeline stage's
+    layers, 0 for the framework's own split; ``zb``: the zb-h1 schedule)."""
     return SimpleNamespace(tp=np.asarray(tp), cp=np.asarray(cp), pp=np.asarray(pp), dp=np.asarray(dp),
                            mb=np.asarray(micro_batch), vpp=np.asarray(vpp), sp=np.asarray(sp, bool),
                            mode=np.asarray(tp_mode), zero=np.asarray(zero), shard=np.asarray(shard_group),
                            hsdp=np.asarray(hsdp, bool), batch=np.asarray(global_batch), seq=np.asarray(seq),
                            interleaved=np.asarray(interleaved, bool), rc=np.asarray(recompute),
-                           cp_ring=np.asarray(cp_ring, bool))
+                           cp_ring=np.asarray(cp_ring, bool), first=np.asarray(first), last=np.asarray(last),
+                           zb=np.asarray(zb, bool))
 
 
 def violations(model: ModelSpec, a, framework=None) -> list[tuple[Rule, np.ndarray]]:
@@ -229,8 +298,10 @@ def check_layout(layout: Layout, model: ModelSpec, cluster: Cluster, framework=N
 
     ``framework`` (a :class:`parplan.specs.framework.Framework`): also refuse what its code cannot run.
     """
-    for name in ("tp", "pp", "dp", "cp", "micro_batch", "vpp"):
+    for name in ("tp", "pp", "dp", "cp", "micro_batch", "vpp", "first_stage_layers", "last_stage_layers"):
         v = getattr(layout, name)
+        if v is None and name.endswith("_layers"):
+            continue
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ParplanError(f"{name.replace('_', '-')} must be a positive whole number, got {v!r}")
         if v > MAX_AXIS:
@@ -264,7 +335,9 @@ def check_layout(layout: Layout, model: ModelSpec, cluster: Cluster, framework=N
         sp=layout.sp, tp_mode=TP_MODES.index(layout.tp_mode), zero=layout.zero,
         shard_group=1 if layout.shard_group is None else layout.shard_group, hsdp=layout.shard_group is not None,
         global_batch=batch, seq=seq, interleaved=layout.schedule == "interleaved",
-        recompute=RECOMPUTE.index(layout.recompute), cp_ring=layout.cp_mode == "ring"), framework)
+        recompute=RECOMPUTE.index(layout.recompute), cp_ring=layout.cp_mode == "ring",
+        first=layout.first_stage_layers or 0, last=layout.last_stage_layers or 0, zb=layout.schedule == "zb-h1"),
+        framework)
     if problem:
         raise ParplanError(problem)
     if framework is not None and layout.pp > 1 and layout.schedule not in framework.pipeline.schedules:

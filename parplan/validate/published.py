@@ -54,7 +54,8 @@ RUN_KEYS = ("id", "source", "confidence", "model", "hardware", "devices", "devic
             "inter_node_bandwidth", "precision", "framework", "flash_attention", "fused_kernels", "compiled",
             "fp8_recipe", "layout", "global_batch", "published", "reference_step_time_s", "reference_derivation",
             "notes", "_file")
-RUN_LAYOUT_KEYS = ("tp", "pp", "dp", "cp", "vpp", "zero", "sequence_parallel", "recompute", "micro_batch")
+RUN_LAYOUT_KEYS = ("tp", "pp", "dp", "cp", "vpp", "zero", "sequence_parallel", "recompute", "micro_batch",
+                   "first_stage_layers", "last_stage_layers")
 PUBLISHED_KEYS = ("step_time_s", "tflops_per_device", "mfu", "hfu", "tokens_per_s", "tokens_per_s_per_device",
                   "flops_convention")
 # What a user passes for a record's model when the record leaves it out (predict_via_cli.py does the same):
@@ -116,6 +117,9 @@ def record_setup(rec: dict, framework: str | None = None) -> RunSetup:
         fixed["vpp"] = number(lay, "vpp", w, integer=True)
     if lay.get("sequence_parallel") is not None:
         fixed["sp"] = bool(lay["sequence_parallel"])
+    for end in ("first_stage_layers", "last_stage_layers"):  # a published split, as plan --first/last-stage-layers
+        if lay.get(end) is not None:
+            fixed[end] = number(lay, end, w, integer=True)
     name = rec.get("framework") or framework
     note = "given" if rec.get("framework") else ("--framework" if framework else "default")
     name = name or default_framework(hw.kind)
@@ -130,8 +134,11 @@ def record_setup(rec: dict, framework: str | None = None) -> RunSetup:
                       micro_batch=fixed.get("micro_batch", 1), global_batch=batch, seq_len=model.seq_len,
                       zero=fixed.get("zero", 0), sp=bool(lay.get("sequence_parallel")), vpp=vpp,
                       schedule="interleaved" if vpp > 1 else "1f1b", recompute=fixed.get("recompute", "none"),
-                      dtype=dtype)
-    unknown = tuple(k for k in ("micro_batch", "zero", "recompute", "vpp", "sp") if k not in fixed)
+                      dtype=dtype, first_stage_layers=fixed.get("first_stage_layers"),
+                      last_stage_layers=fixed.get("last_stage_layers"))
+    searched = ("micro_batch", "zero", "recompute", "vpp", "sp") + \
+        (("first_stage_layers", "last_stage_layers") if fixed["pp"] > 1 else ())
+    unknown = tuple(k for k in searched if k not in fixed)
     return RunSetup(model, cluster, software, fixed, batch, dtype, fallback, unknown, note)
 
 
@@ -181,7 +188,8 @@ def validate_runs(records: list[dict], framework: str | None = None, progress=No
             "predicted_s": predicted,
             "published_s": published,
             "error": (predicted - published) / published,
-            "chosen": {k: (bool(getattr(lay, k)) if k == "sp" else getattr(lay, k)) for k in setup.unknown},
+            "chosen": {k: (bool(getattr(lay, k)) if k == "sp" else getattr(lay, k)) for k in setup.unknown
+                       if getattr(lay, k) is not None},  # a split left to the framework is not shown
             "band_s": list(band) if band else None,
             "within_band": bool(band) and band[0] <= published <= band[1],
             "fits": bool(est.fits),

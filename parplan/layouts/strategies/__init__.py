@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ...errors import ParplanError
-from .base import Collective, Context, Stages, StageTimes, Strategy
+from .base import Busiest, Collective, Context, StageMemory, Stages, StageTimes, Strategy
 from .context import ContextParallel
 from .data import DataParallel
 from .pipeline import PipelineParallel
@@ -104,6 +104,6 @@ register(ContextParallel)
 register(PipelineParallel)
 register(DataParallel)
 
-__all__ = ["Axis", "BUILTIN", "Collective", "Context", "Stages", "StageTimes", "Strategy", "axis", "axis_names",
-           "breakdown_keys", "breakdown_labels", "is_folded", "register", "stages_of", "strategies_for",
-           "unregister"]
+__all__ = ["Axis", "BUILTIN", "Busiest", "Collective", "Context", "StageMemory", "Stages", "StageTimes",
+           "Strategy", "axis", "axis_names", "breakdown_keys", "breakdown_labels", "is_folded", "register",
+           "stages_of", "strategies_for", "unregister"]

@@ -30,10 +30,14 @@ def _software(ctx: Context):
     return load_framework("megatron-core").data_parallel
 
 
-def _pipeline_every(ctx: Context) -> bool:
-    if ctx.software is not None:
-        return ctx.software.framework.pipeline.reduce_every_microbatch
-    return True
+def _reduce_every(ctx: Context):
+    """Per candidate: whether ZeRO-2/3 reduce-scatter every micro-batch's gradients (else once per step, the
+    stage's unsharded gradients held until then): the framework's data-parallel rule, or its rule under a
+    pipeline. Without a pipeline ZeRO-2 always keeps only its shard, so it reduces every micro-batch."""
+    pp = np.asarray(ctx.layout.pp)
+    piped = ctx.software.framework.pipeline.reduce_every_microbatch if ctx.software is not None else True
+    zero3 = np.where(pp == 1, _software(ctx).reduce_every_microbatch, piped)
+    return np.where(pp == 1, True, piped), zero3
 
 
 class DataParallel(Strategy):
@@ -75,8 +79,7 @@ class DataParallel(Strategy):
         bwd_gather = "backward" if dp.backward_prefetch == "before" else "none"
         # ZeRO-3 reduce-scatters every micro-batch (DeepSpeed, FSDP) or once per step (under
         # torch.distributed.pipelining, which defers the gradient sync to the last backward).
-        pp = np.asarray(lay.pp)
-        every = dp.reduce_every_microbatch if np.all(pp == 1) else _pipeline_every(ctx)
+        every2, every3 = _reduce_every(ctx)
         replicas = size // shard
         z0, z1, z2, z3 = (zero == 0), (zero == 1), (zero == 2), (zero == 3)
         # ZeRO-3 gathers and reduces layer by layer (FSDP wraps each layer), or in a framework's
@@ -92,9 +95,12 @@ class DataParallel(Strategy):
                        "step", "backward", reduce[0]),
             Collective("zero_grad_reduce_scatter", "reduce_scatter", "dp", shard, stride, grads,
                        np.where(z1, 1, 0), "step", "backward", reduce[1]),
-            # ZeRO-2 keeps only its gradient shard, so it reduce-scatters after every micro-batch.
+            # ZeRO-2 keeps only its gradient shard, so it reduce-scatters after every micro-batch; under
+            # torch.distributed.pipelining the sync waits for the last backward (one per step, unsharded meanwhile).
             Collective("zero2_grad_reduce_scatter", "reduce_scatter", "dp", shard, stride, grads,
-                       np.where(z2, 1, 0), "microbatch", "backward", reduce[2]),
+                       np.where(z2 & every2, 1, 0), "microbatch", "backward", reduce[2]),
+            Collective("zero2_grad_reduce_scatter_step", "reduce_scatter", "dp", shard, stride, grads,
+                       np.where(z2 & ~every2, 1, 0), "step", "backward", reduce[2]),
             Collective("zero_param_allgather", "all_gather", "dp", shard, stride, params * ctx.bpe,
                        np.where(z1 | z2, 1, 0), "step", "forward", fwd),
             Collective("fsdp_allgather_fwd", "all_gather", "dp", shard, stride, weights / gathers,
@@ -102,9 +108,9 @@ class DataParallel(Strategy):
             Collective("fsdp_allgather_bwd", "all_gather", "dp", shard, stride, weights / gathers,
                        np.where(z3, gathers, 0), "microbatch", "backward", bwd_gather),
             Collective("fsdp_grad_reduce_scatter", "reduce_scatter", "dp", shard, stride, grads / reduces,
-                       np.where(z3, reduces, 0) if every else 0, "microbatch", "backward", reduce[3]),
+                       np.where(z3 & every3, reduces, 0), "microbatch", "backward", reduce[3]),
             Collective("fsdp_grad_reduce_scatter_step", "reduce_scatter", "dp", shard, stride, grads,
-                       0 if every else np.where(z3, 1, 0), "step", "backward", reduce[3]),
+                       np.where(z3 & ~every3, 1, 0), "step", "backward", reduce[3]),
             Collective("hsdp_replica_allreduce", "all_reduce", "dp", np.maximum(replicas, 1), stride * shard,
                        grads / shard, np.where((zero > 0) & (replicas > 1), 1, 0), "step", "backward", reduce[1]),
         ]
@@ -112,11 +118,11 @@ class DataParallel(Strategy):
     def state_divisors(self, ctx: Context):
         _, _, shard = self._group(ctx)
         zero = np.asarray(ctx.layout.zero)
-        # A ZeRO-3 that reduces once per step (under pipelining, deferred gradient sync) holds the
+        # A ZeRO-2/3 that reduces once per step (under pipelining, deferred gradient sync) holds the
         # stage's unsharded gradients until then.
-        every = _software(ctx).reduce_every_microbatch if np.all(np.asarray(ctx.layout.pp) == 1) \
-            else _pipeline_every(ctx)
-        sharded_grads = (zero == 2) | ((zero == 3) & (bool(every) | (np.asarray(ctx.micro_batches) == 1)))
+        every2, every3 = _reduce_every(ctx)
+        one = np.asarray(ctx.micro_batches) == 1
+        sharded_grads = ((zero == 2) & (every2 | one)) | ((zero == 3) & (every3 | one))
         return {
             "optimizer": np.where(zero >= 1, shard, 1),
             "gradients": np.where(sharded_grads, shard, 1),
