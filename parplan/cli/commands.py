@@ -18,6 +18,7 @@ from .software_opts import pop_software, software_from, software_options
 from ..errors import ParplanError
 from .serve_cmd import inference_options
 from .launch_opts import emit_framework, with_launch_config
+from .pipeline_opts import split_options
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -61,7 +62,7 @@ def layout_options(fn):
     ]
     for opt in reversed(opts):
         fn = opt(fn)
-    return software_options(fn)
+    return software_options(split_options(fn))
 
 
 def budget_options() -> list:
@@ -75,7 +76,8 @@ def budget_options() -> list:
 
 
 def build_layout(cluster, model, *, mesh, tp, pp, dp, cp, micro_batch, global_batch, seq, recompute, dtype,
-                 zero, shard_group, sp, tp_mode, cp_mode, vpp, schedule):
+                 zero, shard_group, sp, tp_mode, cp_mode, vpp, schedule, first_stage_layers=None,
+                 last_stage_layers=None):
     from ..layouts.layout import DEFAULT_ORDER, Layout, mesh_order, parse_mesh
     from ..plan.candidates import default_global_batch
 
@@ -106,7 +108,8 @@ def build_layout(cluster, model, *, mesh, tp, pp, dp, cp, micro_batch, global_ba
     return Layout(tp=given["tp"], pp=given["pp"], dp=given["dp"], cp=given["cp"], micro_batch=micro_batch,
                   global_batch=global_batch, seq_len=seq, recompute=recompute, dtype=dtype, zero=zero,
                   shard_group=shard_group, sp=sp, tp_mode=tp_mode, cp_mode=cp_mode, vpp=vpp,
-                  schedule=schedule, order=tuple(order))
+                  schedule=schedule, order=tuple(order), first_stage_layers=first_stage_layers,
+                  last_stage_layers=last_stage_layers)
 
 
 def _estimate_from_options(model_name, hw, headroom, **kw):
@@ -209,6 +212,7 @@ def _estimate_or_explain(model_name, hw, headroom, fmt, mode, inference, kw, exp
 @click.option("--sp/--no-sp", default=None, help="Fix Megatron sequence parallel on or off.")
 @click.option("--vpp", type=int, default=None, help="Fix the virtual pipeline stages per rank.")
 @click.option("--schedule", type=click.Choice(SCHEDULES), default=None, help="Fix the pipeline schedule.")
+@split_options(plan=True)
 @click.option("--tp-mode", type=click.Choice(TP_MODES), default=None, help="Fix the tensor-parallel scheme.")
 @click.option("--cp-mode", type=click.Choice(CP_MODES), default=None, help="Fix the context-parallel scheme.")
 @click.option("--shard-group", type=int, default=None, help="Fix HSDP: ZeRO shards within groups of this many.")
@@ -249,7 +253,8 @@ def plan(model_name, hw, global_batch, seq, dtype, objective, top, headroom, all
     result = make_plan(model, cluster, global_batch=global_batch, dtype=dtype, objective=objective, top=top,
                        headroom=headroom, allow_cross_node_tp=allow_cross_node_tp,
                        software=software_from(software_kw, cluster, dtype), fixed=fixed, emit_target=emit_target,
-                       explain=explain, schedule=schedule if schedule == "gpipe" else None, placements=placements)
+                       explain=explain, schedule=schedule if schedule in ("gpipe", "zb-h1") else None,
+                       placements=placements)
     click.echo(plan_report(result, fmt, tokens=tokens, price=price))
 
 
@@ -272,7 +277,7 @@ def plan_fixed(options: dict) -> tuple[dict, str | None, tuple | None]:
         placements = (mesh_order(sizes),)
     if schedule == "interleaved" and fixed.get("vpp", 2) < 2:
         raise ParplanError("the interleaved schedule needs --vpp 2 or more")
-    if schedule == "1f1b":
+    if schedule in ("1f1b", "zb-h1"):
         fixed.setdefault("vpp", 1)
     for k, v in fixed.items():
         if isinstance(v, int) and not isinstance(v, bool) and v < (0 if k == "zero" else 1):

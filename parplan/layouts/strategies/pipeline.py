@@ -77,8 +77,9 @@ def zb_h1_scale(f_s, b_s, w_s):
 
 
 def layout_ends(model, layout):
-    """Layers on the first and last rank: the layout's (resolved by the layout rules to the framework's
-    split), or, where it gives none, every rank's rounded-up share (serving's split)."""
+    """Layers on the first and last rank: the layout's (the estimate fills in the framework's split,
+    :func:`parplan.layouts.split.with_ends`), or, where it gives none, every rank's rounded-up share
+    (serving's split)."""
     pp = np.asarray(layout.pp)
     first = getattr(layout, "first_stage_layers", None)
     last = getattr(layout, "last_stage_layers", None)
