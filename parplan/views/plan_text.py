@@ -69,11 +69,11 @@ def _table(result: PlanResult, plans: list[dict], extra: dict) -> str:
            f"global batch {gb} x {seq} tokens ({result.batch_note}); objective {result.objective}",
            *([f"sequence length: {model.seq_note}"] if model.seq_note else []),
            "",
-           f"{'#':>3}  {'layout':<58}{'ici' if torus else 'placement':<{width}}{'batch':>6}{'step s':>9}"
+           f"{'#':>3}  {'layout':<64}{'ici' if torus else 'placement':<{width}}{'batch':>6}{'step s':>9}"
            f"{'tokens/s':>11}{'MFU':>7}{'memory GiB':>16}  {'bottleneck':<10} best within 1% if +-15%"]
     for i, ((_, row), trust) in enumerate(zip(best.iterrows(), stability), 1):
         holds = "yes" if trust["holds"] else f"{trust['first_in']}/{trust['cases']} (worst #{trust['worst_rank']})"
-        out.append(f"{i:>3}  {describe_row(row):<58}{_placement(row, torus):<{width}}"
+        out.append(f"{i:>3}  {describe_row(row) + ' ':<64}{_placement(row, torus):<{width}}"
                    f"{int(row['global_batch']):>6}{row['step_time_s']:9.3f}{row['tokens_per_s']:11.4g}"
                    f"{100 * row['mfu']:6.1f}%{row['memory_bytes'] / GIB:8.1f} / {hbm / GIB:4.0f}  "
                    f"{bottleneck(row):<10} {holds}")
