@@ -19,7 +19,7 @@ from ..cost.memory import DEFAULT_HEADROOM
 from ..errors import ParplanError
 from ..layouts import rules
 from ..layouts.layout import RECOMPUTE, TP_MODES
-from ..layouts.split import end_choices
+from ..layouts.split import end_choices, resolve_ends
 from ..specs.cluster import Cluster
 from ..specs.framework import Software
 from ..specs.model import ModelSpec
@@ -188,6 +188,13 @@ def candidates(model: ModelSpec, cluster: Cluster, space: SearchSpace) -> dict[s
     ok = rules.valid(model, knobs, framework)
     if not ok.any():
         raise ParplanError(_nothing_passes(model, n, gb, fixed, knobs, framework))
+    if "first_stage_layers" not in fixed and "last_stage_layers" not in fixed:
+        # An offered split equal to the framework's own, where its own runs, is the same plan as leaving it unset.
+        own = resolve_ends(model.layers, c["pp"], c["vpp"], 0, 0, framework.pipeline.split)
+        unset = rules.valid(model, SimpleNamespace(**{**vars(knobs), "first": 0 * knobs.first,
+                                                       "last": 0 * knobs.last}), framework)
+        offered = (c["first_stage_layers"] > 0) | (c["last_stage_layers"] > 0)
+        ok &= ~(offered & unset & (c["first_stage_layers"] == own[0]) & (c["last_stage_layers"] == own[1]))
     out = _keep(c, ok)
     del out["hsdp"]
     return out
