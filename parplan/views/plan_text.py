@@ -9,7 +9,7 @@ from ..plan.planner import PlanResult
 from ..plan.search import describe_row, why
 from ..step.train import bottleneck
 from ..units import GIB
-from .records import estimate_dict, format_budget, plan_budget
+from .records import estimate_dict, format_budget, mfu_above_ceiling, mfu_notes, plan_budget
 
 CSV_COLUMNS = ["tp", "pp", "dp", "cp", "zero", "micro_batch", "sp", "vpp", "recompute", "global_batch",
                "step_time_s", "tokens_per_s", "mfu", "tflops_per_device", "fits", "bottleneck", "rank_holds"]
@@ -63,15 +63,16 @@ def _table(result: PlanResult, plans: list[dict], extra: dict) -> str:
     hbm = cluster.hardware.hbm_bytes
     seq = model.seq_len
     gb = ", ".join(map(str, batches))
+    width = max([56] + [len(describe_row(row)) for _, row in best.iterrows()]) + 2
     out = [f"{model.name} on {cluster.label}: {result.evaluated} candidates evaluated, {len(ranked)} fit; "
            f"global batch {gb} x {seq} tokens ({result.batch_note}); objective {result.objective}",
            *([f"sequence length: {model.seq_note}"] if model.seq_note else []),
            "",
-           f"{'#':>3}  {'layout':<58}{'placement':<11}{'batch':>6}{'step s':>9}{'tokens/s':>11}{'MFU':>7}"
+           f"{'#':>3}  {'layout':<{width}}{'placement':<11}{'batch':>6}{'step s':>9}{'tokens/s':>11}{'MFU':>7}"
            f"{'memory GiB':>16}  {'bottleneck':<10} best within 1% if +-15%"]
     for i, ((_, row), trust) in enumerate(zip(best.iterrows(), stability), 1):
         holds = "yes" if trust["holds"] else f"{trust['first_in']}/{trust['cases']} (worst #{trust['worst_rank']})"
-        out.append(f"{i:>3}  {describe_row(row):<58}{re.sub('^tp,cp,', '', row['order']):<11}"
+        out.append(f"{i:>3}  {describe_row(row):<{width}}{re.sub('^tp,cp,', '', row['order']):<11}"
                    f"{int(row['global_batch']):>6}{row['step_time_s']:9.3f}{row['tokens_per_s']:11.4g}"
                    f"{100 * row['mfu']:6.1f}%{row['memory_bytes'] / GIB:8.1f} / {hbm / GIB:4.0f}  "
                    f"{bottleneck(row):<10} {holds}")
@@ -87,6 +88,7 @@ def _table(result: PlanResult, plans: list[dict], extra: dict) -> str:
         out.append("#1 stays fastest of these plans with any one efficiency or bandwidth 15% off")
     out.append(f"MFU counts model FLOPs with full attention (PaLM App. B); #1 executes "
                f"{100 * plans[0]['mfu_causal']:.1f}% of peak counting only causal attention")
+    out += _mfu_flags(result.estimates)
     b = plans[0]["breakdown_s"]
     out += ["", "best plan's step: " + ", ".join(f"{k} {b[k]:.3g} s" for k in breakdown_keys() if b[k] > 0)]
     if extra:
@@ -95,6 +97,17 @@ def _table(result: PlanResult, plans: list[dict], extra: dict) -> str:
         for r in extra["sensitivity"]:
             out.append(f"  {r['parameter']:<20} {r['step_time_s']:9.3f} s/step  {100 * r['speedup']:+6.2f}%")
     return "\n".join(out)
+
+
+def _mfu_flags(estimates) -> list[str]:
+    """The MFU notes of the shown plans, one per kind, about the first plan of that kind (naming the others)."""
+    out = []
+    for kind in ("causal", "full"):
+        which = [i for i, est in enumerate(estimates, 1) if mfu_above_ceiling(est) == kind]
+        if which:
+            more = f" (and {', '.join(f'#{i}' for i in which[1:])})" if len(which) > 1 else ""
+            out += mfu_notes(estimates[which[0] - 1], f"#{which[0]}'s{more} ")
+    return out
 
 
 def _same_layout_other_placement(rows) -> list[str]:

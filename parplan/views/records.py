@@ -46,6 +46,8 @@ def estimate_dict(est: Estimate) -> dict[str, Any]:
         "mfu_causal": float(est.mfu_causal),
         "mfu_causal_definition": MFU_CAUSAL_DEFINITION,
         "hfu_definition": HFU_DEFINITION,
+        "matmul_ceiling": float(est.cluster.hardware.matmul_efficiency),  # the best-shape matmul rate over peak
+        "mfu_above_ceiling": mfu_above_ceiling(est),  # null, "full" (the convention) or "causal" (a wrong estimate)
         "model_flops_per_step": float(est.model_flops_per_step),
         "hardware_flops_per_step": float(est.hardware_flops_per_step),
         "memory_bytes": {k: float(v) for k, v in est.memory_bytes.items()},
@@ -118,15 +120,22 @@ def explain_dict(est: Estimate) -> dict[str, Any]:
     return out
 
 
-def mfu_notes(est: Estimate) -> list[str]:
-    """A flag when an MFU exceeds what the device's matmuls reach at all (its measured best-shape rate)."""
+def mfu_above_ceiling(est: Estimate) -> str | None:
+    """``causal`` when even the causal MFU exceeds what the device's matmuls reach at all (its measured
+    best-shape rate, ``efficiency.matmul``): the estimate is wrong; ``full`` when only the full-attention MFU does."""
     ceiling = est.cluster.hardware.matmul_efficiency
-    if float(est.mfu_causal) > ceiling:
-        return [f"note: causal MFU {float(est.mfu_causal):.1%} is above the {ceiling:.0%} of peak the "
+    return "causal" if float(est.mfu_causal) > ceiling else "full" if float(est.mfu) > ceiling else None
+
+
+def mfu_notes(est: Estimate, who: str = "") -> list[str]:
+    """A flag when an MFU exceeds the matmul ceiling; ``who`` names the plans it is about (``#1-#3's``)."""
+    ceiling, flag = est.cluster.hardware.matmul_efficiency, mfu_above_ceiling(est)
+    if flag == "causal":
+        return [f"note: {who}causal MFU {float(est.mfu_causal):.1%} is above the {ceiling:.0%} of peak the "
                 f"{est.cluster.hardware.name}'s matmuls reach (efficiency.matmul): the estimate is wrong"]
-    if float(est.mfu) > ceiling:
-        return [f"note: MFU {float(est.mfu):.1%} is above the {ceiling:.0%} of peak the matmuls reach because the "
-                f"full-attention convention counts attention FLOPs that causal kernels skip"]
+    if flag == "full":
+        return [f"note: {who}MFU {float(est.mfu):.1%} is above the {ceiling:.0%} of peak the matmuls reach because "
+                f"the full-attention convention counts attention FLOPs that causal kernels skip"]
     return []
 
 
