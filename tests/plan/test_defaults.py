@@ -51,6 +51,18 @@ def test_a_hf_config_trains_at_its_pre_training_length_and_says_so(tmp_path):
     assert m.seq_len == 1024 and m.context_limit == 1024 and m.seq_note == ""
 
 
+def test_a_hf_config_without_a_window_takes_the_stated_default_or_says_what_is_missing(tmp_path):
+    cfg = {"model_type": "llama", "hidden_size": 2048, "num_hidden_layers": 4, "num_attention_heads": 16,
+           "intermediate_size": 8192, "vocab_size": 32000}
+    (tmp_path / "llama.json").write_text(json.dumps(cfg))
+    m = load_model(str(tmp_path / "llama.json"))
+    assert (m.seq_len, m.max_seq_len) == (4096, None) and "gives no max_position_embeddings" in m.seq_note
+    (tmp_path / "gpt2.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 768, "n_layer": 12,
+                                                     "n_head": 12, "vocab_size": 50257}))
+    with pytest.raises(ParplanError, match="no max_position_embeddings .or n_positions"):
+        load_model(str(tmp_path / "gpt2.json"))
+
+
 def test_serving_beyond_the_context_window_is_refused_and_beyond_training_length_is_noted(run_cli):
     code, out, err = run_cli("estimate", "--mode", "inference", "--model", "llama3.1-8b", "--hw", "h100x1",
                              "--input-len", "131000", "--output-len", "100")
