@@ -155,6 +155,11 @@ def software_rules(fw) -> tuple[Rule, ...]:
         Rule(f"{n} has the interleaved schedule", ('interleaved',),
              lambda m, a: a.interleaved & ("interleaved" not in pipe.schedules),
              lambda m, a: f"{n} runs the pipeline schedules {', '.join(pipe.schedules) or 'none'}, not interleaved"),
+        Rule(f"{n} has the non-interleaved schedule", ('pp', 'interleaved', 'gpipe'),
+             lambda m, a: (a.pp > 1) & ~a.interleaved & np.where(a.gpipe, "gpipe" not in pipe.schedules,
+                                                                 "1f1b" not in pipe.schedules),
+             lambda m, a: f"{n} runs the pipeline schedules {', '.join(pipe.schedules) or 'none'}, "
+                          f"not {'gpipe' if a.gpipe else '1f1b'}"),
         Rule(f"{n} has context parallelism", ('cp', 'cp_ring'),
              lambda m, a: (a.cp > 1) & ~np.isin(np.where(a.cp_ring, 0, 1), [CP_MODES.index(c) for c in par.cp_modes]),
              lambda m, a: (f"{n} has no context parallelism (cp must be 1)" if not par.cp_modes else
@@ -172,15 +177,15 @@ def software_rules(fw) -> tuple[Rule, ...]:
 
 
 def fields(*, tp, cp, pp, dp, micro_batch, vpp, sp, tp_mode, zero, shard_group, hsdp, global_batch, seq,
-           interleaved, recompute=0, cp_ring=False) -> SimpleNamespace:
+           interleaved, recompute=0, cp_ring=False, gpipe=False) -> SimpleNamespace:
     """The candidate fields the rules read, as arrays (``tp_mode`` as codes 0/1/2 of ``TP_MODES``,
-    ``recompute`` as codes of ``RECOMPUTE``)."""
+    ``recompute`` as codes of ``RECOMPUTE``; a pipeline not ``interleaved`` runs GPipe with ``gpipe``, else 1F1B)."""
     return SimpleNamespace(tp=np.asarray(tp), cp=np.asarray(cp), pp=np.asarray(pp), dp=np.asarray(dp),
                            mb=np.asarray(micro_batch), vpp=np.asarray(vpp), sp=np.asarray(sp, bool),
                            mode=np.asarray(tp_mode), zero=np.asarray(zero), shard=np.asarray(shard_group),
                            hsdp=np.asarray(hsdp, bool), batch=np.asarray(global_batch), seq=np.asarray(seq),
                            interleaved=np.asarray(interleaved, bool), rc=np.asarray(recompute),
-                           cp_ring=np.asarray(cp_ring, bool))
+                           cp_ring=np.asarray(cp_ring, bool), gpipe=np.asarray(gpipe, bool))
 
 
 def violations(model: ModelSpec, a, framework=None) -> list[tuple[Rule, np.ndarray]]:
@@ -264,12 +269,10 @@ def check_layout(layout: Layout, model: ModelSpec, cluster: Cluster, framework=N
         sp=layout.sp, tp_mode=TP_MODES.index(layout.tp_mode), zero=layout.zero,
         shard_group=1 if layout.shard_group is None else layout.shard_group, hsdp=layout.shard_group is not None,
         global_batch=batch, seq=seq, interleaved=layout.schedule == "interleaved",
-        recompute=RECOMPUTE.index(layout.recompute), cp_ring=layout.cp_mode == "ring"), framework)
+        recompute=RECOMPUTE.index(layout.recompute), cp_ring=layout.cp_mode == "ring",
+        gpipe=layout.schedule == "gpipe"), framework)
     if problem:
         raise ParplanError(problem)
-    if framework is not None and layout.pp > 1 and layout.schedule not in framework.pipeline.schedules:
-        raise ParplanError(f"{framework.name} runs the pipeline schedules "
-                           f"{', '.join(framework.pipeline.schedules) or 'none'}, not {layout.schedule}")
     return replace(layout, seq_len=seq, global_batch=batch)
 
 

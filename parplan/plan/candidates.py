@@ -151,7 +151,8 @@ def candidates(model: ModelSpec, cluster: Cluster, space: SearchSpace) -> dict[s
     knobs = rules.fields(tp=c["tp"], cp=c["cp"], pp=c["pp"], dp=c["dp"], micro_batch=c["micro_batch"], vpp=c["vpp"],
                          sp=c["sp"], tp_mode=c["tp_mode"], zero=c["zero"], shard_group=c["shard_group"],
                          hsdp=c["hsdp"], global_batch=gb, seq=seq, interleaved=c["vpp"] > 1,
-                         recompute=c["recompute"], cp_ring=c["cp_mode"] == CP_SCHEMES.index("ring"))
+                         recompute=c["recompute"], cp_ring=c["cp_mode"] == CP_SCHEMES.index("ring"),
+                         gpipe=space.schedule == "gpipe")
     ok = rules.valid(model, knobs, framework)
     if not ok.any():
         raise ParplanError(_nothing_passes(model, n, gb, fixed, knobs, framework))

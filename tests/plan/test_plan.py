@@ -248,6 +248,18 @@ def test_plan_answers_on_device_counts_with_a_factor_of_three(run_cli, hw):
     assert out.splitlines()[3].lstrip().startswith("1 ")
 
 
+def test_plan_ranks_only_schedules_the_framework_runs():
+    """JAX pipelines with GPipe or interleaving: the search once ranked 1F1B layouts that the final check refused,
+    so 'plan --model gpt3 --hw tpu-v4x128' failed at --top 10 and answered at --top 2."""
+    from parplan.errors import ParplanError
+    from parplan.plan.planner import make_plan
+
+    result = make_plan(load_model("gpt3"), load_cluster("tpu-v4x128"), top=10)
+    assert all(lay.pp == 1 or lay.schedule == "interleaved" for lay in result.layouts)
+    with pytest.raises(ParplanError, match="megatron-core runs the pipeline schedules 1f1b, interleaved, not gpipe"):
+        make_plan(load_model("gpt3-13b"), load_cluster("a100x64"), fixed={"pp": 2}, schedule="gpipe")
+
+
 def test_every_searched_candidate_passes_the_check_estimate_applies():
     from parplan.layouts.rules import check_layout
     from parplan.plan.candidates import SearchSpace, candidates
