@@ -12,6 +12,7 @@ from ..step.train import bottleneck, estimate
 from ..units import GIB
 from .candidates import SearchSpace, default_batch_note, default_global_batch
 from .emitters import emit
+from .interval import intervals
 from .search import describe_row, fewest_devices, layout_of, rank, search
 from .trust import rank_stability, sensitivity
 
@@ -101,6 +102,7 @@ class PlanResult:
     sensitivity: list | None = None
     emitted: str | None = None  # the launch config of the best plan
     emit_target: str | None = None
+    intervals: list | None = None  # the Interval of each top plan's step time
 
 
 def make_plan(model, cluster, *, global_batch=None, dtype="bf16", objective="throughput", top=10,
@@ -141,10 +143,11 @@ def make_plan(model, cluster, *, global_batch=None, dtype="bf16", objective="thr
             r2 = rank(d2, objective)
             return float(r2.iloc[0]["step_time_s"]) if not r2.empty else float("nan")
         sens = sensitivity(best_time, cluster, float(ranked.iloc[0]["step_time_s"]))
+    estimates = [estimate(model, cluster, lay, headroom=headroom, software=software) for lay in layouts]
     return PlanResult(
         model=model, cluster=cluster, objective=objective, batches=batches, batch_note=note, evaluated=evaluated,
-        candidates=df, ranked=ranked, top=best, layouts=layouts,
-        estimates=[estimate(model, cluster, lay, headroom=headroom, software=software) for lay in layouts],
+        candidates=df, ranked=ranked, top=best, layouts=layouts, estimates=estimates,
+        intervals=intervals(model, cluster, layouts, [float(e.step_time_s) for e in estimates], software, headroom),
         stability=rank_stability(model, cluster, checked, headroom, reference=STABILITY_REFERENCE,
                                  software=software)[:top],
         binding_constraint=binding,

@@ -5,6 +5,7 @@ import json
 import re
 
 from ..layouts.strategies import breakdown_keys
+from ..plan.interval import overlapping
 from ..plan.planner import PlanResult
 from ..plan.search import describe_row, why
 from ..step.train import bottleneck
@@ -18,8 +19,15 @@ CSV_COLUMNS = ["tp", "pp", "dp", "cp", "zero", "micro_batch", "sp", "vpp", "reco
 def plan_dicts(result: PlanResult) -> list[dict]:
     """One JSON object per top plan: its estimate's stable names, its knobs, bottleneck and rank checks."""
     plans = []
-    for (_, row), est, trust in zip(result.top.iterrows(), result.estimates, result.stability):
+    intervals = result.intervals or [None] * len(result.estimates)
+    overlaps = set(overlapping(result.intervals or []))
+    for i, ((_, row), est, trust, interval) in enumerate(zip(result.top.iterrows(), result.estimates,
+                                                             result.stability, intervals), 1):
         d = estimate_dict(est)
+        if interval is not None:
+            d["step_time_interval_s"] = [interval.low_s, interval.high_s]
+            d["interval"] = interval.as_dict()
+            d["interval_overlaps_first"] = i == 1 or i in overlaps
         d.update({k: d["layout"][k] for k in ("tp", "pp", "dp", "cp", "zero", "micro_batch", "sp", "vpp",
                                               "recompute", "order", "global_batch")})
         d["bottleneck"] = bottleneck(row)
@@ -50,9 +58,11 @@ def plan_report(result: PlanResult, fmt: str = "table", tokens: float | None = N
             plans[0].update(extra)
         return json.dumps(plans, indent=2)
     if fmt == "csv":
-        lines = [",".join(CSV_COLUMNS + ["memory_total_bytes"])]
+        lines = [",".join(CSV_COLUMNS + ["memory_total_bytes", "step_time_low_s", "step_time_high_s"])]
         for p in plans:
-            lines.append(",".join([str(p[c]) for c in CSV_COLUMNS] + [str(p["memory_bytes"]["total"])]))
+            low, high = p.get("step_time_interval_s", ("", ""))
+            lines.append(",".join([str(p[c]) for c in CSV_COLUMNS] + [str(p["memory_bytes"]["total"]), str(low),
+                                                                       str(high)]))
         return "\n".join(lines)
     return _table(result, plans, extra) + (f"\n#1 {format_budget(budgets[0])}" if budgets[0] else "")
 
@@ -68,12 +78,13 @@ def _table(result: PlanResult, plans: list[dict], extra: dict) -> str:
            f"global batch {gb} x {seq} tokens ({result.batch_note}); objective {result.objective}",
            *([f"sequence length: {model.seq_note}"] if model.seq_note else []),
            "",
-           f"{'#':>3}  {'layout':<{width}}{'placement':<11}{'batch':>6}{'step s':>9}{'tokens/s':>11}{'MFU':>7}"
-           f"{'memory GiB':>16}  {'bottleneck':<10} best within 1% if +-15%"]
-    for i, ((_, row), trust) in enumerate(zip(best.iterrows(), stability), 1):
+           f"{'#':>3}  {'layout':<{width}}{'placement':<11}{'batch':>6}{'step s':>9}{'interval s':>14}{'tokens/s':>11}"
+           f"{'MFU':>7}{'memory GiB':>16}  {'bottleneck':<10} best within 1% if +-15%"]
+    for i, ((_, row), trust, p) in enumerate(zip(best.iterrows(), stability, plans), 1):
         holds = "yes" if trust["holds"] else f"{trust['first_in']}/{trust['cases']} (worst #{trust['worst_rank']})"
+        span = "{:.3g}-{:.3g}".format(*p["step_time_interval_s"]) if "step_time_interval_s" in p else "-"
         out.append(f"{i:>3}  {describe_row(row):<{width}}{re.sub('^tp,cp,', '', row['order']):<11}"
-                   f"{int(row['global_batch']):>6}{row['step_time_s']:9.3f}{row['tokens_per_s']:11.4g}"
+                   f"{int(row['global_batch']):>6}{row['step_time_s']:9.3f}{span:>14}{row['tokens_per_s']:11.4g}"
                    f"{100 * row['mfu']:6.1f}%{row['memory_bytes'] / GIB:8.1f} / {hbm / GIB:4.0f}  "
                    f"{bottleneck(row):<10} {holds}")
     out += ["", "placement: the order of the outer mesh axes on the devices, innermost first (dp,pp: each "
@@ -89,6 +100,7 @@ def _table(result: PlanResult, plans: list[dict], extra: dict) -> str:
     out.append(f"MFU counts model FLOPs with full attention (PaLM App. B); #1 executes "
                f"{100 * plans[0]['mfu_causal']:.1f}% of peak counting only causal attention")
     out += _mfu_flags(result.estimates)
+    out += _interval_lines(result.intervals)
     b = plans[0]["breakdown_s"]
     out += ["", "best plan's step: " + ", ".join(f"{k} {b[k]:.3g} s" for k in breakdown_keys() if b[k] > 0)]
     if extra:
@@ -97,6 +109,30 @@ def _table(result: PlanResult, plans: list[dict], extra: dict) -> str:
         for r in extra["sensitivity"]:
             out.append(f"  {r['parameter']:<20} {r['step_time_s']:9.3f} s/step  {100 * r['speedup']:+6.2f}%")
     return "\n".join(out)
+
+
+def _numbers(plans: list[int]) -> str:
+    """``#2-#4, #7`` for plans 2, 3, 4 and 7."""
+    runs: list[list[int]] = []
+    for n in plans:
+        if runs and n == runs[-1][-1] + 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    return ", ".join(f"#{r[0]}" if len(r) == 1 else f"#{r[0]}-#{r[-1]}" for r in runs)
+
+
+def _interval_lines(intervals) -> list[str]:
+    """Where the intervals come from, and which plans the model's error cannot tell from #1."""
+    if not intervals:
+        return []
+    lines = [intervals[0].describe()]
+    if len(intervals) > 1:
+        near = overlapping(intervals)
+        lines.append(f"#1's interval overlaps {_numbers(near)}'s: the model's validated error does not order them "
+                     f"(the last column says whether #1 stays first when a profile value is 15% off)" if near else
+                     "#1's interval overlaps no other plan's: #1 is faster beyond the model's validated error")
+    return lines
 
 
 def _mfu_flags(estimates) -> list[str]:

@@ -139,8 +139,9 @@ def mfu_notes(est: Estimate, who: str = "") -> list[str]:
     return []
 
 
-def format_estimate(est: Estimate, batch_note: str | None = None) -> str:
-    """The human table of ``parplan estimate``; ``batch_note`` says where the global batch came from."""
+def format_estimate(est: Estimate, batch_note: str | None = None, interval=None) -> str:
+    """The human table of ``parplan estimate``; ``batch_note`` says where the global batch came from, ``interval``
+    (a :class:`parplan.plan.interval.Interval`) where the step time likely lies."""
     d = estimate_dict(est)
     lay = est.layout
     lines = [
@@ -152,6 +153,8 @@ def format_estimate(est: Estimate, batch_note: str | None = None) -> str:
         *([f"        sequence length: {est.model.seq_note}"] if est.model.seq_note else []),
         "",
         f"step time          {d['step_time_s']:10.3f} s",
+        *([f"  interval         {interval.low_s:.3g} - {interval.high_s:.3g} s   "
+           f"({interval.describe().removeprefix('interval: ')})"] if interval is not None else []),
         f"tokens/s           {d['tokens_per_s']:10.4g}   ({d['tokens_per_s_per_device']:.4g} per device)",
         f"TFLOP/s per device {d['tflops_per_device']:10.1f}   (model FLOPs)",
         f"MFU                {d['mfu'] * 100:9.1f} %   full attention (PaLM App. B); {d['mfu_causal'] * 100:.1f} % "
