@@ -21,6 +21,7 @@ from ..specs.model import ModelSpec
 from ..units import GIB
 from .records import MFU_DEFINITION, collective_rows, estimate_dict
 from ..plan.candidates import default_batch_note
+from ..plan.interval import estimate_interval
 from ..plan.search import describe_row, fewest_devices, why
 
 SIGNIFICANT_SHARE = 0.05  # a step-time component worth pointing out
@@ -149,13 +150,13 @@ def build_report(model: ModelSpec | str, cluster: Cluster | str, *, global_batch
 
 
 def _summary(est: Estimate, row, runner_up) -> list[str]:
-    d = estimate_dict(est)
+    d, span = estimate_dict(est), estimate_interval(est)
     hbm = d["hbm_bytes"]
     lines = [md_table(["", "best plan"], [
         ["layout", f"`{describe_row(row)}`"],
         ["placement (mesh order, innermost first)", f"`{','.join(est.layout.order)}`"],
         ["micro-batches per step", est.layout.micro_batches],
-        ["step time", f"{d['step_time_s']:.3f} s"],
+        ["step time", f"{d['step_time_s']:.3f} s (likely {span.low_s:.3g}-{span.high_s:.3g} s)"],
         ["throughput", f"{d['tokens_per_s']:.4g} tokens/s ({d['tokens_per_s_per_device']:.4g} per device)"],
         ["MFU / HFU", f"{_pct(d['mfu'])} / {_pct(d['hfu'])}"],
         ["model TFLOP/s per device", f"{d['tflops_per_device']:.1f}"],
@@ -163,8 +164,7 @@ def _summary(est: Estimate, row, runner_up) -> list[str]:
                               f"({_gib(hbm * (1 - est.headroom))} usable)"],
         ["bottleneck", row["bottleneck"]],
     ], align="lr")]
-    if runner_up is not None:
-        lines += ["", why(row, runner_up) + "."]
+    lines += ["", f"The step time's {span.describe()}."] + (["", why(row, runner_up) + "."] if runner_up is not None else [])
     return lines
 
 
