@@ -127,8 +127,9 @@ def search_inference(model: ModelSpec, cluster: Cluster, *, input_len: int, outp
         frames.append(df)
     out = pd.concat(frames, ignore_index=True)
     out.attrs.update(model=model.name, cluster=cluster.name, cluster_label=cluster.label,
-                     hardware=cluster.hardware.name, devices=cluster.devices, input_len=input_len, output_len=output_len, dtype=dtype,
-                     kv_dtype=kv_dtype or "", ttft_ms=ttft_ms, tpot_ms=tpot_ms, headroom=headroom)
+                     hardware=cluster.hardware.name, devices=cluster.devices, input_len=input_len,
+                     output_len=output_len, dtype=dtype, kv_dtype=kv_dtype or "", ttft_ms=ttft_ms, tpot_ms=tpot_ms,
+                     headroom=headroom)
     return out
 
 
