@@ -164,8 +164,8 @@ def _summary(est: Estimate, row, runner_up) -> list[str]:
                               f"({_gib(hbm * (1 - est.headroom))} usable)"],
         ["bottleneck", row["bottleneck"]],
     ], align="lr")]
-    lines += ["", f"The step time's {span.describe()}."] + (["", why(row, runner_up) + "."] if runner_up is not None else [])
-    return lines
+    tail = ["", why(row, runner_up) + "."] if runner_up is not None else []
+    return lines + ["", f"The step time's {span.describe()}."] + tail
 
 
 def _top_table(ests: list[Estimate], rows) -> str:

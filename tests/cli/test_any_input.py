@@ -4,8 +4,8 @@ line ``Error: ...``, never a traceback.
 Hypothesis draws shipped and home-made models (YAML specs and Hugging Face configs), clusters (``NAMExCOUNT``
 and cluster files), layouts and flags for ``plan``, ``estimate`` and ``explain``, training and serving; a third
 of the command lines then get one thing wrong (a bad value, an unknown name, a misspelt key, a broken file).
-It runs the real command line in this process. The number of examples is bounded so the whole module stays well under a minute; set
-``PARPLAN_FUZZ_EXAMPLES`` to run more.
+It runs the real command line in this process. The examples are few and fixed (derandomized) so the module
+takes seconds; set ``PARPLAN_FUZZ_EXAMPLES`` to draw more.
 """
 from __future__ import annotations
 
