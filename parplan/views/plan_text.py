@@ -31,6 +31,7 @@ def plan_dicts(result: PlanResult) -> list[dict]:
         d.update({k: d["layout"][k] for k in ("tp", "pp", "dp", "cp", "zero", "micro_batch", "sp", "vpp",
                                               "recompute", "order", "global_batch")})
         d["bottleneck"] = bottleneck(row)
+        d["global_batch_note"] = result.batch_note
         d["rank_holds"] = trust["holds"]
         d["rank_stability"] = trust
         plans.append(d)

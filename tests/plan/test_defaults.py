@@ -75,3 +75,11 @@ def test_serving_beyond_the_context_window_is_refused_and_beyond_training_length
         from parplan.step.serve import estimate_inference
         from parplan.step.serve_layout import ServeLayout
         estimate_inference(load_model("gpt3-1.3b"), lc("h100x1"), ServeLayout(input_len=2048, output_len=1))
+
+
+def test_plan_json_and_sweep_say_which_batch_they_used(run_cli, tmp_path):
+    code, out, err = run_cli("plan", "--model", "gpt3-125m", "--hw", "a100x8", "--top", "1", "--format", "json")
+    assert code == 0 and json.loads(out)[0]["global_batch_note"].startswith("default: 2048 x 2048")
+    code, out, err = run_cli("sweep", "--model", "gpt3-125m", "--hw", "a100", "--vary", "devices=8..16",
+                             "-o", str(tmp_path / "sweep"))
+    assert code == 0 and "global batch: the default budget of 4.2M tokens per step at every point" in out
