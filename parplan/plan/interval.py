@@ -72,7 +72,8 @@ class Interval:
         varied = ", ".join(f"{k} {max(lo, hi):.1%}" for k, lo, hi in self.assumed)
         assumed = (f"; the [assumed] profile values (numbers +-{SWING:.0%}, flags flipped) move it by: {varied}"
                    if self.assumed else "; no [assumed] profile value to vary")
-        return f"interval: {runs}{assumed}"
+        fixed = f" (assumed, not varied: {', '.join(self.not_varied)})" if self.not_varied else ""
+        return f"interval: {runs}{assumed}{fixed}"
 
 
 @lru_cache(maxsize=1)
@@ -85,7 +86,7 @@ def validation_errors() -> dict[str, tuple[float, ...]]:
     check_keys(data, ("files", "frameworks"), str(path))
     out = {}
     for name, runs in require_mapping(data.get("frameworks"), f"{path}: frameworks").items():
-        errors = [e for e in require_mapping(runs, f"{path}: {name}").values()]
+        errors = list(require_mapping(runs, f"{path}: {name}").values())
         if not errors or not all(isinstance(e, (int, float)) and not isinstance(e, bool) and e > -1 for e in errors):
             raise ParplanError(f"{path}: {name}: expected run ids with signed errors above -1")
         out[str(name)] = tuple(float(e) for e in errors)
