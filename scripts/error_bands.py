@@ -1,4 +1,5 @@
-"""Write validation/error-bands.yaml: the signed error of every shipped published run, by framework, from a
+"""Write validation/error-bands.yaml: the signed error of every shipped published run, by framework and kind of
+model (dense, MoE), from a
 ``parplan validate`` run with today's model. ``plan`` and ``estimate`` draw each prediction's interval from it.
 
     python scripts/error_bands.py            # rewrite the file (about half a minute)
@@ -23,7 +24,8 @@ from parplan.views.files import write_text  # noqa: E402
 
 HEADER = """\
 # The signed error (predicted / published - 1) of every published run that `parplan validate` predicts, by the
-# framework that ran it: the validation part of every prediction's interval (parplan/plan/interval.py).
+# framework that ran it and the kind of model (dense or moe): the validation part of every prediction's interval
+# (parplan/plan/interval.py).
 # Written by scripts/error_bands.py from today's model; do not edit by hand. tests/validate/test_validation.py
 # fails when it no longer matches what `parplan validate` gives.
 """
@@ -37,7 +39,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="compare with the file instead of writing it")
     args = ap.parse_args(argv)
-    text = render(error_bands(validate_runs(load_runs())))
+    runs = load_runs()
+    results = validate_runs(runs)
+    if results["skipped"]:
+        print(f"{len(results['skipped'])} runs could not be predicted (first: {results['skipped'][0]}); "
+              f"fix them before writing the bands", file=sys.stderr)
+        return 1
+    text = render(error_bands(results, runs))
     path = spec_dir("validation") / BANDS_FILE
     if args.check:
         same = path.is_file() and path.read_text() == text

@@ -37,6 +37,28 @@ class StepResult:
     steps: int
     step_times_s: tuple[float, ...] = ()
     note: str = ""
+    attention: str = ""   # the fused attention kernel SDPA chose (flash2, cudnn, efficient, math)
+
+
+# torch.nn.attention.SDPBackend names -> the kernel names hardware profiles measure curves for.
+SDPA_KERNELS = {"FLASH_ATTENTION": "flash2", "CUDNN_ATTENTION": "cudnn", "EFFICIENT_ATTENTION": "efficient",
+                "MATH": "math", "OVERRIDEABLE": "other"}
+
+
+def sdpa_kernel(spec: ModelSpec, seq: int, micro_batch: int, device: torch.device) -> str:
+    """The backend scaled_dot_product_attention picks for this model's causal attention, as PyTorch's
+    dispatcher chooses it (``torch._fused_sdp_choice``); empty where it cannot be asked."""
+    if device.type != "cuda" or not hasattr(torch, "_fused_sdp_choice"):
+        return ""
+    from torch.nn.attention import SDPBackend
+
+    q = torch.empty(micro_batch, spec.heads, seq, spec.head_dim, device=device, dtype=torch.bfloat16)
+    kv = torch.empty(micro_batch, spec.kv_heads, seq, spec.head_dim, device=device, dtype=torch.bfloat16)
+    try:
+        choice = torch._fused_sdp_choice(q, kv, kv, None, 0.0, True, enable_gqa=spec.kv_heads != spec.heads)
+    except (RuntimeError, TypeError):
+        return ""
+    return SDPA_KERNELS.get(SDPBackend(choice).name, "")
 
 
 def _fp8_convert(model: torch.nn.Module, recipe: str) -> None:
@@ -135,6 +157,7 @@ def time_step(spec: ModelSpec, seq: int, micro_batch: int, device: torch.device,
             opt.append(elapsed(t3, t4))
     peak = int(torch.cuda.max_memory_allocated(device)) if cuda else 0
     steps = [f + b + o for f, b, o in zip(fwd, bwd, opt)]
-    return StepResult(step_s=statistics.median(steps), forward_s=statistics.median(fwd),
+    return StepResult(attention=sdpa_kernel(spec, seq, micro_batch, device),
+                      step_s=statistics.median(steps), forward_s=statistics.median(fwd),
                       backward_s=statistics.median(bwd), optimizer_s=statistics.median(opt),
                       peak_memory_bytes=peak, params=params, steps=iters, step_times_s=tuple(steps))

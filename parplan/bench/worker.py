@@ -241,7 +241,7 @@ class Runner:
         shape = f"b={cfg.micro_batch} s={seq} m={cfg.micro_batches} layers={spec.layers} h={spec.hidden}"
         return [Row(**self.base(item, ctx.device), model=item.model, shape=shape, **timing,
                     forward_s=result.forward_s, backward_s=result.backward_s, optimizer_s=result.optimizer_s,
-                    peak_memory_bytes=result.peak_memory_bytes, params=result.params,
+                    peak_memory_bytes=result.peak_memory_bytes, params=result.params, attention=result.attention,
                     wrong=wrong, correct=wrong == 0)]
 
     def measure_layer(self, item: Item) -> list[Row]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import io
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from statistics import mean, median
 from typing import Sequence
 
@@ -150,8 +150,12 @@ def step_setup(row: Row, hw, framework: str = STEP_FRAMEWORK):
     dtype = "fp8" if recipe else ("bf16" if row.dtype in ("bf16", "fp16") else "fp32")
     layout = Layout(dp=world, micro_batch=batch, global_batch=batch * micro_batches * world, seq_len=seq,
                     zero=3 if world > 1 else 0, dtype=dtype)
-    software = resolve_software(load_framework(framework), dtype=dtype, compiled=compiled,
-                                fp8_recipe=recipe or None, device_kind=hw.kind)
+    fw = load_framework(framework)
+    if row.attention and row.attention != "math":  # the kernel SDPA ran, first in the framework's preference
+        fw = replace(fw, kernels=replace(fw.kernels, attention=(row.attention,) + tuple(
+            k for k in fw.kernels.attention if k != row.attention)))
+    software = resolve_software(fw, dtype=dtype, compiled=compiled, fp8_recipe=recipe or None,
+                                flash_attention=False if row.attention == "math" else None, device_kind=hw.kind)
     return model, cluster, layout, software
 
 

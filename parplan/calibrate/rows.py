@@ -9,7 +9,8 @@ Columns (SI units; ``size_bytes`` is the nccl-tests buffer size):
   ``size_bytes``, ``count`` (elements), ``m``/``k``/``n`` (matmul), ``flops`` (per call),
   ``bytes_moved`` (copy: bytes read plus written), ``shape`` and ``model`` (layer, step).
 - a whole step: ``forward_s``, ``backward_s`` and ``optimizer_s`` (medians, summed over the step's
-  micro-batches), ``peak_memory_bytes`` (``torch.cuda.max_memory_allocated``), ``params``.
+  micro-batches), ``peak_memory_bytes`` (``torch.cuda.max_memory_allocated``), ``params``, ``attention``
+  (the fused attention kernel PyTorch's SDPA chose: flash2, cudnn, efficient or math).
 - where: ``group`` (world, contigG, stridedG), ``group_size``, ``group_stride``, ``group_count``
   (groups running at once), ``group_nodes`` (hosts one group spans), ``group_class`` (intra | inter),
   ``world_size``, ``local_world_size`` (ranks per host), ``nodes``, ``backend``, ``device``,
@@ -90,6 +91,7 @@ class Row:
     optimizer_s: float = 0.0
     peak_memory_bytes: int = 0
     params: int = 0
+    attention: str = ""
     wrong: int = 0
     correct: bool = True
     source: str = "parplan-bench"

@@ -37,6 +37,9 @@ def layout_options(fn):
         click.option("--pp", type=int, default=None, help="Pipeline-parallel stages."),
         click.option("--dp", type=int, default=None, help="Data-parallel size (default: what the rest leaves)."),
         click.option("--cp", type=int, default=None, help="Context-parallel size."),
+        click.option("--ep", type=int, default=None,
+                     help="Expert-parallel size (MoE models; folded over tp x cp x dp, not more devices)."),
+        click.option("--etp", type=int, default=None, help="Expert tensor-parallel size (MoE models; default 1)."),
         click.option("--micro-batch", type=int, default=1, show_default=True, help="Sequences per micro-batch."),
         click.option("--global-batch", type=int, default=None,
                      help="Sequences per step (default: the plan's fixed budget of ~4.2M tokens, in whole rounds of "
@@ -75,19 +78,28 @@ def budget_options() -> list:
 
 
 def build_layout(cluster, model, *, mesh, tp, pp, dp, cp, micro_batch, global_batch, seq, recompute, dtype,
-                 zero, shard_group, sp, tp_mode, cp_mode, vpp, schedule):
+                 zero, shard_group, sp, tp_mode, cp_mode, vpp, schedule, ep=None, etp=None):
     from ..layouts.layout import DEFAULT_ORDER, Layout, mesh_order, parse_mesh
     from ..plan.candidates import default_global_batch
 
     order = DEFAULT_ORDER
-    given = {"tp": tp, "pp": pp, "dp": dp, "cp": cp}
+    given = {"tp": tp, "pp": pp, "dp": dp, "cp": cp, "ep": ep, "etp": etp}
+    extra = {}
     if mesh:
         sizes = parse_mesh(mesh)
         for axis, size in sizes.items():
-            if given[axis] is not None and given[axis] != size:
+            if given.get(axis) is not None and given[axis] != size:
                 raise ParplanError(f"--{axis} {given[axis]} contradicts --mesh {axis}={size}")
-            given[axis] = size
+            if axis in given:
+                given[axis] = size
+            else:
+                extra[axis] = size
         order = mesh_order(sizes)
+    for axis in ("ep", "etp"):
+        if given[axis] is not None:
+            if given[axis] < 1:
+                raise ParplanError(f"--{axis} must be a positive whole number, got {given[axis]}")
+            extra[axis] = given[axis]
     for axis in ("tp", "pp", "cp"):
         given[axis] = 1 if given[axis] is None else given[axis]
         if given[axis] < 1:
@@ -106,7 +118,7 @@ def build_layout(cluster, model, *, mesh, tp, pp, dp, cp, micro_batch, global_ba
     return Layout(tp=given["tp"], pp=given["pp"], dp=given["dp"], cp=given["cp"], micro_batch=micro_batch,
                   global_batch=global_batch, seq_len=seq, recompute=recompute, dtype=dtype, zero=zero,
                   shard_group=shard_group, sp=sp, tp_mode=tp_mode, cp_mode=cp_mode, vpp=vpp,
-                  schedule=schedule, order=tuple(order))
+                  schedule=schedule, order=tuple(order), axes=tuple(extra.items()))
 
 
 def _estimate_from_options(model_name, hw, headroom, **kw):
@@ -205,6 +217,8 @@ def _estimate_or_explain(model_name, hw, headroom, fmt, mode, inference, kw, exp
 @click.option("--pp", type=int, default=None, help="Fix the pipeline size.")
 @click.option("--dp", type=int, default=None, help="Fix the data-parallel size.")
 @click.option("--cp", type=int, default=None, help="Fix the context-parallel size.")
+@click.option("--ep", type=int, default=None, help="Fix the expert-parallel size (MoE models).")
+@click.option("--etp", type=int, default=None, help="Fix the expert tensor-parallel size (MoE models).")
 @click.option("--zero", type=click.IntRange(0, 3), default=None, help="Fix the ZeRO stage.")
 @click.option("--micro-batch", type=int, default=None, help="Fix the micro-batch.")
 @click.option("--recompute", type=click.Choice(RECOMPUTE), default=None)
@@ -265,8 +279,9 @@ def plan_fixed(options: dict) -> tuple[dict, str | None, tuple | None]:
     placements = None
     if mesh:
         sizes = parse_mesh(mesh)
-        if plugin_axes(sizes):
-            raise ParplanError(f"--mesh: plan searches tp, cp, pp and dp; give {plugin_axes(sizes)[0][0]} "
+        other = [a for a, _ in plugin_axes(sizes) if a not in ("ep", "etp")]
+        if other:
+            raise ParplanError(f"--mesh: plan searches tp, cp, pp, dp, ep and etp; give {other[0]} "
                                f"to estimate instead")
         for axis, size in sizes.items():
             if fixed.get(axis, size) != size:

@@ -38,6 +38,11 @@ def with_launch_config(path: str, model_name: str, hw: str, kw: dict, ctx) -> di
     kw = dict(kw)
     mesh_given = any(given(a) for a in ("tp", "pp", "cp", "mesh"))
     for key, value in config.layout.items():
+        if key == "axes":  # the expert axes of an MoE launch
+            for axis, size in value:
+                if axis in kw and not given(axis) and not given("mesh"):
+                    kw[axis] = size
+            continue
         option = LAUNCH_OPTIONS.get(key, key)
         if option not in kw or given(option) or (option == "dp" and mesh_given):
             continue

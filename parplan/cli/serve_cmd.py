@@ -31,13 +31,13 @@ INFERENCE_DEFAULTS = {"input_len": None, "output_len": None, "batch": None, "rep
 # Training-only options of ``estimate``/``explain`` (parplan.cli.layout_options) and ``plan``, at their defaults.
 ESTIMATE_TRAINING_DEFAULTS = {"mesh": None, "cp": None, "micro_batch": 1, "global_batch": None, "seq": None,
                               "recompute": "none", "zero": 0, "shard_group": None, "sp": False, "tp_mode": "1d",
-                              "cp_mode": "allgather", "vpp": 1, "schedule": "1f1b", "flash_attention": None,
+                              "cp_mode": "allgather", "vpp": 1, "schedule": "1f1b", "flash_attention": None, "etp": None,
                               "fused_kernels": None, "framework": None, "compiled": None, "fp8_recipe": None}
 PLAN_TRAINING_DEFAULTS = {"cp": None, "zero": None, "micro_batch": None, "recompute": None, "global_batch": None,
                           "seq": None, "objective": "throughput", "flash_attention": None,
                           "fused_kernels": None, "framework": None, "compiled": None, "fp8_recipe": None,
                           "mesh": None, "sp": None, "vpp": None, "schedule": None,
-                          "tp_mode": None, "cp_mode": None, "shard_group": None}
+                          "tp_mode": None, "cp_mode": None, "shard_group": None, "etp": None}
 
 
 def inference_options(fn=None, *, plan: bool = False):
@@ -107,7 +107,7 @@ def dispatch_estimate(model_name, hw, headroom, fmt, mode, inference: dict, layo
     return command(model_name, hw, layout_kw.get("tp"), layout_kw.get("pp"),
                    replicas if replicas is not None else layout_kw.get("dp"), inference.get("batch"),
                    inference.get("input_len"), inference.get("output_len"), inference.get("kv_dtype"),
-                   layout_kw.get("dtype") or "bf16", fmt, headroom)
+                   layout_kw.get("dtype") or "bf16", fmt, headroom, ep=layout_kw.get("ep"))
 
 
 def dispatch_plan(model_name, hw, dtype, top, headroom, fmt, mode, inference: dict, training_kw: dict,
@@ -122,7 +122,7 @@ def dispatch_plan(model_name, hw, dtype, top, headroom, fmt, mode, inference: di
         reject_options(inference, INFERENCE_DEFAULTS, mode)
         return None
     reject_options({**training_kw, **fixed}, PLAN_TRAINING_DEFAULTS, "inference")
-    axes = {"tp": fixed.get("tp"), "pp": fixed.get("pp"), "replicas": fixed.get("dp")}
+    axes = {"tp": fixed.get("tp"), "pp": fixed.get("pp"), "replicas": fixed.get("dp"), "ep": fixed.get("ep")}
     return plan_inference_command(model_name, hw, inference.get("input_len"), inference.get("output_len"),
                                   inference.get("batch"), inference.get("ttft_ms"), inference.get("tpot_ms"),
                                   inference.get("kv_dtype"), dtype, top, fmt, headroom,
@@ -151,9 +151,9 @@ def _positive(name, v):
         raise ParplanError(f"--{name} must be a positive whole number, got {v!r}")
 
 
-def _layout(model, cluster, tp, pp, replicas, batch, input_len, output_len, kv_dtype, dtype) -> ServeLayout:
+def _layout(model, cluster, tp, pp, replicas, batch, input_len, output_len, kv_dtype, dtype, ep=None) -> ServeLayout:
     _lengths(input_len, output_len)
-    for name, v in (("tp", tp), ("pp", pp), ("replicas", replicas), ("batch", batch)):
+    for name, v in (("tp", tp), ("pp", pp), ("replicas", replicas), ("batch", batch), ("ep", ep)):
         _positive(name, v)
     tp, pp, batch = tp or 1, pp or 1, batch or 1
     check_tp_1d(model, tp)
@@ -162,26 +162,26 @@ def _layout(model, cluster, tp, pp, replicas, batch, input_len, output_len, kv_d
             raise ParplanError(f"tp*pp = {tp * pp} does not divide the {cluster.devices} devices of {cluster.label}")
         replicas = cluster.devices // (tp * pp)
     return ServeLayout(tp=tp, pp=pp, replicas=replicas, batch=batch, input_len=input_len, output_len=output_len,
-                       dtype=dtype or "bf16", kv_dtype=kv_dtype)
+                       dtype=dtype or "bf16", kv_dtype=kv_dtype, ep=ep or 1)
 
 
 def estimate_inference_command(model, cluster, tp, pp, replicas, batch, input_len, output_len, kv_dtype, dtype,
-                               fmt="table", headroom=DEFAULT_HEADROOM) -> str:
+                               fmt="table", headroom=DEFAULT_HEADROOM, ep=None) -> str:
     """``parplan estimate --mode inference``: TTFT, TPOT, throughput and memory of one serving layout."""
     model, cluster = _resolve(model, cluster)
     est = estimate_inference(model, cluster,
-                             _layout(model, cluster, tp, pp, replicas, batch, input_len, output_len, kv_dtype, dtype),
-                             headroom=headroom)
+                             _layout(model, cluster, tp, pp, replicas, batch, input_len, output_len, kv_dtype, dtype,
+                                     ep), headroom=headroom)
     if fmt == "json":
         return json.dumps(inference_dict(est), indent=2)
     return format_inference(est)
 
 
 def explain_inference_command(model, cluster, tp, pp, replicas, batch, input_len, output_len, kv_dtype, dtype,
-                              fmt="table", headroom=DEFAULT_HEADROOM, batches=None) -> str:
+                              fmt="table", headroom=DEFAULT_HEADROOM, batches=None, ep=None) -> str:
     """``parplan explain --mode inference``: the estimate, per-op rows of one layer, and decode time vs batch."""
     model, cluster = _resolve(model, cluster)
-    lay = _layout(model, cluster, tp, pp, replicas, batch, input_len, output_len, kv_dtype, dtype)
+    lay = _layout(model, cluster, tp, pp, replicas, batch, input_len, output_len, kv_dtype, dtype, ep)
     est = estimate_inference(model, cluster, lay, headroom=headroom)
     table = decode_breakdown(model, cluster, lay.tp, batches, lay.input_len, lay.output_len, lay.dtype, lay.kv_dtype)
     if fmt == "json":
@@ -251,7 +251,8 @@ def _serving_flags(target, model, best, input_len, output_len, dtype, kv_dtype) 
         raise ParplanError(f"--emit {target} writes a training launch; with --mode inference use "
                            f"{' or '.join(serving.TARGETS)}")
     lay = ServeLayout(tp=int(best["tp"]), pp=int(best["pp"]), replicas=int(best["replicas"]), batch=int(best["batch"]),
-                      input_len=input_len, output_len=output_len, dtype=dtype, kv_dtype=kv_dtype)
+                      input_len=input_len, output_len=output_len, dtype=dtype, kv_dtype=kv_dtype,
+                      ep=int(best["ep"]) if "ep" in best else 1)
     said = serving.problem(target, lay, model)
     if said:
         raise ParplanError(f"--emit {target}: {said}")

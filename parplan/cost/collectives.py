@@ -64,7 +64,7 @@ def place(size, stride, cluster: Cluster) -> Placement:
     size, stride = np.asarray(size), np.asarray(stride)
     if np.any(size < 1) or np.any(stride < 1):
         raise ParplanError("group size and stride must be positive")
-    domain = cluster.fast_domain if cluster.hardware.torus is not None else cluster.devices_per_node
+    domain = cluster.fast_domain if cluster.hardware.torus is not None else cluster.scale_up_domain
     local = np.where(stride >= domain, 1, np.maximum(1, np.minimum(size, domain // np.maximum(stride, 1))))
     local = np.gcd(local, size)
     return Placement(size=size, local=local, nodes=size // local)

@@ -46,7 +46,8 @@ def recompute_flops_per_step(model: ModelSpec, seq, batch, recompute, dtype: str
     full = ops_mod.total(layer_ops, "fwd_flops")
     core = sum((o.fwd_flops for o in layer_ops if o.attention_core), 0.0)
     flash = ops_mod.layer_ops(model, replace(d, causal=False), dtype, flash_attention=True)
-    per_op = sum((o.fwd_flops * o.sac for o in flash), 0.0)
+    per_op = ops_mod.total([replace(o, fwd_flops=o.fwd_flops * o.sac) for o in flash], "fwd_flops") if model.is_moe \
+        else sum((o.fwd_flops * o.sac for o in flash), 0.0)
     code = recompute_code(recompute)
     per_layer = np.select([code == 2, code == 1, code == 3, code == 4],
                           [full, core, per_op, full / SELECTIVE_LAYER_EVERY], 0.0)

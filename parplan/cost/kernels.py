@@ -14,10 +14,15 @@ roofline shows in every prediction alike.
   length and head size), scaled by the waves of query tiles it fills; a device without a
   measured curve takes FlashAttention-2's published fractions (``FLASH_*_FRACTION_OF_GEMM``).
   Never below its HBM traffic.
+* An MoE layer's local experts run as one grouped GEMM, taking the roofline's time over the fraction
+  the profile measured for grouped launches against the tokens each expert gets (``grouped_gemm``:
+  torch._grouped_mm reaches 0.6 of it at 16-256 tokens per expert on H100, 0.97 from 2048).
 * A linear layer's GEMM under an FP8 recipe runs at the FP8 peak times the 16-bit efficiency
   times the profile's measured FP8 fraction for its scaling (per tensor or per row).
 * An element-wise pass or copy is bytes over HBM bandwidth (``memory_time_s``), plus a launch
-  for each aten kernel an eager op takes.
+  for each aten kernel an eager op takes; an eager op runs at its family's measured rate where the
+  profile has one (``efficiency.eager``: eager RMSNorm and rotary chains reach 0.4-0.6 of HBM
+  bandwidth, a large add 0.75-0.9), else at the copy rate.
 """
 from __future__ import annotations
 
@@ -63,7 +68,20 @@ DEFAULT_ENV = KernelEnv()
 
 
 def op_times(hw, op: ops_mod.Op, dtype: str, *, split_k: bool = False, env: KernelEnv = DEFAULT_ENV):
-    """(forward_s, backward_s) of one op on one device; ``dtype`` is the 16-bit (or fp32) compute type."""
+    """(forward_s, backward_s) of one op on one device; ``dtype`` is the 16-bit (or fp32) compute type.
+
+    An op that runs in only a share of the layers (an MoE model's MoE or dense MLP) costs that share of
+    its time per layer."""
+    fwd, bwd = _op_times(hw, op, dtype, split_k, env)
+    if op.grouped and hw.grouped_gemm is not None:  # grouped launches at the measured share of the roofline
+        frac = np.interp(np.log(np.maximum(op.gemm[0], 1.0)), np.log(hw.grouped_gemm[0]), hw.grouped_gemm[1])
+        fwd, bwd = fwd / frac, bwd / frac
+    if isinstance(op.share, float) and op.share == 1.0:
+        return fwd, bwd
+    return fwd * op.share, bwd * op.share
+
+
+def _op_times(hw, op: ops_mod.Op, dtype: str, split_k: bool, env: KernelEnv):
     if op.kind in (ops_mod.MATMUL, ops_mod.BATCHED):
         m, k, n, batch = op.gemm
         gemm_dtype, scale = (("fp8", hw.matmul_fp8.get(env.fp8_scaling, 1.0)) if op.fp8 else (dtype, 1.0))
@@ -87,7 +105,12 @@ def op_times(hw, op: ops_mod.Op, dtype: str, *, split_k: bool = False, env: Kern
         return fwd + hw.kernel_overhead_s, bwd + hw.kernel_overhead_s
     # A pass with no backward kernel (its gradient flows through untouched) costs nothing there.
     extra = [(k - 1) * hw.kernel_overhead_s for k in op.kernels]
-    return tuple(np.where(np.asarray(b) > 0, memory_time_s(hw, b, op.streaming, env.elementwise_efficiency) + x, 0.0)
+    # A calibrated software efficiency first, else the measured rate of this eager op family, else the
+    # profile's copy (streaming) or fused-kernel rate.
+    eff = env.elementwise_efficiency
+    if eff is None and op.streaming:
+        eff = hw.eager_kernels.get(op.family)
+    return tuple(np.where(np.asarray(b) > 0, memory_time_s(hw, b, op.streaming, eff) + x, 0.0)
                  for b, x in zip((op.fwd_bytes, op.bwd_bytes), extra))
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..specs.dtypes import BYTES_PER_ELEMENT
 from ..specs.model import ModelSpec
+from . import moe as moe_mod
 from .elementwise import optimizer_bytes_per_param
 from .ops import LocalDims
 
@@ -71,10 +72,16 @@ def layer_activation_bytes(model: ModelSpec, d: LocalDims, dtype: str, flash_att
     else:
         core = scores * (2 * bpe + mask)                 # softmax output, dropout mask, dropout output
     full = outer + qkv + proj_in + act_in + mlp_down_in + core
+    # An MoE layer keeps its block's tensors in the dense MLP's place (parplan.cost.moe.activation_bytes).
+    moe_extra = moe_mod.share(model, d) * (moe_mod.activation_bytes(model, d, bpe, tokens) -
+                                           moe_mod.dense_mlp_activation_bytes(model, d, bpe, tokens, gemm_in)) \
+        if model.is_moe else 0.0
+    full = full + moe_extra if model.is_moe else full
     selective = full - (0.0 if flash_attention else core)
     kept_input = outside * bpe                           # full recompute keeps only the layer input
     saved_mm = tokens * (q_cols + kv_cols + d.ffn + (model.hidden / d.hidden_shard if swiglu else 0)) * bpe
     per_op = kept_input + saved_mm + tokens * q_cols * bpe + lse
+    per_op = per_op + moe_extra if model.is_moe else per_op
     per_layer = (kept_input + (SELECTIVE_LAYER_EVERY - 1) * full) / SELECTIVE_LAYER_EVERY
     code = recompute_code(recompute)
     return np.select([code == 2, code == 1, code == 3, code == 4], [kept_input, selective, per_op, per_layer], full)

@@ -19,13 +19,14 @@ All dimension fields may be numpy arrays (one entry per candidate layout).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 import numpy as np
 
 from ..specs.dtypes import BYTES_PER_ELEMENT
 from .elementwise import FP8_CAST_BYTES, FP8_CAST_MULTIPLIER, LOSS_TRAFFIC, WEIGHT_CAST_BYTES, traffic
+from . import mla as mla_mod, moe as moe_mod
 from ..specs.model import ModelSpec
 
 MATMUL, BATCHED, FLASH, MEMORY = "matmul", "batched_matmul", "flash_attention", "memory"
@@ -50,6 +51,8 @@ class LocalDims:
     gemm_row_gather: Any = 1  # weight GEMMs run on batch*seq*this rows (3D TP gathers its rows over q)
     gemm_steps: Any = 1       # sequential block products per weight GEMM (2D TP: q SUMMA steps)
     vocab_split: Any = 1      # ways the vocabulary is sharded (the framework pads it before)
+    moe: Any = None           # MoE layers: the expert split (parplan.cost.moe.MoeParallel; None: no EP)
+    moe_share: Any = None     # fraction of this device's layers that are MoE (None: the whole model's)
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,10 @@ class Op:
     kernels: tuple = (1, 1)  # launches forward and backward (eager ops are several aten kernels)
     fp8: bool = False        # a linear layer's GEMM run in FP8 (its inputs 1 byte each)
     sac: Any = 1.0           # fraction of its forward that per-op selective checkpointing recomputes
+    grouped: bool = False    # an MoE layer's experts as one grouped GEMM (its measured rate: grouped_gemm)
+    family: str = ""         # an eager element-wise op's family (rmsnorm, rope, swiglu, residual, loss), whose
+    #                          measured efficiency the hardware profile may carry (efficiency.eager)
+    share: Any = 1.0         # fraction of the layers that run it (an MoE model's MoE or dense MLP)
 
 
 @dataclass(frozen=True)
@@ -96,10 +103,11 @@ def _gemm(name: str, m, k, n, bpe: int, batch=1, attention_core: bool = False, k
 
 def _elementwise(name: str, elems, fwd_rw: float, bwd_rw: float, bpe: int,
                  attention_core: bool = False, extra_fwd_bytes=0.0, extra_bwd_bytes=0.0,
-                 streaming: bool = False, kernels=(1, 1)) -> Op:
+                 streaming: bool = False, kernels=(1, 1), family: str = "") -> Op:
     """A memory-bound op over ``elems`` elements touching ``fwd_rw``/``bwd_rw`` tensors of them."""
     return Op(name, MEMORY, 0.0, 0.0, elems * fwd_rw * bpe + extra_fwd_bytes,
-              elems * bwd_rw * bpe + extra_bwd_bytes, None, attention_core, streaming, kernels)
+              elems * bwd_rw * bpe + extra_bwd_bytes, None, attention_core, streaming, kernels,
+              family=family if streaming else "")
 
 
 def _traffic_op(name: str, family: str, impl: str, elems, bpe: int) -> Op:
@@ -107,12 +115,13 @@ def _traffic_op(name: str, family: str, impl: str, elems, bpe: int) -> Op:
     t = traffic(family, impl)
     scale = bpe / 2.0
     return Op(name, MEMORY, 0.0, 0.0, elems * t.fwd_bytes * scale, elems * t.bwd_bytes * scale,
-              streaming=impl == "eager", kernels=(t.fwd_kernels, t.bwd_kernels))
+              streaming=impl == "eager", kernels=(t.fwd_kernels, t.bwd_kernels),
+              family=family if impl == "eager" else "")
 
 
 def layer_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", flash_attention: bool = True,
               dropout: bool = True, fused: bool = True, *, elementwise: Mapping[str, str] | None = None,
-              fp8: Fp8 | None = None, weight_cast_shard=None) -> list[Op]:
+              fp8: Fp8 | None = None, weight_cast_shard=None, grouped_gemm: bool = True) -> list[Op]:
     """Ops of one transformer layer on one device for one micro-batch, in execution order.
 
     ``elementwise`` says for each element-wise op (norm, rope, activation, residual, bias, softmax,
@@ -121,7 +130,8 @@ def layer_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", flash_attenti
     the activations' 16-bit (or fp32) type; with ``fp8`` the four linear GEMMs run in FP8 and pay
     their operand casts, while attention and every element-wise op stay in ``dtype``.
     ``weight_cast_shard``: autocast re-casts the fp32 weights every forward (on the ZeRO-3 shard,
-    divided by this); None when weights are kept in 16 bits.
+    divided by this); None when weights are kept in 16 bits. ``grouped_gemm``: an MoE layer's local experts
+    run as one grouped GEMM (else one GEMM after another).
     """
     impl = dict(ALL_FUSED if fused else ALL_EAGER)
     if elementwise is not None:
@@ -142,10 +152,11 @@ def layer_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", flash_attenti
     # Per-op selective checkpointing (torchtitan) saves every odd matmul of the block in the order
     # wq, wk, wv, wo, w1, (w3,) w2 and recomputes the even ones: wk, wo and w3 (SwiGLU) or w2 (GELU).
     sac_qkv = kv_cols / qkv_cols
-    ops = [
-        _norm_op("input_norm", model, row, bpe, impl["norm"]),
-        _gemm("qkv_proj", rows, h_in, qkv_cols, bpe, steps, fp8=lin, sac=sac_qkv),
-    ]
+    ops = [_norm_op("input_norm", model, row, bpe, impl["norm"])]
+    if model.mla:
+        ops += [_build(k, bpe, lin) for k in mla_mod.projection_kernels(model, d, rows)]
+    else:
+        ops.append(_gemm("qkv_proj", rows, h_in, qkv_cols, bpe, steps, fp8=lin, sac=sac_qkv))
     bias = 1.0 if model.bias else 0.0
     if ("bias" in eager and bias) or (not flash_attention and "transposes" in eager):
         # The bias add (read, write; backward: its gradient read once more for the bias gradient)
@@ -156,9 +167,15 @@ def layer_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", flash_attenti
         ops.append(_elementwise("qkv_bias_transpose", tokens * qkv_cols, 2 * b_ + copies_fwd,
                                 b_ + copies_bwd, bpe, streaming=True))
     if model.position == "rope":
-        ops.append(_traffic_op("rope", "rope", impl["rope"], tokens * (q_cols + kv_cols), bpe))
+        rotated = d.heads * model.qk_rope_dim + model.qk_rope_dim if model.mla else q_cols + kv_cols
+        ops.append(_traffic_op("rope", "rope", impl["rope"], tokens * rotated, bpe))
     score_elems = d.batch * d.heads * d.seq * d.seq_kv
-    if flash_attention:
+    if model.mla and flash_attention:
+        fwd = mla_mod.attention_flops(d, model)
+        io = mla_mod.attention_io_elems(d, model) * bpe
+        ops.append(Op("flash_attention", FLASH, fwd, 2.5 * fwd, io, 2.0 * io,
+                      (d.seq, d.head_dim, d.seq_kv, d.batch * d.heads), True, sac=0.0))
+    elif flash_attention:
         causal = 0.5 if d.causal else 1.0
         fwd = 4.0 * d.batch * d.heads * d.seq * d.seq_kv * d.head_dim * causal
         io = d.batch * d.seq * (2 * q_cols + 2 * kv_cols) * bpe
@@ -185,10 +202,11 @@ def layer_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", flash_attenti
         if "transposes" in eager:
             ops.append(_elementwise("context_transpose", tokens * q_cols, 2, 2, bpe, streaming=True))
     ops += [
-        _gemm("out_proj", rows, q_cols, h_out, bpe, steps, fp8=lin, sac=1.0),
+        _gemm("out_proj", rows, d.heads * model.v_dim if model.mla else q_cols, h_out, bpe, steps, fp8=lin, sac=1.0),
         *_residual("attn_residual", row, mask, bpe, impl["residual"], bias if "bias" in eager else 0.0),
         _norm_op("post_attn_norm", model, row, bpe, impl["norm"]),
     ]
+    mlp_at = len(ops)
     if swiglu:
         ops.append(_gemm("mlp_gate_up", rows, h_in, 2 * d.ffn, bpe, steps, fp8=lin, sac=0.5))
         ops.append(_traffic_op("swiglu", "swiglu", impl["activation"], tokens * d.ffn, bpe))
@@ -201,6 +219,8 @@ def layer_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", flash_attenti
         _gemm("mlp_down", rows, d.ffn, h_out, bpe, steps, fp8=lin, sac=0.0 if swiglu else 1.0),
         *_residual("mlp_residual", row, mask, bpe, impl["residual"], bias if "bias" in eager else 0.0),
     ]
+    if model.is_moe:
+        ops = _with_moe(ops, mlp_at, model, d, rows, bpe, lin, impl["activation"], grouped_gemm)
     if fp8:
         ops.append(_fp8_casts(model, d, fp8, rows, h_in, qkv_cols, q_cols, swiglu))
     if weight_cast_shard is not None:
@@ -210,6 +230,47 @@ def layer_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", flash_attenti
                       params * bwd / weight_cast_shard, streaming=True,
                       kernels=(_linear_count(model), _linear_count(model))))
     return ops
+
+
+def _build(k: moe_mod.Kernel, bpe: int, fp8: bool, share=1.0, grouped_gemm: bool = True) -> Op:
+    """An Op from a kernel shape of :mod:`parplan.cost.moe` or :mod:`parplan.cost.mla`; a GEMM over several
+    experts is one grouped launch (``BATCHED``) or, without ``grouped_gemm``, one launch per expert."""
+    if k.kind == "gemm":
+        m, kk, n, batch = k.args
+        grouped = grouped_gemm and not (isinstance(batch, (int, float)) and batch == 1)
+        op = _gemm(k.name, m, kk, n, bpe, batch, kind=BATCHED if grouped else MATMUL, fp8=fp8 and k.linear)
+        op = replace(op, grouped=grouped)
+    elif k.kind == "traffic":
+        family, impl, elems = k.args
+        op = _traffic_op(k.name, family, impl, elems, bpe)
+    else:
+        fwd, bwd = k.args
+        op = Op(k.name, MEMORY, 0.0, 0.0, fwd * bpe, bwd * bpe)
+    return op if isinstance(share, float) and share == 1.0 else replace(op, share=share)
+
+
+build_kernel = _build  # the public name (serving's absorbed latent-attention products)
+
+MLP_OPS = ("mlp_gate_up", "mlp_up", "swiglu", "gelu", "relu", "mlp_bias_add", "mlp_down")
+
+
+def _with_moe(ops: list[Op], at: int, model: ModelSpec, d: LocalDims, rows, bpe: int, fp8: bool,
+              activation: str, grouped_gemm: bool = True) -> list[Op]:
+    """The layer's ops with the MoE block (:mod:`parplan.cost.moe`) in the dense MLP's place, each run by
+    the share of the layers that are MoE; the dense MLP's ops run by the rest (dropped when none is)."""
+    s = moe_mod.share(model, d)
+    dense_share = 1.0 - np.asarray(s, float)
+    keep = not (np.ndim(dense_share) == 0 and float(dense_share) == 0.0)
+    out = []
+    for i, o in enumerate(ops):
+        if i == at:
+            out += [_build(k, bpe, fp8, s, grouped_gemm) for k in moe_mod.block_kernels(model, d, rows, activation)]
+        if o.name in MLP_OPS:
+            if keep:
+                out.append(replace(o, share=dense_share))
+            continue
+        out.append(o)
+    return out
 
 
 def _linear_count(model: ModelSpec) -> int:
@@ -260,7 +321,7 @@ def _residual(name: str, row, mask: float, bpe: int, impl: str, bias: float = 1.
         return [_elementwise(name, row, 2 + mask, 1 + mask, bpe, extra_fwd_bytes=row * mask,
                              extra_bwd_bytes=row * mask)]
     ops = [_elementwise(f"{name}_adds", row, 3 + 2 * bias, 3 + bias, bpe, streaming=True,
-                        kernels=(1 + int(bias), 1 + int(bias)))]
+                        kernels=(1 + int(bias), 1 + int(bias)), family="residual")]
     if mask:
         ops.append(_elementwise(f"{name}_dropout", row, 2, 2, bpe, extra_fwd_bytes=row, extra_bwd_bytes=row))
     return ops
@@ -290,7 +351,8 @@ def head_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", loss: str = "v
     else:
         t = LOSS_TRAFFIC[loss]
         ce = Op("cross_entropy", MEMORY, 0.0, 0.0, logits * t.fwd_bytes * bpe / 2, logits * t.bwd_bytes * bpe / 2,
-                streaming=loss == "eager-fp32", kernels=(t.fwd_kernels, t.bwd_kernels))
+                streaming=loss == "eager-fp32", kernels=(t.fwd_kernels, t.bwd_kernels),
+                family="loss" if loss == "eager-fp32" else "")
     return [
         _norm_op("final_norm", model, tokens * model.hidden / d.norm_shard, bpe, norm),
         _gemm("logits", tokens * d.gemm_row_gather, model.hidden / d.hidden_shard, d.vocab, bpe, d.gemm_steps),
@@ -299,4 +361,9 @@ def head_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", loss: str = "v
 
 
 def total(ops: list[Op], field: str):
-    return sum((getattr(o, field) for o in ops), np.float64(0.0))
+    return sum((getattr(o, field) * o.share if _shared(o) else getattr(o, field) for o in ops), np.float64(0.0))
+
+
+def _shared(o: Op) -> bool:
+    """Whether an op runs in only a share of the layers (MoE models)."""
+    return not (isinstance(o.share, float) and o.share == 1.0)

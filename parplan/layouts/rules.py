@@ -61,6 +61,10 @@ def _micro_batches(a):
     return a.batch // np.maximum(a.mb * a.dp, 1)
 
 
+def _moe(m) -> bool:
+    return bool(getattr(m, "is_moe", False))
+
+
 RULES: tuple[Rule, ...] = (
     Rule("tp divides heads", ('tp', 'mode'),
          lambda m, a: (a.mode == 0) & (m.heads % a.tp != 0),
@@ -122,6 +126,25 @@ RULES: tuple[Rule, ...] = (
          lambda m, a: a.interleaved & (_micro_batches(a) % a.pp != 0),
          lambda m, a: f"the interleaved schedule needs the {_micro_batches(a)} micro-batches per step to be a "
                       f"multiple of pp={a.pp}"),
+    # Mixture of experts (parplan.layouts.strategies.expert)
+    Rule("expert parallelism needs experts", ('ep', 'etp'),
+         lambda m, a: ((a.ep > 1) | (a.etp > 1)) & (not _moe(m)),
+         lambda m, a: f"{'ep' if a.ep > 1 else 'etp'}={a.ep if a.ep > 1 else a.etp} shards experts, but {m.name} "
+                      f"is a dense model (no mixture-of-experts layers)"),
+    Rule("ep divides the experts", ('ep',),
+         lambda m, a: _moe(m) & (m.experts % np.maximum(a.ep, 1) != 0),
+         lambda m, a: f"ep={a.ep} does not divide the {m.experts} routed experts of {m.name}"),
+    Rule("etp divides the expert width", ('etp',),
+         lambda m, a: _moe(m) & (m.expert_width % np.maximum(a.etp, 1) != 0),
+         lambda m, a: f"etp={a.etp} does not divide the expert width {m.expert_width} of {m.name}"),
+    Rule("ep x etp divides the stage's ranks", ('ep', 'etp', 'tp', 'cp', 'dp'),
+         lambda m, a: (a.tp * a.cp * a.dp) % (a.ep * a.etp) != 0,
+         lambda m, a: f"ep*etp = {a.ep * a.etp} must divide tp*cp*dp = {a.tp * a.cp * a.dp}: the expert axes are "
+                      f"folded over those ranks"),
+    Rule("MoE layers with 1D tensor parallel", ('tp', 'mode'),
+         lambda m, a: _moe(m) & (a.mode > 0),
+         lambda m, a: f"tp-mode {TP_MODES[int(a.mode)]} is not modelled for the mixture-of-experts layers of "
+                      f"{m.name}; use 1d"),
 )
 
 
@@ -134,6 +157,7 @@ def software_rules(fw) -> tuple[Rule, ...]:
     n = fw.name
     modes = [TP_MODES.index(m) for m in par.tp_modes]
     codes = [RECOMPUTE.index(r) for r in fw.recompute]
+    moe = fw.moe
 
     def stages(z):
         return ", ".join(map(str, z))
@@ -170,6 +194,15 @@ def software_rules(fw) -> tuple[Rule, ...]:
              | ((a.tp > 1) & (a.mode == 0) & ~a.sp & (par.sequence_parallel == "always")),
              lambda m, a: (f"{n} has no sequence parallelism" if par.sequence_parallel == "never" else
                            f"{n} always runs tensor parallelism with sequence parallelism (--sp)")),
+        Rule(f"{n} has expert parallelism", ('ep',),
+             lambda m, a: (a.ep > 1) & (not moe.expert_parallel),
+             lambda m, a: f"{n} has no expert parallelism (ep must be 1)"),
+        Rule(f"{n} expert tensor parallel sizes", ('etp', 'tp'),
+             lambda m, a: (a.etp > 1) & ((moe.expert_tensor_parallel == "one") |
+                                          ((moe.expert_tensor_parallel == "one-or-tp") & (a.etp != a.tp))),
+             lambda m, a: (f"{n} splits no expert by tensor parallelism (etp must be 1)"
+                           if moe.expert_tensor_parallel == "one" else
+                           f"{n} runs expert tensor parallel 1 or tp={a.tp}, not etp={a.etp}")),
         Rule(f"{n} recompute modes", ('rc',),
              lambda m, a: ~np.isin(a.rc, codes),
              lambda m, a: f"{n} offers recompute {', '.join(fw.recompute)}, not {RECOMPUTE[int(a.rc)]}"),
@@ -177,15 +210,17 @@ def software_rules(fw) -> tuple[Rule, ...]:
 
 
 def fields(*, tp, cp, pp, dp, micro_batch, vpp, sp, tp_mode, zero, shard_group, hsdp, global_batch, seq,
-           interleaved, recompute=0, cp_ring=False, gpipe=False) -> SimpleNamespace:
+           interleaved, recompute=0, cp_ring=False, ep=1, etp=1, gpipe=False) -> SimpleNamespace:
     """The candidate fields the rules read, as arrays (``tp_mode`` as codes 0/1/2 of ``TP_MODES``,
-    ``recompute`` as codes of ``RECOMPUTE``; a pipeline not ``interleaved`` runs GPipe with ``gpipe``, else 1F1B)."""
+    ``recompute`` as codes of ``RECOMPUTE``; ``ep``, ``etp``: the expert axes; a pipeline not ``interleaved`` runs
+    GPipe with ``gpipe``, else 1F1B)."""
     return SimpleNamespace(tp=np.asarray(tp), cp=np.asarray(cp), pp=np.asarray(pp), dp=np.asarray(dp),
                            mb=np.asarray(micro_batch), vpp=np.asarray(vpp), sp=np.asarray(sp, bool),
                            mode=np.asarray(tp_mode), zero=np.asarray(zero), shard=np.asarray(shard_group),
                            hsdp=np.asarray(hsdp, bool), batch=np.asarray(global_batch), seq=np.asarray(seq),
                            interleaved=np.asarray(interleaved, bool), rc=np.asarray(recompute),
-                           cp_ring=np.asarray(cp_ring, bool), gpipe=np.asarray(gpipe, bool))
+                           cp_ring=np.asarray(cp_ring, bool), ep=np.asarray(ep), etp=np.asarray(etp),
+                           gpipe=np.asarray(gpipe, bool))
 
 
 def violations(model: ModelSpec, a, framework=None) -> list[tuple[Rule, np.ndarray]]:
@@ -248,6 +283,7 @@ def check_layout(layout: Layout, model: ModelSpec, cluster: Cluster, framework=N
     cluster.hardware.peak(layout.dtype)
     if layout.zero not in (0, 1, 2, 3):
         raise ParplanError(f"zero stage must be 0, 1, 2 or 3, got {layout.zero!r}")
+    layout = with_expert_axes(layout, model)
     _check_plugin_axes(layout)
     if layout.devices != cluster.devices:
         names = ["tp", "cp", "pp", "dp"] + [a for a, _ in layout.axes if not is_folded(a)]
@@ -269,11 +305,21 @@ def check_layout(layout: Layout, model: ModelSpec, cluster: Cluster, framework=N
         sp=layout.sp, tp_mode=TP_MODES.index(layout.tp_mode), zero=layout.zero,
         shard_group=1 if layout.shard_group is None else layout.shard_group, hsdp=layout.shard_group is not None,
         global_batch=batch, seq=seq, interleaved=layout.schedule == "interleaved",
-        recompute=RECOMPUTE.index(layout.recompute), cp_ring=layout.cp_mode == "ring",
-        gpipe=layout.schedule == "gpipe"), framework)
+        recompute=RECOMPUTE.index(layout.recompute), cp_ring=layout.cp_mode == "ring", ep=layout.size("ep"),
+        etp=layout.size("etp"), gpipe=layout.schedule == "gpipe"), framework)
     if problem:
         raise ParplanError(problem)
     return replace(layout, seq_len=seq, global_batch=batch)
+
+
+def with_expert_axes(layout: Layout, model: ModelSpec) -> Layout:
+    """An MoE model's layout always names its expert axes (ep=1, etp=1 where not given), so the expert axis
+    shards and reduces its experts."""
+    if not getattr(model, "is_moe", False):
+        return layout
+    names = [a for a, _ in layout.axes]
+    extra = tuple((a, 1) for a in ("ep", "etp") if a not in names)
+    return replace(layout, axes=layout.axes + extra) if extra else layout
 
 
 def _check_plugin_axes(layout: Layout) -> None:

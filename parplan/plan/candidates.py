@@ -85,10 +85,14 @@ def candidates(model: ModelSpec, cluster: Cluster, space: SearchSpace) -> dict[s
     """All layouts that pass the layout rules, as parallel arrays."""
     n, gb, seq = cluster.devices, space.global_batch, space.seq_len
     fixed = space.fixed or {}
+    if not model.is_moe and (fixed.get("ep", 1) > 1 or fixed.get("etp", 1) > 1):
+        axis = "ep" if fixed.get("ep", 1) > 1 else "etp"
+        raise ParplanError(f"{axis}={fixed[axis]} shards experts, but {model.name} is a dense model (no "
+                           f"mixture-of-experts layers)")
     tp_max = n if space.allow_cross_node_tp else cluster.fast_domain
     if fixed.get("tp", 1) > tp_max:
-        raise ParplanError(f"tp={fixed['tp']} spans more than the {tp_max} devices of one node; pass "
-                           f"--allow-cross-node-tp to search tensor parallel across nodes")
+        raise ParplanError(f"tp={fixed['tp']} spans more than the {tp_max} devices of one NVLink node or domain; "
+                           f"pass --allow-cross-node-tp to search tensor parallel across nodes")
     rows = [(tp, cp, pp, n // (tp * cp * pp), mode, cp_mode)
             for tp in _divisors(n) if tp <= tp_max for mode in _tp_modes(tp)
             for cp in _divisors(n // tp) for cp_mode in ((0, 1) if cp > 1 else (0,))
@@ -118,6 +122,11 @@ def candidates(model: ModelSpec, cluster: Cluster, space: SearchSpace) -> dict[s
     if not shape_ok.any():
         raise ParplanError(_nothing_passes(model, n, gb, fixed, shape))
     axes = _keep(axes, shape_ok)
+    if model.is_moe:
+        axes = _expert_axes(model, cluster, axes, fixed)
+        if len(axes["tp"]) == 0:
+            raise ParplanError(f"no layout of {n} devices has {', '.join(f'{k}={v}' for k, v in fixed.items())} "
+                               f"with expert axes that divide its ranks")
 
     mbs = [fixed["micro_batch"]] if "micro_batch" in fixed else [b for b in MICRO_BATCHES if b <= space.max_micro_batch]
     vpps = [fixed["vpp"]] if "vpp" in fixed else list(VPPS)
@@ -152,12 +161,33 @@ def candidates(model: ModelSpec, cluster: Cluster, space: SearchSpace) -> dict[s
                          sp=c["sp"], tp_mode=c["tp_mode"], zero=c["zero"], shard_group=c["shard_group"],
                          hsdp=c["hsdp"], global_batch=gb, seq=seq, interleaved=c["vpp"] > 1,
                          recompute=c["recompute"], cp_ring=c["cp_mode"] == CP_SCHEMES.index("ring"),
-                         gpipe=space.schedule == "gpipe")
+                         ep=c.get("ep", 1), etp=c.get("etp", 1), gpipe=space.schedule == "gpipe")
     ok = rules.valid(model, knobs, framework)
     if not ok.any():
         raise ParplanError(_nothing_passes(model, n, gb, fixed, knobs, framework))
     out = _keep(c, ok)
     del out["hsdp"]
+    return out
+
+
+def _expert_axes(model: ModelSpec, cluster: Cluster, axes: dict, fixed: dict) -> dict:
+    """Each mesh shape with every expert split an MoE model allows: etp 1 or tp (the two layouts torchtitan
+    runs and Megatron-Core's default), ep any divisor of the experts that divides the stage's tp x cp x dp
+    ranks left by etp (the expert axes are folded over them, :mod:`parplan.layouts.strategies.expert`)."""
+    rows = []
+    for i in range(len(axes["tp"])):
+        tp = int(axes["tp"][i])
+        ranks = tp * int(axes["cp"][i]) * int(axes["dp"][i])
+        for etp in sorted({1, tp}):
+            if model.expert_width % etp or ranks % etp or ("etp" in fixed and fixed["etp"] != etp):
+                continue
+            for ep in _divisors(model.experts):
+                if (ranks // etp) % ep == 0 and ("ep" not in fixed or fixed["ep"] == ep):
+                    rows.append((i, ep, etp))
+    idx = np.array([r[0] for r in rows], dtype=int)
+    out = {k: v[idx] for k, v in axes.items()}
+    out["ep"] = np.array([r[1] for r in rows], dtype=int)
+    out["etp"] = np.array([r[2] for r in rows], dtype=int)
     return out
 
 

@@ -44,6 +44,7 @@ class Interval:
     low_s: float
     high_s: float
     framework: str            # the validation group whose errors set the band
+    moe: bool                 # of mixture-of-experts runs (else of dense ones)
     runs: int                 # its validated runs (0: none shipped)
     error_low: float          # its 10th-percentile signed error
     error_high: float         # its 90th percentile
@@ -56,7 +57,8 @@ class Interval:
 
     def as_dict(self) -> dict[str, Any]:
         return {"step_time_interval_s": [self.low_s, self.high_s],
-                "validation": {"framework": self.framework, "runs": self.runs, "quantiles": list(QUANTILES),
+                "validation": {"framework": self.framework, "models": KINDS[self.moe], "runs": self.runs,
+                               "quantiles": list(QUANTILES),
                                "errors": [self.error_low, self.error_high], "note": self.group_note},
                 "assumed": [{"value": k, "fall": lo, "rise": hi} for k, lo, hi in self.assumed],
                 "assumed_swing": SWING,
@@ -66,9 +68,10 @@ class Interval:
         """Where the bounds come from, in one sentence."""
         middle = f"the middle {QUANTILES[1] - QUANTILES[0]:.0%} of the errors"
         spread = f"({self.error_low:+.1%} to {self.error_high:+.1%})"
+        kind = "MoE " if self.moe else ""
         runs = ("no validation errors (validation/error-bands.yaml is missing)" if not self.runs else
-                f"{middle} of all {self.runs} validated runs {spread}, as {self.group_note}" if self.group_note else
-                f"{middle} of the {self.runs} validated {self.framework} runs {spread}")
+                f"{middle} of all {self.runs} validated {kind}runs {spread}, as {self.group_note}" if self.group_note
+                else f"{middle} of the {self.runs} validated {kind}{self.framework} runs {spread}")
         varied = ", ".join(f"{k} {max(lo, hi):.1%}" for k, lo, hi in self.assumed)
         assumed = (f"; the [assumed] profile values (numbers +-{SWING:.0%}, flags flipped) move it by: {varied}"
                    if self.assumed else "; no [assumed] profile value to vary")
@@ -76,34 +79,45 @@ class Interval:
         return f"interval: {runs}{assumed}{fixed}"
 
 
+KINDS = ("dense", "moe")
+
+
 @lru_cache(maxsize=1)
-def validation_errors() -> dict[str, tuple[float, ...]]:
-    """Per framework, the signed errors of its validated runs (``validation/error-bands.yaml``; {} if absent)."""
+def validation_errors() -> dict[tuple[str, str], tuple[float, ...]]:
+    """Per (framework, kind of model: dense or moe), the signed errors of its validated runs
+    (``validation/error-bands.yaml``; {} if absent)."""
     path = spec_dir("validation") / BANDS_FILE
     if not path.is_file():
         return {}
     data = require_mapping(read_yaml(path), str(path))
     check_keys(data, ("files", "frameworks"), str(path))
     out = {}
-    for name, runs in require_mapping(data.get("frameworks"), f"{path}: frameworks").items():
-        errors = list(require_mapping(runs, f"{path}: {name}").values())
-        if not errors or not all(isinstance(e, (int, float)) and not isinstance(e, bool) and e > -1 for e in errors):
-            raise ParplanError(f"{path}: {name}: expected run ids with signed errors above -1")
-        out[str(name)] = tuple(float(e) for e in errors)
+    for name, kinds in require_mapping(data.get("frameworks"), f"{path}: frameworks").items():
+        kinds = require_mapping(kinds, f"{path}: {name}")
+        check_keys(kinds, KINDS, f"{path}: {name}")
+        for kind, runs in kinds.items():
+            errors = list(require_mapping(runs, f"{path}: {name}.{kind}").values())
+            if not errors or not all(isinstance(e, (int, float)) and not isinstance(e, bool) and e > -1
+                                     for e in errors):
+                raise ParplanError(f"{path}: {name}.{kind}: expected run ids with signed errors above -1")
+            out[(str(name), str(kind))] = tuple(float(e) for e in errors)
     return out
 
 
-def error_band(framework: str) -> tuple[float, float, int, str]:
-    """(10th, 90th percentile of the signed errors, runs, note) of ``framework``'s validated runs; every run's
-    when it has none."""
+def error_band(framework: str, moe: bool = False) -> tuple[float, float, int, str]:
+    """(10th, 90th percentile of the signed errors, runs, note) of the validated runs of ``framework`` on models of
+    the same kind (dense or MoE); without any, every framework's runs of that kind; without those, every run."""
     errors = validation_errors()
     if not errors:
         return 0.0, 0.0, 0, ""
-    note = ""
-    values = errors.get(framework)
+    kind = KINDS[bool(moe)]
+    what = "MoE " if moe else ""
+    values, note = errors.get((framework, kind)), ""
+    if not values:
+        values = tuple(e for (_, k), v in errors.items() if k == kind for e in v)
+        note = f"no {what}{framework} run is validated"
     if not values:
         values = tuple(e for v in errors.values() for e in v)
-        note = f"no {framework} run is validated"
     lo, hi = np.quantile(np.asarray(values), QUANTILES)
     return float(lo), float(hi), len(values), note
 
@@ -212,7 +226,7 @@ def intervals(model, cluster: Cluster, layouts: list, step_times_s, software, he
     if software is None:
         raise ParplanError("an interval needs the software the step was predicted for")
     base = np.asarray(step_times_s, float)
-    e_lo, e_hi, runs, note = error_band(software.name)
+    e_lo, e_hi, runs, note = error_band(software.name, model.experts > 0)
     varied, named = assumed_values(cluster, software)
     swings = []  # per value: (fall, rise) of each layout, as fractions of its step time
     for key, cases in varied:
@@ -224,7 +238,7 @@ def intervals(model, cluster: Cluster, layouts: list, step_times_s, software, he
     for i, t in enumerate(base):
         out.append(Interval(
             step_time_s=float(t), low_s=float(t / (1 + e_hi) * (1 - min(down[i], 1.0))),
-            high_s=float(t / (1 + e_lo) * (1 + up[i])), framework=software.name, runs=runs,
+            high_s=float(t / (1 + e_lo) * (1 + up[i])), framework=software.name, moe=model.experts > 0, runs=runs,
             error_low=e_lo, error_high=e_hi, group_note=note,
             assumed=tuple((k, float(lo[i]) + 0.0, float(hi[i]) + 0.0) for k, lo, hi in swings),
             not_varied=tuple(named)))

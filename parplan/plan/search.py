@@ -19,6 +19,7 @@ from .candidates import CP_SCHEMES, SearchSpace, candidates, space_software
 from ..specs.model import ModelSpec
 
 PLACEMENTS = (("tp", "cp", "dp", "pp"), ("tp", "cp", "pp", "dp"))
+EXPERT_AXES = ("ep", "etp")  # an MoE model's candidates carry them (parplan.plan.candidates)
 OBJECTIVES = ("throughput", "memory", "cost")
 
 
@@ -43,7 +44,8 @@ def search(model: ModelSpec, cluster: Cluster, space: SearchSpace, progress=None
                             micro_batch=part["micro_batch"], global_batch=space.global_batch, seq_len=space.seq_len,
                             zero=part["zero"], sp=part["sp"], vpp=part["vpp"], recompute=part["recompute"],
                             shard_group=part["shard_group"], tp_mode=TP_MODES[tp_code], cp_mode=CP_SCHEMES[cp_code],
-                            dtype=space.dtype, order=order, schedule=space.schedule or "1f1b")
+                            dtype=space.dtype, order=order, schedule=space.schedule or "1f1b",
+                            axes=(("ep", part["ep"]), ("etp", part["etp"])) if "ep" in part else ())
             est = estimate(model, cluster, layout, check=False, headroom=space.headroom,
                            software=space_software(space, cluster))
             df = pd.DataFrame({k: v for k, v in part.items()})
@@ -61,7 +63,8 @@ def search(model: ModelSpec, cluster: Cluster, space: SearchSpace, progress=None
     all_df = pd.concat(frames, ignore_index=True)
     # Placement only matters when some axis spans nodes; keep distinct results.
     all_df = all_df.drop_duplicates(subset=["tp", "cp", "pp", "dp", "tp_mode", "cp_mode", "micro_batch", "recompute",
-                                            "zero", "sp", "vpp", "shard_group", "step_time_s"])
+                                            "zero", "sp", "vpp", "shard_group", "step_time_s"]
+                                    + [k for k in EXPERT_AXES if k in all_df])
     return all_df, sum(len(f) for f in frames)
 
 
@@ -87,6 +90,8 @@ def describe_row(row) -> str:
                                   if row["zero"] else ""),
              f"cp={row['cp']}" + ("(ring)" if row["cp"] > 1 and row.get("cp_mode") == "ring" else ""),
              f"mb={row['micro_batch']}", f"rc={row['recompute']}"]
+    if "ep" in row and row["ep"] == row["ep"]:  # an MoE candidate (NaN in a frame that mixes models)
+        parts[4:4] = [f"ep={int(row['ep'])}", f"etp={int(row['etp'])}"]
     return " ".join(parts)
 
 
@@ -95,7 +100,8 @@ def why(winner, runner) -> str:
     diffs = {k: runner[f"{k}_s"] - winner[f"{k}_s"] for k in breakdown_keys()}
     k, v = max(diffs.items(), key=lambda kv: kv[1])
     changed = [f"{a} {runner[a]}->{winner[a]}" for a in ("tp", "pp", "dp", "cp", "micro_batch", "recompute", "zero",
-                                                          "sp", "vpp", "tp_mode", "cp_mode", "shard_group", "order", "global_batch")
+                                                          "sp", "vpp", "tp_mode", "cp_mode", "shard_group", "order", "global_batch",
+                                                          *EXPERT_AXES)
                if a in runner and runner[a] != winner[a]]
     if runner["global_batch"] != winner["global_batch"]:
         gain = winner["tokens_per_s"] / runner["tokens_per_s"] - 1
@@ -116,7 +122,8 @@ def layout_of(row, space: SearchSpace) -> Layout:
                   shard_group=(int(row["shard_group"]) if int(row.get("shard_group", row["dp"])) != int(row["dp"])
                                else None),
                   dtype=space.dtype, order=tuple(row["order"].split(",")),
-                  schedule=space.schedule or ("interleaved" if int(row["vpp"]) > 1 else "1f1b"))
+                  schedule=space.schedule or ("interleaved" if int(row["vpp"]) > 1 else "1f1b"),
+                  axes=tuple((a, int(row[a])) for a in EXPERT_AXES if a in row and row[a] == row[a]))
 
 
 def fewest_devices(model: ModelSpec, cluster: Cluster, space: SearchSpace, limit: int = 1 << 20) -> int | None:

@@ -40,7 +40,8 @@ def serve_splits(model: ModelSpec, cluster: Cluster, allow_cross_node_tp: bool =
     """Every (tp, pp, replicas) with tp * pp * replicas = the device count that the model's shapes allow."""
     n = cluster.devices
     fixed = fixed or {}
-    tp_max = n if allow_cross_node_tp else max(1, min(n, cluster.devices_per_node))
+    domain = cluster.devices_per_node if cluster.hardware.torus is not None else cluster.scale_up_domain
+    tp_max = n if allow_cross_node_tp else max(1, min(n, domain))  # tensor parallel inside one NVLink domain
     rows = []
     for tp in _divisors(n):
         if tp > tp_max or not tp_1d_problem(model, tp) is None:
@@ -52,6 +53,14 @@ def serve_splits(model: ModelSpec, cluster: Cluster, allow_cross_node_tp: bool =
             if all(row[("tp", "pp", "replicas").index(k)] == v for k, v in fixed.items()):
                 rows.append(row)
     return rows
+
+
+def serve_eps(model: ModelSpec, tp: int, fixed: dict | None = None) -> list[int]:
+    """An MoE model's expert splits of a stage's tp devices: tensor-parallel experts (ep=1) or whole experts
+    over all of them (ep=tp); 1 for a dense model."""
+    eps = [1] + ([tp] if model.is_moe and tp > 1 and model.experts % tp == 0 else [])
+    want = (fixed or {}).get("ep")
+    return [e for e in eps if want is None or e == want]
 
 
 def batch_grid(limit: int) -> np.ndarray:
@@ -88,6 +97,7 @@ def _frame(est, batches, mb, ttft_ms, tpot_ms):
         "memory_bytes": np.broadcast_to(est.memory_bytes["total"], shape),
         "fits": np.broadcast_to(est.fits, shape),
         "max_batch": mb,
+        **({"ep": lay.ep} if est.model.is_moe else {}),
     })
     df["meets_targets"] = _targets_ok(df["ttft_s"].to_numpy(), df["tpot_s"].to_numpy(), ttft_ms, tpot_ms)
     names = []
@@ -105,15 +115,15 @@ def search_inference(model: ModelSpec, cluster: Cluster, *, input_len: int, outp
     """Evaluate every split and batch; a pandas DataFrame of all candidates (columns: ``COLUMNS``)."""
     import pandas as pd
 
-    splits = serve_splits(model, cluster, allow_cross_node_tp, fixed)
+    splits = serve_splits(model, cluster, allow_cross_node_tp, {k: v for k, v in (fixed or {}).items() if k != "ep"})
     if not splits:
         raise ParplanError(f"no tp x pp split of the {cluster.devices} devices of {cluster.label} suits "
                            f"{model.name} ({model.heads} heads, {model.kv_heads} KV heads)"
                            + (f" with {', '.join(f'{k}={v}' for k, v in fixed.items())}" if fixed else ""))
     frames = []
-    for tp, pp, replicas in splits:
+    for tp, pp, replicas, ep in ((*split, ep) for split in splits for ep in serve_eps(model, split[0], fixed)):
         base = ServeLayout(tp=tp, pp=pp, replicas=replicas, batch=1, input_len=input_len, output_len=output_len,
-                           dtype=dtype, kv_dtype=kv_dtype)
+                           dtype=dtype, kv_dtype=kv_dtype, ep=ep)
         check_serve_layout(base, model, cluster)
         mb = max_batch(model, cluster.hardware, tp, pp, input_len, output_len, dtype, kv_dtype, headroom)
         if batch is not None:
@@ -165,7 +175,7 @@ def rank_plans(df):
     if ok.empty:
         return ok
     best = ok.sort_values(["tokens_per_s", "tpot_s"], ascending=[False, True], kind="stable")
-    best = best.drop_duplicates(subset=["tp", "pp", "replicas"], keep="first")
+    best = best.drop_duplicates(subset=["tp", "pp", "replicas"] + (["ep"] if "ep" in best else []), keep="first")
     return best.reset_index(drop=True)
 
 
@@ -203,8 +213,9 @@ def fewest_devices(model: ModelSpec, cluster: Cluster, input_len: int, output_le
 
 
 def describe_split(row) -> str:
-    """``tp=8 pp=1 replicas=2``."""
-    return f"tp={row['tp']} pp={row['pp']} replicas={row['replicas']}"
+    """``tp=8 pp=1 replicas=2`` (and ``ep=8`` where an MoE model's experts are expert-parallel)."""
+    ep = f" ep={int(row['ep'])}" if "ep" in row and row["ep"] == row["ep"] and int(row["ep"]) > 1 else ""
+    return f"tp={row['tp']} pp={row['pp']} replicas={row['replicas']}{ep}"
 
 
 def plans(model: ModelSpec, cluster: Cluster, *, input_len: int, output_len: int, batch: int | None = None,

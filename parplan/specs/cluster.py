@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import ParplanError
+from .clocks import MAX_MHZ, at_clock
 from .hardware import MAX_DEVICES, Hardware, Link, load_hardware
 from .registry import shipped
 from .yamlio import check_keys, number, read_yaml, require_mapping, suggest, text
@@ -30,20 +31,28 @@ class Cluster:
 
     @property
     def label(self) -> str:
-        """The cluster as a person reads it: ``512 x a100-80gb`` (or the name a cluster file gives)."""
-        return f"{self.devices} x {self.hardware.name}" if self.name == f"{self.hardware.name}x{self.devices}" \
+        """The cluster as a person reads it: ``512 x a100-80gb`` (or the name a cluster file gives), with the
+        sustained SM clock a cluster file set."""
+        label = f"{self.devices} x {self.hardware.name}" if self.name == f"{self.hardware.name}x{self.devices}" \
             else self.name
+        clocks = self.hardware.clocks
+        return label if clocks is None or clocks.sustained_mhz is None else f"{label} at {clocks.sustained_mhz:g} MHz"
 
     @property
     def nodes(self) -> int:
         return -(-self.devices // self.devices_per_node)
 
     @property
+    def scale_up_domain(self) -> int:
+        """Devices per scale-up domain, in device order: the node, or the profile's larger domain where its
+        scale-up link reaches past the node (a GB200 NVL72 rack of 18 four-GPU trays, a TPU pod)."""
+        hw = self.hardware
+        return hw.scale_up_domain if hw.scale_up_domain > hw.devices_per_node else self.devices_per_node
+
+    @property
     def fast_domain(self) -> int:
-        """Devices that reach each other over the scale-up link (NVLink node, TPU pod slice)."""
-        if self.hardware.torus is not None:
-            return min(self.devices, self.hardware.scale_up_domain)
-        return min(self.devices, self.devices_per_node)
+        """Devices that reach each other over the scale-up link (NVLink node or rack, TPU pod slice)."""
+        return min(self.devices, self.scale_up_domain)
 
 
 
@@ -66,8 +75,10 @@ def load_cluster(spec: str) -> Cluster:
     """A cluster from ``a100x512`` (the trailing ``x<digits>`` is the count), a profile name, or a YAML cluster file.
 
     Cluster file fields: ``hardware`` (profile name or path), ``devices``, and optional
-    ``devices_per_node``, ``inter_node_bandwidth`` (bytes/s per device per direction),
-    ``inter_node_latency_s``, ``intra_node_bandwidth``, ``intra_node_latency_s``, ``name``.
+    ``devices_per_node``, ``scale_up_domain`` (devices one NVLink domain joins, a multiple of the node),
+    ``inter_node_bandwidth`` (bytes/s per device per direction), ``inter_node_latency_s``,
+    ``intra_node_bandwidth``, ``intra_node_latency_s``, ``sustained_clock_mhz`` (the SM clock the
+    devices hold under load; scales every peak, see ``specs/clocks.py``), ``name``.
     """
     if not isinstance(spec, str) or not spec:
         raise ParplanError("--hw must name a profile, a cluster like a100x512, or a cluster YAML file")
@@ -117,7 +128,7 @@ def make_cluster(hw: Hardware, devices: int, *, devices_per_node: int | None = N
 
 CLUSTER_KEYS = ("name", "hardware", "devices", "devices_per_node", "inter_node_bandwidth", "inter_node_latency_s",
                 "inter_node_name", "intra_node_bandwidth", "intra_node_latency_s", "intra_node_name",
-                "intra_node_efficiency", "price_per_device_hour")
+                "intra_node_efficiency", "price_per_device_hour", "scale_up_domain", "sustained_clock_mhz")
 
 
 def _link_override(data: Mapping[str, Any], side: str, link: Link, what: str) -> Link:
@@ -139,6 +150,15 @@ def cluster_from_dict(data: Mapping[str, Any], what: str, base_dir: Path | None 
     hw = load_hardware(hw_ref)
     devices = number(data, "devices", what, integer=True, maximum=MAX_DEVICES)
     dpn = number(data, "devices_per_node", what, required=False, integer=True, maximum=MAX_DEVICES)
+    if data.get("sustained_clock_mhz") is not None:
+        hw = at_clock(hw, number(data, "sustained_clock_mhz", what, maximum=MAX_MHZ), f"{what}: sustained_clock_mhz")
+    domain = number(data, "scale_up_domain", what, required=False, integer=True, maximum=MAX_DEVICES)
+    if domain is not None or (dpn and hw.scale_up_domain > hw.devices_per_node):  # a domain wider than a node
+        node, domain = dpn or hw.devices_per_node, domain or hw.scale_up_domain
+        if domain < node or domain % node:
+            raise ParplanError(f"{what}: the scale-up domain of {domain} devices must be a whole number of nodes "
+                               f"of {node} (set scale_up_domain or devices_per_node)")
+        hw = replace(hw, scale_up_domain=domain, devices_per_node=node)  # the profile as this cluster houses it
     return make_cluster(hw, devices, devices_per_node=dpn,
                         inter_node=_link_override(data, "inter_node", hw.inter_node, what),
                         intra_node=_link_override(data, "intra_node", hw.intra_node, what),

@@ -15,6 +15,9 @@ framework profile says, each value with its source:
 * ``pipeline``: schedules, how activations are sent between stages, which ZeRO stages combine;
 * ``parallelism``: the tensor/context-parallel modes its code has, and its sequence parallelism;
 * ``recompute``: the activation-checkpointing modes it offers;
+* ``moe``: whether it has expert parallelism, which expert-tensor-parallel sizes it runs, whether its
+  experts run as one grouped GEMM or a loop of GEMMs, and whether it overlaps the token all-to-all
+  with the shared experts;
 * the vocabulary padding rule, the optimizer kernel, how master weights are kept, and a
   per-layer host overhead.
 
@@ -53,15 +56,17 @@ DEFAULT_FRAMEWORK = {"gpu": "megatron-core", "tpu": "jax"}
 
 FRAMEWORK_KEYS = ("name", "aliases", "description", "devices", "emit", "kernels", "compile", "fp8", "data_parallel",
                   "pipeline", "parallelism", "recompute", "vocab", "optimizer", "master_weights",
-                  "host_overhead_per_layer_s", "elementwise_efficiency", "sources")
+                  "host_overhead_per_layer_s", "elementwise_efficiency", "sources", "moe")
 KERNEL_KEYS = ("attention", "flash_attention", "elementwise", "loss", "weight_casts")
 COMPILE_KEYS = ("available", "default", "elementwise", "loss")
 FP8_KEYS = ("recipes", "default", "casts", "compiled_casts", "weight_cast", "all_gather", "saves_fp8_inputs", "wgrad")
 DP_KEYS = ("zero", "zero3", "grad_reduce", "reduce_every_microbatch", "backward_prefetch", "gather_bucket_params",
-           "reduce_bucket_params", "grad_dtype", "overlap_param_gather")
+           "reduce_bucket_params", "max_live_params", "grad_dtype", "overlap_param_gather")
 PP_KEYS = ("schedules", "send", "zero", "reduce_every_microbatch")
 PARALLEL_KEYS = ("tp_modes", "cp_modes", "sequence_parallel")
 VOCAB_KEYS = ("multiple", "times_tp")
+MOE_KEYS = ("expert_parallel", "expert_tensor_parallel", "grouped_gemm", "shared_expert_overlap")
+EXPERT_TP = ("any", "one-or-tp", "one")
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,9 @@ class DataParallelSoftware:
     reduce_bucket_params: int | None
     grad_dtype: str                     # fp32 | param | fp32-with-bf16 (the dtype gradients are accumulated in)
     overlap_param_gather: bool
+    # ZeRO-3: gathered parameters kept resident before the oldest are released (DeepSpeed's
+    # stage3_max_live_parameters); None: the wrapped units (FSDP: the layer in use and the prefetched one).
+    max_live_params: int | None = None
 
 
 @dataclass(frozen=True)
@@ -119,6 +127,14 @@ class Parallelism:
     tp_modes: tuple[str, ...]
     cp_modes: tuple[str, ...]
     sequence_parallel: str              # optional | always (with tp > 1) | never
+
+
+@dataclass(frozen=True)
+class MoeSoftware:
+    expert_parallel: bool = False       # shards experts over an expert-parallel group
+    expert_tensor_parallel: str = "one"  # any | one-or-tp (etp is 1 or tp) | one
+    grouped_gemm: bool = False          # the local experts run as one grouped GEMM (else a loop of GEMMs)
+    shared_expert_overlap: bool = False  # the token all-to-all runs under the shared experts' GEMMs
 
 
 @dataclass(frozen=True)
@@ -143,6 +159,7 @@ class Framework:
     aliases: tuple[str, ...] = ()
     sources: Mapping[str, str] = field(default_factory=dict)
     path: str = ""
+    moe: MoeSoftware = MoeSoftware()
 
     def padded_vocab(self, vocab: int, tp) -> Any:
         """Vocabulary rows after the framework's padding (Megatron: a multiple of 128 x tp)."""

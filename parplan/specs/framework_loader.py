@@ -11,7 +11,7 @@ from .framework import (ATTENTION_KERNELS, COMPILE_KEYS, CP_MODES, DEVICE_KINDS,
     FP8_CASTS, FP8_KEYS, FP8_RECIPES, FRAMEWORK_KEYS, GRAD_REDUCE, IMPLEMENTATIONS, KERNEL_KEYS, LOSSES,
     MASTER_WEIGHTS, OPTIMIZERS, PARALLEL_KEYS, PP_KEYS, PP_SENDS, PREFETCH, RECOMPUTE_MODES, SCHEDULES,
     SEQUENCE_PARALLEL, TP_MODES, VOCAB_KEYS, WEIGHT_CASTS, ZERO3_IMPLS, Compile, DataParallelSoftware, Framework,
-    Kernels, Parallelism, PipelineSoftware)
+    Kernels, Parallelism, PipelineSoftware, EXPERT_TP, MOE_KEYS, MoeSoftware)
 from .registry import shipped, shipped_names
 from .yamlio import check_keys, names, number, read_yaml, require_mapping, suggest, text, text_mapping
 
@@ -125,6 +125,7 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
         backward_prefetch=text(d, "backward_prefetch", w, required=False, choices=PREFETCH, default="before"),
         gather_bucket_params=number(d, "gather_bucket_params", w, required=False, integer=True, maximum=1e13),
         reduce_bucket_params=number(d, "reduce_bucket_params", w, required=False, integer=True, maximum=1e13),
+        max_live_params=number(d, "max_live_params", w, required=False, integer=True, maximum=1e13),
         grad_dtype=text(d, "grad_dtype", w, choices=("fp32", "param", "fp32-with-bf16")),
         overlap_param_gather=_flag(d, "overlap_param_gather", w, True))
     if 3 in dp.zero and dp.zero3 == "none":
@@ -144,6 +145,13 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
                                                   choices=SEQUENCE_PARALLEL))
     v = require_mapping(data.get("vocab") or {}, f"{what}: vocab")
     check_keys(v, VOCAB_KEYS, f"{what}: vocab")
+    m = require_mapping(data.get("moe") or {}, f"{what}: moe")
+    check_keys(m, MOE_KEYS, f"{what}: moe")
+    moe = MoeSoftware(expert_parallel=_flag(m, "expert_parallel", f"{what}: moe", False),
+                      expert_tensor_parallel=text(m, "expert_tensor_parallel", f"{what}: moe", required=False,
+                                                  choices=EXPERT_TP, default="one"),
+                      grouped_gemm=_flag(m, "grouped_gemm", f"{what}: moe", False),
+                      shared_expert_overlap=_flag(m, "shared_expert_overlap", f"{what}: moe", False))
     devices = _choices(data, "devices", what, DEVICE_KINDS, ("gpu",))
     eff = number(data, "elementwise_efficiency", what, required=False, maximum=1.0)
     return Framework(
@@ -160,7 +168,7 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
                                          default=0.0, maximum=1.0),
         elementwise_efficiency=eff,
         aliases=names(data, "aliases", what), sources=MappingProxyType(text_mapping(data, "sources", what)),
-        path=path)
+        path=path, moe=moe)
 
 
 @lru_cache(maxsize=64)

@@ -17,7 +17,11 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from ..errors import ParplanError
+from .clocks import Clocks, clocks_from_dict
+from .contention import Contention, contention_from_dict
 from .dtypes import DTYPES
+from .kernel_tables import (AttentionCurve, MatmulCurve, attention_kernels_from_dict, curve_from_list,
+                            eager_from_dict, fp8_from_dict, grouped_from_dict, misaligned_from_dict)
 from .registry import shipped, shipped_names
 from .yamlio import check_keys, names, number, read_yaml, require_mapping, suggest, text, text_mapping
 
@@ -26,11 +30,9 @@ LINK_KINDS = ("nvlink", "xgmi", "pcie", "ici", "net")
 PROFILE_KEYS = ("name", "aliases", "description", "vendor", "kind", "compute_units", "peak_flops", "hbm_bytes",
                 "hbm_bandwidth", "devices_per_node", "scale_up_domain", "intra_node", "inter_node", "ici", "efficiency",
                 "kernel_overhead_s", "collective_overhead_s", "matmul_curve", "attention_kernels", "collective_fits",
-                "sources")
+                "overlap", "grouped_gemm", "clocks", "sources")
 LINK_KEYS = ("name", "kind", "bandwidth", "latency_s", "efficiency", "in_switch_reduction")
-EFFICIENCY_KEYS = ("matmul", "hbm", "elementwise", "matmul_misaligned", "matmul_fp8")
-FP8_SCALINGS = ("tensorwise", "rowwise")
-ATTENTION_CURVE_KEYS = ("seq", "forward", "backward")
+EFFICIENCY_KEYS = ("matmul", "hbm", "elementwise", "optimizer", "eager", "matmul_misaligned", "matmul_fp8")
 ICI_KEYS = ("dims", "link_bandwidth", "pod_devices")
 FIT_KEYS = ("op", "group", "ranks", "alpha_s", "busbw", "points", "rms_rel_err")
 
@@ -64,27 +66,6 @@ class Torus:
     dims: int
     link_bandwidth: float
     pod_devices: int
-
-
-@dataclass(frozen=True)
-class MatmulCurve:
-    """A measured matmul efficiency curve: fraction of peak against FLOPs per call (log-interpolated)."""
-
-    flops: tuple[float, ...]
-    efficiency: tuple[float, ...]
-
-
-@dataclass(frozen=True)
-class AttentionCurve:
-    """A fused attention kernel's measured rate: fraction of the large-GEMM rate against sequence length.
-
-    ``forward`` and ``backward`` map a head size to one fraction per entry of ``seq`` (causal, the
-    kernel's own FLOPs: the causal half of ``4 b a s^2 d`` forward, 2.5x that backward).
-    """
-
-    seq: tuple[float, ...]
-    forward: Mapping[int, tuple[float, ...]]
-    backward: Mapping[int, tuple[float, ...]]
 
 
 @dataclass(frozen=True)
@@ -124,6 +105,8 @@ class Hardware:
     kernel_overhead_s: float
     collective_overhead_s: float
     scale_up_domain: int
+    # HBM efficiency of the fused optimizer step (None: the element-wise kernels' efficiency).
+    optimizer_efficiency: float | None = None
     torus: Torus | None = None
     matmul_curve: MatmulCurve | None = None
     # Fraction of the aligned GEMM rate when a GEMM's feature sizes are multiples of only
@@ -133,7 +116,15 @@ class Hardware:
     # (one scale per tensor, or per row); empty: FP8 GEMMs reach the 16-bit efficiency.
     matmul_fp8: Mapping[str, float] = field(default_factory=dict)
     attention_kernels: Mapping[str, AttentionCurve] = field(default_factory=dict)
+    # Measured HBM efficiency of eager PyTorch element-wise ops per family (efficiency.eager); a family
+    # not measured runs at the copy rate.
+    eager_kernels: Mapping[str, float] = field(default_factory=dict)
+    # Grouped expert GEMMs: (tokens per expert, fraction of the GEMM roofline's rate), measured; None: 1.
+    grouped_gemm: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     collective_fits: tuple[CollectiveFit, ...] = ()
+    # Compute slowdown beside communication kernels (measured); None: overlap costs no compute.
+    contention: Contention | None = None
+    clocks: Clocks | None = None  # the SM clock behind peak_flops (specs/clocks.py); None: not listed
     description: str = ""
     aliases: tuple[str, ...] = ()
     sources: Mapping[str, str] = field(default_factory=dict)
@@ -177,77 +168,6 @@ def _link(data: Any, what: str, default_eff: float = 1.0) -> Link:
         in_switch_reduction=bool(data.get("in_switch_reduction", False)),
         kind=text(data, "kind", what, required=False, choices=LINK_KINDS, default="net") or "net",
     )
-
-
-def _curve(data: Any, what: str) -> MatmulCurve | None:
-    if data is None:
-        return None
-    if not isinstance(data, list) or len(data) < 2:
-        raise ParplanError(f"{what}: expected a list of at least two [flops, efficiency] pairs")
-    pts = []
-    for i, row in enumerate(data):
-        if not (isinstance(row, list) and len(row) == 2):
-            raise ParplanError(f"{what}[{i}]: expected [flops, efficiency]")
-        pair = {"flops": row[0], "efficiency": row[1]}
-        pts.append((number(pair, "flops", f"{what}[{i}]"), number(pair, "efficiency", f"{what}[{i}]", maximum=1.0)))
-    pts.sort()
-    return MatmulCurve(tuple(p[0] for p in pts), tuple(p[1] for p in pts))
-
-
-MISALIGNED_BYTES = (1, 2, 4, 8)
-
-
-def _misaligned(data: Any, what: str) -> Mapping[int, float]:
-    """``{bytes: fraction}``: the rate of GEMMs whose feature sizes are multiples of only that many bytes."""
-    if data is None:
-        return MappingProxyType({})
-    data = require_mapping(data, what)
-    out = {}
-    for key in data:
-        if isinstance(key, bool) or key not in MISALIGNED_BYTES:
-            raise ParplanError(f"{what}: key {key!r} must be an alignment in bytes, one of "
-                               f"{', '.join(map(str, MISALIGNED_BYTES))}")
-        out[int(key)] = float(number(data, key, what, maximum=1.0))
-    return MappingProxyType(out)
-
-
-def _fp8_efficiency(data: Any, what: str) -> Mapping[str, float]:
-    if data is None:
-        return MappingProxyType({})
-    data = require_mapping(data, what)
-    check_keys(data, FP8_SCALINGS, what)
-    return MappingProxyType({k: float(number(data, k, what, maximum=1.0)) for k in data})
-
-
-def _attention_kernels(data: Any, what: str) -> Mapping[str, AttentionCurve]:
-    if data is None:
-        return MappingProxyType({})
-    data = require_mapping(data, what)
-    out = {}
-    for kernel, curve in data.items():
-        w = f"{what}.{kernel}"
-        curve = require_mapping(curve, w)
-        check_keys(curve, ATTENTION_CURVE_KEYS, w)
-        seq = curve.get("seq")
-        if not isinstance(seq, list) or len(seq) < 2 or any(
-                isinstance(x, bool) or not isinstance(x, (int, float)) or x <= 0 for x in seq) or seq != sorted(seq):
-            raise ParplanError(f"{w}: 'seq' must be an increasing list of at least two positive lengths")
-        passes = {}
-        for key in ("forward", "backward"):
-            table = require_mapping(curve.get(key), f"{w}.{key}")
-            heads = {}
-            for head_dim, fractions in table.items():
-                if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1:
-                    raise ParplanError(f"{w}.{key}: keys must be head sizes, got {head_dim!r}")
-                if not isinstance(fractions, list) or len(fractions) != len(seq) or any(
-                        isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 < x <= 1 for x in fractions):
-                    raise ParplanError(f"{w}.{key}.{head_dim}: expected {len(seq)} fractions in (0, 1]")
-                heads[head_dim] = tuple(float(x) for x in fractions)
-            if not heads:
-                raise ParplanError(f"{w}.{key}: no head size measured")
-            passes[key] = MappingProxyType(heads)
-        out[str(kernel)] = AttentionCurve(tuple(float(x) for x in seq), passes["forward"], passes["backward"])
-    return MappingProxyType(out)
 
 
 def _fits(data: Any, what: str) -> tuple[CollectiveFit, ...]:
@@ -313,16 +233,22 @@ def hardware_from_dict(data: Any, what: str, path: str = "") -> Hardware:
         hbm_efficiency=float(number(eff, "hbm", f"{what}: efficiency", maximum=1.0)),
         elementwise_efficiency=float(number(eff, "elementwise", f"{what}: efficiency", required=False,
                                             default=eff.get("hbm"), maximum=1.0)),
+        optimizer_efficiency=(float(number(eff, "optimizer", f"{what}: efficiency", maximum=1.0))
+                              if eff.get("optimizer") is not None else None),
         kernel_overhead_s=float(number(data, "kernel_overhead_s", what, maximum=1.0)),
         collective_overhead_s=float(number(data, "collective_overhead_s", what, maximum=1.0)),
         scale_up_domain=number(data, "scale_up_domain", what, required=False, integer=True,
                                default=dpn, maximum=MAX_DEVICES),
         torus=torus,
-        matmul_curve=_curve(data.get("matmul_curve"), f"{what}: matmul_curve"),
-        matmul_misaligned=_misaligned(eff.get("matmul_misaligned"), f"{what}: efficiency.matmul_misaligned"),
-        matmul_fp8=_fp8_efficiency(eff.get("matmul_fp8"), f"{what}: efficiency.matmul_fp8"),
-        attention_kernels=_attention_kernels(data.get("attention_kernels"), f"{what}: attention_kernels"),
+        matmul_curve=curve_from_list(data.get("matmul_curve"), f"{what}: matmul_curve"),
+        matmul_misaligned=misaligned_from_dict(eff.get("matmul_misaligned"), f"{what}: efficiency.matmul_misaligned"),
+        matmul_fp8=fp8_from_dict(eff.get("matmul_fp8"), f"{what}: efficiency.matmul_fp8"),
+        attention_kernels=attention_kernels_from_dict(data.get("attention_kernels"), f"{what}: attention_kernels"),
+        eager_kernels=eager_from_dict(eff.get("eager"), f"{what}: efficiency.eager"),
+        grouped_gemm=grouped_from_dict(data.get("grouped_gemm"), f"{what}: grouped_gemm"),
         collective_fits=_fits(data.get("collective_fits"), f"{what}: collective_fits"),
+        contention=contention_from_dict(data.get("overlap"), f"{what}: overlap"),
+        clocks=clocks_from_dict(data.get("clocks"), f"{what}: clocks"),
         description=str(data.get("description", "")),
         aliases=names(data, "aliases", what),
         sources=MappingProxyType(text_mapping(data, "sources", what)),

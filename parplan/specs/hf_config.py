@@ -6,13 +6,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import ParplanError
+from .hf_moe import hf_moe_fields
 from .model import ModelSpec, model_from_dict
 from .registry import shipped
 from .yamlio import read_yaml, require_mapping
-
-
-# Expert counts in the Hugging Face configs of Mixtral, Qwen-MoE, DeepSeek, gpt-oss and Llama 4.
-MOE_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
 
 
 # The sequence length of a Hugging Face config with rotary or ALiBi positions whose pre-training length no
@@ -33,17 +30,14 @@ def model_from_hf_config(cfg: Any, what: str, path: str = "") -> ModelSpec:
                 return cfg[k]
         return default
 
-    for key in MOE_KEYS:
-        if isinstance(cfg.get(key), (int, float)) and not isinstance(cfg.get(key), bool) and cfg[key] > 1:
-            raise ParplanError(f"{what} is a mixture-of-experts model ({key}: {cfg[key]}); parplan plans dense "
-                               f"models only, and would count it as a dense model of the wrong size")
+    moe = hf_moe_fields(cfg, what)
     model_type = str(cfg.get("model_type", "")).lower()
     window = pick("max_position_embeddings", "n_positions", "seq_length", "n_ctx")
     hidden = pick("hidden_size", "n_embd", "d_model")
     act = str(pick("hidden_act", "activation_function", "hidden_activation", default="gelu")).lower()
     gated = model_type in {"llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "phi3"} or \
         act in {"silu", "swish", "swiglu"}
-    inner = pick("intermediate_size", "n_inner", "ffn_dim", "ffn_hidden_size")
+    inner = pick("intermediate_size_mlp", "intermediate_size", "n_inner", "ffn_dim", "ffn_hidden_size")
     if inner is None and isinstance(hidden, int):
         inner = 4 * hidden
     heads = pick("num_attention_heads", "n_head", "num_heads")
@@ -53,7 +47,7 @@ def model_from_hf_config(cfg: Any, what: str, path: str = "") -> ModelSpec:
         "hidden": hidden,
         "heads": heads,
         "kv_heads": pick("num_key_value_heads", "multi_query_group_num", default=heads),
-        "head_dim": cfg.get("head_dim"),
+        "head_dim": moe.pop("head_dim", cfg.get("head_dim")),
         "ffn_hidden": inner,
         "activation": "swiglu" if gated else ("relu" if act == "relu" else "gelu"),
         "vocab": pick("vocab_size", "padded_vocab_size"),
@@ -65,6 +59,7 @@ def model_from_hf_config(cfg: Any, what: str, path: str = "") -> ModelSpec:
         "bias": bool(cfg.get("attention_bias", cfg.get("bias", not gated))),
         "tied_embeddings": bool(cfg.get("tie_word_embeddings", not gated)),
         "source": f"Hugging Face config {path}",
+        **moe,
     }
     if window is None and data["position"] == "learned":
         raise ParplanError(f"{what}: no max_position_embeddings (or n_positions, n_ctx): a model with learned "
@@ -78,13 +73,13 @@ def model_from_hf_config(cfg: Any, what: str, path: str = "") -> ModelSpec:
 def _pretraining_length(data: dict, window: int | None) -> dict:
     """seq_len (and a note saying why) for a config whose max_position_embeddings is a context window (or that
     gives none): the pre-training length of the shipped spec of the same shape, else ``HF_DEFAULT_SEQ``."""
-    shape = ("layers", "hidden", "heads", "kv_heads", "ffn_hidden", "vocab")
+    shape = ("layers", "hidden", "heads", "kv_heads", "ffn_hidden", "vocab", "experts")
     limit = window or HF_DEFAULT_SEQ
     given = (f"max_position_embeddings {window} is the context window" if window else
              "the config gives no max_position_embeddings")
     for path in sorted(set(shipped("models").values())):
         spec = model_from_dict(read_yaml(path), str(path), str(path))
-        if all(getattr(spec, k) == data.get(k) for k in shape):
+        if all(getattr(spec, k) == data.get(k, 0 if k == "experts" else None) for k in shape):
             return {"seq_len": min(spec.seq_len, window or spec.seq_len),
                     "seq_note": f"seq {min(spec.seq_len, window or spec.seq_len)}: the pre-training length of "
                                 f"{spec.name}, the shipped spec of the same shape ({given}); --seq sets another"}

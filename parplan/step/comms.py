@@ -21,6 +21,7 @@ class CollectiveCost:
     exposed_s: Any       # part not hidden by compute
     spans_nodes: Any = False  # runs over the network (else over the scale-up link)
     hide_window_s: Any = 0.0  # compute per step it may hide under (0: critical path)
+    slowdown_s: Any = 0.0     # part of exposed_s that is the overlapped compute's slowdown
 
 
 def price_collectives(strategies, ctx: Context) -> list[CollectiveCost]:

@@ -11,7 +11,9 @@ Collectives come tagged by their strategies (``hidden_by``):
   pass's overlapped traffic hides under that pass's compute, but it shares its link class
   (network or scale-up) with the critical collectives that pass issues on the same links,
   which take their share of it first; a collective issued per micro-batch cannot hide the
-  first layer's share of its calls (the first gather has nothing to prefetch behind).
+  first layer's share of its calls (the first gather has nothing to prefetch behind). While
+  they run, the compute they hide under slows by the share of SMs their kernels hold
+  (:mod:`parplan.cost.contention`), so even a hidden collective exposes part of its time.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ..cost.contention import exposed_s, slowdown
 from .comms import link_sum
 
 OVERLAPPED = ("forward", "backward")
@@ -48,24 +51,29 @@ def _busy_per_mb(costs, phases, on_network, stage_layers):
     return total
 
 
-def _spread(costs, group, exposed, window, out, phase_key):
-    """Give each member of a hiding group its share of the group's exposed time; add it per axis."""
+def _spread(costs, group, exposed, window, out, phase_key, slowed=0.0):
+    """Give each member of a hiding group its share of the group's exposed time (and of the part of it
+    that is the compute's slowdown); add it per axis."""
     link = sum(x[1] for x in group)
     axes = {costs[i].collective.axis for i, *_ in group}
     for idx, own, *_ in group:
         share = np.where(link > 0, own / np.where(link > 0, link, 1), 0)
-        costs[idx] = replace(costs[idx], exposed_s=exposed * share, hide_window_s=window, link_s=own)
+        costs[idx] = replace(costs[idx], exposed_s=exposed * share, hide_window_s=window, link_s=own,
+                             slowdown_s=slowed * share)
     for a in axes:
         mine = exposed if len(axes) == 1 else sum(exposed * x[1] / np.where(link > 0, link, 1) for x in group
                                                    if costs[x[0]].collective.axis == a)
         out.setdefault(a, {})[phase_key] = mine
 
 
-def step_exposures(costs: list, stage_layers, micro_batches, fwd_window_mb, bwd_window_mb) -> dict[str, Any]:
+def step_exposures(costs: list, stage_layers, micro_batches, fwd_window_mb, bwd_window_mb, hw=None,
+                   mixes=None) -> dict[str, Any]:
     """Exposed seconds per step of every axis's overlapped and per-step critical collectives.
 
-    Fills ``exposed_s``, ``hide_window_s`` and the shared ``link_s`` of those entries of ``costs``
-    (a list of ``CollectiveCost``, replaced in place). Returns ``{axis: seconds}``.
+    Fills ``exposed_s``, ``hide_window_s``, ``slowdown_s`` and the shared ``link_s`` of those entries of
+    ``costs`` (a list of ``CollectiveCost``, replaced in place). ``mixes`` maps ``forward`` and
+    ``backward`` to the op-class seconds of that window (:func:`parplan.cost.contention.class_seconds`),
+    which set how much the hidden collectives slow it on ``hw``. Returns ``{axis: seconds}``.
     """
     m = micro_batches
     hiding = []
@@ -99,7 +107,14 @@ def step_exposures(costs: list, stage_layers, micro_batches, fwd_window_mb, bwd_
         link = sum(x[1] for x in shared)
         window = np.max(np.broadcast_arrays(*[x[2] for x in shared]), axis=0)
         floor = sum(x[3] for x in shared)
-        _spread(costs, shared, np.maximum(link - window, floor), window, parts, phase)
+        slow = np.float64(0.0)
+        if hw is not None and mixes is not None:  # link-weighted over the members' link classes
+            up, net = slowdown(hw, "scale_up", mixes[phase]), slowdown(hw, "network", mixes[phase])
+            slow = sum(x[1] * np.where(costs[x[0]].spans_nodes, net, up) for x in shared) / \
+                np.where(link > 0, link, 1.0)
+        exposed = exposed_s(link, window, floor, slow)
+        _spread(costs, shared, exposed, window, parts, phase,
+                exposed - np.maximum(np.maximum(link - window, 0.0), np.minimum(floor, link)))
     # Per-step collectives on the critical path (after the last backward), axis by axis.
     for a in dict.fromkeys(c.collective.axis for c in costs):
         group = [(i, c.link_s) for i, c in enumerate(costs) if c.collective.axis == a and c.collective.per == "step"

@@ -45,6 +45,16 @@ has ``input_len`` prompt tokens and generates ``output_len`` tokens.
 Weights in fp8 run their GEMMs at the fp8 rate; activations, all-reduces and
 attention then stay 16-bit (what FP8 serving engines do).
 
+A mixture-of-experts model (:mod:`parplan.cost.moe`): a decode step reads the weights of only the
+experts some token of the batch selects, ``E (1 - (1 - k/E)^B)`` of them for ``B`` tokens under
+a router that picks uniformly (``distinct_experts``), so the weight reads grow with the batch
+toward all ``E``. Its experts are split over each stage's ``tp`` devices either by tensor
+parallelism (``ep = 1``: every device a slice of every expert) or by expert parallelism (``ep =
+tp``: whole experts, ``experts / ep`` per device; vLLM ``--enable-expert-parallel``); the tokens
+are replicated over the tensor-parallel ranks, so the experts' partial outputs are summed by the
+layer's tensor-parallel all-reduce either way. Latent attention (:mod:`parplan.cost.mla`) caches
+``kv_lora_rank + rope`` elements per token and layer on every device and decodes in the absorbed form.
+
 Every function accepts a numpy array of batch sizes where it takes ``batch``.
 """
 from __future__ import annotations
@@ -54,7 +64,7 @@ from typing import Any
 
 import numpy as np
 
-from ..cost import ops as ops_mod
+from ..cost import mla as mla_mod, moe as moe_mod, ops as ops_mod
 from ..layouts.layout import Layout
 from ..layouts.strategies import Context, stages_of, strategies_for
 from ..layouts.strategies.pipeline import stage_layers
@@ -105,16 +115,18 @@ class InferenceEstimate:
 # --------------------------------------------------------------------------- timing one pass
 
 
-def serving_layout(tp: int, pp: int, replicas: int = 1) -> Layout:
+def serving_layout(tp: int, pp: int, replicas: int = 1, ep: int | None = None) -> Layout:
     """The mesh the strategies see for one replica: tensor parallel inside, the pipeline next to it;
     no sequence parallel, and every TP rank sends its stage's whole activation on (as vLLM's
-    pipeline does)."""
-    return Layout(tp=tp, pp=pp, dp=replicas, order=("tp", "cp", "pp", "dp"))
+    pipeline does). ``ep`` (MoE models): the experts over ``ep`` of the tp devices, each ``tp / ep`` ways
+    tensor-parallel."""
+    axes = () if ep is None else (("ep", ep), ("etp", tp // ep))
+    return Layout(tp=tp, pp=pp, dp=replicas, order=("tp", "cp", "pp", "dp"), axes=axes)
 
 
-def _dims(model: ModelSpec, tp: int, seqs, seq, seq_kv, causal: bool) -> ops_mod.LocalDims:
+def _dims(model: ModelSpec, tp: int, seqs, seq, seq_kv, causal: bool, ep: int = 1) -> ops_mod.LocalDims:
     """Per-device shapes of one pass, as the strategies shard them; the vocabulary padded as vLLM pads it."""
-    layout = serving_layout(tp, 1)
+    layout = serving_layout(tp, 1, ep=ep if model.is_moe else None)
     fields = dict(batch=np.asarray(seqs, float), seq=np.asarray(seq, float), seq_kv=np.asarray(seq_kv, float),
                   hidden=model.hidden, heads=model.heads, kv_heads=model.kv_heads, head_dim=model.head_dim,
                   ffn=model.ffn_hidden, vocab=model.vocab, norm_shard=1, hidden_shard=1, causal=causal)
@@ -135,6 +147,14 @@ def decode_attention_op(model: ModelSpec, d: ops_mod.LocalDims, dtype: str, kv_d
     vLLM's paged attention v2 does the same), so one sequence does not run on one unit.
     """
     act = BYTES_PER_ELEMENT[activation_dtype(dtype)]
+    if model.mla:  # absorbed: every head scores and reads the one cached latent (an MQA of kv_lora + rope dims)
+        latent = mla_mod.kv_elems_per_token(model)
+        flops = mla_mod.decode_flops(model, d.batch, d.heads, d.seq_kv)
+        nbytes = d.batch * d.seq_kv * latent * BYTES_PER_ELEMENT[kv_dtype] + d.batch * 2 * d.heads * latent * act
+        units = d.batch
+        splits = np.clip(np.ceil(compute_units / units), 1, np.maximum(1, np.ceil(d.seq_kv / 256)))
+        return ops_mod.Op("decode_attention", ops_mod.FLASH, flops, 0.0, nbytes, 0.0,
+                          (d.heads, latent, d.seq_kv / splits, units * splits), True)
     flops = 4.0 * d.batch * d.heads * d.seq_kv * d.head_dim
     nbytes = d.batch * d.seq_kv * 2 * d.kv_heads * d.head_dim * BYTES_PER_ELEMENT[kv_dtype] + \
         d.batch * 2 * d.heads * d.head_dim * act
@@ -145,26 +165,34 @@ def decode_attention_op(model: ModelSpec, d: ops_mod.LocalDims, dtype: str, kv_d
                       (group, d.head_dim, d.seq_kv / splits, units * splits), True)
 
 
-def _kv_write_op(d: ops_mod.LocalDims, dtype: str, kv_dtype: str) -> ops_mod.Op:
-    """Appending the new tokens' K and V to the cache (read from the QKV output, write in kv_dtype)."""
-    elems = d.batch * d.seq * 2 * d.kv_heads * d.head_dim
+def _kv_write_op(d: ops_mod.LocalDims, dtype: str, kv_dtype: str, model: ModelSpec | None = None) -> ops_mod.Op:
+    """Appending the new tokens' K and V to the cache (read from the QKV output, write in kv_dtype); with latent
+    attention, the latent and rotary key."""
+    elems = d.batch * d.seq * (mla_mod.kv_elems_per_token(model) if model is not None and model.mla else
+                               2 * d.kv_heads * d.head_dim)
     nbytes = elems * (BYTES_PER_ELEMENT[activation_dtype(dtype)] + BYTES_PER_ELEMENT[kv_dtype])
     return ops_mod.Op("kv_cache_write", ops_mod.MEMORY, 0.0, 0.0, nbytes, 0.0)
 
 
 def pass_ops(model: ModelSpec, tp: int, phase: str, seqs, tokens_per_seq, context, dtype: str,
-             kv_dtype: str, compute_units: int = 1) -> list[ops_mod.Op]:
+             kv_dtype: str, compute_units: int = 1, ep: int = 1) -> list[ops_mod.Op]:
     """The ops of one layer on one device for a prefill (``tokens_per_seq`` prompt tokens) or a decode step."""
     act = activation_dtype(dtype)
     if phase == "prefill":
-        d = _dims(model, tp, seqs, tokens_per_seq, tokens_per_seq, True)
+        d = _dims(model, tp, seqs, tokens_per_seq, tokens_per_seq, True, ep)
         ops = ops_mod.layer_ops(model, d, act, flash_attention=True, dropout=False)
     else:
-        d = _dims(model, tp, seqs, 1, context, False)
+        d = _dims(model, tp, seqs, 1, context, False, ep)
         ops = [decode_attention_op(model, d, dtype, kv_dtype, compute_units) if o.kind == ops_mod.FLASH else o
                for o in ops_mod.layer_ops(model, d, act, flash_attention=True, dropout=False)]
     at = next(i for i, o in enumerate(ops) if o.kind == ops_mod.FLASH)
-    return ops[:at] + [_kv_write_op(d, dtype, kv_dtype)] + ops[at:]
+    absorbed = []
+    if model.mla and phase == "decode":  # the cached latent is not expanded: kv_up's weights are the absorbed products'
+        absorbed = [ops_mod.build_kernel(k, BYTES_PER_ELEMENT[act], False) for k in
+                    mla_mod.absorbed_kernels(model, d.batch, d.heads)]
+        ops = [o for o in ops if o.name != "kv_up"]
+        at = next(i for i, o in enumerate(ops) if o.kind == ops_mod.FLASH)
+    return ops[:at] + [_kv_write_op(d, dtype, kv_dtype, model)] + absorbed + ops[at:]
 
 
 def _op_time(hw: Hardware, op: ops_mod.Op, dtype: str):
@@ -218,14 +246,14 @@ class PassCost:
 
 
 def pass_cost(model: ModelSpec, cluster: Cluster, tp: int, pp: int, phase: str, seqs, tokens_per_seq, context,
-              dtype: str = "bf16", kv_dtype: str | None = None) -> PassCost:
+              dtype: str = "bf16", kv_dtype: str | None = None, ep: int = 1) -> PassCost:
     """Time of one prefill or decode pass on one replica, per layer and for the embedding/head."""
     hw = cluster.hardware
     kv_dtype = kv_dtype or activation_dtype(dtype)
     act = activation_dtype(dtype)
     abpe = BYTES_PER_ELEMENT[act]
     seqs = np.asarray(seqs, float)
-    ops = pass_ops(model, tp, phase, seqs, tokens_per_seq, context, dtype, kv_dtype, hw.compute_units)
+    ops = pass_ops(model, tp, phase, seqs, tokens_per_seq, context, dtype, kv_dtype, hw.compute_units, ep)
     times = [_op_time(hw, o, dtype) for o in ops]
     layer = {"matmul": np.float64(0.0), "attention": np.float64(0.0), "other": np.float64(0.0)}
     for o, t in zip(ops, times):
@@ -235,7 +263,7 @@ def pass_cost(model: ModelSpec, cluster: Cluster, tp: int, pp: int, phase: str, 
     # The strategies' forward collectives of this pass: per layer (TP's two all-reduces), on the first
     # stage (the vocab-parallel embedding's all-reduce), on the last (the logits' gather) and between
     # stages (the pipeline's send).
-    comm = _forward_collectives(model, cluster, tp, pp, phase, seqs, tokens_per_seq, act)
+    comm = _forward_collectives(model, cluster, tp, pp, phase, seqs, tokens_per_seq, act, ep)
     layer["tp_comm"] = link_sum(comm, lambda c: c.per == "layer")
     # Embedding: a gather of the tokens' rows; vocab-parallel under TP, summed by an all-reduce.
     embedding = {"other": memory_time_s(hw, 2.0 * act_bytes),
@@ -253,11 +281,11 @@ def pass_cost(model: ModelSpec, cluster: Cluster, tp: int, pp: int, phase: str, 
 
 
 def _forward_collectives(model: ModelSpec, cluster: Cluster, tp: int, pp: int, phase: str, seqs, tokens_per_seq,
-                         act_dtype: str) -> list:
+                         act_dtype: str, ep: int = 1) -> list:
     """The priced forward collectives the strategies issue for one prefill or decode micro-batch."""
-    layout = serving_layout(tp, pp)
+    layout = serving_layout(tp, pp, ep=ep if model.is_moe else None)
     strategies = strategies_for(layout)
-    dims = _dims(model, tp, seqs, tokens_per_seq if phase == "prefill" else 1, 1, phase == "prefill")
+    dims = _dims(model, tp, seqs, tokens_per_seq if phase == "prefill" else 1, 1, phase == "prefill", ep)
     stages = stages_of(strategies)
     ctx = Context(model=model, cluster=cluster, layout=layout, dims=dims, bpe=BYTES_PER_ELEMENT[act_dtype],
                   seq=tokens_per_seq, stage_layers=stages.stage_layers(model, layout), micro_batches=1,
@@ -282,7 +310,7 @@ def estimate_inference(model: ModelSpec, cluster: Cluster, layout: ServeLayout, 
     b = np.asarray(layout.batch, float)
 
     # ---- prefill of one request
-    pre = pass_cost(model, cluster, tp, pp, "prefill", 1, I, I, dtype, kv)
+    pre = pass_cost(model, cluster, tp, pp, "prefill", 1, I, I, dtype, kv, layout.ep)
     ttft = pre.total(model, pp)
     prefill_busy = pre.busiest(model, pp)
     prefill_parts = pre.parts(model, pp)
@@ -291,7 +319,7 @@ def estimate_inference(model: ModelSpec, cluster: Cluster, layout: ServeLayout, 
     micro = np.minimum(pp, b)
     mb = np.ceil(b / micro)
     context = I + O / 2.0
-    dec = pass_cost(model, cluster, tp, pp, "decode", mb, 1, context, dtype, kv)
+    dec = pass_cost(model, cluster, tp, pp, "decode", mb, 1, context, dtype, kv, layout.ep)
     trip = dec.total(model, pp)
     tpot = np.maximum(trip, micro * dec.busiest(model, pp))
     decode_parts = dec.parts(model, pp)
@@ -321,10 +349,20 @@ def estimate_inference(model: ModelSpec, cluster: Cluster, layout: ServeLayout, 
         decode_breakdown_s=decode_parts,
         tp_allreduce_bytes_per_layer=dec.tp_bytes_per_layer,
         headroom=headroom,
-        notes=context_notes(model, I + O),
+        notes=context_notes(model, I + O) + _moe_notes(model, mb, tp, layout.ep),
         prefill_ops=list(zip(pre.ops, pre.op_times)),
         decode_ops=list(zip(dec.ops, dec.op_times)),
     )
+
+
+def _moe_notes(model: ModelSpec, seqs, tp: int, ep: int) -> tuple[str, ...]:
+    """How many experts a decode step reads, and the assumption behind it."""
+    if not model.is_moe:
+        return ()
+    touched = float(np.max(moe_mod.distinct_experts(model.experts, model.top_k, seqs)))
+    return (f"decode reads the weights of {touched:.1f} of the {model.experts} experts per MoE layer at batch "
+            f"{int(np.max(seqs))} (E (1 - (1 - k/E)^B): each token's top-{model.top_k} spread uniformly); "
+            + ("experts tensor-parallel over the tp devices" if ep == 1 else f"whole experts over ep={ep} devices"),)
 
 
 def decode_bottleneck(decode_parts: dict) -> str:

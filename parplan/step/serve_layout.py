@@ -33,6 +33,7 @@ class ServeLayout:
     output_len: int = 256        # generated tokens per request
     dtype: str = "bf16"          # weights and GEMMs
     kv_dtype: str | None = None  # KV cache; default: the activation dtype
+    ep: int = 1                  # MoE models: experts over ep of each stage's tp devices (1: tensor-parallel experts)
 
     @property
     def devices(self) -> int:
@@ -57,6 +58,7 @@ def check_serve_layout(layout: ServeLayout, model: ModelSpec, cluster: Cluster) 
         raise ParplanError(f"kv-dtype must be one of {', '.join(KV_DTYPES)}, got '{layout.kv_dtype}'")
     cluster.hardware.peak(layout.dtype)
     check_tp_1d(model, layout.tp)
+    _check_ep(layout, model)
     context = layout.input_len + layout.output_len
     if model.context_limit is not None and context > model.context_limit:
         what = "context window" if model.max_seq_len is not None else "learned position table"
@@ -68,6 +70,21 @@ def check_serve_layout(layout: ServeLayout, model: ModelSpec, cluster: Cluster) 
         raise ParplanError(f"tp*pp*replicas = {layout.tp}*{layout.pp}*{layout.replicas} = {layout.devices} "
                            f"does not match the {cluster.devices} devices of {cluster.name}")
     return layout
+
+
+def _check_ep(layout: ServeLayout, model: ModelSpec) -> None:
+    ep = layout.ep
+    if isinstance(ep, bool) or not isinstance(ep, (int, np.integer)) or ep < 1:
+        raise ParplanError(f"ep must be a positive whole number, got {ep!r}")
+    if ep == 1:
+        return
+    if not model.is_moe:
+        raise ParplanError(f"ep={ep} shards experts, but {model.name} is a dense model (no mixture-of-experts layers)")
+    if layout.tp % ep:
+        raise ParplanError(f"ep={ep} must divide tp={layout.tp}: serving lays the experts over each stage's "
+                           f"tensor-parallel devices")
+    if model.experts % ep:
+        raise ParplanError(f"ep={ep} does not divide the {model.experts} routed experts of {model.name}")
 
 
 def context_notes(model: ModelSpec, context: int) -> tuple[str, ...]:

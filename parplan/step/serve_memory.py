@@ -31,7 +31,10 @@ def weight_bytes(model: ModelSpec, tp: int, pp: int, dtype: str) -> float:
 
 
 def kv_bytes_per_token(model: ModelSpec, tp: int = 1, pp: int = 1, kv_dtype: str = "bf16") -> float:
-    """KV-cache bytes one token of context costs one device: K and V of its KV heads in each of its layers."""
+    """KV-cache bytes one token of context costs one device: K and V of its KV heads in each of its layers; with
+    latent attention the latent and rotary key, whole on every tensor-parallel rank (parplan.cost.mla)."""
+    if model.mla:
+        return float(stage_layers(model, pp)) * (model.kv_lora_rank + model.qk_rope_dim) * BYTES_PER_ELEMENT[kv_dtype]
     return 2.0 * stage_layers(model, pp) * kv_heads_local(model, tp) * model.head_dim * BYTES_PER_ELEMENT[kv_dtype]
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..cost import ops as ops_mod
+from ..cost.contention import class_seconds
 from ..cost.flops import model_flops_per_step, recompute_flops_per_step
 from ..cost.kernels import op_times
 from ..specs.dtypes import BYTES_PER_ELEMENT
@@ -36,6 +37,7 @@ from ..cost.roofline import ALIGNED_BYTES, alignment_bytes, arithmetic_intensity
 from ..layouts.strategies import Context, StageTimes, axis, axis_names, breakdown_labels, stages_of, strategies_for
 from .comms import link_sum, price_collectives
 from .overlap import attention_exposed, step_exposures
+from . import moe_step as moe_overlap
 
 
 
@@ -65,6 +67,7 @@ class Estimate:
     headroom: float = DEFAULT_HEADROOM
     mfu_causal: Any = None  # the same with the causal half of attention: the FLOPs the kernels execute
     software: Any = None    # the Software the step was predicted for
+    notes: tuple = ()       # what the numbers assume that a reader should know (an MoE model's load imbalance)
 
     def columns(self) -> dict[str, Any]:
         """The estimate's numbers as flat columns: ``step_time_s``, ``tokens_per_s``, ``mfu``, ``hfu``,
@@ -108,6 +111,9 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
                   seq_kv=np.asarray(seq, float), hidden=model.hidden, heads=model.heads,
                   kv_heads=model.kv_heads, head_dim=model.head_dim, ffn=model.ffn_hidden,
                   vocab=vocab_shard(model.vocab, 1), norm_shard=1, hidden_shard=1, causal=True)
+    stage_layers = stages.stage_layers(model, layout)
+    if model.is_moe:  # the busiest stage's share of MoE layers (parplan.cost.moe)
+        fields["moe_share"] = model.busiest_layers(stage_layers, moe_only=True) / np.maximum(stage_layers, 1)
     for s in strategies:
         fields = s.local_dims(fields, model, layout)
     split = fields.get("vocab_split", 1)
@@ -118,12 +124,15 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
 
     # ---- compute per layer, per micro-batch
     lops = sw_mod.layer_ops(model, dims, layout, sw, use_dropout, m)
+    for s in strategies:
+        lops = lops + s.layer_ops(dims, model, layout, act)
     times = [op_times(hw, o, act, env=env) for o in lops]
     host = fw.host_overhead_per_layer_s
     layer_fwd = sum((t[0] for t in times), np.float64(0.0)) + host
     layer_bwd = sum((t[1] for t in times), np.float64(0.0)) + host
     attn_fwd = sum((t[0] for o, t in zip(lops, times) if o.attention_core), np.float64(0.0))
     attn_bwd = sum((t[1] for o, t in zip(lops, times) if o.attention_core), np.float64(0.0))
+    shared_fwd, shared_bwd = moe_overlap.shared_expert_times(lops, times)
     sac_fwd = sum((t[0] * o.sac for o, t in zip(lops, times) if o.name != "fsdp_copies"), np.float64(0.0))
     layer_rec = np.select([rc == 2, rc == 1, rc == 3, rc == 4],
                           [layer_fwd, attn_fwd, sac_fwd, layer_fwd / SELECTIVE_LAYER_EVERY], 0.0)
@@ -132,15 +141,18 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
     emb_f, emb_b = sum(t[0] for t in emb_t), sum(t[1] for t in emb_t)
     head_f, head_b = sum(t[0] for t in head_t), sum(t[1] for t in head_t)
 
-    # ---- stages
-    stage_layers = stages.stage_layers(model, layout)
+    # ---- stages (an MoE model's busiest stage holds its most MoE layers, and their experts)
     stage_params = stages.stage_params(model, layout)
+    expert_p = 0
+    if model.is_moe:
+        stage_params = stage_params + model.busiest_layers(stage_layers) - stage_layers * model.layer_params()
+        expert_p = model.busiest_layers(stage_layers, moe_only=True) * model.expert_params()
     layer_p = model.layer_params()
     grad_bytes = sw_mod.grad_bytes(sw, dtype)
     ctx = Context(model=model, cluster=cluster, layout=layout, dims=dims, bpe=bpe, seq=seq,
                   stage_layers=stage_layers, micro_batches=m, layer_params=layer_p,
                   stage_params=stage_params, recompute=rc, software=sw, grad_bytes=grad_bytes,
-                  weight_bytes=sw_mod.weight_bytes(sw, dtype))
+                  weight_bytes=sw_mod.weight_bytes(sw, dtype), expert_params=expert_p)
     # ---- collectives: time per call, calls per step
     costs = price_collectives(strategies, ctx)
 
@@ -152,7 +164,7 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
     for a in axes:
         crit = link_sum(costs, lambda c: c.axis == a and c.per == "layer" and c.hidden_by == "none")
         attention[a] = attention_exposed(costs, a, attn_fwd, attn_bwd, rc)
-        layer_comm[a] = crit + attention[a][0]
+        layer_comm[a] = crit + attention[a][0] + moe_overlap.exposed(costs, a, shared_fwd, shared_bwd)
         ends = link_sum(costs, lambda c: c.axis == a and c.per == "microbatch" and c.hidden_by == "none"
                         and c.stage != "all")
         every = link_sum(costs, lambda c: c.axis == a and c.per == "microbatch" and c.hidden_by == "none"
@@ -168,8 +180,12 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
 
     # ---- per step: what the compute does not hide of the overlapped collectives, and the
     # per-step critical ones, in the order the step issues them after its last backward
+    # The op-class mix of each window sets how much the collectives beside it slow it.
+    mix_f, mix_b = class_seconds(lops, times, 0), class_seconds(lops, times, 1)
+    rec_share = layer_rec / np.where(layer_fwd > 0, layer_fwd, 1.0)
+    mixes = {"forward": mix_f, "backward": {c: mix_b[c] + rec_share * mix_f[c] for c in mix_b}}
     step_comm = step_exposures(costs, stage_layers, m, stage_layers * layer_fwd,
-                               stage_layers * (layer_bwd + layer_rec))
+                               stage_layers * (layer_bwd + layer_rec), hw=hw, mixes=mixes)
     step = pipeline_s
     for a in sorted(axes, key=lambda a: axis(a).finish_order):
         step = step + step_comm.get(a, 0.0)
@@ -178,9 +194,12 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
     divisors = {"weights": 1, "gradients": 1, "optimizer": 1}
     for s in strategies:
         for k, v in s.state_divisors(ctx).items():
-            divisors[k] = divisors[k] * v
-    opt_params = stage_params / divisors["optimizer"]
-    optimizer_s = memory_time_s(hw, sw_mod.optimizer_bytes(sw, opt_params, grad_bytes))
+            divisors[k] = divisors.get(k, 1) * v
+    local = moe_overlap.local_params(stage_params, expert_p, divisors) if model.is_moe else \
+        {k: stage_params / divisors[k] for k in ("weights", "gradients", "optimizer")}
+    opt_params = local["optimizer"]
+    optimizer_s = memory_time_s(hw, sw_mod.optimizer_bytes(sw, opt_params, grad_bytes),
+                                efficiency=hw.optimizer_efficiency)
     step = step + optimizer_s
 
     # ---- exposures of the per-layer and per-micro-batch collectives
@@ -192,6 +211,8 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
                 ring_exposed, ring_f, ring_b = attention[col.axis]
                 ring_link = (ring_f + ring_b) * stage_layers * m
                 exposed = ring_exposed * stage_layers * m * c.link_s / np.where(ring_link > 0, ring_link, 1)
+            elif col.hidden_by == "shared_experts":
+                exposed = moe_overlap.exposed_share(costs, c, shared_fwd, shared_bwd)
             costs[i] = replace(c, exposed_s=exposed)
 
     # ---- breakdown (sums to the step time)
@@ -215,13 +236,18 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
     activations = stage_layers * act_layer * inflight + np.where((rc == 2) | (rc == 4), act_full_layer, 0.0)
     states = sw_mod.state_bytes_per_param(sw, dtype)
     memory = {
-        "weights": stage_params * states["weights"] / divisors["weights"],
-        "gradients": stage_params * grad_bytes / divisors["gradients"],
-        "optimizer": stage_params * states["optimizer"] / divisors["optimizer"],
+        "weights": local["weights"] * states["weights"] if model.is_moe else
+        stage_params * states["weights"] / divisors["weights"],
+        "gradients": local["gradients"] * grad_bytes if model.is_moe else
+        stage_params * grad_bytes / divisors["gradients"],
+        "optimizer": local["optimizer"] * states["optimizer"] if model.is_moe else
+        stage_params * states["optimizer"] / divisors["optimizer"],
         "activations": activations,
         "logits": sw_mod.logits_bytes(dims, sw, dtype),
     }
-    memory.update(sw_mod.extra_memory(model, dims, layout, sw, stage_layers, stage_params))
+    # The software's weight copies cover the weights a device holds (an MoE model's experts over their own axes).
+    held = stage_params - expert_p + expert_p / divisors.get("expert_weights", 1) if model.is_moe else stage_params
+    memory.update(sw_mod.extra_memory(model, dims, layout, sw, stage_layers, held))
     for s in strategies_in_registry_order(strategies):
         memory.update(s.memory_bytes(ctx))
     memory["total"] = sum(memory.values())
@@ -253,6 +279,7 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
         collectives=costs,
         headroom=headroom,
         software=sw,
+        notes=moe_overlap.notes(model, dims),
     )
 
 

@@ -33,7 +33,7 @@ from ..specs.registry import spec_dir
 from ..specs.yamlio import check_keys, number, read_records, require_mapping
 from ..step.train import estimate
 
-DEFAULT_FILES = ("published-runs.yaml", "modern-runs.yaml")
+DEFAULT_FILES = ("published-runs.yaml", "modern-runs.yaml", "moe-runs.yaml")
 DEFAULT_FILE = DEFAULT_FILES[0]
 
 
@@ -54,7 +54,7 @@ RUN_KEYS = ("id", "source", "confidence", "model", "hardware", "devices", "devic
             "inter_node_bandwidth", "precision", "framework", "flash_attention", "fused_kernels", "compiled",
             "fp8_recipe", "layout", "global_batch", "published", "reference_step_time_s", "reference_derivation",
             "notes", "_file")
-RUN_LAYOUT_KEYS = ("tp", "pp", "dp", "cp", "vpp", "zero", "sequence_parallel", "recompute", "micro_batch")
+RUN_LAYOUT_KEYS = ("tp", "pp", "dp", "cp", "vpp", "zero", "sequence_parallel", "recompute", "micro_batch", "ep", "etp")
 PUBLISHED_KEYS = ("step_time_s", "tflops_per_device", "mfu", "hfu", "tokens_per_s", "tokens_per_s_per_device",
                   "flops_convention")
 # What a user passes for a record's model when the record leaves it out (predict_via_cli.py does the same):
@@ -111,6 +111,14 @@ def record_setup(rec: dict, framework: str | None = None) -> RunSetup:
         fixed["recompute"] = recompute
     if lay.get("micro_batch"):
         fixed["micro_batch"] = number(lay, "micro_batch", w, integer=True)
+    # A published interleaving degree and sequence-parallel setting are fixed as `plan --vpp --sp` fixes them.
+    if lay.get("vpp") is not None:
+        fixed["vpp"] = number(lay, "vpp", w, integer=True)
+    if lay.get("sequence_parallel") is not None:
+        fixed["sp"] = bool(lay["sequence_parallel"])
+    for axis in ("ep", "etp"):  # the expert axes of an MoE run (searched where not printed)
+        if lay.get(axis) is not None:
+            fixed[axis] = number(lay, axis, w, integer=True)
     name = rec.get("framework") or framework
     note = "given" if rec.get("framework") else ("--framework" if framework else "default")
     name = name or default_framework(hw.kind)
@@ -125,8 +133,9 @@ def record_setup(rec: dict, framework: str | None = None) -> RunSetup:
                       micro_batch=fixed.get("micro_batch", 1), global_batch=batch, seq_len=model.seq_len,
                       zero=fixed.get("zero", 0), sp=bool(lay.get("sequence_parallel")), vpp=vpp,
                       schedule="interleaved" if vpp > 1 else "1f1b", recompute=fixed.get("recompute", "none"),
-                      dtype=dtype)
-    unknown = tuple(k for k in ("micro_batch", "zero", "recompute") if k not in fixed) + ("vpp", "sp")
+                      dtype=dtype, axes=tuple((a, fixed[a]) for a in ("ep", "etp") if a in fixed))
+    unknown = tuple(k for k in ("micro_batch", "zero", "recompute", "vpp", "sp") if k not in fixed) + \
+        (("etp",) if model.is_moe and "etp" not in fixed else ())
     return RunSetup(model, cluster, software, fixed, batch, dtype, fallback, unknown, note)
 
 
@@ -139,7 +148,7 @@ def predict_record(rec: dict, framework: str | None = None):
     setup = record_setup(rec, framework)
     try:
         result = make_plan(setup.model, setup.cluster, global_batch=setup.global_batch, dtype=setup.dtype, top=1,
-                           fixed=setup.fixed, software=setup.software)
+                           fixed=setup.fixed, software=setup.software, with_intervals=False)
     except ParplanError as exc:
         if "does not fit" not in str(exc):
             raise
@@ -176,7 +185,8 @@ def validate_runs(records: list[dict], framework: str | None = None, progress=No
             "predicted_s": predicted,
             "published_s": published,
             "error": (predicted - published) / published,
-            "chosen": {k: (bool(getattr(lay, k)) if k == "sp" else getattr(lay, k)) for k in setup.unknown},
+            "chosen": {k: (bool(getattr(lay, k)) if k == "sp" else lay.size(k) if k == "etp" else getattr(lay, k))
+                       for k in setup.unknown},
             "band_s": list(band) if band else None,
             "within_band": bool(band) and band[0] <= published <= band[1],
             "fits": bool(est.fits),

@@ -56,6 +56,7 @@ def estimate_dict(est: Estimate) -> dict[str, Any]:
         "fits": bool(est.fits),
         "breakdown_s": {k: float(est.breakdown_s[k]) for k in breakdown_keys()},
         "layer": {"forward_s": float(est.layer_forward_s), "backward_s": float(est.layer_backward_s)},
+        **({"notes": list(est.notes)} if est.notes else {}),
     }
 
 
@@ -80,13 +81,16 @@ def collective_rows(est: Estimate) -> list[dict[str, Any]]:
             "bytes": float(col.size_bytes), "per": col.per, "phase": col.phase,
             "calls_per_step": float(c.calls_per_step), "time_s": float(c.time_s),
             "link_s": float(c.link_s), "exposed_s": float(c.exposed_s),
+            "compute_slowdown_s": float(c.slowdown_s),
             "overlaps_with": col.hidden_by,
         })
     return rows
 
 
 def axis_rows(est: Estimate) -> list[dict[str, Any]]:
-    """Per mesh axis: time on the link, time exposed, and the bus bandwidth that would hide it.
+    """Per mesh axis: time on the link, hidden and exposed, the part of the exposed time that is the
+    overlapped compute's slowdown (the SMs the collectives' kernels hold), and the bus bandwidth that
+    would hide the rest.
 
     Only overlapped traffic (data parallel under the backward/forward passes) can be hidden;
     its required bandwidth is the bytes each rank moves over the compute it hides under.
@@ -100,14 +104,15 @@ def axis_rows(est: Estimate) -> list[dict[str, Any]]:
             continue
         link = sum(float(c.link_s) for c in costs)
         exposed = sum(float(c.exposed_s) for c in costs)
+        slowed = sum(float(c.slowdown_s) for c in costs)
         hideable = [c for c in costs if float(c.hide_window_s) > 0]
         needed = None
         if hideable:
             wire = sum(float(c.collective.size_bytes) * bus_factor(c.collective.op, int(c.collective.group))
                        * float(c.calls_per_step) for c in hideable)
             needed = wire / max(float(c.hide_window_s) for c in hideable)
-        rows.append({"axis": axis, "link_s": link, "exposed_s": exposed,
-                     "bandwidth_to_hide": needed,
+        rows.append({"axis": axis, "link_s": link, "hidden_s": max(link - (exposed - slowed), 0.0),
+                     "exposed_s": exposed, "compute_slowdown_s": slowed, "bandwidth_to_hide": needed,
                      "note": "overlapped with compute" if hideable else "critical path"})
     return rows
 
@@ -117,7 +122,19 @@ def explain_dict(est: Estimate) -> dict[str, Any]:
     out["ops"] = op_table(est)
     out["collectives"] = collective_rows(est)
     out["axes"] = axis_rows(est)
+    out["contention"] = contention_note(est.cluster.hardware)
     return out
+
+
+def contention_note(hw) -> str:
+    """One line on what overlap costs the compute on ``hw`` (empty when the profile measured nothing)."""
+    c = hw.contention
+    if c is None:
+        return ""
+    source = hw.sources.get("overlap.slowdown", "").removeprefix("[derived] ").split(" (")[0].strip()
+    return (f"overlapped collectives hold {c.collective_sms['scale_up']} of {hw.compute_units} SMs on the scale-up "
+            f"link, {c.collective_sms['network']} across nodes; the compute beside them slows as the profile's "
+            f"overlap.slowdown says ({source or 'see the profile'})")
 
 
 def mfu_above_ceiling(est: Estimate) -> str | None:
@@ -160,6 +177,7 @@ def format_estimate(est: Estimate, batch_note: str | None = None, interval=None)
         f"MFU                {d['mfu'] * 100:9.1f} %   full attention (PaLM App. B); {d['mfu_causal'] * 100:.1f} % "
         f"causal; HFU {d['hfu'] * 100:.1f} % (with recompute)",
         *mfu_notes(est),
+        *(f"        {note}" for note in est.notes),
         "",
         "time breakdown (critical path)",
     ]

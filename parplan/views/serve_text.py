@@ -25,7 +25,7 @@ def inference_dict(est: InferenceEstimate) -> dict[str, Any]:
         "devices": lay.devices,
         "layout": {"tp": lay.tp, "pp": lay.pp, "replicas": lay.replicas, "batch": int(lay.batch),
                    "input_len": lay.input_len, "output_len": lay.output_len, "dtype": lay.dtype,
-                   "kv_dtype": lay.kv},
+                   "kv_dtype": lay.kv, **({"ep": lay.ep} if est.model.is_moe else {})},
         "tp": lay.tp, "pp": lay.pp, "replicas": lay.replicas, "batch": int(lay.batch),
         "ttft_s": float(est.ttft_s),
         "tpot_s": float(est.tpot_s),
@@ -54,7 +54,8 @@ def format_inference(est: InferenceEstimate) -> str:
     hbm = est.cluster.hardware.hbm_bytes
     m = d["memory_bytes"]
     lines = [
-        f"{d['model']} on {est.cluster.label}: serving tp={lay.tp} pp={lay.pp} replicas={lay.replicas}, "
+        f"{d['model']} on {est.cluster.label}: serving tp={lay.tp} pp={lay.pp} replicas={lay.replicas}"
+        f"{f' ep={lay.ep}' if lay.ep > 1 else ''}, "
         f"batch {d['batch']} per replica, {lay.input_len} in / {lay.output_len} out tokens, "
         f"weights {lay.dtype}, KV {lay.kv}",
         f"  TTFT              {d['ttft_s'] * 1e3:10.2f} ms   (prefill of one prompt, queueing ignored)",
@@ -92,7 +93,8 @@ def plan_dicts(model: ModelSpec, cluster: Cluster, ranked, *, input_len: int, ou
     out = []
     for _, row in ranked.head(top).iterrows():
         lay = ServeLayout(tp=int(row["tp"]), pp=int(row["pp"]), replicas=int(row["replicas"]), batch=int(row["batch"]),
-                          input_len=input_len, output_len=output_len, dtype=dtype, kv_dtype=kv_dtype)
+                          input_len=input_len, output_len=output_len, dtype=dtype, kv_dtype=kv_dtype,
+                          ep=int(row["ep"]) if "ep" in row else 1)
         out.append(inference_dict(estimate_inference(model, cluster, lay, headroom=headroom)))
     return out
 

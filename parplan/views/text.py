@@ -21,6 +21,11 @@ def format_hardware(hw: Hardware) -> str:
     for dtype in DTYPES:
         if hw.peak_flops.get(dtype):
             lines.append(f"  peak {dtype:<13} {_si(hw.peak_flops[dtype], 'FLOP/s')} (dense)")
+    if hw.clocks is not None:
+        c = hw.clocks
+        lines.append(f"  SM clock           {c.peak_mhz:g} MHz behind the tensor peaks, {c.boost_mhz:g} MHz boost"
+                     + (f", rated at {c.power_limit_w:g} W" if c.power_limit_w else "")
+                     + (f"; peaks scaled to a sustained {c.sustained_mhz:g} MHz" if c.sustained_mhz else ""))
     lines += [
         f"  HBM                {hw.hbm_bytes / 1e9:.0f} GB at {_si(hw.hbm_bandwidth, 'B/s')}",
         f"  devices per node   {hw.devices_per_node}" + (f" (scale-up domain {hw.scale_up_domain})"
@@ -63,6 +68,20 @@ def format_model(m: ModelSpec) -> str:
         f"  model FLOPs/token {6 * m.total_params() + 12 * m.layers * m.hidden * m.seq_len:10.4g} "
         "(6N + 12 L h s, PaLM App. B)",
     ]
+    if m.is_moe:
+        lines[6:6] = [
+            f"  experts           {m.experts} routed (top-{m.top_k}, width {m.expert_width})"
+            + (f", {m.shared_experts} shared (width {m.shared_width})" if m.shared_experts else "")
+            + f" in {m.moe_layers} of {m.layers} layers, {m.router} router",
+            f"  active parameters {m.active_params() / 1e9:10.3f} B per token (embedding and head included)",
+        ]
+        lines[-1] = (f"  model FLOPs/token {6 * m.active_params() + 12 * m.layers * m.hidden * m.seq_len:10.4g} "
+                     "(6 N_active + 12 L h s)")
+        if m.mtp_layers:
+            lines.append(f"  MTP modules       {m.mtp_layers} ({m.mtp_params() / 1e9:.2f} B more, not in the total)")
+    if m.mla:
+        lines.append(f"  latent attention  kv_lora_rank {m.kv_lora_rank}, q_lora_rank {m.q_lora_rank or 'none'}, "
+                     f"rope {m.qk_rope_dim}, v {m.v_dim}")
     if m.max_seq_len:
         lines.append(f"  context window    {m.max_seq_len} tokens")
     if m.seq_note:
@@ -96,8 +115,14 @@ def format_explain(data: dict) -> str:
         lines.append(f"  {c['name']:<28}{c['op']:<15}{c['axis']:<5}{c['group']:>6}{c['bytes'] / 1e6:10.2f}"
                      f"{c['calls_per_step']:9.0f}{c['time_s'] * 1e3:9.3f}{c['link_s']:9.3f}{c['exposed_s']:10.3f}"
                      f"  {c['overlaps_with']}")
-    lines += ["", "per mesh axis:", f"  {'axis':<6}{'on link s':>11}{'exposed s':>11}  bus bandwidth to hide it"]
+    lines += ["", "per mesh axis (exposed includes the slowdown of the compute the overlapped collectives run beside):",
+              f"  {'axis':<6}{'on link s':>11}{'hidden s':>10}{'exposed s':>11}{'slowdown s':>12}"
+              "  bus bandwidth to hide it"]
     for a in data.get("axes", []):
         need = f"{a['bandwidth_to_hide'] / 1e9:.1f} GB/s" if a["bandwidth_to_hide"] else "n/a (" + a["note"] + ")"
-        lines.append(f"  {a['axis']:<6}{a['link_s']:11.3f}{a['exposed_s']:11.3f}  {need}")
+        lines.append(f"  {a['axis']:<6}{a['link_s']:11.3f}{a['hidden_s']:10.3f}{a['exposed_s']:11.3f}"
+                     f"{a['compute_slowdown_s']:12.3f}  {need}")
+    contention = data.get("contention")
+    if contention:
+        lines.append(f"  {contention}")
     return "\n".join(lines)

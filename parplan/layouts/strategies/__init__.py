@@ -16,6 +16,7 @@ from ...errors import ParplanError
 from .base import Collective, Context, Stages, StageTimes, Strategy
 from .context import ContextParallel
 from .data import DataParallel
+from .expert import ExpertParallel, ExpertTensorParallel
 from .pipeline import PipelineParallel
 from .tensor import TENSOR_PARALLEL, TensorParallel1D
 
@@ -103,6 +104,8 @@ register(TensorParallel1D, lambda layout: TENSOR_PARALLEL[layout.tp_mode]())
 register(ContextParallel)
 register(PipelineParallel)
 register(DataParallel)
+register(ExpertParallel)
+register(ExpertTensorParallel)
 
 __all__ = ["Axis", "BUILTIN", "Collective", "Context", "Stages", "StageTimes", "Strategy", "axis", "axis_names",
            "breakdown_keys", "breakdown_labels", "is_folded", "register", "stages_of", "strategies_for",

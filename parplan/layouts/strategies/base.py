@@ -34,7 +34,7 @@ from ...specs.model import ModelSpec
 PERS = ("layer", "microbatch", "step")
 PHASES = ("forward", "backward", "recompute", "step")
 STAGES = ("all", "first", "last")
-HIDERS = ("none", "attention", "forward", "backward")
+HIDERS = ("none", "attention", "forward", "backward", "shared_experts")
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class Collective:
     count: Any
     per: str        # layer | microbatch | step
     phase: str      # forward | backward | recompute | step
-    hidden_by: str  # none | forward | backward | attention
+    hidden_by: str  # none | forward | backward | attention | shared_experts (the same layer's)
     stage: str = "all"
 
 
@@ -80,6 +80,7 @@ class Context:
     software: Any = None    # the run's parplan.specs.framework.Software (what its framework does)
     grad_bytes: Any = 4     # bytes per gradient element as accumulated and reduced
     weight_bytes: Any = 2   # bytes per weight element as ZeRO-3 gathers it
+    expert_params: Any = 0  # of stage_params, the routed experts' (an MoE model's; the expert axis shards them)
 
     def stride(self, axis: str):
         return self.layout.stride(axis)
@@ -105,6 +106,11 @@ class Strategy:
         return dims
 
     def collectives(self, ctx: Context) -> list[Collective]:
+        return []
+
+    def layer_ops(self, dims, model: ModelSpec, layout, dtype: str) -> list:
+        """Kernels this axis adds to each layer on a device (``parplan.cost.ops.Op``), beyond the
+        layer's own: e.g. the merges of ring attention's partial outputs."""
         return []
 
     def state_divisors(self, ctx: Context) -> dict[str, Any]:

@@ -53,61 +53,17 @@ class DataParallel(Strategy):
         cp_local = place(cp, ctx.stride("cp"), cluster).local
         dp_local = place(dp, ctx.stride("dp"), cluster).local
         local = np.where(cp_local < cp, cp_local, cp_local * dp_local)
-        domain = cluster.fast_domain if cluster.hardware.torus is not None else cluster.devices_per_node
+        domain = cluster.fast_domain if cluster.hardware.torus is not None else cluster.scale_up_domain
         stride = np.maximum(1, domain // np.maximum(local, 1))
         shard = size if lay.shard_group is None else np.asarray(lay.shard_group) * cp
         return size, stride, shard
 
     def collectives(self, ctx: Context):
-        lay = ctx.layout
         size, stride, shard = self._group(ctx)
-        zero = np.asarray(lay.zero)
-        params = ctx.stage_params / np.asarray(lay.tp)
-        # Gradients travel in the precision they are accumulated in (fp32 main gradients in
-        # Megatron's bf16 path, FSDP's fp32 reduce dtype); weights as ZeRO-3 gathers them.
-        grads = params * ctx.grad_bytes
-        weights = params * ctx.weight_bytes
-        dp = _software(ctx)
-        reduce = {z: "backward" if dp.grad_reduce[z] == "overlapped" else "none" for z in range(4)}
-        fwd = "forward" if dp.overlap_param_gather else "none"
-        # FSDP's BACKWARD_POST issues the next layer's gather after this layer's gradients: the
-        # backward then waits for every gather (PyTorch FSDP docs, BackwardPrefetch).
-        bwd_gather = "backward" if dp.backward_prefetch == "before" else "none"
-        # ZeRO-3 reduce-scatters every micro-batch (DeepSpeed, FSDP) or once per step (under
-        # torch.distributed.pipelining, which defers the gradient sync to the last backward).
-        pp = np.asarray(lay.pp)
-        every = dp.reduce_every_microbatch if np.all(pp == 1) else _pipeline_every(ctx)
-        replicas = size // shard
-        z0, z1, z2, z3 = (zero == 0), (zero == 1), (zero == 2), (zero == 3)
-        # ZeRO-3 gathers and reduces layer by layer (FSDP wraps each layer), or in a framework's
-        # fixed buckets (DeepSpeed: stage3_prefetch_bucket_size, reduce_bucket_size); each call pays
-        # the ring's latency, which grows with the group.
-        layers = np.maximum(ctx.stage_layers, 1)
-
-        def calls(bucket):
-            return layers if bucket is None else np.maximum(layers, np.ceil(params / bucket))
-        gathers, reduces = calls(dp.gather_bucket_params), calls(dp.reduce_bucket_params)
-        return [
-            Collective("dp_grad_allreduce", "all_reduce", "dp", size, stride, grads, np.where(z0, 1, 0),
-                       "step", "backward", reduce[0]),
-            Collective("zero_grad_reduce_scatter", "reduce_scatter", "dp", shard, stride, grads,
-                       np.where(z1, 1, 0), "step", "backward", reduce[1]),
-            # ZeRO-2 keeps only its gradient shard, so it reduce-scatters after every micro-batch.
-            Collective("zero2_grad_reduce_scatter", "reduce_scatter", "dp", shard, stride, grads,
-                       np.where(z2, 1, 0), "microbatch", "backward", reduce[2]),
-            Collective("zero_param_allgather", "all_gather", "dp", shard, stride, params * ctx.bpe,
-                       np.where(z1 | z2, 1, 0), "step", "forward", fwd),
-            Collective("fsdp_allgather_fwd", "all_gather", "dp", shard, stride, weights / gathers,
-                       np.where(z3, gathers, 0), "microbatch", "forward", "forward"),
-            Collective("fsdp_allgather_bwd", "all_gather", "dp", shard, stride, weights / gathers,
-                       np.where(z3, gathers, 0), "microbatch", "backward", bwd_gather),
-            Collective("fsdp_grad_reduce_scatter", "reduce_scatter", "dp", shard, stride, grads / reduces,
-                       np.where(z3, reduces, 0) if every else 0, "microbatch", "backward", reduce[3]),
-            Collective("fsdp_grad_reduce_scatter_step", "reduce_scatter", "dp", shard, stride, grads,
-                       0 if every else np.where(z3, 1, 0), "step", "backward", reduce[3]),
-            Collective("hsdp_replica_allreduce", "all_reduce", "dp", np.maximum(replicas, 1), stride * shard,
-                       grads / shard, np.where((zero > 0) & (replicas > 1), 1, 0), "step", "backward", reduce[1]),
-        ]
+        # The stage's parameters as this device holds them; an MoE model's experts are reduced over their
+        # own group by the expert axis (parplan.layouts.strategies.expert).
+        params = (ctx.stage_params - ctx.expert_params) / np.asarray(ctx.layout.tp)
+        return zero_collectives(ctx, params, size, stride, shard)
 
     def state_divisors(self, ctx: Context):
         _, _, shard = self._group(ctx)
@@ -124,7 +80,68 @@ class DataParallel(Strategy):
         }
 
     def memory_bytes(self, ctx: Context):
-        # ZeRO-3 holds one layer gathered while the next is prefetched.
+        """ZeRO-3 holds one layer gathered while the next is prefetched (FSDP's units), or, where the
+        framework caps what stays resident (DeepSpeed's stage3_max_live_parameters), that many
+        parameters, but never less than the largest single weight it must gather whole."""
         lay = ctx.layout
-        return {"gathered_weights": np.where(np.asarray(lay.zero) == 3,
-                                             2 * ctx.layer_params / np.asarray(lay.tp) * ctx.weight_bytes, 0.0)}
+        tp = np.asarray(lay.tp, float)
+        live = 2 * ctx.layer_params / tp
+        cap = _software(ctx).max_live_params
+        if cap is not None:
+            largest = max(ctx.model.hidden * ctx.model.ffn_hidden * (2 if ctx.model.activation == "swiglu" else 1),
+                          ctx.model.hidden * (ctx.model.heads + 2 * ctx.model.kv_heads) * ctx.model.head_dim) / tp
+            live = np.minimum(live, np.maximum(cap, largest))
+        return {"gathered_weights": np.where(np.asarray(lay.zero) == 3, live * ctx.weight_bytes, 0.0)}
+
+
+def zero_collectives(ctx: Context, params, size, stride, shard, axis: str = "dp", prefix: str = ""):
+    """The gradient reduction and ZeRO weight gathers of ``params`` parameters per device over a group of
+    ``size`` ranks ``stride`` apart, sharded ``shard`` ways (the stage's dense parameters over dp x cp; an
+    MoE model's experts over their expert-data-parallel group, named with ``prefix``)."""
+    lay = ctx.layout
+    zero = np.asarray(lay.zero)
+    # Gradients travel in the precision they are accumulated in (fp32 main gradients in
+    # Megatron's bf16 path, FSDP's fp32 reduce dtype); weights as ZeRO-3 gathers them.
+    grads = params * ctx.grad_bytes
+    weights = params * ctx.weight_bytes
+    dp = _software(ctx)
+    reduce = {z: "backward" if dp.grad_reduce[z] == "overlapped" else "none" for z in range(4)}
+    fwd = "forward" if dp.overlap_param_gather else "none"
+    # FSDP's BACKWARD_POST issues the next layer's gather after this layer's gradients: the
+    # backward then waits for every gather (PyTorch FSDP docs, BackwardPrefetch).
+    bwd_gather = "backward" if dp.backward_prefetch == "before" else "none"
+    # ZeRO-3 reduce-scatters every micro-batch (DeepSpeed, FSDP) or once per step (under
+    # torch.distributed.pipelining, which defers the gradient sync to the last backward).
+    pp = np.asarray(lay.pp)
+    every = dp.reduce_every_microbatch if np.all(pp == 1) else _pipeline_every(ctx)
+    replicas = size // shard
+    z0, z1, z2, z3 = (zero == 0), (zero == 1), (zero == 2), (zero == 3)
+    # ZeRO-3 gathers and reduces layer by layer (FSDP wraps each layer), or in a framework's
+    # fixed buckets (DeepSpeed: stage3_prefetch_bucket_size, reduce_bucket_size); each call pays
+    # the ring's latency, which grows with the group.
+    layers = np.maximum(ctx.stage_layers, 1)
+
+    def calls(bucket):
+        return layers if bucket is None else np.maximum(layers, np.ceil(params / bucket))
+    gathers, reduces = calls(dp.gather_bucket_params), calls(dp.reduce_bucket_params)
+    return [
+        Collective(f"{prefix}dp_grad_allreduce", "all_reduce", axis, size, stride, grads, np.where(z0, 1, 0),
+                   "step", "backward", reduce[0]),
+        Collective(f"{prefix}zero_grad_reduce_scatter", "reduce_scatter", axis, shard, stride, grads,
+                   np.where(z1, 1, 0), "step", "backward", reduce[1]),
+        # ZeRO-2 keeps only its gradient shard, so it reduce-scatters after every micro-batch.
+        Collective(f"{prefix}zero2_grad_reduce_scatter", "reduce_scatter", axis, shard, stride, grads,
+                   np.where(z2, 1, 0), "microbatch", "backward", reduce[2]),
+        Collective(f"{prefix}zero_param_allgather", "all_gather", axis, shard, stride, params * ctx.bpe,
+                   np.where(z1 | z2, 1, 0), "step", "forward", fwd),
+        Collective(f"{prefix}fsdp_allgather_fwd", "all_gather", axis, shard, stride, weights / gathers,
+                   np.where(z3, gathers, 0), "microbatch", "forward", "forward"),
+        Collective(f"{prefix}fsdp_allgather_bwd", "all_gather", axis, shard, stride, weights / gathers,
+                   np.where(z3, gathers, 0), "microbatch", "backward", bwd_gather),
+        Collective(f"{prefix}fsdp_grad_reduce_scatter", "reduce_scatter", axis, shard, stride, grads / reduces,
+                   np.where(z3, reduces, 0) if every else 0, "microbatch", "backward", reduce[3]),
+        Collective(f"{prefix}fsdp_grad_reduce_scatter_step", "reduce_scatter", axis, shard, stride, grads,
+                   0 if every else np.where(z3, 1, 0), "step", "backward", reduce[3]),
+        Collective(f"{prefix}hsdp_replica_allreduce", "all_reduce", axis, np.maximum(replicas, 1), stride * shard,
+                   grads / shard, np.where((zero > 0) & (replicas > 1), 1, 0), "step", "backward", reduce[1]),
+    ]

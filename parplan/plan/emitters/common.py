@@ -44,8 +44,8 @@ def rule_problem(layout: Layout, model: ModelSpec, framework) -> str | None:
                vpp=layout.vpp, sp=layout.sp, tp_mode=TP_MODES.index(layout.tp_mode), zero=layout.zero,
                shard_group=layout.shard_group or 1, hsdp=layout.shard_group is not None, global_batch=layout.batch,
                seq=layout.seq_len or model.seq_len, interleaved=layout.schedule == "interleaved",
-               recompute=RECOMPUTE.index(layout.recompute), cp_ring=layout.cp_mode == "ring",
-               gpipe=layout.schedule == "gpipe")
+               recompute=RECOMPUTE.index(layout.recompute), cp_ring=layout.cp_mode == "ring", ep=layout.size("ep"),
+               etp=layout.size("etp"), gpipe=layout.schedule == "gpipe")
     return first_violation(model, a, framework)
 
 

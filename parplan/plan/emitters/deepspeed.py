@@ -31,6 +31,10 @@ def problem(layout: Layout, model: ModelSpec, software=None) -> str | None:
     if layout.cp > 1:  # the profile has no context parallelism: say what DeepSpeed has instead
         return ("DeepSpeed has no ring or all-gather context parallelism (its sequence parallelism is Ulysses "
                 "all-to-all, deepspeed/sequence/layer.py); cp must be 1")
+    if layout.size("ep") > 1:
+        return (f"DeepSpeed takes expert parallelism in the model code (deepspeed.moe.layer.MoE(num_experts="
+                f"{model.experts}, ep_size={layout.size('ep')}, k={model.top_k})), not in ds_config.json; "
+                f"--emit deepspeed writes the JSON of plans with ep=1")
     if layout.pp > 1 and layout.zero > 1:
         return f"DeepSpeed's pipeline engine refuses ZeRO-{layout.zero} (deepspeed/runtime/pipe/engine.py); " \
                f"use zero 0 or 1 with pp > 1"

@@ -5,6 +5,13 @@ Flag names are Megatron-LM core_v0.14.0's (commit 23e00ed0963c35382dfe8a5a94fb3c
 the distributed optimizer for ZeRO-1, Megatron-FSDP ``--data-parallel-sharding-strategy``
 ``optim_grads`` / ``optim_grads_params`` for ZeRO-2/3, ``--cp-comm-type p2p`` for ring context parallel,
 ``--fp8-format hybrid`` with ``--fp8-recipe``. NeMo / Megatron YAML gives the same names with underscores.
+A mixture-of-experts model adds ``--num-experts``, ``--moe-router-topk``, ``--moe-ffn-hidden-size``,
+``--moe-shared-expert-intermediate-size`` (all shared experts together), ``--moe-layer-freq`` (a pattern
+where some layers stay dense), ``--moe-router-score-function``, the all-to-all dispatcher with grouped
+GEMMs, ``--expert-model-parallel-size`` and ``--expert-tensor-parallel-size`` (when absent Megatron uses
+tp), and a capacity factor where tokens are dropped; latent attention ``--multi-latent-attention`` with
+``--q-lora-rank``, ``--kv-lora-rank``, ``--qk-head-dim`` (the nope part), ``--qk-pos-emb-head-dim``,
+``--v-head-dim``.
 """
 from __future__ import annotations
 
@@ -88,7 +95,56 @@ def megatron_args(layout: Layout, model: ModelSpec, software=None) -> list[str]:
         args += ["--attention-backend", "flash"]
     if software is not None and set(software.elementwise.values()) == {"eager"}:
         args += list(UNFUSED_FLAGS)
+    return args + moe_args(layout, model, software)
+
+
+def moe_args(layout: Layout, model: ModelSpec, software=None) -> list[str]:
+    """The mixture-of-experts and latent-attention flags of a plan (module docstring)."""
+    args = []
+    if model.mla:
+        args += ["--multi-latent-attention", "--kv-lora-rank", str(model.kv_lora_rank),
+                 "--qk-head-dim", str(model.head_dim - model.qk_rope_dim), "--qk-pos-emb-head-dim",
+                 str(model.qk_rope_dim), "--v-head-dim", str(model.v_dim)]
+        if model.q_lora_rank:
+            args += ["--q-lora-rank", str(model.q_lora_rank)]
+    if not model.is_moe:
+        return args
+    args += ["--num-experts", str(model.experts), "--moe-router-topk", str(model.top_k),
+             "--moe-ffn-hidden-size", str(model.expert_width), "--moe-router-score-function", model.router,
+             "--moe-token-dispatcher-type", "alltoall",
+             "--expert-model-parallel-size", str(layout.size("ep")),
+             "--expert-tensor-parallel-size", str(layout.size("etp"))]
+    if model.shared_experts:
+        args += ["--moe-shared-expert-intermediate-size", str(model.shared_experts * model.shared_width)]
+        if software is not None and software.framework.moe.shared_expert_overlap:
+            args.append("--moe-shared-expert-overlap")
+    if model.moe_layers != model.layers:
+        moe = set(model.moe_layer_ids)
+        args += ["--moe-layer-freq", "[" + ",".join("1" if i in moe else "0" for i in range(model.layers)) + "]"]
+    if software is None or software.framework.moe.grouped_gemm:
+        args.append("--moe-grouped-gemm")
+    if model.capacity_factor is not None:
+        args += ["--moe-expert-capacity-factor", f"{model.capacity_factor:g}", "--moe-pad-expert-input-to-capacity"]
     return args
+
+
+def read_moe(values: dict, model: ModelSpec, tp: int) -> dict:
+    """The expert axes of Megatron flags, checked against the model ({} for a dense model)."""
+    if "num-experts" in values:
+        agree("--num-experts", int(values["num-experts"]), model.experts, f"the {model.name} model")
+    if "moe-router-topk" in values:
+        agree("--moe-router-topk", int(values["moe-router-topk"]), model.top_k, f"the {model.name} model")
+    if "moe-ffn-hidden-size" in values:
+        agree("--moe-ffn-hidden-size", int(values["moe-ffn-hidden-size"]), model.expert_width,
+              f"the {model.name} model")
+    if not model.is_moe:
+        for flag in ("expert-model-parallel-size", "expert-tensor-parallel-size"):
+            if int(values.get(flag, 1)) > 1:
+                raise ParplanError(f"--{flag} {values[flag]} shards experts, but {model.name} is a dense model")
+        return {}
+    ep = int(values.get("expert-model-parallel-size", 1))
+    etp = int(values.get("expert-tensor-parallel-size", tp))  # Megatron's default: the tensor-parallel size
+    return {"axes": (("ep", ep), ("etp", etp))}
 
 
 # Megatron-LM's switches for its fused scale-mask-softmax, bias-GeLU and bias-dropout-add kernels.
@@ -167,6 +223,10 @@ def read(source: str, world_size: int, model: ModelSpec, yaml_data=None):
     lay = parse_megatron_args(source, world_size)
     fields = {k: getattr(lay, k) for k in ("tp", "pp", "cp", "dp", "micro_batch", "global_batch", "seq_len", "zero",
                                             "shard_group", "sp", "vpp", "schedule", "recompute", "dtype", "cp_mode")}
+    try:
+        fields.update(read_moe(values, model, lay.tp))
+    except ValueError:
+        raise ParplanError("Megatron flags: the expert flags need whole numbers") from None
     recipe = values.get("fp8-recipe") or ("delayed" if values.get("fp8-format") else None)
     return launch(TARGET, PROFILE, fields, fp8_recipe=recipe)
 

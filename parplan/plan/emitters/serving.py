@@ -5,7 +5,9 @@ Flag names: vLLM ``vllm/engine/arg_utils.py`` (EngineArgs.add_cli_args) at vllm-
 ``--max-model-len``, ``--kv-cache-dtype`` auto | fp8. SGLang ``python/sglang/srt/server_args.py``
 (ServerArgs.add_cli_args) at sgl-project/sglang 469c63e5: ``--tensor-parallel-size`` (alias ``--tp-size``),
 ``--pipeline-parallel-size``, ``--data-parallel-size``, ``--max-running-requests``, ``--context-length``,
-``--kv-cache-dtype`` auto | fp8_e4m3.
+``--kv-cache-dtype`` auto | fp8_e4m3. Expert parallelism of an MoE model: vLLM ``--enable-expert-parallel``
+(the experts over the tensor-parallel ranks, and over the data-parallel ones too when there are several),
+SGLang ``--expert-parallel-size`` (alias ``--ep-size``).
 """
 from __future__ import annotations
 
@@ -22,6 +24,11 @@ def problem(target: str, layout: ServeLayout, model: ModelSpec) -> str | None:
     kv = layout.kv
     if kv not in ("bf16", "fp16", "fp8"):
         return f"{target} keeps the KV cache in the model dtype or fp8, not {kv}"
+    if layout.ep > 1 and layout.replicas > 1:
+        return (f"{target}'s expert parallelism spans its data-parallel replicas too; the plan keeps ep={layout.ep} "
+                f"inside each of {layout.replicas} replicas: launch one instance per replica")
+    if layout.ep > 1 and layout.ep != layout.tp:
+        return f"{target} lays the experts over all {layout.tp} tensor-parallel ranks, not ep={layout.ep}"
     return None
 
 
@@ -35,6 +42,8 @@ def args(target: str, layout: ServeLayout, model: ModelSpec) -> list[str]:
     else:
         out += ["--max-running-requests", str(layout.batch), "--context-length", str(context)]
     out += ["--kv-cache-dtype", KV[target].get(layout.kv, "auto")]
+    if layout.ep > 1:
+        out += ["--enable-expert-parallel"] if target == "vllm" else ["--expert-parallel-size", str(layout.ep)]
     return out
 
 

@@ -53,7 +53,21 @@ def problem(layout: Layout, model: ModelSpec, software=None) -> str | None:
     fw = profile_for(TARGET, software, PROFILE)
     if layout.dtype == "fp16":
         return "torchtitan trains in bf16 (mixed_precision_param bfloat16 | float32, v0.2.2), not fp16"
-    return rule_problem(layout, model, fw) or software_problem(software, fw)
+    return rule_problem(layout, model, fw) or _expert_problem(layout) or software_problem(software, fw)
+
+
+def _expert_problem(layout: Layout) -> str | None:
+    """torchtitan's expert mesh (v0.2.2 job_config.py, Parallelism.expert_parallel_degree): with etp = tp the
+    experts take ep of the dp_shard x cp ranks (ep a multiple of cp); with etp = 1 ep spans all of tp x cp."""
+    ep, etp = layout.size("ep"), layout.size("etp")
+    if ep == 1:
+        return None
+    if etp == layout.tp and etp > 1 and (ep % layout.cp or ep < layout.cp):
+        return f"torchtitan's expert_parallel_degree with etp = tp needs ep a multiple of cp={layout.cp}, not {ep}"
+    if etp == 1 and ep % (layout.cp * layout.tp):
+        return f"torchtitan's expert_parallel_degree with etp = 1 needs ep a multiple of cp*tp = " \
+               f"{layout.cp * layout.tp}, not {ep}"
+    return None
 
 
 def _degrees(layout: Layout) -> tuple[int, int]:
@@ -77,6 +91,9 @@ def text(layout: Layout, model: ModelSpec, software=None) -> str:
                   f"pipeline_parallel_layers_per_stage = {model.layers // (layout.pp * layout.vpp)}"]
     if layout.zero == 2:
         lines.append('fsdp_reshard_after_forward = "never"')
+    if model.is_moe:
+        lines += [f"expert_parallel_degree = {layout.size('ep')}",
+                  f"expert_tensor_parallel_degree = {layout.size('etp')}"]
     local = layout.batch // layout.dp if layout.pp > 1 else layout.micro_batch
     mode, option = RECOMPUTE[layout.recompute]
     lines += ["", "[training]", f"local_batch_size = {local}", f"global_batch_size = {layout.batch}",
@@ -113,7 +130,9 @@ def read(source: str, world_size: int, model: ModelSpec):
     split_dp(world_size, tp * pp * cp * dp)
     if tp * pp * cp * dp != world_size:
         raise ParplanError(f"torchtitan TOML: the degrees multiply to {tp * pp * cp * dp}, not the {world_size} devices")
-    zero = 0 if shard == 1 else (2 if par.get("fsdp_reshard_after_forward") == "never" else 3)
+    # FSDP runs over dp_shard x cp: context-parallel ranks shard parameters even when dp_shard is 1
+    # (v0.2.2 parallel_dims.py: fsdp_enabled = dp_shard_enabled or cp_enabled; mesh "dp_shard_cp").
+    zero = 0 if shard * cp == 1 else (2 if par.get("fsdp_reshard_after_forward") == "never" else 3)
     local = whole(train.get("local_batch_size", 8), "local_batch_size")
     mb = whole(par.get("pipeline_parallel_microbatch_size", 1), "pipeline_parallel_microbatch_size") if pp > 1 else local
     gb = train.get("global_batch_size", -1)
@@ -134,6 +153,11 @@ def read(source: str, world_size: int, model: ModelSpec):
                            f"checkpointing of one block in {SELECTIVE_LAYER_EVERY}, or 'op'")
     if recompute is None:
         raise ParplanError(f"torchtitan TOML: activation_checkpoint mode '{mode}' is not none, full or selective")
+    ep = whole(par.get("expert_parallel_degree", 1), "expert_parallel_degree")
+    etp = whole(par.get("expert_tensor_parallel_degree", 1), "expert_tensor_parallel_degree")
+    if (ep > 1 or etp > 1) and not model.is_moe:
+        raise ParplanError(f"torchtitan TOML: expert_parallel_degree {ep} shards experts, but {model.name} is a "
+                           f"dense model")
     converters = data.get("model", {}).get("converters", [])
     fp8 = "quantize.linear.float8" in converters or "float8" in converters
     recipe = data.get("quantize", {}).get("linear", {}).get("float8", {}).get("recipe_name") if fp8 else None
@@ -142,5 +166,7 @@ def read(source: str, world_size: int, model: ModelSpec):
                   shard_group=shard if zero and replicate > 1 else None, sp=tp > 1, vpp=vpp,
                   schedule=schedule if pp > 1 else "1f1b", recompute=recompute, dtype="fp8" if fp8 else "bf16",
                   cp_mode="ring" if par.get("context_parallel_rotate_method") == "alltoall" else "allgather")
+    if model.is_moe:
+        layout["axes"] = (("ep", ep), ("etp", etp))
     return launch(TARGET, PROFILE, layout, compiled=bool(comp.get("enable", False)),
                   fp8_recipe=(recipe or "tensorwise") if fp8 else None)

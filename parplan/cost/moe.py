@@ -1,0 +1,197 @@
+"""A mixture-of-experts layer on one device: its kernels as shapes, its token counts, its load imbalance.
+
+The block that replaces the dense MLP (GShard, arXiv 2006.16668; Megatron-Core's ``MoELayer`` with the
+all-to-all token dispatcher; MegaBlocks, arXiv 2211.15841, for the grouped GEMMs):
+
+1. **router**: a ``tokens x hidden x experts`` GEMM on the tokens this device holds, then the gate
+   scores (softmax or sigmoid in fp32) and the top-k;
+2. **permute**: the ``k`` copies of each token gathered into expert order (read the tokens, write the
+   rows; backward the scatter-add back);
+3. the dispatch **all-to-all** over the expert-parallel group (``parplan.layouts.strategies.expert``);
+4. the routed **expert GEMMs**, one grouped GEMM over the device's ``experts / ep`` experts for the
+   gate/up projection, the activation, one for the down projection, each ``expert_ffn / etp`` wide;
+5. the combine all-to-all, then **unpermute**: the rows weighted by their gate scores and summed
+   back into the tokens;
+6. the **shared experts** (DeepSeekMoE, arXiv 2401.06066) on every token, tensor-parallel like a
+   dense MLP.
+
+Token counts (Megatron-Core's MoE parallel folding, arXiv 2504.14960): a device holds ``b s /
+norm_shard`` tokens (its sequence-parallel shard in training; all of them on every tensor-parallel
+rank when serving, where they are replicated ``tp / norm_shard`` ways). The ``ep x etp`` devices of
+an expert group see ``max(ep etp b s / tp, b s / norm_shard)`` distinct tokens, and each device's
+experts process their ``k / ep`` share of those as rows (the expert-tensor-parallel group gathers
+its members' rows), so the per-device expert FLOPs shrink with ``tp`` as a dense MLP's do. Tokens a
+group already holds need no all-to-all: the dispatch runs only when the group is larger than the
+replication (``ep etp > tp / norm_shard``), each device sending the copies of its ``b s / tp``
+tokens; replicated tokens leave the sum of the experts' outputs to the layer's tensor-parallel
+all-reduce, as vLLM's expert parallelism under tensor-parallel attention does.
+
+Load imbalance: the busiest device sets the pace. With a ``capacity_factor`` (tokens beyond it
+dropped, each expert padded to its capacity: Switch Transformer, arXiv 2101.03961, Sec. 2.1) its
+rows are ``capacity_factor`` times the mean; where a model spec gives a published
+``router_imbalance``, that; else the busiest of ``ep`` devices under a router that spreads every
+token copy uniformly at random (the balance a load-balancing loss aims for in expectation): of
+``m`` copies over ``n`` devices the fullest holds ``m/n + sqrt(2 (m/n) ln n)`` (Raab and Steger
+1998, Balls into Bins: A Simple and Tight Analysis, RANDOM'98, Theorem 1), a lower bound for a
+trained router.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ..specs.model import ModelSpec
+
+
+@dataclass(frozen=True)
+class MoeParallel:
+    """How one device's MoE layers are split: attention's tensor parallel, expert parallel, expert TP."""
+
+    tp: Any = 1
+    ep: Any = 1
+    etp: Any = 1
+
+
+class Kernel(NamedTuple):
+    """One kernel of the block as a shape: ``gemm`` (m, k, n, batch; batch > 1 is a grouped GEMM),
+    ``memory`` (forward and backward bytes) or ``traffic`` (an element-wise family over ``elems``)."""
+
+    name: str
+    kind: str
+    args: tuple
+    linear: bool = False   # a linear layer's GEMM (runs in FP8 under an FP8 recipe)
+
+
+def parallel(model: ModelSpec, d) -> MoeParallel:
+    """The split the expert axis set on the dims, else no expert parallelism with tp read off the heads."""
+    return d.moe if d.moe is not None else MoeParallel(tp=model.heads / np.asarray(d.heads, float))
+
+
+def share(model: ModelSpec, d):
+    """Fraction of the layers on this device that are MoE (the busiest stage's, or the whole model's)."""
+    if d.moe_share is not None:
+        return d.moe_share
+    return model.moe_layers / model.layers
+
+
+def tokens_held(d):
+    """Tokens one device holds at the MoE block (its sequence-parallel shard, or all of them)."""
+    return d.batch * d.seq / np.asarray(d.norm_shard, float)
+
+
+def replication(model: ModelSpec, d):
+    """How many tensor-parallel ranks hold the same tokens: 1 under sequence parallelism, tp when serving."""
+    return np.asarray(parallel(model, d).tp, float) / np.asarray(d.norm_shard, float)
+
+
+def dispatch_tokens(model: ModelSpec, d):
+    """Tokens whose copies this device sends in the dispatch: ``b s / tp``."""
+    return d.batch * d.seq / np.asarray(parallel(model, d).tp, float)
+
+
+def group_tokens(model: ModelSpec, d):
+    """Distinct tokens one ``ep x etp`` expert group processes per micro-batch."""
+    p = parallel(model, d)
+    group = np.asarray(p.ep, float) * np.asarray(p.etp, float)
+    return np.maximum(group * dispatch_tokens(model, d), tokens_held(d))
+
+
+def routed_rows(model: ModelSpec, d):
+    """Token-expert rows this device's experts process per micro-batch, on average (``b s k etp / tp`` in
+    training)."""
+    return group_tokens(model, d) * model.top_k / np.asarray(parallel(model, d).ep, float)
+
+
+def exchanges(model: ModelSpec, d):
+    """(dispatch all-to-all needed, expert-TP gather needed): only where the group is larger than the ranks
+    that already hold the same tokens."""
+    p = parallel(model, d)
+    ep, etp, r = np.asarray(p.ep, float), np.asarray(p.etp, float), replication(model, d)
+    return (ep > 1) & (ep * etp > r), (etp > 1) & (etp > r)
+
+
+def touched_experts(model: ModelSpec, d):
+    """Experts of this device that some token selects (:func:`distinct_experts` over the group's tokens):
+    all ``experts / ep`` of them at training batch sizes, fewer at a small decode batch."""
+    p = parallel(model, d)
+    return distinct_experts(model.experts, model.top_k, group_tokens(model, d)) / np.asarray(p.ep, float)
+
+
+def imbalance(model: ModelSpec, d, balanced: bool = False):
+    """(busiest device's rows over the mean, how that was found) (module docstring)."""
+    if balanced:
+        return 1.0, "mean load (FLOP count)"
+    if model.capacity_factor is not None:
+        return float(model.capacity_factor), f"capacity factor {model.capacity_factor:g} (tokens dropped)"
+    if model.router_imbalance is not None:
+        return float(model.router_imbalance), f"router imbalance {model.router_imbalance:g} (model spec)"
+    n = np.asarray(parallel(model, d).ep, float)
+    mean = np.maximum(routed_rows(model, d), 1.0)
+    return 1.0 + np.sqrt(2.0 * np.log(n) / mean), "uniform-routing bound (Raab and Steger 1998)"
+
+
+def distinct_experts(experts, top_k, tokens):
+    """Expected distinct experts that ``tokens`` tokens select: ``E (1 - (1 - k/E)^B)``.
+
+    Each token picks ``k`` of ``E`` experts; under a router that picks uniformly at random an expert
+    escapes one token with probability ``1 - k/E`` and all ``B`` (independently) with ``(1 - k/E)^B``.
+    At ``B = 1`` this is ``k``; it grows with ``B`` toward ``E``.
+    """
+    e, k, b = (np.asarray(x, float) for x in (experts, top_k, tokens))
+    return e * (1.0 - (1.0 - k / e) ** b)
+
+
+def block_kernels(model: ModelSpec, d, rows, activation_impl: str, balanced: bool = False) -> list[Kernel]:
+    """The kernels of one MoE block on one device, per micro-batch (module docstring); ``rows``: the
+    tokens of the tensor-parallel region (the shared experts' GEMM rows)."""
+    p = parallel(model, d)
+    h, e = model.hidden, model.experts
+    swiglu = model.activation == "swiglu"
+    tokens = tokens_held(d)
+    local = touched_experts(model, d)
+    width = model.expert_width / np.asarray(p.etp, float)
+    busiest = routed_rows(model, d) * imbalance(model, d, balanced)[0]
+    # The copies this device permutes (before a gather over etp, when there is one) and unpermutes.
+    sent = routed_rows(model, d) / np.where(exchanges(model, d)[1], np.asarray(p.etp, float), 1.0)
+    per_expert = busiest / local
+    out = [
+        Kernel("router", "gemm", (tokens, h, e, 1)),
+        # fp32 scores: read the logits, write the probabilities, read them for the top-k; backward the reverse.
+        Kernel("router_topk", "memory", (tokens * e * 10.0, tokens * e * 10.0)),
+        Kernel("moe_permute", "memory", ((tokens + sent) * h, (tokens + sent) * h)),
+        Kernel("expert_gate_up" if swiglu else "expert_up", "gemm",
+               (per_expert, h, (2 if swiglu else 1) * width, local), True),
+        Kernel("expert_activation", "traffic", (model.activation, activation_impl, busiest * width)),
+        Kernel("expert_down", "gemm", (per_expert, width, h, local), True),
+        Kernel("moe_unpermute", "memory", ((sent + tokens) * h, (2 * sent + tokens) * h)),
+    ]
+    if model.shared_experts:
+        shared = model.shared_experts * model.shared_width / np.asarray(p.tp, float)
+        out += [Kernel("shared_gate_up" if swiglu else "shared_up", "gemm",
+                       (rows, h, (2 if swiglu else 1) * shared, 1), True),
+                Kernel("shared_activation", "traffic", (model.activation, activation_impl, rows * shared)),
+                Kernel("shared_down", "gemm", (rows, shared, h, 1), True)]
+    return out
+
+
+def activation_bytes(model: ModelSpec, d, bpe: int, tokens_tp_region):
+    """Bytes one MoE block keeps for its backward beyond the dense MLP's input, on the busiest device:
+    the fp32 gate scores, the permuted rows (the experts' input), the gate/up output, the down
+    projection's input, the experts' output (for the scores' gradient) and the shared experts'."""
+    p = parallel(model, d)
+    tokens = tokens_held(d)
+    rows = routed_rows(model, d) * imbalance(model, d)[0]
+    width = model.expert_width / np.asarray(p.etp, float)
+    up = 2 if model.activation == "swiglu" else 1
+    routed = tokens * model.experts * 4.0 + rows * (2 * model.hidden + (up + 1) * width) * bpe
+    shared = model.shared_experts * model.shared_width / np.asarray(p.tp, float)
+    return routed + tokens_tp_region * (up + 1) * shared * bpe
+
+
+def dense_mlp_activation_bytes(model: ModelSpec, d, bpe: int, tokens_tp_region, gemm_in: float):
+    """The dense MLP's share of :func:`parplan.cost.memory.layer_activation_bytes` (its activation's input
+    and the down projection's input), which an MoE layer replaces with :func:`activation_bytes`."""
+    up = 2 if model.activation == "swiglu" else 1
+    return tokens_tp_region * d.ffn * (up * bpe + gemm_in)

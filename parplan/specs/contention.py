@@ -1,0 +1,64 @@
+"""How much a communication kernel running beside compute slows that compute: a profile's ``overlap``.
+
+NCCL runs each collective as a kernel of one thread block per channel, and each block holds its SM
+for the whole collective (NVIDIA/nccl issue 1656: NCCL blocks do not share an SM with compute
+kernels). Compute overlapped with communication therefore runs on fewer SMs; a collective over the
+scale-up link also streams HBM (it reads what it sends and writes what it receives). The profile
+records how many SMs a collective holds on each link class and the measured slowdown of GEMMs,
+fused attention and memory-bound passes against the fraction of SMs held (``scripts/gpu_overlap.py``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from ..errors import ParplanError
+from .yamlio import check_keys, number, require_mapping
+
+LINK_CLASSES = ("scale_up", "network")     # a group inside the scale-up domain, or one spanning the network
+OP_CLASSES = ("gemm", "attention", "memory")
+OVERLAP_KEYS = ("collective_sms", "sm_fraction", "slowdown")
+
+
+@dataclass(frozen=True)
+class Contention:
+    """SMs a collective holds per link class, and the compute slowdown per op class against the
+    fraction of SMs held (``slowdown[link][op]`` has one value per entry of ``sm_fraction``)."""
+
+    collective_sms: Mapping[str, int]
+    sm_fraction: tuple[float, ...]
+    slowdown: Mapping[str, Mapping[str, tuple[float, ...]]]
+
+
+def contention_from_dict(data: Any, what: str) -> Contention | None:
+    """Parse a profile's ``overlap`` section (None when the profile has none)."""
+    if data is None:
+        return None
+    data = require_mapping(data, what)
+    check_keys(data, OVERLAP_KEYS, what)
+    sms = require_mapping(data.get("collective_sms"), f"{what}.collective_sms")
+    check_keys(sms, LINK_CLASSES, f"{what}.collective_sms")
+    held = {k: int(number(sms, k, f"{what}.collective_sms", integer=True, maximum=100_000)) for k in LINK_CLASSES}
+    fractions = data.get("sm_fraction")
+    if not isinstance(fractions, list) or len(fractions) < 2 or any(
+            isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 < x < 1 for x in fractions) \
+            or fractions != sorted(fractions):
+        raise ParplanError(f"{what}.sm_fraction: expected an increasing list of at least two fractions in (0, 1)")
+    table = require_mapping(data.get("slowdown"), f"{what}.slowdown")
+    check_keys(table, LINK_CLASSES, f"{what}.slowdown")
+    slowdown = {}
+    for link in LINK_CLASSES:
+        w = f"{what}.slowdown.{link}"
+        per_op = require_mapping(table.get(link), w)
+        check_keys(per_op, OP_CLASSES, w)
+        rows = {}
+        for op in OP_CLASSES:
+            values = per_op.get(op)
+            if not isinstance(values, list) or len(values) != len(fractions) or any(
+                    isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 <= x <= 10 for x in values):
+                raise ParplanError(f"{w}.{op}: expected {len(fractions)} slowdowns between 0 and 10, "
+                                   f"one per sm_fraction")
+            rows[op] = tuple(float(x) for x in values)
+        slowdown[link] = MappingProxyType(rows)
+    return Contention(MappingProxyType(held), tuple(float(x) for x in fractions), MappingProxyType(slowdown))

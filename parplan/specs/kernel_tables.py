@@ -1,0 +1,129 @@
+"""The measured kernel tables a hardware profile may carry, and their strict readers: a matmul efficiency
+curve, misaligned and FP8 GEMM rates, fused attention curves, eager element-wise rates per op family
+and grouped (MoE) GEMM rates. Each value's source lives in the profile's ``sources``."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from ..errors import ParplanError
+from .yamlio import check_keys, number, require_mapping
+
+EAGER_FAMILIES = ("rmsnorm", "layernorm", "rope", "swiglu", "residual", "transposes", "loss")
+FP8_SCALINGS = ("tensorwise", "rowwise")
+ATTENTION_CURVE_KEYS = ("seq", "forward", "backward")
+
+
+@dataclass(frozen=True)
+class MatmulCurve:
+    """A measured matmul efficiency curve: fraction of peak against FLOPs per call (log-interpolated)."""
+
+    flops: tuple[float, ...]
+    efficiency: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class AttentionCurve:
+    """A fused attention kernel's measured rate: fraction of the large-GEMM rate against sequence length.
+
+    ``forward`` and ``backward`` map a head size to one fraction per entry of ``seq`` (causal, the
+    kernel's own FLOPs: the causal half of ``4 b a s^2 d`` forward, 2.5x that backward).
+    """
+
+    seq: tuple[float, ...]
+    forward: Mapping[int, tuple[float, ...]]
+    backward: Mapping[int, tuple[float, ...]]
+
+
+def curve_from_list(data: Any, what: str) -> MatmulCurve | None:
+    if data is None:
+        return None
+    if not isinstance(data, list) or len(data) < 2:
+        raise ParplanError(f"{what}: expected a list of at least two [flops, efficiency] pairs")
+    pts = []
+    for i, row in enumerate(data):
+        if not (isinstance(row, list) and len(row) == 2):
+            raise ParplanError(f"{what}[{i}]: expected [flops, efficiency]")
+        pair = {"flops": row[0], "efficiency": row[1]}
+        pts.append((number(pair, "flops", f"{what}[{i}]"), number(pair, "efficiency", f"{what}[{i}]", maximum=1.0)))
+    pts.sort()
+    return MatmulCurve(tuple(p[0] for p in pts), tuple(p[1] for p in pts))
+
+
+MISALIGNED_BYTES = (1, 2, 4, 8)
+
+
+def misaligned_from_dict(data: Any, what: str) -> Mapping[int, float]:
+    """``{bytes: fraction}``: the rate of GEMMs whose feature sizes are multiples of only that many bytes."""
+    if data is None:
+        return MappingProxyType({})
+    data = require_mapping(data, what)
+    out = {}
+    for key in data:
+        if isinstance(key, bool) or key not in MISALIGNED_BYTES:
+            raise ParplanError(f"{what}: key {key!r} must be an alignment in bytes, one of "
+                               f"{', '.join(map(str, MISALIGNED_BYTES))}")
+        out[int(key)] = float(number(data, key, what, maximum=1.0))
+    return MappingProxyType(out)
+
+
+def grouped_from_dict(data: Any, what: str):
+    """``{tokens_per_expert: [...], fraction: [...]}``: grouped GEMMs' rate against the roofline's."""
+    if data is None:
+        return None
+    data = require_mapping(data, what)
+    check_keys(data, ("tokens_per_expert", "fraction"), what)
+    tokens, frac = data.get("tokens_per_expert"), data.get("fraction")
+    if not (isinstance(tokens, list) and isinstance(frac, list) and len(tokens) == len(frac) >= 2) or any(
+            isinstance(x, bool) or not isinstance(x, (int, float)) or x <= 0 for x in tokens + frac) \
+            or tokens != sorted(tokens) or max(frac) > 1:
+        raise ParplanError(f"{what}: expected increasing tokens_per_expert and as many fractions in (0, 1]")
+    return tuple(float(x) for x in tokens), tuple(float(x) for x in frac)
+
+
+def eager_from_dict(data: Any, what: str) -> Mapping[str, float]:
+    if data is None:
+        return MappingProxyType({})
+    data = require_mapping(data, what)
+    check_keys(data, EAGER_FAMILIES, what)
+    return MappingProxyType({k: float(number(data, k, what, maximum=1.0)) for k in data})
+
+
+def fp8_from_dict(data: Any, what: str) -> Mapping[str, float]:
+    if data is None:
+        return MappingProxyType({})
+    data = require_mapping(data, what)
+    check_keys(data, FP8_SCALINGS, what)
+    return MappingProxyType({k: float(number(data, k, what, maximum=1.0)) for k in data})
+
+
+def attention_kernels_from_dict(data: Any, what: str) -> Mapping[str, AttentionCurve]:
+    if data is None:
+        return MappingProxyType({})
+    data = require_mapping(data, what)
+    out = {}
+    for kernel, curve in data.items():
+        w = f"{what}.{kernel}"
+        curve = require_mapping(curve, w)
+        check_keys(curve, ATTENTION_CURVE_KEYS, w)
+        seq = curve.get("seq")
+        if not isinstance(seq, list) or len(seq) < 2 or any(
+                isinstance(x, bool) or not isinstance(x, (int, float)) or x <= 0 for x in seq) or seq != sorted(seq):
+            raise ParplanError(f"{w}: 'seq' must be an increasing list of at least two positive lengths")
+        passes = {}
+        for key in ("forward", "backward"):
+            table = require_mapping(curve.get(key), f"{w}.{key}")
+            heads = {}
+            for head_dim, fractions in table.items():
+                if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1:
+                    raise ParplanError(f"{w}.{key}: keys must be head sizes, got {head_dim!r}")
+                if not isinstance(fractions, list) or len(fractions) != len(seq) or any(
+                        isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 < x <= 1 for x in fractions):
+                    raise ParplanError(f"{w}.{key}.{head_dim}: expected {len(seq)} fractions in (0, 1]")
+                heads[head_dim] = tuple(float(x) for x in fractions)
+            if not heads:
+                raise ParplanError(f"{w}.{key}: no head size measured")
+            passes[key] = MappingProxyType(heads)
+        out[str(kernel)] = AttentionCurve(tuple(float(x) for x in seq), passes["forward"], passes["backward"])
+    return MappingProxyType(out)

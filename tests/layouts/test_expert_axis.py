@@ -1,0 +1,216 @@
+"""The expert axes: all-to-all bytes, expert state divisors, load imbalance, the MoE block's kernels, and the
+dense path left exactly as it was."""
+import numpy as np
+import pytest
+
+import parplan
+from parplan.cost import moe as moe_mod
+from parplan.cost import ops as ops_mod
+from parplan.errors import ParplanError
+from parplan.layouts.layout import Layout
+from parplan.specs.model import model_from_dict
+from parplan.step.serve import estimate_inference
+from parplan.step.serve_layout import ServeLayout
+
+# A Mixtral-like model small enough to count by hand: top-2 of 8 experts, hidden 1024, expert width 2048.
+TOY = {"name": "toy-moe", "layers": 8, "hidden": 1024, "heads": 8, "kv_heads": 8, "ffn_hidden": 2048,
+       "activation": "swiglu", "vocab": 32000, "seq_len": 2048, "norm": "rmsnorm", "position": "rope",
+       "bias": False, "tied_embeddings": False, "experts": 8, "top_k": 2}
+
+
+def _toy(**kw):
+    return model_from_dict(dict(TOY, **kw), "toy")
+
+
+def _est(model, cluster, **kw):
+    kw.setdefault("global_batch", 16)
+    return parplan.estimate(model, parplan.load_cluster(cluster), Layout(seq_len=2048, **kw))
+
+
+def _calls(est, name):
+    return [c for c in est.collectives if c.collective.name == name]
+
+
+def test_dispatch_all_to_all_bytes_for_top2_of_8_experts_on_ep8():
+    """Each device sends its micro-batch's b*s tokens k=2 times, hidden 1024 elements of 2 bytes each: the
+    nccl-tests buffer of one call is 1*2048*2*1024*2 bytes; 4 calls per MoE layer (dispatch and combine, forward
+    and backward), every layer MoE, once per micro-batch."""
+    est = _est(_toy(), "h100x8", dp=8, micro_batch=1, axes=(("ep", 8), ("etp", 1)))
+    for name in ("ep_dispatch_forward", "ep_combine_forward", "ep_dispatch_backward", "ep_combine_backward"):
+        (c,) = _calls(est, name)
+        assert float(c.collective.size_bytes) == 2048 * 2 * 1024 * 2
+        assert int(c.collective.group) == 8 and c.collective.op == "all_to_all"
+        assert float(c.calls_per_step) == 8 * est.layout.micro_batches
+    assert float(_calls(est, "ep_dispatch_recompute")[0].calls_per_step) == 0
+    assert float(est.breakdown_s["ep_comm"]) > 0
+
+
+def test_no_all_to_all_without_expert_parallelism_and_tp_shrinks_the_buffer():
+    one = _est(_toy(), "h100x8", dp=8, micro_batch=1)
+    assert float(one.breakdown_s["ep_comm"]) == 0 and one.layout.size("ep") == 1  # check_layout named ep=1
+    tp2 = _est(_toy(), "h100x8", tp=2, dp=4, sp=True, micro_batch=1, axes=(("ep", 4), ("etp", 1)))
+    (c,) = _calls(tp2, "ep_dispatch_forward")
+    assert float(c.collective.size_bytes) == 2048 / 2 * 2 * 1024 * 2  # each TP rank routes its sequence shard
+
+
+def test_expert_states_are_divided_by_ep_and_the_dense_ones_are_not():
+    """Weights in bf16 (2 B/param) without ZeRO: the dense part whole on every device, the experts / ep."""
+    m = _toy()
+    experts = m.layers * m.expert_params()
+    dense = m.total_params() - experts
+    for ep in (1, 2, 8):
+        est = _est(m, "h100x8", dp=8, micro_batch=1, axes=(("ep", ep), ("etp", 1)))
+        assert float(est.memory_bytes["weights"]) == pytest.approx(2 * (dense + experts / ep))
+    # ZeRO-1 shards the optimizer state of both over all 8 ranks (12 B/param).
+    z1 = _est(m, "h100x8", dp=8, zero=1, micro_batch=1, axes=(("ep", 8), ("etp", 1)))
+    assert float(z1.memory_bytes["optimizer"]) == pytest.approx(12 * m.total_params() / 8)
+
+
+def test_expert_gradients_reduce_over_the_expert_data_parallel_group():
+    est = _est(_toy(), "h100x16", dp=16, micro_batch=1, axes=(("ep", 8), ("etp", 1)))
+    (dense,) = _calls(est, "dp_grad_allreduce")
+    (expert,) = _calls(est, "expert_dp_grad_allreduce")
+    m = est.model
+    assert int(dense.collective.group) == 16 and int(expert.collective.group) == 2
+    grad = 2  # megatron-core (NeMo) reduces gradients in the weights' bf16 (grad_dtype: param)
+    assert float(expert.collective.size_bytes) == pytest.approx(m.layers * m.expert_params() / 8 * grad)
+    assert float(dense.collective.size_bytes) == pytest.approx((m.total_params() - m.layers * m.expert_params())
+                                                               * grad)
+
+
+def test_load_imbalance_capacity_factor_spec_value_or_the_uniform_bound():
+    d = ops_mod.LocalDims(batch=1, seq=4096, seq_kv=4096, hidden=1024, heads=8, kv_heads=8, head_dim=128, ffn=2048,
+                          vocab=32000, norm_shard=1, moe=moe_mod.MoeParallel(1, 8, 1))
+    factor, how = moe_mod.imbalance(_toy(), d)
+    assert float(factor) == pytest.approx(1 + np.sqrt(2 * np.log(8) / (4096 * 2)))  # Raab-Steger, 8192 rows
+    assert "uniform-routing bound" in how
+    assert moe_mod.imbalance(_toy(capacity_factor=1.25), d) == (1.25, "capacity factor 1.25 (tokens dropped)")
+    assert moe_mod.imbalance(_toy(router_imbalance=1.1), d)[0] == 1.1
+    ep1 = ops_mod.LocalDims(**{**d.__dict__, "moe": moe_mod.MoeParallel(1, 1, 1)})
+    assert float(moe_mod.imbalance(_toy(), ep1)[0]) == 1.0
+    est = _est(_toy(capacity_factor=1.25), "h100x8", dp=8, micro_batch=1, axes=(("ep", 8), ("etp", 1)))
+    assert "capacity factor 1.25" in est.notes[0]
+
+
+def test_expected_distinct_experts():
+    assert moe_mod.distinct_experts(8, 2, 1) == pytest.approx(2)              # batch 1: its top-k
+    assert moe_mod.distinct_experts(256, 8, 1) == pytest.approx(8)
+    assert moe_mod.distinct_experts(8, 2, 2) == pytest.approx(8 * (1 - 0.75 ** 2))  # 3.5
+    grows = moe_mod.distinct_experts(256, 8, np.array([1, 4, 16, 64, 256, 4096]))
+    assert np.all(np.diff(grows) > 0) and grows[-1] == pytest.approx(256)
+
+
+def test_moe_block_flops_equal_k_experts_per_token():
+    """Forward FLOPs of the routed experts over a whole unsharded sequence: 2 * tokens * k * 3 * h * F."""
+    m = _toy()
+    d = ops_mod.LocalDims(batch=1, seq=2048, seq_kv=2048, hidden=1024, heads=8, kv_heads=8, head_dim=128,
+                          ffn=2048, vocab=32000, norm_shard=1)
+    ops = {o.name: o for o in ops_mod.layer_ops(m, d)}
+    routed = ops["expert_gate_up"].fwd_flops + ops["expert_down"].fwd_flops
+    assert float(routed) == pytest.approx(2 * 2048 * 2 * 3 * 1024 * 2048)
+    assert "mlp_gate_up" not in ops and ops["router"].fwd_flops == 2 * 2048 * 1024 * 8
+
+
+def test_dense_and_moe_layers_mix_by_their_share():
+    """Maverick: half its layers MoE; the dense MLP's ops and the MoE block's each run in half of them."""
+    m = parplan.load_model("llama4-maverick")
+    d = ops_mod.LocalDims(batch=1, seq=1024, seq_kv=1024, hidden=m.hidden, heads=m.heads, kv_heads=m.kv_heads,
+                          head_dim=m.head_dim, ffn=m.ffn_hidden, vocab=m.vocab, norm_shard=1)
+    ops = {o.name: o for o in ops_mod.layer_ops(m, d)}
+    assert ops["mlp_gate_up"].share == pytest.approx(0.5) and ops["expert_gate_up"].share == pytest.approx(0.5)
+
+
+def test_bad_expert_layouts_are_one_line_errors():
+    with pytest.raises(ParplanError, match="ep=3 does not divide the 8 routed experts"):
+        _est(_toy(), "h100x24", dp=24, global_batch=24, micro_batch=1, axes=(("ep", 3),))
+    with pytest.raises(ParplanError, match="dense model"):
+        _est(parplan.load_model("llama3.2-1b"), "h100x8", dp=8, micro_batch=1, axes=(("ep", 2),))
+    with pytest.raises(ParplanError, match="ep.etp = 16 must divide tp.cp.dp = 8"):
+        _est(_toy(), "h100x8", tp=2, dp=4, micro_batch=1, axes=(("ep", 8), ("etp", 2)))
+    with pytest.raises(ParplanError, match="runs expert tensor parallel 1 or tp=2, not etp=4"):
+        parplan.estimate(_toy(), parplan.load_cluster("h100x8"),
+                         Layout(tp=2, dp=4, global_batch=16, seq_len=2048, axes=(("ep", 2), ("etp", 4))),
+                         software=parplan_software("torchtitan"))
+
+
+def parplan_software(name):
+    from parplan.specs.framework import resolve_software
+    from parplan.specs.framework_loader import load_framework
+
+    return resolve_software(load_framework(name))
+
+
+def test_shared_expert_overlap_hides_the_all_to_all_under_the_shared_experts():
+    from dataclasses import replace
+
+    from parplan.specs.framework import resolve_software
+    from parplan.specs.framework_loader import load_framework
+
+    m = _toy(shared_experts=2)
+    fw = load_framework("megatron-core")
+    overlap = resolve_software(replace(fw, moe=replace(fw.moe, shared_expert_overlap=True)))
+    plain = _est(m, "h100x16", dp=16, micro_batch=1, axes=(("ep", 8), ("etp", 1)))
+    hidden = parplan.estimate(m, parplan.load_cluster("h100x16"),
+                              Layout(dp=16, micro_batch=1, global_batch=16, seq_len=2048, axes=(("ep", 8), ("etp", 1))),
+                              software=overlap)
+    link = sum(float(c.link_s) for c in hidden.collectives if c.collective.axis == "ep")
+    assert float(plain.breakdown_s["ep_comm"]) == pytest.approx(link)
+    # The forward's dispatch and the backward's combine each hide under that pass's shared-expert GEMMs.
+    shared_f = sum(float(t[0]) for o, t in zip(hidden.ops, hidden.op_times) if o.name.startswith("shared_"))
+    shared_b = sum(float(t[1]) for o, t in zip(hidden.ops, hidden.op_times) if o.name.startswith("shared_"))
+    per_call = float(_calls(hidden, "ep_dispatch_forward")[0].time_s)
+    per_layer = 2 * per_call + max(0.0, per_call - shared_f) + max(0.0, per_call - shared_b)
+    calls = m.layers * hidden.layout.micro_batches
+    assert float(hidden.breakdown_s["ep_comm"]) == pytest.approx(per_layer * calls)
+    assert float(hidden.breakdown_s["ep_comm"]) < float(plain.breakdown_s["ep_comm"])
+
+
+def test_serving_reads_more_experts_as_the_batch_grows_and_mla_caches_the_latent():
+    mix = parplan.load_model("mixtral-8x7b")
+    cl = parplan.load_cluster("h100x8")
+
+    def gemm_s(b):
+        est = estimate_inference(mix, cl, ServeLayout(tp=8, batch=b, input_len=512, output_len=64))
+        return sum(float(t) for o, t in est.decode_ops if o.name.startswith("expert_"))
+    assert gemm_s(1) < gemm_s(2) < gemm_s(8)
+    v3 = parplan.load_model("deepseek-v3")
+    est = estimate_inference(v3, parplan.load_cluster("h200x16"),
+                             ServeLayout(tp=8, pp=2, batch=4, input_len=1000, output_len=24, dtype="fp8"))
+    # ceil(61/2) = 31 layers of (512 + 64) bf16 elements per token, whole on every TP rank.
+    assert float(est.kv_cache_bytes) == pytest.approx(4 * 1024 * 31 * 576 * 2)
+
+
+# Step times, memory and MFU of dense layouts, and serving TTFT, TPOT and memory: the training values as
+# the code printed them when mixture-of-experts support landed (after that release's overlap-contention,
+# ring-merge and optimizer-rate changes to dense steps), serving as before it (commit 34e36ce). Expert
+# support must not move dense predictions; a deliberate change to the dense model updates these.
+DENSE_BEFORE = [
+    ("llama3.1-8b", "h100x8", dict(tp=2, dp=4, micro_batch=1, global_batch=64, zero=1, sp=True, recompute="selective"),
+     (6.48588077849545, 49528322048.0, 0.5914445302755034)),
+    ("llama3.1-70b", "h100x64", dict(tp=8, pp=4, dp=2, vpp=5, schedule="interleaved", micro_batch=1, global_batch=128,
+                                     zero=1, sp=True), (16.24402083318789, 49375242240.0, 0.4907857805130973)),
+    ("gpt3-13b", "a100x64", dict(tp=2, dp=32, micro_batch=2, global_batch=512, zero=3, recompute="full"),
+     (9.150203466719121, 6634662911.0, 0.47388381064552704)),
+    ("llama3.1-8b", "h100x16", dict(tp=1, cp=2, dp=8, micro_batch=1, global_batch=64, cp_mode="ring", dtype="fp8"),
+     (2.3088380813365137, 162477449216.0, 0.41534364129360113)),
+    ("mistral-7b", "a100x16", dict(tp=4, pp=2, dp=2, micro_batch=2, global_batch=64),
+     (10.030545722427803, 46431485952.0, 0.5816121353519667)),
+]
+
+
+@pytest.mark.parametrize("model,cluster,layout,before", DENSE_BEFORE)
+def test_dense_training_predictions_are_unchanged(model, cluster, layout, before):
+    e = parplan.estimate(parplan.load_model(model), parplan.load_cluster(cluster), Layout(**layout))
+    assert (float(e.step_time_s), float(e.memory_bytes["total"]), float(e.mfu)) == before
+    assert not e.notes and float(e.breakdown_s["ep_comm"]) == 0.0
+
+
+@pytest.mark.parametrize("model,cluster,layout,before", [
+    ("llama3.1-70b", "h100x8", dict(tp=8, batch=16, input_len=1024, output_len=256),
+     (0.05533902911899262, 0.015866525025907123, 18552324864.0)),
+    ("llama3.1-8b", "h100x8", dict(tp=2, pp=2, replicas=2, batch=64, input_len=2048, output_len=128, dtype="fp8"),
+     (0.023063403831745984, 0.005365927853714396, 6722220544.0)),
+])
+def test_dense_serving_predictions_are_unchanged(model, cluster, layout, before):
+    e = estimate_inference(parplan.load_model(model), parplan.load_cluster(cluster), ServeLayout(**layout))
+    assert (float(e.ttft_s), float(e.tpot_s), float(e.memory_bytes["total"])) == before

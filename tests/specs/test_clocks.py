@@ -1,0 +1,97 @@
+"""A sustained SM clock scales a profile's peaks as peak = SMs x FLOP/clk x clock says, and bad clocks are
+one-line errors."""
+import pytest
+
+from parplan.errors import ParplanError
+from parplan.specs.clocks import at_clock, clocks_from_dict
+from parplan.specs.cluster import load_cluster
+from parplan.specs.hardware import load_hardware
+from tests.cli.test_bad_input import assert_one_line_error
+
+
+def cluster_file(tmp_path, body: str) -> str:
+    f = tmp_path / "cluster.yaml"
+    f.write_text(body)
+    return str(f)
+
+
+def test_sustained_clock_scales_every_peak(tmp_path):
+    c = load_cluster(cluster_file(tmp_path, "hardware: h100-sxm-96gb\ndevices: 16\nsustained_clock_mhz: 1500\n"))
+    hw = c.hardware
+    # tensor cores: 132 SMs x 4 x 1024 FLOP x 1.5 GHz = 811.0 TFLOP/s (989.4 x 1500/1830)
+    assert hw.peak("bf16") == pytest.approx(132 * 4 * 1024 * 1.5e9, rel=1e-4)
+    assert hw.peak("fp8") == pytest.approx(2 * 132 * 4 * 1024 * 1.5e9, rel=1e-4)
+    # CUDA cores, whose 66.9 TFLOP/s is stated at the 1980 MHz boost: 16896 x 2 x 1.5 GHz = 50.7 TFLOP/s
+    assert hw.peak("fp32") == pytest.approx(16896 * 2 * 1.5e9, rel=1e-3)
+    base = load_hardware("h100-sxm-96gb")
+    assert hw.hbm_bandwidth == base.hbm_bandwidth and c.intra_node == base.intra_node
+    assert hw.clocks.sustained_mhz == 1500 and base.clocks.sustained_mhz is None
+    assert c.label == "16 x h100-sxm-96gb at 1500 MHz"
+    assert load_cluster("h100-sxm-96gbx16").hardware.peak("bf16") == base.peak("bf16")
+
+
+def test_clocks_compose_and_return():
+    hw = load_hardware("gh200")
+    back = at_clock(at_clock(hw, 1200), 1830)
+    assert back.peak_flops["bf16"] == pytest.approx(hw.peak_flops["bf16"])
+    assert back.peak_flops["fp32"] == pytest.approx(hw.peak_flops["fp32"] * 1830 / 1980)
+
+
+def test_a_compute_bound_gemm_runs_at_the_clock_and_a_copy_does_not():
+    from parplan.cost.roofline import matmul_time_s, memory_time_s
+
+    hw = load_hardware("h100-sxm-96gb")
+    slow = at_clock(hw, 915)  # half the 1830 MHz peak clock
+    o = hw.kernel_overhead_s
+    gemm = (matmul_time_s(hw, 8192, 8192, 8192) - o, matmul_time_s(slow, 8192, 8192, 8192) - o)
+    assert gemm[1] == pytest.approx(2 * gemm[0], rel=1e-9)
+    assert memory_time_s(slow, 1e9) == memory_time_s(hw, 1e9)
+
+
+def test_half_clock_doubles_a_compute_bound_step(tmp_path):
+    """Only the compute scales with the clock: the step's compute term doubles, its HBM-bound parts do not."""
+    from parplan.layouts.layout import Layout
+    from parplan.specs.model_loader import load_model
+    from parplan.step.train import estimate
+
+    model = load_model("llama3-8b")
+    layout = Layout(tp=1, pp=1, dp=8, micro_batch=1, global_batch=8, zero=3)
+    full = estimate(model, load_cluster("h100-sxm-96gbx8"), layout)
+    half = estimate(model, load_cluster(cluster_file(tmp_path, "hardware: h100-sxm-96gb\ndevices: 8\n"
+                                                               "sustained_clock_mhz: 915\n")), layout)
+    ratio = half.breakdown_s["compute"] / full.breakdown_s["compute"]
+    assert 1.5 < ratio <= 2.0 + 1e-9
+    assert half.step_time_s > full.step_time_s
+
+
+@pytest.mark.parametrize("value, match", [(-1500, "must be positive"), (0, "must be positive"),
+                                          ("fast", "must be a number"),
+                                          (2000, "above the 1980 MHz boost clock of h100-sxm-96gb")])
+def test_bad_clock_is_a_one_line_error(tmp_path, value, match):
+    path = cluster_file(tmp_path, f"hardware: h100-sxm-96gb\ndevices: 8\nsustained_clock_mhz: {value}\n")
+    with pytest.raises(ParplanError, match=match):
+        load_cluster(path)
+
+
+def test_bad_clock_through_the_cli(tmp_path, run_cli):
+    path = cluster_file(tmp_path, "hardware: h100-sxm-96gb\ndevices: 8\nsustained_clock_mhz: 2500\n")
+    assert_one_line_error(run_cli("estimate", "--model", "llama3-8b", "--hw", path), match="boost clock")
+    path = cluster_file(tmp_path, "hardware: h100-sxm-96gb\ndevices: 8\nsustained_clock: 1500\n")
+    assert_one_line_error(run_cli("estimate", "--model", "llama3-8b", "--hw", path),
+                          match="did you mean 'sustained_clock_mhz'")
+
+
+def test_a_profile_without_clocks_cannot_be_clocked(tmp_path):
+    for name in ("h20", "mi300x"):
+        with pytest.raises(ParplanError, match="lists no SM clocks"):
+            load_cluster(cluster_file(tmp_path, f"hardware: {name}\ndevices: 8\nsustained_clock_mhz: 1000\n"))
+
+
+def test_clocks_block_is_checked():
+    assert clocks_from_dict({"peak_mhz": 1830, "boost_mhz": 1980}, "p").power_limit_w is None
+    with pytest.raises(ParplanError, match="below peak_mhz"):
+        clocks_from_dict({"peak_mhz": 1830, "boost_mhz": 1500}, "p")
+    with pytest.raises(ParplanError, match="did you mean 'peak_mhz'"):
+        clocks_from_dict({"peak_mz": 1830, "boost_mhz": 1980}, "p")
+    with pytest.raises(ParplanError, match="missing field 'boost_mhz'"):
+        clocks_from_dict({"peak_mhz": 1830}, "p")
