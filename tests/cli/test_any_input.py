@@ -51,7 +51,7 @@ def answers_or_one_line_error(argv: list[str]) -> tuple[int, str]:
 
 
 SHIPPED_MODELS = ["gpt3-125m", "gpt3-350m", "llama3.2-1b", "qwen2.5-0.5b", "gpt2-large", "mistral-7b",
-                  "llama3.1-8b", "gpt3-13b", "gpt3", "llama3.1-70b"]
+                  "llama3.1-8b", "gpt3-13b", "gpt3", "llama3.1-70b", "mixtral-8x7b"]
 GPUS = ["a100", "a100-40gb", "h100", "h100-pcie", "h200", "b200", "mi300x", "v100"]
 TPUS = ["tpu-v4", "tpu-v5e"]
 FRAMEWORKS = ["megatron-core", "megatron-lm", "torchtitan", "deepspeed", "llm-foundry", "pytorch", "colossalai",
