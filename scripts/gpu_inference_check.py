@@ -22,7 +22,11 @@ parplan does not count it). Then it times, with CUDA events (median of
 
 The prediction is parplan's (``parplan.step.serve.pass_cost``) for the same
 slice on one device of the profile the GPU name selects (h200 for an H200,
-h100-pcie for an H100 PCIe, else h100-sxm; ``--profile`` overrides).
+h100-pcie for an H100 PCIe, else h100-sxm; ``--profile`` overrides), with the
+stack this script runs (``validation/stacks/gpu-inference-check.yaml``; decode
+under a CUDA graph, prefill eager) and the model without position encoding, as
+``parplan validate`` predicts the records of ``validation/serving-runs.yaml``
+made from this script's output.
 Writes ``inference_check.csv`` (one row per phase/batch), ``decode_ops.csv``,
 ``summary.md`` and ``meta.json`` under the output folder.
 """
@@ -143,12 +147,22 @@ def as_graph(fn):
         return None
 
 
+STACK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "validation", "stacks",
+                     "gpu-inference-check.yaml")
+
+
 def predicted(model, cluster, phase, seqs, tokens, context, dtype, n_layers):
     """parplan's seconds for ``n_layers`` layers on one device: total and by category, plus per-op."""
-    cost = pass_cost(model, cluster, 1, 1, phase, seqs, tokens, context, dtype)
+    from dataclasses import replace
+
+    from parplan.step.serve_software import serving_software
+
+    sw = serving_software(STACK, "gpu", cuda_graphs=phase == "decode")
+    cost = pass_cost(replace(model, position="none"), cluster, 1, 1, phase, seqs, tokens, context, dtype,
+                     software=sw)
     parts = {k: float(v) * n_layers for k, v in cost.layer.items()}
     ops = {o.name: float(t) for o, t in zip(cost.ops, cost.op_times)}
-    return sum(parts.values()), parts, ops
+    return sum(parts.values()) + float(cost.launch_s), parts, ops
 
 
 def decode_op_kernels(model, B, pos, dt, dev):

@@ -18,7 +18,7 @@ import pandas as pd
 
 sys.path.insert(0, os.getcwd())
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from multi_gpu_layers import predict_on  # noqa: E402
+from multi_gpu_predict import predict_layers  # noqa: E402
 
 from parplan.specs.model_loader import load_model  # noqa: E402
 from parplan.specs.model import with_seq_len  # noqa: E402
@@ -31,7 +31,8 @@ def repredict(paths: list[str], profiles: list[str]) -> pd.DataFrame:
         first = measured.iloc[0]
         model = with_seq_len(load_model(first.model), int(first.seq))
         for hw in profiles:
-            predicted = predict_on(hw, model, int(first.ranks), int(first.micro_batch), first["dtype"])
+            predicted = predict_layers(hw, model, int(first.ranks), int(first.micro_batch), first["dtype"],
+                                       list(measured.layout))
             for r in measured.itertuples():
                 pf, pb = predicted[r.layout]
                 rows.append(dict(case=f"{r.model} mb{r.micro_batch}", layout=r.layout,
@@ -47,7 +48,8 @@ def repredict(paths: list[str], profiles: list[str]) -> pd.DataFrame:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("csv_files", nargs="+")
-    ap.add_argument("--hw", action="append", required=True, help="profile name or YAML file; repeatable")
+    ap.add_argument("--hw", action="append", required=True,
+                    help="profile name, profile file or cluster file; repeatable")
     ap.add_argument("--csv", default=None, help="also write the rows here")
     args = ap.parse_args()
     d = repredict(args.csv_files, args.hw)

@@ -21,6 +21,7 @@ DEFAULT_OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broa
 DTYPES = ("fp32", "bf16", "fp16")
 ELEMENT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 LAYOUTS = ("contiguous", "strided")
+CONCURRENCY = ("all", "one")
 MAX_BYTES = 64 * GIB
 CPU_MAX_BYTES = 64 * 1024 * 1024  # the default largest buffer on a CPU (gloo): 1 GiB there takes over 10 minutes
 MAX_ITERS = 100_000
@@ -118,6 +119,16 @@ def parse_layouts(text: str | None) -> tuple[str, ...]:
     raise ParplanError(f"--layout must be contiguous, strided or both; got {text!r}")
 
 
+def parse_concurrency(text: str | None) -> tuple[str, ...]:
+    """Sub-groups at once: ``all`` (every group of a partition), ``one`` (the first alone) or ``both``."""
+    key = (text or "all").lower()
+    if key == "both":
+        return CONCURRENCY
+    if key in CONCURRENCY:
+        return (key,)
+    raise ParplanError(f"--concurrency must be all, one or both; got {text!r}")
+
+
 def parse_dtypes(text: str | Sequence[str] | None, what: str) -> tuple[str, ...]:
     names = _split(text)
     if not names or names == ["auto"]:
@@ -178,6 +189,7 @@ class BenchConfig:
     dtype: str = "fp32"
     groups: tuple[int, ...] = ()
     layouts: tuple[str, ...] = LAYOUTS
+    concurrency: tuple[str, ...] = ("all",)
     iters: int = 20
     warmup: int = 5
     timeout_s: float = 300.0
@@ -241,6 +253,7 @@ class BenchConfig:
             "--factor", str(self.factor), "--dtype", self.dtype,
             "--groups", ",".join("world" if g == 0 else str(g) for g in self.groups) or "auto",
             "--layout", "both" if len(self.layouts) == 2 else self.layouts[0],
+            "--concurrency", "both" if len(self.concurrency) == 2 else self.concurrency[0],
             "--iters", str(self.iters), "--warmup", str(self.warmup),
             "--timeout", repr(float(self.timeout_s)),
             "--matmul-dtypes", ",".join(self.matmul_dtypes) or "auto",
@@ -291,5 +304,5 @@ def resolve(config: BenchConfig, on_gpu: bool) -> BenchConfig:
 # --------------------------------------------------------------------------- the plan
 
 
-__all__ = ["BenchConfig", "parse_dtypes", "parse_groups", "parse_layouts", "parse_ops", "parse_shapes",
-           "parse_step_modes", "parse_suites", "resolve", "step_mode"]
+__all__ = ["BenchConfig", "parse_concurrency", "parse_dtypes", "parse_groups", "parse_layouts", "parse_ops",
+           "parse_shapes", "parse_step_modes", "parse_suites", "resolve", "step_mode"]

@@ -2,7 +2,7 @@
 shapes of the sweep, and the faults a test can inject into a rank."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Sequence
 
 from ..errors import ParplanError
@@ -14,8 +14,10 @@ from .config import ELEMENT_BYTES, THIN_M, BenchConfig
 class GroupLayout:
     """One mesh axis: the world split into ``count`` groups of ``size`` ranks ``stride`` apart.
 
-    All groups of a layout communicate at once, as the groups of one mesh axis do in training.
-    ``nodes`` is how many hosts each group spans (the most of any group).
+    All groups of a layout communicate at once, as the groups of one mesh axis do in training;
+    with ``alone`` only the first does while the other ranks wait, which shows what the groups
+    running at once cost each other. ``nodes`` is how many hosts each group spans (the most of any
+    group).
     """
 
     name: str
@@ -23,10 +25,20 @@ class GroupLayout:
     stride: int
     members: tuple[tuple[int, ...], ...]
     nodes: int = 1
+    alone: bool = False
 
     @property
     def count(self) -> int:
         return len(self.members)
+
+    @property
+    def active(self) -> int:
+        """Groups communicating at once."""
+        return 1 if self.alone else self.count
+
+    def runs(self, rank: int) -> bool:
+        """Whether ``rank`` communicates in this layout (with ``alone``, only the first group's ranks)."""
+        return not self.alone or rank in self.members[0]
 
     @property
     def group_class(self) -> str:
@@ -45,11 +57,14 @@ def _layout(name: str, members: list[tuple[int, ...]], stride: int, hosts: Seque
 
 
 def mesh_layouts(world: int, sizes: Iterable[int], layouts: Sequence[str],
-                 hosts: Sequence[str] | None = None) -> tuple[GroupLayout, ...]:
+                 hosts: Sequence[str] | None = None,
+                 concurrency: Sequence[str] = ("all",)) -> tuple[GroupLayout, ...]:
     """The world, and for each size ``g`` its contiguous (``contigG``) and strided (``stridedG``) partitions.
 
     Contiguous groups are ``[0..g-1], [g..2g-1], ...``; strided groups take every ``world/g``-th
-    rank (``[0, s, 2s, ...], [1, 1+s, ...]``), like the outer axis of a device mesh.
+    rank (``[0, s, 2s, ...], [1, 1+s, ...]``), like the outer axis of a device mesh. ``concurrency``
+    ``all`` runs every group of a partition at once; ``one`` adds ``contigG-alone`` and
+    ``stridedG-alone``, the first group by itself.
     """
     hosts = list(hosts) if hosts is not None else ["localhost"] * world
     if len(hosts) != world:
@@ -78,7 +93,10 @@ def mesh_layouts(world: int, sizes: Iterable[int], layouts: Sequence[str],
             members = [tuple(range(i, world, stride)) for i in range(stride)]
             out.append(_layout(f"strided{g}", members, stride, hosts))
             seen.add(f"strided{g}")
-    return tuple(out)
+    alone = [replace(lay, name=f"{lay.name}-alone", alone=True) for lay in out if lay.count > 1]
+    if "all" not in concurrency:
+        out = [lay for lay in out if lay.count == 1]
+    return tuple(out + (alone if "one" in concurrency else []))
 
 
 @dataclass(frozen=True)
@@ -161,7 +179,7 @@ def build_plan(config: BenchConfig, world: int, hosts: Sequence[str] | None = No
         raise ParplanError(f"world size must be positive, got {world}")
     items: list[Item] = []
     if "collectives" in config.suites:
-        for layout in mesh_layouts(world, config.groups, config.layouts, hosts):
+        for layout in mesh_layouts(world, config.groups, config.layouts, hosts, config.concurrency):
             for op in config.ops:
                 if op == "send_recv" and layout.size < 2:
                     continue

@@ -91,7 +91,8 @@ def time_step(spec: ModelSpec, seq: int, micro_batch: int, device: torch.device,
     """Median times of ``iters`` steps after ``warmup`` (which include compilation)."""
     cuda = device.type == "cuda"
     torch.manual_seed(0)
-    model = Transformer(spec, seq).to(device)
+    with torch.device(device):  # built where it runs: a host copy per rank of an 8B model is 32 GB of host memory
+        model = Transformer(spec, seq)
     if fp8:
         if not cuda:
             raise ParplanError("FP8 steps need a GPU")

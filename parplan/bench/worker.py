@@ -137,19 +137,20 @@ class Runner:
         self.groups: dict[str, object] = {}
 
     def create_groups(self, plan: tuple[Item, ...]) -> None:
-        """Every group of every layout, created by every rank in the same order."""
+        """Every group of every layout, created by every rank in the same order; a layout with the same
+        members as another (``contig4-alone``, ``contig4``) shares its groups."""
+        handles: dict[tuple[int, ...], object] = {}
         for item in plan:
             layout = item.layout
             if layout is None or layout.name in self.groups:
                 continue
             mine = None
             for members in layout.members:
-                if layout.name == "world":
-                    handle = dist.group.WORLD
-                else:
-                    handle = dist.new_group(list(members))
+                if members not in handles:
+                    handles[members] = dist.group.WORLD if len(members) == self.ctx.world \
+                        else dist.new_group(list(members))
                 if self.ctx.rank in members:
-                    mine = handle
+                    mine = handles[members]
             self.groups[layout.name] = mine
 
     def base(self, item: Item, device: torch.device) -> dict:
@@ -165,19 +166,24 @@ class Runner:
         cfg, ctx = self.config, self.ctx
         if item.kind == "collective":
             group = self.groups[item.layout.name]
-            case = collective_case(item, ctx.rank, group, ctx.comm_device, shift)
-            case.reset()
-            before = (lambda: dist.barrier(group=group)) if ctx.comm_device.type == "cpu" else ctx.barrier
-            times = time_iterations(case.run, cfg.iters, cfg.warmup, ctx.comm_device, before)
-            case.reset()
-            case.run()
-            synchronize(ctx.comm_device)
-            times, wrong = ctx.reduce_times(times, case.check())
+            if item.layout.runs(ctx.rank):
+                case = collective_case(item, ctx.rank, group, ctx.comm_device, shift)
+                case.reset()
+                before = (lambda: dist.barrier(group=group)) if ctx.comm_device.type == "cpu" else ctx.barrier
+                times = time_iterations(case.run, cfg.iters, cfg.warmup, ctx.comm_device, before)
+                case.reset()
+                case.run()
+                synchronize(ctx.comm_device)
+                times, wrong = ctx.reduce_times(times, case.check())
+            else:  # a rank outside the one group that runs alone: it joins only the world's barrier
+                if ctx.comm_device.type != "cpu":
+                    ctx.barrier()
+                times, wrong = ctx.reduce_times([0.0] * cfg.iters, 0)
             timing = timing_fields(times)
             layout = item.layout
             return [Row(**self.base(item, ctx.comm_device), size_bytes=item.size_bytes, count=item.count,
                         group=layout.name, group_size=layout.size, group_stride=layout.stride,
-                        group_count=layout.count, group_nodes=layout.nodes, group_class=layout.group_class,
+                        group_count=layout.active, group_nodes=layout.nodes, group_class=layout.group_class,
                         **timing, algbw_bytes_per_s=algbw(item.size_bytes, timing["time_s"]),
                         busbw_bytes_per_s=busbw(item.op, layout.size, item.size_bytes, timing["time_s"]),
                         wrong=wrong, correct=wrong == 0)]
@@ -309,6 +315,7 @@ def run_worker(config: BenchConfig) -> int:
                         local_world_size=ctx.local_world, backend=ctx.backend, device=ctx.device.type,
                         device_name=ctx.device_name, torch=torch.__version__, cuda=torch.version.cuda,
                         allow_tf32=bool(torch.backends.cuda.matmul.allow_tf32),
+                        nccl_env={k: v for k, v in sorted(os.environ.items()) if k.startswith("NCCL_")},
                         started=_dt.datetime.now().astimezone().isoformat(timespec="seconds"),
                         config=asdict(replace(config, out_dir=str(out_dir))), items=len(plan))
             write_meta(out_dir, meta)

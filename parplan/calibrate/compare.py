@@ -131,8 +131,9 @@ def predict_layer(row: Row, hw) -> tuple[float | None, str]:
 STEP_FRAMEWORK = "torchtitan"
 
 
-def step_setup(row: Row, hw, framework: str = STEP_FRAMEWORK):
-    """(model, cluster, layout, software) a planner user passes for one whole-step row."""
+def step_setup(row: Row, hw, framework: str = STEP_FRAMEWORK, links: Cluster | None = None):
+    """(model, cluster, layout, software) a planner user passes for one whole-step row; ``links``, a
+    cluster whose scale-up and network links (a cluster file's) the row's cluster keeps."""
     from ..layouts.layout import Layout
     from ..specs.framework import resolve_software
     from ..specs.framework_loader import load_framework
@@ -146,7 +147,9 @@ def step_setup(row: Row, hw, framework: str = STEP_FRAMEWORK):
     compiled, recipe = step_mode(row.op)
     model = load_model(row.model)
     world = max(1, row.world_size)
-    cluster = make_cluster(hw, world, devices_per_node=max(1, min(world, row.local_world_size or world)))
+    cluster = make_cluster(hw, world, devices_per_node=max(1, min(world, row.local_world_size or world)),
+                           intra_node=links.intra_node if links else None,
+                           inter_node=links.inter_node if links else None)
     dtype = "fp8" if recipe else ("bf16" if row.dtype in ("bf16", "fp16") else "fp32")
     layout = Layout(dp=world, micro_batch=batch, global_batch=batch * micro_batches * world, seq_len=seq,
                     zero=3 if world > 1 else 0, dtype=dtype)
@@ -159,12 +162,13 @@ def step_setup(row: Row, hw, framework: str = STEP_FRAMEWORK):
     return model, cluster, layout, software
 
 
-def predict_step(row: Row, hw, framework: str = STEP_FRAMEWORK) -> tuple[float | None, int | None, str]:
+def predict_step(row: Row, hw, framework: str = STEP_FRAMEWORK,
+                 links: Cluster | None = None) -> tuple[float | None, int | None, str]:
     """A whole step's predicted seconds and peak bytes per device, or ``None`` and the reason."""
     from ..step.train import estimate
 
     try:
-        model, cluster, layout, software = step_setup(row, hw, framework)
+        model, cluster, layout, software = step_setup(row, hw, framework, links)
         est = estimate(model, cluster, layout, software=software)
     except ParplanError as exc:
         return None, None, str(exc)
@@ -186,7 +190,7 @@ def compare(rows: Sequence[Row], hw_spec: str, framework: str = STEP_FRAMEWORK) 
     for row in rows:
         memory = {}
         if row.kind == "step":
-            predicted, mem, note = predict_step(row, base.hardware, framework)
+            predicted, mem, note = predict_step(row, base.hardware, framework, base)
             if mem is not None and row.peak_memory_bytes > 0:
                 memory = dict(measured_memory_bytes=row.peak_memory_bytes, predicted_memory_bytes=mem,
                               memory_error_pct=100.0 * (mem - row.peak_memory_bytes) / row.peak_memory_bytes)

@@ -142,14 +142,48 @@ def render(data: Mapping[str, Any], header: str) -> str:
     return "".join(f"# {line}\n" for line in header.splitlines()) + body
 
 
-def calibrated_profile(rows: Sequence[Row], name: str, base_name: str | None = None,
-                       load_as: str = "") -> tuple[Calibration, str, Hardware]:
-    """Calibrate ``rows`` against a base profile: the calibration, the profile YAML text named ``name``,
-    and that profile as ``--hw`` will load it (checked before anyone writes it)."""
-    base = load_hardware(base_name or guess_base(rows))
+def _is_cluster_file(spec: str | None) -> bool:
+    """Whether ``--hw`` names a cluster file (a ``hardware:`` key) rather than a profile."""
+    if not spec or not spec.endswith((".yaml", ".yml")) or not Path(spec).is_file():
+        return False
+    data = read_yaml(Path(spec))
+    return isinstance(data, Mapping) and "hardware" in data and "peak_flops" not in data
+
+
+LINK_FIELDS = ("name", "bandwidth", "latency_s", "efficiency", "in_switch_reduction")
+
+
+def base_profile(base_name: str | None, rows: Sequence[Row]) -> tuple[Hardware, dict[str, Any]]:
+    """The profile to start from and its YAML data. A cluster file's links replace the profile's, so a
+    machine measured as the file describes it (``in_switch_reduction: false``: NVLink SHARP off, as
+    ``NCCL_NVLS_ENABLE=0`` runs it) stays so in the calibrated profile."""
+    from ..specs.cluster import load_cluster
+
+    cluster = load_cluster(base_name) if _is_cluster_file(base_name) else None
+    base = cluster.hardware if cluster else load_hardware(base_name or guess_base(rows))
     if not base.path:
         raise ParplanError(f"base profile {base.name} has no file to start from")
-    base_raw = read_yaml(Path(base.path))
+    data = copy.deepcopy(dict(read_yaml(Path(base.path))))
+    if cluster is not None:
+        sources = dict(data.get("sources") or {})
+        for side in ("intra_node", "inter_node"):
+            link, given = getattr(cluster, side), getattr(base, side)
+            changed = {f: getattr(link, f) for f in LINK_FIELDS if getattr(link, f) != getattr(given, f)}
+            if changed:
+                data[side] = dict(data[side], **changed)
+                for f in changed:
+                    sources[f"{side}.{f}"] = f"cluster file {base_name}"
+        data["sources"] = sources
+        base = replace(base, intra_node=cluster.intra_node, inter_node=cluster.inter_node)
+    return base, data
+
+
+def calibrated_profile(rows: Sequence[Row], name: str, base_name: str | None = None,
+                       load_as: str = "") -> tuple[Calibration, str, Hardware]:
+    """Calibrate ``rows`` against a base profile (or the profile and links of a cluster file): the
+    calibration, the profile YAML text named ``name``, and that profile as ``--hw`` will load it
+    (checked before anyone writes it)."""
+    base, base_raw = base_profile(base_name, rows)
     cal = calibrate(rows, base)
     data = profile_dict(base_raw, base, cal, rows, name)
     if cal.matmul_efficiency is not None or cal.matmul_curve:

@@ -11,8 +11,9 @@ Columns (SI units; ``size_bytes`` is the nccl-tests buffer size):
 - a whole step: ``forward_s``, ``backward_s`` and ``optimizer_s`` (medians, summed over the step's
   micro-batches), ``peak_memory_bytes`` (``torch.cuda.max_memory_allocated``), ``params``, ``attention``
   (the fused attention kernel PyTorch's SDPA chose: flash2, cudnn, efficient or math).
-- where: ``group`` (world, contigG, stridedG), ``group_size``, ``group_stride``, ``group_count``
-  (groups running at once), ``group_nodes`` (hosts one group spans), ``group_class`` (intra | inter),
+- where: ``group`` (world, contigG, stridedG, or contigG-alone and stridedG-alone: the first group
+  by itself), ``group_size``, ``group_stride``, ``group_count`` (groups running at once),
+  ``group_nodes`` (hosts one group spans), ``group_class`` (intra | inter),
   ``world_size``, ``local_world_size`` (ranks per host), ``nodes``, ``backend``, ``device``,
   ``device_name``, ``host``.
 - how long: ``iters``, ``warmup``, ``time_s`` (median over iterations of the slowest rank),

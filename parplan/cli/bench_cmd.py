@@ -21,8 +21,8 @@ from ..calibrate.load import load_results
 from ..bench.writer import default_out_dir
 from ..views.files import write_text
 from .common import one_line_errors, run
-from ..bench.config import (BenchConfig, parse_dtypes, parse_groups, parse_layouts, parse_ops, parse_shapes,
-    parse_step_modes, parse_suites, resolve)
+from ..bench.config import (BenchConfig, parse_concurrency, parse_dtypes, parse_groups, parse_layouts, parse_ops,
+    parse_shapes, parse_step_modes, parse_suites, resolve)
 from ..bench.items import build_plan
 
 
@@ -47,6 +47,9 @@ def measure_options(fn):
                      help="Group sizes, e.g. world,2,4,8 (auto: the world and every power of two dividing it)."),
         click.option("--layout", default="both", show_default=True,
                      help="Sub-group ranks: contiguous, strided (every world/g-th rank) or both."),
+        click.option("--concurrency", default="all", show_default=True,
+                     help="Sub-groups communicating at once: all (every group of a layout, as a mesh axis), "
+                          "one (the first group alone, as GROUP-alone) or both."),
         click.option("--iters", type=int, default=20, show_default=True, help="Timed iterations per item."),
         click.option("--warmup", type=int, default=5, show_default=True, help="Untimed iterations first."),
         click.option("--timeout", type=float, default=300.0, show_default=True,
@@ -89,6 +92,7 @@ def config_from_options(opts: dict) -> BenchConfig:
         dtype=str(opts.get("dtype", "fp32")).lower(),
         groups=parse_groups(opts.get("groups")),
         layouts=parse_layouts(opts.get("layout")),
+        concurrency=parse_concurrency(opts.get("concurrency")),
         iters=opts.get("iters", 20),
         warmup=opts.get("warmup", 5),
         timeout_s=float(opts.get("timeout", 300.0)),
@@ -161,7 +165,8 @@ def bench(nproc: int, **opts) -> None:
 @click.argument("results", nargs=-1, required=True)
 @click.option("-o", "--output", required=True, help="Profile YAML to write (e.g. my-cluster.yaml).")
 @click.option("--hw", "base", default=None,
-              help="Base profile whose other fields the new one keeps [guessed from the device name].")
+              help="Base profile whose other fields the new one keeps, or a cluster file whose links it "
+                   "keeps too (in_switch_reduction: false) [guessed from the device name].")
 @user_errors
 def calibrate(results: tuple[str, ...], output: str, base: str | None) -> None:
     """Fit a hardware profile to bench results or nccl-tests logs.

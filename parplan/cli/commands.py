@@ -18,6 +18,11 @@ from .software_opts import pop_software, software_from, software_options
 from ..errors import ParplanError
 from .serve_cmd import inference_options
 from .launch_opts import emit_framework, with_launch_config
+from .layout_build import build_layout
+
+
+ICI_HELP = ("TPU: lay the mesh axes over the slice's torus axes (x, y, z) and the slices (dcn), e.g. "
+            "'tp=z,dp=x+y+dcn' or 'tp=z:4,dp=x+y+z:4' (default: the fastest).")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -58,6 +63,7 @@ def layout_options(fn):
         click.option("--vpp", type=int, default=1, show_default=True, help="Virtual pipeline stages per rank."),
         click.option("--schedule", type=click.Choice(SCHEDULES), default="1f1b",
                      show_default=True),
+        click.option("--ici", default=None, help=ICI_HELP),
         click.option("--headroom", type=click.FloatRange(0, 0.9), default=0.10, show_default=True,
                      help="Fraction of HBM kept free."),
         *budget_options(),
@@ -75,50 +81,6 @@ def budget_options() -> list:
                      help="Price of one device for an hour (or price_per_device_hour in a cluster file): "
                           "prints the cost."),
     ]
-
-
-def build_layout(cluster, model, *, mesh, tp, pp, dp, cp, micro_batch, global_batch, seq, recompute, dtype,
-                 zero, shard_group, sp, tp_mode, cp_mode, vpp, schedule, ep=None, etp=None):
-    from ..layouts.layout import DEFAULT_ORDER, Layout, mesh_order, parse_mesh
-    from ..plan.candidates import default_global_batch
-
-    order = DEFAULT_ORDER
-    given = {"tp": tp, "pp": pp, "dp": dp, "cp": cp, "ep": ep, "etp": etp}
-    extra = {}
-    if mesh:
-        sizes = parse_mesh(mesh)
-        for axis, size in sizes.items():
-            if given.get(axis) is not None and given[axis] != size:
-                raise ParplanError(f"--{axis} {given[axis]} contradicts --mesh {axis}={size}")
-            if axis in given:
-                given[axis] = size
-            else:
-                extra[axis] = size
-        order = mesh_order(sizes)
-    for axis in ("ep", "etp"):
-        if given[axis] is not None:
-            if given[axis] < 1:
-                raise ParplanError(f"--{axis} must be a positive whole number, got {given[axis]}")
-            extra[axis] = given[axis]
-    for axis in ("tp", "pp", "cp"):
-        given[axis] = 1 if given[axis] is None else given[axis]
-        if given[axis] < 1:
-            raise ParplanError(f"--{axis} must be a positive whole number, got {given[axis]}")
-    if given["dp"] is None:
-        inner = given["tp"] * given["pp"] * given["cp"]
-        if cluster.devices % inner:
-            raise ParplanError(f"tp*pp*cp = {inner} does not divide the {cluster.devices} devices of {cluster.label}")
-        given["dp"] = cluster.devices // inner
-    for name, v in (("micro-batch", micro_batch), ("global-batch", global_batch), ("seq", seq), ("vpp", vpp),
-                    ("shard-group", shard_group), ("dp", given["dp"])):
-        if v is not None and v < 1:
-            raise ParplanError(f"--{name} must be a positive whole number, got {v}")
-    if global_batch is None:  # the plan's default, in whole rounds of micro-batches
-        global_batch = default_global_batch(model, cluster, seq or model.seq_len, micro_batch * given["dp"])
-    return Layout(tp=given["tp"], pp=given["pp"], dp=given["dp"], cp=given["cp"], micro_batch=micro_batch,
-                  global_batch=global_batch, seq_len=seq, recompute=recompute, dtype=dtype, zero=zero,
-                  shard_group=shard_group, sp=sp, tp_mode=tp_mode, cp_mode=cp_mode, vpp=vpp,
-                  schedule=schedule, order=tuple(order), axes=tuple(extra.items()))
 
 
 def _estimate_from_options(model_name, hw, headroom, **kw):
@@ -229,6 +191,7 @@ def _estimate_or_explain(model_name, hw, headroom, fmt, mode, inference, kw, exp
 @click.option("--tp-mode", type=click.Choice(TP_MODES), default=None, help="Fix the tensor-parallel scheme.")
 @click.option("--cp-mode", type=click.Choice(CP_MODES), default=None, help="Fix the context-parallel scheme.")
 @click.option("--shard-group", type=int, default=None, help="Fix HSDP: ZeRO shards within groups of this many.")
+@click.option("--ici", default=None, help=ICI_HELP)
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
 @click.option("--emit", "emit_target", type=click.Choice(EMIT_TARGETS), default=None,
               help="Print the launch config of the best plan for this framework (implies its --framework); "
@@ -353,26 +316,33 @@ def _looks_like_profile(path: str) -> bool:
 @cli.command()
 @click.argument("files", nargs=-1)
 @click.option("--framework", default=None,
-              help="Framework for the runs whose record names none (default: megatron-core on GPUs, jax on TPUs).")
+              help="Framework for the runs whose record names none (default: megatron-core on GPUs, jax on TPUs; "
+                   "a serving stack applies to the serving records).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @one_line_errors
 def validate(files, framework, fmt):
-    """Predict every published run in FILES (default: the shipped sets) as 'plan' would, and report the error."""
-    from ..validate.published import format_validation, load_runs, validate_runs
+    """Predict every published run in FILES (default: the shipped sets) as 'plan' would, and every serving
+    record as 'estimate --mode inference' would, and report the error."""
+    from ..validate.published import format_validation, validate_runs
+    from ..validate.serving import format_serving_validation, framework_split, split_runs, validate_serving
     from ..views.progress import progress
 
-    runs = [r for f in files for r in (dict(x, _file=f.rsplit("/", 1)[-1]) for x in load_runs(f))] if files \
-        else load_runs(None)
-    with progress("validate", len(runs), unit="run") as bar:
-        results = validate_runs(runs, framework=framework, progress=bar)
+    runs, serving = split_runs(files)
+    train_fw, serve_fw = framework_split(framework)
+    with progress("validate", len(runs) + len(serving), unit="run") as bar:
+        results = validate_runs(runs, framework=train_fw, progress=bar) if runs else None
+        served = validate_serving(serving, serve_fw, lambda i, n: bar(len(runs) + i, len(runs) + n)) \
+            if serving else None
     if fmt == "json":
-        click.echo(json.dumps(results, indent=2))
+        click.echo(json.dumps((results or {}) | ({"serving": served} if served else {}), indent=2))
     else:
-        click.echo(format_validation(results))
-    if results["skipped"]:
-        raise ParplanError(f"{len(results['skipped'])} runs could not be predicted: "
-                           + "; ".join(f"{r['id']}: {r['skipped']}" for r in results["skipped"][:3])
-                           + (" ..." if len(results["skipped"]) > 3 else ""))
+        click.echo("\n\n".join(t for t in (results and format_validation(results),
+                                             served and "serving:\n" + format_serving_validation(served)) if t))
+    skipped = (results or {}).get("skipped", []) + (served or {}).get("skipped", [])
+    if skipped:
+        raise ParplanError(f"{len(skipped)} runs could not be predicted: "
+                           + "; ".join(f"{r['id']}: {r['skipped']}" for r in skipped[:3])
+                           + (" ..." if len(skipped) > 3 else ""))
 
 
 def _register_optional_commands() -> None:

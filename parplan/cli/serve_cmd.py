@@ -17,6 +17,8 @@ from ..cost.memory import DEFAULT_HEADROOM
 from ..step.serve_layout import KV_DTYPES, ServeLayout
 from ..step.serve import estimate_inference
 from ..step.serve_sweeps import decode_breakdown
+from ..step.serve_software import serving_software
+from ..specs.serving_stack import DEFAULT_SERVING
 from ..views.serve_text import format_inference, inference_dict, op_rows
 from ..views.serve_text import format_plans, plan_dicts
 from ..views.serve_plots import pareto_plot
@@ -27,17 +29,19 @@ PLAN_CSV_COLUMNS = ("tp", "pp", "replicas", "batch", "ttft_s", "tpot_s", "itl_s"
 
 
 INFERENCE_DEFAULTS = {"input_len": None, "output_len": None, "batch": None, "replicas": None, "kv_dtype": None,
-                      "ttft_ms": None, "tpot_ms": None, "plot_path": None}
+                      "ttft_ms": None, "tpot_ms": None, "plot_path": None, "cuda_graphs": None}
 # Training-only options of ``estimate``/``explain`` (parplan.cli.layout_options) and ``plan``, at their defaults.
+# ``--framework`` and ``--fused-kernels`` apply to both modes (a serving stack's element-wise kernels).
 ESTIMATE_TRAINING_DEFAULTS = {"mesh": None, "cp": None, "micro_batch": 1, "global_batch": None, "seq": None,
                               "recompute": "none", "zero": 0, "shard_group": None, "sp": False, "tp_mode": "1d",
                               "cp_mode": "allgather", "vpp": 1, "schedule": "1f1b", "flash_attention": None, "etp": None,
-                              "fused_kernels": None, "framework": None, "compiled": None, "fp8_recipe": None}
+                              "compiled": None, "fp8_recipe": None, "ici": None}
 PLAN_TRAINING_DEFAULTS = {"cp": None, "zero": None, "micro_batch": None, "recompute": None, "global_batch": None,
                           "seq": None, "objective": "throughput", "flash_attention": None,
-                          "fused_kernels": None, "framework": None, "compiled": None, "fp8_recipe": None,
+                          "compiled": None, "fp8_recipe": None,
                           "mesh": None, "sp": None, "vpp": None, "schedule": None,
-                          "tp_mode": None, "cp_mode": None, "shard_group": None, "etp": None}
+                          "tp_mode": None, "cp_mode": None, "shard_group": None, "etp": None, "ici": None}
+SERVING_HELP = f"whose default is {DEFAULT_SERVING['gpu']} on GPUs and {DEFAULT_SERVING['tpu']} on TPUs"
 
 
 def inference_options(fn=None, *, plan: bool = False):
@@ -60,6 +64,9 @@ def inference_options(fn=None, *, plan: bool = False):
                           (" (default: searched)." if plan else " (default 1).")),
         click.option("--kv-dtype", type=click.Choice(list(KV_DTYPES)), default=None,
                      help="Inference: KV-cache dtype (default: the activations', bf16 for fp8 weights)."),
+        click.option("--cuda-graphs/--no-cuda-graphs", "cuda_graphs", default=None,
+                     help="Inference: replay decode steps as CUDA graphs (default: the serving stack's, "
+                          f"{SERVING_HELP})."),
     ]
     if plan:
         opts += [
@@ -86,7 +93,8 @@ def reject_options(given: dict, defaults: dict, mode: str) -> None:
     """One line naming the first option set away from its default that does not apply in ``mode``."""
     for k, v in given.items():
         if k in defaults and v != defaults[k]:
-            raise ParplanError(f"--{k.replace('_path', '').replace('_', '-')} does not apply with --mode {mode}")
+            flag = {"compiled": "compile", "plot_path": "plot"}.get(k, k).replace("_", "-")
+            raise ParplanError(f"--{flag} does not apply with --mode {mode}")
 
 
 def dispatch_estimate(model_name, hw, headroom, fmt, mode, inference: dict, layout_kw: dict,
@@ -107,7 +115,9 @@ def dispatch_estimate(model_name, hw, headroom, fmt, mode, inference: dict, layo
     return command(model_name, hw, layout_kw.get("tp"), layout_kw.get("pp"),
                    replicas if replicas is not None else layout_kw.get("dp"), inference.get("batch"),
                    inference.get("input_len"), inference.get("output_len"), inference.get("kv_dtype"),
-                   layout_kw.get("dtype") or "bf16", fmt, headroom, ep=layout_kw.get("ep"))
+                   layout_kw.get("dtype") or "bf16", fmt, headroom, ep=layout_kw.get("ep"),
+                   framework=layout_kw.get("framework"), cuda_graphs=inference.get("cuda_graphs"),
+                   fused_kernels=layout_kw.get("fused_kernels"))
 
 
 def dispatch_plan(model_name, hw, dtype, top, headroom, fmt, mode, inference: dict, training_kw: dict,
@@ -127,7 +137,9 @@ def dispatch_plan(model_name, hw, dtype, top, headroom, fmt, mode, inference: di
                                   inference.get("batch"), inference.get("ttft_ms"), inference.get("tpot_ms"),
                                   inference.get("kv_dtype"), dtype, top, fmt, headroom,
                                   plot_path=inference.get("plot_path"), fixed=axes,
-                                  allow_cross_node_tp=allow_cross_node_tp, emit_target=emit_target)
+                                  allow_cross_node_tp=allow_cross_node_tp, emit_target=emit_target,
+                                  framework=training_kw.get("framework"), cuda_graphs=inference.get("cuda_graphs"),
+                                  fused_kernels=training_kw.get("fused_kernels"))
 
 
 def _resolve(model, cluster):
@@ -166,24 +178,29 @@ def _layout(model, cluster, tp, pp, replicas, batch, input_len, output_len, kv_d
 
 
 def estimate_inference_command(model, cluster, tp, pp, replicas, batch, input_len, output_len, kv_dtype, dtype,
-                               fmt="table", headroom=DEFAULT_HEADROOM, ep=None) -> str:
+                               fmt="table", headroom=DEFAULT_HEADROOM, ep=None, *, framework=None, cuda_graphs=None,
+                               fused_kernels=None) -> str:
     """``parplan estimate --mode inference``: TTFT, TPOT, throughput and memory of one serving layout."""
     model, cluster = _resolve(model, cluster)
+    sw = serving_software(framework, cluster.hardware.kind, cuda_graphs=cuda_graphs, fused_kernels=fused_kernels)
     est = estimate_inference(model, cluster,
                              _layout(model, cluster, tp, pp, replicas, batch, input_len, output_len, kv_dtype, dtype,
-                                     ep), headroom=headroom)
+                                     ep), headroom=headroom, software=sw)
     if fmt == "json":
         return json.dumps(inference_dict(est), indent=2)
     return format_inference(est)
 
 
 def explain_inference_command(model, cluster, tp, pp, replicas, batch, input_len, output_len, kv_dtype, dtype,
-                              fmt="table", headroom=DEFAULT_HEADROOM, batches=None, ep=None) -> str:
+                              fmt="table", headroom=DEFAULT_HEADROOM, batches=None, ep=None, *, framework=None,
+                              cuda_graphs=None, fused_kernels=None) -> str:
     """``parplan explain --mode inference``: the estimate, per-op rows of one layer, and decode time vs batch."""
     model, cluster = _resolve(model, cluster)
+    sw = serving_software(framework, cluster.hardware.kind, cuda_graphs=cuda_graphs, fused_kernels=fused_kernels)
     lay = _layout(model, cluster, tp, pp, replicas, batch, input_len, output_len, kv_dtype, dtype, ep)
-    est = estimate_inference(model, cluster, lay, headroom=headroom)
-    table = decode_breakdown(model, cluster, lay.tp, batches, lay.input_len, lay.output_len, lay.dtype, lay.kv_dtype)
+    est = estimate_inference(model, cluster, lay, headroom=headroom, software=sw)
+    table = decode_breakdown(model, cluster, lay.tp, batches, lay.input_len, lay.output_len, lay.dtype, lay.kv_dtype,
+                             sw)
     if fmt == "json":
         d = inference_dict(est)
         d["prefill_ops"] = op_rows(est, "prefill")
@@ -199,20 +216,28 @@ def explain_inference_command(model, cluster, tp, pp, replicas, batch, input_len
                          f"{r['time_s'] * 1e3:9.3f}")
         lines.append("")
     lines.append(f"decode step (pp=1, tp={lay.tp}) against batch, ms:")
-    lines.append(f"  {'batch':>6}{'GEMMs':>9}{'attention':>11}{'all-reduce':>12}{'other':>8}{'step':>8}"
+    lines.append(f"  {'batch':>6}{'GEMMs':>9}{'attention':>11}{'all-reduce':>12}{'other':>8}{'host':>8}{'step':>8}"
                  f"{'AR share':>10}")
     for _, r in table.iterrows():
-        lines.append(f"  {r['batch']:>6}{r['matmul_s'] * 1e3:9.3f}{r['attention_s'] * 1e3:11.3f}"
-                     f"{r['allreduce_s'] * 1e3:12.3f}{r['other_s'] * 1e3:8.3f}{r['step_s'] * 1e3:8.3f}"
-                     f"{100 * r['allreduce_fraction']:9.1f}%")
+        lines.append(f"  {int(r['batch']):>6}{r['matmul_s'] * 1e3:9.3f}{r['attention_s'] * 1e3:11.3f}"
+                     f"{r['allreduce_s'] * 1e3:12.3f}{(r['other_s'] + r['sampling_s']) * 1e3:8.3f}"
+                     f"{r['host_s'] * 1e3:8.3f}{r['step_s'] * 1e3:8.3f}{100 * r['allreduce_fraction']:9.1f}%")
     return "\n".join(lines)
 
 
 def plan_inference_command(model, cluster, input_len, output_len, batch, ttft_ms, tpot_ms, kv_dtype, dtype,
                            top=10, fmt="table", headroom=DEFAULT_HEADROOM, plot_path=None, fixed=None,
-                           allow_cross_node_tp=False, emit_target=None) -> str:
-    """``parplan plan --mode inference``: the best serving layouts under the latency targets, and the Pareto front."""
+                           allow_cross_node_tp=False, emit_target=None, *, framework=None, cuda_graphs=None,
+                           fused_kernels=None) -> str:
+    """``parplan plan --mode inference``: the best serving layouts under the latency targets, and the Pareto front.
+
+    ``--emit vllm|sglang`` implies that framework (a different ``--framework`` is refused)."""
+    from ..plan.emitters import serving
+
     model, cluster = _resolve(model, cluster)
+    if emit_target is not None:
+        framework = serving.framework_for(emit_target, framework)
+    sw = serving_software(framework, cluster.hardware.kind, cuda_graphs=cuda_graphs, fused_kernels=fused_kernels)
     _lengths(input_len, output_len)
     _positive("batch", batch)
     _positive("top", top)
@@ -226,7 +251,7 @@ def plan_inference_command(model, cluster, input_len, output_len, batch, ttft_ms
         _positive(k, v)
     df, ranked = plans(model, cluster, input_len=input_len, output_len=output_len, batch=batch, ttft_ms=ttft_ms,
                        tpot_ms=tpot_ms, dtype=dtype, kv_dtype=kv_dtype, headroom=headroom, fixed=fixed,
-                       allow_cross_node_tp=allow_cross_node_tp)
+                       allow_cross_node_tp=allow_cross_node_tp, software=sw)
     if emit_target is not None:
         return _serving_flags(emit_target, model, ranked.iloc[0], input_len, output_len, dtype, kv_dtype)
     note = ""
@@ -234,7 +259,8 @@ def plan_inference_command(model, cluster, input_len, output_len, batch, ttft_ms
         note = f"\nPareto plot saved to {pareto_plot(df, plot_path)}"
     if fmt == "json":
         return json.dumps(plan_dicts(model, cluster, ranked, input_len=input_len, output_len=output_len,
-                                     dtype=dtype, kv_dtype=kv_dtype, headroom=headroom, top=top), indent=2)
+                                     dtype=dtype, kv_dtype=kv_dtype, headroom=headroom, top=top, software=sw),
+                          indent=2)
     if fmt == "csv":
         lines = [",".join(PLAN_CSV_COLUMNS + ("memory_total_bytes",))]
         for _, r in ranked.head(top).iterrows():

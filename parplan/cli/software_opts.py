@@ -4,7 +4,8 @@ from __future__ import annotations
 import click
 
 from ..specs.framework import DEFAULT_FRAMEWORK, FP8_RECIPES, Software, resolve_software
-from ..specs.framework_loader import framework_names, load_framework
+from ..specs.framework_loader import framework_names, load_framework, serving_names
+from ..specs.serving_stack import DEFAULT_SERVING
 
 SOFTWARE_DEFAULTS = {"framework": None, "compiled": None, "fp8_recipe": None, "flash_attention": None,
                      "fused_kernels": None}
@@ -15,7 +16,9 @@ def software_options(fn):
     opts = [
         click.option("--framework", default=None,
                      help=f"Software that runs it: {', '.join(framework_names())}, or a framework YAML "
-                          f"(default: {DEFAULT_FRAMEWORK['gpu']} on GPUs, {DEFAULT_FRAMEWORK['tpu']} on TPUs)."),
+                          f"(default: {DEFAULT_FRAMEWORK['gpu']} on GPUs, {DEFAULT_FRAMEWORK['tpu']} on TPUs); with "
+                          f"--mode inference the serving stack: {', '.join(serving_names())} (default: "
+                          f"{DEFAULT_SERVING['gpu']} on GPUs, {DEFAULT_SERVING['tpu']} on TPUs)."),
         click.option("--compile/--no-compile", "compiled", default=None,
                      help="torch.compile (frameworks that offer it; default: the framework's)."),
         click.option("--fp8-recipe", type=click.Choice(FP8_RECIPES), default=None,
@@ -23,7 +26,8 @@ def software_options(fn):
         click.option("--flash-attention/--no-flash-attention", default=None,
                      help="Fused attention on or off (default: the framework's)."),
         click.option("--fused-kernels/--no-fused-kernels", default=None,
-                     help="Every element-wise op fused, or every one eager (default: as the framework runs them)."),
+                     help="Every element-wise op fused, or every one eager (default: as the framework runs them; "
+                          "training and inference)."),
     ]
     for opt in reversed(opts):
         fn = opt(fn)

@@ -17,6 +17,9 @@ communicate at once: each group owns ``local`` of the node's NICs.
 Latency follows NCCL's tuner model (``src/graph/tuning.cc``): a base latency plus
 a per-step latency for each ring step, intra- or inter-node; the double binary
 tree replaces the ``2(N-1)`` inter-node ring steps of an all-reduce by ``2 log2 N``.
+
+These are GPU (and other node-based) clusters; a TPU slice prices a collective by the torus axes
+its group lies on, in :mod:`parplan.cost.torus`.
 """
 from __future__ import annotations
 
@@ -64,7 +67,7 @@ def place(size, stride, cluster: Cluster) -> Placement:
     size, stride = np.asarray(size), np.asarray(stride)
     if np.any(size < 1) or np.any(stride < 1):
         raise ParplanError("group size and stride must be positive")
-    domain = cluster.fast_domain if cluster.hardware.torus is not None else cluster.scale_up_domain
+    domain = cluster.scale_up_domain if cluster.hardware.torus is None else cluster.devices_per_node
     local = np.where(stride >= domain, 1, np.maximum(1, np.minimum(size, domain // np.maximum(stride, 1))))
     local = np.gcd(local, size)
     return Placement(size=size, local=local, nodes=size // local)
@@ -73,15 +76,8 @@ def place(size, stride, cluster: Cluster) -> Placement:
 def bus_bandwidth(placement: Placement, cluster: Cluster):
     """Sustained bus bandwidth (bytes/s per rank) of a ring over this placement."""
     intra = cluster.intra_node.effective_bandwidth
-    hw = cluster.hardware
     size = np.asarray(placement.size, float)
-    if hw.torus is not None:
-        # Along torus axes: each further axis the group spans adds a ring (scaling book, "Sharding").
-        side = max(2, round(hw.torus.pod_devices ** (1.0 / hw.torus.dims)))
-        axes = np.clip(np.ceil(np.log(np.maximum(size, 2)) / np.log(side) - 1e-9), 1, hw.torus.dims)
-        within = intra * axes
-    else:
-        within = intra + 0 * size
+    within = intra + 0 * size
     cross = np.asarray(placement.local) * cluster.inter_node.effective_bandwidth
     return np.where(placement.spans_nodes, np.minimum(within, cross), within)
 
@@ -126,6 +122,9 @@ def collective_time_s(op: str, size_bytes, placement: Placement, cluster: Cluste
     size_bytes = np.asarray(size_bytes, float)
     if np.any(size_bytes < 0):
         raise ParplanError("collective size must be non-negative")
+    if cluster.is_torus:
+        raise ParplanError(f"{cluster.hardware.name} is a TPU torus: its collectives are priced by the torus axes "
+                           f"each group lies on (parplan.cost.torus), not by nodes")
     n = np.asarray(placement.size)
     factor = _bus_factor_array(op, n)
     alpha = latency_s(op, placement, cluster)
@@ -141,7 +140,7 @@ def collective_time_s(op: str, size_bytes, placement: Placement, cluster: Cluste
         t = alpha + np.where(spans, np.maximum(off_node, on_node), size_bytes * factor / bus_bandwidth(placement, cluster))
     else:
         t = alpha + size_bytes * factor / bus_bandwidth(placement, cluster)
-        if (op == "all_reduce" and cluster.intra_node.in_switch_reduction and cluster.hardware.torus is None):
+        if op == "all_reduce" and cluster.intra_node.in_switch_reduction:
             nvls = alpha + size_bytes / (cluster.intra_node.bandwidth * IN_SWITCH_ALGBW_FRACTION)
             t = np.where(spans, t, np.minimum(t, nvls))
     fit = _measured_fit(op, placement, cluster)

@@ -52,11 +52,13 @@ def layer_activation_bytes(model: ModelSpec, d: LocalDims, dtype: str, flash_att
     mask = 1.0 if dropout else 0.0
     tokens = d.batch * d.seq
     outside = tokens * model.hidden / d.norm_shard
-    # Outside the TP region: both norms' inputs, the QKV and MLP inputs, two dropout masks.
+    # Outside the TP region: both norms' inputs, the QKV and MLP inputs, two dropout masks (a parallel
+    # block: one norm, whose output feeds both the QKV and the MLP projection).
     gemm_in = 1 if fp8_inputs else bpe
-    outer = outside * (2 * bpe + 2 * gemm_in + 2 * mask)
+    norms = 1 if model.parallel_layers else 2
+    outer = outside * (norms * bpe + norms * gemm_in + 2 * mask)
     if "norm" in eager and model.norm == "rmsnorm":
-        outer = outer + 2 * outside * 4
+        outer = outer + norms * outside * 4
     q_cols, kv_cols = d.heads * d.head_dim, d.kv_heads * d.head_dim
     swiglu = model.activation == "swiglu"
     qkv = tokens * (q_cols + 2 * kv_cols) * bpe          # Q, K for the scores; V for the context

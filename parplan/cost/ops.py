@@ -28,6 +28,7 @@ from ..specs.dtypes import BYTES_PER_ELEMENT
 from .elementwise import FP8_CAST_BYTES, FP8_CAST_MULTIPLIER, LOSS_TRAFFIC, WEIGHT_CAST_BYTES, traffic
 from . import mla as mla_mod, moe as moe_mod
 from ..specs.model import ModelSpec
+from .parallel_block import parallel_block
 
 MATMUL, BATCHED, FLASH, MEMORY = "matmul", "batched_matmul", "flash_attention", "memory"
 
@@ -221,6 +222,8 @@ def layer_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", flash_attenti
     ]
     if model.is_moe:
         ops = _with_moe(ops, mlp_at, model, d, rows, bpe, lin, impl["activation"], grouped_gemm)
+    if model.parallel_layers:
+        ops = parallel_block(ops)
     if fp8:
         ops.append(_fp8_casts(model, d, fp8, rows, h_in, qkv_cols, q_cols, swiglu))
     if weight_cast_shard is not None:

@@ -45,6 +45,13 @@ class Layout:
     # Sizes of plug-in axes beyond tp, cp, pp and dp, as (name, size) pairs; an axis folded over
     # others (parplan.layouts.strategies) lies over their ranks and is not in ``order``.
     axes: tuple[tuple[str, int], ...] = ()
+    # TPU: each mesh axis's factor per torus axis and across slices (parplan.layouts.torus_map);
+    # None: the estimate takes the fastest map.
+    torus_map: tuple | None = None
+
+    def sizes(self) -> dict:
+        """The mesh axes in order (innermost first) with their sizes."""
+        return {a: self.size(a) for a in self.order}
 
     def size(self, axis: str):
         """The size of any mesh axis, built-in or plug-in (1 for a plug-in axis the layout does not use)."""

@@ -21,6 +21,7 @@ from ..specs.cluster import Cluster
 from ..specs.model import ModelSpec
 from .layout import CP_MODES, RECOMPUTE, SCHEDULES, TP_MODES, Layout
 from .strategies import BUILTIN, axis as strategy_axis, is_folded
+from .torus_map import check_map, enumerate_maps, no_map_reason
 
 MAX_AXIS = 10_000_000
 _KIND = {1: ("2d", "square", 2), 2: ("3d", "cube", 3)}  # tp_mode code -> (name, word, power)
@@ -95,8 +96,8 @@ RULES: tuple[Rule, ...] = (
          lambda m, a: (a.seq % a.cp != 0) | ((a.cp > 1) & (a.seq % (2 * a.cp) != 0)),
          lambda m, a: f"cp={a.cp} needs the sequence length {a.seq} divisible by 2*cp "
                       f"(causal load balancing splits it into 2*cp chunks)"),
-    Rule("sequence parallel splits the tokens", ('sp', 'seq', 'mb', 'tp'),
-         lambda m, a: a.sp & (a.seq * a.mb % a.tp != 0),
+    Rule("sequence parallel splits the tokens", ('sp', 'seq', 'mb', 'tp', 'sp_hidden'),
+         lambda m, a: a.sp & ~a.sp_hidden & (a.seq * a.mb % a.tp != 0),
          lambda m, a: f"sequence parallel needs micro-batch*seq divisible by tp={a.tp}"),
     Rule("pp at most the layers", ('pp',),
          lambda m, a: a.pp > m.layers,
@@ -203,6 +204,10 @@ def software_rules(fw) -> tuple[Rule, ...]:
              lambda m, a: (f"{n} splits no expert by tensor parallelism (etp must be 1)"
                            if moe.expert_tensor_parallel == "one" else
                            f"{n} runs expert tensor parallel 1 or tp={a.tp}, not etp={a.etp}")),
+        Rule(f"{n} shards activations by their hidden size", ('sp', 'tp'),
+             lambda m, a: a.sp & (par.activation_shard == "hidden") & (m.hidden % a.tp != 0),
+             lambda m, a: f"{n}'s tensor parallelism shards the activations' hidden size {m.hidden}, which "
+                          f"tp={a.tp} does not divide"),
         Rule(f"{n} recompute modes", ('rc',),
              lambda m, a: ~np.isin(a.rc, codes),
              lambda m, a: f"{n} offers recompute {', '.join(fw.recompute)}, not {RECOMPUTE[int(a.rc)]}"),
@@ -210,17 +215,23 @@ def software_rules(fw) -> tuple[Rule, ...]:
 
 
 def fields(*, tp, cp, pp, dp, micro_batch, vpp, sp, tp_mode, zero, shard_group, hsdp, global_batch, seq,
-           interleaved, recompute=0, cp_ring=False, ep=1, etp=1, gpipe=False) -> SimpleNamespace:
+           interleaved, recompute=0, cp_ring=False, ep=1, etp=1, sp_hidden=False, gpipe=False) -> SimpleNamespace:
     """The candidate fields the rules read, as arrays (``tp_mode`` as codes 0/1/2 of ``TP_MODES``,
-    ``recompute`` as codes of ``RECOMPUTE``; ``ep``, ``etp``: the expert axes; a pipeline not ``interleaved`` runs
-    GPipe with ``gpipe``, else 1F1B)."""
+    ``recompute`` as codes of ``RECOMPUTE``; ``ep``, ``etp``: the expert axes; ``sp_hidden``: the
+    framework's sequence parallelism shards the hidden size, not the tokens; a pipeline not ``interleaved``
+    runs GPipe with ``gpipe``, else 1F1B)."""
     return SimpleNamespace(tp=np.asarray(tp), cp=np.asarray(cp), pp=np.asarray(pp), dp=np.asarray(dp),
                            mb=np.asarray(micro_batch), vpp=np.asarray(vpp), sp=np.asarray(sp, bool),
                            mode=np.asarray(tp_mode), zero=np.asarray(zero), shard=np.asarray(shard_group),
                            hsdp=np.asarray(hsdp, bool), batch=np.asarray(global_batch), seq=np.asarray(seq),
                            interleaved=np.asarray(interleaved, bool), rc=np.asarray(recompute),
                            cp_ring=np.asarray(cp_ring, bool), ep=np.asarray(ep), etp=np.asarray(etp),
-                           gpipe=np.asarray(gpipe, bool))
+                           sp_hidden=np.asarray(sp_hidden, bool), gpipe=np.asarray(gpipe, bool))
+
+
+def shards_hidden(framework) -> bool:
+    """Whether the framework's sequence parallelism shards the activations' hidden size (MaxText)."""
+    return framework is not None and framework.parallelism.activation_shard == "hidden"
 
 
 def violations(model: ModelSpec, a, framework=None) -> list[tuple[Rule, np.ndarray]]:
@@ -306,9 +317,14 @@ def check_layout(layout: Layout, model: ModelSpec, cluster: Cluster, framework=N
         shard_group=1 if layout.shard_group is None else layout.shard_group, hsdp=layout.shard_group is not None,
         global_batch=batch, seq=seq, interleaved=layout.schedule == "interleaved",
         recompute=RECOMPUTE.index(layout.recompute), cp_ring=layout.cp_mode == "ring", ep=layout.size("ep"),
-        etp=layout.size("etp"), gpipe=layout.schedule == "gpipe"), framework)
+        etp=layout.size("etp"), sp_hidden=shards_hidden(framework), gpipe=layout.schedule == "gpipe"), framework)
     if problem:
         raise ParplanError(problem)
+    if cluster.is_torus:  # the mesh must lie over the slices' torus axes (parplan.layouts.torus_map)
+        if layout.torus_map is not None:
+            check_map(layout.torus_map, layout.sizes(), cluster)
+        elif not enumerate_maps(layout.sizes(), cluster):
+            raise ParplanError(no_map_reason(layout.sizes(), cluster))
     return replace(layout, seq_len=seq, global_batch=batch)
 
 

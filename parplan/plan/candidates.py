@@ -23,6 +23,7 @@ from ..specs.cluster import Cluster
 from ..specs.framework import Software
 from ..specs.model import ModelSpec
 from ..step.software import default_software
+from . import torus_maps
 
 CP_SCHEMES = ("allgather", "ring")   # candidate codes 0, 1
 MICRO_BATCHES = (1, 2, 4, 8, 16, 32)
@@ -46,6 +47,17 @@ class SearchSpace:
     headroom: float = DEFAULT_HEADROOM
     schedule: str | None = None        # gpipe, or None: 1F1B, interleaved where vpp > 1
     placements: tuple | None = None    # mesh orders to try (None: data parallel or the pipeline outermost)
+
+
+TORUS_ORDER = ("tp", "cp", "dp", "pp")  # on a TPU the torus map, not the order, places the axes
+
+
+def space_order(space: SearchSpace, cluster: Cluster) -> tuple:
+    """The mesh orders the search tries: the given ones, else data parallel or the pipeline outermost on
+    GPUs; one order on a TPU, whose torus maps (tried in full) place the axes."""
+    if space.placements:
+        return tuple(space.placements)
+    return (TORUS_ORDER,) if cluster.is_torus else (("tp", "cp", "dp", "pp"), ("tp", "cp", "pp", "dp"))
 
 
 def space_software(space: SearchSpace, cluster: Cluster) -> Software:
@@ -127,6 +139,12 @@ def candidates(model: ModelSpec, cluster: Cluster, space: SearchSpace) -> dict[s
         if len(axes["tp"]) == 0:
             raise ParplanError(f"no layout of {n} devices has {', '.join(f'{k}={v}' for k, v in fixed.items())} "
                                f"with expert axes that divide its ranks")
+    if fixed.get("ici") and not cluster.is_torus:
+        raise ParplanError("--ici lays mesh axes over a TPU torus; this cluster has none")
+    if cluster.is_torus:  # each shape once per way to lay it over the slices' torus axes
+        order = space_order(space, cluster)[0]
+        axes = torus_maps.expand(axes, cluster, order, fixed.get("ici"))
+        axes = torus_maps.prune(axes, model, cluster, space, space_software(space, cluster), order, CP_SCHEMES)
 
     mbs = [fixed["micro_batch"]] if "micro_batch" in fixed else [b for b in MICRO_BATCHES if b <= space.max_micro_batch]
     vpps = [fixed["vpp"]] if "vpp" in fixed else list(VPPS)
@@ -139,8 +157,10 @@ def candidates(model: ModelSpec, cluster: Cluster, space: SearchSpace) -> dict[s
     c = {a: v[ia] for a, v in axes.items()}
     c.update(micro_batch=knob[ik, 0], recompute=knob[ik, 1], zero=knob[ik, 2], sp=knob[ik, 3].astype(bool),
              vpp=knob[ik, 4], hsdp=knob[ik, 5].astype(bool))
-    # HSDP shards over the data-parallel ranks of one node and replicates across nodes.
-    node_group = np.maximum(cluster.devices_per_node // (c["tp"] * c["cp"]), 1)
+    # HSDP shards over the data-parallel ranks of one node and replicates across nodes (a TPU slice:
+    # shards within the slice, replicates across slices over DCN, MaxText's ici_fsdp x dcn_data).
+    node_group = np.maximum(cluster.devices_per_node // (c["tp"] * c["cp"]), 1) if not cluster.is_torus \
+        else c["dp"] // c[torus_maps.dcn_column("dp")]
     if "shard_group" in fixed:  # HSDP with the given shard group only
         c = _keep(c, c["hsdp"])
         node_group = np.full(len(c["tp"]), fixed["shard_group"])
@@ -161,7 +181,8 @@ def candidates(model: ModelSpec, cluster: Cluster, space: SearchSpace) -> dict[s
                          sp=c["sp"], tp_mode=c["tp_mode"], zero=c["zero"], shard_group=c["shard_group"],
                          hsdp=c["hsdp"], global_batch=gb, seq=seq, interleaved=c["vpp"] > 1,
                          recompute=c["recompute"], cp_ring=c["cp_mode"] == CP_SCHEMES.index("ring"),
-                         ep=c.get("ep", 1), etp=c.get("etp", 1), gpipe=space.schedule == "gpipe")
+                         ep=c.get("ep", 1), etp=c.get("etp", 1), sp_hidden=rules.shards_hidden(framework),
+                         gpipe=space.schedule == "gpipe")
     ok = rules.valid(model, knobs, framework)
     if not ok.any():
         raise ParplanError(_nothing_passes(model, n, gb, fixed, knobs, framework))

@@ -134,7 +134,7 @@ def make_plan(model, cluster, *, global_batch=None, dtype="bf16", objective="thr
         raise ParplanError(f"{model.name} does not fit on {cluster.label} at any layout "
                            f"(global batch {', '.join(map(str, batches))}, {100 * headroom:.0f}% HBM headroom){more}")
     best = ranked.head(top)
-    checked = [layout_of(row, space) for _, row in ranked.head(max(top, STABILITY_REFERENCE)).iterrows()]
+    checked = [layout_of(row, space, cluster) for _, row in ranked.head(max(top, STABILITY_REFERENCE)).iterrows()]
     layouts = checked[:top]
     binding = sens = None
     if explain:

@@ -1,7 +1,8 @@
 """The plan search: evaluate every candidate (:mod:`parplan.plan.candidates`), rank what fits.
 
 Each candidate is tried in two placements of the axes on nodes (data parallel or the
-pipeline outermost). They are evaluated as numpy arrays: one call of the same estimator
+pipeline outermost); on a TPU, in every map of its axes onto the slices' torus axes
+(:mod:`parplan.plan.torus_maps`). They are evaluated as numpy arrays: one call of the same estimator
 per placement and categorical choice, not one Python object per candidate.
 """
 from __future__ import annotations
@@ -15,7 +16,8 @@ from ..step.train import estimate
 from ..layouts.strategies import breakdown_keys
 from ..specs.cluster import Cluster
 from ..layouts.layout import RECOMPUTE, TP_MODES, Layout
-from .candidates import CP_SCHEMES, SearchSpace, candidates, space_software
+from . import torus_maps
+from .candidates import CP_SCHEMES, SearchSpace, candidates, space_order, space_software
 from ..specs.model import ModelSpec
 
 PLACEMENTS = (("tp", "cp", "dp", "pp"), ("tp", "cp", "pp", "dp"))
@@ -35,7 +37,8 @@ def search(model: ModelSpec, cluster: Cluster, space: SearchSpace, progress=None
     cand = candidates(model, cluster, space)
     frames = []
     choices = sorted(set(zip(cand["tp_mode"].tolist(), cand["cp_mode"].tolist())))
-    orders = space.placements or PLACEMENTS
+    orders = space_order(space, cluster)
+    hidden = torus_maps.map_columns(orders[0], cluster) if cluster.is_torus else []
     for tp_code, cp_code in choices:
         sel = (cand["tp_mode"] == tp_code) & (cand["cp_mode"] == cp_code)
         part = {k: v[sel] for k, v in cand.items()}
@@ -44,11 +47,14 @@ def search(model: ModelSpec, cluster: Cluster, space: SearchSpace, progress=None
                             micro_batch=part["micro_batch"], global_batch=space.global_batch, seq_len=space.seq_len,
                             zero=part["zero"], sp=part["sp"], vpp=part["vpp"], recompute=part["recompute"],
                             shard_group=part["shard_group"], tp_mode=TP_MODES[tp_code], cp_mode=CP_SCHEMES[cp_code],
-                            dtype=space.dtype, order=order, schedule=space.schedule or "1f1b",
-                            axes=(("ep", part["ep"]), ("etp", part["etp"])) if "ep" in part else ())
+                            dtype=space.dtype, order=order, schedule=space.schedule or base_schedule(space, cluster),
+                            axes=(("ep", part["ep"]), ("etp", part["etp"])) if "ep" in part else (),
+                            torus_map=torus_maps.layout_map(part, order, cluster) if hidden else None)
             est = estimate(model, cluster, layout, check=False, headroom=space.headroom,
                            software=space_software(space, cluster))
-            df = pd.DataFrame({k: v for k, v in part.items()})
+            df = pd.DataFrame({k: v for k, v in part.items() if k not in hidden})
+            if hidden:
+                df["ici"] = torus_maps.texts(part, order, cluster)
             df["recompute"] = np.array(RECOMPUTE)[part["recompute"]]
             df["tp_mode"] = TP_MODES[tp_code]
             df["cp_mode"] = CP_SCHEMES[cp_code]
@@ -64,7 +70,7 @@ def search(model: ModelSpec, cluster: Cluster, space: SearchSpace, progress=None
     # Placement only matters when some axis spans nodes; keep distinct results.
     all_df = all_df.drop_duplicates(subset=["tp", "cp", "pp", "dp", "tp_mode", "cp_mode", "micro_batch", "recompute",
                                             "zero", "sp", "vpp", "shard_group", "step_time_s"]
-                                    + [k for k in EXPERT_AXES if k in all_df])
+                                    + [k for k in EXPERT_AXES if k in all_df] + (["ici"] if "ici" in all_df else []))
     return all_df, sum(len(f) for f in frames)
 
 
@@ -113,7 +119,16 @@ def why(winner, runner) -> str:
             f"{v:.3g} s less {k.replace('_', ' ')} ({', '.join(changed) or 'same knobs'})")
 
 
-def layout_of(row, space: SearchSpace) -> Layout:
+def base_schedule(space: SearchSpace, cluster: Cluster | None) -> str:
+    """The schedule of a pipeline without interleaving: 1F1B, or GPipe where the framework has no 1F1B
+    (JAX: MaxText's pipeline without circular repeats)."""
+    if cluster is None:
+        return "1f1b"
+    schedules = space_software(space, cluster).framework.pipeline.schedules
+    return "1f1b" if "1f1b" in schedules or "gpipe" not in schedules else "gpipe"
+
+
+def layout_of(row, space: SearchSpace, cluster: Cluster | None = None) -> Layout:
     return Layout(tp=int(row["tp"]), pp=int(row["pp"]), dp=int(row["dp"]), cp=int(row["cp"]),
                   micro_batch=int(row["micro_batch"]), global_batch=int(row.get("global_batch", space.global_batch)),
                   seq_len=space.seq_len,
@@ -122,8 +137,9 @@ def layout_of(row, space: SearchSpace) -> Layout:
                   shard_group=(int(row["shard_group"]) if int(row.get("shard_group", row["dp"])) != int(row["dp"])
                                else None),
                   dtype=space.dtype, order=tuple(row["order"].split(",")),
-                  schedule=space.schedule or ("interleaved" if int(row["vpp"]) > 1 else "1f1b"),
-                  axes=tuple((a, int(row[a])) for a in EXPERT_AXES if a in row and row[a] == row[a]))
+                  schedule=space.schedule or ("interleaved" if int(row["vpp"]) > 1 else base_schedule(space, cluster)),
+                  axes=tuple((a, int(row[a])) for a in EXPERT_AXES if a in row and row[a] == row[a]),
+                  torus_map=torus_maps.row_map(row, tuple(row["order"].split(",")), cluster) if cluster else None)
 
 
 def fewest_devices(model: ModelSpec, cluster: Cluster, space: SearchSpace, limit: int = 1 << 20) -> int | None:
@@ -131,10 +147,10 @@ def fewest_devices(model: ModelSpec, cluster: Cluster, space: SearchSpace, limit
     from ..specs.cluster import make_cluster
 
     def fits(n):
-        cl = make_cluster(cluster.hardware, n, devices_per_node=cluster.devices_per_node,
-                          inter_node=cluster.inter_node, intra_node=cluster.intra_node)
         sp = replace(space, global_batch=max(space.global_batch, n) // n * n)
-        try:
+        try:  # (a TPU count beyond one slice is refused here: no single slice holds it)
+            cl = make_cluster(cluster.hardware, n, devices_per_node=cluster.devices_per_node,
+                              inter_node=cluster.inter_node, intra_node=cluster.intra_node)
             df, _ = search(model, cl, sp)
         except ParplanError:
             return False

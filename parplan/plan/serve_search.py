@@ -24,6 +24,7 @@ from ..specs.cluster import Cluster
 from ..step.serve_layout import ServeLayout, check_serve_layout
 from ..step.serve import decode_bottleneck, estimate_inference
 from ..step.serve_memory import max_batch, memory_per_device
+from ..step.serve_software import serving_software
 from ..specs.model import ModelSpec
 
 COLUMNS = ("tp", "pp", "replicas", "batch", "ttft_s", "tpot_s", "itl_s", "tokens_per_s", "tokens_per_s_per_device",
@@ -111,9 +112,15 @@ def _frame(est, batches, mb, ttft_ms, tpot_ms):
 def search_inference(model: ModelSpec, cluster: Cluster, *, input_len: int, output_len: int, batch: int | None = None,
                      ttft_ms: float | None = None, tpot_ms: float | None = None, dtype: str = "bf16",
                      kv_dtype: str | None = None, headroom: float = DEFAULT_HEADROOM,
-                     allow_cross_node_tp: bool = False, fixed: dict | None = None):
-    """Evaluate every split and batch; a pandas DataFrame of all candidates (columns: ``COLUMNS``)."""
+                     allow_cross_node_tp: bool = False, fixed: dict | None = None, software=None):
+    """Evaluate every split and batch; a pandas DataFrame of all candidates (columns: ``COLUMNS``).
+
+    ``software``: the serving stack (None: the device's default)."""
     import pandas as pd
+
+    if software is None:
+        software = serving_software(None, cluster.hardware.kind)
+    block = software.stack.kv_block_tokens
 
     splits = serve_splits(model, cluster, allow_cross_node_tp, {k: v for k, v in (fixed or {}).items() if k != "ep"})
     if not splits:
@@ -125,25 +132,27 @@ def search_inference(model: ModelSpec, cluster: Cluster, *, input_len: int, outp
         base = ServeLayout(tp=tp, pp=pp, replicas=replicas, batch=1, input_len=input_len, output_len=output_len,
                            dtype=dtype, kv_dtype=kv_dtype, ep=ep)
         check_serve_layout(base, model, cluster)
-        mb = max_batch(model, cluster.hardware, tp, pp, input_len, output_len, dtype, kv_dtype, headroom)
+        mb = max_batch(model, cluster.hardware, tp, pp, input_len, output_len, dtype, kv_dtype, headroom,
+                       kv_block_tokens=block)
         if batch is not None:
             batches = np.array([batch])
         else:
             batches = batch_grid(max(mb, 1))
-        est = estimate_inference(model, cluster, replace(base, batch=batches), headroom=headroom, check=False)
+        est = estimate_inference(model, cluster, replace(base, batch=batches), headroom=headroom, check=False,
+                                 software=software)
         df = _frame(est, batches, mb, ttft_ms, tpot_ms)
         if batch is None and tpot_ms is not None and mb > 1:
-            df = _refine_tpot(model, cluster, base, df, mb, ttft_ms, tpot_ms, headroom)
+            df = _refine_tpot(model, cluster, base, df, mb, ttft_ms, tpot_ms, headroom, software)
         frames.append(df)
     out = pd.concat(frames, ignore_index=True)
     out.attrs.update(model=model.name, cluster=cluster.name, cluster_label=cluster.label,
                      hardware=cluster.hardware.name, devices=cluster.devices, input_len=input_len,
                      output_len=output_len, dtype=dtype, kv_dtype=kv_dtype or "", ttft_ms=ttft_ms, tpot_ms=tpot_ms,
-                     headroom=headroom)
+                     headroom=headroom, framework=software.describe())
     return out
 
 
-def _refine_tpot(model, cluster, base, df, mb, ttft_ms, tpot_ms, headroom):
+def _refine_tpot(model, cluster, base, df, mb, ttft_ms, tpot_ms, headroom, software):
     """Add the exact largest batch meeting the TPOT target (TPOT grows with the batch)."""
     import pandas as pd
 
@@ -159,13 +168,14 @@ def _refine_tpot(model, cluster, base, df, mb, ttft_ms, tpot_ms, headroom):
 
     def tpot(b):
         return float(estimate_inference(model, cluster, replace(base, batch=b), headroom=headroom,
-                                        check=False).tpot_s)
+                                        check=False, software=software).tpot_s)
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if tpot(mid) <= tpot_ms / 1e3 else (lo, mid)
     if lo in set(df["batch"]):
         return df
-    est = estimate_inference(model, cluster, replace(base, batch=np.array([lo])), headroom=headroom, check=False)
+    est = estimate_inference(model, cluster, replace(base, batch=np.array([lo])), headroom=headroom, check=False,
+                             software=software)
     return pd.concat([df, _frame(est, np.array([lo]), mb, ttft_ms, tpot_ms)], ignore_index=True)
 
 
@@ -221,11 +231,11 @@ def describe_split(row) -> str:
 def plans(model: ModelSpec, cluster: Cluster, *, input_len: int, output_len: int, batch: int | None = None,
           ttft_ms: float | None = None, tpot_ms: float | None = None, dtype: str = "bf16",
           kv_dtype: str | None = None, headroom: float = DEFAULT_HEADROOM, fixed: dict | None = None,
-          allow_cross_node_tp: bool = False):
+          allow_cross_node_tp: bool = False, software=None):
     """(search DataFrame, ranked plans DataFrame); a one-line ParplanError when nothing fits or meets the targets."""
     df = search_inference(model, cluster, input_len=input_len, output_len=output_len, batch=batch, ttft_ms=ttft_ms,
                           tpot_ms=tpot_ms, dtype=dtype, kv_dtype=kv_dtype, headroom=headroom,
-                          allow_cross_node_tp=allow_cross_node_tp, fixed=fixed)
+                          allow_cross_node_tp=allow_cross_node_tp, fixed=fixed, software=software)
     if not df["fits"].any():
         need = fewest_devices(model, cluster, input_len, output_len, batch or 1, dtype, kv_dtype, headroom)
         more = (f"; the fewest {cluster.hardware.name} devices that hold it: {need}" if need else

@@ -206,7 +206,7 @@ def best_point(model: ModelSpec, cluster: Cluster, global_batch: int, options: O
     point.update(candidates=evaluated, fitting=len(ranked), framework=software.name)
 
     def columns(row, sp, prefix=""):
-        est = estimate(model, cluster, layout_of(row, sp), headroom=options.headroom, software=sp.software)
+        est = estimate(model, cluster, layout_of(row, sp, cluster), headroom=options.headroom, software=sp.software)
         return _plan_columns(row, est, prefix)
 
     if ranked.empty:
@@ -234,7 +234,7 @@ def _fsdp_point(model, cluster, space, options) -> dict[str, Any]:
     if ranked.empty:
         return {}
     row = ranked.iloc[0]
-    est = estimate(model, cluster, layout_of(row, sp), headroom=options.headroom, software=sw)
+    est = estimate(model, cluster, layout_of(row, sp, cluster), headroom=options.headroom, software=sw)
     return {**_plan_columns(row, est, "fsdp_"), "fsdp_framework": sw.name}
 
 

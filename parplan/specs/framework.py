@@ -13,7 +13,8 @@ framework profile says, each value with its source:
 * ``data_parallel``: the ZeRO stages it runs, how ZeRO-3 shards (flat buffers or per-parameter
   FSDP2 with copy-in/copy-out), when gradients are reduced, bucket sizes, prefetch;
 * ``pipeline``: schedules, how activations are sent between stages, which ZeRO stages combine;
-* ``parallelism``: the tensor/context-parallel modes its code has, and its sequence parallelism;
+* ``parallelism``: the tensor/context-parallel modes its code has, its sequence parallelism, and
+  whether its tensor-parallel collectives overlap the matmuls they feed (collective matmul);
 * ``recompute``: the activation-checkpointing modes it offers;
 * ``moe``: whether it has expert parallelism, which expert-tensor-parallel sizes it runs, whether its
   experts run as one grouped GEMM or a loop of GEMMs, and whether it overlaps the token all-to-all
@@ -56,14 +57,16 @@ DEFAULT_FRAMEWORK = {"gpu": "megatron-core", "tpu": "jax"}
 
 FRAMEWORK_KEYS = ("name", "aliases", "description", "devices", "emit", "kernels", "compile", "fp8", "data_parallel",
                   "pipeline", "parallelism", "recompute", "vocab", "optimizer", "master_weights",
-                  "host_overhead_per_layer_s", "elementwise_efficiency", "sources", "moe")
+                  "host_overhead_per_layer_s", "elementwise_efficiency", "serving", "sources", "moe")
 KERNEL_KEYS = ("attention", "flash_attention", "elementwise", "loss", "weight_casts")
 COMPILE_KEYS = ("available", "default", "elementwise", "loss")
 FP8_KEYS = ("recipes", "default", "casts", "compiled_casts", "weight_cast", "all_gather", "saves_fp8_inputs", "wgrad")
 DP_KEYS = ("zero", "zero3", "grad_reduce", "reduce_every_microbatch", "backward_prefetch", "gather_bucket_params",
            "reduce_bucket_params", "max_live_params", "grad_dtype", "overlap_param_gather")
 PP_KEYS = ("schedules", "send", "zero", "reduce_every_microbatch")
-PARALLEL_KEYS = ("tp_modes", "cp_modes", "sequence_parallel")
+PARALLEL_KEYS = ("tp_modes", "cp_modes", "sequence_parallel", "tp_overlap", "activation_shard")
+TP_OVERLAPS = ("none", "collective-matmul")
+ACTIVATION_SHARDS = ("sequence", "hidden")
 VOCAB_KEYS = ("multiple", "times_tp")
 MOE_KEYS = ("expert_parallel", "expert_tensor_parallel", "grouped_gemm", "shared_expert_overlap")
 EXPERT_TP = ("any", "one-or-tp", "one")
@@ -127,6 +130,12 @@ class Parallelism:
     tp_modes: tuple[str, ...]
     cp_modes: tuple[str, ...]
     sequence_parallel: str              # optional | always (with tp > 1) | never
+    # Whether sequence-parallel TP's all-gathers and reduce-scatters run under the GEMMs they feed or
+    # follow (XLA's windowed einsum, "collective matmul"), or before and after them (none).
+    tp_overlap: str = "none"
+    # What sequence parallelism splits of the activations outside the TP block: the tokens (Megatron,
+    # Korthikanti et al. 2022) or the hidden size (MaxText's activation_embed -> tensor); same bytes.
+    activation_shard: str = "sequence"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,9 @@
-"""Reading a framework profile: a shipped name or alias, or a YAML file (``frameworks/*.yaml``)."""
+"""Reading a framework profile: a shipped name or alias, or a YAML file (``frameworks/*.yaml``).
+
+A profile describes training (its ``kernels``, ``data_parallel`` ... sections), serving (its
+``serving:`` section, :mod:`parplan.specs.serving_stack`), or both; ``load_framework`` reads the
+training part and ``load_serving`` the serving part of the same file.
+"""
 from __future__ import annotations
 
 from functools import lru_cache
@@ -7,19 +12,31 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from ..errors import ParplanError
-from .framework import (ATTENTION_KERNELS, COMPILE_KEYS, CP_MODES, DEVICE_KINDS, DP_KEYS, ELEMENTWISE_OPS, FP8,
+from .framework import (ACTIVATION_SHARDS, ATTENTION_KERNELS, COMPILE_KEYS, CP_MODES, DEVICE_KINDS, DP_KEYS, ELEMENTWISE_OPS, FP8,
     FP8_CASTS, FP8_KEYS, FP8_RECIPES, FRAMEWORK_KEYS, GRAD_REDUCE, IMPLEMENTATIONS, KERNEL_KEYS, LOSSES,
-    MASTER_WEIGHTS, OPTIMIZERS, PARALLEL_KEYS, PP_KEYS, PP_SENDS, PREFETCH, RECOMPUTE_MODES, SCHEDULES,
+    MASTER_WEIGHTS, OPTIMIZERS, PARALLEL_KEYS, PP_KEYS, PP_SENDS, PREFETCH, RECOMPUTE_MODES, SCHEDULES, TP_OVERLAPS,
     SEQUENCE_PARALLEL, TP_MODES, VOCAB_KEYS, WEIGHT_CASTS, ZERO3_IMPLS, Compile, DataParallelSoftware, Framework,
     Kernels, Parallelism, PipelineSoftware, EXPERT_TP, MOE_KEYS, MoeSoftware)
 from .registry import shipped, shipped_names
+from .serving_stack import ServingStack, serving_from_dict
 from .yamlio import check_keys, names, number, read_yaml, require_mapping, suggest, text, text_mapping
 
+TRAINING_MARK = "kernels"  # a profile with this section describes training
 
+
+@lru_cache(maxsize=1)
+def _shipped_data() -> dict[str, Any]:
+    return {name: read_yaml(shipped("frameworks")[name]) for name in shipped_names("frameworks")}
 
 
 def framework_names() -> list[str]:
-    return shipped_names("frameworks")
+    """The shipped training frameworks."""
+    return [n for n, d in _shipped_data().items() if isinstance(d, dict) and TRAINING_MARK in d]
+
+
+def serving_names() -> list[str]:
+    """The shipped serving stacks (profiles with a ``serving:`` section)."""
+    return [n for n, d in _shipped_data().items() if isinstance(d, dict) and "serving" in d]
 
 
 def _choices(data, key, what, allowed, default=()) -> tuple[str, ...]:
@@ -142,7 +159,11 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
     parallel = Parallelism(tp_modes=_choices(q, "tp_modes", f"{what}: parallelism", TP_MODES, ("1d",)),
                            cp_modes=_choices(q, "cp_modes", f"{what}: parallelism", CP_MODES, ()),
                            sequence_parallel=text(q, "sequence_parallel", f"{what}: parallelism",
-                                                  choices=SEQUENCE_PARALLEL))
+                                                  choices=SEQUENCE_PARALLEL),
+                           tp_overlap=text(q, "tp_overlap", f"{what}: parallelism", required=False,
+                                           choices=TP_OVERLAPS, default="none"),
+                           activation_shard=text(q, "activation_shard", f"{what}: parallelism", required=False,
+                                                 choices=ACTIVATION_SHARDS, default="sequence"))
     v = require_mapping(data.get("vocab") or {}, f"{what}: vocab")
     check_keys(v, VOCAB_KEYS, f"{what}: vocab")
     m = require_mapping(data.get("moe") or {}, f"{what}: moe")
@@ -173,23 +194,53 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
 
 @lru_cache(maxsize=64)
 def _load_path(path: Path) -> Framework:
-    return framework_from_dict(read_yaml(path), str(path), str(path))
+    data = read_yaml(path)
+    if isinstance(data, dict) and TRAINING_MARK not in data and "serving" in data:
+        raise ParplanError(f"framework '{data.get('name', path.stem)}' is a serving stack (use it with --mode "
+                           f"inference); training frameworks: {', '.join(framework_names())}")
+    return framework_from_dict(data, str(path), str(path))
 
 
-def load_framework(name_or_path: str) -> Framework:
-    """A shipped framework by name or alias, or a framework YAML file."""
+@lru_cache(maxsize=64)
+def _load_serving_path(path: Path) -> ServingStack:
+    data = require_mapping(read_yaml(path), str(path))
+    name = text(data, "name", str(path))
+    if "serving" not in data:
+        raise ParplanError(f"framework '{name}' has no serving section; serving stacks: {', '.join(serving_names())}")
+    devices = _choices(data, "devices", str(path), DEVICE_KINDS, ("gpu",))
+    return serving_from_dict(data["serving"], name, str(path), text_mapping(data, "sources", str(path)), str(path),
+                             devices)
+
+
+def _profile_path(name_or_path: str, choices) -> Path:
     if not isinstance(name_or_path, str) or not name_or_path:
         raise ParplanError("framework name must be a non-empty string")
     path = Path(name_or_path)
     if name_or_path.endswith((".yaml", ".yml")) or path.is_file():
         if not path.is_file():
             raise ParplanError(f"framework file not found: {name_or_path}")
-        return _load_path(path.resolve())
+        return path.resolve()
     table = shipped("frameworks")
     key = name_or_path.lower()
     if key not in table:
         raise ParplanError(f"unknown framework '{name_or_path}'{suggest(key, table)}; "
-                           f"choose from {', '.join(framework_names())} or a YAML file")
-    return _load_path(table[key])
+                           f"choose from {', '.join(choices())} or a YAML file")
+    return table[key]
+
+
+def profile_kinds(name_or_path: str) -> tuple[bool, bool]:
+    """(describes training, describes serving) of a shipped framework or a framework YAML file."""
+    data = read_yaml(_profile_path(name_or_path, lambda: shipped_names("frameworks")))
+    return isinstance(data, dict) and TRAINING_MARK in data, isinstance(data, dict) and "serving" in data
+
+
+def load_framework(name_or_path: str) -> Framework:
+    """A shipped framework by name or alias, or a framework YAML file."""
+    return _load_path(_profile_path(name_or_path, framework_names))
+
+
+def load_serving(name_or_path: str) -> ServingStack:
+    """The serving stack of a shipped framework (by name or alias) or of a framework YAML file."""
+    return _load_serving_path(_profile_path(name_or_path, serving_names))
 
 

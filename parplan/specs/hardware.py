@@ -33,7 +33,8 @@ PROFILE_KEYS = ("name", "aliases", "description", "vendor", "kind", "compute_uni
                 "overlap", "grouped_gemm", "clocks", "sources")
 LINK_KEYS = ("name", "kind", "bandwidth", "latency_s", "efficiency", "in_switch_reduction")
 EFFICIENCY_KEYS = ("matmul", "hbm", "elementwise", "optimizer", "eager", "matmul_misaligned", "matmul_fp8")
-ICI_KEYS = ("dims", "link_bandwidth", "pod_devices")
+ICI_KEYS = ("dims", "link_bandwidth", "pod_devices", "max_slice", "wrap_rule", "wrap_side")
+WRAP_RULES = ("cubes", "full-axis")
 FIT_KEYS = ("op", "group", "ranks", "alpha_s", "busbw", "points", "rms_rel_err")
 
 
@@ -61,11 +62,28 @@ class Link:
 
 @dataclass(frozen=True)
 class Torus:
-    """A TPU inter-chip-interconnect torus: ``dims`` axes, each link ``link_bandwidth`` one way."""
+    """A TPU inter-chip-interconnect torus: ``dims`` axes, each link ``link_bandwidth`` one way.
+
+    ``max_slice`` is the largest slice one job gets (its sides, ascending); beyond it, slices
+    join over the data-centre network. Which slice axes close into rings (``wrap_rule``):
+    ``cubes``, every axis when each side is a multiple of ``wrap_side`` (v4, v5p: whole 4x4x4
+    cubes get their wraparound from the optical switches), or ``full-axis``, an axis whose
+    side is a multiple of ``wrap_side`` (v5e, v6e: 16); ``None``: no axis wraps below the pod.
+    """
 
     dims: int
     link_bandwidth: float
     pod_devices: int
+    max_slice: tuple[int, ...] = ()
+    wrap_rule: str | None = None
+    wrap_side: int = 0
+
+    @property
+    def max_slice_devices(self) -> int:
+        n = 1
+        for side in self.max_slice:
+            n *= side
+        return n or self.pod_devices
 
 
 @dataclass(frozen=True)
@@ -190,6 +208,25 @@ def _fits(data: Any, what: str) -> tuple[CollectiveFit, ...]:
     return tuple(fits)
 
 
+def _torus(ici: Mapping[str, Any], what: str) -> Torus:
+    dims = number(ici, "dims", what, integer=True, maximum=3)
+    pod = number(ici, "pod_devices", what, integer=True, maximum=MAX_DEVICES)
+    sides = ici.get("max_slice")
+    if sides is None:
+        sides = ()
+    elif (not isinstance(sides, list) or len(sides) != dims
+          or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in sides)):
+        raise ParplanError(f"{what}: max_slice must list {dims} positive whole sides, got {sides!r}")
+    rule = text(ici, "wrap_rule", what, required=False, choices=WRAP_RULES, default=None)
+    side = number(ici, "wrap_side", what, required=rule is not None, integer=True, maximum=MAX_DEVICES,
+                  default=0) or 0
+    torus = Torus(dims=dims, link_bandwidth=number(ici, "link_bandwidth", what, maximum=1e14), pod_devices=pod,
+                  max_slice=tuple(sorted(sides)), wrap_rule=rule, wrap_side=side)
+    if torus.max_slice_devices > pod:
+        raise ParplanError(f"{what}: max_slice {'x'.join(map(str, sides))} holds more than the {pod} chips of a pod")
+    return torus
+
+
 def hardware_from_dict(data: Any, what: str, path: str = "") -> Hardware:
     """Build a Hardware from a parsed profile, checking every field."""
     data = require_mapping(data, what)
@@ -213,11 +250,7 @@ def hardware_from_dict(data: Any, what: str, path: str = "") -> Hardware:
     if data.get("ici") is not None:
         ici = require_mapping(data["ici"], f"{what}: ici")
         check_keys(ici, ICI_KEYS, f"{what}: ici")
-        torus = Torus(
-            dims=number(ici, "dims", f"{what}: ici", integer=True, maximum=3),
-            link_bandwidth=number(ici, "link_bandwidth", f"{what}: ici", maximum=1e14),
-            pod_devices=number(ici, "pod_devices", f"{what}: ici", integer=True, maximum=MAX_DEVICES),
-        )
+        torus = _torus(ici, f"{what}: ici")
     return Hardware(
         name=name,
         vendor=text(data, "vendor", what, required=False, default="") or "",

@@ -25,8 +25,8 @@ POSITIONS = ("learned", "rope", "alibi", "none")
 MAX_DIM = 10_000_000
 # The keys a model spec may carry: the shapes, and documentation (family, source, aliases).
 MODEL_KEYS = ("name", "family", "layers", "hidden", "heads", "kv_heads", "head_dim", "ffn_hidden", "activation",
-              "norm", "position", "bias", "tied_embeddings", "vocab", "seq_len", "max_seq_len", "source", "aliases") \
-    + MOE_KEYS
+              "norm", "position", "bias", "tied_embeddings", "parallel_layers", "vocab", "seq_len", "max_seq_len",
+              "source", "aliases") + MOE_KEYS
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,9 @@ class ModelSpec:
     qk_rope_dim: int = 0
     v_head_dim: int = 0
     mtp_layers: int = 0             # multi-token-prediction modules (DeepSeek-V3), not in total_params()
+    # Attention and MLP side by side on one normalized input, y = x + Attn(LN(x)) + MLP(LN(x)) (GPT-J,
+    # PaLM Sec. 2): one norm per layer, one fused input projection, one TP all-reduce per block pass.
+    parallel_layers: bool = False
 
     @property
     def context_limit(self) -> int | None:
@@ -204,10 +207,12 @@ class ModelSpec:
         return (2 if self.norm == "layernorm" else 1) * self.hidden
 
     def layer_params(self):
-        """Parameters of one layer; for an MoE model the mean over its layers (dense and MoE)."""
+        """Parameters of one layer; for an MoE model the mean over its layers (dense and MoE). A parallel
+        block has one norm."""
         if self.is_moe:
             return sum(self._layer_list()) / self.layers
-        return self.attention_params() + self.mlp_params() + 2 * self.norm_params()
+        norms = 1 if self.parallel_layers else 2
+        return self.attention_params() + self.mlp_params() + norms * self.norm_params()
 
     def embedding_params(self) -> int:
         pos = self.seq_len * self.hidden if self.position == "learned" else 0
@@ -276,6 +281,7 @@ def model_from_dict(data: Any, what: str, path: str = "", seq_note: str = "") ->
         position=text(data, "position", what, required=False, choices=POSITIONS, default="learned"),
         bias=_flag(data, "bias", what, True),
         tied_embeddings=_flag(data, "tied_embeddings", what, True),
+        parallel_layers=_flag(data, "parallel_layers", what, False),
         source=str(data.get("source", "")),
         aliases=names(data, "aliases", what),
         path=path,

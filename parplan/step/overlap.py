@@ -5,11 +5,14 @@ Collectives come tagged by their strategies (``hidden_by``):
 * ``none``: on the critical path, all of it exposed;
 * ``attention``: issued per layer beside the attention core of the same layer (ring
   attention's ``cp - 1`` sends), exposed where they outlast it;
+* ``matmul``: issued per layer in steps under the linear GEMMs they feed or follow (a collective
+  matmul), exposed where they outlast them;
 * ``forward`` / ``backward``: issued beside the forward or backward pass of a micro-batch
   (gradient reduction under the backward, the next weights' gather under the forward:
   FSDP prefetch, Megatron ``--overlap-grad-reduce`` / ``--overlap-param-gather``). All of a
   pass's overlapped traffic hides under that pass's compute, but it shares its link class
-  (network or scale-up) with the critical collectives that pass issues on the same links,
+  (network or scale-up; on a TPU torus, its torus axes or the DCN) with the critical collectives
+  that pass issues on the same links,
   which take their share of it first; a collective issued per micro-batch cannot hide the
   first layer's share of its calls (the first gather has nothing to prefetch behind). While
   they run, the compute they hide under slows by the share of SMs their kernels hold
@@ -23,29 +26,30 @@ from typing import Any
 import numpy as np
 
 from ..cost.contention import exposed_s, slowdown
-from .comms import link_sum
+from .comms import link_sum, shared_links
 
 OVERLAPPED = ("forward", "backward")
 
 
-def attention_exposed(costs, axis: str, attn_fwd, attn_bwd, recompute):
+def attention_exposed(costs, axis: str, attn_fwd, attn_bwd, recompute, hider: str = "attention"):
     """(exposed seconds per layer, forward link seconds, backward link seconds) of ``axis``'s
-    collectives hidden under the attention core: forward and recompute under the forward
-    kernel (twice over with full recompute), backward under the backward kernel."""
-    ring_f = link_sum(costs, lambda c: c.axis == axis and c.hidden_by == "attention" and c.phase != "backward")
-    ring_b = link_sum(costs, lambda c: c.axis == axis and c.hidden_by == "attention" and c.phase == "backward")
+    collectives hidden under the attention core (or, with ``hider="matmul"``, under the layer's linear
+    GEMMs): forward and recompute under the forward kernels (twice over with full recompute), backward
+    under the backward ones."""
+    ring_f = link_sum(costs, lambda c: c.axis == axis and c.hidden_by == hider and c.phase != "backward")
+    ring_b = link_sum(costs, lambda c: c.axis == axis and c.hidden_by == hider and c.phase == "backward")
     exposed = np.maximum(0, ring_f - attn_fwd * np.where(recompute == 2, 2, 1)) + np.maximum(0, ring_b - attn_bwd)
     return exposed, ring_f, ring_b
 
 
-def _busy_per_mb(costs, phases, on_network, stage_layers):
-    """Critical link seconds per micro-batch in ``phases`` on the network (or the scale-up link)."""
+def _busy_per_mb(costs, phases, target, stage_layers):
+    """Critical link seconds per micro-batch in ``phases`` on the links ``target`` runs on."""
     total = np.float64(0.0)
     for c in costs:
         col = c.collective
         if col.hidden_by in OVERLAPPED or col.phase not in phases or col.per == "step":
             continue
-        same = np.where(c.spans_nodes, 1.0, 0.0) if on_network else np.where(c.spans_nodes, 0.0, 1.0)
+        same = shared_links(c, target)
         per_mb = np.asarray(col.count, float) * (stage_layers if col.per == "layer" else 1.0)
         total = total + same * c.time_s * per_mb
     return total
@@ -98,11 +102,9 @@ def step_exposures(costs: list, stage_layers, micro_batches, fwd_window_mb, bwd_
             continue
         passes = ("forward",) if phase == "forward" else ("backward", "recompute")
         window_mb = np.maximum(fwd_window_mb if phase == "forward" else bwd_window_mb, 1e-12)
-        busy_net = _busy_per_mb(costs, passes, True, stage_layers)
-        busy_local = _busy_per_mb(costs, passes, False, stage_layers)
         shared = []
-        for i, _, own, w, f in group:  # each collective against the link class it runs on
-            busy = np.where(costs[i].spans_nodes, busy_net, busy_local)
+        for i, _, own, w, f in group:  # each collective against the links it runs on
+            busy = _busy_per_mb(costs, passes, costs[i], stage_layers)
             shared.append((i, own / (1.0 - np.clip(busy / window_mb, 0.0, 0.9)), w, f))
         link = sum(x[1] for x in shared)
         window = np.max(np.broadcast_arrays(*[x[2] for x in shared]), axis=0)

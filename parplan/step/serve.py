@@ -55,6 +55,10 @@ are replicated over the tensor-parallel ranks, so the experts' partial outputs a
 layer's tensor-parallel all-reduce either way. Latent attention (:mod:`parplan.cost.mla`) caches
 ``kv_lora_rank + rope`` elements per token and layer on every device and decodes in the absorbed form.
 
+The serving stack (``--framework``: vLLM by default on GPUs) decides the attention kernels, the
+element-wise kernels, host launches and CUDA graphs, the sampler and the scheduler's per-step
+time (:mod:`parplan.step.serve_software`); ``host`` and ``sampling`` in the breakdowns are its.
+
 Every function accepts a numpy array of batch sizes where it takes ``batch``.
 """
 from __future__ import annotations
@@ -64,8 +68,7 @@ from typing import Any
 
 import numpy as np
 
-from ..cost import mla as mla_mod, moe as moe_mod, ops as ops_mod
-from ..layouts.layout import Layout
+from ..cost import moe as moe_mod, ops as ops_mod
 from ..layouts.strategies import Context, stages_of, strategies_for
 from ..layouts.strategies.pipeline import stage_layers
 from .comms import link_sum, price_collectives
@@ -78,9 +81,11 @@ from ..specs.model import ModelSpec, vocab_shard
 from ..cost.roofline import memory_time_s
 from .serve_layout import ServeLayout, check_serve_layout, context_notes
 from .serve_memory import VLLM_VOCAB_PADDING, activation_dtype, max_batch, memory_per_device
+from . import serve_software as ssw
+from .serve_ops import _dims, pass_ops, serving_layout
 
-DECODE_KEYS = ("matmul", "attention", "tp_comm", "other", "pp_comm", "pipeline_wait")
-PREFILL_KEYS = ("matmul", "attention", "tp_comm", "other", "pp_comm")
+DECODE_KEYS = ("matmul", "attention", "tp_comm", "other", "pp_comm", "pipeline_wait", "sampling", "host")
+PREFILL_KEYS = ("matmul", "attention", "tp_comm", "other", "pp_comm", "sampling", "host")
 
 
 @dataclass(frozen=True)
@@ -107,98 +112,22 @@ class InferenceEstimate:
     notes: tuple[str, ...] = ()        # what the numbers assume that a reader should know
     prefill_ops: list = field(default_factory=list)
     decode_ops: list = field(default_factory=list)
-
-
-# --------------------------------------------------------------------------- shapes and memory
+    software: Any = None               # the serving stack (parplan.specs.serving_stack.ServingSoftware)
+    prefill_layers_s: Any = None       # the transformer layers of one prefill alone (what a layer-stack benchmark times)
+    decode_layers_s: Any = None        # ... of one decode step
 
 
 # --------------------------------------------------------------------------- timing one pass
 
 
-def serving_layout(tp: int, pp: int, replicas: int = 1, ep: int | None = None) -> Layout:
-    """The mesh the strategies see for one replica: tensor parallel inside, the pipeline next to it;
-    no sequence parallel, and every TP rank sends its stage's whole activation on (as vLLM's
-    pipeline does). ``ep`` (MoE models): the experts over ``ep`` of the tp devices, each ``tp / ep`` ways
-    tensor-parallel."""
-    axes = () if ep is None else (("ep", ep), ("etp", tp // ep))
-    return Layout(tp=tp, pp=pp, dp=replicas, order=("tp", "cp", "pp", "dp"), axes=axes)
-
-
-def _dims(model: ModelSpec, tp: int, seqs, seq, seq_kv, causal: bool, ep: int = 1) -> ops_mod.LocalDims:
-    """Per-device shapes of one pass, as the strategies shard them; the vocabulary padded as vLLM pads it."""
-    layout = serving_layout(tp, 1, ep=ep if model.is_moe else None)
-    fields = dict(batch=np.asarray(seqs, float), seq=np.asarray(seq, float), seq_kv=np.asarray(seq_kv, float),
-                  hidden=model.hidden, heads=model.heads, kv_heads=model.kv_heads, head_dim=model.head_dim,
-                  ffn=model.ffn_hidden, vocab=model.vocab, norm_shard=1, hidden_shard=1, causal=causal)
-    for s in strategies_for(layout):
-        fields = s.local_dims(fields, model, layout)
-    fields["vocab"] = vocab_shard(model.vocab, tp, VLLM_VOCAB_PADDING)
-    return ops_mod.LocalDims(**fields)
-
-
-def decode_attention_op(model: ModelSpec, d: ops_mod.LocalDims, dtype: str, kv_dtype: str,
-                        compute_units: int = 1) -> ops_mod.Op:
-    """One decode step's attention: each sequence's new query against its whole KV cache.
-
-    FLOPs ``4 * batch * heads * context * head_dim`` (scores and context); bytes: the
-    K and V cache read (``kv_dtype``) plus the query and output. The query heads
-    sharing a KV head form the GEMM rows, and the context is split into chunks of at
-    least 256 keys until every compute unit has work (Flash-Decoding, Dao et al. 2023;
-    vLLM's paged attention v2 does the same), so one sequence does not run on one unit.
-    """
-    act = BYTES_PER_ELEMENT[activation_dtype(dtype)]
-    if model.mla:  # absorbed: every head scores and reads the one cached latent (an MQA of kv_lora + rope dims)
-        latent = mla_mod.kv_elems_per_token(model)
-        flops = mla_mod.decode_flops(model, d.batch, d.heads, d.seq_kv)
-        nbytes = d.batch * d.seq_kv * latent * BYTES_PER_ELEMENT[kv_dtype] + d.batch * 2 * d.heads * latent * act
-        units = d.batch
-        splits = np.clip(np.ceil(compute_units / units), 1, np.maximum(1, np.ceil(d.seq_kv / 256)))
-        return ops_mod.Op("decode_attention", ops_mod.FLASH, flops, 0.0, nbytes, 0.0,
-                          (d.heads, latent, d.seq_kv / splits, units * splits), True)
-    flops = 4.0 * d.batch * d.heads * d.seq_kv * d.head_dim
-    nbytes = d.batch * d.seq_kv * 2 * d.kv_heads * d.head_dim * BYTES_PER_ELEMENT[kv_dtype] + \
-        d.batch * 2 * d.heads * d.head_dim * act
-    group = d.heads / d.kv_heads
-    units = d.batch * d.kv_heads
-    splits = np.clip(np.ceil(compute_units / units), 1, np.maximum(1, np.ceil(d.seq_kv / 256)))
-    return ops_mod.Op("decode_attention", ops_mod.FLASH, flops, 0.0, nbytes, 0.0,
-                      (group, d.head_dim, d.seq_kv / splits, units * splits), True)
-
-
-def _kv_write_op(d: ops_mod.LocalDims, dtype: str, kv_dtype: str, model: ModelSpec | None = None) -> ops_mod.Op:
-    """Appending the new tokens' K and V to the cache (read from the QKV output, write in kv_dtype); with latent
-    attention, the latent and rotary key."""
-    elems = d.batch * d.seq * (mla_mod.kv_elems_per_token(model) if model is not None and model.mla else
-                               2 * d.kv_heads * d.head_dim)
-    nbytes = elems * (BYTES_PER_ELEMENT[activation_dtype(dtype)] + BYTES_PER_ELEMENT[kv_dtype])
-    return ops_mod.Op("kv_cache_write", ops_mod.MEMORY, 0.0, 0.0, nbytes, 0.0)
-
-
-def pass_ops(model: ModelSpec, tp: int, phase: str, seqs, tokens_per_seq, context, dtype: str,
-             kv_dtype: str, compute_units: int = 1, ep: int = 1) -> list[ops_mod.Op]:
-    """The ops of one layer on one device for a prefill (``tokens_per_seq`` prompt tokens) or a decode step."""
-    act = activation_dtype(dtype)
-    if phase == "prefill":
-        d = _dims(model, tp, seqs, tokens_per_seq, tokens_per_seq, True, ep)
-        ops = ops_mod.layer_ops(model, d, act, flash_attention=True, dropout=False)
-    else:
-        d = _dims(model, tp, seqs, 1, context, False, ep)
-        ops = [decode_attention_op(model, d, dtype, kv_dtype, compute_units) if o.kind == ops_mod.FLASH else o
-               for o in ops_mod.layer_ops(model, d, act, flash_attention=True, dropout=False)]
-    at = next(i for i, o in enumerate(ops) if o.kind == ops_mod.FLASH)
-    absorbed = []
-    if model.mla and phase == "decode":  # the cached latent is not expanded: kv_up's weights are the absorbed products'
-        absorbed = [ops_mod.build_kernel(k, BYTES_PER_ELEMENT[act], False) for k in
-                    mla_mod.absorbed_kernels(model, d.batch, d.heads)]
-        ops = [o for o in ops if o.name != "kv_up"]
-        at = next(i for i, o in enumerate(ops) if o.kind == ops_mod.FLASH)
-    return ops[:at] + [_kv_write_op(d, dtype, kv_dtype, model)] + absorbed + ops[at:]
-
-
-def _op_time(hw: Hardware, op: ops_mod.Op, dtype: str):
+def _op_time(hw: Hardware, op: ops_mod.Op, dtype: str, software=None):
     """Forward seconds of one op: GEMMs at the weights' dtype (split-K where it pays), the rest at the
-    activations'."""
+    activations'; attention as the serving stack's kernels run it."""
     gemm = op.kind in (ops_mod.MATMUL, ops_mod.BATCHED)
+    if op.name == "decode_attention" and software is not None:
+        return ssw.decode_attention_time(hw, op, activation_dtype(dtype), software)
+    if op.kind == ops_mod.FLASH and software is not None:
+        return op_times(hw, op, activation_dtype(dtype), env=ssw.prefill_env(software))[0]
     return op_times(hw, op, dtype if gemm else activation_dtype(dtype), split_k=True)[0]
 
 
@@ -219,42 +148,54 @@ class PassCost:
     tp_bytes_per_layer: Any
     ops: list
     op_times: list
+    launch_s: Any = 0.0    # host time before the pass's first kernel (one launch, or one graph launch)
 
     @property
     def layer_s(self):
         return sum(self.layer.values())
 
+    def layers_s(self, model: ModelSpec):
+        """The transformer layers alone, as a layer-stack benchmark times them (every stage's layers)."""
+        return model.layers * self.layer_s + self.launch_s
+
     def total(self, model: ModelSpec, pp: int):
         """Sum over the stages (one micro-batch's trip through the pipeline)."""
         return model.layers * self.layer_s + sum(self.embedding.values()) + sum(self.head.values()) + \
-            (pp - 1) * self.p2p_s
+            (pp - 1) * self.p2p_s + self.launch_s
 
     def busiest(self, model: ModelSpec, pp: int):
         """Time of the busiest stage."""
+        if pp == 1:
+            return self.total(model, 1)
         emb, head = sum(self.embedding.values()), sum(self.head.values())
         ends = emb + head if pp == 1 else np.maximum(emb, head)
-        return stage_layers(model, pp) * self.layer_s + ends + (self.p2p_s if pp > 1 else 0.0)
+        return stage_layers(model, pp) * self.layer_s + ends + (self.p2p_s if pp > 1 else 0.0) + self.launch_s
 
     def parts(self, model: ModelSpec, pp: int) -> dict:
-        """``total`` split into matmul, attention, tp_comm, other and pp_comm."""
-        out = {k: model.layers * self.layer[k] for k in ("matmul", "attention", "tp_comm", "other")}
+        """``total`` split into matmul, attention, tp_comm, other, sampling, host and pp_comm."""
+        out = {k: model.layers * v for k, v in self.layer.items()}
         for d in (self.embedding, self.head):
             for k, v in d.items():
-                out[k] = out[k] + v
+                out[k] = out.get(k, 0.0) + v
+        out["host"] = out.get("host", 0.0) + self.launch_s
+        out.setdefault("sampling", 0.0 * out["host"])
         out["pp_comm"] = (pp - 1) * self.p2p_s
         return out
 
 
 def pass_cost(model: ModelSpec, cluster: Cluster, tp: int, pp: int, phase: str, seqs, tokens_per_seq, context,
-              dtype: str = "bf16", kv_dtype: str | None = None, ep: int = 1) -> PassCost:
-    """Time of one prefill or decode pass on one replica, per layer and for the embedding/head."""
+              dtype: str = "bf16", kv_dtype: str | None = None, ep: int = 1, software=None) -> PassCost:
+    """Time of one prefill or decode pass on one replica, per layer and for the embedding/head.
+
+    ``software``: the serving stack (:func:`parplan.step.serve_software.serving_software`); None
+    prices the bare kernels (every op one fused kernel, no host, sampler or scheduler)."""
     hw = cluster.hardware
     kv_dtype = kv_dtype or activation_dtype(dtype)
     act = activation_dtype(dtype)
     abpe = BYTES_PER_ELEMENT[act]
     seqs = np.asarray(seqs, float)
-    ops = pass_ops(model, tp, phase, seqs, tokens_per_seq, context, dtype, kv_dtype, hw.compute_units, ep)
-    times = [_op_time(hw, o, dtype) for o in ops]
+    ops = pass_ops(model, tp, phase, seqs, tokens_per_seq, context, dtype, kv_dtype, hw.compute_units, ep, software)
+    times = [_op_time(hw, o, dtype, software) for o in ops]
     layer = {"matmul": np.float64(0.0), "attention": np.float64(0.0), "other": np.float64(0.0)}
     for o, t in zip(ops, times):
         layer[_category(o)] = layer[_category(o)] + t
@@ -277,7 +218,20 @@ def pass_cost(model: ModelSpec, cluster: Cluster, tp: int, pp: int, phase: str, 
         "tp_comm": link_sum(comm, lambda c: c.per == "microbatch" and c.stage == "last"),
     }
     p2p = link_sum(comm, lambda c: c.per == "microbatch" and c.stage == "all")
-    return PassCost(layer, embedding, head, p2p, 2.0 * act_bytes, ops, times)
+    launch = 0.0
+    if software is not None:
+        # Sampling the next token of each sequence, on the gathered logits.
+        head["sampling"] = ssw.sampling_time_s(hw, software, rows, model.vocab)
+        # Outside a graph the host launches every kernel (a collective is one) while the GPU runs the queue.
+        graphed = software.graphed(seqs) if phase == "decode" else np.asarray(False)
+        per_layer = ssw.launches(ops) + sum(np.asarray(c.collective.count, float) * (np.asarray(c.collective.group) > 1)
+                                            for c in comm if c.collective.per == "layer")
+        layer["host"] = ssw.host_exposed(sum(layer.values()), per_layer, software, graphed)
+        embedding["host"] = ssw.host_exposed(sum(embedding.values()), 1 + (tp > 1), software, graphed)
+        head["host"] = ssw.host_exposed(sum(head.values()), 3 + (tp > 1) + np.ceil(software.stack.sampling_passes),
+                                        software, graphed)
+        launch = ssw.pass_launch_s(software, graphed)
+    return PassCost(layer, embedding, head, p2p, 2.0 * act_bytes, ops, times, launch)
 
 
 def _forward_collectives(model: ModelSpec, cluster: Cluster, tp: int, pp: int, phase: str, seqs, tokens_per_seq,
@@ -298,11 +252,15 @@ def _forward_collectives(model: ModelSpec, cluster: Cluster, tp: int, pp: int, p
 
 
 def estimate_inference(model: ModelSpec, cluster: Cluster, layout: ServeLayout, *,
-                       headroom: float = DEFAULT_HEADROOM, check: bool = True) -> InferenceEstimate:
+                       headroom: float = DEFAULT_HEADROOM, check: bool = True, software=None) -> InferenceEstimate:
     """Predict TTFT, TPOT, throughput and memory of serving ``model`` on ``cluster`` under ``layout``.
 
-    With ``check=False`` ``layout.batch`` may be a numpy array of batch sizes.
+    With ``check=False`` ``layout.batch`` may be a numpy array of batch sizes. ``software``: the
+    serving stack (:func:`parplan.step.serve_software.serving_software`); None takes the device's
+    default (vLLM on GPUs, JAX on TPUs).
     """
+    if software is None:
+        software = ssw.serving_software(None, cluster.hardware.kind)
     if check:
         layout = check_serve_layout(layout, model, cluster)
     tp, pp, dtype, kv = layout.tp, layout.pp, layout.dtype, layout.kv
@@ -310,20 +268,26 @@ def estimate_inference(model: ModelSpec, cluster: Cluster, layout: ServeLayout, 
     b = np.asarray(layout.batch, float)
 
     # ---- prefill of one request
-    pre = pass_cost(model, cluster, tp, pp, "prefill", 1, I, I, dtype, kv, layout.ep)
-    ttft = pre.total(model, pp)
-    prefill_busy = pre.busiest(model, pp)
+    pre = pass_cost(model, cluster, tp, pp, "prefill", 1, I, I, dtype, kv, layout.ep, software)
+    gpu = pre.total(model, pp)
+    sched = ssw.scheduler_exposed_s(software, gpu)  # the scheduler's time the prefill step waits for
+    ttft = gpu + sched
+    prefill_busy = pre.busiest(model, pp) + sched
     prefill_parts = pre.parts(model, pp)
+    prefill_parts["host"] = prefill_parts["host"] + sched
 
     # ---- one decode round: min(pp, b) micro-batches of ceil(b / that) sequences
     micro = np.minimum(pp, b)
     mb = np.ceil(b / micro)
     context = I + O / 2.0
-    dec = pass_cost(model, cluster, tp, pp, "decode", mb, 1, context, dtype, kv, layout.ep)
+    dec = pass_cost(model, cluster, tp, pp, "decode", mb, 1, context, dtype, kv, layout.ep, software)
     trip = dec.total(model, pp)
-    tpot = np.maximum(trip, micro * dec.busiest(model, pp))
+    step = np.maximum(trip, micro * dec.busiest(model, pp))
+    sched = ssw.scheduler_exposed_s(software, step)
+    tpot = step + sched
     decode_parts = dec.parts(model, pp)
-    decode_parts["pipeline_wait"] = tpot - trip
+    decode_parts["pipeline_wait"] = step - trip
+    decode_parts["host"] = decode_parts["host"] + sched
 
     # ---- continuous batching
     cycle = O * tpot + b * prefill_busy
@@ -331,7 +295,8 @@ def estimate_inference(model: ModelSpec, cluster: Cluster, layout: ServeLayout, 
     tokens_per_s = per_replica * layout.replicas
     itl = tpot + (b - 1) * prefill_busy / O
 
-    mem = memory_per_device(model, tp, pp, b, I, O, dtype, kv)
+    block = ssw.kv_block_tokens(software)
+    mem = memory_per_device(model, tp, pp, b, I, O, dtype, kv, kv_block_tokens=block)
     usable = cluster.hardware.hbm_bytes * (1 - headroom)
     return InferenceEstimate(
         model=model, cluster=cluster, layout=layout,
@@ -344,7 +309,7 @@ def estimate_inference(model: ModelSpec, cluster: Cluster, layout: ServeLayout, 
         kv_cache_bytes=mem["kv_cache"],
         memory_bytes=mem,
         fits=mem["total"] <= usable,
-        max_batch=max_batch(model, cluster.hardware, tp, pp, I, O, dtype, kv, headroom),
+        max_batch=max_batch(model, cluster.hardware, tp, pp, I, O, dtype, kv, headroom, kv_block_tokens=block),
         prefill_breakdown_s=prefill_parts,
         decode_breakdown_s=decode_parts,
         tp_allreduce_bytes_per_layer=dec.tp_bytes_per_layer,
@@ -352,6 +317,9 @@ def estimate_inference(model: ModelSpec, cluster: Cluster, layout: ServeLayout, 
         notes=context_notes(model, I + O) + _moe_notes(model, mb, tp, layout.ep),
         prefill_ops=list(zip(pre.ops, pre.op_times)),
         decode_ops=list(zip(dec.ops, dec.op_times)),
+        software=software,
+        prefill_layers_s=pre.layers_s(model),
+        decode_layers_s=dec.layers_s(model),
     )
 
 
@@ -369,15 +337,10 @@ def decode_bottleneck(decode_parts: dict) -> str:
     """What most of a decode step is spent on."""
     names = {"matmul": "weight reads (GEMMs)", "attention": "KV-cache reads (attention)",
              "tp_comm": "TP all-reduce", "other": "element-wise ops", "pp_comm": "pipeline sends",
-             "pipeline_wait": "pipeline stages busy with other micro-batches"}
+             "pipeline_wait": "pipeline stages busy with other micro-batches", "sampling": "sampling",
+             "host": "host launches and scheduling"}
     key = max(DECODE_KEYS, key=lambda k: float(decode_parts[k]))
     return names[key]
-
-
-# --------------------------------------------------------------------------- batch sweeps
-
-
-# --------------------------------------------------------------------------- plain data and text
 
 
 def with_batch(layout: ServeLayout, batch) -> ServeLayout:

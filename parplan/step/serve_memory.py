@@ -60,12 +60,14 @@ def workspace_bytes(model: ModelSpec, tp: int, tokens, logit_rows, dtype: str = 
 
 
 def memory_per_device(model: ModelSpec, tp: int, pp: int, batch, input_len: int, output_len: int,
-                      dtype: str = "bf16", kv_dtype: str | None = None) -> dict:
-    """Bytes per device: weights, KV cache (batch x (input+output) tokens), workspace, total."""
+                      dtype: str = "bf16", kv_dtype: str | None = None, kv_block_tokens: int = 1) -> dict:
+    """Bytes per device: weights, KV cache (batch x (input+output) tokens, in whole blocks of
+    ``kv_block_tokens``), workspace, total."""
     kv_dtype = kv_dtype or activation_dtype(dtype)
     batch = np.asarray(batch, float)
     weights = weight_bytes(model, tp, pp, dtype)
-    kv = kv_cache_bytes(model, tp, pp, batch, input_len + output_len, kv_dtype)
+    context = np.ceil((input_len + output_len) / kv_block_tokens) * kv_block_tokens
+    kv = kv_cache_bytes(model, tp, pp, batch, context, kv_dtype)
     micro = np.ceil(batch / np.minimum(pp, batch))
     work = np.maximum(workspace_bytes(model, tp, input_len, 1, dtype), workspace_bytes(model, tp, micro, micro, dtype))
     return {"weights": weights + 0 * batch, "kv_cache": kv, "workspace": work, "total": weights + kv + work}
@@ -75,12 +77,14 @@ MAX_BATCH = 1 << 20
 
 
 def max_batch(model: ModelSpec, hw: Hardware, tp: int, pp: int, input_len: int, output_len: int,
-              dtype: str = "bf16", kv_dtype: str | None = None, headroom: float = DEFAULT_HEADROOM) -> int:
+              dtype: str = "bf16", kv_dtype: str | None = None, headroom: float = DEFAULT_HEADROOM,
+              kv_block_tokens: int = 1) -> int:
     """The most sequences in flight per replica whose weights, KV cache and workspace fit (0: none fits)."""
     usable = hw.hbm_bytes * (1 - headroom)
 
     def fits(b: int) -> bool:
-        return float(memory_per_device(model, tp, pp, b, input_len, output_len, dtype, kv_dtype)["total"]) <= usable
+        return float(memory_per_device(model, tp, pp, b, input_len, output_len, dtype, kv_dtype,
+                                       kv_block_tokens)["total"]) <= usable
 
     if not fits(1):
         return 0

@@ -29,6 +29,7 @@ from ..specs.dtypes import BYTES_PER_ELEMENT
 from ..specs.cluster import Cluster
 from ..layouts.layout import Layout
 from ..layouts.rules import check_layout
+from ..layouts.torus_map import enumerate_maps
 from ..cost.memory import DEFAULT_HEADROOM, SELECTIVE_LAYER_EVERY, layer_activation_bytes, recompute_code
 from ..specs.framework import Software
 from . import software as sw_mod
@@ -95,6 +96,8 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
     fw = sw.framework
     if check:
         layout = check_layout(layout, model, cluster, fw)
+        if cluster.is_torus and layout.torus_map is None:
+            layout = fastest_torus_map(model, cluster, layout, sw, headroom, dropout)
     seq = layout.seq_len or model.seq_len
     model = with_seq_len(model, int(seq)) if np.ndim(seq) == 0 else model
     hw, dtype = cluster.hardware, layout.dtype
@@ -133,6 +136,8 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
     attn_fwd = sum((t[0] for o, t in zip(lops, times) if o.attention_core), np.float64(0.0))
     attn_bwd = sum((t[1] for o, t in zip(lops, times) if o.attention_core), np.float64(0.0))
     shared_fwd, shared_bwd = moe_overlap.shared_expert_times(lops, times)
+    gemm_fwd = sum((t[0] for o, t in zip(lops, times) if o.kind == ops_mod.MATMUL), np.float64(0.0))
+    gemm_bwd = sum((t[1] for o, t in zip(lops, times) if o.kind == ops_mod.MATMUL), np.float64(0.0))
     sac_fwd = sum((t[0] * o.sac for o, t in zip(lops, times) if o.name != "fsdp_copies"), np.float64(0.0))
     layer_rec = np.select([rc == 2, rc == 1, rc == 3, rc == 4],
                           [layer_fwd, attn_fwd, sac_fwd, layer_fwd / SELECTIVE_LAYER_EVERY], 0.0)
@@ -160,11 +165,12 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
     # and head's at the busiest stage's share), and what outlasts the attention it hides under
     axes = axis_names()
     share = stages.ends_share(layout)
-    layer_comm, mb_comm, attention = {}, {}, {}
+    layer_comm, mb_comm, attention, matmul = {}, {}, {}, {}
     for a in axes:
         crit = link_sum(costs, lambda c: c.axis == a and c.per == "layer" and c.hidden_by == "none")
         attention[a] = attention_exposed(costs, a, attn_fwd, attn_bwd, rc)
-        layer_comm[a] = crit + attention[a][0] + moe_overlap.exposed(costs, a, shared_fwd, shared_bwd)
+        matmul[a] = attention_exposed(costs, a, gemm_fwd, gemm_bwd, rc, hider="matmul")
+        layer_comm[a] = crit + attention[a][0] + matmul[a][0] + moe_overlap.exposed(costs, a, shared_fwd, shared_bwd)
         ends = link_sum(costs, lambda c: c.axis == a and c.per == "microbatch" and c.hidden_by == "none"
                         and c.stage != "all")
         every = link_sum(costs, lambda c: c.axis == a and c.per == "microbatch" and c.hidden_by == "none"
@@ -207,8 +213,8 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
         if c.exposed_s is None:
             col = c.collective
             exposed = c.link_s if col.hidden_by == "none" else np.zeros_like(c.link_s)
-            if col.hidden_by == "attention":
-                ring_exposed, ring_f, ring_b = attention[col.axis]
+            if col.hidden_by in ("attention", "matmul"):
+                ring_exposed, ring_f, ring_b = (attention if col.hidden_by == "attention" else matmul)[col.axis]
                 ring_link = (ring_f + ring_b) * stage_layers * m
                 exposed = ring_exposed * stage_layers * m * c.link_s / np.where(ring_link > 0, ring_link, 1)
             elif col.hidden_by == "shared_experts":
@@ -281,6 +287,19 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
         software=sw,
         notes=moe_overlap.notes(model, dims),
     )
+
+
+def fastest_torus_map(model: ModelSpec, cluster: Cluster, layout: Layout, software, headroom, dropout) -> Layout:
+    """``layout`` on the TPU map (:mod:`parplan.layouts.torus_map`) with the shortest step, all maps
+    estimated at once as candidate arrays; the first of equals (the innermost axis on the most bandwidth)."""
+    maps = enumerate_maps(layout.sizes(), cluster)
+    if len(maps) <= 1:
+        return replace(layout, torus_map=maps[0] if maps else None)
+    stacked = tuple((axis, tuple(np.array([dict(m)[axis][i] for m in maps]) for i in range(len(factors))))
+                    for axis, factors in maps[0])
+    est = estimate(model, cluster, replace(layout, torus_map=stacked), software=software, headroom=headroom,
+                   check=False, dropout=dropout)
+    return replace(layout, torus_map=maps[int(np.argmin(np.broadcast_to(est.step_time_s, len(maps))))])
 
 
 def strategies_in_registry_order(strategies):

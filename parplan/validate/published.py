@@ -30,10 +30,11 @@ from ..specs.framework_loader import load_framework
 from ..specs.hardware import load_hardware
 from ..specs.model import ModelSpec, model_from_dict
 from ..specs.registry import spec_dir
+from ..specs.slices import parse_shape
 from ..specs.yamlio import check_keys, number, read_records, require_mapping
 from ..step.train import estimate
 
-DEFAULT_FILES = ("published-runs.yaml", "modern-runs.yaml", "moe-runs.yaml")
+DEFAULT_FILES = ("published-runs.yaml", "modern-runs.yaml", "moe-runs.yaml", "tpu-runs.yaml")
 DEFAULT_FILE = DEFAULT_FILES[0]
 
 
@@ -50,11 +51,12 @@ def load_runs(path: str | None = None) -> list[dict]:
 
 
 # The schema of a published-run record (see the comment at the top of validation/published-runs.yaml).
-RUN_KEYS = ("id", "source", "confidence", "model", "hardware", "devices", "devices_per_node", "network",
+RUN_KEYS = ("id", "source", "confidence", "model", "hardware", "devices", "devices_per_node", "slices", "slice", "network",
             "inter_node_bandwidth", "precision", "framework", "flash_attention", "fused_kernels", "compiled",
             "fp8_recipe", "layout", "global_batch", "published", "reference_step_time_s", "reference_derivation",
             "notes", "_file")
-RUN_LAYOUT_KEYS = ("tp", "pp", "dp", "cp", "vpp", "zero", "sequence_parallel", "recompute", "micro_batch", "ep", "etp")
+RUN_LAYOUT_KEYS = ("tp", "pp", "dp", "cp", "vpp", "zero", "shard_group", "sequence_parallel", "recompute",
+                   "micro_batch", "ep", "etp")
 PUBLISHED_KEYS = ("step_time_s", "tflops_per_device", "mfu", "hfu", "tokens_per_s", "tokens_per_s_per_device",
                   "flops_convention")
 # What a user passes for a record's model when the record leaves it out (predict_via_cli.py does the same):
@@ -95,8 +97,15 @@ def record_setup(rec: dict, framework: str | None = None) -> RunSetup:
     inter = hw.inter_node
     if rec.get("inter_node_bandwidth") is not None:
         inter = replace(inter, bandwidth=float(number(rec, "inter_node_bandwidth", f"run {rid}")))
+    torus = {}
+    if rec.get("slices") is not None or rec.get("slice") is not None:  # TPU slices, as a cluster file gives them
+        if hw.torus is None:
+            raise ParplanError(f"run {rid}: slices and slice describe TPU tori; {hw.name} is not a TPU")
+        torus = {"slices": number(rec, "slices", f"run {rid}", required=False, integer=True),
+                 "slice_shape": parse_shape(rec["slice"], hw.torus.dims, f"run {rid}: slice")
+                 if rec.get("slice") is not None else None}
     cluster = make_cluster(hw, devices, devices_per_node=rec.get("devices_per_node"), inter_node=inter,
-                           name=f"{hw.name}x{devices}")
+                           name=None if hw.torus is not None else f"{hw.name}x{devices}", **torus)
     dtype = rec.get("precision") or "bf16"
     w = f"run {rid}: layout"
     recompute = lay.get("recompute")
@@ -119,6 +128,8 @@ def record_setup(rec: dict, framework: str | None = None) -> RunSetup:
     for axis in ("ep", "etp"):  # the expert axes of an MoE run (searched where not printed)
         if lay.get(axis) is not None:
             fixed[axis] = number(lay, axis, w, integer=True)
+    if lay.get("shard_group") is not None:
+        fixed["shard_group"] = number(lay, "shard_group", w, integer=True)
     name = rec.get("framework") or framework
     note = "given" if rec.get("framework") else ("--framework" if framework else "default")
     name = name or default_framework(hw.kind)
@@ -131,7 +142,8 @@ def record_setup(rec: dict, framework: str | None = None) -> RunSetup:
     vpp = number(lay, "vpp", w, required=False, integer=True, default=1)
     fallback = Layout(tp=fixed["tp"], pp=fixed["pp"], dp=fixed["dp"], cp=fixed["cp"],
                       micro_batch=fixed.get("micro_batch", 1), global_batch=batch, seq_len=model.seq_len,
-                      zero=fixed.get("zero", 0), sp=bool(lay.get("sequence_parallel")), vpp=vpp,
+                      zero=fixed.get("zero", 0), shard_group=fixed.get("shard_group"),
+                      sp=bool(lay.get("sequence_parallel")), vpp=vpp,
                       schedule="interleaved" if vpp > 1 else "1f1b", recompute=fixed.get("recompute", "none"),
                       dtype=dtype, axes=tuple((a, fixed[a]) for a in ("ep", "etp") if a in fixed))
     unknown = tuple(k for k in ("micro_batch", "zero", "recompute", "vpp", "sp") if k not in fixed) + \

@@ -141,7 +141,7 @@ def plan_estimates(frame, model: ModelSpec | str, cluster: Cluster | str, top: i
     if space is None:
         raise ParplanError("this frame carries no search space; pass space= (plan_frame sets it)")
     m, cl = as_model(model, space.seq_len), as_cluster(cluster)
-    return [estimate(m, cl, layout_of(row, space), headroom=space.headroom, software=space.software)
+    return [estimate(m, cl, layout_of(row, space, cl), headroom=space.headroom, software=space.software)
             for _, row in frame.head(top).iterrows()]
 
 

@@ -73,23 +73,28 @@ def _table(result: PlanResult, plans: list[dict], extra: dict) -> str:
     batches, stability = result.batches, result.stability
     hbm = cluster.hardware.hbm_bytes
     seq = model.seq_len
+    torus = cluster.is_torus and "ici" in best
+    width = max([11] + [len(_placement(r, torus)) + 2 for _, r in best.iterrows()])
     gb = ", ".join(map(str, batches))
-    width = max([56] + [len(describe_row(row)) for _, row in best.iterrows()]) + 2
+    lw = max([56] + [len(describe_row(row)) for _, row in best.iterrows()]) + 2
     out = [f"{model.name} on {cluster.label}: {result.evaluated} candidates evaluated, {len(ranked)} fit; "
            f"global batch {gb} x {seq} tokens ({result.batch_note}); objective {result.objective}",
            *([f"sequence length: {model.seq_note}"] if model.seq_note else []),
            "",
-           f"{'#':>3}  {'layout':<{width}}{'placement':<11}{'batch':>6}{'step s':>9}{'interval s':>14}{'tokens/s':>11}"
-           f"{'MFU':>7}{'memory GiB':>16}  {'bottleneck':<10} best within 1% if +-15%"]
+           f"{'#':>3}  {'layout':<{lw}}{'ici' if torus else 'placement':<{width}}{'batch':>6}{'step s':>9}"
+           f"{'interval s':>14}{'tokens/s':>11}{'MFU':>7}{'memory GiB':>16}  {'bottleneck':<10} "
+           f"best within 1% if +-15%"]
     for i, ((_, row), trust, p) in enumerate(zip(best.iterrows(), stability, plans), 1):
         holds = "yes" if trust["holds"] else f"{trust['first_in']}/{trust['cases']} (worst #{trust['worst_rank']})"
         span = "{:.3g}-{:.3g}".format(*p["step_time_interval_s"]) if "step_time_interval_s" in p else "-"
-        out.append(f"{i:>3}  {describe_row(row):<{width}}{re.sub('^tp,cp,', '', row['order']):<11}"
+        out.append(f"{i:>3}  {describe_row(row):<{lw}}{_placement(row, torus):<{width}}"
                    f"{int(row['global_batch']):>6}{row['step_time_s']:9.3f}{span:>14}{row['tokens_per_s']:11.4g}"
                    f"{100 * row['mfu']:6.1f}%{row['memory_bytes'] / GIB:8.1f} / {hbm / GIB:4.0f}  "
                    f"{bottleneck(row):<10} {holds}")
-    out += ["", "placement: the order of the outer mesh axes on the devices, innermost first (dp,pp: each "
-                "pipeline stage's data-parallel replicas sit side by side, the stages outermost; pp,dp: the reverse)"]
+    out += ["", "ici: each mesh axis over the slice's torus axes (x, y, z: chips along each) and the slices (dcn), "
+                "as --ici takes it" if torus else
+            "placement: the order of the outer mesh axes on the devices, innermost first (dp,pp: each "
+            "pipeline stage's data-parallel replicas sit side by side, the stages outermost; pp,dp: the reverse)"]
     out += _same_layout_other_placement(best)
     if len(ranked) > 1:
         out += [why(ranked.iloc[0], ranked.iloc[1])]
@@ -110,6 +115,11 @@ def _table(result: PlanResult, plans: list[dict], extra: dict) -> str:
         for r in extra["sensitivity"]:
             out.append(f"  {r['parameter']:<20} {r['step_time_s']:9.3f} s/step  {100 * r['speedup']:+6.2f}%")
     return "\n".join(out)
+
+
+def _placement(row, torus: bool) -> str:
+    """Where a plan's axes lie: its torus map on a TPU, else its outer mesh order."""
+    return str(row["ici"]) if torus else re.sub("^tp,cp,", "", row["order"])
 
 
 def _numbers(plans: list[int]) -> str:
@@ -154,7 +164,8 @@ def _same_layout_other_placement(rows) -> list[str]:
     for i, (_, row) in enumerate(rows.iterrows(), 1):
         key = f"{describe_row(row)} gb={row['global_batch']}"
         if key in first:
-            lines.append(f"#{i} is #{first[key]} in the other placement")
+            lines.append(f"#{i} is #{first[key]} in the other placement"
+                         + (" (torus map)" if "ici" in row and isinstance(row["ici"], str) else ""))
         else:
             first[key] = i
     return lines

@@ -4,6 +4,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from ..cost.torus import DCN_LINK
+from ..layouts.torus_map import describe_map, format_map
+from ..specs.slices import AXIS_NAMES
 from ..step.train import Estimate, op_table
 from ..layouts.strategies import axis_names, breakdown_keys
 from ..errors import ParplanError
@@ -17,13 +20,26 @@ HFU_DEFINITION = ("hardware FLOPs (model FLOPs plus recomputed forward; Narayana
                   "per second over dense peak of all devices")
 
 
-def layout_dict(layout) -> dict[str, Any]:
-    """The layout's fields; plug-in axes appear under their own names, after the order."""
-    d = dataclasses.asdict(layout)
+def layout_dict(layout, cluster=None) -> dict[str, Any]:
+    """The layout's fields; plug-in axes appear under their own names, after the order; on a TPU, ``ici``
+    is the torus map in ``--ici`` syntax."""
+    tmap = layout.torus_map
+    d = dataclasses.asdict(dataclasses.replace(layout, torus_map=None))
+    d.pop("torus_map")
     d["order"] = list(layout.order)
     d.pop("axes")
     d.update(dict(layout.axes))
+    if tmap is not None and cluster is not None and cluster.is_torus:
+        d["ici"] = format_map(tmap, cluster)
     return d
+
+
+def torus_line(est: Estimate) -> list[str]:
+    """The TPU map as a person reads it (nothing on GPUs)."""
+    if not est.cluster.is_torus or est.layout.torus_map is None:
+        return []
+    return [f"ici     {describe_map(est.layout.torus_map, est.cluster)}",
+            f"        (--ici {format_map(est.layout.torus_map, est.cluster)})"]
 
 
 def estimate_dict(est: Estimate) -> dict[str, Any]:
@@ -34,7 +50,7 @@ def estimate_dict(est: Estimate) -> dict[str, Any]:
         "hardware": est.cluster.hardware.name,
         "cluster": est.cluster.name,
         "devices": est.cluster.devices,
-        "layout": layout_dict(est.layout),
+        "layout": layout_dict(est.layout, est.cluster),
         "software": software_dict(est.software),
         "step_time_s": float(est.step_time_s),
         "tokens_per_s": float(est.tokens_per_s),
@@ -83,8 +99,15 @@ def collective_rows(est: Estimate) -> list[dict[str, Any]]:
             "link_s": float(c.link_s), "exposed_s": float(c.exposed_s),
             "compute_slowdown_s": float(c.slowdown_s),
             "overlaps_with": col.hidden_by,
+            **({"links": link_names(int(c.links))} if c.links is not None else {}),
         })
     return rows
+
+
+def link_names(mask: int) -> str:
+    """The torus axes (x, y, z) and DCN a TPU collective runs over, from its link mask."""
+    names = [n for d, n in enumerate(AXIS_NAMES) if mask & (1 << d)] + (["dcn"] if mask & DCN_LINK else [])
+    return "+".join(names) or "-"
 
 
 def axis_rows(est: Estimate) -> list[dict[str, Any]]:
@@ -166,6 +189,7 @@ def format_estimate(est: Estimate, batch_note: str | None = None, interval=None)
         f"of {est.cluster.devices_per_node})",
         f"layout  {lay.describe()}  global batch {lay.global_batch} x seq {lay.seq_len}  "
         f"({est.layout.micro_batches} micro-batches)  {lay.dtype}",
+        *torus_line(est),
         *([f"        global batch: {batch_note}"] if batch_note and batch_note != "given" else []),
         *([f"        sequence length: {est.model.seq_note}"] if est.model.seq_note else []),
         "",

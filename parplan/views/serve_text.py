@@ -1,5 +1,5 @@
 """The serving views: the JSON record and terminal table of a serving estimate, its per-op rows,
-the serving plans and their Pareto front, and published serving measurements against predictions."""
+the serving plans and their Pareto front."""
 from __future__ import annotations
 
 from typing import Any
@@ -27,6 +27,9 @@ def inference_dict(est: InferenceEstimate) -> dict[str, Any]:
                    "input_len": lay.input_len, "output_len": lay.output_len, "dtype": lay.dtype,
                    "kv_dtype": lay.kv, **({"ep": lay.ep} if est.model.is_moe else {})},
         "tp": lay.tp, "pp": lay.pp, "replicas": lay.replicas, "batch": int(lay.batch),
+        "framework": est.software.name if est.software is not None else None,
+        "software": est.software.describe() if est.software is not None else None,
+        "cuda_graphs": bool(est.software.graphed(lay.batch)) if est.software is not None else None,
         "ttft_s": float(est.ttft_s),
         "tpot_s": float(est.tpot_s),
         "itl_s": float(est.itl_s),
@@ -44,7 +47,9 @@ def inference_dict(est: InferenceEstimate) -> dict[str, Any]:
         "prefill_breakdown_s": {k: float(est.prefill_breakdown_s[k]) for k in PREFILL_KEYS},
         "decode_breakdown_s": {k: float(est.decode_breakdown_s[k]) for k in DECODE_KEYS},
         "bottleneck": decode_bottleneck(est.decode_breakdown_s),
-        "notes": list(est.notes),
+        "prefill_layers_s": float(est.prefill_layers_s) if est.prefill_layers_s is not None else None,
+        "decode_layers_s": float(est.decode_layers_s) if est.decode_layers_s is not None else None,
+        "notes": list(est.notes) + (list(est.software.notes) if est.software is not None else []),
     }
 
 
@@ -58,6 +63,8 @@ def format_inference(est: InferenceEstimate) -> str:
         f"{f' ep={lay.ep}' if lay.ep > 1 else ''}, "
         f"batch {d['batch']} per replica, {lay.input_len} in / {lay.output_len} out tokens, "
         f"weights {lay.dtype}, KV {lay.kv}",
+        f"  software          {d['software']}" + ("" if d["cuda_graphs"] else " (this batch runs without a graph)"
+                                                   if est.software.cuda_graphs else ""),
         f"  TTFT              {d['ttft_s'] * 1e3:10.2f} ms   (prefill of one prompt, queueing ignored)",
         f"  TPOT              {d['tpot_s'] * 1e3:10.2f} ms   (one decode step at batch {d['batch']}, "
         f"context {lay.input_len + lay.output_len // 2})",
@@ -88,14 +95,14 @@ def op_rows(est: InferenceEstimate, phase: str = "decode") -> list[dict]:
 
 
 def plan_dicts(model: ModelSpec, cluster: Cluster, ranked, *, input_len: int, output_len: int, dtype: str,
-               kv_dtype: str | None, headroom: float, top: int) -> list[dict]:
+               kv_dtype: str | None, headroom: float, top: int, software=None) -> list[dict]:
     """The JSON plans, best first: each the full estimate of its layout."""
     out = []
     for _, row in ranked.head(top).iterrows():
         lay = ServeLayout(tp=int(row["tp"]), pp=int(row["pp"]), replicas=int(row["replicas"]), batch=int(row["batch"]),
                           input_len=input_len, output_len=output_len, dtype=dtype, kv_dtype=kv_dtype,
                           ep=int(row["ep"]) if "ep" in row else 1)
-        out.append(inference_dict(estimate_inference(model, cluster, lay, headroom=headroom)))
+        out.append(inference_dict(estimate_inference(model, cluster, lay, headroom=headroom, software=software)))
     return out
 
 
@@ -109,6 +116,7 @@ def format_plans(df, ranked, top: int = 10) -> str:
     lines = [f"{a['model']} serving on {a.get('cluster_label', a['cluster'])}: {a['input_len']} in / "
              f"{a['output_len']} out tokens, weights {a['dtype']}, KV {a['kv_dtype'] or 'same as activations'}; "
              f"{len(df)} candidates, {int(df['fits'].sum())} fit, {len(ranked)} split{meet}",
+             f"software: {a.get('framework', '')}",
              "",
              f"{'#':>3}  {'layout':<28}{'batch':>6}{'TTFT ms':>10}{'TPOT ms':>10}{'ITL ms':>9}{'tok/s':>11}"
              f"{'tok/s/dev':>11}{'tok/s/user':>11}{'mem GiB':>9}  bottleneck"]
@@ -133,16 +141,4 @@ def format_pareto(front, limit: int = 25) -> str:
         lines.append(f"  {describe_split(r):<28}{r['batch']:>6}{r['tpot_s'] * 1e3:10.2f}{r['tokens_per_s_per_user']:11.1f}"
                      f"{r['tokens_per_s_per_device']:11.1f}{r['ttft_s'] * 1e3:10.1f}  "
                      f"{'met' if r['meets_targets'] else 'missed'}")
-    return "\n".join(lines)
-
-
-def format_published(rows: list[dict]) -> str:
-    lines = [f"{'record':<58}{'metric':<14}{'published':>11}{'predicted':>11}{'error':>9}"]
-    for r in rows:
-        lines.append(f"{r['id']:<58}{r['metric']:<14}{r['published']:11.4g}{r['predicted']:11.4g}"
-                     f"{100 * r['error']:+8.1f}%")
-    errs = np.abs([r["error"] for r in rows])
-    if len(errs):
-        lines.append(f"mean |error| {100 * errs.mean():.1f}%, median {100 * np.median(errs):.1f}%, "
-                     f"max {100 * errs.max():.1f}%")
     return "\n".join(lines)

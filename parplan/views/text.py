@@ -37,6 +37,7 @@ def format_hardware(hw: Hardware) -> str:
         f"direction, {hw.inter_node.latency_s * 1e6:.2g} us/step, {hw.inter_node.efficiency:.0%} achievable",
         f"  matmul efficiency  {hw.matmul_efficiency:.1%} of peak (best shape)"
         + ("; calibrated curve" if hw.matmul_curve else ""),
+        *_torus_lines(hw),
         "",
         "  derived (bf16 or the fastest 16-bit rate):",
     ]
@@ -52,6 +53,18 @@ def format_hardware(hw: Hardware) -> str:
     if hw.sources:
         lines += ["", "  sources:"] + [f"    {k}: {v}" for k, v in hw.sources.items()]
     return "\n".join(lines)
+
+
+def _torus_lines(hw: Hardware) -> list[str]:
+    """A TPU's torus: its links, the largest slice and which slice axes wrap."""
+    t = hw.torus
+    if t is None:
+        return []
+    wrap = {"cubes": f"every axis of a slice made of whole {t.wrap_side}-chip-sided cubes",
+            "full-axis": f"an axis of {t.wrap_side} chips"}.get(t.wrap_rule or "", "none below a pod")
+    return [f"  ICI torus          {t.dims}D, {_si(t.link_bandwidth, 'B/s')} per link one way; largest slice "
+            f"{'x'.join(map(str, t.max_slice)) or t.pod_devices} (more join over DCN: NAMExSLICESxCOUNT); "
+            f"wraparound: {wrap}"]
 
 
 def format_model(m: ModelSpec) -> str:
@@ -114,7 +127,7 @@ def format_explain(data: dict) -> str:
     for c in data["collectives"]:
         lines.append(f"  {c['name']:<28}{c['op']:<15}{c['axis']:<5}{c['group']:>6}{c['bytes'] / 1e6:10.2f}"
                      f"{c['calls_per_step']:9.0f}{c['time_s'] * 1e3:9.3f}{c['link_s']:9.3f}{c['exposed_s']:10.3f}"
-                     f"  {c['overlaps_with']}")
+                     f"  {c['overlaps_with']}" + (f" on {c['links']}" if "links" in c else ""))
     lines += ["", "per mesh axis (exposed includes the slowdown of the compute the overlapped collectives run beside):",
               f"  {'axis':<6}{'on link s':>11}{'hidden s':>10}{'exposed s':>11}{'slowdown s':>12}"
               "  bus bandwidth to hide it"]

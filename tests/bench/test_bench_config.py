@@ -13,7 +13,7 @@ from parplan.cli.bench_cmd import config_from_options, worker
 from parplan.bench.launch import diagnose, exit_codes
 from parplan.bench.state import RankState
 from parplan.units import parse_bytes
-from parplan.bench.config import BenchConfig, parse_ops, resolve
+from parplan.bench.config import BenchConfig, parse_concurrency, parse_ops, resolve
 from parplan.bench.items import build_plan, collective_count, mesh_layouts, sizes
 from parplan.cost.collectives import place
 from parplan.errors import ParplanError
@@ -53,6 +53,16 @@ def test_mesh_layouts_contiguous_and_strided():
     # The placement parplan's model gives the same groups agrees with the hosts.
     cluster = make_cluster(load_hardware("a100"), 8, devices_per_node=4)
     assert place(4, 2, cluster).nodes == 2 and place(4, 1, cluster).nodes == 1
+    # One group alone beside the same partition all at once: same members, one group communicating.
+    both = {l.name: l for l in mesh_layouts(8, (4,), ("strided",), concurrency=("all", "one"))}
+    assert list(both) == ["strided4", "strided4-alone"]
+    alone = both["strided4-alone"]
+    assert alone.members == both["strided4"].members and (alone.active, both["strided4"].active) == (1, 2)
+    assert [r for r in range(8) if alone.runs(r)] == [0, 2, 4, 6] and all(both["strided4"].runs(r) for r in range(8))
+    assert [l.name for l in mesh_layouts(8, (0, 2), ("contiguous",), concurrency=("one",))] == ["world",
+                                                                                               "contig2-alone"]
+    with pytest.raises(ParplanError, match="--concurrency must be all, one or both"):
+        parse_concurrency("some")
     with pytest.raises(ParplanError, match="does not divide"):
         mesh_layouts(8, (3,), ("contiguous",))
     with pytest.raises(ParplanError, match="larger than"):
@@ -91,7 +101,8 @@ def replace_suites(config, suites):
 
 def test_config_round_trips_through_the_worker_command_line():
     opts = dict(suite="collectives,matmul", ops="all_reduce,send_recv", min_bytes="16", max_bytes="1M", factor=4,
-                dtype="bf16", groups="world,2", layout="strided", iters=7, warmup=2, timeout=42.0,
+                dtype="bf16", groups="world,2", layout="strided", concurrency="both", iters=7, warmup=2,
+                timeout=42.0,
                 matmul_dtypes="fp16", shapes="1x64x64,32x32x32", matmul_min=0, matmul_max=0, models=(),
                 micro_batch=3, seq=128, layer_dtype="", device="cpu", backend="gloo", output="/tmp/x")
     config = config_from_options(opts)

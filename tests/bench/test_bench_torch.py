@@ -46,10 +46,11 @@ def two_ranks(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def four_ranks(tmp_path_factory):
-    """Four ranks, every collective, with rank 2 corrupting its input to the first measurement."""
+    """Four ranks, every collective, each pair of ranks at once and alone, with rank 2 corrupting its input
+    to the first measurement."""
     out = tmp_path_factory.mktemp("bench4") / "run"
     proc = run_bench("bench", "--nproc", "4", "--suite", "collectives", "--max-bytes", "1K", "--iters", "2",
-                     "--warmup", "1", "--timeout", "60", "-o", str(out),
+                     "--warmup", "1", "--timeout", "60", "--concurrency", "both", "-o", str(out),
                      env={"PARPLAN_BENCH_FAIL_RANK": "2", "PARPLAN_BENCH_FAIL_ITEM": "0",
                           "PARPLAN_BENCH_FAIL_MODE": "corrupt"})
     assert proc.returncode == 0, proc.stderr + proc.stdout
@@ -109,9 +110,12 @@ def test_four_ranks_measure_mesh_subgroups(four_ranks):
     out, _ = four_ranks
     coll = load_results([out])
     groups = {(r.group, r.group_size, r.group_stride, r.group_count) for r in coll}
-    assert groups == {("world", 4, 1, 1), ("contig2", 2, 1, 2), ("strided2", 2, 2, 2)}
-    assert {r.op for r in coll if r.group == "strided2"} == {"all_reduce", "all_gather", "reduce_scatter",
-                                                              "all_to_all", "broadcast", "send_recv"}
+    assert groups == {("world", 4, 1, 1), ("contig2", 2, 1, 2), ("strided2", 2, 2, 2),
+                      ("contig2-alone", 2, 1, 1), ("strided2-alone", 2, 2, 1)}
+    for group in ("strided2", "strided2-alone", "contig2-alone"):
+        assert {r.op for r in coll if r.group == group} == {"all_reduce", "all_gather", "reduce_scatter",
+                                                             "all_to_all", "broadcast", "send_recv"}
+    assert json.loads((out / "meta.json").read_text())["config"]["concurrency"] == ["all", "one"]
     assert all(r.busbw_bytes_per_s == pytest.approx(r.algbw_bytes_per_s * bus_factor(r.op, r.group_size))
                for r in coll)
 

@@ -262,3 +262,24 @@ def test_calibrate_and_compare_commands(tmp_path):
     assert (tmp_path / "cmp" / "compare.png").read_bytes()[:4] == b"\x89PNG"
     lines = (tmp_path / "cmp" / "compare.csv").read_text().splitlines()
     assert lines[0].startswith("kind,op,group") and len(lines) == 1 + 34
+
+
+def test_calibrate_keeps_a_cluster_files_in_switch_reduction_off(tmp_path):
+    """Calibrated against a cluster file that turns NVLink SHARP off (as NCCL_NVLS_ENABLE=0 runs), the
+    profile keeps it off: an 8-GPU all-reduce it has no fit for is the ring, not the in-switch one."""
+    rows = [r for r in synthetic_rows() if r.kind == "copy" or r.op == "all_gather"]
+    cluster = tmp_path / "nvls-off.yaml"
+    cluster.write_text("hardware: h100-sxm\ndevices: 8\nin_switch_reduction: false\n")
+    _, off = write_profile(rows, tmp_path / "off.yaml", str(cluster))
+    _, on = write_profile(rows, tmp_path / "on.yaml", "h100-sxm")
+    assert not off.intra_node.in_switch_reduction and on.intra_node.in_switch_reduction
+    assert off.intra_node.efficiency == pytest.approx(370e9 / 450e9, rel=0.03)  # the all-gather's busbw
+    assert "cluster file" in yaml.safe_load((tmp_path / "off.yaml").read_text())["sources"][
+        "intra_node.in_switch_reduction"]
+    size, alpha = 2.0**30, 8.4e-6 + 2 * 7 * 1.9e-6
+    ring = alpha + size * 2 * 7 / 8 / off.intra_node.effective_bandwidth
+    nvls = alpha + size / (450e9 * 0.61)
+    for path, want in ((tmp_path / "off.yaml", ring), (tmp_path / "on.yaml", nvls)):
+        cl = load_cluster(f"{path}")
+        cl = make_cluster(cl.hardware, 8)
+        assert float(collective_time_s("all_reduce", size, place(8, 1, cl), cl)) == pytest.approx(want, rel=1e-6)

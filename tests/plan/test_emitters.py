@@ -20,8 +20,9 @@ CASES = {  # target -> plan options that give it a plan using its distinctive kn
     "torchtitan": ("--model", "llama3.1-70b", "--hw", "h100x64"),
     "deepspeed": ("--model", "llama3.1-8b", "--hw", "a100x64"),
     "llm-foundry": ("--model", "llama3.1-8b", "--hw", "h100x16"),
+    "maxtext": ("--model", "llama3.1-8b", "--hw", "tpu-v5px2x128"),
 }
-SUFFIX = {"megatron": ".sh", "torchtitan": ".toml", "deepspeed": ".json", "llm-foundry": ".yaml"}
+SUFFIX = {"megatron": ".sh", "torchtitan": ".toml", "deepspeed": ".json", "llm-foundry": ".yaml", "maxtext": ".yml"}
 
 
 @pytest.mark.parametrize("target", list(CASES))

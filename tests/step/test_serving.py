@@ -16,14 +16,12 @@ from parplan.views.serve_text import inference_dict
 from parplan.step.serve_memory import (kv_bytes_per_token, kv_cache_bytes, max_batch, memory_per_device,
     tp_allreduce_bytes_per_layer, weight_bytes)
 from parplan.cli.serve_cmd import estimate_inference_command, explain_inference_command, plan_inference_command
-from parplan.views.serve_text import format_published
-from parplan.validate.serving import load_published_serving, predict_published
+from parplan.validate.serving import format_serving_validation, load_serving_runs, validate_serving
 from parplan.plan.serve_search import pareto_front, search_inference
 from parplan.views.serve_plots import pareto_plot
 from parplan.specs.model_loader import load_model
 
 ROOT = REPO
-PUBLISHED = ROOT / "reports" / "inference" / "published-serving.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +87,8 @@ def test_decode_at_batch_1_on_one_gpu_reads_the_weights_once(llama70):
     weights = llama70.total_params() * 2
     floor = weights / hw.hbm_bandwidth
     tpot = float(est.tpot_s)
-    assert floor < tpot < 1.25 * floor
+    # The serving stack's host work (vLLM's scheduler, 0.5 ms a step) comes on top of the weight read.
+    assert floor < tpot - float(est.decode_breakdown_s["host"]) < 1.25 * floor
     # The GEMMs are the weight read at the achievable bandwidth (minus the input embedding, only gathered).
     read = (weights - llama70.embedding_params() * 2) / (hw.hbm_bandwidth * hw.hbm_efficiency)
     assert float(est.decode_breakdown_s["matmul"]) == pytest.approx(read, rel=0.06)
@@ -315,11 +314,13 @@ def test_unmet_targets_say_what_is_reachable():
 
 
 def test_published_serving_rows():
-    """Predict the published serving measurements; print the errors; assert a loose bound (within 50%)."""
-    rows = predict_published(load_published_serving(PUBLISHED))
-    print("\n" + format_published(rows))
-    assert len(rows) >= 3
-    for r in rows:
+    """Predict the shipped serving records (validation/serving-runs.yaml); print the errors; every published
+    engine record fits and lands within 50% (the yardstick's figures are `parplan validate`'s)."""
+    published = [r for r in load_serving_runs() if r.get("scope") == "serving"]
+    results = validate_serving(published)
+    print("\n" + format_serving_validation(results))
+    assert len(results["rows"]) >= 6 and not results["skipped"]
+    for r in results["rows"]:
         assert np.isfinite(r["error"])
         assert abs(r["error"]) < 0.5, r
         assert r["fits"], r
@@ -367,3 +368,50 @@ def test_cli_inference_errors_are_one_line(run_cli, args, message):
     code, out, err = run_cli("estimate", "--mode", "inference", "--model", "llama3-70b", "--hw", "h100x8",
                              "--input-len", "2048", "--output-len", "256", *args)
     assert code == 1 and message in err and err.count("\n") == 1
+
+
+@needs_cli
+def test_cli_framework_for_inference(run_cli):
+    base = ("estimate", "--mode", "inference", "--model", "llama3-8b", "--hw", "h100", "--batch", "4",
+            "--input-len", "1024", "--output-len", "128", "--format", "json")
+    code, out, err = run_cli(*base)
+    assert code == 0, err
+    assert json.loads(out)["framework"] == "vllm"
+    code, out, err = run_cli(*base, "--framework", "pytorch", "--cuda-graphs", "--no-fused-kernels")
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["framework"] == "pytorch" and d["cuda_graphs"] is True
+    code, out, err = run_cli("estimate", "--mode", "inference", "--model", "llama3-8b", "--hw", "h100",
+                             "--input-len", "1024", "--output-len", "128")
+    assert code == 0, err
+    assert "software          vllm" in out and "the default on gpus" in out
+
+
+@needs_cli
+@pytest.mark.parametrize("args, message", [
+    (["--mode", "inference", "--framework", "vlm"], "unknown framework 'vlm' (did you mean 'vllm'?); choose from jax, "
+                                                    "pytorch, sglang, tensorrt-llm, vllm"),
+    (["--mode", "inference", "--framework", "megatron-core"], "has no serving section"),
+    (["--mode", "inference", "--compile"], "--compile does not apply with --mode inference"),
+    (["--mode", "inference", "--framework", "vllm", "--no-cuda-graphs", "--fp8-recipe", "rowwise"],
+     "--fp8-recipe does not apply with --mode inference"),
+    (["--framework", "vllm", "--tp", "1"], "is a serving stack (use it with --mode inference)"),
+    (["--cuda-graphs"], "--cuda-graphs does not apply with --mode train"),
+])
+def test_cli_serving_framework_errors_are_one_line(run_cli, args, message):
+    code, out, err = run_cli("estimate", "--model", "llama3-8b", "--hw", "h100", "--input-len", "1024",
+                             "--output-len", "128", *args) if "inference" in args else \
+        run_cli("estimate", "--model", "llama3-8b", "--hw", "h100", *args)
+    assert code == 1 and message in err and err.count("\n") == 1, err
+
+
+@needs_cli
+def test_cli_emit_implies_its_serving_stack(run_cli):
+    base = ("plan", "--mode", "inference", "--model", "llama3-8b", "--hw", "h100x2", "--input-len", "1024",
+            "--output-len", "128", "--batch", "8")
+    code, out, err = run_cli(*base, "--emit", "sglang", "--framework", "vllm")
+    assert code == 1 and "--emit sglang runs the plan on sglang, not on --framework vllm" in err
+    code, out, err = run_cli(*base, "--emit", "sglang", "--framework", "sgl")
+    assert code == 0 and "--max-running-requests 8" in out, err
+    code, out, err = run_cli(*base, "--framework", "sglang", "--format", "json", "--top", "1")
+    assert code == 0 and json.loads(out)[0]["framework"] == "sglang", err

@@ -26,13 +26,19 @@ def moe_results():
     return validate_runs([r for r in load_runs() if r["_file"] == "moe-runs.yaml"])
 
 
-def test_every_shipped_run_is_predicted(results, moe_results):
+@pytest.fixture(scope="module")
+def tpu_results():
+    return validate_runs([r for r in load_runs() if r["_file"] == "tpu-runs.yaml"])
+
+
+def test_every_shipped_run_is_predicted(results, moe_results, tpu_results):
     files = results["files"]
     assert files["published-runs.yaml"]["runs"] == 51
     assert files["modern-runs.yaml"]["runs"] == 45
     assert results["summary"]["runs"] == 96 and results["summary"]["skipped"] == 0
     assert all(r["predicted_s"] > 0 for r in results["rows"])
     assert moe_results["files"]["moe-runs.yaml"]["runs"] == 13 and moe_results["summary"]["skipped"] == 0
+    assert tpu_results["files"]["tpu-runs.yaml"]["runs"] == 49 and tpu_results["summary"]["skipped"] == 0
 
 
 def test_moe_runs_do_not_regress(moe_results):
@@ -48,6 +54,7 @@ def test_moe_runs_do_not_regress(moe_results):
 
 
 def test_summary_does_not_regress(results):
+    """The dense GPU runs (the two files of GPU-era publications)."""
     s = results["summary"]
     assert s["mean_abs_error"] <= 0.15
     assert s["median_abs_error"] <= 0.12
@@ -56,6 +63,20 @@ def test_summary_does_not_regress(results):
     # Llama 2 13B without recompute (torchtitan, A100) ran with torchtitan's fused RMSNorm of April 2024,
     # which keeps less than the eager RMSNorm the v0.2.2 profile runs: the memory model finds no fit.
     assert s["no_fitting_plan"] <= 3
+
+
+def test_tpu_runs_do_not_regress(tpu_results):
+    """MaxText's v4, v5e and v5p tables, PaLM and the Trillium recipes: a group of their own, predicted on the
+    slices' torus maps with the JAX profile, no per-run constant. Reached: median |error| 10.8% (the 10% aim
+    is not met), predictions fast on the whole (-9.5%). Known misses: the slowdown MaxText's tables show
+    from 1 to 32 slices (up to 25%) is not predicted (the cross-slice gradient reduction hides under the
+    backward); the Trillium (v6e) runs are predicted 30% fast (its matmul efficiency is an assumption); the
+    memory model refuses 18 runs that ran (it keeps more of MaxText's rematerialised activations than its
+    remat policies do)."""
+    f = tpu_results["files"]["tpu-runs.yaml"]
+    assert f["median_abs_error"] <= 0.11 and f["mean_abs_error"] <= 0.12
+    assert f["max_abs_error"] <= 0.32 and abs(f["mean_error"]) <= 0.10
+    assert tpu_results["summary"]["no_fitting_plan"] <= 18
 
 
 def group(results, prefix):
@@ -106,8 +127,9 @@ def test_the_framework_decides_the_kernels():
 
 def test_errors_are_summarised_by_publication(results):
     groups = results["groups"]
-    assert sum(g["runs"] for g in groups.values()) == 96
+    assert sum(g["runs"] for g in groups.values()) == 145
     assert groups["Narayanan et al. 2021, Table 1 (megatron-lm)"]["runs"] == 10
+    assert groups["MaxText README 'Runtime Performance Results' v5e tables (jax)"]["runs"] == 24
     assert groups["Narayanan et al. 2021, Table 2 (deepspeed)"]["runs"] == 6
     name = "Korthikanti et al. 2022, Tables 3+5 (megatron-lm)"
     rows = [r["error"] for r in results["rows"] if r["group"] == name]
@@ -146,7 +168,7 @@ def test_a_bad_record_is_a_row_with_its_reason_and_the_rest_are_predicted(tmp_pa
     assert err.count("\n") == 1 and err.startswith("Error: 2 runs could not be predicted")
 
 
-def test_the_shipped_error_bands_are_what_validate_gives_now(results, moe_results):
+def test_the_shipped_error_bands_are_what_validate_gives_now(results, moe_results, tpu_results):
     """validation/error-bands.yaml (every interval's validation part) is regenerated, never typed: after a change
     to the predictions, run scripts/error_bands.py."""
     import yaml
@@ -156,7 +178,7 @@ def test_the_shipped_error_bands_are_what_validate_gives_now(results, moe_result
     from parplan.validate.bands import error_bands
 
     stored = yaml.safe_load((spec_dir("validation") / BANDS_FILE).read_text())
-    every = {"rows": results["rows"] + moe_results["rows"]}
+    every = {"rows": results["rows"] + moe_results["rows"] + tpu_results["rows"]}
     assert stored == error_bands(every, load_runs()), \
         "validation/error-bands.yaml is stale: run scripts/error_bands.py"
     assert sum(len(v) for v in validation_errors().values()) == len(every["rows"])

@@ -50,12 +50,14 @@ class DataParallel(Strategy):
         lay, cluster = ctx.layout, ctx.cluster
         cp, dp = np.asarray(lay.cp), np.asarray(lay.dp)
         size = dp * cp
+        shard = size if lay.shard_group is None else np.asarray(lay.shard_group) * cp
+        if cluster.is_torus:  # ranks counted from cp's (parplan.layouts.torus_map): exact where cp and dp are neighbours
+            return size, np.where(cp > 1, ctx.stride("cp"), ctx.stride("dp")), shard
         cp_local = place(cp, ctx.stride("cp"), cluster).local
         dp_local = place(dp, ctx.stride("dp"), cluster).local
         local = np.where(cp_local < cp, cp_local, cp_local * dp_local)
         domain = cluster.fast_domain if cluster.hardware.torus is not None else cluster.scale_up_domain
         stride = np.maximum(1, domain // np.maximum(local, 1))
-        shard = size if lay.shard_group is None else np.asarray(lay.shard_group) * cp
         return size, stride, shard
 
     def collectives(self, ctx: Context):

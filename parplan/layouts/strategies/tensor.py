@@ -3,7 +3,8 @@
 1D (Shoeybi et al. 2019, arXiv 1909.08053): the attention heads and the MLP's
 first matrix are column-sharded, the output projection and the MLP's second
 matrix row-sharded; Megatron's conjugate operators f/g cost one all-reduce of
-the (b, s, h) activation per block forward and one backward: 2 + 2 per layer.
+the (b, s, h) activation per block forward and one backward: 2 + 2 per layer
+(1 + 1 for a parallel attention + MLP block, PaLM Sec. 2).
 Sequence parallel (Korthikanti et al. 2022) replaces each all-reduce with a
 reduce-scatter and an all-gather of the same buffer — the same bytes on the wire
 (an all-reduce *is* a reduce-scatter plus an all-gather) — and shards the
@@ -39,8 +40,10 @@ class TensorParallel1D(Strategy):
         buf = d.batch * d.seq * ctx.model.hidden * ctx.bpe  # one (b, s, h) activation
         stride = ctx.stride("tp")
         sp = np.asarray(lay.sp)
-        ar = np.where(sp, 0, 2)          # all-reduces per block pair without sequence parallel
-        rs_ag = np.where(sp, 2, 0)       # reduce-scatters (and all-gathers) with it
+        blocks = 1 if ctx.model.parallel_layers else 2  # a parallel block sums attention and MLP first
+        ar = np.where(sp, 0, blocks)     # all-reduces per block pair without sequence parallel
+        rs_ag = np.where(sp, blocks, 0)  # reduce-scatters (and all-gathers) with it
+        ends_ar, ends_rs_ag = np.where(sp, 0, 1), np.where(sp, 1, 0)  # the embedding's and the head's, once each
         again = np.where(ctx.recompute == 2, 1, 0)  # full recompute re-runs the forward's collectives
         out = [
             Collective("tp_allreduce_fwd", "all_reduce", "tp", t, stride, buf, ar, "layer", "forward", "none"),
@@ -48,22 +51,26 @@ class TensorParallel1D(Strategy):
             Collective("tp_allreduce_recompute", "all_reduce", "tp", t, stride, buf, ar * again,
                        "layer", "recompute", "none"),
             # Vocab-parallel embedding sums its partial lookups; the logits' input gradient is summed.
-            Collective("tp_embedding_allreduce", "all_reduce", "tp", t, stride, buf, ar / 2,
+            Collective("tp_embedding_allreduce", "all_reduce", "tp", t, stride, buf, ends_ar,
                        "microbatch", "forward", "none", "first"),
-            Collective("tp_logits_allreduce", "all_reduce", "tp", t, stride, buf, ar / 2,
+            Collective("tp_logits_allreduce", "all_reduce", "tp", t, stride, buf, ends_ar,
                        "microbatch", "backward", "none", "last"),
         ]
+        # A collective matmul (XLA's windowed einsum) runs each gather or scatter in steps under the GEMM it
+        # feeds or follows (JAX scaling book, "Programming TPUs in JAX": collective matmul; Wang et al. 2023).
+        overlap = ctx.software is not None and ctx.software.framework.parallelism.tp_overlap == "collective-matmul"
+        under = "matmul" if overlap else "none"
         for op, short in (("all_gather", "ag"), ("reduce_scatter", "rs")):
             out += [
-                Collective(f"sp_{short}_fwd", op, "tp", t, stride, buf, rs_ag, "layer", "forward", "none"),
-                Collective(f"sp_{short}_bwd", op, "tp", t, stride, buf, rs_ag, "layer", "backward", "none"),
+                Collective(f"sp_{short}_fwd", op, "tp", t, stride, buf, rs_ag, "layer", "forward", under),
+                Collective(f"sp_{short}_bwd", op, "tp", t, stride, buf, rs_ag, "layer", "backward", under),
                 Collective(f"sp_{short}_recompute", op, "tp", t, stride, buf, rs_ag * again,
-                           "layer", "recompute", "none"),
+                           "layer", "recompute", under),
                 # Embedding output (reduce-scatter forward, all-gather backward) and logits input
                 # (all-gather forward, reduce-scatter backward): one of each per pass.
-                Collective(f"sp_{short}_head_fwd", op, "tp", t, stride, buf, rs_ag / 2, "microbatch",
+                Collective(f"sp_{short}_head_fwd", op, "tp", t, stride, buf, ends_rs_ag, "microbatch",
                            "forward", "none", "last" if short == "ag" else "first"),
-                Collective(f"sp_{short}_head_bwd", op, "tp", t, stride, buf, rs_ag / 2, "microbatch",
+                Collective(f"sp_{short}_head_bwd", op, "tp", t, stride, buf, ends_rs_ag, "microbatch",
                            "backward", "none", "first" if short == "ag" else "last"),
             ]
         if ctx.sampling:

@@ -1,6 +1,6 @@
 """Launch configs for a plan, one module per framework, and the plan back from a user's launch config.
 
-Each training target (``megatron``, ``torchtitan``, ``deepspeed``, ``llm-foundry``) exposes
+Each training target (``megatron``, ``torchtitan``, ``deepspeed``, ``llm-foundry``, ``maxtext``) exposes
 ``text(layout, model, software)``, the config that runs the plan, and ``problem(layout, model, software)``,
 the one-line reason its framework cannot run it (the layout rules with the target's framework profile),
 and ``read``, the inverse. ``serving`` writes vLLM and SGLang flags for a serving plan.
@@ -12,10 +12,11 @@ from pathlib import Path
 from ...errors import ParplanError
 from ...layouts.layout import Layout
 from ...specs.model import ModelSpec
-from . import deepspeed, llmfoundry, megatron, serving, torchtitan
+from . import deepspeed, llmfoundry, maxtext, megatron, serving, torchtitan
 from .common import LaunchConfig
 
-MODULES = {"megatron": megatron, "torchtitan": torchtitan, "deepspeed": deepspeed, "llm-foundry": llmfoundry}
+MODULES = {"megatron": megatron, "torchtitan": torchtitan, "deepspeed": deepspeed, "llm-foundry": llmfoundry,
+           "maxtext": maxtext}
 TRAIN_TARGETS = tuple(MODULES)
 TARGETS = TRAIN_TARGETS + serving.TARGETS
 PROFILES = {t: m.PROFILE for t, m in MODULES.items()}  # the framework an --emit target implies
@@ -61,7 +62,8 @@ def detect(path: str, source: str) -> str:
 
 
 def read_config(path: str, world_size: int, model: ModelSpec) -> LaunchConfig:
-    """A user's launch config (torchtitan TOML, DeepSpeed JSON, Megatron / NeMo flags or YAML, llm-foundry YAML)."""
+    """A user's launch config (torchtitan TOML, DeepSpeed JSON, Megatron / NeMo flags or YAML, llm-foundry YAML,
+    MaxText YAML)."""
     from ...specs.yamlio import read_yaml
 
     p = Path(path)
@@ -75,6 +77,8 @@ def read_config(path: str, world_size: int, model: ModelSpec) -> LaunchConfig:
             raise ParplanError(f"{path}: the YAML must be a mapping")
         if any(k in data for k in llmfoundry.FOUNDRY_MARKS):
             return llmfoundry.read(data, world_size, model)
+        if any(str(k).startswith(("ici_", "dcn_")) or k in ("base_config", "per_device_batch_size") for k in data):
+            return maxtext.read(data, world_size, model)
         return megatron.read("", world_size, model, yaml_data=data)
     return MODULES[kind].read(source, world_size, model)
 

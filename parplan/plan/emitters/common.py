@@ -11,7 +11,7 @@ from typing import Mapping
 
 from ...errors import ParplanError
 from ...layouts.layout import RECOMPUTE, TP_MODES, Layout
-from ...layouts.rules import fields, first_violation
+from ...layouts.rules import fields, first_violation, shards_hidden
 from ...specs.framework_loader import load_framework
 from ...specs.model import ModelSpec
 
@@ -45,7 +45,7 @@ def rule_problem(layout: Layout, model: ModelSpec, framework) -> str | None:
                shard_group=layout.shard_group or 1, hsdp=layout.shard_group is not None, global_batch=layout.batch,
                seq=layout.seq_len or model.seq_len, interleaved=layout.schedule == "interleaved",
                recompute=RECOMPUTE.index(layout.recompute), cp_ring=layout.cp_mode == "ring", ep=layout.size("ep"),
-               etp=layout.size("etp"), gpipe=layout.schedule == "gpipe")
+               etp=layout.size("etp"), sp_hidden=shards_hidden(framework), gpipe=layout.schedule == "gpipe")
     return first_violation(model, a, framework)
 
 

@@ -13,11 +13,24 @@ from __future__ import annotations
 
 import shlex
 
+from ...errors import ParplanError
+from ...specs.framework_loader import load_serving
 from ...step.serve_layout import ServeLayout
 from ...specs.model import ModelSpec
 
 TARGETS = ("vllm", "sglang")
+PROFILES = {"vllm": "vllm", "sglang": "sglang"}  # the serving stack (frameworks/*.yaml) each target implies
 KV = {"vllm": {"fp8": "fp8"}, "sglang": {"fp8": "fp8_e4m3"}}
+
+
+def framework_for(target: str, framework: str | None) -> str:
+    """The stack ``--emit target`` implies; a different ``--framework`` is refused in one line."""
+    if target not in TARGETS:
+        raise ParplanError(f"--emit {target} writes a training launch; with --mode inference use "
+                           f"{' or '.join(TARGETS)}")
+    if framework is not None and load_serving(framework).name != PROFILES[target]:
+        raise ParplanError(f"--emit {target} runs the plan on {PROFILES[target]}, not on --framework {framework}")
+    return PROFILES[target]
 
 
 def problem(target: str, layout: ServeLayout, model: ModelSpec) -> str | None:
