@@ -19,6 +19,7 @@ from ..errors import ParplanError
 from .serve_cmd import inference_options
 from .launch_opts import emit_framework, with_launch_config
 from .layout_build import build_layout
+from .pipeline_opts import split_options
 
 
 ICI_HELP = ("TPU: lay the mesh axes over the slice's torus axes (x, y, z) and the slices (dcn), e.g. "
@@ -70,7 +71,7 @@ def layout_options(fn):
     ]
     for opt in reversed(opts):
         fn = opt(fn)
-    return software_options(fn)
+    return software_options(split_options(fn))
 
 
 def budget_options() -> list:
@@ -188,6 +189,7 @@ def _estimate_or_explain(model_name, hw, headroom, fmt, mode, inference, kw, exp
 @click.option("--sp/--no-sp", default=None, help="Fix Megatron sequence parallel on or off.")
 @click.option("--vpp", type=int, default=None, help="Fix the virtual pipeline stages per rank.")
 @click.option("--schedule", type=click.Choice(SCHEDULES), default=None, help="Fix the pipeline schedule.")
+@split_options(plan=True)
 @click.option("--tp-mode", type=click.Choice(TP_MODES), default=None, help="Fix the tensor-parallel scheme.")
 @click.option("--cp-mode", type=click.Choice(CP_MODES), default=None, help="Fix the context-parallel scheme.")
 @click.option("--shard-group", type=int, default=None, help="Fix HSDP: ZeRO shards within groups of this many.")
@@ -229,7 +231,8 @@ def plan(model_name, hw, global_batch, seq, dtype, objective, top, headroom, all
     result = make_plan(model, cluster, global_batch=global_batch, dtype=dtype, objective=objective, top=top,
                        headroom=headroom, allow_cross_node_tp=allow_cross_node_tp,
                        software=software_from(software_kw, cluster, dtype), fixed=fixed, emit_target=emit_target,
-                       explain=explain, schedule=schedule if schedule == "gpipe" else None, placements=placements)
+                       explain=explain, schedule=schedule if schedule in ("gpipe", "zb-h1") else None,
+                       placements=placements)
     click.echo(plan_report(result, fmt, tokens=tokens, price=price))
 
 
@@ -253,7 +256,7 @@ def plan_fixed(options: dict) -> tuple[dict, str | None, tuple | None]:
         placements = (mesh_order(sizes),)
     if schedule == "interleaved" and fixed.get("vpp", 2) < 2:
         raise ParplanError("the interleaved schedule needs --vpp 2 or more")
-    if schedule == "1f1b":
+    if schedule in ("1f1b", "zb-h1"):
         fixed.setdefault("vpp", 1)
     for k, v in fixed.items():
         if isinstance(v, int) and not isinstance(v, bool) and v < (0 if k == "zero" else 1):

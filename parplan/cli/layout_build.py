@@ -6,7 +6,8 @@ from ..errors import ParplanError
 
 
 def build_layout(cluster, model, *, mesh, tp, pp, dp, cp, micro_batch, global_batch, seq, recompute, dtype,
-                 zero, shard_group, sp, tp_mode, cp_mode, vpp, schedule, ep=None, etp=None, ici=None):
+                 zero, shard_group, sp, tp_mode, cp_mode, vpp, schedule, ep=None, etp=None, ici=None,
+                 first_stage_layers=None, last_stage_layers=None):
     from ..layouts.layout import DEFAULT_ORDER, Layout, mesh_order, parse_mesh
     from ..plan.candidates import default_global_batch
 
@@ -46,7 +47,8 @@ def build_layout(cluster, model, *, mesh, tp, pp, dp, cp, micro_batch, global_ba
     layout = Layout(tp=given["tp"], pp=given["pp"], dp=given["dp"], cp=given["cp"], micro_batch=micro_batch,
                     global_batch=global_batch, seq_len=seq, recompute=recompute, dtype=dtype, zero=zero,
                     shard_group=shard_group, sp=sp, tp_mode=tp_mode, cp_mode=cp_mode, vpp=vpp,
-                    schedule=schedule, order=tuple(order), axes=tuple(extra.items()))
+                    schedule=schedule, order=tuple(order), axes=tuple(extra.items()),
+                    first_stage_layers=first_stage_layers, last_stage_layers=last_stage_layers)
     if ici is not None:
         from dataclasses import replace
         from ..layouts.torus_map import parse_map

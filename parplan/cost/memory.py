@@ -95,17 +95,22 @@ def recompute_code(recompute):
     return np.asarray(recompute)
 
 
-def inflight_microbatches(pp, vpp, micro_batches, schedule: str):
-    """Micro-batches whose activations the first pipeline stage holds at its peak.
+def inflight_microbatches(pp, vpp, micro_batches, schedule: str, rank=0):
+    """Micro-batches whose activations pipeline rank ``rank`` holds at its peak, in units of the rank's
+    whole set of layers.
 
-    1F1B: ``min(p, m)``; interleaved: ``p (1 + (p-1)/(p v))`` layers-worth scaled
-    (Korthikanti 2022 Sec. 4.2.3); GPipe: all ``m``.
+    1F1B (and ZB-H1, which keeps 1F1B's in-flight count: Qi et al. 2023, arXiv 2401.10241, Sec. 2.1):
+    rank ``r`` runs ``p - r - 1`` warm-up forwards before its first backward, so it holds ``min(p - r, m)``.
+    Interleaved with ``v`` chunks: ``(p - r - 1) 2 + (v - 1) p`` warm-up chunk forwards (Megatron-Core
+    ``schedules.py: forward_backward_pipelining_with_interleaving``, microbatch group size ``p``), so
+    ``min((p - r - 1) 2 + (v - 1) p + 1, m v) / v`` rank-layer-sets; on the first rank ``p + (p - 1)/v``,
+    Korthikanti et al. 2022 (arXiv 2205.05198) Sec. 4.2.3. GPipe: all ``m`` on every rank.
     """
-    pp, vpp, m = (np.asarray(x, float) for x in (pp, vpp, micro_batches))
-    one_f_one_b = np.minimum(pp, m)
-    interleaved = np.minimum(pp * (1 + (pp - 1) / (pp * vpp)), m * 1.0 + 0 * pp)
+    pp, vpp, m, r = (np.asarray(x, float) for x in (pp, vpp, micro_batches, rank))
     if schedule == "gpipe":
-        return m
+        return m + 0 * pp
+    one_f_one_b = np.minimum(pp - r, m)
+    interleaved = np.minimum((pp - r - 1) * 2 + (vpp - 1) * pp + 1, m * vpp) / vpp
     return np.where(vpp > 1, interleaved, one_f_one_b)
 
 

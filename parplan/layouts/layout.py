@@ -17,7 +17,7 @@ from ..specs.yamlio import suggest
 from .strategies import BUILTIN, axis as strategy_axis, axis_names, is_folded
 
 RECOMPUTE = RECOMPUTE_MODES
-SCHEDULES = ("1f1b", "interleaved", "gpipe")
+SCHEDULES = ("1f1b", "interleaved", "gpipe", "zb-h1")
 TP_MODES = ("1d", "2d", "3d")
 CP_MODES = ("ring", "allgather")
 DEFAULT_ORDER = ("tp", "cp", "dp", "pp")
@@ -38,7 +38,7 @@ class Layout:
     tp_mode: str = "1d"
     cp_mode: str = "allgather"
     vpp: int = 1                     # virtual pipeline stages per rank (interleaved 1F1B)
-    schedule: str = "1f1b"
+    schedule: str = "1f1b"           # zb-h1: Qi et al. 2023's zero-bubble schedule that keeps 1F1B's memory
     recompute: str = "none"
     dtype: str = "bf16"              # the compute type; fp8: the linear GEMMs under the software's FP8 recipe
     order: tuple[str, ...] = field(default=DEFAULT_ORDER)
@@ -48,6 +48,10 @@ class Layout:
     # TPU: each mesh axis's factor per torus axis and across slices (parplan.layouts.torus_map);
     # None: the estimate takes the fastest map.
     torus_map: tuple | None = None
+    # Transformer layers on the first and last pipeline rank (None: the framework's own split,
+    # parplan.layouts.split); the ranks between share the rest.
+    first_stage_layers: int | None = None
+    last_stage_layers: int | None = None
 
     def sizes(self) -> dict:
         """The mesh axes in order (innermost first) with their sizes."""
@@ -94,12 +98,21 @@ class Layout:
     def describe(self) -> str:
         hsdp = f",hsdp{self.shard_group}" if self.shard_group not in (None, self.dp) else ""
         parts = [f"tp={self.tp}" + (f"({self.tp_mode})" if self.tp_mode != "1d" else "") + ("+sp" if self.sp else ""),
-                 f"pp={self.pp}" + (f"x{self.vpp}" if self.vpp > 1 else ""),
+                 f"pp={self.pp}" + (f"x{self.vpp}" if self.vpp > 1 else "") + self._split(),
                  f"dp={self.dp}" + (f"(zero{self.zero}{hsdp})" if self.zero else ""),
                  f"cp={self.cp}" + ("(ring)" if self.cp > 1 and self.cp_mode == "ring" else ""),
                  f"mb={self.micro_batch}", f"recompute={self.recompute}"]
         parts[4:4] = [f"{name}={size}" for name, size in self.axes]
         return " ".join(parts)
+
+
+    def _split(self) -> str:
+        """The ends' layers where the layout sets them, e.g. ``(7|..|7)``; the framework's own split unsaid."""
+        if self.pp == 1 or (self.first_stage_layers is None and self.last_stage_layers is None):
+            return ""
+        def end(n):
+            return "-" if n is None else str(n)
+        return f"({end(self.first_stage_layers)}|..|{end(self.last_stage_layers)})"
 
 
 def parse_mesh(text: str) -> dict[str, int]:

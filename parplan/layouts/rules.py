@@ -19,6 +19,7 @@ from ..errors import ParplanError
 from ..specs.dtypes import DTYPES
 from ..specs.cluster import Cluster
 from ..specs.model import ModelSpec
+from . import split as split_mod
 from .layout import CP_MODES, RECOMPUTE, SCHEDULES, TP_MODES, Layout
 from .strategies import BUILTIN, axis as strategy_axis, is_folded
 from .torus_map import check_map, enumerate_maps, no_map_reason
@@ -56,6 +57,12 @@ def _say_batch(a):
     mb = getattr(a, "mb", 1)
     return (f"global batch {a.batch} is not divisible into micro-batches of {mb} on dp={a.dp} "
             f"({mb * a.dp} sequences per round)")
+
+
+def _say_empty(m, a):
+    free = m.layers - (a.pp - 2) - (a.first == 0) - (a.last == 0)
+    return (f"first {a.first or '-'} and last {a.last or '-'} stage layers leave a stage of pp={a.pp} without a "
+            f"transformer layer ({m.layers} layers of {m.name}); the ends may hold at most {free} together")
 
 
 def _micro_batches(a):
@@ -105,9 +112,20 @@ RULES: tuple[Rule, ...] = (
     Rule("interleaving needs a pipeline", ('vpp', 'pp'),
          lambda m, a: (a.vpp > 1) & (a.pp == 1),
          lambda m, a: "virtual pipeline stages (vpp > 1) need pp > 1"),
-    Rule("pp*vpp divides the layers", ('vpp', 'pp'),
-         lambda m, a: (a.vpp > 1) & (m.layers % (a.pp * a.vpp) != 0),
-         lambda m, a: f"interleaving needs pp*vpp = {a.pp * a.vpp} to divide the {m.layers} layers of {m.name}"),
+    Rule("stage layers need a pipeline", ('pp', 'first', 'last'),
+         lambda m, a: (a.pp == 1) & ((a.first > 0) | (a.last > 0)),
+         lambda m, a: "first/last stage layers (--first-stage-layers, --last-stage-layers) need pp > 1"),
+    Rule("two stages hold every layer", ('pp', 'first', 'last'),
+         lambda m, a: (a.pp == 2) & (a.first > 0) & (a.last > 0) & (a.first + a.last != m.layers),
+         lambda m, a: f"with pp=2 the first and last stage hold all {m.layers} layers of {m.name}, but "
+                      f"{a.first} + {a.last} = {a.first + a.last}; e.g. --first-stage-layers "
+                      f"{m.layers - m.layers // 2} --last-stage-layers {m.layers // 2}"),
+    Rule("every stage holds a layer", ('pp', 'first', 'last'),
+         lambda m, a: (a.pp > 2) & (m.layers - a.first - a.last - (a.pp - 2) - (a.first == 0) - (a.last == 0) < 0),
+         lambda m, a: _say_empty(m, a)),
+    Rule("ZB-H1 runs one stage per rank", ('zb', 'vpp'),
+         lambda m, a: a.zb & (a.vpp > 1),
+         lambda m, a: "the zb-h1 schedule (Qi et al. 2023) runs one stage per rank: use --vpp 1"),
     Rule("the interleaved schedule needs vpp", ('interleaved', 'vpp'),
          lambda m, a: a.interleaved & (a.vpp == 1),
          lambda m, a: "the interleaved schedule needs vpp > 1"),
@@ -177,12 +195,26 @@ def software_rules(fw) -> tuple[Rule, ...]:
         Rule(f"{n} has pipeline parallelism", ('pp',),
              lambda m, a: (a.pp > 1) & (not pipe.schedules),
              lambda m, a: f"{n} has no pipeline parallelism (pp must be 1)"),
+        Rule(f"{n} splits the layers evenly", ('pp', 'vpp', 'first', 'last'),
+             lambda m, a: (a.pp > 1) & (a.first == 0) & (a.last == 0)
+             & ~split_mod.default_valid(m.layers, a.pp, a.vpp, pipe.split),
+             lambda m, a: split_mod.say_even(n, pipe.split, m, a)),
+        Rule(f"{n} can split the layers so", ('pp', 'vpp', 'first', 'last'),
+             lambda m, a: (a.pp > 1) & ((a.first > 0) | (a.last > 0)) & ~split_mod.candidates_expressible(m, a, pipe.split),
+             lambda m, a: split_mod.say_split(n, pipe.split, m, a)),
+        Rule(f"{n} interleaved chunks hold a layer", ('pp', 'vpp', 'first', 'last'),
+             lambda m, a: (a.pp > 2) & (a.vpp > 1) & (split_mod.middle_least(m, a, pipe.split) < a.vpp),
+             lambda m, a: f"vpp={a.vpp} leaves a chunk of a middle stage without a layer "
+                          f"({split_mod.middle_least(m, a, pipe.split)} layers per middle stage)"),
+        Rule(f"{n} has the zb-h1 schedule", ('zb',),
+             lambda m, a: a.zb & ("zb-h1" not in pipe.schedules),
+             lambda m, a: f"{n} runs the pipeline schedules {', '.join(pipe.schedules) or 'none'}, not zb-h1"),
         Rule(f"{n} has the interleaved schedule", ('interleaved',),
              lambda m, a: a.interleaved & ("interleaved" not in pipe.schedules),
              lambda m, a: f"{n} runs the pipeline schedules {', '.join(pipe.schedules) or 'none'}, not interleaved"),
-        Rule(f"{n} has the non-interleaved schedule", ('pp', 'interleaved', 'gpipe'),
-             lambda m, a: (a.pp > 1) & ~a.interleaved & np.where(a.gpipe, "gpipe" not in pipe.schedules,
-                                                                 "1f1b" not in pipe.schedules),
+        Rule(f"{n} has the 1F1B or GPipe schedule", ('pp', 'interleaved', 'zb', 'gpipe'),
+             lambda m, a: (a.pp > 1) & ~a.interleaved & ~a.zb & np.where(a.gpipe, "gpipe" not in pipe.schedules,
+                                                                         "1f1b" not in pipe.schedules),
              lambda m, a: f"{n} runs the pipeline schedules {', '.join(pipe.schedules) or 'none'}, "
                           f"not {'gpipe' if a.gpipe else '1f1b'}"),
         Rule(f"{n} has context parallelism", ('cp', 'cp_ring'),
@@ -215,18 +247,21 @@ def software_rules(fw) -> tuple[Rule, ...]:
 
 
 def fields(*, tp, cp, pp, dp, micro_batch, vpp, sp, tp_mode, zero, shard_group, hsdp, global_batch, seq,
-           interleaved, recompute=0, cp_ring=False, ep=1, etp=1, sp_hidden=False, gpipe=False) -> SimpleNamespace:
+           interleaved, recompute=0, cp_ring=False, ep=1, etp=1, sp_hidden=False, first=0, last=0,
+           zb=False, gpipe=False) -> SimpleNamespace:
     """The candidate fields the rules read, as arrays (``tp_mode`` as codes 0/1/2 of ``TP_MODES``,
     ``recompute`` as codes of ``RECOMPUTE``; ``ep``, ``etp``: the expert axes; ``sp_hidden``: the
-    framework's sequence parallelism shards the hidden size, not the tokens; a pipeline not ``interleaved``
-    runs GPipe with ``gpipe``, else 1F1B)."""
+    framework's sequence parallelism shards the hidden size, not the tokens; ``first``/``last``: the
+    first and last pipeline stage's layers, 0 for the framework's own split; ``zb``: the zb-h1 schedule;
+    ``gpipe``: the GPipe schedule; a pipeline neither interleaved, zb-h1 nor GPipe runs 1F1B)."""
     return SimpleNamespace(tp=np.asarray(tp), cp=np.asarray(cp), pp=np.asarray(pp), dp=np.asarray(dp),
                            mb=np.asarray(micro_batch), vpp=np.asarray(vpp), sp=np.asarray(sp, bool),
                            mode=np.asarray(tp_mode), zero=np.asarray(zero), shard=np.asarray(shard_group),
                            hsdp=np.asarray(hsdp, bool), batch=np.asarray(global_batch), seq=np.asarray(seq),
                            interleaved=np.asarray(interleaved, bool), rc=np.asarray(recompute),
                            cp_ring=np.asarray(cp_ring, bool), ep=np.asarray(ep), etp=np.asarray(etp),
-                           sp_hidden=np.asarray(sp_hidden, bool), gpipe=np.asarray(gpipe, bool))
+                           sp_hidden=np.asarray(sp_hidden, bool), first=np.asarray(first), last=np.asarray(last),
+                           zb=np.asarray(zb, bool), gpipe=np.asarray(gpipe, bool))
 
 
 def shards_hidden(framework) -> bool:
@@ -280,8 +315,10 @@ def check_layout(layout: Layout, model: ModelSpec, cluster: Cluster, framework=N
 
     ``framework`` (a :class:`parplan.specs.framework.Framework`): also refuse what its code cannot run.
     """
-    for name in ("tp", "pp", "dp", "cp", "micro_batch", "vpp"):
+    for name in ("tp", "pp", "dp", "cp", "micro_batch", "vpp", "first_stage_layers", "last_stage_layers"):
         v = getattr(layout, name)
+        if v is None and name.endswith("_layers"):
+            continue
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ParplanError(f"{name.replace('_', '-')} must be a positive whole number, got {v!r}")
         if v > MAX_AXIS:
@@ -317,7 +354,9 @@ def check_layout(layout: Layout, model: ModelSpec, cluster: Cluster, framework=N
         shard_group=1 if layout.shard_group is None else layout.shard_group, hsdp=layout.shard_group is not None,
         global_batch=batch, seq=seq, interleaved=layout.schedule == "interleaved",
         recompute=RECOMPUTE.index(layout.recompute), cp_ring=layout.cp_mode == "ring", ep=layout.size("ep"),
-        etp=layout.size("etp"), sp_hidden=shards_hidden(framework), gpipe=layout.schedule == "gpipe"), framework)
+        etp=layout.size("etp"), sp_hidden=shards_hidden(framework), first=layout.first_stage_layers or 0,
+        last=layout.last_stage_layers or 0, zb=layout.schedule == "zb-h1", gpipe=layout.schedule == "gpipe"),
+        framework)
     if problem:
         raise ParplanError(problem)
     if cluster.is_torus:  # the mesh must lie over the slices' torus axes (parplan.layouts.torus_map)

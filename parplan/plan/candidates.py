@@ -19,6 +19,7 @@ from ..cost.memory import DEFAULT_HEADROOM
 from ..errors import ParplanError
 from ..layouts import rules
 from ..layouts.layout import RECOMPUTE, TP_MODES
+from ..layouts.split import end_choices
 from ..specs.cluster import Cluster
 from ..specs.framework import Software
 from ..specs.model import ModelSpec
@@ -45,7 +46,7 @@ class SearchSpace:
     fixed: dict | None = None          # axis or knob -> value, e.g. {"tp": 8}
     software: Software | None = None   # the framework and its choices (None: the device's default framework)
     headroom: float = DEFAULT_HEADROOM
-    schedule: str | None = None        # gpipe, or None: 1F1B, interleaved where vpp > 1
+    schedule: str | None = None        # gpipe or zb-h1, or None: 1F1B, interleaved where vpp > 1
     placements: tuple | None = None    # mesh orders to try (None: data parallel or the pipeline outermost)
 
 
@@ -148,7 +149,7 @@ def candidates(model: ModelSpec, cluster: Cluster, space: SearchSpace) -> dict[s
 
     mbs = [fixed["micro_batch"]] if "micro_batch" in fixed else [b for b in MICRO_BATCHES if b <= space.max_micro_batch]
     vpps = [fixed["vpp"]] if "vpp" in fixed else list(VPPS)
-    if space.schedule == "gpipe":
+    if space.schedule in ("gpipe", "zb-h1"):
         vpps = [v for v in vpps if v == 1]
     # Knobs: micro-batch, recompute, ZeRO stage, sequence parallel, virtual stages, HSDP (shard in one node).
     knob = np.array(list(itertools.product(mbs, range(len(RECOMPUTE)), (0, 1, 2, 3), (0, 1), vpps, (0, 1))))
@@ -177,11 +178,13 @@ def candidates(model: ModelSpec, cluster: Cluster, space: SearchSpace) -> dict[s
     c = _keep(c, space_ok)
     # The framework decides which ZeRO stages, recompute modes, schedules and parallelisms it runs.
     framework = space_software(space, cluster).framework
+    c = _pipeline_knobs(c, model, gb, fixed, framework)
     knobs = rules.fields(tp=c["tp"], cp=c["cp"], pp=c["pp"], dp=c["dp"], micro_batch=c["micro_batch"], vpp=c["vpp"],
                          sp=c["sp"], tp_mode=c["tp_mode"], zero=c["zero"], shard_group=c["shard_group"],
                          hsdp=c["hsdp"], global_batch=gb, seq=seq, interleaved=c["vpp"] > 1,
                          recompute=c["recompute"], cp_ring=c["cp_mode"] == CP_SCHEMES.index("ring"),
                          ep=c.get("ep", 1), etp=c.get("etp", 1), sp_hidden=rules.shards_hidden(framework),
+                         first=c["first_stage_layers"], last=c["last_stage_layers"], zb=space.schedule == "zb-h1",
                          gpipe=space.schedule == "gpipe")
     ok = rules.valid(model, knobs, framework)
     if not ok.any():
@@ -210,6 +213,34 @@ def _expert_axes(model: ModelSpec, cluster: Cluster, axes: dict, fixed: dict) ->
     out["ep"] = np.array([r[1] for r in rows], dtype=int)
     out["etp"] = np.array([r[2] for r in rows], dtype=int)
     return out
+
+
+def _pipeline_knobs(c: dict, model: ModelSpec, gb: int, fixed: dict, framework) -> dict:
+    """The pipeline's own knobs: the first and last stage's layers (0: the framework's split; beside it the
+    splits :func:`parplan.layouts.split.end_choices` offers, or the fixed ones), and the micro-batch a
+    framework documents under a pipeline where none is fixed (torchtitan's 1, MaxText's one per stage)."""
+    pp = c["pp"]
+    if "first_stage_layers" in fixed or "last_stage_layers" in fixed:  # on every row: the rules judge them
+        given = (fixed.get("first_stage_layers", 0), fixed.get("last_stage_layers", 0))
+        ends = {p: [given] for p in set(pp.tolist())}
+    else:
+        ends = {p: [(0, 0)] + end_choices(model.layers, p) for p in set(pp.tolist())}
+    rows = [(i, f, z) for i, p in enumerate(pp.tolist()) for f, z in ends[p]]
+    index = np.array([r[0] for r in rows], np.int64)
+    c = {k: v[index] for k, v in c.items()}
+    c["first_stage_layers"] = np.array([r[1] for r in rows], np.int64)
+    c["last_stage_layers"] = np.array([r[2] for r in rows], np.int64)
+    pipe = framework.pipeline
+    if "micro_batch" not in fixed and (pipe.micro_batch or pipe.micro_batches):
+        piped = c["pp"] > 1
+        if pipe.micro_batch:
+            c = _keep(c, ~piped | (c["micro_batch"] == pipe.micro_batch))
+        else:  # one micro-batch per stage: the micro-batch is what a pipeline's share of the batch gives each
+            share = gb // np.maximum(c["dp"] * c["pp"], 1)
+            c = _keep(c, ~piped | ((c["micro_batch"] == c["micro_batch"].min()) & (share >= 1)))
+            c["micro_batch"] = np.where(c["pp"] > 1, np.maximum(gb // np.maximum(c["dp"] * c["pp"], 1), 1),
+                                        c["micro_batch"])
+    return c
 
 
 def _nothing_passes(model: ModelSpec, n: int, gb: int, fixed: dict, a, framework=None) -> str:

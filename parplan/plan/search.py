@@ -49,7 +49,8 @@ def search(model: ModelSpec, cluster: Cluster, space: SearchSpace, progress=None
                             shard_group=part["shard_group"], tp_mode=TP_MODES[tp_code], cp_mode=CP_SCHEMES[cp_code],
                             dtype=space.dtype, order=order, schedule=space.schedule or base_schedule(space, cluster),
                             axes=(("ep", part["ep"]), ("etp", part["etp"])) if "ep" in part else (),
-                            torus_map=torus_maps.layout_map(part, order, cluster) if hidden else None)
+                            torus_map=torus_maps.layout_map(part, order, cluster) if hidden else None,
+                            first_stage_layers=part["first_stage_layers"], last_stage_layers=part["last_stage_layers"])
             est = estimate(model, cluster, layout, check=False, headroom=space.headroom,
                            software=space_software(space, cluster))
             df = pd.DataFrame({k: v for k, v in part.items() if k not in hidden})
@@ -69,7 +70,8 @@ def search(model: ModelSpec, cluster: Cluster, space: SearchSpace, progress=None
     all_df = pd.concat(frames, ignore_index=True)
     # Placement only matters when some axis spans nodes; keep distinct results.
     all_df = all_df.drop_duplicates(subset=["tp", "cp", "pp", "dp", "tp_mode", "cp_mode", "micro_batch", "recompute",
-                                            "zero", "sp", "vpp", "shard_group", "step_time_s"]
+                                            "zero", "sp", "vpp", "shard_group", "first_stage_layers",
+                                            "last_stage_layers", "step_time_s"]
                                     + [k for k in EXPERT_AXES if k in all_df] + (["ici"] if "ici" in all_df else []))
     return all_df, sum(len(f) for f in frames)
 
@@ -90,8 +92,10 @@ def rank(df, objective: str = "throughput"):
 def describe_row(row) -> str:
     mode = row.get("tp_mode", "1d")
     hsdp = row.get("shard_group", row["dp"]) != row["dp"] and row["zero"]
+    ends = (row.get("first_stage_layers", 0), row.get("last_stage_layers", 0))
+    split = f"({ends[0] or '-'}|..|{ends[1] or '-'})" if any(ends) else ""
     parts = [f"tp={row['tp']}" + (f"({mode})" if mode != "1d" else "") + ("+sp" if row["sp"] else ""),
-             f"pp={row['pp']}" + (f"x{row['vpp']}" if row["vpp"] > 1 else ""),
+             f"pp={row['pp']}" + (f"x{row['vpp']}" if row["vpp"] > 1 else "") + split,
              f"dp={row['dp']}" + (f"(zero{row['zero']}" + (f",hsdp{row['shard_group']}" if hsdp else "") + ")"
                                   if row["zero"] else ""),
              f"cp={row['cp']}" + ("(ring)" if row["cp"] > 1 and row.get("cp_mode") == "ring" else ""),
@@ -105,10 +109,9 @@ def why(winner, runner) -> str:
     """One line on why the winner beats the runner-up: the largest component difference."""
     diffs = {k: runner[f"{k}_s"] - winner[f"{k}_s"] for k in breakdown_keys()}
     k, v = max(diffs.items(), key=lambda kv: kv[1])
-    changed = [f"{a} {runner[a]}->{winner[a]}" for a in ("tp", "pp", "dp", "cp", "micro_batch", "recompute", "zero",
-                                                          "sp", "vpp", "tp_mode", "cp_mode", "shard_group", "order", "global_batch",
-                                                          *EXPERT_AXES)
-               if a in runner and runner[a] != winner[a]]
+    keys = ("tp", "pp", "dp", "cp", "micro_batch", "recompute", "zero", "sp", "vpp", "tp_mode", "cp_mode",
+            "shard_group", "order", "global_batch", "first_stage_layers", "last_stage_layers", *EXPERT_AXES)
+    changed = [f"{a} {runner[a]}->{winner[a]}" for a in keys if a in runner and runner[a] != winner[a]]
     if runner["global_batch"] != winner["global_batch"]:
         gain = winner["tokens_per_s"] / runner["tokens_per_s"] - 1
         return f"#1 moves {gain:.2%} more tokens/s than #2 ({', '.join(changed)})"
@@ -139,7 +142,9 @@ def layout_of(row, space: SearchSpace, cluster: Cluster | None = None) -> Layout
                   dtype=space.dtype, order=tuple(row["order"].split(",")),
                   schedule=space.schedule or ("interleaved" if int(row["vpp"]) > 1 else base_schedule(space, cluster)),
                   axes=tuple((a, int(row[a])) for a in EXPERT_AXES if a in row and row[a] == row[a]),
-                  torus_map=torus_maps.row_map(row, tuple(row["order"].split(",")), cluster) if cluster else None)
+                  torus_map=torus_maps.row_map(row, tuple(row["order"].split(",")), cluster) if cluster else None,
+                  first_stage_layers=int(row.get("first_stage_layers", 0)) or None,
+                  last_stage_layers=int(row.get("last_stage_layers", 0)) or None)
 
 
 def fewest_devices(model: ModelSpec, cluster: Cluster, space: SearchSpace, limit: int = 1 << 20) -> int | None:

@@ -12,7 +12,8 @@ framework profile says, each value with its source:
   weights are gathered in FP8;
 * ``data_parallel``: the ZeRO stages it runs, how ZeRO-3 shards (flat buffers or per-parameter
   FSDP2 with copy-in/copy-out), when gradients are reduced, bucket sizes, prefetch;
-* ``pipeline``: schedules, how activations are sent between stages, which ZeRO stages combine;
+* ``pipeline``: schedules, how activations are sent between stages, which ZeRO stages combine, how
+  gradients are reduced under it, how the layers split over the stages, the micro-batch it defaults to;
 * ``parallelism``: the tensor/context-parallel modes its code has, its sequence parallelism, and
   whether its tensor-parallel collectives overlap the matmuls they feed (collective matmul);
 * ``recompute``: the activation-checkpointing modes it offers;
@@ -51,7 +52,11 @@ SEQUENCE_PARALLEL = ("optional", "always", "never")
 RECOMPUTE_MODES = ("none", "selective", "full", "selective-op", "selective-layer")
 TP_MODES = ("1d", "2d", "3d")
 CP_MODES = ("ring", "allgather")
-SCHEDULES = ("1f1b", "interleaved", "gpipe")
+SCHEDULES = ("1f1b", "interleaved", "gpipe", "zb-h1")
+# How a framework splits the layers over pipeline stages (parplan.layouts.split says what each means).
+SPLIT_DEFAULTS = ("even", "front", "spread", "middle")
+SPLIT_ENDS = ("counts", "as-layers")
+SPLIT_CHUNKS = ("equal", "any")
 DEVICE_KINDS = ("gpu", "tpu")
 DEFAULT_FRAMEWORK = {"gpu": "megatron-core", "tpu": "jax"}
 
@@ -63,7 +68,8 @@ COMPILE_KEYS = ("available", "default", "elementwise", "loss")
 FP8_KEYS = ("recipes", "default", "casts", "compiled_casts", "weight_cast", "all_gather", "saves_fp8_inputs", "wgrad")
 DP_KEYS = ("zero", "zero3", "grad_reduce", "reduce_every_microbatch", "backward_prefetch", "gather_bucket_params",
            "reduce_bucket_params", "max_live_params", "grad_dtype", "overlap_param_gather")
-PP_KEYS = ("schedules", "send", "zero", "reduce_every_microbatch")
+PP_KEYS = ("schedules", "send", "zero", "reduce_every_microbatch", "split", "micro_batch", "micro_batches")
+SPLIT_KEYS = ("default", "ends", "chunks", "ends_weight")
 PARALLEL_KEYS = ("tp_modes", "cp_modes", "sequence_parallel", "tp_overlap", "activation_shard")
 TP_OVERLAPS = ("none", "collective-matmul")
 ACTIVATION_SHARDS = ("sequence", "hidden")
@@ -118,11 +124,33 @@ class DataParallelSoftware:
 
 
 @dataclass(frozen=True)
+class PipelineSplit:
+    """How the framework splits the transformer layers over the pipeline stages.
+
+    ``default``: the split when none is given: ``even`` (the layers must divide), ``front`` (the busiest
+    stage takes the rounded-up share, the first stages filled first), ``spread`` (virtual stages differ
+    by at most one layer, the extra ones on the first; the embedding and the head count as
+    ``ends_weight`` layers each), ``middle`` (the extra layers on the middle virtual stages).
+    ``ends``: how the first and last stage can be given other layer counts: ``counts`` (any), ``as-layers``
+    (the embedding and the head counted as one layer each, so the ends hold one layer less).
+    ``chunks``: under interleaving, ``equal`` (each rank's layers split into vpp equal chunks) or ``any``.
+    """
+
+    default: str = "even"
+    ends: tuple[str, ...] = ()
+    chunks: str = "equal"
+    ends_weight: int = 0
+
+
+@dataclass(frozen=True)
 class PipelineSoftware:
     schedules: tuple[str, ...]
     send: str                           # scatter-gather | full | partitioned
     zero: tuple[int, ...]               # ZeRO stages that combine with pipeline parallelism
-    reduce_every_microbatch: bool       # under pipelining, ZeRO-3 gradients reduced per micro-batch (else per step)
+    reduce_every_microbatch: bool       # under pipelining, ZeRO-2/3 gradients reduced per micro-batch (else per step)
+    split: PipelineSplit = field(default_factory=PipelineSplit)
+    micro_batch: int | None = None      # the documented micro-batch size under a pipeline (None: none documented)
+    micro_batches: str | None = None    # "stages": the documented micro-batch count is the stage count
 
 
 @dataclass(frozen=True)

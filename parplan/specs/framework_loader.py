@@ -15,8 +15,9 @@ from ..errors import ParplanError
 from .framework import (ACTIVATION_SHARDS, ATTENTION_KERNELS, COMPILE_KEYS, CP_MODES, DEVICE_KINDS, DP_KEYS, ELEMENTWISE_OPS, FP8,
     FP8_CASTS, FP8_KEYS, FP8_RECIPES, FRAMEWORK_KEYS, GRAD_REDUCE, IMPLEMENTATIONS, KERNEL_KEYS, LOSSES,
     MASTER_WEIGHTS, OPTIMIZERS, PARALLEL_KEYS, PP_KEYS, PP_SENDS, PREFETCH, RECOMPUTE_MODES, SCHEDULES, TP_OVERLAPS,
-    SEQUENCE_PARALLEL, TP_MODES, VOCAB_KEYS, WEIGHT_CASTS, ZERO3_IMPLS, Compile, DataParallelSoftware, Framework,
-    Kernels, Parallelism, PipelineSoftware, EXPERT_TP, MOE_KEYS, MoeSoftware)
+    SEQUENCE_PARALLEL, SPLIT_CHUNKS, SPLIT_DEFAULTS, SPLIT_ENDS, SPLIT_KEYS, TP_MODES, VOCAB_KEYS, WEIGHT_CASTS,
+    ZERO3_IMPLS, Compile, DataParallelSoftware, Framework, Kernels, Parallelism, PipelineSoftware, PipelineSplit,
+    EXPERT_TP, MOE_KEYS, MoeSoftware)
 from .registry import shipped, shipped_names
 from .serving_stack import ServingStack, serving_from_dict
 from .yamlio import check_keys, names, number, read_yaml, require_mapping, suggest, text, text_mapping
@@ -97,6 +98,20 @@ def _zero_stages(data, key, what, default) -> tuple[int, ...]:
     return tuple(sorted(set(value)))
 
 
+def _split(data, what) -> PipelineSplit:
+    """``pipeline.split``: the framework's default layer split, how it sets the ends' layers, its chunks."""
+    data = require_mapping(data or {}, what)
+    check_keys(data, SPLIT_KEYS, what)
+    split = PipelineSplit(default=text(data, "default", what, required=False, choices=SPLIT_DEFAULTS, default="even"),
+                          ends=_choices(data, "ends", what, SPLIT_ENDS, ()),
+                          chunks=text(data, "chunks", what, required=False, choices=SPLIT_CHUNKS, default="equal"),
+                          ends_weight=number(data, "ends_weight", what, required=False, integer=True, positive=False,
+                                             default=0, maximum=1000))
+    if split.ends_weight and split.default != "spread":
+        raise ParplanError(f"{what}: ends_weight applies to the 'spread' default split only")
+    return split
+
+
 def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
     data = require_mapping(data, what)
     check_keys(data, FRAMEWORK_KEYS, what)
@@ -153,7 +168,14 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
                                 send=text(p, "send", f"{what}: pipeline", choices=PP_SENDS),
                                 zero=_zero_stages(p, "zero", f"{what}: pipeline", list(dp.zero)),
                                 reduce_every_microbatch=_flag(p, "reduce_every_microbatch", f"{what}: pipeline",
-                                                              dp.reduce_every_microbatch))
+                                                              dp.reduce_every_microbatch),
+                                split=_split(p.get("split"), f"{what}: pipeline.split"),
+                                micro_batch=number(p, "micro_batch", f"{what}: pipeline", required=False,
+                                                   integer=True, maximum=1_000_000),
+                                micro_batches=text(p, "micro_batches", f"{what}: pipeline", required=False,
+                                                   choices=("stages",)))
+    if pipeline.micro_batch is not None and pipeline.micro_batches is not None:
+        raise ParplanError(f"{what}: pipeline gives both micro_batch and micro_batches; a framework documents one")
     q = require_mapping(data.get("parallelism") or {}, f"{what}: parallelism")
     check_keys(q, PARALLEL_KEYS, f"{what}: parallelism")
     parallel = Parallelism(tp_modes=_choices(q, "tp_modes", f"{what}: parallelism", TP_MODES, ("1d",)),

@@ -30,12 +30,14 @@ from ..specs.cluster import Cluster
 from ..layouts.layout import Layout
 from ..layouts.rules import check_layout
 from ..layouts.torus_map import enumerate_maps
+from ..layouts.split import with_ends
 from ..cost.memory import DEFAULT_HEADROOM, SELECTIVE_LAYER_EVERY, layer_activation_bytes, recompute_code
 from ..specs.framework import Software
 from . import software as sw_mod
 from ..specs.model import ModelSpec, vocab_shard, with_seq_len
 from ..cost.roofline import ALIGNED_BYTES, alignment_bytes, arithmetic_intensity, memory_time_s, misalignment_fraction
 from ..layouts.strategies import Context, StageTimes, axis, axis_names, breakdown_labels, stages_of, strategies_for
+from ..layouts.strategies.base import STAGES
 from .comms import link_sum, price_collectives
 from .overlap import attention_exposed, step_exposures
 from . import moe_step as moe_overlap
@@ -69,6 +71,7 @@ class Estimate:
     mfu_causal: Any = None  # the same with the causal half of attention: the FLOPs the kernels execute
     software: Any = None    # the Software the step was predicted for
     notes: tuple = ()       # what the numbers assume that a reader should know (an MoE model's load imbalance)
+    pipeline_ranks: dict = field(default_factory=dict)  # first/middle/last rank: {"layers", "memory_bytes"}
 
     def columns(self) -> dict[str, Any]:
         """The estimate's numbers as flat columns: ``step_time_s``, ``tokens_per_s``, ``mfu``, ``hfu``,
@@ -98,6 +101,7 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
         layout = check_layout(layout, model, cluster, fw)
         if cluster.is_torus and layout.torus_map is None:
             layout = fastest_torus_map(model, cluster, layout, sw, headroom, dropout)
+    given_layout, layout = layout, with_ends(layout, model.layers, fw.pipeline.split)
     seq = layout.seq_len or model.seq_len
     model = with_seq_len(model, int(seq)) if np.ndim(seq) == 0 else model
     hw, dtype = cluster.hardware, layout.dtype
@@ -141,6 +145,8 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
     sac_fwd = sum((t[0] * o.sac for o, t in zip(lops, times) if o.name != "fsdp_copies"), np.float64(0.0))
     layer_rec = np.select([rc == 2, rc == 1, rc == 3, rc == 4],
                           [layer_fwd, attn_fwd, sac_fwd, layer_fwd / SELECTIVE_LAYER_EVERY], 0.0)
+    # The weight-gradient GEMMs: half of each weighted GEMM's backward (dW = X^T dY beside dX = dY W^T).
+    layer_wgrad = sum((t[1] / 2 for o, t in zip(lops, times) if o.kind == ops_mod.MATMUL), np.float64(0.0))
     emb_t = [op_times(hw, o, act, env=env) for o in ops_mod.embedding_ops(model, dims, act)]
     head_t = [op_times(hw, o, act, env=env) for o in sw_mod.head_ops(model, dims, layout, sw)]
     emb_f, emb_b = sum(t[0] for t in emb_t), sum(t[1] for t in emb_t)
@@ -161,28 +167,22 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
     # ---- collectives: time per call, calls per step
     costs = price_collectives(strategies, ctx)
 
-    # ---- per micro-batch on the busiest stage: each axis's critical collectives (the embedding's
-    # and head's at the busiest stage's share), and what outlasts the attention it hides under
+    # ---- per micro-batch on each stage: each axis's critical collectives (the embedding's on the first
+    # stage, the head's on the last), and what outlasts the attention it hides under
     axes = axis_names()
-    share = stages.ends_share(layout)
     layer_comm, mb_comm, attention, matmul = {}, {}, {}, {}
     for a in axes:
         crit = link_sum(costs, lambda c: c.axis == a and c.per == "layer" and c.hidden_by == "none")
         attention[a] = attention_exposed(costs, a, attn_fwd, attn_bwd, rc)
         matmul[a] = attention_exposed(costs, a, gemm_fwd, gemm_bwd, rc, hider="matmul")
-        layer_comm[a] = crit + attention[a][0] + matmul[a][0] + moe_overlap.exposed(costs, a, shared_fwd, shared_bwd)
-        ends = link_sum(costs, lambda c: c.axis == a and c.per == "microbatch" and c.hidden_by == "none"
-                        and c.stage != "all")
-        every = link_sum(costs, lambda c: c.axis == a and c.per == "microbatch" and c.hidden_by == "none"
-                         and c.stage == "all")
-        mb_comm[a] = ends * share + every
-    comm_mb = stage_layers * sum(layer_comm.values(), np.float64(0.0))
-    for a in axes:
-        comm_mb = comm_mb + mb_comm[a]
-    compute_mb = stage_layers * (layer_fwd + layer_bwd)
-    recompute_mb = stage_layers * layer_rec
-    pipeline_s, compute_busiest, schedule_s = stages.compose(model, layout, StageTimes(
-        m, stage_layers, compute_mb, emb_f, emb_b, head_f, head_b, recompute_mb, comm_mb))
+        layer_comm[a] = crit + attention[a][0] + matmul[a][0] + moe_overlap.exposed(costs, a, shared_fwd,
+                                                                                     shared_bwd)
+        mb_comm[a] = {where: link_sum(costs, lambda c: c.axis == a and c.per == "microbatch"
+                                      and c.hidden_by == "none" and c.stage == where) for where in STAGES}
+    total = {where: sum((mb_comm[a][where] for a in axes), np.float64(0.0)) for where in STAGES}
+    pipeline_s, busy, schedule_s = stages.compose(model, layout, StageTimes(
+        m, layer_fwd + layer_bwd, layer_wgrad, layer_rec, sum(layer_comm.values(), np.float64(0.0)),
+        total["all"], total["first"], total["last"], emb_f, emb_b, head_f, head_b))
 
     # ---- per step: what the compute does not hide of the overlapped collectives, and the
     # per-step critical ones, in the order the step issues them after its last backward
@@ -222,41 +222,55 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
             costs[i] = replace(c, exposed_s=exposed)
 
     # ---- breakdown (sums to the step time)
-    breakdown = {"compute": m * compute_busiest, "recompute": m * recompute_mb}
+    breakdown = {"compute": m * busy.compute_s, "recompute": m * busy.recompute_s}
     for a in axes:
         for key in axis(a).labels:
             if key == f"{a}_comm":
-                breakdown[key] = m * (stage_layers * layer_comm[a] + mb_comm[a]) + step_comm.get(a, 0.0)
+                ends = busy.first_share * mb_comm[a]["first"] + busy.last_share * mb_comm[a]["last"]
+                breakdown[key] = m * (busy.layers * layer_comm[a] + mb_comm[a]["all"] + ends) + step_comm.get(a, 0.0)
             else:
                 breakdown[key] = schedule_s.get(key, 0.0 * pipeline_s)
     breakdown["optimizer"] = optimizer_s
 
-    # ---- memory
+    # ---- memory: each kind of pipeline rank holds its own parameters and in-flight activations; the peak rank
     fp8_inputs = bool(sw.fp8_recipe) and fw.fp8.saves_fp8_inputs
     act_layer = layer_activation_bytes(model, dims, act, sw.flash_attention, use_dropout, rc, sw.elementwise,
                                        fp8_inputs)
-    inflight = stages.inflight(layout, m)
     act_full_layer = layer_activation_bytes(model, dims, act, sw.flash_attention, use_dropout, "none",
                                             sw.elementwise, fp8_inputs)
-    # Recomputing a whole layer (full; selective-layer's checkpointed blocks) rebuilds one layer's activations.
-    activations = stage_layers * act_layer * inflight + np.where((rc == 2) | (rc == 4), act_full_layer, 0.0)
     states = sw_mod.state_bytes_per_param(sw, dtype)
-    memory = {
-        "weights": local["weights"] * states["weights"] if model.is_moe else
-        stage_params * states["weights"] / divisors["weights"],
-        "gradients": local["gradients"] * grad_bytes if model.is_moe else
-        stage_params * grad_bytes / divisors["gradients"],
-        "optimizer": local["optimizer"] * states["optimizer"] if model.is_moe else
-        stage_params * states["optimizer"] / divisors["optimizer"],
-        "activations": activations,
-        "logits": sw_mod.logits_bytes(dims, sw, dtype),
-    }
-    # The software's weight copies cover the weights a device holds (an MoE model's experts over their own axes).
-    held = stage_params - expert_p + expert_p / divisors.get("expert_weights", 1) if model.is_moe else stage_params
-    memory.update(sw_mod.extra_memory(model, dims, layout, sw, stage_layers, held))
+    extras = {}
     for s in strategies_in_registry_order(strategies):
-        memory.update(s.memory_bytes(ctx))
-    memory["total"] = sum(memory.values())
+        extras.update(s.memory_bytes(ctx))
+
+    def rank_memory(r):
+        # Recomputing a whole layer (full; selective-layer's checkpointed blocks) rebuilds one layer's activations.
+        held = r.layers * act_layer * r.inflight + np.where((r.layers > 0) & ((rc == 2) | (rc == 4)),
+                                                            act_full_layer, 0.0)
+        if model.is_moe:  # the rank's most MoE layers, their experts divided over the expert axes
+            params = r.params + model.busiest_layers(r.layers) - r.layers * model.layer_params()
+            experts = model.busiest_layers(r.layers, moe_only=True) * model.expert_params()
+            local = moe_overlap.local_params(params, experts, divisors)
+            kept = params - experts + experts / divisors.get("expert_weights", 1)  # the weights the device holds
+        else:
+            local = {k: r.params / divisors[k] for k in ("weights", "gradients", "optimizer")}
+            kept = r.params
+        mem = {"weights": local["weights"] * states["weights"],
+               "gradients": local["gradients"] * grad_bytes,
+               "optimizer": local["optimizer"] * states["optimizer"],
+               "activations": held,
+               "logits": np.where(r.head, sw_mod.logits_bytes(dims, sw, dtype), 0.0)}
+        mem.update(sw_mod.extra_memory(model, dims, layout, sw, r.layers, kept))
+        mem.update(extras)
+        mem["total"] = sum(mem.values())
+        return mem
+    ranks = [rank_memory(r) for r in stages.memory_stages(model, layout, m)]
+    peak = np.argmax(np.stack(np.broadcast_arrays(*(r["total"] for r in ranks))), axis=0)
+    memory = {k: np.choose(peak, np.broadcast_arrays(*(r[k] for r in ranks))) for k in ranks[0]}
+    if np.ndim(peak) == 0:
+        memory = {k: v[()] if isinstance(v, np.ndarray) else v for k, v in memory.items()}
+    stage_memory = {name: {"layers": r.layers, "memory_bytes": mem["total"]}
+                    for name, r, mem in zip(("first", "middle", "last"), stages.memory_stages(model, layout, m), ranks)}
     fits = memory["total"] <= hw.hbm_bytes * (1.0 - headroom)
 
     # ---- throughput and utilization
@@ -266,7 +280,7 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
     hw_flops = model_flops + recompute_flops_per_step(model, seq, batch, rc, act)
     peak_total = hw.peak(dtype) * cluster.devices
     return Estimate(
-        model=model, cluster=cluster, layout=layout,
+        model=model, cluster=cluster, layout=given_layout,
         step_time_s=step,
         tokens_per_s=tokens / step,
         model_flops_per_step=model_flops,
@@ -286,6 +300,7 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
         headroom=headroom,
         software=sw,
         notes=moe_overlap.notes(model, dims),
+        pipeline_ranks=stage_memory,
     )
 
 

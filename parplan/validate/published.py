@@ -56,7 +56,7 @@ RUN_KEYS = ("id", "source", "confidence", "model", "hardware", "devices", "devic
             "fp8_recipe", "layout", "global_batch", "published", "reference_step_time_s", "reference_derivation",
             "notes", "_file")
 RUN_LAYOUT_KEYS = ("tp", "pp", "dp", "cp", "vpp", "zero", "shard_group", "sequence_parallel", "recompute",
-                   "micro_batch", "ep", "etp")
+                   "micro_batch", "ep", "etp", "first_stage_layers", "last_stage_layers")
 PUBLISHED_KEYS = ("step_time_s", "tflops_per_device", "mfu", "hfu", "tokens_per_s", "tokens_per_s_per_device",
                   "flops_convention")
 # What a user passes for a record's model when the record leaves it out (predict_via_cli.py does the same):
@@ -130,6 +130,9 @@ def record_setup(rec: dict, framework: str | None = None) -> RunSetup:
             fixed[axis] = number(lay, axis, w, integer=True)
     if lay.get("shard_group") is not None:
         fixed["shard_group"] = number(lay, "shard_group", w, integer=True)
+    for end in ("first_stage_layers", "last_stage_layers"):  # a published split, as plan --first/last-stage-layers
+        if lay.get(end) is not None:
+            fixed[end] = number(lay, end, w, integer=True)
     name = rec.get("framework") or framework
     note = "given" if rec.get("framework") else ("--framework" if framework else "default")
     name = name or default_framework(hw.kind)
@@ -145,9 +148,12 @@ def record_setup(rec: dict, framework: str | None = None) -> RunSetup:
                       zero=fixed.get("zero", 0), shard_group=fixed.get("shard_group"),
                       sp=bool(lay.get("sequence_parallel")), vpp=vpp,
                       schedule="interleaved" if vpp > 1 else "1f1b", recompute=fixed.get("recompute", "none"),
-                      dtype=dtype, axes=tuple((a, fixed[a]) for a in ("ep", "etp") if a in fixed))
-    unknown = tuple(k for k in ("micro_batch", "zero", "recompute", "vpp", "sp") if k not in fixed) + \
-        (("etp",) if model.is_moe and "etp" not in fixed else ())
+                      dtype=dtype, axes=tuple((a, fixed[a]) for a in ("ep", "etp") if a in fixed),
+                      first_stage_layers=fixed.get("first_stage_layers"),
+                      last_stage_layers=fixed.get("last_stage_layers"))
+    searched = ("micro_batch", "zero", "recompute", "vpp", "sp") + \
+        (("first_stage_layers", "last_stage_layers") if fixed["pp"] > 1 else ())
+    unknown = tuple(k for k in searched if k not in fixed) + (("etp",) if model.is_moe and "etp" not in fixed else ())
     return RunSetup(model, cluster, software, fixed, batch, dtype, fallback, unknown, note)
 
 
@@ -198,7 +204,8 @@ def validate_runs(records: list[dict], framework: str | None = None, progress=No
             "published_s": published,
             "error": (predicted - published) / published,
             "chosen": {k: (bool(getattr(lay, k)) if k == "sp" else lay.size(k) if k == "etp" else getattr(lay, k))
-                       for k in setup.unknown},
+                       for k in setup.unknown if k == "etp" or getattr(lay, k) is not None},  # a split left to
+            # the framework is not shown
             "band_s": list(band) if band else None,
             "within_band": bool(band) and band[0] <= published <= band[1],
             "fits": bool(est.fits),

@@ -73,7 +73,17 @@ def estimate_dict(est: Estimate) -> dict[str, Any]:
         "breakdown_s": {k: float(est.breakdown_s[k]) for k in breakdown_keys()},
         "layer": {"forward_s": float(est.layer_forward_s), "backward_s": float(est.layer_backward_s)},
         **({"notes": list(est.notes)} if est.notes else {}),
+        "pipeline_ranks": pipeline_ranks(est),
     }
+
+
+def pipeline_ranks(est: Estimate) -> dict[str, Any]:
+    """Per kind of pipeline rank (first, middle, last): its transformer layers and its memory (empty
+    without a pipeline; no middle with two stages)."""
+    if est.layout.pp == 1:
+        return {}
+    return {k: {"layers": int(r["layers"]), "memory_bytes": float(r["memory_bytes"])}
+            for k, r in est.pipeline_ranks.items() if k != "middle" or est.layout.pp > 2}
 
 
 def software_dict(sw) -> dict[str, Any]:
@@ -214,6 +224,9 @@ def format_estimate(est: Estimate, batch_note: str | None = None, interval=None)
         if v > 0 or k == "total":
             lines.append(f"  {k:<17} {v / GIB:8.2f} GiB")
     lines.append(f"  fits: {'yes' if d['fits'] else 'NO'}")
+    if d["pipeline_ranks"]:
+        lines.append("  per pipeline rank: " + ", ".join(
+            f"{k} {r['layers']} layers {r['memory_bytes'] / GIB:.2f} GiB" for k, r in d["pipeline_ranks"].items()))
     return "\n".join(lines)
 
 

@@ -123,3 +123,22 @@ def test_malformed_hf_config(tmp_path, run_cli):
 def test_bad_mesh(run_cli):
     assert_one_line_error(run_cli("estimate", "--model", "gpt3", "--hw", "a100x64", "--mesh", "tp=8,xp=8"),
                           match="unknown axis 'xp'")
+
+
+@pytest.mark.parametrize("args,match", [
+    (("--first-stage-layers", "60", "--last-stage-layers", "60"), "leave a stage of pp=8 without a transformer layer"),
+    (("--first-stage-layers", "0"), "first-stage-layers must be a positive whole number"),
+    (("--first-stage-layers", "10", "--last-stage-layers", "11"), "middle stages even"),
+    (("--schedule", "zb-h1"), "not zb-h1"),
+])
+def test_bad_pipeline_splits(run_cli, args, match):
+    assert_one_line_error(run_cli(*BASE, *args), match=match)
+
+
+def test_a_split_the_layers_cannot_take_says_what_would_work(run_cli):
+    assert_one_line_error(run_cli("estimate", "--model", "llama3.1-405b", "--hw", "h100x2048", "--tp", "8", "--pp",
+                                  "16"), match="e.g. --first-stage-layers 7 --last-stage-layers 7")
+    assert_one_line_error(run_cli("plan", "--model", "gpt3", "--hw", "a100x64", "--pp", "1", "--first-stage-layers",
+                                  "4"), match="need pp > 1")
+    assert_one_line_error(run_cli(*BASE, "--mode", "inference", "--first-stage-layers", "4"),
+                          match="--first-stage-layers does not apply with --mode inference")

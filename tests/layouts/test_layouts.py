@@ -9,7 +9,7 @@ from parplan.step.train import estimate
 from parplan.specs.cluster import load_cluster
 from parplan.layouts.layout import Layout
 from parplan.specs.model_loader import load_model
-from parplan.layouts.strategies.pipeline import bubble_fraction
+from parplan.layouts.strategies.pipeline import pipeline_time
 
 
 @pytest.mark.parametrize("zero,per_param", [(0, 2 + 4 + 12), (1, 2 + 4 + 12 / 8), (2, 2 + (4 + 12) / 8),
@@ -46,8 +46,12 @@ def test_zero_traffic_per_stage():
 
 
 def test_bubble_fractions():
-    assert float(bubble_fraction(8, 1, 64)) == pytest.approx(7 / 64)         # 1F1B: (p-1)/m
-    assert float(bubble_fraction(8, 3, 64)) == pytest.approx(7 / (3 * 64))   # interleaved: (p-1)/(v m)
+    """Eight equal stages of 1 s, 64 micro-batches: the bubble is (p-1)/(v m) of the m t ideal (Narayanan 2021,
+    eqs. 1-2)."""
+    total, bubble = pipeline_time(1.0, 8.0, 64)
+    assert float(bubble) / 64 == pytest.approx(7 / 64) and float(total) == pytest.approx(64 + 7)   # 1F1B
+    _, bubble = pipeline_time(1.0, 8.0, 64, vpp=3)
+    assert float(bubble) / 64 == pytest.approx(7 / (3 * 64))                                          # interleaved
 
 
 def test_bubble_in_the_step_breakdown():

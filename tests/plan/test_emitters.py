@@ -169,7 +169,8 @@ def test_torchtitan_parses_the_emitted_toml(tmp_path):
     assert (p.tensor_parallel_degree, p.pipeline_parallel_degree, p.context_parallel_degree,
             p.data_parallel_shard_degree, p.data_parallel_replicate_degree) == (4, 4, 2, 2, 1)
     assert p.pipeline_parallel_microbatch_size == 2 and t.local_batch_size == 32 and t.global_batch_size == 64
-    assert p.pipeline_parallel_schedule == "Interleaved1F1B" and p.pipeline_parallel_layers_per_stage == 10
+    # Interleaved1F1B runs two stages per rank unless told otherwise: vpp=2 needs no stage key (v0.2.2 pipeline_llm)
+    assert p.pipeline_parallel_schedule == "Interleaved1F1B" and p.pipeline_parallel_layers_per_stage is None
     assert p.fsdp_reshard_after_forward == "never" and p.context_parallel_rotate_method == "alltoall"
     assert (c.activation_checkpoint.mode, c.activation_checkpoint.selective_ac_option) == ("selective", "op")
     assert c.compile.enable and c.quantize.linear.float8.recipe_name == "rowwise" and t.seq_len == 8192
@@ -253,3 +254,110 @@ def test_every_knob_survives_the_round_trip(tmp_path, target, framework, layout,
     assert sw2.name == sw.name and sw2.compiled == sw.compiled and sw2.fp8_recipe == sw.fp8_recipe
     assert float(estimate(m, cl, lay2, software=sw2).step_time_s) == \
         pytest.approx(float(estimate(m, cl, lay, software=sw).step_time_s), rel=1e-9)
+
+
+def test_megatron_writes_and_reads_the_split():
+    """7 | 8 x 14 | 7 of a 126-layer model: Megatron-Core's first/last-stage flags; interleaved by 2 the ends' 7
+    layers are odd, so the embedding and loss count as layers (--account-for-*) with the virtual stages named."""
+    m = load_model("llama3.1-405b")
+    flat = Layout(tp=8, pp=16, dp=16, micro_batch=1, global_batch=512, first_stage_layers=7, last_stage_layers=7)
+    text = emit("megatron", flat, m)
+    assert "--decoder-first-pipeline-num-layers 7" in text and "--decoder-last-pipeline-num-layers 7" in text
+    inter = Layout(tp=8, pp=16, dp=16, vpp=2, schedule="interleaved", micro_batch=1, global_batch=512,
+                   first_stage_layers=7, last_stage_layers=7)
+    text = emit("megatron", inter, m)
+    assert "--account-for-embedding-in-pipeline-split" in text and "--account-for-loss-in-pipeline-split" in text
+    assert "--num-virtual-stages-per-pipeline-rank 2" in text and "decoder-first" not in text
+    assert {a[2:] for a in text.split() if a.startswith("--")} <= megatron_flags()
+    for lay, source in ((flat, emit("megatron", flat, m)), (inter, text)):
+        back = read_config_text(source, ".sh", 2048, m)
+        assert (back.layout["first_stage_layers"], back.layout["last_stage_layers"], back.layout["vpp"]) == \
+            (7, 7, lay.vpp)
+    even = Layout(tp=8, pp=8, dp=32, micro_batch=1, global_batch=512)
+    assert "pipeline-num-layers" not in emit("megatron", even, load_model("llama3.1-70b"))
+
+
+def read_config_text(text, suffix, world, model, tmp=None):
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / f"launch{suffix}"
+        path.write_text(text)
+        return read_config(str(path), world, model)
+
+
+def test_torchtitan_writes_the_split_and_the_zero_bubble_schedule():
+    m = load_model("llama3.1-70b")
+    lay = Layout(tp=4, pp=4, dp=4, vpp=2, schedule="interleaved", micro_batch=1, global_batch=64, zero=3, sp=True,
+                 seq_len=8192, first_stage_layers=18, last_stage_layers=18)
+    toml = emit("torchtitan", lay, m)
+    assert "module_fqns_per_model_part" in toml and 'fsdp_reshard_after_forward = "always"' in toml
+    back = read_config_text(toml, ".toml", 64, m)
+    assert (back.layout["vpp"], back.layout["first_stage_layers"], back.layout["last_stage_layers"],
+            back.layout["zero"]) == (2, 18, 18, 3)
+    zb = Layout(tp=4, pp=4, dp=4, schedule="zb-h1", micro_batch=1, global_batch=64, sp=True, seq_len=8192)
+    toml = emit("torchtitan", zb, m)
+    assert 'pipeline_parallel_schedule = "InterleavedZeroBubble"' in toml and toml.count('"layers.0"') == 1
+    back = read_config_text(toml, ".toml", 64, m)
+    assert back.layout["schedule"] == "zb-h1" and back.layout["vpp"] == 1
+    # torchtitan's own split of 80 layers over 4 ranks is 20 | 21 | 20 | 19 (the ends count a layer each)
+    assert back.layout["first_stage_layers"] == 20 and back.layout["last_stage_layers"] == 19
+    # Without a stage key torchtitan runs its multi-stage schedules with two stages per rank: ZB1P interleaved,
+    # which the estimate refuses (the ZB-H1 bubble is the paper's, for one stage per rank)
+    two = read_config_text('[parallelism]\npipeline_parallel_degree = 4\ntensor_parallel_degree = 4\n'
+                           'pipeline_parallel_schedule = "InterleavedZeroBubble"\n', ".toml", 64, m)
+    assert (two.layout["schedule"], two.layout["vpp"]) == ("zb-h1", 2)
+    from parplan.layouts.rules import check_layout
+    from parplan.specs.cluster import load_cluster
+    from parplan.specs.framework_loader import load_framework
+    with pytest.raises(ParplanError, match="one stage per rank"):
+        check_layout(Layout(**dict(two.layout)), m, load_cluster("h100x64"), load_framework("torchtitan"))
+
+
+def test_torchtitan_split_keys_are_read_as_torchtitan_splits():
+    """pipeline_parallel_layers_per_stage 7 for 80 layers: ceil((80 + 1 + 1) / 7) = 12 stages, 3 per rank; the
+    less-layers weights move layers off the ends."""
+    m = load_model("llama3.1-70b")
+    base = "[parallelism]\npipeline_parallel_degree = 4\ndata_parallel_shard_degree = 16\n"
+    back = read_config_text(base + 'pipeline_parallel_schedule = "Interleaved1F1B"\n'
+                            "pipeline_parallel_layers_per_stage = 7\n", ".toml", 64, m)
+    assert (back.layout["vpp"], back.layout["first_stage_layers"]) == (3, None)
+    back = read_config_text(base + "pipeline_parallel_first_stage_less_layers = 3\n", ".toml", 64, m)
+    assert (back.layout["vpp"], back.layout["first_stage_layers"], back.layout["last_stage_layers"]) == (1, 18, 20)
+    with pytest.raises(ParplanError, match="not a multiple of pipeline_parallel_degree"):
+        read_config_text(base + "pipeline_parallel_layers_per_stage = 9\n", ".toml", 64, m)
+
+
+def test_deepspeed_refuses_a_split_its_config_cannot_carry():
+    """96 layers on 7 stages as 13 | 14 x 5 | 13: Megatron-DeepSpeed runs it (--pp-partition-method
+    'type:transformer|embedding'), but a DeepSpeed JSON cannot say so; plain DeepSpeed runs only its own split."""
+    from tests.helpers import software
+
+    m = load_model("gpt3")
+    assert problem("deepspeed", Layout(pp=7, global_batch=70), m) is None
+    split = Layout(pp=7, global_batch=70, first_stage_layers=13, last_stage_layers=13)
+    said = problem("deepspeed", split, m, software("megatron-deepspeed"))
+    assert "carries no pipeline layer split" in said and "\n" not in said
+    assert "only its own split" in problem("deepspeed", split, m)
+
+
+@pytest.mark.parametrize("target,args", [
+    ("megatron", ("--model", "llama3.1-405b", "--hw", "h100x2048", "--tp", "8", "--pp", "16", "--zero", "1",
+                  "--micro-batch", "1", "--recompute", "full", "--sp")),
+    ("torchtitan", ("--model", "llama3.1-70b", "--hw", "h100x64", "--tp", "4", "--pp", "4", "--zero", "3",
+                    "--recompute", "full")),
+])
+def test_uneven_plans_round_trip(run_cli, tmp_path, target, args):
+    """A plan whose split or interleaving is not the framework's default, emitted and read back: one prediction."""
+    rc, out, err = run_cli("plan", *args, "--emit", target)
+    assert rc == 0, err
+    path = tmp_path / f"launch{SUFFIX[target]}"
+    path.write_text(out)
+    rc, plans, err = run_cli("plan", *args, "--emit", target, "--format", "json", "--top", "1")
+    assert rc == 0, err
+    best = json.loads(plans)[0]
+    assert best["layout"]["first_stage_layers"] is not None or best["layout"]["vpp"] > 1
+    rc, est, err = run_cli("estimate", *args[:4], "--from-config", str(path), "--format", "json")
+    assert rc == 0, err
+    assert json.loads(est)["step_time_s"] == pytest.approx(best["step_time_s"], rel=1e-9)

@@ -4,6 +4,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import yaml
 
 from parplan.layouts.layout import Layout
 from parplan.plan import interval as iv
@@ -83,7 +84,15 @@ def test_a_value_the_cluster_file_sets_is_not_assumed(tmp_path):
     assert "inter_node.bandwidth" in [k for k, _ in varied]
     varied, named = iv.assumed_values(load_cluster(str(path)), sw)
     assert "inter_node.bandwidth" not in [k for k, _ in varied] and "inter_node.bandwidth" in named
-    # a flag the framework's profile assumes is varied by setting it the other way
+    # a flag a framework profile assumes is varied by setting it the other way
+    data = yaml.safe_load((REPO / "frameworks" / "megatron-core.yaml").read_text())
+    data["sources"]["data_parallel.reduce_every_microbatch"] = "[assumed] for this test"
+    (tmp_path / "fw.yaml").write_text(yaml.safe_dump(data))
+    from parplan.specs.framework import resolve_software
+    from parplan.specs.framework_loader import load_framework
+
+    sw = resolve_software(load_framework(str(tmp_path / "fw.yaml")))
+    varied, named = iv.assumed_values(load_cluster("a100x16"), sw)
     flag = dict(varied)["megatron-core: data_parallel.reduce_every_microbatch"]
     assert len(flag) == 1 and flag[0][1].framework.data_parallel.reduce_every_microbatch is not \
         sw.framework.data_parallel.reduce_every_microbatch

@@ -58,7 +58,8 @@ def test_moe_launch_configs_round_trip(tmp_path, target, framework):
 
 def test_megatron_mla_and_moe_layer_pattern_flags():
     m = parplan.load_model("deepseek-v3")
-    lay = Layout(tp=2, pp=8, dp=8, micro_batch=1, global_batch=64, seq_len=4096, axes=(("ep", 8), ("etp", 1)))
+    lay = Layout(tp=2, pp=8, dp=8, micro_batch=1, global_batch=64, seq_len=4096, axes=(("ep", 8), ("etp", 1)),
+                 first_stage_layers=7, last_stage_layers=6)  # 61 layers: 7 | 8 x 6 | 6
     text = emit("megatron", lay, m, resolve_software(load_framework("megatron-core")))
     assert "--multi-latent-attention" in text and "--kv-lora-rank 512" in text and "--qk-head-dim 128" in text
     assert "--moe-layer-freq '[0,0,0,1,1" in text and "--moe-shared-expert-intermediate-size 2048" in text

@@ -69,14 +69,14 @@ def test_search_rows_equal_scalar_estimates():
     rng = np.random.default_rng(0)
     # Megatron-Core (the default) offers HSDP and ring attention; Colossal-AI 2D tensor parallelism;
     # torchtitan runs eager element-wise ops, autocast casts, FSDP2 copies and per-op recompute.
-    for sw, subsets in ((None, ("hsdp", "ring")), (software("colossalai"), ("2d",)),
-                        (software("torchtitan"), ("selective-op",))):
+    for sw, subsets in ((None, ("hsdp", "ring", "split")), (software("colossalai"), ("2d",)),
+                        (software("torchtitan"), ("selective-op", "split"))):
         space = SearchSpace(global_batch=2048, seq_len=2048, software=sw)
         df, _ = search(m, cl, space)
         picks = [df[df["zero"] == z].iloc[int(rng.integers(0, (df["zero"] == z).sum()))] for z in sorted(set(df["zero"]))]
         picks += [rank(df).iloc[0], rank(df).iloc[1]]
         masks = {"2d": df["tp_mode"] == "2d", "hsdp": df["shard_group"] != df["dp"], "ring": df["cp_mode"] == "ring",
-                 "selective-op": df["recompute"] == "selective-op"}
+                 "selective-op": df["recompute"] == "selective-op", "split": df["first_stage_layers"] > 0}
         for name in subsets:
             subset = df[masks[name]]
             assert len(subset), f"the search offers {name}"
@@ -255,10 +255,10 @@ def test_plan_ranks_only_schedules_the_framework_runs():
     from parplan.errors import ParplanError
     from parplan.plan.planner import make_plan
 
-    result = make_plan(load_model("gpt3"), load_cluster("tpu-v5px512"), top=10, with_intervals=False)
+    result = make_plan(load_model("gpt3"), load_cluster("tpu-v5px512"), top=10, fixed={"pp": 2},
+                       with_intervals=False)
     schedules = result.estimates[0].software.framework.pipeline.schedules
-    assert any(lay.pp > 1 for lay in result.layouts)
-    assert all(lay.pp == 1 or lay.schedule in schedules for lay in result.layouts)
+    assert "1f1b" not in schedules and all(lay.schedule in schedules for lay in result.layouts)
     with pytest.raises(ParplanError, match="megatron-core runs the pipeline schedules 1f1b, interleaved, not gpipe"):
         make_plan(load_model("gpt3-13b"), load_cluster("a100x64"), fixed={"pp": 2}, schedule="gpipe")
     from parplan.layouts.layout import Layout
@@ -290,3 +290,37 @@ def test_every_searched_candidate_passes_the_check_estimate_applies():
                    tp_mode=["1d", "2d", "3d"][row["tp_mode"]], cp_mode=["allgather", "ring"][row["cp_mode"]],
                    order=",".join(PLACEMENTS[i % 2]), global_batch=48)
         check_layout(layout_of(row, space), model, cluster)
+
+
+def test_the_search_uses_a_frameworks_documented_micro_batch_under_a_pipeline():
+    """torchtitan's pipeline_parallel_microbatch_size defaults to 1; MaxText's num_pipeline_microbatches to the
+    stage count; Megatron documents none, so the search picks."""
+    from parplan.plan.candidates import SearchSpace, candidates
+    from tests.helpers import software
+
+    m = load_model("llama3.1-70b")
+    cand = candidates(m, load_cluster("h100x64"), SearchSpace(global_batch=512, seq_len=8192,
+                                                              software=software("torchtitan")))
+    piped = cand["pp"] > 1
+    assert piped.any() and set(cand["micro_batch"][piped].tolist()) == {1} and len(set(cand["micro_batch"])) > 1
+    fixed = candidates(m, load_cluster("h100x64"), SearchSpace(global_batch=512, seq_len=8192, fixed={"micro_batch": 2},
+                                                                software=software("torchtitan")))
+    assert set(fixed["micro_batch"].tolist()) == {2}
+    tpu = candidates(m, load_cluster("tpu-v5px64"), SearchSpace(global_batch=512, seq_len=8192,
+                                                                software=software("jax")))
+    piped = tpu["pp"] > 1
+    rounds = 512 // (tpu["micro_batch"] * tpu["dp"])
+    assert piped.any() and np.all(rounds[piped] == tpu["pp"][piped])
+    mega = candidates(m, load_cluster("h100x64"), SearchSpace(global_batch=512, seq_len=8192))
+    assert len(set(mega["micro_batch"][mega["pp"] > 1].tolist())) > 1
+
+
+def test_the_search_splits_a_126_layer_model_over_16_stages():
+    """Megatron-Core cannot split 126 layers evenly over 16 stages; the search runs 7 | 8 x 14 | 7 (its first and
+    last stage flags), interleaved only where the ends' layers divide (the embedding and loss counted as layers)."""
+    from parplan.plan.candidates import SearchSpace, candidates
+
+    cand = candidates(load_model("llama3.1-405b"), load_cluster("h100x2048"),
+                      SearchSpace(global_batch=512, seq_len=8192, fixed={"tp": 8, "pp": 16}))
+    ends = set(zip(cand["first_stage_layers"].tolist(), cand["last_stage_layers"].tolist(), cand["vpp"].tolist()))
+    assert {e[:2] for e in ends} == {(7, 7)} and {e[2] for e in ends} == {1, 2, 4, 8}  # 8 = 2 x 4 = 8 x 1

@@ -4,8 +4,8 @@ Every record is predicted as `parplan plan` predicts it for a user who passes th
 fields (published axes and knobs fixed, the rest searched, the framework's profile deciding
 what the software does). The bounds below keep what is reached from getting worse; tighten
 them as the model improves. Known misses: the DeepSpeed ZeRO-3 runs of Narayanan et al. 2021
-Table 2 (predicted 35-58% fast), the 2019 V100 runs (~25% fast) and Nemotron-340B, for which
-no layout fits the memory model.
+Table 2 (predicted 35-58% fast), the 2019 V100 runs (~25% fast) and Nemotron-340B (35% slow; it fits
+only since each pipeline stage holds its own parameters and activations, and then with full recompute).
 """
 import pytest
 
@@ -45,11 +45,13 @@ def test_moe_runs_do_not_regress(moe_results):
     """Mixture-of-experts runs (validation/moe-runs.yaml), a regression gate at what is reached, not the 12%
     median aimed for. Known misses: cross-node expert parallelism (EP 32-64 over 4-8 nodes, predicted up to
     ~95% slow: DeepEP's node-deduplicated dispatch and the all-to-all overlap of those runs are not modelled),
-    and the small-expert Qwen3-30B and gpt-oss runs on few GPUs (predicted 20-55% fast)."""
+    and the small-expert Qwen3-30B and gpt-oss runs on few GPUs (predicted 20-55% fast). Searching the
+    pipeline split (first/last stage layers) took the worst cross-node row from +94% to +28% and the signed
+    mean from +1% to -15% (mean |error| 36% -> 34%)."""
     s = moe_results["summary"]
     assert s["median_abs_error"] <= 0.30
-    assert s["mean_abs_error"] <= 0.40
-    assert abs(s["mean_error"]) <= 0.10
+    assert s["mean_abs_error"] <= 0.36
+    assert abs(s["mean_error"]) <= 0.16
     assert s["no_fitting_plan"] == 0
 
 
@@ -108,9 +110,13 @@ def test_modern_stacks_within_20_percent_on_average(results):
         assert mean_abs(group(results, prefix)) <= bound, prefix
 
 
-def test_bloom_runs_mean_within_12_percent(results):
+def test_bloom_runs_mean_within_15_percent(results):
+    """12% before the pipeline split was modelled: the last stage was charged the rounded-up share of layers and
+    the head. The published split of the 70-layer runs (5 | 6 x 10 | 5, --pp-partition-method
+    'type:transformer|embedding') and DeepSpeed's front-filled default for 78 layers (7 x 11 | 1) moved those
+    six rows 11-13% fast."""
     rows = group(results, "BigScience BLOOM pre-training topology")
-    assert len(rows) == 20 and mean_abs(rows) <= 0.12
+    assert len(rows) == 20 and mean_abs(rows) <= 0.15
 
 
 def test_the_framework_decides_the_kernels():
@@ -125,11 +131,11 @@ def test_the_framework_decides_the_kernels():
             assert sw.fp8_recipe == "tensorwise", rec["id"]
 
 
-def test_errors_are_summarised_by_publication(results):
+def test_errors_are_summarised_by_publication(results, tpu_results):
     groups = results["groups"]
-    assert sum(g["runs"] for g in groups.values()) == 145
+    assert sum(g["runs"] for g in groups.values()) == 96
     assert groups["Narayanan et al. 2021, Table 1 (megatron-lm)"]["runs"] == 10
-    assert groups["MaxText README 'Runtime Performance Results' v5e tables (jax)"]["runs"] == 24
+    assert tpu_results["groups"]["MaxText README 'Runtime Performance Results' v5e tables (jax)"]["runs"] == 24
     assert groups["Narayanan et al. 2021, Table 2 (deepspeed)"]["runs"] == 6
     name = "Korthikanti et al. 2022, Tables 3+5 (megatron-lm)"
     rows = [r["error"] for r in results["rows"] if r["group"] == name]

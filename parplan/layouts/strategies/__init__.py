@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ...errors import ParplanError
-from .base import Collective, Context, Stages, StageTimes, Strategy
+from .base import Busiest, Collective, Context, StageMemory, Stages, StageTimes, Strategy
 from .context import ContextParallel
 from .data import DataParallel
 from .expert import ExpertParallel, ExpertTensorParallel
@@ -107,6 +107,6 @@ register(DataParallel)
 register(ExpertParallel)
 register(ExpertTensorParallel)
 
-__all__ = ["Axis", "BUILTIN", "Collective", "Context", "Stages", "StageTimes", "Strategy", "axis", "axis_names",
-           "breakdown_keys", "breakdown_labels", "is_folded", "register", "stages_of", "strategies_for",
-           "unregister"]
+__all__ = ["Axis", "BUILTIN", "Busiest", "Collective", "Context", "StageMemory", "Stages", "StageTimes",
+           "Strategy", "axis", "axis_names", "breakdown_keys", "breakdown_labels", "is_folded", "register",
+           "stages_of", "strategies_for", "unregister"]

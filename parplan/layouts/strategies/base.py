@@ -132,40 +132,70 @@ class Stages:
     splits_stages = False
 
     def stage_layers(self, model: ModelSpec, layout):
-        """Transformer layers on the busiest stage."""
+        """Transformer layers on the rank that holds the most."""
         return np.ceil(model.layers / np.asarray(1.0))
 
     def stage_params(self, model: ModelSpec, layout):
-        """Parameters of the busiest stage (before tensor-parallel sharding)."""
+        """Parameters of the rank that holds the most (before tensor-parallel sharding)."""
         return model.layers * model.layer_params() + model.embedding_params() + model.output_params()
 
-    def ends_share(self, layout):
-        """The share of the embedding's and head's per-micro-batch collectives on the busiest stage."""
-        return 1.0
-
-    def inflight(self, layout, micro_batches):
-        """Micro-batches whose activations the busiest stage holds at its peak."""
-        return np.asarray(1.0)
+    def memory_stages(self, model: ModelSpec, layout, micro_batches) -> list["StageMemory"]:
+        """The ranks whose memory may peak: their layers, parameters, the micro-batches whose activations
+        they hold at their peak, and whether they hold the head (its logits)."""
+        return [StageMemory(self.stage_layers(model, layout), self.stage_params(model, layout), np.asarray(1.0),
+                            True)]
 
     def compose(self, model: ModelSpec, layout, t: "StageTimes"):
-        """(seconds of the micro-batches through the stages, the busiest stage's compute per micro-batch,
-        {breakdown key: seconds} of the schedule's own idle time) of one step."""
-        busiest = t.compute_mb + t.emb_f + t.emb_b + t.head_f + t.head_b
-        return t.micro_batches * (busiest + t.recompute_mb + t.comm_mb), busiest, {}
+        """(seconds of the micro-batches through the stages, the busiest stage's :class:`Busiest` work per
+        micro-batch, {breakdown key: seconds} of the schedule's own idle time) of one step."""
+        layers = np.asarray(float(model.layers))
+        busy = Busiest(layers, layers * t.layer_s + t.emb_f + t.emb_b + t.head_f + t.head_b, layers * t.layer_rec_s,
+                       1.0, 1.0)
+        per_mb = busy.compute_s + busy.recompute_s + layers * t.layer_comm_s + t.mb_comm_s + t.first_comm_s + \
+            t.last_comm_s
+        return t.micro_batches * per_mb, busy, {}
 
 
 @dataclass(frozen=True)
 class StageTimes:
-    """What a schedule composes, per micro-batch on one device: the stage's layers, the embedding's
-    and head's compute (forward, backward), the recompute and the exposed per-micro-batch
-    communication (arrays allowed)."""
+    """What a schedule composes, per micro-batch on one device: one layer's compute (forward + backward),
+    the weight-gradient part of it (the W pass zero-bubble schedules defer), its recompute and its exposed
+    collectives; every stage's exposed per-micro-batch collectives, and the first's (the embedding's) and the
+    last's (the head's); the embedding's and head's compute (forward, backward). Arrays allowed."""
 
     micro_batches: Any
-    stage_layers: Any
-    compute_mb: Any     # stage_layers x (layer forward + backward)
+    layer_s: Any
+    layer_wgrad_s: Any
+    layer_rec_s: Any
+    layer_comm_s: Any
+    mb_comm_s: Any
+    first_comm_s: Any
+    last_comm_s: Any
     emb_f: Any
     emb_b: Any
     head_f: Any
     head_b: Any
-    recompute_mb: Any
-    comm_mb: Any
+
+
+@dataclass(frozen=True)
+class Busiest:
+    """The busiest stage's work per micro-batch: its layers, its compute (with the embedding or head it
+    holds), its recompute, and whether it issues the embedding's (``first_share``) and the head's
+    (``last_share``) collectives (1 or 0)."""
+
+    layers: Any
+    compute_s: Any
+    recompute_s: Any
+    first_share: Any
+    last_share: Any
+
+
+@dataclass(frozen=True)
+class StageMemory:
+    """One rank as memory sees it: its layers and parameters, the micro-batches whose activations it
+    holds at its peak, and whether it holds the head (and so the logits)."""
+
+    layers: Any
+    params: Any
+    inflight: Any
+    head: Any

@@ -30,10 +30,14 @@ def _software(ctx: Context):
     return load_framework("megatron-core").data_parallel
 
 
-def _pipeline_every(ctx: Context) -> bool:
-    if ctx.software is not None:
-        return ctx.software.framework.pipeline.reduce_every_microbatch
-    return True
+def _reduce_every(ctx: Context):
+    """Per candidate: whether ZeRO-2/3 reduce-scatter every micro-batch's gradients (else once per step, the
+    stage's unsharded gradients held until then): the framework's data-parallel rule, or its rule under a
+    pipeline. Without a pipeline ZeRO-2 always keeps only its shard, so it reduces every micro-batch."""
+    pp = np.asarray(ctx.layout.pp)
+    piped = ctx.software.framework.pipeline.reduce_every_microbatch if ctx.software is not None else True
+    zero3 = np.where(pp == 1, _software(ctx).reduce_every_microbatch, piped)
+    return np.where(pp == 1, True, piped), zero3
 
 
 class DataParallel(Strategy):
@@ -70,11 +74,11 @@ class DataParallel(Strategy):
     def state_divisors(self, ctx: Context):
         _, _, shard = self._group(ctx)
         zero = np.asarray(ctx.layout.zero)
-        # A ZeRO-3 that reduces once per step (under pipelining, deferred gradient sync) holds the
+        # A ZeRO-2/3 that reduces once per step (under pipelining, deferred gradient sync) holds the
         # stage's unsharded gradients until then.
-        every = _software(ctx).reduce_every_microbatch if np.all(np.asarray(ctx.layout.pp) == 1) \
-            else _pipeline_every(ctx)
-        sharded_grads = (zero == 2) | ((zero == 3) & (bool(every) | (np.asarray(ctx.micro_batches) == 1)))
+        every2, every3 = _reduce_every(ctx)
+        one = np.asarray(ctx.micro_batches) == 1
+        sharded_grads = ((zero == 2) & (every2 | one)) | ((zero == 3) & (every3 | one))
         return {
             "optimizer": np.where(zero >= 1, shard, 1),
             "gradients": np.where(sharded_grads, shard, 1),
@@ -114,8 +118,7 @@ def zero_collectives(ctx: Context, params, size, stride, shard, axis: str = "dp"
     bwd_gather = "backward" if dp.backward_prefetch == "before" else "none"
     # ZeRO-3 reduce-scatters every micro-batch (DeepSpeed, FSDP) or once per step (under
     # torch.distributed.pipelining, which defers the gradient sync to the last backward).
-    pp = np.asarray(lay.pp)
-    every = dp.reduce_every_microbatch if np.all(pp == 1) else _pipeline_every(ctx)
+    every2, every3 = _reduce_every(ctx)
     replicas = size // shard
     z0, z1, z2, z3 = (zero == 0), (zero == 1), (zero == 2), (zero == 3)
     # ZeRO-3 gathers and reduces layer by layer (FSDP wraps each layer), or in a framework's
@@ -131,9 +134,12 @@ def zero_collectives(ctx: Context, params, size, stride, shard, axis: str = "dp"
                    "step", "backward", reduce[0]),
         Collective(f"{prefix}zero_grad_reduce_scatter", "reduce_scatter", axis, shard, stride, grads,
                    np.where(z1, 1, 0), "step", "backward", reduce[1]),
-        # ZeRO-2 keeps only its gradient shard, so it reduce-scatters after every micro-batch.
+        # ZeRO-2 keeps only its gradient shard, so it reduce-scatters after every micro-batch; under
+        # torch.distributed.pipelining the sync waits for the last backward (one per step, unsharded meanwhile).
         Collective(f"{prefix}zero2_grad_reduce_scatter", "reduce_scatter", axis, shard, stride, grads,
-                   np.where(z2, 1, 0), "microbatch", "backward", reduce[2]),
+                   np.where(z2 & every2, 1, 0), "microbatch", "backward", reduce[2]),
+        Collective(f"{prefix}zero2_grad_reduce_scatter_step", "reduce_scatter", axis, shard, stride, grads,
+                   np.where(z2 & ~every2, 1, 0), "step", "backward", reduce[2]),
         Collective(f"{prefix}zero_param_allgather", "all_gather", axis, shard, stride, params * ctx.bpe,
                    np.where(z1 | z2, 1, 0), "step", "forward", fwd),
         Collective(f"{prefix}fsdp_allgather_fwd", "all_gather", axis, shard, stride, weights / gathers,
@@ -141,9 +147,9 @@ def zero_collectives(ctx: Context, params, size, stride, shard, axis: str = "dp"
         Collective(f"{prefix}fsdp_allgather_bwd", "all_gather", axis, shard, stride, weights / gathers,
                    np.where(z3, gathers, 0), "microbatch", "backward", bwd_gather),
         Collective(f"{prefix}fsdp_grad_reduce_scatter", "reduce_scatter", axis, shard, stride, grads / reduces,
-                   np.where(z3, reduces, 0) if every else 0, "microbatch", "backward", reduce[3]),
+                   np.where(z3 & every3, reduces, 0), "microbatch", "backward", reduce[3]),
         Collective(f"{prefix}fsdp_grad_reduce_scatter_step", "reduce_scatter", axis, shard, stride, grads,
-                   0 if every else np.where(z3, 1, 0), "step", "backward", reduce[3]),
+                   np.where(z3 & ~every3, 1, 0), "step", "backward", reduce[3]),
         Collective(f"{prefix}hsdp_replica_allreduce", "all_reduce", axis, np.maximum(replicas, 1), stride * shard,
                    grads / shard, np.where((zero > 0) & (replicas > 1), 1, 0), "step", "backward", reduce[1]),
     ]

@@ -11,42 +11,95 @@ from each TP rank and the receivers all-gather it over NVLink; ``full`` (Megatro
 torch.distributed.pipelining) sends the whole tensor from every TP rank. Under sequence
 parallelism the activation is already split t ways and goes as it is.
 
-The embedding sits on the first stage and the head (final norm, logits, loss) on the
-last; the busiest stage is whichever of the two does more, and it holds the
-activations of ``inflight_microbatches`` micro-batches at its peak (Korthikanti 2022).
+The embedding sits on the first rank and the head (final norm, logits, loss) on the last; the
+layers split over the ranks as the framework splits them (:mod:`parplan.layouts.split`), the first
+and last rank possibly holding fewer. Each kind of rank (first, the busiest middle one, last) is
+timed with what it holds; the slowest paces the ``m`` micro-batches and the others fill and drain
+the pipeline. With per-rank micro-batch times ``t_i`` the step takes ``(m - 1) max t + sum t``: the
+makespan of ``m`` identical jobs through a flow shop (the slowest rank works back to back once the
+first job reaches it; the jobs before and after it pass the faster ranks once). With equal ranks it
+is Narayanan's ``(m + p - 1) t``, bubble ``(p - 1)/m``; interleaving divides the bubble by ``v``
+(their eq. 2). ZB-H1 (Qi et al. 2023, arXiv 2401.10241, Sec. 2.1 and Table 2) splits the backward
+into the input gradient B and the weight gradient W and defers W into the drain: its bubble is
+``(p - 1)(T_F + T_B - T_W)`` where 1F1B's is ``(p - 1)(T_F + T_B + T_W)``, with 1F1B's memory and sends.
+Each rank's memory is its own parameters plus the activations of the micro-batches it holds in
+flight (:func:`parplan.cost.memory.inflight_microbatches`); the peak is the largest.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ...cost.memory import inflight_microbatches
-from .base import Collective, Context, Stages, Strategy
+from .. import split as split_mod
+from .base import Busiest, Collective, Context, StageMemory, Stages, Strategy
 
 
 def stage_layers(model, pp):
-    """Layers on the busiest stage (uneven splits give some stages one more)."""
+    """Layers on the busiest stage when every stage takes the rounded-up share (serving's split)."""
     return np.ceil(model.layers / np.asarray(pp, float))
 
 
 def stage_params(model, pp):
-    """Parameters of the busiest stage: its layers plus the embedding (first) or the head (last).
-
-    With tied embeddings the last stage keeps its own copy of the table for the logits.
-    """
-    pp = np.asarray(pp)
+    """Parameters of the busiest stage of that split: its layers plus the embedding (first) or the head (last)."""
     layers = stage_layers(model, pp)
+    return np.maximum(*_end_params(model, pp, layers, layers))
+
+
+def _end_params(model, pp, first_layers, last_layers):
+    """Parameters of the first rank (its layers and the embedding) and of the last (its layers and the
+    head). With tied embeddings the last rank keeps its own copy of the table for the logits; without a
+    pipeline both are the one rank holding everything."""
+    pp = np.asarray(pp)
     layer_p = model.layer_params()
-    first = layers * layer_p + model.embedding_params()
-    last = layers * layer_p + model.output_params() + \
+    first = first_layers * layer_p + model.embedding_params()
+    last = last_layers * layer_p + model.output_params() + \
         np.where(pp > 1, model.vocab * model.hidden if model.tied_embeddings else 0, model.embedding_params())
-    last = np.where(pp > 1, last, first + model.output_params())
-    return np.maximum(first, last)
+    single = model.layers * layer_p + model.embedding_params() + model.output_params()
+    return np.where(pp > 1, first, single), np.where(pp > 1, last, single)
 
 
-def bubble_fraction(pp, vpp, micro_batches):
-    """Idle fraction of the ideal time: (p-1)/(v m) (Narayanan 2021, eqs. 1-2)."""
-    pp, vpp, m = (np.asarray(x, float) for x in (pp, vpp, micro_batches))
-    return (pp - 1) / (vpp * m)
+def pipeline_time(slowest_s, sum_s, micro_batches, vpp=1, bubble_scale=1.0):
+    """(seconds of ``m`` micro-batches through the ranks, the bubble in them), from the slowest rank's
+    micro-batch time and the sum of every rank's: the flow-shop makespan ``(m - 1) max t + sum t`` is
+    ``m max t`` plus a bubble ``sum t - max t``; interleaving over ``v`` chunks divides the bubble by ``v``
+    and ``bubble_scale`` scales it (ZB-H1: :func:`zb_h1_scale`)."""
+    slowest_s, sum_s = np.asarray(slowest_s, float), np.asarray(sum_s, float)
+    bubble = (sum_s - slowest_s) / np.asarray(vpp, float) * bubble_scale
+    return np.asarray(micro_batches, float) * slowest_s + bubble, bubble
+
+
+def zb_h1_scale(f_s, b_s, w_s):
+    """ZB-H1's bubble over 1F1B's: (T_F + T_B - T_W) / (T_F + T_B + T_W) (Qi et al. 2023, Table 2), where
+    ``b_s`` is the input-gradient pass and ``w_s`` the weight-gradient pass. 1/3 with T_F = T_B = T_W."""
+    f_s, b_s, w_s = (np.asarray(x, float) for x in (f_s, b_s, w_s))
+    total = f_s + b_s + w_s
+    return (f_s + b_s - w_s) / np.where(total > 0, total, 1.0)
+
+
+def layout_ends(model, layout):
+    """Layers on the first and last rank: the layout's (the estimate fills in the framework's split,
+    :func:`parplan.layouts.split.with_ends`), or, where it gives none, every rank's rounded-up share
+    (serving's split)."""
+    pp = np.asarray(layout.pp)
+    first = getattr(layout, "first_stage_layers", None)
+    last = getattr(layout, "last_stage_layers", None)
+    share = stage_layers(model, pp).astype(np.int64)
+    first = share if first is None else np.where(np.asarray(first) > 0, first, share)
+    last = share if last is None else np.where(np.asarray(last) > 0, last, share)
+    return np.where(pp > 1, first, model.layers), np.where(pp > 1, last, model.layers)
+
+
+def rank_layers(model, layout):
+    """(first, busiest middle, last, all middle) ranks' layers; the middle ones are 0 where a pipeline has
+    none (p <= 2), and every rank takes the rounded-up share where the layout gives no split."""
+    pp = np.asarray(layout.pp)
+    first, last = layout_ends(model, layout)
+    given = getattr(layout, "first_stage_layers", None) is not None
+    share = stage_layers(model, pp)
+    middle, _ = split_mod.middle_layers(model.layers, pp, first, last)
+    middle = np.where(pp > 2, middle if given else share, 0)
+    total = np.where(pp > 2, model.layers - first - last if given else (pp - 2) * share, 0)
+    return first, middle, last, total
 
 
 class PipelineParallel(Strategy, Stages):
@@ -92,28 +145,50 @@ class PipelineParallel(Strategy, Stages):
     # ---- the schedule
 
     def stage_layers(self, model, layout):
-        return stage_layers(model, layout.pp)
+        first, middle, last, _ = rank_layers(model, layout)
+        return np.maximum(np.maximum(first, last), middle)
 
     def stage_params(self, model, layout):
-        return stage_params(model, layout.pp)
+        first, middle, last, _ = rank_layers(model, layout)
+        p_first, p_last = _end_params(model, layout.pp, first, last)
+        return np.maximum(np.maximum(p_first, p_last), middle * model.layer_params())
 
-    def ends_share(self, layout):
-        # The embedding's collectives run on the first stage and the head's on the last.
-        return 1.0 / np.where(np.asarray(layout.pp) == 1, 1, 2)
+    def memory_stages(self, model, layout, micro_batches):
+        pp, vpp = np.asarray(layout.pp), np.asarray(layout.vpp)
+        first, middle, last, _ = rank_layers(model, layout)
+        p_first, p_last = _end_params(model, pp, first, last)
 
-    def inflight(self, layout, micro_batches):
-        return inflight_microbatches(layout.pp, layout.vpp, micro_batches, layout.schedule)
+        def held(rank):
+            return inflight_microbatches(pp, vpp, micro_batches, layout.schedule, rank)
+        single = pp == 1
+        return [StageMemory(first, p_first, held(0), single),
+                StageMemory(middle, middle * model.layer_params(), np.where(pp > 2, held(1), 0.0), False),
+                StageMemory(last, p_last, held(np.maximum(pp - 1, 0)), True)]
 
     def compose(self, model, layout, t):
-        pp, vpp, m = np.asarray(layout.pp), np.asarray(layout.vpp), t.micro_batches
+        pp, vpp = np.asarray(layout.pp), np.asarray(layout.vpp)
+        first, middle, last, middles = rank_layers(model, layout)
         single = pp == 1
-        first = t.compute_mb + t.emb_f + t.emb_b
-        last = t.compute_mb + t.head_f + t.head_b
-        busiest = np.where(single, t.compute_mb + t.emb_f + t.emb_b + t.head_f + t.head_b, np.maximum(first, last))
-        t_mb_max = busiest + t.recompute_mb + t.comm_mb
-        # The bubble idles for the average stage's micro-batch time.
-        t_mb_avg = np.where(single, t_mb_max,
-                            (t.compute_mb * model.layers / (t.stage_layers * pp))
-                            + (t.emb_f + t.emb_b + t.head_f + t.head_b) / pp + t.recompute_mb + t.comm_mb)
-        bubble = bubble_fraction(pp, vpp, m) * m * t_mb_avg
-        return m * t_mb_max + bubble, busiest, {"bubble": bubble}
+        per_layer = t.layer_s + t.layer_rec_s + t.layer_comm_s
+        ends_first = np.where(single, t.emb_f + t.emb_b + t.head_f + t.head_b, t.emb_f + t.emb_b)
+        ends_last = np.where(single, 0.0, t.head_f + t.head_b)
+        # The embedding's collectives run on the first rank and the head's on the last (both on a single one).
+        comm_first = t.first_comm_s + np.where(single, t.last_comm_s, 0.0)
+        comm_last = np.where(single, 0.0, t.last_comm_s)
+        t_first = first * per_layer + ends_first + t.mb_comm_s + comm_first
+        t_last = np.where(single, 0.0, last * per_layer + ends_last + t.mb_comm_s + comm_last)
+        t_middle = np.where(pp > 2, middle * per_layer + t.mb_comm_s, 0.0)
+        slowest = np.maximum(np.maximum(t_first, t_last), t_middle)
+        # Every rank's time: each layer once, the embedding and the head once, each rank's own collectives.
+        every = (np.where(single, model.layers, first + last + middles) * per_layer + ends_first + ends_last
+                 + np.where(single, 1, pp) * t.mb_comm_s + comm_first + comm_last)
+        scale = 1.0
+        if layout.schedule == "zb-h1":  # the weight gradients (W) move into the drain; recompute stays in B
+            scale = zb_h1_scale(0.0, per_layer - t.layer_wgrad_s, t.layer_wgrad_s)
+        total, bubble = pipeline_time(slowest, every, t.micro_batches, np.where(single, 1, vpp), scale)
+        which = np.where(slowest == t_first, 0, np.where(slowest == t_last, 2, 1))
+        layers = np.select([which == 0, which == 2], [first, last], middle)
+        ends = np.select([which == 0, which == 2], [ends_first, ends_last], 0.0)
+        busy = Busiest(layers, layers * t.layer_s + ends, layers * t.layer_rec_s, np.where(which == 0, 1.0, 0.0),
+                       np.where((which == 2) | single, 1.0, 0.0))
+        return total, busy, {"bubble": bubble}

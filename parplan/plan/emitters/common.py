@@ -5,7 +5,7 @@ profile), so an emitter refuses exactly what the search would refuse for that fr
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Mapping
 
@@ -45,8 +45,24 @@ def rule_problem(layout: Layout, model: ModelSpec, framework) -> str | None:
                shard_group=layout.shard_group or 1, hsdp=layout.shard_group is not None, global_batch=layout.batch,
                seq=layout.seq_len or model.seq_len, interleaved=layout.schedule == "interleaved",
                recompute=RECOMPUTE.index(layout.recompute), cp_ring=layout.cp_mode == "ring", ep=layout.size("ep"),
-               etp=layout.size("etp"), sp_hidden=shards_hidden(framework), gpipe=layout.schedule == "gpipe")
+               etp=layout.size("etp"), sp_hidden=shards_hidden(framework), first=layout.first_stage_layers or 0,
+               last=layout.last_stage_layers or 0, zb=layout.schedule == "zb-h1", gpipe=layout.schedule == "gpipe")
     return first_violation(model, a, framework)
+
+
+def stage_ends(layout: Layout, model: ModelSpec, framework) -> tuple[int, int] | None:
+    """The first and last pipeline rank's layers as the framework runs the plan, or None where they are
+    the framework's own split (nothing to write)."""
+    from ...layouts.split import default_valid, with_ends
+
+    split = framework.pipeline.split
+    if layout.pp == 1 or (layout.first_stage_layers is None and layout.last_stage_layers is None):
+        return None
+    ran = with_ends(layout, model.layers, split)
+    own = with_ends(replace(layout, first_stage_layers=None, last_stage_layers=None), model.layers, split)
+    ends = (ran.first_stage_layers, ran.last_stage_layers)
+    same = ends == (own.first_stage_layers, own.last_stage_layers)
+    return None if same and bool(default_valid(model.layers, layout.pp, layout.vpp, split)) else ends
 
 
 def software_problem(software, framework) -> str | None:

@@ -13,7 +13,7 @@ import json
 from ...errors import ParplanError
 from ...layouts.layout import Layout
 from ...specs.model import ModelSpec
-from .common import agree, launch, profile_for, rule_problem, software_problem, split_dp, unknown, whole
+from .common import agree, launch, profile_for, rule_problem, software_problem, split_dp, stage_ends, unknown, whole
 
 TARGET = "deepspeed"
 PROFILE = "deepspeed"
@@ -38,7 +38,12 @@ def problem(layout: Layout, model: ModelSpec, software=None) -> str | None:
     if layout.pp > 1 and layout.zero > 1:
         return f"DeepSpeed's pipeline engine refuses ZeRO-{layout.zero} (deepspeed/runtime/pipe/engine.py); " \
                f"use zero 0 or 1 with pp > 1"
-    return rule_problem(layout, model, fw) or software_problem(software, fw)
+    said = rule_problem(layout, model, fw) or software_problem(software, fw)
+    if not said and stage_ends(layout, model, fw) is not None:
+        said = ("a DeepSpeed JSON config carries no pipeline layer split: PipelineModule's partition_method in the "
+                "model code sets it (Megatron-DeepSpeed: --pp-partition-method 'type:transformer|embedding' gives "
+                "the first and last stage one layer less); drop --first-stage-layers/--last-stage-layers")
+    return said
 
 
 def config(layout: Layout, model: ModelSpec, software=None) -> dict:

@@ -4,7 +4,10 @@ Flag names are Megatron-LM core_v0.14.0's (commit 23e00ed0963c35382dfe8a5a94fb3c
 ``megatron/training/arguments.py``; every flag of that file is listed in ``megatron_flags.txt``):
 the distributed optimizer for ZeRO-1, Megatron-FSDP ``--data-parallel-sharding-strategy``
 ``optim_grads`` / ``optim_grads_params`` for ZeRO-2/3, ``--cp-comm-type p2p`` for ring context parallel,
-``--fp8-format hybrid`` with ``--fp8-recipe``. NeMo / Megatron YAML gives the same names with underscores.
+``--fp8-format hybrid`` with ``--fp8-recipe``; the pipeline split with ``--decoder-first-pipeline-num-layers`` /
+``--decoder-last-pipeline-num-layers`` or, where the ends hold one layer less and interleaving needs it,
+``--account-for-embedding-in-pipeline-split`` / ``--account-for-loss-in-pipeline-split`` (interleaved uneven
+splits take ``--num-virtual-stages-per-pipeline-rank``). NeMo / Megatron YAML gives the same names with underscores.
 A mixture-of-experts model adds ``--num-experts``, ``--moe-router-topk``, ``--moe-ffn-hidden-size``,
 ``--moe-shared-expert-intermediate-size`` (all shared experts together), ``--moe-layer-freq`` (a pattern
 where some layers stay dense), ``--moe-router-score-function``, the all-to-all dispatcher with grouped
@@ -16,13 +19,15 @@ tp), and a capacity factor where tokens are dropped; latent attention ``--multi-
 from __future__ import annotations
 
 import shlex
+from dataclasses import replace
 from functools import lru_cache
 from importlib import resources
 
 from ...errors import ParplanError
 from ...layouts.layout import Layout
 from ...specs.model import ModelSpec
-from .common import agree, launch, profile_for, rule_problem, software_problem
+from ...layouts.split import expressible
+from .common import agree, launch, profile_for, rule_problem, software_problem, stage_ends
 
 TARGET = "megatron"
 PROFILE = "megatron-core"
@@ -63,8 +68,7 @@ def megatron_args(layout: Layout, model: ModelSpec, software=None) -> list[str]:
     ]
     if model.kv_heads != model.heads:
         args += ["--group-query-attention", "--num-query-groups", str(model.kv_heads)]
-    if layout.vpp > 1:
-        args += ["--num-layers-per-virtual-pipeline-stage", str(model.layers // (layout.pp * layout.vpp))]
+    args += _split_args(layout, model, software)
     if layout.sp:
         args.append("--sequence-parallel")
     if layout.zero == 1:
@@ -147,6 +151,28 @@ def read_moe(values: dict, model: ModelSpec, tp: int) -> dict:
     return {"axes": (("ep", ep), ("etp", etp))}
 
 
+def _split_args(layout: Layout, model: ModelSpec, software) -> list[str]:
+    """The pipeline split: the ends' counts where the framework's rule takes them, else the embedding and loss
+    counted as layers (MCore asserts these two ways exclusive); the interleaving degree."""
+    fw = profile_for(TARGET, software, PROFILE)
+    ends = stage_ends(layout, model, fw)
+    out = []
+    if ends is not None:
+        first, last = ends
+        counts = fw.pipeline.split
+        if "counts" in counts.ends and bool(expressible(model.layers, layout.pp, layout.vpp, first, last,
+                                                        replace(counts, ends=("counts",)))):
+            out += ["--decoder-first-pipeline-num-layers", str(first), "--decoder-last-pipeline-num-layers", str(last)]
+        else:
+            n = (model.layers - first - last) // max(layout.pp - 2, 1) if layout.pp > 2 else max(first, last)
+            out += ["--account-for-embedding-in-pipeline-split"] * (first == n - 1)
+            out += ["--account-for-loss-in-pipeline-split"] * (last == n - 1)
+    if layout.vpp > 1:
+        out += (["--num-virtual-stages-per-pipeline-rank", str(layout.vpp)] if ends is not None else
+                ["--num-layers-per-virtual-pipeline-stage", str(model.layers // (layout.pp * layout.vpp))])
+    return out
+
+
 # Megatron-LM's switches for its fused scale-mask-softmax, bias-GeLU and bias-dropout-add kernels.
 # Any of them parses as an unfused layout; parplan's unfused layer is Megatron-LM 2019's, whose
 # q/k/v transposes today's Megatron no longer makes, so for it the estimate errs slow.
@@ -183,8 +209,21 @@ def parse_megatron_args(text: str, world_size: int) -> Layout:
     if world_size % (tp * pp * cp):
         raise ParplanError(f"tp*pp*cp = {tp * pp * cp} does not divide the world size {world_size}")
     layers = num("num-layers", 0)
+    if values.get("pipeline-model-parallel-layout"):
+        raise ParplanError("--pipeline-model-parallel-layout is not read; give the ends' layers with "
+                           "--decoder-first-pipeline-num-layers / --decoder-last-pipeline-num-layers")
+    embedding, loss = (int(bool(values.get(f"account-for-{k}-in-pipeline-split"))) for k in ("embedding", "loss"))
     per_virtual = num("num-layers-per-virtual-pipeline-stage", 0)
-    vpp = layers // (pp * per_virtual) if per_virtual and layers else 1
+    vpp = (layers + embedding + loss) // (pp * per_virtual) if per_virtual and layers else \
+        num("num-virtual-stages-per-pipeline-rank", 1)
+    first = num("decoder-first-pipeline-num-layers", 0) or None
+    last = num("decoder-last-pipeline-num-layers", 0) or None
+    if (embedding or loss) and layers and pp > 1:
+        if first or last:
+            raise ParplanError("--account-for-embedding/loss-in-pipeline-split and --decoder-first/last-pipeline-"
+                               "num-layers exclude each other (Megatron-Core's TransformerConfig refuses both)")
+        share = (layers + embedding + loss) // pp
+        first, last = share - embedding, share - loss
     zero = 0
     if values.get("use-megatron-fsdp"):
         strategy = values.get("data-parallel-sharding-strategy", "optim_grads_params")
@@ -202,7 +241,8 @@ def parse_megatron_args(text: str, world_size: int) -> Layout:
                   global_batch=num("global-batch-size", 0) or None, seq_len=num("seq-length", 0) or None,
                   zero=zero, sp=bool(values.get("sequence-parallel")), vpp=vpp,
                   schedule="interleaved" if vpp > 1 else "1f1b", recompute=recompute, dtype=dtype,
-                  cp_mode="ring" if values.get("cp-comm-type") == "p2p" else "allgather")
+                  cp_mode="ring" if values.get("cp-comm-type") == "p2p" else "allgather",
+                  first_stage_layers=first, last_stage_layers=last)
 
 
 
@@ -222,7 +262,8 @@ def read(source: str, world_size: int, model: ModelSpec, yaml_data=None):
         agree("--num-query-groups", int(values["num-query-groups"]), model.kv_heads, f"the {model.name} model")
     lay = parse_megatron_args(source, world_size)
     fields = {k: getattr(lay, k) for k in ("tp", "pp", "cp", "dp", "micro_batch", "global_batch", "seq_len", "zero",
-                                            "shard_group", "sp", "vpp", "schedule", "recompute", "dtype", "cp_mode")}
+                                            "shard_group", "sp", "vpp", "schedule", "recompute", "dtype", "cp_mode",
+                                            "first_stage_layers", "last_stage_layers")}
     try:
         fields.update(read_moe(values, model, lay.tp))
     except ValueError:
