@@ -247,5 +247,6 @@ def plan_budget(est: Estimate, tokens: float | None, price: float | None):
 def format_budget(b) -> str:
     cost = f", cost {b.cost:,.0f} at {b.price_per_device_hour:g} per device-hour" if b.cost is not None else \
         " (no price: --price-per-device-hour or price_per_device_hour in a cluster file)"
-    return (f"training {b.tokens:.3g} tokens: {b.time_to_train_s / 86400:.3g} days, "
+    days = b.time_to_train_s / 86400
+    return (f"training {b.tokens:.3g} tokens: {f'{days:,.0f}' if days >= 1000 else f'{days:.3g}'} days, "
             f"{b.device_hours:,.0f} device-hours{cost}")
