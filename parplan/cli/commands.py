@@ -137,6 +137,7 @@ def explain(model_name, hw, headroom, fmt, mode, inference, from_config, **kw):
 
 def _estimate_or_explain(model_name, hw, headroom, fmt, mode, inference, kw, explain: bool) -> None:
     from .serve_cmd import dispatch_estimate
+    from ..plan.interval import estimate_interval
     from ..views.records import estimate_dict, explain_dict, format_budget, format_estimate, plan_budget
     from ..views.text import format_explain
 
@@ -147,11 +148,13 @@ def _estimate_or_explain(model_name, hw, headroom, fmt, mode, inference, kw, exp
     tokens, price = kw.pop("tokens"), kw.pop("price")
     est, note = _estimate_from_options(model_name, hw, headroom, **kw)
     money = plan_budget(est, tokens, price)
+    interval = estimate_interval(est)
     if fmt == "json":
-        extra = {"global_batch_note": note} | ({"budget": money.as_dict()} if money else {})
+        extra = {"global_batch_note": note, "step_time_interval_s": [interval.low_s, interval.high_s],
+                 "interval": interval.as_dict()} | ({"budget": money.as_dict()} if money else {})
         click.echo(json.dumps((explain_dict if explain else estimate_dict)(est) | extra, indent=2))
         return
-    click.echo(format_estimate(est, batch_note=note))
+    click.echo(format_estimate(est, batch_note=note, interval=interval))
     if money:
         click.echo(format_budget(money))
     if explain:

@@ -36,7 +36,7 @@ def build_layout(cluster, model, *, mesh, tp, pp, dp, cp, micro_batch, global_ba
     if given["dp"] is None:
         inner = given["tp"] * given["pp"] * given["cp"]
         if cluster.devices % inner:
-            raise ParplanError(f"tp*pp*cp = {inner} does not divide the {cluster.devices} devices of {cluster.name}")
+            raise ParplanError(f"tp*pp*cp = {inner} does not divide the {cluster.devices} devices of {cluster.label}")
         given["dp"] = cluster.devices // inner
     for name, v in (("micro-batch", micro_batch), ("global-batch", global_batch), ("seq", seq), ("vpp", vpp),
                     ("shard-group", shard_group), ("dp", given["dp"])):

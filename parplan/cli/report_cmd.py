@@ -48,7 +48,9 @@ def _command_line() -> str:
 @click.command(name="report")
 @click.option("--model", "model_name", required=True, help="Model name, YAML spec or HF config.json.")
 @click.option("--hw", "hw", required=True, help="Cluster: NAMExCOUNT (a100x512), a profile, or a cluster YAML.")
-@click.option("--global-batch", type=int, default=None, help="Sequences per step (default: ~4M tokens).")
+@click.option("--global-batch", default=None,
+              help="Sequences per step: N, or a list 512,1024 or a range 512..4096 to search, the report taking the "
+                   "batch of the best plan (default: ~4M tokens).")
 @click.option("--seq", type=int, default=None, help="Sequence length (default: the model's).")
 @click.option("--dtype", type=click.Choice(DTYPES), default="bf16", show_default=True)
 @click.option("--objective", type=click.Choice(OBJECTIVES), default="throughput", show_default=True)
@@ -63,11 +65,13 @@ def _command_line() -> str:
 @_one_line_errors
 def report(model_name, hw, global_batch, seq, dtype, objective, top, headroom, scaling, out_dir):
     """Write a Markdown report of the best plans with roofline, breakdown, memory and scaling plots."""
+    from ..plan.planner import parse_global_batch
     from ..views.frames import as_cluster, as_model
     from ..views.progress import progress
     from ..views.report import build_report
 
-    _positive("global-batch", global_batch)
+    batches = parse_global_batch(global_batch)
+    global_batch = batches[0] if batches and len(batches) == 1 else batches
     _positive("seq", seq)
     model, cluster = as_model(model_name, seq), as_cluster(hw)
     with progress("report", percent=True) as bar:

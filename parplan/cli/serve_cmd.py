@@ -173,7 +173,7 @@ def _layout(model, cluster, tp, pp, replicas, batch, input_len, output_len, kv_d
     check_tp_1d(model, tp)
     if replicas is None:
         if cluster.devices % (tp * pp):
-            raise ParplanError(f"tp*pp = {tp * pp} does not divide the {cluster.devices} devices of {cluster.name}")
+            raise ParplanError(f"tp*pp = {tp * pp} does not divide the {cluster.devices} devices of {cluster.label}")
         replicas = cluster.devices // (tp * pp)
     return ServeLayout(tp=tp, pp=pp, replicas=replicas, batch=batch, input_len=input_len, output_len=output_len,
                        dtype=dtype or "bf16", kv_dtype=kv_dtype, ep=ep or 1)

@@ -96,10 +96,12 @@ class Layout:
         raise ParplanError(f"axis '{axis}' is not in the mesh order {self.order}")
 
     def describe(self) -> str:
+        hsdp = f",hsdp{self.shard_group}" if self.shard_group not in (None, self.dp) else ""
         parts = [f"tp={self.tp}" + (f"({self.tp_mode})" if self.tp_mode != "1d" else "") + ("+sp" if self.sp else ""),
                  f"pp={self.pp}" + (f"x{self.vpp}" if self.vpp > 1 else "") + self._split(),
-                 f"dp={self.dp}" + (f"(zero{self.zero})" if self.zero else ""),
-                 f"cp={self.cp}", f"mb={self.micro_batch}", f"recompute={self.recompute}"]
+                 f"dp={self.dp}" + (f"(zero{self.zero}{hsdp})" if self.zero else ""),
+                 f"cp={self.cp}" + ("(ring)" if self.cp > 1 and self.cp_mode == "ring" else ""),
+                 f"mb={self.micro_batch}", f"recompute={self.recompute}"]
         parts[4:4] = [f"{name}={size}" for name, size in self.axes]
         return " ".join(parts)
 

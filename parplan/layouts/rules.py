@@ -212,6 +212,11 @@ def software_rules(fw) -> tuple[Rule, ...]:
         Rule(f"{n} has the interleaved schedule", ('interleaved',),
              lambda m, a: a.interleaved & ("interleaved" not in pipe.schedules),
              lambda m, a: f"{n} runs the pipeline schedules {', '.join(pipe.schedules) or 'none'}, not interleaved"),
+        Rule(f"{n} has the 1F1B or GPipe schedule", ('pp', 'interleaved', 'zb', 'gpipe'),
+             lambda m, a: (a.pp > 1) & ~a.interleaved & ~a.zb & np.where(a.gpipe, "gpipe" not in pipe.schedules,
+                                                                         "1f1b" not in pipe.schedules),
+             lambda m, a: f"{n} runs the pipeline schedules {', '.join(pipe.schedules) or 'none'}, "
+                          f"not {'gpipe' if a.gpipe else '1f1b'}"),
         Rule(f"{n} has context parallelism", ('cp', 'cp_ring'),
              lambda m, a: (a.cp > 1) & ~np.isin(np.where(a.cp_ring, 0, 1), [CP_MODES.index(c) for c in par.cp_modes]),
              lambda m, a: (f"{n} has no context parallelism (cp must be 1)" if not par.cp_modes else
@@ -243,11 +248,12 @@ def software_rules(fw) -> tuple[Rule, ...]:
 
 def fields(*, tp, cp, pp, dp, micro_batch, vpp, sp, tp_mode, zero, shard_group, hsdp, global_batch, seq,
            interleaved, recompute=0, cp_ring=False, ep=1, etp=1, sp_hidden=False, first=0, last=0,
-           zb=False) -> SimpleNamespace:
+           zb=False, gpipe=False) -> SimpleNamespace:
     """The candidate fields the rules read, as arrays (``tp_mode`` as codes 0/1/2 of ``TP_MODES``,
     ``recompute`` as codes of ``RECOMPUTE``; ``ep``, ``etp``: the expert axes; ``sp_hidden``: the
     framework's sequence parallelism shards the hidden size, not the tokens; ``first``/``last``: the
-    first and last pipeline stage's layers, 0 for the framework's own split; ``zb``: the zb-h1 schedule)."""
+    first and last pipeline stage's layers, 0 for the framework's own split; ``zb``: the zb-h1 schedule;
+    ``gpipe``: the GPipe schedule; a pipeline neither interleaved, zb-h1 nor GPipe runs 1F1B)."""
     return SimpleNamespace(tp=np.asarray(tp), cp=np.asarray(cp), pp=np.asarray(pp), dp=np.asarray(dp),
                            mb=np.asarray(micro_batch), vpp=np.asarray(vpp), sp=np.asarray(sp, bool),
                            mode=np.asarray(tp_mode), zero=np.asarray(zero), shard=np.asarray(shard_group),
@@ -255,7 +261,7 @@ def fields(*, tp, cp, pp, dp, micro_batch, vpp, sp, tp_mode, zero, shard_group, 
                            interleaved=np.asarray(interleaved, bool), rc=np.asarray(recompute),
                            cp_ring=np.asarray(cp_ring, bool), ep=np.asarray(ep), etp=np.asarray(etp),
                            sp_hidden=np.asarray(sp_hidden, bool), first=np.asarray(first), last=np.asarray(last),
-                           zb=np.asarray(zb, bool))
+                           zb=np.asarray(zb, bool), gpipe=np.asarray(gpipe, bool))
 
 
 def shards_hidden(framework) -> bool:
@@ -349,7 +355,8 @@ def check_layout(layout: Layout, model: ModelSpec, cluster: Cluster, framework=N
         global_batch=batch, seq=seq, interleaved=layout.schedule == "interleaved",
         recompute=RECOMPUTE.index(layout.recompute), cp_ring=layout.cp_mode == "ring", ep=layout.size("ep"),
         etp=layout.size("etp"), sp_hidden=shards_hidden(framework), first=layout.first_stage_layers or 0,
-        last=layout.last_stage_layers or 0, zb=layout.schedule == "zb-h1"), framework)
+        last=layout.last_stage_layers or 0, zb=layout.schedule == "zb-h1", gpipe=layout.schedule == "gpipe"),
+        framework)
     if problem:
         raise ParplanError(problem)
     if cluster.is_torus:  # the mesh must lie over the slices' torus axes (parplan.layouts.torus_map)
@@ -357,9 +364,6 @@ def check_layout(layout: Layout, model: ModelSpec, cluster: Cluster, framework=N
             check_map(layout.torus_map, layout.sizes(), cluster)
         elif not enumerate_maps(layout.sizes(), cluster):
             raise ParplanError(no_map_reason(layout.sizes(), cluster))
-    if framework is not None and layout.pp > 1 and layout.schedule not in framework.pipeline.schedules:
-        raise ParplanError(f"{framework.name} runs the pipeline schedules "
-                           f"{', '.join(framework.pipeline.schedules) or 'none'}, not {layout.schedule}")
     return replace(layout, seq_len=seq, global_batch=batch)
 
 

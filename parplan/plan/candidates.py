@@ -184,7 +184,8 @@ def candidates(model: ModelSpec, cluster: Cluster, space: SearchSpace) -> dict[s
                          hsdp=c["hsdp"], global_batch=gb, seq=seq, interleaved=c["vpp"] > 1,
                          recompute=c["recompute"], cp_ring=c["cp_mode"] == CP_SCHEMES.index("ring"),
                          ep=c.get("ep", 1), etp=c.get("etp", 1), sp_hidden=rules.shards_hidden(framework),
-                         first=c["first_stage_layers"], last=c["last_stage_layers"], zb=space.schedule == "zb-h1")
+                         first=c["first_stage_layers"], last=c["last_stage_layers"], zb=space.schedule == "zb-h1",
+                         gpipe=space.schedule == "gpipe")
     ok = rules.valid(model, knobs, framework)
     if not ok.any():
         raise ParplanError(_nothing_passes(model, n, gb, fixed, knobs, framework))

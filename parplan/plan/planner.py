@@ -12,6 +12,7 @@ from ..step.train import bottleneck, estimate
 from ..units import GIB
 from .candidates import SearchSpace, default_batch_note, default_global_batch
 from .emitters import emit
+from .interval import intervals
 from .search import describe_row, fewest_devices, layout_of, rank, search
 from .trust import rank_stability, sensitivity
 
@@ -101,17 +102,20 @@ class PlanResult:
     sensitivity: list | None = None
     emitted: str | None = None  # the launch config of the best plan
     emit_target: str | None = None
+    intervals: list | None = None  # the Interval of each top plan's step time
 
 
 def make_plan(model, cluster, *, global_batch=None, dtype="bf16", objective="throughput", top=10,
               headroom=0.10, allow_cross_node_tp=False, fixed=None, software=None,
-              emit_target=None, explain=False, schedule=None, placements=None) -> PlanResult:
+              emit_target=None, explain=False, schedule=None, placements=None, with_intervals=True) -> PlanResult:
     """Search, rank, check the ranks' stability and (with ``explain``) what binds the best plan.
 
     ``fixed`` pins axes and knobs (``tp``, ``cp``, ``pp``, ``dp``, ``micro_batch``, ``zero``, ``vpp``, ``sp``,
     ``recompute``, ``tp_mode``, ``cp_mode``, ``shard_group``); ``schedule`` and ``placements`` (mesh orders)
     pin the pipeline schedule and the placement; ``software`` (a :class:`parplan.specs.framework.Software`)
-    is what runs it (by default the device's default framework), and bounds the layouts searched."""
+    is what runs it (by default the device's default framework), and bounds the layouts searched.
+    ``with_intervals``: each top plan's step-time interval (validate, whose errors the intervals are drawn
+    from, predicts without them)."""
     seq = model.seq_len
     batches = parse_global_batch(global_batch) if not isinstance(global_batch, int) else [global_batch]
     note = "given" if batches and len(batches) == 1 else "searched"
@@ -141,10 +145,12 @@ def make_plan(model, cluster, *, global_batch=None, dtype="bf16", objective="thr
             r2 = rank(d2, objective)
             return float(r2.iloc[0]["step_time_s"]) if not r2.empty else float("nan")
         sens = sensitivity(best_time, cluster, float(ranked.iloc[0]["step_time_s"]))
+    estimates = [estimate(model, cluster, lay, headroom=headroom, software=software) for lay in layouts]
     return PlanResult(
         model=model, cluster=cluster, objective=objective, batches=batches, batch_note=note, evaluated=evaluated,
-        candidates=df, ranked=ranked, top=best, layouts=layouts,
-        estimates=[estimate(model, cluster, lay, headroom=headroom, software=software) for lay in layouts],
+        candidates=df, ranked=ranked, top=best, layouts=layouts, estimates=estimates,
+        intervals=intervals(model, cluster, layouts, [float(e.step_time_s) for e in estimates], software, headroom)
+        if with_intervals else None,
         stability=rank_stability(model, cluster, checked, headroom, reference=STABILITY_REFERENCE,
                                  software=software)[:top],
         binding_constraint=binding,

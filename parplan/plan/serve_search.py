@@ -124,7 +124,7 @@ def search_inference(model: ModelSpec, cluster: Cluster, *, input_len: int, outp
 
     splits = serve_splits(model, cluster, allow_cross_node_tp, {k: v for k, v in (fixed or {}).items() if k != "ep"})
     if not splits:
-        raise ParplanError(f"no tp x pp split of the {cluster.devices} devices of {cluster.name} suits "
+        raise ParplanError(f"no tp x pp split of the {cluster.devices} devices of {cluster.label} suits "
                            f"{model.name} ({model.heads} heads, {model.kv_heads} KV heads)"
                            + (f" with {', '.join(f'{k}={v}' for k, v in fixed.items())}" if fixed else ""))
     frames = []
@@ -145,10 +145,10 @@ def search_inference(model: ModelSpec, cluster: Cluster, *, input_len: int, outp
             df = _refine_tpot(model, cluster, base, df, mb, ttft_ms, tpot_ms, headroom, software)
         frames.append(df)
     out = pd.concat(frames, ignore_index=True)
-    out.attrs.update(model=model.name, cluster=cluster.name, hardware=cluster.hardware.name,
-                     devices=cluster.devices, input_len=input_len, output_len=output_len, dtype=dtype,
-                     kv_dtype=kv_dtype or "", ttft_ms=ttft_ms, tpot_ms=tpot_ms, headroom=headroom,
-                     framework=software.describe())
+    out.attrs.update(model=model.name, cluster=cluster.name, cluster_label=cluster.label,
+                     hardware=cluster.hardware.name, devices=cluster.devices, input_len=input_len,
+                     output_len=output_len, dtype=dtype, kv_dtype=kv_dtype or "", ttft_ms=ttft_ms, tpot_ms=tpot_ms,
+                     headroom=headroom, framework=software.describe())
     return out
 
 
@@ -241,7 +241,7 @@ def plans(model: ModelSpec, cluster: Cluster, *, input_len: int, output_len: int
         more = (f"; the fewest {cluster.hardware.name} devices that hold it: {need}" if need else
                 "; no count of these devices holds it")
         what = f"batch {batch}" if batch else "a single sequence"
-        raise ParplanError(f"{model.name} does not fit on {cluster.name} with {what} of {input_len}+{output_len} "
+        raise ParplanError(f"{model.name} does not fit on {cluster.label} with {what} of {input_len}+{output_len} "
                            f"tokens at any tp x pp split ({100 * headroom:.0f}% HBM headroom){more}")
     ranked = rank_plans(df)
     if ranked.empty:
@@ -250,7 +250,7 @@ def plans(model: ModelSpec, cluster: Cluster, *, input_len: int, output_len: int
         p = fit.loc[fit["tpot_s"].idxmin()]
         wanted = " and ".join(x for x in (f"TTFT <= {ttft_ms:g} ms" if ttft_ms is not None else "",
                                           f"TPOT <= {tpot_ms:g} ms" if tpot_ms is not None else "") if x)
-        raise ParplanError(f"no layout of {model.name} on {cluster.name} meets {wanted}: the lowest TTFT is "
+        raise ParplanError(f"no layout of {model.name} on {cluster.label} meets {wanted}: the lowest TTFT is "
                            f"{t['ttft_s'] * 1e3:.3g} ms ({describe_split(t)}), the lowest TPOT {p['tpot_s'] * 1e3:.3g} ms "
                            f"({describe_split(p)}, batch {p['batch']})")
     return df, ranked

@@ -26,7 +26,7 @@ from ..specs.framework import resolve_software
 from ..specs.framework_loader import load_framework
 from ..specs.model import ModelSpec, with_seq_len
 from ..step.software import default_software
-from .candidates import SearchSpace, default_global_batch
+from .candidates import DEFAULT_BATCH_TOKENS, SearchSpace, default_global_batch
 from ..step.train import bottleneck
 from .search import describe_row, layout_of, rank, search
 
@@ -329,5 +329,9 @@ def run_sweep(model: ModelSpec, hw_spec: str, vary: dict[str, Sequence[int]], *,
         gb = values.get("global-batch") or scaled_batch(m, cl, m.seq_len, global_batch)
         points.append(best_point(m, cl, gb, options))
         _report(progress, len(points), len(combos))
-    attrs = _attrs(model, cluster, options, vary=keys, hw_spec=hw_spec)
+    batch_note = ("varied" if "global-batch" in vary else
+                  f"{global_batch} sequences, rounded up to a multiple of the devices" if global_batch else
+                  f"the default budget of {DEFAULT_BATCH_TOKENS / 1e6:.1f}M tokens per step at every point "
+                  f"(--global-batch sets another)")
+    attrs = _attrs(model, cluster, options, vary=keys, hw_spec=hw_spec, batch_note=batch_note)
     return _frame(points, attrs)

@@ -21,6 +21,7 @@ from ..layouts.layout import RECOMPUTE, Layout
 PERTURBED = ("matmul efficiency", "element-wise efficiency", "HBM bandwidth", "scale-up bandwidth",
              "network bandwidth")
 SENSITIVITY = ("peak FLOP/s", "HBM bandwidth", "HBM capacity", "scale-up bandwidth", "network bandwidth")
+SWING = 0.15  # how far off a profile value is taken to be: the rank check's and the interval's perturbation
 
 
 def scaled_cluster(cluster: Cluster, what: str, factor: float) -> Cluster:
@@ -74,7 +75,7 @@ def stack_layouts(layouts: list) -> list[tuple[list[int], Layout]]:
     return out
 
 
-def rank_stability(model, cluster: Cluster, layouts: list, headroom: float, swing: float = 0.15,
+def rank_stability(model, cluster: Cluster, layouts: list, headroom: float, swing: float = SWING,
                    tolerance: float = 0.01, reference: int | None = None, software=None) -> list[dict]:
     """For each plan (in rank order): under how many of the 2x5 perturbations it is (within 1% of) the
     fastest of the first ``reference`` plans (all of them by default), and its worst rank among those.

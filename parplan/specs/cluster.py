@@ -80,13 +80,24 @@ def _torus_name(hw: Hardware, slices: int, per_slice: int) -> str:
     return f"{hw.name}x{per_slice}" if slices == 1 else f"{hw.name}x{slices}x{per_slice}"
 
 
-
-_COUNT = re.compile(r"^(?P<name>.+?)x(?P<count>\d+)$")
+_COUNT = re.compile(r"^(?P<name>.+?)(?P<count>\d+)$")
 _SLICES = re.compile(r"^(?P<name>.+?)x(?P<slices>\d+)x(?P<count>\d+)$")
 
 
+def _split_count(spec: str, table) -> tuple[str, str] | None:
+    """``(profile, count)`` of ``NAMExCOUNT``: ``a100x512``, ``mi300xx64``, and ``mi300x64`` for a profile whose
+    name ends in ``x`` (its own ``x`` read as the separator); None without a trailing ``x<digits>``."""
+    m = _COUNT.match(spec)
+    if not m or not m.group("name").endswith("x"):
+        return None
+    name, count = m.group("name"), m.group("count")
+    if name[:-1] not in table and name in table:
+        return name, count
+    return name[:-1], count
+
+
 def load_cluster(spec: str) -> Cluster:
-    """A cluster from ``a100x512`` (rightmost ``x<digits>`` is the count), a profile name, or a YAML cluster file.
+    """A cluster from ``a100x512`` (the trailing ``x<digits>`` is the count), a profile name, or a YAML cluster file.
 
     Cluster file fields: ``hardware`` (profile name or path), ``devices``, and optional
     ``devices_per_node``, ``scale_up_domain`` (devices one NVLink domain joins, a multiple of the node),
@@ -120,13 +131,13 @@ def load_cluster(spec: str) -> Cluster:
             raise ParplanError(f"--hw '{spec}': slices and chips per slice must be positive, at most "
                                f"{MAX_DEVICES} chips in all")
         return make_cluster(hw, slices * per, slices=slices)
-    m = _COUNT.match(spec.lower())
-    if m and m.group("name") in table:
-        count = int(m.group("count"))
+    split = _split_count(spec.lower(), table)
+    if split and split[0] in table:
+        count = int(split[1])
         if count < 1 or count > MAX_DEVICES:
             raise ParplanError(f"device count in '{spec}' must be between 1 and {MAX_DEVICES}")
-        return make_cluster(load_hardware(m.group("name")), count)
-    name = m.group("name") if m else spec.lower()
+        return make_cluster(load_hardware(split[0]), count)
+    name = split[0] if split else spec.lower()
     raise ParplanError(f"unknown hardware '{name}'{suggest(name, table)} in --hw '{spec}'; "
                        f"use NAMExCOUNT such as a100x512, or a cluster YAML file")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..errors import ParplanError
 from .hf_moe import hf_moe_fields
 from .model import ModelSpec, model_from_dict
 from .registry import shipped
@@ -60,24 +61,28 @@ def model_from_hf_config(cfg: Any, what: str, path: str = "") -> ModelSpec:
         "source": f"Hugging Face config {path}",
         **moe,
     }
-    if data["position"] != "learned" and isinstance(window, int):
+    if window is None and data["position"] == "learned":
+        raise ParplanError(f"{what}: no max_position_embeddings (or n_positions, n_ctx): a model with learned "
+                           f"positions needs its position table's length")
+    if data["position"] != "learned" and (window is None or isinstance(window, int)):
         data.update(_pretraining_length(data, window))
     note = data.pop("seq_note", "")
     return model_from_dict(data, what, path, seq_note=note)
 
 
-def _pretraining_length(data: dict, window: int) -> dict:
-    """seq_len (and a note saying why) for a config whose max_position_embeddings is a context window: the
-    pre-training length of the shipped spec of the same shape, else ``HF_DEFAULT_SEQ``."""
+def _pretraining_length(data: dict, window: int | None) -> dict:
+    """seq_len (and a note saying why) for a config whose max_position_embeddings is a context window (or that
+    gives none): the pre-training length of the shipped spec of the same shape, else ``HF_DEFAULT_SEQ``."""
     shape = ("layers", "hidden", "heads", "kv_heads", "ffn_hidden", "vocab", "experts")
+    limit = window or HF_DEFAULT_SEQ
+    given = (f"max_position_embeddings {window} is the context window" if window else
+             "the config gives no max_position_embeddings")
     for path in sorted(set(shipped("models").values())):
         spec = model_from_dict(read_yaml(path), str(path), str(path))
         if all(getattr(spec, k) == data.get(k, 0 if k == "experts" else None) for k in shape):
-            return {"seq_len": min(spec.seq_len, window),
-                    "seq_note": f"seq {min(spec.seq_len, window)}: the pre-training length of {spec.name}, the "
-                                f"shipped spec of the same shape (max_position_embeddings {window} is the "
-                                f"context window); --seq sets another"}
-    seq = min(HF_DEFAULT_SEQ, window)
-    return {"seq_len": seq,
-            "seq_note": f"seq {seq}: parplan's default for a config without a known pre-training length "
-                        f"(max_position_embeddings {window} is the context window); --seq sets another"}
+            return {"seq_len": min(spec.seq_len, window or spec.seq_len),
+                    "seq_note": f"seq {min(spec.seq_len, window or spec.seq_len)}: the pre-training length of "
+                                f"{spec.name}, the shipped spec of the same shape ({given}); --seq sets another"}
+    return {"seq_len": min(HF_DEFAULT_SEQ, limit),
+            "seq_note": f"seq {min(HF_DEFAULT_SEQ, limit)}: parplan's default for a config without a known "
+                        f"pre-training length ({given}); --seq sets another"}

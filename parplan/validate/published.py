@@ -166,7 +166,7 @@ def predict_record(rec: dict, framework: str | None = None):
     setup = record_setup(rec, framework)
     try:
         result = make_plan(setup.model, setup.cluster, global_batch=setup.global_batch, dtype=setup.dtype, top=1,
-                           fixed=setup.fixed, software=setup.software)
+                           fixed=setup.fixed, software=setup.software, with_intervals=False)
     except ParplanError as exc:
         if "does not fit" not in str(exc):
             raise

@@ -31,8 +31,8 @@ from ..plan.candidates import SearchSpace, default_global_batch
 from ..step.train import bottleneck
 from ..plan.search import describe_row, layout_of, rank, search
 
-__all__ = ["as_cluster", "as_model", "as_software", "estimate_frame", "explain_frames", "memory_part_columns", "plan_estimates",
-           "plan_frame", "search_space"]
+__all__ = ["as_cluster", "as_model", "as_software", "best_batch_frame", "estimate_frame", "explain_frames",
+           "memory_part_columns", "plan_estimates", "plan_frame", "search_space"]
 
 LAYOUT_COLUMNS = ("tp", "pp", "dp", "cp", "zero", "micro_batch", "global_batch", "seq_len", "sp", "vpp",
                   "recompute", "schedule", "dtype")
@@ -109,6 +109,29 @@ def plan_frame(model: ModelSpec | str, cluster: Cluster | str, *, global_batch: 
                      hbm_bytes=float(cl.hardware.hbm_bytes), headroom=headroom, evaluated=int(evaluated),
                      objective=objective, global_batch=space.global_batch, seq_len=space.seq_len, dtype=dtype)
     return out
+
+
+def best_batch_frame(model: ModelSpec | str, cluster: Cluster | str, batches, *, objective: str = "throughput",
+                     progress=None, **kw):
+    """The :func:`plan_frame` of the global batch, among ``batches`` (None: the default), whose best plan ranks
+    first by ``objective``: one search per batch, ranked together as ``parplan plan --global-batch 512..4096``
+    ranks them. ``frame.attrs["global_batch"]`` is the batch chosen."""
+    frames, error = [], None
+    for i, gb in enumerate(batches):
+        step = None if progress is None else (lambda done, n, i=i: progress(i + done / max(n, 1), len(batches)))
+        try:
+            frames.append(plan_frame(model, cluster, global_batch=gb, objective=objective, progress=step, **kw))
+        except ParplanError as exc:
+            error = exc
+    if not frames:
+        raise error
+    firsts = [f[f["rank"] == 1] for f in frames if (f["rank"] == 1).any()]
+    if len(firsts) < 2:
+        return next((f for f in frames if (f["rank"] == 1).any()), frames[0])
+    import pandas as pd
+
+    best = rank(pd.concat(firsts, ignore_index=True), objective).iloc[0]
+    return next(f for f in frames if f.attrs["global_batch"] == int(best["global_batch"]))
 
 
 def plan_estimates(frame, model: ModelSpec | str, cluster: Cluster | str, top: int = 5,

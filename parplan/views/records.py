@@ -62,6 +62,8 @@ def estimate_dict(est: Estimate) -> dict[str, Any]:
         "mfu_causal": float(est.mfu_causal),
         "mfu_causal_definition": MFU_CAUSAL_DEFINITION,
         "hfu_definition": HFU_DEFINITION,
+        "matmul_ceiling": float(est.cluster.hardware.matmul_efficiency),  # the best-shape matmul rate over peak
+        "mfu_above_ceiling": mfu_above_ceiling(est),  # null, "full" (the convention) or "causal" (a wrong estimate)
         "model_flops_per_step": float(est.model_flops_per_step),
         "hardware_flops_per_step": float(est.hardware_flops_per_step),
         "memory_bytes": {k: float(v) for k, v in est.memory_bytes.items()},
@@ -168,20 +170,28 @@ def contention_note(hw) -> str:
             f"overlap.slowdown says ({source or 'see the profile'})")
 
 
-def mfu_notes(est: Estimate) -> list[str]:
-    """A flag when an MFU exceeds what the device's matmuls reach at all (its measured best-shape rate)."""
+def mfu_above_ceiling(est: Estimate) -> str | None:
+    """``causal`` when even the causal MFU exceeds what the device's matmuls reach at all (its measured
+    best-shape rate, ``efficiency.matmul``): the estimate is wrong; ``full`` when only the full-attention MFU does."""
     ceiling = est.cluster.hardware.matmul_efficiency
-    if float(est.mfu_causal) > ceiling:
-        return [f"note: causal MFU {float(est.mfu_causal):.1%} is above the {ceiling:.0%} of peak the "
+    return "causal" if float(est.mfu_causal) > ceiling else "full" if float(est.mfu) > ceiling else None
+
+
+def mfu_notes(est: Estimate, who: str = "") -> list[str]:
+    """A flag when an MFU exceeds the matmul ceiling; ``who`` names the plans it is about (``#1-#3's``)."""
+    ceiling, flag = est.cluster.hardware.matmul_efficiency, mfu_above_ceiling(est)
+    if flag == "causal":
+        return [f"note: {who}causal MFU {float(est.mfu_causal):.1%} is above the {ceiling:.0%} of peak the "
                 f"{est.cluster.hardware.name}'s matmuls reach (efficiency.matmul): the estimate is wrong"]
-    if float(est.mfu) > ceiling:
-        return [f"note: MFU {float(est.mfu):.1%} is above the {ceiling:.0%} of peak the matmuls reach because the "
-                f"full-attention convention counts attention FLOPs that causal kernels skip"]
+    if flag == "full":
+        return [f"note: {who}MFU {float(est.mfu):.1%} is above the {ceiling:.0%} of peak the matmuls reach because "
+                f"the full-attention convention counts attention FLOPs that causal kernels skip"]
     return []
 
 
-def format_estimate(est: Estimate, batch_note: str | None = None) -> str:
-    """The human table of ``parplan estimate``; ``batch_note`` says where the global batch came from."""
+def format_estimate(est: Estimate, batch_note: str | None = None, interval=None) -> str:
+    """The human table of ``parplan estimate``; ``batch_note`` says where the global batch came from, ``interval``
+    (a :class:`parplan.plan.interval.Interval`) where the step time likely lies."""
     d = estimate_dict(est)
     lay = est.layout
     lines = [
@@ -194,6 +204,8 @@ def format_estimate(est: Estimate, batch_note: str | None = None) -> str:
         *([f"        sequence length: {est.model.seq_note}"] if est.model.seq_note else []),
         "",
         f"step time          {d['step_time_s']:10.3f} s",
+        *([f"  interval         {interval.low_s:.3g} - {interval.high_s:.3g} s   "
+           f"({interval.describe().removeprefix('interval: ')})"] if interval is not None else []),
         f"tokens/s           {d['tokens_per_s']:10.4g}   ({d['tokens_per_s_per_device']:.4g} per device)",
         f"TFLOP/s per device {d['tflops_per_device']:10.1f}   (model FLOPs)",
         f"MFU                {d['mfu'] * 100:9.1f} %   full attention (PaLM App. B); {d['mfu_causal'] * 100:.1f} % "
@@ -235,5 +247,6 @@ def plan_budget(est: Estimate, tokens: float | None, price: float | None):
 def format_budget(b) -> str:
     cost = f", cost {b.cost:,.0f} at {b.price_per_device_hour:g} per device-hour" if b.cost is not None else \
         " (no price: --price-per-device-hour or price_per_device_hour in a cluster file)"
-    return (f"training {b.tokens:.3g} tokens: {b.time_to_train_s / 86400:.3g} days, "
+    days = b.time_to_train_s / 86400
+    return (f"training {b.tokens:.3g} tokens: {f'{days:,.0f}' if days >= 1000 else f'{days:.3g}'} days, "
             f"{b.device_hours:,.0f} device-hours{cost}")

@@ -20,6 +20,8 @@ from ..specs.cluster import Cluster
 from ..specs.model import ModelSpec
 from ..units import GIB
 from .records import MFU_DEFINITION, collective_rows, estimate_dict
+from ..plan.candidates import default_batch_note
+from ..plan.interval import estimate_interval
 from ..plan.search import describe_row, fewest_devices, why
 
 SIGNIFICANT_SHARE = 0.05  # a step-time component worth pointing out
@@ -70,17 +72,18 @@ class Report:
     batch_scaling: Any = None
 
 
-def build_report(model: ModelSpec | str, cluster: Cluster | str, *, global_batch: int | None = None,
+def build_report(model: ModelSpec | str, cluster: Cluster | str, *, global_batch: int | Sequence[int] | None = None,
                  out_dir=None, top: int = 5, dtype: str = "bf16", headroom: float = DEFAULT_HEADROOM,
                  objective: str = "throughput", seq: int | None = None, scaling: bool = True,
                  command: str | None = None, progress=None) -> Report:
     """Search the plans of ``model`` on ``cluster`` and write the report; returns what was written.
 
+    ``global_batch``: one, or several to search (the report is of the one whose best plan ranks first).
     ``progress(done, total)`` follows the whole run in units of one plan search (the scaling points
     take two each: the best plan and the best FSDP plan), so one bar can estimate the time left.
     """
     from . import plots, scaling_plots
-    from .frames import as_cluster, as_model, plan_estimates, plan_frame
+    from .frames import as_cluster, as_model, best_batch_frame, plan_estimates
     from .progress import part
     from ..plan.sweep import Options, batch_scaling, batch_grid, device_counts, device_scaling
 
@@ -90,9 +93,12 @@ def build_report(model: ModelSpec | str, cluster: Cluster | str, *, global_batch
     out = check_writable(out_dir if out_dir is not None else default_report_dir(m, cl))
     n_devices = len(device_counts(cl)) if scaling else 0
     total = 1.0 + FIGURES_WORK + 2 * n_devices
-    plans = plan_frame(m, cl, global_batch=global_batch, dtype=dtype, headroom=headroom, objective=objective,
-                       progress=part(progress, 0.0, 1.0, total))
+    batches = list(global_batch) if isinstance(global_batch, (list, tuple)) else [global_batch]
+    plans = best_batch_frame(m, cl, batches, dtype=dtype, headroom=headroom, objective=objective,
+                             progress=part(progress, 0.0, 1.0, total))
     space = plans.attrs["space"]
+    if len(batches) > 1:  # the batch of the best plan, searched among those given
+        global_batch = space.global_batch
     if scaling:
         cw = cl.hardware.ratios(dtype)["flops_per_inter_node_byte"]
         total += 2 * len(batch_grid(cl, m.seq_len, space.global_batch, cw))
@@ -134,8 +140,8 @@ def build_report(model: ModelSpec | str, cluster: Cluster | str, *, global_batch
             "order", "step_time_s", "tokens_per_s", "mfu", "hfu", "memory_bytes", "fits", "bottleneck"] + \
         [f"{k}_s" for k in breakdown_keys()]
     rep.files.append(write_text(out / "plans.csv", fitting.head(max(top, 20))[cols].to_csv(index=False)))
-    text = render_markdown(m, cl, plans, ests, pngs, rep.device_scaling, rep.batch_scaling,
-                           global_batch_given=global_batch is not None, command=command)
+    text = render_markdown(m, cl, plans, ests, pngs, rep.device_scaling, rep.batch_scaling, command=command,
+                           global_batch_given=global_batch is not None, searched=batches if len(batches) > 1 else None)
     rep.files.append(write_text(rep.markdown, text))
     return rep
 
@@ -144,13 +150,13 @@ def build_report(model: ModelSpec | str, cluster: Cluster | str, *, global_batch
 
 
 def _summary(est: Estimate, row, runner_up) -> list[str]:
-    d = estimate_dict(est)
+    d, span = estimate_dict(est), estimate_interval(est)
     hbm = d["hbm_bytes"]
     lines = [md_table(["", "best plan"], [
         ["layout", f"`{describe_row(row)}`"],
         ["placement (mesh order, innermost first)", f"`{','.join(est.layout.order)}`"],
         ["micro-batches per step", est.layout.micro_batches],
-        ["step time", f"{d['step_time_s']:.3f} s"],
+        ["step time", f"{d['step_time_s']:.3f} s (likely {span.low_s:.3g}-{span.high_s:.3g} s)"],
         ["throughput", f"{d['tokens_per_s']:.4g} tokens/s ({d['tokens_per_s_per_device']:.4g} per device)"],
         ["MFU / HFU", f"{_pct(d['mfu'])} / {_pct(d['hfu'])}"],
         ["model TFLOP/s per device", f"{d['tflops_per_device']:.1f}"],
@@ -158,9 +164,8 @@ def _summary(est: Estimate, row, runner_up) -> list[str]:
                               f"({_gib(hbm * (1 - est.headroom))} usable)"],
         ["bottleneck", row["bottleneck"]],
     ], align="lr")]
-    if runner_up is not None:
-        lines += ["", why(row, runner_up) + "."]
-    return lines
+    tail = ["", why(row, runner_up) + "."] if runner_up is not None else []
+    return lines + ["", f"The step time's {span.describe()}."] + tail
 
 
 def _top_table(ests: list[Estimate], rows) -> str:
@@ -312,7 +317,7 @@ def _collectives_text(est: Estimate) -> list[str]:
 
 def render_markdown(model: ModelSpec, cluster: Cluster, plans, ests: list[Estimate], pngs: dict[str, str],
                     devices_df=None, batch_df=None, *, global_batch_given: bool = False,
-                    command: str | None = None) -> str:
+                    command: str | None = None, searched: Sequence[int] | None = None) -> str:
     from ..version import __version__
 
     best = ests[0]
@@ -320,10 +325,11 @@ def render_markdown(model: ModelSpec, cluster: Cluster, plans, ests: list[Estima
     hw = cluster.hardware
     fitting = plans[plans["rank"].notna()]
     gb, seq = space.global_batch, space.seq_len
-    batch_note = "given" if global_batch_given else "the default: about 4M tokens, a multiple of the device count"
+    batch_note = (f"the best of {', '.join(map(str, searched))}, searched" if searched else "given"
+                  if global_batch_given else default_batch_note(gb, seq))
     cw = hw.ratios(space.dtype)["flops_per_inter_node_byte"]
     out = [
-        f"# {model.name} on {cluster.name}: the training plan",
+        f"# {model.name} on {cluster.label}: the training plan",
         "",
         f"{cluster.devices} × {hw.name} in {cluster.nodes} nodes of {cluster.devices_per_node} "
         f"({cluster.intra_node.name or 'scale-up link'} inside a node, {cluster.inter_node.name or 'network'} "

@@ -29,7 +29,7 @@ def pareto_plot(df, path) -> Path:
         g = g.sort_values("batch")
         ax.plot(g["tokens_per_s_per_user"], g["tokens_per_s_per_device"], marker="o" if one_batch else ".",
                 markersize=7 if one_batch else 3, linewidth=0.8, alpha=0.9 if one_batch else 0.6, zorder=3,
-                label=f"tp={tp} pp={pp} (x{g['replicas'].iloc[0]} replicas)")
+                label=f"tp={tp} pp={pp} (x{g['replicas'].iloc[0]} replica{'s' if g['replicas'].iloc[0] > 1 else ''})")
     front = pareto_front(df)
     # drawn beneath the splits, so a split on the front stays visible
     ax.plot(front["tokens_per_s_per_user"], front["tokens_per_s_per_device"], color="black",
@@ -42,7 +42,7 @@ def pareto_plot(df, path) -> Path:
     ax.set_ylabel("throughput per device (generated tokens/s per device)")
     batch = f"batch {int(fit['batch'].iloc[0])}: each point one tp x pp split" if one_batch else \
         "each line: one tp x pp split, batch growing to the left"
-    ax.set_title(f"{a.get('model', '')} on {a.get('cluster', '')}: {a.get('input_len')} in / "
+    ax.set_title(f"{a.get('model', '')} on {a.get('cluster_label', a.get('cluster', ''))}: {a.get('input_len')} in / "
                  f"{a.get('output_len')} out tokens, weights {a.get('dtype', '')}, "
                  f"KV cache {a.get('kv_dtype') or a.get('dtype', '')}\n{batch}")
     ax.grid(True, alpha=0.3)

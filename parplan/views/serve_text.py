@@ -110,11 +110,12 @@ def format_plans(df, ranked, top: int = 10) -> str:
     a = df.attrs
     targets = [f"TTFT <= {a['ttft_ms']:g} ms" if a.get("ttft_ms") is not None else "",
                f"TPOT <= {a['tpot_ms']:g} ms" if a.get("tpot_ms") is not None else ""]
-    targets = " and ".join(t for t in targets if t) or "none"
-    lines = [f"{a['model']} serving on {a['cluster']}: {a['input_len']} in / {a['output_len']} out tokens, "
-             f"weights {a['dtype']}, KV {a['kv_dtype'] or 'same as activations'}; {len(df)} candidates, "
-             f"{int(df['fits'].sum())} fit, {len(ranked)} split{'s meet' if len(ranked) != 1 else ' meets'} the "
-             f"targets ({targets})",
+    targets = " and ".join(t for t in targets if t)
+    meet = (f"{'s meet' if len(ranked) != 1 else ' meets'} the targets ({targets})" if targets else
+            f"{'s' if len(ranked) != 1 else ''} (no latency targets: --ttft-ms, --tpot-ms)")
+    lines = [f"{a['model']} serving on {a.get('cluster_label', a['cluster'])}: {a['input_len']} in / "
+             f"{a['output_len']} out tokens, weights {a['dtype']}, KV {a['kv_dtype'] or 'same as activations'}; "
+             f"{len(df)} candidates, {int(df['fits'].sum())} fit, {len(ranked)} split{meet}",
              f"software: {a.get('framework', '')}",
              "",
              f"{'#':>3}  {'layout':<28}{'batch':>6}{'TTFT ms':>10}{'TPOT ms':>10}{'ITL ms':>9}{'tok/s':>11}"

@@ -16,6 +16,7 @@ def format_sweep(df) -> str:
     head = "".join(f"{title:>{len(fmt.format(1))}}  " for _, title, fmt in TABLE_COLUMNS)
     lines = [f"{df.attrs.get('model', '')} on {df.attrs.get('hardware', '')}: the best plan of each combination "
              f"({df.attrs.get('dtype', 'bf16')}, {100 * df.attrs.get('headroom', DEFAULT_HEADROOM):.0f}% HBM headroom)",
+             *([f"global batch: {df.attrs['batch_note']}"] if df.attrs.get("batch_note") else []),
              "",
              head + f"{'layout':<50}{'step s':>9}{'tokens/s':>11}{'MFU':>7}{'mem GiB':>9}  bottleneck"]
     for _, r in df.iterrows():

@@ -51,6 +51,18 @@ def test_a_hf_config_trains_at_its_pre_training_length_and_says_so(tmp_path):
     assert m.seq_len == 1024 and m.context_limit == 1024 and m.seq_note == ""
 
 
+def test_a_hf_config_without_a_window_takes_the_stated_default_or_says_what_is_missing(tmp_path):
+    cfg = {"model_type": "llama", "hidden_size": 2048, "num_hidden_layers": 4, "num_attention_heads": 16,
+           "intermediate_size": 8192, "vocab_size": 32000}
+    (tmp_path / "llama.json").write_text(json.dumps(cfg))
+    m = load_model(str(tmp_path / "llama.json"))
+    assert (m.seq_len, m.max_seq_len) == (4096, None) and "gives no max_position_embeddings" in m.seq_note
+    (tmp_path / "gpt2.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 768, "n_layer": 12,
+                                                     "n_head": 12, "vocab_size": 50257}))
+    with pytest.raises(ParplanError, match="no max_position_embeddings .or n_positions"):
+        load_model(str(tmp_path / "gpt2.json"))
+
+
 def test_serving_beyond_the_context_window_is_refused_and_beyond_training_length_is_noted(run_cli):
     code, out, err = run_cli("estimate", "--mode", "inference", "--model", "llama3.1-8b", "--hw", "h100x1",
                              "--input-len", "131000", "--output-len", "100")
@@ -63,3 +75,11 @@ def test_serving_beyond_the_context_window_is_refused_and_beyond_training_length
         from parplan.step.serve import estimate_inference
         from parplan.step.serve_layout import ServeLayout
         estimate_inference(load_model("gpt3-1.3b"), lc("h100x1"), ServeLayout(input_len=2048, output_len=1))
+
+
+def test_plan_json_and_sweep_say_which_batch_they_used(run_cli, tmp_path):
+    code, out, err = run_cli("plan", "--model", "gpt3-125m", "--hw", "a100x8", "--top", "1", "--format", "json")
+    assert code == 0 and json.loads(out)[0]["global_batch_note"].startswith("default: 2048 x 2048")
+    code, out, err = run_cli("sweep", "--model", "gpt3-125m", "--hw", "a100", "--vary", "devices=8..16",
+                             "-o", str(tmp_path / "sweep"))
+    assert code == 0 and "global batch: the default budget of 4.2M tokens per step at every point" in out

@@ -248,6 +248,30 @@ def test_plan_answers_on_device_counts_with_a_factor_of_three(run_cli, hw):
     assert out.splitlines()[3].lstrip().startswith("1 ")
 
 
+def test_plan_ranks_only_schedules_the_framework_runs():
+    """JAX pipelines with GPipe or interleaving, Megatron-Core with 1F1B or interleaving: one rule, which the search
+    asks too. The search once ranked 1F1B layouts on TPUs that the final check refused, so plan failed at --top 10
+    and answered at --top 2."""
+    from parplan.errors import ParplanError
+    from parplan.plan.planner import make_plan
+
+    result = make_plan(load_model("gpt3"), load_cluster("tpu-v5px512"), top=10, fixed={"pp": 2},
+                       with_intervals=False)
+    schedules = result.estimates[0].software.framework.pipeline.schedules
+    assert "1f1b" not in schedules and all(lay.schedule in schedules for lay in result.layouts)
+    with pytest.raises(ParplanError, match="megatron-core runs the pipeline schedules 1f1b, interleaved, not gpipe"):
+        make_plan(load_model("gpt3-13b"), load_cluster("a100x64"), fixed={"pp": 2}, schedule="gpipe")
+    from parplan.layouts.layout import Layout
+    from parplan.layouts.rules import check_layout
+    from parplan.specs.framework_loader import load_framework
+
+    jax, model, cluster = load_framework("jax"), load_model("gpt3-13b"), load_cluster("tpu-v5px64")
+    lay = Layout(tp=4, pp=2, dp=8, global_batch=64)
+    with pytest.raises(ParplanError, match="jax runs the pipeline schedules .*, not 1f1b"):
+        check_layout(lay, model, cluster, jax)
+    assert check_layout(Layout(tp=4, pp=2, dp=8, global_batch=64, schedule="gpipe"), model, cluster, jax).pp == 2
+
+
 def test_every_searched_candidate_passes_the_check_estimate_applies():
     from parplan.layouts.rules import check_layout
     from parplan.plan.candidates import SearchSpace, candidates

@@ -40,6 +40,27 @@ def test_an_mfu_above_the_matmul_ceiling_is_flagged():
     assert "counts attention FLOPs that causal kernels skip" in mfu_notes(est)[0]
 
 
+def test_plan_flags_shown_plans_above_the_matmul_ceiling():
+    from parplan.specs.model import with_seq_len
+    from parplan.views.plan_text import plan_report
+
+    result = make_plan(with_seq_len(load_model("llama3.2-1b"), 131072), load_cluster("a100x8"), global_batch=8,
+                       top=2)
+    ceiling = result.cluster.hardware.matmul_efficiency
+    assert all(float(e.mfu) > ceiling > float(e.mfu_causal) for e in result.estimates)
+    text = plan_report(result)
+    assert text.count("note: ") == 1 and "note: #1's (and #2) MFU" in text and "causal kernels skip" in text
+    assert all(p["mfu_above_ceiling"] == "full" for p in json.loads(plan_report(result, "json")))
+
+
+def test_long_layouts_keep_the_columns_apart(run_cli):
+    code, out, err = run_cli("plan", "--model", "gpt3", "--hw", "a100x512", "--tp", "4", "--cp", "2", "--pp", "8",
+                             "--vpp", "2", "--shard-group", "2", "--recompute", "selective", "--top", "1")
+    assert code == 0, err
+    head, row = out.splitlines()[2:4]
+    assert "rc=selective " in row and row.index("dp,pp") == head.index("placement")
+
+
 def test_rank_verdicts_do_not_change_with_top():
     model, cluster = load_model("gpt3-13b"), load_cluster("a100x64")
     three = make_plan(model, cluster, top=3)

@@ -3,6 +3,7 @@ import pytest
 
 from tests.helpers import REPO
 from parplan.specs.hardware import hardware_names, load_hardware
+from parplan.errors import ParplanError
 from parplan.specs.cluster import load_cluster
 from parplan.specs.model_loader import load_model, model_names
 
@@ -89,6 +90,11 @@ def test_cluster_parsing():
     assert (c.devices, c.devices_per_node, c.nodes) == (512, 8, 64)
     assert load_cluster("mi300xx8").hardware.name == "mi300x"
     assert load_cluster("mi300xx8").devices == 8
+    # a profile whose name ends in x takes its count after that x too, and prints as a person reads it
+    assert (load_cluster("mi300x64").hardware.name, load_cluster("mi300x64").devices) == ("mi300x", 64)
+    assert load_cluster("h100-sxmx64").label == "64 x h100-sxm"
+    with pytest.raises(ParplanError, match="unknown hardware 'a1008'"):
+        load_cluster("a1008")  # digits without an x are no count
     assert load_cluster("h100").devices == 1
 
 

@@ -172,3 +172,33 @@ def test_a_bad_record_is_a_row_with_its_reason_and_the_rest_are_predicted(tmp_pa
     code, out, err = run_cli("validate", str(path))
     assert code == 1 and "skipped" in out and good["id"] in out
     assert err.count("\n") == 1 and err.startswith("Error: 2 runs could not be predicted")
+
+
+def test_the_shipped_error_bands_are_what_validate_gives_now(results, moe_results, tpu_results):
+    """validation/error-bands.yaml (every interval's validation part) is regenerated, never typed: after a change
+    to the predictions, run scripts/error_bands.py."""
+    import yaml
+
+    from parplan.plan.interval import BANDS_FILE, validation_errors
+    from parplan.specs.registry import spec_dir
+    from parplan.validate.bands import error_bands
+
+    stored = yaml.safe_load((spec_dir("validation") / BANDS_FILE).read_text())
+    every = {"rows": results["rows"] + moe_results["rows"] + tpu_results["rows"]}
+    assert stored == error_bands(every, load_runs()), \
+        "validation/error-bands.yaml is stale: run scripts/error_bands.py"
+    assert sum(len(v) for v in validation_errors().values()) == len(every["rows"])
+
+
+def test_error_bands_group_every_run_by_its_framework():
+    from parplan.validate.bands import error_bands
+
+    rows = [{"id": "a", "framework": "megatron-lm", "error": -0.123456},
+            {"id": "b", "framework": "megatron-core (default)", "error": 0.05},
+            {"id": "c", "framework": "megatron-lm", "error": 0.2},
+            {"id": "d", "framework": "megatron-lm", "error": 0.4}]
+    records = [{"id": "a", "model": {"layers": 2}}, {"id": "b", "model": {}}, {"id": "c", "model": {"experts": 0}},
+               {"id": "d", "model": {"experts": 8}}]
+    assert error_bands({"rows": rows}, records)["frameworks"] == {
+        "megatron-core": {"dense": {"b": 0.05}},
+        "megatron-lm": {"dense": {"a": -0.1235, "c": 0.2}, "moe": {"d": 0.4}}}

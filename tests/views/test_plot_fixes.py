@@ -82,6 +82,19 @@ def test_pareto_title_names_the_kv_cache_dtype(serve_frames, tmp_path, monkeypat
     assert "KV cache bf16" in _pareto_axes(fixed, tmp_path, monkeypatch).get_title()
 
 
+def test_serving_names_the_cluster_as_a_person_reads_it(serve_frames, tmp_path, monkeypatch):
+    from parplan.plan.serve_search import rank_plans
+    from parplan.views.serve_text import format_plans
+
+    free, fixed = serve_frames
+    title = _pareto_axes(fixed, tmp_path, monkeypatch).get_title()
+    labels = [ln.get_label() for ln in _pareto_axes(fixed, tmp_path, monkeypatch).get_lines()]
+    assert "on 8 x h100-sxm:" in title and "h100-sxmx8" not in title
+    assert "tp=8 pp=1 (x1 replica)" in labels and "tp=1 pp=1 (x8 replicas)" in labels
+    head = format_plans(free, rank_plans(free)).splitlines()[0]
+    assert "serving on 8 x h100-sxm:" in head and "(no latency targets: --ttft-ms, --tpot-ms)" in head
+
+
 def test_fixed_batch_draws_splits_above_the_front(serve_frames, tmp_path, monkeypatch):
     _, fixed = serve_frames
     ax = _pareto_axes(fixed, tmp_path, monkeypatch)

@@ -10,6 +10,9 @@ from click.testing import CliRunner
 
 from tests.helpers import REPO
 from parplan.errors import ParplanError
+from parplan.plan.planner import make_plan
+from parplan.specs.cluster import load_cluster
+from parplan.specs.model_loader import load_model
 
 ROOT = REPO
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -241,6 +244,19 @@ def test_report_default_dir_and_no_scaling(tmp_path, monkeypatch):
     md = (out / "report.md").read_text()
     assert "scaling" not in " ".join(re.findall(r"\]\(([^)]+)\)", md))
     assert len(list(out.glob("*.png"))) == 4
+
+
+def test_report_searches_a_range_of_batches_and_names_the_one_it_took(tmp_path, run_cli):
+    out = tmp_path / "range"
+    code, text, err = run_cli("report", "--model", MODEL, "--hw", "a100x8", "--global-batch", "16..64",
+                              "--no-scaling", "-o", str(out))
+    assert code == 0, err
+    md = (out / "report.md").read_text()
+    assert md.startswith(f"# {MODEL} on 8 x a100-80gb: the training plan")
+    chosen = int(re.search(r"global batch (\d+) sequences", md).group(1))
+    assert chosen in (16, 32, 64) and "the best of 16, 32, 64, searched" in md
+    plans = make_plan(load_model(MODEL), load_cluster("a100x8"), global_batch="16..64", top=1)
+    assert chosen == int(plans.top.iloc[0]["global_batch"])  # the batch plan ranks first over the same range
 
 
 def test_report_overwrites_atomically(tmp_path):

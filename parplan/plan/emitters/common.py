@@ -46,14 +46,8 @@ def rule_problem(layout: Layout, model: ModelSpec, framework) -> str | None:
                seq=layout.seq_len or model.seq_len, interleaved=layout.schedule == "interleaved",
                recompute=RECOMPUTE.index(layout.recompute), cp_ring=layout.cp_mode == "ring", ep=layout.size("ep"),
                etp=layout.size("etp"), sp_hidden=shards_hidden(framework), first=layout.first_stage_layers or 0,
-               last=layout.last_stage_layers or 0, zb=layout.schedule == "zb-h1")
-    said = first_violation(model, a, framework)
-    if said:
-        return said
-    if layout.pp > 1 and layout.schedule not in framework.pipeline.schedules:
-        return f"{framework.name} runs the pipeline schedules {', '.join(framework.pipeline.schedules)}, " \
-               f"not {layout.schedule}"
-    return None
+               last=layout.last_stage_layers or 0, zb=layout.schedule == "zb-h1", gpipe=layout.schedule == "gpipe")
+    return first_violation(model, a, framework)
 
 
 def stage_ends(layout: Layout, model: ModelSpec, framework) -> tuple[int, int] | None:
