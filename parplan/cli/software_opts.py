@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import click
 
-from ..specs.framework import DEFAULT_FRAMEWORK, FP8_RECIPES, Software, resolve_software
+from ..specs.framework import DEFAULT_FRAMEWORK, FP8_RECIPES, MOE_OVERLAPS, Software, resolve_software
 from ..specs.framework_loader import framework_names, load_framework, serving_names
 from ..specs.serving_stack import DEFAULT_SERVING
 
 SOFTWARE_DEFAULTS = {"framework": None, "compiled": None, "fp8_recipe": None, "flash_attention": None,
-                     "fused_kernels": None}
+                     "fused_kernels": None, "moe_overlap": None}
 
 
 def software_options(fn):
@@ -28,6 +28,10 @@ def software_options(fn):
         click.option("--fused-kernels/--no-fused-kernels", default=None,
                      help="Every element-wise op fused, or every one eager (default: as the framework runs them; "
                           "training and inference)."),
+        click.option("--moe-overlap", type=click.Choice(MOE_OVERLAPS), default=None,
+                     help="MoE training: what the token all-to-alls run under: nothing, the shared experts, or "
+                          "another micro-batch's compute (Megatron-Core --overlap-moe-expert-parallel-comm; default: "
+                          "the framework's)."),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -44,4 +48,5 @@ def software_from(options: dict, cluster, dtype: str) -> Software:
     name = options.get("framework") or DEFAULT_FRAMEWORK.get(cluster.hardware.kind, DEFAULT_FRAMEWORK["gpu"])
     return resolve_software(load_framework(name), dtype=dtype, compiled=options.get("compiled"),
                             fp8_recipe=options.get("fp8_recipe"), flash_attention=options.get("flash_attention"),
-                            fused_kernels=options.get("fused_kernels"), device_kind=cluster.hardware.kind)
+                            fused_kernels=options.get("fused_kernels"), device_kind=cluster.hardware.kind,
+                            moe_overlap=options.get("moe_overlap"))

@@ -9,36 +9,22 @@ the search space's business (:mod:`parplan.plan.candidates`), not a rule.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from types import SimpleNamespace
-from typing import Callable
-
 import numpy as np
 
 from ..errors import ParplanError
 from ..specs.dtypes import DTYPES
 from ..specs.cluster import Cluster
 from ..specs.model import ModelSpec
-from . import split as split_mod
 from .layout import CP_MODES, RECOMPUTE, SCHEDULES, TP_MODES, Layout
+from .rule import Rule, is_moe as _moe
+from .software_rules import software_rules
 from .strategies import BUILTIN, axis as strategy_axis, is_folded
 from .torus_map import check_map, enumerate_maps, no_map_reason
 
 MAX_AXIS = 10_000_000
 _KIND = {1: ("2d", "square", 2), 2: ("3d", "cube", 3)}  # tp_mode code -> (name, word, power)
-
-
-@dataclass(frozen=True)
-class Rule:
-    """A layout rule: ``broken(model, a)`` is the mask of candidates that break it; ``say(model, a)``
-    explains it for one candidate (``a`` holds the candidate's fields as numbers); ``reads`` names the
-    fields it needs, so the search can apply the mesh-shape rules before it multiplies the shapes by
-    the knobs."""
-
-    name: str
-    reads: tuple[str, ...]
-    broken: Callable
-    say: Callable
 
 
 def _q(a):
@@ -67,10 +53,6 @@ def _say_empty(m, a):
 
 def _micro_batches(a):
     return a.batch // np.maximum(a.mb * a.dp, 1)
-
-
-def _moe(m) -> bool:
-    return bool(getattr(m, "is_moe", False))
 
 
 RULES: tuple[Rule, ...] = (
@@ -167,85 +149,6 @@ RULES: tuple[Rule, ...] = (
 )
 
 
-def software_rules(fw) -> tuple[Rule, ...]:
-    """What a framework's code can run (``frameworks/*.yaml``: ZeRO stages, with pipelines too; its
-    tensor, pipeline and context parallelism; sequence parallelism; recompute modes)."""
-    if fw is None:
-        return ()
-    dp, pipe, par = fw.data_parallel, fw.pipeline, fw.parallelism
-    n = fw.name
-    modes = [TP_MODES.index(m) for m in par.tp_modes]
-    codes = [RECOMPUTE.index(r) for r in fw.recompute]
-    moe = fw.moe
-
-    def stages(z):
-        return ", ".join(map(str, z))
-    return (
-        Rule(f"{n} runs these ZeRO stages", ('zero',),
-             lambda m, a: ~np.isin(a.zero, dp.zero),
-             lambda m, a: f"{n} runs ZeRO stages {stages(dp.zero)}, not zero={a.zero}"),
-        Rule(f"{n} pipelines with these ZeRO stages", ('zero', 'pp'),
-             lambda m, a: (a.pp > 1) & ~np.isin(a.zero, pipe.zero),
-             lambda m, a: f"{n} combines pipeline parallelism only with ZeRO stages {stages(pipe.zero)}, "
-                          f"not zero={a.zero}"),
-        Rule(f"{n} has tensor parallelism", ('tp', 'mode'),
-             lambda m, a: (a.tp > 1) & ~np.isin(a.mode, modes),
-             lambda m, a: (f"{n} has no tensor parallelism (tp must be 1)" if not modes else
-                           f"{n} runs tensor parallelism {', '.join(par.tp_modes)}, not {TP_MODES[int(a.mode)]}")),
-        Rule(f"{n} has pipeline parallelism", ('pp',),
-             lambda m, a: (a.pp > 1) & (not pipe.schedules),
-             lambda m, a: f"{n} has no pipeline parallelism (pp must be 1)"),
-        Rule(f"{n} splits the layers evenly", ('pp', 'vpp', 'first', 'last'),
-             lambda m, a: (a.pp > 1) & (a.first == 0) & (a.last == 0)
-             & ~split_mod.default_valid(m.layers, a.pp, a.vpp, pipe.split),
-             lambda m, a: split_mod.say_even(n, pipe.split, m, a)),
-        Rule(f"{n} can split the layers so", ('pp', 'vpp', 'first', 'last'),
-             lambda m, a: (a.pp > 1) & ((a.first > 0) | (a.last > 0)) & ~split_mod.candidates_expressible(m, a, pipe.split),
-             lambda m, a: split_mod.say_split(n, pipe.split, m, a)),
-        Rule(f"{n} interleaved chunks hold a layer", ('pp', 'vpp', 'first', 'last'),
-             lambda m, a: (a.pp > 2) & (a.vpp > 1) & (split_mod.middle_least(m, a, pipe.split) < a.vpp),
-             lambda m, a: f"vpp={a.vpp} leaves a chunk of a middle stage without a layer "
-                          f"({split_mod.middle_least(m, a, pipe.split)} layers per middle stage)"),
-        Rule(f"{n} has the zb-h1 schedule", ('zb',),
-             lambda m, a: a.zb & ("zb-h1" not in pipe.schedules),
-             lambda m, a: f"{n} runs the pipeline schedules {', '.join(pipe.schedules) or 'none'}, not zb-h1"),
-        Rule(f"{n} has the interleaved schedule", ('interleaved',),
-             lambda m, a: a.interleaved & ("interleaved" not in pipe.schedules),
-             lambda m, a: f"{n} runs the pipeline schedules {', '.join(pipe.schedules) or 'none'}, not interleaved"),
-        Rule(f"{n} has the 1F1B or GPipe schedule", ('pp', 'interleaved', 'zb', 'gpipe'),
-             lambda m, a: (a.pp > 1) & ~a.interleaved & ~a.zb & np.where(a.gpipe, "gpipe" not in pipe.schedules,
-                                                                         "1f1b" not in pipe.schedules),
-             lambda m, a: f"{n} runs the pipeline schedules {', '.join(pipe.schedules) or 'none'}, "
-                          f"not {'gpipe' if a.gpipe else '1f1b'}"),
-        Rule(f"{n} has context parallelism", ('cp', 'cp_ring'),
-             lambda m, a: (a.cp > 1) & ~np.isin(np.where(a.cp_ring, 0, 1), [CP_MODES.index(c) for c in par.cp_modes]),
-             lambda m, a: (f"{n} has no context parallelism (cp must be 1)" if not par.cp_modes else
-                           f"{n} runs context parallelism {', '.join(par.cp_modes)}, not "
-                           f"{'ring' if a.cp_ring else 'allgather'}")),
-        Rule(f"{n} sequence parallelism", ('sp', 'tp', 'mode'),
-             lambda m, a: (a.sp & (par.sequence_parallel == "never"))
-             | ((a.tp > 1) & (a.mode == 0) & ~a.sp & (par.sequence_parallel == "always")),
-             lambda m, a: (f"{n} has no sequence parallelism" if par.sequence_parallel == "never" else
-                           f"{n} always runs tensor parallelism with sequence parallelism (--sp)")),
-        Rule(f"{n} has expert parallelism", ('ep',),
-             lambda m, a: (a.ep > 1) & (not moe.expert_parallel),
-             lambda m, a: f"{n} has no expert parallelism (ep must be 1)"),
-        Rule(f"{n} expert tensor parallel sizes", ('etp', 'tp'),
-             lambda m, a: (a.etp > 1) & ((moe.expert_tensor_parallel == "one") |
-                                          ((moe.expert_tensor_parallel == "one-or-tp") & (a.etp != a.tp))),
-             lambda m, a: (f"{n} splits no expert by tensor parallelism (etp must be 1)"
-                           if moe.expert_tensor_parallel == "one" else
-                           f"{n} runs expert tensor parallel 1 or tp={a.tp}, not etp={a.etp}")),
-        Rule(f"{n} shards activations by their hidden size", ('sp', 'tp'),
-             lambda m, a: a.sp & (par.activation_shard == "hidden") & (m.hidden % a.tp != 0),
-             lambda m, a: f"{n}'s tensor parallelism shards the activations' hidden size {m.hidden}, which "
-                          f"tp={a.tp} does not divide"),
-        Rule(f"{n} recompute modes", ('rc',),
-             lambda m, a: ~np.isin(a.rc, codes),
-             lambda m, a: f"{n} offers recompute {', '.join(fw.recompute)}, not {RECOMPUTE[int(a.rc)]}"),
-    )
-
-
 def fields(*, tp, cp, pp, dp, micro_batch, vpp, sp, tp_mode, zero, shard_group, hsdp, global_batch, seq,
            interleaved, recompute=0, cp_ring=False, ep=1, etp=1, sp_hidden=False, first=0, last=0,
            zb=False, gpipe=False) -> SimpleNamespace:
@@ -265,8 +168,10 @@ def fields(*, tp, cp, pp, dp, micro_batch, vpp, sp, tp_mode, zero, shard_group, 
 
 
 def shards_hidden(framework) -> bool:
-    """Whether the framework's sequence parallelism shards the activations' hidden size (MaxText)."""
-    return framework is not None and framework.parallelism.activation_shard == "hidden"
+    """Whether the framework's (or a Software's) sequence parallelism shards the activations' hidden size
+    (MaxText)."""
+    fw = getattr(framework, "framework", framework)
+    return fw is not None and fw.parallelism.activation_shard == "hidden"
 
 
 def violations(model: ModelSpec, a, framework=None) -> list[tuple[Rule, np.ndarray]]:
@@ -339,8 +244,8 @@ def check_layout(layout: Layout, model: ModelSpec, cluster: Cluster, framework=N
                            f"does not match the {cluster.devices} devices of {cluster.name}")
     if layout.sp and layout.tp == 1:
         layout = replace(layout, sp=False)
-    if (framework is not None and framework.parallelism.sequence_parallel == "always" and layout.tp > 1
-            and layout.tp_mode == "1d"):
+    fw = getattr(framework, "framework", framework)  # a Software: its framework, judged with its choices
+    if fw is not None and fw.parallelism.sequence_parallel == "always" and layout.tp > 1 and layout.tp_mode == "1d":
         layout = replace(layout, sp=True)  # its tensor parallelism always shards the sequence
     if layout.vpp > 1 and layout.schedule == "1f1b":
         layout = replace(layout, schedule="interleaved")

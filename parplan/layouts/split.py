@@ -138,6 +138,8 @@ def expressible(layers, pp, vpp, first, last, split):
         ok |= counts
     if "as-layers" in split.ends:
         ok |= _as_layers(L, p, v, F, Z, equal) & even_middle
+    if "layout" in split.ends:  # a layout string: any layers per chunk, each chunk of the ends with one
+        ok |= (F >= v) & (Z >= v) & even_middle
     return ok
 
 
@@ -241,7 +243,8 @@ def say_split(n, split, m, a):
     """Why framework ``n`` cannot run a candidate's first/last split."""
     first, last = (int(x) for x in _candidate_ends(m, a, split))
     ways = {"counts": "any first/last counts" + (" with the middle stages even" if split.default == "even" else ""),
-            "as-layers": "the ends one layer short (the embedding and head counted as layers)"}
+            "as-layers": "the ends one layer short (the embedding and head counted as layers)",
+            "layout": "any layers per chunk with a layer in each chunk of the ends and the middle stages even"}
     can = " or ".join(ways[e] for e in split.ends) or "only its own split"
     chunks = f", each rank's layers in {a.vpp} equal chunks" if a.vpp > 1 and split.chunks == "equal" else ""
     return (f"{n} cannot split the {m.layers} layers of {m.name} as first {first}, last {last} over pp={a.pp} "

@@ -177,7 +177,8 @@ def candidates(model: ModelSpec, cluster: Cluster, space: SearchSpace) -> dict[s
     space_ok &= ~c["hsdp"] | ((c["shard_group"] > 1) & (c["shard_group"] < c["dp"]))  # HSDP of 1 or all of dp
     c = _keep(c, space_ok)
     # The framework decides which ZeRO stages, recompute modes, schedules and parallelisms it runs.
-    framework = space_software(space, cluster).framework
+    software = space_software(space, cluster)
+    framework = software.framework
     c = _pipeline_knobs(c, model, gb, fixed, framework)
     knobs = rules.fields(tp=c["tp"], cp=c["cp"], pp=c["pp"], dp=c["dp"], micro_batch=c["micro_batch"], vpp=c["vpp"],
                          sp=c["sp"], tp_mode=c["tp_mode"], zero=c["zero"], shard_group=c["shard_group"],
@@ -186,14 +187,14 @@ def candidates(model: ModelSpec, cluster: Cluster, space: SearchSpace) -> dict[s
                          ep=c.get("ep", 1), etp=c.get("etp", 1), sp_hidden=rules.shards_hidden(framework),
                          first=c["first_stage_layers"], last=c["last_stage_layers"], zb=space.schedule == "zb-h1",
                          gpipe=space.schedule == "gpipe")
-    ok = rules.valid(model, knobs, framework)
+    ok = rules.valid(model, knobs, software)
     if not ok.any():
-        raise ParplanError(_nothing_passes(model, n, gb, fixed, knobs, framework))
+        raise ParplanError(_nothing_passes(model, n, gb, fixed, knobs, software))
     if "first_stage_layers" not in fixed and "last_stage_layers" not in fixed:
         # An offered split equal to the framework's own, where its own runs, is the same plan as leaving it unset.
         own = resolve_ends(model.layers, c["pp"], c["vpp"], 0, 0, framework.pipeline.split)
         unset = rules.valid(model, SimpleNamespace(**{**vars(knobs), "first": 0 * knobs.first,
-                                                       "last": 0 * knobs.last}), framework)
+                                                       "last": 0 * knobs.last}), software)
         offered = (c["first_stage_layers"] > 0) | (c["last_stage_layers"] > 0)
         ok &= ~(offered & unset & (c["first_stage_layers"] == own[0]) & (c["last_stage_layers"] == own[1]))
     out = _keep(c, ok)

@@ -55,7 +55,7 @@ CP_MODES = ("ring", "allgather")
 SCHEDULES = ("1f1b", "interleaved", "gpipe", "zb-h1")
 # How a framework splits the layers over pipeline stages (parplan.layouts.split says what each means).
 SPLIT_DEFAULTS = ("even", "front", "spread", "middle")
-SPLIT_ENDS = ("counts", "as-layers")
+SPLIT_ENDS = ("counts", "as-layers", "layout")
 SPLIT_CHUNKS = ("equal", "any")
 DEVICE_KINDS = ("gpu", "tpu")
 DEFAULT_FRAMEWORK = {"gpu": "megatron-core", "tpu": "jax"}
@@ -74,7 +74,11 @@ PARALLEL_KEYS = ("tp_modes", "cp_modes", "sequence_parallel", "tp_overlap", "act
 TP_OVERLAPS = ("none", "collective-matmul")
 ACTIVATION_SHARDS = ("sequence", "hidden")
 VOCAB_KEYS = ("multiple", "times_tp")
-MOE_KEYS = ("expert_parallel", "expert_tensor_parallel", "grouped_gemm", "shared_expert_overlap")
+MOE_KEYS = ("expert_parallel", "expert_tensor_parallel", "grouped_gemm", "overlaps", "overlap")
+# What a token all-to-all can hide under: nothing; the shared experts of its layer (Megatron-Core
+# --moe-shared-expert-overlap); the compute of another micro-batch (--overlap-moe-expert-parallel-comm,
+# the merged forward/backward 1F1B schedule).
+MOE_OVERLAPS = ("none", "shared-experts", "micro-batch")
 EXPERT_TP = ("any", "one-or-tp", "one")
 
 
@@ -132,7 +136,8 @@ class PipelineSplit:
     by at most one layer, the extra ones on the first; the embedding and the head count as
     ``ends_weight`` layers each), ``middle`` (the extra layers on the middle virtual stages).
     ``ends``: how the first and last stage can be given other layer counts: ``counts`` (any), ``as-layers``
-    (the embedding and the head counted as one layer each, so the ends hold one layer less).
+    (the embedding and the head counted as one layer each, so the ends hold one layer less), ``layout``
+    (any layers per virtual stage, as a layout string lists them: uneven chunks too).
     ``chunks``: under interleaving, ``equal`` (each rank's layers split into vpp equal chunks) or ``any``.
     """
 
@@ -171,7 +176,10 @@ class MoeSoftware:
     expert_parallel: bool = False       # shards experts over an expert-parallel group
     expert_tensor_parallel: str = "one"  # any | one-or-tp (etp is 1 or tp) | one
     grouped_gemm: bool = False          # the local experts run as one grouped GEMM (else a loop of GEMMs)
-    shared_expert_overlap: bool = False  # the token all-to-all runs under the shared experts' GEMMs
+    # What the token all-to-alls can run under (MOE_OVERLAPS), and what runs when the user names none:
+    # "shared-experts", the same layer's shared experts; "micro-batch", another micro-batch's compute.
+    overlaps: tuple[str, ...] = ("none",)
+    overlap: str = "none"
 
 
 @dataclass(frozen=True)
@@ -217,6 +225,7 @@ class Software:
     elementwise: Mapping[str, str]      # op -> fused | eager, after compile and overrides
     loss: str
     notes: tuple[str, ...] = ()         # what came from the framework's defaults
+    moe_overlap: str = "none"           # what the MoE token all-to-alls run under (MOE_OVERLAPS)
 
     @property
     def name(self) -> str:
@@ -241,7 +250,8 @@ class Software:
 
 def resolve_software(framework: Framework, *, dtype: str = "bf16", compiled: bool | None = None,
                      fp8_recipe: str | None = None, flash_attention: bool | None = None,
-                     fused_kernels: bool | None = None, device_kind: str | None = None) -> Software:
+                     fused_kernels: bool | None = None, device_kind: str | None = None,
+                     moe_overlap: str | None = None) -> Software:
     """A framework with the user's overrides applied; each default taken from the profile is noted."""
     fw = framework
     notes = []
@@ -273,9 +283,14 @@ def resolve_software(framework: Framework, *, dtype: str = "bf16", compiled: boo
         loss = fw.compile.loss or loss
     if fused_kernels is not None:
         elementwise = {op: ("fused" if fused_kernels else "eager") for op in ELEMENTWISE_OPS}
+    if moe_overlap is None:
+        moe_overlap = fw.moe.overlap
+    elif moe_overlap not in fw.moe.overlaps:
+        raise ParplanError(f"framework '{fw.name}' runs the MoE all-to-alls under {', '.join(fw.moe.overlaps)}; "
+                           f"not '{moe_overlap}'{suggest(moe_overlap, fw.moe.overlaps)}")
     return Software(framework=fw, compiled=bool(compiled), fp8_recipe=fp8_recipe if dtype == "fp8" else None,
                     flash_attention=bool(flash_attention), elementwise=MappingProxyType(elementwise), loss=loss,
-                    notes=tuple(notes))
+                    notes=tuple(notes), moe_overlap=moe_overlap)
 
 
 def default_framework(device_kind: str) -> str:

@@ -17,7 +17,7 @@ from .framework import (ACTIVATION_SHARDS, ATTENTION_KERNELS, COMPILE_KEYS, CP_M
     MASTER_WEIGHTS, OPTIMIZERS, PARALLEL_KEYS, PP_KEYS, PP_SENDS, PREFETCH, RECOMPUTE_MODES, SCHEDULES, TP_OVERLAPS,
     SEQUENCE_PARALLEL, SPLIT_CHUNKS, SPLIT_DEFAULTS, SPLIT_ENDS, SPLIT_KEYS, TP_MODES, VOCAB_KEYS, WEIGHT_CASTS,
     ZERO3_IMPLS, Compile, DataParallelSoftware, Framework, Kernels, Parallelism, PipelineSoftware, PipelineSplit,
-    EXPERT_TP, MOE_KEYS, MoeSoftware)
+    EXPERT_TP, MOE_KEYS, MOE_OVERLAPS, MoeSoftware)
 from .registry import shipped, shipped_names
 from .serving_stack import ServingStack, serving_from_dict
 from .yamlio import check_keys, names, number, read_yaml, require_mapping, suggest, text, text_mapping
@@ -194,7 +194,12 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
                       expert_tensor_parallel=text(m, "expert_tensor_parallel", f"{what}: moe", required=False,
                                                   choices=EXPERT_TP, default="one"),
                       grouped_gemm=_flag(m, "grouped_gemm", f"{what}: moe", False),
-                      shared_expert_overlap=_flag(m, "shared_expert_overlap", f"{what}: moe", False))
+                      overlaps=_choices(m, "overlaps", f"{what}: moe", MOE_OVERLAPS, ("none",)),
+                      overlap=text(m, "overlap", f"{what}: moe", required=False, choices=MOE_OVERLAPS,
+                                   default="none"))
+    if moe.overlap not in moe.overlaps:
+        raise ParplanError(f"{what}: moe: overlap '{moe.overlap}' is not one of its overlaps "
+                           f"({', '.join(moe.overlaps)})")
     devices = _choices(data, "devices", what, DEVICE_KINDS, ("gpu",))
     eff = number(data, "elementwise_efficiency", what, required=False, maximum=1.0)
     return Framework(

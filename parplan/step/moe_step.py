@@ -4,6 +4,16 @@
   ``--moe-shared-expert-overlap``: the shared experts run on a side stream while the dispatcher
   communicates) hide under the same layer's shared-expert GEMMs: per layer, forward (and
   recompute) under the forward's, backward under the backward's; what outlasts them is exposed.
+* With ``micro-batch`` overlap (Megatron-Core ``--overlap-moe-expert-parallel-comm``, its merged
+  1F1B schedule: ``combined_1f1b_schedule_for_no_pipelining`` and the interleaved variant) the
+  forward of one micro-batch runs with the backward of another, layer by layer, each one's
+  all-to-alls on a communication stream under the other's compute. Per layer, the all-to-alls of
+  both passes (``L``) run beside both passes' compute (``W``: forward, backward and recompute),
+  exposed as :func:`parplan.cost.contention.exposed_s` says. Only paired passes overlap: on the
+  first pipeline rank the warm-up forwards and the cool-down backwards run alone (one of each
+  without a pipeline; ``2 (pp - 1) + (vpp - 1) pp`` model chunks of the ``m vpp`` under the
+  interleaved schedule, Narayanan et al. 2021 and Megatron-Core's
+  ``get_pp_rank_microbatches``), their all-to-alls exposed whole.
 * Model states per device: the dense parameters by the dense divisors, the routed experts by the
   expert axis's (``parplan.layouts.strategies.expert``).
 * The note that says which load imbalance the expert GEMMs were timed with.
@@ -13,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..cost import moe as moe_mod
+from ..cost.contention import exposed_s, slowdown
 from .comms import link_sum
 
 SHARED_OPS = ("shared_gate_up", "shared_up", "shared_activation", "shared_down")
@@ -43,6 +54,35 @@ def exposed_share(costs, cost, shared_fwd, shared_bwd):
     f, b = _links(costs, axis)
     link = f + b
     return cost.link_s * exposed(costs, axis, shared_fwd, shared_bwd) / np.where(link > 0, link, 1.0)
+
+
+def paired_share(layout, micro_batches):
+    """Share of the first pipeline rank's passes that run beside another micro-batch's (module docstring)."""
+    pp, vpp = np.asarray(layout.pp), np.asarray(layout.vpp)
+    alone = np.where(pp > 1, 2 * (pp - 1) + (vpp - 1) * pp, 1)
+    return np.clip(1.0 - alone / (np.asarray(micro_batches) * vpp), 0.0, 1.0)
+
+
+def micro_batch_exposed(costs, axis: str, window_s, paired, hw=None, mix=None):
+    """Seconds per layer and micro-batch of ``axis``'s all-to-alls overlapped with another micro-batch that
+    stay on the critical path: those of paired passes beyond (or slowing) the other's compute ``window_s``,
+    those of unpaired passes whole. ``mix``: the window's op-class seconds, for the slowdown."""
+    mine = [c for c in costs if c.collective.axis == axis and c.collective.hidden_by == "micro_batch"]
+    link = link_sum(costs, lambda c: c.axis == axis and c.hidden_by == "micro_batch")
+    if not mine:
+        return np.float64(0.0)
+    slow = np.float64(0.0)
+    if hw is not None and mix is not None:
+        up, net = slowdown(hw, "scale_up", mix), slowdown(hw, "network", mix)
+        slow = sum(np.where(c.spans_nodes, net, up) * c.time_s * np.asarray(c.collective.count, float)
+                   for c in mine) / np.where(link > 0, link, 1.0)
+    return paired * exposed_s(link, window_s, 0.0, slow) + (1.0 - paired) * link
+
+
+def micro_batch_share(costs, cost, exposed_per_layer):
+    """The exposed seconds per step of one such all-to-all: its share of its axis's exposure."""
+    link = link_sum(costs, lambda c: c.axis == cost.collective.axis and c.hidden_by == "micro_batch")
+    return cost.link_s * exposed_per_layer / np.where(link > 0, link, 1.0)
 
 
 def local_params(stage_params, expert_params, divisors: dict) -> dict:

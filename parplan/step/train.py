@@ -98,7 +98,7 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
     sw = software or sw_mod.default_software(cluster, layout.dtype)
     fw = sw.framework
     if check:
-        layout = check_layout(layout, model, cluster, fw)
+        layout = check_layout(layout, model, cluster, sw)
         if cluster.is_torus and layout.torus_map is None:
             layout = fastest_torus_map(model, cluster, layout, sw, headroom, dropout)
     given_layout, layout = layout, with_ends(layout, model.layers, fw.pipeline.split)
@@ -170,13 +170,17 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
     # ---- per micro-batch on each stage: each axis's critical collectives (the embedding's on the first
     # stage, the head's on the last), and what outlasts the attention it hides under
     axes = axis_names()
-    layer_comm, mb_comm, attention, matmul = {}, {}, {}, {}
+    layer_comm, mb_comm, attention, matmul, merged = {}, {}, {}, {}, {}
+    mix_f, mix_b = class_seconds(lops, times, 0), class_seconds(lops, times, 1)
+    mix_all = {c: mix_f[c] + mix_b[c] for c in mix_f}
+    paired = moe_overlap.paired_share(layout, m)
     for a in axes:
         crit = link_sum(costs, lambda c: c.axis == a and c.per == "layer" and c.hidden_by == "none")
         attention[a] = attention_exposed(costs, a, attn_fwd, attn_bwd, rc)
         matmul[a] = attention_exposed(costs, a, gemm_fwd, gemm_bwd, rc, hider="matmul")
-        layer_comm[a] = crit + attention[a][0] + matmul[a][0] + moe_overlap.exposed(costs, a, shared_fwd,
-                                                                                     shared_bwd)
+        merged[a] = moe_overlap.micro_batch_exposed(costs, a, layer_fwd + layer_bwd + layer_rec, paired, hw, mix_all)
+        layer_comm[a] = crit + attention[a][0] + matmul[a][0] + merged[a] + \
+            moe_overlap.exposed(costs, a, shared_fwd, shared_bwd)
         mb_comm[a] = {where: link_sum(costs, lambda c: c.axis == a and c.per == "microbatch"
                                       and c.hidden_by == "none" and c.stage == where) for where in STAGES}
     total = {where: sum((mb_comm[a][where] for a in axes), np.float64(0.0)) for where in STAGES}
@@ -187,7 +191,6 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
     # ---- per step: what the compute does not hide of the overlapped collectives, and the
     # per-step critical ones, in the order the step issues them after its last backward
     # The op-class mix of each window sets how much the collectives beside it slow it.
-    mix_f, mix_b = class_seconds(lops, times, 0), class_seconds(lops, times, 1)
     rec_share = layer_rec / np.where(layer_fwd > 0, layer_fwd, 1.0)
     mixes = {"forward": mix_f, "backward": {c: mix_b[c] + rec_share * mix_f[c] for c in mix_b}}
     step_comm = step_exposures(costs, stage_layers, m, stage_layers * layer_fwd,
@@ -219,6 +222,8 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
                 exposed = ring_exposed * stage_layers * m * c.link_s / np.where(ring_link > 0, ring_link, 1)
             elif col.hidden_by == "shared_experts":
                 exposed = moe_overlap.exposed_share(costs, c, shared_fwd, shared_bwd)
+            elif col.hidden_by == "micro_batch":
+                exposed = moe_overlap.micro_batch_share(costs, c, merged[col.axis])
             costs[i] = replace(c, exposed_s=exposed)
 
     # ---- breakdown (sums to the step time)

@@ -140,15 +140,16 @@ def parplan_software(name):
     return resolve_software(load_framework(name))
 
 
-def test_shared_expert_overlap_hides_the_all_to_all_under_the_shared_experts():
-    from dataclasses import replace
-
+def _overlapped(mode):
     from parplan.specs.framework import resolve_software
     from parplan.specs.framework_loader import load_framework
 
+    return resolve_software(load_framework("megatron-core"), moe_overlap=mode)
+
+
+def test_shared_expert_overlap_hides_the_all_to_all_under_the_shared_experts():
     m = _toy(shared_experts=2)
-    fw = load_framework("megatron-core")
-    overlap = resolve_software(replace(fw, moe=replace(fw.moe, shared_expert_overlap=True)))
+    overlap = _overlapped("shared-experts")
     plain = _est(m, "h100x16", dp=16, micro_batch=1, axes=(("ep", 8), ("etp", 1)))
     hidden = parplan.estimate(m, parplan.load_cluster("h100x16"),
                               Layout(dp=16, micro_batch=1, global_batch=16, seq_len=2048, axes=(("ep", 8), ("etp", 1))),
@@ -163,6 +164,62 @@ def test_shared_expert_overlap_hides_the_all_to_all_under_the_shared_experts():
     calls = m.layers * hidden.layout.micro_batches
     assert float(hidden.breakdown_s["ep_comm"]) == pytest.approx(per_layer * calls)
     assert float(hidden.breakdown_s["ep_comm"]) < float(plain.breakdown_s["ep_comm"])
+
+
+def test_micro_batch_overlap_hides_the_all_to_alls_of_paired_passes_under_the_other_micro_batch():
+    """Without a pipeline and with m micro-batches, m - 1 forward/backward pairs run merged: their
+    all-to-alls (L per layer) run under the layer's compute W (forward + backward); here L < W, so a
+    paired layer exposes only the compute's slowdown, L s/(1+s), and the one unpaired forward and
+    backward expose their all-to-alls whole: (m-1)/m of the calls hidden, 1/m exposed."""
+    from parplan.cost.contention import class_seconds, slowdown
+    m = _toy()
+    cl = parplan.load_cluster("h100x16")
+    lay = Layout(dp=16, micro_batch=1, global_batch=64, seq_len=2048, axes=(("ep", 8), ("etp", 1)))
+    plain = parplan.estimate(m, cl, lay)
+    merged = parplan.estimate(m, cl, lay, software=_overlapped("micro-batch"))
+    mbs = merged.layout.micro_batches
+    assert mbs == 4
+    link = sum(float(c.time_s) * c.collective.count for c in merged.collectives if c.collective.axis == "ep"
+               and c.collective.per == "layer" and float(c.calls_per_step) > 0)
+    window = sum(float(t[0]) + float(t[1]) for t in merged.op_times)
+    assert link < window
+    mix = {k: v + w for (k, v), w in zip(class_seconds(merged.ops, merged.op_times, 0).items(),
+                                          class_seconds(merged.ops, merged.op_times, 1).values())}
+    s = float(slowdown(cl.hardware, "scale_up", mix))
+    per_layer = (mbs - 1) / mbs * link * s / (1 + s) + link / mbs
+    assert float(merged.breakdown_s["ep_comm"]) == pytest.approx(per_layer * m.layers * mbs, rel=1e-6)
+    assert float(merged.breakdown_s["ep_comm"]) < float(plain.breakdown_s["ep_comm"]) / 2
+    # Each all-to-all carries its share of the exposure; the compute is the same as without overlap.
+    exposed = sum(float(c.exposed_s) for c in merged.collectives if c.collective.axis == "ep"
+                  and c.collective.per == "layer")
+    assert exposed == pytest.approx(float(merged.breakdown_s["ep_comm"]), rel=1e-6)
+    assert float(merged.breakdown_s["compute"]) == pytest.approx(float(plain.breakdown_s["compute"]))
+
+
+def test_micro_batch_overlap_pairs_fewer_passes_under_a_pipeline():
+    """First pipeline rank, interleaved: 2(pp-1) + (vpp-1) pp chunks of m vpp run alone; none without a pipeline
+    but the first forward and the last backward."""
+    from parplan.step.moe_step import paired_share
+    assert float(paired_share(Layout(pp=1, vpp=1), 8)) == pytest.approx(7 / 8)
+    assert float(paired_share(Layout(pp=4, vpp=2), 16)) == pytest.approx(1 - (6 + 4) / 32)
+    assert float(paired_share(Layout(pp=8, vpp=2), 4)) == 0.0
+
+
+def test_micro_batch_overlap_needs_what_megatron_core_checks():
+    m = _toy()
+    cl = parplan.load_cluster("h100x16")
+    sw = _overlapped("micro-batch")
+    for lay, says in ((Layout(dp=16, global_batch=64, seq_len=2048, axes=(("ep", 1), ("etp", 1))), "ep > 1"),
+                      (Layout(dp=16, global_batch=64, seq_len=2048, recompute="full", axes=(("ep", 8), ("etp", 1))),
+                       "recompute other than full"),
+                      (Layout(dp=8, pp=2, global_batch=64, seq_len=2048, axes=(("ep", 8), ("etp", 1))),
+                       "interleaved")):
+        with pytest.raises(ParplanError, match=says):
+            parplan.estimate(m, cl, lay, software=sw)
+    with pytest.raises(ParplanError, match="torchtitan.*micro-batch"):
+        from parplan.specs.framework import resolve_software
+        from parplan.specs.framework_loader import load_framework
+        resolve_software(load_framework("torchtitan"), moe_overlap="micro-batch")
 
 
 def test_serving_reads_more_experts_as_the_batch_grows_and_mla_caches_the_latent():

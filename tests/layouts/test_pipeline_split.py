@@ -1,5 +1,6 @@
 """Pipeline splits as each framework runs them, the flow-shop schedule time, ZB-H1, memory per rank."""
 import ast
+from dataclasses import replace
 import importlib.util
 from pathlib import Path
 
@@ -60,15 +61,19 @@ def test_inflight_micro_batches_per_rank():
 
 def test_megatron_splits_evenly_or_by_its_flags():
     """Megatron-Core: L/p must divide; --decoder-first/last-pipeline-num-layers set the ends with the middle even
-    (interleaved: each a multiple of vpp); the account-for flags make the ends one layer short. 126 layers on 16
-    stages: 7 | 8 x 14 | 7, interleaved by 2 only through the account-for flags (7 is odd)."""
+    (interleaved: each a multiple of vpp); the account-for flags make the ends one layer short; a layout string
+    gives chunks any layers. 126 layers on 16 stages: 7 | 8 x 14 | 7, interleaved by 2 through the account-for
+    flags (7 is odd), by 3 only through a layout string."""
     mc = _split("megatron-core")
     assert not bool(split.default_valid(126, 16, 1, mc)) and bool(split.default_valid(128, 16, 2, mc))
     assert bool(split.expressible(126, 16, 1, 7, 7, mc))
     assert bool(split.expressible(126, 16, 2, 7, 7, mc))            # (126 + 2) / 16 = 8 = 2 x 4
     assert bool(split.expressible(126, 16, 2, 6, 8, mc))            # 6, 8 and 112/14 = 8 all even
     assert not bool(split.expressible(126, 16, 2, 6, 6, mc))        # 114 layers over 14 middle stages
-    assert not bool(split.expressible(126, 16, 3, 7, 7, mc))        # 8 is no multiple of 3
+    assert bool(split.expressible(126, 16, 3, 7, 7, mc))            # uneven chunks: a layout string lists them
+    counts_only = replace(mc, ends=("counts", "as-layers"))
+    assert not bool(split.expressible(126, 16, 3, 7, 7, counts_only))  # 8 is no multiple of 3
+    assert not bool(split.expressible(126, 16, 3, 2, 7, mc))        # the first rank's 3 chunks need a layer each
     assert split.suggest_ends(126, 16, 1, mc) == (7, 7)
     assert not bool(split.expressible(126, 16, 1, 7, 7, _split("megatron-lm")))  # no first/last counts before 0.9
 
@@ -165,7 +170,7 @@ def test_a_pipeline_without_a_split_keeps_its_frameworks_default():
     (dict(pp=16, first_stage_layers=100, last_stage_layers=20), "without a"),
     (dict(pp=16), "give the first and last stage's layers instead, e.g. --first-stage-layers 7"),
     (dict(pp=16, first_stage_layers=3, last_stage_layers=3), "cannot split"),
-    (dict(pp=16, vpp=3, first_stage_layers=7, last_stage_layers=7), "cannot split"),
+    (dict(pp=16, vpp=3, first_stage_layers=2, last_stage_layers=7), "cannot split"),
     (dict(pp=16, schedule="zb-h1", first_stage_layers=7, last_stage_layers=7), "not zb-h1"),
 ])
 def test_bad_splits_say_what_would_work(kw, words):

@@ -14,6 +14,7 @@ from parplan.layouts.layout import Layout
 from parplan.plan.emitters import emit, problem, read_config
 from parplan.plan.emitters.megatron import megatron_flags
 from parplan.specs.model_loader import load_model
+from tests.helpers import software
 
 CASES = {  # target -> plan options that give it a plan using its distinctive knobs
     "megatron": ("--model", "gpt3", "--hw", "a100x512"),
@@ -275,6 +276,36 @@ def test_megatron_writes_and_reads_the_split():
             (7, 7, lay.vpp)
     even = Layout(tp=8, pp=8, dp=32, micro_batch=1, global_batch=512)
     assert "pipeline-num-layers" not in emit("megatron", even, load_model("llama3.1-70b"))
+    # Interleaved by 3, the ranks' 7 and 8 layers make uneven chunks: only a layout string gives them, chunk-major,
+    # the first rank's chunks 2, 2, 3 (the embedding's first), the last rank's 3, 2, 2.
+    three = Layout(tp=8, pp=16, dp=16, vpp=3, schedule="interleaved", micro_batch=1, global_batch=512,
+                   first_stage_layers=7, last_stage_layers=7)
+    text = emit("megatron", three, m)
+    assert "--pipeline-model-parallel-layout" in text and "--num-virtual-stages" not in text
+    string = text.split("--pipeline-model-parallel-layout ")[1].split()[0].strip("'")
+    stages = string.split("|")
+    assert len(stages) == 48 and stages[0] == "Ett" and stages[15] == "ttt" and stages[-1] == "ttL"
+    assert sum(x.count("t") for x in stages) == 126
+    back = read_config_text(text, ".sh", 2048, m)
+    assert (back.layout["first_stage_layers"], back.layout["last_stage_layers"], back.layout["vpp"]) == (7, 7, 3)
+
+
+def test_megatron_reads_a_repeated_layout_string_and_the_moe_overlap():
+    """DeepSeek-V3's recipe layout 'Et|(tt|)*30mL' over pp=8: 32 virtual stages, the first rank 1+2+2+2 = 7
+    layers, the last 2+2+2+0 = 6; --overlap-moe-expert-parallel-comm reads back as --moe-overlap micro-batch."""
+    m = load_model("deepseek-v3")
+    source = ("--tensor-model-parallel-size 2 --pipeline-model-parallel-size 8 --expert-model-parallel-size 64 "
+              "--pipeline-model-parallel-layout 'Et|(tt|)*30mL' --overlap-moe-expert-parallel-comm "
+              "--delay-wgrad-compute --micro-batch-size 1 --global-batch-size 8192\n")
+    back = read_config_text(source, ".sh", 1024, m)
+    assert (back.layout["first_stage_layers"], back.layout["last_stage_layers"], back.layout["vpp"]) == (7, 6, 4)
+    assert back.moe_overlap == "micro-batch"
+    sw = software("megatron-core", moe_overlap="micro-batch")
+    lay = Layout(tp=2, pp=8, dp=64, vpp=4, schedule="interleaved", micro_batch=1, global_batch=8192,
+                 first_stage_layers=7, last_stage_layers=6, axes=(("ep", 64), ("etp", 1)))
+    text = emit("megatron", lay, m, sw)
+    assert "--overlap-moe-expert-parallel-comm" in text and "--delay-wgrad-compute" in text
+    assert read_config_text(text, ".sh", 1024, m).moe_overlap == "micro-batch"
 
 
 def read_config_text(text, suffix, world, model, tmp=None):

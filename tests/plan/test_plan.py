@@ -317,10 +317,11 @@ def test_the_search_uses_a_frameworks_documented_micro_batch_under_a_pipeline():
 
 def test_the_search_splits_a_126_layer_model_over_16_stages():
     """Megatron-Core cannot split 126 layers evenly over 16 stages; the search runs 7 | 8 x 14 | 7 (its first and
-    last stage flags), interleaved only where the ends' layers divide (the embedding and loss counted as layers)."""
+    last stage flags), interleaved where the ends' layers divide (the embedding and loss counted as layers) or, by
+    a layout string, in any chunks of at least a layer (vpp 3 and 6 too, up to the ends' 7)."""
     from parplan.plan.candidates import SearchSpace, candidates
 
     cand = candidates(load_model("llama3.1-405b"), load_cluster("h100x2048"),
                       SearchSpace(global_batch=512, seq_len=8192, fixed={"tp": 8, "pp": 16}))
     ends = set(zip(cand["first_stage_layers"].tolist(), cand["last_stage_layers"].tolist(), cand["vpp"].tolist()))
-    assert {e[:2] for e in ends} == {(7, 7)} and {e[2] for e in ends} == {1, 2, 4, 8}  # 8 = 2 x 4 = 8 x 1
+    assert {e[:2] for e in ends} == {(7, 7)} and {e[2] for e in ends} == {1, 2, 3, 4, 6, 8}  # 8 = 2 x 4 = 8 x 1

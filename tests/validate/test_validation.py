@@ -37,22 +37,24 @@ def test_every_shipped_run_is_predicted(results, moe_results, tpu_results):
     assert files["modern-runs.yaml"]["runs"] == 45
     assert results["summary"]["runs"] == 96 and results["summary"]["skipped"] == 0
     assert all(r["predicted_s"] > 0 for r in results["rows"])
-    assert moe_results["files"]["moe-runs.yaml"]["runs"] == 13 and moe_results["summary"]["skipped"] == 0
+    assert moe_results["files"]["moe-runs.yaml"]["runs"] == 14 and moe_results["summary"]["skipped"] == 0
     assert tpu_results["files"]["tpu-runs.yaml"]["runs"] == 49 and tpu_results["summary"]["skipped"] == 0
 
 
 def test_moe_runs_do_not_regress(moe_results):
     """Mixture-of-experts runs (validation/moe-runs.yaml), a regression gate at what is reached, not the 12%
-    median aimed for. Known misses: cross-node expert parallelism (EP 32-64 over 4-8 nodes, predicted up to
-    ~95% slow: DeepEP's node-deduplicated dispatch and the all-to-all overlap of those runs are not modelled),
-    and the small-expert Qwen3-30B and gpt-oss runs on few GPUs (predicted 20-55% fast). Searching the
-    pipeline split (first/last stage layers) took the worst cross-node row from +94% to +28% and the signed
-    mean from +1% to -15% (mean |error| 36% -> 34%)."""
+    median aimed for. The records carry the knobs of the harness that produced each table (Megatron-Bridge's
+    performance configs, the Model Zoo's commands): recompute none where it ran none, the pipeline layouts,
+    forced balanced routing, the all-to-all overlap. With them five runs exceed the memory model at the
+    knobs they ran (their time is predicted at those knobs), and the signed mean is -21%: the small-expert
+    Qwen3-30B and gpt-oss runs and every B200 run are predicted 20-70% fast (the 25.11 Qwen3-30B row is a
+    regression NVIDIA tracks, Megatron-Bridge issue 1998), the cross-node EP 32 run without overlap, under
+    full recompute (its norm/activation recompute is no parplan mode), 77% slow."""
     s = moe_results["summary"]
     assert s["median_abs_error"] <= 0.30
-    assert s["mean_abs_error"] <= 0.36
-    assert abs(s["mean_error"]) <= 0.16
-    assert s["no_fitting_plan"] == 0
+    assert s["mean_abs_error"] <= 0.34
+    assert abs(s["mean_error"]) <= 0.22
+    assert s["no_fitting_plan"] <= 5
 
 
 def test_summary_does_not_regress(results):

@@ -7,7 +7,8 @@ A strategy (one per mesh axis) says three things about a layout, and nothing els
   layer, micro-batch or step; ``phase``), *where* (``stage``: every pipeline stage, or the
   first or last, which hold the embedding and the head) and *what can hide it*
   (``hidden_by``: nothing, the attention core of the same layer, the layer's linear GEMMs it
-  feeds (a collective matmul), or the forward or backward pass of the micro-batch);
+  feeds (a collective matmul), the same layer's shared experts, the forward or backward pass of
+  the micro-batch, or another micro-batch's compute of the same layers);
 * how it divides the model states (``state_divisors``) and which extra buffers it keeps
   (``memory_bytes``).
 
@@ -34,7 +35,7 @@ from ...specs.model import ModelSpec
 PERS = ("layer", "microbatch", "step")
 PHASES = ("forward", "backward", "recompute", "step")
 STAGES = ("all", "first", "last")
-HIDERS = ("none", "attention", "matmul", "forward", "backward", "shared_experts")
+HIDERS = ("none", "attention", "matmul", "forward", "backward", "shared_experts", "micro_batch")
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class Collective:
     count: Any
     per: str        # layer | microbatch | step
     phase: str      # forward | backward | recompute | step
-    hidden_by: str  # none | forward | backward | attention | matmul | shared_experts (the same layer's)
+    hidden_by: str  # none | forward | backward | attention | matmul | shared_experts | micro_batch
     stage: str = "all"
 
 

@@ -20,9 +20,12 @@ dense parameters' are (the expert-data-parallel group shards what ep x etp leave
 are reduced over the expert-data-parallel group, ``ep x etp`` ranks apart. Each device keeps the
 dispatch buffers: the rows it receives and the experts' output before the combine.
 
-What can hide the all-to-alls: where the framework overlaps them with the shared experts
-(Megatron-Core ``--moe-shared-expert-overlap``), the dispatch runs under the shared experts' GEMMs
-(``hidden_by = "shared_experts"``); otherwise they sit on the critical path.
+What can hide the all-to-alls (the run's ``moe_overlap``): ``shared-experts`` (Megatron-Core
+``--moe-shared-expert-overlap``) runs the dispatch under the shared experts' GEMMs
+(``hidden_by = "shared_experts"``); ``micro-batch`` (``--overlap-moe-expert-parallel-comm``) merges
+one micro-batch's forward with another's backward, so every all-to-all runs under the other
+micro-batch's compute of the same layers (``hidden_by = "micro_batch"``, :mod:`parplan.step.moe_step`);
+``none`` leaves them on the critical path.
 """
 from __future__ import annotations
 
@@ -56,16 +59,20 @@ class ExpertParallel(Strategy):
         buf = moe_mod.dispatch_tokens(model, d) * model.top_k * model.hidden * ctx.bpe
         stride = etp * ctx.stride("tp")
         again = np.where(ctx.recompute == 2, 1, 0)
-        overlap = ctx.software is not None and ctx.software.framework.moe.shared_expert_overlap and \
-            model.shared_experts > 0
-        hide = "shared_experts" if overlap else "none"
+        mode = ctx.software.moe_overlap if ctx.software is not None else "none"
+        shared = mode == "shared-experts" and model.shared_experts > 0
         calls = np.where(moe_mod.exchanges(model, d)[0], share, 0.0)
         out = []
         for phase, count in (("forward", calls), ("backward", calls), ("recompute", calls * again)):
+            if mode == "micro-batch":
+                dispatch = combine = "micro_batch"
+            else:  # the shared experts run beside the forward's dispatch and the backward's combine
+                dispatch = "shared_experts" if shared and phase != "backward" else "none"
+                combine = "shared_experts" if shared and phase == "backward" else "none"
             out += [Collective(f"ep_dispatch_{phase}", "all_to_all", "ep", ep, stride, buf, count, "layer", phase,
-                               hide if phase != "backward" else "none"),
+                               dispatch),
                     Collective(f"ep_combine_{phase}", "all_to_all", "ep", ep, stride, buf, count, "layer", phase,
-                               "none" if phase != "backward" else hide)]
+                               combine)]
         return out + self._expert_grads(ctx, ep, etp, tp)
 
     def _expert_grads(self, ctx: Context, ep, etp, tp):

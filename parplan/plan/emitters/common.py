@@ -25,10 +25,12 @@ class LaunchConfig:
     layout: Mapping = field(default_factory=dict)   # Layout keyword arguments
     compiled: bool | None = None
     fp8_recipe: str | None = None
+    moe_overlap: str | None = None
 
 
-def launch(target: str, framework: str, layout: dict, compiled=None, fp8_recipe=None) -> LaunchConfig:
-    return LaunchConfig(target, framework, MappingProxyType(dict(layout)), compiled, fp8_recipe)
+def launch(target: str, framework: str, layout: dict, compiled=None, fp8_recipe=None,
+           moe_overlap=None) -> LaunchConfig:
+    return LaunchConfig(target, framework, MappingProxyType(dict(layout)), compiled, fp8_recipe, moe_overlap)
 
 
 def profile_for(target: str, software, default: str):

@@ -7,7 +7,9 @@ the distributed optimizer for ZeRO-1, Megatron-FSDP ``--data-parallel-sharding-s
 ``--fp8-format hybrid`` with ``--fp8-recipe``; the pipeline split with ``--decoder-first-pipeline-num-layers`` /
 ``--decoder-last-pipeline-num-layers`` or, where the ends hold one layer less and interleaving needs it,
 ``--account-for-embedding-in-pipeline-split`` / ``--account-for-loss-in-pipeline-split`` (interleaved uneven
-splits take ``--num-virtual-stages-per-pipeline-rank``). NeMo / Megatron YAML gives the same names with underscores.
+splits take ``--num-virtual-stages-per-pipeline-rank``), else ``--pipeline-model-parallel-layout``
+(:mod:`.megatron_layout`). ``--moe-overlap`` writes ``--moe-shared-expert-overlap`` or
+``--overlap-moe-expert-parallel-comm --delay-wgrad-compute``. NeMo / Megatron YAML gives the same names with underscores.
 A mixture-of-experts model adds ``--num-experts``, ``--moe-router-topk``, ``--moe-ffn-hidden-size``,
 ``--moe-shared-expert-intermediate-size`` (all shared experts together), ``--moe-layer-freq`` (a pattern
 where some layers stay dense), ``--moe-router-score-function``, the all-to-all dispatcher with grouped
@@ -28,6 +30,7 @@ from ...layouts.layout import Layout
 from ...specs.model import ModelSpec
 from ...layouts.split import expressible
 from .common import agree, launch, profile_for, rule_problem, software_problem, stage_ends
+from .megatron_layout import layout_string, parse_layout
 
 TARGET = "megatron"
 PROFILE = "megatron-core"
@@ -120,8 +123,10 @@ def moe_args(layout: Layout, model: ModelSpec, software=None) -> list[str]:
              "--expert-tensor-parallel-size", str(layout.size("etp"))]
     if model.shared_experts:
         args += ["--moe-shared-expert-intermediate-size", str(model.shared_experts * model.shared_width)]
-        if software is not None and software.framework.moe.shared_expert_overlap:
+        if software is not None and software.moe_overlap == "shared-experts":
             args.append("--moe-shared-expert-overlap")
+    if software is not None and software.moe_overlap == "micro-batch":
+        args += ["--overlap-moe-expert-parallel-comm", "--delay-wgrad-compute"]
     if model.moe_layers != model.layers:
         moe = set(model.moe_layer_ids)
         args += ["--moe-layer-freq", "[" + ",".join("1" if i in moe else "0" for i in range(model.layers)) + "]"]
@@ -160,9 +165,15 @@ def _split_args(layout: Layout, model: ModelSpec, software) -> list[str]:
     if ends is not None:
         first, last = ends
         counts = fw.pipeline.split
-        if "counts" in counts.ends and bool(expressible(model.layers, layout.pp, layout.vpp, first, last,
-                                                        replace(counts, ends=("counts",)))):
+        def by(how):
+            return how in counts.ends and bool(expressible(model.layers, layout.pp, layout.vpp, first, last,
+                                                           replace(counts, ends=(how,))))
+        if by("counts"):
             out += ["--decoder-first-pipeline-num-layers", str(first), "--decoder-last-pipeline-num-layers", str(last)]
+        elif not by("as-layers") and by("layout"):  # uneven chunks: every virtual stage's layers spelled out
+            middle = (model.layers - first - last) // max(layout.pp - 2, 1)
+            ranks = [first] + [middle] * (layout.pp - 2) + [last]
+            return ["--pipeline-model-parallel-layout", layout_string(ranks, layout.vpp)]
         else:
             n = (model.layers - first - last) // max(layout.pp - 2, 1) if layout.pp > 2 else max(first, last)
             out += ["--account-for-embedding-in-pipeline-split"] * (first == n - 1)
@@ -209,9 +220,14 @@ def parse_megatron_args(text: str, world_size: int) -> Layout:
     if world_size % (tp * pp * cp):
         raise ParplanError(f"tp*pp*cp = {tp * pp * cp} does not divide the world size {world_size}")
     layers = num("num-layers", 0)
-    if values.get("pipeline-model-parallel-layout"):
-        raise ParplanError("--pipeline-model-parallel-layout is not read; give the ends' layers with "
-                           "--decoder-first-pipeline-num-layers / --decoder-last-pipeline-num-layers")
+    given_layout = values.get("pipeline-model-parallel-layout")
+    if given_layout and pp > 1:
+        ranks, chunks = parse_layout(given_layout, pp)
+        if len(set(ranks[1:-1])) > 1:
+            raise ParplanError(f"--pipeline-model-parallel-layout gives the middle ranks {ranks[1:-1]} layers; "
+                               f"parplan plans middle ranks of equal layers")
+        values = {**values, "num-virtual-stages-per-pipeline-rank": chunks,
+                  "decoder-first-pipeline-num-layers": ranks[0], "decoder-last-pipeline-num-layers": ranks[-1]}
     embedding, loss = (int(bool(values.get(f"account-for-{k}-in-pipeline-split"))) for k in ("embedding", "loss"))
     per_virtual = num("num-layers-per-virtual-pipeline-stage", 0)
     vpp = (layers + embedding + loss) // (pp * per_virtual) if per_virtual and layers else \
@@ -269,7 +285,9 @@ def read(source: str, world_size: int, model: ModelSpec, yaml_data=None):
     except ValueError:
         raise ParplanError("Megatron flags: the expert flags need whole numbers") from None
     recipe = values.get("fp8-recipe") or ("delayed" if values.get("fp8-format") else None)
-    return launch(TARGET, PROFILE, fields, fp8_recipe=recipe)
+    overlap = "micro-batch" if values.get("overlap-moe-expert-parallel-comm") else \
+        "shared-experts" if values.get("moe-shared-expert-overlap") else None
+    return launch(TARGET, PROFILE, fields, fp8_recipe=recipe, moe_overlap=overlap)
 
 
 def _values(source: str) -> dict:

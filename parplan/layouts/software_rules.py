@@ -1,0 +1,104 @@
+"""What a framework's code can run, and what a run's choices within it need, as layout rules.
+
+Each framework profile (``frameworks/*.yaml``) says which ZeRO stages, pipeline schedules and splits, tensor
+and context parallel schemes, sequence parallelism, recompute modes and expert axes its code has; a run's
+software choices add their own conditions (the MoE all-to-all overlap with another micro-batch). The search
+and ``check_layout`` apply these beside the mesh rules of :mod:`parplan.layouts.rules`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import split as split_mod
+from .layout import CP_MODES, RECOMPUTE, TP_MODES
+from .rule import Rule, is_moe as _moe
+
+
+def software_rules(software) -> tuple[Rule, ...]:
+    """What a framework's code can run (``frameworks/*.yaml``: ZeRO stages, with pipelines too; its
+    tensor, pipeline and context parallelism; sequence parallelism; recompute modes), and what the run's
+    choices need. ``software``: a :class:`parplan.specs.framework.Software` (a framework with the run's
+    choices) or a bare ``Framework`` (its defaults)."""
+    if software is None:
+        return ()
+    fw = getattr(software, "framework", software)
+    overlap = getattr(software, "moe_overlap", fw.moe.overlap)
+    dp, pipe, par = fw.data_parallel, fw.pipeline, fw.parallelism
+    n = fw.name
+    modes = [TP_MODES.index(m) for m in par.tp_modes]
+    codes = [RECOMPUTE.index(r) for r in fw.recompute]
+    moe = fw.moe
+
+    def stages(z):
+        return ", ".join(map(str, z))
+    return (
+        Rule(f"{n} runs these ZeRO stages", ('zero',),
+             lambda m, a: ~np.isin(a.zero, dp.zero),
+             lambda m, a: f"{n} runs ZeRO stages {stages(dp.zero)}, not zero={a.zero}"),
+        Rule(f"{n} pipelines with these ZeRO stages", ('zero', 'pp'),
+             lambda m, a: (a.pp > 1) & ~np.isin(a.zero, pipe.zero),
+             lambda m, a: f"{n} combines pipeline parallelism only with ZeRO stages {stages(pipe.zero)}, "
+                          f"not zero={a.zero}"),
+        Rule(f"{n} has tensor parallelism", ('tp', 'mode'),
+             lambda m, a: (a.tp > 1) & ~np.isin(a.mode, modes),
+             lambda m, a: (f"{n} has no tensor parallelism (tp must be 1)" if not modes else
+                           f"{n} runs tensor parallelism {', '.join(par.tp_modes)}, not {TP_MODES[int(a.mode)]}")),
+        Rule(f"{n} has pipeline parallelism", ('pp',),
+             lambda m, a: (a.pp > 1) & (not pipe.schedules),
+             lambda m, a: f"{n} has no pipeline parallelism (pp must be 1)"),
+        Rule(f"{n} splits the layers evenly", ('pp', 'vpp', 'first', 'last'),
+             lambda m, a: (a.pp > 1) & (a.first == 0) & (a.last == 0)
+             & ~split_mod.default_valid(m.layers, a.pp, a.vpp, pipe.split),
+             lambda m, a: split_mod.say_even(n, pipe.split, m, a)),
+        Rule(f"{n} can split the layers so", ('pp', 'vpp', 'first', 'last'),
+             lambda m, a: (a.pp > 1) & ((a.first > 0) | (a.last > 0)) & ~split_mod.candidates_expressible(m, a, pipe.split),
+             lambda m, a: split_mod.say_split(n, pipe.split, m, a)),
+        Rule(f"{n} interleaved chunks hold a layer", ('pp', 'vpp', 'first', 'last'),
+             lambda m, a: (a.pp > 2) & (a.vpp > 1) & (split_mod.middle_least(m, a, pipe.split) < a.vpp),
+             lambda m, a: f"vpp={a.vpp} leaves a chunk of a middle stage without a layer "
+                          f"({split_mod.middle_least(m, a, pipe.split)} layers per middle stage)"),
+        Rule(f"{n} has the zb-h1 schedule", ('zb',),
+             lambda m, a: a.zb & ("zb-h1" not in pipe.schedules),
+             lambda m, a: f"{n} runs the pipeline schedules {', '.join(pipe.schedules) or 'none'}, not zb-h1"),
+        Rule(f"{n} has the interleaved schedule", ('interleaved',),
+             lambda m, a: a.interleaved & ("interleaved" not in pipe.schedules),
+             lambda m, a: f"{n} runs the pipeline schedules {', '.join(pipe.schedules) or 'none'}, not interleaved"),
+        Rule(f"{n} has the 1F1B or GPipe schedule", ('pp', 'interleaved', 'zb', 'gpipe'),
+             lambda m, a: (a.pp > 1) & ~a.interleaved & ~a.zb & np.where(a.gpipe, "gpipe" not in pipe.schedules,
+                                                                         "1f1b" not in pipe.schedules),
+             lambda m, a: f"{n} runs the pipeline schedules {', '.join(pipe.schedules) or 'none'}, "
+                          f"not {'gpipe' if a.gpipe else '1f1b'}"),
+        Rule(f"{n} has context parallelism", ('cp', 'cp_ring'),
+             lambda m, a: (a.cp > 1) & ~np.isin(np.where(a.cp_ring, 0, 1), [CP_MODES.index(c) for c in par.cp_modes]),
+             lambda m, a: (f"{n} has no context parallelism (cp must be 1)" if not par.cp_modes else
+                           f"{n} runs context parallelism {', '.join(par.cp_modes)}, not "
+                           f"{'ring' if a.cp_ring else 'allgather'}")),
+        Rule(f"{n} sequence parallelism", ('sp', 'tp', 'mode'),
+             lambda m, a: (a.sp & (par.sequence_parallel == "never"))
+             | ((a.tp > 1) & (a.mode == 0) & ~a.sp & (par.sequence_parallel == "always")),
+             lambda m, a: (f"{n} has no sequence parallelism" if par.sequence_parallel == "never" else
+                           f"{n} always runs tensor parallelism with sequence parallelism (--sp)")),
+        Rule(f"{n} has expert parallelism", ('ep',),
+             lambda m, a: (a.ep > 1) & (not moe.expert_parallel),
+             lambda m, a: f"{n} has no expert parallelism (ep must be 1)"),
+        Rule(f"{n} expert tensor parallel sizes", ('etp', 'tp'),
+             lambda m, a: (a.etp > 1) & ((moe.expert_tensor_parallel == "one") |
+                                          ((moe.expert_tensor_parallel == "one-or-tp") & (a.etp != a.tp))),
+             lambda m, a: (f"{n} splits no expert by tensor parallelism (etp must be 1)"
+                           if moe.expert_tensor_parallel == "one" else
+                           f"{n} runs expert tensor parallel 1 or tp={a.tp}, not etp={a.etp}")),
+        Rule(f"{n} shards activations by their hidden size", ('sp', 'tp'),
+             lambda m, a: a.sp & (par.activation_shard == "hidden") & (m.hidden % a.tp != 0),
+             lambda m, a: f"{n}'s tensor parallelism shards the activations' hidden size {m.hidden}, which "
+                          f"tp={a.tp} does not divide"),
+        # Megatron-Core's transformer_config.py checks for --overlap-moe-expert-parallel-comm.
+        Rule("MoE all-to-alls overlapped with another micro-batch", ('ep', 'rc', 'pp', 'interleaved'),
+             lambda m, a: (overlap == "micro-batch") & _moe(m) & (
+                 (a.ep < 2) | (a.rc == RECOMPUTE.index("full")) | ((a.pp > 1) & ~a.interleaved)),
+             lambda m, a: "the MoE all-to-alls overlap another micro-batch only with " + (
+                 "ep > 1" if a.ep < 2 else "recompute other than full" if a.rc == RECOMPUTE.index("full")
+                 else "the interleaved schedule (--vpp 2 or more) under a pipeline")),
+        Rule(f"{n} recompute modes", ('rc',),
+             lambda m, a: ~np.isin(a.rc, codes),
+             lambda m, a: f"{n} offers recompute {', '.join(fw.recompute)}, not {RECOMPUTE[int(a.rc)]}"),
+    )
