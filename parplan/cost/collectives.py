@@ -14,6 +14,12 @@ parallel (NCCL builds one ring per NIC), so its cross-node bus bandwidth is
 on DGX A100). This is also the fair share when several groups of one mesh axis
 communicate at once: each group owns ``local`` of the node's NICs.
 
+A cluster file may group the nodes into pods of full bisection (``pod_devices``) under a layer
+``oversubscription`` times thinner than the pods' NICs (a leaf-spine fabric tapered above the pods:
+Meta's RoCE AI zones, Gangidi et al., SIGCOMM 2024, Sec. 3). Traffic that leaves a pod shares the
+pod's uplinks, a ``1 / oversubscription`` share of each device's NIC rate when every rank of an axis
+sends at once, as a mesh axis's groups do: a ring or all-to-all spanning pods is bounded by that.
+
 Latency follows NCCL's tuner model (``src/graph/tuning.cc``): a base latency plus
 a per-step latency for each ring step, intra- or inter-node; the double binary
 tree replaces the ``2(N-1)`` inter-node ring steps of an all-reduce by ``2 log2 N``.
@@ -52,6 +58,7 @@ class Placement:
     size: Any
     local: Any
     nodes: Any
+    per_pod: Any = None   # members in each pod the group spans (None: one pod holds the group)
 
     @property
     def spans_nodes(self):
@@ -70,7 +77,20 @@ def place(size, stride, cluster: Cluster) -> Placement:
     domain = cluster.scale_up_domain if cluster.hardware.torus is None else cluster.devices_per_node
     local = np.where(stride >= domain, 1, np.maximum(1, np.minimum(size, domain // np.maximum(stride, 1))))
     local = np.gcd(local, size)
-    return Placement(size=size, local=local, nodes=size // local)
+    pod = cluster.pod_devices
+    per_pod = None
+    if pod is not None and cluster.hardware.torus is None:
+        per_pod = np.gcd(np.where(stride >= pod, 1, np.maximum(1, np.minimum(size, pod // np.maximum(stride, 1)))),
+                         size)
+    return Placement(size=size, local=local, nodes=size // local, per_pod=per_pod)
+
+
+def _uplink_share(placement: Placement, cluster: Cluster):
+    """1 where the group stays in one pod, else the pods' uplink share of a NIC (1 / oversubscription)."""
+    if placement.per_pod is None:
+        return 1.0
+    spans_pods = np.asarray(placement.size) > np.asarray(placement.per_pod)
+    return np.where(spans_pods, 1.0 / cluster.oversubscription, 1.0)
 
 
 def bus_bandwidth(placement: Placement, cluster: Cluster):
@@ -78,7 +98,7 @@ def bus_bandwidth(placement: Placement, cluster: Cluster):
     intra = cluster.intra_node.effective_bandwidth
     size = np.asarray(placement.size, float)
     within = intra + 0 * size
-    cross = np.asarray(placement.local) * cluster.inter_node.effective_bandwidth
+    cross = np.asarray(placement.local) * cluster.inter_node.effective_bandwidth * _uplink_share(placement, cluster)
     return np.where(placement.spans_nodes, np.minimum(within, cross), within)
 
 
@@ -130,13 +150,19 @@ def collective_time_s(op: str, size_bytes, placement: Placement, cluster: Cluste
     alpha = latency_s(op, placement, cluster)
     spans = placement.spans_nodes
     if op == "send_recv":
-        bw = np.where(spans, cluster.inter_node.effective_bandwidth, cluster.intra_node.effective_bandwidth)
+        inter = cluster.inter_node.effective_bandwidth * _uplink_share(placement, cluster)
+        bw = np.where(spans, inter, cluster.intra_node.effective_bandwidth)
         t = alpha + size_bytes / bw
     elif op == "all_to_all":
         local = np.asarray(placement.local, float)
-        # Each rank keeps 1/n, sends (local-1)/n over the scale-up link and (n-local)/n over its NIC.
+        # Each rank keeps 1/n, sends (local-1)/n over the scale-up link and (n-local)/n over its NIC, of which
+        # the (n-per_pod)/n bound for other pods also crosses the pods' uplinks.
         off_node = size_bytes * (n - local) / n / cluster.inter_node.effective_bandwidth
         on_node = size_bytes * (local - 1) / n / cluster.intra_node.effective_bandwidth
+        if placement.per_pod is not None:
+            off_pod = size_bytes * (n - np.asarray(placement.per_pod, float)) / n * cluster.oversubscription / \
+                cluster.inter_node.effective_bandwidth
+            off_node = np.maximum(off_node, off_pod)
         t = alpha + np.where(spans, np.maximum(off_node, on_node), size_bytes * factor / bus_bandwidth(placement, cluster))
     else:
         t = alpha + size_bytes * factor / bus_bandwidth(placement, cluster)

@@ -34,6 +34,10 @@ class Cluster:
     slice_shape: tuple[int, ...] = ()
     slices: int = 1
     wraps: tuple[bool, ...] = ()
+    # GPU networks: devices per pod of full bisection (None: the whole cluster), and the oversubscription of
+    # the layer above the pods (2.0: the pods' uplinks carry half of what their NICs can send).
+    pod_devices: int | None = None
+    oversubscription: float = 1.0
 
     @property
     def label(self) -> str:
@@ -104,7 +108,9 @@ def load_cluster(spec: str) -> Cluster:
     ``inter_node_bandwidth`` (bytes/s per device per direction), ``inter_node_latency_s``,
     ``intra_node_bandwidth``, ``intra_node_latency_s``, ``sustained_clock_mhz`` (the SM clock the
     devices hold under load; scales every peak, see ``specs/clocks.py``), ``in_switch_reduction``
-    (``false``: the switch's all-reduce is off), ``name``.
+    (``false``: the switch's all-reduce is off), ``pod_devices`` (devices per pod of full bisection, a whole
+    number of nodes dividing the cluster) and ``oversubscription`` (of the layer above the pods, >= 1),
+    ``name``.
     """
     if not isinstance(spec, str) or not spec:
         raise ParplanError("--hw must name a profile, a cluster like a100x512, or a cluster YAML file")
@@ -145,7 +151,8 @@ def load_cluster(spec: str) -> Cluster:
 def make_cluster(hw: Hardware, devices: int, *, devices_per_node: int | None = None,
                  inter_node: Link | None = None, intra_node: Link | None = None,
                  name: str | None = None, price_per_device_hour: float | None = None,
-                 slices: int | None = None, slice_shape=None, wraps=None) -> Cluster:
+                 slices: int | None = None, slice_shape=None, wraps=None, pod_devices: int | None = None,
+                 oversubscription: float = 1.0) -> Cluster:
     """``devices`` in nodes of ``devices_per_node``; on a TPU, ``slices`` slices of ``slice_shape`` (default:
     one slice, of the shape :func:`parplan.specs.slices.default_slice_shape` gives), with ``wraps``
     overriding which of its axes close into rings."""
@@ -157,6 +164,15 @@ def make_cluster(hw: Hardware, devices: int, *, devices_per_node: int | None = N
         below, above = devices // dpn * dpn, -(-devices // dpn) * dpn
         raise ParplanError(f"{devices} {hw.name} devices do not fill whole nodes of {dpn}; use a multiple of "
                            f"{dpn} (such as {below} or {above}), or at most {dpn}")
+    if pod_devices is not None:
+        if torus:
+            raise ParplanError("pod_devices describes a GPU network's pods; a TPU cluster is slices of a torus")
+        if pod_devices % dpn or devices % pod_devices:
+            pods = [p for p in range(dpn, devices + 1, dpn) if devices % p == 0]
+            raise ParplanError(f"pod_devices {pod_devices} must be a whole number of nodes of {dpn} that divides the "
+                               f"{devices} devices (such as {', '.join(map(str, pods[-4:]))})")
+    if not 1.0 <= oversubscription <= 64.0:
+        raise ParplanError(f"oversubscription {oversubscription:g} must lie between 1 (full bisection) and 64")
     return Cluster(
         hardware=hw,
         devices=devices,
@@ -165,6 +181,8 @@ def make_cluster(hw: Hardware, devices: int, *, devices_per_node: int | None = N
         inter_node=inter_node or hw.inter_node,
         name=name or (_torus_name(hw, torus["slices"], devices // torus["slices"]) if torus else f"{hw.name}x{devices}"),
         price_per_device_hour=price_per_device_hour,
+        pod_devices=pod_devices if pod_devices is not None and pod_devices < devices else None,
+        oversubscription=float(oversubscription),
         **torus,
     )
 
@@ -199,7 +217,7 @@ def _torus_fields(hw: Hardware, devices: int, slices, shape, wraps) -> dict:
 CLUSTER_KEYS = ("name", "hardware", "devices", "devices_per_node", "inter_node_bandwidth", "inter_node_latency_s",
                 "inter_node_name", "intra_node_bandwidth", "intra_node_latency_s", "intra_node_name",
                 "intra_node_efficiency", "in_switch_reduction", "price_per_device_hour", "scale_up_domain",
-                "sustained_clock_mhz", "slices", "slice", "wrap")
+                "sustained_clock_mhz", "slices", "slice", "wrap", "pod_devices", "oversubscription")
 
 
 def _link_override(data: Mapping[str, Any], side: str, link: Link, what: str) -> Link:
@@ -266,4 +284,8 @@ def cluster_from_dict(data: Mapping[str, Any], what: str, base_dir: Path | None 
                         intra_node=intra,
                         name=str(data.get("name") or f"{hw.name}x{devices}"),
                         price_per_device_hour=number(data, "price_per_device_hour", what, required=False,
-                                                     maximum=1e6))
+                                                     maximum=1e6),
+                        pod_devices=number(data, "pod_devices", what, required=False, integer=True,
+                                           maximum=MAX_DEVICES),
+                        oversubscription=number(data, "oversubscription", what, required=False, default=1.0,
+                                                maximum=1e6))
