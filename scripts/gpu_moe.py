@@ -139,12 +139,15 @@ class MoeLayer(torch.nn.Module):
 
 
 def predicted_block(hw, model, tokens, dtype_name):
-    """parplan's seconds (forward, forward + backward) of the MoE block's ops for ``tokens`` on one device."""
+    """parplan's seconds (forward, forward + backward) of the MoE block's ops for ``tokens`` on one device, as
+    this script's plain-PyTorch layer runs them (eager activation and permutes)."""
     d = ops_mod.LocalDims(batch=1, seq=tokens, seq_kv=tokens, hidden=model.hidden, heads=model.heads,
                           kv_heads=model.kv_heads, head_dim=model.head_dim, ffn=model.ffn_hidden, vocab=model.vocab,
                           norm_shard=1, moe=MoeParallel(1, 1, 1), moe_share=1.0)
     names = {k.name for k in block_kernels(model, d, tokens, "fused")}
-    ops = [o for o in ops_mod.layer_ops(model, d, dtype_name) if o.name in names]
+    # This layer is plain PyTorch: its activation and its permutes are eager kernels.
+    ops = [o for o in ops_mod.layer_ops(model, d, dtype_name, elementwise={"activation": "eager"}, moe_permute="eager")
+           if o.name in names]
     times = [op_times(hw, o, dtype_name) for o in ops]
     fwd = sum(float(t[0]) for t in times)
     return fwd, fwd + sum(float(t[1]) for t in times)

@@ -6,12 +6,15 @@ all-to-all token dispatcher; MegaBlocks, arXiv 2211.15841, for the grouped GEMMs
 1. **router**: a ``tokens x hidden x experts`` GEMM on the tokens this device holds, then the gate
    scores (softmax or sigmoid in fp32) and the top-k;
 2. **permute**: the ``k`` copies of each token gathered into expert order (read the tokens, write the
-   rows; backward the scatter-add back);
+   rows; backward the scatter-add back); one fused pass (Transformer Engine's ``moe_permute``), or, run
+   as eager PyTorch (a sort, an index gather, torchtitan's and plain PyTorch's way), the seconds of
+   :data:`EAGER_PASSES` such passes;
 3. the dispatch **all-to-all** over the expert-parallel group (``parplan.layouts.strategies.expert``);
 4. the routed **expert GEMMs**, one grouped GEMM over the device's ``experts / ep`` experts for the
    gate/up projection, the activation, one for the down projection, each ``expert_ffn / etp`` wide;
 5. the combine all-to-all, then **unpermute**: the rows weighted by their gate scores and summed
-   back into the tokens;
+   back into the tokens (eager: an index put or scatter-add, an fp32 product and a sum, each its own
+   kernel);
 6. the **shared experts** (DeepSeekMoE, arXiv 2401.06066) on every token, tensor-parallel like a
    dense MLP.
 
@@ -143,9 +146,18 @@ def distinct_experts(experts, top_k, tokens):
     return e * (1.0 - (1.0 - k / e) ** b)
 
 
-def block_kernels(model: ModelSpec, d, rows, activation_impl: str, balanced: bool = False) -> list[Kernel]:
+# Eager permute and unpermute against the one fused pass each: measured / predicted forward seconds of the
+# plain-PyTorch MoE layer's stages on one H100 (scripts/gpu_moe_ops.py, reports/moe/h100-2026-12-06/moe_ops.csv:
+# Qwen3-30B-A3B and Mixtral 8x7B at 4096 and 16384 tokens; permute 2.35-3.17, median 2.8; unpermute 4.66-5.29,
+# median 5.2). Backward taken at the same ratio (its gather, index-add and product gradients are the same
+# kinds of kernels; the layer's measured forward + backward, moe_layer.csv, checks the sum).
+EAGER_PASSES = {"moe_permute": 2.8, "moe_unpermute": 5.2}
+
+
+def block_kernels(model: ModelSpec, d, rows, activation_impl: str, balanced: bool = False,
+                  permute: str = "fused") -> list[Kernel]:
     """The kernels of one MoE block on one device, per micro-batch (module docstring); ``rows``: the
-    tokens of the tensor-parallel region (the shared experts' GEMM rows)."""
+    tokens of the tensor-parallel region (the shared experts' GEMM rows); ``permute``: fused or eager."""
     p = parallel(model, d)
     h, e = model.hidden, model.experts
     swiglu = model.activation == "swiglu"
@@ -156,16 +168,19 @@ def block_kernels(model: ModelSpec, d, rows, activation_impl: str, balanced: boo
     # The copies this device permutes (before a gather over etp, when there is one) and unpermutes.
     sent = routed_rows(model, d) / np.where(exchanges(model, d)[1], np.asarray(p.etp, float), 1.0)
     per_expert = busiest / local
+    eager = EAGER_PASSES if permute == "eager" else {k: 1.0 for k in EAGER_PASSES}
     out = [
         Kernel("router", "gemm", (tokens, h, e, 1)),
         # fp32 scores: read the logits, write the probabilities, read them for the top-k; backward the reverse.
         Kernel("router_topk", "memory", (tokens * e * 10.0, tokens * e * 10.0)),
-        Kernel("moe_permute", "memory", ((tokens + sent) * h, (tokens + sent) * h)),
+        Kernel("moe_permute", "memory", ((tokens + sent) * h * eager["moe_permute"],
+                                         (tokens + sent) * h * eager["moe_permute"])),
         Kernel("expert_gate_up" if swiglu else "expert_up", "gemm",
                (per_expert, h, (2 if swiglu else 1) * width, local), True),
         Kernel("expert_activation", "traffic", (model.activation, activation_impl, busiest * width)),
         Kernel("expert_down", "gemm", (per_expert, width, h, local), True),
-        Kernel("moe_unpermute", "memory", ((sent + tokens) * h, (2 * sent + tokens) * h)),
+        Kernel("moe_unpermute", "memory", ((sent + tokens) * h * eager["moe_unpermute"],
+                                           (2 * sent + tokens) * h * eager["moe_unpermute"])),
     ]
     if model.shared_experts:
         shared = model.shared_experts * model.shared_width / np.asarray(p.tp, float)

@@ -122,7 +122,8 @@ def _traffic_op(name: str, family: str, impl: str, elems, bpe: int) -> Op:
 
 def layer_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", flash_attention: bool = True,
               dropout: bool = True, fused: bool = True, *, elementwise: Mapping[str, str] | None = None,
-              fp8: Fp8 | None = None, weight_cast_shard=None, grouped_gemm: bool = True) -> list[Op]:
+              fp8: Fp8 | None = None, weight_cast_shard=None, grouped_gemm: bool = True,
+              moe_permute: str = "fused") -> list[Op]:
     """Ops of one transformer layer on one device for one micro-batch, in execution order.
 
     ``elementwise`` says for each element-wise op (norm, rope, activation, residual, bias, softmax,
@@ -132,7 +133,7 @@ def layer_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", flash_attenti
     their operand casts, while attention and every element-wise op stay in ``dtype``.
     ``weight_cast_shard``: autocast re-casts the fp32 weights every forward (on the ZeRO-3 shard,
     divided by this); None when weights are kept in 16 bits. ``grouped_gemm``: an MoE layer's local experts
-    run as one grouped GEMM (else one GEMM after another).
+    run as one grouped GEMM (else one GEMM after another); ``moe_permute``: its token permutes fused or eager.
     """
     impl = dict(ALL_FUSED if fused else ALL_EAGER)
     if elementwise is not None:
@@ -221,7 +222,7 @@ def layer_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", flash_attenti
         *_residual("mlp_residual", row, mask, bpe, impl["residual"], bias if "bias" in eager else 0.0),
     ]
     if model.is_moe:
-        ops = _with_moe(ops, mlp_at, model, d, rows, bpe, lin, impl["activation"], grouped_gemm)
+        ops = _with_moe(ops, mlp_at, model, d, rows, bpe, lin, impl["activation"], grouped_gemm, moe_permute)
     if model.parallel_layers:
         ops = parallel_block(ops)
     if fp8:
@@ -258,7 +259,7 @@ MLP_OPS = ("mlp_gate_up", "mlp_up", "swiglu", "gelu", "relu", "mlp_bias_add", "m
 
 
 def _with_moe(ops: list[Op], at: int, model: ModelSpec, d: LocalDims, rows, bpe: int, fp8: bool,
-              activation: str, grouped_gemm: bool = True) -> list[Op]:
+              activation: str, grouped_gemm: bool = True, permute: str = "fused") -> list[Op]:
     """The layer's ops with the MoE block (:mod:`parplan.cost.moe`) in the dense MLP's place, each run by
     the share of the layers that are MoE; the dense MLP's ops run by the rest (dropped when none is)."""
     s = moe_mod.share(model, d)
@@ -267,7 +268,8 @@ def _with_moe(ops: list[Op], at: int, model: ModelSpec, d: LocalDims, rows, bpe:
     out = []
     for i, o in enumerate(ops):
         if i == at:
-            out += [_build(k, bpe, fp8, s, grouped_gemm) for k in moe_mod.block_kernels(model, d, rows, activation)]
+            out += [_build(k, bpe, fp8, s, grouped_gemm)
+                    for k in moe_mod.block_kernels(model, d, rows, activation, permute=permute)]
         if o.name in MLP_OPS:
             if keep:
                 out.append(replace(o, share=dense_share))

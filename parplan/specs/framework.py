@@ -74,7 +74,7 @@ PARALLEL_KEYS = ("tp_modes", "cp_modes", "sequence_parallel", "tp_overlap", "act
 TP_OVERLAPS = ("none", "collective-matmul")
 ACTIVATION_SHARDS = ("sequence", "hidden")
 VOCAB_KEYS = ("multiple", "times_tp")
-MOE_KEYS = ("expert_parallel", "expert_tensor_parallel", "grouped_gemm", "overlaps", "overlap")
+MOE_KEYS = ("expert_parallel", "expert_tensor_parallel", "grouped_gemm", "overlaps", "overlap", "permute")
 # What a token all-to-all can hide under: nothing; the shared experts of its layer (Megatron-Core
 # --moe-shared-expert-overlap); the compute of another micro-batch (--overlap-moe-expert-parallel-comm,
 # the merged forward/backward 1F1B schedule).
@@ -176,6 +176,9 @@ class MoeSoftware:
     expert_parallel: bool = False       # shards experts over an expert-parallel group
     expert_tensor_parallel: str = "one"  # any | one-or-tp (etp is 1 or tp) | one
     grouped_gemm: bool = False          # the local experts run as one grouped GEMM (else a loop of GEMMs)
+    # The token permute and weighted unpermute: one fused kernel each (Transformer Engine's moe_permute /
+    # moe_unpermute) or eager PyTorch index, product and scatter-add kernels (parplan.cost.moe).
+    permute: str = "fused"
     # What the token all-to-alls can run under (MOE_OVERLAPS), and what runs when the user names none:
     # "shared-experts", the same layer's shared experts; "micro-batch", another micro-batch's compute.
     overlaps: tuple[str, ...] = ("none",)

@@ -194,6 +194,8 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
                       expert_tensor_parallel=text(m, "expert_tensor_parallel", f"{what}: moe", required=False,
                                                   choices=EXPERT_TP, default="one"),
                       grouped_gemm=_flag(m, "grouped_gemm", f"{what}: moe", False),
+                      permute=text(m, "permute", f"{what}: moe", required=False, choices=IMPLEMENTATIONS,
+                                   default="fused"),
                       overlaps=_choices(m, "overlaps", f"{what}: moe", MOE_OVERLAPS, ("none",)),
                       overlap=text(m, "overlap", f"{what}: moe", required=False, choices=MOE_OVERLAPS,
                                    default="none"))

@@ -272,3 +272,35 @@ def test_dense_training_predictions_are_unchanged(model, cluster, layout, before
 def test_dense_serving_predictions_are_unchanged(model, cluster, layout, before):
     e = estimate_inference(parplan.load_model(model), parplan.load_cluster(cluster), ServeLayout(**layout))
     assert (float(e.ttft_s), float(e.tpot_s), float(e.memory_bytes["total"])) == pytest.approx(before, rel=1e-9)
+
+
+def test_eager_permutes_cost_their_measured_passes():
+    """The eager permute and unpermute move EAGER_PASSES times the bytes of the fused pass (the measured
+    ratio of scripts/gpu_moe_ops.py); the GEMMs are untouched. torchtitan runs them eager, compiled fused;
+    Megatron-Core fused."""
+    from parplan.cost.moe import EAGER_PASSES
+    m = _toy()
+    d = ops_mod.LocalDims(batch=1, seq=2048, seq_kv=2048, hidden=m.hidden, heads=m.heads, kv_heads=m.kv_heads,
+                          head_dim=m.head_dim, ffn=m.ffn_hidden, vocab=m.vocab, norm_shard=1,
+                          moe=moe_mod.MoeParallel(1, 1, 1), moe_share=1.0)
+    fused = {k.name: k for k in moe_mod.block_kernels(m, d, 2048, "fused")}
+    eager = {k.name: k for k in moe_mod.block_kernels(m, d, 2048, "fused", permute="eager")}
+    for name, passes in EAGER_PASSES.items():
+        assert [float(x) for x in eager[name].args] == pytest.approx([passes * float(x) for x in fused[name].args])
+    assert eager["expert_down"].args == fused["expert_down"].args
+    cl = parplan.load_cluster("h100x8")
+    lay = Layout(dp=8, micro_batch=1, global_batch=16, seq_len=2048, axes=(("ep", 8), ("etp", 1)))
+
+    def unpermute_bytes(framework, **choices):
+        est = parplan.estimate(m, cl, lay, software=_software(framework, **choices))
+        return sum(float(o.fwd_bytes) for o in est.ops if o.name == "moe_unpermute")
+    fused_bytes = unpermute_bytes("megatron-core")
+    assert unpermute_bytes("torchtitan") == pytest.approx(EAGER_PASSES["moe_unpermute"] * fused_bytes)
+    assert unpermute_bytes("torchtitan", compiled=True) == pytest.approx(fused_bytes)
+
+
+def _software(framework, **choices):
+    from parplan.specs.framework import resolve_software
+    from parplan.specs.framework_loader import load_framework
+
+    return resolve_software(load_framework(framework), **choices)
