@@ -43,6 +43,12 @@ def with_launch_config(path: str, model_name: str, hw: str, kw: dict, ctx) -> di
                 if axis in kw and not given(axis) and not given("mesh"):
                     kw[axis] = size
             continue
+        if key == "order":  # the rank order of the launch: a mesh of its sizes, innermost first
+            if "mesh" in kw and not mesh_given:
+                sizes = {a: config.layout.get(a) for a in value}
+                if all(isinstance(v, int) for v in sizes.values()):
+                    kw["mesh"] = ",".join(f"{a}={n}" for a, n in sizes.items())
+            continue
         option = LAUNCH_OPTIONS.get(key, key)
         if option not in kw or given(option) or (option == "dp" and mesh_given):
             continue

@@ -40,7 +40,8 @@ def model_flops_per_step(model: ModelSpec, seq, batch, dtype: str = "bf16", caus
 def recompute_flops_per_step(model: ModelSpec, seq, batch, recompute, dtype: str = "bf16"):
     """Extra forward FLOPs spent recomputing activations: full, every layer; selective, the attention
     core; selective-op, the matmuls per-op checkpointing does not save (``Op.sac``); selective-layer,
-    every N-th layer (:data:`parplan.cost.memory.SELECTIVE_LAYER_EVERY`)."""
+    every N-th layer (:data:`parplan.cost.memory.SELECTIVE_LAYER_EVERY`); norm-act, none (its norms and
+    activations are element-wise passes)."""
     d = _whole_model_dims(model, seq)
     layer_ops = ops_mod.layer_ops(model, d, dtype, flash_attention=False)
     full = ops_mod.total(layer_ops, "fwd_flops")

@@ -29,7 +29,7 @@ ADAM_STATE_BYTES_PER_PARAM = 12  # fp32 master weight + momentum + variance (ZeR
 DEFAULT_HEADROOM = 0.10
 
 
-RECOMPUTE_MODES = ("none", "selective", "full", "selective-op", "selective-layer")  # codes 0-4
+RECOMPUTE_MODES = ("none", "selective", "full", "selective-op", "selective-layer", "norm-act")  # codes 0-5
 # torchtitan's layer-selective checkpointing wraps every N-th block (selective_ac_option; its presets: 2).
 SELECTIVE_LAYER_EVERY = 2
 
@@ -42,7 +42,9 @@ def layer_activation_bytes(model: ModelSpec, d: LocalDims, dtype: str, flash_att
     ``selective`` drops the attention core's tensors (Korthikanti 2022); ``full`` keeps only the
     layer input; ``selective-op`` (torchtitan's per-op policy) keeps the layer input, the outputs
     of the odd matmuls (wq, wv, w1 and, for SwiGLU, w2) and the attention output with its
-    log-sum-exp; ``selective-layer`` averages full (every N-th block) and none.
+    log-sum-exp; ``selective-layer`` averages full (every N-th block) and none; ``norm-act`` (Megatron-Core
+    ``--recompute-modules layernorm moe_act``) drops the norms' outputs (the projections' inputs) and the
+    routed experts' activation output (the down projection's input), rebuilt from the tensors kept.
     ``elementwise``: ops run eager keep more (an eager RMSNorm its fp32 upcast and normalized
     output, 4 bytes per element over the fused kernel's 16-bit input; an eager SwiGLU the SiLU output).
     ``fp8_inputs``: the linear layers keep their inputs cast to FP8 (Transformer Engine), 1 byte each.
@@ -85,8 +87,12 @@ def layer_activation_bytes(model: ModelSpec, d: LocalDims, dtype: str, flash_att
     per_op = kept_input + saved_mm + tokens * q_cols * bpe + lse
     per_op = per_op + moe_extra if model.is_moe else per_op
     per_layer = (kept_input + (SELECTIVE_LAYER_EVERY - 1) * full) / SELECTIVE_LAYER_EVERY
+    norm_act = full - outside * norms * gemm_in
+    if model.is_moe:
+        norm_act = norm_act - moe_mod.share(model, d) * moe_mod.activation_output_bytes(model, d, bpe)
     code = recompute_code(recompute)
-    return np.select([code == 2, code == 1, code == 3, code == 4], [kept_input, selective, per_op, per_layer], full)
+    return np.select([code == 2, code == 1, code == 3, code == 4, code == 5],
+                     [kept_input, selective, per_op, per_layer, norm_act], full)
 
 
 def recompute_code(recompute):

@@ -205,6 +205,13 @@ def activation_bytes(model: ModelSpec, d, bpe: int, tokens_tp_region):
     return routed + tokens_tp_region * (up + 1) * shared * bpe
 
 
+def activation_output_bytes(model: ModelSpec, d, bpe: int):
+    """The routed experts' activation output on the busiest device (the down projection's input), the part of
+    :func:`activation_bytes` that Megatron-Core's ``moe_act`` recompute drops."""
+    rows = routed_rows(model, d) * imbalance(model, d)[0]
+    return rows * model.expert_width / np.asarray(parallel(model, d).etp, float) * bpe
+
+
 def dense_mlp_activation_bytes(model: ModelSpec, d, bpe: int, tokens_tp_region, gemm_in: float):
     """The dense MLP's share of :func:`parplan.cost.memory.layer_activation_bytes` (its activation's input
     and the down projection's input), which an MoE layer replaces with :func:`activation_bytes`."""

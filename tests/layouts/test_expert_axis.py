@@ -304,3 +304,25 @@ def _software(framework, **choices):
     from parplan.specs.framework_loader import load_framework
 
     return resolve_software(load_framework(framework), **choices)
+
+
+def test_norm_act_recompute_drops_the_norm_outputs_and_the_expert_activation():
+    """--recompute norm-act keeps everything but the two norms' outputs (the projections' inputs, 2 x tokens x
+    hidden x 2 bytes) and the routed experts' activation output (rows x expert width x 2 bytes), and spends
+    the norms' and the activation's forward again."""
+    from parplan.cost.memory import layer_activation_bytes
+    m = _toy()
+    d = ops_mod.LocalDims(batch=1, seq=2048, seq_kv=2048, hidden=m.hidden, heads=m.heads, kv_heads=m.kv_heads,
+                          head_dim=m.head_dim, ffn=m.ffn_hidden, vocab=m.vocab, norm_shard=1,
+                          moe=moe_mod.MoeParallel(1, 1, 1), moe_share=1.0)
+    none = float(layer_activation_bytes(m, d, "bf16", True, False, "none"))
+    norm_act = float(layer_activation_bytes(m, d, "bf16", True, False, "norm-act"))
+    rows = 2048 * 2 * float(moe_mod.imbalance(m, d)[0])
+    assert none - norm_act == pytest.approx(2 * 2048 * 1024 * 2 + rows * 2048 * 2)
+    cl = parplan.load_cluster("h100x8")
+    base = dict(dp=8, micro_batch=1, global_batch=16, seq_len=2048, axes=(("ep", 8), ("etp", 1)))
+    plain, rec = (parplan.estimate(m, cl, Layout(recompute=r, **base)) for r in ("none", "norm-act"))
+    again = sum(float(t[0]) for o, t in zip(rec.ops, rec.op_times)
+                if o.name in ("input_norm", "post_attn_norm", "expert_activation"))
+    assert float(rec.breakdown_s["recompute"]) == pytest.approx(again * m.layers * rec.layout.micro_batches)
+    assert float(rec.memory_bytes["activations"]) < float(plain.memory_bytes["activations"])

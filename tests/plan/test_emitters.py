@@ -392,3 +392,18 @@ def test_uneven_plans_round_trip(run_cli, tmp_path, target, args):
     rc, est, err = run_cli("estimate", *args[:4], "--from-config", str(path), "--format", "json")
     assert rc == 0, err
     assert json.loads(est)["step_time_s"] == pytest.approx(best["step_time_s"], rel=1e-9)
+
+
+def test_megatron_writes_and_reads_the_recompute_modules_and_the_rank_order():
+    m = load_model("qwen3-30b-a3b")
+    lay = Layout(pp=2, dp=8, micro_batch=1, global_batch=512, recompute="norm-act", order=("tp", "cp", "pp", "dp"),
+                 axes=(("ep", 8), ("etp", 1)))
+    text = emit("megatron", lay, m)
+    assert "--recompute-modules layernorm moe_act" in text and "--use-tp-pp-dp-mapping" in text
+    back = read_config_text(text, ".sh", 16, m)
+    assert back.layout["recompute"] == "norm-act" and tuple(back.layout["order"]) == ("tp", "cp", "pp", "dp")
+    with pytest.raises(ParplanError, match="--recompute-modules core_attn mlp: parplan models"):
+        read_config_text("--recompute-granularity selective --recompute-modules mlp core_attn\n", ".sh", 16, m)
+    yaml_back = read_config_text("recompute_granularity: selective\nrecompute_modules: [moe_act, layernorm]\n",
+                                 ".yaml", 16, m)
+    assert yaml_back.layout["recompute"] == "norm-act"

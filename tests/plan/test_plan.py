@@ -273,6 +273,7 @@ def test_plan_ranks_only_schedules_the_framework_runs():
 
 
 def test_every_searched_candidate_passes_the_check_estimate_applies():
+    from parplan.layouts.layout import RECOMPUTE
     from parplan.layouts.rules import check_layout
     from parplan.plan.candidates import SearchSpace, candidates
     from parplan.plan.search import PLACEMENTS, layout_of
@@ -286,7 +287,7 @@ def test_every_searched_candidate_passes_the_check_estimate_applies():
     rng = np.random.default_rng(0)
     for i in rng.choice(len(cand["tp"]), size=300, replace=False):
         row = {k: v[i] for k, v in cand.items()}
-        row.update(recompute=["none", "selective", "full"][row["recompute"]],
+        row.update(recompute=RECOMPUTE[row["recompute"]],
                    tp_mode=["1d", "2d", "3d"][row["tp_mode"]], cp_mode=["allgather", "ring"][row["cp_mode"]],
                    order=",".join(PLACEMENTS[i % 2]), global_batch=48)
         check_layout(layout_of(row, space), model, cluster)

@@ -185,7 +185,11 @@ class PipelineParallel(Strategy, Stages):
         scale = 1.0
         if layout.schedule == "zb-h1":  # the weight gradients (W) move into the drain; recompute stays in B
             scale = zb_h1_scale(0.0, per_layer - t.layer_wgrad_s, t.layer_wgrad_s)
-        total, bubble = pipeline_time(slowest, every, t.micro_batches, np.where(single, 1, vpp), scale)
+        # Uneven chunks (a layout string): the largest chunk paces the interleaving, so it divides the bubble by
+        # L / ceil(L / v) for the L layers of the busiest rank (v itself where the chunks are equal).
+        held_most = np.maximum(np.where(pp > 2, middle, np.maximum(first, last)), 1)
+        v_eff = held_most / np.ceil(held_most / np.maximum(vpp, 1))
+        total, bubble = pipeline_time(slowest, every, t.micro_batches, np.where(single, 1, v_eff), scale)
         which = np.where(slowest == t_first, 0, np.where(slowest == t_last, 2, 1))
         layers = np.select([which == 0, which == 2], [first, last], middle)
         ends = np.select([which == 0, which == 2], [ends_first, ends_last], 0.0)

@@ -72,6 +72,8 @@ def megatron_args(layout: Layout, model: ModelSpec, software=None) -> list[str]:
     if model.kv_heads != model.heads:
         args += ["--group-query-attention", "--num-query-groups", str(model.kv_heads)]
     args += _split_args(layout, model, software)
+    if "pp" in layout.order and "dp" in layout.order and layout.order.index("pp") < layout.order.index("dp"):
+        args.append("--use-tp-pp-dp-mapping")  # the pipeline stages inside the data-parallel replicas
     if layout.sp:
         args.append("--sequence-parallel")
     if layout.zero == 1:
@@ -83,6 +85,8 @@ def megatron_args(layout: Layout, model: ModelSpec, software=None) -> list[str]:
                  FSDP_STRATEGY[layout.zero], "--no-gradient-accumulation-fusion", "--ckpt-format", "fsdp_dtensor"]
     if layout.recompute == "selective":
         args += ["--recompute-granularity", "selective"]
+    elif layout.recompute == "norm-act":
+        args += ["--recompute-granularity", "selective", "--recompute-modules", "layernorm", "moe_act"]
     elif layout.recompute == "full":
         args += ["--recompute-granularity", "full", "--recompute-method", "uniform", "--recompute-num-layers", "1"]
     dp_sw = software.framework.data_parallel if software is not None else None
@@ -192,21 +196,7 @@ UNFUSED_FLAGS = ("--no-masked-softmax-fusion", "--no-bias-gelu-fusion", "--no-bi
 
 def parse_megatron_args(text: str, world_size: int) -> Layout:
     """A Layout from Megatron-LM flags (the inverse of :func:`megatron_args` for the layout fields)."""
-    tokens = shlex.split(text.replace("\\\n", " "))
-    values: dict[str, str | bool] = {}
-    i = 0
-    while i < len(tokens):
-        tok = tokens[i]
-        if tok.startswith("--"):
-            if "=" in tok:
-                key, val = tok[2:].split("=", 1)
-                values[key] = val
-            elif i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
-                values[tok[2:]] = tokens[i + 1]
-                i += 1
-            else:
-                values[tok[2:]] = True
-        i += 1
+    values = _values(text)
 
     def num(key: str, default: int) -> int:
         v = values.get(key, default)
@@ -252,12 +242,19 @@ def parse_megatron_args(text: str, world_size: int) -> Layout:
     recompute = str(values.get("recompute-granularity", "none"))
     if values.get("checkpoint-activations"):
         recompute = "full"
+    modules = frozenset(str(values.get("recompute-modules") or "core_attn").split())
+    if recompute == "selective" and modules != {"core_attn"}:
+        if modules != {"layernorm", "moe_act"}:
+            raise ParplanError(f"--recompute-modules {' '.join(sorted(modules))}: parplan models core_attn "
+                               f"(--recompute selective) and layernorm moe_act (--recompute norm-act)")
+        recompute = "norm-act"
     dtype = "fp16" if values.get("fp16") else ("fp8" if values.get("fp8-format") else "bf16")
     return Layout(tp=tp, pp=pp, cp=cp, dp=dp, micro_batch=num("micro-batch-size", 1), shard_group=shard_group,
                   global_batch=num("global-batch-size", 0) or None, seq_len=num("seq-length", 0) or None,
                   zero=zero, sp=bool(values.get("sequence-parallel")), vpp=vpp,
                   schedule="interleaved" if vpp > 1 else "1f1b", recompute=recompute, dtype=dtype,
                   cp_mode="ring" if values.get("cp-comm-type") == "p2p" else "allgather",
+                  order=("tp", "cp", "pp", "dp") if values.get("use-tp-pp-dp-mapping") else ("tp", "cp", "dp", "pp"),
                   first_stage_layers=first, last_stage_layers=last)
 
 
@@ -279,7 +276,7 @@ def read(source: str, world_size: int, model: ModelSpec, yaml_data=None):
     lay = parse_megatron_args(source, world_size)
     fields = {k: getattr(lay, k) for k in ("tp", "pp", "cp", "dp", "micro_batch", "global_batch", "seq_len", "zero",
                                             "shard_group", "sp", "vpp", "schedule", "recompute", "dtype", "cp_mode",
-                                            "first_stage_layers", "last_stage_layers")}
+                                            "first_stage_layers", "last_stage_layers", "order")}
     try:
         fields.update(read_moe(values, model, lay.tp))
     except ValueError:
@@ -301,8 +298,11 @@ def _values(source: str) -> dict:
                 key, val = tok[2:].split("=", 1)
                 values[key] = val
             elif i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
-                values[tok[2:]] = tokens[i + 1]
-                i += 1
+                j = i + 1
+                while j < len(tokens) and not tokens[j].startswith("--"):  # a multi-valued flag keeps them all
+                    j += 1
+                values[tok[2:]] = tokens[i + 1] if j == i + 2 else " ".join(tokens[i + 1:j])
+                i = j - 1
             else:
                 values[tok[2:]] = True
         i += 1
@@ -318,6 +318,9 @@ def _yaml_to_flags(data) -> str:
         if isinstance(value, dict) or value is None or value is False:
             continue
         flag = "--" + str(key).replace("_", "-")
+        if isinstance(value, list):  # a multi-valued flag (recompute_modules: [layernorm, moe_act])
+            out += [flag] + [shlex.quote(str(v)) for v in value]
+            continue
         out += [flag] if value is True else [flag, shlex.quote(str(value))]
     return " ".join(out)
 
