@@ -44,7 +44,7 @@ def with_launch_config(path: str, model_name: str, hw: str, kw: dict, ctx) -> di
                     kw[axis] = size
             continue
         if key == "order":  # the rank order of the launch: a mesh of its sizes, innermost first
-            if "mesh" in kw and not mesh_given:
+            if "mesh" in kw and not mesh_given and not given("dp"):
                 sizes = {a: config.layout.get(a) for a in value}
                 if all(isinstance(v, int) for v in sizes.values()):
                     kw["mesh"] = ",".join(f"{a}={n}" for a, n in sizes.items())

@@ -172,7 +172,7 @@ def collective_time_s(op: str, size_bytes, placement: Placement, cluster: Cluste
     fit = _measured_fit(op, placement, cluster)
     if fit is not None:
         f_alpha, f_bw = fit
-        measured = f_alpha + size_bytes * factor / f_bw
+        measured = f_alpha + size_bytes * factor / (f_bw * np.where(spans, _uplink_share(placement, cluster), 1.0))
         t = np.where(np.isnan(f_alpha), t, measured)
     return np.where((n > 1) | (op == "send_recv"), t, 0.0)
 

@@ -43,8 +43,9 @@ def layer_activation_bytes(model: ModelSpec, d: LocalDims, dtype: str, flash_att
     layer input; ``selective-op`` (torchtitan's per-op policy) keeps the layer input, the outputs
     of the odd matmuls (wq, wv, w1 and, for SwiGLU, w2) and the attention output with its
     log-sum-exp; ``selective-layer`` averages full (every N-th block) and none; ``norm-act`` (Megatron-Core
-    ``--recompute-modules layernorm moe_act``) drops the norms' outputs (the projections' inputs) and the
-    routed experts' activation output (the down projection's input), rebuilt from the tensors kept.
+    ``--recompute-modules layernorm moe_act``) drops an MoE layer's pre-MLP norm output (the router's and
+    experts' input; Transformer Engine fuses every other norm into the linear it feeds, which the module
+    leaves alone) and the routed experts' activation output (the down projection's input).
     ``elementwise``: ops run eager keep more (an eager RMSNorm its fp32 upcast and normalized
     output, 4 bytes per element over the fused kernel's 16-bit input; an eager SwiGLU the SiLU output).
     ``fp8_inputs``: the linear layers keep their inputs cast to FP8 (Transformer Engine), 1 byte each.
@@ -87,9 +88,9 @@ def layer_activation_bytes(model: ModelSpec, d: LocalDims, dtype: str, flash_att
     per_op = kept_input + saved_mm + tokens * q_cols * bpe + lse
     per_op = per_op + moe_extra if model.is_moe else per_op
     per_layer = (kept_input + (SELECTIVE_LAYER_EVERY - 1) * full) / SELECTIVE_LAYER_EVERY
-    norm_act = full - outside * norms * gemm_in
+    norm_act = full  # a dense layer's norms are fused into its linears: nothing for Megatron to drop
     if model.is_moe:
-        norm_act = norm_act - moe_mod.share(model, d) * moe_mod.activation_output_bytes(model, d, bpe)
+        norm_act = full - moe_mod.share(model, d) * (outside * gemm_in + moe_mod.activation_output_bytes(model, d, bpe))
     code = recompute_code(recompute)
     return np.select([code == 2, code == 1, code == 3, code == 4, code == 5],
                      [kept_input, selective, per_op, per_layer, norm_act], full)

@@ -142,6 +142,11 @@ RULES: tuple[Rule, ...] = (
          lambda m, a: (a.tp * a.cp * a.dp) % (a.ep * a.etp) != 0,
          lambda m, a: f"ep*etp = {a.ep * a.etp} must divide tp*cp*dp = {a.tp * a.cp * a.dp}: the expert axes are "
                       f"folded over those ranks"),
+    Rule("norm-act recompute of MoE layers", ('rc',),
+         lambda m, a: (a.rc == RECOMPUTE.index("norm-act")) & (not _moe(m)),
+         lambda m, a: f"recompute norm-act rebuilds an MoE layer's pre-MLP norm and expert activation; {m.name} is "
+                      f"dense (Megatron-Core fuses its norms into the linears, which --recompute-modules layernorm "
+                      f"leaves alone)"),
     Rule("MoE layers with 1D tensor parallel", ('tp', 'mode'),
          lambda m, a: _moe(m) & (a.mode > 0),
          lambda m, a: f"tp-mode {TP_MODES[int(a.mode)]} is not modelled for the mixture-of-experts layers of "

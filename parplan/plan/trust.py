@@ -52,7 +52,8 @@ def scaled_cluster(cluster: Cluster, what: str, factor: float) -> Cluster:
         raise ValueError(what)
     return make_cluster(hw, cluster.devices, devices_per_node=cluster.devices_per_node, inter_node=inter,
                         intra_node=intra, name=cluster.name, slices=cluster.slices,
-                        slice_shape=cluster.slice_shape or None, wraps=cluster.wraps or None)
+                        slice_shape=cluster.slice_shape or None, wraps=cluster.wraps or None,
+                        pod_devices=cluster.pod_devices, oversubscription=cluster.oversubscription)
 
 
 NUMERIC = ("tp", "pp", "dp", "cp", "micro_batch", "global_batch", "zero", "sp", "vpp")

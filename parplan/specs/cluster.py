@@ -171,6 +171,8 @@ def make_cluster(hw: Hardware, devices: int, *, devices_per_node: int | None = N
             pods = [p for p in range(dpn, devices + 1, dpn) if devices % p == 0]
             raise ParplanError(f"pod_devices {pod_devices} must be a whole number of nodes of {dpn} that divides the "
                                f"{devices} devices (such as {', '.join(map(str, pods[-4:]))})")
+    if oversubscription != 1.0 and pod_devices is None:
+        raise ParplanError("oversubscription applies above pods: give pod_devices too")
     if not 1.0 <= oversubscription <= 64.0:
         raise ParplanError(f"oversubscription {oversubscription:g} must lie between 1 (full bisection) and 64")
     return Cluster(

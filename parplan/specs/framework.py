@@ -248,6 +248,8 @@ class Software:
         if self.fp8_recipe:
             parts.append(f"fp8 {self.fp8_recipe}")
         parts.append(f"attention {'/'.join(self.attention_kernels) or 'unfused'}")
+        if self.moe_overlap != "none":
+            parts.append(f"MoE all-to-alls under {self.moe_overlap.replace('-', ' ')}")
         return ", ".join(p for p in parts if p)
 
 

@@ -11,9 +11,10 @@
   both passes (``L``) run beside both passes' compute (``W``: forward, backward and recompute),
   exposed as :func:`parplan.cost.contention.exposed_s` says. Only paired passes overlap: on the
   first pipeline rank the warm-up forwards and the cool-down backwards run alone (one of each
-  without a pipeline; ``2 (pp - 1) + (vpp - 1) pp`` model chunks of the ``m vpp`` under the
-  interleaved schedule, Narayanan et al. 2021 and Megatron-Core's
-  ``get_pp_rank_microbatches``), their all-to-alls exposed whole.
+  without a pipeline; ``2 (pp - 1) + (vpp - 1) pp + 1`` model chunks of the ``m vpp`` under the
+  interleaved schedule: Megatron-Core's ``get_pp_rank_microbatches``, plus the one more warm-up chunk the
+  merged schedule runs), their all-to-alls exposed whole. (That chunk's activations in flight are not
+  added to the memory.)
 * Model states per device: the dense parameters by the dense divisors, the routed experts by the
   expert axis's (``parplan.layouts.strategies.expert``).
 * The note that says which load imbalance the expert GEMMs were timed with.
@@ -59,7 +60,7 @@ def exposed_share(costs, cost, shared_fwd, shared_bwd):
 def paired_share(layout, micro_batches):
     """Share of the first pipeline rank's passes that run beside another micro-batch's (module docstring)."""
     pp, vpp = np.asarray(layout.pp), np.asarray(layout.vpp)
-    alone = np.where(pp > 1, 2 * (pp - 1) + (vpp - 1) * pp, 1)
+    alone = np.where(pp > 1, 2 * (pp - 1) + (vpp - 1) * pp + 1, 1)  # the merged schedule warms up one more
     return np.clip(1.0 - alone / (np.asarray(micro_batches) * vpp), 0.0, 1.0)
 
 

@@ -46,8 +46,9 @@ from . import moe_step as moe_overlap
 
 # --------------------------------------------------------------------------- results
 
-# The ops Megatron-Core's --recompute-modules layernorm moe_act runs again in the backward.
-NORM_ACT_OPS = ("input_norm", "post_attn_norm", "expert_activation")
+# The ops Megatron-Core's --recompute-modules layernorm moe_act runs again in the backward (an MoE layer's
+# pre-MLP norm, its own TENorm, and the experts' activation; the other norms are fused into their linears).
+NORM_ACT_OPS = ("post_attn_norm", "expert_activation")
 
 @dataclass(frozen=True)
 class Estimate:
@@ -145,8 +146,9 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
     gemm_fwd = sum((t[0] for o, t in zip(lops, times) if o.kind == ops_mod.MATMUL), np.float64(0.0))
     gemm_bwd = sum((t[1] for o, t in zip(lops, times) if o.kind == ops_mod.MATMUL), np.float64(0.0))
     sac_fwd = sum((t[0] * o.sac for o, t in zip(lops, times) if o.name != "fsdp_copies"), np.float64(0.0))
-    # norm-act recomputes the norms and the routed experts' activation (NORM_ACT_OPS) from what they kept.
-    norm_act_fwd = sum((t[0] for o, t in zip(lops, times) if o.name in NORM_ACT_OPS), np.float64(0.0))
+    # norm-act recomputes an MoE layer's pre-MLP norm and the routed experts' activation (NORM_ACT_OPS).
+    norm_act_fwd = sum((t[0] * (fields.get("moe_share", 1.0) if o.name == "post_attn_norm" else 1.0)
+                        for o, t in zip(lops, times) if o.name in NORM_ACT_OPS), np.float64(0.0))
     layer_rec = np.select([rc == 2, rc == 1, rc == 3, rc == 4, rc == 5],
                           [layer_fwd, attn_fwd, sac_fwd, layer_fwd / SELECTIVE_LAYER_EVERY, norm_act_fwd], 0.0)
     # The weight-gradient GEMMs: half of each weighted GEMM's backward (dW = X^T dY beside dX = dY W^T).

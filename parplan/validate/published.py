@@ -31,7 +31,7 @@ from ..specs.hardware import load_hardware
 from ..specs.model import ModelSpec, model_from_dict
 from ..specs.registry import spec_dir
 from ..specs.slices import parse_shape
-from ..specs.yamlio import check_keys, number, read_records, require_mapping
+from ..specs.yamlio import check_keys, number, read_records, require_mapping, text
 from ..step.train import estimate
 
 DEFAULT_FILES = ("published-runs.yaml", "modern-runs.yaml", "moe-runs.yaml", "tpu-runs.yaml")
@@ -140,7 +140,8 @@ def record_setup(rec: dict, framework: str | None = None) -> RunSetup:
                                 fp8_recipe=rec.get("fp8_recipe"),
                                 flash_attention=False if rec.get("flash_attention") is False else None,
                                 fused_kernels=False if rec.get("fused_kernels") is False else None,
-                                device_kind=hw.kind, moe_overlap=rec.get("moe_overlap"))
+                                device_kind=hw.kind,
+                                moe_overlap=text(rec, "moe_overlap", f"run {rid}", required=False))
     batch = number(rec, "global_batch", f"run {rid}", integer=True)
     vpp = number(lay, "vpp", w, required=False, integer=True, default=1)
     fallback = Layout(tp=fixed["tp"], pp=fixed["pp"], dp=fixed["dp"], cp=fixed["cp"],

@@ -62,7 +62,16 @@ def test_a_pipeline_send_between_pods_runs_at_the_uplink_share():
     ({"pod_devices": 24}, "whole number of nodes of 8 that divides the 64 devices (such as 8, 16, 32, 64)"),
     ({"pod_devices": 32, "oversubscription": 0.5}, "between 1 (full bisection) and 64"),
     ({"pod_devices": 8, "hardware": "tpu-v5p", "slice": "4x4x4"}, "TPU"),
+    ({"oversubscription": 2.0}, "oversubscription applies above pods: give pod_devices too"),
 ])
 def test_bad_pods_are_one_line(data, words):
     with pytest.raises(ParplanError, match=words.replace("(", r"\(").replace(")", r"\)")):
         cluster_from_dict({"hardware": "a100-80gb", "devices": 64, **data}, "pods.yaml")
+
+
+def test_the_step_interval_keeps_the_pods():
+    """The sensitivity clusters (one profile value moved 15%) are the same pods under the same taper."""
+    from parplan.plan.trust import scaled_cluster
+    _, pods = _clusters()
+    scaled = scaled_cluster(pods, "network bandwidth", 1.15)
+    assert (scaled.pod_devices, scaled.oversubscription) == (32, 2.0)

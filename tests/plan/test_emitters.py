@@ -396,14 +396,35 @@ def test_uneven_plans_round_trip(run_cli, tmp_path, target, args):
 
 def test_megatron_writes_and_reads_the_recompute_modules_and_the_rank_order():
     m = load_model("qwen3-30b-a3b")
-    lay = Layout(pp=2, dp=8, micro_batch=1, global_batch=512, recompute="norm-act", order=("tp", "cp", "pp", "dp"),
-                 axes=(("ep", 8), ("etp", 1)))
+    lay = Layout(pp=2, dp=8, micro_batch=1, global_batch=512, recompute="norm-act", axes=(("ep", 8), ("etp", 1)))
     text = emit("megatron", lay, m)
-    assert "--recompute-modules layernorm moe_act" in text and "--use-tp-pp-dp-mapping" in text
-    back = read_config_text(text, ".sh", 16, m)
-    assert back.layout["recompute"] == "norm-act" and tuple(back.layout["order"]) == ("tp", "cp", "pp", "dp")
+    assert "--recompute-modules layernorm moe_act" in text and "--use-tp-pp-dp-mapping" not in text
+    assert read_config_text(text, ".sh", 16, m).layout["recompute"] == "norm-act"
+    dense = load_model("llama3.1-70b")
+    inside = Layout(tp=8, pp=2, dp=8, micro_batch=1, global_batch=512, order=("tp", "cp", "pp", "dp"))
+    text = emit("megatron", inside, dense)
+    assert "--use-tp-pp-dp-mapping" in text
+    assert tuple(read_config_text(text, ".sh", 128, dense).layout["order"]) == ("tp", "cp", "pp", "dp")
     with pytest.raises(ParplanError, match="--recompute-modules core_attn mlp: parplan models"):
         read_config_text("--recompute-granularity selective --recompute-modules mlp core_attn\n", ".sh", 16, m)
     yaml_back = read_config_text("recompute_granularity: selective\nrecompute_modules: [moe_act, layernorm]\n",
                                  ".yaml", 16, m)
     assert yaml_back.layout["recompute"] == "norm-act"
+
+
+def test_megatron_refuses_what_its_rank_mapping_and_layout_string_cannot_say():
+    m = load_model("qwen3-30b-a3b")
+    inside = Layout(pp=2, dp=8, micro_batch=1, global_batch=512, order=("tp", "cp", "pp", "dp"),
+                    axes=(("ep", 8), ("etp", 1)))
+    assert "--use-tp-pp-dp-mapping" in problem("megatron", inside, m)
+    dense = load_model("llama3.1-70b")
+    for source, words in (("--num-layers 80 --pipeline-model-parallel-size 4 "
+                           "--pipeline-model-parallel-layout 'Et|(tt|)*10tL'\n", "places 22 transformer layers"),
+                          ("--num-layers 80 --pipeline-model-parallel-size 2 --pipeline-model-parallel-layout "
+                           "'((t)*99999)*99999'\n", "more than"),
+                          ("--num-layers 80 --pipeline-model-parallel-size 2 --decoder-first-pipeline-num-layers 40 "
+                           "--pipeline-model-parallel-layout 'E(t)*40|(t)*40L'\n", "excludes")):
+        with pytest.raises(ParplanError, match=words):
+            read_config_text(source, ".sh", 16, dense)
+    assert read_config_text("--seq-length 4096 --recompute-granularity selective\n", ".sh", 8, dense).layout[
+        "seq_len"] == 4096

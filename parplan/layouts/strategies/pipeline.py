@@ -185,10 +185,12 @@ class PipelineParallel(Strategy, Stages):
         scale = 1.0
         if layout.schedule == "zb-h1":  # the weight gradients (W) move into the drain; recompute stays in B
             scale = zb_h1_scale(0.0, per_layer - t.layer_wgrad_s, t.layer_wgrad_s)
-        # Uneven chunks (a layout string): the largest chunk paces the interleaving, so it divides the bubble by
-        # L / ceil(L / v) for the L layers of the busiest rank (v itself where the chunks are equal).
-        held_most = np.maximum(np.where(pp > 2, middle, np.maximum(first, last)), 1)
-        v_eff = held_most / np.ceil(held_most / np.maximum(vpp, 1))
+        # Uneven chunks (a layout string): the largest chunk of any rank paces the interleaving, so it divides
+        # the bubble by L / c, the L layers of the rank holding most over that chunk's c (v where chunks are equal).
+        v = np.maximum(vpp, 1)
+        chunk = np.maximum(np.maximum(np.ceil(first / v), np.ceil(last / v)), np.where(pp > 2, np.ceil(middle / v), 0))
+        held_most = np.maximum(np.maximum(first, last), np.where(pp > 2, middle, 0))
+        v_eff = np.maximum(held_most, 1) / np.maximum(chunk, 1)
         total, bubble = pipeline_time(slowest, every, t.micro_batches, np.where(single, 1, v_eff), scale)
         which = np.where(slowest == t_first, 0, np.where(slowest == t_last, 2, 1))
         layers = np.select([which == 0, which == 2], [first, last], middle)

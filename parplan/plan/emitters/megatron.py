@@ -32,6 +32,8 @@ from ...layouts.split import expressible
 from .common import agree, launch, profile_for, rule_problem, software_problem, stage_ends
 from .megatron_layout import layout_string, parse_layout
 
+# The Megatron flags parplan reads that take a list of values.
+LIST_FLAGS = frozenset({"recompute-modules"})
 TARGET = "megatron"
 PROFILE = "megatron-core"
 FSDP_STRATEGY = {2: "optim_grads", 3: "optim_grads_params"}
@@ -48,7 +50,13 @@ def megatron_flags() -> frozenset[str]:
 
 def problem(layout: Layout, model: ModelSpec, software=None) -> str | None:
     fw = profile_for(TARGET, software, PROFILE)
-    return rule_problem(layout, model, fw) or software_problem(software, fw)
+    judged = software if software is not None and software.framework is fw else fw  # with the run's choices
+    pipe_inside_dp = layout.pp > 1 and layout.dp > 1 and "pp" in layout.order and "dp" in layout.order and \
+        layout.order.index("pp") < layout.order.index("dp")
+    if pipe_inside_dp and (layout.cp > 1 or layout.size("ep") > 1):
+        return ("Megatron-Core lays the pipeline inside data parallelism (--use-tp-pp-dp-mapping) only with cp = 1 "
+                "and ep = 1; take the placement dp,pp")
+    return rule_problem(layout, model, judged) or software_problem(software, fw)
 
 
 def text(layout: Layout, model: ModelSpec, software=None) -> str:
@@ -72,7 +80,8 @@ def megatron_args(layout: Layout, model: ModelSpec, software=None) -> list[str]:
     if model.kv_heads != model.heads:
         args += ["--group-query-attention", "--num-query-groups", str(model.kv_heads)]
     args += _split_args(layout, model, software)
-    if "pp" in layout.order and "dp" in layout.order and layout.order.index("pp") < layout.order.index("dp"):
+    if layout.pp > 1 and layout.dp > 1 and "pp" in layout.order and "dp" in layout.order and \
+            layout.order.index("pp") < layout.order.index("dp"):
         args.append("--use-tp-pp-dp-mapping")  # the pipeline stages inside the data-parallel replicas
     if layout.sp:
         args.append("--sequence-parallel")
@@ -216,6 +225,16 @@ def parse_megatron_args(text: str, world_size: int) -> Layout:
         if len(set(ranks[1:-1])) > 1:
             raise ParplanError(f"--pipeline-model-parallel-layout gives the middle ranks {ranks[1:-1]} layers; "
                                f"parplan plans middle ranks of equal layers")
+        if layers and sum(ranks) != layers:
+            raise ParplanError(f"--pipeline-model-parallel-layout places {sum(ranks)} transformer layers; "
+                               f"--num-layers is {layers}")
+        if min(ranks[0], ranks[-1]) < 1:
+            raise ParplanError("--pipeline-model-parallel-layout leaves the first or last pipeline rank without a "
+                               "transformer layer; parplan plans ranks of at least one")
+        if any(values.get(f"decoder-{end}-pipeline-num-layers") for end in ("first", "last")) or \
+                any(values.get(f"account-for-{k}-in-pipeline-split") for k in ("embedding", "loss")):
+            raise ParplanError("--pipeline-model-parallel-layout excludes --decoder-first/last-pipeline-num-layers "
+                               "and --account-for-embedding/loss-in-pipeline-split")
         values = {**values, "num-virtual-stages-per-pipeline-rank": chunks,
                   "decoder-first-pipeline-num-layers": ranks[0], "decoder-last-pipeline-num-layers": ranks[-1]}
     embedding, loss = (int(bool(values.get(f"account-for-{k}-in-pipeline-split"))) for k in ("embedding", "loss"))
@@ -298,10 +317,11 @@ def _values(source: str) -> dict:
                 key, val = tok[2:].split("=", 1)
                 values[key] = val
             elif i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
-                j = i + 1
-                while j < len(tokens) and not tokens[j].startswith("--"):  # a multi-valued flag keeps them all
-                    j += 1
-                values[tok[2:]] = tokens[i + 1] if j == i + 2 else " ".join(tokens[i + 1:j])
+                j = i + 2
+                if tok[2:] in LIST_FLAGS:  # a flag that takes a list keeps every value up to the next flag
+                    while j < len(tokens) and not tokens[j].startswith("--"):
+                        j += 1
+                values[tok[2:]] = " ".join(tokens[i + 1:j])
                 i = j - 1
             else:
                 values[tok[2:]] = True

@@ -14,6 +14,7 @@ import re
 from ...errors import ParplanError
 
 _REPEAT = re.compile(r"\(([^()]*)\)\*(\d+)")
+MAX_CHARS = 1_000_000  # a layout of a million stages and layers is no real model's
 
 
 def chunk_layers(layers: int, chunks: int, first: bool) -> list[int]:
@@ -42,8 +43,14 @@ def layout_string(rank_layers: list[int], vpp: int) -> str:
 def parse_layout(text: str, pp: int) -> tuple[list[int], int]:
     """(transformer layers per rank, chunks per rank) of a layout string over ``pp`` ranks."""
     s = str(text).replace(" ", "")
+
+    def repeat(mt):
+        if len(mt.group(1)) * int(mt.group(2)) + len(s) > MAX_CHARS:
+            raise ParplanError(f"--pipeline-model-parallel-layout {text!r} spells out more than {MAX_CHARS} stages "
+                               f"and layers")
+        return mt.group(1) * int(mt.group(2))
     for _ in range(100):  # expand the innermost repeats until none is left
-        s, n = _REPEAT.subn(lambda mt: mt.group(1) * int(mt.group(2)), s)
+        s, n = _REPEAT.subn(repeat, s)
         if not n:
             break
     if not re.fullmatch(r"[EtmL|]*", s):
