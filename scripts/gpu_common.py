@@ -1,6 +1,8 @@
 """What the GPU check scripts share: CUDA-event timing and the profile that matches a GPU."""
 from __future__ import annotations
 
+import csv
+import os
 import statistics
 
 import torch
@@ -52,3 +54,29 @@ def gpu_profile(hw_arg: str | None = None):
     hw = load_hardware(hw_arg or profile_for(gpu))
     print(f"{gpu}: predicting with profile {hw.name}", flush=True)
     return hw
+
+
+class Table:
+    """Rows appended to a CSV as they are measured, so a run that dies keeps what it finished."""
+
+    def __init__(self, path: str, fields: list[str]):
+        self.path, self.fields = path, fields
+        with open(path, "w", newline="") as f:
+            csv.writer(f).writerow(fields)
+
+    def add(self, **row) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.writer(f).writerow([row.get(k, "") for k in self.fields])
+        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+
+
+def init_distributed(device_arg: str):
+    """(rank, world, device, cuda) of this torchrun worker: NCCL on its LOCAL_RANK GPU, gloo on CPUs."""
+    import torch.distributed as dist
+
+    cuda = device_arg == "cuda"
+    dist.init_process_group("nccl" if cuda else "gloo")
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    return dist.get_rank(), dist.get_world_size(), device, cuda

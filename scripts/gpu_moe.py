@@ -180,12 +180,15 @@ def layer_rows(hw, dev, dtype, models, token_counts, reps, dtype_name, quick):
 
 
 def write(path, rows):
+    """The rows as a CSV, replaced whole (a temporary file renamed over it), so a reader never sees half."""
     if not rows:
         return
-    with open(path, "w", newline="") as fh:
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
+    os.replace(tmp, path)
     print(f"wrote {path}", flush=True)
 
 

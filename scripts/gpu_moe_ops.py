@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import csv
 import json
 import os
 import statistics
@@ -29,7 +28,7 @@ import torch
 
 sys.path.insert(0, os.getcwd())
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_moe import MoeLayer, grouped, looped  # noqa: E402
+from gpu_moe import MoeLayer, grouped, looped, write  # noqa: E402
 from parplan.cost import ops as ops_mod  # noqa: E402
 from parplan.cost.kernels import op_times  # noqa: E402
 from parplan.cost.moe import MoeParallel, block_kernels  # noqa: E402
@@ -152,18 +151,6 @@ def kernel_rows(layer, x, name, tokens):
     rows = [{"model": name, "tokens": tokens, "kernel": k[:120], "kind": kind_of(k), "calls": calls[k],
              "seconds": s, "step_wall_s": wall} for k, s in sorted(sums.items(), key=lambda kv: -kv[1])]
     return rows
-
-
-def write(path, rows):
-    if not rows:
-        return
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
-    print(f"wrote {path}", flush=True)
 
 
 def main(argv=None):

@@ -17,7 +17,6 @@ usage: python scripts/gpu_overlap.py OUT_DIR [--quick] [--parts=contention,ring]
 """
 from __future__ import annotations
 
-import csv
 import os
 import sys
 
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.getcwd())
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_common import timed  # noqa: E402
+from gpu_common import Table, timed  # noqa: E402
 
 DEV = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 BF16 = torch.bfloat16
@@ -48,20 +47,6 @@ extern "C" __global__ void hold(const float4* __restrict__ src, float4* __restri
     if (threadIdx.x == 0 && iters < 0) smem[0] = s[0];  // keeps the shared allocation referenced
 }
 """
-
-
-class Table:
-    """Rows appended to a CSV as they are measured, so a run that dies keeps what it finished."""
-
-    def __init__(self, path: str, fields: list[str]):
-        self.path, self.fields = path, fields
-        with open(path, "w", newline="") as f:
-            csv.writer(f).writerow(fields)
-
-    def add(self, **row) -> None:
-        with open(self.path, "a", newline="") as f:
-            csv.writer(f).writerow([row.get(k, "") for k in self.fields])
-        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
 
 
 class Holder:

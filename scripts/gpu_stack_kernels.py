@@ -15,7 +15,6 @@ usage: python scripts/gpu_stack_kernels.py OUT_DIR [--quick] [--parts=casts,elem
 """
 from __future__ import annotations
 
-import csv
 import os
 import sys
 
@@ -24,26 +23,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.getcwd())
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_common import timed  # noqa: E402
+from gpu_common import Table, timed  # noqa: E402
 
 DEV = torch.device("cuda")
 BF16 = torch.bfloat16
 E4M3 = torch.float8_e4m3fn
 QUICK = "--quick" in sys.argv
-
-
-class Table:
-    """Rows appended to a CSV as they are measured, so a run that dies keeps what it finished."""
-
-    def __init__(self, path: str, fields: list[str]):
-        self.path, self.fields = path, fields
-        with open(path, "w", newline="") as f:
-            csv.writer(f).writerow(fields)
-
-    def add(self, **row) -> None:
-        with open(self.path, "a", newline="") as f:
-            csv.writer(f).writerow([row.get(k, "") for k in self.fields])
-        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
 
 
 def gemm_rate() -> float:

@@ -37,6 +37,7 @@ sys.path.insert(0, os.getcwd())
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from parplan.specs.model import model_from_dict, with_seq_len  # noqa: E402
 from parplan.specs.model_loader import load_model  # noqa: E402
+from gpu_common import init_distributed  # noqa: E402
 from multi_gpu_predict import predict_ring  # noqa: E402
 
 TINY = {"name": "tiny-attention", "layers": 1, "hidden": 64, "heads": 4, "kv_heads": 2, "ffn_hidden": 256,
@@ -224,12 +225,7 @@ def main() -> int:
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
 
-    cuda = args.device == "cuda"
-    dist.init_process_group("nccl" if cuda else "gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
+    rank, world, device, cuda = init_distributed(args.device)
     dtype, dname = (torch.bfloat16, "bf16") if cuda else (torch.float32, "fp32")
     tol = 3e-2 if cuda else 1e-4
     spec = model_from_dict(TINY, "tiny") if args.tiny else load_model(args.model)

@@ -46,7 +46,7 @@ from parplan.specs.model_loader import load_model  # noqa: E402
 from parplan.specs.model import model_from_dict, with_seq_len  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_common import profile_for, timed as cuda_timed  # noqa: E402
+from gpu_common import init_distributed, profile_for, timed as cuda_timed  # noqa: E402
 from multi_gpu_predict import predict_layers  # noqa: E402
 
 # PyTorch 2.13 renames the flat-tensor collectives; 2.11 (the GPU machines') has only the old names.
@@ -283,12 +283,7 @@ def main() -> int:
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
 
-    cuda = args.device == "cuda"
-    dist.init_process_group("nccl" if cuda else "gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
+    rank, world, device, cuda = init_distributed(args.device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype if cuda else "fp32"]
     model = model_from_dict(TINY, "tiny") if args.tiny else with_seq_len(load_model(args.model), args.seq)
     b, s, h = args.micro_batch, model.seq_len, model.hidden

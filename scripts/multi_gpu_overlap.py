@@ -39,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from parplan.specs.model import model_from_dict, with_seq_len  # noqa: E402
 from parplan.specs.model_loader import load_model  # noqa: E402
 from multi_gpu_layers import TINY, _all_gather, _reduce_scatter, layer_forward, layer_weights  # noqa: E402
+from gpu_common import init_distributed  # noqa: E402
 from multi_gpu_predict import fsdp_traffic, overlap_exposed_s  # noqa: E402
 
 # A GPU sleep queued ahead of each timed repeat, long enough (about 4 ms at 2 GHz) for the host to
@@ -118,12 +119,7 @@ def main() -> int:
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
 
-    cuda = args.device == "cuda"
-    dist.init_process_group("nccl" if cuda else "gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
+    rank, world, device, cuda = init_distributed(args.device)
     dtype = torch.bfloat16 if cuda else torch.float32
     dname = "bf16" if cuda else "fp32"
     base = model_from_dict(TINY, "tiny") if args.tiny else load_model(args.model)
