@@ -82,20 +82,21 @@ def grouped_from_dict(data: Any, what: str):
     return tuple(float(x) for x in tokens), tuple(float(x) for x in frac)
 
 
-def eager_from_dict(data: Any, what: str) -> Mapping[str, float]:
+def _fractions(data: Any, keys, what: str) -> Mapping[str, float]:
+    """A mapping of some of ``keys`` to fractions in (0, 1] (empty when absent)."""
     if data is None:
         return MappingProxyType({})
     data = require_mapping(data, what)
-    check_keys(data, EAGER_FAMILIES, what)
+    check_keys(data, keys, what)
     return MappingProxyType({k: float(number(data, k, what, maximum=1.0)) for k in data})
+
+
+def eager_from_dict(data: Any, what: str) -> Mapping[str, float]:
+    return _fractions(data, EAGER_FAMILIES, what)
 
 
 def fp8_from_dict(data: Any, what: str) -> Mapping[str, float]:
-    if data is None:
-        return MappingProxyType({})
-    data = require_mapping(data, what)
-    check_keys(data, FP8_SCALINGS, what)
-    return MappingProxyType({k: float(number(data, k, what, maximum=1.0)) for k in data})
+    return _fractions(data, FP8_SCALINGS, what)
 
 
 def attention_kernels_from_dict(data: Any, what: str) -> Mapping[str, AttentionCurve]:
