@@ -35,7 +35,8 @@ SELECTIVE_LAYER_EVERY = 2
 
 
 def layer_activation_bytes(model: ModelSpec, d: LocalDims, dtype: str, flash_attention: bool,
-                           dropout: bool, recompute, elementwise=None, fp8_inputs: bool = False):
+                           dropout: bool, recompute, elementwise=None, fp8_inputs: bool = False,
+                           autocast=False, projections: str = "fused"):
     """Bytes one layer keeps for its backward, for one micro-batch, under ``recompute``.
 
     ``recompute`` is a mode name of :data:`RECOMPUTE_MODES` or an array of their codes:
@@ -49,6 +50,10 @@ def layer_activation_bytes(model: ModelSpec, d: LocalDims, dtype: str, flash_att
     ``elementwise``: ops run eager keep more (an eager RMSNorm its fp32 upcast and normalized
     output, 4 bytes per element over the fused kernel's 16-bit input; an eager SwiGLU the SiLU output).
     ``fp8_inputs``: the linear layers keep their inputs cast to FP8 (Transformer Engine), 1 byte each.
+    ``autocast`` (array-able): eager autocast over fp32 parameters, where the residual stream and the norms'
+    outputs are fp32: each norm keeps its fp32 input, and each linear its own 16-bit cast of the norm's
+    output (``projections`` "separate": three for q, k, v and two for SwiGLU's gate and up). Measured per
+    block on one H100 (scripts/gpu_memory_phases.py, reports/memory/h100-2026-12-06).
     """
     bpe = BYTES_PER_ELEMENT[dtype]
     eager = {op for op, how in (elementwise or {}).items() if how == "eager"}
@@ -62,6 +67,9 @@ def layer_activation_bytes(model: ModelSpec, d: LocalDims, dtype: str, flash_att
     outer = outside * (norms * bpe + norms * gemm_in + 2 * mask)
     if "norm" in eager and model.norm == "rmsnorm":
         outer = outer + norms * outside * 4
+    if "norm" in eager:  # fp32 norm inputs, and a cast per extra linear that reads a norm's output
+        extra_casts = (2 + (1 if model.activation == "swiglu" else 0)) if projections == "separate" else 0
+        outer = outer + np.asarray(autocast, float) * outside * (norms * (4 - bpe) + extra_casts * bpe)
     q_cols, kv_cols = d.heads * d.head_dim, d.kv_heads * d.head_dim
     swiglu = model.activation == "swiglu"
     qkv = tokens * (q_cols + 2 * kv_cols) * bpe          # Q, K for the scores; V for the context

@@ -47,6 +47,10 @@ GRAD_REDUCE = ("overlapped", "after-backward")
 PREFETCH = ("before", "after")
 PP_SENDS = ("scatter-gather", "full", "partitioned")
 MASTER_WEIGHTS = ("fp32-copy", "fp32-params")
+# What happens to the gradients between steps: kept in a buffer the next step accumulates into (Megatron's
+# and DeepSpeed's contiguous gradient buffers), or freed by ``zero_grad(set_to_none=True)`` (PyTorch's
+# default since 2.0) and allocated again by the next backward.
+GRADIENTS = ("persistent", "freed")
 OPTIMIZERS = ("fused", "foreach")
 SEQUENCE_PARALLEL = ("optional", "always", "never")
 RECOMPUTE_MODES = ("none", "selective", "full", "selective-op", "selective-layer", "norm-act")
@@ -62,10 +66,14 @@ DEFAULT_FRAMEWORK = {"gpu": "megatron-core", "tpu": "jax"}
 
 FRAMEWORK_KEYS = ("name", "aliases", "description", "devices", "emit", "kernels", "compile", "fp8", "data_parallel",
                   "pipeline", "parallelism", "recompute", "vocab", "optimizer", "master_weights",
-                  "host_overhead_per_layer_s", "elementwise_efficiency", "serving", "sources", "moe")
-KERNEL_KEYS = ("attention", "flash_attention", "elementwise", "loss", "weight_casts")
+                  "gradients", "host_overhead_per_layer_s", "elementwise_efficiency", "serving", "sources", "moe")
+KERNEL_KEYS = ("attention", "flash_attention", "elementwise", "loss", "weight_casts", "projections")
+# How the q, k, v and the gate and up projections are held: one fused GEMM each (Megatron, MPT) or separate
+# linear layers (torchtitan, transformers' Llama), which eager autocast feeds one 16-bit cast each.
+PROJECTIONS = ("fused", "separate")
 COMPILE_KEYS = ("available", "default", "elementwise", "loss")
-FP8_KEYS = ("recipes", "default", "casts", "compiled_casts", "weight_cast", "all_gather", "saves_fp8_inputs", "wgrad")
+FP8_KEYS = ("recipes", "default", "casts", "compiled_casts", "weight_cast", "all_gather", "saves_fp8_inputs",
+            "compiled_saves_fp8_inputs", "wgrad")
 DP_KEYS = ("zero", "zero3", "grad_reduce", "reduce_every_microbatch", "backward_prefetch", "gather_bucket_params",
            "reduce_bucket_params", "max_live_params", "grad_dtype", "overlap_param_gather")
 PP_KEYS = ("schedules", "send", "zero", "reduce_every_microbatch", "split", "micro_batch", "micro_batches")
@@ -89,6 +97,7 @@ class Kernels:
     elementwise: Mapping[str, str]      # op -> fused | eager
     loss: str
     weight_casts: bool                  # autocast casts fp32 weights to 16 bits every forward
+    projections: str = "fused"          # PROJECTIONS
 
 
 @dataclass(frozen=True)
@@ -109,6 +118,7 @@ class FP8:
     all_gather: bool                    # ZeRO-3 weights are gathered in FP8
     wgrad: bool                         # the weight-gradient GEMM runs in FP8 too
     saves_fp8_inputs: bool = False      # linear layers keep their FP8-cast inputs for the backward (TE)
+    compiled_saves_fp8_inputs: bool = False  # the same once compiled (the partitioner saves the cheaper copy)
 
 
 @dataclass(frozen=True)
@@ -202,6 +212,7 @@ class Framework:
     vocab_times_tp: bool
     optimizer: str
     master_weights: str
+    gradients: str = "persistent"       # GRADIENTS: kept between steps, or freed and allocated by the backward
     host_overhead_per_layer_s: float = 0.0
     elementwise_efficiency: float | None = None  # fitted by calibrate; None: the hardware profile's
     aliases: tuple[str, ...] = ()

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 from ..errors import ParplanError
 from .framework import (ACTIVATION_SHARDS, ATTENTION_KERNELS, COMPILE_KEYS, CP_MODES, DEVICE_KINDS, DP_KEYS, ELEMENTWISE_OPS, FP8,
     FP8_CASTS, FP8_KEYS, FP8_RECIPES, FRAMEWORK_KEYS, GRAD_REDUCE, IMPLEMENTATIONS, KERNEL_KEYS, LOSSES,
-    MASTER_WEIGHTS, OPTIMIZERS, PARALLEL_KEYS, PP_KEYS, PP_SENDS, PREFETCH, RECOMPUTE_MODES, SCHEDULES, TP_OVERLAPS,
+    GRADIENTS, MASTER_WEIGHTS, OPTIMIZERS, PARALLEL_KEYS, PP_KEYS, PP_SENDS, PREFETCH, PROJECTIONS, RECOMPUTE_MODES, SCHEDULES, TP_OVERLAPS,
     SEQUENCE_PARALLEL, SPLIT_CHUNKS, SPLIT_DEFAULTS, SPLIT_ENDS, SPLIT_KEYS, TP_MODES, VOCAB_KEYS, WEIGHT_CASTS,
     ZERO3_IMPLS, Compile, DataParallelSoftware, Framework, Kernels, Parallelism, PipelineSoftware, PipelineSplit,
     EXPERT_TP, MOE_KEYS, MOE_OVERLAPS, MoeSoftware)
@@ -123,7 +123,9 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
                       flash_attention=_flag(k, "flash_attention", f"{what}: kernels", bool(attention)),
                       elementwise=MappingProxyType(_impls(k, "elementwise", f"{what}: kernels", True)),
                       loss=text(k, "loss", f"{what}: kernels", choices=LOSSES),
-                      weight_casts=_flag(k, "weight_casts", f"{what}: kernels", False))
+                      weight_casts=_flag(k, "weight_casts", f"{what}: kernels", False),
+                      projections=text(k, "projections", f"{what}: kernels", required=False, choices=PROJECTIONS,
+                                       default="fused"))
     c = require_mapping(data.get("compile") or {}, f"{what}: compile")
     check_keys(c, COMPILE_KEYS, f"{what}: compile")
     compile_ = Compile(available=_flag(c, "available", f"{what}: compile", False),
@@ -145,7 +147,8 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
               weight_cast=text(f, "weight_cast", f"{what}: fp8", required=False, choices=WEIGHT_CASTS,
                                default="per-microbatch"),
               all_gather=_flag(f, "all_gather", f"{what}: fp8", False), wgrad=_flag(f, "wgrad", f"{what}: fp8", True),
-              saves_fp8_inputs=_flag(f, "saves_fp8_inputs", f"{what}: fp8", False))
+              saves_fp8_inputs=_flag(f, "saves_fp8_inputs", f"{what}: fp8", False),
+              compiled_saves_fp8_inputs=_flag(f, "compiled_saves_fp8_inputs", f"{what}: fp8", False))
     d = require_mapping(data.get("data_parallel") or {}, f"{what}: data_parallel")
     w = f"{what}: data_parallel"
     check_keys(d, DP_KEYS, w)
@@ -214,6 +217,7 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
         vocab_times_tp=_flag(v, "times_tp", f"{what}: vocab", False),
         optimizer=text(data, "optimizer", what, choices=OPTIMIZERS),
         master_weights=text(data, "master_weights", what, choices=MASTER_WEIGHTS),
+        gradients=text(data, "gradients", what, required=False, choices=GRADIENTS, default="persistent"),
         host_overhead_per_layer_s=number(data, "host_overhead_per_layer_s", what, required=False, positive=False,
                                          default=0.0, maximum=1.0),
         elementwise_efficiency=eff,

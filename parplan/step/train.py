@@ -90,6 +90,34 @@ class Estimate:
 # --------------------------------------------------------------------------- the model
 
 
+# What a step holds from its start to its end; everything else (activations, the loss's buffers, cast and
+# gathered weight copies, dispatch buffers) lives from the forward into the backward.
+STEP_STATES = ("weights", "optimizer", "fp8_weight_cache", "gradients")
+
+
+def freed_gradients_at_peak(mem: dict, micro_batches, pp):
+    """What gradients freed between steps (``zero_grad(set_to_none=True)``) add to the peak.
+
+    With one micro-batch per step and no pipeline, no gradient exists at the forward's end or at the
+    loss's backward, where the activations peak; the backward allocates them as it frees the activations
+    (linearly in both, so the peak is at an end) and the optimizer step holds them without activations:
+    the peak is the step's states plus max(activations and the like, gradients), and the gradients add
+    max(gradients - the rest, 0). Accumulating micro-batches or a pipeline keeps them beside the
+    activations. Measured: ``scripts/gpu_memory_phases.py`` (reports/memory/h100-2026-12-06)."""
+    transient = sum((v for k, v in mem.items() if k not in STEP_STATES), 0.0)
+    once = (np.asarray(micro_batches) == 1) & (np.asarray(pp) == 1)
+    return np.where(once, np.maximum(mem["gradients"] - transient, 0.0), mem["gradients"])
+
+
+def _gradient_note(fw, micro_batches, layout) -> tuple[str, ...]:
+    if fw.gradients != "freed" or np.size(micro_batches) != 1 or np.size(layout.pp) != 1:
+        return ()
+    if int(np.ravel(micro_batches)[0]) != 1 or int(np.ravel(layout.pp)[0]) != 1:
+        return ()
+    return (f"memory: {fw.name} frees the gradients between steps, so with one micro-batch the peak is the loss's "
+            "backward, before any gradient exists; 'gradients' is what they add beyond the activations",)
+
+
 def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: Software | None = None,
              headroom: float = DEFAULT_HEADROOM, check: bool = True, dropout: bool | None = None) -> Estimate:
     """Predict one training step of ``model`` on ``cluster`` under ``layout``, run by ``software``
@@ -244,11 +272,13 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
     breakdown["optimizer"] = optimizer_s
 
     # ---- memory: each kind of pipeline rank holds its own parameters and in-flight activations; the peak rank
-    fp8_inputs = bool(sw.fp8_recipe) and fw.fp8.saves_fp8_inputs
+    fp8_inputs = bool(sw.fp8_recipe) and (fw.fp8.saves_fp8_inputs or
+                                          (sw.compiled and fw.fp8.compiled_saves_fp8_inputs))
+    autocast = fw.kernels.weight_casts & (np.asarray(layout.zero) == 0)  # FSDP casts the weights instead
     act_layer = layer_activation_bytes(model, dims, act, sw.flash_attention, use_dropout, rc, sw.elementwise,
-                                       fp8_inputs)
+                                       fp8_inputs, autocast, fw.kernels.projections)
     act_full_layer = layer_activation_bytes(model, dims, act, sw.flash_attention, use_dropout, "none",
-                                            sw.elementwise, fp8_inputs)
+                                            sw.elementwise, fp8_inputs, autocast, fw.kernels.projections)
     states = sw_mod.state_bytes_per_param(sw, dtype)
     extras = {}
     for s in strategies_in_registry_order(strategies):
@@ -273,6 +303,8 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
                "logits": np.where(r.head, sw_mod.logits_bytes(dims, sw, dtype), 0.0)}
         mem.update(sw_mod.extra_memory(model, dims, layout, sw, r.layers, kept))
         mem.update(extras)
+        if fw.gradients == "freed":
+            mem["gradients"] = freed_gradients_at_peak(mem, m, layout.pp)
         mem["total"] = sum(mem.values())
         return mem
     ranks = [rank_memory(r) for r in stages.memory_stages(model, layout, m)]
@@ -310,7 +342,7 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
         collectives=costs,
         headroom=headroom,
         software=sw,
-        notes=moe_overlap.notes(model, dims),
+        notes=tuple(moe_overlap.notes(model, dims)) + _gradient_note(fw, m, layout),
         pipeline_ranks=stage_memory,
     )
 

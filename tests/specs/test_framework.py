@@ -113,3 +113,17 @@ def test_vocabulary_padding_rules():
     assert float(mcore.padded_vocab(50257, 8)) == 51200
     assert float(titan.padded_vocab(50257, 8)) == 50257
     assert np.allclose(mcore.padded_vocab(50257, np.array([1, 2])), [50304, 50432])
+
+
+def test_gradients_and_projections_take_their_choices(tmp_path):
+    data = _profile()
+    data["gradients"] = "sometimes"
+    with pytest.raises(ParplanError, match="must be one of persistent, freed"):
+        load_framework(_write(tmp_path, data))
+    data = _profile()
+    data["kernels"]["projections"] = "merged"
+    with pytest.raises(ParplanError, match="must be one of fused, separate"):
+        load_framework(_write(tmp_path, data))
+    assert load_framework("torchtitan").gradients == "freed" and load_framework("megatron-core").gradients == \
+        "persistent"
+    assert load_framework("pytorch").kernels.projections == "separate"

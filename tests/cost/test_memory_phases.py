@@ -1,0 +1,77 @@
+"""Peak memory by phase: gradients freed between steps, the loss's backward, eager autocast's fp32 tensors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.helpers import software
+
+from parplan.cost.elementwise import LOSS_MEMORY_BYTES
+from parplan.cost.memory import layer_activation_bytes
+from parplan.cost.ops import LocalDims
+from parplan.layouts.layout import Layout
+from parplan.specs.cluster import load_cluster
+from parplan.specs.model_loader import load_model
+from parplan.step.train import STEP_STATES, estimate, freed_gradients_at_peak
+
+
+def test_freed_gradients_add_only_what_exceeds_the_activations():
+    """Peak = states + max(activations and the like, gradients): the gradients add max(G - rest, 0)."""
+    mem = {"weights": 4.0, "optimizer": 8.0, "gradients": 4.0, "activations": 10.0, "logits": 2.0}
+    assert float(freed_gradients_at_peak(mem, 1, 1)) == 0.0
+    assert float(freed_gradients_at_peak({**mem, "activations": 1.0, "logits": 0.0}, 1, 1)) == 3.0
+    assert float(freed_gradients_at_peak(mem, 2, 1)) == 4.0   # accumulation: they exist beside micro-batch 2
+    assert float(freed_gradients_at_peak(mem, 1, 2)) == 4.0   # a pipeline: beside the in-flight micro-batches
+    assert np.allclose(freed_gradients_at_peak(mem, np.array([1, 4]), 1), [0.0, 4.0])
+
+
+def test_one_micro_batch_step_peaks_at_states_plus_the_larger_phase():
+    """Mistral 7B, one H200, compiled torchtitan, batch 1 x 2048: fp32 weights 4 + Adam 8 bytes per
+    parameter and the larger of the forward's tensors and the gradients (4 per parameter). Megatron keeps
+    its gradient buffer: the plain sum."""
+    m, cl = load_model("mistral-7b"), load_cluster("h200x1")
+    lay = Layout(global_batch=1, micro_batch=1, seq_len=2048)
+    mem = {k: float(v) for k, v in estimate(m, cl, lay, software=software("torchtitan", compiled=True)).memory_bytes
+           .items()}
+    n = m.total_params()
+    rest = sum(v for k, v in mem.items() if k not in STEP_STATES + ("total",))
+    assert mem["total"] == pytest.approx(4 * n + 8 * n + max(rest, 4 * n))
+    kept = estimate(m, cl, lay, software=software("megatron-core")).memory_bytes
+    assert float(kept["total"]) == pytest.approx(sum(float(v) for k, v in kept.items() if k != "total"))
+    assert float(kept["gradients"]) == pytest.approx(2 * n)
+
+
+def test_loss_peak_bytes_per_logit():
+    """At the start of the loss's backward: eager fp32 holds the log-softmax output, its gradient and the
+    input gradient (3 x 4 bytes); a fused kernel its 16-bit logits and their 16-bit gradient (2 x 2)."""
+    assert LOSS_MEMORY_BYTES["eager-fp32"] == 12 and LOSS_MEMORY_BYTES["fused"] == 4
+
+
+def test_eager_autocast_keeps_fp32_norm_inputs_and_one_cast_per_projection():
+    """Per token, Llama-style: two norms keep fp32 inputs (+2 bytes each over 16 bits) and q, k, v and the
+    gate and up projections cast the fp32 norm outputs once each (+3 more 16-bit copies of h)."""
+    m = load_model("llama3.2-1b")
+    d = LocalDims(batch=1, seq=1024, seq_kv=1024, hidden=m.hidden, heads=m.heads, kv_heads=m.kv_heads,
+                  head_dim=m.head_dim, ffn=m.ffn_hidden, vocab=m.vocab, norm_shard=1)
+    eager = {op: "eager" for op in ("norm", "rope", "activation", "residual")}
+    args = (m, d, "bf16", True, False, "none", eager)
+    plain = float(layer_activation_bytes(*args))
+    assert float(layer_activation_bytes(*args, False, True, "separate")) - plain == pytest.approx(
+        1024 * m.hidden * (2 * 2 + 3 * 2))
+    assert float(layer_activation_bytes(*args, False, True, "fused")) - plain == pytest.approx(1024 * m.hidden * 4)
+    compiled = {op: "fused" for op in eager}  # compiled: the casts are one, the measured block matches 16 bits
+    assert float(layer_activation_bytes(m, d, "bf16", True, False, "none", compiled, False, True, "separate")) == \
+        pytest.approx(float(layer_activation_bytes(m, d, "bf16", True, False, "none", compiled)))
+
+
+def test_compiled_torchao_keeps_fp8_inputs_and_eager_keeps_16_bits():
+    """torchao's autograd function saves its high-precision input; the compiled partitioner the FP8 cast."""
+    m, cl = load_model("llama3.2-1b"), load_cluster("h100x1")
+
+    def acts(dtype, **choices):
+        lay = Layout(global_batch=2, micro_batch=2, seq_len=8192, dtype=dtype)
+        sw = software("torchtitan", dtype=dtype, **choices)
+        return float(estimate(m, cl, lay, software=sw).memory_bytes["activations"])
+
+    assert acts("fp8", compiled=True, fp8_recipe="tensorwise") < acts("bf16", compiled=True)
+    assert acts("fp8", compiled=False, fp8_recipe="tensorwise") == pytest.approx(acts("bf16", compiled=False))
