@@ -86,6 +86,10 @@ def test_resolve_compile_fp8_and_overrides():
     fp8 = resolve_software(titan, dtype="fp8")
     assert fp8.fp8_recipe == "tensorwise" and any("default" in n for n in fp8.notes)
     assert resolve_software(titan, dtype="fp8", fp8_recipe="rowwise").fp8_recipe == "rowwise"
+    # Dynamic (tensorwise) scaling needs the amax before the cast: two passes even compiled; Transformer
+    # Engine's delayed scaling casts in the producing kernel.
+    assert resolve_software(titan, dtype="fp8", compiled=True).fp8_casts == "separate"
+    assert resolve_software(load_framework("megatron-core"), dtype="fp8").fp8_casts == "fused"
     unfused = resolve_software(load_framework("megatron-core"), fused_kernels=False)
     assert set(unfused.elementwise.values()) == {"eager"}
     assert resolve_software(load_framework("megatron-lm")).attention_kernels == ()
