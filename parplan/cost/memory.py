@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..specs.dtypes import BYTES_PER_ELEMENT
+from ..specs.framework import RECOMPUTE_MODES  # codes 0-6: the index of each mode
 from ..specs.model import ModelSpec
 from . import moe as moe_mod
 from .elementwise import optimizer_bytes_per_param
@@ -29,7 +30,6 @@ ADAM_STATE_BYTES_PER_PARAM = 12  # fp32 master weight + momentum + variance (ZeR
 DEFAULT_HEADROOM = 0.10
 
 
-RECOMPUTE_MODES = ("none", "selective", "full", "selective-op", "selective-layer", "norm-act")  # codes 0-5
 # torchtitan's layer-selective checkpointing wraps every N-th block (selective_ac_option; its presets: 2).
 SELECTIVE_LAYER_EVERY = 2
 
@@ -46,7 +46,10 @@ def layer_activation_bytes(model: ModelSpec, d: LocalDims, dtype: str, flash_att
     log-sum-exp; ``selective-layer`` averages full (every N-th block) and none; ``norm-act`` (Megatron-Core
     ``--recompute-modules layernorm moe_act``) drops an MoE layer's pre-MLP norm output (the router's and
     experts' input; Transformer Engine fuses every other norm into the linear it feeds, which the module
-    leaves alone) and the routed experts' activation output (the down projection's input).
+    leaves alone) and the routed experts' activation output (the down projection's input); ``save-dots``
+    (MaxText ``remat_policy: minimal``, ``jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims``)
+    keeps the layer input and every weight matmul's output (q, k, v, the attention's output projection,
+    the MLP's input and output projections) and rebuilds the rest: norms, activations, the attention core.
     ``elementwise``: ops run eager keep more (an eager RMSNorm its fp32 upcast and normalized
     output, 4 bytes per element over the fused kernel's 16-bit input; an eager SwiGLU the SiLU output).
     ``fp8_inputs``: the linear layers keep their inputs cast to FP8 (Transformer Engine), 1 byte each.
@@ -96,12 +99,16 @@ def layer_activation_bytes(model: ModelSpec, d: LocalDims, dtype: str, flash_att
     per_op = kept_input + saved_mm + tokens * q_cols * bpe + lse
     per_op = per_op + moe_extra if model.is_moe else per_op
     per_layer = (kept_input + (SELECTIVE_LAYER_EVERY - 1) * full) / SELECTIVE_LAYER_EVERY
+    # save-dots: the input, q/k/v, and the output projections' results (hidden-sized, sharded as the layer
+    # output is), the MLP's up (and gate) projection's output.
+    save_dots = kept_input + qkv + 2 * outside * bpe + tokens * d.ffn * bpe * (2 if swiglu else 1)
+    save_dots = save_dots + moe_extra if model.is_moe else save_dots
     norm_act = full  # a dense layer's norms are fused into its linears: nothing for Megatron to drop
     if model.is_moe:
         norm_act = full - moe_mod.share(model, d) * (outside * gemm_in + moe_mod.activation_output_bytes(model, d, bpe))
     code = recompute_code(recompute)
-    return np.select([code == 2, code == 1, code == 3, code == 4, code == 5],
-                     [kept_input, selective, per_op, per_layer, norm_act], full)
+    return np.select([code == 2, code == 1, code == 3, code == 4, code == 5, code == 6],
+                     [kept_input, selective, per_op, per_layer, norm_act, save_dots], full)
 
 
 def recompute_code(recompute):

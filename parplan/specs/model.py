@@ -25,7 +25,7 @@ POSITIONS = ("learned", "rope", "alibi", "none")
 MAX_DIM = 10_000_000
 # The keys a model spec may carry: the shapes, and documentation (family, source, aliases).
 MODEL_KEYS = ("name", "family", "layers", "hidden", "heads", "kv_heads", "head_dim", "ffn_hidden", "activation",
-              "norm", "position", "bias", "tied_embeddings", "parallel_layers", "vocab", "seq_len", "max_seq_len",
+              "norm", "position", "bias", "tied_embeddings", "parallel_layers", "causal", "vocab", "seq_len", "max_seq_len",
               "source", "aliases") + MOE_KEYS
 
 
@@ -71,6 +71,10 @@ class ModelSpec:
     # Attention and MLP side by side on one normalized input, y = x + Attn(LN(x)) + MLP(LN(x)) (GPT-J,
     # PaLM Sec. 2): one norm per layer, one fused input projection, one TP all-reduce per block pass.
     parallel_layers: bool = False
+    # Whether attention sees only earlier positions (a decoder) or every position (an encoder, or a kernel
+    # launched without its causal mask, as MaxText's flash attention was until Nov 2023): the fused
+    # kernel computes half the scores, or all of them.
+    causal: bool = True
 
     @property
     def context_limit(self) -> int | None:
@@ -282,6 +286,7 @@ def model_from_dict(data: Any, what: str, path: str = "", seq_note: str = "") ->
         bias=_flag(data, "bias", what, True),
         tied_embeddings=_flag(data, "tied_embeddings", what, True),
         parallel_layers=_flag(data, "parallel_layers", what, False),
+        causal=_flag(data, "causal", what, True),
         source=str(data.get("source", "")),
         aliases=names(data, "aliases", what),
         path=path,

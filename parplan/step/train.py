@@ -41,6 +41,7 @@ from ..layouts.strategies.base import STAGES
 from .comms import link_sum, price_collectives
 from .overlap import attention_exposed, step_exposures
 from . import moe_step as moe_overlap
+from .peak_memory import freed_gradients_at_peak, gradient_note
 
 
 
@@ -90,34 +91,6 @@ class Estimate:
 # --------------------------------------------------------------------------- the model
 
 
-# What a step holds from its start to its end; everything else (activations, the loss's buffers, cast and
-# gathered weight copies, dispatch buffers) lives from the forward into the backward.
-STEP_STATES = ("weights", "optimizer", "fp8_weight_cache", "gradients")
-
-
-def freed_gradients_at_peak(mem: dict, micro_batches, pp):
-    """What gradients freed between steps (``zero_grad(set_to_none=True)``) add to the peak.
-
-    With one micro-batch per step and no pipeline, no gradient exists at the forward's end or at the
-    loss's backward, where the activations peak; the backward allocates them as it frees the activations
-    (linearly in both, so the peak is at an end) and the optimizer step holds them without activations:
-    the peak is the step's states plus max(activations and the like, gradients), and the gradients add
-    max(gradients - the rest, 0). Accumulating micro-batches or a pipeline keeps them beside the
-    activations. Measured: ``scripts/gpu_memory_phases.py`` (reports/memory/h100-2026-12-06)."""
-    transient = sum((v for k, v in mem.items() if k not in STEP_STATES), 0.0)
-    once = (np.asarray(micro_batches) == 1) & (np.asarray(pp) == 1)
-    return np.where(once, np.maximum(mem["gradients"] - transient, 0.0), mem["gradients"])
-
-
-def _gradient_note(fw, micro_batches, layout) -> tuple[str, ...]:
-    if fw.gradients != "freed" or np.size(micro_batches) != 1 or np.size(layout.pp) != 1:
-        return ()
-    if int(np.ravel(micro_batches)[0]) != 1 or int(np.ravel(layout.pp)[0]) != 1:
-        return ()
-    return (f"memory: {fw.name} frees the gradients between steps, so with one micro-batch the peak is the loss's "
-            "backward, before any gradient exists; 'gradients' is what they add beyond the activations",)
-
-
 def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: Software | None = None,
              headroom: float = DEFAULT_HEADROOM, check: bool = True, dropout: bool | None = None) -> Estimate:
     """Predict one training step of ``model`` on ``cluster`` under ``layout``, run by ``software``
@@ -148,7 +121,7 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
     fields = dict(batch=np.asarray(layout.micro_batch), seq=np.asarray(seq, float),
                   seq_kv=np.asarray(seq, float), hidden=model.hidden, heads=model.heads,
                   kv_heads=model.kv_heads, head_dim=model.head_dim, ffn=model.ffn_hidden,
-                  vocab=vocab_shard(model.vocab, 1), norm_shard=1, hidden_shard=1, causal=True)
+                  vocab=vocab_shard(model.vocab, 1), norm_shard=1, hidden_shard=1, causal=model.causal)
     stage_layers = stages.stage_layers(model, layout)
     if model.is_moe:  # the busiest stage's share of MoE layers (parplan.cost.moe)
         fields["moe_share"] = model.busiest_layers(stage_layers, moe_only=True) / np.maximum(stage_layers, 1)
@@ -177,8 +150,10 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
     # norm-act recomputes an MoE layer's pre-MLP norm and the routed experts' activation (NORM_ACT_OPS).
     norm_act_fwd = sum((t[0] * (fields.get("moe_share", 1.0) if o.name == "post_attn_norm" else 1.0)
                         for o, t in zip(lops, times) if o.name in NORM_ACT_OPS), np.float64(0.0))
-    layer_rec = np.select([rc == 2, rc == 1, rc == 3, rc == 4, rc == 5],
-                          [layer_fwd, attn_fwd, sac_fwd, layer_fwd / SELECTIVE_LAYER_EVERY, norm_act_fwd], 0.0)
+    # save-dots rebuilds everything but the weight matmuls: norms, activations, the attention core.
+    layer_rec = np.select([rc == 2, rc == 1, rc == 3, rc == 4, rc == 5, rc == 6],
+                          [layer_fwd, attn_fwd, sac_fwd, layer_fwd / SELECTIVE_LAYER_EVERY, norm_act_fwd,
+                           layer_fwd - gemm_fwd], 0.0)
     # The weight-gradient GEMMs: half of each weighted GEMM's backward (dW = X^T dY beside dX = dY W^T).
     layer_wgrad = sum((t[1] / 2 for o, t in zip(lops, times) if o.kind == ops_mod.MATMUL), np.float64(0.0))
     emb_t = [op_times(hw, o, act, env=env) for o in ops_mod.embedding_ops(model, dims, act)]
@@ -285,9 +260,10 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
         extras.update(s.memory_bytes(ctx))
 
     def rank_memory(r):
-        # Recomputing a whole layer (full; selective-layer's checkpointed blocks) rebuilds one layer's activations.
-        held = r.layers * act_layer * r.inflight + np.where((r.layers > 0) & ((rc == 2) | (rc == 4)),
-                                                            act_full_layer, 0.0)
+        # Recomputing a whole layer (full; selective-layer's checkpointed blocks; save-dots' rebuilt tensors)
+        # rebuilds one layer's activations.
+        rebuilt = (r.layers > 0) & ((rc == 2) | (rc == 4) | (rc == 6))
+        held = r.layers * act_layer * r.inflight + np.where(rebuilt, act_full_layer, 0.0)
         if model.is_moe:  # the rank's most MoE layers, their experts divided over the expert axes
             params = r.params + model.busiest_layers(r.layers) - r.layers * model.layer_params()
             experts = model.busiest_layers(r.layers, moe_only=True) * model.expert_params()
@@ -342,7 +318,7 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
         collectives=costs,
         headroom=headroom,
         software=sw,
-        notes=tuple(moe_overlap.notes(model, dims)) + _gradient_note(fw, m, layout),
+        notes=tuple(moe_overlap.notes(model, dims)) + gradient_note(fw, m, layout),
         pipeline_ranks=stage_memory,
     )
 

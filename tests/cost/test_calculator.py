@@ -295,3 +295,21 @@ def test_vocabulary_is_padded_as_megatron_pads_it():
     from parplan.layouts.strategies.tensor import TensorParallel1D
     m = load_model("gpt3-125m")
     assert TensorParallel1D().local_dims({}, m, Layout(tp=4, micro_batch=1, global_batch=1))["vocab"] == 12672
+
+
+def test_non_causal_attention_computes_every_score():
+    """A causal kernel computes half the s^2 scores (4 b a s^2 d / 2 forward); ``causal: false`` all of them."""
+    m = load_model("llama3.1-8b")
+    bidirectional = model_from_dict({"name": "enc", "layers": m.layers, "hidden": m.hidden, "heads": m.heads,
+                                     "kv_heads": m.kv_heads, "ffn_hidden": m.ffn_hidden, "activation": "swiglu",
+                                     "vocab": m.vocab, "seq_len": 4096, "norm": "rmsnorm", "position": "rope",
+                                     "causal": False}, "enc")
+    assert m.causal and not bidirectional.causal
+    lay, cl = Layout(global_batch=1, seq_len=4096), load_cluster("h100x1")
+
+    def flash_flops(model):
+        ops = estimate(model, cl, lay, software=software("megatron-core")).ops
+        return next(float(o.fwd_flops) for o in ops if o.name == "flash_attention")
+
+    assert flash_flops(m) == pytest.approx(4 * 4096 * 4096 * m.heads * m.head_dim / 2)
+    assert flash_flops(bidirectional) == pytest.approx(2 * flash_flops(m))

@@ -12,7 +12,8 @@ from parplan.cost.ops import LocalDims
 from parplan.layouts.layout import Layout
 from parplan.specs.cluster import load_cluster
 from parplan.specs.model_loader import load_model
-from parplan.step.train import STEP_STATES, estimate, freed_gradients_at_peak
+from parplan.step.peak_memory import STEP_STATES, freed_gradients_at_peak
+from parplan.step.train import estimate
 
 
 def test_freed_gradients_add_only_what_exceeds_the_activations():
@@ -75,3 +76,19 @@ def test_compiled_torchao_keeps_fp8_inputs_and_eager_keeps_16_bits():
 
     assert acts("fp8", compiled=True, fp8_recipe="tensorwise") < acts("bf16", compiled=True)
     assert acts("fp8", compiled=False, fp8_recipe="tensorwise") == pytest.approx(acts("bf16", compiled=False))
+
+
+def test_save_dots_keeps_the_input_and_every_weight_matmuls_output():
+    """MaxText's remat_policy minimal, per token (16-bit): the layer input h, q/k/v (q + 2 kv), the two
+    output projections' results (h each) and the MLP's up and gate outputs (2 ffn for SwiGLU); its
+    recompute FLOPs are the attention core's, as selective's."""
+    from parplan.cost.flops import recompute_flops_per_step
+
+    m = load_model("llama3.1-8b")
+    s = 2048
+    d = LocalDims(batch=1, seq=s, seq_kv=s, hidden=m.hidden, heads=m.heads, kv_heads=m.kv_heads,
+                  head_dim=m.head_dim, ffn=m.ffn_hidden, vocab=m.vocab, norm_shard=1)
+    want = s * 2 * (m.hidden + m.heads * m.head_dim + 2 * m.kv_heads * m.head_dim + 2 * m.hidden + 2 * m.ffn_hidden)
+    assert float(layer_activation_bytes(m, d, "bf16", True, False, "save-dots")) == pytest.approx(want)
+    assert float(recompute_flops_per_step(m, s, 4, "save-dots")) == pytest.approx(
+        float(recompute_flops_per_step(m, s, 4, "selective")))

@@ -6,8 +6,8 @@ in ``maxtext_keys.txt``): the mesh as ``ici_*_parallelism`` (within a slice) tim
 ``context``; ``per_device_batch_size`` (global batch = it times the chips, per accumulation step),
 ``gradient_accumulation_steps`` (micro-batches without a pipeline) or ``num_pipeline_microbatches``,
 ``num_pipeline_repeats`` (circular repeats, the interleaving), ``shard_optimizer_over_data`` (ZeRO-1),
-``remat_policy`` (``full``; ``minimal`` keeps every projection and recomputes the attention context,
-parplan's selective; ``minimal_with_context`` keeps the context too, parplan's none, since MaxText
+``remat_policy`` (``full``; ``minimal`` keeps every projection's output and recomputes the rest, parplan's
+save-dots; ``minimal_with_context`` keeps the context too, parplan's none, since MaxText
 rematerialises every layer under some policy), ``max_target_length``, ``dtype`` / ``quantization``
 (fp8), the model's shapes (``base_emb_dim`` ...) and a ``base_config`` that inherits base.yml.
 
@@ -28,8 +28,8 @@ from .common import agree, launch, profile_for, rule_problem, software_problem, 
 
 TARGET = "maxtext"
 PROFILE = "jax"
-REMAT = {"full": "full", "selective": "minimal", "none": "minimal_with_context"}
-REMAT_READ = {"full": "full", "minimal": "selective", "minimal_with_context": "none", "minimal_flash": "none"}
+REMAT = {"full": "full", "save-dots": "minimal", "none": "minimal_with_context"}
+REMAT_READ = {"full": "full", "minimal": "save-dots", "minimal_with_context": "none", "minimal_flash": "none"}
 ACTIVATIONS = {"swiglu": ["silu", "linear"], "gelu": ["gelu"], "relu": ["relu"]}
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "fp8": "bfloat16"}
 AXES = ("data", "fsdp", "tensor", "pipeline", "context")
