@@ -240,8 +240,8 @@ def test_serving_reads_more_experts_as_the_batch_grows_and_mla_caches_the_latent
 # Step times, memory and MFU of dense layouts, and serving TTFT, TPOT and memory: the training values as
 # the code printed them when mixture-of-experts support landed (after that release's overlap-contention,
 # ring-merge and optimizer-rate changes to dense steps, and the per-stage pipeline), serving as the code printed them when the serving
-# stacks (vLLM by default) landed. Expert support must not move dense predictions; a deliberate change to
-# the dense model updates these.
+# stacks (vLLM by default) landed, with the launch costs measured since (reports/inference/host-h100-2026-12-06).
+# Expert support must not move dense predictions; a deliberate change to the dense model updates these.
 DENSE_BEFORE = [
     ("llama3.1-8b", "h100x8", dict(tp=2, dp=4, micro_batch=1, global_batch=64, zero=1, sp=True, recompute="selective"),
      (6.48588077849545, 49528322048.0, 0.5914445302755034)),
@@ -265,9 +265,9 @@ def test_dense_training_predictions_are_unchanged(model, cluster, layout, before
 
 @pytest.mark.parametrize("model,cluster,layout,before", [
     ("llama3.1-70b", "h100x8", dict(tp=8, batch=16, input_len=1024, output_len=256),
-     (0.05587507100555979, 0.01678474052441458, 18552324864.0)),
+     (0.05590433663264577, 0.01678574052441458, 18552324864.0)),
     ("llama3.1-8b", "h100x8", dict(tp=2, pp=2, replicas=2, batch=64, input_len=2048, output_len=128, dtype="fp8"),
-     (0.02359944571831315, 0.006203824705455689, 6722220544.0)),
+     (0.023640427518770716, 0.006205824705455689, 6722220544.0)),
 ])
 def test_dense_serving_predictions_are_unchanged(model, cluster, layout, before):
     e = estimate_inference(parplan.load_model(model), parplan.load_cluster(cluster), ServeLayout(**layout))
