@@ -126,11 +126,12 @@ def inflight_microbatches(pp, vpp, micro_batches, schedule: str, rank=0):
     Interleaved with ``v`` chunks: ``(p - r - 1) 2 + (v - 1) p`` warm-up chunk forwards (Megatron-Core
     ``schedules.py: forward_backward_pipelining_with_interleaving``, microbatch group size ``p``), so
     ``min((p - r - 1) 2 + (v - 1) p + 1, m v) / v`` rank-layer-sets; on the first rank ``p + (p - 1)/v``,
-    Korthikanti et al. 2022 (arXiv 2205.05198) Sec. 4.2.3. GPipe: all ``m`` on every rank.
+    Korthikanti et al. 2022 (arXiv 2205.05198) Sec. 4.2.3. GPipe: all ``m`` on every rank; without a
+    pipeline (gradient accumulation) each micro-batch's backward runs before the next forward: one.
     """
     pp, vpp, m, r = (np.asarray(x, float) for x in (pp, vpp, micro_batches, rank))
     if schedule == "gpipe":
-        return m + 0 * pp
+        return np.where(pp > 1, m, np.minimum(m, 1.0))
     one_f_one_b = np.minimum(pp - r, m)
     interleaved = np.minimum((pp - r - 1) * 2 + (vpp - 1) * pp + 1, m * vpp) / vpp
     return np.where(vpp > 1, interleaved, one_f_one_b)

@@ -147,6 +147,10 @@ RULES: tuple[Rule, ...] = (
          lambda m, a: f"recompute norm-act rebuilds an MoE layer's pre-MLP norm and expert activation; {m.name} is "
                       f"dense (Megatron-Core fuses its norms into the linears, which --recompute-modules layernorm "
                       f"leaves alone)"),
+    Rule("save-dots recompute of dense models", ('rc',),
+         lambda m, a: (a.rc == RECOMPUTE.index("save-dots")) & _moe(m),
+         lambda m, a: f"recompute save-dots (MaxText's remat_policy minimal) is modelled for dense layers; {m.name}'s "
+                      f"expert matmuls are batched over experts, which that policy does not save"),
     Rule("MoE layers with 1D tensor parallel", ('tp', 'mode'),
          lambda m, a: _moe(m) & (a.mode > 0),
          lambda m, a: f"tp-mode {TP_MODES[int(a.mode)]} is not modelled for the mixture-of-experts layers of "

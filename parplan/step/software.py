@@ -61,6 +61,12 @@ def weight_bytes(sw: Software, dtype: str) -> int:
     return BYTES_PER_ELEMENT[activation_dtype(dtype)]
 
 
+def casts_weights(sw: Software, dtype: str) -> bool:
+    """Whether the software casts fp32 weights to 16 bits each forward (autocast, FSDP mixed precision):
+    only when it computes in 16 bits (or FP8); an fp32 or tf32 run uses the weights as they are."""
+    return bool(sw.framework.kernels.weight_casts) and activation_dtype(dtype) in ("bf16", "fp16")
+
+
 def zero3_shard(layout):
     """Ranks a ZeRO-3 parameter is sharded over (1 where the layout does not shard parameters)."""
     group = layout.dp if layout.shard_group is None else layout.shard_group
@@ -82,7 +88,7 @@ def layer_ops(model, dims, layout, sw: Software, dropout: bool, micro_batches) -
     moe = {"grouped_gemm": fw.moe.grouped_gemm, "moe_permute": "fused" if sw.compiled else fw.moe.permute} \
         if model.is_moe else {}
     ops = ops_mod.layer_ops(model, dims, act, sw.flash_attention, dropout, elementwise=sw.elementwise, fp8=fp8,
-                            weight_cast_shard=shard if fw.kernels.weight_casts else None, **moe)
+                            weight_cast_shard=shard if casts_weights(sw, layout.dtype) else None, **moe)
     if fw.data_parallel.zero3 == "per-parameter":
         ops.append(_fsdp_copies(model, dims, layout, act))
     return ops
@@ -133,7 +139,7 @@ def extra_memory(model, dims, layout, sw: Software, stage_layers, stage_params) 
     local = stage_params / np.asarray(layout.tp, float)
     z3 = np.asarray(layout.zero) == 3
     out = {}
-    if fw.kernels.weight_casts:
+    if casts_weights(sw, layout.dtype):
         out["weight_copies"] = np.where(z3, 0.0, local * BYTES_PER_ELEMENT[activation_dtype(layout.dtype)])
     if sw.fp8_recipe and fw.fp8.weight_cast == "per-step":
         out["fp8_weight_cache"] = local * 2.0 / zero3_shard(layout)

@@ -249,7 +249,7 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
     # ---- memory: each kind of pipeline rank holds its own parameters and in-flight activations; the peak rank
     fp8_inputs = bool(sw.fp8_recipe) and (fw.fp8.saves_fp8_inputs or
                                           (sw.compiled and fw.fp8.compiled_saves_fp8_inputs))
-    autocast = fw.kernels.weight_casts & (np.asarray(layout.zero) == 0)  # FSDP casts the weights instead
+    autocast = sw_mod.casts_weights(sw, layout.dtype) & (np.asarray(layout.zero) == 0)  # FSDP casts instead
     act_layer = layer_activation_bytes(model, dims, act, sw.flash_attention, use_dropout, rc, sw.elementwise,
                                        fp8_inputs, autocast, fw.kernels.projections)
     act_full_layer = layer_activation_bytes(model, dims, act, sw.flash_attention, use_dropout, "none",
@@ -305,7 +305,7 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
         model_flops_per_step=model_flops,
         hardware_flops_per_step=hw_flops,
         mfu=model_flops / (step * peak_total),
-        mfu_causal=model_flops_per_step(model, seq, batch, dtype, causal=True) / (step * peak_total),
+        mfu_causal=model_flops_per_step(model, seq, batch, dtype, causal=model.causal) / (step * peak_total),
         hfu=hw_flops / (step * peak_total),
         tflops_per_device=model_flops / step / cluster.devices / 1e12,
         memory_bytes=memory,
@@ -318,7 +318,7 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
         collectives=costs,
         headroom=headroom,
         software=sw,
-        notes=tuple(moe_overlap.notes(model, dims)) + gradient_note(fw, m, layout),
+        notes=tuple(moe_overlap.notes(model, dims)) + gradient_note(fw, m, layout, memory["gradients"]),
         pipeline_ranks=stage_memory,
     )
 

@@ -73,7 +73,9 @@ def format_model(m: ModelSpec) -> str:
         f"  layers {m.layers}, hidden {m.hidden}, heads {m.heads} (kv {m.kv_heads}, head dim {m.head_dim}), "
         f"ffn {m.ffn_hidden} {m.activation}, vocab {m.vocab}, seq {m.seq_len}",
         f"  {m.norm}, {m.position} positions, bias {'yes' if m.bias else 'no'}, "
-        f"embeddings {'tied' if m.tied_embeddings else 'untied'}",
+        f"embeddings {'tied' if m.tied_embeddings else 'untied'}"
+        + ("" if m.causal else ", attention over every position (not causal)")
+        + (", attention and MLP side by side" if m.parallel_layers else ""),
         f"  parameters        {m.total_params() / 1e9:10.3f} B",
         f"    per layer       {m.layer_params() / 1e6:10.2f} M (attention {m.attention_params() / 1e6:.2f} M, "
         f"MLP {m.mlp_params() / 1e6:.2f} M)",

@@ -313,3 +313,5 @@ def test_non_causal_attention_computes_every_score():
 
     assert flash_flops(m) == pytest.approx(4 * 4096 * 4096 * m.heads * m.head_dim / 2)
     assert flash_flops(bidirectional) == pytest.approx(2 * flash_flops(m))
+    est = estimate(bidirectional, cl, lay, software=software("megatron-core"))
+    assert float(est.mfu_causal) == pytest.approx(float(est.mfu))  # the kernel runs every score

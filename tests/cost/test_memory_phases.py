@@ -92,3 +92,30 @@ def test_save_dots_keeps_the_input_and_every_weight_matmuls_output():
     assert float(layer_activation_bytes(m, d, "bf16", True, False, "save-dots")) == pytest.approx(want)
     assert float(recompute_flops_per_step(m, s, 4, "save-dots")) == pytest.approx(
         float(recompute_flops_per_step(m, s, 4, "selective")))
+
+
+def test_gradient_accumulation_without_a_pipeline_holds_one_micro_batch():
+    """GPipe holds every micro-batch of its pipeline; with no pipeline each backward runs before the next
+    forward, so accumulating eight micro-batches holds one."""
+    from parplan.cost.memory import inflight_microbatches
+
+    assert float(inflight_microbatches(1, 1, 8, "gpipe")) == 1.0
+    assert float(inflight_microbatches(4, 1, 8, "gpipe")) == 8.0
+    assert np.allclose(inflight_microbatches(np.array([1, 2]), 1, 8, "gpipe"), [1.0, 8.0])
+
+
+def test_fp32_runs_cast_no_weights():
+    """Autocast's 16-bit weight copies and fp32 residual terms exist only when the run computes in 16 bits."""
+    m, cl = load_model("llama3.2-1b"), load_cluster("h100x1")
+    mem = {dt: estimate(m, cl, Layout(global_batch=1, seq_len=2048, dtype=dt),
+                        software=software("pytorch", dtype=dt)).memory_bytes for dt in ("bf16", "fp32")}
+    assert float(mem["bf16"]["weight_copies"]) > 0 and "weight_copies" not in mem["fp32"]
+
+
+def test_save_dots_is_refused_on_moe_models():
+    from parplan.errors import ParplanError
+
+    with pytest.raises(ParplanError, match="save-dots"):
+        estimate(load_model("mixtral-8x7b"), load_cluster("tpu-v5px64"),
+                 Layout(dp=64, zero=3, global_batch=64, seq_len=4096, recompute="save-dots"),
+                 software=software("jax"))
