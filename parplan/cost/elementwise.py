@@ -72,14 +72,21 @@ LOSS_TRAFFIC = {
     "eager-fp32": Traffic(18, 22, 3, 4),
     "fused": Traffic(2, 4),
 }
-# Bytes per logit held at the loss's peak, which is the start of its backward: eager fp32, the log-softmax
-# output, its gradient and the input gradient (4 + 4 + 4; the forward's 16-bit logits and fp32 copy, 2 + 4
-# + 4 with the output, are freed by then); fused (compiled), the 16-bit logits it keeps and their 16-bit
-# gradient (2 + 2); vocab-parallel (Megatron), the 16-bit logits and the fp32 softmax it keeps, whose
-# buffer the backward overwrites with the gradient (2 + 4; not measured). Measured on one H100 by
-# scripts/gpu_memory_phases.py (reports/memory/h100-2026-12-06): 12.4 and 12.5 bytes per logit eager
-# (Llama 3.2 1B, 128k vocabulary; GPT-2 large, 50k), 4.4 and 4.5 compiled, the rest being the final norm.
-LOSS_MEMORY_BYTES = {"vocab-parallel": 2 + 4, "eager-fp32": 4 + 4 + 4, "fused": 2 + 2}
+# What the loss holds per logit at its peak, which is the start of its backward, as (tensors in the
+# activation dtype, fp32 bytes): eager fp32, the log-softmax output, its gradient and the input gradient
+# (3 x 4 fp32 bytes; the forward's logits and fp32 copy are freed by then); fused (compiled), the logits it
+# keeps and their gradient (2 in the activation dtype); vocab-parallel (Megatron), the logits and the fp32
+# softmax it keeps, whose buffer the backward overwrites with the gradient (1, 4; not measured). At 16
+# bits: 12, 4 and 6 bytes. Measured on one H100 by scripts/gpu_memory_phases.py
+# (reports/memory/h100-2026-12-06): 12.4 and 12.5 bytes per logit eager (Llama 3.2 1B, 128k vocabulary;
+# GPT-2 large, 50k), 4.4 and 4.5 compiled, the rest being the final norm.
+LOSS_MEMORY = {"vocab-parallel": (1, 4), "eager-fp32": (0, 12), "fused": (2, 0)}
+
+
+def loss_memory_bytes_per_logit(loss: str, activation_bytes: float) -> float:
+    """Bytes per logit the loss holds at its peak (:data:`LOSS_MEMORY`) with activations of that many bytes."""
+    tensors, fp32_bytes = LOSS_MEMORY[loss]
+    return tensors * activation_bytes + fp32_bytes
 
 
 # ---- autocast's weight casts, per parameter: read fp32, write 16 bits forward; the 16-bit weight

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..cost import ops as ops_mod
-from ..cost.elementwise import LOSS_MEMORY_BYTES
+from ..cost.elementwise import loss_memory_bytes_per_logit
 from ..cost.kernels import KernelEnv
 from ..cost.memory import optimizer_step_bytes
 from ..specs.dtypes import BYTES_PER_ELEMENT
@@ -113,7 +113,7 @@ def head_ops(model, dims, layout, sw: Software) -> list[ops_mod.Op]:
 
 def logits_bytes(dims, sw: Software, dtype: str):
     """The loss's peak memory: the logits and what its kernel keeps (fp32 softmax, eager copies)."""
-    per = LOSS_MEMORY_BYTES[sw.loss] * BYTES_PER_ELEMENT[activation_dtype(dtype)] / 2
+    per = loss_memory_bytes_per_logit(sw.loss, BYTES_PER_ELEMENT[activation_dtype(dtype)])
     return dims.batch * dims.seq * dims.vocab * per
 
 

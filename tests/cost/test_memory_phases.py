@@ -6,7 +6,7 @@ import pytest
 
 from tests.helpers import software
 
-from parplan.cost.elementwise import LOSS_MEMORY_BYTES
+from parplan.cost.elementwise import loss_memory_bytes_per_logit
 from parplan.cost.memory import layer_activation_bytes
 from parplan.cost.ops import LocalDims
 from parplan.layouts.layout import Layout
@@ -44,8 +44,11 @@ def test_one_micro_batch_step_peaks_at_states_plus_the_larger_phase():
 
 def test_loss_peak_bytes_per_logit():
     """At the start of the loss's backward: eager fp32 holds the log-softmax output, its gradient and the
-    input gradient (3 x 4 bytes); a fused kernel its 16-bit logits and their 16-bit gradient (2 x 2)."""
-    assert LOSS_MEMORY_BYTES["eager-fp32"] == 12 and LOSS_MEMORY_BYTES["fused"] == 4
+    input gradient (3 x 4 bytes); a fused kernel its 16-bit logits and their 16-bit gradient (2 x 2); in an
+    fp32 run the fp32 tensors stay 12 bytes and the fused kernel's two become 4 bytes each."""
+    assert loss_memory_bytes_per_logit("eager-fp32", 2) == 12 and loss_memory_bytes_per_logit("fused", 2) == 4
+    assert loss_memory_bytes_per_logit("vocab-parallel", 2) == 6
+    assert loss_memory_bytes_per_logit("eager-fp32", 4) == 12 and loss_memory_bytes_per_logit("fused", 4) == 8
 
 
 def test_eager_autocast_keeps_fp32_norm_inputs_and_one_cast_per_projection():
