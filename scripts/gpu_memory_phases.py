@@ -24,8 +24,7 @@ sys.path.insert(0, os.getcwd())
 
 from gpu_common import Table  # noqa: E402
 
-from parplan.bench.model import Transformer, causal_lm_loss  # noqa: E402
-from parplan.bench.step import _fp8_convert  # noqa: E402
+from parplan.bench.step import step_model  # noqa: E402
 from parplan.specs.model_loader import load_model  # noqa: E402
 
 CONFIGS = ["gpt2-large:1024:8", "qwen2.5-0.5b:4096:4", "llama3.2-1b:8192:2", "llama3.2-1b:16384:1",
@@ -37,16 +36,8 @@ FIELDS = ["model", "seq", "micro_batch", "mode", "params", "states", "layer", "f
 def phases(spec, seq: int, micro_batch: int, mode: str, warmup: int = 2) -> dict:
     dev = torch.device("cuda")
     torch._dynamo.reset()  # every model's blocks share Block.forward: without a reset they hit the recompile limit
-    torch.manual_seed(0)
-    with torch.device(dev):
-        model = Transformer(spec, seq)
-    if mode == "compiled-fp8":
-        _fp8_convert(model, "tensorwise")
-    loss_fn = causal_lm_loss
-    if mode.startswith("compiled"):
-        for i, block in enumerate(model.layers):
-            model.layers[i] = torch.compile(block, fullgraph=True)
-        loss_fn = torch.compile(causal_lm_loss)
+    model, loss_fn = step_model(spec, seq, dev, compile=mode.startswith("compiled"),
+                                fp8="tensorwise" if mode == "compiled-fp8" else "")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     tokens = torch.randint(0, spec.vocab, (micro_batch, seq + 1), device=dev)
     x, y = tokens[:, :-1], tokens[:, 1:]

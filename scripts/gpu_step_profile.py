@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, os.getcwd())
 
-from parplan.bench.model import Transformer, causal_lm_loss  # noqa: E402
+from parplan.bench.step import step_model  # noqa: E402
 from parplan.specs.model_loader import load_model  # noqa: E402
 
 CATEGORIES = [  # first match wins, on the lower-cased kernel name
@@ -43,16 +43,7 @@ def category(name: str) -> str:
 
 def profile(spec, seq: int, micro_batch: int, compile: bool, steps: int, fp8: bool = False):
     dev = torch.device("cuda")
-    torch.manual_seed(0)
-    model = Transformer(spec, seq).to(dev)
-    if fp8:
-        from parplan.bench.step import _fp8_convert
-        _fp8_convert(model, "tensorwise")
-    loss_fn = causal_lm_loss
-    if compile:
-        for i, block in enumerate(model.layers):
-            model.layers[i] = torch.compile(block, fullgraph=True)
-        loss_fn = torch.compile(causal_lm_loss)
+    model, loss_fn = step_model(spec, seq, dev, compile=compile, fp8="tensorwise" if fp8 else "")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     tokens = torch.randint(0, spec.vocab, (micro_batch, seq + 1), device=dev)
     x, y = tokens[:, :-1], tokens[:, 1:]

@@ -85,26 +85,33 @@ def _shard(model: torch.nn.Module) -> None:
     fully_shard(model, mp_policy=policy)
 
 
-def time_step(spec: ModelSpec, seq: int, micro_batch: int, device: torch.device, *, micro_batches: int = 1,
-              compile: bool = False, fp8: str = "", iters: int = 5, warmup: int = 3, sharded: bool = False,
-              barrier: Callable[[], None] | None = None) -> StepResult:
-    """Median times of ``iters`` steps after ``warmup`` (which include compilation)."""
-    cuda = device.type == "cuda"
+def step_model(spec: ModelSpec, seq: int, device: torch.device, *, compile: bool = False, fp8: str = ""):
+    """(model, loss function) as a step runs them on ``device``: torchao FP8 linears under ``fp8`` (a recipe),
+    and each block and the loss compiled under ``compile`` (torchtitan's ``apply_compile``)."""
     torch.manual_seed(0)
     with torch.device(device):  # built where it runs: a host copy per rank of an 8B model is 32 GB of host memory
         model = Transformer(spec, seq)
     if fp8:
-        if not cuda:
+        if device.type != "cuda":
             raise ParplanError("FP8 steps need a GPU")
         if fp8 not in FP8_RECIPES:
             raise ParplanError(f"unknown FP8 recipe '{fp8}'; choose from {', '.join(FP8_RECIPES)}")
         _fp8_convert(model, fp8)
-    params = parameter_count(model)
     loss_fn = causal_lm_loss
     if compile:
         for i, block in enumerate(model.layers):
             model.layers[i] = torch.compile(block, fullgraph=True)
         loss_fn = torch.compile(causal_lm_loss)
+    return model, loss_fn
+
+
+def time_step(spec: ModelSpec, seq: int, micro_batch: int, device: torch.device, *, micro_batches: int = 1,
+              compile: bool = False, fp8: str = "", iters: int = 5, warmup: int = 3, sharded: bool = False,
+              barrier: Callable[[], None] | None = None) -> StepResult:
+    """Median times of ``iters`` steps after ``warmup`` (which include compilation)."""
+    cuda = device.type == "cuda"
+    model, loss_fn = step_model(spec, seq, device, compile=compile, fp8=fp8)
+    params = parameter_count(model)
     if sharded:
         _shard(model)
     autocast = not sharded and cuda
