@@ -68,9 +68,10 @@ def layer_activation_bytes(model: ModelSpec, d: LocalDims, dtype: str, flash_att
     gemm_in = 1 if fp8_inputs else bpe
     norms = 1 if model.parallel_layers else 2
     outer = outside * (norms * bpe + norms * gemm_in + 2 * mask)
-    if "norm" in eager and model.norm == "rmsnorm":
-        outer = outer + norms * outside * 4
-    if "norm" in eager:  # fp32 norm inputs, and a cast per extra linear that reads a norm's output
+    if "norm" in eager:
+        if model.norm == "rmsnorm":
+            outer = outer + norms * outside * 4
+        # under autocast: fp32 norm inputs, and a cast per extra linear that reads a norm's output
         extra_casts = (2 + (1 if model.activation == "swiglu" else 0)) if projections == "separate" else 0
         outer = outer + np.asarray(autocast, float) * outside * (norms * (4 - bpe) + extra_casts * bpe)
     q_cols, kv_cols = d.heads * d.head_dim, d.kv_heads * d.head_dim

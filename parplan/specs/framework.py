@@ -118,7 +118,7 @@ class FP8:
     all_gather: bool                    # ZeRO-3 weights are gathered in FP8
     wgrad: bool                         # the weight-gradient GEMM runs in FP8 too
     saves_fp8_inputs: bool = False      # linear layers keep their FP8-cast inputs for the backward (TE)
-    compiled_saves_fp8_inputs: bool = False  # the same once compiled (the partitioner saves the cheaper copy)
+    compiled_saves_fp8_inputs: bool = False  # the same once compiled (the loader's default: saves_fp8_inputs)
 
 
 @dataclass(frozen=True)
@@ -253,6 +253,12 @@ class Software:
     @property
     def fp8_casts(self) -> str:
         return self.framework.fp8.compiled_casts if self.compiled else self.framework.fp8.casts
+
+    @property
+    def fp8_saves_inputs(self) -> bool:
+        """Whether an FP8 run's linear layers keep their FP8-cast inputs for the backward (else 16-bit ones)."""
+        fp8 = self.framework.fp8
+        return bool(self.fp8_recipe) and (fp8.compiled_saves_fp8_inputs if self.compiled else fp8.saves_fp8_inputs)
 
     def describe(self) -> str:
         parts = [self.name, "compiled" if self.compiled else "eager" if self.framework.compile.available else ""]

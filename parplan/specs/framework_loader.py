@@ -12,9 +12,10 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from ..errors import ParplanError
-from .framework import (ACTIVATION_SHARDS, ATTENTION_KERNELS, COMPILE_KEYS, CP_MODES, DEVICE_KINDS, DP_KEYS, ELEMENTWISE_OPS, FP8,
-    FP8_CASTS, FP8_KEYS, FP8_RECIPES, FRAMEWORK_KEYS, GRAD_REDUCE, IMPLEMENTATIONS, KERNEL_KEYS, LOSSES,
-    GRADIENTS, MASTER_WEIGHTS, OPTIMIZERS, PARALLEL_KEYS, PP_KEYS, PP_SENDS, PREFETCH, PROJECTIONS, RECOMPUTE_MODES, SCHEDULES, TP_OVERLAPS,
+from .framework import (ACTIVATION_SHARDS, ATTENTION_KERNELS, COMPILE_KEYS, CP_MODES, DEVICE_KINDS, DP_KEYS,
+    ELEMENTWISE_OPS, FP8, FP8_CASTS, FP8_KEYS, FP8_RECIPES, FRAMEWORK_KEYS, GRAD_REDUCE, IMPLEMENTATIONS, KERNEL_KEYS,
+    LOSSES, GRADIENTS, MASTER_WEIGHTS, OPTIMIZERS, PARALLEL_KEYS, PP_KEYS, PP_SENDS, PREFETCH, PROJECTIONS,
+    RECOMPUTE_MODES, SCHEDULES, TP_OVERLAPS,
     SEQUENCE_PARALLEL, SPLIT_CHUNKS, SPLIT_DEFAULTS, SPLIT_ENDS, SPLIT_KEYS, TP_MODES, VOCAB_KEYS, WEIGHT_CASTS,
     ZERO3_IMPLS, Compile, DataParallelSoftware, Framework, Kernels, Parallelism, PipelineSoftware, PipelineSplit,
     EXPERT_TP, MOE_KEYS, MOE_OVERLAPS, MoeSoftware)
@@ -141,14 +142,15 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
     if recipes and default is None:
         raise ParplanError(f"{what}: fp8.default must name one of its recipes ({', '.join(recipes)})")
     casts = text(f, "casts", f"{what}: fp8", required=False, choices=FP8_CASTS, default="separate")
+    saves = _flag(f, "saves_fp8_inputs", f"{what}: fp8", False)
     fp8 = FP8(recipes=recipes, default=default, casts=casts,
               compiled_casts=text(f, "compiled_casts", f"{what}: fp8", required=False, choices=FP8_CASTS,
                                   default=casts),
               weight_cast=text(f, "weight_cast", f"{what}: fp8", required=False, choices=WEIGHT_CASTS,
                                default="per-microbatch"),
               all_gather=_flag(f, "all_gather", f"{what}: fp8", False), wgrad=_flag(f, "wgrad", f"{what}: fp8", True),
-              saves_fp8_inputs=_flag(f, "saves_fp8_inputs", f"{what}: fp8", False),
-              compiled_saves_fp8_inputs=_flag(f, "compiled_saves_fp8_inputs", f"{what}: fp8", False))
+              saves_fp8_inputs=saves,
+              compiled_saves_fp8_inputs=_flag(f, "compiled_saves_fp8_inputs", f"{what}: fp8", saves))
     d = require_mapping(data.get("data_parallel") or {}, f"{what}: data_parallel")
     w = f"{what}: data_parallel"
     check_keys(d, DP_KEYS, w)

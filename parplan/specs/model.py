@@ -25,8 +25,8 @@ POSITIONS = ("learned", "rope", "alibi", "none")
 MAX_DIM = 10_000_000
 # The keys a model spec may carry: the shapes, and documentation (family, source, aliases).
 MODEL_KEYS = ("name", "family", "layers", "hidden", "heads", "kv_heads", "head_dim", "ffn_hidden", "activation",
-              "norm", "position", "bias", "tied_embeddings", "parallel_layers", "causal", "vocab", "seq_len", "max_seq_len",
-              "source", "aliases") + MOE_KEYS
+              "norm", "position", "bias", "tied_embeddings", "parallel_layers", "causal", "vocab", "seq_len",
+              "max_seq_len", "source", "aliases") + MOE_KEYS
 
 
 @dataclass(frozen=True)

@@ -27,11 +27,10 @@ def freed_gradients_at_peak(mem: dict, micro_batches, pp):
 def gradient_note(fw, micro_batches, layout, added_bytes) -> tuple[str, ...]:
     """The note a scalar estimate carries when the gradients are freed between its steps: where its peak is.
     ``added_bytes``: what the gradients add to the peak (:func:`freed_gradients_at_peak`)."""
-    if fw.gradients != "freed" or np.size(micro_batches) != 1 or np.size(layout.pp) != 1:
+    values = [np.ravel(x) for x in (micro_batches, layout.pp, added_bytes)]
+    if fw.gradients != "freed" or any(v.size != 1 for v in values) or values[0][0] != 1 or values[1][0] != 1:
         return ()
-    if int(np.ravel(micro_batches)[0]) != 1 or int(np.ravel(layout.pp)[0]) != 1 or np.size(added_bytes) != 1:
-        return ()
-    where = ("the loss's backward, before any gradient exists" if float(np.ravel(added_bytes)[0]) == 0.0 else
+    where = ("the loss's backward, before any gradient exists" if values[2][0] == 0.0 else
              "the optimizer step, where the gradients outweigh the activations and the like")
     return (f"memory: {fw.name} frees the gradients between steps, so with one micro-batch the peak is {where}; "
             "'gradients' is what they add beyond the activations",)

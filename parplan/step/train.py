@@ -247,8 +247,7 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
     breakdown["optimizer"] = optimizer_s
 
     # ---- memory: each kind of pipeline rank holds its own parameters and in-flight activations; the peak rank
-    fp8_inputs = bool(sw.fp8_recipe) and (fw.fp8.saves_fp8_inputs or
-                                          (sw.compiled and fw.fp8.compiled_saves_fp8_inputs))
+    fp8_inputs = sw.fp8_saves_inputs
     autocast = sw_mod.casts_weights(sw, layout.dtype) & (np.asarray(layout.zero) == 0)  # FSDP casts instead
     act_layer = layer_activation_bytes(model, dims, act, sw.flash_attention, use_dropout, rc, sw.elementwise,
                                        fp8_inputs, autocast, fw.kernels.projections)
