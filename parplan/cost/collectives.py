@@ -75,14 +75,16 @@ def place(size, stride, cluster: Cluster) -> Placement:
     if np.any(size < 1) or np.any(stride < 1):
         raise ParplanError("group size and stride must be positive")
     domain = cluster.scale_up_domain if cluster.hardware.torus is None else cluster.devices_per_node
-    local = np.where(stride >= domain, 1, np.maximum(1, np.minimum(size, domain // np.maximum(stride, 1))))
-    local = np.gcd(local, size)
+    local = _members_within(size, stride, domain)
     pod = cluster.pod_devices
-    per_pod = None
-    if pod is not None and cluster.hardware.torus is None:
-        per_pod = np.gcd(np.where(stride >= pod, 1, np.maximum(1, np.minimum(size, pod // np.maximum(stride, 1)))),
-                         size)
+    per_pod = _members_within(size, stride, pod) if pod is not None and cluster.hardware.torus is None else None
     return Placement(size=size, local=local, nodes=size // local, per_pod=per_pod)
+
+
+def _members_within(size, stride, block):
+    """Members of a group of ``size`` ranks ``stride`` apart that share one aligned block of ``block`` devices."""
+    within = np.where(stride >= block, 1, np.maximum(1, np.minimum(size, block // np.maximum(stride, 1))))
+    return np.gcd(within, size)
 
 
 def _uplink_share(placement: Placement, cluster: Cluster):

@@ -51,12 +51,17 @@ def megatron_flags() -> frozenset[str]:
 def problem(layout: Layout, model: ModelSpec, software=None) -> str | None:
     fw = profile_for(TARGET, software, PROFILE)
     judged = software if software is not None and software.framework is fw else fw  # with the run's choices
-    pipe_inside_dp = layout.pp > 1 and layout.dp > 1 and "pp" in layout.order and "dp" in layout.order and \
-        layout.order.index("pp") < layout.order.index("dp")
-    if pipe_inside_dp and (layout.cp > 1 or layout.size("ep") > 1):
+    if _pipeline_inside_data(layout) and (layout.cp > 1 or layout.size("ep") > 1):
         return ("Megatron-Core lays the pipeline inside data parallelism (--use-tp-pp-dp-mapping) only with cp = 1 "
                 "and ep = 1; take the placement dp,pp")
     return rule_problem(layout, model, judged) or software_problem(software, fw)
+
+
+def _pipeline_inside_data(layout: Layout) -> bool:
+    """Whether the placement lays the pipeline stages inside the data-parallel replicas (Megatron-Core's
+    ``--use-tp-pp-dp-mapping``) rather than outside them (its default order)."""
+    order = layout.order
+    return layout.pp > 1 and layout.dp > 1 and "pp" in order and "dp" in order and order.index("pp") < order.index("dp")
 
 
 def text(layout: Layout, model: ModelSpec, software=None) -> str:
@@ -80,9 +85,8 @@ def megatron_args(layout: Layout, model: ModelSpec, software=None) -> list[str]:
     if model.kv_heads != model.heads:
         args += ["--group-query-attention", "--num-query-groups", str(model.kv_heads)]
     args += _split_args(layout, model, software)
-    if layout.pp > 1 and layout.dp > 1 and "pp" in layout.order and "dp" in layout.order and \
-            layout.order.index("pp") < layout.order.index("dp"):
-        args.append("--use-tp-pp-dp-mapping")  # the pipeline stages inside the data-parallel replicas
+    if _pipeline_inside_data(layout):
+        args.append("--use-tp-pp-dp-mapping")
     if layout.sp:
         args.append("--sequence-parallel")
     if layout.zero == 1:
