@@ -4,7 +4,8 @@
    cuDNN, memory-efficient) for head sizes 64 and 128 from 1k to 128k tokens, with the GEMM rate
    of the same device (an 8192^3 bf16 product) to express it as a fraction of the GEMM rate.
 2. fp8_gemm.csv: bf16 torch.mm against torch._scaled_mm FP8 (e4m3) with one scale per tensor
-   and one per row, on the forward, data-gradient and weight-gradient shapes of linear layers.
+   (split and fast accumulation) and one per row, on the forward, data-gradient and weight-gradient
+   shapes of linear layers (``--shapes=small``: GPT-2 large and Llama 3.2 1B blocks at 8192 tokens).
 3. casts.csv: bf16 -> FP8 casts (amax then scale and cast; fused under torch.compile), per
    tensor and per row, and the fp32 -> bf16 weight cast of autocast.
 4. elementwise.csv: forward + backward of the element-wise ops of a transformer block, eager
@@ -12,6 +13,7 @@
    SwiGLU, GELU, a residual add, and the fp32 cross-entropy of the logits.
 
 usage: python scripts/gpu_stack_kernels.py OUT_DIR [--quick] [--parts=casts,elementwise,fp8_gemm,attention]
+       [--shapes=layers|small]
 """
 from __future__ import annotations
 
@@ -77,12 +79,20 @@ def attention(out: str, gemm: float) -> None:
                 torch.cuda.empty_cache()
 
 
+SHAPES = {  # (tokens, ((model, hidden, q width, kv width, ffn), ...))
+    "layers": ((4096, 16384), (("llama3-8b", 4096, 4096, 1024, 14336), ("llama3-70b-tp8", 8192, 1024, 128, 3584),
+                               ("gpt3-2.7b", 2560, 2560, 2560, 10240))),
+    "small": ((8192,), (("gpt2-large", 1280, 1280, 1280, 5120), ("llama3.2-1b", 2048, 2048, 512, 8192))),
+}
+
+
 def linear_shapes():
-    """(name, tokens, in, out) of linear layers: Llama 3 8B and 70B (tp 8) blocks, GPT-3 2.7B."""
+    """(name, tokens, in, out) of linear layers: Llama 3 8B and 70B (tp 8) blocks, GPT-3 2.7B; or small ones."""
+    which = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--shapes=")), "layers")
+    token_counts, models = SHAPES[which]
     shapes = []
-    for tokens in (4096, 16384):
-        for model, h, q, kv, f in (("llama3-8b", 4096, 4096, 1024, 14336), ("llama3-70b-tp8", 8192, 1024, 128, 3584),
-                                   ("gpt3-2.7b", 2560, 2560, 2560, 10240)):
+    for tokens in token_counts:
+        for model, h, q, kv, f in models:
             shapes += [(f"{model} qkv", tokens, h, q + 2 * kv), (f"{model} o", tokens, q, h),
                        (f"{model} up", tokens, h, f), (f"{model} down", tokens, f, h)]
     return shapes[:4] if QUICK else shapes
@@ -90,7 +100,8 @@ def linear_shapes():
 
 def fp8_gemm(out: str) -> None:
     table = Table(f"{out}/fp8_gemm.csv", ["shape", "pass", "m", "k", "n", "bf16_s", "fp8_tensor_s", "fp8_row_s",
-                                          "bf16_tflops", "fp8_tensor_tflops", "fp8_row_tflops"])
+                                          "bf16_tflops", "fp8_tensor_tflops", "fp8_row_tflops", "fp8_fast_s",
+                                          "fp8_fast_tflops"])
     for name, tokens, din, dout in linear_shapes():
         # y = x W^T (m=tokens, k=din, n=dout); dgrad dx = dy W (m=tokens, k=dout, n=din);
         # wgrad dW = dy^T x (m=dout, k=tokens, n=din).
@@ -103,6 +114,9 @@ def fp8_gemm(out: str) -> None:
             one = torch.ones((), device=DEV, dtype=torch.float32)
             t_t = timed(lambda: torch._scaled_mm(a8, b8.t(), scale_a=one, scale_b=one, out_dtype=BF16),
                         reps=20, batch=5)
+            # fast accumulation: no promotion of partial sums to fp32 (TE's forward GEMM, torchao's output GEMM)
+            t_f = timed(lambda: torch._scaled_mm(a8, b8.t(), scale_a=one, scale_b=one, out_dtype=BF16,
+                                                 use_fast_accum=True), reps=20, batch=5)
             sa = torch.ones(m, 1, device=DEV, dtype=torch.float32)
             sb = torch.ones(1, n, device=DEV, dtype=torch.float32)
             try:
@@ -114,7 +128,7 @@ def fp8_gemm(out: str) -> None:
             flops = 2.0 * m * k * n
             table.add(shape=name, **{"pass": pas}, m=m, k=k, n=n, bf16_s=t_bf, fp8_tensor_s=t_t, fp8_row_s=t_r,
                       bf16_tflops=flops / t_bf / 1e12, fp8_tensor_tflops=flops / t_t / 1e12,
-                      fp8_row_tflops=flops / t_r / 1e12)
+                      fp8_row_tflops=flops / t_r / 1e12, fp8_fast_s=t_f, fp8_fast_tflops=flops / t_f / 1e12)
 
 
 def casts(out: str) -> None:

@@ -25,7 +25,8 @@ def format_hardware(hw: Hardware) -> str:
         c = hw.clocks
         lines.append(f"  SM clock           {c.peak_mhz:g} MHz behind the tensor peaks, {c.boost_mhz:g} MHz boost"
                      + (f", rated at {c.power_limit_w:g} W" if c.power_limit_w else "")
-                     + (f"; peaks scaled to a sustained {c.sustained_mhz:g} MHz" if c.sustained_mhz else ""))
+                     + (f"; held {c.loaded_mhz:g} MHz under GEMM load when measured" if c.loaded_mhz else "")
+                     + (f"; rates scaled to a sustained {c.sustained_mhz:g} MHz" if c.sustained_mhz else ""))
     lines += [
         f"  HBM                {hw.hbm_bytes / 1e9:.0f} GB at {_si(hw.hbm_bandwidth, 'B/s')}",
         f"  devices per node   {hw.devices_per_node}" + (f" (scale-up domain {hw.scale_up_domain})"
