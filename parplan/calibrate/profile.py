@@ -124,6 +124,11 @@ def profile_dict(base_raw: Mapping[str, Any], base: Hardware, cal: Calibration, 
         note = f"({cal.matmul_dtype} matmul, achieved over peak, median shape per half-octave of FLOPs)"
         sources["matmul_curve"] = f"{provenance(mm_rows)} {note}"
         sources["efficiency.matmul"] = f"{provenance(mm_rows)} (median {cal.matmul_dtype} matmul over peak per size)"
+    if (cal.matmul_efficiency is not None or cal.matmul_curve) and "loaded_mhz" in (data.get("clocks") or {}):
+        # The measured rates carry whatever clock this device held; the base part's is no longer their
+        # reference, so a sustained clock on top would count the clock twice (parplan/specs/clocks.py).
+        data["clocks"] = {k: v for k, v in data["clocks"].items() if k != "loaded_mhz"}
+        sources.pop("clocks.loaded_mhz", None)
     if cal.hbm_efficiency is not None:
         data["efficiency"]["hbm"] = cal.hbm_efficiency
         sources["efficiency.hbm"] = (f"{provenance([r for r in rows if r.kind == 'copy'])} "
