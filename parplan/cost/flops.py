@@ -29,12 +29,18 @@ def model_flops_per_step(model: ModelSpec, seq, batch, dtype: str = "bf16", caus
 
     3x the forward matmul FLOPs with full attention, which for a GPT equals
     Korthikanti et al.'s ``72 B L s h^2 (1 + s/(6h) + V/(12 h L))``; with ``causal`` the
-    attention products count only the causal half a causal kernel computes.
+    attention products count only the causal half a causal kernel computes. Multi-token-prediction
+    modules (DeepSeek-V3) add their layer, projection and head pass each.
     """
     d = replace(_whole_model_dims(model, seq), causal=causal)
     layer = ops_mod.total(ops_mod.layer_ops(model, d, dtype, flash_attention=causal), "fwd_flops")
     head = ops_mod.total(ops_mod.head_ops(model, d, dtype), "fwd_flops")
-    return 3.0 * np.asarray(batch, float) * (model.layers * layer + head)
+    mtp = 0.0
+    if model.mtp_layers:  # each MTP module: one (MoE) layer, its projection and the head again (Megatron counts them)
+        dm = replace(d, moe_share=1.0) if model.is_moe else d
+        block = ops_mod.layer_ops(model, dm, dtype, flash_attention=causal) + ops_mod.mtp_own_ops(model, dm, dtype)
+        mtp = model.mtp_layers * (ops_mod.total(block, "fwd_flops") + head)
+    return 3.0 * np.asarray(batch, float) * (model.layers * layer + head + mtp)
 
 
 def recompute_flops_per_step(model: ModelSpec, seq, batch, recompute, dtype: str = "bf16"):

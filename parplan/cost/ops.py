@@ -365,6 +365,20 @@ def head_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", loss: str = "v
     ]
 
 
+def mtp_own_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", norm: str = "fused") -> list[Op]:
+    """What one multi-token-prediction module runs beside its layer and the shared head (DeepSeek-V3, arXiv
+    2412.19437 Sec. 2.2): the next token's embedding, an RMSNorm of it and of the hidden state, and the
+    2h -> h projection of their concatenation (column-parallel over the tensor axis: 2h x h/t)."""
+    bpe = BYTES_PER_ELEMENT[dtype]
+    tokens = d.batch * d.seq
+    row = tokens * model.hidden / d.norm_shard
+    tp = model.heads / np.asarray(d.heads, float)
+    return [_elementwise("mtp_embedding", tokens * model.hidden / d.hidden_shard, 2, 3, bpe),
+            _norm_op("mtp_norms", model, 2 * row, bpe, norm),
+            _gemm("mtp_projection", tokens * d.gemm_row_gather, 2 * model.hidden / d.hidden_shard,
+                  model.hidden / tp, bpe, d.gemm_steps)]
+
+
 def total(ops: list[Op], field: str):
     return sum((getattr(o, field) * o.share if _shared(o) else getattr(o, field) for o in ops), np.float64(0.0))
 

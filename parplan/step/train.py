@@ -41,6 +41,7 @@ from ..layouts.strategies.base import STAGES
 from .comms import link_sum, price_collectives
 from .overlap import attention_exposed, step_exposures
 from . import moe_step as moe_overlap
+from . import mtp as mtp_mod
 from .peak_memory import freed_gradients_at_peak, gradient_note
 
 
@@ -193,9 +194,13 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
         mb_comm[a] = {where: link_sum(costs, lambda c: c.axis == a and c.per == "microbatch"
                                       and c.hidden_by == "none" and c.stage == where) for where in STAGES}
     total = {where: sum((mb_comm[a][where] for a in axes), np.float64(0.0)) for where in STAGES}
+    # Multi-token prediction runs beside the head, on its rank (parplan.step.mtp).
+    mtp_t = [op_times(hw, o, act, env=env) for o in mtp_mod.block_ops(model, dims, layout, sw, use_dropout, m,
+                                                                     strategies, act)]
+    mtp_f, mtp_b = mtp_mod.micro_batch_s(model, mtp_t, layer_rec, sum(layer_comm.values(), np.float64(0.0)))
     pipeline_s, busy, schedule_s = stages.compose(model, layout, StageTimes(
         m, layer_fwd + layer_bwd, layer_wgrad, layer_rec, sum(layer_comm.values(), np.float64(0.0)),
-        total["all"], total["first"], total["last"], emb_f, emb_b, head_f, head_b))
+        total["all"], total["first"], total["last"], emb_f, emb_b, head_f + mtp_f, head_b + mtp_b))
 
     # ---- per step: what the compute does not hide of the overlapped collectives, and the
     # per-step critical ones, in the order the step issues them after its last backward
@@ -263,19 +268,22 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
         # rebuilds one layer's activations.
         rebuilt = (r.layers > 0) & ((rc == 2) | (rc == 4) | (rc == 6))
         held = r.layers * act_layer * r.inflight + np.where(rebuilt, act_full_layer, 0.0)
+        mtp_p, mtp_e = (np.where(r.head, x, 0.0) for x in mtp_mod.params(model))  # the head's rank holds MTP
         if model.is_moe:  # the rank's most MoE layers, their experts divided over the expert axes
-            params = r.params + model.busiest_layers(r.layers) - r.layers * model.layer_params()
-            experts = model.busiest_layers(r.layers, moe_only=True) * model.expert_params()
+            params = r.params + model.busiest_layers(r.layers) - r.layers * model.layer_params() + mtp_p
+            experts = model.busiest_layers(r.layers, moe_only=True) * model.expert_params() + mtp_e
             local = moe_overlap.local_params(params, experts, divisors)
             kept = params - experts + experts / divisors.get("expert_weights", 1)  # the weights the device holds
         else:
-            local = {k: r.params / divisors[k] for k in ("weights", "gradients", "optimizer")}
-            kept = r.params
+            local = {k: (r.params + mtp_p) / divisors[k] for k in ("weights", "gradients", "optimizer")}
+            kept = r.params + mtp_p
         mem = {"weights": local["weights"] * states["weights"],
                "gradients": local["gradients"] * grad_bytes,
                "optimizer": local["optimizer"] * states["optimizer"],
                "activations": held,
                "logits": np.where(r.head, sw_mod.logits_bytes(dims, sw, dtype), 0.0)}
+        mem.update({k: np.where(r.head, v, 0.0) for k, v in mtp_mod.memory_bytes(
+            model, act_layer, r.inflight, sw_mod.logits_bytes(dims, sw, dtype)).items()})
         mem.update(sw_mod.extra_memory(model, dims, layout, sw, r.layers, kept))
         mem.update(extras)
         if fw.gradients == "freed":

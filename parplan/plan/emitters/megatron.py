@@ -84,6 +84,8 @@ def megatron_args(layout: Layout, model: ModelSpec, software=None) -> list[str]:
     ]
     if model.kv_heads != model.heads:
         args += ["--group-query-attention", "--num-query-groups", str(model.kv_heads)]
+    if model.mtp_layers:
+        args += ["--mtp-num-layers", str(model.mtp_layers)]
     args += _split_args(layout, model, software)
     if _pipeline_inside_data(layout):
         args.append("--use-tp-pp-dp-mapping")
@@ -190,7 +192,7 @@ def _split_args(layout: Layout, model: ModelSpec, software) -> list[str]:
         elif not by("as-layers") and by("layout"):  # uneven chunks: every virtual stage's layers spelled out
             middle = (model.layers - first - last) // max(layout.pp - 2, 1)
             ranks = [first] + [middle] * (layout.pp - 2) + [last]
-            return ["--pipeline-model-parallel-layout", layout_string(ranks, layout.vpp)]
+            return ["--pipeline-model-parallel-layout", layout_string(ranks, layout.vpp, model.mtp_layers)]
         else:
             n = (model.layers - first - last) // max(layout.pp - 2, 1) if layout.pp > 2 else max(first, last)
             out += ["--account-for-embedding-in-pipeline-split"] * (first == n - 1)
@@ -296,6 +298,8 @@ def read(source: str, world_size: int, model: ModelSpec, yaml_data=None):
             agree(f"--{flag}", int(values[flag]), getattr(model, attr), f"the {model.name} model")
     if "num-query-groups" in values:
         agree("--num-query-groups", int(values["num-query-groups"]), model.kv_heads, f"the {model.name} model")
+    if "mtp-num-layers" in values:  # Megatron trains no MTP module without the flag
+        agree("--mtp-num-layers", int(values["mtp-num-layers"]), model.mtp_layers, f"the {model.name} model")
     lay = parse_megatron_args(source, world_size)
     fields = {k: getattr(lay, k) for k in ("tp", "pp", "cp", "dp", "micro_batch", "global_batch", "seq_len", "zero",
                                             "shard_group", "sp", "vpp", "schedule", "recompute", "dtype", "cp_mode",

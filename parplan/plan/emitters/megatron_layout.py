@@ -24,8 +24,9 @@ def chunk_layers(layers: int, chunks: int, first: bool) -> list[int]:
     return [base + (c >= chunks - extra if first else c < extra) for c in range(chunks)]
 
 
-def layout_string(rank_layers: list[int], vpp: int) -> str:
-    """The layout string of ranks holding ``rank_layers`` transformer layers each, in ``vpp`` chunks."""
+def layout_string(rank_layers: list[int], vpp: int, mtp_layers: int = 0) -> str:
+    """The layout string of ranks holding ``rank_layers`` transformer layers each, in ``vpp`` chunks; the
+    multi-token-prediction modules, if any, before the loss."""
     pp = len(rank_layers)
     per = [chunk_layers(n, vpp, r == 0) for r, n in enumerate(rank_layers)]
     stages = []
@@ -35,7 +36,7 @@ def layout_string(rank_layers: list[int], vpp: int) -> str:
             if c == 0 and r == 0:
                 field = "E" + field
             if c == vpp - 1 and r == pp - 1:
-                field += "L"
+                field += "m" * mtp_layers + "L"
             stages.append(field)
     return "|".join(stages)
 

@@ -1,0 +1,58 @@
+"""Multi-token prediction in a training step: ``D`` modules on the rank that holds the loss.
+
+DeepSeek-V3 (arXiv 2412.19437, Sec. 2.2) trains ``D`` sequential MTP modules beside the main model:
+module ``k`` normalizes the main model's hidden state and the embedding of token ``i + k``, projects
+their concatenation ``2h -> h``, runs one transformer block (an MoE block in DeepSeek-V3) and the shared
+output head and loss. Megatron-Core builds them on the last pipeline stage, after the decoder and beside
+the loss (``--mtp-num-layers``; the ``m`` of ``--pipeline-model-parallel-layout``; core_v0.14.0
+``megatron/core/transformer/multi_token_prediction.py``). So per micro-batch the last rank runs, ``D``
+times, one layer, the module's own ops and the head, forward and backward, with the layer's exposed
+collectives and its recompute; it holds the modules' parameters (their experts divided over the
+expert axes as every layer's), one layer's activations per micro-batch in flight, and each module's
+logits. The modules share the embedding and head, so they add no table.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from ..cost import ops as ops_mod
+from ..specs.model import ModelSpec
+from . import software as sw_mod
+
+
+def block_ops(model: ModelSpec, dims, layout, sw, dropout: bool, micro_batches, strategies, act: str) -> list:
+    """One module's ops for one micro-batch on this device (none without MTP): its layer as every axis
+    runs it (an MoE layer for an MoE model), its own norms and projection, and the head."""
+    if not model.mtp_layers:
+        return []
+    d = replace(dims, moe_share=1.0) if model.is_moe else dims
+    ops = sw_mod.layer_ops(model, d, layout, sw, dropout, micro_batches)
+    for s in strategies:
+        ops = ops + s.layer_ops(d, model, layout, act)
+    return ops + ops_mod.mtp_own_ops(model, d, act, sw.elementwise["norm"]) + sw_mod.head_ops(model, d, layout, sw)
+
+
+def micro_batch_s(model: ModelSpec, times: list, layer_rec_s, layer_comm_s) -> tuple[Any, Any]:
+    """(forward, backward) seconds the modules add to the last rank per micro-batch: ``D`` times the
+    block's ops, plus a layer's recompute and exposed collectives (counted with the backward)."""
+    d = float(model.mtp_layers)
+    fwd = sum((t[0] for t in times), np.float64(0.0))
+    bwd = sum((t[1] for t in times), np.float64(0.0))
+    return d * fwd, d * (bwd + layer_rec_s + layer_comm_s)
+
+
+def params(model: ModelSpec) -> tuple[float, float]:
+    """(all, routed-expert) parameters of the modules, which the last rank holds."""
+    experts = model.mtp_layers * model.expert_params() if model.is_moe else 0
+    return float(model.mtp_params()), float(experts)
+
+
+def memory_bytes(model: ModelSpec, act_layer_bytes, inflight, logits_bytes) -> dict[str, Any]:
+    """The modules' activations (one layer's per micro-batch in flight) and logits, on the last rank."""
+    if not model.mtp_layers:
+        return {}
+    return {"mtp_activations": model.mtp_layers * act_layer_bytes * inflight,
+            "mtp_logits": model.mtp_layers * logits_bytes}

@@ -1,0 +1,61 @@
+"""Multi-token prediction (DeepSeek-V3): its FLOPs, where its work and memory land, and its launch flags."""
+from dataclasses import replace
+
+import pytest
+
+from parplan.cost.flops import model_flops_per_step
+from parplan.errors import ParplanError
+from parplan.layouts.layout import Layout
+from parplan.plan.emitters import emit, read_config
+from parplan.plan.emitters.megatron_layout import layout_string
+from parplan.specs.cluster import load_cluster
+from parplan.specs.model_loader import load_model
+from parplan.step.train import estimate
+
+
+def test_an_mtp_module_adds_a_layer_its_projection_and_the_head_to_the_flops():
+    m = load_model("llama3-8b")
+    b, s, h, v = 4, 2048, m.hidden, m.vocab
+    t = b * s
+    layer = model_flops_per_step(replace(m, layers=m.layers + 1), s, b) - model_flops_per_step(m, s, b)
+    # forward + backward (3x) of the 2h -> h projection (2 t 2h h) and of the head's logits (2 t h V)
+    own = 3 * (2 * t * 2 * h * h + 2 * t * h * v)
+    assert model_flops_per_step(replace(m, mtp_layers=1), s, b) - model_flops_per_step(m, s, b) == \
+        pytest.approx(layer + own, rel=1e-12)
+
+
+def test_the_modules_run_and_live_on_the_last_pipeline_rank():
+    m = load_model("llama3-8b")
+    cluster = load_cluster("h100-sxmx8")
+    lay = Layout(tp=1, pp=2, dp=4, micro_batch=1, global_batch=32, zero=0, seq_len=4096)
+    base, mtp = (estimate(x, cluster, lay) for x in (m, replace(m, mtp_layers=1)))
+    first, last = "first", "last"
+    assert mtp.pipeline_ranks[first]["memory_bytes"] == pytest.approx(base.pipeline_ranks[first]["memory_bytes"])
+    grown = mtp.pipeline_ranks[last]["memory_bytes"] - base.pipeline_ranks[last]["memory_bytes"]
+    # at least the module's 16-bit weights and gradients and its 12 bytes of optimizer state (no ZeRO)
+    assert grown > replace(m, mtp_layers=1).mtp_params() * (2 + 2 + 12)
+    assert mtp.step_time_s > base.step_time_s
+
+
+def test_without_a_pipeline_the_one_rank_holds_the_modules_their_states_and_logits():
+    m = load_model("llama3-8b")
+    lay = Layout(tp=1, pp=1, dp=8, micro_batch=1, global_batch=8, zero=0, seq_len=2048)
+    base, two = (estimate(x, load_cluster("h100-sxmx8"), lay).memory_bytes for x in (m, replace(m, mtp_layers=2)))
+    p = replace(m, mtp_layers=2).mtp_params()
+    assert two["weights"] - base["weights"] == pytest.approx(2 * p)        # bf16 weights
+    assert two["optimizer"] - base["optimizer"] == pytest.approx(12 * p)   # fp32 master, momentum, variance
+    assert two["mtp_logits"] == pytest.approx(2 * two["logits"])
+    assert two["mtp_activations"] > 0 and "mtp_activations" not in base
+
+
+def test_megatron_flags_train_the_modules_and_the_layout_places_them_before_the_loss(tmp_path):
+    assert layout_string([2, 2], 2, mtp_layers=1) == "Et|t|t|tmL"
+    m = load_model("deepseek-v3")
+    lay = Layout(tp=2, pp=8, dp=64, micro_batch=1, global_batch=8192, zero=1, sp=True, seq_len=4096,
+                 first_stage_layers=7, last_stage_layers=6, axes=(("ep", 64), ("etp", 1)))
+    text = emit("megatron", lay, m)
+    assert "--mtp-num-layers 1" in text
+    path = tmp_path / "run.sh"
+    path.write_text(text.replace("--mtp-num-layers 1", "--mtp-num-layers 2"))
+    with pytest.raises(ParplanError, match="--mtp-num-layers = 2 in the config contradicts 1"):
+        read_config(str(path), 1024, m)
