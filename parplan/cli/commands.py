@@ -231,7 +231,7 @@ def plan(model_name, hw, global_batch, seq, dtype, objective, top, headroom, all
     result = make_plan(model, cluster, global_batch=global_batch, dtype=dtype, objective=objective, top=top,
                        headroom=headroom, allow_cross_node_tp=allow_cross_node_tp,
                        software=software_from(software_kw, cluster, dtype), fixed=fixed, emit_target=emit_target,
-                       explain=explain, schedule=schedule if schedule in ("gpipe", "zb-h1") else None,
+                       explain=explain, schedule=schedule if schedule in ("gpipe", "zb-h1", "dualpipev") else None,
                        placements=placements)
     click.echo(plan_report(result, fmt, tokens=tokens, price=price))
 
@@ -258,6 +258,8 @@ def plan_fixed(options: dict) -> tuple[dict, str | None, tuple | None]:
         raise ParplanError("the interleaved schedule needs --vpp 2 or more")
     if schedule in ("1f1b", "zb-h1"):
         fixed.setdefault("vpp", 1)
+    if schedule == "dualpipev":
+        fixed.setdefault("vpp", 2)
     for k, v in fixed.items():
         if isinstance(v, int) and not isinstance(v, bool) and v < (0 if k == "zero" else 1):
             raise ParplanError(f"--{k.replace('_', '-')} must be a positive whole number, got {v}")

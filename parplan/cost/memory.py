@@ -129,10 +129,14 @@ def inflight_microbatches(pp, vpp, micro_batches, schedule: str, rank=0):
     ``min((p - r - 1) 2 + (v - 1) p + 1, m v) / v`` rank-layer-sets; on the first rank ``p + (p - 1)/v``,
     Korthikanti et al. 2022 (arXiv 2205.05198) Sec. 4.2.3. GPipe: all ``m`` on every rank; without a
     pipeline (gradient accumulation) each micro-batch's backward runs before the next forward: one.
+    DualPipeV: ``2p + 1`` chunks of half a rank's layers on every rank, ``p + 1/2`` (deepseek-ai/DualPipe
+    README, "Activation Per Device": PP + 1 over its PP = 2p stages).
     """
     pp, vpp, m, r = (np.asarray(x, float) for x in (pp, vpp, micro_batches, rank))
     if schedule == "gpipe":
         return np.where(pp > 1, m, np.minimum(m, 1.0))
+    if schedule == "dualpipev":
+        return np.minimum(pp + 0.5, m)
     one_f_one_b = np.minimum(pp - r, m)
     interleaved = np.minimum((pp - r - 1) * 2 + (vpp - 1) * pp + 1, m * vpp) / vpp
     return np.where(vpp > 1, interleaved, one_f_one_b)

@@ -17,7 +17,7 @@ from ..specs.yamlio import suggest
 from .strategies import BUILTIN, axis as strategy_axis, axis_names, is_folded
 
 RECOMPUTE = RECOMPUTE_MODES
-SCHEDULES = ("1f1b", "interleaved", "gpipe", "zb-h1")
+SCHEDULES = ("1f1b", "interleaved", "gpipe", "zb-h1", "dualpipev")
 TP_MODES = ("1d", "2d", "3d")
 CP_MODES = ("ring", "allgather")
 DEFAULT_ORDER = ("tp", "cp", "dp", "pp")
@@ -38,7 +38,8 @@ class Layout:
     tp_mode: str = "1d"
     cp_mode: str = "allgather"
     vpp: int = 1                     # virtual pipeline stages per rank (interleaved 1F1B)
-    schedule: str = "1f1b"           # zb-h1: Qi et al. 2023's zero-bubble schedule that keeps 1F1B's memory
+    schedule: str = "1f1b"           # zb-h1: Qi et al. 2023's zero-bubble schedule that keeps 1F1B's memory;
+    #                                  dualpipev: DeepSeek's DualPipe cut in half, two stages per rank in a V
     recompute: str = "none"
     dtype: str = "bf16"              # the compute type; fp8: the linear GEMMs under the software's FP8 recipe
     order: tuple[str, ...] = field(default=DEFAULT_ORDER)
@@ -98,7 +99,8 @@ class Layout:
     def describe(self) -> str:
         hsdp = f",hsdp{self.shard_group}" if self.shard_group not in (None, self.dp) else ""
         parts = [f"tp={self.tp}" + (f"({self.tp_mode})" if self.tp_mode != "1d" else "") + ("+sp" if self.sp else ""),
-                 f"pp={self.pp}" + (f"x{self.vpp}" if self.vpp > 1 else "") + self._split(),
+                 f"pp={self.pp}" + (f"x{self.vpp}" if self.vpp > 1 else "") + self._split()
+                 + (f"[{self.schedule}]" if self.pp > 1 and self.schedule in ("gpipe", "zb-h1", "dualpipev") else ""),
                  f"dp={self.dp}" + (f"(zero{self.zero}{hsdp})" if self.zero else ""),
                  f"cp={self.cp}" + ("(ring)" if self.cp > 1 and self.cp_mode == "ring" else ""),
                  f"mb={self.micro_batch}", f"recompute={self.recompute}"]

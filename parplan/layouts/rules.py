@@ -108,6 +108,14 @@ RULES: tuple[Rule, ...] = (
     Rule("ZB-H1 runs one stage per rank", ('zb', 'vpp'),
          lambda m, a: a.zb & (a.vpp > 1),
          lambda m, a: "the zb-h1 schedule (Qi et al. 2023) runs one stage per rank: use --vpp 1"),
+    Rule("DualPipeV runs two stages per rank", ('dualpipe', 'vpp', 'pp'),
+         lambda m, a: a.dualpipe & ((a.vpp != 2) | (a.pp < 2)),
+         lambda m, a: "the dualpipev schedule (DeepSeek's DualPipe cut in half) runs two stages per rank in a V "
+                      "over pp >= 2 ranks: use --vpp 2" + ("" if a.pp >= 2 else " and --pp 2 or more")),
+    Rule("DualPipeV takes a micro-batch per stage", ('dualpipe', 'batch', 'mb', 'dp', 'pp'),
+         lambda m, a: a.dualpipe & (_micro_batches(a) < 2 * a.pp),
+         lambda m, a: f"the dualpipev schedule needs at least as many micro-batches as its 2*pp = {2 * a.pp} "
+                      f"stages; {_micro_batches(a)} per step (torch.distributed.pipelining ScheduleDualPipeV)"),
     Rule("the interleaved schedule needs vpp", ('interleaved', 'vpp'),
          lambda m, a: a.interleaved & (a.vpp == 1),
          lambda m, a: "the interleaved schedule needs vpp > 1"),
@@ -160,12 +168,12 @@ RULES: tuple[Rule, ...] = (
 
 def fields(*, tp, cp, pp, dp, micro_batch, vpp, sp, tp_mode, zero, shard_group, hsdp, global_batch, seq,
            interleaved, recompute=0, cp_ring=False, ep=1, etp=1, sp_hidden=False, first=0, last=0,
-           zb=False, gpipe=False) -> SimpleNamespace:
+           zb=False, gpipe=False, dualpipe=False) -> SimpleNamespace:
     """The candidate fields the rules read, as arrays (``tp_mode`` as codes 0/1/2 of ``TP_MODES``,
     ``recompute`` as codes of ``RECOMPUTE``; ``ep``, ``etp``: the expert axes; ``sp_hidden``: the
     framework's sequence parallelism shards the hidden size, not the tokens; ``first``/``last``: the
     first and last pipeline stage's layers, 0 for the framework's own split; ``zb``: the zb-h1 schedule;
-    ``gpipe``: the GPipe schedule; a pipeline neither interleaved, zb-h1 nor GPipe runs 1F1B)."""
+    ``gpipe``: the GPipe schedule; ``dualpipe``: DualPipeV; a pipeline none of these runs 1F1B)."""
     return SimpleNamespace(tp=np.asarray(tp), cp=np.asarray(cp), pp=np.asarray(pp), dp=np.asarray(dp),
                            mb=np.asarray(micro_batch), vpp=np.asarray(vpp), sp=np.asarray(sp, bool),
                            mode=np.asarray(tp_mode), zero=np.asarray(zero), shard=np.asarray(shard_group),
@@ -173,7 +181,8 @@ def fields(*, tp, cp, pp, dp, micro_batch, vpp, sp, tp_mode, zero, shard_group, 
                            interleaved=np.asarray(interleaved, bool), rc=np.asarray(recompute),
                            cp_ring=np.asarray(cp_ring, bool), ep=np.asarray(ep), etp=np.asarray(etp),
                            sp_hidden=np.asarray(sp_hidden, bool), first=np.asarray(first), last=np.asarray(last),
-                           zb=np.asarray(zb, bool), gpipe=np.asarray(gpipe, bool))
+                           zb=np.asarray(zb, bool), gpipe=np.asarray(gpipe, bool),
+                           dualpipe=np.asarray(dualpipe, bool))
 
 
 def shards_hidden(framework) -> bool:
@@ -269,7 +278,8 @@ def check_layout(layout: Layout, model: ModelSpec, cluster: Cluster, framework=N
         global_batch=batch, seq=seq, interleaved=layout.schedule == "interleaved",
         recompute=RECOMPUTE.index(layout.recompute), cp_ring=layout.cp_mode == "ring", ep=layout.size("ep"),
         etp=layout.size("etp"), sp_hidden=shards_hidden(framework), first=layout.first_stage_layers or 0,
-        last=layout.last_stage_layers or 0, zb=layout.schedule == "zb-h1", gpipe=layout.schedule == "gpipe"),
+        last=layout.last_stage_layers or 0, zb=layout.schedule == "zb-h1", gpipe=layout.schedule == "gpipe",
+        dualpipe=layout.schedule == "dualpipev"),
         framework)
     if problem:
         raise ParplanError(problem)

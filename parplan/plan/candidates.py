@@ -46,7 +46,7 @@ class SearchSpace:
     fixed: dict | None = None          # axis or knob -> value, e.g. {"tp": 8}
     software: Software | None = None   # the framework and its choices (None: the device's default framework)
     headroom: float = DEFAULT_HEADROOM
-    schedule: str | None = None        # gpipe or zb-h1, or None: 1F1B, interleaved where vpp > 1
+    schedule: str | None = None        # gpipe, zb-h1 or dualpipev, or None: 1F1B, interleaved where vpp > 1
     placements: tuple | None = None    # mesh orders to try (None: data parallel or the pipeline outermost)
 
 
@@ -151,6 +151,8 @@ def candidates(model: ModelSpec, cluster: Cluster, space: SearchSpace) -> dict[s
     vpps = [fixed["vpp"]] if "vpp" in fixed else list(VPPS)
     if space.schedule in ("gpipe", "zb-h1"):
         vpps = [v for v in vpps if v == 1]
+    elif space.schedule == "dualpipev":  # two stages per rank, in a V
+        vpps = [v for v in vpps if v == 2]
     # Knobs: micro-batch, recompute, ZeRO stage, sequence parallel, virtual stages, HSDP (shard in one node).
     knob = np.array(list(itertools.product(mbs, range(len(RECOMPUTE)), (0, 1, 2, 3), (0, 1), vpps, (0, 1))))
     ia, ik = np.meshgrid(np.arange(len(axes["tp"])), np.arange(len(knob)), indexing="ij")
@@ -182,10 +184,12 @@ def candidates(model: ModelSpec, cluster: Cluster, space: SearchSpace) -> dict[s
     c = _pipeline_knobs(c, model, gb, fixed, framework)
     knobs = rules.fields(tp=c["tp"], cp=c["cp"], pp=c["pp"], dp=c["dp"], micro_batch=c["micro_batch"], vpp=c["vpp"],
                          sp=c["sp"], tp_mode=c["tp_mode"], zero=c["zero"], shard_group=c["shard_group"],
-                         hsdp=c["hsdp"], global_batch=gb, seq=seq, interleaved=c["vpp"] > 1,
+                         hsdp=c["hsdp"], global_batch=gb, seq=seq,
+                         interleaved=(c["vpp"] > 1) & (space.schedule != "dualpipev"),
                          recompute=c["recompute"], cp_ring=c["cp_mode"] == CP_SCHEMES.index("ring"),
                          ep=c.get("ep", 1), etp=c.get("etp", 1), sp_hidden=rules.shards_hidden(framework),
                          first=c["first_stage_layers"], last=c["last_stage_layers"], zb=space.schedule == "zb-h1",
+                         dualpipe=space.schedule == "dualpipev",
                          gpipe=space.schedule == "gpipe")
     ok = rules.valid(model, knobs, software)
     if not ok.any():

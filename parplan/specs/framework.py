@@ -56,7 +56,7 @@ SEQUENCE_PARALLEL = ("optional", "always", "never")
 RECOMPUTE_MODES = ("none", "selective", "full", "selective-op", "selective-layer", "norm-act", "save-dots")
 TP_MODES = ("1d", "2d", "3d")
 CP_MODES = ("ring", "allgather")
-SCHEDULES = ("1f1b", "interleaved", "gpipe", "zb-h1")
+SCHEDULES = ("1f1b", "interleaved", "gpipe", "zb-h1", "dualpipev")
 # How a framework splits the layers over pipeline stages (parplan.layouts.split says what each means).
 SPLIT_DEFAULTS = ("even", "front", "spread", "middle")
 SPLIT_ENDS = ("counts", "as-layers", "layout")

@@ -200,7 +200,7 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
     mtp_f, mtp_b = mtp_mod.micro_batch_s(model, mtp_t, layer_rec, sum(layer_comm.values(), np.float64(0.0)))
     pipeline_s, busy, schedule_s = stages.compose(model, layout, StageTimes(
         m, layer_fwd + layer_bwd, layer_wgrad, layer_rec, sum(layer_comm.values(), np.float64(0.0)),
-        total["all"], total["first"], total["last"], emb_f, emb_b, head_f + mtp_f, head_b + mtp_b))
+        total["all"], total["first"], total["last"], emb_f, emb_b, head_f + mtp_f, head_b + mtp_b, layer_fwd))
 
     # ---- per step: what the compute does not hide of the overlapped collectives, and the
     # per-step critical ones, in the order the step issues them after its last backward

@@ -162,7 +162,8 @@ class StageTimes:
     """What a schedule composes, per micro-batch on one device: one layer's compute (forward + backward),
     the weight-gradient part of it (the W pass zero-bubble schedules defer), its recompute and its exposed
     collectives; every stage's exposed per-micro-batch collectives, and the first's (the embedding's) and the
-    last's (the head's); the embedding's and head's compute (forward, backward). Arrays allowed."""
+    last's (the head's); the embedding's and head's compute (forward, backward); the layer's forward.
+    Arrays allowed."""
 
     micro_batches: Any
     layer_s: Any
@@ -176,6 +177,7 @@ class StageTimes:
     emb_b: Any
     head_f: Any
     head_b: Any
+    layer_fwd_s: Any = None  # the forward part of layer_s (DualPipe's F); None: a third of it
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,12 @@ is Narayanan's ``(m + p - 1) t``, bubble ``(p - 1)/m``; interleaving divides the
 (their eq. 2). ZB-H1 (Qi et al. 2023, arXiv 2401.10241, Sec. 2.1 and Table 2) splits the backward
 into the input gradient B and the weight gradient W and defers W into the drain: its bubble is
 ``(p - 1)(T_F + T_B - T_W)`` where 1F1B's is ``(p - 1)(T_F + T_B + T_W)``, with 1F1B's memory and sends.
+DualPipeV (deepseek-ai/DualPipe README, "Pipeline Bubbles and Memory Usage Comparison"; DeepSeek-V3,
+arXiv 2412.19437, Table 2; torch.distributed.pipelining ScheduleDualPipeV) runs ``2p`` stages on ``p`` ranks
+in a V, rank ``r`` holding stages ``r`` and ``2p - 1 - r``, so the first rank holds the embedding and the
+head; its bubble is ``(p - 1)(F&B + B - 3W)`` over chunks of half a rank's layers (``F&B``: a forward and
+a backward chunk run together, their sum here unless the run overlaps their communication), and each
+rank holds ``2p + 1`` chunks of activations.
 Each rank's memory is its own parameters plus the activations of the micro-batches it holds in
 flight (:func:`parplan.cost.memory.inflight_microbatches`); the peak is the largest.
 """
@@ -58,6 +64,15 @@ def _end_params(model, pp, first_layers, last_layers):
     return np.where(pp > 1, first, single), np.where(pp > 1, last, single)
 
 
+def _rank_params(model, layout, first_layers, last_layers):
+    """The first and last rank's parameters; in DualPipeV's V the first holds the head as well (no tied copy)."""
+    p_first, p_last = _end_params(model, layout.pp, first_layers, last_layers)
+    if layout.schedule != "dualpipev":
+        return p_first, p_last
+    layer_p = model.layer_params()
+    return first_layers * layer_p + model.embedding_params() + model.output_params(), last_layers * layer_p
+
+
 def pipeline_time(slowest_s, sum_s, micro_batches, vpp=1, bubble_scale=1.0):
     """(seconds of ``m`` micro-batches through the ranks, the bubble in them), from the slowest rank's
     micro-batch time and the sum of every rank's: the flow-shop makespan ``(m - 1) max t + sum t`` is
@@ -74,6 +89,15 @@ def zb_h1_scale(f_s, b_s, w_s):
     f_s, b_s, w_s = (np.asarray(x, float) for x in (f_s, b_s, w_s))
     total = f_s + b_s + w_s
     return (f_s + b_s - w_s) / np.where(total > 0, total, 1.0)
+
+
+def dualpipe_scale(f_s, b_s, w_s):
+    """DualPipeV's bubble over the one :func:`pipeline_time` gives two chunks per rank, ``(p - 1)(F + B)``:
+    ``(F&B + B - 3W) / (F + B)`` with ``F&B = F + B`` (``b_s``: the whole backward, ``w_s`` its weight
+    gradients). 2/3 with F = 1, B = 2, W = 1."""
+    f_s, b_s, w_s = (np.asarray(x, float) for x in (f_s, b_s, w_s))
+    total = f_s + b_s
+    return (total + b_s - 3.0 * w_s) / np.where(total > 0, total, 1.0)
 
 
 def layout_ends(model, layout):
@@ -150,31 +174,32 @@ class PipelineParallel(Strategy, Stages):
 
     def stage_params(self, model, layout):
         first, middle, last, _ = rank_layers(model, layout)
-        p_first, p_last = _end_params(model, layout.pp, first, last)
+        p_first, p_last = _rank_params(model, layout, first, last)
         return np.maximum(np.maximum(p_first, p_last), middle * model.layer_params())
 
     def memory_stages(self, model, layout, micro_batches):
         pp, vpp = np.asarray(layout.pp), np.asarray(layout.vpp)
         first, middle, last, _ = rank_layers(model, layout)
-        p_first, p_last = _end_params(model, pp, first, last)
+        p_first, p_last = _rank_params(model, layout, first, last)
 
         def held(rank):
             return inflight_microbatches(pp, vpp, micro_batches, layout.schedule, rank)
-        single = pp == 1
-        return [StageMemory(first, p_first, held(0), single),
+        v_shape = layout.schedule == "dualpipev"  # the V brings the head back to the first rank
+        return [StageMemory(first, p_first, held(0), (pp == 1) | v_shape),
                 StageMemory(middle, middle * model.layer_params(), np.where(pp > 2, held(1), 0.0), False),
-                StageMemory(last, p_last, held(np.maximum(pp - 1, 0)), True)]
+                StageMemory(last, p_last, held(np.maximum(pp - 1, 0)), not v_shape)]
 
     def compose(self, model, layout, t):
         pp, vpp = np.asarray(layout.pp), np.asarray(layout.vpp)
         first, middle, last, middles = rank_layers(model, layout)
         single = pp == 1
+        ends_on_first = single | (layout.schedule == "dualpipev")  # one rank, or a V: both ends on the first
         per_layer = t.layer_s + t.layer_rec_s + t.layer_comm_s
-        ends_first = np.where(single, t.emb_f + t.emb_b + t.head_f + t.head_b, t.emb_f + t.emb_b)
-        ends_last = np.where(single, 0.0, t.head_f + t.head_b)
+        ends_first = np.where(ends_on_first, t.emb_f + t.emb_b + t.head_f + t.head_b, t.emb_f + t.emb_b)
+        ends_last = np.where(ends_on_first, 0.0, t.head_f + t.head_b)
         # The embedding's collectives run on the first rank and the head's on the last (both on a single one).
-        comm_first = t.first_comm_s + np.where(single, t.last_comm_s, 0.0)
-        comm_last = np.where(single, 0.0, t.last_comm_s)
+        comm_first = t.first_comm_s + np.where(ends_on_first, t.last_comm_s, 0.0)
+        comm_last = np.where(ends_on_first, 0.0, t.last_comm_s)
         t_first = first * per_layer + ends_first + t.mb_comm_s + comm_first
         t_last = np.where(single, 0.0, last * per_layer + ends_last + t.mb_comm_s + comm_last)
         t_middle = np.where(pp > 2, middle * per_layer + t.mb_comm_s, 0.0)
@@ -185,6 +210,9 @@ class PipelineParallel(Strategy, Stages):
         scale = 1.0
         if layout.schedule == "zb-h1":  # the weight gradients (W) move into the drain; recompute stays in B
             scale = zb_h1_scale(0.0, per_layer - t.layer_wgrad_s, t.layer_wgrad_s)
+        elif layout.schedule == "dualpipev":
+            fwd = t.layer_s / 3.0 if t.layer_fwd_s is None else t.layer_fwd_s
+            scale = dualpipe_scale(fwd, per_layer - fwd, t.layer_wgrad_s)
         # Uneven chunks (a layout string): the largest chunk of any rank paces the interleaving, so it divides
         # the bubble by L / c, the L layers of the rank holding most over that chunk's c (v where chunks are equal).
         v = np.maximum(vpp, 1)
@@ -195,6 +223,7 @@ class PipelineParallel(Strategy, Stages):
         which = np.where(slowest == t_first, 0, np.where(slowest == t_last, 2, 1))
         layers = np.select([which == 0, which == 2], [first, last], middle)
         ends = np.select([which == 0, which == 2], [ends_first, ends_last], 0.0)
+        head_on = np.where(ends_on_first, which == 0, which == 2)
         busy = Busiest(layers, layers * t.layer_s + ends, layers * t.layer_rec_s, np.where(which == 0, 1.0, 0.0),
-                       np.where((which == 2) | single, 1.0, 0.0))
+                       np.where(head_on, 1.0, 0.0))
         return total, busy, {"bubble": bubble}

@@ -32,7 +32,8 @@ from .common import launch, profile_for, rule_problem, software_problem, split_d
 
 TARGET = "torchtitan"
 PROFILE = "torchtitan"
-SCHEDULE = {"1f1b": "1F1B", "interleaved": "Interleaved1F1B", "gpipe": "GPipe", "zb-h1": "InterleavedZeroBubble"}
+SCHEDULE = {"1f1b": "1F1B", "interleaved": "Interleaved1F1B", "gpipe": "GPipe", "zb-h1": "InterleavedZeroBubble",
+            "dualpipev": "DualPipeV"}
 SINGLE_STAGE = ("1F1B", "GPipe")  # PipelineScheduleSingle; the others take two stages per rank by default
 RECOMPUTE = {"none": ("none", None), "full": ("full", None), "selective-op": ("selective", "op"),
              "selective-layer": ("selective", str(SELECTIVE_LAYER_EVERY))}
