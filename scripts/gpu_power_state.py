@@ -8,6 +8,9 @@ in a short burst after an idle spell may run above the clock a training run hold
 2. ``shapes.csv``: layer-shaped bf16 GEMMs (Llama 3 8B and 70B at TP 8, 4096 and 16384 tokens) timed as
    the profiles' GEMM sweeps time them (20 repeats of 5 calls), once after an idle spell ("cold") and
    once after ``--load`` seconds of 8192^3 GEMMs ("loaded"), with the prediction of the profile.
+3. ``mixed.csv``: a training step alternates GEMMs with memory-bound kernels, which draw less power.
+   For several shares of GEMM time, ``--mixed`` seconds of 4096^3 bf16 GEMM groups alternating with
+   HBM copies, the GEMM groups timed with CUDA events: the GEMM rate against its share of the time.
 
     PYTHONPATH=. python3 scripts/gpu_power_state.py OUT_DIR [--idle 3] [--burst 3] [--load 3]
     PYTHONPATH=. python3 scripts/gpu_power_state.py OUT_DIR --quick     # CPU: checks the script runs
@@ -43,12 +46,13 @@ def main() -> int:
     ap.add_argument("--idle", type=float, default=3.0, help="seconds idle before a cold measurement")
     ap.add_argument("--burst", type=float, default=3.0, help="seconds of GEMMs in the burst trace")
     ap.add_argument("--load", type=float, default=3.0, help="seconds of GEMMs before a loaded measurement")
+    ap.add_argument("--mixed", type=float, default=4.0, help="seconds per GEMM share in the mixed trace")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     cuda = torch.cuda.is_available() and not args.quick
     if not cuda:  # the CPU check: tiny sizes, no events, no waiting
-        args.idle = args.burst = args.load = 0.05
+        args.idle = args.burst = args.load = args.mixed = 0.05
     dev = torch.device("cuda" if cuda else "cpu")
     dtype = torch.bfloat16 if cuda else torch.float32
     size = 8192 if cuda else 128
@@ -104,8 +108,43 @@ def main() -> int:
         pred = flops / float(matmul_time_s(hw, m, k, n, "bf16")) / 1e12 if hw is not None else float("nan")
         table.add(shape=name, m=m, k=k, n=n, cold_tflops=cold, loaded_tflops=loaded,
                   loaded_over_cold=loaded / cold, predicted_tflops=pred)
+    mixed(args, dev, dtype, sync, cuda)
     print("done", flush=True)
     return 0
+
+
+def mixed(args, dev, dtype, sync, cuda) -> None:
+    """GEMM rate when GEMM groups alternate with HBM copies, for several copy lengths."""
+    n = 4096 if cuda else 64
+    a, b = (torch.randn(n, n, device=dev, dtype=dtype) for _ in range(2))
+    src = torch.empty(2 ** 28 if cuda else 2 ** 12, device=dev, dtype=torch.uint8)
+    dst = torch.empty_like(src)
+    table = Table(os.path.join(args.out, "mixed.csv"), ["copies_per_group", "gemm_share", "gemm_tflops"])
+    for copies in (0, 1, 2, 4, 8, 16):
+        sync()
+        time.sleep(args.idle)
+        gemm_s, total_s, groups = 0.0, 0.0, 0
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < args.mixed:
+            if cuda:
+                e = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
+                e[0].record()
+            for _ in range(8):
+                a @ b
+            if cuda:
+                e[1].record()
+            for _ in range(copies):
+                dst.copy_(src)
+            if cuda:
+                e[2].record()
+                e[2].synchronize()
+                if time.perf_counter() - t0 > args.mixed / 4:  # after the cap has settled
+                    gemm_s += e[0].elapsed_time(e[1]) / 1e3
+                    total_s += e[0].elapsed_time(e[2]) / 1e3
+                    groups += 1
+        if groups:
+            table.add(copies_per_group=copies, gemm_share=gemm_s / total_s,
+                      gemm_tflops=groups * 8 * 2.0 * n ** 3 / gemm_s / 1e12)
 
 
 def _cpu_time(fn) -> float:
