@@ -44,6 +44,16 @@ def micro_batch_s(model: ModelSpec, times: list, layer_rec_s, layer_comm_s) -> t
     return d * fwd, d * (bwd + layer_rec_s + layer_comm_s)
 
 
+def notes(model: ModelSpec, fwd_s, bwd_s) -> tuple[str, ...]:
+    """What the modules cost, said where ``estimate`` and ``explain`` list their assumptions."""
+    if not model.mtp_layers or np.ndim(fwd_s) or np.ndim(bwd_s):
+        return ()
+    n = model.mtp_layers
+    return (f"multi-token prediction: {n} module{'s' if n > 1 else ''} on the rank with the loss, "
+            f"{1e3 * (float(fwd_s) + float(bwd_s)):.3g} ms per micro-batch (a layer, the projection and the "
+            f"head again, forward and backward)",)
+
+
 def params(model: ModelSpec) -> tuple[float, float]:
     """(all, routed-expert) parameters of the modules, which the last rank holds."""
     experts = model.mtp_layers * model.expert_params() if model.is_moe else 0

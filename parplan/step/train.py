@@ -325,7 +325,8 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
         collectives=costs,
         headroom=headroom,
         software=sw,
-        notes=tuple(moe_overlap.notes(model, dims)) + gradient_note(fw, m, layout, memory["gradients"]),
+        notes=tuple(moe_overlap.notes(model, dims)) + gradient_note(fw, m, layout, memory["gradients"])
+        + mtp_mod.notes(model, mtp_f, mtp_b),
         pipeline_ranks=stage_memory,
     )
 

@@ -59,3 +59,15 @@ def test_megatron_flags_train_the_modules_and_the_layout_places_them_before_the_
     path.write_text(text.replace("--mtp-num-layers 1", "--mtp-num-layers 2"))
     with pytest.raises(ParplanError, match="--mtp-num-layers = 2 in the config contradicts 1"):
         read_config(str(path), 1024, m)
+
+
+def test_estimate_says_what_the_modules_cost():
+    m = load_model("llama3-8b")
+    lay = Layout(tp=1, pp=2, dp=4, micro_batch=1, global_batch=32, zero=0, seq_len=4096)
+    base = estimate(m, load_cluster("h100-sxmx8"), lay)
+    est = estimate(replace(m, mtp_layers=1), load_cluster("h100-sxmx8"), lay)
+    said = [n for n in est.notes if n.startswith("multi-token prediction: 1 module")]
+    assert len(said) == 1 and not any("multi-token" in n for n in base.notes)
+    ms = float(said[0].split(", ")[1].split(" ms")[0])
+    # at least the head's logits GEMM again, forward and backward: 3 x 2 x tokens x h x V at the bf16 peak
+    assert ms / 1e3 > 3 * 2 * 4096 * m.hidden * m.vocab / load_cluster("h100-sxmx8").hardware.peak("bf16")
