@@ -84,7 +84,9 @@ def op_times(hw, op: ops_mod.Op, dtype: str, *, split_k: bool = False, env: Kern
 def _op_times(hw, op: ops_mod.Op, dtype: str, split_k: bool, env: KernelEnv):
     if op.kind in (ops_mod.MATMUL, ops_mod.BATCHED):
         m, k, n, batch = op.gemm
-        gemm_dtype, scale = (("fp8", hw.matmul_fp8.get(env.fp8_scaling, 1.0)) if op.fp8 else (dtype, 1.0))
+        # A scaling the profile does not list runs at its per-tensor fraction: finer scales cost more, never less.
+        fp8_scale = hw.matmul_fp8.get(env.fp8_scaling, hw.matmul_fp8.get("tensorwise", 1.0))
+        gemm_dtype, scale = (("fp8", fp8_scale) if op.fp8 else (dtype, 1.0))
         # A batched matmul runs its batch in one kernel; a weight GEMM's "batch" is sequential
         # block products (2D TP's SUMMA steps), one kernel each.
         steps, batch = (batch, 1) if op.kind == ops_mod.MATMUL else (1, batch)
