@@ -112,6 +112,10 @@ RULES: tuple[Rule, ...] = (
          lambda m, a: a.dualpipe & ((a.vpp != 2) | (a.pp < 2)),
          lambda m, a: "the dualpipev schedule (DeepSeek's DualPipe cut in half) runs two stages per rank in a V "
                       "over pp >= 2 ranks: use --vpp 2" + ("" if a.pp >= 2 else " and --pp 2 or more")),
+    Rule("DualPipeV splits the layers its own way", ('dualpipe', 'first', 'last'),
+         lambda m, a: a.dualpipe & ((a.first > 0) | (a.last > 0)),
+         lambda m, a: "the dualpipev schedule is modelled with torchtitan's own split over its V (the first rank "
+                      "holds the first and last stage); drop --first-stage-layers and --last-stage-layers"),
     Rule("DualPipeV takes a micro-batch per stage", ('dualpipe', 'batch', 'mb', 'dp', 'pp'),
          lambda m, a: a.dualpipe & (_micro_batches(a) < 2 * a.pp),
          lambda m, a: f"the dualpipev schedule needs at least as many micro-batches as its 2*pp = {2 * a.pp} "

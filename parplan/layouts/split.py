@@ -249,3 +249,24 @@ def say_split(n, split, m, a):
     chunks = f", each rank's layers in {a.vpp} equal chunks" if a.vpp > 1 and split.chunks == "equal" else ""
     return (f"{n} cannot split the {m.layers} layers of {m.name} as first {first}, last {last} over pp={a.pp} "
             f"(it runs {can}{chunks}){_suggestion(split, m, a)}")
+
+
+def _v_ranks(layers: int, pp: int) -> tuple[int, int, int, int]:
+    base, extra = divmod(layers + 2, 2 * pp)
+    sizes = [base + (s < extra) for s in range(2 * pp)]
+    sizes[0] -= 1   # the embedding, weighted as one layer
+    sizes[-1] -= 1  # the final norm and output, as one layer
+    ranks = [sizes[r] + sizes[2 * pp - 1 - r] for r in range(pp)]
+    middle = ranks[1:-1] or [0]
+    return ranks[0], max(middle), ranks[-1], sum(ranks[1:-1])
+
+
+def v_rank_layers(layers: int, pp):
+    """(first, busiest middle, last, all middle) ranks' layers under DualPipeV's V: torchtitan's default split
+    of ``2p`` stages, the embedding and the head weighted as one layer each (v0.2.2
+    ``torchtitan/distributed/pipeline_parallel.py``: generate_llm_fqn_per_model_part), rank ``r`` holding
+    stages ``r`` and ``2p - 1 - r``. Llama 3 8B over 4 ranks: 7, 9, 8, 8."""
+    out = np.vectorize(lambda p: _v_ranks(layers, int(p)) if p > 1 else (layers, 0, layers, 0),
+                       otypes=[int] * 4)(np.asarray(pp))
+    return tuple(o[()] if np.ndim(o) == 0 else o for o in out)
+

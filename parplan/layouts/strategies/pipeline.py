@@ -117,6 +117,8 @@ def rank_layers(model, layout):
     """(first, busiest middle, last, all middle) ranks' layers; the middle ones are 0 where a pipeline has
     none (p <= 2), and every rank takes the rounded-up share where the layout gives no split."""
     pp = np.asarray(layout.pp)
+    if getattr(layout, "schedule", None) == "dualpipev":  # the V pairs stage r with stage 2p - 1 - r
+        return split_mod.v_rank_layers(model.layers, pp)
     first, last = layout_ends(model, layout)
     given = getattr(layout, "first_stage_layers", None) is not None
     share = stage_layers(model, pp)
@@ -151,7 +153,7 @@ class PipelineParallel(Strategy, Stages):
         else:
             msg, gather = act, 0
         sends = np.where(p > 1, v, 0)
-        tied = 1 if model.tied_embeddings else 0
+        tied = 1 if model.tied_embeddings and lay.schedule != "dualpipev" else 0  # the V keeps both on one rank
         table = np.ceil(model.vocab / t) * model.hidden * ctx.grad_bytes
         tp_stride = ctx.stride("tp")
         return [
