@@ -8,12 +8,16 @@ the loss (``--mtp-num-layers``; the ``m`` of ``--pipeline-model-parallel-layout`
 ``megatron/core/transformer/multi_token_prediction.py``). So per micro-batch the last rank runs, ``D``
 times, one layer, the module's own ops and the head, forward and backward, with the layer's exposed
 collectives and its recompute; it holds the modules' parameters (their experts divided over the
-expert axes as every layer's), one layer's activations per micro-batch in flight, and each module's
-logits. The modules share the embedding and head, so they add no table.
+expert axes as every layer's), one layer's activations (its chunk holds one micro-batch in flight) and
+each module's logits. The modules share the head and the embedding; under a pipeline Megatron-Core builds
+the embedding on the MTP stage too (``pre_process or mtp_process``), so the last rank keeps a copy of the
+table unless it already holds one (tied embeddings, or DualPipeV's V, where the first rank holds both
+ends). That copy's gradient all-reduce with the first stage is not counted.
 """
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import reduce
 from typing import Any
 
 import numpy as np
@@ -54,15 +58,30 @@ def notes(model: ModelSpec, fwd_s, bwd_s) -> tuple[str, ...]:
             f"head again, forward and backward)",)
 
 
-def params(model: ModelSpec) -> tuple[float, float]:
-    """(all, routed-expert) parameters of the modules, which the last rank holds."""
+def params(model: ModelSpec, layout) -> tuple[Any, float]:
+    """(all, routed-expert) parameters the modules put on the head's rank: theirs, and under a pipeline the
+    embedding table's copy where that rank holds none."""
+    if not model.mtp_layers:
+        return 0.0, 0.0
     experts = model.mtp_layers * model.expert_params() if model.is_moe else 0
-    return float(model.mtp_params()), float(experts)
+    copy = 0 if model.tied_embeddings or layout.schedule == "dualpipev" else model.embedding_params()
+    return np.where(np.asarray(layout.pp) > 1, copy, 0) + float(model.mtp_params()), float(experts)
 
 
-def memory_bytes(model: ModelSpec, act_layer_bytes, inflight, logits_bytes) -> dict[str, Any]:
-    """The modules' activations (one layer's per micro-batch in flight) and logits, on the last rank."""
+def with_stage_params(model: ModelSpec, stages, layout, micro_batches, stage_params, expert_params):
+    """The busiest stage's parameters and routed experts once the head's rank holds the modules: they set the
+    data-parallel traffic and the optimizer step where that rank holds the most."""
+    if not model.mtp_layers:
+        return stage_params, expert_params
+    mtp_p, mtp_e = params(model, layout)
+    held = [np.where(r.head, r.params, 0.0) for r in stages.memory_stages(model, layout, micro_batches)]
+    head = reduce(np.maximum, held) + mtp_p
+    return np.maximum(stage_params, head), expert_params + np.where(head >= stage_params, mtp_e, 0.0)
+
+
+def memory_bytes(model: ModelSpec, act_layer_bytes, logits_bytes) -> dict[str, Any]:
+    """The modules' activations (one layer's, of the one micro-batch the head's chunk holds) and logits."""
     if not model.mtp_layers:
         return {}
-    return {"mtp_activations": model.mtp_layers * act_layer_bytes * inflight,
+    return {"mtp_activations": model.mtp_layers * act_layer_bytes,
             "mtp_logits": model.mtp_layers * logits_bytes}

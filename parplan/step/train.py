@@ -168,6 +168,7 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
     if model.is_moe:
         stage_params = stage_params + model.busiest_layers(stage_layers) - stage_layers * model.layer_params()
         expert_p = model.busiest_layers(stage_layers, moe_only=True) * model.expert_params()
+    stage_params, expert_p = mtp_mod.with_stage_params(model, stages, layout, m, stage_params, expert_p)
     layer_p = model.layer_params()
     grad_bytes = sw_mod.grad_bytes(sw, dtype)
     ctx = Context(model=model, cluster=cluster, layout=layout, dims=dims, bpe=bpe, seq=seq,
@@ -268,7 +269,7 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
         # rebuilds one layer's activations.
         rebuilt = (r.layers > 0) & ((rc == 2) | (rc == 4) | (rc == 6))
         held = r.layers * act_layer * r.inflight + np.where(rebuilt, act_full_layer, 0.0)
-        mtp_p, mtp_e = (np.where(r.head, x, 0.0) for x in mtp_mod.params(model))  # the head's rank holds MTP
+        mtp_p, mtp_e = (np.where(r.head, x, 0.0) for x in mtp_mod.params(model, layout))  # on the head's rank
         if model.is_moe:  # the rank's most MoE layers, their experts divided over the expert axes
             params = r.params + model.busiest_layers(r.layers) - r.layers * model.layer_params() + mtp_p
             experts = model.busiest_layers(r.layers, moe_only=True) * model.expert_params() + mtp_e
@@ -283,7 +284,7 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
                "activations": held,
                "logits": np.where(r.head, sw_mod.logits_bytes(dims, sw, dtype), 0.0)}
         mem.update({k: np.where(r.head, v, 0.0) for k, v in mtp_mod.memory_bytes(
-            model, act_layer, r.inflight, sw_mod.logits_bytes(dims, sw, dtype)).items()})
+            model, act_layer, sw_mod.logits_bytes(dims, sw, dtype)).items()})
         mem.update(sw_mod.extra_memory(model, dims, layout, sw, r.layers, kept))
         mem.update(extras)
         if fw.gradients == "freed":

@@ -295,7 +295,7 @@ def test_megatron_reads_a_repeated_layout_string_and_the_moe_overlap():
     layers, the last 2+2+2+0 = 6; --overlap-moe-expert-parallel-comm reads back as --moe-overlap micro-batch."""
     m = load_model("deepseek-v3")
     source = ("--tensor-model-parallel-size 2 --pipeline-model-parallel-size 8 --expert-model-parallel-size 64 "
-              "--pipeline-model-parallel-layout 'Et|(tt|)*30mL' --overlap-moe-expert-parallel-comm "
+              "--pipeline-model-parallel-layout 'Et|(tt|)*30mL' --mtp-num-layers 1 --overlap-moe-expert-parallel-comm "
               "--delay-wgrad-compute --micro-batch-size 1 --global-batch-size 8192\n")
     back = read_config_text(source, ".sh", 1024, m)
     assert (back.layout["first_stage_layers"], back.layout["last_stage_layers"], back.layout["vpp"]) == (7, 6, 4)

@@ -71,3 +71,31 @@ def test_estimate_says_what_the_modules_cost():
     ms = float(said[0].split(", ")[1].split(" ms")[0])
     # at least the head's logits GEMM again, forward and backward: 3 x 2 x tokens x h x V at the bf16 peak
     assert ms / 1e3 > 3 * 2 * 4096 * m.hidden * m.vocab / load_cluster("h100-sxmx8").hardware.peak("bf16")
+
+
+def test_the_modules_parameters_join_the_optimizer_step_and_the_gradient_traffic():
+    m = load_model("llama3-8b")
+    lay = Layout(tp=1, pp=1, dp=8, micro_batch=1, global_batch=8, zero=3, seq_len=2048)
+    base, mtp = (estimate(x, load_cluster("h100-sxmx8"), lay) for x in (m, replace(m, mtp_layers=1)))
+    grown = (m.total_params() + replace(m, mtp_layers=1).mtp_params()) / m.total_params()
+    # the optimizer streams every local parameter once: its time grows with them (less its fixed launch)
+    assert mtp.breakdown_s["optimizer"] / base.breakdown_s["optimizer"] == pytest.approx(grown, rel=0.02)
+    reduce_scatter = [[c for c in e.collectives if c.collective.name == "fsdp_grad_reduce_scatter"][0]
+                      for e in (base, mtp)]
+    assert reduce_scatter[1].link_s > reduce_scatter[0].link_s
+
+
+def test_frameworks_without_mtp_refuse_an_mtp_model_in_one_line(tmp_path):
+    m = load_model("deepseek-v3")
+    lay = Layout(tp=8, pp=1, dp=128, micro_batch=1, global_batch=1024, zero=1, seq_len=4096,
+                 axes=(("ep", 64), ("etp", 1)))
+    dense = replace(load_model("llama3-8b"), mtp_layers=1)
+    fsdp = Layout(tp=1, pp=1, dp=8, micro_batch=1, global_batch=8, zero=3, seq_len=4096)
+    assert "data_parallel_shard_degree = 8" in emit("torchtitan", fsdp, load_model("llama3-8b"))  # without MTP: fine
+    with pytest.raises(ParplanError, match="torchtitan's models train no multi-token-prediction module"):
+        emit("torchtitan", fsdp, dense)
+    megatron = emit("megatron", lay, m)
+    path = tmp_path / "run.sh"
+    path.write_text(megatron.replace(" --mtp-num-layers 1", ""))
+    with pytest.raises(ParplanError, match="sets no --mtp-num-layers"):
+        read_config(str(path), 1024, m)

@@ -93,6 +93,8 @@ def config(layout: Layout, model: ModelSpec, software=None) -> dict:
            "gradient_accumulation_steps": steps,
            "dtype": DTYPES[layout.dtype], "remat_policy": REMAT[layout.recompute],
            "shard_optimizer_over_data": layout.zero == 1, **mesh(layout)}
+    if model.mtp_layers:
+        cfg["mtp_num_layers"] = model.mtp_layers
     if layout.dtype == "fp8":
         cfg["quantization"] = "fp8"
     if layout.pp > 1:
@@ -193,3 +195,4 @@ def _check_model(data: dict, model: ModelSpec) -> None:
                              ("base_mlp_dim", model.ffn_hidden, "ffn_hidden"),
                              ("base_num_decoder_layers", model.layers, "layers"), ("vocab_size", model.vocab, "vocab")):
         agree(f"MaxText {key}", data.get(key), value, f"the model's {what}")
+    agree("MaxText mtp_num_layers", int(data.get("mtp_num_layers") or 0), model.mtp_layers, "the model's mtp_layers")

@@ -298,8 +298,12 @@ def read(source: str, world_size: int, model: ModelSpec, yaml_data=None):
             agree(f"--{flag}", int(values[flag]), getattr(model, attr), f"the {model.name} model")
     if "num-query-groups" in values:
         agree("--num-query-groups", int(values["num-query-groups"]), model.kv_heads, f"the {model.name} model")
-    if "mtp-num-layers" in values:  # Megatron trains no MTP module without the flag
+    if "mtp-num-layers" in values:
         agree("--mtp-num-layers", int(values["mtp-num-layers"]), model.mtp_layers, f"the {model.name} model")
+    elif model.mtp_layers:  # Megatron trains no MTP module without the flag
+        raise ParplanError(f"the config sets no --mtp-num-layers, so Megatron trains no multi-token-prediction "
+                           f"module, but {model.name} has {model.mtp_layers}: add the flag, or give a model with "
+                           f"mtp_layers: 0")
     lay = parse_megatron_args(source, world_size)
     fields = {k: getattr(lay, k) for k in ("tp", "pp", "cp", "dp", "micro_batch", "global_batch", "seq_len", "zero",
                                             "shard_group", "sp", "vpp", "schedule", "recompute", "dtype", "cp_mode",
