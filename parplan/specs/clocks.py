@@ -9,12 +9,13 @@ bandwidth runs on the memory clock and does not change.
 
 A profile's efficiencies are fractions of those peaks measured on a real part, and a real part at its
 rated power does not hold ``peak_mhz`` under tensor-core load: an H100 SXM at 700 W held 1380 MHz through
-two minutes of 8192^3 bf16 GEMMs ("SW Power Cap" active, no thermal slowdown) at 684 TFLOP/s, where the
-sweep behind its efficiency timed the same GEMM at 725.6 in short bursts: about 1464 MHz
-(reports/gpu-checks/h100-2026-12-06b). So the efficiency carries the clock of its measurement,
-``loaded_mhz``, and a device that holds ``f`` runs every rate at ``f / loaded_mhz`` of the profile's.
-Scaling by ``f / peak_mhz`` would charge an H100 that reports 1380 MHz under load 25% of its speed where
-it loses 6%. A profile without a measured ``loaded_mhz`` cannot be clocked.
+two minutes of 8192^3 bf16 GEMMs ("SW Power Cap" active, no thermal slowdown), and layer GEMMs timed in
+that loaded state run within 1.7% of the profile's rate (after an idle spell 13% faster: the cap takes
+hold within 0.3 s), so the efficiency corresponds to about 1400 MHz (reports/gpu-checks/h100-2026-12-06b).
+The efficiency carries the clock of its measurement, ``loaded_mhz``, and a device that holds ``f`` runs
+every rate at ``f / loaded_mhz`` of the profile's. Scaling by ``f / peak_mhz`` would charge an H100 that
+reports 1380 MHz under load 25% of its speed where it loses 1.5%. A profile without a measured
+``loaded_mhz`` cannot be clocked.
 
 A power limit below the rated one lowers the sustained clock, but by how much depends on the die,
 the memory, the cooling and the kernel; no public measurement maps one to the other for tensor-core

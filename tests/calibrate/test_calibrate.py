@@ -286,12 +286,12 @@ def test_calibrate_keeps_a_cluster_files_in_switch_reduction_off(tmp_path):
 
 
 def test_a_calibrated_matmul_rate_drops_the_base_parts_loaded_clock(tmp_path):
-    """Measured rates carry the clock the measured device held, so the base H100's 1464 MHz no longer
+    """Measured rates carry the clock the measured device held, so the base H100's 1400 MHz no longer
     references them: a sustained clock on the calibrated profile is refused, not counted twice."""
     out = tmp_path / "mine.yaml"
     result, hw = write_profile(synthetic_rows(), out, "h100-sxm")
     assert result.matmul_efficiency is not None
-    assert load_hardware("h100-sxm").clocks.loaded_mhz == 1464 and hw.clocks.loaded_mhz is None
+    assert load_hardware("h100-sxm").clocks.loaded_mhz == 1400 and hw.clocks.loaded_mhz is None
     assert "clocks.loaded_mhz" not in yaml.safe_load(out.read_text())["sources"]
     cluster = tmp_path / "cluster.yaml"
     cluster.write_text(f"hardware: {out}\ndevices: 8\nsustained_clock_mhz: 1200\n")
