@@ -117,7 +117,8 @@ def test_unknown_and_contradictory_keys_are_one_line(tmp_path):
              "c.sh": "--tensor-model-parallel-size 2 --num-layers 80",
              "d.sh": "--tensor-model-parallel-size 2 --not-a-megatron-flag 1",
              "e.yaml": "global_train_batch_size: 64\nfsdp_config: {sharding_strategy: HALF_SHARD}\n",
-             "f.toml": "[parallelism]\ntensor_parallel_degree = 3\n"}
+             "f.toml": "[parallelism]\ntensor_parallel_degree = 3\n",
+             "g.sh": "--tensor-model-parallel-size 2 --num-layers x"}
     for name, text in cases.items():
         (tmp_path / name).write_text(text)
         with pytest.raises(ParplanError):

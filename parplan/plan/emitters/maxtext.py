@@ -195,4 +195,6 @@ def _check_model(data: dict, model: ModelSpec) -> None:
                              ("base_mlp_dim", model.ffn_hidden, "ffn_hidden"),
                              ("base_num_decoder_layers", model.layers, "layers"), ("vocab_size", model.vocab, "vocab")):
         agree(f"MaxText {key}", data.get(key), value, f"the model's {what}")
-    agree("MaxText mtp_num_layers", int(data.get("mtp_num_layers") or 0), model.mtp_layers, "the model's mtp_layers")
+    mtp = data.get("mtp_num_layers") or 0
+    agree("MaxText mtp_num_layers", whole(mtp, "MaxText mtp_num_layers") if mtp else 0, model.mtp_layers,
+          "the model's mtp_layers")

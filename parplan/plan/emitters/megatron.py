@@ -29,7 +29,7 @@ from ...errors import ParplanError
 from ...layouts.layout import Layout
 from ...specs.model import ModelSpec
 from ...layouts.split import expressible
-from .common import agree, launch, profile_for, rule_problem, software_problem, stage_ends
+from .common import agree, launch, profile_for, rule_problem, software_problem, stage_ends, whole
 from .megatron_layout import layout_string, parse_layout
 
 # The Megatron flags parplan reads that take a list of values.
@@ -159,11 +159,11 @@ def moe_args(layout: Layout, model: ModelSpec, software=None) -> list[str]:
 def read_moe(values: dict, model: ModelSpec, tp: int) -> dict:
     """The expert axes of Megatron flags, checked against the model ({} for a dense model)."""
     if "num-experts" in values:
-        agree("--num-experts", int(values["num-experts"]), model.experts, f"the {model.name} model")
+        agree("--num-experts", whole(values["num-experts"], "--num-experts"), model.experts, f"the {model.name} model")
     if "moe-router-topk" in values:
-        agree("--moe-router-topk", int(values["moe-router-topk"]), model.top_k, f"the {model.name} model")
+        agree("--moe-router-topk", whole(values["moe-router-topk"], "--moe-router-topk"), model.top_k, f"the {model.name} model")
     if "moe-ffn-hidden-size" in values:
-        agree("--moe-ffn-hidden-size", int(values["moe-ffn-hidden-size"]), model.expert_width,
+        agree("--moe-ffn-hidden-size", whole(values["moe-ffn-hidden-size"], "--moe-ffn-hidden-size"), model.expert_width,
               f"the {model.name} model")
     if not model.is_moe:
         for flag in ("expert-model-parallel-size", "expert-tensor-parallel-size"):
@@ -295,11 +295,11 @@ def read(source: str, world_size: int, model: ModelSpec, yaml_data=None):
         raise ParplanError(f"Megatron flags: unknown flag '--{bad[0]}' (not a flag of Megatron-LM core_v0.14.0)")
     for flag, attr in MODEL_FLAGS:
         if flag in values:
-            agree(f"--{flag}", int(values[flag]), getattr(model, attr), f"the {model.name} model")
+            agree(f"--{flag}", whole(values[flag], f"--{flag}"), getattr(model, attr), f"the {model.name} model")
     if "num-query-groups" in values:
-        agree("--num-query-groups", int(values["num-query-groups"]), model.kv_heads, f"the {model.name} model")
+        agree("--num-query-groups", whole(values["num-query-groups"], "--num-query-groups"), model.kv_heads, f"the {model.name} model")
     if "mtp-num-layers" in values:
-        agree("--mtp-num-layers", int(values["mtp-num-layers"]), model.mtp_layers, f"the {model.name} model")
+        agree("--mtp-num-layers", whole(values["mtp-num-layers"], "--mtp-num-layers"), model.mtp_layers, f"the {model.name} model")
     elif model.mtp_layers:  # Megatron trains no MTP module without the flag
         raise ParplanError(f"the config sets no --mtp-num-layers, so Megatron trains no multi-token-prediction "
                            f"module, but {model.name} has {model.mtp_layers}: add the flag, or give a model with "
