@@ -38,7 +38,7 @@ def test_the_bubble_is_p_minus_one_times_f_and_b_plus_b_minus_three_w():
     # per layer, 8 micro-batches. Every rank works 6 per micro-batch; the bubble (p - 1)(F&B + B - 3W) = 3 x 2.
     model = replace(load_model("llama3-8b"), layers=6)
     lay = Layout(pp=4, vpp=2, schedule="dualpipev", micro_batch=1, global_batch=8)
-    t = StageTimes(8, 3.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 2.0, 1.0, 2.0, layer_fwd_s=1.0)
+    t = StageTimes(8, 3.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 2.0, 1.0, 2.0, 1.0)
     total, busy, parts = PipelineParallel().compose(model, lay, t)
     assert float(parts["bubble"]) == pytest.approx(6.0)
     assert float(total) == pytest.approx(8 * 6.0 + 6.0)

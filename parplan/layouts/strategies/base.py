@@ -177,7 +177,7 @@ class StageTimes:
     emb_b: Any
     head_f: Any
     head_b: Any
-    layer_fwd_s: Any = None  # the forward part of layer_s (DualPipe's F); None: a third of it
+    layer_fwd_s: Any         # the forward part of layer_s (DualPipe's F)
 
 
 @dataclass(frozen=True)

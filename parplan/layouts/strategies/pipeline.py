@@ -213,8 +213,7 @@ class PipelineParallel(Strategy, Stages):
         if layout.schedule == "zb-h1":  # the weight gradients (W) move into the drain; recompute stays in B
             scale = zb_h1_scale(0.0, per_layer - t.layer_wgrad_s, t.layer_wgrad_s)
         elif layout.schedule == "dualpipev":
-            fwd = t.layer_s / 3.0 if t.layer_fwd_s is None else t.layer_fwd_s
-            scale = dualpipe_scale(fwd, per_layer - fwd, t.layer_wgrad_s)
+            scale = dualpipe_scale(t.layer_fwd_s, per_layer - t.layer_fwd_s, t.layer_wgrad_s)
         # Uneven chunks (a layout string): the largest chunk of any rank paces the interleaving, so it divides
         # the bubble by L / c, the L layers of the rank holding most over that chunk's c (v where chunks are equal).
         v = np.maximum(vpp, 1)
