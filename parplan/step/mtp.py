@@ -33,10 +33,7 @@ def block_ops(model: ModelSpec, dims, layout, sw, dropout: bool, micro_batches, 
     if not model.mtp_layers:
         return []
     d = replace(dims, moe_share=1.0) if model.is_moe else dims
-    ops = sw_mod.layer_ops(model, d, layout, sw, dropout, micro_batches)
-    for s in strategies:
-        ops = ops + s.layer_ops(d, model, layout, act)
-    return ops + ops_mod.mtp_own_ops(model, d, act, sw.elementwise["norm"]) + sw_mod.head_ops(model, d, layout, sw)
+    return sw_mod.layer_ops(model, d, layout, sw, dropout, micro_batches, strategies) + ops_mod.mtp_own_ops(model, d, act, sw.elementwise["norm"]) + sw_mod.head_ops(model, d, layout, sw)
 
 
 def micro_batch_s(model: ModelSpec, times: list, layer_rec_s, layer_comm_s) -> tuple[Any, Any]:

@@ -73,8 +73,9 @@ def zero3_shard(layout):
     return np.where(np.asarray(layout.zero) == 3, np.asarray(group) * np.asarray(layout.cp), 1)
 
 
-def layer_ops(model, dims, layout, sw: Software, dropout: bool, micro_batches) -> list[ops_mod.Op]:
-    """One layer's ops as this software runs them, per micro-batch (FSDP2 copies included)."""
+def layer_ops(model, dims, layout, sw: Software, dropout: bool, micro_batches, strategies=()) -> list[ops_mod.Op]:
+    """One layer's ops as this software runs them, per micro-batch (FSDP2 copies included), with what each
+    of ``strategies`` (the layout's axes) adds to a layer."""
     act = activation_dtype(layout.dtype)
     fw = sw.framework
     shard = zero3_shard(layout)
@@ -91,6 +92,8 @@ def layer_ops(model, dims, layout, sw: Software, dropout: bool, micro_batches) -
                             weight_cast_shard=shard if casts_weights(sw, layout.dtype) else None, **moe)
     if fw.data_parallel.zero3 == "per-parameter":
         ops.append(_fsdp_copies(model, dims, layout, act))
+    for s in strategies:
+        ops = ops + s.layer_ops(dims, model, layout, act)
     return ops
 
 

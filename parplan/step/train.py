@@ -135,9 +135,7 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
     m = np.maximum(m, 1)
 
     # ---- compute per layer, per micro-batch
-    lops = sw_mod.layer_ops(model, dims, layout, sw, use_dropout, m)
-    for s in strategies:
-        lops = lops + s.layer_ops(dims, model, layout, act)
+    lops = sw_mod.layer_ops(model, dims, layout, sw, use_dropout, m, strategies)
     times = [op_times(hw, o, act, env=env) for o in lops]
     host = fw.host_overhead_per_layer_s
     layer_fwd = sum((t[0] for t in times), np.float64(0.0)) + host
