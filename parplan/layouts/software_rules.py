@@ -67,8 +67,8 @@ def software_rules(software) -> tuple[Rule, ...]:
              lambda m, a: a.interleaved & ("interleaved" not in pipe.schedules),
              lambda m, a: f"{n} runs the pipeline schedules {', '.join(pipe.schedules) or 'none'}, not interleaved"),
         Rule(f"{n} has the 1F1B or GPipe schedule", ('pp', 'interleaved', 'zb', 'gpipe', 'dualpipe'),
-             lambda m, a: (a.pp > 1) & ~a.interleaved & ~a.zb & ~a.dualpipe & np.where(a.gpipe, "gpipe" not in pipe.schedules,
-                                                                         "1f1b" not in pipe.schedules),
+             lambda m, a: (a.pp > 1) & ~a.interleaved & ~a.zb & ~a.dualpipe
+             & np.where(a.gpipe, "gpipe" not in pipe.schedules, "1f1b" not in pipe.schedules),
              lambda m, a: f"{n} runs the pipeline schedules {', '.join(pipe.schedules) or 'none'}, "
                           f"not {'gpipe' if a.gpipe else '1f1b'}"),
         Rule(f"{n} has context parallelism", ('cp', 'cp_ring'),

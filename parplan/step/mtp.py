@@ -27,13 +27,15 @@ from ..specs.model import ModelSpec
 from . import software as sw_mod
 
 
-def block_ops(model: ModelSpec, dims, layout, sw, dropout: bool, micro_batches, strategies, act: str) -> list:
+def block_ops(model: ModelSpec, dims, layout, sw, dropout: bool, micro_batches, strategies) -> list:
     """One module's ops for one micro-batch on this device (none without MTP): its layer as every axis
     runs it (an MoE layer for an MoE model), its own norms and projection, and the head."""
     if not model.mtp_layers:
         return []
     d = replace(dims, moe_share=1.0) if model.is_moe else dims
-    return sw_mod.layer_ops(model, d, layout, sw, dropout, micro_batches, strategies) + ops_mod.mtp_own_ops(model, d, act, sw.elementwise["norm"]) + sw_mod.head_ops(model, d, layout, sw)
+    own = ops_mod.mtp_own_ops(model, d, sw_mod.activation_dtype(layout.dtype), sw.elementwise["norm"])
+    return sw_mod.layer_ops(model, d, layout, sw, dropout, micro_batches, strategies) + own + \
+        sw_mod.head_ops(model, d, layout, sw)
 
 
 def micro_batch_s(model: ModelSpec, times: list, layer_rec_s, layer_comm_s) -> tuple[Any, Any]:

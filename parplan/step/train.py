@@ -195,7 +195,7 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
     total = {where: sum((mb_comm[a][where] for a in axes), np.float64(0.0)) for where in STAGES}
     # Multi-token prediction runs beside the head, on its rank (parplan.step.mtp).
     mtp_t = [op_times(hw, o, act, env=env) for o in mtp_mod.block_ops(model, dims, layout, sw, use_dropout, m,
-                                                                     strategies, act)]
+                                                                     strategies)]
     mtp_f, mtp_b = mtp_mod.micro_batch_s(model, mtp_t, layer_rec, sum(layer_comm.values(), np.float64(0.0)))
     pipeline_s, busy, schedule_s = stages.compose(model, layout, StageTimes(
         m, layer_fwd + layer_bwd, layer_wgrad, layer_rec, sum(layer_comm.values(), np.float64(0.0)),
