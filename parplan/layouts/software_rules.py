@@ -101,6 +101,10 @@ def software_rules(software) -> tuple[Rule, ...]:
              lambda m, a: "the MoE all-to-alls overlap another micro-batch only with " + (
                  "ep > 1" if a.ep < 2 else "recompute other than full" if a.rc == RECOMPUTE.index("full")
                  else "the interleaved schedule (--vpp 2 or more) under a pipeline")),
+        Rule(f"{n} trains multi-token prediction", ('pp',),
+             lambda m, a: (np.asarray(a.pp) > 0) & bool(m.mtp_layers and not fw.mtp),
+             lambda m, a: f"{n} trains no multi-token-prediction module, and {m.name} has {m.mtp_layers}; give the "
+                          f"model with mtp_layers: 0, or a framework that trains them"),
         Rule(f"{n} recompute modes", ('rc',),
              lambda m, a: ~np.isin(a.rc, codes),
              lambda m, a: f"{n} offers recompute {', '.join(fw.recompute)}, not {RECOMPUTE[int(a.rc)]}"),

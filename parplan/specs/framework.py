@@ -66,7 +66,8 @@ DEFAULT_FRAMEWORK = {"gpu": "megatron-core", "tpu": "jax"}
 
 FRAMEWORK_KEYS = ("name", "aliases", "description", "devices", "emit", "kernels", "compile", "fp8", "data_parallel",
                   "pipeline", "parallelism", "recompute", "vocab", "optimizer", "master_weights",
-                  "gradients", "host_overhead_per_layer_s", "elementwise_efficiency", "serving", "sources", "moe")
+                  "gradients", "host_overhead_per_layer_s", "elementwise_efficiency", "serving", "sources", "moe",
+                  "mtp")
 KERNEL_KEYS = ("attention", "flash_attention", "elementwise", "loss", "weight_casts", "projections")
 # How the q, k, v and the gate and up projections are held: one fused GEMM each (Megatron, MPT) or separate
 # linear layers (torchtitan, transformers' Llama), which eager autocast feeds one 16-bit cast each.
@@ -219,6 +220,7 @@ class Framework:
     sources: Mapping[str, str] = field(default_factory=dict)
     path: str = ""
     moe: MoeSoftware = MoeSoftware()
+    mtp: bool = False                   # trains multi-token-prediction modules (parplan.step.mtp)
 
     def padded_vocab(self, vocab: int, tp) -> Any:
         """Vocabulary rows after the framework's padding (Megatron: a multiple of 128 x tp)."""

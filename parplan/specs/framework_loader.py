@@ -224,7 +224,7 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
                                          default=0.0, maximum=1.0),
         elementwise_efficiency=eff,
         aliases=names(data, "aliases", what), sources=MappingProxyType(text_mapping(data, "sources", what)),
-        path=path, moe=moe)
+        path=path, moe=moe, mtp=_flag(data, "mtp", what, False))
 
 
 @lru_cache(maxsize=64)

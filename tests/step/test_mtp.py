@@ -86,14 +86,29 @@ def test_the_modules_parameters_join_the_optimizer_step_and_the_gradient_traffic
 
 
 def test_frameworks_without_mtp_refuse_an_mtp_model_in_one_line(tmp_path):
+    """A framework profile says whether it trains MTP modules (``mtp``): estimate, the search and --emit refuse
+    an MTP model on one that does not, and take it on one that does."""
+    from parplan.specs.framework import resolve_software
+    from parplan.specs.framework_loader import load_framework
+
     m = load_model("deepseek-v3")
     lay = Layout(tp=8, pp=1, dp=128, micro_batch=1, global_batch=1024, zero=1, seq_len=4096,
                  axes=(("ep", 64), ("etp", 1)))
     dense = replace(load_model("llama3-8b"), mtp_layers=1)
     fsdp = Layout(tp=1, pp=1, dp=8, micro_batch=1, global_batch=8, zero=3, seq_len=4096)
     assert "data_parallel_shard_degree = 8" in emit("torchtitan", fsdp, load_model("llama3-8b"))  # without MTP: fine
-    with pytest.raises(ParplanError, match="torchtitan's models train no multi-token-prediction module"):
+    with pytest.raises(ParplanError, match="torchtitan trains no multi-token-prediction module, and llama3.1-8b "
+                                           "has 1; give the model with mtp_layers: 0"):
         emit("torchtitan", fsdp, dense)
+    cluster = load_cluster("h100-sxmx8")
+    for name, trains in (("torchtitan", False), ("deepspeed", False), ("megatron-core", True), ("jax", True)):
+        software = resolve_software(load_framework(name), device_kind="gpu")
+        if trains:
+            assert estimate(dense, cluster, fsdp if name == "jax" else replace(fsdp, zero=1),
+                            software=software).step_time_s > 0
+        else:
+            with pytest.raises(ParplanError, match=f"{name} trains no multi-token-prediction module"):
+                estimate(dense, cluster, fsdp, software=software)
     megatron = emit("megatron", lay, m)
     path = tmp_path / "run.sh"
     path.write_text(megatron.replace(" --mtp-num-layers 1", ""))

@@ -29,18 +29,9 @@ def _module(target: str):
     return MODULES[target]
 
 
-# The training frameworks whose configs train multi-token-prediction modules (Megatron --mtp-num-layers,
-# MaxText mtp_num_layers); torchtitan v0.2.2's models, DeepSpeed's and llm-foundry's have none.
-MTP_TARGETS = ("megatron", "maxtext")
-
-
 def problem(target: str, layout: Layout, model: ModelSpec, software=None) -> str | None:
     """Why ``target``'s framework cannot run this plan, in one line (None: it can)."""
-    said = _module(target).problem(layout, model, software)
-    if said is None and model.mtp_layers and target not in MTP_TARGETS:
-        return (f"{target}'s models train no multi-token-prediction module, and {model.name} has "
-                f"{model.mtp_layers}; give a model with mtp_layers: 0")
-    return said
+    return _module(target).problem(layout, model, software)
 
 
 def emit(target: str, layout: Layout, model: ModelSpec, software=None) -> str:
