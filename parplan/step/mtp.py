@@ -12,7 +12,8 @@ expert axes as every layer's), one layer's activations (its chunk holds one micr
 each module's logits. The modules share the head and the embedding; under a pipeline Megatron-Core builds
 the embedding on the MTP stage too (``pre_process or mtp_process``), so the last rank keeps a copy of the
 table unless it already holds one (tied embeddings, or DualPipeV's V, where the first rank holds both
-ends). That copy's gradient all-reduce with the first stage is not counted.
+ends); that copy's gradient is all-reduced with the first stage's once per step, as tied embeddings' are
+(``pp_embedding_grad_allreduce``, :mod:`parplan.layouts.strategies.pipeline`).
 """
 from __future__ import annotations
 

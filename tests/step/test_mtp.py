@@ -114,3 +114,23 @@ def test_frameworks_without_mtp_refuse_an_mtp_model_in_one_line(tmp_path):
     path.write_text(megatron.replace(" --mtp-num-layers 1", ""))
     with pytest.raises(ParplanError, match="sets no --mtp-num-layers"):
         read_config(str(path), 1024, m)
+
+
+def test_the_modules_embedding_copy_sums_its_gradient_with_the_first_stage():
+    """Under a pipeline the MTP stage holds a copy of an untied embedding table, whose gradient Megatron-Core
+    all-reduces with the first stage's once per step (finalize_model_grads.py), as it does for tied tables:
+    a table of ceil(V / tp) x h gradients between two ranks."""
+    m = load_model("llama3-8b")
+    assert not m.tied_embeddings
+    lay = Layout(tp=2, pp=2, dp=2, micro_batch=1, global_batch=8, zero=1, seq_len=4096)
+
+    def reduce(model, layout):
+        est = estimate(model, load_cluster("h100-sxmx8"), layout)
+        return next(c for c in est.collectives if c.collective.name == "pp_embedding_grad_allreduce")
+
+    assert float(reduce(m, lay).calls_per_step) == 0
+    copy = reduce(replace(m, mtp_layers=1), lay)
+    assert float(copy.calls_per_step) == 1
+    # the vocabulary's tp share of rows x h, in the 16-bit gradients megatron-core reduces (grad_sync_dtype bf16)
+    assert float(copy.collective.size_bytes) == -(-m.vocab // 2) * m.hidden * 2
+    assert float(reduce(replace(m, mtp_layers=1), replace(lay, pp=1, dp=4)).calls_per_step) == 0

@@ -153,7 +153,12 @@ class PipelineParallel(Strategy, Stages):
         else:
             msg, gather = act, 0
         sends = np.where(p > 1, v, 0)
-        tied = 1 if model.tied_embeddings and lay.schedule != "dualpipev" else 0  # the V keeps both on one rank
+        # The table is on the first and the last stage with tied embeddings, and with multi-token prediction,
+        # whose modules take the embedding on the last stage (Megatron-Core core_v0.12.0+ finalize_model_grads.py:
+        # _get_shared_word_embedding_weight, share_embeddings_and_output_weights or mtp_num_layers); DualPipeV's V
+        # keeps both ends on one rank.
+        copied = model.tied_embeddings or model.mtp_layers > 0
+        tied = 1 if copied and lay.schedule != "dualpipev" else 0
         table = np.ceil(model.vocab / t) * model.hidden * ctx.grad_bytes
         tp_stride = ctx.stride("tp")
         return [
@@ -163,7 +168,7 @@ class PipelineParallel(Strategy, Stages):
                        "microbatch", "forward", "none"),
             Collective("pp_recv_allgather_gradient", "all_gather", "pp", t, tp_stride, act, sends * gather,
                        "microbatch", "backward", "none"),
-            # Tied input/output embeddings live on the first and last stage: their gradients are summed.
+            # The two copies of the table (tied embeddings, or MTP's) sum their gradients.
             Collective("pp_embedding_grad_allreduce", "all_reduce", "pp", 2, stride * np.maximum(p - 1, 1),
                        table, np.where(p > 1, tied, 0), "step", "step", "none"),
         ]
