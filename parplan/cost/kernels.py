@@ -129,12 +129,25 @@ def attention_efficiency(hw, s, dh, skv, heads, kernels=("flash2",)):
         eff = matmul_efficiency(hw, s, dh, skv, heads) if hw.matmul_curve is not None else \
             hw.matmul_efficiency * wave_utilization(hw, s, dh, heads)
         return eff * FLASH_FWD_FRACTION_OF_GEMM, eff * FLASH_BWD_FRACTION_OF_GEMM
-    s, dh, heads = (np.asarray(x, float) for x in (s, dh, heads))
-    tiles = np.ceil(s / ATTENTION_BLOCK_ROWS) * heads
-    waves = np.ceil(tiles / hw.compute_units)
-    util = tiles / (waves * hw.compute_units)
+    s, dh = np.asarray(s, float), np.asarray(dh, float)
+    util = _query_tile_waves(hw, s, heads)
     return tuple(hw.matmul_efficiency * util * _curve_fraction(curve.seq, table, s, dh)
                  for table in (curve.forward, curve.backward))
+
+
+def attention_curve_fraction(hw, s, heads, rate_flops):
+    """The ``attention_kernels`` table entry that makes :func:`attention_efficiency` give ``rate_flops`` (a
+    measured causal attention rate, FLOP/s) at ``s`` tokens over ``heads`` (batch x heads): the rate over
+    the profile's GEMM rate ``peak x matmul_efficiency`` and the query tiles' last-wave utilization at that
+    shape, so each measured point is reproduced exactly (``scripts/attention_table.py``)."""
+    return np.asarray(rate_flops, float) / (hw.peak("bf16") * hw.matmul_efficiency * _query_tile_waves(hw, s, heads))
+
+
+def _query_tile_waves(hw, s, heads):
+    """The share of the last wave's SMs the query tiles (``ATTENTION_BLOCK_ROWS`` rows of one head) fill."""
+    tiles = np.ceil(np.asarray(s, float) / ATTENTION_BLOCK_ROWS) * np.asarray(heads, float)
+    waves = np.ceil(tiles / hw.compute_units)
+    return tiles / (waves * hw.compute_units)
 
 
 def _curve_fraction(seq_points, table, s, dh):

@@ -1,0 +1,49 @@
+"""Turn an attention.csv of scripts/gpu_stack_kernels.py into a hardware profile's ``attention_kernels`` block.
+
+Each measured causal attention rate becomes the table entry that makes the model give that rate at that
+shape (``parplan.cost.kernels.attention_curve_fraction``: the rate over the profile's GEMM rate, peak x
+matmul_efficiency, and the query tiles' last-wave utilization), so the profile reproduces its measurements;
+``flash`` rows (SDPA's FLASH_ATTENTION backend, FlashAttention-2) are the ``flash2`` kernel.
+
+usage: python scripts/attention_table.py reports/gpu-checks/h100-2026-12-06c/attention.csv --hw h100-sxm
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import pandas as pd
+
+sys.path.insert(0, os.getcwd())
+from parplan.cost.kernels import attention_curve_fraction  # noqa: E402
+from parplan.specs.hardware import load_hardware  # noqa: E402
+
+KERNELS = {"flash": "flash2", "cudnn": "cudnn"}
+
+
+def table(path: str, hw_name: str) -> str:
+    hw = load_hardware(hw_name)
+    d = pd.read_csv(path)
+    d = d[d["backend"].isin(KERNELS)]
+    heads = d["heads"] * d["batch"]
+    d = d.assign(forward=attention_curve_fraction(hw, d["seq"], heads, d["fwd_tflops"] * 1e12),
+                 backward=attention_curve_fraction(hw, d["seq"], heads, d["bwd_tflops"] * 1e12))
+    lines = ["attention_kernels:"]
+    for backend, rows in d.groupby("backend", sort=False):
+        seqs = sorted(rows["seq"].unique())
+        lines += [f"  {KERNELS[backend]}:", f"    seq: [{', '.join(map(str, seqs))}]"]
+        for part in ("forward", "backward"):
+            lines.append(f"    {part}:")
+            for dh, per in rows.groupby("head_dim"):
+                values = per.set_index("seq").loc[seqs, part]
+                lines.append(f"      {dh}: [{', '.join(f'{v:.3f}' for v in values)}]")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("csv")
+    parser.add_argument("--hw", required=True, help="the hardware profile the table is for")
+    args = parser.parse_args()
+    print(table(args.csv, args.hw))
