@@ -29,8 +29,9 @@ def test_an_mfu_above_the_matmul_ceiling_is_flagged():
 
     from parplan.specs.model import model_from_dict
 
-    # Llama 3.2 1B's shape at 131k tokens: attention is most of the work, and the full-attention count doubles it.
-    model = model_from_dict(dict(name="llama-1b", layers=16, hidden=2048, heads=32, kv_heads=8, ffn_hidden=8192,
+    # Llama 3.2 1B's width with 128-wide heads at 131k tokens: attention is most of the work, and the
+    # full-attention count doubles it.
+    model = model_from_dict(dict(name="llama-1b", layers=16, hidden=2048, heads=16, kv_heads=8, ffn_hidden=8192,
                                  activation="swiglu", norm="rmsnorm", position="rope", bias=False,
                                  tied_embeddings=True, vocab=128256, seq_len=131072), "test")
     cluster = load_cluster("h100x1")
