@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import click
 
-from ..specs.framework import DEFAULT_FRAMEWORK, FP8_RECIPES, MOE_OVERLAPS, Software, resolve_software
+from ..specs.framework import (DEFAULT_FRAMEWORK, FP8_RECIPES, MOE_OVERLAPS, OPTIMIZER_STATES, Software,
+                               resolve_software)
 from ..specs.framework_loader import framework_names, load_framework, serving_names
 from ..specs.serving_stack import DEFAULT_SERVING
 
 SOFTWARE_DEFAULTS = {"framework": None, "compiled": None, "fp8_recipe": None, "flash_attention": None,
-                     "fused_kernels": None, "moe_overlap": None}
+                     "fused_kernels": None, "moe_overlap": None, "optimizer_states": None}
 
 
 def software_options(fn):
@@ -32,6 +33,10 @@ def software_options(fn):
                      help="MoE training: what the token all-to-alls run under: nothing, the shared experts, or "
                           "another micro-batch's compute (Megatron-Core --overlap-moe-expert-parallel-comm; default: "
                           "the framework's)."),
+        click.option("--optimizer-states", type=click.Choice(OPTIMIZER_STATES), default=None,
+                     help="Precision of Adam's master copy, momentum and variance: fp32 (4 bytes each), or bf16 "
+                          "(2; NeMo's distributed_fused_adam dtype: bf16) where the framework offers it (default: "
+                          "the framework's)."),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -49,4 +54,4 @@ def software_from(options: dict, cluster, dtype: str) -> Software:
     return resolve_software(load_framework(name), dtype=dtype, compiled=options.get("compiled"),
                             fp8_recipe=options.get("fp8_recipe"), flash_attention=options.get("flash_attention"),
                             fused_kernels=options.get("fused_kernels"), device_kind=cluster.hardware.kind,
-                            moe_overlap=options.get("moe_overlap"))
+                            moe_overlap=options.get("moe_overlap"), optimizer_states=options.get("optimizer_states"))

@@ -142,7 +142,9 @@ def inflight_microbatches(pp, vpp, micro_batches, schedule: str, rank=0):
     return np.where(vpp > 1, interleaved, one_f_one_b)
 
 
-def optimizer_step_bytes(params, grad_bytes_per_param, optimizer: str = "fused", master_weights: str = "fp32-copy"):
+def optimizer_step_bytes(params, grad_bytes_per_param, optimizer: str = "fused", master_weights: str = "fp32-copy",
+                         state_bytes: int = 4):
     """HBM bytes of one Adam step over ``params`` (:func:`parplan.cost.elementwise.optimizer_bytes_per_param`):
     fused with fp32 master weights: read master, m, v, grad; write master, m, v, 16-bit copy."""
-    return np.asarray(params, float) * optimizer_bytes_per_param(optimizer, master_weights, grad_bytes_per_param)
+    return np.asarray(params, float) * optimizer_bytes_per_param(optimizer, master_weights, grad_bytes_per_param,
+                                                                 state_bytes)

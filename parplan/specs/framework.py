@@ -52,6 +52,8 @@ MASTER_WEIGHTS = ("fp32-copy", "fp32-params")
 # default since 2.0) and allocated again by the next backward.
 GRADIENTS = ("persistent", "freed")
 OPTIMIZERS = ("fused", "foreach")
+# The precision of the optimizer's state (master copy, momentum, variance): fp32, or bf16 (2 bytes each).
+OPTIMIZER_STATES = ("fp32", "bf16")
 SEQUENCE_PARALLEL = ("optional", "always", "never")
 RECOMPUTE_MODES = ("none", "selective", "full", "selective-op", "selective-layer", "norm-act", "save-dots")
 TP_MODES = ("1d", "2d", "3d")
@@ -67,7 +69,7 @@ DEFAULT_FRAMEWORK = {"gpu": "megatron-core", "tpu": "jax"}
 FRAMEWORK_KEYS = ("name", "aliases", "description", "devices", "emit", "kernels", "compile", "fp8", "data_parallel",
                   "pipeline", "parallelism", "recompute", "vocab", "optimizer", "master_weights",
                   "gradients", "host_overhead_per_layer_s", "elementwise_efficiency", "serving", "sources", "moe",
-                  "mtp")
+                  "mtp", "optimizer_states")
 KERNEL_KEYS = ("attention", "flash_attention", "elementwise", "loss", "weight_casts", "projections")
 # How the q, k, v and the gate and up projections are held: one fused GEMM each (Megatron, MPT) or separate
 # linear layers (torchtitan, transformers' Llama), which eager autocast feeds one 16-bit cast each.
@@ -221,6 +223,7 @@ class Framework:
     path: str = ""
     moe: MoeSoftware = MoeSoftware()
     mtp: bool = False                   # trains multi-token-prediction modules (parplan.step.mtp)
+    optimizer_states: tuple[str, ...] = ("fp32",)  # the state precisions it offers, its default first
 
     def padded_vocab(self, vocab: int, tp) -> Any:
         """Vocabulary rows after the framework's padding (Megatron: a multiple of 128 x tp)."""
@@ -242,6 +245,7 @@ class Software:
     loss: str
     notes: tuple[str, ...] = ()         # what came from the framework's defaults
     moe_overlap: str = "none"           # what the MoE token all-to-alls run under (MOE_OVERLAPS)
+    optimizer_states: str = "fp32"      # the optimizer state's precision (OPTIMIZER_STATES)
 
     @property
     def name(self) -> str:
@@ -269,13 +273,15 @@ class Software:
         parts.append(f"attention {'/'.join(self.attention_kernels) or 'unfused'}")
         if self.moe_overlap != "none":
             parts.append(f"MoE all-to-alls under {self.moe_overlap.replace('-', ' ')}")
+        if self.optimizer_states != "fp32":
+            parts.append(f"{self.optimizer_states} optimizer state")
         return ", ".join(p for p in parts if p)
 
 
 def resolve_software(framework: Framework, *, dtype: str = "bf16", compiled: bool | None = None,
                      fp8_recipe: str | None = None, flash_attention: bool | None = None,
                      fused_kernels: bool | None = None, device_kind: str | None = None,
-                     moe_overlap: str | None = None) -> Software:
+                     moe_overlap: str | None = None, optimizer_states: str | None = None) -> Software:
     """A framework with the user's overrides applied; each default taken from the profile is noted."""
     fw = framework
     notes = []
@@ -312,9 +318,14 @@ def resolve_software(framework: Framework, *, dtype: str = "bf16", compiled: boo
     elif moe_overlap not in fw.moe.overlaps:
         raise ParplanError(f"framework '{fw.name}' runs the MoE all-to-alls under {', '.join(fw.moe.overlaps)}; "
                            f"not '{moe_overlap}'{suggest(moe_overlap, fw.moe.overlaps)}")
+    if optimizer_states is None:
+        optimizer_states = fw.optimizer_states[0]
+    elif optimizer_states not in fw.optimizer_states:
+        raise ParplanError(f"framework '{fw.name}' keeps its optimizer state in {', '.join(fw.optimizer_states)}; "
+                           f"not '{optimizer_states}'{suggest(optimizer_states, fw.optimizer_states)}")
     return Software(framework=fw, compiled=bool(compiled), fp8_recipe=fp8_recipe if dtype == "fp8" else None,
                     flash_attention=bool(flash_attention), elementwise=MappingProxyType(elementwise), loss=loss,
-                    notes=tuple(notes), moe_overlap=moe_overlap)
+                    notes=tuple(notes), moe_overlap=moe_overlap, optimizer_states=optimizer_states)
 
 
 def default_framework(device_kind: str) -> str:

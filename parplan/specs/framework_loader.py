@@ -14,8 +14,8 @@ from typing import Any, Mapping
 from ..errors import ParplanError
 from .framework import (ACTIVATION_SHARDS, ATTENTION_KERNELS, COMPILE_KEYS, CP_MODES, DEVICE_KINDS, DP_KEYS,
     ELEMENTWISE_OPS, FP8, FP8_CASTS, FP8_KEYS, FP8_RECIPES, FRAMEWORK_KEYS, GRAD_REDUCE, IMPLEMENTATIONS, KERNEL_KEYS,
-    LOSSES, GRADIENTS, MASTER_WEIGHTS, OPTIMIZERS, PARALLEL_KEYS, PP_KEYS, PP_SENDS, PREFETCH, PROJECTIONS,
-    RECOMPUTE_MODES, SCHEDULES, TP_OVERLAPS,
+    LOSSES, GRADIENTS, MASTER_WEIGHTS, OPTIMIZER_STATES, OPTIMIZERS, PARALLEL_KEYS, PP_KEYS, PP_SENDS, PREFETCH,
+    PROJECTIONS, RECOMPUTE_MODES, SCHEDULES, TP_OVERLAPS,
     SEQUENCE_PARALLEL, SPLIT_CHUNKS, SPLIT_DEFAULTS, SPLIT_ENDS, SPLIT_KEYS, TP_MODES, VOCAB_KEYS, WEIGHT_CASTS,
     ZERO3_IMPLS, Compile, DataParallelSoftware, Framework, Kernels, Parallelism, PipelineSoftware, PipelineSplit,
     EXPERT_TP, MOE_KEYS, MOE_OVERLAPS, MoeSoftware)
@@ -208,6 +208,9 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
         raise ParplanError(f"{what}: moe: overlap '{moe.overlap}' is not one of its overlaps "
                            f"({', '.join(moe.overlaps)})")
     devices = _choices(data, "devices", what, DEVICE_KINDS, ("gpu",))
+    states = _choices(data, "optimizer_states", what, OPTIMIZER_STATES, ("fp32",))
+    if states != ("fp32",) and data.get("optimizer") == "foreach":
+        raise ParplanError(f"{what}: optimizer_states: the foreach optimizer keeps fp32 state only")
     eff = number(data, "elementwise_efficiency", what, required=False, maximum=1.0)
     return Framework(
         name=name, description=str(data.get("description", "")), devices=devices,
@@ -224,7 +227,7 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
                                          default=0.0, maximum=1.0),
         elementwise_efficiency=eff,
         aliases=names(data, "aliases", what), sources=MappingProxyType(text_mapping(data, "sources", what)),
-        path=path, moe=moe, mtp=_flag(data, "mtp", what, False))
+        path=path, moe=moe, mtp=_flag(data, "mtp", what, False), optimizer_states=states)
 
 
 @lru_cache(maxsize=64)

@@ -54,6 +54,9 @@ def problem(layout: Layout, model: ModelSpec, software=None) -> str | None:
     if _pipeline_inside_data(layout) and (layout.cp > 1 or layout.size("ep") > 1):
         return ("Megatron-Core lays the pipeline inside data parallelism (--use-tp-pp-dp-mapping) only with cp = 1 "
                 "and ep = 1; take the placement dp,pp")
+    if software is not None and software.optimizer_states == "bf16":
+        return ("Megatron-LM's flags keep fp32 or fp16 main parameters (--main-params-dtype), not the bf16 optimizer "
+                "state of NeMo's distributed_fused_adam (optim.dtype: bf16); plan with --optimizer-states fp32")
     return rule_problem(layout, model, judged) or software_problem(software, fw)
 
 

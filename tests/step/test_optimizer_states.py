@@ -1,0 +1,56 @@
+"""bf16 optimizer state (NeMo's distributed_fused_adam dtype: bf16): half the optimizer's bytes, in memory and in
+the step's traffic, where the framework offers it; a one-line refusal where it does not."""
+from dataclasses import replace
+
+import pytest
+
+from parplan.cost.elementwise import optimizer_bytes_per_param
+from parplan.errors import ParplanError
+from parplan.layouts.layout import Layout
+from parplan.plan.emitters import emit
+from parplan.specs.cluster import load_cluster
+from parplan.specs.framework import resolve_software
+from parplan.specs.framework_loader import load_framework
+from parplan.specs.model_loader import load_model
+from parplan.step.train import estimate
+from tests.cli.test_bad_input import assert_one_line_error
+
+
+def test_the_adam_step_reads_and_writes_each_state_at_its_width():
+    # fused Adam, fp32 master copy: read master, m, v and the gradient, write master, m, v and the 16-bit weight
+    assert optimizer_bytes_per_param("fused", "fp32-copy", 2) == 3 * 4 + 2 + 3 * 4 + 2
+    assert optimizer_bytes_per_param("fused", "fp32-copy", 2, state_bytes=2) == 3 * 2 + 2 + 3 * 2 + 2
+    # fp32 parameters are the weights themselves: only m and v narrow
+    assert optimizer_bytes_per_param("fused", "fp32-params", 4, state_bytes=2) == (4 + 2 * 2) * 2 + 4
+
+
+def test_bf16_state_halves_the_optimizer_memory_and_shortens_its_step():
+    model, cluster = load_model("llama3-8b"), load_cluster("h100-sxmx8")
+    lay = Layout(tp=1, pp=1, dp=8, micro_batch=1, global_batch=8, zero=1, seq_len=4096)
+    mcore = load_framework("megatron-core")
+    fp32, bf16 = (estimate(model, cluster, lay, software=resolve_software(mcore, optimizer_states=s))
+                  for s in ("fp32", "bf16"))
+    assert bf16.memory_bytes["optimizer"] == pytest.approx(fp32.memory_bytes["optimizer"] / 2)
+    assert bf16.memory_bytes["weights"] == fp32.memory_bytes["weights"]
+    assert bf16.breakdown_s["optimizer"] < fp32.breakdown_s["optimizer"]
+    assert "bf16 optimizer state" in bf16.software.describe() and "optimizer" not in fp32.software.describe()
+
+
+def test_a_framework_without_bf16_state_and_megatrons_flags_refuse_it():
+    with pytest.raises(ParplanError, match="torchtitan' keeps its optimizer state in fp32; not 'bf16'"):
+        resolve_software(load_framework("torchtitan"), optimizer_states="bf16")
+    lay = Layout(tp=1, pp=1, dp=8, micro_batch=1, global_batch=8, zero=1, seq_len=4096)
+    bf16 = resolve_software(load_framework("megatron-core"), optimizer_states="bf16")
+    with pytest.raises(ParplanError, match="--emit megatron: Megatron-LM's flags keep fp32 or fp16 main parameters"):
+        emit("megatron", lay, load_model("llama3-8b"), bf16)
+    assert "--use-distributed-optimizer" in emit("megatron", lay, load_model("llama3-8b"),
+                                                 replace(bf16, optimizer_states="fp32"))
+
+
+def test_the_cli_takes_the_flag_and_names_the_choices(run_cli):
+    assert_one_line_error(run_cli("estimate", "--model", "llama3-8b", "--hw", "h100-sxmx8", "--dp", "8", "--zero", "3",
+                                  "--framework", "llm-foundry", "--optimizer-states", "bf16"),
+                          match="keeps its optimizer state in fp32; not 'bf16'")
+    code, out, _ = run_cli("estimate", "--model", "llama3-8b", "--hw", "h100-sxmx8", "--dp", "8", "--zero", "1",
+                           "--optimizer-states", "bf16", "--format", "json")
+    assert code == 0 and '"optimizer"' in out
