@@ -54,7 +54,8 @@ def with_launch_config(path: str, model_name: str, hw: str, kw: dict, ctx) -> di
             continue
         kw[option] = value
     for option, value in (("framework", config.framework), ("compiled", config.compiled),
-                          ("fp8_recipe", config.fp8_recipe), ("moe_overlap", config.moe_overlap)):
+                          ("fp8_recipe", config.fp8_recipe), ("moe_overlap", config.moe_overlap),
+                          ("optimizer_states", config.optimizer_states)):
         if not given(option) and value is not None:
             kw[option] = value
     return kw

@@ -34,9 +34,10 @@ def software_options(fn):
                           "another micro-batch's compute (Megatron-Core --overlap-moe-expert-parallel-comm; default: "
                           "the framework's)."),
         click.option("--optimizer-states", type=click.Choice(OPTIMIZER_STATES), default=None,
-                     help="Precision of Adam's master copy, momentum and variance: fp32 (4 bytes each), or bf16 "
-                          "(2; NeMo's distributed_fused_adam dtype: bf16) where the framework offers it (default: "
-                          "the framework's)."),
+                     help="Precision of Adam's master copy, momentum and variance: fp32 (4 bytes each), bf16 (2 "
+                          "each; NeMo's distributed_fused_adam dtype: bf16) or bf16-moments (fp32 master, bf16 "
+                          "moments; Megatron-Core --use-precision-aware-optimizer), where the framework offers it "
+                          "(default: the framework's)."),
     ]
     for opt in reversed(opts):
         fn = opt(fn)

@@ -111,11 +111,12 @@ FP8_CAST_MULTIPLIER = {"delayed": 1, "current": 1, "tensorwise": 1, "rowwise": 2
 # read master, m, v and the gradient, write master, m, v and the 16-bit copy. Fused Adam on fp32
 # parameters: no 16-bit copy. Foreach (torch multi-tensor, one kernel per operation): weight decay
 # 4+4, lerp of m 8+4, v's product and addcmul 8+4 and 8+4, sqrt 4+4, + eps 4+4, addcdiv 12+4.
-# ``state_bytes``: the optimizer's own tensors (the master copy, m and v) at 4 bytes, or 2 in bf16 (Apex
-# DistributedFusedAdam ``dtype``); fp32 parameters stay 4 bytes.
-def optimizer_bytes_per_param(optimizer: str, master_weights: str, grad_bytes: int, state_bytes: int = 4) -> float:
+# ``master_bytes`` and ``moment_bytes``: the master copy's and m and v's width, 4 or 2 in bf16 (Apex
+# DistributedFusedAdam ``dtype``, Megatron-Core's ``--exp-avg-dtype``); fp32 parameters stay 4 bytes.
+def optimizer_bytes_per_param(optimizer: str, master_weights: str, grad_bytes: int, master_bytes: int = 4,
+                              moment_bytes: int = 4) -> float:
     copy = master_weights == "fp32-copy"
     if optimizer == "fused":
-        held = (state_bytes if copy else 4) + 2 * state_bytes
+        held = (master_bytes if copy else 4) + 2 * moment_bytes
         return 2 * held + grad_bytes + (2 if copy else 0)
     return 8 + 12 + 12 + 12 + 8 + 8 + 16 + (grad_bytes - 4) + (4 if copy else 0)

@@ -143,8 +143,8 @@ def inflight_microbatches(pp, vpp, micro_batches, schedule: str, rank=0):
 
 
 def optimizer_step_bytes(params, grad_bytes_per_param, optimizer: str = "fused", master_weights: str = "fp32-copy",
-                         state_bytes: int = 4):
+                         master_bytes: int = 4, moment_bytes: int = 4):
     """HBM bytes of one Adam step over ``params`` (:func:`parplan.cost.elementwise.optimizer_bytes_per_param`):
     fused with fp32 master weights: read master, m, v, grad; write master, m, v, 16-bit copy."""
     return np.asarray(params, float) * optimizer_bytes_per_param(optimizer, master_weights, grad_bytes_per_param,
-                                                                 state_bytes)
+                                                                 master_bytes, moment_bytes)

@@ -52,8 +52,9 @@ MASTER_WEIGHTS = ("fp32-copy", "fp32-params")
 # default since 2.0) and allocated again by the next backward.
 GRADIENTS = ("persistent", "freed")
 OPTIMIZERS = ("fused", "foreach")
-# The precision of the optimizer's state (master copy, momentum, variance): fp32, or bf16 (2 bytes each).
-OPTIMIZER_STATES = ("fp32", "bf16")
+# The precision of the optimizer's state: fp32 master copy, momentum and variance; all three in bf16 (NeMo's
+# distributed_fused_adam dtype bf16); or the moments alone in bf16 (Megatron-Core's precision-aware optimizer).
+OPTIMIZER_STATES = ("fp32", "bf16", "bf16-moments")
 SEQUENCE_PARALLEL = ("optional", "always", "never")
 RECOMPUTE_MODES = ("none", "selective", "full", "selective-op", "selective-layer", "norm-act", "save-dots")
 TP_MODES = ("1d", "2d", "3d")

@@ -123,21 +123,22 @@ def logits_bytes(dims, sw: Software, dtype: str):
 def state_bytes_per_param(sw: Software, dtype: str) -> dict[str, float]:
     """Bytes per parameter of weights and optimizer state: 16-bit weights with fp32 master copies,
     momentum and variance in the optimizer (Megatron, DeepSpeed: 2 + 12), or fp32 parameters with
-    fp32 momentum and variance (FSDP, autocast: 4 + 8); bf16 optimizer state halves the optimizer's
-    tensors (NeMo's distributed_fused_adam ``dtype: bf16``: 2 + 6)."""
-    state = _state_bytes(sw)
+    fp32 momentum and variance (FSDP, autocast: 4 + 8); bf16 optimizer state narrows the optimizer's
+    tensors (NeMo's distributed_fused_adam ``dtype: bf16``: 2 + 6; bf16 moments alone: 2 + 8)."""
+    master, moment = STATE_BYTES[sw.optimizer_states]
     if sw.framework.master_weights == "fp32-params":
-        return {"weights": 4.0, "optimizer": 2.0 * state}
-    return {"weights": float(BYTES_PER_ELEMENT[activation_dtype(dtype)]), "optimizer": 3.0 * state}
+        return {"weights": 4.0, "optimizer": 2.0 * moment}
+    return {"weights": float(BYTES_PER_ELEMENT[activation_dtype(dtype)]), "optimizer": master + 2.0 * moment}
 
 
 def optimizer_bytes(sw: Software, params, grad_bytes_per_param: int):
     fw = sw.framework
-    return optimizer_step_bytes(params, grad_bytes_per_param, fw.optimizer, fw.master_weights, _state_bytes(sw))
+    return optimizer_step_bytes(params, grad_bytes_per_param, fw.optimizer, fw.master_weights,
+                                *STATE_BYTES[sw.optimizer_states])
 
 
-def _state_bytes(sw: Software) -> int:
-    return BYTES_PER_ELEMENT[sw.optimizer_states]
+# (master copy, momentum and variance) bytes per parameter of each optimizer-state precision (OPTIMIZER_STATES)
+STATE_BYTES = {"fp32": (4, 4), "bf16": (2, 2), "bf16-moments": (4, 2)}
 
 
 def extra_memory(model, dims, layout, sw: Software, stage_layers, stage_params) -> dict[str, Any]:

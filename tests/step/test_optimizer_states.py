@@ -1,5 +1,6 @@
-"""bf16 optimizer state (NeMo's distributed_fused_adam dtype: bf16): half the optimizer's bytes, in memory and in
-the step's traffic, where the framework offers it; a one-line refusal where it does not."""
+"""bf16 optimizer state (NeMo's distributed_fused_adam dtype: bf16) halves the optimizer's bytes, bf16 moments
+alone (Megatron-Core's precision-aware optimizer) take a third off, in memory and in the step's traffic, where the
+framework offers them; a one-line refusal where it does not."""
 from dataclasses import replace
 
 import pytest
@@ -7,7 +8,7 @@ import pytest
 from parplan.cost.elementwise import optimizer_bytes_per_param
 from parplan.errors import ParplanError
 from parplan.layouts.layout import Layout
-from parplan.plan.emitters import emit
+from parplan.plan.emitters import emit, read_config
 from parplan.specs.cluster import load_cluster
 from parplan.specs.framework import resolve_software
 from parplan.specs.framework_loader import load_framework
@@ -19,18 +20,20 @@ from tests.cli.test_bad_input import assert_one_line_error
 def test_the_adam_step_reads_and_writes_each_state_at_its_width():
     # fused Adam, fp32 master copy: read master, m, v and the gradient, write master, m, v and the 16-bit weight
     assert optimizer_bytes_per_param("fused", "fp32-copy", 2) == 3 * 4 + 2 + 3 * 4 + 2
-    assert optimizer_bytes_per_param("fused", "fp32-copy", 2, state_bytes=2) == 3 * 2 + 2 + 3 * 2 + 2
+    assert optimizer_bytes_per_param("fused", "fp32-copy", 2, 2, 2) == 3 * 2 + 2 + 3 * 2 + 2
+    assert optimizer_bytes_per_param("fused", "fp32-copy", 2, 4, 2) == (4 + 2 + 2) + 2 + (4 + 2 + 2) + 2
     # fp32 parameters are the weights themselves: only m and v narrow
-    assert optimizer_bytes_per_param("fused", "fp32-params", 4, state_bytes=2) == (4 + 2 * 2) * 2 + 4
+    assert optimizer_bytes_per_param("fused", "fp32-params", 4, 4, 2) == (4 + 2 * 2) * 2 + 4
 
 
 def test_bf16_state_halves_the_optimizer_memory_and_shortens_its_step():
     model, cluster = load_model("llama3-8b"), load_cluster("h100-sxmx8")
     lay = Layout(tp=1, pp=1, dp=8, micro_batch=1, global_batch=8, zero=1, seq_len=4096)
     mcore = load_framework("megatron-core")
-    fp32, bf16 = (estimate(model, cluster, lay, software=resolve_software(mcore, optimizer_states=s))
-                  for s in ("fp32", "bf16"))
+    fp32, bf16, moments = (estimate(model, cluster, lay, software=resolve_software(mcore, optimizer_states=s))
+                           for s in ("fp32", "bf16", "bf16-moments"))
     assert bf16.memory_bytes["optimizer"] == pytest.approx(fp32.memory_bytes["optimizer"] / 2)
+    assert moments.memory_bytes["optimizer"] == pytest.approx(fp32.memory_bytes["optimizer"] * 8 / 12)
     assert bf16.memory_bytes["weights"] == fp32.memory_bytes["weights"]
     assert bf16.breakdown_s["optimizer"] < fp32.breakdown_s["optimizer"]
     assert "bf16 optimizer state" in bf16.software.describe() and "optimizer" not in fp32.software.describe()
@@ -45,6 +48,23 @@ def test_a_framework_without_bf16_state_and_megatrons_flags_refuse_it():
         emit("megatron", lay, load_model("llama3-8b"), bf16)
     assert "--use-distributed-optimizer" in emit("megatron", lay, load_model("llama3-8b"),
                                                  replace(bf16, optimizer_states="fp32"))
+
+
+def test_bf16_moments_are_megatrons_precision_aware_flags_both_ways(tmp_path):
+    model = load_model("llama3-8b")
+    lay = Layout(tp=1, pp=1, dp=8, micro_batch=1, global_batch=8, zero=1, seq_len=4096)
+    moments = resolve_software(load_framework("megatron-core"), optimizer_states="bf16-moments")
+    text = emit("megatron", lay, model, moments)
+    flat = " ".join(text.replace("\\\n", " ").split())
+    assert "--use-precision-aware-optimizer --exp-avg-dtype bf16 --exp-avg-sq-dtype bf16" in flat
+    path = tmp_path / "run.sh"
+    path.write_text(text)
+    assert read_config(str(path), 8, model).optimizer_states == "bf16-moments"
+    path.write_text(text.replace("--exp-avg-dtype bf16", "--exp-avg-dtype fp8"))
+    with pytest.raises(ParplanError, match="parplan models fp32 ones and bf16 moments"):
+        read_config(str(path), 8, model)
+    path.write_text(emit("megatron", lay, model))
+    assert read_config(str(path), 8, model).optimizer_states is None
 
 
 def test_the_cli_takes_the_flag_and_names_the_choices(run_cli):

@@ -26,11 +26,13 @@ class LaunchConfig:
     compiled: bool | None = None
     fp8_recipe: str | None = None
     moe_overlap: str | None = None
+    optimizer_states: str | None = None
 
 
 def launch(target: str, framework: str, layout: dict, compiled=None, fp8_recipe=None,
-           moe_overlap=None) -> LaunchConfig:
-    return LaunchConfig(target, framework, MappingProxyType(dict(layout)), compiled, fp8_recipe, moe_overlap)
+           moe_overlap=None, optimizer_states=None) -> LaunchConfig:
+    return LaunchConfig(target, framework, MappingProxyType(dict(layout)), compiled, fp8_recipe, moe_overlap,
+                        optimizer_states)
 
 
 def profile_for(target: str, software, default: str):

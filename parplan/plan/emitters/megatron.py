@@ -101,6 +101,8 @@ def megatron_args(layout: Layout, model: ModelSpec, software=None) -> list[str]:
     elif layout.zero in FSDP_STRATEGY:
         args += ["--use-megatron-fsdp", "--use-distributed-optimizer", "--data-parallel-sharding-strategy",
                  FSDP_STRATEGY[layout.zero], "--no-gradient-accumulation-fusion", "--ckpt-format", "fsdp_dtensor"]
+    if software is not None and software.optimizer_states == "bf16-moments":
+        args += ["--use-precision-aware-optimizer", "--exp-avg-dtype", "bf16", "--exp-avg-sq-dtype", "bf16"]
     if layout.recompute == "selective":
         args += ["--recompute-granularity", "selective"]
     elif layout.recompute == "norm-act":
@@ -318,7 +320,18 @@ def read(source: str, world_size: int, model: ModelSpec, yaml_data=None):
     recipe = values.get("fp8-recipe") or ("delayed" if values.get("fp8-format") else None)
     overlap = "micro-batch" if values.get("overlap-moe-expert-parallel-comm") else \
         "shared-experts" if values.get("moe-shared-expert-overlap") else None
-    return launch(TARGET, PROFILE, fields, fp8_recipe=recipe, moe_overlap=overlap)
+    return launch(TARGET, PROFILE, fields, fp8_recipe=recipe, moe_overlap=overlap, optimizer_states=_states(values))
+
+
+def _states(values: dict) -> str | None:
+    """The optimizer-state precision of --use-precision-aware-optimizer: fp32 master copy with bf16 moments."""
+    if not values.get("use-precision-aware-optimizer"):
+        return None
+    dtypes = tuple(str(values.get(f, "fp32")) for f in ("main-params-dtype", "exp-avg-dtype", "exp-avg-sq-dtype"))
+    if dtypes in (("fp32", "fp32", "fp32"), ("fp32", "bf16", "bf16")):
+        return "fp32" if dtypes[1] == "fp32" else "bf16-moments"
+    raise ParplanError(f"--use-precision-aware-optimizer with main params, exp_avg, exp_avg_sq in {', '.join(dtypes)}: "
+                       f"parplan models fp32 ones and bf16 moments (--exp-avg-dtype bf16 --exp-avg-sq-dtype bf16)")
 
 
 def _values(source: str) -> dict:
