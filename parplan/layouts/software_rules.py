@@ -23,6 +23,7 @@ def software_rules(software) -> tuple[Rule, ...]:
         return ()
     fw = getattr(software, "framework", software)
     overlap = getattr(software, "moe_overlap", fw.moe.overlap)
+    states = software.optimizer_states if software is not fw else "fp32"  # a bare profile: its default
     dp, pipe, par = fw.data_parallel, fw.pipeline, fw.parallelism
     n = fw.name
     modes = [TP_MODES.index(m) for m in par.tp_modes]
@@ -105,6 +106,12 @@ def software_rules(software) -> tuple[Rule, ...]:
              lambda m, a: (np.asarray(a.pp) > 0) & bool(m.mtp_layers and not fw.mtp),
              lambda m, a: f"{n} trains no multi-token-prediction module, and {m.name} has {m.mtp_layers}; give the "
                           f"model with mtp_layers: 0, or a framework that trains them"),
+        # NeMo's distributed_fused_adam and Megatron-Core's precision-aware optimizer are distributed optimizers
+        # (core_v0.14.0 megatron/core/optimizer/optimizer_config.py: precision-aware only with the distributed one).
+        Rule(f"{n} keeps narrow optimizer state in its distributed optimizer", ('zero',),
+             lambda m, a: (states != "fp32") & (a.zero < 1),
+             lambda m, a: f"--optimizer-states {states} runs in {n}'s distributed optimizer: zero must be 1 or more, "
+                          f"not {a.zero}"),
         Rule(f"{n} recompute modes", ('rc',),
              lambda m, a: ~np.isin(a.rc, codes),
              lambda m, a: f"{n} offers recompute {', '.join(fw.recompute)}, not {RECOMPUTE[int(a.rc)]}"),

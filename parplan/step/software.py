@@ -124,7 +124,8 @@ def state_bytes_per_param(sw: Software, dtype: str) -> dict[str, float]:
     """Bytes per parameter of weights and optimizer state: 16-bit weights with fp32 master copies,
     momentum and variance in the optimizer (Megatron, DeepSpeed: 2 + 12), or fp32 parameters with
     fp32 momentum and variance (FSDP, autocast: 4 + 8); bf16 optimizer state narrows the optimizer's
-    tensors (NeMo's distributed_fused_adam ``dtype: bf16``: 2 + 6; bf16 moments alone: 2 + 8)."""
+    tensors (NeMo's distributed_fused_adam ``dtype: bf16``; Megatron-Core's bf16 moments with the master's
+    16-bit remainders: 2 + 6 both)."""
     master, moment = STATE_BYTES[sw.optimizer_states]
     if sw.framework.master_weights == "fp32-params":
         return {"weights": 4.0, "optimizer": 2.0 * moment}
@@ -137,8 +138,11 @@ def optimizer_bytes(sw: Software, params, grad_bytes_per_param: int):
                                 *STATE_BYTES[sw.optimizer_states])
 
 
-# (master copy, momentum and variance) bytes per parameter of each optimizer-state precision (OPTIMIZER_STATES)
-STATE_BYTES = {"fp32": (4, 4), "bf16": (2, 2), "bf16-moments": (4, 2)}
+# (master copy, momentum and variance) bytes per parameter of each optimizer-state precision (OPTIMIZER_STATES).
+# bf16-moments: Megatron-Core's precision-aware optimizer keeps of the fp32 master only the 16 bits the bf16
+# parameter lacks (store_param_remainders, default on with Transformer Engine 2.1+: core_v0.13.0+
+# megatron/core/optimizer/optimizer_config.py), so its master copy costs 2 bytes as well.
+STATE_BYTES = {"fp32": (4, 4), "bf16": (2, 2), "bf16-moments": (2, 2)}
 
 
 def extra_memory(model, dims, layout, sw: Software, stage_layers, stage_params) -> dict[str, Any]:

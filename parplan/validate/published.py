@@ -53,7 +53,8 @@ def load_runs(path: str | None = None) -> list[dict]:
 # The schema of a published-run record (see the comment at the top of validation/published-runs.yaml).
 RUN_KEYS = ("id", "source", "confidence", "model", "hardware", "devices", "devices_per_node", "slices", "slice", "network",
             "inter_node_bandwidth", "precision", "framework", "flash_attention", "fused_kernels", "compiled",
-            "fp8_recipe", "moe_overlap", "optimizer_states", "layout", "global_batch", "published", "reference_step_time_s", "reference_derivation",
+            "fp8_recipe", "moe_overlap", "optimizer_states", "layout", "global_batch", "published",
+            "reference_step_time_s", "reference_derivation",
             "notes", "_file")
 RUN_LAYOUT_KEYS = ("tp", "pp", "dp", "cp", "vpp", "zero", "shard_group", "sequence_parallel", "recompute",
                    "micro_batch", "ep", "etp", "first_stage_layers", "last_stage_layers")

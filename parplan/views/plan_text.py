@@ -78,7 +78,9 @@ def _table(result: PlanResult, plans: list[dict], extra: dict) -> str:
     gb = ", ".join(map(str, batches))
     lw = max([56] + [len(describe_row(row)) for _, row in best.iterrows()]) + 2
     out = [f"{model.name} on {cluster.label}: {result.evaluated} candidates evaluated, {len(ranked)} fit; "
-           f"global batch {gb} x {seq} tokens ({result.batch_note}); objective {result.objective}",
+           f"global batch {gb} x {seq} tokens ({result.batch_note}); objective {result.objective}"
+           + (f"; software {result.estimates[0].software.describe()}" if result.estimates
+              and result.estimates[0].software is not None else ""),
            *([f"sequence length: {model.seq_note}"] if model.seq_note else []),
            "",
            f"{'#':>3}  {'layout':<{lw}}{'ici' if torus else 'placement':<{width}}{'batch':>6}{'step s':>9}"

@@ -92,8 +92,8 @@ def software_dict(sw) -> dict[str, Any]:
         return {}
     return {"framework": sw.name, "compiled": sw.compiled, "fp8_recipe": sw.fp8_recipe,
             "flash_attention": sw.flash_attention, "attention_kernels": list(sw.attention_kernels),
-            "elementwise": dict(sw.elementwise), "loss": sw.loss, "defaults": list(sw.notes),
-            "profile": sw.framework.path}
+            "elementwise": dict(sw.elementwise), "loss": sw.loss, "moe_overlap": sw.moe_overlap,
+            "optimizer_states": sw.optimizer_states, "defaults": list(sw.notes), "profile": sw.framework.path}
 
 
 def collective_rows(est: Estimate) -> list[dict[str, Any]]:
@@ -199,6 +199,7 @@ def format_estimate(est: Estimate, batch_note: str | None = None, interval=None)
         f"of {est.cluster.devices_per_node})",
         f"layout  {lay.describe()}  global batch {lay.global_batch} x seq {lay.seq_len}  "
         f"({est.layout.micro_batches} micro-batches)  {lay.dtype}",
+        *([f"software {est.software.describe()}"] if est.software is not None else []),
         *torus_line(est),
         *([f"        global batch: {batch_note}"] if batch_note and batch_note != "given" else []),
         *([f"        sequence length: {est.model.seq_note}"] if est.model.seq_note else []),

@@ -1,6 +1,6 @@
-"""bf16 optimizer state (NeMo's distributed_fused_adam dtype: bf16) halves the optimizer's bytes, bf16 moments
-alone (Megatron-Core's precision-aware optimizer) take a third off, in memory and in the step's traffic, where the
-framework offers them; a one-line refusal where it does not."""
+"""bf16 optimizer state (NeMo's distributed_fused_adam dtype: bf16; Megatron-Core's precision-aware optimizer with
+bf16 moments and the master's 16-bit remainders) halves the optimizer's bytes, in memory and in the step's traffic,
+where the framework offers it and its distributed optimizer runs; a one-line refusal elsewhere."""
 from dataclasses import replace
 
 import pytest
@@ -33,7 +33,7 @@ def test_bf16_state_halves_the_optimizer_memory_and_shortens_its_step():
     fp32, bf16, moments = (estimate(model, cluster, lay, software=resolve_software(mcore, optimizer_states=s))
                            for s in ("fp32", "bf16", "bf16-moments"))
     assert bf16.memory_bytes["optimizer"] == pytest.approx(fp32.memory_bytes["optimizer"] / 2)
-    assert moments.memory_bytes["optimizer"] == pytest.approx(fp32.memory_bytes["optimizer"] * 8 / 12)
+    assert moments.memory_bytes["optimizer"] == pytest.approx(bf16.memory_bytes["optimizer"])
     assert bf16.memory_bytes["weights"] == fp32.memory_bytes["weights"]
     assert bf16.breakdown_s["optimizer"] < fp32.breakdown_s["optimizer"]
     assert "bf16 optimizer state" in bf16.software.describe() and "optimizer" not in fp32.software.describe()
@@ -42,6 +42,12 @@ def test_bf16_state_halves_the_optimizer_memory_and_shortens_its_step():
 def test_a_framework_without_bf16_state_and_megatrons_flags_refuse_it():
     with pytest.raises(ParplanError, match="torchtitan' keeps its optimizer state in fp32; not 'bf16'"):
         resolve_software(load_framework("torchtitan"), optimizer_states="bf16")
+    replicated = Layout(tp=1, pp=1, dp=8, micro_batch=1, global_batch=8, zero=0, seq_len=4096)
+    for states in ("bf16", "bf16-moments"):
+        sw = resolve_software(load_framework("megatron-core"), optimizer_states=states)
+        with pytest.raises(ParplanError, match=f"--optimizer-states {states} runs in megatron-core's distributed "
+                                               f"optimizer: zero must be 1 or more, not 0"):
+            estimate(load_model("llama3-8b"), load_cluster("h100-sxmx8"), replicated, software=sw)
     lay = Layout(tp=1, pp=1, dp=8, micro_batch=1, global_batch=8, zero=1, seq_len=4096)
     bf16 = resolve_software(load_framework("megatron-core"), optimizer_states="bf16")
     with pytest.raises(ParplanError, match="--emit megatron: Megatron-LM's flags keep fp32 or fp16 main parameters"):
@@ -71,6 +77,13 @@ def test_the_cli_takes_the_flag_and_names_the_choices(run_cli):
     assert_one_line_error(run_cli("estimate", "--model", "llama3-8b", "--hw", "h100-sxmx8", "--dp", "8", "--zero", "3",
                                   "--framework", "llm-foundry", "--optimizer-states", "bf16"),
                           match="keeps its optimizer state in fp32; not 'bf16'")
+    import json
+
+    runs = {s: run_cli("estimate", "--model", "llama3-8b", "--hw", "h100-sxmx8", "--dp", "8", "--zero", "1",
+                       "--optimizer-states", s, "--format", "json") for s in ("fp32", "bf16")}
+    got = {s: json.loads(out) for s, (code, out, _) in runs.items() if code == 0}
+    assert got["bf16"]["software"]["optimizer_states"] == "bf16"
+    assert got["bf16"]["memory_bytes"]["optimizer"] == pytest.approx(got["fp32"]["memory_bytes"]["optimizer"] / 2)
     code, out, _ = run_cli("estimate", "--model", "llama3-8b", "--hw", "h100-sxmx8", "--dp", "8", "--zero", "1",
-                           "--optimizer-states", "bf16", "--format", "json")
-    assert code == 0 and '"optimizer"' in out
+                           "--optimizer-states", "bf16-moments")
+    assert code == 0 and "software megatron-core" in out and "bf16-moments optimizer state" in out

@@ -56,7 +56,8 @@ def problem(layout: Layout, model: ModelSpec, software=None) -> str | None:
                 "and ep = 1; take the placement dp,pp")
     if software is not None and software.optimizer_states == "bf16":
         return ("Megatron-LM's flags keep fp32 or fp16 main parameters (--main-params-dtype), not the bf16 optimizer "
-                "state of NeMo's distributed_fused_adam (optim.dtype: bf16); plan with --optimizer-states fp32")
+                "state of NeMo's distributed_fused_adam (optim.dtype: bf16); plan with --optimizer-states fp32 or "
+                "bf16-moments")
     return rule_problem(layout, model, judged) or software_problem(software, fw)
 
 
