@@ -13,6 +13,7 @@ import click
 from ..plan.search import OBJECTIVES
 from ..specs.dtypes import DTYPES
 from .common import one_line_errors
+from .software_opts import pop_software, software_from, software_options
 from ..errors import ParplanError
 
 
@@ -62,8 +63,9 @@ def _command_line() -> str:
               help="Add the scaling curves (devices and global batch).")
 @click.option("-o", "--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Output directory (default: reports/<model>-<cluster>/).")
+@software_options
 @_one_line_errors
-def report(model_name, hw, global_batch, seq, dtype, objective, top, headroom, scaling, out_dir):
+def report(model_name, hw, global_batch, seq, dtype, objective, top, headroom, scaling, out_dir, **kw):
     """Write a Markdown report of the best plans with roofline, breakdown, memory and scaling plots."""
     from ..plan.planner import parse_global_batch
     from ..views.frames import as_cluster, as_model
@@ -74,10 +76,11 @@ def report(model_name, hw, global_batch, seq, dtype, objective, top, headroom, s
     global_batch = batches[0] if batches and len(batches) == 1 else batches
     _positive("seq", seq)
     model, cluster = as_model(model_name, seq), as_cluster(hw)
+    software = software_from(pop_software(kw), cluster, dtype)
     with progress("report", percent=True) as bar:
         rep = build_report(model, cluster, global_batch=global_batch, out_dir=out_dir,
                            top=top, dtype=dtype, headroom=headroom, objective=objective, scaling=scaling,
-                           command=_command_line(), progress=bar)
+                           command=_command_line(), progress=bar, software=software)
     click.echo(f"wrote {rep.markdown}")
     for f in rep.files:
         if f != rep.markdown:
@@ -101,8 +104,9 @@ def report(model_name, hw, global_batch, seq, dtype, objective, top, headroom, s
               help="What to print (the CSV and the plot are written either way).")
 @click.option("-o", "--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Output directory for sweep.csv and sweep.png (default: reports/sweep-<model>-<hw>/).")
+@software_options
 @_one_line_errors
-def sweep(model_name, hw, vary, global_batch, dtype, objective, headroom, fmt, out_dir):
+def sweep(model_name, hw, vary, global_batch, dtype, objective, headroom, fmt, out_dir, **kw):
     """Best plan for every combination of device count, global batch and sequence length."""
     from ..specs.model_loader import load_model
     from ..views.files import check_writable
@@ -113,14 +117,15 @@ def sweep(model_name, hw, vary, global_batch, dtype, objective, headroom, fmt, o
     grid = parse_vary(vary)
     _positive("global-batch", global_batch)
     model = load_model(model_name)
-    base_cluster(hw)
+    software = software_from(pop_software(kw), base_cluster(hw)[0], dtype)
     target = check_writable(out_dir if out_dir is not None else default_sweep_dir(model, hw))
     points = 1
     for values in grid.values():
         points *= len(values)
     with progress("sweep", points, unit="point") as bar:
         df = run_sweep(model, hw, grid, global_batch=global_batch,
-                       options=Options(dtype=dtype, headroom=headroom, objective=objective), progress=bar)
+                       options=Options(dtype=dtype, headroom=headroom, objective=objective, software=software),
+                       progress=bar)
     written = write_sweep(df, target)
     if fmt == "csv":
         click.echo(df[sweep_columns(df)].to_csv(index=False), nl=False)

@@ -226,6 +226,9 @@ class Framework:
     mtp: bool = False                   # trains multi-token-prediction modules (parplan.step.mtp)
     optimizer_states: tuple[str, ...] = ("fp32",)  # the state precisions it offers, its default first
 
+    def __deepcopy__(self, memo):  # immutable: a frame's attrs (pandas deep-copies them) share it
+        return self
+
     def padded_vocab(self, vocab: int, tp) -> Any:
         """Vocabulary rows after the framework's padding (Megatron: a multiple of 128 x tp)."""
         import numpy as np
@@ -247,6 +250,9 @@ class Software:
     notes: tuple[str, ...] = ()         # what came from the framework's defaults
     moe_overlap: str = "none"           # what the MoE token all-to-alls run under (MOE_OVERLAPS)
     optimizer_states: str = "fp32"      # the optimizer state's precision (OPTIMIZER_STATES)
+
+    def __deepcopy__(self, memo):  # immutable (its mappings are read-only views): shared, not copied
+        return self
 
     @property
     def name(self) -> str:

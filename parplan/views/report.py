@@ -75,12 +75,13 @@ class Report:
 def build_report(model: ModelSpec | str, cluster: Cluster | str, *, global_batch: int | Sequence[int] | None = None,
                  out_dir=None, top: int = 5, dtype: str = "bf16", headroom: float = DEFAULT_HEADROOM,
                  objective: str = "throughput", seq: int | None = None, scaling: bool = True,
-                 command: str | None = None, progress=None) -> Report:
+                 command: str | None = None, progress=None, software=None) -> Report:
     """Search the plans of ``model`` on ``cluster`` and write the report; returns what was written.
 
-    ``global_batch``: one, or several to search (the report is of the one whose best plan ranks first).
-    ``progress(done, total)`` follows the whole run in units of one plan search (the scaling points
-    take two each: the best plan and the best FSDP plan), so one bar can estimate the time left.
+    ``global_batch``: one, or several to search (the report is of the one whose best plan ranks first);
+    ``software``: a framework name or Software (default: the device's). ``progress(done, total)`` follows the
+    whole run in units of one plan search (the scaling points take two each: the best plan and the best FSDP
+    plan), so one bar can estimate the time left.
     """
     from . import plots, scaling_plots
     from .frames import as_cluster, as_model, best_batch_frame, plan_estimates
@@ -95,7 +96,7 @@ def build_report(model: ModelSpec | str, cluster: Cluster | str, *, global_batch
     total = 1.0 + FIGURES_WORK + 2 * n_devices
     batches = list(global_batch) if isinstance(global_batch, (list, tuple)) else [global_batch]
     plans = best_batch_frame(m, cl, batches, dtype=dtype, headroom=headroom, objective=objective,
-                             progress=part(progress, 0.0, 1.0, total))
+                             software=software, progress=part(progress, 0.0, 1.0, total))
     space = plans.attrs["space"]
     if len(batches) > 1:  # the batch of the best plan, searched among those given
         global_batch = space.global_batch
@@ -111,11 +112,10 @@ def build_report(model: ModelSpec | str, cluster: Cluster | str, *, global_batch
     ests = plan_estimates(fitting, m, cl, top=top, space=space)
     prepare_dir(out)
     rep = Report(directory=out, markdown=out / "report.md", best=ests[0], plans=plans)
-    options = Options(dtype=dtype, headroom=headroom, objective=objective)
+    options = Options(dtype=dtype, headroom=headroom, objective=objective, software=space.software)
 
-    def figure(name: str, fig) -> str:
-        rep.files.append(plots.save(fig, out / name))
-        return name
+    def figure(name: str, fig) -> str:  # the file's name, once saved and listed
+        return rep.files.append(plots.save(fig, out / name)) or name
 
     pngs = {
         "roofline": figure("roofline.png", plots.roofline(ests[0])),
