@@ -87,3 +87,21 @@ def test_the_cli_takes_the_flag_and_names_the_choices(run_cli):
     code, out, _ = run_cli("estimate", "--model", "llama3-8b", "--hw", "h100-sxmx8", "--dp", "8", "--zero", "1",
                            "--optimizer-states", "bf16-moments")
     assert code == 0 and "software megatron-core" in out and "bf16-moments optimizer state" in out
+
+
+def test_a_nemo_config_with_bf16_distributed_fused_adam_reads_back_as_bf16_state(tmp_path):
+    """Nemotron-4 340B's NeMo config (NeMo-Framework-Launcher conf/training/nemotron/nemotron_340b.yaml): optim
+    distributed_fused_adam with dtype bf16, a sharded optimizer (zero 1) with 2-byte state."""
+    import yaml
+
+    model = load_model("llama3-8b")
+    conf = {"model": {"tensor_model_parallel_size": 2, "pipeline_model_parallel_size": 1, "micro_batch_size": 1,
+                      "global_batch_size": 64, "optim": {"name": "distributed_fused_adam", "dtype": "bf16"}}}
+    path = tmp_path / "nemo.yaml"
+    path.write_text(yaml.safe_dump(conf))
+    read = read_config(str(path), 8, model)
+    assert read.optimizer_states == "bf16" and read.layout["zero"] == 1
+    conf["model"]["optim"] = {"name": "fused_adam"}
+    path.write_text(yaml.safe_dump(conf))
+    read = read_config(str(path), 8, model)
+    assert read.optimizer_states is None and read.layout["zero"] == 0

@@ -321,7 +321,18 @@ def read(source: str, world_size: int, model: ModelSpec, yaml_data=None):
     recipe = values.get("fp8-recipe") or ("delayed" if values.get("fp8-format") else None)
     overlap = "micro-batch" if values.get("overlap-moe-expert-parallel-comm") else \
         "shared-experts" if values.get("moe-shared-expert-overlap") else None
-    return launch(TARGET, PROFILE, fields, fp8_recipe=recipe, moe_overlap=overlap, optimizer_states=_states(values))
+    states = _states(values)
+    optim = (yaml_data.get("model") or {}).get("optim") if isinstance(yaml_data, dict) else None
+    if isinstance(optim, dict) and optim.get("name") in NEMO_DISTRIBUTED_OPTIMIZERS:
+        fields["zero"] = max(fields["zero"], 1)  # NeMo's distributed optimizers shard the optimizer state
+        if optim.get("name") == "distributed_fused_adam" and str(optim.get("dtype")) in ("bf16", "torch.bfloat16"):
+            states = "bf16"  # Apex DistributedFusedAdam keeps its state (the parameter copy too) in optim.dtype
+    return launch(TARGET, PROFILE, fields, fp8_recipe=recipe, moe_overlap=overlap, optimizer_states=states)
+
+
+# NeMo's optim.name for its sharded optimizers (NeMo-Framework-Launcher conf/training: distributed_fused_adam
+# through 2024, mcore_distributed_optim after).
+NEMO_DISTRIBUTED_OPTIMIZERS = ("distributed_fused_adam", "mcore_distributed_optim")
 
 
 def _states(values: dict) -> str | None:
