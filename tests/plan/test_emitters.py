@@ -148,6 +148,7 @@ def _torchtitan_config_manager():
     if "torchtitan" not in sys.modules:
         pkg = types.ModuleType("torchtitan")
         pkg.__path__ = list(spec.submodule_search_locations)
+        pkg.__spec__ = spec  # find_spec on a module without one raises (tests on the same worker ask for it)
         sys.modules["torchtitan"] = pkg
     manager = importlib.import_module("torchtitan.config.manager")
     if not hasattr(manager.ConfigManager, "_dict_to_dataclass"):
