@@ -37,8 +37,10 @@ LIST_FLAGS = frozenset({"recompute-modules"})
 TARGET = "megatron"
 PROFILE = "megatron-core"
 FSDP_STRATEGY = {2: "optim_grads", 3: "optim_grads_params"}
+# The Megatron flags that restate the model, each with the model field it must agree with.
 MODEL_FLAGS = (("num-layers", "layers"), ("hidden-size", "hidden"), ("ffn-hidden-size", "ffn_hidden"),
-               ("num-attention-heads", "heads"))
+               ("num-attention-heads", "heads"), ("num-query-groups", "kv_heads"), ("mtp-num-layers", "mtp_layers"),
+               ("num-experts", "experts"), ("moe-router-topk", "top_k"), ("moe-ffn-hidden-size", "expert_width"))
 
 
 @lru_cache(maxsize=1)
@@ -163,14 +165,7 @@ def moe_args(layout: Layout, model: ModelSpec, software=None) -> list[str]:
 
 
 def read_moe(values: dict, model: ModelSpec, tp: int) -> dict:
-    """The expert axes of Megatron flags, checked against the model ({} for a dense model)."""
-    if "num-experts" in values:
-        agree("--num-experts", whole(values["num-experts"], "--num-experts"), model.experts, f"the {model.name} model")
-    if "moe-router-topk" in values:
-        agree("--moe-router-topk", whole(values["moe-router-topk"], "--moe-router-topk"), model.top_k, f"the {model.name} model")
-    if "moe-ffn-hidden-size" in values:
-        agree("--moe-ffn-hidden-size", whole(values["moe-ffn-hidden-size"], "--moe-ffn-hidden-size"), model.expert_width,
-              f"the {model.name} model")
+    """The expert axes of Megatron flags ({} for a dense model); the model's own flags are MODEL_FLAGS'."""
     if not model.is_moe:
         for flag in ("expert-model-parallel-size", "expert-tensor-parallel-size"):
             if int(values.get(flag, 1)) > 1:
@@ -302,11 +297,7 @@ def read(source: str, world_size: int, model: ModelSpec, yaml_data=None):
     for flag, attr in MODEL_FLAGS:
         if flag in values:
             agree(f"--{flag}", whole(values[flag], f"--{flag}"), getattr(model, attr), f"the {model.name} model")
-    if "num-query-groups" in values:
-        agree("--num-query-groups", whole(values["num-query-groups"], "--num-query-groups"), model.kv_heads, f"the {model.name} model")
-    if "mtp-num-layers" in values:
-        agree("--mtp-num-layers", whole(values["mtp-num-layers"], "--mtp-num-layers"), model.mtp_layers, f"the {model.name} model")
-    elif model.mtp_layers:  # Megatron trains no MTP module without the flag
+    if model.mtp_layers and "mtp-num-layers" not in values:  # Megatron trains no MTP module without the flag
         raise ParplanError(f"the config sets no --mtp-num-layers, so Megatron trains no multi-token-prediction "
                            f"module, but {model.name} has {model.mtp_layers}: add the flag, or give a model with "
                            f"mtp_layers: 0")
@@ -340,8 +331,9 @@ def _states(values: dict) -> str | None:
     if not values.get("use-precision-aware-optimizer"):
         return None
     dtypes = tuple(str(values.get(f, "fp32")) for f in ("main-params-dtype", "exp-avg-dtype", "exp-avg-sq-dtype"))
-    if dtypes in (("fp32", "fp32", "fp32"), ("fp32", "bf16", "bf16")):
-        return "fp32" if dtypes[1] == "fp32" else "bf16-moments"
+    states = {("fp32", "fp32", "fp32"): "fp32", ("fp32", "bf16", "bf16"): "bf16-moments"}.get(dtypes)
+    if states:
+        return states
     raise ParplanError(f"--use-precision-aware-optimizer with main params, exp_avg, exp_avg_sq in {', '.join(dtypes)}: "
                        f"parplan models fp32 ones and bf16 moments (--exp-avg-dtype bf16 --exp-avg-sq-dtype bf16)")
 
