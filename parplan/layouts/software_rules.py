@@ -103,7 +103,7 @@ def software_rules(software) -> tuple[Rule, ...]:
                  "ep > 1" if a.ep < 2 else "recompute other than full" if a.rc == RECOMPUTE.index("full")
                  else "the interleaved schedule (--vpp 2 or more) under a pipeline")),
         Rule(f"{n} trains multi-token prediction", ('pp',),
-             lambda m, a: (np.asarray(a.pp) > 0) & bool(m.mtp_layers and not fw.mtp),
+             lambda m, a: np.full(np.shape(a.pp), bool(m.mtp_layers and not fw.mtp)),  # every candidate alike
              lambda m, a: f"{n} trains no multi-token-prediction module, and {m.name} has {m.mtp_layers}; give the "
                           f"model with mtp_layers: 0, or a framework that trains them"),
         # NeMo's distributed_fused_adam and Megatron-Core's precision-aware optimizer are distributed optimizers

@@ -78,10 +78,9 @@ def build_report(model: ModelSpec | str, cluster: Cluster | str, *, global_batch
                  command: str | None = None, progress=None, software=None) -> Report:
     """Search the plans of ``model`` on ``cluster`` and write the report; returns what was written.
 
-    ``global_batch``: one, or several to search (the report is of the one whose best plan ranks first);
-    ``software``: a framework name or Software (default: the device's). ``progress(done, total)`` follows the
-    whole run in units of one plan search (the scaling points take two each: the best plan and the best FSDP
-    plan), so one bar can estimate the time left.
+    ``global_batch``: one, or several to search (the report is of the one whose best plan ranks first); ``software``:
+    a framework name or Software (default: the device's). ``progress(done, total)`` follows the whole run in units
+    of one plan search (two per scaling point: the best plan and the best FSDP plan), so a bar can tell the rest.
     """
     from . import plots, scaling_plots
     from .frames import as_cluster, as_model, best_batch_frame, plan_estimates
@@ -114,8 +113,9 @@ def build_report(model: ModelSpec | str, cluster: Cluster | str, *, global_batch
     rep = Report(directory=out, markdown=out / "report.md", best=ests[0], plans=plans)
     options = Options(dtype=dtype, headroom=headroom, objective=objective, software=space.software)
 
-    def figure(name: str, fig) -> str:  # the file's name, once saved and listed
-        return rep.files.append(plots.save(fig, out / name)) or name
+    def figure(name: str, fig) -> str:
+        rep.files.append(plots.save(fig, out / name))
+        return name
 
     pngs = {
         "roofline": figure("roofline.png", plots.roofline(ests[0])),
