@@ -107,7 +107,8 @@ def software_rules(software) -> tuple[Rule, ...]:
              lambda m, a: f"{n} trains no multi-token-prediction module, and {m.name} has {m.mtp_layers}; give the "
                           f"model with mtp_layers: 0, or a framework that trains them"),
         # NeMo's distributed_fused_adam and Megatron-Core's precision-aware optimizer are distributed optimizers
-        # (core_v0.14.0 megatron/core/optimizer/optimizer_config.py: precision-aware only with the distributed one).
+        # (NVIDIA/Megatron-LM @d98e8a64 megatron/core/optimizer/__init__.py: '--use-precision-aware-optimizer only
+        # supported with distributed optimizer').
         Rule(f"{n} keeps narrow optimizer state in its distributed optimizer", ('zero',),
              lambda m, a: (states != "fp32") & (a.zero < 1),
              lambda m, a: f"--optimizer-states {states} runs in {n}'s distributed optimizer: zero must be 1 or more, "
