@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import click
 
-from ..specs.framework import (DEFAULT_FRAMEWORK, FP8_RECIPES, MOE_OVERLAPS, OPTIMIZER_STATES, Software,
-                               resolve_software)
+from ..specs.framework import (DEFAULT_FRAMEWORK, FP8_RECIPES, MOE_DISPATCHERS, MOE_OVERLAPS, OPTIMIZER_STATES,
+                               Software, resolve_software)
 from ..specs.framework_loader import framework_names, load_framework, serving_names
 from ..specs.serving_stack import DEFAULT_SERVING
 
 SOFTWARE_DEFAULTS = {"framework": None, "compiled": None, "fp8_recipe": None, "flash_attention": None,
-                     "fused_kernels": None, "moe_overlap": None, "optimizer_states": None}
+                     "fused_kernels": None, "moe_overlap": None, "optimizer_states": None, "moe_dispatcher": None}
 
 
 def software_options(fn):
@@ -33,6 +33,11 @@ def software_options(fn):
                      help="MoE training: what the token all-to-alls run under: nothing, the shared experts, or "
                           "another micro-batch's compute (Megatron-Core --overlap-moe-expert-parallel-comm; default: "
                           "the framework's)."),
+        click.option("--moe-dispatcher", type=click.Choice(MOE_DISPATCHERS), default=None,
+                     help="MoE training: alltoall (every token copy all-to-all'd, then sorted by local expert) or "
+                          "deepep (each token sent once per rank and node holding its experts: Megatron-Core "
+                          "--moe-token-dispatcher-type flex --moe-enable-deepep), where the framework offers it "
+                          "(default: the framework's)."),
         click.option("--optimizer-states", type=click.Choice(OPTIMIZER_STATES), default=None,
                      help="Precision of Adam's master copy, momentum and variance: fp32 (4 bytes each), bf16 (2 "
                           "each; NeMo's distributed_fused_adam dtype: bf16) or bf16-moments (fp32 master, bf16 "
@@ -55,4 +60,5 @@ def software_from(options: dict, cluster, dtype: str) -> Software:
     return resolve_software(load_framework(name), dtype=dtype, compiled=options.get("compiled"),
                             fp8_recipe=options.get("fp8_recipe"), flash_attention=options.get("flash_attention"),
                             fused_kernels=options.get("fused_kernels"), device_kind=cluster.hardware.kind,
-                            moe_overlap=options.get("moe_overlap"), optimizer_states=options.get("optimizer_states"))
+                            moe_overlap=options.get("moe_overlap"), optimizer_states=options.get("optimizer_states"),
+                            moe_dispatcher=options.get("moe_dispatcher"))

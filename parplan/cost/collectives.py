@@ -3,7 +3,8 @@
 Conventions follow nccl-tests ``doc/PERFORMANCE.md``: a collective of ``size_bytes``
 ``S`` over ``n`` ranks takes time ``t``; its algorithm bandwidth is ``S / t`` and its
 bus bandwidth ``algbw * factor`` with factor ``2(n-1)/n`` for all-reduce, ``(n-1)/n``
-for all-gather, reduce-scatter and all-to-all, 1 for broadcast, reduce and send/recv.
+for all-gather, reduce-scatter and all-to-all, 1 for broadcast, reduce and send/recv. A
+``dispatch`` is an MoE token all-to-all as DeepEP runs it (:func:`dispatch_time_s`).
 ``S`` is the whole buffer: the all-gather *output*, the reduce-scatter *input*.
 
 The bus bandwidth a ring can sustain is the slowest link class it crosses:
@@ -35,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ParplanError
+from .moe import hit_probability
 from ..specs.cluster import Cluster
 
 OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast", "reduce", "send_recv")
@@ -139,8 +141,11 @@ def _measured_fit(op: str, placement: Placement, cluster: Cluster):
     return alpha, bw
 
 
-def collective_time_s(op: str, size_bytes, placement: Placement, cluster: Cluster):
-    """Time of one collective of ``size_bytes`` (nccl-tests buffer size) over ``placement``."""
+def collective_time_s(op: str, size_bytes, placement: Placement, cluster: Cluster, fanout=None):
+    """Time of one collective of ``size_bytes`` (nccl-tests buffer size) over ``placement``; ``fanout``: a
+    ``dispatch``'s (top_k, experts, etp) (:func:`dispatch_time_s`)."""
+    if op == "dispatch" and fanout is None:
+        raise ParplanError("an MoE token dispatch is priced from its (top_k, experts, etp); none was given")
     size_bytes = np.asarray(size_bytes, float)
     if np.any(size_bytes < 0):
         raise ParplanError("collective size must be non-negative")
@@ -155,6 +160,8 @@ def collective_time_s(op: str, size_bytes, placement: Placement, cluster: Cluste
         inter = cluster.inter_node.effective_bandwidth * _uplink_share(placement, cluster)
         bw = np.where(spans, inter, cluster.intra_node.effective_bandwidth)
         t = alpha + size_bytes / bw
+    elif op == "dispatch":
+        t = alpha + dispatch_time_s(size_bytes, placement, cluster, *fanout)
     elif op == "all_to_all":
         local = np.asarray(placement.local, float)
         # Each rank keeps 1/n, sends (local-1)/n over the scale-up link and (n-local)/n over its NIC, of which
@@ -179,13 +186,42 @@ def collective_time_s(op: str, size_bytes, placement: Placement, cluster: Cluste
     return np.where((n > 1) | (op == "send_recv"), t, 0.0)
 
 
+def dispatch_time_s(size_bytes, placement: Placement, cluster: Cluster, top_k, experts, etp=1):
+    """Bandwidth time of DeepEP's dispatch (or combine) of ``size_bytes`` of token copies, ``top_k`` per token,
+    over ``placement`` (deepseek-ai/DeepEP README; DeepSeek-V3, arXiv 2412.19437, Sec. 3.2.2).
+
+    A token goes once to each node holding one of its experts, over the NIC to the rank of the same
+    local index, which forwards it over NVLink to each rank there that holds one; inside a node, once to
+    each such rank. Of ``n`` ranks, ``g`` per node and ``N = n / g`` nodes, with ``E / n`` experts each
+    and :func:`parplan.cost.moe.hit_probability` ``p_r`` (a rank's) and ``p_N`` (a node's), a rank's
+    ``T = size / k`` bytes of tokens cost ``T (N - 1) p_N`` over its NIC (those bound for other pods also
+    over the pods' uplinks, as the all-to-all's) and ``T N (g - 1) p_r`` over NVLink (its own tokens and
+    those it forwards); the two stream concurrently, so the longer one is the time. With expert tensor
+    parallelism (``n = ep etp``) a rank holds a shard of ``E / ep`` experts and every shard of an expert gets
+    its tokens; a node of ``g >= etp`` ranks holds ``g / etp`` ranks' worth of whole experts. The all-to-all
+    instead sends every copy: ``size (n - g) / n`` over the NIC and ``size (g - 1) / n`` over NVLink."""
+    n, g = np.asarray(placement.size, float), np.asarray(placement.local, float)
+    nodes = n / g
+    tokens = np.asarray(size_bytes, float) / top_k
+    per_rank = experts * etp / n
+    p_rank = hit_probability(experts, top_k, per_rank)
+    p_node = hit_probability(experts, top_k, per_rank * np.maximum(g / etp, 1.0))
+    nic = cluster.inter_node.effective_bandwidth
+    off = tokens * (nodes - 1) * p_node / nic
+    if placement.per_pod is not None:
+        off_pod = tokens * (n - np.asarray(placement.per_pod, float)) / g * p_node * cluster.oversubscription / nic
+        off = np.maximum(off, off_pod)
+    on = tokens * nodes * (g - 1) * p_rank / cluster.intra_node.effective_bandwidth
+    return np.maximum(off, on)
+
+
 def _bus_factor_array(op: str, n):
-    if op not in OPS:
+    if op not in OPS and op != "dispatch":  # a dispatch is priced, not benchmarked: not among OPS
         raise ParplanError(f"unknown collective '{op}'; choose one of {', '.join(OPS)}")
     n = np.maximum(np.asarray(n, float), 1)
     if op == "all_reduce":
         return 2.0 * (n - 1) / n
-    if op in ("all_gather", "reduce_scatter", "all_to_all"):
+    if op in ("all_gather", "reduce_scatter", "all_to_all", "dispatch"):
         return (n - 1) / n
     return np.ones_like(n)
 

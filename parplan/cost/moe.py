@@ -9,7 +9,9 @@ all-to-all token dispatcher; MegaBlocks, arXiv 2211.15841, for the grouped GEMMs
    rows; backward the scatter-add back); one fused pass (Transformer Engine's ``moe_permute``), or, run
    as eager PyTorch (a sort, an index gather, torchtitan's and plain PyTorch's way), the seconds of
    :data:`EAGER_PASSES` such passes;
-3. the dispatch **all-to-all** over the expert-parallel group (``parplan.layouts.strategies.expert``);
+3. the dispatch **all-to-all** over the expert-parallel group (``parplan.layouts.strategies.expert``), and
+   with several local experts the received rows **sorted** into expert order (and back before the combine:
+   :data:`SORT_RECEIVED`); under DeepEP the tokens, not their copies, travel and the permute runs on arrival;
 4. the routed **expert GEMMs**, one grouped GEMM over the device's ``experts / ep`` experts for the
    gate/up projection, the activation, one for the down projection, each ``expert_ffn / etp`` wide;
 5. the combine all-to-all, then **unpermute**: the rows weighted by their gate scores and summed
@@ -107,11 +109,13 @@ def routed_rows(model: ModelSpec, d):
     return group_tokens(model, d) * model.top_k / np.asarray(parallel(model, d).ep, float)
 
 
-def exchanges(model: ModelSpec, d):
+def exchanges(model: ModelSpec, d, deepep: bool = False):
     """(dispatch all-to-all needed, expert-TP gather needed): only where the group is larger than the ranks
-    that already hold the same tokens."""
+    that already hold the same tokens. DeepEP dispatches over the whole ``ep x etp`` group, gathering nothing."""
     p = parallel(model, d)
     ep, etp, r = np.asarray(p.ep, float), np.asarray(p.etp, float), replication(model, d)
+    if deepep:
+        return ep * etp > np.maximum(r, 1.0), np.zeros_like(ep * etp, bool)
     return (ep > 1) & (ep * etp > r), (etp > 1) & (etp > r)
 
 
@@ -146,6 +150,17 @@ def distinct_experts(experts, top_k, tokens):
     return e * (1.0 - (1.0 - k / e) ** b)
 
 
+def hit_probability(experts, top_k, held):
+    """Probability that one token's ``k`` distinct experts, drawn uniformly from ``E`` (a balanced router, or
+    Megatron-Core's --moe-router-force-load-balancing), include one of ``held`` given experts:
+    ``1 - C(E - held, k) / C(E, k)`` (hypergeometric)."""
+    e, k, held = (np.asarray(x, float) for x in (experts, top_k, held))
+    miss = np.ones(np.broadcast(e, k, held).shape)
+    for i in range(int(np.max(k))):
+        miss = miss * np.where(i < k, np.clip(e - held - i, 0.0, None) / np.where(i < k, e - i, 1.0), 1.0)
+    return 1.0 - miss
+
+
 # Eager permute and unpermute against the one fused pass each: measured / predicted forward seconds of the
 # plain-PyTorch MoE layer's stages on one H100 (scripts/gpu_moe_ops.py, reports/moe/h100-2026-12-06/moe_ops.csv:
 # Qwen3-30B-A3B and Mixtral 8x7B at 4096 and 16384 tokens; permute 2.35-3.17, median 2.8; unpermute 4.66-5.29,
@@ -154,10 +169,33 @@ def distinct_experts(experts, top_k, tokens):
 EAGER_PASSES = {"moe_permute": 2.8, "moe_unpermute": 5.2}
 
 
+# Under expert parallelism the dispatch all-to-all delivers each source rank's rows for all of this rank's
+# experts together; with more than one local expert they are copied into expert-major order before the
+# grouped GEMMs and back after them: Megatron-Core's all-to-all dispatcher ("Permutation 2: Sort tokens by
+# local expert", MoEAlltoAllTokenDispatcher.dispatch_postprocess and combine_preprocess: sort_chunks_by_idxs,
+# or a transpose copy with drop-and-pad; NVIDIA/Megatron-LM @d98e8a64
+# megatron/core/transformer/moe/token_dispatcher.py) and torchtitan's (_permute, "Reorder tokens from
+# rank-major to expert-major layout", pytorch/torchtitan @b5bcd76c torchtitan/models/common/token_dispatcher.py);
+# DeepSpeed's experts each take a strided chunk of the [ep, local experts, capacity] buffer (a copy to run the
+# GEMM on) and concatenate their outputs (deepspeedai/DeepSpeed v0.14.0 deepspeed/moe/experts.py L29-38).
+SORT_RECEIVED = "training frameworks' all-to-all dispatchers (Megatron-Core, torchtitan, DeepSpeed)"
+
+
+def received_tokens(model: ModelSpec, d):
+    """Distinct tokens a device receives under DeepEP: from each of the ``ep etp`` ranks' ``b s / tp``, those
+    with an expert here (:func:`hit_probability` of its ``experts / ep`` experts)."""
+    p = parallel(model, d)
+    n = np.asarray(p.ep, float) * np.asarray(p.etp, float)
+    return dispatch_tokens(model, d) * n * hit_probability(model.experts, model.top_k, model.experts / np.asarray(p.ep))
+
+
 def block_kernels(model: ModelSpec, d, rows, activation_impl: str, balanced: bool = False,
-                  permute: str = "fused") -> list[Kernel]:
+                  permute: str = "fused", dispatcher: str = "none") -> list[Kernel]:
     """The kernels of one MoE block on one device, per micro-batch (module docstring); ``rows``: the
-    tokens of the tensor-parallel region (the shared experts' GEMM rows); ``permute``: fused or eager."""
+    tokens of the tensor-parallel region (the shared experts' GEMM rows); ``permute``: fused or eager;
+    ``dispatcher`` (training): ``alltoall`` re-sorts the rows the dispatch brings from source-rank-major to
+    expert-major order and back (:data:`SORT_RECEIVED`); ``deepep`` sends tokens, not their copies, and
+    permutes the tokens it receives into expert rows (and back) on arrival instead; ``none`` (serving) neither."""
     p = parallel(model, d)
     h, e = model.hidden, model.experts
     swiglu = model.activation == "swiglu"
@@ -169,19 +207,28 @@ def block_kernels(model: ModelSpec, d, rows, activation_impl: str, balanced: boo
     sent = routed_rows(model, d) / np.where(exchanges(model, d)[1], np.asarray(p.etp, float), 1.0)
     per_expert = busiest / local
     eager = EAGER_PASSES if permute == "eager" else {k: 1.0 for k in EAGER_PASSES}
+    held = tokens   # the tokens the permutes read and the unpermutes write: the source's own
+    if dispatcher == "deepep":  # or, under DeepEP, those the device receives; it permutes them into rows
+        held = np.where(exchanges(model, d, deepep=True)[0], received_tokens(model, d), tokens)
+        sent = busiest
     out = [
         Kernel("router", "gemm", (tokens, h, e, 1)),
         # fp32 scores: read the logits, write the probabilities, read them for the top-k; backward the reverse.
         Kernel("router_topk", "memory", (tokens * e * 10.0, tokens * e * 10.0)),
-        Kernel("moe_permute", "memory", ((tokens + sent) * h * eager["moe_permute"],
-                                         (tokens + sent) * h * eager["moe_permute"])),
+        Kernel("moe_permute", "memory", ((held + sent) * h * eager["moe_permute"],
+                                         (held + sent) * h * eager["moe_permute"])),
         Kernel("expert_gate_up" if swiglu else "expert_up", "gemm",
                (per_expert, h, (2 if swiglu else 1) * width, local), True),
         Kernel("expert_activation", "traffic", (model.activation, activation_impl, busiest * width)),
         Kernel("expert_down", "gemm", (per_expert, width, h, local), True),
-        Kernel("moe_unpermute", "memory", ((sent + tokens) * h * eager["moe_unpermute"],
-                                           (2 * sent + tokens) * h * eager["moe_unpermute"])),
+        Kernel("moe_unpermute", "memory", ((sent + held) * h * eager["moe_unpermute"],
+                                           (2 * sent + held) * h * eager["moe_unpermute"])),
     ]
+    if dispatcher == "alltoall":
+        # Read and write each received row once after the dispatch and once before the combine; the
+        # backward runs the inverse permutations over the gradients, the same bytes.
+        regroup = np.where(exchanges(model, d)[0] & (local > 1), 4.0 * busiest * h, 0.0)
+        out.insert(3, Kernel("moe_sort_received", "memory", (regroup, regroup)))
     if model.shared_experts:
         shared = model.shared_experts * model.shared_width / np.asarray(p.tp, float)
         out += [Kernel("shared_gate_up" if swiglu else "shared_up", "gemm",

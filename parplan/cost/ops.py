@@ -123,17 +123,18 @@ def _traffic_op(name: str, family: str, impl: str, elems, bpe: int) -> Op:
 def layer_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", flash_attention: bool = True,
               dropout: bool = True, fused: bool = True, *, elementwise: Mapping[str, str] | None = None,
               fp8: Fp8 | None = None, weight_cast_shard=None, grouped_gemm: bool = True,
-              moe_permute: str = "fused") -> list[Op]:
+              moe_permute: str = "fused", moe_dispatcher: str = "none") -> list[Op]:
     """Ops of one transformer layer on one device for one micro-batch, in execution order.
 
     ``elementwise`` says for each element-wise op (norm, rope, activation, residual, bias, softmax,
     transposes) whether it runs fused or as eager PyTorch's kernels; by default all ``fused``, or
     all ``eager`` with ``fused=False`` (Megatron-LM 2019, see the module docstring). ``dtype`` is
-    the activations' 16-bit (or fp32) type; with ``fp8`` the four linear GEMMs run in FP8 and pay
-    their operand casts, while attention and every element-wise op stay in ``dtype``.
+    the activations' 16-bit (or fp32) type; with ``fp8`` the weight GEMMs (experts too) run in FP8 and
+    pay their operand casts, while attention and every element-wise op stay in ``dtype``.
     ``weight_cast_shard``: autocast re-casts the fp32 weights every forward (on the ZeRO-3 shard,
     divided by this); None when weights are kept in 16 bits. ``grouped_gemm``: an MoE layer's local experts
-    run as one grouped GEMM (else one GEMM after another); ``moe_permute``: its token permutes fused or eager.
+    run as one grouped GEMM (else one GEMM after another); ``moe_permute``: its token permutes fused or eager;
+    ``moe_dispatcher``: how a training run's tokens reach their experts (:func:`parplan.cost.moe.block_kernels`).
     """
     impl = dict(ALL_FUSED if fused else ALL_EAGER)
     if elementwise is not None:
@@ -222,13 +223,14 @@ def layer_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", flash_attenti
         *_residual("mlp_residual", row, mask, bpe, impl["residual"], bias if "bias" in eager else 0.0),
     ]
     if model.is_moe:
-        ops = _with_moe(ops, mlp_at, model, d, rows, bpe, lin, impl["activation"], grouped_gemm, moe_permute)
+        ops = _with_moe(ops, mlp_at, model, d, rows, bpe, lin, impl["activation"], grouped_gemm, moe_permute,
+                        moe_dispatcher)
     if model.parallel_layers:
         ops = parallel_block(ops)
     if fp8:
-        ops.append(_fp8_casts(model, d, fp8, rows, h_in, qkv_cols, q_cols, swiglu))
+        ops.append(_fp8_casts(ops, fp8))
     if weight_cast_shard is not None:
-        params = _local_linear_params(model, d)
+        params = linear_operands(ops, fp8_only=False)[2]
         fwd, bwd = WEIGHT_CAST_BYTES
         ops.append(Op("weight_casts", MEMORY, 0.0, 0.0, params * fwd / weight_cast_shard,
                       params * bwd / weight_cast_shard, streaming=True,
@@ -255,11 +257,13 @@ def _build(k: moe_mod.Kernel, bpe: int, fp8: bool, share=1.0, grouped_gemm: bool
 
 build_kernel = _build  # the public name (serving's absorbed latent-attention products)
 
+DENSE_LINEAR = ("qkv_proj", "out_proj", "mlp_gate_up", "mlp_up", "mlp_down", "qkv_mlp_proj")
 MLP_OPS = ("mlp_gate_up", "mlp_up", "swiglu", "gelu", "relu", "mlp_bias_add", "mlp_down")
 
 
 def _with_moe(ops: list[Op], at: int, model: ModelSpec, d: LocalDims, rows, bpe: int, fp8: bool,
-              activation: str, grouped_gemm: bool = True, permute: str = "fused") -> list[Op]:
+              activation: str, grouped_gemm: bool = True, permute: str = "fused",
+              dispatcher: str = "none") -> list[Op]:
     """The layer's ops with the MoE block (:mod:`parplan.cost.moe`) in the dense MLP's place, each run by
     the share of the layers that are MoE; the dense MLP's ops run by the rest (dropped when none is)."""
     s = moe_mod.share(model, d)
@@ -269,7 +273,8 @@ def _with_moe(ops: list[Op], at: int, model: ModelSpec, d: LocalDims, rows, bpe:
     for i, o in enumerate(ops):
         if i == at:
             out += [_build(k, bpe, fp8, s, grouped_gemm)
-                    for k in moe_mod.block_kernels(model, d, rows, activation, permute=permute)]
+                    for k in moe_mod.block_kernels(model, d, rows, activation, permute=permute,
+                                                   dispatcher=dispatcher)]
         if o.name in MLP_OPS:
             if keep:
                 out.append(replace(o, share=dense_share))
@@ -282,27 +287,34 @@ def _linear_count(model: ModelSpec) -> int:
     return 4 + (3 if model.activation == "swiglu" else 2)
 
 
-def _local_linear_params(model: ModelSpec, d: LocalDims):
-    """Weights of one layer's linear layers on this device (after tensor parallelism)."""
-    q_cols, kv_cols = d.heads * d.head_dim, d.kv_heads * d.head_dim
-    h = model.hidden / d.hidden_shard
-    mlp = (3 if model.activation == "swiglu" else 2) * h * d.ffn
-    return h * (q_cols + 2 * kv_cols) + q_cols * h + mlp
+def linear_operands(ops: list[Op], fp8_only: bool = True):
+    """Elements of one layer's linear-layer operands, each GEMM's weighted by the share of layers that run it:
+    (inputs, output gradients, weights) = the sums of ``m k``, ``m n`` and ``k n`` over its weight GEMMs (a
+    grouped GEMM's times its experts), the four dense ones, an MoE layer's routed and shared experts and
+    latent attention's projections alike; ``fp8_only``: only those that run in FP8. The dense GEMMs'
+    ``batch`` are 2D tensor parallelism's SUMMA steps over one local operand, so they count once."""
+    inputs = grads = weights = 0.0
+    for o in ops:
+        if o.gemm is None or o.kind == FLASH or o.attention_core or (fp8_only and not o.fp8):
+            continue
+        m, k, n, batch = o.gemm
+        times = o.share * (1.0 if o.name in DENSE_LINEAR else batch)
+        inputs, grads, weights = inputs + times * m * k, grads + times * m * n, weights + times * k * n
+    return inputs, grads, weights
 
 
-def _fp8_casts(model: ModelSpec, d: LocalDims, fp8: Fp8, rows, h_in, qkv_cols, q_cols, swiglu: bool) -> Op:
-    """The casts of the four linear GEMMs' operands to FP8 in one layer (:data:`FP8_CAST_BYTES`).
+def _fp8_casts(ops: list[Op], fp8: Fp8) -> Op:
+    """The casts of one layer's FP8 GEMM operands (:data:`FP8_CAST_BYTES`) over :func:`linear_operands`.
 
     Forward: each GEMM's input activation; backward: each GEMM's output gradient (with its
-    transposed copy); weights once per micro-batch or once per step.
+    transposed copy); weights once per micro-batch or once per step. An MoE layer casts its experts'
+    routed rows (``k`` copies of each token) and their weights, not a dense MLP's.
     """
     fwd_b, bwd_b, w_b = FP8_CAST_BYTES[fp8.casts]
     times = FP8_CAST_MULTIPLIER.get(fp8.recipe, 1)
-    ffn_out = (2 if swiglu else 1) * d.ffn
-    inputs = rows * (h_in + q_cols + h_in + d.ffn)
-    grads = rows * (qkv_cols + h_in + ffn_out + h_in)
-    weights = _local_linear_params(model, d) / fp8.weight_shard * fp8.weight_casts_per_microbatch
-    launches = 4 * (2 if fp8.casts == "separate" else 1)
+    inputs, grads, weights = linear_operands(ops)
+    weights = weights / fp8.weight_shard * fp8.weight_casts_per_microbatch
+    launches = sum(o.share for o in ops if o.fp8) * (2 if fp8.casts == "separate" else 1)
     return Op("fp8_casts", MEMORY, 0.0, 0.0, times * (inputs * fwd_b + weights * w_b), times * grads * bwd_b,
               streaming=True, kernels=(launches, launches))
 

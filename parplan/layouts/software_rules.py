@@ -23,6 +23,7 @@ def software_rules(software) -> tuple[Rule, ...]:
         return ()
     fw = getattr(software, "framework", software)
     overlap = getattr(software, "moe_overlap", fw.moe.overlap)
+    deepep = getattr(software, "moe_dispatcher", "alltoall") == "deepep"
     states = software.optimizer_states if software is not fw else "fp32"  # a bare profile: its default
     dp, pipe, par = fw.data_parallel, fw.pipeline, fw.parallelism
     n = fw.name
@@ -102,6 +103,16 @@ def software_rules(software) -> tuple[Rule, ...]:
              lambda m, a: "the MoE all-to-alls overlap another micro-batch only with " + (
                  "ep > 1" if a.ep < 2 else "recompute other than full" if a.rc == RECOMPUTE.index("full")
                  else "the interleaved schedule (--vpp 2 or more) under a pipeline")),
+        # Megatron-Core's flex dispatcher: 'DeepEP dispatcher requires TPxEP > 1' and 'Flex token dispatcher with
+        # deepep backend does not support moe_pad_expert_input_to_capacity' (NVIDIA/Megatron-LM @d98e8a64
+        # megatron/core/transformer/moe/token_dispatcher.py, transformer_config.py).
+        Rule("DeepEP dispatches over more than one rank", ('ep', 'etp'),
+             lambda m, a: deepep & _moe(m) & (a.ep * a.etp < 2),
+             lambda m, a: "--moe-dispatcher deepep dispatches over ep x etp ranks: it needs ep x etp > 1"),
+        Rule("DeepEP does not pad experts to a capacity", ('ep',),
+             lambda m, a: np.full(np.shape(a.ep), deepep and _moe(m) and m.capacity_factor is not None),
+             lambda m, a: f"--moe-dispatcher deepep does not pad experts to capacity, and {m.name} sets "
+                          f"capacity_factor {m.capacity_factor:g}: drop it, or use the alltoall dispatcher"),
         Rule(f"{n} trains multi-token prediction", ('pp',),
              lambda m, a: np.full(np.shape(a.pp), bool(m.mtp_layers and not fw.mtp)),  # every candidate alike
              lambda m, a: f"{n} trains no multi-token-prediction module, and {m.name} has {m.mtp_layers}; give the "

@@ -86,11 +86,17 @@ PARALLEL_KEYS = ("tp_modes", "cp_modes", "sequence_parallel", "tp_overlap", "act
 TP_OVERLAPS = ("none", "collective-matmul")
 ACTIVATION_SHARDS = ("sequence", "hidden")
 VOCAB_KEYS = ("multiple", "times_tp")
-MOE_KEYS = ("expert_parallel", "expert_tensor_parallel", "grouped_gemm", "overlaps", "overlap", "permute")
+MOE_KEYS = ("expert_parallel", "expert_tensor_parallel", "grouped_gemm", "overlaps", "overlap", "permute",
+            "dispatchers")
 # What a token all-to-all can hide under: nothing; the shared experts of its layer (Megatron-Core
 # --moe-shared-expert-overlap); the compute of another micro-batch (--overlap-moe-expert-parallel-comm,
 # the merged forward/backward 1F1B schedule).
 MOE_OVERLAPS = ("none", "shared-experts", "micro-batch")
+# How tokens reach their experts: an all-to-all of every token's k copies, sorted by expert before it and
+# by local expert after it (Megatron-Core's alltoall dispatcher, torchtitan's, DeepSpeed's), or DeepEP's
+# kernels, which send each token once to every rank (and over the network once to every node) its experts
+# sit on and permute on arrival (parplan.cost.collectives: the dispatch op).
+MOE_DISPATCHERS = ("alltoall", "deepep")
 EXPERT_TP = ("any", "one-or-tp", "one")
 
 
@@ -197,6 +203,7 @@ class MoeSoftware:
     # "shared-experts", the same layer's shared experts; "micro-batch", another micro-batch's compute.
     overlaps: tuple[str, ...] = ("none",)
     overlap: str = "none"
+    dispatchers: tuple[str, ...] = ("alltoall",)   # MOE_DISPATCHERS it runs; the first is its default
 
 
 @dataclass(frozen=True)
@@ -250,6 +257,7 @@ class Software:
     notes: tuple[str, ...] = ()         # what came from the framework's defaults
     moe_overlap: str = "none"           # what the MoE token all-to-alls run under (MOE_OVERLAPS)
     optimizer_states: str = "fp32"      # the optimizer state's precision (OPTIMIZER_STATES)
+    moe_dispatcher: str = "alltoall"    # how tokens reach their experts (MOE_DISPATCHERS)
 
     def __deepcopy__(self, memo):  # immutable (its mappings are read-only views): shared, not copied
         return self
@@ -282,13 +290,16 @@ class Software:
             parts.append(f"MoE all-to-alls under {self.moe_overlap.replace('-', ' ')}")
         if self.optimizer_states != "fp32":
             parts.append(f"{self.optimizer_states} optimizer state")
+        if self.moe_dispatcher != "alltoall":
+            parts.append(f"{self.moe_dispatcher} dispatch")
         return ", ".join(p for p in parts if p)
 
 
 def resolve_software(framework: Framework, *, dtype: str = "bf16", compiled: bool | None = None,
                      fp8_recipe: str | None = None, flash_attention: bool | None = None,
                      fused_kernels: bool | None = None, device_kind: str | None = None,
-                     moe_overlap: str | None = None, optimizer_states: str | None = None) -> Software:
+                     moe_overlap: str | None = None, optimizer_states: str | None = None,
+                     moe_dispatcher: str | None = None) -> Software:
     """A framework with the user's overrides applied; each default taken from the profile is noted."""
     fw = framework
     notes = []
@@ -330,9 +341,15 @@ def resolve_software(framework: Framework, *, dtype: str = "bf16", compiled: boo
     elif optimizer_states not in fw.optimizer_states:
         raise ParplanError(f"framework '{fw.name}' keeps its optimizer state in {', '.join(fw.optimizer_states)}; "
                            f"not '{optimizer_states}'{suggest(optimizer_states, fw.optimizer_states)}")
+    if moe_dispatcher is None:
+        moe_dispatcher = fw.moe.dispatchers[0]
+    elif moe_dispatcher not in fw.moe.dispatchers:
+        raise ParplanError(f"framework '{fw.name}' dispatches MoE tokens with {', '.join(fw.moe.dispatchers)}; "
+                           f"not '{moe_dispatcher}'{suggest(moe_dispatcher, fw.moe.dispatchers)}")
     return Software(framework=fw, compiled=bool(compiled), fp8_recipe=fp8_recipe if dtype == "fp8" else None,
                     flash_attention=bool(flash_attention), elementwise=MappingProxyType(elementwise), loss=loss,
-                    notes=tuple(notes), moe_overlap=moe_overlap, optimizer_states=optimizer_states)
+                    notes=tuple(notes), moe_overlap=moe_overlap, optimizer_states=optimizer_states,
+                    moe_dispatcher=moe_dispatcher)
 
 
 def default_framework(device_kind: str) -> str:

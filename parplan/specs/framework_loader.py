@@ -18,7 +18,7 @@ from .framework import (ACTIVATION_SHARDS, ATTENTION_KERNELS, COMPILE_KEYS, CP_M
     PROJECTIONS, RECOMPUTE_MODES, SCHEDULES, TP_OVERLAPS,
     SEQUENCE_PARALLEL, SPLIT_CHUNKS, SPLIT_DEFAULTS, SPLIT_ENDS, SPLIT_KEYS, TP_MODES, VOCAB_KEYS, WEIGHT_CASTS,
     ZERO3_IMPLS, Compile, DataParallelSoftware, Framework, Kernels, Parallelism, PipelineSoftware, PipelineSplit,
-    EXPERT_TP, MOE_KEYS, MOE_OVERLAPS, MoeSoftware)
+    EXPERT_TP, MOE_DISPATCHERS, MOE_KEYS, MOE_OVERLAPS, MoeSoftware)
 from .registry import shipped, shipped_names
 from .serving_stack import ServingStack, serving_from_dict
 from .yamlio import check_keys, names, number, read_yaml, require_mapping, suggest, text, text_mapping
@@ -203,7 +203,8 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
                                    default="fused"),
                       overlaps=_choices(m, "overlaps", f"{what}: moe", MOE_OVERLAPS, ("none",)),
                       overlap=text(m, "overlap", f"{what}: moe", required=False, choices=MOE_OVERLAPS,
-                                   default="none"))
+                                   default="none"),
+                      dispatchers=_choices(m, "dispatchers", f"{what}: moe", MOE_DISPATCHERS, ("alltoall",)))
     if moe.overlap not in moe.overlaps:
         raise ParplanError(f"{what}: moe: overlap '{moe.overlap}' is not one of its overlaps "
                            f"({', '.join(moe.overlaps)})")

@@ -57,7 +57,7 @@ def price_collectives(strategies, ctx: Context) -> list[CollectiveCost]:
                 costs.append(CollectiveCost(c, t, per_step, t * per_step, None, group.spans_nodes, links=links))
                 continue
             where = place(c.group, c.stride, ctx.cluster)
-            t = collective_time_s(c.op, c.size_bytes, where, ctx.cluster)
+            t = collective_time_s(c.op, c.size_bytes, where, ctx.cluster, fanout=c.fanout)
             costs.append(CollectiveCost(c, t, per_step, t * per_step, None, where.spans_nodes))
     return costs
 

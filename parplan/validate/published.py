@@ -53,7 +53,7 @@ def load_runs(path: str | None = None) -> list[dict]:
 # The schema of a published-run record (see the comment at the top of validation/published-runs.yaml).
 RUN_KEYS = ("id", "source", "confidence", "model", "hardware", "devices", "devices_per_node", "slices", "slice", "network",
             "inter_node_bandwidth", "precision", "framework", "flash_attention", "fused_kernels", "compiled",
-            "fp8_recipe", "moe_overlap", "optimizer_states", "layout", "global_batch", "published",
+            "fp8_recipe", "moe_overlap", "moe_dispatcher", "optimizer_states", "layout", "global_batch", "published",
             "reference_step_time_s", "reference_derivation",
             "notes", "_file")
 RUN_LAYOUT_KEYS = ("tp", "pp", "dp", "cp", "vpp", "zero", "shard_group", "sequence_parallel", "recompute",
@@ -143,7 +143,8 @@ def record_setup(rec: dict, framework: str | None = None) -> RunSetup:
                                 fused_kernels=False if rec.get("fused_kernels") is False else None,
                                 device_kind=hw.kind,
                                 moe_overlap=text(rec, "moe_overlap", f"run {rid}", required=False),
-                                optimizer_states=text(rec, "optimizer_states", f"run {rid}", required=False))
+                                optimizer_states=text(rec, "optimizer_states", f"run {rid}", required=False),
+                                moe_dispatcher=text(rec, "moe_dispatcher", f"run {rid}", required=False))
     batch = number(rec, "global_batch", f"run {rid}", integer=True)
     vpp = number(lay, "vpp", w, required=False, integer=True, default=1)
     fallback = Layout(tp=fixed["tp"], pp=fixed["pp"], dp=fixed["dp"], cp=fixed["cp"],

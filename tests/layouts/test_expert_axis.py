@@ -329,3 +329,34 @@ def test_norm_act_recompute_drops_the_norm_outputs_and_the_expert_activation():
     assert float(rec.memory_bytes["activations"]) < float(plain.memory_bytes["activations"])
     with pytest.raises(ParplanError, match="recompute norm-act rebuilds an MoE layer's"):
         parplan.estimate(parplan.load_model("llama3.1-8b"), cl, Layout(dp=8, global_batch=16, recompute="norm-act"))
+
+
+def test_fp8_casts_cover_the_routed_experts_and_not_a_dense_mlp():
+    """Top-2 of 8 experts, 2048 tokens, fused casts (2 bytes per input, 4 per output gradient and weight):
+    the casts are the attention GEMMs' operands plus the experts' 4096 routed rows and all 8 experts' weights."""
+    m = _toy()
+    d = ops_mod.LocalDims(batch=1, seq=2048, seq_kv=2048, hidden=1024, heads=8, kv_heads=8, head_dim=128,
+                          ffn=2048, vocab=32000, norm_shard=1, moe=moe_mod.MoeParallel(1, 1, 1), moe_share=1.0)
+    ops = {o.name: o for o in ops_mod.layer_ops(m, d, fp8=ops_mod.Fp8(recipe="tensorwise"))}
+    inputs = 2048 * 1024 + 2048 * 1024 + 4096 * 1024 + 4096 * 2048          # qkv, out, expert gate/up, down
+    grads = 2048 * 3072 + 2048 * 1024 + 4096 * 4096 + 4096 * 1024
+    weights = 1024 * 3072 + 1024 * 1024 + 8 * 1024 * 4096 + 8 * 2048 * 1024
+    casts = ops["fp8_casts"]
+    assert float(casts.fwd_bytes) == pytest.approx(2 * inputs + 4 * weights)
+    assert float(casts.bwd_bytes) == pytest.approx(4 * grads)
+    assert casts.kernels == (4, 4) and not ops["router"].fp8   # qkv, out, the two grouped expert GEMMs
+
+
+@pytest.mark.parametrize("ep,passes", [(1, 0), (4, 4), (8, 0)])
+def test_received_rows_are_sorted_by_local_expert_only_with_several_local_experts(ep, passes):
+    """Under ep 4 each device holds 2 of the 8 experts and receives 8192 x 2 / 4 = 4096 rows (capacity factor
+    1): copied into expert order after the dispatch and back before the combine, 4 passes of 4096 x 1024 each
+    way; with one local expert (ep 8) or no dispatch (ep 1) there is nothing to sort."""
+    m = _toy(capacity_factor=1.0)
+    d = ops_mod.LocalDims(batch=1, seq=2048, seq_kv=2048, hidden=1024, heads=8, kv_heads=8, head_dim=128,
+                          ffn=2048, vocab=32000, norm_shard=1, moe=moe_mod.MoeParallel(1, ep, 1), moe_share=1.0)
+    sort = {k.name: k for k in moe_mod.block_kernels(m, d, 2048, "fused", dispatcher="alltoall")}["moe_sort_received"]
+    rows = 2048 * max(ep, 1) * 2 / ep
+    assert [float(x) for x in sort.args] == pytest.approx([passes * rows * 1024] * 2)
+    plain = {k.name for k in moe_mod.block_kernels(m, d, 2048, "fused")}
+    assert "moe_sort_received" not in plain

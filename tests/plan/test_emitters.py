@@ -310,6 +310,18 @@ def test_megatron_reads_a_repeated_layout_string_and_the_moe_overlap():
     assert read_config_text(text, ".sh", 1024, m).moe_overlap == "micro-batch"
 
 
+def test_megatron_writes_and_reads_back_the_deepep_dispatcher():
+    m = load_model("deepseek-v3")
+    lay = Layout(tp=2, pp=8, dp=64, vpp=4, schedule="interleaved", micro_batch=1, global_batch=8192,
+                 first_stage_layers=7, last_stage_layers=6, axes=(("ep", 64), ("etp", 1)))
+    text = emit("megatron", lay, m, software("megatron-core", moe_dispatcher="deepep"))
+    assert "--moe-token-dispatcher-type flex" in text and "--moe-enable-deepep" in text
+    assert read_config_text(text, ".sh", 1024, m).moe_dispatcher == "deepep"
+    plain = emit("megatron", lay, m, software("megatron-core"))
+    assert "--moe-token-dispatcher-type alltoall" in plain and "deepep" not in plain
+    assert read_config_text(plain, ".sh", 1024, m).moe_dispatcher is None
+
+
 def read_config_text(text, suffix, world, model, tmp=None):
     import tempfile
     from pathlib import Path

@@ -60,6 +60,7 @@ class Collective:
     phase: str      # forward | backward | recompute | step
     hidden_by: str  # none | forward | backward | attention | matmul | shared_experts | micro_batch
     stage: str = "all"
+    fanout: Any = None  # a dispatch's (top_k, experts, etp): parplan.cost.collectives.dispatch_time_s
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,10 @@ dense parameters' are (the expert-data-parallel group shards what ep x etp leave
 are reduced over the expert-data-parallel group, ``ep x etp`` ranks apart. Each device keeps the
 dispatch buffers: the rows it receives and the experts' output before the combine.
 
+Under DeepEP (the run's ``moe_dispatcher``), dispatch and combine run over the whole ``ep x etp`` group,
+each token sent once per rank (and node) holding one of its experts (or their etp shards), with no
+expert-tensor-parallel gather: the ``dispatch`` op of :mod:`parplan.cost.collectives`.
+
 What can hide the all-to-alls (the run's ``moe_overlap``): ``shared-experts`` (Megatron-Core
 ``--moe-shared-expert-overlap``) runs the dispatch under the shared experts' GEMMs
 (``hidden_by = "shared_experts"``); ``micro-batch`` (``--overlap-moe-expert-parallel-comm``) merges
@@ -34,6 +38,10 @@ import numpy as np
 from ...cost import moe as moe_mod
 from .base import Collective, Context, Strategy
 from .data import DataParallel, zero_collectives
+
+
+def _deepep(ctx: Context) -> bool:
+    return ctx.software is not None and ctx.software.moe_dispatcher == "deepep"
 
 
 def _sizes(layout):
@@ -57,11 +65,13 @@ class ExpertParallel(Strategy):
         ep, etp, tp = _sizes(ctx.layout)
         share = moe_mod.share(model, d)
         buf = moe_mod.dispatch_tokens(model, d) * model.top_k * model.hidden * ctx.bpe
-        stride = etp * ctx.stride("tp")
+        op, group, stride, fanout = "all_to_all", ep, etp * ctx.stride("tp"), None
+        if _deepep(ctx):  # over the whole ep x etp group, each token to every etp shard of its experts
+            op, group, stride, fanout = "dispatch", ep * etp, ctx.stride("tp"), (model.top_k, model.experts, etp)
         again = np.where(ctx.recompute == 2, 1, 0)
         mode = ctx.software.moe_overlap if ctx.software is not None else "none"
         shared = mode == "shared-experts" and model.shared_experts > 0
-        calls = np.where(moe_mod.exchanges(model, d)[0], share, 0.0)
+        calls = np.where(moe_mod.exchanges(model, d, deepep=_deepep(ctx))[0], share, 0.0)
         out = []
         for phase, count in (("forward", calls), ("backward", calls), ("recompute", calls * again)):
             if mode == "micro-batch":
@@ -69,10 +79,10 @@ class ExpertParallel(Strategy):
             else:  # the shared experts run beside the forward's dispatch and the backward's combine
                 dispatch = "shared_experts" if shared and phase != "backward" else "none"
                 combine = "shared_experts" if shared and phase == "backward" else "none"
-            out += [Collective(f"ep_dispatch_{phase}", "all_to_all", "ep", ep, stride, buf, count, "layer", phase,
-                               dispatch),
-                    Collective(f"ep_combine_{phase}", "all_to_all", "ep", ep, stride, buf, count, "layer", phase,
-                               combine)]
+            out += [Collective(f"ep_dispatch_{phase}", op, "ep", group, stride, buf, count, "layer", phase,
+                               dispatch, fanout=fanout),
+                    Collective(f"ep_combine_{phase}", op, "ep", group, stride, buf, count, "layer", phase,
+                               combine, fanout=fanout)]
         return out + self._expert_grads(ctx, ep, etp, tp)
 
     def _expert_grads(self, ctx: Context, ep, etp, tp):
@@ -118,7 +128,7 @@ class ExpertTensorParallel(Strategy):
         buf = moe_mod.routed_rows(model, d) * model.hidden * ctx.bpe
         stride = ctx.stride("tp")
         again = np.where(ctx.recompute == 2, 1, 0)
-        calls = np.where(moe_mod.exchanges(model, d)[1], share, 0.0)
+        calls = np.where(moe_mod.exchanges(model, d, deepep=_deepep(ctx))[1], share, 0.0)
         out = []
         for phase, count in (("forward", calls), ("backward", calls), ("recompute", calls * again)):
             out += [Collective(f"etp_allgather_{phase}", "all_gather", "etp", etp, stride, buf, count, "layer",

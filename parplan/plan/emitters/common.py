@@ -27,12 +27,13 @@ class LaunchConfig:
     fp8_recipe: str | None = None
     moe_overlap: str | None = None
     optimizer_states: str | None = None
+    moe_dispatcher: str | None = None
 
 
 def launch(target: str, framework: str, layout: dict, compiled=None, fp8_recipe=None,
-           moe_overlap=None, optimizer_states=None) -> LaunchConfig:
+           moe_overlap=None, optimizer_states=None, moe_dispatcher=None) -> LaunchConfig:
     return LaunchConfig(target, framework, MappingProxyType(dict(layout)), compiled, fp8_recipe, moe_overlap,
-                        optimizer_states)
+                        optimizer_states, moe_dispatcher)
 
 
 def profile_for(target: str, software, default: str):

@@ -9,7 +9,8 @@ the distributed optimizer for ZeRO-1, Megatron-FSDP ``--data-parallel-sharding-s
 ``--account-for-embedding-in-pipeline-split`` / ``--account-for-loss-in-pipeline-split`` (interleaved uneven
 splits take ``--num-virtual-stages-per-pipeline-rank``), else ``--pipeline-model-parallel-layout``
 (:mod:`.megatron_layout`). ``--moe-overlap`` writes ``--moe-shared-expert-overlap`` or
-``--overlap-moe-expert-parallel-comm --delay-wgrad-compute``. NeMo / Megatron YAML gives the same names with underscores.
+``--overlap-moe-expert-parallel-comm --delay-wgrad-compute``; ``--moe-dispatcher deepep`` writes
+``--moe-token-dispatcher-type flex --moe-enable-deepep``. NeMo / Megatron YAML gives the same names with underscores.
 A mixture-of-experts model adds ``--num-experts``, ``--moe-router-topk``, ``--moe-ffn-hidden-size``,
 ``--moe-shared-expert-intermediate-size`` (all shared experts together), ``--moe-layer-freq`` (a pattern
 where some layers stay dense), ``--moe-router-score-function``, the all-to-all dispatcher with grouped
@@ -143,11 +144,12 @@ def moe_args(layout: Layout, model: ModelSpec, software=None) -> list[str]:
             args += ["--q-lora-rank", str(model.q_lora_rank)]
     if not model.is_moe:
         return args
+    deepep = software is not None and software.moe_dispatcher == "deepep"
     args += ["--num-experts", str(model.experts), "--moe-router-topk", str(model.top_k),
              "--moe-ffn-hidden-size", str(model.expert_width), "--moe-router-score-function", model.router,
-             "--moe-token-dispatcher-type", "alltoall",
+             "--moe-token-dispatcher-type", "flex" if deepep else "alltoall",
              "--expert-model-parallel-size", str(layout.size("ep")),
-             "--expert-tensor-parallel-size", str(layout.size("etp"))]
+             "--expert-tensor-parallel-size", str(layout.size("etp"))] + (["--moe-enable-deepep"] if deepep else [])
     if model.shared_experts:
         args += ["--moe-shared-expert-intermediate-size", str(model.shared_experts * model.shared_width)]
         if software is not None and software.moe_overlap == "shared-experts":
@@ -313,12 +315,14 @@ def read(source: str, world_size: int, model: ModelSpec, yaml_data=None):
     overlap = "micro-batch" if values.get("overlap-moe-expert-parallel-comm") else \
         "shared-experts" if values.get("moe-shared-expert-overlap") else None
     states = _states(values)
+    deepep = values.get("moe-token-dispatcher-type") == "flex" and values.get("moe-enable-deepep")
     optim = (yaml_data.get("model") or {}).get("optim") if isinstance(yaml_data, dict) else None
     if isinstance(optim, dict) and optim.get("name") in NEMO_DISTRIBUTED_OPTIMIZERS:
         fields["zero"] = max(fields["zero"], 1)  # NeMo's distributed optimizers shard the optimizer state
         if optim.get("name") == "distributed_fused_adam" and str(optim.get("dtype")) in ("bf16", "torch.bfloat16"):
             states = "bf16"  # Apex DistributedFusedAdam keeps its state (the parameter copy too) in optim.dtype
-    return launch(TARGET, PROFILE, fields, fp8_recipe=recipe, moe_overlap=overlap, optimizer_states=states)
+    return launch(TARGET, PROFILE, fields, fp8_recipe=recipe, moe_overlap=overlap, optimizer_states=states,
+                  moe_dispatcher="deepep" if deepep else None)
 
 
 # NeMo's optim.name for its sharded optimizers (NeMo-Framework-Launcher conf/training: distributed_fused_adam
