@@ -36,10 +36,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import ParplanError
-from .moe import hit_probability
 from ..specs.cluster import Cluster
+from .moe import hit_probability
 
 OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast", "reduce", "send_recv")
+PRICED_OPS = OPS + ("dispatch",)   # a DeepEP dispatch is priced (dispatch_time_s), not benchmarked
 
 # In-switch (NVLS / SHARP) all-reduce: algbw ~275 GB/s of 450 GB/s line rate on 8 H100
 # (NVIDIA/nccl-tests issue 212, sjeaugey).
@@ -216,7 +217,7 @@ def dispatch_time_s(size_bytes, placement: Placement, cluster: Cluster, top_k, e
 
 
 def _bus_factor_array(op: str, n):
-    if op not in OPS and op != "dispatch":  # a dispatch is priced, not benchmarked: not among OPS
+    if op not in PRICED_OPS:
         raise ParplanError(f"unknown collective '{op}'; choose one of {', '.join(OPS)}")
     n = np.maximum(np.asarray(n, float), 1)
     if op == "all_reduce":

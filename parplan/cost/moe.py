@@ -11,7 +11,7 @@ all-to-all token dispatcher; MegaBlocks, arXiv 2211.15841, for the grouped GEMMs
    :data:`EAGER_PASSES` such passes;
 3. the dispatch **all-to-all** over the expert-parallel group (``parplan.layouts.strategies.expert``), and
    with several local experts the received rows **sorted** into expert order (and back before the combine:
-   :data:`SORT_RECEIVED`); under DeepEP the tokens, not their copies, travel and the permute runs on arrival;
+   :func:`block_kernels`); under DeepEP the tokens, not their copies, travel and the permute runs on arrival;
 4. the routed **expert GEMMs**, one grouped GEMM over the device's ``experts / ep`` experts for the
    gate/up projection, the activation, one for the down projection, each ``expert_ffn / etp`` wide;
 5. the combine all-to-all, then **unpermute**: the rows weighted by their gate scores and summed
@@ -169,18 +169,6 @@ def hit_probability(experts, top_k, held):
 EAGER_PASSES = {"moe_permute": 2.8, "moe_unpermute": 5.2}
 
 
-# Under expert parallelism the dispatch all-to-all delivers each source rank's rows for all of this rank's
-# experts together; with more than one local expert they are copied into expert-major order before the
-# grouped GEMMs and back after them: Megatron-Core's all-to-all dispatcher ("Permutation 2: Sort tokens by
-# local expert", MoEAlltoAllTokenDispatcher.dispatch_postprocess and combine_preprocess: sort_chunks_by_idxs,
-# or a transpose copy with drop-and-pad; NVIDIA/Megatron-LM @d98e8a64
-# megatron/core/transformer/moe/token_dispatcher.py) and torchtitan's (_permute, "Reorder tokens from
-# rank-major to expert-major layout", pytorch/torchtitan @b5bcd76c torchtitan/models/common/token_dispatcher.py);
-# DeepSpeed's experts each take a strided chunk of the [ep, local experts, capacity] buffer (a copy to run the
-# GEMM on) and concatenate their outputs (deepspeedai/DeepSpeed v0.14.0 deepspeed/moe/experts.py L29-38).
-SORT_RECEIVED = "training frameworks' all-to-all dispatchers (Megatron-Core, torchtitan, DeepSpeed)"
-
-
 def received_tokens(model: ModelSpec, d):
     """Distinct tokens a device receives under DeepEP: from each of the ``ep etp`` ranks' ``b s / tp``, those
     with an expert here (:func:`hit_probability` of its ``experts / ep`` experts)."""
@@ -194,8 +182,9 @@ def block_kernels(model: ModelSpec, d, rows, activation_impl: str, balanced: boo
     """The kernels of one MoE block on one device, per micro-batch (module docstring); ``rows``: the
     tokens of the tensor-parallel region (the shared experts' GEMM rows); ``permute``: fused or eager;
     ``dispatcher`` (training): ``alltoall`` re-sorts the rows the dispatch brings from source-rank-major to
-    expert-major order and back (:data:`SORT_RECEIVED`); ``deepep`` sends tokens, not their copies, and
-    permutes the tokens it receives into expert rows (and back) on arrival instead; ``none`` (serving) neither."""
+    expert-major order and back, as every training framework's all-to-all dispatcher does; ``deepep`` sends
+    tokens, not their copies, and permutes the tokens it receives into expert rows (and back) on arrival
+    instead; ``none`` (serving) neither."""
     p = parallel(model, d)
     h, e = model.hidden, model.experts
     swiglu = model.activation == "swiglu"
@@ -225,8 +214,17 @@ def block_kernels(model: ModelSpec, d, rows, activation_impl: str, balanced: boo
                                            (2 * sent + held) * h * eager["moe_unpermute"])),
     ]
     if dispatcher == "alltoall":
-        # Read and write each received row once after the dispatch and once before the combine; the
-        # backward runs the inverse permutations over the gradients, the same bytes.
+        # With several local experts, the rows each source rank sends arrive together and are copied into
+        # expert-major order before the grouped GEMMs and back after them, by every training framework's
+        # all-to-all dispatcher: Megatron-Core's ("Permutation 2: Sort tokens by local expert",
+        # MoEAlltoAllTokenDispatcher.dispatch_postprocess and combine_preprocess: sort_chunks_by_idxs, or a
+        # transpose copy with drop-and-pad; NVIDIA/Megatron-LM @d98e8a64 megatron/core/transformer/moe/
+        # token_dispatcher.py), torchtitan's (_permute, "Reorder tokens from rank-major to expert-major
+        # layout", pytorch/torchtitan @b5bcd76c torchtitan/models/common/token_dispatcher.py) and DeepSpeed's
+        # (each expert takes a strided chunk of the [ep, local experts, capacity] buffer, a copy, and the
+        # outputs are concatenated: deepspeedai/DeepSpeed v0.14.0 deepspeed/moe/experts.py L29-38). Each row is
+        # read and written once after the dispatch and once before the combine; the backward runs the inverse
+        # permutations over the gradients, the same bytes.
         regroup = np.where(exchanges(model, d)[0] & (local > 1), 4.0 * busiest * h, 0.0)
         out.insert(3, Kernel("moe_sort_received", "memory", (regroup, regroup)))
     if model.shared_experts:
