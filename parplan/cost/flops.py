@@ -47,7 +47,8 @@ def recompute_flops_per_step(model: ModelSpec, seq, batch, recompute, dtype: str
     """Extra forward FLOPs spent recomputing activations: full, every layer; selective, the attention
     core; selective-op, the matmuls per-op checkpointing does not save (``Op.sac``); selective-layer,
     every N-th layer (:data:`parplan.cost.memory.SELECTIVE_LAYER_EVERY`); norm-act, none (its norms and
-    activations are element-wise passes); save-dots, the attention core (the weight matmuls are kept)."""
+    activations are element-wise passes); save-dots, the attention core (the weight matmuls are kept);
+    mla-up-proj, latent attention's up projections."""
     d = _whole_model_dims(model, seq)
     layer_ops = ops_mod.layer_ops(model, d, dtype, flash_attention=False)
     full = ops_mod.total(layer_ops, "fwd_flops")
@@ -55,9 +56,10 @@ def recompute_flops_per_step(model: ModelSpec, seq, batch, recompute, dtype: str
     flash = ops_mod.layer_ops(model, replace(d, causal=False), dtype, flash_attention=True)
     per_op = ops_mod.total([replace(o, fwd_flops=o.fwd_flops * o.sac) for o in flash], "fwd_flops") if model.is_moe \
         else sum((o.fwd_flops * o.sac for o in flash), 0.0)
+    up = sum((o.fwd_flops for o in layer_ops if o.name in ("q_up", "q_proj", "kv_up")), 0.0) if model.mla else 0.0
     code = recompute_code(recompute)
-    per_layer = np.select([code == 2, code == 1, code == 3, code == 4, code == 6],
-                          [full, core, per_op, full / SELECTIVE_LAYER_EVERY, core], 0.0)
+    per_layer = np.select([code == 2, code == 1, code == 3, code == 4, code == 6, code == 7],
+                          [full, core, per_op, full / SELECTIVE_LAYER_EVERY, core, up], 0.0)
     return np.asarray(batch, float) * model.layers * per_layer
 
 

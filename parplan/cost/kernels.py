@@ -16,7 +16,9 @@ roofline shows in every prediction alike.
   Never below its HBM traffic.
 * An MoE layer's local experts run as one grouped GEMM, taking the roofline's time over the fraction
   the profile measured for grouped launches against the tokens each expert gets (``grouped_gemm``:
-  torch._grouped_mm reaches 0.6 of it at 16-256 tokens per expert on H100, 0.97 from 2048).
+  torch._grouped_mm reaches 0.6 of it at 16-256 tokens per expert on H100, 0.97 from 2048), in FP8
+  at its FP8 curve; a framework that issues one GEMM per expert over several CUDA streams (Transformer
+  Engine's GroupedLinear) at that launch's curves (``streams``, ``streams_fp8``).
 * A linear layer's GEMM under an FP8 recipe runs at the FP8 peak times the 16-bit efficiency
   times the profile's measured FP8 fraction for its scaling (per tensor or per row).
 * An element-wise pass or copy is bytes over HBM bandwidth (``memory_time_s``), plus a launch
@@ -73,8 +75,11 @@ def op_times(hw, op: ops_mod.Op, dtype: str, *, split_k: bool = False, env: Kern
     An op that runs in only a share of the layers (an MoE model's MoE or dense MLP) costs that share of
     its time per layer."""
     fwd, bwd = _op_times(hw, op, dtype, split_k, env)
-    if op.grouped and hw.grouped_gemm is not None:  # grouped launches at the measured share of the roofline
-        frac = np.interp(np.log(np.maximum(op.gemm[0], 1.0)), np.log(hw.grouped_gemm[0]), hw.grouped_gemm[1])
+    if op.grouped and hw.grouped_gemm is not None:  # expert GEMMs at the measured share of the roofline
+        tokens, curves = hw.grouped_gemm
+        base = "streams" if op.grouped == ops_mod.STREAMS and "streams" in curves else "fraction"
+        curve = curves.get(base + "_fp8", curves[base]) if op.fp8 else curves[base]
+        frac = np.interp(np.log(np.maximum(op.gemm[0], 1.0)), np.log(tokens), curve)
         fwd, bwd = fwd / frac, bwd / frac
     if isinstance(op.share, float) and op.share == 1.0:
         return fwd, bwd

@@ -50,6 +50,9 @@ def layer_activation_bytes(model: ModelSpec, d: LocalDims, dtype: str, flash_att
     (MaxText ``remat_policy: minimal``, ``jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims``)
     keeps the layer input and every weight matmul's output (q, k, v, the attention's output projection,
     the MLP's input and output projections) and rebuilds the rest: norms, activations, the attention core.
+    ``mla-up-proj`` (Megatron-Core ``--recompute-modules mla_up_proj``, latent attention only) discards the
+    attention's q, k and v after its forward and rebuilds them from the kept latents (the up projections and the
+    rotary embedding) before its backward.
     ``elementwise``: ops run eager keep more (an eager RMSNorm its fp32 upcast and normalized
     output, 4 bytes per element over the fused kernel's 16-bit input; an eager SwiGLU the SiLU output).
     ``fp8_inputs``: the linear layers keep their inputs cast to FP8 (Transformer Engine), 1 byte each.
@@ -77,6 +80,12 @@ def layer_activation_bytes(model: ModelSpec, d: LocalDims, dtype: str, flash_att
     q_cols, kv_cols = d.heads * d.head_dim, d.kv_heads * d.head_dim
     swiglu = model.activation == "swiglu"
     qkv = tokens * (q_cols + 2 * kv_cols) * bpe          # Q, K for the scores; V for the context
+    latents = 0.0
+    if model.mla:
+        # Latent attention: q and k of d_qk dims per head, v of d_v; each latent's norm input and normalized
+        # output (the up projection's input), and the shared rotary key.
+        qkv = tokens * d.heads * (2 * model.head_dim + model.v_dim) * bpe
+        latents = tokens * (2 * (model.q_lora_rank or 0) + 2 * model.kv_lora_rank + model.qk_rope_dim) * bpe
     proj_in = tokens * q_cols * gemm_in
     act_in = tokens * d.ffn * bpe * (2 if swiglu else 1)
     if "activation" in eager and swiglu:
@@ -88,7 +97,7 @@ def layer_activation_bytes(model: ModelSpec, d: LocalDims, dtype: str, flash_att
         core = lse
     else:
         core = scores * (2 * bpe + mask)                 # softmax output, dropout mask, dropout output
-    full = outer + qkv + proj_in + act_in + mlp_down_in + core
+    full = outer + qkv + latents + proj_in + act_in + mlp_down_in + core
     # An MoE layer keeps its block's tensors in the dense MLP's place (parplan.cost.moe.activation_bytes).
     moe_extra = moe_mod.share(model, d) * (moe_mod.activation_bytes(model, d, bpe, tokens) -
                                            moe_mod.dense_mlp_activation_bytes(model, d, bpe, tokens, gemm_in)) \
@@ -107,9 +116,10 @@ def layer_activation_bytes(model: ModelSpec, d: LocalDims, dtype: str, flash_att
     norm_act = full  # a dense layer's norms are fused into its linears: nothing for Megatron to drop
     if model.is_moe:
         norm_act = full - moe_mod.share(model, d) * (outside * gemm_in + moe_mod.activation_output_bytes(model, d, bpe))
+    mla_up = full - qkv  # q, k, v rebuilt from the latents before the attention's backward
     code = recompute_code(recompute)
-    return np.select([code == 2, code == 1, code == 3, code == 4, code == 5, code == 6],
-                     [kept_input, selective, per_op, per_layer, norm_act, save_dots], full)
+    return np.select([code == 2, code == 1, code == 3, code == 4, code == 5, code == 6, code == 7],
+                     [kept_input, selective, per_op, per_layer, norm_act, save_dots, mla_up], full)
 
 
 def recompute_code(recompute):

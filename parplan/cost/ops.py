@@ -13,9 +13,8 @@ et al. 2021 (Sec. 4.2); with ``fused=False`` the layer runs as Megatron-LM 2019
 wrote it in eager PyTorch (``mpu/transformer.py``): a separate bias add after
 each linear, copies that transpose q, k, v and the context, and the attention
 scores scaled, masked (a multiply and a subtract) and only then soft-maxed, each
-a full pass over the ``b a s^2`` scores.
-
-All dimension fields may be numpy arrays (one entry per candidate layout).
+a full pass over the ``b a s^2`` scores. All dimension fields may be numpy arrays (one entry per
+candidate layout).
 """
 from __future__ import annotations
 
@@ -25,12 +24,14 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..specs.dtypes import BYTES_PER_ELEMENT
+from ..specs.framework import EXPERT_GEMMS
+from ..specs.model import ModelSpec
 from .elementwise import FP8_CAST_BYTES, FP8_CAST_MULTIPLIER, LOSS_TRAFFIC, WEIGHT_CAST_BYTES, traffic
 from . import mla as mla_mod, moe as moe_mod
-from ..specs.model import ModelSpec
 from .parallel_block import parallel_block
 
 MATMUL, BATCHED, FLASH, MEMORY = "matmul", "batched_matmul", "flash_attention", "memory"
+GROUPED, STREAMS, LOOP = EXPERT_GEMMS
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class Op:
     kernels: tuple = (1, 1)  # launches forward and backward (eager ops are several aten kernels)
     fp8: bool = False        # a linear layer's GEMM run in FP8 (its inputs 1 byte each)
     sac: Any = 1.0           # fraction of its forward that per-op selective checkpointing recomputes
-    grouped: bool = False    # an MoE layer's experts as one grouped GEMM (its measured rate: grouped_gemm)
+    grouped: str = ""        # an MoE layer's experts as one GEMM launch or over streams (measured: grouped_gemm)
     family: str = ""         # an eager element-wise op's family (rmsnorm, rope, swiglu, residual, loss), whose
     #                          measured efficiency the hardware profile may carry (efficiency.eager)
     share: Any = 1.0         # fraction of the layers that run it (an MoE model's MoE or dense MLP)
@@ -122,7 +123,7 @@ def _traffic_op(name: str, family: str, impl: str, elems, bpe: int) -> Op:
 
 def layer_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", flash_attention: bool = True,
               dropout: bool = True, fused: bool = True, *, elementwise: Mapping[str, str] | None = None,
-              fp8: Fp8 | None = None, weight_cast_shard=None, grouped_gemm: bool = True,
+              fp8: Fp8 | None = None, weight_cast_shard=None, grouped_gemm: str = GROUPED,
               moe_permute: str = "fused", moe_dispatcher: str = "none") -> list[Op]:
     """Ops of one transformer layer on one device for one micro-batch, in execution order.
 
@@ -132,8 +133,8 @@ def layer_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", flash_attenti
     the activations' 16-bit (or fp32) type; with ``fp8`` the weight GEMMs (experts too) run in FP8 and
     pay their operand casts, while attention and every element-wise op stay in ``dtype``.
     ``weight_cast_shard``: autocast re-casts the fp32 weights every forward (on the ZeRO-3 shard,
-    divided by this); None when weights are kept in 16 bits. ``grouped_gemm``: an MoE layer's local experts
-    run as one grouped GEMM (else one GEMM after another); ``moe_permute``: its token permutes fused or eager;
+    divided by this); None when weights are kept in 16 bits. ``grouped_gemm``: how an MoE layer's experts
+    launch (EXPERT_GEMMS: one grouped GEMM, one each over streams, a loop); ``moe_permute``: its permutes fused or eager;
     ``moe_dispatcher``: how a training run's tokens reach their experts (:func:`parplan.cost.moe.block_kernels`).
     """
     impl = dict(ALL_FUSED if fused else ALL_EAGER)
@@ -238,14 +239,14 @@ def layer_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", flash_attenti
     return ops
 
 
-def _build(k: moe_mod.Kernel, bpe: int, fp8: bool, share=1.0, grouped_gemm: bool = True) -> Op:
+def _build(k: moe_mod.Kernel, bpe: int, fp8: bool, share=1.0, grouped_gemm: str = GROUPED) -> Op:
     """An Op from a kernel shape of :mod:`parplan.cost.moe` or :mod:`parplan.cost.mla`; a GEMM over several
-    experts is one grouped launch (``BATCHED``) or, without ``grouped_gemm``, one launch per expert."""
+    experts is one launch (``BATCHED``: grouped, or over streams) or, with ``grouped_gemm`` loop, one per expert."""
     if k.kind == "gemm":
         m, kk, n, batch = k.args
-        grouped = grouped_gemm and not (isinstance(batch, (int, float)) and batch == 1)
-        op = _gemm(k.name, m, kk, n, bpe, batch, kind=BATCHED if grouped else MATMUL, fp8=fp8 and k.linear)
-        op = replace(op, grouped=grouped)
+        grouped = "" if grouped_gemm == LOOP or (isinstance(batch, (int, float)) and batch == 1) else grouped_gemm
+        op = replace(_gemm(k.name, m, kk, n, bpe, batch, kind=BATCHED if grouped else MATMUL, fp8=fp8 and k.linear),
+                     grouped=grouped)
     elif k.kind == "traffic":
         family, impl, elems = k.args
         op = _traffic_op(k.name, family, impl, elems, bpe)
@@ -256,13 +257,12 @@ def _build(k: moe_mod.Kernel, bpe: int, fp8: bool, share=1.0, grouped_gemm: bool
 
 
 build_kernel = _build  # the public name (serving's absorbed latent-attention products)
-
 DENSE_LINEAR = ("qkv_proj", "out_proj", "mlp_gate_up", "mlp_up", "mlp_down", "qkv_mlp_proj")
 MLP_OPS = ("mlp_gate_up", "mlp_up", "swiglu", "gelu", "relu", "mlp_bias_add", "mlp_down")
 
 
 def _with_moe(ops: list[Op], at: int, model: ModelSpec, d: LocalDims, rows, bpe: int, fp8: bool,
-              activation: str, grouped_gemm: bool = True, permute: str = "fused",
+              activation: str, grouped_gemm: str = GROUPED, permute: str = "fused",
               dispatcher: str = "none") -> list[Op]:
     """The layer's ops with the MoE block (:mod:`parplan.cost.moe`) in the dense MLP's place, each run by
     the share of the layers that are MoE; the dense MLP's ops run by the rest (dropped when none is)."""

@@ -159,6 +159,10 @@ RULES: tuple[Rule, ...] = (
          lambda m, a: f"recompute norm-act rebuilds an MoE layer's pre-MLP norm and expert activation; {m.name} is "
                       f"dense (Megatron-Core fuses its norms into the linears, which --recompute-modules layernorm "
                       f"leaves alone)"),
+    Rule("mla-up-proj recompute of latent attention", ('rc',),
+         lambda m, a: (a.rc == RECOMPUTE.index("mla-up-proj")) & (not m.mla),
+         lambda m, a: f"recompute mla-up-proj rebuilds latent attention's q, k and v from its latents; {m.name} has "
+                      f"no latent attention (q_lora_rank / kv_lora_rank)"),
     Rule("save-dots recompute of dense models", ('rc',),
          lambda m, a: (a.rc == RECOMPUTE.index("save-dots")) & _moe(m),
          lambda m, a: f"recompute save-dots (MaxText's remat_policy minimal) is modelled for dense layers; {m.name}'s "

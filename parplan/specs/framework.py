@@ -17,9 +17,9 @@ framework profile says, each value with its source:
 * ``parallelism``: the tensor/context-parallel modes its code has, its sequence parallelism, and
   whether its tensor-parallel collectives overlap the matmuls they feed (collective matmul);
 * ``recompute``: the activation-checkpointing modes it offers;
-* ``moe``: whether it has expert parallelism, which expert-tensor-parallel sizes it runs, whether its
-  experts run as one grouped GEMM or a loop of GEMMs, and whether it overlaps the token all-to-all
-  with the shared experts;
+* ``moe``: whether it has expert parallelism, which expert-tensor-parallel sizes it runs, how its
+  experts' GEMMs launch (one grouped GEMM, a GEMM each over CUDA streams, or a loop), and whether it
+  overlaps the token all-to-all with the shared experts;
 * the vocabulary padding rule, the optimizer kernel, how master weights are kept, and a
   per-layer host overhead.
 
@@ -56,7 +56,9 @@ OPTIMIZERS = ("fused", "foreach")
 # distributed_fused_adam dtype bf16); or the moments alone in bf16 (Megatron-Core's precision-aware optimizer).
 OPTIMIZER_STATES = ("fp32", "bf16", "bf16-moments")
 SEQUENCE_PARALLEL = ("optional", "always", "never")
-RECOMPUTE_MODES = ("none", "selective", "full", "selective-op", "selective-layer", "norm-act", "save-dots")
+EXPERT_GEMMS = ("grouped", "streams", "loop")  # how a device's experts' GEMMs launch (MoeSoftware.expert_gemms)
+RECOMPUTE_MODES = ("none", "selective", "full", "selective-op", "selective-layer", "norm-act", "save-dots",
+                   "mla-up-proj")
 TP_MODES = ("1d", "2d", "3d")
 CP_MODES = ("ring", "allgather")
 SCHEDULES = ("1f1b", "interleaved", "gpipe", "zb-h1", "dualpipev")
@@ -86,8 +88,8 @@ PARALLEL_KEYS = ("tp_modes", "cp_modes", "sequence_parallel", "tp_overlap", "act
 TP_OVERLAPS = ("none", "collective-matmul")
 ACTIVATION_SHARDS = ("sequence", "hidden")
 VOCAB_KEYS = ("multiple", "times_tp")
-MOE_KEYS = ("expert_parallel", "expert_tensor_parallel", "grouped_gemm", "overlaps", "overlap", "permute",
-            "dispatchers")
+MOE_KEYS = ("expert_parallel", "expert_tensor_parallel", "expert_gemms", "grouped_gemm", "overlaps", "overlap",
+            "permute", "dispatchers")
 # What a token all-to-all can hide under: nothing; the shared experts of its layer (Megatron-Core
 # --moe-shared-expert-overlap); the compute of another micro-batch (--overlap-moe-expert-parallel-comm,
 # the merged forward/backward 1F1B schedule).
@@ -195,7 +197,9 @@ class Parallelism:
 class MoeSoftware:
     expert_parallel: bool = False       # shards experts over an expert-parallel group
     expert_tensor_parallel: str = "one"  # any | one-or-tp (etp is 1 or tp) | one
-    grouped_gemm: bool = False          # the local experts run as one grouped GEMM (else a loop of GEMMs)
+    # How the local experts' GEMMs launch: one grouped kernel, one GEMM each over several CUDA streams
+    # (Transformer Engine's GroupedLinear), or one after another (parplan.cost.ops.EXPERT_GEMMS).
+    expert_gemms: str = "loop"
     # The token permute and weighted unpermute: one fused kernel each (Transformer Engine's moe_permute /
     # moe_unpermute) or eager PyTorch index, product and scatter-add kernels (parplan.cost.moe).
     permute: str = "fused"

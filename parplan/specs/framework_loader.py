@@ -18,7 +18,7 @@ from .framework import (ACTIVATION_SHARDS, ATTENTION_KERNELS, COMPILE_KEYS, CP_M
     PROJECTIONS, RECOMPUTE_MODES, SCHEDULES, TP_OVERLAPS,
     SEQUENCE_PARALLEL, SPLIT_CHUNKS, SPLIT_DEFAULTS, SPLIT_ENDS, SPLIT_KEYS, TP_MODES, VOCAB_KEYS, WEIGHT_CASTS,
     ZERO3_IMPLS, Compile, DataParallelSoftware, Framework, Kernels, Parallelism, PipelineSoftware, PipelineSplit,
-    EXPERT_TP, MOE_DISPATCHERS, MOE_KEYS, MOE_OVERLAPS, MoeSoftware)
+    EXPERT_GEMMS, EXPERT_TP, MOE_DISPATCHERS, MOE_KEYS, MOE_OVERLAPS, MoeSoftware)
 from .registry import shipped, shipped_names
 from .serving_stack import ServingStack, serving_from_dict
 from .yamlio import check_keys, names, number, read_yaml, require_mapping, suggest, text, text_mapping
@@ -56,6 +56,15 @@ def _flag(data, key, what, default: bool) -> bool:
     if not isinstance(value, bool):
         raise ParplanError(f"{what}: field '{key}' must be true or false, got {value!r}")
     return value
+
+
+def _expert_gemms(m, what) -> str:
+    """``expert_gemms`` (one of EXPERT_GEMMS), or the older ``grouped_gemm: true|false`` (grouped | loop)."""
+    if "expert_gemms" in m and "grouped_gemm" in m:
+        raise ParplanError(f"{what}: give expert_gemms or grouped_gemm, not both")
+    if "grouped_gemm" in m:
+        return "grouped" if _flag(m, "grouped_gemm", what, False) else "loop"
+    return text(m, "expert_gemms", what, required=False, choices=EXPERT_GEMMS, default="loop")
 
 
 def _impls(data, key, what, complete: bool) -> dict[str, str]:
@@ -198,7 +207,7 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
     moe = MoeSoftware(expert_parallel=_flag(m, "expert_parallel", f"{what}: moe", False),
                       expert_tensor_parallel=text(m, "expert_tensor_parallel", f"{what}: moe", required=False,
                                                   choices=EXPERT_TP, default="one"),
-                      grouped_gemm=_flag(m, "grouped_gemm", f"{what}: moe", False),
+                      expert_gemms=_expert_gemms(m, f"{what}: moe"),
                       permute=text(m, "permute", f"{what}: moe", required=False, choices=IMPLEMENTATIONS,
                                    default="fused"),
                       overlaps=_choices(m, "overlaps", f"{what}: moe", MOE_OVERLAPS, ("none",)),

@@ -137,8 +137,9 @@ class Hardware:
     # Measured HBM efficiency of eager PyTorch element-wise ops per family (efficiency.eager); a family
     # not measured runs at the copy rate.
     eager_kernels: Mapping[str, float] = field(default_factory=dict)
-    # Grouped expert GEMMs: (tokens per expert, fraction of the GEMM roofline's rate), measured; None: 1.
-    grouped_gemm: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    # Expert GEMMs: (tokens per expert, {curve: fraction of the GEMM roofline's rate}) per launch and dtype
+    # (kernel_tables.GROUPED_CURVES), measured; None: 1.
+    grouped_gemm: tuple[tuple[float, ...], Mapping[str, tuple[float, ...]]] | None = None
     collective_fits: tuple[CollectiveFit, ...] = ()
     # Compute slowdown beside communication kernels (measured); None: overlap costs no compute.
     contention: Contention | None = None

@@ -52,6 +52,9 @@ def curve_from_list(data: Any, what: str) -> MatmulCurve | None:
 
 
 MISALIGNED_BYTES = (1, 2, 4, 8)
+# Expert-GEMM curves: one grouped kernel ("fraction") or one GEMM per expert over several CUDA streams
+# ("streams"), each in 16 bits and in FP8 ("_fp8"); "fraction" is required.
+GROUPED_CURVES = ("fraction", "fraction_fp8", "streams", "streams_fp8")
 
 
 def misaligned_from_dict(data: Any, what: str) -> Mapping[int, float]:
@@ -69,17 +72,23 @@ def misaligned_from_dict(data: Any, what: str) -> Mapping[int, float]:
 
 
 def grouped_from_dict(data: Any, what: str):
-    """``{tokens_per_expert: [...], fraction: [...]}``: grouped GEMMs' rate against the roofline's."""
+    """``{tokens_per_expert: [...], fraction: [...], ...}``: expert GEMMs' rate against the roofline's, as
+    ``(tokens, {curve: fractions})`` over :data:`GROUPED_CURVES`."""
     if data is None:
         return None
     data = require_mapping(data, what)
-    check_keys(data, ("tokens_per_expert", "fraction"), what)
-    tokens, frac = data.get("tokens_per_expert"), data.get("fraction")
-    if not (isinstance(tokens, list) and isinstance(frac, list) and len(tokens) == len(frac) >= 2) or any(
-            isinstance(x, bool) or not isinstance(x, (int, float)) or x <= 0 for x in tokens + frac) \
-            or tokens != sorted(tokens) or max(frac) > 1:
-        raise ParplanError(f"{what}: expected increasing tokens_per_expert and as many fractions in (0, 1]")
-    return tuple(float(x) for x in tokens), tuple(float(x) for x in frac)
+    check_keys(data, ("tokens_per_expert",) + GROUPED_CURVES, what)
+    tokens = data.get("tokens_per_expert")
+    curves = {k: data[k] for k in GROUPED_CURVES if k in data}
+    if not (isinstance(tokens, list) and len(tokens) >= 2 and "fraction" in curves) or any(
+            not isinstance(c, list) or len(c) != len(tokens) for c in curves.values()) or any(
+            isinstance(x, bool) or not isinstance(x, (int, float)) or x <= 0
+            for x in tokens + [v for c in curves.values() for v in c]) \
+            or tokens != sorted(tokens) or max(v for c in curves.values() for v in c) > 1:
+        raise ParplanError(f"{what}: expected increasing tokens_per_expert and as many fractions in (0, 1] in "
+                           f"each of fraction (required), {', '.join(GROUPED_CURVES[1:])}")
+    return tuple(float(x) for x in tokens), MappingProxyType({k: tuple(float(x) for x in c)
+                                                               for k, c in curves.items()})
 
 
 def _fractions(data: Any, keys, what: str) -> Mapping[str, float]:

@@ -51,6 +51,8 @@ from .peak_memory import freed_gradients_at_peak, gradient_note
 # The ops Megatron-Core's --recompute-modules layernorm moe_act runs again in the backward (an MoE layer's
 # pre-MLP norm, its own TENorm, and the experts' activation; the other norms are fused into their linears).
 NORM_ACT_OPS = ("post_attn_norm", "expert_activation")
+# What mla-up-proj runs again: the latent attention's up projections and its rotary embedding.
+MLA_UP_OPS = ("q_up", "q_proj", "kv_up", "rope")
 
 @dataclass(frozen=True)
 class Estimate:
@@ -149,10 +151,11 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
     # norm-act recomputes an MoE layer's pre-MLP norm and the routed experts' activation (NORM_ACT_OPS).
     norm_act_fwd = sum((t[0] * (fields.get("moe_share", 1.0) if o.name == "post_attn_norm" else 1.0)
                         for o, t in zip(lops, times) if o.name in NORM_ACT_OPS), np.float64(0.0))
+    mla_up_fwd = sum((t[0] for o, t in zip(lops, times) if o.name in MLA_UP_OPS), np.float64(0.0))
     # save-dots rebuilds everything but the weight matmuls: norms, activations, the attention core.
-    layer_rec = np.select([rc == 2, rc == 1, rc == 3, rc == 4, rc == 5, rc == 6],
+    layer_rec = np.select([rc == 2, rc == 1, rc == 3, rc == 4, rc == 5, rc == 6, rc == 7],
                           [layer_fwd, attn_fwd, sac_fwd, layer_fwd / SELECTIVE_LAYER_EVERY, norm_act_fwd,
-                           layer_fwd - gemm_fwd], 0.0)
+                           layer_fwd - gemm_fwd, mla_up_fwd], 0.0)
     # The weight-gradient GEMMs: half of each weighted GEMM's backward (dW = X^T dY beside dX = dY W^T).
     layer_wgrad = sum((t[1] / 2 for o, t in zip(lops, times) if o.kind == ops_mod.MATMUL), np.float64(0.0))
     emb_t = [op_times(hw, o, act, env=env) for o in ops_mod.embedding_ops(model, dims, act)]

@@ -424,6 +424,12 @@ def test_megatron_writes_and_reads_the_recompute_modules_and_the_rank_order():
     yaml_back = read_config_text("recompute_granularity: selective\nrecompute_modules: [moe_act, layernorm]\n",
                                  ".yaml", 16, m)
     assert yaml_back.layout["recompute"] == "norm-act"
+    ds = load_model("deepseek-v3")
+    mla = Layout(pp=16, dp=16, micro_batch=1, global_batch=2048, recompute="mla-up-proj", axes=(("ep", 8), ("etp", 1)),
+                 first_stage_layers=3, last_stage_layers=2)
+    text = emit("megatron", mla, ds)
+    assert "--recompute-modules mla_up_proj" in text
+    assert read_config_text(text, ".sh", 256, ds).layout["recompute"] == "mla-up-proj"
 
 
 def test_megatron_refuses_what_its_rank_mapping_and_layout_string_cannot_say():

@@ -44,17 +44,18 @@ def test_every_shipped_run_is_predicted(results, moe_results, tpu_results):
 def test_moe_runs_do_not_regress(moe_results):
     """Mixture-of-experts runs (validation/moe-runs.yaml), a regression gate at what is reached, not the 12%
     median aimed for. The records carry the knobs of the harness that produced each table (Megatron-Bridge's
-    performance configs, the Model Zoo's commands): recompute none or norm-act where it ran them, the pipeline
-    layouts, forced balanced routing, the all-to-all overlap, the DeepEP dispatcher. Five runs exceed the memory
-    model at the knobs they ran (their time is predicted at those knobs), and the signed mean is -25%: the
-    small-expert Qwen3-30B and gpt-oss runs and every B200 run are predicted 12-67% fast (the 25.11 Qwen3-30B
-    row is a regression NVIDIA tracks, Megatron-Bridge issue 1998); the cross-node EP 32 DeepEP run is 7% fast
-    without the all-to-all overlap and 23% fast with it (published 19.7 s and 17.6 s)."""
+    performance configs, the Model Zoo's commands): recompute none, norm-act or mla-up-proj where it ran them, the
+    pipeline layouts, forced balanced routing, the all-to-all overlap, the DeepEP dispatcher. Six runs exceed the
+    memory model with the plan's 10% headroom at the knobs they ran (their time is predicted at those knobs; the
+    B200 DeepSeek-V3 run, 161 of 168 GiB, fits without it), and the signed mean is -26%: the small-expert
+    Qwen3-30B and gpt-oss runs and every B200 run are predicted 12-67% fast (the 25.11 Qwen3-30B row is a
+    regression NVIDIA tracks, Megatron-Bridge issue 1998); the cross-node EP 32 DeepEP run is 8% fast without the
+    all-to-all overlap and 24% fast with it (published 19.7 s and 17.6 s)."""
     s = moe_results["summary"]
     assert s["median_abs_error"] <= 0.24
     assert s["mean_abs_error"] <= 0.27
     assert abs(s["mean_error"]) <= 0.26
-    assert s["no_fitting_plan"] <= 5
+    assert s["no_fitting_plan"] <= 6
 
 
 def test_summary_does_not_regress(results):

@@ -38,6 +38,8 @@ LIST_FLAGS = frozenset({"recompute-modules"})
 TARGET = "megatron"
 PROFILE = "megatron-core"
 FSDP_STRATEGY = {2: "optim_grads", 3: "optim_grads_params"}
+# parplan's recompute modes that are Megatron-Core --recompute-modules lists (selective granularity)
+SELECTIVE_MODULES = {"norm-act": ("layernorm", "moe_act"), "mla-up-proj": ("mla_up_proj",)}
 # The Megatron flags that restate the model, each with the model field it must agree with.
 MODEL_FLAGS = (("num-layers", "layers"), ("hidden-size", "hidden"), ("ffn-hidden-size", "ffn_hidden"),
                ("num-attention-heads", "heads"), ("num-query-groups", "kv_heads"), ("mtp-num-layers", "mtp_layers"),
@@ -109,8 +111,8 @@ def megatron_args(layout: Layout, model: ModelSpec, software=None) -> list[str]:
         args += ["--use-precision-aware-optimizer", "--exp-avg-dtype", "bf16", "--exp-avg-sq-dtype", "bf16"]
     if layout.recompute == "selective":
         args += ["--recompute-granularity", "selective"]
-    elif layout.recompute == "norm-act":
-        args += ["--recompute-granularity", "selective", "--recompute-modules", "layernorm", "moe_act"]
+    elif layout.recompute in SELECTIVE_MODULES:
+        args += ["--recompute-granularity", "selective", "--recompute-modules", *SELECTIVE_MODULES[layout.recompute]]
     elif layout.recompute == "full":
         args += ["--recompute-granularity", "full", "--recompute-method", "uniform", "--recompute-num-layers", "1"]
     dp_sw = software.framework.data_parallel if software is not None else None
@@ -159,7 +161,7 @@ def moe_args(layout: Layout, model: ModelSpec, software=None) -> list[str]:
     if model.moe_layers != model.layers:
         moe = set(model.moe_layer_ids)
         args += ["--moe-layer-freq", "[" + ",".join("1" if i in moe else "0" for i in range(model.layers)) + "]"]
-    if software is None or software.framework.moe.grouped_gemm:
+    if software is None or software.framework.moe.expert_gemms != "loop":
         args.append("--moe-grouped-gemm")
     if model.capacity_factor is not None:
         args += ["--moe-expert-capacity-factor", f"{model.capacity_factor:g}", "--moe-pad-expert-input-to-capacity"]
@@ -272,10 +274,12 @@ def parse_megatron_args(text: str, world_size: int) -> Layout:
         recompute = "full"
     modules = frozenset(str(values.get("recompute-modules") or "core_attn").split())
     if recompute == "selective" and modules != {"core_attn"}:
-        if modules != {"layernorm", "moe_act"}:
+        known = {frozenset(v): k for k, v in SELECTIVE_MODULES.items()}
+        if modules not in known:
             raise ParplanError(f"--recompute-modules {' '.join(sorted(modules))}: parplan models core_attn "
-                               f"(--recompute selective) and layernorm moe_act (--recompute norm-act)")
-        recompute = "norm-act"
+                               f"(--recompute selective), " + ", ".join(
+                                   f"{' '.join(v)} (--recompute {k})" for k, v in SELECTIVE_MODULES.items()))
+        recompute = known[modules]
     dtype = "fp16" if values.get("fp16") else ("fp8" if values.get("fp8-format") else "bf16")
     return Layout(tp=tp, pp=pp, cp=cp, dp=dp, micro_batch=num("micro-batch-size", 1), shard_group=shard_group,
                   global_batch=num("global-batch-size", 0) or None, seq_len=num("seq-length", 0) or None,
