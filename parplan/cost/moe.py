@@ -126,6 +126,22 @@ def touched_experts(model: ModelSpec, d):
     return distinct_experts(model.experts, model.top_k, group_tokens(model, d)) / np.asarray(p.ep, float)
 
 
+def host_syncs(model: ModelSpec, d, expert_gemms: str = "grouped"):
+    """Reads of the tokens per expert by the host in one MoE layer's forward (0 or 1 per device).
+
+    Dropless routing leaves the counts on the device, and the host needs them to size the token all-to-all
+    (ep x etp > 1: Megatron-Core's dispatcher at its ``cuda_sync_point``, torchtitan's splits ``.tolist()``,
+    DeepEP's wait for the received count) or to slice the rows into one GEMM per expert (a loop, or Transformer
+    Engine's GroupedLinear over streams, which reads ``m_splits`` on the host). One grouped kernel takes its
+    offsets on the device, and capacity padding fixes the counts in advance: no read."""
+    if model.capacity_factor is not None:
+        return 0.0
+    p = parallel(model, d)
+    sizing = np.asarray(p.ep) * np.asarray(p.etp) > 1
+    slicing = (expert_gemms != "grouped") & (model.experts / np.asarray(p.ep) > 1)
+    return np.where(sizing | slicing, 1.0, 0.0)
+
+
 def imbalance(model: ModelSpec, d, balanced: bool = False):
     """(busiest device's rows over the mean, how that was found) (module docstring)."""
     if balanced:

@@ -89,7 +89,7 @@ TP_OVERLAPS = ("none", "collective-matmul")
 ACTIVATION_SHARDS = ("sequence", "hidden")
 VOCAB_KEYS = ("multiple", "times_tp")
 MOE_KEYS = ("expert_parallel", "expert_tensor_parallel", "expert_gemms", "grouped_gemm", "overlaps", "overlap",
-            "permute", "dispatchers")
+            "permute", "dispatchers", "sync_s")
 # What a token all-to-all can hide under: nothing; the shared experts of its layer (Megatron-Core
 # --moe-shared-expert-overlap); the compute of another micro-batch (--overlap-moe-expert-parallel-comm,
 # the merged forward/backward 1F1B schedule).
@@ -208,6 +208,8 @@ class MoeSoftware:
     overlaps: tuple[str, ...] = ("none",)
     overlap: str = "none"
     dispatchers: tuple[str, ...] = ("alltoall",)   # MOE_DISPATCHERS it runs; the first is its default
+    # Seconds the GPU idles each time the host reads the tokens per expert (parplan.cost.moe.host_syncs).
+    sync_s: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -213,7 +213,9 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
                       overlaps=_choices(m, "overlaps", f"{what}: moe", MOE_OVERLAPS, ("none",)),
                       overlap=text(m, "overlap", f"{what}: moe", required=False, choices=MOE_OVERLAPS,
                                    default="none"),
-                      dispatchers=_choices(m, "dispatchers", f"{what}: moe", MOE_DISPATCHERS, ("alltoall",)))
+                      dispatchers=_choices(m, "dispatchers", f"{what}: moe", MOE_DISPATCHERS, ("alltoall",)),
+                      sync_s=float(number(m, "sync_s", f"{what}: moe", required=False, positive=False, default=0.0,
+                                          maximum=1.0)))
     if moe.overlap not in moe.overlaps:
         raise ParplanError(f"{what}: moe: overlap '{moe.overlap}' is not one of its overlaps "
                            f"({', '.join(moe.overlaps)})")

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..cost import ops as ops_mod
+from ..cost import moe as moe_mod, ops as ops_mod
 from ..cost.contention import class_seconds
 from ..cost.flops import model_flops_per_step, recompute_flops_per_step
 from ..cost.kernels import op_times
@@ -140,7 +140,10 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
     lops = sw_mod.layer_ops(model, dims, layout, sw, use_dropout, m, strategies)
     times = [op_times(hw, o, act, env=env) for o in lops]
     host = fw.host_overhead_per_layer_s
-    layer_fwd = sum((t[0] for t in times), np.float64(0.0)) + host
+    # The GPU idles while the host reads an MoE layer's tokens per expert, once per forward.
+    sync = fw.moe.sync_s * moe_mod.host_syncs(model, dims, fw.moe.expert_gemms) * fields["moe_share"] \
+        if model.is_moe else 0.0
+    layer_fwd = sum((t[0] for t in times), np.float64(0.0)) + host + sync
     layer_bwd = sum((t[1] for t in times), np.float64(0.0)) + host
     attn_fwd = sum((t[0] for o, t in zip(lops, times) if o.attention_core), np.float64(0.0))
     attn_bwd = sum((t[1] for o, t in zip(lops, times) if o.attention_core), np.float64(0.0))

@@ -75,3 +75,40 @@ def test_a_framework_names_its_expert_launch_or_the_older_flag():
         moe(grouped_gemm=True)
     with pytest.raises(ParplanError, match="expert_gemms"):
         moe(expert_gemms="cutlass")
+
+
+@pytest.mark.parametrize("ep,capacity,launch,reads", [
+    (8, None, "grouped", 1),    # the all-to-all's splits
+    (1, None, "grouped", 0),    # one grouped kernel takes its offsets on the device
+    (1, None, "streams", 1),    # a GEMM per expert: the host slices the rows
+    (8, 1.0, "streams", 0),     # capacity padding fixes the counts in advance
+])
+def test_the_host_reads_the_tokens_per_expert_where_it_must(ep, capacity, launch, reads):
+    from parplan.cost import moe as moe_mod
+    from parplan.specs.model_loader import model_from_dict
+    m = model_from_dict({"name": "toy", "layers": 4, "hidden": 1024, "heads": 8, "kv_heads": 8, "ffn_hidden": 2048,
+                         "activation": "swiglu", "vocab": 32000, "seq_len": 2048, "norm": "rmsnorm",
+                         "position": "rope", "bias": False, "tied_embeddings": False, "experts": 8, "top_k": 2,
+                         "capacity_factor": capacity}, "toy")
+    d = ops_mod.LocalDims(batch=1, seq=2048, seq_kv=2048, hidden=1024, heads=8, kv_heads=8, head_dim=128, ffn=2048,
+                          vocab=32000, norm_shard=1, moe=moe_mod.MoeParallel(1, ep, 1), moe_share=1.0)
+    assert float(moe_mod.host_syncs(m, d, launch)) == reads
+
+
+def test_each_host_read_idles_the_gpu_once_per_moe_layer_forward():
+    """Megatron-Core, dropless, ep 8: every layer's forward is longer than its kernels by the profile's sync_s
+    (170 us), its backward not at all; the same run with capacity padding reads nothing."""
+    import parplan
+    from parplan.layouts.layout import Layout
+    from parplan.specs.model_loader import model_from_dict
+    spec = {"name": "toy", "layers": 4, "hidden": 1024, "heads": 8, "kv_heads": 8, "ffn_hidden": 2048,
+            "activation": "swiglu", "vocab": 32000, "seq_len": 2048, "norm": "rmsnorm", "position": "rope",
+            "bias": False, "tied_embeddings": False, "experts": 8, "top_k": 2}
+    cl = parplan.load_cluster("h100x8")
+    lay = Layout(dp=8, micro_batch=1, global_batch=16, seq_len=2048, axes=(("ep", 8), ("etp", 1)))
+    assert load_framework("megatron-core").moe.sync_s == pytest.approx(1.7e-4)
+    for cf, reads in ((None, 1), (1.0, 0)):
+        est = parplan.estimate(model_from_dict(dict(spec, capacity_factor=cf), "toy"), cl, lay)
+        kernels_fwd = sum(float(t[0]) for t in est.op_times)
+        assert float(est.layer_forward_s) == pytest.approx(kernels_fwd + reads * 1.7e-4)
+        assert float(est.layer_backward_s) == pytest.approx(sum(float(t[1]) for t in est.op_times))
