@@ -98,9 +98,14 @@ WEIGHT_CAST_BYTES = (6, 6)
 # (read), then scale and cast (read, write); backward the output gradient the same and its
 # transposed copy for the weight gradient (read 1, write 1). ``fused`` = the cast written by the
 # producing kernel with its transpose (TE's fused norm/activation and cast-transpose kernels,
-# Inductor): one 1-byte write each. Weights: cast and transposed once per micro-batch or per step.
+# Inductor): one 1-byte write each. ``amax-fused`` = the producer finds the amax as it writes its 16-bit
+# output, then one pass reads that and writes the cast and its transpose (read 2, write 1 + 1); an output
+# gradient or a weight also pays its amax pass (read 2): Transformer Engine's current scaling, whose
+# scale needs the whole tensor's amax before any element is cast (TE normalization.cpp
+# FUSED_NORM_AMAX_FP8). Weights: cast and transposed once per micro-batch or per step.
 FP8_CAST_BYTES = {  # mode -> (forward input, backward output gradient, weight)
     "separate": (5, 7, 7),
+    "amax-fused": (4, 6, 6),
     "fused": (2, 4, 4),
 }
 # Row-wise scaling casts each operand along both axes (one per GEMM it feeds): twice the casts.

@@ -40,7 +40,7 @@ IMPLEMENTATIONS = ("fused", "eager")
 ATTENTION_KERNELS = ("flash2", "flash3", "cudnn", "splash", "xla")
 LOSSES = ("vocab-parallel", "eager-fp32", "fused")
 FP8_RECIPES = ("delayed", "current", "tensorwise", "rowwise", "blockwise", "mxfp8")
-FP8_CASTS = ("fused", "separate")
+FP8_CASTS = ("fused", "amax-fused", "separate")
 WEIGHT_CASTS = ("per-step", "per-microbatch")
 ZERO3_IMPLS = ("flat", "per-parameter", "none")
 GRAD_REDUCE = ("overlapped", "after-backward")
@@ -78,8 +78,8 @@ KERNEL_KEYS = ("attention", "flash_attention", "elementwise", "loss", "weight_ca
 # linear layers (torchtitan, transformers' Llama), which eager autocast feeds one 16-bit cast each.
 PROJECTIONS = ("fused", "separate")
 COMPILE_KEYS = ("available", "default", "elementwise", "loss")
-FP8_KEYS = ("recipes", "default", "casts", "compiled_casts", "weight_cast", "all_gather", "saves_fp8_inputs",
-            "compiled_saves_fp8_inputs", "wgrad")
+FP8_KEYS = ("recipes", "default", "casts", "recipe_casts", "compiled_casts", "weight_cast", "all_gather",
+            "saves_fp8_inputs", "compiled_saves_fp8_inputs", "wgrad")
 DP_KEYS = ("zero", "zero3", "grad_reduce", "reduce_every_microbatch", "backward_prefetch", "gather_bucket_params",
            "reduce_bucket_params", "max_live_params", "grad_dtype", "overlap_param_gather")
 PP_KEYS = ("schedules", "send", "zero", "reduce_every_microbatch", "split", "micro_batch", "micro_batches")
@@ -131,6 +131,8 @@ class FP8:
     wgrad: bool                         # the weight-gradient GEMM runs in FP8 too
     saves_fp8_inputs: bool = False      # linear layers keep their FP8-cast inputs for the backward (TE)
     compiled_saves_fp8_inputs: bool = False  # the same once compiled (the loader's default: saves_fp8_inputs)
+    # Eager casts of a recipe that differ from ``casts`` (TE's current scaling: amax-fused).
+    recipe_casts: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -279,7 +281,8 @@ class Software:
 
     @property
     def fp8_casts(self) -> str:
-        return self.framework.fp8.compiled_casts if self.compiled else self.framework.fp8.casts
+        fp8 = self.framework.fp8
+        return fp8.compiled_casts if self.compiled else fp8.recipe_casts.get(self.fp8_recipe, fp8.casts)
 
     @property
     def fp8_saves_inputs(self) -> bool:

@@ -67,6 +67,13 @@ def _expert_gemms(m, what) -> str:
     return text(m, "expert_gemms", what, required=False, choices=EXPERT_GEMMS, default="loop")
 
 
+def _recipe_casts(f, recipes, what) -> Mapping[str, str]:
+    """``{recipe: casts}`` for recipes whose casts differ from the profile's ``casts``."""
+    table = require_mapping(f.get("recipe_casts") or {}, what)
+    check_keys(table, recipes, what)
+    return MappingProxyType({r: text(table, r, what, choices=FP8_CASTS) for r in table})
+
+
 def _impls(data, key, what, complete: bool) -> dict[str, str]:
     table = data.get(key) or {}
     table = require_mapping(table, f"{what}.{key}")
@@ -159,7 +166,8 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
                                default="per-microbatch"),
               all_gather=_flag(f, "all_gather", f"{what}: fp8", False), wgrad=_flag(f, "wgrad", f"{what}: fp8", True),
               saves_fp8_inputs=saves,
-              compiled_saves_fp8_inputs=_flag(f, "compiled_saves_fp8_inputs", f"{what}: fp8", saves))
+              compiled_saves_fp8_inputs=_flag(f, "compiled_saves_fp8_inputs", f"{what}: fp8", saves),
+              recipe_casts=_recipe_casts(f, recipes, f"{what}: fp8.recipe_casts"))
     d = require_mapping(data.get("data_parallel") or {}, f"{what}: data_parallel")
     w = f"{what}: data_parallel"
     check_keys(d, DP_KEYS, w)

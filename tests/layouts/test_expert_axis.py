@@ -345,6 +345,11 @@ def test_fp8_casts_cover_the_routed_experts_and_not_a_dense_mlp():
     assert float(casts.fwd_bytes) == pytest.approx(2 * inputs + 4 * weights)
     assert float(casts.bwd_bytes) == pytest.approx(4 * grads)
     assert casts.kernels == (4, 4) and not ops["router"].fp8   # qkv, out, the two grouped expert GEMMs
+    # Transformer Engine's current scaling: each input read once more after its producer wrote it in 16 bits
+    # (4 bytes), each output gradient and weight with an amax pass first (6 bytes).
+    amax = {o.name: o for o in ops_mod.layer_ops(m, d, fp8=ops_mod.Fp8(recipe="tensorwise", casts="amax-fused"))}
+    assert float(amax["fp8_casts"].fwd_bytes) == pytest.approx(4 * inputs + 6 * weights)
+    assert float(amax["fp8_casts"].bwd_bytes) == pytest.approx(6 * grads)
 
 
 @pytest.mark.parametrize("ep,passes", [(1, 0), (4, 4), (8, 0)])

@@ -58,6 +58,13 @@ def test_bad_choice_names_the_choices(tmp_path):
     data["fp8"]["recipes"] = ["tensorwise", "fp4"]
     with pytest.raises(ParplanError, match="'recipes' takes"):
         load_framework(_write(tmp_path, data))
+    data = _profile()
+    data["fp8"]["recipe_casts"] = {"delayed": "fused"}    # a recipe torchtitan does not offer
+    with pytest.raises(ParplanError, match="fp8.recipe_casts: unknown key 'delayed'"):
+        load_framework(_write(tmp_path, data))
+    data["fp8"]["recipe_casts"] = {"tensorwise": "amax"}
+    with pytest.raises(ParplanError, match="must be one of fused, amax-fused, separate"):
+        load_framework(_write(tmp_path, data))
 
 
 def test_malformed_yaml_is_one_line(tmp_path):
@@ -90,6 +97,9 @@ def test_resolve_compile_fp8_and_overrides():
     # Engine's delayed scaling casts in the producing kernel.
     assert resolve_software(titan, dtype="fp8", compiled=True).fp8_casts == "separate"
     assert resolve_software(load_framework("megatron-core"), dtype="fp8").fp8_casts == "fused"
+    # Megatron-Core's tensorwise recipe is TE's current scaling: the norm writes 16 bits and its amax, a pass casts.
+    assert resolve_software(load_framework("megatron-core"), dtype="fp8", fp8_recipe="tensorwise").fp8_casts == \
+        "amax-fused"
     unfused = resolve_software(load_framework("megatron-core"), fused_kernels=False)
     assert set(unfused.elementwise.values()) == {"eager"}
     assert resolve_software(load_framework("megatron-lm")).attention_kernels == ()
