@@ -15,9 +15,9 @@ say are measured here:
   one grouped launch, a loop on one stream and a loop round-robin over 4 streams.
 
 Every time is the GPU's alone: a GPU sleep is queued ahead of each repeat so that the host has launched every
-kernel before the GPU reaches them (gpu_common.timed). Each row carries the model's time for the same GEMMs
-(``predicted_*_s``: one grouped launch at the profile's curve, and one GEMM per expert), so the ratios give the
-curve a profile needs.
+kernel before the GPU reaches them (gpu_common.timed); the sleep also lets the GPU run above its loaded clock,
+which scripts/grouped_gemm_curve.py takes out against a back-to-back run of scripts/gpu_moe.py. Each row
+carries the model's time for the same GEMMs as the profile prices them now (``predicted_{dtype}_{launch}_s``).
 
     PYTHONPATH=. python3 scripts/gpu_moe_fp8.py OUT_DIR           # H100/H200, a few minutes
     PYTHONPATH=. python3 scripts/gpu_moe_fp8.py OUT_DIR --quick   # two shapes, for a smoke run
@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gpu_common import Table, gpu_profile, timed  # noqa: E402
 
 from parplan.cost import ops as ops_mod  # noqa: E402
-from parplan.cost.kernels import KernelEnv, gemm_time_s, op_times  # noqa: E402
+from parplan.cost.kernels import KernelEnv, op_times  # noqa: E402
 
 # (model, hidden, expert width): the gate/up GEMM of each is tokens x hidden x 2 * width
 SHAPES = (("qwen3-30b-a3b", 2048, 768), ("qwen3-235b-a22b", 4096, 1536), ("deepseek-v3", 7168, 2048),
@@ -83,13 +83,12 @@ def grouped_fp8(xq, wq_t, offs, sa, sb):
     return torch._scaled_grouped_mm(xq, wq_t, sa, sb, offs=offs, out_dtype=torch.bfloat16)
 
 
-def predicted(hw, e, t, h, n, fp8: bool):
-    """parplan's (grouped, looped) seconds of ``e`` experts' t x h x n GEMMs, forward only."""
-    op = replace(ops_mod._gemm("expert_gate_up", t, h, n, 2, batch=e, kind=ops_mod.BATCHED, fp8=fp8), grouped=True)
-    grouped = float(op_times(hw, op, "bf16", env=KernelEnv(fp8_scaling="tensorwise"))[0])
-    scale = hw.matmul_fp8.get("tensorwise", 1.0) if fp8 else 1.0
-    looped = e * float(gemm_time_s(hw, t, h, n, "fp8" if fp8 else "bf16", efficiency_scale=scale))
-    return grouped, looped
+def predicted(hw, e, t, h, n, fp8: bool, launch: str):
+    """parplan's forward seconds of ``e`` experts' t x h x n GEMMs launched as ``launch`` (ops.GROUPED, with
+    row-wise FP8 scales as torch._scaled_grouped_mm takes them, or ops.STREAMS, per tensor)."""
+    op = replace(ops_mod._gemm("expert_gate_up", t, h, n, 2, batch=e, kind=ops_mod.BATCHED, fp8=fp8), grouped=launch)
+    scaling = "rowwise" if launch == ops_mod.GROUPED else "tensorwise"
+    return float(op_times(hw, op, "bf16", env=KernelEnv(fp8_scaling=scaling))[0])
 
 
 def rows_for(hw, shapes, experts, tpes, reps):
@@ -130,8 +129,9 @@ def rows_for(hw, shapes, experts, tpes, reps):
                     row["fp8_grouped_s"] = time_it(lambda: grouped_fp8(xq, wq_t, offs, sa, sb))
                 else:
                     row["fp8_grouped_s"] = math.nan
-                (row["predicted_bf16_grouped_s"], row["predicted_bf16_loop_s"]) = predicted(hw, e, t, h, n, False)
-                (row["predicted_fp8_grouped_s"], row["predicted_fp8_loop_s"]) = predicted(hw, e, t, h, n, True)
+                for dtype in ("bf16", "fp8"):
+                    for launch in (ops_mod.GROUPED, ops_mod.STREAMS):
+                        row[f"predicted_{dtype}_{launch}_s"] = predicted(hw, e, t, h, n, dtype == "fp8", launch)
                 best = {k: flops / row[k] / 1e12 for k in row if k.endswith("_s") and not k.startswith("pred")
                         and row[k] == row[k]}
                 print(f"{name} E={e} t={t}: " + ", ".join(f"{k[:-2]} {v:.0f}" for k, v in best.items())

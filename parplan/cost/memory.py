@@ -86,7 +86,7 @@ def layer_activation_bytes(model: ModelSpec, d: LocalDims, dtype: str, flash_att
         # output (the up projection's input), and the shared rotary key.
         qkv = tokens * d.heads * (2 * model.head_dim + model.v_dim) * bpe
         latents = tokens * (2 * (model.q_lora_rank or 0) + 2 * model.kv_lora_rank + model.qk_rope_dim) * bpe
-    proj_in = tokens * q_cols * gemm_in
+    proj_in = tokens * (d.heads * model.v_dim if model.mla else q_cols) * gemm_in   # the output projection's input
     act_in = tokens * d.ffn * bpe * (2 if swiglu else 1)
     if "activation" in eager and swiglu:
         act_in = act_in + tokens * d.ffn * bpe

@@ -123,7 +123,7 @@ def _traffic_op(name: str, family: str, impl: str, elems, bpe: int) -> Op:
 
 def layer_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", flash_attention: bool = True,
               dropout: bool = True, fused: bool = True, *, elementwise: Mapping[str, str] | None = None,
-              fp8: Fp8 | None = None, weight_cast_shard=None, grouped_gemm: str = GROUPED,
+              fp8: Fp8 | None = None, weight_cast_shard=None, expert_gemms: str = GROUPED,
               moe_permute: str = "fused", moe_dispatcher: str = "none") -> list[Op]:
     """Ops of one transformer layer on one device for one micro-batch, in execution order.
 
@@ -133,8 +133,8 @@ def layer_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", flash_attenti
     the activations' 16-bit (or fp32) type; with ``fp8`` the weight GEMMs (experts too) run in FP8 and
     pay their operand casts, while attention and every element-wise op stay in ``dtype``.
     ``weight_cast_shard``: autocast re-casts the fp32 weights every forward (on the ZeRO-3 shard,
-    divided by this); None when weights are kept in 16 bits. ``grouped_gemm``: how an MoE layer's experts
-    launch (EXPERT_GEMMS: one grouped GEMM, one each over streams, a loop); ``moe_permute``: its permutes fused or eager;
+    divided by this); None when weights are kept in 16 bits. ``expert_gemms``: how an MoE layer's experts
+    launch (EXPERT_GEMMS: one grouped GEMM, one each over streams, a loop); ``moe_permute``: fused or eager;
     ``moe_dispatcher``: how a training run's tokens reach their experts (:func:`parplan.cost.moe.block_kernels`).
     """
     impl = dict(ALL_FUSED if fused else ALL_EAGER)
@@ -224,7 +224,7 @@ def layer_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", flash_attenti
         *_residual("mlp_residual", row, mask, bpe, impl["residual"], bias if "bias" in eager else 0.0),
     ]
     if model.is_moe:
-        ops = _with_moe(ops, mlp_at, model, d, rows, bpe, lin, impl["activation"], grouped_gemm, moe_permute,
+        ops = _with_moe(ops, mlp_at, model, d, rows, bpe, lin, impl["activation"], expert_gemms, moe_permute,
                         moe_dispatcher)
     if model.parallel_layers:
         ops = parallel_block(ops)
@@ -239,12 +239,12 @@ def layer_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", flash_attenti
     return ops
 
 
-def _build(k: moe_mod.Kernel, bpe: int, fp8: bool, share=1.0, grouped_gemm: str = GROUPED) -> Op:
+def _build(k: moe_mod.Kernel, bpe: int, fp8: bool, share=1.0, expert_gemms: str = GROUPED) -> Op:
     """An Op from a kernel shape of :mod:`parplan.cost.moe` or :mod:`parplan.cost.mla`; a GEMM over several
-    experts is one launch (``BATCHED``: grouped, or over streams) or, with ``grouped_gemm`` loop, one per expert."""
+    experts is one launch (``BATCHED``: grouped, or over streams) or, with ``expert_gemms`` loop, one per expert."""
     if k.kind == "gemm":
         m, kk, n, batch = k.args
-        grouped = "" if grouped_gemm == LOOP or (isinstance(batch, (int, float)) and batch == 1) else grouped_gemm
+        grouped = "" if expert_gemms == LOOP or (isinstance(batch, (int, float)) and batch == 1) else expert_gemms
         op = replace(_gemm(k.name, m, kk, n, bpe, batch, kind=BATCHED if grouped else MATMUL, fp8=fp8 and k.linear),
                      grouped=grouped)
     elif k.kind == "traffic":
@@ -262,7 +262,7 @@ MLP_OPS = ("mlp_gate_up", "mlp_up", "swiglu", "gelu", "relu", "mlp_bias_add", "m
 
 
 def _with_moe(ops: list[Op], at: int, model: ModelSpec, d: LocalDims, rows, bpe: int, fp8: bool,
-              activation: str, grouped_gemm: str = GROUPED, permute: str = "fused",
+              activation: str, expert_gemms: str = GROUPED, permute: str = "fused",
               dispatcher: str = "none") -> list[Op]:
     """The layer's ops with the MoE block (:mod:`parplan.cost.moe`) in the dense MLP's place, each run by
     the share of the layers that are MoE; the dense MLP's ops run by the rest (dropped when none is)."""
@@ -272,7 +272,7 @@ def _with_moe(ops: list[Op], at: int, model: ModelSpec, d: LocalDims, rows, bpe:
     out = []
     for i, o in enumerate(ops):
         if i == at:
-            out += [_build(k, bpe, fp8, s, grouped_gemm)
+            out += [_build(k, bpe, fp8, s, expert_gemms)
                     for k in moe_mod.block_kernels(model, d, rows, activation, permute=permute,
                                                    dispatcher=dispatcher)]
         if o.name in MLP_OPS:

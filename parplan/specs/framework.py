@@ -200,7 +200,7 @@ class MoeSoftware:
     expert_parallel: bool = False       # shards experts over an expert-parallel group
     expert_tensor_parallel: str = "one"  # any | one-or-tp (etp is 1 or tp) | one
     # How the local experts' GEMMs launch: one grouped kernel, one GEMM each over several CUDA streams
-    # (Transformer Engine's GroupedLinear), or one after another (parplan.cost.ops.EXPERT_GEMMS).
+    # (Transformer Engine's GroupedLinear), or one after another (EXPERT_GEMMS).
     expert_gemms: str = "loop"
     # The token permute and weighted unpermute: one fused kernel each (Transformer Engine's moe_permute /
     # moe_unpermute) or eager PyTorch index, product and scatter-add kernels (parplan.cost.moe).

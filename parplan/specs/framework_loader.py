@@ -67,6 +67,14 @@ def _expert_gemms(m, what) -> str:
     return text(m, "expert_gemms", what, required=False, choices=EXPERT_GEMMS, default="loop")
 
 
+def _seconds(data, key, what) -> float:
+    """A host time that may be 0 (absent: 0), never negative."""
+    value = float(number(data, key, what, required=False, positive=False, default=0.0, maximum=1.0))
+    if value < 0:
+        raise ParplanError(f"{what}: field '{key}' must be 0 or more seconds, got {value!r}")
+    return value
+
+
 def _recipe_casts(f, recipes, what) -> Mapping[str, str]:
     """``{recipe: casts}`` for recipes whose casts differ from the profile's ``casts``."""
     table = require_mapping(f.get("recipe_casts") or {}, what)
@@ -222,8 +230,7 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
                       overlap=text(m, "overlap", f"{what}: moe", required=False, choices=MOE_OVERLAPS,
                                    default="none"),
                       dispatchers=_choices(m, "dispatchers", f"{what}: moe", MOE_DISPATCHERS, ("alltoall",)),
-                      sync_s=float(number(m, "sync_s", f"{what}: moe", required=False, positive=False, default=0.0,
-                                          maximum=1.0)))
+                      sync_s=_seconds(m, "sync_s", f"{what}: moe"))
     if moe.overlap not in moe.overlaps:
         raise ParplanError(f"{what}: moe: overlap '{moe.overlap}' is not one of its overlaps "
                            f"({', '.join(moe.overlaps)})")
@@ -243,8 +250,7 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
         optimizer=text(data, "optimizer", what, choices=OPTIMIZERS),
         master_weights=text(data, "master_weights", what, choices=MASTER_WEIGHTS),
         gradients=text(data, "gradients", what, required=False, choices=GRADIENTS, default="persistent"),
-        host_overhead_per_layer_s=number(data, "host_overhead_per_layer_s", what, required=False, positive=False,
-                                         default=0.0, maximum=1.0),
+        host_overhead_per_layer_s=_seconds(data, "host_overhead_per_layer_s", what),
         elementwise_efficiency=eff,
         aliases=names(data, "aliases", what), sources=MappingProxyType(text_mapping(data, "sources", what)),
         path=path, moe=moe, mtp=_flag(data, "mtp", what, False), optimizer_states=states)

@@ -86,7 +86,7 @@ def layer_ops(model, dims, layout, sw: Software, dropout: bool, micro_batches, s
                           weight_casts_per_microbatch=1.0 / np.maximum(micro_batches, 1) if per_step else 1.0,
                           weight_shard=shard)
     # Compiled, Inductor fuses the permute's gather and the unpermute's product and scatter-add [assumed].
-    moe = {"grouped_gemm": fw.moe.expert_gemms, "moe_permute": "fused" if sw.compiled else fw.moe.permute,
+    moe = {"expert_gemms": fw.moe.expert_gemms, "moe_permute": "fused" if sw.compiled else fw.moe.permute,
            "moe_dispatcher": sw.moe_dispatcher} if model.is_moe else {}
     ops = ops_mod.layer_ops(model, dims, act, sw.flash_attention, dropout, elementwise=sw.elementwise, fp8=fp8,
                             weight_cast_shard=shard if casts_weights(sw, layout.dtype) else None, **moe)

@@ -75,6 +75,8 @@ def test_a_framework_names_its_expert_launch_or_the_older_flag():
         moe(grouped_gemm=True)
     with pytest.raises(ParplanError, match="expert_gemms"):
         moe(expert_gemms="cutlass")
+    with pytest.raises(ParplanError, match="'sync_s' must be 0 or more seconds"):
+        moe(sync_s=-0.5)
 
 
 @pytest.mark.parametrize("ep,capacity,launch,reads", [
