@@ -316,7 +316,7 @@ def _fp8_casts(ops: list[Op], fp8: Fp8) -> Op:
     weights = weights / fp8.weight_shard * fp8.weight_casts_per_microbatch
     launches = sum(o.share for o in ops if o.fp8) * (2 if fp8.casts == "separate" else 1)
     return Op("fp8_casts", MEMORY, 0.0, 0.0, times * (inputs * fwd_b + weights * w_b), times * grads * bwd_b,
-              streaming=True, kernels=(launches, launches))
+              streaming=True, kernels=(launches, launches * (2 if fp8.casts == "amax-fused" else 1)))  # amax, cast
 
 
 def _norm_op(name: str, model: ModelSpec, row, bpe: int, impl: str) -> Op:

@@ -350,6 +350,7 @@ def test_fp8_casts_cover_the_routed_experts_and_not_a_dense_mlp():
     amax = {o.name: o for o in ops_mod.layer_ops(m, d, fp8=ops_mod.Fp8(recipe="tensorwise", casts="amax-fused"))}
     assert float(amax["fp8_casts"].fwd_bytes) == pytest.approx(4 * inputs + 6 * weights)
     assert float(amax["fp8_casts"].bwd_bytes) == pytest.approx(6 * grads)
+    assert amax["fp8_casts"].kernels == (4, 8)   # backward: an amax pass, then the cast, for each gradient
 
 
 @pytest.mark.parametrize("ep,passes", [(1, 0), (4, 4), (8, 0)])

@@ -56,3 +56,11 @@ def test_mla_up_proj_needs_latent_attention():
     cl = parplan.load_cluster("h100x8")
     with pytest.raises(ParplanError, match="recompute mla-up-proj rebuilds latent attention"):
         parplan.estimate(parplan.load_model("llama3.1-8b"), cl, Layout(dp=8, global_batch=16, recompute="mla-up-proj"))
+
+
+def test_latent_attention_keeps_v_and_the_output_projection_input_at_the_value_width():
+    """v and the output projection's input are heads x v_head_dim wide, not the q/k width: widening v from 64 to
+    96 dims keeps 2048 x 8 x 32 more elements twice (v, and the projection's input), 2 bytes each."""
+    m, wide = model_from_dict(TOY, "toy"), model_from_dict(dict(TOY, v_head_dim=96), "toy")
+    grown = (float(layer_activation_bytes(x, _dims(x), "bf16", True, False, "none")) for x in (wide, m))
+    assert next(grown) - next(grown) == pytest.approx(2 * 2048 * 8 * 32 * 2)

@@ -47,7 +47,7 @@ def test_moe_runs_do_not_regress(moe_results):
     performance configs, the Model Zoo's commands): recompute none, norm-act or mla-up-proj where it ran them, the
     pipeline layouts, forced balanced routing, the all-to-all overlap, the DeepEP dispatcher. Six runs exceed the
     memory model with the plan's 10% headroom at the knobs they ran (their time is predicted at those knobs; the
-    B200 DeepSeek-V3 run, 161 of 168 GiB, fits without it), and the signed mean is -24%: the small-expert
+    B200 DeepSeek-V3 run, 161 of 168 GiB, fits without it), and the signed mean is -25%: the small-expert
     Qwen3-30B and gpt-oss runs and every B200 run are predicted 10-65% fast (the 25.11 Qwen3-30B row is a
     regression NVIDIA tracks, Megatron-Bridge issue 1998); the cross-node EP 32 DeepEP run is 7% fast without the
     all-to-all overlap and 23% fast with it (published 19.7 s and 17.6 s)."""
