@@ -77,7 +77,7 @@ def _seconds(data, key, what) -> float:
 
 def _recipe_casts(f, recipes, what) -> Mapping[str, str]:
     """``{recipe: casts}`` for recipes whose casts differ from the profile's ``casts``."""
-    table = require_mapping(f.get("recipe_casts") or {}, what)
+    table = require_mapping({} if f.get("recipe_casts") is None else f["recipe_casts"], what)
     check_keys(table, recipes, what)
     return MappingProxyType({r: text(table, r, what, choices=FP8_CASTS) for r in table})
 

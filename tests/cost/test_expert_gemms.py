@@ -114,3 +114,22 @@ def test_each_host_read_idles_the_gpu_once_per_moe_layer_forward():
         kernels_fwd = sum(float(t[0]) for t in est.op_times)
         assert float(est.layer_forward_s) == pytest.approx(kernels_fwd + reads * 1.7e-4)
         assert float(est.layer_backward_s) == pytest.approx(sum(float(t[1]) for t in est.op_times))
+
+
+def test_the_shipped_curves_are_what_the_curve_script_makes_of_the_stored_measurements():
+    """hardware/h100-sxm.yaml's grouped_gemm curves are scripts/grouped_gemm_curve.py's output for the two stored
+    H100 runs, to the two decimals the profile keeps."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "scripts/grouped_gemm_curve.py",
+                          "reports/moe/h100-2026-12-06b/moe_gemm_fp8.csv", "reports/moe/h100-2026-12-06/moe_gemm.csv"],
+                         cwd=root, capture_output=True, text=True, check=True).stdout
+    printed = {line.split(":")[0].strip(): [float(x) for x in line.split("[")[1].rstrip("]").split(",")]
+               for line in out.splitlines() if line.startswith("  ") and "[" in line}
+    tokens, curves = load_hardware("h100-sxm").grouped_gemm
+    assert printed.pop("tokens_per_expert") == list(tokens)
+    assert printed.keys() == curves.keys()
+    for name, values in printed.items():
+        assert list(curves[name]) == pytest.approx(values, abs=1e-9), name
