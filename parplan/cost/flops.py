@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from . import ops as ops_mod
+from . import mla as mla_mod, ops as ops_mod
 from .memory import SELECTIVE_LAYER_EVERY, recompute_code
 from ..specs.model import ModelSpec
 
@@ -56,7 +56,7 @@ def recompute_flops_per_step(model: ModelSpec, seq, batch, recompute, dtype: str
     flash = ops_mod.layer_ops(model, replace(d, causal=False), dtype, flash_attention=True)
     per_op = ops_mod.total([replace(o, fwd_flops=o.fwd_flops * o.sac) for o in flash], "fwd_flops") if model.is_moe \
         else sum((o.fwd_flops * o.sac for o in flash), 0.0)
-    up = sum((o.fwd_flops for o in layer_ops if o.name in ("q_up", "q_proj", "kv_up")), 0.0) if model.mla else 0.0
+    up = sum((o.fwd_flops for o in layer_ops if o.name in mla_mod.UP_PROJECTIONS), 0.0) if model.mla else 0.0
     code = recompute_code(recompute)
     per_layer = np.select([code == 2, code == 1, code == 3, code == 4, code == 6, code == 7],
                           [full, core, per_op, full / SELECTIVE_LAYER_EVERY, core, up], 0.0)

@@ -25,6 +25,11 @@ from ..specs.model import ModelSpec
 from .moe import Kernel
 
 
+# The up projections (a query without q_lora_rank has one projection instead), which Megatron-Core's
+# --recompute-modules mla_up_proj runs again with the rotary embedding before the attention's backward.
+UP_PROJECTIONS = ("q_up", "q_proj", "kv_up")
+
+
 def projection_kernels(model: ModelSpec, d, rows) -> list[Kernel]:
     """The query, key and value projections of one layer on one device, per micro-batch (training, prefill)."""
     h, c, rope = model.hidden, model.kv_lora_rank, model.qk_rope_dim

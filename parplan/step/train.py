@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..cost import moe as moe_mod, ops as ops_mod
+from ..cost import mla as mla_mod, moe as moe_mod, ops as ops_mod
 from ..cost.contention import class_seconds
 from ..cost.flops import model_flops_per_step, recompute_flops_per_step
 from ..cost.kernels import op_times
@@ -52,7 +52,7 @@ from .peak_memory import freed_gradients_at_peak, gradient_note
 # pre-MLP norm, its own TENorm, and the experts' activation; the other norms are fused into their linears).
 NORM_ACT_OPS = ("post_attn_norm", "expert_activation")
 # What mla-up-proj runs again: the latent attention's up projections and its rotary embedding.
-MLA_UP_OPS = ("q_up", "q_proj", "kv_up", "rope")
+MLA_UP_OPS = mla_mod.UP_PROJECTIONS + ("rope",)
 
 @dataclass(frozen=True)
 class Estimate:
