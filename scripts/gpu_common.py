@@ -36,6 +36,45 @@ def timed(fn, reps: int = 20, warmup: int = 3, batch: int = 1, before=None, slee
     return statistics.median(times)
 
 
+def host_and_wall(forward, grad, reps: int = 20, warmup: int = 3) -> dict[str, float]:
+    """Medians of a forward and of its backward (``grad`` fed to its output), each timed twice: to the
+    call's return (the host's issue time, any sync inside included) and to a closing synchronize (wall)."""
+    import time
+    for _ in range(warmup):
+        torch.autograd.backward(forward(), grad)
+    torch.cuda.synchronize()
+    times = {k: [] for k in ("fwd_wall_s", "bwd_wall_s", "fwd_issue_s", "bwd_issue_s")}
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = forward()
+        t1 = time.perf_counter()
+        torch.cuda.synchronize()
+        t2 = time.perf_counter()
+        torch.autograd.backward(out, grad)
+        t3 = time.perf_counter()
+        torch.cuda.synchronize()
+        t4 = time.perf_counter()
+        for k, v in zip(times, (t2 - t0, t4 - t2, t1 - t0, t3 - t2)):
+            times[k].append(v)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def launch_counts(step) -> tuple[int, int]:
+    """(kernel launches, host syncs) the host issues in one call of ``step`` (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+        torch.cuda.synchronize()
+    kernels = syncs = 0
+    for e in prof.key_averages():
+        if e.key in ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx"):
+            kernels += e.count
+        elif e.key in ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize"):
+            syncs += e.count
+    return kernels, syncs
+
+
 def profile_for(gpu_name: str) -> str:
     """The shipped parplan profile of a GPU, from its CUDA device name."""
     name = gpu_name.upper()

@@ -71,13 +71,14 @@ DEFAULT_FRAMEWORK = {"gpu": "megatron-core", "tpu": "jax"}
 
 FRAMEWORK_KEYS = ("name", "aliases", "description", "devices", "emit", "kernels", "compile", "fp8", "data_parallel",
                   "pipeline", "parallelism", "recompute", "vocab", "optimizer", "master_weights",
-                  "gradients", "host_overhead_per_layer_s", "elementwise_efficiency", "serving", "sources", "moe",
-                  "mtp", "optimizer_states")
+                  "gradients", "host_overhead_per_layer_s", "host", "elementwise_efficiency", "serving", "sources",
+                  "moe", "mtp", "optimizer_states")
+HOST_KEYS = ("layer_s", "moe_s", "expert_s")
 KERNEL_KEYS = ("attention", "flash_attention", "elementwise", "loss", "weight_casts", "projections")
 # How the q, k, v and the gate and up projections are held: one fused GEMM each (Megatron, MPT) or separate
 # linear layers (torchtitan, transformers' Llama), which eager autocast feeds one 16-bit cast each.
 PROJECTIONS = ("fused", "separate")
-COMPILE_KEYS = ("available", "default", "elementwise", "loss")
+COMPILE_KEYS = ("available", "default", "elementwise", "loss", "host")
 FP8_KEYS = ("recipes", "default", "casts", "recipe_casts", "compiled_casts", "weight_cast", "all_gather",
             "saves_fp8_inputs", "compiled_saves_fp8_inputs", "wgrad")
 DP_KEYS = ("zero", "zero3", "grad_reduce", "reduce_every_microbatch", "backward_prefetch", "gather_bucket_params",
@@ -113,11 +114,23 @@ class Kernels:
 
 
 @dataclass(frozen=True)
+class HostTimes:
+    """Seconds the host takes to issue one layer's kernels, (forward, backward) (parplan.cost.host):
+    a transformer layer, what an MoE layer's router, dispatch and combine add, and each local expert
+    whose GEMMs launch one by one (a loop, or Transformer Engine's streams)."""
+
+    layer_s: tuple[float, float] = (0.0, 0.0)
+    moe_s: tuple[float, float] = (0.0, 0.0)
+    expert_s: tuple[float, float] = (0.0, 0.0)
+
+
+@dataclass(frozen=True)
 class Compile:
     available: bool
     default: bool
     elementwise: Mapping[str, str]      # what compiling turns each op into
     loss: str | None                    # the loss kernel once compiled (None: unchanged)
+    host: HostTimes | None = None       # the host's launches once compiled (None: as eager)
 
 
 @dataclass(frozen=True)
@@ -233,6 +246,7 @@ class Framework:
     master_weights: str
     gradients: str = "persistent"       # GRADIENTS: kept between steps, or freed and allocated by the backward
     host_overhead_per_layer_s: float = 0.0
+    host: HostTimes = HostTimes()
     elementwise_efficiency: float | None = None  # fitted by calibrate; None: the hardware profile's
     aliases: tuple[str, ...] = ()
     sources: Mapping[str, str] = field(default_factory=dict)
@@ -278,6 +292,12 @@ class Software:
     def attention_kernels(self) -> tuple[str, ...]:
         """The fused attention kernels in the framework's order of preference; () when attention is unfused."""
         return self.framework.kernels.attention if self.flash_attention else ()
+
+    @property
+    def host(self) -> HostTimes:
+        """The host's time to issue a layer (parplan.cost.host), compiled or eager as the run is."""
+        c = self.framework.compile.host
+        return c if self.compiled and c is not None else self.framework.host
 
     @property
     def fp8_casts(self) -> str:

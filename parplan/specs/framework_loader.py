@@ -18,7 +18,7 @@ from .framework import (ACTIVATION_SHARDS, ATTENTION_KERNELS, COMPILE_KEYS, CP_M
     PROJECTIONS, RECOMPUTE_MODES, SCHEDULES, TP_OVERLAPS,
     SEQUENCE_PARALLEL, SPLIT_CHUNKS, SPLIT_DEFAULTS, SPLIT_ENDS, SPLIT_KEYS, TP_MODES, VOCAB_KEYS, WEIGHT_CASTS,
     ZERO3_IMPLS, Compile, DataParallelSoftware, Framework, Kernels, Parallelism, PipelineSoftware, PipelineSplit,
-    EXPERT_GEMMS, EXPERT_TP, MOE_DISPATCHERS, MOE_KEYS, MOE_OVERLAPS, MoeSoftware)
+    EXPERT_GEMMS, EXPERT_TP, HOST_KEYS, MOE_DISPATCHERS, MOE_KEYS, MOE_OVERLAPS, HostTimes, MoeSoftware)
 from .registry import shipped, shipped_names
 from .serving_stack import ServingStack, serving_from_dict
 from .yamlio import check_keys, names, number, read_yaml, require_mapping, suggest, text, text_mapping
@@ -73,6 +73,19 @@ def _seconds(data, key, what) -> float:
     if value < 0:
         raise ParplanError(f"{what}: field '{key}' must be 0 or more seconds, got {value!r}")
     return value
+
+
+def _host(data, what) -> HostTimes:
+    """The ``host`` block: each key a [forward, backward] pair of seconds, 0 or more (absent: 0, 0)."""
+    h = require_mapping(data.get("host") or {}, f"{what}: host")
+    check_keys(h, HOST_KEYS, f"{what}: host")
+    pairs = {}
+    for key in HOST_KEYS:
+        v = h.get(key, [0.0, 0.0])
+        if not isinstance(v, (list, tuple)) or len(v) != 2:
+            raise ParplanError(f"{what}: host: {key} must be [forward, backward] seconds, got {v!r}")
+        pairs[key] = tuple(_seconds({"s": x}, "s", f"{what}: host: {key}") for x in v)
+    return HostTimes(**pairs)
 
 
 def _recipe_casts(f, recipes, what) -> Mapping[str, str]:
@@ -156,7 +169,8 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
     compile_ = Compile(available=_flag(c, "available", f"{what}: compile", False),
                        default=_flag(c, "default", f"{what}: compile", False),
                        elementwise=MappingProxyType(_impls(c, "elementwise", f"{what}: compile", False)),
-                       loss=text(c, "loss", f"{what}: compile", required=False, choices=LOSSES))
+                       loss=text(c, "loss", f"{what}: compile", required=False, choices=LOSSES),
+                       host=_host(c, f"{what}: compile") if c.get("host") is not None else None)
     if compile_.default and not compile_.available:
         raise ParplanError(f"{what}: compile.default is true but compile.available is false")
     f = require_mapping(data.get("fp8") or {}, f"{what}: fp8")
@@ -250,7 +264,7 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
         optimizer=text(data, "optimizer", what, choices=OPTIMIZERS),
         master_weights=text(data, "master_weights", what, choices=MASTER_WEIGHTS),
         gradients=text(data, "gradients", what, required=False, choices=GRADIENTS, default="persistent"),
-        host_overhead_per_layer_s=_seconds(data, "host_overhead_per_layer_s", what),
+        host_overhead_per_layer_s=_seconds(data, "host_overhead_per_layer_s", what), host=_host(data, what),
         elementwise_efficiency=eff,
         aliases=names(data, "aliases", what), sources=MappingProxyType(text_mapping(data, "sources", what)),
         path=path, moe=moe, mtp=_flag(data, "mtp", what, False), optimizer_states=states)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..cost import mla as mla_mod, moe as moe_mod, ops as ops_mod
+from ..cost import host as host_mod, mla as mla_mod, moe as moe_mod, ops as ops_mod
 from ..cost.contention import class_seconds
 from ..cost.flops import model_flops_per_step, recompute_flops_per_step
 from ..cost.kernels import op_times
@@ -143,8 +143,10 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
     # The GPU idles while the host reads an MoE layer's tokens per expert, once per forward.
     sync = fw.moe.sync_s * moe_mod.host_syncs(model, dims, fw.moe.expert_gemms) * fields["moe_share"] \
         if model.is_moe else 0.0
-    layer_fwd = sum((t[0] for t in times), np.float64(0.0)) + host + sync
-    layer_bwd = sum((t[1] for t in times), np.float64(0.0)) + host
+    # Kernels shorter than the host's launches leave the GPU waiting on the host (parplan.cost.host).
+    issue_f, issue_b = host_mod.layer_host_s(model, dims, sw.host, fw.moe.expert_gemms, fields.get("moe_share", 0.0))
+    gpu_fb = (sum((t[0] for t in times), np.float64(0.0)), sum((t[1] for t in times), np.float64(0.0)))
+    layer_fwd, layer_bwd = np.maximum(gpu_fb[0], issue_f) + host + sync, np.maximum(gpu_fb[1], issue_b) + host
     attn_fwd = sum((t[0] for o, t in zip(lops, times) if o.attention_core), np.float64(0.0))
     attn_bwd = sum((t[1] for o, t in zip(lops, times) if o.attention_core), np.float64(0.0))
     shared_fwd, shared_bwd = moe_overlap.shared_expert_times(lops, times)
@@ -331,7 +333,7 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
         headroom=headroom,
         software=sw,
         notes=tuple(moe_overlap.notes(model, dims)) + gradient_note(fw, m, layout, memory["gradients"])
-        + mtp_mod.notes(model, mtp_f, mtp_b),
+        + mtp_mod.notes(model, mtp_f, mtp_b) + host_mod.notes(gpu_fb, (issue_f, issue_b)),
         pipeline_ranks=stage_memory,
     )
 
