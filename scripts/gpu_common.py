@@ -63,9 +63,10 @@ def host_and_wall(forward, grad, reps: int = 20, warmup: int = 3) -> dict[str, f
 def launch_counts(step) -> tuple[int, int]:
     """(kernel launches, host syncs) the host issues in one call of ``step`` (torch.profiler)."""
     from torch.profiler import ProfilerActivity, profile
+    torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
-        torch.cuda.synchronize()
+    torch.cuda.synchronize()
     kernels = syncs = 0
     for e in prof.key_averages():
         if e.key in ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx"):

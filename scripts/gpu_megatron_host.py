@@ -14,11 +14,11 @@ layer shape and token count:
 * ``kernels``, ``syncs``: the kernel launches and device-to-host waits the host issued in one forward and
   backward (``torch.profiler``).
 
-At 128 tokens the GPU has almost nothing to do, so the wall times there are is the host's time for the layer; the
+At 128 tokens the GPU has almost nothing to do, so the wall times there are the host's time for the layer; the
 same layer at 4096 tokens shows how host and GPU time combine. MoE shapes vary the local experts (4-64),
 since ``SequentialMLP`` (and Transformer Engine's ``GroupedLinear`` on Hopper) launch work per expert.
 
-    PYTHONPATH=.:/tmp/site python3 scripts/gpu_megatron_host.py OUT_DIR    # a GPU with megatron-core
+    PYTHONPATH=.:/tmp/site python3 scripts/gpu_megatron_host.py OUT_DIR [--te]    # a GPU with megatron-core
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def init_megatron():
     model_parallel_cuda_manual_seed(1234)
 
 
-def build_layer(shape):
+def build_layer(shape, qk_norm, te=False):
     from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
     from megatron.core.transformer.spec_utils import build_module
@@ -61,22 +61,27 @@ def build_layer(shape):
     hidden, heads, kv, dh, ffn, experts, k, eff = shape
     moe = {} if experts is None else dict(
         num_moe_experts=experts, moe_router_topk=k, moe_ffn_hidden_size=eff, moe_token_dispatcher_type="alltoall",
-        moe_router_load_balancing_type="aux_loss", moe_aux_loss_coeff=1e-3, moe_grouped_gemm=False,
-        moe_router_dtype="fp32")
+        moe_router_load_balancing_type="aux_loss", moe_aux_loss_coeff=1e-3,
+        moe_router_dtype="fp32", moe_grouped_gemm=te)
     cfg = TransformerConfig(num_layers=1, hidden_size=hidden, num_attention_heads=heads, num_query_groups=kv,
                             kv_channels=dh, ffn_hidden_size=ffn, gated_linear_unit=True,
                             activation_func=torch.nn.functional.silu, normalization="RMSNorm",
-                            add_bias_linear=False, qk_layernorm=experts is not None, bf16=True,
+                            add_bias_linear=False, qk_layernorm=qk_norm, bf16=True,
                             params_dtype=torch.bfloat16, hidden_dropout=0.0, attention_dropout=0.0, **moe)
-    spec = get_gpt_layer_local_spec(num_experts=experts, moe_grouped_gemm=False,
-                                    qk_layernorm=experts is not None, normalization="RMSNorm")
+    if te:  # Transformer Engine's modules, experts in its GroupedLinear (needs transformer_engine installed)
+        from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
+        spec = get_gpt_layer_with_transformer_engine_spec(num_experts=experts, moe_grouped_gemm=True,
+                                                          qk_layernorm=qk_norm)
+    else:
+        spec = get_gpt_layer_local_spec(num_experts=experts, moe_grouped_gemm=False,
+                                        qk_layernorm=qk_norm, normalization="RMSNorm")
     layer = build_module(spec, config=cfg, layer_number=1).cuda()
     rope = RotaryEmbedding(kv_channels=dh, rotary_percent=1.0, rotary_base=1000000)
     return layer, rope, hidden
 
 
-def measure(name, shape, tokens, reps):
-    layer, rope, hidden = build_layer(shape)
+def measure(name, shape, tokens, reps, te=False):
+    layer, rope, hidden = build_layer(shape, qk_norm="qwen3" in name, te=te)
     x = torch.randn(tokens, 1, hidden, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     emb = rope(tokens)
     grad = torch.randn_like(x)
@@ -98,6 +103,7 @@ def main(argv=None):
     p.add_argument("out")
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--shapes", default=",".join(SHAPES))
+    p.add_argument("--te", action="store_true", help="Transformer Engine's modules (TE installed) instead of Megatron's")
     a = p.parse_args(argv)
     os.makedirs(a.out, exist_ok=True)
     import megatron.core
@@ -107,7 +113,7 @@ def main(argv=None):
     for name in a.shapes.split(","):
         for tokens in TOKENS:
             try:
-                rows.append(measure(name, SHAPES[name], tokens, a.reps))
+                rows.append(dict(measure(name, SHAPES[name], tokens, a.reps, a.te), modules="te" if a.te else "local"))
             except Exception as exc:  # keep the rows already measured; say what failed
                 print(f"FAILED {name} {tokens}: {type(exc).__name__}: {exc}", flush=True)
             torch.cuda.empty_cache()

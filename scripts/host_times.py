@@ -3,10 +3,11 @@ scripts/gpu_megatron_host.py.
 
 At the run's smallest token count the GPU never sets the pace, so each row's wall time is the host's:
 
-* ``layer_s``: the dense layer (``layer-eager``, or ``layer-compiled`` with ``--compiled``; for Megatron the
-  dense layer with the MoE rows' attention, ``dense-qwen3-30b-attn``);
-* ``moe_s``: the MoE rows at no local experts (Theil-Sen intercept over 4-64 experts) less the dense MLP they
-  replace (plain PyTorch: the ``mlp`` row; Megatron: already inside the dense layer);
+* ``layer_s``: the dense layer (``layer-eager``, or ``layer-compiled`` with ``--compiled``, whose MoE terms
+  stay the eager blocks'; for Megatron ``dense-qwen3-30b-attn``, the MoE rows' attention with a dense MLP);
+* ``moe_s``: the MoE rows at no local experts (Theil-Sen intercept over 4-64 experts; the 4-expert rows route
+  top-4, the rest top-8) less the dense MLP they replace (plain PyTorch: the ``mlp`` row; Megatron: the
+  dense layer's);
 * ``expert_s``: the MoE rows' cost per local expert (Theil-Sen slope) where experts launch one by one
   (``moe-loop``; Megatron's ``SequentialMLP``).
 

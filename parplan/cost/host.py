@@ -46,5 +46,6 @@ def notes(gpu_s, host_s) -> tuple[str, ...]:
     if not slow:
         return ()
     parts = "; ".join(f"{n} {1e3 * float(h):.3g} ms to issue, {1e3 * float(g):.3g} ms of kernels" for n, g, h in slow)
-    return (f"host-bound layers: {parts} (the framework's host times); CUDA graphs, fewer launches (a smaller "
-            "TP, a larger micro-batch, grouped expert GEMMs) or a faster host CPU would shorten them",)
+    return (f"host-bound layers: {parts} (the framework's host times). The host issues the same launches "
+            "whatever their size: a larger micro-batch or a smaller TP gives each more work; CUDA graphs, fused "
+            "or grouped kernels, or a faster host CPU shorten the host's part",)

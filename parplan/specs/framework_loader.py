@@ -75,16 +75,23 @@ def _seconds(data, key, what) -> float:
     return value
 
 
+MAX_HOST_S = 1.0  # a second to issue one layer is no host's time: a typo in the unit
+
+
 def _host(data, what) -> HostTimes:
-    """The ``host`` block: each key a [forward, backward] pair of seconds, 0 or more (absent: 0, 0)."""
-    h = require_mapping(data.get("host") or {}, f"{what}: host")
+    """The ``host`` block: each key a [forward, backward] pair of seconds, 0 or more (a key left out: 0, 0)."""
+    h = require_mapping(data["host"], f"{what}: host")
     check_keys(h, HOST_KEYS, f"{what}: host")
     pairs = {}
     for key in HOST_KEYS:
         v = h.get(key, [0.0, 0.0])
         if not isinstance(v, (list, tuple)) or len(v) != 2:
             raise ParplanError(f"{what}: host: {key} must be [forward, backward] seconds, got {v!r}")
-        pairs[key] = tuple(_seconds({"s": x}, "s", f"{what}: host: {key}") for x in v)
+        for direction, x in zip(("forward", "backward"), v):
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 <= x <= MAX_HOST_S:
+                raise ParplanError(f"{what}: host: {key} {direction} must be 0 to {MAX_HOST_S:g} seconds, "
+                                   f"got {x!r}")
+        pairs[key] = (float(v[0]), float(v[1]))
     return HostTimes(**pairs)
 
 
@@ -264,7 +271,8 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
         optimizer=text(data, "optimizer", what, choices=OPTIMIZERS),
         master_weights=text(data, "master_weights", what, choices=MASTER_WEIGHTS),
         gradients=text(data, "gradients", what, required=False, choices=GRADIENTS, default="persistent"),
-        host_overhead_per_layer_s=_seconds(data, "host_overhead_per_layer_s", what), host=_host(data, what),
+        host_overhead_per_layer_s=_seconds(data, "host_overhead_per_layer_s", what),
+        host=_host(data, what) if data.get("host") is not None else HostTimes(),
         elementwise_efficiency=eff,
         aliases=names(data, "aliases", what), sources=MappingProxyType(text_mapping(data, "sources", what)),
         path=path, moe=moe, mtp=_flag(data, "mtp", what, False), optimizer_states=states)

@@ -143,10 +143,11 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
     # The GPU idles while the host reads an MoE layer's tokens per expert, once per forward.
     sync = fw.moe.sync_s * moe_mod.host_syncs(model, dims, fw.moe.expert_gemms) * fields["moe_share"] \
         if model.is_moe else 0.0
-    # Kernels shorter than the host's launches leave the GPU waiting on the host (parplan.cost.host).
+    # Kernels shorter than the host's launches leave the GPU waiting on the host (parplan.cost.host); the
+    # measured host times include the read's wait, so a host-bound layer pays it once.
     issue_f, issue_b = host_mod.layer_host_s(model, dims, sw.host, fw.moe.expert_gemms, fields.get("moe_share", 0.0))
-    gpu_fb = (sum((t[0] for t in times), np.float64(0.0)), sum((t[1] for t in times), np.float64(0.0)))
-    layer_fwd, layer_bwd = np.maximum(gpu_fb[0], issue_f) + host + sync, np.maximum(gpu_fb[1], issue_b) + host
+    gpu_fb = (sum((t[0] for t in times), np.float64(0.0)) + sync, sum((t[1] for t in times), np.float64(0.0)))
+    layer_fwd, layer_bwd = np.maximum(gpu_fb[0], issue_f) + host, np.maximum(gpu_fb[1], issue_b) + host
     attn_fwd = sum((t[0] for o, t in zip(lops, times) if o.attention_core), np.float64(0.0))
     attn_bwd = sum((t[1] for o, t in zip(lops, times) if o.attention_core), np.float64(0.0))
     shared_fwd, shared_bwd = moe_overlap.shared_expert_times(lops, times)
@@ -157,10 +158,11 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
     norm_act_fwd = sum((t[0] * (fields.get("moe_share", 1.0) if o.name == "post_attn_norm" else 1.0)
                         for o, t in zip(lops, times) if o.name in NORM_ACT_OPS), np.float64(0.0))
     mla_up_fwd = sum((t[0] for o, t in zip(lops, times) if o.name in MLA_UP_OPS), np.float64(0.0))
-    # save-dots rebuilds everything but the weight matmuls: norms, activations, the attention core.
+    # save-dots rebuilds everything but the weight matmuls: norms, activations, the attention core. Recomputing
+    # a whole layer issues it again (the host's time where that is longer); a part, only the part's kernels.
     layer_rec = np.select([rc == 2, rc == 1, rc == 3, rc == 4, rc == 5, rc == 6, rc == 7],
                           [layer_fwd, attn_fwd, sac_fwd, layer_fwd / SELECTIVE_LAYER_EVERY, norm_act_fwd,
-                           layer_fwd - gemm_fwd, mla_up_fwd], 0.0)
+                           gpu_fb[0] + host - gemm_fwd, mla_up_fwd], 0.0)
     # The weight-gradient GEMMs: half of each weighted GEMM's backward (dW = X^T dY beside dX = dY W^T).
     layer_wgrad = sum((t[1] / 2 for o, t in zip(lops, times) if o.kind == ops_mod.MATMUL), np.float64(0.0))
     emb_t = [op_times(hw, o, act, env=env) for o in ops_mod.embedding_ops(model, dims, act)]

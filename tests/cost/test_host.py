@@ -71,10 +71,15 @@ def test_a_compiled_run_takes_the_compiled_host_times():
 @pytest.mark.parametrize("host,match", [
     ({"layer_s": [1e-3]}, "layer_s must be \\[forward, backward\\] seconds"),
     ({"layer_s": "fast"}, "layer_s must be \\[forward, backward\\] seconds"),
-    ({"moe_s": [1e-3, -1e-3]}, "must be 0 or more seconds"),
-    ({"expert_s": [1e-3, "x"]}, "expert_s"),
-    ({"launch_s": [1e-3, 1e-3]}, "launch_s"),
-    ([1e-3, 1e-3], "host"),
+    ({"moe_s": [1e-3, -1e-3]}, "moe_s backward must be 0 to 1 seconds, got -0.001"),
+    ({"expert_s": ["x", 1e-3]}, "expert_s forward must be 0 to 1 seconds, got 'x'"),
+    ({"expert_s": [None, 1e-3]}, "expert_s forward must be"),
+    ({"layer_s": [float("nan"), 1e-3]}, "layer_s forward must be"),
+    ({"layer_s": [True, 1e-3]}, "layer_s forward must be"),
+    ({"layer_s": [2.0, 1e-3]}, "layer_s forward must be 0 to 1 seconds"),
+    ({"layer_ss": [1e-3, 1e-3]}, "layer_ss.*layer_s"),
+    ([1e-3, 1e-3], "host: expected a mapping"),
+    (0, "host: expected a mapping"),
 ])
 def test_bad_host_times_are_one_line_errors(host, match):
     data = _shipped_data()["pytorch"]
@@ -82,3 +87,37 @@ def test_bad_host_times_are_one_line_errors(host, match):
         framework_from_dict(dict(data, host=host), "x")
     with pytest.raises(ParplanError, match=match):
         framework_from_dict(dict(data, compile=dict(data["compile"], host=host)), "x")
+
+
+def test_the_host_times_follow_each_candidate_of_a_search():
+    """Arrays of expert-parallel sizes (the search's candidates) give one host time each; notes stay silent."""
+    import numpy as np
+    d = replace(_dims(1), moe=MoeParallel(1, np.array([1, 2, 8]), 1))
+    f, _ = host_mod.layer_host_s(model_from_dict(MOE, "toy"), d, HOST, "loop", 1.0)
+    assert np.allclose(f, [1e-3 + 3e-4 + n * 1e-4 for n in (8, 4, 1)])
+    assert host_mod.notes((np.array([1.0, 2.0]), 1.0), (np.array([3.0, 3.0]), 0.5)) == ()
+
+
+def test_a_host_bound_moe_layer_pays_the_read_of_the_tokens_per_expert_once():
+    """Megatron-Core, dropless, ep 8: the measured host times include the dispatcher's wait for the counts, so
+    a layer the host sets the pace of takes the host's time, not that plus the profile's sync_s."""
+    cl = parplan.load_cluster("h100x8")
+    lay = Layout(dp=8, micro_batch=1, global_batch=16, seq_len=2048, axes=(("ep", 8), ("etp", 1)))
+    fw = replace(load_framework("megatron-core"), host=HostTimes(layer_s=(0.1, 0.2)))
+    est = parplan.estimate(model_from_dict(MOE, "toy"), cl, lay, software=resolve_software(fw))
+    assert (float(est.layer_forward_s), float(est.layer_backward_s)) == pytest.approx((0.1, 0.2))
+
+
+def test_recomputing_part_of_a_host_bound_layer_costs_only_that_part_s_kernels():
+    """save-dots reruns the layer's kernels but its weight GEMMs; under a slow host it still costs those kernels
+    (far under the host's 0.1 s), while full recompute issues the whole layer again at the host's pace."""
+    cl = parplan.load_cluster("h100x8")
+    model = model_from_dict(TOY, "toy")
+    sw = resolve_software(replace(load_framework("jax"), host=HostTimes(layer_s=(0.1, 0.2))))
+    recs = {}
+    for mode in ("save-dots", "full"):
+        lay = Layout(dp=8, micro_batch=1, global_batch=8, seq_len=2048, recompute=mode)
+        est = parplan.estimate(model, cl, lay, software=sw)
+        recs[mode] = float(est.breakdown_s["recompute"])
+    assert recs["full"] == pytest.approx(4 * 0.1, rel=0.05)
+    assert recs["save-dots"] < 0.1 * recs["full"]
