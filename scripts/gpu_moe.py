@@ -114,9 +114,10 @@ def gemm_rows(hw, dev, dtype, shapes, experts, tpe, reps, dtype_name):
 class MoeLayer(torch.nn.Module):
     """Router, top-k, permute, grouped SwiGLU experts, weighted unpermute, shared experts: one device, no EP."""
 
-    def __init__(self, h, f, experts, k, shared_f, dev, dtype):
+    def __init__(self, h, f, experts, k, shared_f, dev, dtype, launch=None):
         super().__init__()
         self.k = k
+        self.launch = launch or ("grouped" if torch.device(dev).type == "cuda" else "loop")  # or "loop"
         self.router = torch.nn.Linear(h, experts, bias=False, device=dev, dtype=dtype)
         self.w1 = torch.nn.Parameter(torch.randn(experts, h, 2 * f, device=dev, dtype=dtype) * 0.02)
         self.w2 = torch.nn.Parameter(torch.randn(experts, f, h, device=dev, dtype=dtype) * 0.02)
@@ -131,10 +132,11 @@ class MoeLayer(torch.nn.Module):
         order = torch.argsort(flat)
         rows = x.repeat_interleave(self.k, dim=0)[order]
         counts = torch.bincount(flat, minlength=self.w1.shape[0]).tolist()
-        up = looped(rows, self.w1, counts) if not rows.is_cuda else grouped(rows, self.w1, counts)
+        run = looped if self.launch == "loop" else grouped
+        up = run(rows, self.w1, counts)
         gate, lin = up.chunk(2, dim=-1)
         act = torch.nn.functional.silu(gate) * lin
-        down = looped(act, self.w2, counts) if not rows.is_cuda else grouped(act, self.w2, counts)
+        down = run(act, self.w2, counts)
         out = torch.empty_like(down)
         out[order] = down
         y = (out.view(x.shape[0], self.k, -1) * probs.to(x.dtype).unsqueeze(-1)).sum(1)

@@ -8,7 +8,7 @@ pace, so the wall time is the host's (``scripts/gpu_megatron_host.py`` says how 
 * ``mlp``: its MLP alone (what an MoE block replaces);
 * ``moe-grouped``: ``scripts/gpu_moe.MoeLayer`` (router, top-k, sort permute, the host's read of the tokens
   per expert, ``torch._grouped_mm`` experts, weighted unpermute), at 4-64 local experts: one launch for all;
-* ``moe-loop``: the same with one GEMM per expert (``looped``), at 4-64 local experts.
+* ``moe-loop``: the same with one GEMM per expert (``launch="loop"``), at 4-64 local experts.
 
 The same blocks at 4096 tokens show the GPU taking over. bf16 weights and activations.
 
@@ -46,23 +46,6 @@ class Mlp(torch.nn.Module):
         return self.down(torch.nn.functional.silu(gate) * up)
 
 
-class LoopedMoe(gpu_moe.MoeLayer):
-    """``MoeLayer`` with one GEMM per expert, as a framework that loops over its local experts."""
-
-    def forward(self, x):
-        scores = torch.softmax(self.router(x).float(), dim=-1)
-        probs, idx = torch.topk(scores, self.k, dim=-1)
-        flat = idx.flatten()
-        order = torch.argsort(flat)
-        rows = x.repeat_interleave(self.k, dim=0)[order]
-        counts = torch.bincount(flat, minlength=self.w1.shape[0]).tolist()
-        gate, lin = gpu_moe.looped(rows, self.w1, counts).chunk(2, dim=-1)
-        down = gpu_moe.looped(torch.nn.functional.silu(gate) * lin, self.w2, counts)
-        out = torch.empty_like(down)
-        out[order] = down
-        return (out.view(x.shape[0], self.k, -1) * probs.to(x.dtype).unsqueeze(-1)).sum(1)
-
-
 def blocks(spec, dense_spec):
     dev, dt = torch.device("cuda"), torch.bfloat16
     yield "layer-eager", 0, lambda: DecoderLayer(dense_spec).to(dev, dt), True
@@ -70,8 +53,10 @@ def blocks(spec, dense_spec):
     yield "mlp", 0, lambda: Mlp(DecoderLayer(dense_spec).to(dev, dt)), False
     for e in EXPERTS:
         k = min(spec.top_k, e)
-        yield "moe-grouped", e, lambda e=e, k=k: gpu_moe.MoeLayer(spec.hidden, spec.expert_ffn, e, k, 0, dev, dt), False
-        yield "moe-loop", e, lambda e=e, k=k: LoopedMoe(spec.hidden, spec.expert_ffn, e, k, 0, dev, dt), False
+        yield "moe-grouped", e, lambda e=e, k=k: gpu_moe.MoeLayer(spec.hidden, spec.expert_ffn, e, k, 0, dev, dt,
+                                                                        launch="grouped"), False
+        yield "moe-loop", e, lambda e=e, k=k: gpu_moe.MoeLayer(spec.hidden, spec.expert_ffn, e, k, 0, dev, dt,
+                                                                     launch="loop"), False
 
 
 def main(argv=None):
