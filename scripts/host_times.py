@@ -1,7 +1,10 @@
 """A framework's ``host`` times (parplan.cost.host) from a host-time run of scripts/gpu_torch_host.py or
 scripts/gpu_megatron_host.py.
 
-At the run's smallest token count the GPU never sets the pace, so each row's wall time is the host's:
+Each row's issue time is the host's: until the call returns, a closing sync left out. At the run's smallest
+token count the GPU's share of it (the wait at an MoE forward's read of the tokens per expert) is small, and
+the backward has no read at all, so its issue time stays the host's even where its kernels run longer
+(the plain-PyTorch loop's backward zero-fills the whole expert weight gradient once per expert):
 
 * ``layer_s``: the dense layer (``layer-eager``, or ``layer-compiled`` with ``--compiled``, whose MoE terms
   stay the eager blocks'; for Megatron ``dense-qwen3-30b-attn``, the MoE rows' attention with a dense MLP);
@@ -23,7 +26,7 @@ import statistics
 
 import pandas as pd
 
-DIRECTIONS = ("fwd_wall_s", "bwd_wall_s")
+DIRECTIONS = ("fwd_issue_s", "bwd_issue_s")
 
 
 def theil_sen(x, y) -> tuple[float, float]:

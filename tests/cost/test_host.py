@@ -121,3 +121,23 @@ def test_recomputing_part_of_a_host_bound_layer_costs_only_that_part_s_kernels()
         recs[mode] = float(est.breakdown_s["recompute"])
     assert recs["full"] == pytest.approx(4 * 0.1, rel=0.05)
     assert recs["save-dots"] < 0.1 * recs["full"]
+
+
+def test_the_shipped_plain_pytorch_host_times_are_what_the_script_makes_of_the_stored_run():
+    """frameworks/pytorch.yaml's host and compile.host are scripts/host_times.py's output (3 digits) for the stored
+    H200-host run; torchtitan and llm-foundry carry the same as a lower bound."""
+    import importlib.util
+    import pathlib
+
+    import pandas as pd
+    root = pathlib.Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("host_times", root / "scripts" / "host_times.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    rows = pd.read_csv(root / "reports" / "host" / "h200-2026-12-06" / "torch_host.csv")
+    for name in ("pytorch", "torchtitan", "llm-foundry"):
+        fw = load_framework(name)
+        for compiled, shipped in ((False, fw.host), (True, fw.compile.host)):
+            made = script.host_times(rows, compiled)
+            for key, pair in made.items():
+                assert getattr(shipped, key) == pytest.approx(pair, rel=5e-3), (name, compiled, key)
