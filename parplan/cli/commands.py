@@ -332,7 +332,9 @@ def validate(files, framework, fmt):
     from ..validate.serving import format_serving_validation, framework_split, split_runs, validate_serving
     from ..views.progress import progress
 
-    runs, serving = split_runs(files)
+    runs, serving, unreadable = split_runs(files)
+    if not runs and not serving:
+        raise ParplanError("; ".join(unreadable))
     train_fw, serve_fw = framework_split(framework)
     with progress("validate", len(runs) + len(serving), unit="run") as bar:
         results = validate_runs(runs, framework=train_fw, progress=bar) if runs else None
@@ -344,10 +346,11 @@ def validate(files, framework, fmt):
         click.echo("\n\n".join(t for t in (results and format_validation(results),
                                              served and "serving:\n" + format_serving_validation(served)) if t))
     skipped = (results or {}).get("skipped", []) + (served or {}).get("skipped", [])
-    if skipped:
-        raise ParplanError(f"{len(skipped)} runs could not be predicted: "
-                           + "; ".join(f"{r['id']}: {r['skipped']}" for r in skipped[:3])
-                           + (" ..." if len(skipped) > 3 else ""))
+    failed = ([f"{len(skipped)} runs could not be predicted: "
+               + "; ".join(f"{r['id']}: {r['skipped']}" for r in skipped[:3]) + (" ..." if len(skipped) > 3 else "")]
+              if skipped else []) + [f"skipped {u}" for u in unreadable]
+    if failed:
+        raise ParplanError("; ".join(failed))
 
 
 def _register_optional_commands() -> None:

@@ -49,20 +49,26 @@ def load_serving_runs(path: str | None = None) -> list[dict]:
     return [dict(r, _file=file.name, _dir=str(file.parent)) for r in read_records(file, "serving record")]
 
 
-def split_runs(files) -> tuple[list[dict], list[dict]]:
-    """(training runs, serving records) of the given validation files, or of the shipped ones."""
+def split_runs(files) -> tuple[list[dict], list[dict], list[str]]:
+    """(training runs, serving records, files that hold no records: one line each) of the given validation
+    files, or of the shipped ones. A file that cannot be read is reported, not fatal: the others still run."""
     from .published import load_runs
 
     if not files:
-        return load_runs(None), load_serving_runs(None)
-    training, serving = [], []
+        return load_runs(None), load_serving_runs(None), []
+    training, serving, unreadable = [], [], []
     for f in files:
-        for r in read_records(Path(f), "validation run"):
+        try:
+            records = read_records(Path(f), "validation run")
+        except ParplanError as exc:
+            unreadable.append(str(exc))
+            continue
+        for r in records:
             if is_serving_record(r):
                 serving.append(dict(r, _file=Path(f).name, _dir=str(Path(f).resolve().parent)))
             else:
                 training.append(dict(r, _file=Path(f).name))
-    return training, serving
+    return training, serving, unreadable
 
 
 def framework_split(framework: str | None) -> tuple[str | None, str | None]:

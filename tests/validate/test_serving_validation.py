@@ -90,7 +90,8 @@ def test_validate_framework_applies_by_kind():
 
 
 def test_files_split_into_training_and_serving(tmp_path):
-    training, serving = split_runs([str(REPO / "validation" / "serving-runs.yaml")])
+    training, serving, unreadable = split_runs([str(REPO / "validation" / "serving-runs.yaml")])
+    assert unreadable == []
     assert not training and len(serving) == 41
     setup = serving_setup(serving[-1])
     assert setup.software.name == "gpu-inference-check" and setup.scope == "layers"
@@ -103,3 +104,15 @@ def test_validate_command_reports_the_serving_groups(run_cli):
     code, out, err = run_cli("validate", str(REPO / "validation" / "serving-runs.yaml"), "--format", "json")
     assert code == 0, err
     assert len(json.loads(out)["serving"]["rows"]) == 44
+
+
+def test_validate_keeps_the_files_it_can_read_and_names_the_one_it_cannot(run_cli, tmp_path):
+    """validation/*.yaml includes the error bands, which hold no runs: the runs still print, the band file is
+    named in one line, and the exit says not everything ran."""
+    bad = tmp_path / "notes.yaml"
+    bad.write_text("just: a mapping\n")
+    code, out, err = run_cli("validate", str(REPO / "validation" / "serving-runs.yaml"), str(bad))
+    assert code == 1 and "44 serving metrics" in out
+    assert err.strip().splitlines() == [f"Error: skipped {bad}: expected a non-empty list of validation run records"]
+    code, out, err = run_cli("validate", str(bad))
+    assert code == 1 and out == "" and "Traceback" not in err and f"{bad}: expected a non-empty list" in err
