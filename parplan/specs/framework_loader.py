@@ -67,15 +67,15 @@ def _expert_gemms(m, what) -> str:
     return text(m, "expert_gemms", what, required=False, choices=EXPERT_GEMMS, default="loop")
 
 
+MAX_HOST_S = 1.0  # a second of host time per layer or read is no host's: a typo in the unit
+
+
 def _seconds(data, key, what) -> float:
     """A host time that may be 0 (absent: 0), never negative."""
-    value = float(number(data, key, what, required=False, positive=False, default=0.0, maximum=1.0))
+    value = float(number(data, key, what, required=False, positive=False, default=0.0, maximum=MAX_HOST_S))
     if value < 0:
         raise ParplanError(f"{what}: field '{key}' must be 0 or more seconds, got {value!r}")
     return value
-
-
-MAX_HOST_S = 1.0  # a second to issue one layer is no host's time: a typo in the unit
 
 
 def _host(data, what) -> HostTimes:

@@ -139,7 +139,7 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
     # ---- compute per layer, per micro-batch
     lops = sw_mod.layer_ops(model, dims, layout, sw, use_dropout, m, strategies)
     times = [op_times(hw, o, act, env=env) for o in lops]
-    host = fw.host_overhead_per_layer_s
+    overhead = fw.host_overhead_per_layer_s   # calibrate's fitted per-layer extra, added to both directions
     # The GPU idles while the host reads an MoE layer's tokens per expert, once per forward.
     sync = fw.moe.sync_s * moe_mod.host_syncs(model, dims, fw.moe.expert_gemms) * fields["moe_share"] \
         if model.is_moe else 0.0
@@ -147,7 +147,7 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
     # measured host times include the read's wait, so a host-bound layer pays it once.
     issue_f, issue_b = host_mod.layer_host_s(model, dims, sw.host, fw.moe.expert_gemms, fields.get("moe_share", 0.0))
     gpu_fb = (sum((t[0] for t in times), np.float64(0.0)) + sync, sum((t[1] for t in times), np.float64(0.0)))
-    layer_fwd, layer_bwd = np.maximum(gpu_fb[0], issue_f) + host, np.maximum(gpu_fb[1], issue_b) + host
+    layer_fwd, layer_bwd = np.maximum(gpu_fb[0], issue_f) + overhead, np.maximum(gpu_fb[1], issue_b) + overhead
     attn_fwd = sum((t[0] for o, t in zip(lops, times) if o.attention_core), np.float64(0.0))
     attn_bwd = sum((t[1] for o, t in zip(lops, times) if o.attention_core), np.float64(0.0))
     shared_fwd, shared_bwd = moe_overlap.shared_expert_times(lops, times)
@@ -162,7 +162,7 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
     # a whole layer issues it again (the host's time where that is longer); a part, only the part's kernels.
     layer_rec = np.select([rc == 2, rc == 1, rc == 3, rc == 4, rc == 5, rc == 6, rc == 7],
                           [layer_fwd, attn_fwd, sac_fwd, layer_fwd / SELECTIVE_LAYER_EVERY, norm_act_fwd,
-                           gpu_fb[0] + host - gemm_fwd, mla_up_fwd], 0.0)
+                           gpu_fb[0] + overhead - gemm_fwd, mla_up_fwd], 0.0)
     # The weight-gradient GEMMs: half of each weighted GEMM's backward (dW = X^T dY beside dX = dY W^T).
     layer_wgrad = sum((t[1] / 2 for o, t in zip(lops, times) if o.kind == ops_mod.MATMUL), np.float64(0.0))
     emb_t = [op_times(hw, o, act, env=env) for o in ops_mod.embedding_ops(model, dims, act)]
