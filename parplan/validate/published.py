@@ -34,7 +34,8 @@ from ..specs.slices import parse_shape
 from ..specs.yamlio import check_keys, number, read_records, require_mapping, text
 from ..step.train import estimate
 
-DEFAULT_FILES = ("published-runs.yaml", "modern-runs.yaml", "moe-runs.yaml", "tpu-runs.yaml")
+DEFAULT_FILES = ("published-runs.yaml", "modern-runs.yaml", "bridge-dense-runs.yaml", "moe-runs.yaml",
+                 "tpu-runs.yaml")
 DEFAULT_FILE = DEFAULT_FILES[0]
 
 
