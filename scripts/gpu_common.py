@@ -36,6 +36,23 @@ def timed(fn, reps: int = 20, warmup: int = 3, batch: int = 1, before=None, slee
     return statistics.median(times)
 
 
+def queued_median(fn, reps: int, batch: int, stream) -> float:
+    """Median over ``reps`` of the mean seconds of ``batch`` calls of ``fn``, all queued on ``stream`` before
+    one sync: the timing of a kernel beside work already queued on another stream, which a sync per repeat
+    would let drain."""
+    events = []
+    with torch.cuda.stream(stream):
+        for _ in range(reps):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            for _ in range(batch):
+                fn()
+            b.record()
+            events.append((a, b))
+    torch.cuda.synchronize()
+    return statistics.median(a.elapsed_time(b) / 1e3 / batch for a, b in events)
+
+
 def host_and_wall(forward, grad, reps: int = 20, warmup: int = 3) -> dict[str, float]:
     """Medians of a forward and of its backward (``grad`` fed to its output), each timed twice: to the
     call's return (the host's issue time, any sync inside included) and to a closing synchronize (wall)."""

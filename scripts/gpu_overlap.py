@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.getcwd())
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_common import Table, timed  # noqa: E402
+from gpu_common import Table, queued_median, timed  # noqa: E402
 
 DEV = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 BF16 = torch.bfloat16
@@ -123,18 +123,7 @@ def contention(out: str) -> None:
                 iters = int(max(8, 3.0 * alone * 10 * reps / max(probe, 1e-7)))
                 torch.cuda.synchronize()
                 holder.launch(ctas, iters, copy)
-                times = []
-                with torch.cuda.stream(side):
-                    for _ in range(reps):
-                        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                        a.record()
-                        for _ in range(10):
-                            fn()
-                        b.record()
-                        times.append((a, b))
-                torch.cuda.synchronize()
-                ts = sorted(a.elapsed_time(b) / 1e3 / 10 for a, b in times)
-                with_s = ts[len(ts) // 2]
+                with_s = queued_median(fn, reps, 10, side)
                 gbps = 2 * 16 * Holder.PER_BLOCK * ctas / probe / 1e9 if copy else 0.0
                 table.add(victim=name, kind=kind, ctas=ctas, mode="copy" if copy else "spin", alone_s=alone,
                           with_s=with_s, slowdown=with_s / alone - 1, victim_tflops_alone=flops / alone / 1e12,
