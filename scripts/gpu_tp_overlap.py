@@ -1,0 +1,131 @@
+"""What a tensor-parallel communication overlap costs the GEMMs it hides under, on one GPU.
+
+Megatron-Core's ``--tp-comm-overlap`` (Transformer Engine's userbuffers) and torchtitan's async TP split
+each sequence-parallel all-gather and reduce-scatter into steps and run a piece of the GEMM per step. In
+NVIDIA's FP8 userbuffers configs every forward GEMM and the data-gradient GEMMs fed by an all-gather run
+as a ring exchange (``RingExchangeOverlapCfg``: ``tp`` chunks of rows, the peer copies on the copy
+engines), and the backward's other collectives as a bulk overlap beside the weight-gradient GEMM holding
+2-24 SMs (``BulkOverlapCfg``; Megatron-Bridge 7af9601c9 src/megatron/bridge/training/comm_overlap.py,
+userbuffers_fp8_h100_h8192_tp4_mbs1_seqlen8192); the BF16 configs pipeline the reduce-scatters in 4
+splits. What SMs held beside a GEMM cost is ``scripts/gpu_overlap.py``'s contention table.
+
+1. chunks.csv: the column-parallel (all-gather fed) and row-parallel (reduce-scatter fed) GEMMs of
+   Llama 3 70B at TP 4 and Llama 3.1 405B at TP 4 and 8, 8192 tokens, bf16 and FP8 (per-tensor
+   ``torch._scaled_mm``), timed whole and as ``tp`` and 4 chunks of rows back to back; ``ratio`` =
+   chunked / whole time.
+2. copy_engine.csv: the same bf16 GEMMs alone and beside device-to-device copies looping on another
+   stream (``Tensor.copy_`` of contiguous same-dtype tensors is a cudaMemcpyAsync; CUDA does not promise
+   that a same-device copy runs on the copy engines), with the copies' own rate. A local copy reads and
+   writes HBM far faster than one GPU's share of a ring exchange over NVLink, so the slowdown is an upper
+   bound on what the exchange's traffic costs the GEMM.
+
+usage: python scripts/gpu_tp_overlap.py OUT_DIR [--quick] [--parts=chunks,copy]
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.getcwd())
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpu_common import Table, queued_median, timed  # noqa: E402
+
+DEV = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+BF16 = torch.bfloat16 if DEV.type == "cuda" else torch.float32
+QUICK = "--quick" in sys.argv
+SPLITS = 4  # num_splits of the pipelined reduce-scatter in NVIDIA's BF16 userbuffers configs
+
+# (model, tp, hidden, kv_heads x head_dim, ffn): the TP layouts of the validated Megatron-Bridge rows
+MODELS = (("llama3-70b", 4, 8192, 1024, 28672), ("llama3.1-405b", 4, 16384, 1024, 53248),
+          ("llama3.1-405b", 8, 16384, 1024, 53248))
+
+
+def gemms():
+    """(name, feeds, tp, m, k, n) of one layer's tensor-parallel GEMMs at 8192 tokens (1024 with --quick)."""
+    m = 1024 if QUICK else 8192
+    out = []
+    for model, tp, h, kv, ffn in MODELS[:1] if QUICK else MODELS:
+        scale = 16 if QUICK else 1
+        h_, kv_, ffn_ = h // scale, kv // scale, ffn // scale
+        out += [(f"{model} tp{tp} qkv", "all_gather", tp, m, h_, (h_ + 2 * kv_) // tp),
+                (f"{model} tp{tp} fc1", "all_gather", tp, m, h_, 2 * ffn_ // tp),
+                (f"{model} tp{tp} proj", "reduce_scatter", tp, m, h_ // tp, h_),
+                (f"{model} tp{tp} fc2", "reduce_scatter", tp, m, ffn_ // tp, h_)]
+    return out
+
+
+def operands(m, k, n):
+    return torch.randn(m, k, device=DEV, dtype=BF16), torch.randn(k, n, device=DEV, dtype=BF16)
+
+
+def gemm_fn(a, b, dtype: str):
+    """One GEMM of ``a`` (m x k) and ``b`` (k x n) in bf16, or in FP8 with per-tensor scales as
+    Transformer Engine's current scaling runs it (row-major x column-major operands)."""
+    if dtype == "bf16":
+        return lambda x=a: x @ b
+    fa, fb = a.to(torch.float8_e4m3fn), b.t().contiguous().to(torch.float8_e4m3fn).t()
+    one = torch.ones((), device=DEV)
+    return lambda x=fa: torch._scaled_mm(x, fb, scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
+
+
+def chunks(out: str) -> None:
+    table = Table(f"{out}/chunks.csv", ["gemm", "feeds", "dtype", "tp", "m", "k", "n", "pieces", "whole_s",
+                                        "chunked_s", "ratio", "whole_tflops"])
+    reps = 5 if QUICK else 20
+    for name, feeds, tp, m, k, n in gemms():
+        a, b = operands(m, k, n)
+        for dtype in ("bf16", "fp8"):
+            whole = timed(gemm_fn(a, b, dtype), reps=reps, batch=10)
+            for pieces in sorted({tp, SPLITS}):
+                parts = [gemm_fn(p, b, dtype) for p in a.chunk(pieces, dim=0)]
+                chunked = timed(lambda: [f() for f in parts], reps=reps, batch=10)
+                table.add(gemm=name, feeds=feeds, dtype=dtype, tp=tp, m=m, k=k, n=n, pieces=pieces, whole_s=whole,
+                          chunked_s=chunked, ratio=chunked / whole, whole_tflops=2.0 * m * k * n / whole / 1e12)
+
+
+def copy_engine(out: str) -> None:
+    table = Table(f"{out}/copy_engine.csv", ["gemm", "m", "k", "n", "alone_s", "with_s", "slowdown",
+                                             "copy_gbps_alone"])
+    reps = 5 if QUICK else 20
+    nbytes = (64 if QUICK else 1024) << 20
+    src = torch.empty(nbytes, dtype=torch.uint8, device=DEV)
+    dst = torch.empty_like(src)
+    copy_alone = timed(lambda: dst.copy_(src), reps=reps, batch=4)
+    gbps = 2 * nbytes / copy_alone / 1e9  # read + write
+    side, main = torch.cuda.Stream(), torch.cuda.Stream()
+    for name, _feeds, _tp, m, k, n in gemms():
+        a, b = operands(m, k, n)
+        with torch.cuda.stream(main):
+            alone = timed(lambda: a @ b, reps=reps, batch=10)
+        torch.cuda.synchronize()
+        copies = int(3.0 * alone * 10 * reps / copy_alone) + 4  # outlast the timed loop
+        with torch.cuda.stream(side):
+            for _ in range(copies):
+                dst.copy_(src)
+        with_s = queued_median(lambda: a @ b, reps, 10, main)
+        table.add(gemm=name, m=m, k=k, n=n, alone_s=alone, with_s=with_s, slowdown=with_s / alone - 1,
+                  copy_gbps_alone=gbps)
+
+
+def main() -> None:
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    if not args:
+        sys.exit(__doc__.strip().splitlines()[-1])
+    out = args[0]
+    os.makedirs(out, exist_ok=True)
+    parts = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--parts=")), "chunks,copy").split(",")
+    unknown = set(parts) - {"chunks", "copy"}
+    if unknown:
+        sys.exit(f"unknown part(s) {sorted(unknown)}: choose from chunks, copy")
+    if DEV.type != "cuda":
+        sys.exit("needs a CUDA GPU")
+    if "chunks" in parts:
+        chunks(out)
+    if "copy" in parts:
+        copy_engine(out)
+
+
+if __name__ == "__main__":
+    main()
