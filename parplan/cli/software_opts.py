@@ -7,9 +7,11 @@ from ..specs.framework import (DEFAULT_FRAMEWORK, FP8_RECIPES, MOE_DISPATCHERS, 
                                Software, resolve_software)
 from ..specs.framework_loader import framework_names, load_framework, serving_names
 from ..specs.serving_stack import DEFAULT_SERVING
+from ..specs.tp_overlap import TP_OVERLAPS
 
 SOFTWARE_DEFAULTS = {"framework": None, "compiled": None, "fp8_recipe": None, "flash_attention": None,
-                     "fused_kernels": None, "moe_overlap": None, "optimizer_states": None, "moe_dispatcher": None}
+                     "fused_kernels": None, "moe_overlap": None, "optimizer_states": None, "moe_dispatcher": None,
+                     "tp_overlap": None}
 
 
 def software_options(fn):
@@ -29,6 +31,11 @@ def software_options(fn):
         click.option("--fused-kernels/--no-fused-kernels", default=None,
                      help="Every element-wise op fused, or every one eager (default: as the framework runs them; "
                           "training and inference)."),
+        click.option("--tp-overlap", type=click.Choice(TP_OVERLAPS), default=None,
+                     help="Sequence-parallel TP: collective-matmul runs each all-gather and reduce-scatter in tp "
+                          "steps under the GEMM it feeds or follows (Megatron-Core --tp-comm-overlap, Transformer "
+                          "Engine's userbuffers; torchtitan's async TP; XLA's windowed einsum), where the "
+                          "framework offers it; none runs them before and after (default: the framework's)."),
         click.option("--moe-overlap", type=click.Choice(MOE_OVERLAPS), default=None,
                      help="MoE training: what the token all-to-alls run under: nothing, the shared experts, or "
                           "another micro-batch's compute (Megatron-Core --overlap-moe-expert-parallel-comm; default: "
@@ -61,4 +68,4 @@ def software_from(options: dict, cluster, dtype: str) -> Software:
                             fp8_recipe=options.get("fp8_recipe"), flash_attention=options.get("flash_attention"),
                             fused_kernels=options.get("fused_kernels"), device_kind=cluster.hardware.kind,
                             moe_overlap=options.get("moe_overlap"), optimizer_states=options.get("optimizer_states"),
-                            moe_dispatcher=options.get("moe_dispatcher"))
+                            moe_dispatcher=options.get("moe_dispatcher"), tp_overlap=options.get("tp_overlap"))

@@ -39,20 +39,35 @@ def class_seconds(ops, times, which: int) -> dict[str, Any]:
     return out
 
 
-def slowdown(hw, link: str, mix: Mapping[str, Any]):
+def slowdown(hw, link: str, mix: Mapping[str, Any], sms: int | None = None):
     """Slowdown of compute with the op-class time ``mix`` beside a collective on ``link`` (``scale_up`` or
-    ``network``): each class's measured slowdown at the fraction of SMs the collective holds, weighted by
-    the class's share of the compute time. 0 when the profile measured no contention."""
+    ``network``): each class's measured slowdown at the fraction of SMs the collective holds (an NCCL
+    collective's, or ``sms``), weighted by the class's share of the compute time. 0 when the profile
+    measured no contention, or the collective holds no SMs (a copy-engine transfer)."""
     c = hw.contention
-    if c is None:
+    if c is None or sms == 0:
         return np.float64(0.0)
-    held = c.collective_sms[link] / hw.compute_units
+    held = (c.collective_sms[link] if sms is None else sms) / hw.compute_units
     total = sum(mix.values(), np.float64(0.0))
     s = np.float64(0.0)
     for op in OP_CLASSES:
         rate = np.interp(held, (0.0,) + c.sm_fraction, (0.0,) + c.slowdown[link][op])
         s = s + rate * np.asarray(mix.get(op, 0.0))
     return s / np.where(total > 0, total, 1.0)
+
+
+def copy_exchange_slowdown(hw):
+    """GEMM slowdown beside a copy-engine exchange over the scale-up link (a collective matmul's all-gather
+    steps): the profile's measured ``copy_slowdown`` at the exchange's share of the device's copy rate, which
+    reads what it sends and writes what it receives at the link's rate: 2 x link / (HBM x copy efficiency).
+    0 where the profile measured none."""
+    c = hw.contention
+    if c is None or c.copy_slowdown is None:
+        return np.float64(0.0)
+    shares, gemm = c.copy_slowdown
+    link = hw.intra_node.bandwidth * hw.intra_node.efficiency
+    share = min(1.0, 2.0 * link / (hw.hbm_bandwidth * hw.hbm_efficiency))
+    return np.float64(np.interp(share, (0.0,) + shares, (0.0,) + gemm))
 
 
 def exposed_s(link_s, window_s, floor_s, slow):

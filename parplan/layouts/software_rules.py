@@ -25,6 +25,7 @@ def software_rules(software) -> tuple[Rule, ...]:
     overlap = getattr(software, "moe_overlap", fw.moe.overlap)
     deepep = getattr(software, "moe_dispatcher", "alltoall") == "deepep"
     states = software.optimizer_states if software is not fw else "fp32"  # a bare profile: its default
+    tp_overlap = getattr(software, "tp_overlap", fw.parallelism.tp_overlap.default)
     dp, pipe, par = fw.data_parallel, fw.pipeline, fw.parallelism
     n = fw.name
     modes = [TP_MODES.index(m) for m in par.tp_modes]
@@ -83,6 +84,11 @@ def software_rules(software) -> tuple[Rule, ...]:
              | ((a.tp > 1) & (a.mode == 0) & ~a.sp & (par.sequence_parallel == "always")),
              lambda m, a: (f"{n} has no sequence parallelism" if par.sequence_parallel == "never" else
                            f"{n} always runs tensor parallelism with sequence parallelism (--sp)")),
+        # Megatron-LM arguments.py: 'Tensor parallel communication/GEMM overlap can happen only when sequence
+        # parallelism is enabled'; what a collective matmul overlaps are the sequence-parallel collectives.
+        Rule("TP collective matmul under sequence parallelism", ('sp', 'tp'),
+             lambda m, a: (tp_overlap != "none") & (a.tp > 1) & ~a.sp,
+             lambda m, a: f"--tp-overlap {tp_overlap} overlaps the sequence-parallel collectives: it needs --sp"),
         Rule(f"{n} has expert parallelism", ('ep',),
              lambda m, a: (a.ep > 1) & (not moe.expert_parallel),
              lambda m, a: f"{n} has no expert parallelism (ep must be 1)"),

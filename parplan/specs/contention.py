@@ -6,6 +6,9 @@ kernels). Compute overlapped with communication therefore runs on fewer SMs; a c
 scale-up link also streams HBM (it reads what it sends and writes what it receives). The profile
 records how many SMs a collective holds on each link class and the measured slowdown of GEMMs,
 fused attention and memory-bound passes against the fraction of SMs held (``scripts/gpu_overlap.py``).
+A transfer on the copy engines holds no SM but still reads and writes HBM: ``copy_slowdown`` is the
+measured GEMM slowdown beside copies that take a share of the device's copy rate
+(``scripts/gpu_tp_overlap.py``, paced copies), the cost of a copy-engine exchange (a collective matmul's).
 """
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ from .yamlio import check_keys, number, require_mapping
 
 LINK_CLASSES = ("scale_up", "network")     # a group inside the scale-up domain, or one spanning the network
 OP_CLASSES = ("gemm", "attention", "memory")
-OVERLAP_KEYS = ("collective_sms", "sm_fraction", "slowdown")
+OVERLAP_KEYS = ("collective_sms", "sm_fraction", "slowdown", "copy_slowdown")
+COPY_KEYS = ("copy_share", "gemm")
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,8 @@ class Contention:
     collective_sms: Mapping[str, int]
     sm_fraction: tuple[float, ...]
     slowdown: Mapping[str, Mapping[str, tuple[float, ...]]]
+    # GEMM slowdown beside copies taking each share of the copy rate (None: not measured, priced as none)
+    copy_slowdown: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
 
 def contention_from_dict(data: Any, what: str) -> Contention | None:
@@ -61,4 +67,22 @@ def contention_from_dict(data: Any, what: str) -> Contention | None:
                                    f"one per sm_fraction")
             rows[op] = tuple(float(x) for x in values)
         slowdown[link] = MappingProxyType(rows)
-    return Contention(MappingProxyType(held), tuple(float(x) for x in fractions), MappingProxyType(slowdown))
+    return Contention(MappingProxyType(held), tuple(float(x) for x in fractions), MappingProxyType(slowdown),
+                      _copy_slowdown(data.get("copy_slowdown"), f"{what}.copy_slowdown"))
+
+
+def _copy_slowdown(data: Any, what: str):
+    """``copy_slowdown``: increasing shares of the copy rate in (0, 1], and the GEMM slowdown at each."""
+    if data is None:
+        return None
+    data = require_mapping(data, what)
+    check_keys(data, COPY_KEYS, what)
+    shares, gemm = data.get("copy_share"), data.get("gemm")
+    if not isinstance(shares, list) or len(shares) < 2 or any(
+            isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 < x <= 1 for x in shares) \
+            or shares != sorted(shares):
+        raise ParplanError(f"{what}.copy_share: expected an increasing list of at least two shares in (0, 1]")
+    if not isinstance(gemm, list) or len(gemm) != len(shares) or any(
+            isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 <= x <= 10 for x in gemm):
+        raise ParplanError(f"{what}.gemm: expected {len(shares)} slowdowns between 0 and 10, one per copy_share")
+    return tuple(float(x) for x in shares), tuple(float(x) for x in gemm)

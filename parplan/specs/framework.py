@@ -14,8 +14,8 @@ framework profile says, each value with its source:
   FSDP2 with copy-in/copy-out), when gradients are reduced, bucket sizes, prefetch;
 * ``pipeline``: schedules, how activations are sent between stages, which ZeRO stages combine, how
   gradients are reduced under it, how the layers split over the stages, the micro-batch it defaults to;
-* ``parallelism``: the tensor/context-parallel modes its code has, its sequence parallelism, and
-  whether its tensor-parallel collectives overlap the matmuls they feed (collective matmul);
+* ``parallelism``: the tensor/context-parallel modes its code has, its sequence parallelism, and the
+  overlaps of its tensor-parallel collectives with the matmuls they feed (collective matmul) it offers;
 * ``recompute``: the activation-checkpointing modes it offers;
 * ``moe``: whether it has expert parallelism, which expert-tensor-parallel sizes it runs, how its
   experts' GEMMs launch (one grouped GEMM, a GEMM each over CUDA streams, or a loop), and whether it
@@ -24,7 +24,7 @@ framework profile says, each value with its source:
   per-layer host overhead.
 
 A :class:`Software` is one run's resolved choice: a framework plus the user's overrides
-(``--compile``, ``--fp8-recipe``, ``--flash-attention``, ``--fused-kernels``).
+(``--compile``, ``--fp8-recipe``, ``--flash-attention``, ``--fused-kernels``, ``--tp-overlap``, ...).
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from ..errors import ParplanError
+from .tp_overlap import KEYS as TP_OVERLAP_KEYS, TpOverlap
 from .yamlio import suggest
 
 ELEMENTWISE_OPS = ("norm", "rope", "activation", "residual", "bias", "softmax", "transposes")
@@ -85,8 +86,7 @@ DP_KEYS = ("zero", "zero3", "grad_reduce", "reduce_every_microbatch", "backward_
            "reduce_bucket_params", "max_live_params", "grad_dtype", "overlap_param_gather")
 PP_KEYS = ("schedules", "send", "zero", "reduce_every_microbatch", "split", "micro_batch", "micro_batches")
 SPLIT_KEYS = ("default", "ends", "chunks", "ends_weight")
-PARALLEL_KEYS = ("tp_modes", "cp_modes", "sequence_parallel", "tp_overlap", "activation_shard")
-TP_OVERLAPS = ("none", "collective-matmul")
+PARALLEL_KEYS = ("tp_modes", "cp_modes", "sequence_parallel", "activation_shard") + TP_OVERLAP_KEYS
 ACTIVATION_SHARDS = ("sequence", "hidden")
 VOCAB_KEYS = ("multiple", "times_tp")
 MOE_KEYS = ("expert_parallel", "expert_tensor_parallel", "expert_gemms", "grouped_gemm", "overlaps", "overlap",
@@ -200,9 +200,8 @@ class Parallelism:
     tp_modes: tuple[str, ...]
     cp_modes: tuple[str, ...]
     sequence_parallel: str              # optional | always (with tp > 1) | never
-    # Whether sequence-parallel TP's all-gathers and reduce-scatters run under the GEMMs they feed or
-    # follow (XLA's windowed einsum, "collective matmul"), or before and after them (none).
-    tp_overlap: str = "none"
+    # Whether sequence-parallel TP's collectives run in steps under the GEMMs they feed (parplan.specs.tp_overlap).
+    tp_overlap: TpOverlap = TpOverlap()
     # What sequence parallelism splits of the activations outside the TP block: the tokens (Megatron,
     # Korthikanti et al. 2022) or the hidden size (MaxText's activation_embed -> tensor); same bytes.
     activation_shard: str = "sequence"
@@ -261,7 +260,6 @@ class Framework:
     def padded_vocab(self, vocab: int, tp) -> Any:
         """Vocabulary rows after the framework's padding (Megatron: a multiple of 128 x tp)."""
         import numpy as np
-
         multiple = self.vocab_multiple * (np.asarray(tp) if self.vocab_times_tp else 1)
         return np.ceil(vocab / multiple) * multiple
 
@@ -280,6 +278,7 @@ class Software:
     moe_overlap: str = "none"           # what the MoE token all-to-alls run under (MOE_OVERLAPS)
     optimizer_states: str = "fp32"      # the optimizer state's precision (OPTIMIZER_STATES)
     moe_dispatcher: str = "alltoall"    # how tokens reach their experts (MOE_DISPATCHERS)
+    tp_overlap: str = "none"            # what the sequence-parallel collectives run under (tp_overlap.TP_OVERLAPS)
 
     def __deepcopy__(self, memo):  # immutable (its mappings are read-only views): shared, not copied
         return self
@@ -321,6 +320,8 @@ class Software:
             parts.append(f"{self.optimizer_states} optimizer state")
         if self.moe_dispatcher != "alltoall":
             parts.append(f"{self.moe_dispatcher} dispatch")
+        if self.tp_overlap != "none":
+            parts.append(f"TP {self.tp_overlap}")
         return ", ".join(p for p in parts if p)
 
 
@@ -328,7 +329,7 @@ def resolve_software(framework: Framework, *, dtype: str = "bf16", compiled: boo
                      fp8_recipe: str | None = None, flash_attention: bool | None = None,
                      fused_kernels: bool | None = None, device_kind: str | None = None,
                      moe_overlap: str | None = None, optimizer_states: str | None = None,
-                     moe_dispatcher: str | None = None) -> Software:
+                     moe_dispatcher: str | None = None, tp_overlap: str | None = None) -> Software:
     """A framework with the user's overrides applied; each default taken from the profile is noted."""
     fw = framework
     notes = []
@@ -360,25 +361,28 @@ def resolve_software(framework: Framework, *, dtype: str = "bf16", compiled: boo
         loss = fw.compile.loss or loss
     if fused_kernels is not None:
         elementwise = {op: ("fused" if fused_kernels else "eager") for op in ELEMENTWISE_OPS}
-    if moe_overlap is None:
-        moe_overlap = fw.moe.overlap
-    elif moe_overlap not in fw.moe.overlaps:
-        raise ParplanError(f"framework '{fw.name}' runs the MoE all-to-alls under {', '.join(fw.moe.overlaps)}; "
-                           f"not '{moe_overlap}'{suggest(moe_overlap, fw.moe.overlaps)}")
-    if optimizer_states is None:
-        optimizer_states = fw.optimizer_states[0]
-    elif optimizer_states not in fw.optimizer_states:
-        raise ParplanError(f"framework '{fw.name}' keeps its optimizer state in {', '.join(fw.optimizer_states)}; "
-                           f"not '{optimizer_states}'{suggest(optimizer_states, fw.optimizer_states)}")
-    if moe_dispatcher is None:
-        moe_dispatcher = fw.moe.dispatchers[0]
-    elif moe_dispatcher not in fw.moe.dispatchers:
-        raise ParplanError(f"framework '{fw.name}' dispatches MoE tokens with {', '.join(fw.moe.dispatchers)}; "
-                           f"not '{moe_dispatcher}'{suggest(moe_dispatcher, fw.moe.dispatchers)}")
+    moe_overlap = _choose(fw, moe_overlap, fw.moe.overlaps, fw.moe.overlap, "runs the MoE all-to-alls under")
+    optimizer_states = _choose(fw, optimizer_states, fw.optimizer_states, fw.optimizer_states[0],
+                               "keeps its optimizer state in")
+    moe_dispatcher = _choose(fw, moe_dispatcher, fw.moe.dispatchers, fw.moe.dispatchers[0],
+                             "dispatches MoE tokens with")
+    tp = fw.parallelism.tp_overlap
+    tp_overlap = _choose(fw, tp_overlap, tp.offered, tp.default, "runs the TP collectives with the overlaps")
+    if tp_overlap != "none" and tp.compiled and not compiled:
+        raise ParplanError(f"framework '{fw.name}' runs the TP {tp_overlap} only compiled: add --compile")
     return Software(framework=fw, compiled=bool(compiled), fp8_recipe=fp8_recipe if dtype == "fp8" else None,
                     flash_attention=bool(flash_attention), elementwise=MappingProxyType(elementwise), loss=loss,
                     notes=tuple(notes), moe_overlap=moe_overlap, optimizer_states=optimizer_states,
-                    moe_dispatcher=moe_dispatcher)
+                    moe_dispatcher=moe_dispatcher, tp_overlap=tp_overlap)
+
+
+def _choose(fw: Framework, given: str | None, offered, default: str, says: str) -> str:
+    """The user's choice where the framework offers it, else the framework's default."""
+    if given is None:
+        return default
+    if given not in offered:
+        raise ParplanError(f"framework '{fw.name}' {says} {', '.join(offered)}; not '{given}'{suggest(given, offered)}")
+    return given
 
 
 def default_framework(device_kind: str) -> str:

@@ -15,12 +15,13 @@ from ..errors import ParplanError
 from .framework import (ACTIVATION_SHARDS, ATTENTION_KERNELS, COMPILE_KEYS, CP_MODES, DEVICE_KINDS, DP_KEYS,
     ELEMENTWISE_OPS, FP8, FP8_CASTS, FP8_KEYS, FP8_RECIPES, FRAMEWORK_KEYS, GRAD_REDUCE, IMPLEMENTATIONS, KERNEL_KEYS,
     LOSSES, GRADIENTS, MASTER_WEIGHTS, OPTIMIZER_STATES, OPTIMIZERS, PARALLEL_KEYS, PP_KEYS, PP_SENDS, PREFETCH,
-    PROJECTIONS, RECOMPUTE_MODES, SCHEDULES, TP_OVERLAPS,
+    PROJECTIONS, RECOMPUTE_MODES, SCHEDULES,
     SEQUENCE_PARALLEL, SPLIT_CHUNKS, SPLIT_DEFAULTS, SPLIT_ENDS, SPLIT_KEYS, TP_MODES, VOCAB_KEYS, WEIGHT_CASTS,
     ZERO3_IMPLS, Compile, DataParallelSoftware, Framework, Kernels, Parallelism, PipelineSoftware, PipelineSplit,
     EXPERT_GEMMS, EXPERT_TP, HOST_KEYS, MOE_DISPATCHERS, MOE_KEYS, MOE_OVERLAPS, HostTimes, MoeSoftware)
 from .registry import shipped, shipped_names
 from .serving_stack import ServingStack, serving_from_dict
+from .tp_overlap import tp_overlap_from_dict
 from .yamlio import check_keys, names, number, read_yaml, require_mapping, suggest, text, text_mapping
 
 TRAINING_MARK = "kernels"  # a profile with this section describes training
@@ -233,8 +234,7 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
                            cp_modes=_choices(q, "cp_modes", f"{what}: parallelism", CP_MODES, ()),
                            sequence_parallel=text(q, "sequence_parallel", f"{what}: parallelism",
                                                   choices=SEQUENCE_PARALLEL),
-                           tp_overlap=text(q, "tp_overlap", f"{what}: parallelism", required=False,
-                                           choices=TP_OVERLAPS, default="none"),
+                           tp_overlap=tp_overlap_from_dict(q, f"{what}: parallelism"),
                            activation_shard=text(q, "activation_shard", f"{what}: parallelism", required=False,
                                                  choices=ACTIVATION_SHARDS, default="sequence"))
     v = require_mapping(data.get("vocab") or {}, f"{what}: vocab")

@@ -6,7 +6,8 @@ Collectives come tagged by their strategies (``hidden_by``):
 * ``attention``: issued per layer beside the attention core of the same layer (ring
   attention's ``cp - 1`` sends), exposed where they outlast it;
 * ``matmul``: issued per layer in steps under the linear GEMMs they feed or follow (a collective
-  matmul), exposed where they outlast them;
+  matmul: :func:`matmul_exposed`), exposed where they outlast all but one chunk of them, or where the
+  exchange kernels slow the GEMMs;
 * ``forward`` / ``backward``: issued beside the forward or backward pass of a micro-batch
   (gradient reduction under the backward, the next weights' gather under the forward:
   FSDP prefetch, Megatron ``--overlap-grad-reduce`` / ``--overlap-param-gather``). All of a
@@ -25,21 +26,48 @@ from typing import Any
 
 import numpy as np
 
-from ..cost.contention import exposed_s, slowdown
+from ..cost.contention import copy_exchange_slowdown, exposed_s, slowdown
 from .comms import link_sum, shared_links
 
 OVERLAPPED = ("forward", "backward")
 
 
-def attention_exposed(costs, axis: str, attn_fwd, attn_bwd, recompute, hider: str = "attention"):
+def attention_exposed(costs, axis: str, attn_fwd, attn_bwd, recompute):
     """(exposed seconds per layer, forward link seconds, backward link seconds) of ``axis``'s
-    collectives hidden under the attention core (or, with ``hider="matmul"``, under the layer's linear
-    GEMMs): forward and recompute under the forward kernels (twice over with full recompute), backward
-    under the backward ones."""
-    ring_f = link_sum(costs, lambda c: c.axis == axis and c.hidden_by == hider and c.phase != "backward")
-    ring_b = link_sum(costs, lambda c: c.axis == axis and c.hidden_by == hider and c.phase == "backward")
+    collectives hidden under the attention core: forward and recompute under the forward kernels (twice
+    over with full recompute), backward under the backward ones."""
+    ring_f = link_sum(costs, lambda c: c.axis == axis and c.hidden_by == "attention" and c.phase != "backward")
+    ring_b = link_sum(costs, lambda c: c.axis == axis and c.hidden_by == "attention" and c.phase == "backward")
     exposed = np.maximum(0, ring_f - attn_fwd * np.where(recompute == 2, 2, 1)) + np.maximum(0, ring_b - attn_bwd)
     return exposed, ring_f, ring_b
+
+
+def matmul_exposed(costs, axis: str, gemm_fwd, gemm_bwd, recompute, steps, hw, how):
+    """(exposed seconds per layer, forward link seconds, backward link seconds) of ``axis``'s collective
+    matmuls, run as ``how`` (a :class:`parplan.specs.tp_overlap.TpOverlap`) runs them: each all-gather or
+    reduce-scatter runs as ``steps - 1`` exchanges beside ``steps`` chunks of the GEMM it feeds or follows,
+    so one chunk in ``steps`` has nothing beside it and ``(steps - 1) / steps`` of the pass's GEMMs hide
+    them; a forward collective's ``tail`` share (a pipelined reduce-scatter's last chunk) hides under
+    nothing; while they run, the GEMMs slow by the SMs the exchange kernels hold (``sms`` per collective,
+    :func:`parplan.cost.contention.slowdown`) or, for copy-engine transfers (0 SMs), by the HBM traffic
+    they add (:func:`parplan.cost.contention.copy_exchange_slowdown`). Splitting the GEMMs costs them a
+    median 1-2% more on an H100, not priced (reports/gpu-checks/h100-2026-12-07-tp-overlap). Forward and
+    recompute under the forward GEMMs (twice over with full recompute), backward under the backward ones;
+    per pass, as :mod:`parplan.cost.contention` composes it, ``max(L - W (t - 1) / t, F + sum over the
+    collectives of (L_c - F_c) s_c / (1 + s_c))``, ``F`` the tails."""
+    share = np.where(np.asarray(steps) > 1, (np.asarray(steps, float) - 1) / np.maximum(steps, 1), 0.0)
+    exposed, links = np.float64(0.0), []
+    for backward, window in ((False, gemm_fwd * np.where(recompute == 2, 2, 1)), (True, gemm_bwd)):
+        link, floor = np.float64(0.0), np.float64(0.0)
+        for op in ("all_gather", "reduce_scatter"):
+            mine = link_sum(costs, lambda c: c.axis == axis and c.hidden_by == "matmul" and c.op == op
+                            and (c.phase == "backward") == backward)
+            s = slowdown(hw, "scale_up", {"gemm": 1.0}, sms=how.sms[op]) if how.sms[op] else copy_exchange_slowdown(hw)
+            tail = 0.0 if backward else how.tail[op] * mine
+            link, floor = link + mine, floor + tail + (mine - tail) * s / (1 + s)
+        exposed = exposed + np.maximum(link - window * share, floor)
+        links.append(link)
+    return exposed, links[0], links[1]
 
 
 def _busy_per_mb(costs, phases, target, stage_layers):

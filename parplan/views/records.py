@@ -93,7 +93,8 @@ def software_dict(sw) -> dict[str, Any]:
     return {"framework": sw.name, "compiled": sw.compiled, "fp8_recipe": sw.fp8_recipe,
             "flash_attention": sw.flash_attention, "attention_kernels": list(sw.attention_kernels),
             "elementwise": dict(sw.elementwise), "loss": sw.loss, "moe_overlap": sw.moe_overlap,
-            "optimizer_states": sw.optimizer_states, "moe_dispatcher": sw.moe_dispatcher, "defaults": list(sw.notes),
+            "optimizer_states": sw.optimizer_states, "moe_dispatcher": sw.moe_dispatcher, "tp_overlap": sw.tp_overlap,
+            "defaults": list(sw.notes),
             "profile": sw.framework.path}
 
 

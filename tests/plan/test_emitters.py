@@ -222,12 +222,13 @@ def test_megatron_yaml_and_explain_read_the_same_layout(run_cli, tmp_path):
 
 @pytest.mark.parametrize("target,framework,layout,options", [
     ("torchtitan", "torchtitan", Layout(tp=2, dp=4, zero=3, shard_group=2, sp=True, micro_batch=2, global_batch=64,
-                                        recompute="selective-layer", dtype="fp8"), dict(compiled=True)),
+                                        recompute="selective-layer", dtype="fp8"),
+     dict(compiled=True, tp_overlap="collective-matmul")),
     ("torchtitan", "torchtitan", Layout(pp=2, dp=4, vpp=2, schedule="interleaved", zero=2, micro_batch=1,
                                         global_batch=64, recompute="full"), {}),
     ("megatron", "megatron-core", Layout(tp=2, pp=2, dp=2, vpp=2, schedule="interleaved", sp=True, zero=1,
                                          shard_group=1, global_batch=64, recompute="selective", dtype="fp8"),
-     dict(fp8_recipe="tensorwise")),
+     dict(fp8_recipe="tensorwise", tp_overlap="collective-matmul")),
     ("deepspeed", "deepspeed", Layout(tp=2, pp=2, dp=2, zero=1, micro_batch=2, global_batch=64, recompute="full",
                                       dtype="fp16"), {}),
     ("llm-foundry", "llm-foundry", Layout(dp=8, zero=3, shard_group=4, micro_batch=2, global_batch=64,
@@ -252,9 +253,10 @@ def test_every_knob_survives_the_round_trip(tmp_path, target, framework, layout,
     fields = {k: v for k, v in back.layout.items() if v is not None or k == "shard_group"}
     fields.setdefault("seq_len", 4096)  # DeepSpeed's JSON has none
     sw2 = resolve_software(load_framework(back.framework), dtype=fields["dtype"], compiled=back.compiled,
-                           fp8_recipe=back.fp8_recipe)
+                           fp8_recipe=back.fp8_recipe, tp_overlap=back.tp_overlap)
     lay2 = check_layout(Layout(**fields), m, cl, sw2.framework)
     assert sw2.name == sw.name and sw2.compiled == sw.compiled and sw2.fp8_recipe == sw.fp8_recipe
+    assert sw2.tp_overlap == sw.tp_overlap
     assert float(estimate(m, cl, lay2, software=sw2).step_time_s) == \
         pytest.approx(float(estimate(m, cl, lay, software=sw).step_time_s), rel=1e-9)
 

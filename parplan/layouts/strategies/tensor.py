@@ -56,14 +56,19 @@ class TensorParallel1D(Strategy):
             Collective("tp_logits_allreduce", "all_reduce", "tp", t, stride, buf, ends_ar,
                        "microbatch", "backward", "none", "last"),
         ]
-        # A collective matmul (XLA's windowed einsum) runs each gather or scatter in steps under the GEMM it
-        # feeds or follows (JAX scaling book, "Programming TPUs in JAX": collective matmul; Wang et al. 2023).
-        overlap = ctx.software is not None and ctx.software.framework.parallelism.tp_overlap == "collective-matmul"
+        # A collective matmul (XLA's windowed einsum, Transformer Engine's userbuffers, PyTorch's async TP)
+        # runs each gather or scatter in tp steps under the GEMM it feeds or follows (JAX scaling book,
+        # "Programming TPUs in JAX": collective matmul; Wang et al. 2023); parplan.step.overlap prices it.
+        # A framework's pass may leave some backward collectives out (PyTorch's async TP: the reduce-scatter of
+        # the column-parallel linears' input gradient, a sum of several matmuls).
+        overlap = ctx.software is not None and ctx.software.tp_overlap == "collective-matmul"
+        backward = ctx.software.framework.parallelism.tp_overlap.backward if overlap else ()
         under = "matmul" if overlap else "none"
         for op, short in (("all_gather", "ag"), ("reduce_scatter", "rs")):
             out += [
                 Collective(f"sp_{short}_fwd", op, "tp", t, stride, buf, rs_ag, "layer", "forward", under),
-                Collective(f"sp_{short}_bwd", op, "tp", t, stride, buf, rs_ag, "layer", "backward", under),
+                Collective(f"sp_{short}_bwd", op, "tp", t, stride, buf, rs_ag, "layer", "backward",
+                           under if op in backward else "none"),
                 Collective(f"sp_{short}_recompute", op, "tp", t, stride, buf, rs_ag * again,
                            "layer", "recompute", under),
                 # Embedding output (reduce-scatter forward, all-gather backward) and logits input

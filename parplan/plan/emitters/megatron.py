@@ -100,6 +100,8 @@ def megatron_args(layout: Layout, model: ModelSpec, software=None) -> list[str]:
         args.append("--use-tp-pp-dp-mapping")
     if layout.sp:
         args.append("--sequence-parallel")
+        if software is not None and software.tp_overlap != "none":  # TE's userbuffers: needs --sequence-parallel
+            args.append("--tp-comm-overlap")
     if layout.zero == 1:
         args.append("--use-distributed-optimizer")
         if layout.shard_group and layout.shard_group < layout.dp:  # HSDP: optimizer shards within groups
@@ -326,7 +328,8 @@ def read(source: str, world_size: int, model: ModelSpec, yaml_data=None):
         if optim.get("name") == "distributed_fused_adam" and str(optim.get("dtype")) in ("bf16", "torch.bfloat16"):
             states = "bf16"  # Apex DistributedFusedAdam keeps its state (the parameter copy too) in optim.dtype
     return launch(TARGET, PROFILE, fields, fp8_recipe=recipe, moe_overlap=overlap, optimizer_states=states,
-                  moe_dispatcher="deepep" if deepep else None)
+                  moe_dispatcher="deepep" if deepep else None,
+                  tp_overlap="collective-matmul" if values.get("tp-comm-overlap") else None)
 
 
 # NeMo's optim.name for its sharded optimizers (NeMo-Framework-Launcher conf/training: distributed_fused_adam

@@ -99,6 +99,8 @@ def text(layout: Layout, model: ModelSpec, software=None) -> str:
     if layout.pp > 1:
         lines += [f'pipeline_parallel_schedule = "{SCHEDULE[layout.schedule]}"',
                   f"pipeline_parallel_microbatch_size = {layout.micro_batch}", *_stage_lines(layout, model, software)]
+    if software is not None and software.tp_overlap != "none" and layout.tp > 1:
+        lines.append("enable_async_tensor_parallel = true")
     if layout.zero == 2:
         lines.append('fsdp_reshard_after_forward = "never"')
     elif layout.zero == 3 and layout.pp > 1:  # "default" keeps the weights gathered under a pipeline (apply_fsdp)
@@ -250,4 +252,5 @@ def read(source: str, world_size: int, model: ModelSpec):
     if model.is_moe:
         layout["axes"] = (("ep", ep), ("etp", etp))
     return launch(TARGET, PROFILE, layout, compiled=bool(comp.get("enable", False)),
-                  fp8_recipe=(recipe or "tensorwise") if fp8 else None)
+                  fp8_recipe=(recipe or "tensorwise") if fp8 else None,
+                  tp_overlap="collective-matmul" if par.get("enable_async_tensor_parallel") else None)
