@@ -22,7 +22,7 @@ from .framework import (ACTIVATION_SHARDS, ATTENTION_KERNELS, COMPILE_KEYS, CP_M
 from .registry import shipped, shipped_names
 from .serving_stack import ServingStack, serving_from_dict
 from .tp_overlap import tp_overlap_from_dict
-from .yamlio import check_keys, names, number, read_yaml, require_mapping, suggest, text, text_mapping
+from .yamlio import check_keys, choices, names, number, read_yaml, require_mapping, suggest, text, text_mapping
 
 TRAINING_MARK = "kernels"  # a profile with this section describes training
 
@@ -40,14 +40,6 @@ def framework_names() -> list[str]:
 def serving_names() -> list[str]:
     """The shipped serving stacks (profiles with a ``serving:`` section)."""
     return [n for n, d in _shipped_data().items() if isinstance(d, dict) and "serving" in d]
-
-
-def _choices(data, key, what, allowed, default=()) -> tuple[str, ...]:
-    values = names(data, key, what) if key in data else tuple(default)
-    for v in values:
-        if v not in allowed:
-            raise ParplanError(f"{what}: '{key}' takes {', '.join(allowed)}; got '{v}'{suggest(v, allowed)}")
-    return values
 
 
 def _flag(data, key, what, default: bool) -> bool:
@@ -149,7 +141,7 @@ def _split(data, what) -> PipelineSplit:
     data = require_mapping(data or {}, what)
     check_keys(data, SPLIT_KEYS, what)
     split = PipelineSplit(default=text(data, "default", what, required=False, choices=SPLIT_DEFAULTS, default="even"),
-                          ends=_choices(data, "ends", what, SPLIT_ENDS, ()),
+                          ends=choices(data, "ends", what, SPLIT_ENDS, ()),
                           chunks=text(data, "chunks", what, required=False, choices=SPLIT_CHUNKS, default="equal"),
                           ends_weight=number(data, "ends_weight", what, required=False, integer=True, positive=False,
                                              default=0, maximum=1000))
@@ -164,7 +156,7 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
     name = text(data, "name", what)
     k = require_mapping(data.get("kernels") or {}, f"{what}: kernels")
     check_keys(k, KERNEL_KEYS, f"{what}: kernels")
-    attention = _choices(k, "attention", f"{what}: kernels", ATTENTION_KERNELS)
+    attention = choices(k, "attention", f"{what}: kernels", ATTENTION_KERNELS)
     kernels = Kernels(attention=attention,
                       flash_attention=_flag(k, "flash_attention", f"{what}: kernels", bool(attention)),
                       elementwise=MappingProxyType(_impls(k, "elementwise", f"{what}: kernels", True)),
@@ -183,7 +175,7 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
         raise ParplanError(f"{what}: compile.default is true but compile.available is false")
     f = require_mapping(data.get("fp8") or {}, f"{what}: fp8")
     check_keys(f, FP8_KEYS, f"{what}: fp8")
-    recipes = _choices(f, "recipes", f"{what}: fp8", FP8_RECIPES)
+    recipes = choices(f, "recipes", f"{what}: fp8", FP8_RECIPES)
     default = text(f, "default", f"{what}: fp8", required=False, choices=recipes or None)
     if recipes and default is None:
         raise ParplanError(f"{what}: fp8.default must name one of its recipes ({', '.join(recipes)})")
@@ -216,7 +208,7 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
         raise ParplanError(f"{w}: runs ZeRO-3 but zero3 is 'none'")
     p = require_mapping(data.get("pipeline") or {}, f"{what}: pipeline")
     check_keys(p, PP_KEYS, f"{what}: pipeline")
-    pipeline = PipelineSoftware(schedules=_choices(p, "schedules", f"{what}: pipeline", SCHEDULES, ("1f1b",)),
+    pipeline = PipelineSoftware(schedules=choices(p, "schedules", f"{what}: pipeline", SCHEDULES, ("1f1b",)),
                                 send=text(p, "send", f"{what}: pipeline", choices=PP_SENDS),
                                 zero=_zero_stages(p, "zero", f"{what}: pipeline", list(dp.zero)),
                                 reduce_every_microbatch=_flag(p, "reduce_every_microbatch", f"{what}: pipeline",
@@ -230,8 +222,8 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
         raise ParplanError(f"{what}: pipeline gives both micro_batch and micro_batches; a framework documents one")
     q = require_mapping(data.get("parallelism") or {}, f"{what}: parallelism")
     check_keys(q, PARALLEL_KEYS, f"{what}: parallelism")
-    parallel = Parallelism(tp_modes=_choices(q, "tp_modes", f"{what}: parallelism", TP_MODES, ("1d",)),
-                           cp_modes=_choices(q, "cp_modes", f"{what}: parallelism", CP_MODES, ()),
+    parallel = Parallelism(tp_modes=choices(q, "tp_modes", f"{what}: parallelism", TP_MODES, ("1d",)),
+                           cp_modes=choices(q, "cp_modes", f"{what}: parallelism", CP_MODES, ()),
                            sequence_parallel=text(q, "sequence_parallel", f"{what}: parallelism",
                                                   choices=SEQUENCE_PARALLEL),
                            tp_overlap=tp_overlap_from_dict(q, f"{what}: parallelism"),
@@ -247,16 +239,16 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
                       expert_gemms=_expert_gemms(m, f"{what}: moe"),
                       permute=text(m, "permute", f"{what}: moe", required=False, choices=IMPLEMENTATIONS,
                                    default="fused"),
-                      overlaps=_choices(m, "overlaps", f"{what}: moe", MOE_OVERLAPS, ("none",)),
+                      overlaps=choices(m, "overlaps", f"{what}: moe", MOE_OVERLAPS, ("none",)),
                       overlap=text(m, "overlap", f"{what}: moe", required=False, choices=MOE_OVERLAPS,
                                    default="none"),
-                      dispatchers=_choices(m, "dispatchers", f"{what}: moe", MOE_DISPATCHERS, ("alltoall",)),
+                      dispatchers=choices(m, "dispatchers", f"{what}: moe", MOE_DISPATCHERS, ("alltoall",)),
                       sync_s=_seconds(m, "sync_s", f"{what}: moe"))
     if moe.overlap not in moe.overlaps:
         raise ParplanError(f"{what}: moe: overlap '{moe.overlap}' is not one of its overlaps "
                            f"({', '.join(moe.overlaps)})")
-    devices = _choices(data, "devices", what, DEVICE_KINDS, ("gpu",))
-    states = _choices(data, "optimizer_states", what, OPTIMIZER_STATES, ("fp32",))
+    devices = choices(data, "devices", what, DEVICE_KINDS, ("gpu",))
+    states = choices(data, "optimizer_states", what, OPTIMIZER_STATES, ("fp32",))
     if states != ("fp32",) and data.get("optimizer") == "foreach":
         raise ParplanError(f"{what}: optimizer_states: the foreach optimizer keeps fp32 state only")
     eff = number(data, "elementwise_efficiency", what, required=False, maximum=1.0)
@@ -264,7 +256,7 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
         name=name, description=str(data.get("description", "")), devices=devices,
         emit=text(data, "emit", what, required=False), kernels=kernels, compile=compile_, fp8=fp8,
         data_parallel=dp, pipeline=pipeline, parallelism=parallel,
-        recompute=_choices(data, "recompute", what, RECOMPUTE_MODES, ("none", "full")),
+        recompute=choices(data, "recompute", what, RECOMPUTE_MODES, ("none", "full")),
         vocab_multiple=number(v, "multiple", f"{what}: vocab", required=False, integer=True, default=1,
                               maximum=1_000_000),
         vocab_times_tp=_flag(v, "times_tp", f"{what}: vocab", False),
@@ -293,7 +285,7 @@ def _load_serving_path(path: Path) -> ServingStack:
     name = text(data, "name", str(path))
     if "serving" not in data:
         raise ParplanError(f"framework '{name}' has no serving section; serving stacks: {', '.join(serving_names())}")
-    devices = _choices(data, "devices", str(path), DEVICE_KINDS, ("gpu",))
+    devices = choices(data, "devices", str(path), DEVICE_KINDS, ("gpu",))
     return serving_from_dict(data["serving"], name, str(path), text_mapping(data, "sources", str(path)), str(path),
                              devices)
 

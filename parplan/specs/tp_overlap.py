@@ -22,7 +22,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from ..errors import ParplanError
-from .yamlio import check_keys, names, number, require_mapping, suggest, text
+from .yamlio import check_keys, choices, number, require_mapping, text
 
 TP_OVERLAPS = ("none", "collective-matmul")
 COLLECTIVES = ("all_gather", "reduce_scatter")
@@ -43,7 +43,7 @@ class TpOverlap:
 def tp_overlap_from_dict(q: Mapping[str, Any], what: str) -> TpOverlap:
     """The ``tp_overlap*`` keys of a profile's ``parallelism`` block (the block's other keys are its own)."""
     default = text(q, "tp_overlap", what, required=False, choices=TP_OVERLAPS, default="none")
-    offered = _names(q, "tp_overlaps", what, TP_OVERLAPS, tuple(dict.fromkeys(("none", default))))
+    offered = choices(q, "tp_overlaps", what, TP_OVERLAPS, tuple(dict.fromkeys(("none", default))))
     if default not in offered:
         raise ParplanError(f"{what}: tp_overlap '{default}' is not one of its tp_overlaps ({', '.join(offered)})")
     compiled = q.get("tp_overlap_compiled", False)
@@ -52,15 +52,7 @@ def tp_overlap_from_dict(q: Mapping[str, Any], what: str) -> TpOverlap:
     return TpOverlap(default=default, offered=offered,
                      sms=_per_collective(q, "tp_overlap_sms", what, integer=True, maximum=1024),
                      tail=_per_collective(q, "tp_overlap_tail", what, integer=False, maximum=1.0),
-                     backward=_names(q, "tp_overlap_backward", what, COLLECTIVES, COLLECTIVES), compiled=compiled)
-
-
-def _names(q, key, what, allowed, default) -> tuple[str, ...]:
-    values = names(q, key, what) if key in q else tuple(default)
-    for v in values:
-        if v not in allowed:
-            raise ParplanError(f"{what}: '{key}' takes {', '.join(allowed)}; got '{v}'{suggest(v, allowed)}")
-    return values
+                     backward=choices(q, "tp_overlap_backward", what, COLLECTIVES, COLLECTIVES), compiled=compiled)
 
 
 def _per_collective(q, key, what, *, integer: bool, maximum: float) -> Mapping[str, Any]:

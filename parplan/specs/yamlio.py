@@ -112,6 +112,16 @@ def names(data: Mapping[str, Any], key: str, what: str) -> tuple[str, ...]:
     return tuple(str(v) for v in value)
 
 
+def choices(data: Mapping[str, Any], key: str, what: str, allowed: Iterable[str], default=()) -> tuple[str, ...]:
+    """A list of names, each one of ``allowed`` (absent: ``default``)."""
+    allowed = tuple(allowed)
+    values = names(data, key, what) if key in data else tuple(default)
+    for v in values:
+        if v not in allowed:
+            raise ParplanError(f"{what}: '{key}' takes {', '.join(allowed)}; got '{v}'{suggest(v, allowed)}")
+    return values
+
+
 def text_mapping(data: Mapping[str, Any], key: str, what: str) -> dict[str, str]:
     """A mapping of names to text (``sources``)."""
     value = data.get(key)

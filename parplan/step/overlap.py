@@ -50,23 +50,30 @@ def matmul_exposed(costs, axis: str, gemm_fwd, gemm_bwd, recompute, steps, hw, h
     them; a forward collective's ``tail`` share (a pipelined reduce-scatter's last chunk) hides under
     nothing; while they run, the GEMMs slow by the SMs the exchange kernels hold (``sms`` per collective,
     :func:`parplan.cost.contention.slowdown`) or, for copy-engine transfers (0 SMs), by the HBM traffic
-    they add (:func:`parplan.cost.contention.copy_exchange_slowdown`). Splitting the GEMMs costs them a
-    median 1-2% more on an H100, not priced (reports/gpu-checks/h100-2026-12-07-tp-overlap). Forward and
-    recompute under the forward GEMMs (twice over with full recompute), backward under the backward ones;
-    per pass, as :mod:`parplan.cost.contention` composes it, ``max(L - W (t - 1) / t, F + sum over the
-    collectives of (L_c - F_c) s_c / (1 + s_c))``, ``F`` the tails."""
+    they add where the profile measured it (:func:`parplan.cost.contention.copy_exchange_slowdown`; no
+    shipped profile has, so those cost nothing yet). Not priced: splitting the GEMMs (a median 1-2% more on
+    an H100, reports/gpu-checks/h100-2026-12-07-tp-overlap), and an SM margin the GEMMs keep beyond the
+    exchange. Forward and recompute under the forward GEMMs (twice over with full recompute), backward under
+    the backward ones; per pass, as :mod:`parplan.cost.contention` composes it,
+    ``max(L - W (t - 1) / t, F + sum over the collectives of (L_c - F_c) s_c / (1 + s_c))``, ``F`` the
+    tails. A group beyond the scale-up domain has no peer copies to run them (Transformer Engine's
+    userbuffers and PyTorch's symmetric memory are NVLink-domain only): its collectives stay exposed."""
     share = np.where(np.asarray(steps) > 1, (np.asarray(steps, float) - 1) / np.maximum(steps, 1), 0.0)
     exposed, links = np.float64(0.0), []
     for backward, window in ((False, gemm_fwd * np.where(recompute == 2, 2, 1)), (True, gemm_bwd)):
-        link, floor = np.float64(0.0), np.float64(0.0)
+        link, floor, outside = np.float64(0.0), np.float64(0.0), np.float64(0.0)
         for op in ("all_gather", "reduce_scatter"):
-            mine = link_sum(costs, lambda c: c.axis == axis and c.hidden_by == "matmul" and c.op == op
-                            and (c.phase == "backward") == backward)
+            mine = [c for c in costs if c.collective.axis == axis and c.collective.hidden_by == "matmul"
+                    and c.collective.op == op and (c.collective.phase == "backward") == backward]
+            on_link = sum((c.time_s * np.asarray(c.collective.count, float) for c in mine), np.float64(0.0))
+            spans = sum((c.time_s * np.asarray(c.collective.count, float) * np.asarray(c.spans_nodes, float)
+                         for c in mine), np.float64(0.0))
+            inside = on_link - spans
             s = slowdown(hw, "scale_up", {"gemm": 1.0}, sms=how.sms[op]) if how.sms[op] else copy_exchange_slowdown(hw)
-            tail = 0.0 if backward else how.tail[op] * mine
-            link, floor = link + mine, floor + tail + (mine - tail) * s / (1 + s)
-        exposed = exposed + np.maximum(link - window * share, floor)
-        links.append(link)
+            tail = 0.0 if backward else how.tail[op] * inside
+            link, floor, outside = link + inside, floor + tail + (inside - tail) * s / (1 + s), outside + spans
+        exposed = exposed + np.maximum(link - window * share, floor) + outside
+        links.append(link + outside)
     return exposed, links[0], links[1]
 
 

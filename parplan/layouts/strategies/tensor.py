@@ -61,16 +61,21 @@ class TensorParallel1D(Strategy):
         # "Programming TPUs in JAX": collective matmul; Wang et al. 2023); parplan.step.overlap prices it.
         # A framework's pass may leave some backward collectives out (PyTorch's async TP: the reduce-scatter of
         # the column-parallel linears' input gradient, a sum of several matmuls).
+        # An MoE block's gather and scatter (its dispatcher's) feed no linear layer: they stay exposed.
         overlap = ctx.software is not None and ctx.software.tp_overlap == "collective-matmul"
         backward = ctx.software.framework.parallelism.tp_overlap.backward if overlap else ()
         under = "matmul" if overlap else "none"
+        moe = np.where(sp, ctx.model.moe_layers / ctx.model.layers, 0.0) if overlap and ctx.model.is_moe else 0.0
         for op, short in (("all_gather", "ag"), ("reduce_scatter", "rs")):
             out += [
-                Collective(f"sp_{short}_fwd", op, "tp", t, stride, buf, rs_ag, "layer", "forward", under),
-                Collective(f"sp_{short}_bwd", op, "tp", t, stride, buf, rs_ag, "layer", "backward",
+                Collective(f"sp_{short}_fwd", op, "tp", t, stride, buf, rs_ag - moe, "layer", "forward", under),
+                Collective(f"sp_{short}_bwd", op, "tp", t, stride, buf, rs_ag - moe, "layer", "backward",
                            under if op in backward else "none"),
-                Collective(f"sp_{short}_recompute", op, "tp", t, stride, buf, rs_ag * again,
+                Collective(f"sp_{short}_recompute", op, "tp", t, stride, buf, (rs_ag - moe) * again,
                            "layer", "recompute", under),
+                *[Collective(f"sp_{short}_moe_{phase}", op, "tp", t, stride, buf, moe * k, "layer", phase, "none")
+                  for phase, k in (("forward", 1), ("backward", 1), ("recompute", again))
+                  if overlap and ctx.model.is_moe],
                 # Embedding output (reduce-scatter forward, all-gather backward) and logits input
                 # (all-gather forward, reduce-scatter backward): one of each per pass.
                 Collective(f"sp_{short}_head_fwd", op, "tp", t, stride, buf, ends_rs_ag, "microbatch",
