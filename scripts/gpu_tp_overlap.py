@@ -27,7 +27,7 @@ splits. What SMs held beside a GEMM cost is ``scripts/gpu_overlap.py``'s content
    rate: the GEMM slowdown against the HBM share a copy-engine exchange takes.
 
 usage: python scripts/gpu_tp_overlap.py OUT_DIR [--quick] [--parts=chunks,copy,ring,paced] [--hw=PROFILE]
-       [--link-gbps=G]
+       [--link-gbps=G] [--only=MODEL-OR-LAYOUT, e.g. "llama3-70b tp4"]
 """
 from __future__ import annotations
 
@@ -53,8 +53,9 @@ MODELS = (("llama3-70b", 4, 8192, 1024, 28672), ("llama3.1-405b", 4, 16384, 1024
 def gemms():
     """(name, feeds, tp, m, k, n) of one layer's tensor-parallel GEMMs at 8192 tokens (1024 with --quick)."""
     m = 1024 if QUICK else 8192
+    only = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--only=")), "")
     out = []
-    for model, tp, h, kv, ffn in MODELS[:1] if QUICK else MODELS:
+    for model, tp, h, kv, ffn in MODELS[:1] if QUICK else [x for x in MODELS if only in f"{x[0]} tp{x[1]}"]:
         scale = 16 if QUICK else 1
         h_, kv_, ffn_ = h // scale, kv // scale, ffn // scale
         out += [(f"{model} tp{tp} qkv", "all_gather", tp, m, h_, (h_ + 2 * kv_) // tp),
