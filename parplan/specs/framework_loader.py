@@ -22,7 +22,7 @@ from .framework import (ACTIVATION_SHARDS, ATTENTION_KERNELS, COMPILE_KEYS, CP_M
 from .registry import shipped, shipped_names
 from .serving_stack import ServingStack, serving_from_dict
 from .tp_overlap import tp_overlap_from_dict
-from .yamlio import check_keys, choices, names, number, read_yaml, require_mapping, suggest, text, text_mapping
+from .yamlio import check_keys, choices, flag, names, number, read_yaml, require_mapping, suggest, text, text_mapping
 
 TRAINING_MARK = "kernels"  # a profile with this section describes training
 
@@ -42,21 +42,12 @@ def serving_names() -> list[str]:
     return [n for n, d in _shipped_data().items() if isinstance(d, dict) and "serving" in d]
 
 
-def _flag(data, key, what, default: bool) -> bool:
-    value = data.get(key, default)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise ParplanError(f"{what}: field '{key}' must be true or false, got {value!r}")
-    return value
-
-
 def _expert_gemms(m, what) -> str:
     """``expert_gemms`` (one of EXPERT_GEMMS), or the older ``grouped_gemm: true|false`` (grouped | loop)."""
     if "expert_gemms" in m and "grouped_gemm" in m:
         raise ParplanError(f"{what}: give expert_gemms or grouped_gemm, not both")
     if "grouped_gemm" in m:
-        return "grouped" if _flag(m, "grouped_gemm", what, False) else "loop"
+        return "grouped" if flag(m, "grouped_gemm", what, False) else "loop"
     return text(m, "expert_gemms", what, required=False, choices=EXPERT_GEMMS, default="loop")
 
 
@@ -158,16 +149,16 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
     check_keys(k, KERNEL_KEYS, f"{what}: kernels")
     attention = choices(k, "attention", f"{what}: kernels", ATTENTION_KERNELS)
     kernels = Kernels(attention=attention,
-                      flash_attention=_flag(k, "flash_attention", f"{what}: kernels", bool(attention)),
+                      flash_attention=flag(k, "flash_attention", f"{what}: kernels", bool(attention)),
                       elementwise=MappingProxyType(_impls(k, "elementwise", f"{what}: kernels", True)),
                       loss=text(k, "loss", f"{what}: kernels", choices=LOSSES),
-                      weight_casts=_flag(k, "weight_casts", f"{what}: kernels", False),
+                      weight_casts=flag(k, "weight_casts", f"{what}: kernels", False),
                       projections=text(k, "projections", f"{what}: kernels", required=False, choices=PROJECTIONS,
                                        default="fused"))
     c = require_mapping(data.get("compile") or {}, f"{what}: compile")
     check_keys(c, COMPILE_KEYS, f"{what}: compile")
-    compile_ = Compile(available=_flag(c, "available", f"{what}: compile", False),
-                       default=_flag(c, "default", f"{what}: compile", False),
+    compile_ = Compile(available=flag(c, "available", f"{what}: compile", False),
+                       default=flag(c, "default", f"{what}: compile", False),
                        elementwise=MappingProxyType(_impls(c, "elementwise", f"{what}: compile", False)),
                        loss=text(c, "loss", f"{what}: compile", required=False, choices=LOSSES),
                        host=_host(c, f"{what}: compile") if c.get("host") is not None else None)
@@ -180,15 +171,15 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
     if recipes and default is None:
         raise ParplanError(f"{what}: fp8.default must name one of its recipes ({', '.join(recipes)})")
     casts = text(f, "casts", f"{what}: fp8", required=False, choices=FP8_CASTS, default="separate")
-    saves = _flag(f, "saves_fp8_inputs", f"{what}: fp8", False)
+    saves = flag(f, "saves_fp8_inputs", f"{what}: fp8", False)
     fp8 = FP8(recipes=recipes, default=default, casts=casts,
               compiled_casts=text(f, "compiled_casts", f"{what}: fp8", required=False, choices=FP8_CASTS,
                                   default=casts),
               weight_cast=text(f, "weight_cast", f"{what}: fp8", required=False, choices=WEIGHT_CASTS,
                                default="per-microbatch"),
-              all_gather=_flag(f, "all_gather", f"{what}: fp8", False), wgrad=_flag(f, "wgrad", f"{what}: fp8", True),
+              all_gather=flag(f, "all_gather", f"{what}: fp8", False), wgrad=flag(f, "wgrad", f"{what}: fp8", True),
               saves_fp8_inputs=saves,
-              compiled_saves_fp8_inputs=_flag(f, "compiled_saves_fp8_inputs", f"{what}: fp8", saves),
+              compiled_saves_fp8_inputs=flag(f, "compiled_saves_fp8_inputs", f"{what}: fp8", saves),
               recipe_casts=_recipe_casts(f, recipes, f"{what}: fp8.recipe_casts"))
     d = require_mapping(data.get("data_parallel") or {}, f"{what}: data_parallel")
     w = f"{what}: data_parallel"
@@ -197,13 +188,13 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
         zero=_zero_stages(d, "zero", w, [0, 1, 2, 3]),
         zero3=text(d, "zero3", w, choices=ZERO3_IMPLS),
         grad_reduce=_per_stage(d, "grad_reduce", w, GRAD_REDUCE),
-        reduce_every_microbatch=_flag(d, "reduce_every_microbatch", w, True),
+        reduce_every_microbatch=flag(d, "reduce_every_microbatch", w, True),
         backward_prefetch=text(d, "backward_prefetch", w, required=False, choices=PREFETCH, default="before"),
         gather_bucket_params=number(d, "gather_bucket_params", w, required=False, integer=True, maximum=1e13),
         reduce_bucket_params=number(d, "reduce_bucket_params", w, required=False, integer=True, maximum=1e13),
         max_live_params=number(d, "max_live_params", w, required=False, integer=True, maximum=1e13),
         grad_dtype=text(d, "grad_dtype", w, choices=("fp32", "param", "fp32-with-bf16")),
-        overlap_param_gather=_flag(d, "overlap_param_gather", w, True))
+        overlap_param_gather=flag(d, "overlap_param_gather", w, True))
     if 3 in dp.zero and dp.zero3 == "none":
         raise ParplanError(f"{w}: runs ZeRO-3 but zero3 is 'none'")
     p = require_mapping(data.get("pipeline") or {}, f"{what}: pipeline")
@@ -211,7 +202,7 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
     pipeline = PipelineSoftware(schedules=choices(p, "schedules", f"{what}: pipeline", SCHEDULES, ("1f1b",)),
                                 send=text(p, "send", f"{what}: pipeline", choices=PP_SENDS),
                                 zero=_zero_stages(p, "zero", f"{what}: pipeline", list(dp.zero)),
-                                reduce_every_microbatch=_flag(p, "reduce_every_microbatch", f"{what}: pipeline",
+                                reduce_every_microbatch=flag(p, "reduce_every_microbatch", f"{what}: pipeline",
                                                               dp.reduce_every_microbatch),
                                 split=_split(p.get("split"), f"{what}: pipeline.split"),
                                 micro_batch=number(p, "micro_batch", f"{what}: pipeline", required=False,
@@ -233,7 +224,7 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
     check_keys(v, VOCAB_KEYS, f"{what}: vocab")
     m = require_mapping(data.get("moe") or {}, f"{what}: moe")
     check_keys(m, MOE_KEYS, f"{what}: moe")
-    moe = MoeSoftware(expert_parallel=_flag(m, "expert_parallel", f"{what}: moe", False),
+    moe = MoeSoftware(expert_parallel=flag(m, "expert_parallel", f"{what}: moe", False),
                       expert_tensor_parallel=text(m, "expert_tensor_parallel", f"{what}: moe", required=False,
                                                   choices=EXPERT_TP, default="one"),
                       expert_gemms=_expert_gemms(m, f"{what}: moe"),
@@ -259,7 +250,7 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
         recompute=choices(data, "recompute", what, RECOMPUTE_MODES, ("none", "full")),
         vocab_multiple=number(v, "multiple", f"{what}: vocab", required=False, integer=True, default=1,
                               maximum=1_000_000),
-        vocab_times_tp=_flag(v, "times_tp", f"{what}: vocab", False),
+        vocab_times_tp=flag(v, "times_tp", f"{what}: vocab", False),
         optimizer=text(data, "optimizer", what, choices=OPTIMIZERS),
         master_weights=text(data, "master_weights", what, choices=MASTER_WEIGHTS),
         gradients=text(data, "gradients", what, required=False, choices=GRADIENTS, default="persistent"),
@@ -267,7 +258,7 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
         host=_host(data, what) if data.get("host") is not None else HostTimes(),
         elementwise_efficiency=eff,
         aliases=names(data, "aliases", what), sources=MappingProxyType(text_mapping(data, "sources", what)),
-        path=path, moe=moe, mtp=_flag(data, "mtp", what, False), optimizer_states=states)
+        path=path, moe=moe, mtp=flag(data, "mtp", what, False), optimizer_states=states)
 
 
 @lru_cache(maxsize=64)

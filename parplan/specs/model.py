@@ -10,14 +10,14 @@ adds its low-rank query and key-value projections (:mod:`parplan.specs.moe_spec`
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from ..errors import ParplanError
 
 from .moe_spec import MOE_KEYS, moe_fields
-from .yamlio import check_keys, names, number, require_mapping, text
+from .yamlio import check_keys, flag, names, number, require_mapping, text
 
 ACTIVATIONS = ("gelu", "swiglu", "relu")
 NORMS = ("layernorm", "rmsnorm")
@@ -283,25 +283,16 @@ def model_from_dict(data: Any, what: str, path: str = "", seq_note: str = "") ->
         seq_note=seq_note,
         norm=text(data, "norm", what, required=False, choices=NORMS, default="layernorm"),
         position=text(data, "position", what, required=False, choices=POSITIONS, default="learned"),
-        bias=_flag(data, "bias", what, True),
-        tied_embeddings=_flag(data, "tied_embeddings", what, True),
-        parallel_layers=_flag(data, "parallel_layers", what, False),
-        causal=_flag(data, "causal", what, True),
+        bias=flag(data, "bias", what, True),
+        tied_embeddings=flag(data, "tied_embeddings", what, True),
+        parallel_layers=flag(data, "parallel_layers", what, False),
+        causal=flag(data, "causal", what, True),
         source=str(data.get("source", "")),
         aliases=names(data, "aliases", what),
         path=path,
         **moe_fields(data, what, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
                      layers=number(data, "layers", what, integer=True, maximum=100_000)),
     )
-
-
-def _flag(data: Mapping[str, Any], key: str, what: str, default: bool) -> bool:
-    value = data.get(key, default)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise ParplanError(f"{what}: field '{key}' must be true or false, got {value!r}")
-    return value
 
 
 def with_seq_len(model: ModelSpec, seq_len: int | None) -> ModelSpec:

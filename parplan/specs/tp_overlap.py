@@ -22,7 +22,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from ..errors import ParplanError
-from .yamlio import check_keys, choices, number, require_mapping, text
+from .yamlio import check_keys, choices, flag, number, require_mapping, text
 
 TP_OVERLAPS = ("none", "collective-matmul")
 COLLECTIVES = ("all_gather", "reduce_scatter")
@@ -46,13 +46,11 @@ def tp_overlap_from_dict(q: Mapping[str, Any], what: str) -> TpOverlap:
     offered = choices(q, "tp_overlaps", what, TP_OVERLAPS, tuple(dict.fromkeys(("none", default))))
     if default not in offered:
         raise ParplanError(f"{what}: tp_overlap '{default}' is not one of its tp_overlaps ({', '.join(offered)})")
-    compiled = q.get("tp_overlap_compiled", False)
-    if not isinstance(compiled, bool):
-        raise ParplanError(f"{what}: field 'tp_overlap_compiled' must be true or false, got {compiled!r}")
     return TpOverlap(default=default, offered=offered,
                      sms=_per_collective(q, "tp_overlap_sms", what, integer=True, maximum=1024),
                      tail=_per_collective(q, "tp_overlap_tail", what, integer=False, maximum=1.0),
-                     backward=choices(q, "tp_overlap_backward", what, COLLECTIVES, COLLECTIVES), compiled=compiled)
+                     backward=choices(q, "tp_overlap_backward", what, COLLECTIVES, COLLECTIVES),
+                     compiled=flag(q, "tp_overlap_compiled", what, False))
 
 
 def _per_collective(q, key, what, *, integer: bool, maximum: float) -> Mapping[str, Any]:

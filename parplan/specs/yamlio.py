@@ -112,6 +112,16 @@ def names(data: Mapping[str, Any], key: str, what: str) -> tuple[str, ...]:
     return tuple(str(v) for v in value)
 
 
+def flag(data: Mapping[str, Any], key: str, what: str, default: bool) -> bool:
+    """A true/false field (absent or null: ``default``)."""
+    value = data.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ParplanError(f"{what}: field '{key}' must be true or false, got {value!r}")
+    return value
+
+
 def choices(data: Mapping[str, Any], key: str, what: str, allowed: Iterable[str], default=()) -> tuple[str, ...]:
     """A list of names, each one of ``allowed`` (absent: ``default``)."""
     allowed = tuple(allowed)
