@@ -94,14 +94,18 @@ def chunks(out: str) -> None:
                           chunked_s=chunked, ratio=chunked / whole, whole_tflops=2.0 * m * k * n / whole / 1e12)
 
 
+def copy_buffers(nbytes: int, reps: int, batch: int):
+    """(bytes, source, destination, seconds of one device-to-device copy between them)."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device=DEV)
+    dst = torch.empty_like(src)
+    return nbytes, src, dst, timed(lambda: dst.copy_(src), reps=reps, batch=batch)
+
+
 def copy_engine(out: str) -> None:
     table = Table(f"{out}/copy_engine.csv", ["gemm", "m", "k", "n", "alone_s", "with_s", "slowdown",
                                              "copy_gbps_alone"])
     reps = 5 if QUICK else 20
-    nbytes = (64 if QUICK else 1024) << 20
-    src = torch.empty(nbytes, dtype=torch.uint8, device=DEV)
-    dst = torch.empty_like(src)
-    copy_alone = timed(lambda: dst.copy_(src), reps=reps, batch=4)
+    nbytes, src, dst, copy_alone = copy_buffers((64 if QUICK else 1024) << 20, reps, 4)
     gbps = 2 * nbytes / copy_alone / 1e9  # read + write
     side, main = torch.cuda.Stream(), torch.cuda.Stream()
     for name, _feeds, _tp, m, k, n in gemms():
@@ -199,10 +203,7 @@ def paced_copies(out: str) -> None:
     table = Table(f"{out}/paced_copy.csv", ["gemm", "dtype", "m", "k", "n", "share", "copy_gbps", "alone_s", "with_s",
                                             "slowdown"])
     reps = 5 if QUICK else 10
-    nbytes = (8 if QUICK else 64) << 20
-    src = torch.empty(nbytes, dtype=torch.uint8, device=DEV)
-    dst = torch.empty_like(src)
-    one_copy = timed(lambda: dst.copy_(src), reps=reps, batch=8)
+    nbytes, src, dst, one_copy = copy_buffers((8 if QUICK else 64) << 20, reps, 8)
     per_s = sleep_rate()
     side, main_s = torch.cuda.Stream(), torch.cuda.Stream()
     for name, _feeds, _tp, m, k, n in gemms():
