@@ -34,6 +34,9 @@ def cli():
 
 # --------------------------------------------------------------------------- shared options
 
+RECOMPUTE_LAYERS_HELP = ("Full recompute of only the first N layers of each pipeline chunk, the rest keeping "
+                         "their activations (Megatron's --recompute-method block); implies --recompute full.")
+
 def layout_options(fn):
     opts = [
         click.option("--model", "model_name", required=True, help="Model name, YAML spec or HF config.json."),
@@ -53,6 +56,7 @@ def layout_options(fn):
         click.option("--seq", type=int, default=None, help="Sequence length (default: the model's)."),
         click.option("--recompute", type=click.Choice(RECOMPUTE), default="none",
                      show_default=True),
+        click.option("--recompute-layers", type=int, default=None, help=RECOMPUTE_LAYERS_HELP),
         click.option("--dtype", type=click.Choice(DTYPES), default="bf16",
                      show_default=True),
         click.option("--zero", type=click.IntRange(0, 3), default=0, show_default=True,
@@ -185,6 +189,7 @@ def _estimate_or_explain(model_name, hw, headroom, fmt, mode, inference, kw, exp
 @click.option("--zero", type=click.IntRange(0, 3), default=None, help="Fix the ZeRO stage.")
 @click.option("--micro-batch", type=int, default=None, help="Fix the micro-batch.")
 @click.option("--recompute", type=click.Choice(RECOMPUTE), default=None)
+@click.option("--recompute-layers", type=int, default=None, help=RECOMPUTE_LAYERS_HELP)
 @click.option("--mesh", default=None, help="Fix the axes and their order, innermost first, e.g. 'tp=8,pp=4,dp=16'.")
 @click.option("--sp/--no-sp", default=None, help="Fix Megatron sequence parallel on or off.")
 @click.option("--vpp", type=int, default=None, help="Fix the virtual pipeline stages per rank.")

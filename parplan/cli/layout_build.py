@@ -7,7 +7,7 @@ from ..errors import ParplanError
 
 def build_layout(cluster, model, *, mesh, tp, pp, dp, cp, micro_batch, global_batch, seq, recompute, dtype,
                  zero, shard_group, sp, tp_mode, cp_mode, vpp, schedule, ep=None, etp=None, ici=None,
-                 first_stage_layers=None, last_stage_layers=None):
+                 first_stage_layers=None, last_stage_layers=None, recompute_layers=None):
     from ..layouts.layout import DEFAULT_ORDER, Layout, mesh_order, parse_mesh
     from ..plan.candidates import default_global_batch
 
@@ -44,11 +44,14 @@ def build_layout(cluster, model, *, mesh, tp, pp, dp, cp, micro_batch, global_ba
             raise ParplanError(f"--{name} must be a positive whole number, got {v}")
     if global_batch is None:  # the plan's default, in whole rounds of micro-batches
         global_batch = default_global_batch(model, cluster, seq or model.seq_len, micro_batch * given["dp"])
+    if recompute_layers is not None and recompute == "none":  # --recompute-layers implies a full recompute
+        recompute = "full"
     layout = Layout(tp=given["tp"], pp=given["pp"], dp=given["dp"], cp=given["cp"], micro_batch=micro_batch,
                     global_batch=global_batch, seq_len=seq, recompute=recompute, dtype=dtype, zero=zero,
                     shard_group=shard_group, sp=sp, tp_mode=tp_mode, cp_mode=cp_mode, vpp=vpp,
                     schedule=schedule, order=tuple(order), axes=tuple(extra.items()),
-                    first_stage_layers=first_stage_layers, last_stage_layers=last_stage_layers)
+                    first_stage_layers=first_stage_layers, last_stage_layers=last_stage_layers,
+                    recompute_layers=recompute_layers)
     if ici is not None:
         from dataclasses import replace
         from ..layouts.torus_map import parse_map

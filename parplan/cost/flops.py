@@ -43,8 +43,9 @@ def model_flops_per_step(model: ModelSpec, seq, batch, dtype: str = "bf16", caus
     return 3.0 * np.asarray(batch, float) * (model.layers * layer + head + mtp)
 
 
-def recompute_flops_per_step(model: ModelSpec, seq, batch, recompute, dtype: str = "bf16"):
-    """Extra forward FLOPs spent recomputing activations: full, every layer; selective, the attention
+def recompute_flops_per_step(model: ModelSpec, seq, batch, recompute, dtype: str = "bf16", full_share=None):
+    """Extra forward FLOPs spent recomputing activations: full, every layer (``full_share`` of them:
+    :func:`parplan.cost.memory.recompute_share`); selective, the attention
     core; selective-op, the matmuls per-op checkpointing does not save (``Op.sac``); selective-layer,
     every N-th layer (:data:`parplan.cost.memory.SELECTIVE_LAYER_EVERY`); norm-act, none (its norms and
     activations are element-wise passes); save-dots, the attention core (the weight matmuls are kept);
@@ -58,8 +59,9 @@ def recompute_flops_per_step(model: ModelSpec, seq, batch, recompute, dtype: str
         else sum((o.fwd_flops * o.sac for o in flash), 0.0)
     up = sum((o.fwd_flops for o in layer_ops if o.name in mla_mod.UP_PROJECTIONS), 0.0) if model.mla else 0.0
     code = recompute_code(recompute)
+    share = 1.0 if full_share is None else full_share
     per_layer = np.select([code == 2, code == 1, code == 3, code == 4, code == 6, code == 7],
-                          [full, core, per_op, full / SELECTIVE_LAYER_EVERY, core, up], 0.0)
+                          [full * share, core, per_op, full / SELECTIVE_LAYER_EVERY, core, up], 0.0)
     return np.asarray(batch, float) * model.layers * per_layer
 
 

@@ -122,6 +122,23 @@ def layer_activation_bytes(model: ModelSpec, d: LocalDims, dtype: str, flash_att
                      [kept_input, selective, per_op, per_layer, norm_act, save_dots, mla_up], full)
 
 
+def recompute_share(recompute, recompute_layers=None, chunk_layers=None):
+    """The fraction of a pipeline chunk's layers whose forward runs again whole in the backward.
+
+    ``full``: every layer, or with ``recompute_layers`` = N Megatron's block method, the first N layers of
+    each model chunk (``--recompute-method block --recompute-num-layers N``: Megatron-LM
+    megatron/core/recompute.py, ``use_checkpoint = layer_idx < recompute_num_layers`` over the chunk's
+    layers), ``min(N, chunk) / chunk``; ``selective-layer``: every N-th block
+    (:data:`SELECTIVE_LAYER_EVERY`); any other mode, none. Array-able.
+    """
+    code = recompute_code(recompute)
+    full = 1.0
+    if recompute_layers is not None:  # (0, the search's "not a block": every layer)
+        k, chunk = np.asarray(recompute_layers, float), np.maximum(np.asarray(chunk_layers, float), 1.0)
+        full = np.where(k > 0, np.minimum(k, chunk) / chunk, 1.0)
+    return np.select([code == 2, code == 4], [np.broadcast_to(full, np.shape(full)), 1.0 / SELECTIVE_LAYER_EVERY], 0.0)
+
+
 def recompute_code(recompute):
     if isinstance(recompute, str):
         return np.asarray(RECOMPUTE_MODES.index(recompute))

@@ -41,6 +41,9 @@ class Layout:
     schedule: str = "1f1b"           # zb-h1: Qi et al. 2023's zero-bubble schedule that keeps 1F1B's memory;
     #                                  dualpipev: DeepSeek's DualPipe cut in half, two stages per rank in a V
     recompute: str = "none"
+    # With recompute "full": the layers of each pipeline chunk recomputed, the first N (Megatron's block
+    # method); the rest keep their activations. None: every layer.
+    recompute_layers: int | None = None
     dtype: str = "bf16"              # the compute type; fp8: the linear GEMMs under the software's FP8 recipe
     order: tuple[str, ...] = field(default=DEFAULT_ORDER)
     # Sizes of plug-in axes beyond tp, cp, pp and dp, as (name, size) pairs; an axis folded over
@@ -103,7 +106,8 @@ class Layout:
                  + (f"[{self.schedule}]" if self.pp > 1 and self.schedule in ("gpipe", "zb-h1", "dualpipev") else ""),
                  f"dp={self.dp}" + (f"(zero{self.zero}{hsdp})" if self.zero else ""),
                  f"cp={self.cp}" + ("(ring)" if self.cp > 1 and self.cp_mode == "ring" else ""),
-                 f"mb={self.micro_batch}", f"recompute={self.recompute}"]
+                 f"mb={self.micro_batch}", f"recompute={self.recompute}"
+                 + (f"({self.recompute_layers} per chunk)" if self.recompute_layers is not None else "")]
         parts[4:4] = [f"{name}={size}" for name, size in self.axes]
         return " ".join(parts)
 

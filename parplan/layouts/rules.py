@@ -291,6 +291,7 @@ def check_layout(layout: Layout, model: ModelSpec, cluster: Cluster, framework=N
         framework)
     if problem:
         raise ParplanError(problem)
+    check_recompute_layers(layout.recompute_layers, layout.recompute, fw, model.layers, layout.pp * layout.vpp)
     if cluster.is_torus:  # the mesh must lie over the slices' torus axes (parplan.layouts.torus_map)
         if layout.torus_map is not None:
             check_map(layout.torus_map, layout.sizes(), cluster)
@@ -327,3 +328,24 @@ def _check_plugin_axes(layout: Layout) -> None:
     mesh = BUILTIN + tuple(a for a, _ in layout.axes if not is_folded(a))
     if sorted(layout.order) != sorted(mesh):
         raise ParplanError(f"mesh order must list each of {', '.join(mesh)} once, got {layout.order}")
+
+
+def check_recompute_layers(layers, recompute: str, framework, model_layers: int, chunks: int | None = None) -> None:
+    """A block recompute (``--recompute-layers N``) needs full recompute, a framework that runs it (Megatron's
+    ``--recompute-method block``) and, where the chunks are known (``pp * vpp`` of them), no more layers than
+    the largest chunk holds."""
+    if layers is None:
+        return
+    if not isinstance(layers, int) or isinstance(layers, bool) or layers < 1:
+        raise ParplanError(f"recompute-layers must be a positive whole number, got {layers!r}")
+    if recompute != "full":
+        raise ParplanError(f"--recompute-layers {layers} recomputes a block of each chunk's layers whole: it needs "
+                           f"--recompute full, not {recompute}")
+    if framework is not None and not framework.recompute_layers:
+        raise ParplanError(f"{framework.name} has no block recompute (--recompute-layers): its profile says "
+                           f"recompute_layers: false; recompute every layer, or pick a framework that has it")
+    chunk = -(-model_layers // chunks) if chunks else model_layers
+    if layers > chunk:
+        raise ParplanError(f"--recompute-layers {layers} exceeds the {chunk} layers of a pipeline chunk "
+                           f"({model_layers} layers over {chunks or 1}): give at most {chunk}, or leave it out to "
+                           f"recompute every layer")

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ParplanError
+from ..layouts.rules import check_recompute_layers
 from ..specs.cluster import Cluster
 from ..specs.model import ModelSpec
 from ..step.software import default_software
@@ -124,6 +125,9 @@ def make_plan(model, cluster, *, global_batch=None, dtype="bf16", objective="thr
         note = default_batch_note(batches[0], seq)
     cluster.hardware.peak(dtype)
     software = software or default_software(cluster, dtype)
+    if (fixed or {}).get("recompute_layers") is not None:  # a block recompute is a full one of some layers
+        fixed = {**fixed, "recompute": fixed.get("recompute", "full")}
+        check_recompute_layers(fixed["recompute_layers"], fixed["recompute"], software.framework, model.layers)
     space_kw = dict(seq_len=seq, dtype=dtype, allow_cross_node_tp=allow_cross_node_tp, fixed=fixed or {},
                     software=software, headroom=headroom, schedule=schedule, placements=placements)
     df, evaluated, space = _search_all(model, cluster, batches, space_kw)

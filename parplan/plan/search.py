@@ -50,7 +50,8 @@ def search(model: ModelSpec, cluster: Cluster, space: SearchSpace, progress=None
                             dtype=space.dtype, order=order, schedule=space.schedule or base_schedule(space, cluster),
                             axes=(("ep", part["ep"]), ("etp", part["etp"])) if "ep" in part else (),
                             torus_map=torus_maps.layout_map(part, order, cluster) if hidden else None,
-                            first_stage_layers=part["first_stage_layers"], last_stage_layers=part["last_stage_layers"])
+                            first_stage_layers=part["first_stage_layers"], last_stage_layers=part["last_stage_layers"],
+                            recompute_layers=part["recompute_layers"])
             est = estimate(model, cluster, layout, check=False, headroom=space.headroom,
                            software=space_software(space, cluster))
             df = pd.DataFrame({k: v for k, v in part.items() if k not in hidden})
@@ -70,7 +71,7 @@ def search(model: ModelSpec, cluster: Cluster, space: SearchSpace, progress=None
     all_df = pd.concat(frames, ignore_index=True)
     # Placement only matters when some axis spans nodes; keep distinct results.
     all_df = all_df.drop_duplicates(subset=["tp", "cp", "pp", "dp", "tp_mode", "cp_mode", "micro_batch", "recompute",
-                                            "zero", "sp", "vpp", "shard_group", "first_stage_layers",
+                                            "recompute_layers", "zero", "sp", "vpp", "shard_group", "first_stage_layers",
                                             "last_stage_layers", "step_time_s"]
                                     + [k for k in EXPERT_AXES if k in all_df] + (["ici"] if "ici" in all_df else []))
     return all_df, sum(len(f) for f in frames)
@@ -99,7 +100,8 @@ def describe_row(row) -> str:
              f"dp={row['dp']}" + (f"(zero{row['zero']}" + (f",hsdp{row['shard_group']}" if hsdp else "") + ")"
                                   if row["zero"] else ""),
              f"cp={row['cp']}" + ("(ring)" if row["cp"] > 1 and row.get("cp_mode") == "ring" else ""),
-             f"mb={row['micro_batch']}", f"rc={row['recompute']}"]
+             f"mb={row['micro_batch']}", f"rc={row['recompute']}" + (f"({int(row['recompute_layers'])})"
+                                                                      if row.get("recompute_layers", 0) else "")]
     if "ep" in row and row["ep"] == row["ep"]:  # an MoE candidate (NaN in a frame that mixes models)
         parts[4:4] = [f"ep={int(row['ep'])}", f"etp={int(row['etp'])}"]
     return " ".join(parts)
@@ -109,7 +111,7 @@ def why(winner, runner) -> str:
     """One line on why the winner beats the runner-up: the largest component difference."""
     diffs = {k: runner[f"{k}_s"] - winner[f"{k}_s"] for k in breakdown_keys()}
     k, v = max(diffs.items(), key=lambda kv: kv[1])
-    keys = ("tp", "pp", "dp", "cp", "micro_batch", "recompute", "zero", "sp", "vpp", "tp_mode", "cp_mode",
+    keys = ("tp", "pp", "dp", "cp", "micro_batch", "recompute", "recompute_layers", "zero", "sp", "vpp", "tp_mode", "cp_mode",
             "shard_group", "order", "global_batch", "first_stage_layers", "last_stage_layers", *EXPERT_AXES)
     changed = [f"{a} {runner[a]}->{winner[a]}" for a in keys if a in runner and runner[a] != winner[a]]
     if runner["global_batch"] != winner["global_batch"]:
@@ -144,7 +146,8 @@ def layout_of(row, space: SearchSpace, cluster: Cluster | None = None) -> Layout
                   axes=tuple((a, int(row[a])) for a in EXPERT_AXES if a in row and row[a] == row[a]),
                   torus_map=torus_maps.row_map(row, tuple(row["order"].split(",")), cluster) if cluster else None,
                   first_stage_layers=int(row.get("first_stage_layers", 0)) or None,
-                  last_stage_layers=int(row.get("last_stage_layers", 0)) or None)
+                  last_stage_layers=int(row.get("last_stage_layers", 0)) or None,
+                  recompute_layers=int(row.get("recompute_layers", 0)) or None)
 
 
 def fewest_devices(model: ModelSpec, cluster: Cluster, space: SearchSpace, limit: int = 1 << 20) -> int | None:

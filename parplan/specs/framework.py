@@ -16,7 +16,7 @@ framework profile says, each value with its source:
   gradients are reduced under it, how the layers split over the stages, the micro-batch it defaults to;
 * ``parallelism``: the tensor/context-parallel modes its code has, its sequence parallelism, and the
   overlaps of its tensor-parallel collectives with the matmuls they feed (collective matmul) it offers;
-* ``recompute``: the activation-checkpointing modes it offers;
+* ``recompute``: the activation-checkpointing modes it offers; ``recompute_layers``, a block of each chunk;
 * ``moe``: whether it has expert parallelism, which expert-tensor-parallel sizes it runs, how its
   experts' GEMMs launch (one grouped GEMM, a GEMM each over CUDA streams, or a loop), and whether it
   overlaps the token all-to-all with the shared experts;
@@ -48,9 +48,8 @@ GRAD_REDUCE = ("overlapped", "after-backward")
 PREFETCH = ("before", "after")
 PP_SENDS = ("scatter-gather", "full", "partitioned")
 MASTER_WEIGHTS = ("fp32-copy", "fp32-params")
-# What happens to the gradients between steps: kept in a buffer the next step accumulates into (Megatron's
-# and DeepSpeed's contiguous gradient buffers), or freed by ``zero_grad(set_to_none=True)`` (PyTorch's
-# default since 2.0) and allocated again by the next backward.
+# Gradients between steps: kept in a buffer the next step accumulates into (Megatron's and DeepSpeed's contiguous
+# buffers), or freed by ``zero_grad(set_to_none=True)`` (PyTorch's default since 2.0) and allocated again.
 GRADIENTS = ("persistent", "freed")
 OPTIMIZERS = ("fused", "foreach")
 # The precision of the optimizer's state: fp32 master copy, momentum and variance; all three in bf16 (NeMo's
@@ -71,7 +70,7 @@ DEVICE_KINDS = ("gpu", "tpu")
 DEFAULT_FRAMEWORK = {"gpu": "megatron-core", "tpu": "jax"}
 
 FRAMEWORK_KEYS = ("name", "aliases", "description", "devices", "emit", "kernels", "compile", "fp8", "data_parallel",
-                  "pipeline", "parallelism", "recompute", "vocab", "optimizer", "master_weights",
+                  "pipeline", "parallelism", "recompute", "recompute_layers", "vocab", "optimizer", "master_weights",
                   "gradients", "host_overhead_per_layer_s", "host", "elementwise_efficiency", "serving", "sources",
                   "moe", "mtp", "optimizer_states")
 HOST_KEYS = ("layer_s", "moe_s", "expert_s")
@@ -252,6 +251,7 @@ class Framework:
     path: str = ""
     moe: MoeSoftware = MoeSoftware()
     mtp: bool = False                   # trains multi-token-prediction modules (parplan.step.mtp)
+    recompute_layers: bool = False      # full recompute of the first N layers of each chunk (--recompute-layers)
     optimizer_states: tuple[str, ...] = ("fp32",)  # the state precisions it offers, its default first
 
     def __deepcopy__(self, memo):  # immutable: a frame's attrs (pandas deep-copies them) share it

@@ -248,6 +248,7 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
         emit=text(data, "emit", what, required=False), kernels=kernels, compile=compile_, fp8=fp8,
         data_parallel=dp, pipeline=pipeline, parallelism=parallel,
         recompute=choices(data, "recompute", what, RECOMPUTE_MODES, ("none", "full")),
+        recompute_layers=flag(data, "recompute_layers", what, False),
         vocab_multiple=number(v, "multiple", f"{what}: vocab", required=False, integer=True, default=1,
                               maximum=1_000_000),
         vocab_times_tp=flag(v, "times_tp", f"{what}: vocab", False),

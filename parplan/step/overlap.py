@@ -32,17 +32,17 @@ from .comms import link_sum, shared_links
 OVERLAPPED = ("forward", "backward")
 
 
-def attention_exposed(costs, axis: str, attn_fwd, attn_bwd, recompute):
+def attention_exposed(costs, axis: str, attn_fwd, attn_bwd, rerun):
     """(exposed seconds per layer, forward link seconds, backward link seconds) of ``axis``'s
-    collectives hidden under the attention core: forward and recompute under the forward kernels (twice
-    over with full recompute), backward under the backward ones."""
+    collectives hidden under the attention core: forward and recompute under the forward kernels (``1 +
+    rerun`` times over, ``rerun`` the share of layers recomputed whole), backward under the backward ones."""
     ring_f = link_sum(costs, lambda c: c.axis == axis and c.hidden_by == "attention" and c.phase != "backward")
     ring_b = link_sum(costs, lambda c: c.axis == axis and c.hidden_by == "attention" and c.phase == "backward")
-    exposed = np.maximum(0, ring_f - attn_fwd * np.where(recompute == 2, 2, 1)) + np.maximum(0, ring_b - attn_bwd)
+    exposed = np.maximum(0, ring_f - attn_fwd * (1 + np.asarray(rerun, float))) + np.maximum(0, ring_b - attn_bwd)
     return exposed, ring_f, ring_b
 
 
-def matmul_exposed(costs, axis: str, gemm_fwd, gemm_bwd, recompute, steps, hw, how):
+def matmul_exposed(costs, axis: str, gemm_fwd, gemm_bwd, rerun, steps, hw, how):
     """(exposed seconds per layer, forward link seconds, backward link seconds) of ``axis``'s collective
     matmuls, run as ``how`` (a :class:`parplan.specs.tp_overlap.TpOverlap`) runs them: each all-gather or
     reduce-scatter runs as ``steps - 1`` exchanges beside ``steps`` chunks of the GEMM it feeds or follows,
@@ -53,14 +53,14 @@ def matmul_exposed(costs, axis: str, gemm_fwd, gemm_bwd, recompute, steps, hw, h
     they add where the profile measured it (:func:`parplan.cost.contention.copy_exchange_slowdown`; no
     shipped profile has, so those cost nothing yet). Not priced: splitting the GEMMs (a median 1-2% more on
     an H100, reports/gpu-checks/h100-2026-12-07-tp-overlap), and an SM margin the GEMMs keep beyond the
-    exchange. Forward and recompute under the forward GEMMs (twice over with full recompute), backward under
+    exchange. Forward and recompute under the forward GEMMs (``1 + rerun`` times over), backward under
     the backward ones; per pass, as :mod:`parplan.cost.contention` composes it,
     ``max(L - W (t - 1) / t, F + sum over the collectives of (L_c - F_c) s_c / (1 + s_c))``, ``F`` the
     tails. A group beyond the scale-up domain has no peer copies to run them (Transformer Engine's
     userbuffers and PyTorch's symmetric memory are NVLink-domain only): its collectives stay exposed."""
     share = np.where(np.asarray(steps) > 1, (np.asarray(steps, float) - 1) / np.maximum(steps, 1), 0.0)
     exposed, links = np.float64(0.0), []
-    for backward, window in ((False, gemm_fwd * np.where(recompute == 2, 2, 1)), (True, gemm_bwd)):
+    for backward, window in ((False, gemm_fwd * (1 + np.asarray(rerun, float))), (True, gemm_bwd)):
         link, floor, outside = np.float64(0.0), np.float64(0.0), np.float64(0.0)
         for op in ("all_gather", "reduce_scatter"):
             mine = [c for c in costs if c.collective.axis == axis and c.collective.hidden_by == "matmul"

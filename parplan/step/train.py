@@ -31,7 +31,7 @@ from ..layouts.layout import Layout
 from ..layouts.rules import check_layout
 from ..layouts.torus_map import enumerate_maps
 from ..layouts.split import with_ends
-from ..cost.memory import DEFAULT_HEADROOM, SELECTIVE_LAYER_EVERY, layer_activation_bytes, recompute_code
+from ..cost.memory import DEFAULT_HEADROOM, layer_activation_bytes, recompute_code, recompute_share
 from ..specs.framework import Software
 from . import software as sw_mod
 from ..specs.model import ModelSpec, vocab_shard, with_seq_len
@@ -43,7 +43,6 @@ from .overlap import attention_exposed, matmul_exposed, step_exposures
 from . import moe_step as moe_overlap
 from . import mtp as mtp_mod
 from .peak_memory import freed_gradients_at_peak, gradient_note
-
 
 
 # --------------------------------------------------------------------------- results
@@ -92,8 +91,6 @@ class Estimate:
 
 
 # --------------------------------------------------------------------------- the model
-
-
 def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: Software | None = None,
              headroom: float = DEFAULT_HEADROOM, check: bool = True, dropout: bool | None = None) -> Estimate:
     """Predict one training step of ``model`` on ``cluster`` under ``layout``, run by ``software``
@@ -159,10 +156,11 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
                         for o, t in zip(lops, times) if o.name in NORM_ACT_OPS), np.float64(0.0))
     mla_up_fwd = sum((t[0] for o, t in zip(lops, times) if o.name in MLA_UP_OPS), np.float64(0.0))
     # save-dots rebuilds everything but the weight matmuls: norms, activations, the attention core. Recomputing
-    # a whole layer issues it again (the host's time where that is longer); a part, only the part's kernels.
-    layer_rec = np.select([rc == 2, rc == 1, rc == 3, rc == 4, rc == 5, rc == 6, rc == 7],
-                          [layer_fwd, attn_fwd, sac_fwd, layer_fwd / SELECTIVE_LAYER_EVERY, norm_act_fwd,
-                           gpu_fb[0] + overhead - gemm_fwd, mla_up_fwd], 0.0)
+    # a whole layer (full: all, or a block of each chunk; selective-layer) issues it again; a part, its kernels.
+    rerun = recompute_share(rc, layout.recompute_layers, stage_layers / np.asarray(layout.vpp, float))
+    layer_rec = np.select([(rc == 2) | (rc == 4), rc == 1, rc == 3, rc == 5, rc == 6, rc == 7],
+                          [rerun * layer_fwd, attn_fwd, sac_fwd, norm_act_fwd, gpu_fb[0] + overhead - gemm_fwd,
+                           mla_up_fwd], 0.0)
     # The weight-gradient GEMMs: half of each weighted GEMM's backward (dW = X^T dY beside dX = dY W^T).
     layer_wgrad = sum((t[1] / 2 for o, t in zip(lops, times) if o.kind == ops_mod.MATMUL), np.float64(0.0))
     emb_t = [op_times(hw, o, act, env=env) for o in ops_mod.embedding_ops(model, dims, act)]
@@ -182,7 +180,7 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
     ctx = Context(model=model, cluster=cluster, layout=layout, dims=dims, bpe=bpe, seq=seq,
                   stage_layers=stage_layers, micro_batches=m, layer_params=layer_p,
                   stage_params=stage_params, recompute=rc, software=sw, grad_bytes=grad_bytes,
-                  weight_bytes=sw_mod.weight_bytes(sw, dtype), expert_params=expert_p)
+                  weight_bytes=sw_mod.weight_bytes(sw, dtype), expert_params=expert_p, recompute_share=rerun)
     # ---- collectives: time per call, calls per step
     costs = price_collectives(strategies, ctx)
 
@@ -196,8 +194,8 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
     tp_overlap = sw.framework.parallelism.tp_overlap
     for a in axes:
         crit = link_sum(costs, lambda c: c.axis == a and c.per == "layer" and c.hidden_by == "none")
-        attention[a] = attention_exposed(costs, a, attn_fwd, attn_bwd, rc)
-        matmul[a] = matmul_exposed(costs, a, gemm_fwd, gemm_bwd, rc, layout.tp, hw, tp_overlap)
+        attention[a] = attention_exposed(costs, a, attn_fwd, attn_bwd, rerun)
+        matmul[a] = matmul_exposed(costs, a, gemm_fwd, gemm_bwd, rerun, layout.tp, hw, tp_overlap)
         merged[a] = moe_overlap.micro_batch_exposed(costs, a, layer_fwd + layer_bwd + layer_rec, paired, hw, mix_all)
         layer_comm[a] = crit + attention[a][0] + matmul[a][0] + merged[a] + \
             moe_overlap.exposed(costs, a, shared_fwd, shared_bwd)
@@ -268,6 +266,8 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
                                        fp8_inputs, autocast, fw.kernels.projections)
     act_full_layer = layer_activation_bytes(model, dims, act, sw.flash_attention, use_dropout, "none",
                                             sw.elementwise, fp8_inputs, autocast, fw.kernels.projections)
+    act_kept = layer_activation_bytes(model, dims, act, sw.flash_attention, use_dropout, "full",
+                                      sw.elementwise, fp8_inputs, autocast, fw.kernels.projections)
     states = sw_mod.state_bytes_per_param(sw, dtype)
     extras = {}
     for s in strategies_in_registry_order(strategies):
@@ -277,7 +277,9 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
         # Recomputing a whole layer (full; selective-layer's checkpointed blocks; save-dots' rebuilt tensors)
         # rebuilds one layer's activations.
         rebuilt = (r.layers > 0) & ((rc == 2) | (rc == 4) | (rc == 6))
-        held = r.layers * act_layer * r.inflight + np.where(rebuilt, act_full_layer, 0.0)
+        share = recompute_share(rc, layout.recompute_layers, r.layers / np.asarray(layout.vpp, float))
+        per_layer = np.where((rc == 2) | (rc == 4), share * act_kept + (1 - share) * act_full_layer, act_layer)
+        held = r.layers * per_layer * r.inflight + np.where(rebuilt, act_full_layer, 0.0)
         mtp_p, mtp_e = (np.where(r.head, x, 0.0) for x in mtp_mod.params(model, layout))  # on the head's rank
         if model.is_moe:  # the rank's most MoE layers, their experts divided over the expert axes
             params = r.params + model.busiest_layers(r.layers) - r.layers * model.layer_params() + mtp_p
@@ -313,7 +315,7 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
     batch = np.asarray(layout.global_batch, float)
     tokens = batch * seq
     model_flops = model_flops_per_step(model, seq, batch, act)
-    hw_flops = model_flops + recompute_flops_per_step(model, seq, batch, rc, act)
+    hw_flops = model_flops + recompute_flops_per_step(model, seq, batch, rc, act, full_share=rerun)
     peak_total = hw.peak(dtype) * cluster.devices
     return Estimate(
         model=model, cluster=cluster, layout=given_layout,

@@ -57,7 +57,7 @@ RUN_KEYS = ("id", "source", "confidence", "model", "hardware", "devices", "devic
             "fp8_recipe", "moe_overlap", "moe_dispatcher", "tp_overlap", "optimizer_states", "layout", "global_batch",
             "published", "reference_step_time_s", "reference_derivation", "notes", "_file")
 RUN_LAYOUT_KEYS = ("tp", "pp", "dp", "cp", "vpp", "zero", "shard_group", "sequence_parallel", "recompute",
-                   "micro_batch", "ep", "etp", "first_stage_layers", "last_stage_layers")
+                   "micro_batch", "ep", "etp", "first_stage_layers", "last_stage_layers", "recompute_layers")
 PUBLISHED_KEYS = ("step_time_s", "tflops_per_device", "mfu", "hfu", "tokens_per_s", "tokens_per_s_per_device",
                   "flops_convention")
 # What a user passes for a record's model when the record leaves it out (predict_via_cli.py does the same):
@@ -131,9 +131,11 @@ def record_setup(rec: dict, framework: str | None = None) -> RunSetup:
             fixed[axis] = number(lay, axis, w, integer=True)
     if lay.get("shard_group") is not None:
         fixed["shard_group"] = number(lay, "shard_group", w, integer=True)
-    for end in ("first_stage_layers", "last_stage_layers"):  # a published split, as plan --first/last-stage-layers
-        if lay.get(end) is not None:
-            fixed[end] = number(lay, end, w, integer=True)
+    for key in ("first_stage_layers", "last_stage_layers", "recompute_layers"):  # as plan's options of those names
+        if lay.get(key) is not None:
+            fixed[key] = number(lay, key, w, integer=True)
+    if "recompute_layers" in fixed:  # a block of each chunk, recomputed whole
+        fixed.setdefault("recompute", "full")
     name = rec.get("framework") or framework
     note = "given" if rec.get("framework") else ("--framework" if framework else "default")
     name = name or default_framework(hw.kind)
@@ -155,8 +157,8 @@ def record_setup(rec: dict, framework: str | None = None) -> RunSetup:
                       schedule="interleaved" if vpp > 1 else "1f1b", recompute=fixed.get("recompute", "none"),
                       dtype=dtype, axes=tuple((a, fixed[a]) for a in ("ep", "etp") if a in fixed),
                       first_stage_layers=fixed.get("first_stage_layers"),
-                      last_stage_layers=fixed.get("last_stage_layers"))
-    searched = ("micro_batch", "zero", "recompute", "vpp", "sp") + \
+                      last_stage_layers=fixed.get("last_stage_layers"), recompute_layers=fixed.get("recompute_layers"))
+    searched = ("micro_batch", "zero", "recompute", "recompute_layers", "vpp", "sp") + \
         (("first_stage_layers", "last_stage_layers") if fixed["pp"] > 1 else ())
     unknown = tuple(k for k in searched if k not in fixed) + (("etp",) if model.is_moe and "etp" not in fixed else ())
     return RunSetup(model, cluster, software, fixed, batch, dtype, fallback, unknown, note)

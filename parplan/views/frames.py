@@ -35,7 +35,7 @@ __all__ = ["as_cluster", "as_model", "as_software", "best_batch_frame", "estimat
            "memory_part_columns", "plan_estimates", "plan_frame", "search_space"]
 
 LAYOUT_COLUMNS = ("tp", "pp", "dp", "cp", "zero", "micro_batch", "global_batch", "seq_len", "sp", "vpp",
-                  "recompute", "schedule", "dtype")
+                  "recompute", "recompute_layers", "schedule", "dtype")
 
 
 def as_model(model: ModelSpec | str, seq: int | None = None) -> ModelSpec:

@@ -12,8 +12,8 @@ from ..step.train import bottleneck
 from ..units import GIB
 from .records import estimate_dict, format_budget, mfu_above_ceiling, mfu_notes, plan_budget
 
-CSV_COLUMNS = ["tp", "pp", "dp", "cp", "zero", "micro_batch", "sp", "vpp", "recompute", "global_batch",
-               "step_time_s", "tokens_per_s", "mfu", "tflops_per_device", "fits", "bottleneck", "rank_holds"]
+CSV_COLUMNS = ["tp", "pp", "dp", "cp", "zero", "micro_batch", "sp", "vpp", "recompute", "recompute_layers",
+               "global_batch", "step_time_s", "tokens_per_s", "mfu", "tflops_per_device", "fits", "bottleneck", "rank_holds"]
 
 
 def plan_dicts(result: PlanResult) -> list[dict]:
@@ -29,7 +29,7 @@ def plan_dicts(result: PlanResult) -> list[dict]:
             d["interval"] = interval.as_dict()
             d["interval_overlaps_first"] = i == 1 or i in overlaps
         d.update({k: d["layout"][k] for k in ("tp", "pp", "dp", "cp", "zero", "micro_batch", "sp", "vpp",
-                                              "recompute", "order", "global_batch")})
+                                              "recompute", "recompute_layers", "order", "global_batch")})
         d["bottleneck"] = bottleneck(row)
         d["global_batch_note"] = result.batch_note
         d["rank_holds"] = trust["holds"]

@@ -83,6 +83,13 @@ class Context:
     grad_bytes: Any = 4     # bytes per gradient element as accumulated and reduced
     weight_bytes: Any = 2   # bytes per weight element as ZeRO-3 gathers it
     expert_params: Any = 0  # of stage_params, the routed experts' (an MoE model's; the expert axis shards them)
+    recompute_share: Any = None  # the fraction of layers whose forward (collectives included) runs again whole
+
+    def again(self):
+        """How many times per layer the recompute re-runs the forward's collectives (0 to 1)."""
+        if self.recompute_share is None:
+            return np.where(np.asarray(self.recompute) == 2, 1.0, 0.0)
+        return np.asarray(self.recompute_share, float)
 
     def stride(self, axis: str):
         return self.layout.stride(axis)

@@ -43,7 +43,7 @@ class ContextParallel(Strategy):
         gathered = kv_local * cp
         ring = 1 if lay.cp_mode == "ring" else 0
         active = np.where(cp > 1, 1, 0)
-        again = np.where(ctx.recompute == 2, 1, 0)
+        again = ctx.again()
         return [
             Collective("cp_kv_allgather_fwd", "all_gather", "cp", cp, stride, gathered, active * (1 - ring),
                        "layer", "forward", "none"),

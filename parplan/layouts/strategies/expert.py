@@ -68,7 +68,7 @@ class ExpertParallel(Strategy):
         op, group, stride, fanout = "all_to_all", ep, etp * ctx.stride("tp"), None
         if _deepep(ctx):  # over the whole ep x etp group, each token to every etp shard of its experts
             op, group, stride, fanout = "dispatch", ep * etp, ctx.stride("tp"), (model.top_k, model.experts, etp)
-        again = np.where(ctx.recompute == 2, 1, 0)
+        again = ctx.again()
         mode = ctx.software.moe_overlap if ctx.software is not None else "none"
         shared = mode == "shared-experts" and model.shared_experts > 0
         calls = np.where(moe_mod.exchanges(model, d, deepep=_deepep(ctx))[0], share, 0.0)
@@ -127,7 +127,7 @@ class ExpertTensorParallel(Strategy):
         share = moe_mod.share(model, d)
         buf = moe_mod.routed_rows(model, d) * model.hidden * ctx.bpe
         stride = ctx.stride("tp")
-        again = np.where(ctx.recompute == 2, 1, 0)
+        again = ctx.again()
         calls = np.where(moe_mod.exchanges(model, d, deepep=_deepep(ctx))[1], share, 0.0)
         out = []
         for phase, count in (("forward", calls), ("backward", calls), ("recompute", calls * again)):

@@ -44,7 +44,7 @@ class TensorParallel1D(Strategy):
         ar = np.where(sp, 0, blocks)     # all-reduces per block pair without sequence parallel
         rs_ag = np.where(sp, blocks, 0)  # reduce-scatters (and all-gathers) with it
         ends_ar, ends_rs_ag = np.where(sp, 0, 1), np.where(sp, 1, 0)  # the embedding's and the head's, once each
-        again = np.where(ctx.recompute == 2, 1, 0)  # full recompute re-runs the forward's collectives
+        again = ctx.again()  # full recompute re-runs the forward's collectives
         out = [
             Collective("tp_allreduce_fwd", "all_reduce", "tp", t, stride, buf, ar, "layer", "forward", "none"),
             Collective("tp_allreduce_bwd", "all_reduce", "tp", t, stride, buf, ar, "layer", "backward", "none"),

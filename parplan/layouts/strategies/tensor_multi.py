@@ -156,7 +156,7 @@ class TensorParallel2D(Strategy):
         row, col = s, s * q               # broadcast of activation blocks / of weight blocks
         tokens = d.batch * d.seq          # M / q: rows of this device's blocks
         M = tokens * q
-        again = np.where(np.asarray(ctx.recompute) == 2, 1, 0)
+        again = ctx.again()
         out: list[Collective] = []
 
         def add(name, op, stride, size, count, phase, per="layer", stage="all"):
@@ -229,7 +229,7 @@ class TensorParallel3D(Strategy):
         inner, middle, weight_group = s, s * q, s * q * q
         tokens = d.batch * d.seq          # M / q^2
         M = tokens * q * q
-        again = np.where(np.asarray(ctx.recompute) == 2, 1, 0)
+        again = ctx.again()
         out: list[Collective] = []
 
         def add(name, op, stride, size, count, phase, per="layer", stage="all"):

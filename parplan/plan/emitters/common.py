@@ -53,6 +53,10 @@ def rule_problem(layout: Layout, model: ModelSpec, framework) -> str | None:
                recompute=RECOMPUTE.index(layout.recompute), cp_ring=layout.cp_mode == "ring", ep=layout.size("ep"),
                etp=layout.size("etp"), sp_hidden=shards_hidden(framework), first=layout.first_stage_layers or 0,
                last=layout.last_stage_layers or 0, zb=layout.schedule == "zb-h1", gpipe=layout.schedule == "gpipe")
+    fw = getattr(framework, "framework", framework)  # a Software: its framework
+    if layout.recompute_layers is not None and not fw.recompute_layers:
+        return (f"{fw.name} has no block recompute: it recomputes every layer or none "
+                f"(--recompute-layers {layout.recompute_layers} is Megatron's --recompute-method block)")
     return first_violation(model, a, framework)
 
 

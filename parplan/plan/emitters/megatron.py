@@ -8,9 +8,9 @@ the distributed optimizer for ZeRO-1, Megatron-FSDP ``--data-parallel-sharding-s
 ``--decoder-last-pipeline-num-layers`` or, where the ends hold one layer less and interleaving needs it,
 ``--account-for-embedding-in-pipeline-split`` / ``--account-for-loss-in-pipeline-split`` (interleaved uneven
 splits take ``--num-virtual-stages-per-pipeline-rank``), else ``--pipeline-model-parallel-layout``
-(:mod:`.megatron_layout`). ``--moe-overlap`` writes ``--moe-shared-expert-overlap`` or
-``--overlap-moe-expert-parallel-comm --delay-wgrad-compute``; ``--moe-dispatcher deepep`` writes
-``--moe-token-dispatcher-type flex --moe-enable-deepep``. NeMo / Megatron YAML gives the same names with underscores.
+(:mod:`.megatron_layout`); ``--recompute-layers`` is ``--recompute-method block``. ``--moe-overlap`` writes
+``--moe-shared-expert-overlap`` or ``--overlap-moe-expert-parallel-comm --delay-wgrad-compute``; ``--moe-dispatcher
+deepep``, ``--moe-token-dispatcher-type flex --moe-enable-deepep``. NeMo YAML gives the names with underscores.
 A mixture-of-experts model adds ``--num-experts``, ``--moe-router-topk``, ``--moe-ffn-hidden-size``,
 ``--moe-shared-expert-intermediate-size`` (all shared experts together), ``--moe-layer-freq`` (a pattern
 where some layers stay dense), ``--moe-router-score-function``, the all-to-all dispatcher with grouped
@@ -38,8 +38,7 @@ LIST_FLAGS = frozenset({"recompute-modules"})
 TARGET = "megatron"
 PROFILE = "megatron-core"
 FSDP_STRATEGY = {2: "optim_grads", 3: "optim_grads_params"}
-# parplan's recompute modes that are Megatron-Core --recompute-modules lists (selective granularity)
-SELECTIVE_MODULES = {"norm-act": ("layernorm", "moe_act"), "mla-up-proj": ("mla_up_proj",)}
+SELECTIVE_MODULES = {"norm-act": ("layernorm", "moe_act"), "mla-up-proj": ("mla_up_proj",)}  # --recompute-modules
 # The Megatron flags that restate the model, each with the model field it must agree with.
 MODEL_FLAGS = (("num-layers", "layers"), ("hidden-size", "hidden"), ("ffn-hidden-size", "ffn_hidden"),
                ("num-attention-heads", "heads"), ("num-query-groups", "kv_heads"), ("mtp-num-layers", "mtp_layers"),
@@ -116,7 +115,9 @@ def megatron_args(layout: Layout, model: ModelSpec, software=None) -> list[str]:
     elif layout.recompute in SELECTIVE_MODULES:
         args += ["--recompute-granularity", "selective", "--recompute-modules", *SELECTIVE_MODULES[layout.recompute]]
     elif layout.recompute == "full":
-        args += ["--recompute-granularity", "full", "--recompute-method", "uniform", "--recompute-num-layers", "1"]
+        block = layout.recompute_layers  # the first N layers of each chunk (block), else every layer (uniform, 1)
+        args += ["--recompute-granularity", "full", "--recompute-method", "block" if block else "uniform",
+                 "--recompute-num-layers", str(block or 1)]
     dp_sw = software.framework.data_parallel if software is not None else None
     if layout.dp > 1 and (dp_sw is None or dp_sw.grad_reduce[layout.zero] == "overlapped"):
         args.append("--overlap-grad-reduce")
@@ -274,6 +275,7 @@ def parse_megatron_args(text: str, world_size: int) -> Layout:
     recompute = str(values.get("recompute-granularity", "none"))
     if values.get("checkpoint-activations"):
         recompute = "full"
+    block = recompute == "full" and values.get("recompute-method") == "block"
     modules = frozenset(str(values.get("recompute-modules") or "core_attn").split())
     if recompute == "selective" and modules != {"core_attn"}:
         known = {frozenset(v): k for k, v in SELECTIVE_MODULES.items()}
@@ -289,9 +291,8 @@ def parse_megatron_args(text: str, world_size: int) -> Layout:
                   schedule="interleaved" if vpp > 1 else "1f1b", recompute=recompute, dtype=dtype,
                   cp_mode="ring" if values.get("cp-comm-type") == "p2p" else "allgather",
                   order=("tp", "cp", "pp", "dp") if values.get("use-tp-pp-dp-mapping") else ("tp", "cp", "dp", "pp"),
-                  first_stage_layers=first, last_stage_layers=last)
-
-
+                  first_stage_layers=first, last_stage_layers=last,
+                  recompute_layers=num("recompute-num-layers", 1) if block else None)
 
 
 def read(source: str, world_size: int, model: ModelSpec, yaml_data=None):
@@ -312,7 +313,7 @@ def read(source: str, world_size: int, model: ModelSpec, yaml_data=None):
     lay = parse_megatron_args(source, world_size)
     fields = {k: getattr(lay, k) for k in ("tp", "pp", "cp", "dp", "micro_batch", "global_batch", "seq_len", "zero",
                                             "shard_group", "sp", "vpp", "schedule", "recompute", "dtype", "cp_mode",
-                                            "first_stage_layers", "last_stage_layers", "order")}
+                                            "first_stage_layers", "last_stage_layers", "order", "recompute_layers")}
     try:
         fields.update(read_moe(values, model, lay.tp))
     except ValueError:
