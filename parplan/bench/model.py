@@ -6,7 +6,8 @@ ops in fp32 (``LlamaRMSNorm``), rotary embeddings by ``rotate_half`` (four passe
 over k), SwiGLU as ``silu(gate) * up``, residual adds of their own, causal
 ``scaled_dot_product_attention`` reading grouped KV heads in place, and the loss as fp32
 logits into ``F.cross_entropy`` (``ForCausalLMLoss``). LayerNorm and GELU are one aten kernel
-each (``nn.LayerNorm``, ``F.gelu``), learned positions an embedding table. No dropout.
+each (``nn.LayerNorm``, ``F.gelu``), learned positions an embedding table. No dropout. ``checkpointed``
+runs the first N blocks under ``torch.utils.checkpoint`` (a block recompute; all of them: full recompute).
 ``torch.compile`` of each block (as torchtitan compiles them) fuses the element-wise chains.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..specs.model import ModelSpec
 
@@ -91,9 +93,10 @@ class Block(nn.Module):
 class Transformer(nn.Module):
     """Embedding, ``spec.layers`` blocks, final norm and the LM head (tied to the embedding if the spec says)."""
 
-    def __init__(self, spec: ModelSpec, seq: int):
+    def __init__(self, spec: ModelSpec, seq: int, checkpointed: int = 0):
         super().__init__()
         self.spec, self.seq = spec, seq
+        self.checkpointed = checkpointed  # the first N blocks recomputed in the backward (a block recompute)
         self.tok_embeddings = nn.Embedding(spec.vocab, spec.hidden)
         self.pos_embeddings = nn.Embedding(seq, spec.hidden) if spec.position == "learned" else None
         self.layers = nn.ModuleList(Block(spec) for _ in range(spec.layers))
@@ -111,8 +114,11 @@ class Transformer(nn.Module):
             cos, sin = rope_tables(tokens.shape[1], self.spec.head_dim, x.device,
                                    torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type)
                                    else x.dtype)
-        for block in self.layers:
-            x = block(x, cos, sin)
+        for i, block in enumerate(self.layers):
+            if self.training and i < self.checkpointed:  # keeps the block's input, runs its forward again
+                x = checkpoint(block, x, cos, sin, use_reentrant=False)
+            else:
+                x = block(x, cos, sin)
         return self.output(self.norm(x))
 
 

@@ -85,12 +85,14 @@ def _shard(model: torch.nn.Module) -> None:
     fully_shard(model, mp_policy=policy)
 
 
-def step_model(spec: ModelSpec, seq: int, device: torch.device, *, compile: bool = False, fp8: str = ""):
+def step_model(spec: ModelSpec, seq: int, device: torch.device, *, compile: bool = False, fp8: str = "",
+               recompute_layers: int = 0):
     """(model, loss function) as a step runs them on ``device``: torchao FP8 linears under ``fp8`` (a recipe),
-    and each block and the loss compiled under ``compile`` (torchtitan's ``apply_compile``)."""
+    each block and the loss compiled under ``compile`` (torchtitan's ``apply_compile``), the first
+    ``recompute_layers`` blocks checkpointed."""
     torch.manual_seed(0)
     with torch.device(device):  # built where it runs: a host copy per rank of an 8B model is 32 GB of host memory
-        model = Transformer(spec, seq)
+        model = Transformer(spec, seq, checkpointed=recompute_layers)
     if fp8:
         if device.type != "cuda":
             raise ParplanError("FP8 steps need a GPU")
@@ -107,10 +109,10 @@ def step_model(spec: ModelSpec, seq: int, device: torch.device, *, compile: bool
 
 def time_step(spec: ModelSpec, seq: int, micro_batch: int, device: torch.device, *, micro_batches: int = 1,
               compile: bool = False, fp8: str = "", iters: int = 5, warmup: int = 3, sharded: bool = False,
-              barrier: Callable[[], None] | None = None) -> StepResult:
+              barrier: Callable[[], None] | None = None, recompute_layers: int = 0) -> StepResult:
     """Median times of ``iters`` steps after ``warmup`` (which include compilation)."""
     cuda = device.type == "cuda"
-    model, loss_fn = step_model(spec, seq, device, compile=compile, fp8=fp8)
+    model, loss_fn = step_model(spec, seq, device, compile=compile, fp8=fp8, recompute_layers=recompute_layers)
     params = parameter_count(model)
     if sharded:
         _shard(model)

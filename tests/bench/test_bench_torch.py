@@ -247,3 +247,32 @@ def test_step_modes_are_checked():
     assert "unknown mode 'jit'" in error_line(proc)
     proc = run_bench("--suite", "step")
     assert error_line(proc) == "Error: the step suite needs --model NAME (a model name or YAML file)"
+
+
+def test_block_recompute_checkpoints_the_first_blocks_and_keeps_the_numbers():
+    """The bench model with its first N blocks under torch.utils.checkpoint: the same loss and gradients, and the
+    recomputed blocks' forwards run again in the backward (each checkpointed block's forward starts twice:
+    non-reentrant checkpointing stops a recompute once it has rebuilt what the backward needs)."""
+    import torch
+    from parplan.bench.step import step_model, time_step
+    from parplan.specs.model_loader import model_from_dict
+
+    spec = model_from_dict({"name": "t", "layers": 4, "hidden": 64, "heads": 4, "kv_heads": 2, "ffn_hidden": 128,
+                            "activation": "swiglu", "vocab": 100, "seq_len": 16, "norm": "rmsnorm",
+                            "position": "rope"}, "t")
+    cpu = torch.device("cpu")
+    tokens = torch.randint(0, 100, (2, 17), generator=torch.Generator().manual_seed(1))
+    results = []
+    for k in (0, 2, 4):
+        model, loss_fn = step_model(spec, 16, cpu, recompute_layers=k)
+        calls = [0] * 4
+        for i, block in enumerate(model.layers):
+            block.register_forward_pre_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+        loss = loss_fn(model(tokens[:, :-1]), tokens[:, 1:])
+        loss.backward()
+        assert calls == [2] * k + [1] * (4 - k)
+        results.append((loss.item(), model.layers[0].wq.weight.grad.clone()))
+    for loss, grad in results[1:]:
+        assert loss == pytest.approx(results[0][0])
+        assert torch.allclose(grad, results[0][1], atol=1e-6)
+    assert time_step(spec, 16, 2, cpu, iters=1, warmup=1, recompute_layers=2).step_s > 0
