@@ -29,7 +29,6 @@ from . import torus_maps
 CP_SCHEMES = ("allgather", "ring")   # candidate codes 0, 1
 MICRO_BATCHES = (1, 2, 4, 8, 16, 32)
 VPPS = (1, 2, 3, 4, 6, 8)
-BLOCK_SHARES = (0.25, 0.5, 0.75)  # the block recomputes searched, as shares of a pipeline chunk's layers
 # The default global batch: a fixed budget of 2^22 (~4.2M) tokens per step, whatever the cluster. GPT-3 175B
 # trained at 3.2M tokens (Brown et al. 2020, Table 2.1), Llama 3 405B began at 4M (Dubey et al. 2024, Sec. 3.4.1),
 # PaLM 540B at 1M rising to 4M (Chowdhery et al. 2022, Sec. 5). A cluster with more devices than the budget has
@@ -183,7 +182,7 @@ def candidates(model: ModelSpec, cluster: Cluster, space: SearchSpace) -> dict[s
     software = space_software(space, cluster)
     framework = software.framework
     c = _pipeline_knobs(c, model, gb, fixed, framework)
-    c = _block_recompute(c, model, fixed, framework)
+    c = _block_recompute(c, fixed)
     knobs = rules.fields(tp=c["tp"], cp=c["cp"], pp=c["pp"], dp=c["dp"], micro_batch=c["micro_batch"], vpp=c["vpp"],
                          sp=c["sp"], tp_mode=c["tp_mode"], zero=c["zero"], shard_group=c["shard_group"],
                          hsdp=c["hsdp"], global_batch=gb, seq=seq,
@@ -229,24 +228,13 @@ def _expert_axes(model: ModelSpec, cluster: Cluster, axes: dict, fixed: dict) ->
     return out
 
 
-def _block_recompute(c: dict, model: ModelSpec, fixed: dict, framework) -> dict:
-    """``recompute_layers`` for every row (0: every layer of a recompute): the fixed block, or, beside each full
-    recompute a framework can run as a block (Megatron's ``--recompute-method block``), the first
-    :data:`BLOCK_SHARES` of each chunk's layers (rounded up; a block as large as the chunk is the full recompute),
-    where the recompute is searched: ``--recompute full`` alone recomputes every layer."""
+def _block_recompute(c: dict, fixed: dict) -> dict:
+    """``recompute_layers`` for every row: the fixed block (only full recomputes keep it), else 0, every layer
+    of a recompute (the search tries blocks beside the full recomputes that fit: :mod:`parplan.plan.search`)."""
+    if fixed.get("recompute_layers") is None:
+        return {**c, "recompute_layers": np.zeros(len(c["recompute"]), np.int64)}
     full = c["recompute"] == RECOMPUTE.index("full")
-    if fixed.get("recompute_layers") is not None:
-        return {**_keep(c, full), "recompute_layers": np.full(int(full.sum()), fixed["recompute_layers"])}
-    rows, blocks = [np.arange(len(full))], [np.zeros(len(full), np.int64)]
-    if framework.recompute_layers and "recompute" not in fixed:  # a fixed full recompute is of every layer
-        chunk = -(-model.layers // (c["pp"] * c["vpp"]))
-        for share in BLOCK_SHARES:
-            k = np.ceil(share * chunk).astype(np.int64)
-            pick = full & (k < chunk)
-            rows.append(np.nonzero(pick)[0])
-            blocks.append(k[pick])
-    pairs = np.unique(np.stack([np.concatenate(rows), np.concatenate(blocks)]), axis=1)  # one row per distinct block
-    return {**{a: v[pairs[0]] for a, v in c.items()}, "recompute_layers": pairs[1]}
+    return {**_keep(c, full), "recompute_layers": np.full(int(full.sum()), fixed["recompute_layers"])}
 
 
 def _pipeline_knobs(c: dict, model: ModelSpec, gb: int, fixed: dict, framework) -> dict:

@@ -29,7 +29,8 @@ def search(model: ModelSpec, cluster: Cluster, space: SearchSpace, progress=None
     """Evaluate every candidate; return (pandas DataFrame of all candidates, number evaluated).
 
     One vectorized estimate per placement, tensor-parallel mode and context-parallel scheme (the
-    categorical choices that pick different plug-ins); numeric knobs ride along as arrays.
+    categorical choices that pick different plug-ins), and one of the block recomputes beside the full ones
+    that fit (:func:`_blocks`); numeric knobs ride along as arrays.
     ``progress(done, total)``, when given, is called after each of those estimates.
     """
     import pandas as pd
@@ -39,42 +40,83 @@ def search(model: ModelSpec, cluster: Cluster, space: SearchSpace, progress=None
     choices = sorted(set(zip(cand["tp_mode"].tolist(), cand["cp_mode"].tolist())))
     orders = space_order(space, cluster)
     hidden = torus_maps.map_columns(orders[0], cluster) if cluster.is_torus else []
+    done = 0
     for tp_code, cp_code in choices:
         sel = (cand["tp_mode"] == tp_code) & (cand["cp_mode"] == cp_code)
         part = {k: v[sel] for k, v in cand.items()}
         for order in orders:
-            layout = Layout(tp=part["tp"], pp=part["pp"], dp=part["dp"], cp=part["cp"],
-                            micro_batch=part["micro_batch"], global_batch=space.global_batch, seq_len=space.seq_len,
-                            zero=part["zero"], sp=part["sp"], vpp=part["vpp"], recompute=part["recompute"],
-                            shard_group=part["shard_group"], tp_mode=TP_MODES[tp_code], cp_mode=CP_SCHEMES[cp_code],
-                            dtype=space.dtype, order=order, schedule=space.schedule or base_schedule(space, cluster),
-                            axes=(("ep", part["ep"]), ("etp", part["etp"])) if "ep" in part else (),
-                            torus_map=torus_maps.layout_map(part, order, cluster) if hidden else None,
-                            first_stage_layers=part["first_stage_layers"], last_stage_layers=part["last_stage_layers"],
-                            recompute_layers=part["recompute_layers"])
-            est = estimate(model, cluster, layout, check=False, headroom=space.headroom,
-                           software=space_software(space, cluster))
-            df = pd.DataFrame({k: v for k, v in part.items() if k not in hidden})
-            if hidden:
-                df["ici"] = torus_maps.texts(part, order, cluster)
-            df["recompute"] = np.array(RECOMPUTE)[part["recompute"]]
-            df["tp_mode"] = TP_MODES[tp_code]
-            df["cp_mode"] = CP_SCHEMES[cp_code]
-            df["order"] = ",".join(order)
-            df["global_batch"] = space.global_batch
-            n = len(df)
-            for k, v in est.columns().items():
-                df[k] = np.broadcast_to(v, n)
-            frames.append(df)
+            done += 1
+            frame, fits = _evaluate(model, cluster, space, part, tp_code, cp_code, order, hidden)
+            frames.append(frame)
+            blocks = _blocks(model, space, cluster, part, fits)
+            if blocks is not None:  # a block of each chunk, beside each full recompute that fits
+                frames.append(_evaluate(model, cluster, space, blocks, tp_code, cp_code, order, hidden)[0])
             if progress is not None:
-                progress(len(frames), len(choices) * len(orders))
+                progress(done, len(choices) * len(orders))
     all_df = pd.concat(frames, ignore_index=True)
     # Placement only matters when some axis spans nodes; keep distinct results.
     all_df = all_df.drop_duplicates(subset=["tp", "cp", "pp", "dp", "tp_mode", "cp_mode", "micro_batch", "recompute",
-                                            "recompute_layers", "zero", "sp", "vpp", "shard_group", "first_stage_layers",
-                                            "last_stage_layers", "step_time_s"]
+                                            "recompute_layers", "zero", "sp", "vpp", "shard_group",
+                                            "first_stage_layers", "last_stage_layers", "step_time_s"]
                                     + [k for k in EXPERT_AXES if k in all_df] + (["ici"] if "ici" in all_df else []))
     return all_df, sum(len(f) for f in frames)
+
+
+def _evaluate(model, cluster, space, part, tp_code, cp_code, order, hidden):
+    """(the candidates' frame, their fits) from one vectorized estimate of ``part`` in one placement."""
+    import pandas as pd
+
+    layout = Layout(tp=part["tp"], pp=part["pp"], dp=part["dp"], cp=part["cp"],
+                    micro_batch=part["micro_batch"], global_batch=space.global_batch, seq_len=space.seq_len,
+                    zero=part["zero"], sp=part["sp"], vpp=part["vpp"], recompute=part["recompute"],
+                    shard_group=part["shard_group"], tp_mode=TP_MODES[tp_code], cp_mode=CP_SCHEMES[cp_code],
+                    dtype=space.dtype, order=order, schedule=space.schedule or base_schedule(space, cluster),
+                    axes=(("ep", part["ep"]), ("etp", part["etp"])) if "ep" in part else (),
+                    torus_map=torus_maps.layout_map(part, order, cluster) if hidden else None,
+                    first_stage_layers=part["first_stage_layers"], last_stage_layers=part["last_stage_layers"],
+                    recompute_layers=part["recompute_layers"])
+    est = estimate(model, cluster, layout, check=False, headroom=space.headroom,
+                   software=space_software(space, cluster))
+    df = pd.DataFrame({k: v for k, v in part.items() if k not in hidden})
+    if hidden:
+        df["ici"] = torus_maps.texts(part, order, cluster)
+    df["recompute"] = np.array(RECOMPUTE)[part["recompute"]]
+    df["tp_mode"] = TP_MODES[tp_code]
+    df["cp_mode"] = CP_SCHEMES[cp_code]
+    df["order"] = ",".join(order)
+    df["global_batch"] = space.global_batch
+    n = len(df)
+    for k, v in est.columns().items():
+        df[k] = np.broadcast_to(v, n)
+    return df, np.broadcast_to(np.asarray(est.fits, bool), n)
+
+
+# The block recomputes the search tries (Megatron's --recompute-method block), as shares of a chunk's layers.
+BLOCK_SHARES = (0.25, 0.5, 0.75)
+
+
+def _blocks(model, space, cluster, part, fits):
+    """Beside each full recompute of every layer that fits, the same candidate recomputing only the first
+    :data:`BLOCK_SHARES` of each chunk's layers (rounded up; distinct blocks smaller than the chunk), where the
+    framework runs blocks and the recompute is left to the search; None where there are none. A block holds
+    more than the full recompute it replaces, so only those that fit can lead to one that fits."""
+    fixed = space.fixed or {}
+    if "recompute" in fixed or not space_software(space, cluster).framework.recompute_layers:
+        return None
+    full = fits & (part["recompute"] == RECOMPUTE.index("full")) & (part["recompute_layers"] == 0)
+    if not full.any():
+        return None
+    chunk = -(-model.layers // (part["pp"] * part["vpp"]))
+    rows, blocks = [], []
+    for share in BLOCK_SHARES:
+        k = np.ceil(share * chunk).astype(np.int64)
+        pick = full & (k < chunk)
+        rows.append(np.nonzero(pick)[0])
+        blocks.append(k[pick])
+    pairs = np.unique(np.stack([np.concatenate(rows), np.concatenate(blocks)]), axis=1)
+    if pairs.shape[1] == 0:
+        return None
+    return {**{a: v[pairs[0]] for a, v in part.items()}, "recompute_layers": pairs[1]}
 
 
 def rank(df, objective: str = "throughput"):
@@ -111,8 +153,8 @@ def why(winner, runner) -> str:
     """One line on why the winner beats the runner-up: the largest component difference."""
     diffs = {k: runner[f"{k}_s"] - winner[f"{k}_s"] for k in breakdown_keys()}
     k, v = max(diffs.items(), key=lambda kv: kv[1])
-    keys = ("tp", "pp", "dp", "cp", "micro_batch", "recompute", "recompute_layers", "zero", "sp", "vpp", "tp_mode", "cp_mode",
-            "shard_group", "order", "global_batch", "first_stage_layers", "last_stage_layers", *EXPERT_AXES)
+    keys = ("tp", "pp", "dp", "cp", "micro_batch", "recompute", "recompute_layers", "zero", "sp", "vpp", "tp_mode",
+            "cp_mode", "shard_group", "order", "global_batch", "first_stage_layers", "last_stage_layers", *EXPERT_AXES)
     changed = [f"{a} {runner[a]}->{winner[a]}" for a in keys if a in runner and runner[a] != winner[a]]
     if runner["global_batch"] != winner["global_batch"]:
         gain = winner["tokens_per_s"] / runner["tokens_per_s"] - 1
