@@ -11,7 +11,7 @@ from ..specs.tp_overlap import TP_OVERLAPS
 
 SOFTWARE_DEFAULTS = {"framework": None, "compiled": None, "fp8_recipe": None, "flash_attention": None,
                      "fused_kernels": None, "moe_overlap": None, "optimizer_states": None, "moe_dispatcher": None,
-                     "tp_overlap": None}
+                     "tp_overlap": None, "fp8_params": None}
 
 
 def software_options(fn):
@@ -26,6 +26,10 @@ def software_options(fn):
                      help="torch.compile (frameworks that offer it; default: the framework's)."),
         click.option("--fp8-recipe", type=click.Choice(FP8_RECIPES), default=None,
                      help="FP8 scaling with --dtype fp8 (default: the framework's)."),
+        click.option("--fp8-params/--no-fp8-params", "fp8_params", default=None,
+                     help="With --dtype fp8: keep the weights in FP8 (with their transposes) instead of 16 bits and "
+                          "gather them in FP8 (Megatron-Core --fp8-param-gather, Transformer Engine's FP8 primary "
+                          "weights; needs the distributed optimizer or FSDP), where the framework offers it."),
         click.option("--flash-attention/--no-flash-attention", default=None,
                      help="Fused attention on or off (default: the framework's)."),
         click.option("--fused-kernels/--no-fused-kernels", default=None,
@@ -68,4 +72,5 @@ def software_from(options: dict, cluster, dtype: str) -> Software:
                             fp8_recipe=options.get("fp8_recipe"), flash_attention=options.get("flash_attention"),
                             fused_kernels=options.get("fused_kernels"), device_kind=cluster.hardware.kind,
                             moe_overlap=options.get("moe_overlap"), optimizer_states=options.get("optimizer_states"),
-                            moe_dispatcher=options.get("moe_dispatcher"), tp_overlap=options.get("tp_overlap"))
+                            moe_dispatcher=options.get("moe_dispatcher"), tp_overlap=options.get("tp_overlap"),
+                            fp8_params=options.get("fp8_params"))

@@ -26,6 +26,7 @@ def software_rules(software) -> tuple[Rule, ...]:
     deepep = getattr(software, "moe_dispatcher", "alltoall") == "deepep"
     states = software.optimizer_states if software is not fw else "fp32"  # a bare profile: its default
     tp_overlap = getattr(software, "tp_overlap", fw.parallelism.tp_overlap.default)
+    fp8_params = bool(getattr(software, "fp8_params", False))
     dp, pipe, par = fw.data_parallel, fw.pipeline, fw.parallelism
     n = fw.name
     modes = [TP_MODES.index(m) for m in par.tp_modes]
@@ -130,6 +131,12 @@ def software_rules(software) -> tuple[Rule, ...]:
              lambda m, a: (states != "fp32") & (a.zero < 1),
              lambda m, a: f"--optimizer-states {states} runs in {n}'s distributed optimizer: zero must be 1 or more, "
                           f"not {a.zero}"),
+        # Megatron-LM @d98e8a64 megatron/training/arguments.py: '--fp8-param-gather only supported with distributed
+        # optimizer, torch fsdp2, megatron fsdp, or inference mode'.
+        Rule("FP8 primary weights are gathered by a sharded optimizer", ('zero',),
+             lambda m, a: fp8_params & (a.zero < 1),
+             lambda m, a: f"--fp8-params gathers the FP8 weights from the distributed optimizer's or FSDP's shards: "
+                          f"zero must be 1 or more, not {a.zero}"),
         Rule(f"{n} recompute modes", ('rc',),
              lambda m, a: ~np.isin(a.rc, codes),
              lambda m, a: f"{n} offers recompute {', '.join(fw.recompute)}, not {RECOMPUTE[int(a.rc)]}"),

@@ -1,30 +1,27 @@
 """Software stacks as data: what a training framework actually runs (``frameworks/*.yaml``).
 
-The same layout runs at different speeds on Megatron-Core, torchtitan or plain PyTorch
-because they run different kernels and schedule their communication differently. A
-framework profile says, each value with its source:
+The same layout runs at different speeds on Megatron-Core, torchtitan or plain PyTorch because they run
+different kernels and schedule their communication differently. A framework profile says, each value with
+its source:
 
-* ``kernels``: the attention kernel; for each element-wise op of a block whether it runs as one
-  fused kernel or as the separate aten kernels of eager PyTorch; the loss kernel; whether
-  autocast re-casts fp32 weights every forward;
+* ``kernels``: the attention kernel; for each element-wise op of a block whether it runs fused or as eager
+  PyTorch's separate aten kernels; the loss kernel; whether autocast re-casts fp32 weights every forward;
 * ``compile``: whether ``torch.compile`` (or XLA) is offered and on by default, and what it fuses;
-* ``fp8``: the recipes offered, which GEMMs they cover, how the casts run, whether ZeRO-3
-  weights are gathered in FP8;
-* ``data_parallel``: the ZeRO stages it runs, how ZeRO-3 shards (flat buffers or per-parameter
-  FSDP2 with copy-in/copy-out), when gradients are reduced, bucket sizes, prefetch;
+* ``fp8``: the recipes offered, which GEMMs they cover, how the casts run, whether ZeRO-3 weights are
+  gathered in FP8, whether FP8 primary weights are offered;
+* ``data_parallel``: the ZeRO stages, how ZeRO-3 shards (flat buffers or FSDP2's per-parameter copy-in/out),
+  when gradients are reduced, bucket sizes, prefetch;
 * ``pipeline``: schedules, how activations are sent between stages, which ZeRO stages combine, how
   gradients are reduced under it, how the layers split over the stages, the micro-batch it defaults to;
-* ``parallelism``: the tensor/context-parallel modes its code has, its sequence parallelism, and the
-  overlaps of its tensor-parallel collectives with the matmuls they feed (collective matmul) it offers;
+* ``parallelism``: the tensor/context-parallel modes, its sequence parallelism, and the collective-matmul
+  overlaps of its tensor-parallel collectives it offers;
 * ``recompute``: the activation-checkpointing modes it offers; ``recompute_layers``, a block of each chunk;
-* ``moe``: whether it has expert parallelism, which expert-tensor-parallel sizes it runs, how its
-  experts' GEMMs launch (one grouped GEMM, a GEMM each over CUDA streams, or a loop), and whether it
-  overlaps the token all-to-all with the shared experts;
-* the vocabulary padding rule, the optimizer kernel, how master weights are kept, and a
-  per-layer host overhead.
+* ``moe``: expert parallelism, the expert-tensor-parallel sizes, how the experts' GEMMs launch (one grouped
+  GEMM, a GEMM each over CUDA streams, or a loop), what the token all-to-all overlaps;
+* the vocabulary padding rule, the optimizer kernel, how master weights are kept, per-layer host overhead.
 
 A :class:`Software` is one run's resolved choice: a framework plus the user's overrides
-(``--compile``, ``--fp8-recipe``, ``--flash-attention``, ``--fused-kernels``, ``--tp-overlap``, ...).
+(``--compile``, ``--fp8-recipe``, ``--fp8-params``, ``--flash-attention``, ``--tp-overlap``, ...).
 """
 from __future__ import annotations
 
@@ -48,8 +45,7 @@ GRAD_REDUCE = ("overlapped", "after-backward")
 PREFETCH = ("before", "after")
 PP_SENDS = ("scatter-gather", "full", "partitioned")
 MASTER_WEIGHTS = ("fp32-copy", "fp32-params")
-# Gradients between steps: kept in a buffer the next step accumulates into (Megatron's and DeepSpeed's contiguous
-# buffers), or freed by ``zero_grad(set_to_none=True)`` (PyTorch's default since 2.0) and allocated again.
+# Gradients between steps: kept in a buffer (Megatron's, DeepSpeed's) or freed by zero_grad(set_to_none=True) (PyTorch).
 GRADIENTS = ("persistent", "freed")
 OPTIMIZERS = ("fused", "foreach")
 # The precision of the optimizer's state: fp32 master copy, momentum and variance; all three in bf16 (NeMo's
@@ -79,7 +75,7 @@ KERNEL_KEYS = ("attention", "flash_attention", "elementwise", "loss", "weight_ca
 # linear layers (torchtitan, transformers' Llama), which eager autocast feeds one 16-bit cast each.
 PROJECTIONS = ("fused", "separate")
 COMPILE_KEYS = ("available", "default", "elementwise", "loss", "host")
-FP8_KEYS = ("recipes", "default", "casts", "recipe_casts", "compiled_casts", "weight_cast", "all_gather",
+FP8_KEYS = ("recipes", "default", "casts", "recipe_casts", "compiled_casts", "weight_cast", "all_gather", "params",
             "saves_fp8_inputs", "compiled_saves_fp8_inputs", "wgrad")
 DP_KEYS = ("zero", "zero3", "grad_reduce", "reduce_every_microbatch", "backward_prefetch", "gather_bucket_params",
            "reduce_bucket_params", "max_live_params", "grad_dtype", "overlap_param_gather")
@@ -90,14 +86,12 @@ ACTIVATION_SHARDS = ("sequence", "hidden")
 VOCAB_KEYS = ("multiple", "times_tp")
 MOE_KEYS = ("expert_parallel", "expert_tensor_parallel", "expert_gemms", "grouped_gemm", "overlaps", "overlap",
             "permute", "dispatchers", "sync_s")
-# What a token all-to-all can hide under: nothing; the shared experts of its layer (Megatron-Core
-# --moe-shared-expert-overlap); the compute of another micro-batch (--overlap-moe-expert-parallel-comm,
-# the merged forward/backward 1F1B schedule).
+# What a token all-to-all can hide under: nothing; its layer's shared experts (--moe-shared-expert-overlap); another
+# micro-batch's compute (--overlap-moe-expert-parallel-comm, the merged forward/backward 1F1B schedule).
 MOE_OVERLAPS = ("none", "shared-experts", "micro-batch")
-# How tokens reach their experts: an all-to-all of every token's k copies, sorted by expert before it and
-# by local expert after it (Megatron-Core's alltoall dispatcher, torchtitan's, DeepSpeed's), or DeepEP's
-# kernels, which send each token once to every rank (and over the network once to every node) its experts
-# sit on and permute on arrival (parplan.cost.collectives: the dispatch op).
+# How tokens reach their experts: an all-to-all of every token's k copies, sorted by expert before it and by local
+# expert after it (Megatron-Core's alltoall dispatcher, torchtitan's, DeepSpeed's), or DeepEP's kernels, which send
+# each token once to every rank (over the network once to every node) its experts sit on and permute on arrival.
 MOE_DISPATCHERS = ("alltoall", "deepep")
 EXPERT_TP = ("any", "one-or-tp", "one")
 
@@ -145,6 +139,7 @@ class FP8:
     compiled_saves_fp8_inputs: bool = False  # the same once compiled (the loader's default: saves_fp8_inputs)
     # Eager casts of a recipe that differ from ``casts`` (TE's current scaling: amax-fused).
     recipe_casts: Mapping[str, str] = field(default_factory=dict)
+    params: bool = False                # offers FP8 primary weights (--fp8-params: TE fp8_model_init)
 
 
 @dataclass(frozen=True)
@@ -279,6 +274,7 @@ class Software:
     optimizer_states: str = "fp32"      # the optimizer state's precision (OPTIMIZER_STATES)
     moe_dispatcher: str = "alltoall"    # how tokens reach their experts (MOE_DISPATCHERS)
     tp_overlap: str = "none"            # what the sequence-parallel collectives run under (tp_overlap.TP_OVERLAPS)
+    fp8_params: bool = False            # weights held in FP8 (with their transposes), gathered in FP8
 
     def __deepcopy__(self, memo):  # immutable (its mappings are read-only views): shared, not copied
         return self
@@ -312,7 +308,7 @@ class Software:
     def describe(self) -> str:
         parts = [self.name, "compiled" if self.compiled else "eager" if self.framework.compile.available else ""]
         if self.fp8_recipe:
-            parts.append(f"fp8 {self.fp8_recipe}")
+            parts.append(f"fp8 {self.fp8_recipe}" + (" with fp8 weights" if self.fp8_params else ""))
         parts.append(f"attention {'/'.join(self.attention_kernels) or 'unfused'}")
         if self.moe_overlap != "none":
             parts.append(f"MoE all-to-alls under {self.moe_overlap.replace('-', ' ')}")
@@ -329,7 +325,8 @@ def resolve_software(framework: Framework, *, dtype: str = "bf16", compiled: boo
                      fp8_recipe: str | None = None, flash_attention: bool | None = None,
                      fused_kernels: bool | None = None, device_kind: str | None = None,
                      moe_overlap: str | None = None, optimizer_states: str | None = None,
-                     moe_dispatcher: str | None = None, tp_overlap: str | None = None) -> Software:
+                     moe_dispatcher: str | None = None, tp_overlap: str | None = None,
+                     fp8_params: bool | None = None) -> Software:
     """A framework with the user's overrides applied; each default taken from the profile is noted."""
     fw = framework
     notes = []
@@ -348,8 +345,11 @@ def resolve_software(framework: Framework, *, dtype: str = "bf16", compiled: boo
         elif fp8_recipe not in fw.fp8.recipes:
             raise ParplanError(f"framework '{fw.name}' offers the FP8 recipes {', '.join(fw.fp8.recipes)}; "
                                f"not '{fp8_recipe}'{suggest(fp8_recipe, fw.fp8.recipes)}")
-    elif fp8_recipe is not None:
-        raise ParplanError(f"--fp8-recipe {fp8_recipe} needs --dtype fp8")
+    elif fp8_recipe is not None or fp8_params:
+        raise ParplanError(f"--{'fp8-recipe ' + fp8_recipe if fp8_recipe else 'fp8-params'} needs --dtype fp8")
+    if fp8_params and not fw.fp8.params:
+        raise ParplanError(f"framework '{fw.name}' keeps its weights in 16 bits (no FP8 primary weights): "
+                           f"drop --fp8-params")
     if flash_attention is None:
         flash_attention = fw.kernels.flash_attention
     elif flash_attention and not fw.kernels.attention:
@@ -373,7 +373,7 @@ def resolve_software(framework: Framework, *, dtype: str = "bf16", compiled: boo
     return Software(framework=fw, compiled=bool(compiled), fp8_recipe=fp8_recipe if dtype == "fp8" else None,
                     flash_attention=bool(flash_attention), elementwise=MappingProxyType(elementwise), loss=loss,
                     notes=tuple(notes), moe_overlap=moe_overlap, optimizer_states=optimizer_states,
-                    moe_dispatcher=moe_dispatcher, tp_overlap=tp_overlap)
+                    moe_dispatcher=moe_dispatcher, tp_overlap=tp_overlap, fp8_params=bool(fp8_params))
 
 
 def _choose(fw: Framework, given: str | None, offered, default: str, says: str) -> str:

@@ -178,6 +178,7 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
               weight_cast=text(f, "weight_cast", f"{what}: fp8", required=False, choices=WEIGHT_CASTS,
                                default="per-microbatch"),
               all_gather=flag(f, "all_gather", f"{what}: fp8", False), wgrad=flag(f, "wgrad", f"{what}: fp8", True),
+              params=flag(f, "params", f"{what}: fp8", False),
               saves_fp8_inputs=saves,
               compiled_saves_fp8_inputs=flag(f, "compiled_saves_fp8_inputs", f"{what}: fp8", saves),
               recipe_casts=_recipe_casts(f, recipes, f"{what}: fp8.recipe_casts"))

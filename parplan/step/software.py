@@ -55,8 +55,9 @@ def grad_bytes(sw: Software, dtype: str) -> int:
 
 
 def weight_bytes(sw: Software, dtype: str) -> int:
-    """Bytes per weight element as ZeRO-3 gathers it: FP8 where the framework gathers FP8 weights."""
-    if dtype == "fp8" and sw.framework.fp8.all_gather:
+    """Bytes per weight element as ZeRO gathers it: FP8 where the framework gathers FP8 weights or the run
+    keeps FP8 primary weights (``--fp8-params``: Megatron's ``--fp8-param-gather``)."""
+    if dtype == "fp8" and (sw.framework.fp8.all_gather or sw.fp8_params):
         return 1
     return BYTES_PER_ELEMENT[activation_dtype(dtype)]
 
@@ -129,7 +130,8 @@ def state_bytes_per_param(sw: Software, dtype: str) -> dict[str, float]:
     master, moment = STATE_BYTES[sw.optimizer_states]
     if sw.framework.master_weights == "fp32-params":
         return {"weights": 4.0, "optimizer": 2.0 * moment}
-    return {"weights": float(BYTES_PER_ELEMENT[activation_dtype(dtype)]), "optimizer": master + 2.0 * moment}
+    weights = 1.0 if sw.fp8_params and sw.fp8_recipe else float(BYTES_PER_ELEMENT[activation_dtype(dtype)])
+    return {"weights": weights, "optimizer": master + 2.0 * moment}
 
 
 def optimizer_bytes(sw: Software, params, grad_bytes_per_param: int):
@@ -148,7 +150,8 @@ STATE_BYTES = {"fp32": (4, 4), "bf16": (2, 2), "bf16-moments": (2, 2)}
 def extra_memory(model, dims, layout, sw: Software, stage_layers, stage_params) -> dict[str, Any]:
     """Copies the software keeps beyond weights, gradients, optimizer state and activations: autocast's
     16-bit weight copies (saved for the backward; gathered per layer instead under ZeRO-3) and
-    Transformer Engine's cached FP8 weights with their transposes (1 + 1 byte per parameter)."""
+    Transformer Engine's cached FP8 weights with their transposes (1 + 1 byte per parameter; FP8 primary
+    weights, ``--fp8-params``, are the weights themselves: their transposes, 1 byte)."""
     fw = sw.framework
     local = stage_params / np.asarray(layout.tp, float)
     z3 = np.asarray(layout.zero) == 3
@@ -156,5 +159,5 @@ def extra_memory(model, dims, layout, sw: Software, stage_layers, stage_params) 
     if casts_weights(sw, layout.dtype):
         out["weight_copies"] = np.where(z3, 0.0, local * BYTES_PER_ELEMENT[activation_dtype(layout.dtype)])
     if sw.fp8_recipe and fw.fp8.weight_cast == "per-step":
-        out["fp8_weight_cache"] = local * 2.0 / zero3_shard(layout)
+        out["fp8_weight_cache"] = local * (1.0 if sw.fp8_params else 2.0) / zero3_shard(layout)
     return out

@@ -31,7 +31,7 @@ from ..specs.hardware import load_hardware
 from ..specs.model import ModelSpec, model_from_dict
 from ..specs.registry import spec_dir
 from ..specs.slices import parse_shape
-from ..specs.yamlio import check_keys, number, read_records, require_mapping, text
+from ..specs.yamlio import check_keys, flag, number, read_records, require_mapping, text
 from ..step.train import estimate
 
 DEFAULT_FILES = ("published-runs.yaml", "modern-runs.yaml", "bridge-dense-runs.yaml", "moe-runs.yaml",
@@ -54,7 +54,8 @@ def load_runs(path: str | None = None) -> list[dict]:
 # The schema of a published-run record (see the comment at the top of validation/published-runs.yaml).
 RUN_KEYS = ("id", "source", "confidence", "model", "hardware", "devices", "devices_per_node", "slices", "slice", "network",
             "inter_node_bandwidth", "precision", "framework", "flash_attention", "fused_kernels", "compiled",
-            "fp8_recipe", "moe_overlap", "moe_dispatcher", "tp_overlap", "optimizer_states", "layout", "global_batch",
+            "fp8_recipe", "fp8_params", "moe_overlap", "moe_dispatcher", "tp_overlap", "optimizer_states", "layout",
+            "global_batch",
             "published", "reference_step_time_s", "reference_derivation", "notes", "_file")
 RUN_LAYOUT_KEYS = ("tp", "pp", "dp", "cp", "vpp", "zero", "shard_group", "sequence_parallel", "recompute",
                    "micro_batch", "ep", "etp", "first_stage_layers", "last_stage_layers", "recompute_layers")
@@ -147,7 +148,8 @@ def record_setup(rec: dict, framework: str | None = None) -> RunSetup:
                                 moe_overlap=text(rec, "moe_overlap", f"run {rid}", required=False),
                                 optimizer_states=text(rec, "optimizer_states", f"run {rid}", required=False),
                                 moe_dispatcher=text(rec, "moe_dispatcher", f"run {rid}", required=False),
-                                tp_overlap=text(rec, "tp_overlap", f"run {rid}", required=False))
+                                tp_overlap=text(rec, "tp_overlap", f"run {rid}", required=False),
+                                fp8_params=flag(rec, "fp8_params", f"run {rid}", None))
     batch = number(rec, "global_batch", f"run {rid}", integer=True)
     vpp = number(lay, "vpp", w, required=False, integer=True, default=1)
     fallback = Layout(tp=fixed["tp"], pp=fixed["pp"], dp=fixed["dp"], cp=fixed["cp"],

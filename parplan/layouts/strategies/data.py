@@ -140,7 +140,7 @@ def zero_collectives(ctx: Context, params, size, stride, shard, axis: str = "dp"
                    np.where(z2 & every2, 1, 0), "microbatch", "backward", reduce[2]),
         Collective(f"{prefix}zero2_grad_reduce_scatter_step", "reduce_scatter", axis, shard, stride, grads,
                    np.where(z2 & ~every2, 1, 0), "step", "backward", reduce[2]),
-        Collective(f"{prefix}zero_param_allgather", "all_gather", axis, shard, stride, params * ctx.bpe,
+        Collective(f"{prefix}zero_param_allgather", "all_gather", axis, shard, stride, params * ctx.weight_bytes,
                    np.where(z1 | z2, 1, 0), "step", "forward", fwd),
         Collective(f"{prefix}fsdp_allgather_fwd", "all_gather", axis, shard, stride, weights / gathers,
                    np.where(z3, gathers, 0), "microbatch", "forward", "forward"),

@@ -29,12 +29,13 @@ class LaunchConfig:
     optimizer_states: str | None = None
     moe_dispatcher: str | None = None
     tp_overlap: str | None = None
+    fp8_params: bool | None = None
 
 
-def launch(target: str, framework: str, layout: dict, compiled=None, fp8_recipe=None,
-           moe_overlap=None, optimizer_states=None, moe_dispatcher=None, tp_overlap=None) -> LaunchConfig:
+def launch(target: str, framework: str, layout: dict, compiled=None, fp8_recipe=None, moe_overlap=None,
+           optimizer_states=None, moe_dispatcher=None, tp_overlap=None, fp8_params=None) -> LaunchConfig:
     return LaunchConfig(target, framework, MappingProxyType(dict(layout)), compiled, fp8_recipe, moe_overlap,
-                        optimizer_states, moe_dispatcher, tp_overlap)
+                        optimizer_states, moe_dispatcher, tp_overlap, fp8_params)
 
 
 def profile_for(target: str, software, default: str):

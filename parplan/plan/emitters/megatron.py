@@ -129,8 +129,8 @@ def megatron_args(layout: Layout, model: ModelSpec, software=None) -> list[str]:
     if layout.dtype == "fp8":
         args += ["--fp8-format", "hybrid"]
         recipe = software.fp8_recipe if software is not None else None
-        if recipe and recipe != "delayed":
-            args += ["--fp8-recipe", recipe]
+        args += ["--fp8-recipe", recipe] if recipe and recipe != "delayed" else []
+        args += ["--fp8-param-gather"] if software is not None and software.fp8_params else []
     if software is None or software.flash_attention:
         args += ["--attention-backend", "flash"]
     if software is not None and set(software.elementwise.values()) == {"eager"}:
@@ -329,12 +329,11 @@ def read(source: str, world_size: int, model: ModelSpec, yaml_data=None):
         if optim.get("name") == "distributed_fused_adam" and str(optim.get("dtype")) in ("bf16", "torch.bfloat16"):
             states = "bf16"  # Apex DistributedFusedAdam keeps its state (the parameter copy too) in optim.dtype
     return launch(TARGET, PROFILE, fields, fp8_recipe=recipe, moe_overlap=overlap, optimizer_states=states,
-                  moe_dispatcher="deepep" if deepep else None,
+                  moe_dispatcher="deepep" if deepep else None, fp8_params=values.get("fp8-param-gather") or None,
                   tp_overlap="collective-matmul" if values.get("tp-comm-overlap") else None)
 
 
-# NeMo's optim.name for its sharded optimizers (NeMo-Framework-Launcher conf/training: distributed_fused_adam
-# through 2024, mcore_distributed_optim after).
+# NeMo's sharded optimizers (NeMo-Framework-Launcher conf/training: distributed_fused_adam to 2024, then mcore's).
 NEMO_DISTRIBUTED_OPTIMIZERS = ("distributed_fused_adam", "mcore_distributed_optim")
 
 
