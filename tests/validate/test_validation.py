@@ -67,14 +67,15 @@ def test_bridge_dense_runs_do_not_regress(bridge_results):
     """The dense Llama rows of the Megatron-Bridge tables that give the MoE file its Bridge rows (2025, FP8,
     H100, B200, GB200): a regression gate at what is reached. The Blackwell 8B runs are predicted 11-12% fast;
     the 70B and 405B runs ran their tensor-parallel collectives under Transformer Engine's userbuffers
-    (--tp-overlap collective-matmul) and are predicted 4-17% fast, the overlap hiding more than it does in
-    torchtitan's published on/off pairs (scripts/tp_overlap_check.py); the B200 405B runs fit only without
-    the plan's 10% headroom."""
+    (--tp-overlap collective-matmul) and are predicted 4-18% fast, the overlap hiding more than it does in
+    torchtitan's published on/off pairs (scripts/tp_overlap_check.py); every row keeps FP8 primary weights
+    (--fp8-params), which halve the distributed optimizer's parameter all-gather; the 25.11 H100 8B run
+    (--recompute-layers 5) fits only without the plan's 10% headroom."""
     f = bridge_results["files"]["bridge-dense-runs.yaml"]
-    assert f["runs"] == 11 and bridge_results["summary"]["skipped"] == 0
+    assert f["runs"] == 12 and bridge_results["summary"]["skipped"] == 0
     s = bridge_results["summary"]
     assert s["median_abs_error"] <= 0.12 and s["mean_abs_error"] <= 0.11
-    assert s["max_abs_error"] <= 0.17 and abs(s["mean_error"]) <= 0.11
+    assert s["max_abs_error"] <= 0.18 and abs(s["mean_error"]) <= 0.11
     assert s["no_fitting_plan"] <= 2
 
 
