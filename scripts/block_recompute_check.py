@@ -9,7 +9,7 @@ first N blocks with ``torch.utils.checkpoint``, which is what the option prices.
 script prints the share of full recompute's extra time and of its memory saving that each block measured, beside
 the ``N / L`` the model charges.
 
-usage: python scripts/block_recompute_check.py CSV [--hw PROFILE]
+usage: python scripts/block_recompute_check.py CSV [--hw=PROFILE]
 """
 from __future__ import annotations
 

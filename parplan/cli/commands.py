@@ -54,8 +54,8 @@ def layout_options(fn):
                      help="Sequences per step (default: the plan's fixed budget of ~4.2M tokens, in whole rounds of "
                           "micro-batches)."),
         click.option("--seq", type=int, default=None, help="Sequence length (default: the model's)."),
-        click.option("--recompute", type=click.Choice(RECOMPUTE), default="none",
-                     show_default=True),
+        click.option("--recompute", type=click.Choice(RECOMPUTE), default=None,
+                     help="Activation recompute (default: none; full with --recompute-layers)."),
         click.option("--recompute-layers", type=int, default=None, help=RECOMPUTE_LAYERS_HELP),
         click.option("--dtype", type=click.Choice(DTYPES), default="bf16",
                      show_default=True),

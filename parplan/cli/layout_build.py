@@ -44,8 +44,8 @@ def build_layout(cluster, model, *, mesh, tp, pp, dp, cp, micro_batch, global_ba
             raise ParplanError(f"--{name} must be a positive whole number, got {v}")
     if global_batch is None:  # the plan's default, in whole rounds of micro-batches
         global_batch = default_global_batch(model, cluster, seq or model.seq_len, micro_batch * given["dp"])
-    if recompute_layers is not None and recompute == "none":  # --recompute-layers implies a full recompute
-        recompute = "full"
+    if recompute is None:  # --recompute-layers alone implies a full recompute
+        recompute = "full" if recompute_layers is not None else "none"
     layout = Layout(tp=given["tp"], pp=given["pp"], dp=given["dp"], cp=given["cp"], micro_batch=micro_batch,
                     global_batch=global_batch, seq_len=seq, recompute=recompute, dtype=dtype, zero=zero,
                     shard_group=shard_group, sp=sp, tp_mode=tp_mode, cp_mode=cp_mode, vpp=vpp,

@@ -33,7 +33,7 @@ INFERENCE_DEFAULTS = {"input_len": None, "output_len": None, "batch": None, "rep
 # Training-only options of ``estimate``/``explain`` (parplan.cli.layout_options) and ``plan``, at their defaults.
 # ``--framework`` and ``--fused-kernels`` apply to both modes (a serving stack's element-wise kernels).
 ESTIMATE_TRAINING_DEFAULTS = {"mesh": None, "cp": None, "micro_batch": 1, "global_batch": None, "seq": None,
-                              "recompute": "none", "zero": 0, "shard_group": None, "sp": False, "tp_mode": "1d",
+                              "recompute": None, "zero": 0, "shard_group": None, "sp": False, "tp_mode": "1d",
                               "cp_mode": "allgather", "vpp": 1, "schedule": "1f1b", "flash_attention": None, "etp": None,
                               "compiled": None, "fp8_recipe": None, "ici": None, "first_stage_layers": None,
                               "last_stage_layers": None, "moe_overlap": None, "optimizer_states": None,

@@ -9,6 +9,8 @@ the search space's business (:mod:`parplan.plan.candidates`), not a rule.
 """
 from __future__ import annotations
 
+import numbers
+
 from dataclasses import replace
 from types import SimpleNamespace
 import numpy as np
@@ -336,7 +338,7 @@ def check_recompute_layers(layers, recompute: str, framework, model_layers: int,
     the largest chunk holds."""
     if layers is None:
         return
-    if not isinstance(layers, int) or isinstance(layers, bool) or layers < 1:
+    if not isinstance(layers, numbers.Integral) or isinstance(layers, bool) or layers < 1:
         raise ParplanError(f"recompute-layers must be a positive whole number, got {layers!r}")
     if recompute != "full":
         raise ParplanError(f"--recompute-layers {layers} recomputes a block of each chunk's layers whole: it needs "

@@ -182,7 +182,7 @@ def candidates(model: ModelSpec, cluster: Cluster, space: SearchSpace) -> dict[s
     software = space_software(space, cluster)
     framework = software.framework
     c = _pipeline_knobs(c, model, gb, fixed, framework)
-    c = _block_recompute(c, fixed)
+    c = _block_recompute(c, fixed, model.layers)
     knobs = rules.fields(tp=c["tp"], cp=c["cp"], pp=c["pp"], dp=c["dp"], micro_batch=c["micro_batch"], vpp=c["vpp"],
                          sp=c["sp"], tp_mode=c["tp_mode"], zero=c["zero"], shard_group=c["shard_group"],
                          hsdp=c["hsdp"], global_batch=gb, seq=seq,
@@ -228,13 +228,14 @@ def _expert_axes(model: ModelSpec, cluster: Cluster, axes: dict, fixed: dict) ->
     return out
 
 
-def _block_recompute(c: dict, fixed: dict) -> dict:
+def _block_recompute(c: dict, fixed: dict, model_layers: int) -> dict:
     """``recompute_layers`` for every row: the fixed block (only full recomputes keep it), else 0, every layer
     of a recompute (the search tries blocks beside the full recomputes that fit: :mod:`parplan.plan.search`)."""
     if fixed.get("recompute_layers") is None:
         return {**c, "recompute_layers": np.zeros(len(c["recompute"]), np.int64)}
-    full = c["recompute"] == RECOMPUTE.index("full")
-    return {**_keep(c, full), "recompute_layers": np.full(int(full.sum()), fixed["recompute_layers"])}
+    block = fixed["recompute_layers"]  # the layouts whose chunks hold the block (check_recompute_layers' limit)
+    keep = (c["recompute"] == RECOMPUTE.index("full")) & (block <= -(-model_layers // (c["pp"] * c["vpp"])))
+    return {**_keep(c, keep), "recompute_layers": np.full(int(keep.sum()), block)}
 
 
 def _pipeline_knobs(c: dict, model: ModelSpec, gb: int, fixed: dict, framework) -> dict:

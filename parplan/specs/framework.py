@@ -133,7 +133,7 @@ class FP8:
     casts: str                          # fused into the producing kernel | separate passes
     compiled_casts: str                 # the same once compiled
     weight_cast: str                    # per-step (cached across micro-batches) | per-microbatch
-    all_gather: bool                    # ZeRO-3 weights are gathered in FP8
+    all_gather: bool                    # ZeRO weights (the FP8 linears') are gathered in FP8
     wgrad: bool                         # the weight-gradient GEMM runs in FP8 too
     saves_fp8_inputs: bool = False      # linear layers keep their FP8-cast inputs for the backward (TE)
     compiled_saves_fp8_inputs: bool = False  # the same once compiled (the loader's default: saves_fp8_inputs)

@@ -54,12 +54,22 @@ def grad_bytes(sw: Software, dtype: str) -> int:
     return BYTES_PER_ELEMENT[act]
 
 
-def weight_bytes(sw: Software, dtype: str) -> int:
-    """Bytes per weight element as ZeRO gathers it: FP8 where the framework gathers FP8 weights or the run
-    keeps FP8 primary weights (``--fp8-params``: Megatron's ``--fp8-param-gather``)."""
+def weight_bytes(sw: Software, dtype: str, fp8_share=1.0):
+    """Bytes per weight element as ZeRO gathers it: FP8 for the ``fp8_share`` of the weights in the layers'
+    linears (:func:`fp8_linear_share`) where the framework gathers FP8 weights or the run keeps FP8 primary
+    weights (``--fp8-params``: Megatron's ``--fp8-param-gather``), 16 bits for the rest."""
+    wide = BYTES_PER_ELEMENT[activation_dtype(dtype)]
     if dtype == "fp8" and (sw.framework.fp8.all_gather or sw.fp8_params):
-        return 1
-    return BYTES_PER_ELEMENT[activation_dtype(dtype)]
+        return fp8_share * 1.0 + (1 - fp8_share) * wide
+    return wide
+
+
+def fp8_linear_share(model, layers, params):
+    """Of a rank's ``params`` (with ``layers`` transformer layers), the share in the layers: the linear weights an
+    FP8 recipe covers (Transformer Engine modules, torchao's Float8Linear); the embedding, the LM head (Megatron's
+    is not a TE module: frameworks/megatron-core.yaml fp8) and the norms (in the layers, a few per million) stay
+    16-bit."""
+    return np.clip(model.busiest_layers(layers) / np.maximum(np.asarray(params, float), 1.0), 0.0, 1.0)
 
 
 def casts_weights(sw: Software, dtype: str) -> bool:
@@ -121,16 +131,17 @@ def logits_bytes(dims, sw: Software, dtype: str):
     return dims.batch * dims.seq * dims.vocab * per
 
 
-def state_bytes_per_param(sw: Software, dtype: str) -> dict[str, float]:
+def state_bytes_per_param(sw: Software, dtype: str, fp8_share=1.0) -> dict[str, float]:
     """Bytes per parameter of weights and optimizer state: 16-bit weights with fp32 master copies,
     momentum and variance in the optimizer (Megatron, DeepSpeed: 2 + 12), or fp32 parameters with
     fp32 momentum and variance (FSDP, autocast: 4 + 8); bf16 optimizer state narrows the optimizer's
     tensors (NeMo's distributed_fused_adam ``dtype: bf16``; Megatron-Core's bf16 moments with the master's
-    16-bit remainders: 2 + 6 both)."""
+    16-bit remainders: 2 + 6 both). FP8 primary weights (``--fp8-params``) hold ``fp8_share`` of them in 1 byte."""
     master, moment = STATE_BYTES[sw.optimizer_states]
     if sw.framework.master_weights == "fp32-params":
         return {"weights": 4.0, "optimizer": 2.0 * moment}
-    weights = 1.0 if sw.fp8_params and sw.fp8_recipe else float(BYTES_PER_ELEMENT[activation_dtype(dtype)])
+    wide = float(BYTES_PER_ELEMENT[activation_dtype(dtype)])
+    weights = fp8_share * 1.0 + (1 - fp8_share) * wide if sw.fp8_params and sw.fp8_recipe else wide
     return {"weights": weights, "optimizer": master + 2.0 * moment}
 
 
@@ -159,5 +170,6 @@ def extra_memory(model, dims, layout, sw: Software, stage_layers, stage_params) 
     if casts_weights(sw, layout.dtype):
         out["weight_copies"] = np.where(z3, 0.0, local * BYTES_PER_ELEMENT[activation_dtype(layout.dtype)])
     if sw.fp8_recipe and fw.fp8.weight_cast == "per-step":
-        out["fp8_weight_cache"] = local * (1.0 if sw.fp8_params else 2.0) / zero3_shard(layout)
+        share = fp8_linear_share(model, stage_layers, stage_params)
+        out["fp8_weight_cache"] = local * share * (1.0 if sw.fp8_params else 2.0) / zero3_shard(layout)
     return out

@@ -177,10 +177,11 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
     stage_params, expert_p = mtp_mod.with_stage_params(model, stages, layout, m, stage_params, expert_p)
     layer_p = model.layer_params()
     grad_bytes = sw_mod.grad_bytes(sw, dtype)
-    ctx = Context(model=model, cluster=cluster, layout=layout, dims=dims, bpe=bpe, seq=seq,
-                  stage_layers=stage_layers, micro_batches=m, layer_params=layer_p,
-                  stage_params=stage_params, recompute=rc, software=sw, grad_bytes=grad_bytes,
-                  weight_bytes=sw_mod.weight_bytes(sw, dtype), expert_params=expert_p, recompute_share=rerun)
+    fp8_share = sw_mod.fp8_linear_share(model, stage_layers, stage_params)  # of the weights: in FP8-able linears
+    ctx = Context(model=model, cluster=cluster, layout=layout, dims=dims, bpe=bpe, seq=seq, stage_layers=stage_layers,
+                  micro_batches=m, layer_params=layer_p, stage_params=stage_params, recompute=rc, software=sw,
+                  grad_bytes=grad_bytes, expert_params=expert_p, recompute_share=rerun,
+                  weight_bytes=sw_mod.weight_bytes(sw, dtype, fp8_share))
     # ---- collectives: time per call, calls per step
     costs = price_collectives(strategies, ctx)
 
@@ -268,16 +269,15 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
                                             sw.elementwise, fp8_inputs, autocast, fw.kernels.projections)
     act_kept = layer_activation_bytes(model, dims, act, sw.flash_attention, use_dropout, "full",
                                       sw.elementwise, fp8_inputs, autocast, fw.kernels.projections)
-    states = sw_mod.state_bytes_per_param(sw, dtype)
     extras = {}
     for s in strategies_in_registry_order(strategies):
         extras.update(s.memory_bytes(ctx))
 
     def rank_memory(r):
         # Recomputing a whole layer (full; selective-layer's checkpointed blocks; save-dots' rebuilt tensors)
-        # rebuilds one layer's activations.
-        rebuilt = (r.layers > 0) & ((rc == 2) | (rc == 4) | (rc == 6))
+        # rebuilds one layer's activations; under a block, after the later layers freed theirs (no new peak).
         share = recompute_share(rc, layout.recompute_layers, r.layers / np.asarray(layout.vpp, float))
+        rebuilt = (r.layers > 0) & (((rc == 2) & (share >= 1)) | (rc == 4) | (rc == 6))
         per_layer = np.where((rc == 2) | (rc == 4), share * act_kept + (1 - share) * act_full_layer, act_layer)
         held = r.layers * per_layer * r.inflight + np.where(rebuilt, act_full_layer, 0.0)
         mtp_p, mtp_e = (np.where(r.head, x, 0.0) for x in mtp_mod.params(model, layout))  # on the head's rank
@@ -289,6 +289,7 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
         else:
             local = {k: (r.params + mtp_p) / divisors[k] for k in ("weights", "gradients", "optimizer")}
             kept = r.params + mtp_p
+        states = sw_mod.state_bytes_per_param(sw, dtype, sw_mod.fp8_linear_share(model, r.layers, kept))
         mem = {"weights": local["weights"] * states["weights"],
                "gradients": local["gradients"] * grad_bytes,
                "optimizer": local["optimizer"] * states["optimizer"],

@@ -90,7 +90,7 @@ def software_dict(sw) -> dict[str, Any]:
     """What ran the step: the framework and the choices made within it (``null`` fields: not applicable)."""
     if sw is None:
         return {}
-    return {"framework": sw.name, "compiled": sw.compiled, "fp8_recipe": sw.fp8_recipe,
+    return {"framework": sw.name, "compiled": sw.compiled, "fp8_recipe": sw.fp8_recipe, "fp8_params": sw.fp8_params,
             "flash_attention": sw.flash_attention, "attention_kernels": list(sw.attention_kernels),
             "elementwise": dict(sw.elementwise), "loss": sw.loss, "moe_overlap": sw.moe_overlap,
             "optimizer_states": sw.optimizer_states, "moe_dispatcher": sw.moe_dispatcher, "tp_overlap": sw.tp_overlap,

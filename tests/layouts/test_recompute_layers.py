@@ -47,12 +47,13 @@ def test_a_quarter_of_the_layers_recomputed_costs_a_quarter_of_the_recompute():
 
 def test_the_recomputed_block_keeps_its_inputs_and_the_rest_everything():
     """With one stage and one micro-batch in flight: no recompute holds 16 layers' activations A; full recompute
-    16 inputs I plus one layer rebuilt (A / 16); 4 of 16 recomputed hold 4 I + 12 A / 16 + the rebuilt layer."""
+    16 inputs I plus one layer rebuilt (A / 16); 4 of 16 recomputed hold 4 I + 12 A / 16, and rebuild their
+    layers only after the 12 later ones freed theirs (no higher peak)."""
     _, (none, full, block) = _estimates()
     a_none = float(none.memory_bytes["activations"])
     per_layer = a_none / 16
     kept = (float(full.memory_bytes["activations"]) - per_layer) / 16
-    assert float(block.memory_bytes["activations"]) == pytest.approx(4 * kept + 12 * per_layer + per_layer)
+    assert float(block.memory_bytes["activations"]) == pytest.approx(4 * kept + 12 * per_layer)
     assert kept < per_layer
 
 
@@ -138,3 +139,17 @@ def test_plan_searches_blocks_where_the_framework_runs_them():
     tt = make_plan(m, cl, global_batch=128, fixed={**fixed, "zero": 3}, top=3, with_intervals=False,
                    software=resolve_software(load_framework("torchtitan"), dtype="bf16"))
     assert (tt.candidates["recompute_layers"] == 0).all()
+
+
+def test_a_fixed_block_keeps_the_layouts_whose_chunks_hold_it():
+    """30 of Llama 3.1 8B's 32 layers: layouts cut into chunks of fewer layers are left out, not refused."""
+    from parplan.plan.planner import make_plan
+    m, cl = parplan.load_model("llama3.1-8b"), parplan.load_cluster("h100x8")
+    best = make_plan(m, cl, global_batch=64, fixed={"recompute_layers": 30}, top=3, with_intervals=False)
+    assert all(lay.recompute_layers == 30 and -(-32 // (lay.pp * lay.vpp)) >= 30 for lay in best.layouts)
+
+
+def test_an_explicit_recompute_other_than_full_contradicts_a_block():
+    out = CliRunner().invoke(cli, ["estimate", "--model", "llama3.1-8b", "--hw", "h100x8", "--recompute", "none",
+                                   "--recompute-layers", "4"])
+    assert out.exit_code != 0 and "needs --recompute full" in out.output and "Traceback" not in out.output
