@@ -74,9 +74,9 @@ def main() -> None:
                   f"{p_step / step - 1:>+7.1%} {peak / 2**30:>8.2f} {p_peak / 2**30:>7.2f} {p_peak / peak - 1:>+7.1%}  "
                   f"{shares}")
     if t_err:
-        print(f"step time: median |error| {statistics.median(abs(e) for e in t_err):.1%}, signed mean "
-              f"{statistics.mean(t_err):+.1%}; peak memory: median |error| {statistics.median(abs(e) for e in m_err):.1%}"
-              f", signed mean {statistics.mean(m_err):+.1%} ({len(t_err)} rows, {hw_name})")
+        t_med, m_med = statistics.median(abs(e) for e in t_err), statistics.median(abs(e) for e in m_err)
+        print(f"step time: median |error| {t_med:.1%}, signed mean {statistics.mean(t_err):+.1%}; peak memory: "
+              f"median |error| {m_med:.1%}, signed mean {statistics.mean(m_err):+.1%} ({len(t_err)} rows, {hw_name})")
 
 
 if __name__ == "__main__":

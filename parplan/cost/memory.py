@@ -136,7 +136,7 @@ def recompute_share(recompute, recompute_layers=None, chunk_layers=None):
     if recompute_layers is not None:  # (0, the search's "not a block": every layer)
         k, chunk = np.asarray(recompute_layers, float), np.maximum(np.asarray(chunk_layers, float), 1.0)
         full = np.where(k > 0, np.minimum(k, chunk) / chunk, 1.0)
-    return np.select([code == 2, code == 4], [np.broadcast_to(full, np.shape(full)), 1.0 / SELECTIVE_LAYER_EVERY], 0.0)
+    return np.select([code == 2, code == 4], [full, 1.0 / SELECTIVE_LAYER_EVERY], 0.0)
 
 
 def recompute_code(recompute):
