@@ -55,7 +55,7 @@ def load_runs(path: str | None = None) -> list[dict]:
 RUN_KEYS = ("id", "source", "confidence", "model", "hardware", "devices", "devices_per_node", "slices", "slice", "network",
             "inter_node_bandwidth", "precision", "framework", "flash_attention", "fused_kernels", "compiled",
             "fp8_recipe", "fp8_params", "moe_overlap", "moe_dispatcher", "tp_overlap", "optimizer_states", "layout",
-            "global_batch",
+            "global_batch", "left_out",
             "published", "reference_step_time_s", "reference_derivation", "notes", "_file")
 RUN_LAYOUT_KEYS = ("tp", "pp", "dp", "cp", "vpp", "zero", "shard_group", "sequence_parallel", "recompute",
                    "micro_batch", "ep", "etp", "first_stage_layers", "last_stage_layers", "recompute_layers")
@@ -194,6 +194,7 @@ def validate_runs(records: list[dict], framework: str | None = None, progress=No
         try:
             est, setup, how, band = predict_record(rec, framework)
             published = float(number(rec, "reference_step_time_s", f"run {rec.get('id')}"))
+            left_out = left_out_reason(rec)
         except ParplanError as exc:
             skipped.append({"id": str(rec.get("id", "?")), "skipped": str(exc)})
             if progress:
@@ -219,18 +220,21 @@ def validate_runs(records: list[dict], framework: str | None = None, progress=No
             "within_band": bool(band) and band[0] <= published <= band[1],
             "fits": bool(est.fits),
             "mfu": float(est.mfu),
+            "left_out": left_out,
         })
         if progress:
             progress(i + 1, len(records))
     groups, files = {}, {}
-    for r in rows:
+    counted = [r for r in rows if not r["left_out"]]
+    for r in counted:
         groups.setdefault(r["group"], []).append(r["error"])
         files.setdefault(r["file"] or "given file", []).append(r["error"])
-    summary = _error_summary([r["error"] for r in rows])
-    summary["runs_with_unpublished_knobs"] = sum(r["band_s"] is not None for r in rows)  # and a fitting choice
-    summary["published_within_band"] = sum(r["within_band"] for r in rows)
-    summary["no_fitting_plan"] = sum(r["how"] != "plan" for r in rows)
+    summary = _error_summary([r["error"] for r in counted])
+    summary["runs_with_unpublished_knobs"] = sum(r["band_s"] is not None for r in counted)  # and a fitting choice
+    summary["published_within_band"] = sum(r["within_band"] for r in counted)
+    summary["no_fitting_plan"] = sum(r["how"] != "plan" for r in counted)
     summary["skipped"] = len(skipped)
+    summary["left_out"] = len(rows) - len(counted)
     return {
         "rows": rows,
         "skipped": skipped,
@@ -238,6 +242,19 @@ def validate_runs(records: list[dict], framework: str | None = None, progress=No
         "groups": {g: _error_summary(errs) for g, errs in groups.items()},
         "files": {f: _error_summary(errs) for f, errs in files.items()},
     }
+
+
+def left_out_reason(rec: dict) -> str | None:
+    """Why a record is predicted and shown but kept out of every error summary and interval, or None.
+
+    Only a run its publisher itself reports as a regression of its software belongs here (the reason cites
+    where): its time measures a defect, not the stack the profile describes."""
+    reason = rec.get("left_out")
+    if reason is None:
+        return None
+    if not isinstance(reason, str) or len(reason.split()) < 3:
+        raise ParplanError(f"run {rec.get('id')}: left_out must say why, with its source (got {reason!r})")
+    return reason.strip()
 
 
 def _error_summary(errors: list[float]) -> dict[str, Any]:
@@ -277,6 +294,7 @@ def format_validation(results: dict) -> str:
         chosen = " ".join(f"{k}={v}" for k, v in r["chosen"].items())
         band = f"{r['band_s'][0]:.2f}-{r['band_s'][1]:.2f}" if r["band_s"] else "none fits"
         miss = "" if r["how"] == "plan" else "  (no layout fits: estimated with the published knobs)"
+        miss += "  (left out of the summaries)" if r["left_out"] else ""
         lines.append(f"{r['id'][:47]:<48}{r['predicted_s']:12.2f}{r['published_s']:12.2f}{r['error'] * 100:7.1f}%"
                      f"{band:>16}  {r['software'][:33]:<34}{chosen}{miss}")
     for r in results.get("skipped", []):
@@ -294,6 +312,9 @@ def format_validation(results: dict) -> str:
     s = results["summary"]
     if s.get("skipped"):
         lines += ["", f"{s['skipped']} of {s['runs'] + s['skipped']} runs could not be predicted (listed above)"]
+    for r in results["rows"]:
+        if r["left_out"]:
+            lines += ["", f"left out of every summary: {r['id']}: {r['left_out']}"]
     lines += ["", f"{s['runs']} runs: mean |error| {s['mean_abs_error'] * 100:.1f}%, "
                   f"median {s['median_abs_error'] * 100:.1f}%, p90 {s['p90_abs_error'] * 100:.1f}%, "
                   f"max {s['max_abs_error'] * 100:.1f}%, signed mean {s['mean_error'] * 100:+.1f}%"

@@ -42,7 +42,8 @@ def test_every_shipped_run_is_predicted(results, moe_results, tpu_results):
     assert files["modern-runs.yaml"]["runs"] == 45
     assert results["summary"]["runs"] == 96 and results["summary"]["skipped"] == 0
     assert all(r["predicted_s"] > 0 for r in results["rows"])
-    assert moe_results["files"]["moe-runs.yaml"]["runs"] == 14 and moe_results["summary"]["skipped"] == 0
+    assert moe_results["files"]["moe-runs.yaml"]["runs"] == 13 and moe_results["summary"]["skipped"] == 0
+    assert moe_results["summary"]["left_out"] == 1 and len(moe_results["rows"]) == 14
     assert tpu_results["files"]["tpu-runs.yaml"]["runs"] == 49 and tpu_results["summary"]["skipped"] == 0
 
 
@@ -52,14 +53,15 @@ def test_moe_runs_do_not_regress(moe_results):
     performance configs, the Model Zoo's commands): recompute none, norm-act or mla-up-proj where it ran them, the
     pipeline layouts, forced balanced routing, the all-to-all overlap, the DeepEP dispatcher. Six runs exceed the
     memory model with the plan's 10% headroom at the knobs they ran (their time is predicted at those knobs; the
-    B200 DeepSeek-V3 run, 161 of 168 GiB, fits without it), and the signed mean is -25%: the small-expert
-    Qwen3-30B and gpt-oss runs and every B200 run are predicted 10-65% fast (the 25.11 Qwen3-30B row is a
-    regression NVIDIA tracks, Megatron-Bridge issue 1998); the cross-node EP 32 DeepEP run is 7% fast without the
-    all-to-all overlap and 23% fast with it (published 19.7 s and 17.6 s)."""
+    B200 DeepSeek-V3 run, 161 of 168 GiB, fits without it), and the signed mean is -22%: the small-expert
+    Qwen3-30B and gpt-oss runs and every B200 run are predicted 10-35% fast; the cross-node EP 32 DeepEP run is
+    7% fast without the all-to-all overlap and 23% fast with it (published 19.7 s and 17.6 s). The 25.11
+    Qwen3-30B row (-65%) is predicted and shown but left out of the summary: a regression NVIDIA tracks,
+    Megatron-Bridge issue 1998."""
     s = moe_results["summary"]
     assert s["median_abs_error"] <= 0.23
-    assert s["mean_abs_error"] <= 0.26
-    assert abs(s["mean_error"]) <= 0.25
+    assert s["mean_abs_error"] <= 0.23
+    assert abs(s["mean_error"]) <= 0.22
     assert s["no_fitting_plan"] <= 6
 
 
@@ -197,6 +199,27 @@ def test_a_bad_record_is_a_row_with_its_reason_and_the_rest_are_predicted(tmp_pa
     assert err.count("\n") == 1 and err.startswith("Error: 2 runs could not be predicted")
 
 
+def test_a_left_out_run_is_shown_but_not_summarised(tmp_path, run_cli):
+    """A run its publisher reports as a regression is predicted and listed, and kept out of every summary;
+    a left_out without a reason is a one-line error for that record, the rest predicted."""
+    import yaml
+
+    good = {k: v for k, v in load_runs()[0].items() if k != "_file"}
+    out = dict(good, id="regressed", reference_step_time_s=good["reference_step_time_s"] * 2,
+               left_out="a regression its publisher tracks (issue 1)")
+    bare = dict(good, id="bare", left_out="slow")
+    path = tmp_path / "runs.yaml"
+    path.write_text(yaml.safe_dump([good, out, bare], sort_keys=False))
+    results = validate_runs(load_runs(str(path)))
+    assert [r["id"] for r in results["rows"]] == [good["id"], "regressed"]
+    assert results["summary"]["runs"] == 1 and results["summary"]["left_out"] == 1
+    assert results["summary"]["mean_abs_error"] == pytest.approx(abs(results["rows"][0]["error"]))
+    assert sum(g["runs"] for g in results["groups"].values()) == 1
+    assert "left_out must say why" in results["skipped"][0]["skipped"]
+    code, text, _ = run_cli("validate", str(path))
+    assert code == 1 and "left out of every summary: regressed: a regression its publisher tracks" in text
+
+
 def test_the_shipped_error_bands_are_what_validate_gives_now(results, bridge_results, moe_results, tpu_results):
     """validation/error-bands.yaml (every interval's validation part) is regenerated, never typed: after a change
     to the predictions, run scripts/error_bands.py."""
@@ -210,7 +233,9 @@ def test_the_shipped_error_bands_are_what_validate_gives_now(results, bridge_res
     every = {"rows": results["rows"] + bridge_results["rows"] + moe_results["rows"] + tpu_results["rows"]}
     assert stored == error_bands(every, load_runs()), \
         "validation/error-bands.yaml is stale: run scripts/error_bands.py"
-    assert sum(len(v) for v in validation_errors().values()) == len(every["rows"])
+    counted = [r for r in every["rows"] if not r["left_out"]]
+    assert len(counted) == len(every["rows"]) - 1  # the 25.11 Qwen3-30B regression (Megatron-Bridge issue 1998)
+    assert sum(len(v) for v in validation_errors().values()) == len(counted)
 
 
 def test_error_bands_group_every_run_by_its_framework():
