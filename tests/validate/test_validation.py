@@ -42,8 +42,8 @@ def test_every_shipped_run_is_predicted(results, moe_results, tpu_results):
     assert files["modern-runs.yaml"]["runs"] == 45
     assert results["summary"]["runs"] == 96 and results["summary"]["skipped"] == 0
     assert all(r["predicted_s"] > 0 for r in results["rows"])
-    assert moe_results["files"]["moe-runs.yaml"]["runs"] == 13 and moe_results["summary"]["skipped"] == 0
-    assert moe_results["summary"]["left_out"] == 1 and len(moe_results["rows"]) == 14
+    assert moe_results["files"]["moe-runs.yaml"]["runs"] == 14 and moe_results["summary"]["skipped"] == 0
+    assert moe_results["summary"]["left_out"] == 1 and len(moe_results["rows"]) == 15
     assert tpu_results["files"]["tpu-runs.yaml"]["runs"] == 49 and tpu_results["summary"]["skipped"] == 0
 
 
@@ -57,9 +57,10 @@ def test_moe_runs_do_not_regress(moe_results):
     Qwen3-30B and gpt-oss runs and every B200 run are predicted 10-35% fast; the cross-node EP 32 DeepEP run is
     7% fast without the all-to-all overlap and 23% fast with it (published 19.7 s and 17.6 s). The 25.11
     Qwen3-30B row (-65%) is predicted and shown but left out of the summary: a regression NVIDIA tracks,
-    Megatron-Bridge issue 1998."""
+    Megatron-Bridge issue 1998. The same DeepEP layout with the overlap on Megatron-Core v0.16 (the Megatron
+    Core MoE report's Table 11) is 11% fast."""
     s = moe_results["summary"]
-    assert s["median_abs_error"] <= 0.23
+    assert s["median_abs_error"] <= 0.22
     assert s["mean_abs_error"] <= 0.23
     assert abs(s["mean_error"]) <= 0.22
     assert s["no_fitting_plan"] <= 6
