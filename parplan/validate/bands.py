@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..plan.interval import BANDS_FILE
 from .published import DEFAULT_FILES
 
 DIGITS = 4  # errors are stored rounded to 0.01%
