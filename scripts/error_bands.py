@@ -23,9 +23,9 @@ from parplan.validate.published import load_runs, validate_runs  # noqa: E402
 from parplan.views.files import write_text  # noqa: E402
 
 HEADER = """\
-# The signed error (predicted / published - 1) of every published run that `parplan validate` predicts, by the
-# framework that ran it and the kind of model (dense or moe): the validation part of every prediction's interval
-# (parplan/plan/interval.py).
+# The signed error (predicted / published - 1) of every published run that `parplan validate` predicts (but those
+# a record leaves out, with its reason), by the framework that ran it and the kind of model (dense or moe): the
+# validation part of every prediction's interval (parplan/plan/interval.py).
 # Written by scripts/error_bands.py from today's model; do not edit by hand. tests/validate/test_validation.py
 # fails when it no longer matches what `parplan validate` gives.
 """

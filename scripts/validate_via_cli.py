@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -28,13 +29,15 @@ from parplan.validate.published import load_runs, predict_record  # noqa: E402
 def cli_step_time(args: list[str]) -> tuple[float, str]:
     """(step time, how) from ``parplan plan``, or ``parplan estimate`` where no layout fits."""
     cmd = [sys.executable, "-m", "parplan.cli"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))))
     plan = subprocess.run(cmd + ["plan", *args, "--top", "1", "--format", "json"], capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, env=env)
     if plan.returncode == 0:
         return float(json.loads(plan.stdout)[0]["step_time_s"]), "plan"
     if "does not fit" not in plan.stderr:
         raise RuntimeError(plan.stderr.strip() or plan.stdout.strip())
-    est = subprocess.run(cmd + ["estimate", *args, "--format", "json"], capture_output=True, text=True, timeout=300)
+    est = subprocess.run(cmd + ["estimate", *args, "--format", "json"], capture_output=True, text=True, timeout=300,
+                         env=env)
     if est.returncode != 0:
         raise RuntimeError(est.stderr.strip())
     return float(json.loads(est.stdout)["step_time_s"]), "estimate"
@@ -54,7 +57,8 @@ def main() -> int:
                 lib_s = float(predict_record(rec)[0].step_time_s)
             except Exception as exc:  # noqa: BLE001 - a batch job reports what it could not do and goes on
                 bad += 1
-                print(f"{rec['id']:<52} FAILED {str(exc).splitlines()[-1][:120]}", flush=True)
+                why = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+                print(f"{rec['id']:<52} FAILED {why[:120]}", flush=True)
                 continue
             same = abs(cli_s - lib_s) <= 1e-9 * lib_s
             bad += not same

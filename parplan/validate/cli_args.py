@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from .published import MODEL_FALLBACKS, record_setup
+from .published import record_model_data, record_setup
 
 # Record layout keys and the plan options that fix them.
 LAYOUT_FLAGS = {"tp": "--tp", "pp": "--pp", "dp": "--dp", "cp": "--cp", "ep": "--ep", "etp": "--etp",
@@ -35,10 +35,7 @@ def record_cli_args(rec: dict, workdir: Path, framework: str | None = None) -> l
     --framework`` takes it."""
     setup = record_setup(rec, framework)  # the same checks and normalised knobs validate uses
     rid = str(rec["id"])
-    model = {k: v for k, v in rec["model"].items() if v is not None}
-    for key, value in MODEL_FALLBACKS.items():
-        model.setdefault(key, value)
-    model.setdefault("name", rid)
+    model = record_model_data(rec)
     model_path = Path(workdir) / f"{rid}-model.yaml"
     model_path.write_text(yaml.safe_dump(model, sort_keys=False))
     hw = f"{rec['hardware']}x{rec['devices']}"

@@ -4,8 +4,8 @@ Each record of ``validation/*.yaml`` gives a model, a cluster (with its own serv
 differs from the profile's), a layout, the software that ran it (``framework`` and its
 overrides: ``flash_attention``, ``fused_kernels``, ``compiled``, ``fp8_recipe``) and the step
 time its publication implies. Each record is predicted exactly as ``parplan plan`` predicts it
-for a user who passes the record's fields as flags (``../shared/tools/predict_via_cli.py``
-does that through the command line): the published axes (tp, pp, dp, cp) and every published
+for a user who passes the record's fields as flags (:mod:`parplan.validate.cli_args` writes that
+command line, and ``scripts/validate_via_cli.py`` runs it for every record): the published axes (tp, pp, dp, cp) and every published
 knob (ZeRO stage, recompute, micro-batch) fixed, the global batch, sequence length and
 precision given, the framework named; what a publication leaves out (``null``) the plan
 searches, taking the fastest layout that fits, as the authors tuned for speed too. Where no
@@ -61,9 +61,19 @@ RUN_LAYOUT_KEYS = ("tp", "pp", "dp", "cp", "vpp", "zero", "shard_group", "sequen
                    "micro_batch", "ep", "etp", "first_stage_layers", "last_stage_layers", "recompute_layers")
 PUBLISHED_KEYS = ("step_time_s", "tflops_per_device", "mfu", "hfu", "tokens_per_s", "tokens_per_s_per_device",
                   "flops_convention")
-# What a user passes for a record's model when the record leaves it out (predict_via_cli.py does the same):
-# a 2-matrix MLP for squared-ReLU (FLOP-equal to GELU), GPT-2's BPE padded as Megatron pads it.
+# What a user passes for a record's model when the record leaves it out: a 2-matrix MLP for squared-ReLU
+# (FLOP-equal to GELU), GPT-2's BPE padded as Megatron pads it.
 MODEL_FALLBACKS = {"activation": "gelu", "vocab": 51200}
+
+
+def record_model_data(rec: dict) -> dict:
+    """The model spec a user writes for a record: its given fields, the fallbacks, its id as the name."""
+    rid = str(rec.get("id", "?"))
+    data = {k: v for k, v in require_mapping(rec.get("model"), f"run {rid}: model").items() if v is not None}
+    for key, value in MODEL_FALLBACKS.items():
+        data.setdefault(key, value)
+    data.setdefault("name", rid)
+    return data
 
 
 @dataclass(frozen=True)
@@ -89,11 +99,8 @@ def record_setup(rec: dict, framework: str | None = None) -> RunSetup:
     check_keys(lay, RUN_LAYOUT_KEYS, f"run {rid}: layout")
     check_keys(require_mapping(rec.get("published") or {}, f"run {rid}: published"), PUBLISHED_KEYS,
                f"run {rid}: published")
-    model_data = {k: v for k, v in require_mapping(rec.get("model"), f"run {rid}: model").items() if v is not None}
-    for key, value in MODEL_FALLBACKS.items():
-        model_data.setdefault(key, value)
-    model_data.setdefault("name", rid)
-    model = model_from_dict(model_data, f"run {rid}: model")
+    left_out_reason(rec)  # a bad reason is this record's one-line error, before anything is predicted
+    model = model_from_dict(record_model_data(rec), f"run {rid}: model")
     hw = load_hardware(str(rec.get("hardware")))
     devices = number(rec, "devices", f"run {rid}", integer=True)
     inter = hw.inter_node
@@ -259,9 +266,9 @@ def left_out_reason(rec: dict) -> str | None:
 
 def _error_summary(errors: list[float]) -> dict[str, Any]:
     err = np.asarray(errors, float)
-    if not err.size:
-        return {"runs": 0, "mean_abs_error": float("nan"), "median_abs_error": float("nan"),
-                "max_abs_error": float("nan"), "p90_abs_error": float("nan"), "mean_error": float("nan")}
+    if not err.size:  # None, not NaN: --format json stays valid JSON
+        return {"runs": 0, "mean_abs_error": None, "median_abs_error": None, "max_abs_error": None,
+                "p90_abs_error": None, "mean_error": None}
     return {
         "runs": int(err.size),
         "mean_abs_error": float(np.abs(err).mean()),
@@ -311,13 +318,15 @@ def format_validation(results: dict) -> str:
                          f"{g['mean_error'] * 100:9.1f}%")
     s = results["summary"]
     if s.get("skipped"):
-        lines += ["", f"{s['skipped']} of {s['runs'] + s['skipped']} runs could not be predicted (listed above)"]
+        total = s['runs'] + s['skipped'] + s.get('left_out', 0)
+        lines += ["", f"{s['skipped']} of {total} runs could not be predicted (listed above)"]
     for r in results["rows"]:
         if r["left_out"]:
             lines += ["", f"left out of every summary: {r['id']}: {r['left_out']}"]
-    lines += ["", f"{s['runs']} runs: mean |error| {s['mean_abs_error'] * 100:.1f}%, "
-                  f"median {s['median_abs_error'] * 100:.1f}%, p90 {s['p90_abs_error'] * 100:.1f}%, "
-                  f"max {s['max_abs_error'] * 100:.1f}%, signed mean {s['mean_error'] * 100:+.1f}%"
+    stats = (f"mean |error| {s['mean_abs_error'] * 100:.1f}%, median {s['median_abs_error'] * 100:.1f}%, "
+             f"p90 {s['p90_abs_error'] * 100:.1f}%, max {s['max_abs_error'] * 100:.1f}%, "
+             f"signed mean {s['mean_error'] * 100:+.1f}%") if s["runs"] else "no error to summarise"
+    lines += ["", f"{s['runs']} runs: {stats}"
                   + (f"; {s['no_fitting_plan']} without a fitting plan" if s.get("no_fitting_plan") else ""),
               "each run is predicted as 'parplan plan' predicts it with the run's fields as flags (published axes "
               "and knobs fixed, the rest searched); band: the step times of every fitting choice of the searched "
