@@ -9,6 +9,9 @@ fused attention and memory-bound passes against the fraction of SMs held (``scri
 A transfer on the copy engines holds no SM but still reads and writes HBM: ``copy_slowdown`` is the
 measured GEMM slowdown beside copies that take a share of the device's copy rate
 (``scripts/gpu_tp_overlap.py``, paced copies), the cost of a copy-engine exchange (a collective matmul's).
+``ring_exchange`` is the measured time of a GEMM run as a ring exchange runs it on one device (``tp`` chunks,
+each waiting for its peer copy; fed to a reduce-scatter, a last pass summing the received partials) over
+the whole GEMM's, per collective and GEMM dtype (``scripts/gpu_tp_overlap.py``, ``ring``).
 """
 from __future__ import annotations
 
@@ -21,7 +24,9 @@ from .yamlio import check_keys, number, require_mapping
 
 LINK_CLASSES = ("scale_up", "network")     # a group inside the scale-up domain, or one spanning the network
 OP_CLASSES = ("gemm", "attention", "memory")
-OVERLAP_KEYS = ("collective_sms", "sm_fraction", "slowdown", "copy_slowdown")
+OVERLAP_KEYS = ("collective_sms", "sm_fraction", "slowdown", "copy_slowdown", "ring_exchange")
+RING_COLLECTIVES = ("all_gather", "reduce_scatter")
+RING_DTYPES = ("bf16", "fp8")  # the GEMM's input dtype: 16-bit, or FP8
 COPY_KEYS = ("copy_share", "gemm")
 
 
@@ -35,6 +40,8 @@ class Contention:
     slowdown: Mapping[str, Mapping[str, tuple[float, ...]]]
     # GEMM slowdown beside copies taking each share of the copy rate (None: not measured, priced as none)
     copy_slowdown: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    # {collective: {dtype: ring-exchange GEMM time / whole GEMM time}} (None: not measured, priced as 1)
+    ring_exchange: Mapping[str, Mapping[str, float]] | None = None
 
 
 def contention_from_dict(data: Any, what: str) -> Contention | None:
@@ -68,7 +75,28 @@ def contention_from_dict(data: Any, what: str) -> Contention | None:
             rows[op] = tuple(float(x) for x in values)
         slowdown[link] = MappingProxyType(rows)
     return Contention(MappingProxyType(held), tuple(float(x) for x in fractions), MappingProxyType(slowdown),
-                      _copy_slowdown(data.get("copy_slowdown"), f"{what}.copy_slowdown"))
+                      _copy_slowdown(data.get("copy_slowdown"), f"{what}.copy_slowdown"),
+                      _ring_exchange(data.get("ring_exchange"), f"{what}.ring_exchange"))
+
+
+def _ring_exchange(data: Any, what: str):
+    """``ring_exchange``: per collective and dtype, a GEMM's time as a ring exchange runs it over its whole
+    time, from 1 (no cost) to 10."""
+    if data is None:
+        return None
+    data = require_mapping(data, what)
+    check_keys(data, RING_COLLECTIVES, what)
+    out = {}
+    for op in RING_COLLECTIVES:
+        per = require_mapping(data.get(op), f"{what}.{op}")
+        check_keys(per, RING_DTYPES, f"{what}.{op}")
+        ratios = {d: float(number(per, d, f"{what}.{op}", maximum=10.0)) for d in RING_DTYPES}
+        for d, r in ratios.items():
+            if r < 1.0:
+                raise ParplanError(f"{what}.{op}.{d}: a ring exchange's GEMM time over the whole GEMM's is 1 or "
+                                   f"more, got {r}")
+        out[op] = MappingProxyType(ratios)
+    return MappingProxyType(out)
 
 
 def _copy_slowdown(data: Any, what: str):

@@ -11,7 +11,11 @@ PyTorch's async TP, torchtitan ``enable_async_tensor_parallel``). What the imple
 * ``tp_overlap_tail``: the share of each forward collective no GEMM chunk hides (a pipelined
   reduce-scatter's last chunk);
 * ``tp_overlap_backward``: the backward collectives it overlaps (the rest stay on the critical path);
-* ``tp_overlap_compiled``: the overlap is a compiler pass, which eager runs do not get.
+* ``tp_overlap_compiled``: the overlap is a compiler pass, which eager runs do not get;
+* ``tp_overlap_ring``: the collectives it runs as a ring exchange (the GEMM in ``tp`` chunks, each waiting
+  for its peer copy; a reduce-scatter's received partials summed after), whose measured cost per GEMM is
+  the hardware profile's ``overlap.ring_exchange``; the others run beside whole GEMMs or in pipelined
+  chunks on SM kernels.
 
 :func:`parplan.step.overlap.matmul_exposed` prices it.
 """
@@ -27,7 +31,7 @@ from .yamlio import check_keys, choices, flag, number, require_mapping, text
 TP_OVERLAPS = ("none", "collective-matmul")
 COLLECTIVES = ("all_gather", "reduce_scatter")
 KEYS = ("tp_overlap", "tp_overlaps", "tp_overlap_sms", "tp_overlap_tail", "tp_overlap_backward",
-        "tp_overlap_compiled")
+        "tp_overlap_compiled", "tp_overlap_ring")
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class TpOverlap:
     tail: Mapping[str, float] = field(default_factory=lambda: MappingProxyType(dict.fromkeys(COLLECTIVES, 0.0)))
     backward: tuple[str, ...] = COLLECTIVES
     compiled: bool = False
+    ring: tuple[str, ...] = COLLECTIVES
 
 
 def tp_overlap_from_dict(q: Mapping[str, Any], what: str) -> TpOverlap:
@@ -50,7 +55,8 @@ def tp_overlap_from_dict(q: Mapping[str, Any], what: str) -> TpOverlap:
                      sms=_per_collective(q, "tp_overlap_sms", what, integer=True, maximum=1024),
                      tail=_per_collective(q, "tp_overlap_tail", what, integer=False, maximum=1.0),
                      backward=choices(q, "tp_overlap_backward", what, COLLECTIVES, COLLECTIVES),
-                     compiled=flag(q, "tp_overlap_compiled", what, False))
+                     compiled=flag(q, "tp_overlap_compiled", what, False),
+                     ring=choices(q, "tp_overlap_ring", what, COLLECTIVES, COLLECTIVES))
 
 
 def _per_collective(q, key, what, *, integer: bool, maximum: float) -> Mapping[str, Any]:

@@ -42,7 +42,38 @@ def attention_exposed(costs, axis: str, attn_fwd, attn_bwd, rerun):
     return exposed, ring_f, ring_b
 
 
-def matmul_exposed(costs, axis: str, gemm_fwd, gemm_bwd, rerun, steps, hw, how):
+# The dense linears a sequence-parallel collective matmul chunks (Megatron's column- and row-parallel layers):
+# an all-gather feeds the column-parallel forwards and the row-parallel data gradients, a reduce-scatter
+# follows the row-parallel forwards and the column-parallel data gradients.
+COLUMN_PARALLEL = ("qkv_proj", "mlp_gate_up", "mlp_up", "qkv_mlp_proj")
+ROW_PARALLEL = ("out_proj", "mlp_down")
+
+
+def chunked_gemm_s(ops, times) -> dict:
+    """{(collective, backward): (16-bit seconds, FP8 seconds)} per layer of the dense linears' GEMMs a
+    collective matmul runs in chunks beside each collective: forward the GEMM itself, backward its data
+    gradient (half its backward: dX = dY W^T beside dW = X^T dY)."""
+    out = {}
+    for key, names in ((("all_gather", False), COLUMN_PARALLEL), (("reduce_scatter", False), ROW_PARALLEL),
+                       (("all_gather", True), ROW_PARALLEL), (("reduce_scatter", True), COLUMN_PARALLEL)):
+        run = [(o.fp8, t[1] / 2 if key[1] else t[0]) for o, t in zip(ops, times) if o.name in names]
+        out[key] = (sum((t for fp8, t in run if not fp8), np.float64(0.0)),
+                    sum((t for fp8, t in run if fp8), np.float64(0.0)))
+    return out
+
+
+def ring_extra_s(hw, how, chunked, op: str, backward: bool):
+    """Seconds per layer a ring exchange adds to the GEMMs it chunks beside ``op`` in one pass: their time
+    times the profile's measured ``overlap.ring_exchange`` ratio less one, per GEMM dtype (0 where the
+    framework runs ``op`` otherwise or the profile measured none)."""
+    ring = hw.contention.ring_exchange if hw is not None and hw.contention is not None else None
+    if ring is None or not chunked or op not in how.ring:
+        return np.float64(0.0)
+    bf16_s, fp8_s = chunked[(op, backward)]
+    return (ring[op]["bf16"] - 1.0) * bf16_s + (ring[op]["fp8"] - 1.0) * fp8_s
+
+
+def matmul_exposed(costs, axis: str, gemm_fwd, gemm_bwd, rerun, steps, hw, how, chunked=None):
     """(exposed seconds per layer, forward link seconds, backward link seconds) of ``axis``'s collective
     matmuls, run as ``how`` (a :class:`parplan.specs.tp_overlap.TpOverlap`) runs them: each all-gather or
     reduce-scatter runs as ``steps - 1`` exchanges beside ``steps`` chunks of the GEMM it feeds or follows,
@@ -51,17 +82,21 @@ def matmul_exposed(costs, axis: str, gemm_fwd, gemm_bwd, rerun, steps, hw, how):
     nothing; while they run, the GEMMs slow by the SMs the exchange kernels hold (``sms`` per collective,
     :func:`parplan.cost.contention.slowdown`) or, for copy-engine transfers (0 SMs), by the HBM traffic
     they add where the profile measured it (:func:`parplan.cost.contention.copy_exchange_slowdown`; no
-    shipped profile has, so those cost nothing yet). Not priced: splitting the GEMMs (a median 1-2% more on
-    an H100, reports/gpu-checks/h100-2026-12-07-tp-overlap), and an SM margin the GEMMs keep beyond the
-    exchange. Forward and recompute under the forward GEMMs (``1 + rerun`` times over), backward under
-    the backward ones; per pass, as :mod:`parplan.cost.contention` composes it,
-    ``max(L - W (t - 1) / t, F + sum over the collectives of (L_c - F_c) s_c / (1 + s_c))``, ``F`` the
-    tails. A group beyond the scale-up domain has no peer copies to run them (Transformer Engine's
+    shipped profile has, so those cost nothing yet). A collective the framework runs as a ring exchange
+    (``how.ring``) lengthens the GEMMs it chunks (``chunked``, :func:`chunked_gemm_s`) by ``E``, the
+    profile's measured ``ring_exchange`` ratio (:func:`ring_extra_s`): chunking, each chunk's wait for its
+    copy, a reduce-scatter's sum of the received partials. Not priced: an SM margin the GEMMs keep beyond
+    the exchange. Forward and recompute under the forward GEMMs (``1 + rerun`` times over), backward under
+    the backward ones; per pass, ``t`` chunks of GEMMs of ``W + E`` beside ``t - 1`` exchanges of ``L``
+    take ``max(W + E, (W + E) / t + L)``, and with the slowdowns composed as :mod:`parplan.cost.contention`
+    composes them the pass exposes
+    ``max(L - W (t - 1) / t + E / t, F + E + sum over the collectives of (L_c - F_c) s_c / (1 + s_c))``,
+    ``F`` the tails. A group beyond the scale-up domain has no peer copies to run them (Transformer Engine's
     userbuffers and PyTorch's symmetric memory are NVLink-domain only): its collectives stay exposed."""
     share = np.where(np.asarray(steps) > 1, (np.asarray(steps, float) - 1) / np.maximum(steps, 1), 0.0)
     exposed, links = np.float64(0.0), []
     for backward, window in ((False, gemm_fwd * (1 + np.asarray(rerun, float))), (True, gemm_bwd)):
-        link, floor, outside = np.float64(0.0), np.float64(0.0), np.float64(0.0)
+        link, floor, outside, extra = np.float64(0.0), np.float64(0.0), np.float64(0.0), np.float64(0.0)
         for op in ("all_gather", "reduce_scatter"):
             mine = [c for c in costs if c.collective.axis == axis and c.collective.hidden_by == "matmul"
                     and c.collective.op == op and (c.collective.phase == "backward") == backward]
@@ -72,7 +107,9 @@ def matmul_exposed(costs, axis: str, gemm_fwd, gemm_bwd, rerun, steps, hw, how):
             s = slowdown(hw, "scale_up", {"gemm": 1.0}, sms=how.sms[op]) if how.sms[op] else copy_exchange_slowdown(hw)
             tail = 0.0 if backward else how.tail[op] * inside
             link, floor, outside = link + inside, floor + tail + (inside - tail) * s / (1 + s), outside + spans
-        exposed = exposed + np.maximum(link - window * share, floor) + outside
+            passes = 1.0 if backward else 1 + np.asarray(rerun, float)
+            extra = extra + np.where(inside > 0, ring_extra_s(hw, how, chunked, op, backward) * passes, 0.0)
+        exposed = exposed + np.maximum(link - window * share + extra * (1 - share), floor + extra) + outside
         links.append(link + outside)
     return exposed, links[0], links[1]
 

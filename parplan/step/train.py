@@ -39,7 +39,7 @@ from ..cost.roofline import ALIGNED_BYTES, alignment_bytes, arithmetic_intensity
 from ..layouts.strategies import Context, StageTimes, axis, axis_names, breakdown_labels, stages_of, strategies_for
 from ..layouts.strategies.base import STAGES
 from .comms import link_sum, price_collectives
-from .overlap import attention_exposed, matmul_exposed, step_exposures
+from .overlap import attention_exposed, chunked_gemm_s, matmul_exposed, step_exposures
 from . import moe_step as moe_overlap
 from . import mtp as mtp_mod
 from .peak_memory import freed_gradients_at_peak, gradient_note
@@ -192,11 +192,11 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
     mix_f, mix_b = class_seconds(lops, times, 0), class_seconds(lops, times, 1)
     mix_all = {c: mix_f[c] + mix_b[c] for c in mix_f}
     paired = moe_overlap.paired_share(layout, m)
-    tp_overlap = sw.framework.parallelism.tp_overlap
+    tp_overlap, chunked = sw.framework.parallelism.tp_overlap, chunked_gemm_s(lops, times)
     for a in axes:
         crit = link_sum(costs, lambda c: c.axis == a and c.per == "layer" and c.hidden_by == "none")
         attention[a] = attention_exposed(costs, a, attn_fwd, attn_bwd, rerun)
-        matmul[a] = matmul_exposed(costs, a, gemm_fwd, gemm_bwd, rerun, layout.tp, hw, tp_overlap)
+        matmul[a] = matmul_exposed(costs, a, gemm_fwd, gemm_bwd, rerun, layout.tp, hw, tp_overlap, chunked)
         merged[a] = moe_overlap.micro_batch_exposed(costs, a, layer_fwd + layer_bwd + layer_rec, paired, hw, mix_all)
         layer_comm[a] = crit + attention[a][0] + matmul[a][0] + merged[a] + \
             moe_overlap.exposed(costs, a, shared_fwd, shared_bwd)

@@ -29,13 +29,24 @@ def _pass_links(est):
     return out
 
 
+def _ring_extra(est, cl, backward):
+    """What Transformer Engine's ring-exchange all-gathers add to the GEMMs they chunk, per layer and pass:
+    forward the column-parallel GEMMs (qkv, MLP up), backward the row-parallel ones' data gradients (half of
+    their backward), times the profile's measured bf16 ratio less one."""
+    names = ("out_proj", "mlp_down") if backward else ("qkv_proj", "mlp_gate_up")
+    gemms = sum(float(t[1]) / 2 if backward else float(t[0]) for o, t in zip(est.ops, est.op_times)
+                if o.name in names)
+    return (cl.hardware.contention.ring_exchange["all_gather"]["bf16"] - 1) * gemms
+
+
 def test_megatron_core_exposes_what_the_reduce_scatters_sms_cost_the_gemms():
     """Llama 3.1 70B at TP 8 on one H100 node: each pass's TP traffic (about 0.7 ms) fits in 7/8 of its GEMMs
     (2.5 ms forward), so what shows is the forward reduce-scatters' last chunk of 4 (Transformer Engine's
     pipelined reduce-scatter) and the GEMMs' slowdown beside its reduce-scatter kernels on 16 SMs (the
     profile's measured GEMM slowdown at 16/132 SMs held, scale-up link); the all-gathers' copy-engine
     transfers cost what the profile measured beside copies (nothing where it measured none):
-    exposed = F + (L_rs - F) s / (1 + s) + L_ag c / (1 + c) per pass, F = L_rs / 4 forward, 0 backward."""
+    exposed = F + E + (L_rs - F) s / (1 + s) + L_ag c / (1 + c) per pass, F = L_rs / 4 forward, 0 backward,
+    E what the ring exchange adds to the GEMMs the all-gathers feed (the profile's measured ratio)."""
     model, cl = load_model("llama3.1-70b"), load_cluster("h100x8")
     lay = check_layout(Layout(tp=8, dp=1, sp=True, global_batch=8, seq_len=8192), model, cl)
     sw = resolve_software(load_framework("megatron-core"), tp_overlap="collective-matmul")
@@ -47,7 +58,10 @@ def test_megatron_core_exposes_what_the_reduce_scatters_sms_cost_the_gemms():
     for phase, (ag, rs, gemm) in _pass_links(est).items():
         assert ag + rs < gemm * 7 / 8  # the window holds the traffic
         tail = rs / 4 if phase == "forward" else 0.0
-        exposed += max(ag + rs - gemm * 7 / 8, tail + (rs - tail) * s / (1 + s) + ag * c / (1 + c))
+        extra = _ring_extra(est, cl, phase == "backward")
+        assert 0 < extra < 0.1 * gemm
+        exposed += max(ag + rs - gemm * 7 / 8 + extra / 8,
+                       tail + extra + (rs - tail) * s / (1 + s) + ag * c / (1 + c))
     layers_mb = model.layers * 8  # 8 micro-batches of one sequence (global batch 8, dp 1)
     hidden = [c for c in est.collectives if c.collective.hidden_by == "matmul"]
     assert sum(float(c.exposed_s) for c in hidden) == pytest.approx(exposed * layers_mb, rel=1e-9)
@@ -65,11 +79,12 @@ def test_traffic_longer_than_the_window_shows_beyond_it():
                                                              tp_overlap="collective-matmul"))
     s, c = _gemm_slowdown(cl, 16), float(copy_exchange_slowdown(cl.hardware))
     (ag_f, rs_f, gemm_f), (ag_b, rs_b, gemm_b) = _pass_links(est).values()
-    floor_f = rs_f / 4 + rs_f * 3 / 4 * s / (1 + s) + ag_f * c / (1 + c)
-    floor_b = rs_b * s / (1 + s) + ag_b * c / (1 + c)
-    assert ag_f + rs_f - gemm_f * 7 / 8 > floor_f
-    assert ag_b + rs_b - gemm_b * 7 / 8 < floor_b
-    exposed = ag_f + rs_f - gemm_f * 7 / 8 + floor_b
+    e_f, e_b = _ring_extra(est, cl, False), _ring_extra(est, cl, True)
+    floor_f = rs_f / 4 + e_f + rs_f * 3 / 4 * s / (1 + s) + ag_f * c / (1 + c)
+    floor_b = rs_b * s / (1 + s) + e_b + ag_b * c / (1 + c)
+    assert ag_f + rs_f - gemm_f * 7 / 8 + e_f / 8 > floor_f
+    assert ag_b + rs_b - gemm_b * 7 / 8 + e_b / 8 < floor_b
+    exposed = ag_f + rs_f - gemm_f * 7 / 8 + e_f / 8 + floor_b
     hidden = [c for c in est.collectives if c.collective.hidden_by == "matmul"]
     assert sum(float(c.exposed_s) for c in hidden) == pytest.approx(exposed * model.layers * 8, rel=1e-9)
 
@@ -139,6 +154,7 @@ def test_what_a_framework_lets_a_run_choose():
     ("tp_overlap: collective-matmul\n  tp_overlaps: [none]", "not one of its tp_overlaps"),
     ("tp_overlaps: [none, windowed]", "windowed"),
     ("tp_overlap_compiled: maybe", "true or false"),
+    ("tp_overlap_ring: [all_gather, ring]", "takes all_gather, reduce_scatter; got 'ring'"),
 ])
 def test_bad_tp_overlap_fields_are_one_line(tmp_path, block, message):
     from pathlib import Path
@@ -146,6 +162,7 @@ def test_bad_tp_overlap_fields_are_one_line(tmp_path, block, message):
     text = Path(load_framework("megatron-core").path).read_text()
     text = text.replace("name: megatron-core", "name: mc-bad").replace("  tp_overlap: none\n", "") \
         .replace("  tp_overlaps: [none, collective-matmul]\n", "") \
+        .replace("  tp_overlap_ring: [all_gather]\n", "") \
         .replace("  tp_overlap_sms: {all_gather: 0, reduce_scatter: 16}\n", f"  {block}\n")
     text = "\n".join(line for line in text.splitlines() if not line.startswith("aliases:"))
     path = tmp_path / "mc-bad.yaml"
@@ -199,4 +216,54 @@ def test_bad_copy_slowdown_is_one_line(block, message):
     data.update(yaml.safe_load(block))
     with pytest.raises(ParplanError, match=message) as info:
         contention_from_dict(data, "h100: overlap")
+    assert "\n" not in str(info.value)
+
+
+def test_a_ring_exchange_costs_its_gemms_the_measured_ratio():
+    """torchtitan runs both collectives as ring exchanges (PyTorch's fused all-gather-matmul and matmul-
+    reduce-scatter), Megatron-Core only the all-gathers: by hand, from the per-op times, what the
+    profile's ratios add per layer and pass; a profile that measured none adds nothing."""
+    from dataclasses import replace
+
+    from parplan.step.overlap import chunked_gemm_s, ring_extra_s
+
+    model, cl = load_model("llama3.1-70b"), load_cluster("h100x8")
+    lay = check_layout(Layout(tp=8, dp=1, sp=True, global_batch=8, seq_len=8192), model, cl)
+    est = estimate(model, cl, lay, software=resolve_software(load_framework("megatron-core"),
+                                                             tp_overlap="collective-matmul"))
+    chunked = chunked_gemm_s(est.ops, est.op_times)
+    by_name = {o.name: t for o, t in zip(est.ops, est.op_times)}
+    assert float(chunked[("all_gather", False)][0]) == pytest.approx(
+        float(by_name["qkv_proj"][0] + by_name["mlp_gate_up"][0]))
+    assert float(chunked[("reduce_scatter", True)][0]) == pytest.approx(
+        float(by_name["qkv_proj"][1] + by_name["mlp_gate_up"][1]) / 2)
+    assert chunked[("all_gather", False)][1] == 0.0  # bf16: no FP8 GEMM
+    ratio = cl.hardware.contention.ring_exchange
+    mcore = load_framework("megatron-core").parallelism.tp_overlap
+    titan = load_framework("torchtitan").parallelism.tp_overlap
+    assert mcore.ring == ("all_gather",) and set(titan.ring) == {"all_gather", "reduce_scatter"}
+    rs_fwd = float(by_name["out_proj"][0] + by_name["mlp_down"][0])
+    assert float(ring_extra_s(cl.hardware, titan, chunked, "reduce_scatter", False)) == pytest.approx(
+        (ratio["reduce_scatter"]["bf16"] - 1) * rs_fwd)
+    assert float(ring_extra_s(cl.hardware, mcore, chunked, "reduce_scatter", False)) == 0.0
+    bare = replace(cl.hardware, contention=replace(cl.hardware.contention, ring_exchange=None))
+    assert float(ring_extra_s(bare, titan, chunked, "all_gather", False)) == 0.0
+
+
+@pytest.mark.parametrize("block,message", [
+    ("ring_exchange: {all_gather: {bf16: 0.9, fp8: 1.0}, reduce_scatter: {bf16: 1.0, fp8: 1.0}}", "1 or more"),
+    ("ring_exchange: {all_gather: {bf16: 1.1}, reduce_scatter: {bf16: 1.0, fp8: 1.0}}", "fp8"),
+    ("ring_exchange: {all_gathr: {bf16: 1.1, fp8: 1.0}}", "all_gather"),
+])
+def test_bad_ring_exchange_is_one_line(block, message):
+    import yaml
+
+    from parplan.specs.contention import contention_from_dict
+
+    data = {"collective_sms": {"scale_up": 24, "network": 16}, "sm_fraction": [0.1, 0.2],
+            "slowdown": {link: {op: [0.1, 0.2] for op in ("gemm", "attention", "memory")}
+                         for link in ("scale_up", "network")}}
+    data.update(yaml.safe_load(block))
+    with pytest.raises(ParplanError, match=message) as info:
+        contention_from_dict(data, "h100.yaml: overlap")
     assert "\n" not in str(info.value)
