@@ -14,8 +14,8 @@ PyTorch's async TP, torchtitan ``enable_async_tensor_parallel``). What the imple
 * ``tp_overlap_compiled``: the overlap is a compiler pass, which eager runs do not get;
 * ``tp_overlap_ring``: the collectives it runs as a ring exchange (the GEMM in ``tp`` chunks, each waiting
   for its peer copy; a reduce-scatter's received partials summed after), whose measured cost per GEMM is
-  the hardware profile's ``overlap.ring_exchange``; the others run beside whole GEMMs or in pipelined
-  chunks on SM kernels.
+  the hardware profile's ``overlap.ring_exchange``; the others (all where a profile names none) run beside
+  whole GEMMs or in pipelined chunks on SM kernels, or add as they go (XLA's windowed einsum).
 
 :func:`parplan.step.overlap.matmul_exposed` prices it.
 """
@@ -42,7 +42,7 @@ class TpOverlap:
     tail: Mapping[str, float] = field(default_factory=lambda: MappingProxyType(dict.fromkeys(COLLECTIVES, 0.0)))
     backward: tuple[str, ...] = COLLECTIVES
     compiled: bool = False
-    ring: tuple[str, ...] = COLLECTIVES
+    ring: tuple[str, ...] = ()
 
 
 def tp_overlap_from_dict(q: Mapping[str, Any], what: str) -> TpOverlap:
@@ -56,7 +56,7 @@ def tp_overlap_from_dict(q: Mapping[str, Any], what: str) -> TpOverlap:
                      tail=_per_collective(q, "tp_overlap_tail", what, integer=False, maximum=1.0),
                      backward=choices(q, "tp_overlap_backward", what, COLLECTIVES, COLLECTIVES),
                      compiled=flag(q, "tp_overlap_compiled", what, False),
-                     ring=choices(q, "tp_overlap_ring", what, COLLECTIVES, COLLECTIVES))
+                     ring=choices(q, "tp_overlap_ring", what, COLLECTIVES, ()))
 
 
 def _per_collective(q, key, what, *, integer: bool, maximum: float) -> Mapping[str, Any]:

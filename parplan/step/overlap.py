@@ -85,18 +85,23 @@ def matmul_exposed(costs, axis: str, gemm_fwd, gemm_bwd, rerun, steps, hw, how, 
     shipped profile has, so those cost nothing yet). A collective the framework runs as a ring exchange
     (``how.ring``) lengthens the GEMMs it chunks (``chunked``, :func:`chunked_gemm_s`) by ``E``, the
     profile's measured ``ring_exchange`` ratio (:func:`ring_extra_s`): chunking, each chunk's wait for its
-    copy, a reduce-scatter's sum of the received partials. Not priced: an SM margin the GEMMs keep beyond
-    the exchange. Forward and recompute under the forward GEMMs (``1 + rerun`` times over), backward under
-    the backward ones; per pass, ``t`` chunks of GEMMs of ``W + E`` beside ``t - 1`` exchanges of ``L``
-    take ``max(W + E, (W + E) / t + L)``, and with the slowdowns composed as :mod:`parplan.cost.contention`
+    copy, a reduce-scatter's sum of the received partials; a measured ring holds its copies' HBM traffic, so
+    no copy slowdown is added to it. Not priced: an SM margin the GEMMs keep beyond the exchange. Forward
+    and recompute under the forward GEMMs (``1 + rerun`` times over), backward under the backward ones;
+    per pass, ``t`` chunks of GEMMs of ``W + E`` beside ``t - 1`` exchanges of ``L`` take
+    ``max(W + E, (W + E) / t + L)``, and with the slowdowns composed as :mod:`parplan.cost.contention`
     composes them the pass exposes
-    ``max(L - W (t - 1) / t + E / t, F + E + sum over the collectives of (L_c - F_c) s_c / (1 + s_c))``,
-    ``F`` the tails. A group beyond the scale-up domain has no peer copies to run them (Transformer Engine's
+    ``max(L - W (t - 1) / t + E_ag / t, F + E_ag + sum over the collectives of (L_c - F_c) s_c / (1 + s_c))
+    + E_rs``, ``F`` the tails: an all-gather ring's cost spreads over its chunks (``E_ag``), a reduce-scatter
+    ring's (``E_rs``, mostly the sum of the partials, which waits for the last exchange) comes after them.
+    A parallel attention + MLP block chunks both GEMMs its one reduce-scatter follows, and latent
+    attention's projections are not in the chunked sets. A group beyond the scale-up domain has no peer copies to run them (Transformer Engine's
     userbuffers and PyTorch's symmetric memory are NVLink-domain only): its collectives stay exposed."""
     share = np.where(np.asarray(steps) > 1, (np.asarray(steps, float) - 1) / np.maximum(steps, 1), 0.0)
     exposed, links = np.float64(0.0), []
     for backward, window in ((False, gemm_fwd * (1 + np.asarray(rerun, float))), (True, gemm_bwd)):
-        link, floor, outside, extra = np.float64(0.0), np.float64(0.0), np.float64(0.0), np.float64(0.0)
+        link, floor, outside = np.float64(0.0), np.float64(0.0), np.float64(0.0)
+        spread, after = np.float64(0.0), np.float64(0.0)  # ring costs over the chunks; a reduce-scatter's, after
         for op in ("all_gather", "reduce_scatter"):
             mine = [c for c in costs if c.collective.axis == axis and c.collective.hidden_by == "matmul"
                     and c.collective.op == op and (c.collective.phase == "backward") == backward]
@@ -104,12 +109,17 @@ def matmul_exposed(costs, axis: str, gemm_fwd, gemm_bwd, rerun, steps, hw, how, 
             spans = sum((c.time_s * np.asarray(c.collective.count, float) * np.asarray(c.spans_nodes, float)
                          for c in mine), np.float64(0.0))
             inside = on_link - spans
-            s = slowdown(hw, "scale_up", {"gemm": 1.0}, sms=how.sms[op]) if how.sms[op] else copy_exchange_slowdown(hw)
+            passes = 1.0 if backward else 1 + np.asarray(rerun, float)
+            extra = np.where(inside > 0, ring_extra_s(hw, how, chunked, op, backward) * passes, 0.0)
+            # A measured ring already holds its copies' HBM traffic: no copy slowdown on top of it.
+            ring = bool(np.any(extra > 0))
+            s = slowdown(hw, "scale_up", {"gemm": 1.0}, sms=how.sms[op]) if how.sms[op] else \
+                (0.0 if ring else copy_exchange_slowdown(hw))
             tail = 0.0 if backward else how.tail[op] * inside
             link, floor, outside = link + inside, floor + tail + (inside - tail) * s / (1 + s), outside + spans
-            passes = 1.0 if backward else 1 + np.asarray(rerun, float)
-            extra = extra + np.where(inside > 0, ring_extra_s(hw, how, chunked, op, backward) * passes, 0.0)
-        exposed = exposed + np.maximum(link - window * share + extra * (1 - share), floor + extra) + outside
+            spread, after = (spread + extra, after) if op == "all_gather" else (spread, after + extra)
+        exposed = exposed + np.maximum(link - window * share + spread * (1 - share), floor + spread) + after \
+            + outside
         links.append(link + outside)
     return exposed, links[0], links[1]
 

@@ -267,3 +267,31 @@ def test_bad_ring_exchange_is_one_line(block, message):
     with pytest.raises(ParplanError, match=message) as info:
         contention_from_dict(data, "h100.yaml: overlap")
     assert "\n" not in str(info.value)
+
+
+def test_a_ring_beyond_the_node_adds_nothing_and_a_reduce_scatter_ring_comes_after_its_chunks():
+    """A TP group spanning nodes runs no ring (its collectives stay exposed), so the measured ratio changes
+    nothing there; inside a node, torchtitan's reduce-scatter ring adds its whole cost after the chunks
+    (the sum of the partials waits for the last exchange), so the step grows by at least that much."""
+    from dataclasses import replace
+
+    from parplan.specs.cluster import make_cluster
+    from parplan.step.overlap import chunked_gemm_s, ring_extra_s
+
+    model = load_model("llama3.1-70b")
+    titan = resolve_software(load_framework("torchtitan"), compiled=True, tp_overlap="collective-matmul")
+    cross = load_cluster("h100x16")
+    bare_hw = replace(cross.hardware, contention=replace(cross.hardware.contention, ring_exchange=None))
+    lay = check_layout(Layout(tp=16, dp=1, sp=True, global_batch=8, seq_len=8192), model, cross)
+    bare = make_cluster(bare_hw, 16)
+    assert float(estimate(model, cross, lay, software=titan).step_time_s) == \
+        pytest.approx(float(estimate(model, bare, lay, software=titan).step_time_s), rel=1e-12)
+    node = load_cluster("h100x8")
+    lay8 = check_layout(Layout(tp=8, dp=1, sp=True, global_batch=8, seq_len=8192), model, node)
+    est = estimate(model, node, lay8, software=titan)
+    without = estimate(model, make_cluster(replace(node.hardware, contention=replace(
+        node.hardware.contention, ring_exchange=None)), 8), lay8, software=titan)
+    rs = float(ring_extra_s(node.hardware, titan.framework.parallelism.tp_overlap,
+                            chunked_gemm_s(est.ops, est.op_times), "reduce_scatter", False))
+    per_step = rs * model.layers * 8  # forward reduce-scatters, 8 micro-batches
+    assert rs > 0 and float(est.step_time_s) - float(without.step_time_s) >= per_step * (1 - 1e-9)
