@@ -88,6 +88,7 @@ class Fp8:
     casts: str = "fused"
     weight_casts_per_microbatch: Any = 1.0
     weight_shard: Any = 1.0   # ZeRO-3 casts the local shard before gathering
+    params: bool = False      # FP8 primary weights: no cast, only their transposes rebuilt (read 1, write 1)
 
 
 ALL_FUSED = {op: "fused" for op in ("norm", "rope", "activation", "residual", "bias", "softmax", "transposes")}
@@ -307,10 +308,13 @@ def _fp8_casts(ops: list[Op], fp8: Fp8) -> Op:
     """The casts of one layer's FP8 GEMM operands (:data:`FP8_CAST_BYTES`) over :func:`linear_operands`.
 
     Forward: each GEMM's input activation; backward: each GEMM's output gradient (with its
-    transposed copy); weights once per micro-batch or once per step. An MoE layer casts its experts'
-    routed rows (``k`` copies of each token) and their weights, not a dense MLP's.
+    transposed copy); weights once per micro-batch or once per step, or, held in FP8 (``params``), only
+    their transposes rebuilt once per step after the update (the optimizer writes the FP8 weights
+    themselves). An MoE layer casts its experts' routed rows (``k`` copies of each token) and their
+    weights, not a dense MLP's.
     """
     fwd_b, bwd_b, w_b = FP8_CAST_BYTES[fp8.casts]
+    w_b = 2 if fp8.params else w_b
     times = FP8_CAST_MULTIPLIER.get(fp8.recipe, 1)
     inputs, grads, weights = linear_operands(ops)
     weights = weights / fp8.weight_shard * fp8.weight_casts_per_microbatch
