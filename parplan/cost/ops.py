@@ -81,14 +81,13 @@ class Op:
 
 @dataclass(frozen=True)
 class Fp8:
-    """How a run casts to FP8: the recipe, whether casts are fused into producers, and how often
-    weights are re-cast (``weight_casts_per_microbatch``: 1, or 1/m when cached for the step)."""
+    """How a run casts to FP8: the recipe, casts fused or not, how often weights are re-cast (1, or 1/m)."""
 
     recipe: str
     casts: str = "fused"
     weight_casts_per_microbatch: Any = 1.0
     weight_shard: Any = 1.0   # ZeRO-3 casts the local shard before gathering
-    params: bool = False      # FP8 primary weights: no cast, only their transposes rebuilt (read 1, write 1)
+    params: bool = False      # FP8 primary weights: no cast, only their transposes rebuilt
 
 
 ALL_FUSED = {op: "fused" for op in ("norm", "rope", "activation", "residual", "bias", "softmax", "transposes")}
@@ -307,14 +306,11 @@ def linear_operands(ops: list[Op], fp8_only: bool = True):
 def _fp8_casts(ops: list[Op], fp8: Fp8) -> Op:
     """The casts of one layer's FP8 GEMM operands (:data:`FP8_CAST_BYTES`) over :func:`linear_operands`.
 
-    Forward: each GEMM's input activation; backward: each GEMM's output gradient (with its
-    transposed copy); weights once per micro-batch or once per step, or, held in FP8 (``params``), only
-    their transposes rebuilt once per step after the update (the optimizer writes the FP8 weights
-    themselves). An MoE layer casts its experts' routed rows (``k`` copies of each token) and their
-    weights, not a dense MLP's.
+    Forward: each GEMM's input activation; backward: each GEMM's output gradient (with its transposed copy);
+    weights once per micro-batch or step (held in FP8, ``params``: only their transposes, 1 byte read and 1
+    written). An MoE layer casts its experts' routed rows (``k`` copies of each token) and weights.
     """
-    fwd_b, bwd_b, w_b = FP8_CAST_BYTES[fp8.casts]
-    w_b = 2 if fp8.params else w_b
+    fwd_b, bwd_b, w_b = FP8_CAST_BYTES[fp8.casts][:2] + ((2,) if fp8.params else FP8_CAST_BYTES[fp8.casts][2:])
     times = FP8_CAST_MULTIPLIER.get(fp8.recipe, 1)
     inputs, grads, weights = linear_operands(ops)
     weights = weights / fp8.weight_shard * fp8.weight_casts_per_microbatch
