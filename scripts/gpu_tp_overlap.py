@@ -9,8 +9,8 @@ engines), and the backward's other collectives as a bulk overlap beside the weig
 userbuffers_fp8_h100_h8192_tp4_mbs1_seqlen8192); the BF16 configs pipeline the reduce-scatters in 4
 splits. What SMs held beside a GEMM cost is ``scripts/gpu_overlap.py``'s contention table.
 
-1. chunks.csv: the column-parallel (all-gather fed) and row-parallel (reduce-scatter fed) GEMMs of
-   Llama 3 70B at TP 4 and Llama 3.1 405B at TP 4 and 8, 8192 tokens, bf16 and FP8 (per-tensor
+1. chunks.csv: the column-parallel (all-gather fed) and row-parallel (reduce-scatter fed) GEMMs of the
+   validated collective-matmul layouts (``MODELS``), bf16 and FP8 (per-tensor
    ``torch._scaled_mm``), timed whole and as ``tp`` and 4 chunks of rows back to back; ``ratio`` =
    chunked / whole time.
 2. copy_engine.csv: the same bf16 GEMMs alone and beside device-to-device copies looping on another
@@ -45,21 +45,26 @@ BF16 = torch.bfloat16 if DEV.type == "cuda" else torch.float32
 QUICK = "--quick" in sys.argv
 SPLITS = 4  # num_splits of the pipelined reduce-scatter in NVIDIA's BF16 userbuffers configs
 
-# (model, tp, hidden, kv_heads x head_dim, ffn): the TP layouts of the validated Megatron-Bridge rows
-MODELS = (("llama3-70b", 4, 8192, 1024, 28672), ("llama3.1-405b", 4, 16384, 1024, 53248),
-          ("llama3.1-405b", 8, 16384, 1024, 53248))
+# (model, tp, hidden, kv_heads x head_dim, ffn, gated MLP, tokens per micro-batch): the TP layouts of the
+# validated rows that run a collective matmul (Megatron-Bridge's Llama 3 70B and 405B at 8192 tokens; NeMo
+# 24.07's GPT-3 20B, Nemotron 8B and 22B at TP 2 and Llama 2 70B at TP 4, with their micro-batch x sequence)
+MODELS = (("llama3-70b", 4, 8192, 1024, 28672, True, 8192), ("llama3.1-405b", 4, 16384, 1024, 53248, True, 8192),
+          ("llama3.1-405b", 8, 16384, 1024, 53248, True, 8192), ("gpt3-20b", 2, 6144, 6144, 24576, False, 4096),
+          ("nemotron-8b", 2, 4096, 4096, 16384, False, 16384), ("nemotron-22b", 2, 6144, 6144, 24576, False, 8192),
+          ("llama2-70b", 4, 8192, 1024, 28672, True, 4096))
 
 
 def gemms():
-    """(name, feeds, tp, m, k, n) of one layer's tensor-parallel GEMMs at 8192 tokens (1024 with --quick)."""
-    m = 1024 if QUICK else 8192
+    """(name, feeds, tp, m, k, n) of one layer's tensor-parallel GEMMs at each layout's tokens (1024 with
+    --quick)."""
     only = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--only=")), "")
     out = []
-    for model, tp, h, kv, ffn in MODELS[:1] if QUICK else [x for x in MODELS if only in f"{x[0]} tp{x[1]}"]:
-        scale = 16 if QUICK else 1
+    for model, tp, h, kv, ffn, gated, tokens in MODELS[:1] if QUICK else \
+            [x for x in MODELS if only in f"{x[0]} tp{x[1]}"]:
+        scale, m = (16, 1024) if QUICK else (1, tokens)
         h_, kv_, ffn_ = h // scale, kv // scale, ffn // scale
         out += [(f"{model} tp{tp} qkv", "all_gather", tp, m, h_, (h_ + 2 * kv_) // tp),
-                (f"{model} tp{tp} fc1", "all_gather", tp, m, h_, 2 * ffn_ // tp),
+                (f"{model} tp{tp} fc1", "all_gather", tp, m, h_, (2 if gated else 1) * ffn_ // tp),
                 (f"{model} tp{tp} proj", "reduce_scatter", tp, m, h_ // tp, h_),
                 (f"{model} tp{tp} fc2", "reduce_scatter", tp, m, ffn_ // tp, h_)]
     return out
