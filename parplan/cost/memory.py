@@ -139,6 +139,12 @@ def recompute_share(recompute, recompute_layers=None, chunk_layers=None):
     return np.select([code == 2, code == 4], [full, 1.0 / SELECTIVE_LAYER_EVERY], 0.0)
 
 
+def largest_chunk_layers(model_layers: int, chunks=1):
+    """Layers of a model's largest pipeline chunk when ``chunks`` (``pp * vpp``) of them split it: the rounded-up
+    share, which bounds a block recompute (``--recompute-layers``). Array-able."""
+    return -(-np.asarray(model_layers) // np.maximum(np.asarray(chunks), 1))
+
+
 def recompute_code(recompute):
     if isinstance(recompute, str):
         return np.asarray(RECOMPUTE_MODES.index(recompute))

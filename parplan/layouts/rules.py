@@ -15,6 +15,7 @@ from dataclasses import replace
 from types import SimpleNamespace
 import numpy as np
 
+from ..cost.memory import largest_chunk_layers
 from ..errors import ParplanError
 from ..specs.dtypes import DTYPES
 from ..specs.cluster import Cluster
@@ -346,7 +347,7 @@ def check_recompute_layers(layers, recompute: str, framework, model_layers: int,
     if framework is not None and not framework.recompute_layers:
         raise ParplanError(f"{framework.name} has no block recompute (--recompute-layers): its profile says "
                            f"recompute_layers: false; recompute every layer, or pick a framework that has it")
-    chunk = -(-model_layers // chunks) if chunks else model_layers
+    chunk = int(largest_chunk_layers(model_layers, chunks or 1))
     if layers > chunk:
         raise ParplanError(f"--recompute-layers {layers} exceeds the {chunk} layers of a pipeline chunk "
                            f"({model_layers} layers over {chunks or 1}): give at most {chunk}, or leave it out to "

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ..cost.memory import DEFAULT_HEADROOM
+from ..cost.memory import DEFAULT_HEADROOM, largest_chunk_layers
 from ..errors import ParplanError
 from ..layouts import rules
 from ..layouts.layout import RECOMPUTE, TP_MODES
@@ -234,7 +234,8 @@ def _block_recompute(c: dict, fixed: dict, model_layers: int) -> dict:
     if fixed.get("recompute_layers") is None:
         return {**c, "recompute_layers": np.zeros(len(c["recompute"]), np.int64)}
     block = fixed["recompute_layers"]  # the layouts whose chunks hold the block (check_recompute_layers' limit)
-    keep = (c["recompute"] == RECOMPUTE.index("full")) & (block <= -(-model_layers // (c["pp"] * c["vpp"])))
+    chunk = largest_chunk_layers(model_layers, c["pp"] * c["vpp"])
+    keep = (c["recompute"] == RECOMPUTE.index("full")) & (block <= chunk)
     return {**_keep(c, keep), "recompute_layers": np.full(int(keep.sum()), block)}
 
 

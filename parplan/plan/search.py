@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from ..cost.memory import largest_chunk_layers
 from ..errors import ParplanError
 from ..step.train import estimate
 from ..layouts.strategies import breakdown_keys
@@ -106,7 +107,7 @@ def _blocks(model, space, cluster, part, fits):
     full = fits & (part["recompute"] == RECOMPUTE.index("full")) & (part["recompute_layers"] == 0)
     if not full.any():
         return None
-    chunk = -(-model.layers // (part["pp"] * part["vpp"]))
+    chunk = largest_chunk_layers(model.layers, part["pp"] * part["vpp"])
     rows, blocks = [], []
     for share in BLOCK_SHARES:
         k = np.ceil(share * chunk).astype(np.int64)

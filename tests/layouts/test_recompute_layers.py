@@ -153,3 +153,11 @@ def test_an_explicit_recompute_other_than_full_contradicts_a_block():
     out = CliRunner().invoke(cli, ["estimate", "--model", "llama3.1-8b", "--hw", "h100x8", "--recompute", "none",
                                    "--recompute-layers", "4"])
     assert out.exit_code != 0 and "needs --recompute full" in out.output and "Traceback" not in out.output
+
+
+def test_the_largest_chunk_rounds_up():
+    """61 layers over 32 chunks: some hold 2; 126 over 16: 8; arrays element by element; one chunk: all."""
+    from parplan.cost.memory import largest_chunk_layers
+
+    assert int(largest_chunk_layers(61, 32)) == 2 and int(largest_chunk_layers(126, 16)) == 8
+    assert largest_chunk_layers(32, np.array([1, 4, 5])).tolist() == [32, 8, 7]

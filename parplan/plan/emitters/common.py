@@ -11,7 +11,7 @@ from typing import Mapping
 
 from ...errors import ParplanError
 from ...layouts.layout import RECOMPUTE, TP_MODES, Layout
-from ...layouts.rules import fields, first_violation, shards_hidden
+from ...layouts.rules import check_recompute_layers, fields, first_violation, shards_hidden
 from ...specs.framework_loader import load_framework
 from ...specs.model import ModelSpec
 
@@ -54,10 +54,11 @@ def rule_problem(layout: Layout, model: ModelSpec, framework) -> str | None:
                recompute=RECOMPUTE.index(layout.recompute), cp_ring=layout.cp_mode == "ring", ep=layout.size("ep"),
                etp=layout.size("etp"), sp_hidden=shards_hidden(framework), first=layout.first_stage_layers or 0,
                last=layout.last_stage_layers or 0, zb=layout.schedule == "zb-h1", gpipe=layout.schedule == "gpipe")
-    fw = getattr(framework, "framework", framework)  # a Software: its framework
-    if layout.recompute_layers is not None and not fw.recompute_layers:
-        return (f"{fw.name} has no block recompute: it recomputes every layer or none "
-                f"(--recompute-layers {layout.recompute_layers} is Megatron's --recompute-method block)")
+    try:  # a block recompute the target framework may not run (the layout was checked against another)
+        check_recompute_layers(layout.recompute_layers, layout.recompute, getattr(framework, "framework", framework),
+                               model.layers)
+    except ParplanError as exc:
+        return str(exc)
     return first_violation(model, a, framework)
 
 
