@@ -205,17 +205,21 @@ def test_a_copy_engine_exchange_costs_what_its_hbm_share_does():
     ("copy_slowdown: {copy_share: [0.5, 0.25], gemm: [0.1, 0.2]}", "increasing"),
     ("copy_slowdown: {copy_share: [0.25, 0.5], gemm: [0.1]}", "one per copy_share"),
     ("copy_slowdown: {copy_shares: [0.25, 0.5], gemm: [0.1, 0.2]}", "copy_share"),
+    ("ring_exchange: {all_gather: {bf16: 0.9, fp8: 1.0}, reduce_scatter: {bf16: 1.0, fp8: 1.0}}", "1 or more"),
+    ("ring_exchange: {all_gather: {bf16: 1.1}, reduce_scatter: {bf16: 1.0, fp8: 1.0}}", "fp8"),
+    ("ring_exchange: {all_gathr: {bf16: 1.1, fp8: 1.0}}", "all_gather"),
 ])
-def test_bad_copy_slowdown_is_one_line(block, message):
+def test_bad_copy_and_ring_costs_are_one_line(block, message):
+    import yaml
+
     from parplan.specs.contention import contention_from_dict
 
     data = {"collective_sms": {"scale_up": 24, "network": 16}, "sm_fraction": [0.1, 0.2],
             "slowdown": {link: {op: [0.1, 0.2] for op in ("gemm", "attention", "memory")}
                          for link in ("scale_up", "network")}}
-    import yaml
     data.update(yaml.safe_load(block))
     with pytest.raises(ParplanError, match=message) as info:
-        contention_from_dict(data, "h100: overlap")
+        contention_from_dict(data, "h100.yaml: overlap")
     assert "\n" not in str(info.value)
 
 
@@ -248,25 +252,6 @@ def test_a_ring_exchange_costs_its_gemms_the_measured_ratio():
     assert float(ring_extra_s(cl.hardware, mcore, chunked, "reduce_scatter", False)) == 0.0
     bare = replace(cl.hardware, contention=replace(cl.hardware.contention, ring_exchange=None))
     assert float(ring_extra_s(bare, titan, chunked, "all_gather", False)) == 0.0
-
-
-@pytest.mark.parametrize("block,message", [
-    ("ring_exchange: {all_gather: {bf16: 0.9, fp8: 1.0}, reduce_scatter: {bf16: 1.0, fp8: 1.0}}", "1 or more"),
-    ("ring_exchange: {all_gather: {bf16: 1.1}, reduce_scatter: {bf16: 1.0, fp8: 1.0}}", "fp8"),
-    ("ring_exchange: {all_gathr: {bf16: 1.1, fp8: 1.0}}", "all_gather"),
-])
-def test_bad_ring_exchange_is_one_line(block, message):
-    import yaml
-
-    from parplan.specs.contention import contention_from_dict
-
-    data = {"collective_sms": {"scale_up": 24, "network": 16}, "sm_fraction": [0.1, 0.2],
-            "slowdown": {link: {op: [0.1, 0.2] for op in ("gemm", "attention", "memory")}
-                         for link in ("scale_up", "network")}}
-    data.update(yaml.safe_load(block))
-    with pytest.raises(ParplanError, match=message) as info:
-        contention_from_dict(data, "h100.yaml: overlap")
-    assert "\n" not in str(info.value)
 
 
 def test_a_ring_beyond_the_node_adds_nothing_and_a_reduce_scatter_ring_comes_after_its_chunks():
