@@ -5,9 +5,9 @@ differs from the profile's), a layout, the software that ran it (``framework`` a
 overrides: ``flash_attention``, ``fused_kernels``, ``compiled``, ``fp8_recipe``) and the step
 time its publication implies. Each record is predicted exactly as ``parplan plan`` predicts it
 for a user who passes the record's fields as flags (:mod:`parplan.validate.cli_args` writes that
-command line, and ``scripts/validate_via_cli.py`` runs it for every record): the published axes (tp, pp, dp, cp) and every published
-knob (ZeRO stage, recompute, micro-batch) fixed, the global batch, sequence length and
-precision given, the framework named; what a publication leaves out (``null``) the plan
+command line, and ``scripts/validate_via_cli.py`` runs it for every record): the published axes
+(tp, pp, dp, cp) and every published knob (ZeRO stage, recompute, micro-batch) fixed, the global batch,
+sequence length and precision given, the framework named; what a publication leaves out (``null``) the plan
 searches, taking the fastest layout that fits, as the authors tuned for speed too. Where no
 layout fits, the record is predicted by ``parplan estimate`` with its published knobs and the
 defaults, and counted as a memory-model miss. There are no per-record constants and no knob a
@@ -89,6 +89,7 @@ class RunSetup:
     fallback: Layout        # ``parplan estimate`` with the published knobs and the defaults
     unknown: tuple          # knobs the publication leaves out, searched
     framework_note: str     # where the framework came from
+    left_out: str | None = None  # why the record stays out of the summaries (left_out_reason), or None
 
 
 def record_setup(rec: dict, framework: str | None = None) -> RunSetup:
@@ -99,7 +100,7 @@ def record_setup(rec: dict, framework: str | None = None) -> RunSetup:
     check_keys(lay, RUN_LAYOUT_KEYS, f"run {rid}: layout")
     check_keys(require_mapping(rec.get("published") or {}, f"run {rid}: published"), PUBLISHED_KEYS,
                f"run {rid}: published")
-    left_out_reason(rec)  # a bad reason is this record's one-line error, before anything is predicted
+    left_out = left_out_reason(rec)  # a bad reason is this record's one-line error, before anything is predicted
     model = model_from_dict(record_model_data(rec), f"run {rid}: model")
     hw = load_hardware(str(rec.get("hardware")))
     devices = number(rec, "devices", f"run {rid}", integer=True)
@@ -170,7 +171,7 @@ def record_setup(rec: dict, framework: str | None = None) -> RunSetup:
     searched = ("micro_batch", "zero", "recompute", "recompute_layers", "vpp", "sp") + \
         (("first_stage_layers", "last_stage_layers") if fixed["pp"] > 1 else ())
     unknown = tuple(k for k in searched if k not in fixed) + (("etp",) if model.is_moe and "etp" not in fixed else ())
-    return RunSetup(model, cluster, software, fixed, batch, dtype, fallback, unknown, note)
+    return RunSetup(model, cluster, software, fixed, batch, dtype, fallback, unknown, note, left_out)
 
 
 def predict_record(rec: dict, framework: str | None = None):
@@ -201,7 +202,6 @@ def validate_runs(records: list[dict], framework: str | None = None, progress=No
         try:
             est, setup, how, band = predict_record(rec, framework)
             published = float(number(rec, "reference_step_time_s", f"run {rec.get('id')}"))
-            left_out = left_out_reason(rec)
         except ParplanError as exc:
             skipped.append({"id": str(rec.get("id", "?")), "skipped": str(exc)})
             if progress:
@@ -227,7 +227,7 @@ def validate_runs(records: list[dict], framework: str | None = None, progress=No
             "within_band": bool(band) and band[0] <= published <= band[1],
             "fits": bool(est.fits),
             "mfu": float(est.mfu),
-            "left_out": left_out,
+            "left_out": setup.left_out,
         })
         if progress:
             progress(i + 1, len(records))
