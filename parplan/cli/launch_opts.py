@@ -56,7 +56,8 @@ def with_launch_config(path: str, model_name: str, hw: str, kw: dict, ctx) -> di
     for option, value in (("framework", config.framework), ("compiled", config.compiled),
                           ("fp8_recipe", config.fp8_recipe), ("moe_overlap", config.moe_overlap),
                           ("optimizer_states", config.optimizer_states), ("moe_dispatcher", config.moe_dispatcher),
-                          ("tp_overlap", config.tp_overlap), ("fp8_params", config.fp8_params)):
+                          ("tp_overlap", config.tp_overlap), ("fp8_params", config.fp8_params),
+                          ("offload_layers", config.offload_layers)):
         if not given(option) and value is not None:
             kw[option] = value
     return kw

@@ -38,7 +38,7 @@ ESTIMATE_TRAINING_DEFAULTS = {"mesh": None, "cp": None, "micro_batch": 1, "globa
                               "compiled": None, "fp8_recipe": None, "ici": None, "first_stage_layers": None,
                               "last_stage_layers": None, "moe_overlap": None, "optimizer_states": None,
                               "moe_dispatcher": None, "tp_overlap": None,
-                              "recompute_layers": None, "fp8_params": None}
+                              "recompute_layers": None, "fp8_params": None, "offload_layers": None}
 PLAN_TRAINING_DEFAULTS = {"cp": None, "zero": None, "micro_batch": None, "recompute": None, "global_batch": None,
                           "seq": None, "objective": "throughput", "flash_attention": None,
                           "compiled": None, "fp8_recipe": None,
@@ -46,7 +46,7 @@ PLAN_TRAINING_DEFAULTS = {"cp": None, "zero": None, "micro_batch": None, "recomp
                           "tp_mode": None, "cp_mode": None, "shard_group": None, "etp": None, "ici": None,
                           "first_stage_layers": None, "last_stage_layers": None, "moe_overlap": None,
                           "optimizer_states": None, "moe_dispatcher": None, "tp_overlap": None,
-                          "recompute_layers": None, "fp8_params": None}
+                          "recompute_layers": None, "fp8_params": None, "offload_layers": None}
 SERVING_HELP = f"whose default is {DEFAULT_SERVING['gpu']} on GPUs and {DEFAULT_SERVING['tpu']} on TPUs"
 
 

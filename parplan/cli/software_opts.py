@@ -11,7 +11,7 @@ from ..specs.tp_overlap import TP_OVERLAPS
 
 SOFTWARE_DEFAULTS = {"framework": None, "compiled": None, "fp8_recipe": None, "flash_attention": None,
                      "fused_kernels": None, "moe_overlap": None, "optimizer_states": None, "moe_dispatcher": None,
-                     "tp_overlap": None, "fp8_params": None}
+                     "tp_overlap": None, "fp8_params": None, "offload_layers": None}
 
 
 def software_options(fn):
@@ -30,6 +30,11 @@ def software_options(fn):
                      help="With --dtype fp8: keep the weights in FP8 (with their transposes) instead of 16 bits and "
                           "gather them in FP8 (Megatron-Core --fp8-param-gather, Transformer Engine's FP8 primary "
                           "weights; needs the distributed optimizer or FSDP), where the framework offers it."),
+        click.option("--offload-layers", type=click.IntRange(min=1), default=None,
+                     help="Keep the saved activations of N layers of each pipeline rank in host memory between "
+                          "their forward and backward (Megatron-Core --cpu-offloading-num-layers; MaxText's remat "
+                          "policy offloading decoder_layer_input), where the framework offers it; the copies run "
+                          "over the hardware's host_link beside the compute."),
         click.option("--flash-attention/--no-flash-attention", default=None,
                      help="Fused attention on or off (default: the framework's)."),
         click.option("--fused-kernels/--no-fused-kernels", default=None,
@@ -73,4 +78,4 @@ def software_from(options: dict, cluster, dtype: str) -> Software:
                             fused_kernels=options.get("fused_kernels"), device_kind=cluster.hardware.kind,
                             moe_overlap=options.get("moe_overlap"), optimizer_states=options.get("optimizer_states"),
                             moe_dispatcher=options.get("moe_dispatcher"), tp_overlap=options.get("tp_overlap"),
-                            fp8_params=options.get("fp8_params"))
+                            fp8_params=options.get("fp8_params"), offload_layers=options.get("offload_layers"))

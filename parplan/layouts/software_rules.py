@@ -27,6 +27,9 @@ def software_rules(software) -> tuple[Rule, ...]:
     states = software.optimizer_states if software is not fw else "fp32"  # a bare profile: its default
     tp_overlap = getattr(software, "tp_overlap", fw.parallelism.tp_overlap.default)
     fp8_params = bool(getattr(software, "fp8_params", False))
+    offload, ao = getattr(software, "offload_layers", None) or 0, fw.activation_offload
+    offload_codes = [RECOMPUTE.index(r) for r in ao.recompute] if ao is not None else []
+    layers = ao.layers if ao is not None else "any"
     dp, pipe, par = fw.data_parallel, fw.pipeline, fw.parallelism
     n = fw.name
     modes = [TP_MODES.index(m) for m in par.tp_modes]
@@ -137,6 +140,20 @@ def software_rules(software) -> tuple[Rule, ...]:
              lambda m, a: fp8_params & (a.zero < 1),
              lambda m, a: f"--fp8-params gathers the FP8 weights from the distributed optimizer's or FSDP's shards: "
                           f"zero must be 1 or more, not {a.zero}"),
+        Rule(f"{n} offloads activations under these recompute modes", ('rc',),
+             lambda m, a: (offload > 0) & ~np.isin(a.rc, offload_codes),
+             lambda m, a: f"{n} offloads activations under recompute {', '.join(ao.recompute)}, not "
+                          f"{RECOMPUTE[int(a.rc)]}: change --recompute, or drop --offload-layers"),
+        Rule(f"{n} offloads activations beside a pipeline", ('pp',),
+             lambda m, a: (offload > 0) & (not (ao is None or ao.pipeline)) & (a.pp > 1),
+             lambda m, a: f"{n} offloads activations only without pipeline parallelism: pp must be 1, not {a.pp}"),
+        Rule(f"{n} offloads these counts of layers", ('pp',),
+             lambda m, a: (offload > 0) & ((layers == "below-all") & (offload >= m.layers)
+                                           | (layers == "all") & (offload < np.ceil(m.layers / a.pp))),
+             lambda m, a: (f"{n} offloads fewer layers than all: --offload-layers must be below {m.name}'s "
+                           f"{m.layers}, not {offload}" if layers == "below-all" else
+                           f"{n} offloads every layer of a rank or none: --offload-layers must be at least "
+                           f"{int(np.ceil(m.layers / a.pp))}, the layers of a rank, not {offload}")),
         Rule(f"{n} recompute modes", ('rc',),
              lambda m, a: ~np.isin(a.rc, codes),
              lambda m, a: f"{n} offers recompute {', '.join(fw.recompute)}, not {RECOMPUTE[int(a.rc)]}"),

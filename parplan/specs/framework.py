@@ -16,6 +16,7 @@ its source:
 * ``parallelism``: the tensor/context-parallel modes, its sequence parallelism, and the collective-matmul
   overlaps of its tensor-parallel collectives it offers;
 * ``recompute``: the activation-checkpointing modes it offers; ``recompute_layers``, a block of each chunk;
+  ``activation_offload``, when it keeps layers' saved activations in host memory (:mod:`.offload`);
 * ``moe``: expert parallelism, the expert-tensor-parallel sizes, how the experts' GEMMs launch (one grouped
   GEMM, a GEMM each over CUDA streams, or a loop), what the token all-to-all overlaps;
 * the vocabulary padding rule, the optimizer kernel, how master weights are kept, per-layer host overhead.
@@ -25,11 +26,12 @@ A :class:`Software` is one run's resolved choice: a framework plus the user's ov
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
 from ..errors import ParplanError
+from .offload import ActivationOffload, check_offload_layers
 from .tp_overlap import KEYS as TP_OVERLAP_KEYS, TpOverlap
 from .yamlio import suggest
 
@@ -68,7 +70,7 @@ DEFAULT_FRAMEWORK = {"gpu": "megatron-core", "tpu": "jax"}
 FRAMEWORK_KEYS = ("name", "aliases", "description", "devices", "emit", "kernels", "compile", "fp8", "data_parallel",
                   "pipeline", "parallelism", "recompute", "recompute_layers", "vocab", "optimizer", "master_weights",
                   "gradients", "host_overhead_per_layer_s", "host", "elementwise_efficiency", "serving", "sources",
-                  "moe", "mtp", "optimizer_states")
+                  "moe", "mtp", "optimizer_states", "activation_offload")
 HOST_KEYS = ("layer_s", "moe_s", "expert_s")
 KERNEL_KEYS = ("attention", "flash_attention", "elementwise", "loss", "weight_casts", "projections")
 # How the q, k, v and the gate and up projections are held: one fused GEMM each (Megatron, MPT) or separate
@@ -248,6 +250,7 @@ class Framework:
     mtp: bool = False                   # trains multi-token-prediction modules (parplan.step.mtp)
     recompute_layers: bool = False      # full recompute of the first N layers of each chunk (--recompute-layers)
     optimizer_states: tuple[str, ...] = ("fp32",)  # the state precisions it offers, its default first
+    activation_offload: ActivationOffload | None = None  # when it keeps layers' activations in host memory
 
     def __deepcopy__(self, memo):  # immutable: a frame's attrs (pandas deep-copies them) share it
         return self
@@ -275,6 +278,7 @@ class Software:
     moe_dispatcher: str = "alltoall"    # how tokens reach their experts (MOE_DISPATCHERS)
     tp_overlap: str = "none"            # what the sequence-parallel collectives run under (tp_overlap.TP_OVERLAPS)
     fp8_params: bool = False            # weights held in FP8 (with their transposes), gathered in FP8
+    offload_layers: int | None = None   # layers per pipeline rank whose saved activations wait in host memory
 
     def __deepcopy__(self, memo):  # immutable (its mappings are read-only views): shared, not copied
         return self
@@ -318,6 +322,8 @@ class Software:
             parts.append(f"{self.moe_dispatcher} dispatch")
         if self.tp_overlap != "none":
             parts.append(f"TP {self.tp_overlap}")
+        if self.offload_layers:
+            parts.append(f"{self.offload_layers} layers' activations offloaded")
         return ", ".join(p for p in parts if p)
 
 
@@ -326,7 +332,7 @@ def resolve_software(framework: Framework, *, dtype: str = "bf16", compiled: boo
                      fused_kernels: bool | None = None, device_kind: str | None = None,
                      moe_overlap: str | None = None, optimizer_states: str | None = None,
                      moe_dispatcher: str | None = None, tp_overlap: str | None = None,
-                     fp8_params: bool | None = None) -> Software:
+                     fp8_params: bool | None = None, offload_layers: int | None = None) -> Software:
     """A framework with the user's overrides applied; each default taken from the profile is noted."""
     fw = framework
     notes = []
@@ -373,7 +379,8 @@ def resolve_software(framework: Framework, *, dtype: str = "bf16", compiled: boo
     return Software(framework=fw, compiled=bool(compiled), fp8_recipe=fp8_recipe if dtype == "fp8" else None,
                     flash_attention=bool(flash_attention), elementwise=MappingProxyType(elementwise), loss=loss,
                     notes=tuple(notes), moe_overlap=moe_overlap, optimizer_states=optimizer_states,
-                    moe_dispatcher=moe_dispatcher, tp_overlap=tp_overlap, fp8_params=bool(fp8_params))
+                    moe_dispatcher=moe_dispatcher, tp_overlap=tp_overlap, fp8_params=bool(fp8_params),
+                    offload_layers=check_offload_layers(fw, offload_layers))
 
 
 def _choose(fw: Framework, given: str | None, offered, default: str, says: str) -> str:
@@ -389,12 +396,3 @@ def default_framework(device_kind: str) -> str:
     """The framework a plan assumes when none is named: Megatron-Core on GPUs, JAX/XLA on TPUs."""
     return DEFAULT_FRAMEWORK.get(device_kind, "megatron-core")
 
-
-def with_elementwise_efficiency(framework: Framework, efficiency: float, host_overhead_s: float,
-                                source: str) -> Framework:
-    """The profile with fitted element-wise efficiency and per-layer host overhead (``calibrate``)."""
-    sources = dict(framework.sources)
-    sources["elementwise_efficiency"] = source
-    sources["host_overhead_per_layer_s"] = source
-    return replace(framework, elementwise_efficiency=efficiency, host_overhead_per_layer_s=host_overhead_s,
-                   sources=MappingProxyType(sources))

@@ -21,6 +21,7 @@ from .framework import (ACTIVATION_SHARDS, ATTENTION_KERNELS, COMPILE_KEYS, CP_M
     EXPERT_GEMMS, EXPERT_TP, HOST_KEYS, MOE_DISPATCHERS, MOE_KEYS, MOE_OVERLAPS, HostTimes, MoeSoftware)
 from .registry import shipped, shipped_names
 from .serving_stack import ServingStack, serving_from_dict
+from .offload import offload_from_dict
 from .tp_overlap import tp_overlap_from_dict
 from .yamlio import check_keys, choices, flag, names, number, read_yaml, require_mapping, suggest, text, text_mapping
 
@@ -260,7 +261,9 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
         host=_host(data, what) if data.get("host") is not None else HostTimes(),
         elementwise_efficiency=eff,
         aliases=names(data, "aliases", what), sources=MappingProxyType(text_mapping(data, "sources", what)),
-        path=path, moe=moe, mtp=flag(data, "mtp", what, False), optimizer_states=states)
+        path=path, moe=moe, mtp=flag(data, "mtp", what, False), optimizer_states=states,
+        activation_offload=offload_from_dict(data.get("activation_offload"), f"{what}: activation_offload",
+                                             RECOMPUTE_MODES))
 
 
 @lru_cache(maxsize=64)

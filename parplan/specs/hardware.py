@@ -30,7 +30,7 @@ LINK_KINDS = ("nvlink", "xgmi", "pcie", "ici", "net")
 PROFILE_KEYS = ("name", "aliases", "description", "vendor", "kind", "compute_units", "peak_flops", "hbm_bytes",
                 "hbm_bandwidth", "devices_per_node", "scale_up_domain", "intra_node", "inter_node", "ici", "efficiency",
                 "kernel_overhead_s", "collective_overhead_s", "matmul_curve", "attention_kernels", "collective_fits",
-                "overlap", "grouped_gemm", "clocks", "sources")
+                "overlap", "grouped_gemm", "clocks", "host_link", "host_memory_bytes", "sources")
 LINK_KEYS = ("name", "kind", "bandwidth", "latency_s", "efficiency", "in_switch_reduction")
 EFFICIENCY_KEYS = ("matmul", "hbm", "elementwise", "optimizer", "eager", "matmul_misaligned", "matmul_fp8")
 ICI_KEYS = ("dims", "link_bandwidth", "pod_devices", "max_slice", "wrap_rule", "wrap_side")
@@ -144,6 +144,9 @@ class Hardware:
     # Compute slowdown beside communication kernels (measured); None: overlap costs no compute.
     contention: Contention | None = None
     clocks: Clocks | None = None  # the SM clock behind peak_flops (specs/clocks.py); None: not listed
+    # The device's link to its host's memory (PCIe, NVLink-C2C), per direction; None: not stated.
+    host_link: Link | None = None
+    host_memory_bytes: float | None = None  # the host memory the standard server gives each device
     description: str = ""
     aliases: tuple[str, ...] = ()
     sources: Mapping[str, str] = field(default_factory=dict)
@@ -283,6 +286,8 @@ def hardware_from_dict(data: Any, what: str, path: str = "") -> Hardware:
         collective_fits=_fits(data.get("collective_fits"), f"{what}: collective_fits"),
         contention=contention_from_dict(data.get("overlap"), f"{what}: overlap"),
         clocks=clocks_from_dict(data.get("clocks"), f"{what}: clocks"),
+        host_link=_link(data["host_link"], f"{what}: host_link") if data.get("host_link") is not None else None,
+        host_memory_bytes=number(data, "host_memory_bytes", what, required=False, maximum=1e15),
         description=str(data.get("description", "")),
         aliases=names(data, "aliases", what),
         sources=MappingProxyType(text_mapping(data, "sources", what)),

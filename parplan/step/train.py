@@ -35,13 +35,14 @@ from ..cost.memory import DEFAULT_HEADROOM, layer_activation_bytes, recompute_co
 from ..specs.framework import Software
 from . import software as sw_mod
 from ..specs.model import ModelSpec, vocab_shard, with_seq_len
-from ..cost.roofline import ALIGNED_BYTES, alignment_bytes, arithmetic_intensity, memory_time_s, misalignment_fraction
+from ..cost.roofline import memory_time_s
 from ..layouts.strategies import Context, StageTimes, axis, axis_names, breakdown_labels, stages_of, strategies_for
 from ..layouts.strategies.base import STAGES
 from .comms import link_sum, price_collectives
 from .overlap import attention_exposed, chunked_gemm_s, matmul_exposed, step_exposures
 from . import moe_step as moe_overlap
 from . import mtp as mtp_mod
+from . import offload as offload_mod
 from .peak_memory import freed_gradients_at_peak, gradient_note
 
 
@@ -78,6 +79,7 @@ class Estimate:
     software: Any = None    # the Software the step was predicted for
     notes: tuple = ()       # what the numbers assume that a reader should know (an MoE model's load imbalance)
     pipeline_ranks: dict = field(default_factory=dict)  # first/middle/last rank: {"layers", "memory_bytes"}
+    host_memory_bytes: Any = 0.0  # offloaded activations in host memory, per device (--offload-layers)
 
     def columns(self) -> dict[str, Any]:
         """The estimate's numbers as flat columns: ``step_time_s``, ``tokens_per_s``, ``mfu``, ``hfu``,
@@ -203,12 +205,27 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
         mb_comm[a] = {where: link_sum(costs, lambda c: c.axis == a and c.per == "microbatch"
                                       and c.hidden_by == "none" and c.stage == where) for where in STAGES}
     total = {where: sum((mb_comm[a][where] for a in axes), np.float64(0.0)) for where in STAGES}
+    # ---- a layer's saved activations (what its backward reads), and their copies to the host (parplan.step.offload)
+    fp8_inputs = sw.fp8_saves_inputs
+    autocast = sw_mod.casts_weights(sw, layout.dtype) & (np.asarray(layout.zero) == 0)  # FSDP casts instead
+    act_layer = layer_activation_bytes(model, dims, act, sw.flash_attention, use_dropout, rc, sw.elementwise,
+                                       fp8_inputs, autocast, fw.kernels.projections)
+    act_full_layer = layer_activation_bytes(model, dims, act, sw.flash_attention, use_dropout, "none",
+                                            sw.elementwise, fp8_inputs, autocast, fw.kernels.projections)
+    act_kept = layer_activation_bytes(model, dims, act, sw.flash_attention, use_dropout, "full",
+                                      sw.elementwise, fp8_inputs, autocast, fw.kernels.projections)
+
+    def saved(share):  # a block recompute keeps its share of layers' inputs only, selective-layer half
+        return np.where((rc == 2) | (rc == 4), share * act_kept + (1 - share) * act_full_layer, act_layer)
+    off_share = offload_mod.offloaded_layers(sw.offload_layers, stage_layers) / np.maximum(stage_layers, 1)
+    layer_off = off_share * offload_mod.exposed_s(offload_mod.copy_s(hw, saved(rerun)), layer_fwd,
+                                                  layer_bwd + layer_rec) if sw.offload_layers else 0.0 * layer_fwd
     # Multi-token prediction runs beside the head, on its rank (parplan.step.mtp).
     mtp_t = [op_times(hw, o, act, env=env) for o in mtp_mod.block_ops(model, dims, layout, sw, use_dropout, m,
                                                                      strategies)]
     mtp_f, mtp_b = mtp_mod.micro_batch_s(model, mtp_t, layer_rec, sum(layer_comm.values(), np.float64(0.0)))
     pipeline_s, busy, schedule_s = stages.compose(model, layout, StageTimes(
-        m, layer_fwd + layer_bwd, layer_wgrad, layer_rec, sum(layer_comm.values(), np.float64(0.0)),
+        m, layer_fwd + layer_bwd, layer_wgrad, layer_rec, sum(layer_comm.values(), np.float64(0.0)) + layer_off,
         total["all"], total["first"], total["last"], emb_f, emb_b, head_f + mtp_f, head_b + mtp_b, layer_fwd))
 
     # ---- per step: what the compute does not hide of the overlapped collectives, and the
@@ -258,17 +275,9 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
                 breakdown[key] = m * (busy.layers * layer_comm[a] + mb_comm[a]["all"] + ends) + step_comm.get(a, 0.0)
             else:
                 breakdown[key] = schedule_s.get(key, 0.0 * pipeline_s)
-    breakdown["optimizer"] = optimizer_s
+    breakdown["offload"], breakdown["optimizer"] = m * busy.layers * layer_off, optimizer_s
 
     # ---- memory: each kind of pipeline rank holds its own parameters and in-flight activations; the peak rank
-    fp8_inputs = sw.fp8_saves_inputs
-    autocast = sw_mod.casts_weights(sw, layout.dtype) & (np.asarray(layout.zero) == 0)  # FSDP casts instead
-    act_layer = layer_activation_bytes(model, dims, act, sw.flash_attention, use_dropout, rc, sw.elementwise,
-                                       fp8_inputs, autocast, fw.kernels.projections)
-    act_full_layer = layer_activation_bytes(model, dims, act, sw.flash_attention, use_dropout, "none",
-                                            sw.elementwise, fp8_inputs, autocast, fw.kernels.projections)
-    act_kept = layer_activation_bytes(model, dims, act, sw.flash_attention, use_dropout, "full",
-                                      sw.elementwise, fp8_inputs, autocast, fw.kernels.projections)
     extras = {}
     for s in strategies_in_registry_order(strategies):
         extras.update(s.memory_bytes(ctx))
@@ -278,8 +287,9 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
         # rebuilds one layer's activations; under a block, after the later layers freed theirs (no new peak).
         share = recompute_share(rc, layout.recompute_layers, r.layers / np.asarray(layout.vpp, float))
         rebuilt = (r.layers > 0) & (((rc == 2) & (share >= 1)) | (rc == 4) | (rc == 6))
-        per_layer = np.where((rc == 2) | (rc == 4), share * act_kept + (1 - share) * act_full_layer, act_layer)
-        held = r.layers * per_layer * r.inflight + np.where(rebuilt, act_full_layer, 0.0)
+        off = offload_mod.offloaded_layers(sw.offload_layers, r.layers)
+        held = offload_mod.device_bytes(r.layers, off, saved(share), r.inflight) + np.where(rebuilt, act_full_layer, 0.0)
+        host.append(offload_mod.host_bytes(off, saved(share), r.inflight))
         mtp_p, mtp_e = (np.where(r.head, x, 0.0) for x in mtp_mod.params(model, layout))  # on the head's rank
         if model.is_moe:  # the rank's most MoE layers, their experts divided over the expert axes
             params = r.params + model.busiest_layers(r.layers) - r.layers * model.layer_params() + mtp_p
@@ -303,14 +313,17 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
             mem["gradients"] = freed_gradients_at_peak(mem, m, layout.pp)
         mem["total"] = sum(mem.values())
         return mem
+    host = []  # what each rank's offloaded activations hold in host memory
     ranks = [rank_memory(r) for r in stages.memory_stages(model, layout, m)]
+    host_peak = np.maximum.reduce(np.broadcast_arrays(*host))
     peak = np.argmax(np.stack(np.broadcast_arrays(*(r["total"] for r in ranks))), axis=0)
     memory = {k: np.choose(peak, np.broadcast_arrays(*(r[k] for r in ranks))) for k in ranks[0]}
     if np.ndim(peak) == 0:
         memory = {k: v[()] if isinstance(v, np.ndarray) else v for k, v in memory.items()}
     stage_memory = {name: {"layers": r.layers, "memory_bytes": mem["total"]}
                     for name, r, mem in zip(("first", "middle", "last"), stages.memory_stages(model, layout, m), ranks)}
-    fits = memory["total"] <= hw.hbm_bytes * (1.0 - headroom)
+    fits = (memory["total"] <= hw.hbm_bytes * (1.0 - headroom)) & \
+        (host_peak <= (hw.host_memory_bytes if hw.host_memory_bytes is not None else np.inf))
 
     # ---- throughput and utilization
     batch = np.asarray(layout.global_batch, float)
@@ -341,6 +354,7 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
         notes=tuple(moe_overlap.notes(model, dims)) + gradient_note(fw, m, layout, memory["gradients"])
         + mtp_mod.notes(model, mtp_f, mtp_b) + host_mod.notes(gpu_fb, (issue_f, issue_b)),
         pipeline_ranks=stage_memory,
+        host_memory_bytes=host_peak[()] if np.ndim(host_peak) == 0 else host_peak,
     )
 
 
@@ -375,26 +389,3 @@ def model_has_dropout(model: ModelSpec) -> bool:
     """GPT-style recipes (learned or ALiBi positions) train with dropout; Llama-style ones without."""
     return model.position in ("learned", "alibi")
 
-
-def op_table(est: Estimate, hw=None) -> list[dict]:
-    """Per-op rows for one layer: FLOPs, bytes, intensity, time and the bound."""
-    hw = hw or est.cluster.hardware
-    ridge = hw.peak(est.layout.dtype) / hw.hbm_bandwidth
-    rows = []
-    for op, (tf, tb) in zip(est.ops, est.op_times):
-        intensity = arithmetic_intensity(op.fwd_flops, op.fwd_bytes)
-        aligned = 1.0
-        if op.kind in (ops_mod.MATMUL, ops_mod.BATCHED):
-            aligned = float(misalignment_fraction(hw, op.gemm[1:3], est.layout.dtype))
-        rows.append({
-            "op": op.name, "kind": op.kind,
-            "fwd_flops": float(op.fwd_flops), "bwd_flops": float(op.bwd_flops),
-            "fwd_bytes": float(op.fwd_bytes), "bwd_bytes": float(op.bwd_bytes),
-            "intensity_flops_per_byte": float(intensity),
-            "bound": "compute" if float(intensity) >= ridge else "memory",
-            "forward_s": float(tf), "backward_s": float(tb),
-            "aligned_rate_fraction": aligned,  # < 1: GEMM rows not 16-byte multiples
-            "misaligned_rows": [float(d) for d in (op.gemm[1:3] if aligned < 1.0 else ())
-                                if alignment_bytes(d, BYTES_PER_ELEMENT[est.layout.dtype]) < ALIGNED_BYTES],
-        })
-    return rows

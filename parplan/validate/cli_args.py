@@ -22,7 +22,7 @@ LAYOUT_FLAGS = {"tp": "--tp", "pp": "--pp", "dp": "--dp", "cp": "--cp", "ep": "-
 # Record software keys and the options that take them.
 SOFTWARE_FLAGS = {"framework": "--framework", "fp8_recipe": "--fp8-recipe", "moe_overlap": "--moe-overlap",
                   "moe_dispatcher": "--moe-dispatcher", "tp_overlap": "--tp-overlap",
-                  "optimizer_states": "--optimizer-states"}
+                  "optimizer_states": "--optimizer-states", "offload_layers": "--offload-layers"}
 # Record switches and their (on, off) options; a switch the record leaves out is the framework's default.
 SWITCHES = {"compiled": ("--compile", "--no-compile"), "fp8_params": ("--fp8-params", "--no-fp8-params")}
 # Cluster-file keys a record may set beside its hardware and device count.

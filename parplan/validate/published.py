@@ -54,7 +54,8 @@ def load_runs(path: str | None = None) -> list[dict]:
 # The schema of a published-run record (see the comment at the top of validation/published-runs.yaml).
 RUN_KEYS = ("id", "source", "confidence", "model", "hardware", "devices", "devices_per_node", "slices", "slice", "network",
             "inter_node_bandwidth", "precision", "framework", "flash_attention", "fused_kernels", "compiled",
-            "fp8_recipe", "fp8_params", "moe_overlap", "moe_dispatcher", "tp_overlap", "optimizer_states", "layout",
+            "fp8_recipe", "fp8_params", "moe_overlap", "moe_dispatcher", "tp_overlap", "optimizer_states",
+            "offload_layers", "layout",
             "global_batch", "left_out",
             "published", "reference_step_time_s", "reference_derivation", "notes", "_file")
 RUN_LAYOUT_KEYS = ("tp", "pp", "dp", "cp", "vpp", "zero", "shard_group", "sequence_parallel", "recompute",
@@ -157,7 +158,8 @@ def record_setup(rec: dict, framework: str | None = None) -> RunSetup:
                                 optimizer_states=text(rec, "optimizer_states", f"run {rid}", required=False),
                                 moe_dispatcher=text(rec, "moe_dispatcher", f"run {rid}", required=False),
                                 tp_overlap=text(rec, "tp_overlap", f"run {rid}", required=False),
-                                fp8_params=flag(rec, "fp8_params", f"run {rid}", None))
+                                fp8_params=flag(rec, "fp8_params", f"run {rid}", None),
+                                offload_layers=number(rec, "offload_layers", f"run {rid}", required=False, integer=True))
     batch = number(rec, "global_batch", f"run {rid}", integer=True)
     vpp = number(lay, "vpp", w, required=False, integer=True, default=1)
     fallback = Layout(tp=fixed["tp"], pp=fixed["pp"], dp=fixed["dp"], cp=fixed["cp"],

@@ -17,7 +17,8 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from ..errors import ParplanError
-from ..step.train import Estimate, estimate, op_table
+from ..step.train import Estimate, estimate
+from .op_table import op_table
 from ..layouts.strategies import breakdown_keys
 from ..cost.memory import DEFAULT_HEADROOM
 from ..specs.cluster import Cluster, load_cluster

@@ -27,7 +27,8 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullLocator  # noqa: E402
 
-from ..step.train import Estimate, op_table  # noqa: E402
+from ..step.train import Estimate  # noqa: E402
+from .op_table import op_table  # noqa: E402
 from ..layouts.strategies import breakdown_keys
 from ..plan.search import describe_row  # noqa: E402
 from ..units import GIB  # noqa: E402

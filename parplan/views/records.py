@@ -7,7 +7,8 @@ from typing import Any
 from ..cost.torus import DCN_LINK
 from ..layouts.torus_map import describe_map, format_map
 from ..specs.slices import AXIS_NAMES
-from ..step.train import Estimate, op_table
+from ..step.train import Estimate
+from .op_table import op_table
 from ..layouts.strategies import axis_names, breakdown_keys
 from ..errors import ParplanError
 from ..units import GIB
@@ -68,6 +69,7 @@ def estimate_dict(est: Estimate) -> dict[str, Any]:
         "hardware_flops_per_step": float(est.hardware_flops_per_step),
         "memory_bytes": {k: float(v) for k, v in est.memory_bytes.items()},
         "hbm_bytes": float(hbm),
+        "host_memory_bytes": float(est.host_memory_bytes),  # offloaded activations, per device
         "headroom": est.headroom,
         "fits": bool(est.fits),
         "breakdown_s": {k: float(est.breakdown_s[k]) for k in breakdown_keys()},
@@ -94,7 +96,7 @@ def software_dict(sw) -> dict[str, Any]:
             "flash_attention": sw.flash_attention, "attention_kernels": list(sw.attention_kernels),
             "elementwise": dict(sw.elementwise), "loss": sw.loss, "moe_overlap": sw.moe_overlap,
             "optimizer_states": sw.optimizer_states, "moe_dispatcher": sw.moe_dispatcher, "tp_overlap": sw.tp_overlap,
-            "defaults": list(sw.notes),
+            "offload_layers": sw.offload_layers, "defaults": list(sw.notes),
             "profile": sw.framework.path}
 
 
@@ -226,6 +228,11 @@ def format_estimate(est: Estimate, batch_note: str | None = None, interval=None)
     for k, v in d["memory_bytes"].items():
         if v > 0 or k == "total":
             lines.append(f"  {k:<17} {v / GIB:8.2f} GiB")
+    if d["host_memory_bytes"] > 0:
+        host = est.cluster.hardware.host_memory_bytes
+        lines.append(f"  in host memory    {d['host_memory_bytes'] / GIB:8.2f} GiB   offloaded activations (of "
+                     + (f"{host / GIB:.0f} GiB a device's share of the host)" if host else "a host size the "
+                        "hardware profile does not state: not checked)"))
     lines.append(f"  fits: {'yes' if d['fits'] else 'NO'}")
     if d["pipeline_ranks"]:
         lines.append("  per pipeline rank: " + ", ".join(

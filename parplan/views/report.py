@@ -1,9 +1,8 @@
 """``parplan report``: a self-contained Markdown report of the plan with its figures.
 
-The report directory (default ``reports/<model>-<cluster>/``) holds ``report.md``,
-the PNGs it references by relative path, and CSVs of the top plans and the
-scaling curves. Every file is written atomically (a temporary file in the same
-directory, then ``os.replace``), so a reader never sees half a report file.
+The report directory (default ``reports/<model>-<cluster>/``) holds ``report.md``, the PNGs it references by
+relative path, and CSVs of the top plans and the scaling curves. Every file is written atomically (a temporary
+file in the same directory, then ``os.replace``), so a reader never sees half a report file.
 """
 from __future__ import annotations
 
@@ -13,12 +12,13 @@ from typing import Any, Sequence
 
 from ..errors import ParplanError
 from .files import check_writable, prepare_dir, slug, write_text
-from ..step.train import Estimate, op_table
+from ..step.train import Estimate
 from ..layouts.strategies import breakdown_keys
 from ..cost.memory import DEFAULT_HEADROOM
 from ..specs.cluster import Cluster
 from ..specs.model import ModelSpec
 from ..units import GIB
+from .op_table import op_table
 from .records import MFU_DEFINITION, collective_rows, estimate_dict
 from ..plan.candidates import default_batch_note
 from ..plan.interval import estimate_interval

@@ -60,7 +60,7 @@ def test_a_registered_axis_appears_in_estimate_explain_and_breakdown(toy_axes):
     est = parplan.estimate(model, parplan.load_cluster("a100x8"), lay)
 
     keys = list(est.breakdown_s)
-    assert keys == list(breakdown_keys()) and keys[-3:] == ["toy_comm", "ftoy_comm", "optimizer"]
+    assert keys == list(breakdown_keys()) and keys[-4:] == ["toy_comm", "ftoy_comm", "offload", "optimizer"]
     toy = [c for c in est.collectives if c.collective.axis == "toy"]
     assert len(toy) == 1 and int(toy[0].collective.group) == 2
     # The toy axis is outermost: every other axis keeps its placement, so the step grows by exactly

@@ -91,8 +91,9 @@ def breakdown_labels() -> dict[str, str]:
 
 
 def breakdown_keys() -> tuple[str, ...]:
-    """The keys of ``Estimate.breakdown_s``, in order: compute, recompute, each axis's, optimizer."""
-    return ("compute", "recompute", *breakdown_labels(), "optimizer")
+    """The keys of ``Estimate.breakdown_s``, in order: compute, recompute, each axis's, the exposed copies of
+    offloaded activations, optimizer."""
+    return ("compute", "recompute", *breakdown_labels(), "offload", "optimizer")
 
 
 def stages_of(strategies: list[Strategy]) -> Stages:

@@ -30,12 +30,14 @@ class LaunchConfig:
     moe_dispatcher: str | None = None
     tp_overlap: str | None = None
     fp8_params: bool | None = None
+    offload_layers: int | None = None
 
 
 def launch(target: str, framework: str, layout: dict, compiled=None, fp8_recipe=None, moe_overlap=None,
-           optimizer_states=None, moe_dispatcher=None, tp_overlap=None, fp8_params=None) -> LaunchConfig:
+           optimizer_states=None, moe_dispatcher=None, tp_overlap=None, fp8_params=None,
+           offload_layers=None) -> LaunchConfig:
     return LaunchConfig(target, framework, MappingProxyType(dict(layout)), compiled, fp8_recipe, moe_overlap,
-                        optimizer_states, moe_dispatcher, tp_overlap, fp8_params)
+                        optimizer_states, moe_dispatcher, tp_overlap, fp8_params, offload_layers)
 
 
 def profile_for(target: str, software, default: str):
@@ -78,9 +80,11 @@ def stage_ends(layout: Layout, model: ModelSpec, framework) -> tuple[int, int] |
 
 
 def software_problem(software, framework) -> str | None:
-    """FP8 recipe and compile choices the framework does not offer."""
+    """FP8 recipe, compile and activation offload choices the framework does not offer."""
     if software is None:
         return None
+    if software.offload_layers and framework.activation_offload is None:
+        return f"{framework.name} keeps every activation on the device (no activation offload); drop --offload-layers"
     if software.fp8_recipe and software.fp8_recipe not in framework.fp8.recipes:
         return f"{framework.name} offers the FP8 recipes {', '.join(framework.fp8.recipes) or 'none'}, " \
                f"not {software.fp8_recipe}"

@@ -30,6 +30,11 @@ TARGET = "maxtext"
 PROFILE = "jax"
 REMAT = {"full": "full", "save-dots": "minimal", "none": "minimal_with_context"}
 REMAT_READ = {"full": "full", "minimal": "save-dots", "minimal_with_context": "none", "minimal_flash": "none"}
+# The names a decoder layer gives its saved tensors (checkpoint_name), which remat_policy custom sets each to
+# device, remat or offload; offloading (--offload-layers) sends full remat's layer inputs, or save-dots' projections.
+PROJECTIONS = ("query_proj", "key_proj", "value_proj", "qkv_proj", "out_proj", "mlpwi", "mlpwi_0", "mlpwi_1", "mlpwo")
+REMAT_NAMES = ("decoder_layer_input", "context") + PROJECTIONS
+OFFLOADED = {"full": ("decoder_layer_input",), "save-dots": PROJECTIONS}
 ACTIVATIONS = {"swiglu": ["silu", "linear"], "gelu": ["gelu"], "relu": ["relu"]}
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "fp8": "bfloat16"}
 AXES = ("data", "fsdp", "tensor", "pipeline", "context")
@@ -93,6 +98,9 @@ def config(layout: Layout, model: ModelSpec, software=None) -> dict:
            "gradient_accumulation_steps": steps,
            "dtype": DTYPES[layout.dtype], "remat_policy": REMAT[layout.recompute],
            "shard_optimizer_over_data": layout.zero == 1, **mesh(layout)}
+    if software is not None and software.offload_layers:  # MaxText offloads a name in every layer of the stack
+        cfg["remat_policy"] = "custom"
+        cfg.update(_custom_remat(layout.recompute))
     if model.mtp_layers:
         cfg["mtp_num_layers"] = model.mtp_layers
     if layout.dtype == "fp8":
@@ -138,7 +146,14 @@ def read(data: dict, world_size: int, model: ModelSpec):
     tp, pp, cp = size["tensor"], size["pipeline"], size["context"]
     dp = size["data"] * size["fsdp"]
     zero = 3 if size["fsdp"] > 1 else (1 if data.get("shard_optimizer_over_data") else 0)
-    remat = data.get("remat_policy", "full")
+    remat, offload = data.get("remat_policy", "full"), None
+    if remat == "custom":  # the two custom policies parplan models: an offload of full's or save-dots' tensors
+        names = {n: data.get(n, "remat") for n in REMAT_NAMES}
+        remat = next((REMAT[r] for r in OFFLOADED if names == _custom_remat(r)), None)
+        if remat is None:
+            raise ParplanError("MaxText config: remat_policy custom is modelled only as offloading "
+                               "decoder_layer_input (full remat) or every projection (minimal), the rest remat")
+        offload = model.layers
     if remat not in REMAT_READ:
         raise ParplanError(f"MaxText config: remat_policy '{remat}' is not modelled; parplan runs "
                            f"{', '.join(REMAT_READ)}")
@@ -170,7 +185,14 @@ def read(data: dict, world_size: int, model: ModelSpec):
         layout["schedule"] = "interleaved" if layout["vpp"] > 1 else "gpipe"
     if cp > 1:
         layout["cp_mode"] = "ring" if data.get("context_parallel_strategy") == "ring" else "allgather"
-    return launch(TARGET, PROFILE, layout, fp8_recipe="current" if dtype == "fp8" else None)
+    return launch(TARGET, PROFILE, layout, fp8_recipe="current" if dtype == "fp8" else None, offload_layers=offload)
+
+
+def _custom_remat(recompute: str) -> dict:
+    """remat_policy custom's names for an offload under ``recompute``: its tensors offloaded, the rest remat."""
+    if recompute not in OFFLOADED:
+        raise ParplanError(f"MaxText offloads under full or save-dots remat, not {recompute}")
+    return {n: "offload" if n in OFFLOADED[recompute] else "remat" for n in REMAT_NAMES}
 
 
 BASE_ICI, BASE_DCN = {"fsdp": -1}, {"data": -1}  # base.yml: ici_fsdp_parallelism -1, dcn_data_parallelism -1

@@ -58,16 +58,16 @@ def problem(layout: Layout, model: ModelSpec, software=None) -> str | None:
     if _pipeline_inside_data(layout) and (layout.cp > 1 or layout.size("ep") > 1):
         return ("Megatron-Core lays the pipeline inside data parallelism (--use-tp-pp-dp-mapping) only with cp = 1 "
                 "and ep = 1; take the placement dp,pp")
-    if software is not None and software.optimizer_states == "bf16":
-        return ("Megatron-LM's flags keep fp32 or fp16 main parameters (--main-params-dtype), not the bf16 optimizer "
-                "state of NeMo's distributed_fused_adam (optim.dtype: bf16); plan with --optimizer-states fp32 or "
-                "bf16-moments")
+    if software is not None and software.optimizer_states == "bf16":  # NeMo's distributed_fused_adam dtype bf16
+        return ("Megatron-LM's flags keep fp32 or fp16 main parameters (--main-params-dtype), not bf16 optimizer "
+                "state; plan with --optimizer-states fp32 or bf16-moments")
+    if software is not None and software.offload_layers:  # later versions: --cpu-offloading-num-layers
+        return "Megatron-LM core_v0.14.0 has no flag for activation offload; drop --offload-layers to emit its flags"
     return rule_problem(layout, model, judged) or software_problem(software, fw)
 
 
 def _pipeline_inside_data(layout: Layout) -> bool:
-    """Whether the placement lays the pipeline stages inside the data-parallel replicas (Megatron-Core's
-    ``--use-tp-pp-dp-mapping``) rather than outside them (its default order)."""
+    """Whether the stages lie inside the data-parallel replicas (--use-tp-pp-dp-mapping), not outside them."""
     order = layout.order
     return layout.pp > 1 and layout.dp > 1 and "pp" in order and "dp" in order and order.index("pp") < order.index("dp")
 
