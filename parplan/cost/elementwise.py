@@ -67,10 +67,16 @@ def traffic(family: str, implementation: str) -> Traffic:
 # ``F.cross_entropy``): the cast 2+4, log-softmax 4+4 (two reads of its input) +4, forward; the
 # zero-filled NLL gradient 4, log-softmax backward 4+4+4, the cast back 4+2, backward. Fused
 # (flash-attn's cross-entropy, or compiled): one read forward, read and overwrite in place backward.
+# te-fused (Transformer Engine's Triton parallel cross-entropy, Megatron-Core --cross-entropy-fusion-impl te;
+# NVIDIA/TransformerEngine v2.7 transformer_engine/pytorch/triton/cross_entropy.py): online_softmax_kernel
+# reads the logits, cross_entropy_kernel reads them again and writes their gradient over them, forward; the
+# backward's element_mul_kernel scales that gradient in place (read and write). From 01bbe3eea (2026-07, PR
+# 3193) TE writes the gradient to a new fp32 tensor instead, which this does not describe.
 LOSS_TRAFFIC = {
     "vocab-parallel": Traffic(14, 6, 3, 2),
     "eager-fp32": Traffic(18, 22, 3, 4),
     "fused": Traffic(2, 4),
+    "te-fused": Traffic(6, 4, 2, 1),
 }
 # What the loss holds per logit at its peak, which is the start of its backward, as (tensors in the
 # activation dtype, fp32 bytes): eager fp32, the log-softmax output, its gradient and the input gradient
@@ -79,8 +85,9 @@ LOSS_TRAFFIC = {
 # softmax it keeps, whose buffer the backward overwrites with the gradient (1, 4; not measured). At 16
 # bits: 12, 4 and 6 bytes. Measured on one H100 by scripts/gpu_memory_phases.py
 # (reports/memory/h100-2026-12-06): 12.4 and 12.5 bytes per logit eager (Llama 3.2 1B, 128k vocabulary;
-# GPT-2 large, 50k), 4.4 and 4.5 compiled, the rest being the final norm.
-LOSS_MEMORY = {"vocab-parallel": (1, 4), "eager-fp32": (0, 12), "fused": (2, 0)}
+# GPT-2 large, 50k), 4.4 and 4.5 compiled, the rest being the final norm. te-fused holds the logits' buffer,
+# which carries their gradient from the forward on (1, 0).
+LOSS_MEMORY = {"vocab-parallel": (1, 4), "eager-fp32": (0, 12), "fused": (2, 0), "te-fused": (1, 0)}
 
 
 def loss_memory_bytes_per_logit(loss: str, activation_bytes: float) -> float:

@@ -38,7 +38,7 @@ from .yamlio import suggest
 ELEMENTWISE_OPS = ("norm", "rope", "activation", "residual", "bias", "softmax", "transposes")
 IMPLEMENTATIONS = ("fused", "eager")
 ATTENTION_KERNELS = ("flash2", "flash3", "cudnn", "splash", "xla")
-LOSSES = ("vocab-parallel", "eager-fp32", "fused")
+LOSSES = ("vocab-parallel", "eager-fp32", "fused", "te-fused")
 FP8_RECIPES = ("delayed", "current", "tensorwise", "rowwise", "blockwise", "mxfp8")
 FP8_CASTS = ("fused", "amax-fused", "separate")
 WEIGHT_CASTS = ("per-step", "per-microbatch")

@@ -3,6 +3,10 @@
 A profile describes training (its ``kernels``, ``data_parallel`` ... sections), serving (its
 ``serving:`` section, :mod:`parplan.specs.serving_stack`), or both; ``load_framework`` reads the
 training part and ``load_serving`` the serving part of the same file.
+
+A profile may ``extends:`` another (a shipped name, or a YAML path relative to its own file): it is the
+other's data with its own laid over it, mapping by mapping, so a release or a user's calibration of a
+stack states only what differs. Its name, aliases and description are its own; sources merge by key.
 """
 from __future__ import annotations
 
@@ -28,9 +32,44 @@ from .yamlio import check_keys, choices, flag, names, number, read_yaml, require
 TRAINING_MARK = "kernels"  # a profile with this section describes training
 
 
+MAX_EXTENDS = 8  # a chain of profiles extending profiles longer than this is refused
+
+
 @lru_cache(maxsize=1)
 def _shipped_data() -> dict[str, Any]:
-    return {name: read_yaml(shipped("frameworks")[name]) for name in shipped_names("frameworks")}
+    return {name: profile_data(shipped("frameworks")[name]) for name in shipped_names("frameworks")}
+
+
+def profile_data(path: Path, _chain: tuple[Path, ...] = ()) -> Any:
+    """A profile file's data with the profile it ``extends`` laid under it (``_chain``: the files above it)."""
+    data = read_yaml(path)
+    if not isinstance(data, dict) or "extends" not in data:
+        return data
+    base_name = data["extends"]
+    if not isinstance(base_name, str) or not base_name:
+        raise ParplanError(f"{path}: extends must name a framework profile or a YAML file, got {base_name!r}")
+    if len(_chain) >= MAX_EXTENDS:
+        raise ParplanError(f"{path}: more than {MAX_EXTENDS} profiles extend one another")
+    local = Path(path).parent / base_name
+    base = local.resolve() if base_name.endswith((".yaml", ".yml")) and local.is_file() else \
+        _profile_path(base_name, lambda: shipped_names("frameworks"))
+    if base in _chain + (Path(path).resolve(),):
+        raise ParplanError(f"{path}: extends '{base_name}', which extends it back")
+    under = require_mapping(profile_data(base, _chain + (Path(path).resolve(),)), str(base))
+    merged = _laid_over(under, {k: v for k, v in data.items() if k != "extends"})
+    for own in ("aliases", "description"):  # not inherited: an alias names one file
+        merged.pop(own, None)
+        if own in data:
+            merged[own] = data[own]
+    return merged
+
+
+def _laid_over(base: dict, top: dict) -> dict:
+    """``base`` with ``top`` over it: mappings merged key by key, anything else replaced."""
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _laid_over(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
 
 
 def framework_names() -> list[str]:
@@ -268,7 +307,7 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
 
 @lru_cache(maxsize=64)
 def _load_path(path: Path) -> Framework:
-    data = read_yaml(path)
+    data = profile_data(path)
     if isinstance(data, dict) and TRAINING_MARK not in data and "serving" in data:
         raise ParplanError(f"framework '{data.get('name', path.stem)}' is a serving stack (use it with --mode "
                            f"inference); training frameworks: {', '.join(framework_names())}")
@@ -277,7 +316,7 @@ def _load_path(path: Path) -> Framework:
 
 @lru_cache(maxsize=64)
 def _load_serving_path(path: Path) -> ServingStack:
-    data = require_mapping(read_yaml(path), str(path))
+    data = require_mapping(profile_data(path), str(path))
     name = text(data, "name", str(path))
     if "serving" not in data:
         raise ParplanError(f"framework '{name}' has no serving section; serving stacks: {', '.join(serving_names())}")
@@ -304,7 +343,7 @@ def _profile_path(name_or_path: str, choices) -> Path:
 
 def profile_kinds(name_or_path: str) -> tuple[bool, bool]:
     """(describes training, describes serving) of a shipped framework or a framework YAML file."""
-    data = read_yaml(_profile_path(name_or_path, lambda: shipped_names("frameworks")))
+    data = profile_data(_profile_path(name_or_path, lambda: shipped_names("frameworks")))
     return isinstance(data, dict) and TRAINING_MARK in data, isinstance(data, dict) and "serving" in data
 
 

@@ -11,6 +11,8 @@ splits take ``--num-virtual-stages-per-pipeline-rank``), else ``--pipeline-model
 (:mod:`.megatron_layout`); ``--recompute-layers`` is ``--recompute-method block``. ``--moe-overlap`` writes
 ``--moe-shared-expert-overlap`` or ``--overlap-moe-expert-parallel-comm --delay-wgrad-compute``; ``--moe-dispatcher
 deepep``, ``--moe-token-dispatcher-type flex --moe-enable-deepep``. NeMo YAML gives the names with underscores.
+Transformer Engine's fused cross-entropy (the ``megatron-bridge`` profile's loss) is ``--cross-entropy-loss-fusion
+--cross-entropy-fusion-impl te``, and those flags read back as that profile.
 A mixture-of-experts model adds ``--num-experts``, ``--moe-router-topk``, ``--moe-ffn-hidden-size``,
 ``--moe-shared-expert-intermediate-size`` (all shared experts together), ``--moe-layer-freq`` (a pattern
 where some layers stay dense), ``--moe-router-score-function``, the all-to-all dispatcher with grouped
@@ -21,7 +23,6 @@ tp), and a capacity factor where tokens are dropped; latent attention ``--multi-
 """
 from __future__ import annotations
 
-import shlex
 from dataclasses import replace
 from functools import lru_cache
 from importlib import resources
@@ -32,9 +33,8 @@ from ...specs.model import ModelSpec
 from ...layouts.split import expressible
 from .common import agree, launch, profile_for, rule_problem, software_problem, stage_ends, whole
 from .megatron_layout import layout_string, parse_layout
+from .megatron_text import flag_pairs, flag_values, one_line, yaml_to_flags
 
-# The Megatron flags parplan reads that take a list of values.
-LIST_FLAGS = frozenset({"recompute-modules"})
 TARGET = "megatron"
 PROFILE = "megatron-core"
 FSDP_STRATEGY = {2: "optim_grads", 3: "optim_grads_params"}
@@ -73,8 +73,7 @@ def _pipeline_inside_data(layout: Layout) -> bool:
 
 
 def text(layout: Layout, model: ModelSpec, software=None) -> str:
-    pairs = _pairs(megatron_args(layout, model, software))
-    return " \\\n  ".join(" ".join(shlex.quote(a) for a in pair) for pair in pairs)
+    return one_line(flag_pairs(megatron_args(layout, model, software)))
 
 
 def megatron_args(layout: Layout, model: ModelSpec, software=None) -> list[str]:
@@ -125,6 +124,7 @@ def megatron_args(layout: Layout, model: ModelSpec, software=None) -> list[str]:
         args.append("--overlap-param-gather")
     if layout.cp > 1:
         args += ["--cp-comm-type", "p2p" if layout.cp_mode == "ring" else "allgather"]
+    args += ["--cross-entropy-loss-fusion", "--cross-entropy-fusion-impl", "te"] if getattr(software, "loss", "") == "te-fused" else []
     args.append({"bf16": "--bf16", "fp16": "--fp16"}.get(layout.dtype, "--bf16"))
     if layout.dtype == "fp8":
         args += ["--fp8-format", "hybrid"]
@@ -219,7 +219,7 @@ UNFUSED_FLAGS = ("--no-masked-softmax-fusion", "--no-bias-gelu-fusion", "--no-bi
 
 def parse_megatron_args(text: str, world_size: int) -> Layout:
     """A Layout from Megatron-LM flags (the inverse of :func:`megatron_args` for the layout fields)."""
-    values = _values(text)
+    values = flag_values(text)
 
     def num(key: str, default: int) -> int:
         v = values.get(key, default)
@@ -298,8 +298,8 @@ def parse_megatron_args(text: str, world_size: int) -> Layout:
 def read(source: str, world_size: int, model: ModelSpec, yaml_data=None):
     """A :class:`LaunchConfig` from Megatron flags (or a Megatron / NeMo YAML mapping)."""
     if yaml_data is not None:
-        source = _yaml_to_flags(yaml_data)
-    values = _values(source)
+        source = yaml_to_flags(yaml_data)
+    values = flag_values(source)
     bad = sorted(k for k in values if k not in megatron_flags())
     if bad:
         raise ParplanError(f"Megatron flags: unknown flag '--{bad[0]}' (not a flag of Megatron-LM core_v0.14.0)")
@@ -328,7 +328,8 @@ def read(source: str, world_size: int, model: ModelSpec, yaml_data=None):
         fields["zero"] = max(fields["zero"], 1)  # NeMo's distributed optimizers shard the optimizer state
         if optim.get("name") == "distributed_fused_adam" and str(optim.get("dtype")) in ("bf16", "torch.bfloat16"):
             states = "bf16"  # Apex DistributedFusedAdam keeps its state (the parameter copy too) in optim.dtype
-    return launch(TARGET, PROFILE, fields, fp8_recipe=recipe, moe_overlap=overlap, optimizer_states=states,
+    te_loss = values.get("cross-entropy-loss-fusion") and values.get("cross-entropy-fusion-impl") == "te"  # its profile
+    return launch(TARGET, "megatron-bridge" if te_loss else PROFILE, fields, fp8_recipe=recipe, moe_overlap=overlap, optimizer_states=states,
                   moe_dispatcher="deepep" if deepep else None, fp8_params=values.get("fp8-param-gather") or None,
                   tp_overlap="collective-matmul" if values.get("tp-comm-overlap") else None)
 
@@ -348,52 +349,3 @@ def _states(values: dict) -> str | None:
     raise ParplanError(f"--use-precision-aware-optimizer with main params, exp_avg, exp_avg_sq in {', '.join(dtypes)}: "
                        f"parplan models fp32 ones and bf16 moments (--exp-avg-dtype bf16 --exp-avg-sq-dtype bf16)")
 
-
-def _values(source: str) -> dict:
-    tokens = shlex.split(source.replace("\\\n", " "), comments=True)
-    values: dict = {}
-    i = 0
-    while i < len(tokens):
-        tok = tokens[i]
-        if tok.startswith("--"):
-            if "=" in tok:
-                key, val = tok[2:].split("=", 1)
-                values[key] = val
-            elif i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
-                j = i + 2
-                if tok[2:] in LIST_FLAGS:  # a flag that takes a list keeps every value up to the next flag
-                    while j < len(tokens) and not tokens[j].startswith("--"):
-                        j += 1
-                values[tok[2:]] = " ".join(tokens[i + 1:j])
-                i = j - 1
-            else:
-                values[tok[2:]] = True
-        i += 1
-    return values
-
-
-def _yaml_to_flags(data) -> str:
-    """Megatron YAML (``--yaml-cfg``) or a NeMo config: keys with underscores, nested under ``model`` for NeMo."""
-    if isinstance(data, dict) and isinstance(data.get("model"), dict):
-        data = data["model"]
-    out = []
-    for key, value in (data or {}).items():
-        if isinstance(value, dict) or value is None or value is False:
-            continue
-        flag = "--" + str(key).replace("_", "-")
-        if isinstance(value, list):  # a multi-valued flag (recompute_modules: [layernorm, moe_act])
-            out += [flag] + [shlex.quote(str(v)) for v in value]
-            continue
-        out += [flag] if value is True else [flag, shlex.quote(str(value))]
-    return " ".join(out)
-
-
-def _pairs(args: list[str]) -> list[list[str]]:
-    """Group flags with their values, one per output line."""
-    out: list[list[str]] = []
-    for a in args:
-        if a.startswith("--") or not out:
-            out.append([a])
-        else:
-            out[-1].append(a)
-    return out
