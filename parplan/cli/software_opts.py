@@ -32,9 +32,10 @@ def software_options(fn):
                           "weights; needs the distributed optimizer or FSDP), where the framework offers it."),
         click.option("--offload-layers", type=click.IntRange(min=1), default=None,
                      help="Keep the saved activations of N layers of each pipeline rank in host memory between "
-                          "their forward and backward (Megatron-Core --cpu-offloading-num-layers; MaxText's remat "
-                          "policy offloading decoder_layer_input), where the framework offers it; the copies run "
-                          "over the hardware's host_link beside the compute."),
+                          "their forward and backward (Megatron-Core --cpu-offloading-num-layers; MaxText's custom "
+                          "remat policy offloading decoder_layer_input under full remat, or the projections under "
+                          "minimal), where the framework offers it; the copies run over the hardware's host_link "
+                          "beside the compute."),
         click.option("--flash-attention/--no-flash-attention", default=None,
                      help="Fused attention on or off (default: the framework's)."),
         click.option("--fused-kernels/--no-fused-kernels", default=None,

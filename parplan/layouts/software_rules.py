@@ -142,7 +142,7 @@ def software_rules(software) -> tuple[Rule, ...]:
                           f"zero must be 1 or more, not {a.zero}"),
         Rule(f"{n} offloads activations under these recompute modes", ('rc',),
              lambda m, a: (offload > 0) & ~np.isin(a.rc, offload_codes),
-             lambda m, a: f"{n} offloads activations under recompute {', '.join(ao.recompute)}, not "
+             lambda m, a: f"{n} offloads activations under recompute {', '.join(ao.recompute if ao else ())}, not "
                           f"{RECOMPUTE[int(a.rc)]}: change --recompute, or drop --offload-layers"),
         Rule(f"{n} offloads activations beside a pipeline", ('pp',),
              lambda m, a: (offload > 0) & (not (ao is None or ao.pipeline)) & (a.pp > 1),

@@ -67,15 +67,19 @@ def _search_all(model, cluster, batches, space_kw):
     return pd.concat(frames, ignore_index=True), evaluated, spaces[0]
 
 
-def binding_constraint(df, ranked, headroom, hbm_bytes) -> str:
+def binding_constraint(df, ranked, headroom, hbm_bytes, host_bytes=None) -> str:
     """What keeps the best plan from being faster: if some faster layout does not fit, memory, told by the
-    one nearest to fitting (the least memory among the faster ones); else what the best plan's time goes to."""
+    one nearest to fitting (the least memory among the faster ones; the host's where its HBM fits and its
+    offloaded activations do not); else what the best plan's time goes to."""
     best = ranked.iloc[0]
     faster = df[(~df["fits"]) & (df["tokens_per_s"] > best["tokens_per_s"] * 1.001)]
     usable = hbm_bytes * (1 - headroom)
     if not faster.empty:
         near = faster.sort_values(["memory_bytes", "tokens_per_s"], ascending=[True, False], kind="stable").iloc[0]
         gain = near["tokens_per_s"] / best["tokens_per_s"] - 1
+        if near["memory_bytes"] <= usable and host_bytes:  # fits the HBM: its offloaded activations do not
+            return (f"host memory: {describe_row(near)} offloads {near['host_memory_bytes'] / GIB:.1f} GiB a device, "
+                    f"more than the host's {host_bytes / GIB:.0f} GiB, and would run {gain:.1%} faster")
         return (f"memory: with {(near['memory_bytes'] - usable) / GIB:.1f} GiB more usable HBM per device, "
                 f"{describe_row(near)} ({near['memory_bytes'] / GIB:.1f} GiB of the {usable / GIB:.1f} usable) "
                 f"would run {gain:.1%} faster")
@@ -142,7 +146,8 @@ def make_plan(model, cluster, *, global_batch=None, dtype="bf16", objective="thr
     layouts = checked[:top]
     binding = sens = None
     if explain:
-        binding = binding_constraint(df, ranked, headroom, cluster.hardware.hbm_bytes)
+        binding = binding_constraint(df, ranked, headroom, cluster.hardware.hbm_bytes,
+                                     cluster.hardware.host_memory_bytes)
 
         def best_time(cl):
             d2, _, _ = _search_all(model, cl, batches, space_kw)

@@ -6,7 +6,8 @@ training part and ``load_serving`` the serving part of the same file.
 
 A profile may ``extends:`` another (a shipped name, or a YAML path relative to its own file): it is the
 other's data with its own laid over it, mapping by mapping, so a release or a user's calibration of a
-stack states only what differs. Its name, aliases and description are its own; sources merge by key.
+stack states only what differs. Its name, aliases and description are its own; sources merge by key, a value
+it sets dropping the citation it inherited for it.
 """
 from __future__ import annotations
 
@@ -50,18 +51,25 @@ def profile_data(path: Path, _chain: tuple[Path, ...] = ()) -> Any:
         raise ParplanError(f"{path}: extends must name a framework profile or a YAML file, got {base_name!r}")
     if len(_chain) >= MAX_EXTENDS:
         raise ParplanError(f"{path}: more than {MAX_EXTENDS} profiles extend one another")
-    local = Path(path).parent / base_name
-    base = local.resolve() if base_name.endswith((".yaml", ".yml")) and local.is_file() else \
-        _profile_path(base_name, lambda: shipped_names("frameworks"))
+    if base_name.endswith((".yaml", ".yml")):  # a file beside this one
+        base = (Path(path).parent / base_name).resolve()
+        if not base.is_file():
+            raise ParplanError(f"{path}: extends '{base_name}', but {base} is not a file")
+    else:
+        base = _profile_path(base_name, lambda: shipped_names("frameworks"))
     if base in _chain + (Path(path).resolve(),):
         raise ParplanError(f"{path}: extends '{base_name}', which extends it back")
-    under = require_mapping(profile_data(base, _chain + (Path(path).resolve(),)), str(base))
-    merged = _laid_over(under, {k: v for k, v in data.items() if k != "extends"})
-    for own in ("aliases", "description"):  # not inherited: an alias names one file
-        merged.pop(own, None)
-        if own in data:
-            merged[own] = data[own]
+    under = dict(require_mapping(profile_data(base, _chain + (Path(path).resolve(),)), str(base)))
+    own = {k: v for k, v in data.items() if k not in ("extends", "sources")}
+    # A value the profile sets drops the citation it inherited for that value and anything under it.
+    inherited = {k: v for k, v in (under.get("sources") or {}).items()
+                 if not any(k == p or k.startswith(p + ".") for p in _leaf_paths(own))}
+    merged = _laid_over({k: v for k, v in under.items() if k not in NOT_INHERITED}, own)
+    merged["sources"] = {**inherited, **(data.get("sources") or {})}
     return merged
+
+
+NOT_INHERITED = ("name", "aliases", "description", "sources")  # a profile's own (an alias names one file)
 
 
 def _laid_over(base: dict, top: dict) -> dict:
@@ -69,6 +77,15 @@ def _laid_over(base: dict, top: dict) -> dict:
     out = dict(base)
     for k, v in top.items():
         out[k] = _laid_over(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+def _leaf_paths(data: dict, prefix: str = "") -> list[str]:
+    """The dotted paths of a mapping's values that are not mappings (``kernels.loss``)."""
+    out = []
+    for k, v in data.items():
+        path = f"{prefix}{k}"
+        out += _leaf_paths(v, path + ".") if isinstance(v, dict) and v else [path]
     return out
 
 

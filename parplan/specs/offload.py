@@ -6,7 +6,8 @@ the layer's input under full recompute). The frameworks differ in when they allo
 
 * Megatron-Core ``--cpu-offloading-num-layers N``: N layers of the rank's block offload the tensors their
   backward saves; N below the model's layers, no pipeline, no activation recompute (NVIDIA/Megatron-LM
-  d98e8a64 megatron/core/transformer/transformer_config.py, the cpu_offloading checks);
+  d98e8a64 megatron/core/transformer/transformer_config.py, the cpu_offloading checks); up to core_v0.14.0
+  ``cpu_offloading_weights`` defaults on and moves the weights too, which this does not price;
 * MaxText: a remat policy that names a saved tensor ``offload`` (``remat_policy: custom`` with
   ``decoder_layer_input: offload``, base.yml) moves it to host memory in every layer of the scanned stack.
 
@@ -53,7 +54,8 @@ def check_offload_layers(framework, layers) -> int | None:
     """``--offload-layers``: a whole number of layers, 1 or more, on a framework that offloads (one line else)."""
     if layers is None:
         return None
-    if isinstance(layers, bool) or not float(layers).is_integer() or int(layers) < 1:
+    if isinstance(layers, bool) or not isinstance(layers, (int, float)) or not float(layers).is_integer() \
+            or int(layers) < 1:
         raise ParplanError(f"--offload-layers must be a whole number of layers, 1 or more, not {layers}")
     if framework.activation_offload is None:
         raise ParplanError(f"framework '{framework.name}' keeps every activation on the device (no "

@@ -83,11 +83,11 @@ class Estimate:
 
     def columns(self) -> dict[str, Any]:
         """The estimate's numbers as flat columns: ``step_time_s``, ``tokens_per_s``, ``mfu``, ``hfu``,
-        ``tflops_per_device``, ``memory_bytes`` (the total), ``fits`` and ``<breakdown key>_s``, the
+        ``tflops_per_device``, ``memory_bytes`` (the total), ``host_memory_bytes``, ``fits`` and ``<breakdown key>_s``, the
         names of ``estimate --format json`` and of the search's rows (arrays for candidate arrays)."""
         out = {"step_time_s": self.step_time_s, "tokens_per_s": self.tokens_per_s, "mfu": self.mfu,
                "hfu": self.hfu, "tflops_per_device": self.tflops_per_device,
-               "memory_bytes": self.memory_bytes["total"], "fits": self.fits}
+               "memory_bytes": self.memory_bytes["total"], "host_memory_bytes": self.host_memory_bytes, "fits": self.fits}
         out.update({f"{k}_s": v for k, v in self.breakdown_s.items()})
         return out
 

@@ -100,3 +100,19 @@ def test_megatron_flags_carry_the_te_cross_entropy_and_read_back_as_bridge():
     assert megatron.read(" ".join(args), 8, m).framework == "megatron-bridge"
     plain = [a for a in args if a not in ("--cross-entropy-loss-fusion", "--cross-entropy-fusion-impl", "te")]
     assert megatron.read(" ".join(plain), 8, m).framework == "megatron-core"
+
+
+def test_a_profile_names_itself_and_cites_what_it_sets(tmp_path):
+    """The name is never inherited; a value the profile sets drops the citation the base gave it."""
+    with pytest.raises(ParplanError, match="name"):
+        load_framework(_write(tmp_path, "noname.yaml", {"extends": "megatron-core"}))
+    fw = load_framework(_write(tmp_path, "mine.yaml", {"name": "mine", "extends": "megatron-core",
+                                                       "kernels": {"loss": "fused"}}))
+    assert fw.name == "mine" and "kernels.loss" not in fw.sources and "kernels.attention" in fw.sources
+
+
+def test_a_file_it_extends_lies_beside_it(tmp_path):
+    (tmp_path / "sub").mkdir()
+    path = _write(tmp_path / "sub", "child.yaml", {"name": "child", "extends": "base.yaml"})
+    with pytest.raises(ParplanError, match="is not a file"):
+        load_framework(path)

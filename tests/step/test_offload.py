@@ -149,3 +149,59 @@ def test_megatron_flags_of_core_v014_cannot_offload():
     sw = resolve_software(load_framework("megatron-core"), offload_layers=8)
     said = megatron.problem(Layout(dp=8, zero=1, micro_batch=1, global_batch=8), m, sw)
     assert said is not None and "no flag for activation offload" in said
+
+
+def test_the_plan_search_offloads_every_candidate_and_names_host_memory_when_it_binds():
+    """plan --offload-layers runs the arrays of candidates; with too little host memory for the fastest
+    candidate, the plan takes a slower one and the binding constraint names the host's memory, not HBM."""
+    from parplan.plan.planner import make_plan
+
+    m = model_from_dict(TOY, "toy")
+    cl = parplan.load_cluster("tpu-v6ex16")
+    sw = resolve_software(load_framework("jax"), offload_layers=16)
+    fixed = {"recompute": "full", "zero": 3}
+    roomy = make_plan(m, cl, global_batch=32, fixed=fixed, software=sw, top=3, with_intervals=False)
+    assert all(float(e.host_memory_bytes) > 0 for e in roomy.estimates)
+    fastest = roomy.ranked.iloc[0]
+    cheaper = roomy.ranked[roomy.ranked["host_memory_bytes"] < fastest["host_memory_bytes"]]
+    assert not cheaper.empty  # fewer micro-batch rows in flight: less on the host
+    cap = (float(fastest["host_memory_bytes"]) + float(cheaper["host_memory_bytes"].max())) / 2
+    tight = replace(cl, hardware=replace(cl.hardware, host_memory_bytes=cap))
+    best = make_plan(m, tight, global_batch=32, fixed=fixed, software=sw, top=3, with_intervals=False, explain=True)
+    assert float(best.estimates[0].host_memory_bytes) <= cap
+    assert float(best.estimates[0].step_time_s) > float(roomy.estimates[0].step_time_s)
+    assert best.binding_constraint.startswith("host memory") and "more than the host's" in best.binding_constraint
+
+
+def test_a_pipeline_keeps_its_micro_batches_in_flight_on_the_host():
+    """GPipe on 2 stages holds every micro-batch's activations until the backward: the host holds the offloaded
+    layers' activations of each micro-batch in flight, the device one layer's beside the rest."""
+    m = model_from_dict(TOY, "toy")
+    cl = parplan.load_cluster("tpu-v6ex8")
+    lay = Layout(dp=4, pp=2, zero=0, micro_batch=1, global_batch=16, recompute="full", schedule="gpipe")
+    jax = load_framework("jax")
+    plain = parplan.estimate(m, cl, lay, software=resolve_software(jax))
+    off = parplan.estimate(m, cl, lay, software=resolve_software(jax, offload_layers=8))
+    inputs = 8192 * 4096 * 2  # one layer's input, bf16
+    in_flight = 4  # micro-batches per pipeline per step, all held under GPipe
+    assert float(off.host_memory_bytes) == pytest.approx(8 * inputs * in_flight, rel=1e-6)
+    assert float(plain.memory_bytes["activations"] - off.memory_bytes["activations"]) == pytest.approx(
+        8 * inputs * in_flight - inputs, rel=1e-6)
+
+
+def test_non_numbers_are_refused_in_one_line():
+    with pytest.raises(ParplanError, match="whole number of layers"):
+        resolve_software(load_framework("jax"), offload_layers="abc")
+
+
+def test_a_nemo_config_that_offloads_reads_back_its_layers():
+    m = parplan.load_model("llama3-8b")
+    base = {"tensor_model_parallel_size": 1, "pipeline_model_parallel_size": 1, "micro_batch_size": 1,
+            "global_batch_size": 8, "num_layers": 32, "hidden_size": 4096}
+    on = megatron.read("", 8, m, yaml_data={"model": {**base, "cpu_offloading": True, "cpu_offloading_num_layers": 8}})
+    assert on.offload_layers == 8
+    off = megatron.read("", 8, m, yaml_data={"model": {**base, "cpu_offloading": False, "cpu_offloading_num_layers": 8}})
+    assert off.offload_layers is None
+    flags = megatron.read("--tensor-model-parallel-size 1 --micro-batch-size 1 --global-batch-size 8 "
+                          "--cpu-offloading-num-layers 4", 8, m)
+    assert flags.offload_layers == 4

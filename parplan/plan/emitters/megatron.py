@@ -39,6 +39,9 @@ TARGET = "megatron"
 PROFILE = "megatron-core"
 FSDP_STRATEGY = {2: "optim_grads", 3: "optim_grads_params"}
 SELECTIVE_MODULES = {"norm-act": ("layernorm", "moe_act"), "mla-up-proj": ("mla_up_proj",)}  # --recompute-modules
+# Activation offload: NeMo's model config and later Megatron-LM flags (TransformerConfig), not core_v0.14.0's.
+OFFLOAD_FLAGS = ("cpu-offloading", "cpu-offloading-num-layers", "cpu-offloading-activations",
+                 "cpu-offloading-weights", "cpu-offloading-double-buffering")
 # The Megatron flags that restate the model, each with the model field it must agree with.
 MODEL_FLAGS = (("num-layers", "layers"), ("hidden-size", "hidden"), ("ffn-hidden-size", "ffn_hidden"),
                ("num-attention-heads", "heads"), ("num-query-groups", "kv_heads"), ("mtp-num-layers", "mtp_layers"),
@@ -124,7 +127,8 @@ def megatron_args(layout: Layout, model: ModelSpec, software=None) -> list[str]:
         args.append("--overlap-param-gather")
     if layout.cp > 1:
         args += ["--cp-comm-type", "p2p" if layout.cp_mode == "ring" else "allgather"]
-    args += ["--cross-entropy-loss-fusion", "--cross-entropy-fusion-impl", "te"] if getattr(software, "loss", "") == "te-fused" else []
+    if getattr(software, "loss", "") == "te-fused":  # Transformer Engine's fused cross-entropy
+        args += ["--cross-entropy-loss-fusion", "--cross-entropy-fusion-impl", "te"]
     args.append({"bf16": "--bf16", "fp16": "--fp16"}.get(layout.dtype, "--bf16"))
     if layout.dtype == "fp8":
         args += ["--fp8-format", "hybrid"]
@@ -300,7 +304,7 @@ def read(source: str, world_size: int, model: ModelSpec, yaml_data=None):
     if yaml_data is not None:
         source = yaml_to_flags(yaml_data)
     values = flag_values(source)
-    bad = sorted(k for k in values if k not in megatron_flags())
+    bad = sorted(k for k in values if k not in megatron_flags() and k not in OFFLOAD_FLAGS)
     if bad:
         raise ParplanError(f"Megatron flags: unknown flag '--{bad[0]}' (not a flag of Megatron-LM core_v0.14.0)")
     for flag, attr in MODEL_FLAGS:
@@ -328,10 +332,22 @@ def read(source: str, world_size: int, model: ModelSpec, yaml_data=None):
         fields["zero"] = max(fields["zero"], 1)  # NeMo's distributed optimizers shard the optimizer state
         if optim.get("name") == "distributed_fused_adam" and str(optim.get("dtype")) in ("bf16", "torch.bfloat16"):
             states = "bf16"  # Apex DistributedFusedAdam keeps its state (the parameter copy too) in optim.dtype
-    te_loss = values.get("cross-entropy-loss-fusion") and values.get("cross-entropy-fusion-impl") == "te"  # its profile
-    return launch(TARGET, "megatron-bridge" if te_loss else PROFILE, fields, fp8_recipe=recipe, moe_overlap=overlap, optimizer_states=states,
+    # Transformer Engine's cross-entropy is the megatron-bridge profile's loss
+    te_loss = values.get("cross-entropy-loss-fusion") and values.get("cross-entropy-fusion-impl") == "te"
+    return launch(TARGET, "megatron-bridge" if te_loss else PROFILE, fields, fp8_recipe=recipe,
+                  moe_overlap=overlap, optimizer_states=states,
                   moe_dispatcher="deepep" if deepep else None, fp8_params=values.get("fp8-param-gather") or None,
-                  tp_overlap="collective-matmul" if values.get("tp-comm-overlap") else None)
+                  tp_overlap="collective-matmul" if values.get("tp-comm-overlap") else None,
+                  offload_layers=_offload_layers(values, yaml_data is not None))
+
+
+def _offload_layers(values: dict, nemo: bool) -> int | None:
+    """The layers offloaded: NeMo's config needs cpu_offloading true beside the count; later Megatron-LM flags
+    turn it on with a count above 0 (megatron/training/arguments.py at d98e8a64)."""
+    n = values.get("cpu-offloading-num-layers")
+    if n in (None, "0") or (nemo and not values.get("cpu-offloading")):
+        return None
+    return whole(n, "--cpu-offloading-num-layers")
 
 
 # NeMo's sharded optimizers (NeMo-Framework-Launcher conf/training: distributed_fused_adam to 2024, then mcore's).
