@@ -30,15 +30,21 @@ GEMM = 8192  # the square bf16 GEMM the copies run beside
 FIELDS = ("case", "mib", "reps", "seconds", "gb_per_s", "gemm_alone_s", "gemm_beside_s", "gemm_slowdown")
 
 
+def queue_copy(dst, src, stream):
+    """Queue one ``dst.copy_(src)`` on ``stream`` (non-blocking from pinned memory) between two timing events."""
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    with torch.cuda.stream(stream):
+        a.record()
+        dst.copy_(src, non_blocking=True)
+        b.record()
+    return a, b
+
+
 def copy_seconds(dst, src, stream, reps: int) -> float:
-    """Median seconds of one ``dst.copy_(src)`` on ``stream`` (non-blocking from pinned memory)."""
+    """Median seconds of one copy on ``stream``."""
     times = []
     for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        with torch.cuda.stream(stream):
-            a.record()
-            dst.copy_(src, non_blocking=True)
-            b.record()
+        a, b = queue_copy(dst, src, stream)
         torch.cuda.synchronize()
         times.append(a.elapsed_time(b) / 1e3)
     return statistics.median(times)
@@ -90,11 +96,7 @@ def beside_gemm(dst, src, reps: int) -> tuple[float, float, float]:
         torch.cuda.synchronize()
         alone.append(e0.elapsed_time(e1) / 1e3 / n)
         e0, e1, n = gemm_seconds(a, b, n_cover, compute)
-        c0, c1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        with torch.cuda.stream(copier):
-            c0.record()
-            dst.copy_(src, non_blocking=True)
-            c1.record()
+        c0, c1 = queue_copy(dst, src, copier)
         torch.cuda.synchronize()
         copies.append(c0.elapsed_time(c1) / 1e3)
         beside.append(e0.elapsed_time(e1) / 1e3 / n)
