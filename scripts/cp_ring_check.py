@@ -32,7 +32,8 @@ from parplan.specs.model_loader import load_model
 from parplan.step.train import estimate
 
 # (query heads, KV heads) per rank -> (model, TP) that has them
-MODELS = {(32, 8): ("llama3.1-8b", 1), (16, 2): ("llama3.1-70b", 4), (16, 1): ("llama3.1-405b", 8)}
+MODELS = {(32, 8): ("llama3.1-8b", 1), (16, 2): ("llama3.1-70b", 4), (16, 1): ("llama3.1-405b", 8),
+          (32, 2): ("llama3.1-405b", 4)}
 
 
 def software(kernel: str):
@@ -55,7 +56,9 @@ def predicted(hw: str, seq: int, cp: int, heads: int, kv_heads: int, kernel: str
                 model_merge_fwd_s=merge[0], model_merge_bwd_s=merge[1])
 
 
-TABLE_TOKENS = 16384  # the attention tables' grid: the batch making 16k tokens (scripts/gpu_stack_kernels.py)
+# The attention tables' grid (scripts/gpu_stack_kernels.py): 64 heads of 64 or 32 heads of 128, the batch
+# making 16k tokens.
+TABLE_TOKENS, TABLE_HEAD_COLUMNS = 16384, 4096
 
 
 def tile_schedule_efficiency(seq: int, heads: int, slots: int, fixed: float = 1.0) -> float:
@@ -82,7 +85,7 @@ def single_kernels(rows: pd.DataFrame, hw) -> pd.DataFrame:
             flops = 2.0 * seq * seq * r.heads * 128                 # causal forward
             model_f = flops / (hw.peak("bf16") * float(eff_f)) + hw.kernel_overhead_s
             model_b = 2.5 * flops / (hw.peak("bf16") * float(eff_b)) + hw.kernel_overhead_s
-            table = r.heads * max(1, TABLE_TOKENS // seq)
+            table = (TABLE_HEAD_COLUMNS // int(r.head_dim)) * max(1, TABLE_TOKENS // seq)
             tail = (tile_schedule_efficiency(seq, table, hw.compute_units) /
                     tile_schedule_efficiency(seq, r.heads, hw.compute_units))
             out.append(dict(seq=seq, heads=r.heads, fwd=fwd / model_f, bwd=bwd / model_b, tiles_schedule=tail))
@@ -95,6 +98,10 @@ def main() -> None:
     p.add_argument("--hw", default="h100-sxm")
     p.add_argument("--kernel", default=None, help="the attention kernel to predict with (default: the CSV's backend)")
     args = p.parse_args()
+    hw = load_hardware(args.hw)
+    if args.kernel is not None and args.kernel not in hw.attention_kernels:
+        raise SystemExit(f"{args.hw} has no measured attention kernel '{args.kernel}' "
+                         f"(it has: {', '.join(hw.attention_kernels) or 'none'})")
     rows = pd.read_csv(args.csv)
     out = []
     for r in rows.itertuples():
@@ -116,7 +123,7 @@ def main() -> None:
         print(f"{col}: median {statistics.median(table[col]):.3f}")
     print("\nsingle causal kernels at micro-batch 1, measured over the model (fwd, bwd), and the list schedule's "
           "slowdown from the table's grid to this one (tiles_schedule)")
-    print(single_kernels(rows, load_hardware(args.hw)).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(single_kernels(rows, hw).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 
 if __name__ == "__main__":

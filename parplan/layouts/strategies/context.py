@@ -12,11 +12,12 @@ block the ring brings): their FLOPs are the 1/cp share above, timed at the kerne
 local query length (measured within 2-8% of the block-by-block kernels on H200 at 32k-128k tokens,
 reports/gpu-checks/h200-2026-12-06/ring_attention.csv, and on H100 at 8k-32k tokens with 32 query
 heads within -10% to +6%, FlashAttention-2, reports/gpu-checks/h100-2026-12-07c; with 16 heads at 8k
-the blocks run 19-46% slower, as one causal kernel over so few heads does: a small grid's causal
-tail, not the ring, and not priced yet). Each later forward step adds a pass that
-rescales the running output by the log-sum-exps and adds the step's partial output, and each
-backward step accumulates dq and dk/dv (Transformer Engine's ``flash_attn_fwd_out_correction``
-and the ``dq``/``dkv`` ``add_`` of ``AttnFuncWithCP``): :meth:`ContextParallel.layer_ops`.
+the blocks run 19-46% slower forward and 3-42% backward, where a single causal kernel over 16 heads
+at micro-batch 1 runs 15-70% slower forward than the attention table too: unpriced). Each later
+forward step adds a pass that rescales the running output by the log-sum-exps and adds the step's
+partial output, and each backward step accumulates dq and dk/dv (Transformer Engine's
+``flash_attn_fwd_out_correction`` and the ``dq``/``dkv`` ``add_`` of ``AttnFuncWithCP``):
+:meth:`ContextParallel.layer_ops`.
 """
 from __future__ import annotations
 
