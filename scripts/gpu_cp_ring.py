@@ -79,20 +79,37 @@ def _flash_bwd(do, q, k, v, o, lse, fwd, causal):
         do, q, k, v, o, lse, cq, ck, mq, mk, 0.0, causal, seed, offset)
 
 
+def _cudnn_meta(q, k, v, causal):
+    """cuDNN's forward recorded for autograd, for the backward to replay: (out, lse, ..., leaves)."""
+    leaves = tuple(t.detach().requires_grad_() for t in (q, k, v))
+    with torch.enable_grad():
+        f = _cudnn(*leaves, causal)
+    return (*f, leaves)
+
+
+def _cudnn_bwd_autograd(do, q, k, v, o, lse, fwd, causal):
+    """cuDNN's backward kernel reached through autograd (ATen's own backward op refused the call): the
+    same kernel on the same shapes, against the forward's own output and log-sum-exp."""
+    return torch.autograd.grad(fwd[0], fwd[-1], do, retain_graph=True)
+
+
 def _pick_backend():
-    """cuDNN (Transformer Engine's choice on Hopper) where ATen offers it, else FlashAttention-2
-    (``--backend=flash2`` asks for it)."""
+    """(name, forward, backward, the forward that records what the backward needs): cuDNN (Transformer
+    Engine's choice on Hopper) where ATen offers it, its backward called directly or else through
+    autograd; else FlashAttention-2 (``--backend=flash2`` asks for it)."""
     if "--backend=flash2" in sys.argv:
-        return "flash2", _flash, _flash_bwd
-    try:
-        t = torch.randn(1, 2, 256, HEAD_DIM, device=DEV, dtype=BF16)
-        f = _cudnn(t, t, t, True)
-        _cudnn_bwd(t, t, t, t, f[0], f[1], f, True)
-        return "cudnn", _cudnn, _cudnn_bwd
-    except Exception as exc:  # noqa: BLE001
-        print(f"cuDNN attention unavailable ({type(exc).__name__}: {str(exc).splitlines()[0][:300]}); "
-              "FlashAttention-2", flush=True)
-        return "flash2", _flash, _flash_bwd
+        return "flash2", _flash, _flash_bwd, _flash
+    t = torch.randn(1, 2, 256, HEAD_DIM, device=DEV, dtype=BF16)
+    for meta, bwd in ((_cudnn, _cudnn_bwd), (_cudnn_meta, _cudnn_bwd_autograd)):
+        try:
+            f = meta(t, t, t, True)
+            bwd(t, t, t, t, f[0], f[1], f, True)
+            return "cudnn", _cudnn, bwd, meta
+        except Exception as exc:  # noqa: BLE001
+            print(f"cuDNN attention through {bwd.__name__} failed: {type(exc).__name__}: "
+                  f"{' '.join(str(exc).split())[:600]}", flush=True)
+    print("FlashAttention-2 instead", flush=True)
+    return "flash2", _flash, _flash_bwd, _flash
 
 
 def _sq(lse):
@@ -157,7 +174,7 @@ class Rank:
     def __init__(self, seq, cp, heads, kv_heads, backend):
         self.cp, self.S = cp, seq // cp
         self.r = cp // 2              # a middle rank: at cp 4 and 8 KV from both earlier and later ranks
-        self.fwd_k, self.bwd_k = backend
+        self.fwd_k, self.bwd_k, self.meta_k = backend
         S, h, d = self.S, heads, HEAD_DIM
         mk = lambda n, hh: torch.randn(1, hh, n, d, device=DEV, dtype=BF16)  # noqa: E731
         self.q, self.do = mk(S, h), mk(S, h)
@@ -268,7 +285,7 @@ class Rank:
         self._fwd_meta = []
         for kind, qs, ks, causal in self.steps:
             q, k, v = self._views(qs, ks)
-            self._fwd_meta.append(self.fwd_k(q, k, v, causal))
+            self._fwd_meta.append(self.meta_k(q, k, v, causal))
 
     def kernels_forward(self):
         for kind, qs, ks, causal in self.steps:
@@ -282,9 +299,9 @@ class Rank:
             self.bwd_k(self.do[:, :, qs], q, k, v, out[:, :, qs], ll, self._fwd_meta[i], causal)
 
 
-def _causal_times(fwd_k, bwd_k, q, k, v, do):
+def _causal_times(fwd_k, bwd_k, meta_k, q, k, v, do):
     """GPU seconds of one causal kernel over q, k, v: forward, backward."""
-    f = fwd_k(q, k, v, True)
+    f = meta_k(q, k, v, True)
     return (timed(lambda: fwd_k(q, k, v, True), reps=7, batch=3, sleep_cycles=SLEEP),
             timed(lambda: bwd_k(do, q, k, v, f[0], f[1], f, True), reps=7, batch=3, sleep_cycles=SLEEP))
 
@@ -292,7 +309,7 @@ def _causal_times(fwd_k, bwd_k, q, k, v, do):
 def main() -> None:
     out_dir = sys.argv[1]
     os.makedirs(out_dir, exist_ok=True)
-    name, fwd_k, bwd_k = _pick_backend()
+    name, fwd_k, bwd_k, meta_k = _pick_backend()
     try:
         fused = [_fuse(f) for f in (_out_init, _out_correction, _lse_merge)]
         t = torch.randn(1, 2, 256, HEAD_DIM, device=DEV, dtype=BF16)
@@ -311,13 +328,13 @@ def main() -> None:
                    "corrections"])
     for seq, heads, kv_heads in (SHAPES[:1] if QUICK else SHAPES):
         try:
-            full_f, full_b = _causal_times(fwd_k, bwd_k, *(torch.randn(1, heads, seq, HEAD_DIM, device=DEV,
+            full_f, full_b = _causal_times(fwd_k, bwd_k, meta_k, *(torch.randn(1, heads, seq, HEAD_DIM, device=DEV,
                                                                        dtype=BF16) for _ in range(4)))
             for cp in ((2,) if QUICK else CPS):
                 if seq // cp < MIN_LOCAL or (seq > 16384 and cp > 2):
                     continue
-                rank = Rank(seq, cp, heads, kv_heads, (fwd_k, bwd_k))
-                local_f, local_b = _causal_times(fwd_k, bwd_k, rank.q, rank.k, rank.v, rank.do)
+                rank = Rank(seq, cp, heads, kv_heads, (fwd_k, bwd_k, meta_k))
+                local_f, local_b = _causal_times(fwd_k, bwd_k, meta_k, rank.q, rank.k, rank.v, rank.do)
                 rank.prepare_backward()
                 rank.forward()
                 row = dict(kernels_fwd_s=timed(rank.kernels_forward, reps=7, batch=3, sleep_cycles=SLEEP),
