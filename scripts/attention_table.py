@@ -2,7 +2,7 @@
 
 Each measured causal attention rate becomes the table entry that makes the model give that rate at that
 shape (``parplan.cost.kernels.attention_curve_fraction``: the rate over the profile's GEMM rate, peak x
-matmul_efficiency, and the query tiles' last-wave utilization), so the profile reproduces its measurements;
+matmul_efficiency, and the causal tiles' utilization at the measured grid), so the profile reproduces its measurements;
 ``flash`` rows (SDPA's FLASH_ATTENTION backend, FlashAttention-2) are the ``flash2`` kernel.
 
 usage: python scripts/attention_table.py reports/gpu-checks/h100-2026-12-06c/attention.csv --hw h100-sxm
@@ -28,7 +28,7 @@ def table(path: str, hw_name: str) -> str:
     d = d[d["backend"].isin(KERNELS)]
     heads = d["heads"] * d["batch"]
     d = d.assign(forward=attention_curve_fraction(hw, d["seq"], heads, d["fwd_tflops"] * 1e12),
-                 backward=attention_curve_fraction(hw, d["seq"], heads, d["bwd_tflops"] * 1e12))
+                 backward=attention_curve_fraction(hw, d["seq"], heads, d["bwd_tflops"] * 1e12, backward=True))
     lines = ["attention_kernels:"]
     for backend, rows in d.groupby("backend", sort=False):
         seqs = sorted(rows["seq"].unique())

@@ -6,10 +6,8 @@ ring context parallelism, and its layer's ``flash_attention`` and ``cp_ring_merg
 backward) are printed beside the rank's kernels alone and the whole rank as Transformer Engine runs it.
 
 A second table puts each single causal kernel of the CSV (the whole sequence, and the local S rows) beside
-the model at micro-batch 1, and beside what a list schedule of its query tiles predicts against the grid
-the profile's attention table was measured at (the batch making 16k tokens): causal tiles carry unequal
-work (a query tile of index m visits m + 1 key tiles), the kernel launches them head by head, shortest
-first, and with few heads the longest ones are left to run alone at the end.
+the model at micro-batch 1, whose causal tiles' list schedule (``parplan.cost.kernels.tile_utilization``)
+carries the slowdown of a small grid.
 
 usage: python scripts/cp_ring_check.py reports/gpu-checks/DIR/cp_ring_te2.7_flash2.csv [--hw h100-sxm]
 """
@@ -17,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import heapq
 import statistics
 
 import pandas as pd
 
-from parplan.cost.kernels import ATTENTION_BLOCK_ROWS, attention_efficiency
+from parplan.cost.kernels import attention_efficiency
 from parplan.layouts.layout import Layout
 from parplan.specs.hardware import load_hardware
 from parplan.specs.cluster import load_cluster
@@ -56,25 +53,8 @@ def predicted(hw: str, seq: int, cp: int, heads: int, kv_heads: int, kernel: str
                 model_merge_fwd_s=merge[0], model_merge_bwd_s=merge[1])
 
 
-# The attention tables' grid (scripts/gpu_stack_kernels.py): 64 heads of 64 or 32 heads of 128, the batch
-# making 16k tokens.
-TABLE_TOKENS, TABLE_HEAD_COLUMNS = 16384, 4096
-
-
-def tile_schedule_efficiency(seq: int, heads: int, slots: int, fixed: float = 1.0) -> float:
-    """Busy share of ``slots`` SMs when a causal kernel's query tiles, launched head by head shortest first,
-    are list-scheduled: tile m of a head costs m + 1 key tiles plus ``fixed`` (its load and store)."""
-    tiles = -(-seq // ATTENTION_BLOCK_ROWS)
-    work = [m + 1 + fixed for _ in range(heads) for m in range(tiles)]
-    free = [0.0] * slots
-    for w in work:
-        heapq.heappush(free, heapq.heappop(free) + w)
-    return sum(work) / (slots * max(free))
-
-
 def single_kernels(rows: pd.DataFrame, hw) -> pd.DataFrame:
-    """Each distinct single causal kernel of the CSV: measured over the model, and the list schedule's
-    efficiency at the table's grid over its own at micro-batch 1."""
+    """Each distinct single causal kernel of the CSV: measured over the model."""
     out, seen = [], set()
     for r in rows.itertuples():
         for seq, fwd, bwd in ((r.seq, r.full_fwd_s, r.full_bwd_s), (r.seq // r.cp, r.local_fwd_s, r.local_bwd_s)):
@@ -85,10 +65,7 @@ def single_kernels(rows: pd.DataFrame, hw) -> pd.DataFrame:
             flops = 2.0 * seq * seq * r.heads * 128                 # causal forward
             model_f = flops / (hw.peak("bf16") * float(eff_f)) + hw.kernel_overhead_s
             model_b = 2.5 * flops / (hw.peak("bf16") * float(eff_b)) + hw.kernel_overhead_s
-            table = (TABLE_HEAD_COLUMNS // int(r.head_dim)) * max(1, TABLE_TOKENS // seq)
-            tail = (tile_schedule_efficiency(seq, table, hw.compute_units) /
-                    tile_schedule_efficiency(seq, r.heads, hw.compute_units))
-            out.append(dict(seq=seq, heads=r.heads, fwd=fwd / model_f, bwd=bwd / model_b, tiles_schedule=tail))
+            out.append(dict(seq=seq, heads=r.heads, fwd=fwd / model_f, bwd=bwd / model_b))
     return pd.DataFrame(out).sort_values(["heads", "seq"])
 
 
@@ -121,8 +98,7 @@ def main() -> None:
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     for col in ("kern_f", "kern_b", "rank_f", "rank_b"):
         print(f"{col}: median {statistics.median(table[col]):.3f}")
-    print("\nsingle causal kernels at micro-batch 1, measured over the model (fwd, bwd), and the list schedule's "
-          "slowdown from the table's grid to this one (tiles_schedule)")
+    print("\nsingle causal kernels at micro-batch 1, measured over the model (fwd, bwd)")
     print(single_kernels(rows, hw).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 

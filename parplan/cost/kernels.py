@@ -11,7 +11,8 @@ roofline shows in every prediction alike.
   Llama 3 70B's QKV at tp=8).
 * Fused attention runs at the fraction of the GEMM rate the hardware profile measured for the
   kernel the framework runs (``attention_kernels``: FlashAttention-2, cuDNN, ... against sequence
-  length and head size), scaled by the waves of query tiles it fills; a device without a
+  length and head size), scaled by how its tiles fill the SMs (a causal kernel's unequal tiles
+  list-scheduled: :func:`tile_utilization`); a device without a
   measured curve takes FlashAttention-2's published fractions (``FLASH_*_FRACTION_OF_GEMM``).
   Never below its HBM traffic.
 * An MoE layer's local experts run as one grouped GEMM, taking the roofline's time over the fraction
@@ -28,6 +29,8 @@ roofline shows in every prediction alike.
 """
 from __future__ import annotations
 
+import functools
+import heapq
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,8 +39,16 @@ from . import ops as ops_mod
 from .roofline import (FLASH_BWD_FRACTION_OF_GEMM, FLASH_FWD_FRACTION_OF_GEMM, matmul_efficiency, matmul_time_s,
     memory_time_s, wave_utilization)
 
-# Query rows per thread block of the fused attention kernels (FlashAttention-2 and cuDNN, forward).
+# Query rows per thread block of the fused attention kernels (FlashAttention-2 and cuDNN, forward), and key rows
+# per block of their backward.
 ATTENTION_BLOCK_ROWS = 128
+# A causal tile's own work (its loads and stores) in key-tile steps, forward and backward: fitted to the H100
+# benchmark of causal kernels over small grids (reports/gpu-checks/h100-2026-12-07d/causal_grid.csv; see
+# tile_utilization).
+CAUSAL_TILE_FIXED = (0.0, 1.0)
+LIST_SCHEDULE_TILES = 1 << 17   # tiles a list schedule simulates; past it, the last heads' (error < 1%)
+# Dao 2023's FlashAttention-2 benchmark grid: the batch making 16k tokens, 2048 columns of heads.
+DAO_TOKENS, DAO_COLUMNS = 16384, 2048
 SPLIT_K = (2, 4, 8, 16)  # split-K launches considered for each GEMM
 MIN_SPLIT_DEPTH = 256    # ... each part at least this deep
 
@@ -104,7 +115,7 @@ def _op_times(hw, op: ops_mod.Op, dtype: str, split_k: bool, env: KernelEnv):
         return fwd, bwd
     if op.kind == ops_mod.FLASH:
         s, dh, skv, heads = op.gemm
-        eff_f, eff_b = attention_efficiency(hw, s, dh, skv, heads, env.attention)
+        eff_f, eff_b = attention_efficiency(hw, s, dh, skv, heads, env.attention, op.causal)
         peak = hw.peak(dtype)
         mem_bw = hw.hbm_bandwidth * hw.hbm_efficiency
         fwd = np.maximum(op.fwd_flops / (peak * eff_f), op.fwd_bytes / mem_bw)
@@ -121,31 +132,88 @@ def _op_times(hw, op: ops_mod.Op, dtype: str, split_k: bool, env: KernelEnv):
                  for b, x in zip((op.fwd_bytes, op.bwd_bytes), extra))
 
 
-def attention_efficiency(hw, s, dh, skv, heads, kernels=("flash2",)):
-    """(forward, backward) fraction of dense peak of fused causal attention on ``heads`` (batch x heads).
+def attention_efficiency(hw, s, dh, skv, heads, kernels=("flash2",), causal=True):
+    """(forward, backward) fraction of dense peak of fused attention of ``s`` queries over ``skv`` keys on
+    ``heads`` (batch x heads), causal or not.
 
     The first of ``kernels`` the profile measured sets the fraction of the GEMM rate against the
-    sequence length (log-interpolated) and head size (linear between measured sizes); the query
-    tiles' last partial wave scales it. Without a measured kernel: FlashAttention-2's published
-    fractions of the GEMM rate (Dao 2023) on the GEMM model of this shape.
+    sequence length (log-interpolated) and head size (linear between measured sizes), at the grid the
+    table was measured on; the tiles' schedule on this grid scales it (:func:`tile_utilization`).
+    Without a measured kernel: FlashAttention-2's published fractions (Dao 2023, measured with the batch
+    making 16k tokens at 2048 columns) on the GEMM model of this shape, scaled alike.
     """
+    s, dh = np.asarray(s, float), np.asarray(dh, float)
+    util = [tile_utilization(hw, s, skv, heads, causal, backward) for backward in (False, True)]
     curve = next((hw.attention_kernels[k] for k in kernels if k in hw.attention_kernels), None)
     if curve is None:
         eff = matmul_efficiency(hw, s, dh, skv, heads) if hw.matmul_curve is not None else \
             hw.matmul_efficiency * wave_utilization(hw, s, dh, heads)
-        return eff * FLASH_FWD_FRACTION_OF_GEMM, eff * FLASH_BWD_FRACTION_OF_GEMM
-    s, dh = np.asarray(s, float), np.asarray(dh, float)
-    util = _query_tile_waves(hw, s, heads)
-    return tuple(hw.matmul_efficiency * util * _curve_fraction(curve.seq, table, s, dh)
-                 for table in (curve.forward, curve.backward))
+        dao = np.maximum(1.0, DAO_TOKENS // np.maximum(s, 1.0)) * np.floor(DAO_COLUMNS / dh)
+        return tuple(eff * frac * u / tile_utilization(hw, s, s, dao, causal, backward)
+                     for frac, u, backward in ((FLASH_FWD_FRACTION_OF_GEMM, util[0], False),
+                                               (FLASH_BWD_FRACTION_OF_GEMM, util[1], True)))
+    return tuple(hw.matmul_efficiency * u * _curve_fraction(curve.seq, table, s, dh)
+                 for u, table in zip(util, (curve.forward, curve.backward)))
 
 
-def attention_curve_fraction(hw, s, heads, rate_flops):
+def attention_curve_fraction(hw, s, heads, rate_flops, backward=False):
     """The ``attention_kernels`` table entry that makes :func:`attention_efficiency` give ``rate_flops`` (a
-    measured causal attention rate, FLOP/s) at ``s`` tokens over ``heads`` (batch x heads): the rate over
-    the profile's GEMM rate ``peak x matmul_efficiency`` and the query tiles' last-wave utilization at that
-    shape, so each measured point is reproduced exactly (``scripts/attention_table.py``)."""
-    return np.asarray(rate_flops, float) / (hw.peak("bf16") * hw.matmul_efficiency * _query_tile_waves(hw, s, heads))
+    measured causal attention rate, FLOP/s, forward or ``backward``) at ``s`` tokens over ``heads`` (batch x
+    heads): the rate over the profile's GEMM rate ``peak x matmul_efficiency`` and the causal tiles'
+    utilization at that shape, so each measured point is reproduced exactly (``scripts/attention_table.py``)."""
+    util = tile_utilization(hw, s, s, heads, True, backward)
+    return np.asarray(rate_flops, float) / (hw.peak("bf16") * hw.matmul_efficiency * util)
+
+
+def tile_utilization(hw, s, skv, heads, causal, backward):
+    """Busy share of the GPU's SMs over an attention kernel's tiles (``ATTENTION_BLOCK_ROWS`` rows of one head).
+
+    Non-causal tiles do equal work: the last wave's filled share. Causal tiles do not: query tile m visits
+    m + 1 key tiles, and the kernels launch a head's tiles in order, forward its query tiles shortest
+    first, backward its key tiles longest first; one tile an SM, each SM taking the next tile as it frees
+    (a list schedule), so with few tiles the longest run alone at the end. Measured on an H100, cuDNN and
+    FlashAttention-2 at micro-batch 1 over 4-64 heads and 1k-32k tokens, over the same kernels at a 16k-token
+    batch (reports/gpu-checks/h100-2026-12-07d/causal_grid.csv): the list schedule gives the backward's
+    slowdown within 4% rms and cuDNN's forward within 8% (FlashAttention-2's within 13%, slower), where the
+    last wave's share gave none of it. ``CAUSAL_TILE_FIXED`` is each tile's own work (load and store) in
+    key-tile steps, fitted to that benchmark. A causal rank of a context-parallel ring (``skv`` > ``s``) runs
+    one causal ``s`` x ``s`` block and the rest as equal tiles (Transformer Engine's p2p ring).
+    """
+    uniform = _query_tile_waves(hw, s, heads)
+    if not causal:
+        return uniform
+    diag = _causal_schedule(hw, s, heads, backward)
+    share = np.minimum(np.asarray(s, float) / np.maximum(np.asarray(skv, float), 1.0), 1.0)
+    return 1.0 / (share / diag + (1.0 - share) / uniform)
+
+
+def _causal_schedule(hw, s, heads, backward):
+    tiles = np.maximum(np.ceil(np.asarray(s, float) / ATTENTION_BLOCK_ROWS), 1.0)
+    heads = np.maximum(np.rint(np.asarray(heads, float)), 1.0)
+    tiles, heads = np.broadcast_arrays(tiles, heads)
+    pairs, where = np.unique(np.stack([tiles.ravel(), heads.ravel()]), axis=1, return_inverse=True)
+    units, fixed = int(hw.compute_units), CAUSAL_TILE_FIXED[int(bool(backward))]
+    busy = np.array([_list_schedule(int(t), int(h), units, fixed, bool(backward)) for t, h in pairs.T])
+    out = busy[np.ravel(where)].reshape(tiles.shape)
+    return out if out.ndim else float(out)
+
+
+@functools.lru_cache(maxsize=8192)
+def _list_schedule(tiles: int, heads: int, slots: int, fixed: float, longest_first: bool) -> float:
+    """Busy share of ``slots`` SMs over ``heads`` runs of causal tiles of work 1 + fixed .. tiles + fixed, each
+    head's in order (ascending, or descending ``longest_first``), each tile to the SM that frees first.
+    Past ``LIST_SCHEDULE_TILES`` tiles only the last heads are scheduled, behind an even load of the rest."""
+    work = [m + 1.0 + fixed for m in range(tiles)]
+    if longest_first:
+        work.reverse()
+    per_head = sum(work)
+    simulated = min(heads, max(1, LIST_SCHEDULE_TILES // tiles))
+    free = [0.0] * slots
+    for _ in range(simulated):
+        for w in work:
+            heapq.heappush(free, heapq.heappop(free) + w)
+    makespan = (heads - simulated) * per_head / slots + max(free)
+    return heads * per_head / (slots * makespan)
 
 
 def _query_tile_waves(hw, s, heads):

@@ -74,9 +74,9 @@ class Op:
     fp8: bool = False        # a linear layer's GEMM run in FP8 (its inputs 1 byte each)
     sac: Any = 1.0           # fraction of its forward that per-op selective checkpointing recomputes
     grouped: str = ""        # an MoE layer's experts as one GEMM launch or over streams (measured: grouped_gemm)
-    family: str = ""         # an eager element-wise op's family (rmsnorm, rope, swiglu, residual, loss), whose
-    #                          measured efficiency the hardware profile may carry (efficiency.eager)
+    family: str = ""         # an eager element-wise op's family (rmsnorm, rope, ...): its rate in efficiency.eager
     share: Any = 1.0         # fraction of the layers that run it (an MoE model's MoE or dense MLP)
+    causal: Any = False      # fused causal attention: its tiles do unequal work (parplan.cost.kernels)
 
 
 @dataclass(frozen=True)
@@ -178,13 +178,13 @@ def layer_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", flash_attenti
         fwd = mla_mod.attention_flops(d, model)
         io = mla_mod.attention_io_elems(d, model) * bpe
         ops.append(Op("flash_attention", FLASH, fwd, 2.5 * fwd, io, 2.0 * io,
-                      (d.seq, d.head_dim, d.seq_kv, d.batch * d.heads), True, sac=0.0))
+                      (d.seq, d.head_dim, d.seq_kv, d.batch * d.heads), True, sac=0.0, causal=d.causal))
     elif flash_attention:
         causal = 0.5 if d.causal else 1.0
         fwd = 4.0 * d.batch * d.heads * d.seq * d.seq_kv * d.head_dim * causal
         io = d.batch * d.seq * (2 * q_cols + 2 * kv_cols) * bpe
         ops.append(Op("flash_attention", FLASH, fwd, 2.5 * fwd, io, 2.0 * io,
-                      (d.seq, d.head_dim, d.seq_kv, d.batch * d.heads), True, sac=0.0))
+                      (d.seq, d.head_dim, d.seq_kv, d.batch * d.heads), True, sac=0.0, causal=d.causal))
         if "transposes" in eager:
             ops.append(_traffic_op("context_transpose", "transposes", "eager", tokens * q_cols, bpe))
     else:

@@ -9,11 +9,11 @@ rank chunks i and 2cp-1-i of 2cp, so every rank does 1/cp of the attention work.
 
 A ring rank runs its attention as cp kernels (one causal over its own chunks, then one per KV
 block the ring brings): their FLOPs are the 1/cp share above, timed at the kernel's rate for the
-local query length (measured within 2-8% of the block-by-block kernels on H200 at 32k-128k tokens,
-reports/gpu-checks/h200-2026-12-06/ring_attention.csv, and on H100 at 8k-32k tokens with 32 query
-heads within -10% to +6%, FlashAttention-2, reports/gpu-checks/h100-2026-12-07c; with 16 heads at 8k
-the blocks run 19-46% slower forward and 3-42% backward, where a single causal kernel over 16 heads
-at micro-batch 1 runs 15-70% slower forward than the attention table too: unpriced). Each later
+local query length, the causal block's tiles list-scheduled and the rest as equal tiles
+(:func:`parplan.cost.kernels.tile_utilization`). Measured against that: within 2-8% on H200 at 32k-128k
+tokens (reports/gpu-checks/h200-2026-12-06/ring_attention.csv); on H100 at 8k-32k tokens with cuDNN, as
+Megatron-Core runs it, the rank's kernels at 0.90-1.00 of the model with 32 query heads and 0.96-1.03
+with 16 up to cp 4, 1.24-1.34 at cp 8 (1024-row blocks of 16 heads) (reports/gpu-checks/h100-2026-12-07d). Each later
 forward step adds a pass that rescales the running output by the log-sum-exps and adds the step's
 partial output, and each backward step accumulates dq and dk/dv (Transformer Engine's
 ``flash_attn_fwd_out_correction`` and the ``dq``/``dkv`` ``add_`` of ``AttnFuncWithCP``):
