@@ -11,7 +11,10 @@ in the same process and clock state, the table's own grid at each length as the 
 Columns: backend, head_dim, heads, seq, batch, fwd_s, bwd_s (backward = forward+backward minus
 forward, as the table's run took it), grid ("table" or "mb1").
 
-usage: python scripts/gpu_causal_grid.py OUT_DIR [--quick]
+``--holdout`` times shapes the model's one fitted number (``CAUSAL_TILE_FIXED``) was not fitted to: other
+head counts and lengths, and micro-batch 2, into ``causal_grid_holdout.csv`` (grid "mb1" or "mb2").
+
+usage: python scripts/gpu_causal_grid.py OUT_DIR [--quick | --holdout]
 """
 from __future__ import annotations
 
@@ -26,12 +29,18 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gpu_common import Table, timed  # noqa: E402
 
 QUICK = "--quick" in sys.argv
+HOLDOUT = "--holdout" in sys.argv
 DEV = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 BF16 = torch.bfloat16
 TABLE_TOKENS = 16384   # the table run's batch x seq
 TABLE_COLUMNS = 4096   # ... and heads x head size
 SEQS = (1024, 4096) if QUICK else (1024, 2048, 4096, 8192, 16384, 32768)
 HEADS = {128: (8, 32) if QUICK else (4, 8, 16, 24, 32, 48, 64), 64: () if QUICK else (8, 16, 32, 64)}
+MICRO_BATCHES = (1,)
+if HOLDOUT:
+    SEQS = (3072, 6144, 12288, 24576)
+    HEADS = {128: (6, 12, 20, 40), 64: (12, 40)}
+    MICRO_BATCHES = (1, 2)
 SLEEP = 50_000_000  # GPU cycles queued ahead of each repeat, so the host issues every call first
 
 
@@ -55,14 +64,15 @@ def main() -> None:
     out_dir = sys.argv[1]
     os.makedirs(out_dir, exist_ok=True)
     print(torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", torch.__version__, flush=True)
-    table = Table(f"{out_dir}/causal_grid.csv", ["backend", "head_dim", "heads", "seq", "batch", "grid",
+    csv_name = "causal_grid_holdout.csv" if HOLDOUT else "causal_grid.csv"
+    table = Table(f"{out_dir}/{csv_name}", ["backend", "head_dim", "heads", "seq", "batch", "grid",
                                                  "fwd_s", "bwd_s"])
     backends = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
     for name, backend in backends.items():
         for head_dim, head_counts in HEADS.items():
             for seq in SEQS:
                 cases = [("table", max(1, TABLE_TOKENS // seq), TABLE_COLUMNS // head_dim)]
-                cases += [("mb1", 1, h) for h in head_counts]
+                cases += [(f"mb{mb}", mb, h) for mb in MICRO_BATCHES for h in head_counts]
                 for grid, batch, heads in cases:
                     try:
                         t_f, t_b = _time(backend, batch, heads, seq, head_dim)
