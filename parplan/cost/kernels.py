@@ -143,15 +143,19 @@ def attention_efficiency(hw, s, dh, skv, heads, kernels=("flash2",), causal=True
     making 16k tokens at 2048 columns) on the GEMM model of this shape, scaled alike.
     """
     s, dh = np.asarray(s, float), np.asarray(dh, float)
-    util = [tile_utilization(hw, s, skv, heads, causal, backward) for backward in (False, True)]
+    fractions = (FLASH_FWD_FRACTION_OF_GEMM, FLASH_BWD_FRACTION_OF_GEMM)
+    util = [_grid_share(hw, s, skv, heads, causal, backward) for backward in (False, True)]
     curve = next((hw.attention_kernels[k] for k in kernels if k in hw.attention_kernels), None)
     if curve is None:
-        eff = matmul_efficiency(hw, s, dh, skv, heads) if hw.matmul_curve is not None else \
-            hw.matmul_efficiency * wave_utilization(hw, s, dh, heads)
+        if hw.matmul_curve is not None:
+            eff = matmul_efficiency(hw, s, dh, skv, heads)
+        elif hw.kind == "tpu":   # the MXU's padding of this shape
+            eff = hw.matmul_efficiency * wave_utilization(hw, s, dh, heads)
+        else:                    # a full grid's rate: the schedule ratio below carries this grid's tail
+            eff = hw.matmul_efficiency
         dao = np.maximum(1.0, DAO_TOKENS // np.maximum(s, 1.0)) * np.floor(DAO_COLUMNS / dh)
-        return tuple(eff * frac * u / tile_utilization(hw, s, s, dao, causal, backward)
-                     for frac, u, backward in ((FLASH_FWD_FRACTION_OF_GEMM, util[0], False),
-                                               (FLASH_BWD_FRACTION_OF_GEMM, util[1], True)))
+        return tuple(eff * frac * u / _grid_share(hw, s, s, dao, causal, backward)
+                     for frac, u, backward in zip(fractions, util, (False, True)))
     return tuple(hw.matmul_efficiency * u * _curve_fraction(curve.seq, table, s, dh)
                  for u, table in zip(util, (curve.forward, curve.backward)))
 
@@ -165,6 +169,11 @@ def attention_curve_fraction(hw, s, heads, rate_flops, backward=False):
     return np.asarray(rate_flops, float) / (hw.peak("bf16") * hw.matmul_efficiency * util)
 
 
+def _grid_share(hw, s, skv, heads, causal, backward):
+    """:func:`tile_utilization` on a GPU; a TPU has no SMs to schedule tiles on (1.0)."""
+    return 1.0 if hw.kind == "tpu" else tile_utilization(hw, s, skv, heads, causal, backward)
+
+
 def tile_utilization(hw, s, skv, heads, causal, backward):
     """Busy share of the GPU's SMs over an attention kernel's tiles (``ATTENTION_BLOCK_ROWS`` rows of one head).
 
@@ -176,9 +185,13 @@ def tile_utilization(hw, s, skv, heads, causal, backward):
     batch (reports/gpu-checks/h100-2026-12-07d/causal_grid.csv): the list schedule gives the backward's
     slowdown within 4% rms and cuDNN's forward within 8% (FlashAttention-2's within 13%, slower), where the
     last wave's share gave none of it. ``CAUSAL_TILE_FIXED`` is each tile's own work (load and store) in
-    key-tile steps, fitted to that benchmark. A causal rank of a context-parallel ring (``skv`` > ``s``) runs
-    one causal ``s`` x ``s`` block and the rest as equal tiles (Transformer Engine's p2p ring).
+    key-tile steps, fitted to that benchmark; shapes it was not fitted to (3k-24k tokens, 6-40 heads, micro-batch
+    1-2, reports/gpu-checks/h100-2026-12-07e/causal_grid_holdout.csv) follow within 3% rms for cuDNN. Causal
+    queries over more keys (``skv`` > ``s``: the last ``s`` of them, as a context-parallel rank of
+    Transformer Engine's p2p ring runs them) are one causal ``s`` x ``s`` block and the rest equal tiles.
+    ``heads`` (batch x heads) is rounded to whole heads.
     """
+    heads = np.maximum(np.rint(np.asarray(heads, float)), 1.0)   # whole heads: a tile is one head's rows
     uniform = _query_tile_waves(hw, s, heads)
     if not causal:
         return uniform
@@ -189,7 +202,6 @@ def tile_utilization(hw, s, skv, heads, causal, backward):
 
 def _causal_schedule(hw, s, heads, backward):
     tiles = np.maximum(np.ceil(np.asarray(s, float) / ATTENTION_BLOCK_ROWS), 1.0)
-    heads = np.maximum(np.rint(np.asarray(heads, float)), 1.0)
     tiles, heads = np.broadcast_arrays(tiles, heads)
     pairs, where = np.unique(np.stack([tiles.ravel(), heads.ravel()]), axis=1, return_inverse=True)
     units, fixed = int(hw.compute_units), CAUSAL_TILE_FIXED[int(bool(backward))]
