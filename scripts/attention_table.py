@@ -3,7 +3,9 @@
 Each measured causal attention rate becomes the table entry that makes the model give that rate at that
 shape (``parplan.cost.kernels.attention_curve_fraction``: the rate over the profile's GEMM rate, peak x
 matmul_efficiency, and the causal tiles' utilization at the measured grid), so the profile reproduces its measurements;
-``flash`` rows (SDPA's FLASH_ATTENTION backend, FlashAttention-2) are the ``flash2`` kernel.
+``flash`` rows (SDPA's FLASH_ATTENTION backend, FlashAttention-2) are the ``flash2`` kernel. A kernel of
+``FORWARD_RESIDENCY`` carries its forward's blocks an SM and lone-block rate into the table, and its
+entries are taken against that schedule.
 
 usage: python scripts/attention_table.py reports/gpu-checks/h100-2026-12-06c/attention.csv --hw h100-sxm
 """
@@ -20,19 +22,28 @@ from parplan.cost.kernels import attention_curve_fraction  # noqa: E402
 from parplan.specs.hardware import load_hardware  # noqa: E402
 
 KERNELS = {"flash": "flash2", "cudnn": "cudnn"}
+# FlashAttention-2's forward on Hopper: two blocks an SM, one alone at 0.6 of the SM's rate, chosen over
+# 0.6/0.65/0.7 on the H100 benchmark of causal kernels over small grids and its held-out shapes
+# (reports/gpu-checks/h100-2026-12-07e/README.md).
+FORWARD_RESIDENCY = {"flash2": (2, 0.6)}
 
 
 def table(path: str, hw_name: str) -> str:
     hw = load_hardware(hw_name)
     d = pd.read_csv(path)
     d = d[d["backend"].isin(KERNELS)]
-    heads = d["heads"] * d["batch"]
-    d = d.assign(forward=attention_curve_fraction(hw, d["seq"], heads, d["fwd_tflops"] * 1e12),
-                 backward=attention_curve_fraction(hw, d["seq"], heads, d["bwd_tflops"] * 1e12, backward=True))
     lines = ["attention_kernels:"]
     for backend, rows in d.groupby("backend", sort=False):
+        kernel = KERNELS[backend]
+        residency = FORWARD_RESIDENCY.get(kernel)
+        heads = rows["heads"] * rows["batch"]
+        rows = rows.assign(
+            forward=attention_curve_fraction(hw, rows["seq"], heads, rows["fwd_tflops"] * 1e12, residency=residency),
+            backward=attention_curve_fraction(hw, rows["seq"], heads, rows["bwd_tflops"] * 1e12, backward=True))
         seqs = sorted(rows["seq"].unique())
-        lines += [f"  {KERNELS[backend]}:", f"    seq: [{', '.join(map(str, seqs))}]"]
+        lines += [f"  {kernel}:", f"    seq: [{', '.join(map(str, seqs))}]"]
+        if residency:
+            lines += [f"    forward_blocks_per_sm: {residency[0]}", f"    forward_lone_rate: {residency[1]}"]
         for part in ("forward", "backward"):
             lines.append(f"    {part}:")
             for dh, per in rows.groupby("head_dim"):

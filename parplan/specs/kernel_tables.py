@@ -12,7 +12,7 @@ from .yamlio import check_keys, number, require_mapping
 
 EAGER_FAMILIES = ("rmsnorm", "layernorm", "rope", "swiglu", "residual", "transposes", "loss")
 FP8_SCALINGS = ("tensorwise", "rowwise")
-ATTENTION_CURVE_KEYS = ("seq", "forward", "backward")
+ATTENTION_CURVE_KEYS = ("seq", "forward", "backward", "forward_blocks_per_sm", "forward_lone_rate")
 
 
 @dataclass(frozen=True)
@@ -29,11 +29,15 @@ class AttentionCurve:
 
     ``forward`` and ``backward`` map a head size to one fraction per entry of ``seq`` (causal, the
     kernel's own FLOPs: the causal half of ``4 b a s^2 d`` forward, 2.5x that backward).
+    ``forward_blocks_per_sm`` (1 or 2) thread blocks of the forward share an SM, and one left alone runs at
+    ``forward_lone_rate`` of the SM's rate (``parplan.cost.kernels.tile_utilization``).
     """
 
     seq: tuple[float, ...]
     forward: Mapping[int, tuple[float, ...]]
     backward: Mapping[int, tuple[float, ...]]
+    forward_blocks_per_sm: int = 1
+    forward_lone_rate: float = 1.0
 
 
 def curve_from_list(data: Any, what: str) -> MatmulCurve | None:
@@ -135,5 +139,11 @@ def attention_kernels_from_dict(data: Any, what: str) -> Mapping[str, AttentionC
             if not heads:
                 raise ParplanError(f"{w}.{key}: no head size measured")
             passes[key] = MappingProxyType(heads)
-        out[str(kernel)] = AttentionCurve(tuple(float(x) for x in seq), passes["forward"], passes["backward"])
+        blocks = number(curve, "forward_blocks_per_sm", w, required=False, integer=True, default=1, maximum=2)
+        lone = number(curve, "forward_lone_rate", w, required=False, default=1.0, maximum=1.0)
+        if lone < 0.5 or (blocks == 1 and lone != 1.0):
+            raise ParplanError(f"{w}: 'forward_lone_rate' must be in [0.5, 1] and needs 'forward_blocks_per_sm: 2', "
+                               f"got {lone!r}")
+        out[str(kernel)] = AttentionCurve(tuple(float(x) for x in seq), passes["forward"], passes["backward"],
+                                          int(blocks), float(lone))
     return MappingProxyType(out)

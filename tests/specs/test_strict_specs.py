@@ -77,3 +77,20 @@ def test_a_mixture_of_experts_config_loads_as_one_never_as_dense(tmp_path):
     cfg["num_local_experts"] = 1  # a single expert is a dense MLP
     path.write_text(json.dumps(cfg))
     assert load_model(str(path)).ffn_hidden == 14336
+
+
+@pytest.mark.parametrize("lines, message", [
+    ("    forward_lone_rate: 0.6\n", "needs 'forward_blocks_per_sm: 2'"),
+    ("    forward_blocks_per_sm: 2\n    forward_lone_rate: 0.4\n", r"must be in \[0.5, 1\]"),
+    ("    forward_blocks_per_sm: 3\n", "forward_blocks_per_sm' = 3 is absurdly large"),
+    ("    forward_blocks_per_sm: 1.5\n", "must be a whole number"),
+])
+def test_an_attention_kernels_residency_is_one_or_two_blocks_with_a_sane_lone_rate(tmp_path, lines, message):
+    text = open(load_hardware("h100-sxm").path).read()
+    text = text.replace("    forward_blocks_per_sm: 2\n    forward_lone_rate: 0.6\n", "", 1)
+    bad = text.replace("  cudnn:\n    seq:", "  cudnn:\n" + lines + "    seq:", 1)
+    assert bad != text
+    path = tmp_path / "p.yaml"
+    path.write_text(bad)
+    with pytest.raises(ParplanError, match=message):
+        load_hardware(str(path))
