@@ -3,11 +3,12 @@
 Each measured causal attention rate becomes the table entry that makes the model give that rate at that
 shape (``parplan.cost.kernels.attention_curve_fraction``: the rate over the profile's GEMM rate, peak x
 matmul_efficiency, and the causal tiles' utilization at the measured grid), so the profile reproduces its measurements;
-``flash`` rows (SDPA's FLASH_ATTENTION backend, FlashAttention-2) are the ``flash2`` kernel. A kernel of
+``flash`` rows (SDPA's FLASH_ATTENTION backend, FlashAttention-2) are the ``flash2`` kernel; the CSV may also be
+``gpu_loaded_attention.py --table``'s, timed between GEMMs as a step runs attention. A kernel of
 ``FORWARD_RESIDENCY`` carries its forward's blocks an SM and lone-block rate into the table, and its
 entries are taken against that schedule.
 
-usage: python scripts/attention_table.py reports/gpu-checks/h100-2026-12-06c/attention.csv --hw h100-sxm
+usage: python scripts/attention_table.py reports/gpu-checks/h100-2026-12-07f/attention_loaded.csv --hw h100-sxm
 """
 from __future__ import annotations
 
