@@ -79,6 +79,19 @@ def _loaded(fn, gemm, calls: int = CALLS, warm_s: float = WARM_S) -> tuple[float
             statistics.median(b.elapsed_time(c) / 1e3 for _, b, c in marks))
 
 
+def _loaded_pass(backend, shape, gemm, calls: int = CALLS, warm_s: float = WARM_S):
+    """Loaded causal SDPA on ``shape`` (batch, heads, seq, head size): forward seconds, backward seconds
+    (forward+backward less forward) and the witness GEMM's seconds."""
+    from torch.nn.attention import sdpa_kernel
+    q, k, v = (torch.randn(shape, device=DEV, dtype=BF16, requires_grad=True) for _ in range(3))
+    dy = torch.randn(shape, device=DEV, dtype=BF16)
+    with sdpa_kernel([backend]):
+        fwd = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
+        t_f, g_f = _loaded(fwd, gemm, calls, warm_s)
+        t_fb, g_fb = _loaded(lambda: torch.autograd.grad(fwd(), (q, k, v), dy), gemm, calls, warm_s)
+    return t_f, max(t_fb - t_f, 1e-9), (g_f + g_fb) / 2
+
+
 def _shape_times(backend, batch, heads, seq, gemm):
     from torch.nn.attention import sdpa_kernel
     shape = (batch, heads, seq, HEAD_DIM)
@@ -90,15 +103,13 @@ def _shape_times(backend, batch, heads, seq, gemm):
         both = lambda: torch.autograd.grad(fwd(), (q, k, v), dy)  # noqa: E731
         t_f = timed(fwd, reps=9, warmup=2, batch=3, sleep_cycles=SLEEP)
         out["alone"] = (t_f, max(timed(both, reps=9, warmup=2, batch=3, sleep_cycles=SLEEP) - t_f, 1e-9), None)
-        t_f, g_f = _loaded(fwd, gemm)
-        t_fb, g_fb = _loaded(both, gemm)
-        out["loaded"] = (t_f, max(t_fb - t_f, 1e-9), (g_f + g_fb) / 2)
+    out["loaded"] = _loaded_pass(backend, shape, gemm)
     return out
 
 
 def _table_grid(out_dir, gemm, gemm_flops) -> None:
     """The attention tables' grid, loaded: each measured point as ``gpu_stack_kernels.py`` writes it."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.attention import SDPBackend
     table = Table(f"{out_dir}/attention_loaded.csv", ["backend", "head_dim", "heads", "seq", "batch", "fwd_s", "bwd_s",
                                                       "fwd_tflops", "bwd_tflops", "fwd_frac_gemm", "bwd_frac_gemm",
                                                       "gemm_tflops"])
@@ -110,21 +121,14 @@ def _table_grid(out_dir, gemm, gemm_flops) -> None:
             for seq in seqs:
                 batch = max(1, 16384 // seq)
                 calls = 30 if seq <= 16384 else 8 if seq <= 32768 else 3
-                shape = (batch, heads, seq, head_dim)
                 try:
-                    q, k, v = (torch.randn(shape, device=DEV, dtype=BF16, requires_grad=True) for _ in range(3))
-                    dy = torch.randn(shape, device=DEV, dtype=BF16)
-                    with sdpa_kernel([backend]):
-                        fwd = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
-                        t_f, g_f = _loaded(fwd, gemm, calls)
-                        t_fb, g_fb = _loaded(lambda: torch.autograd.grad(fwd(), (q, k, v), dy), gemm, calls)
-                        t_b = max(t_fb - t_f, 1e-9)
+                    t_f, t_b, t_g = _loaded_pass(backend, (batch, heads, seq, head_dim), gemm, calls)
                 except RuntimeError as exc:
                     print(f"skip {name} d={head_dim} s={seq}: {str(exc).splitlines()[0][:160]}", flush=True)
                     torch.cuda.empty_cache()
                     continue
                 flops = 4.0 * batch * heads * seq * seq * head_dim / 2  # causal half
-                gemm_rate = gemm_flops / ((g_f + g_fb) / 2)
+                gemm_rate = gemm_flops / t_g
                 table.add(backend=name, head_dim=head_dim, heads=heads, seq=seq, batch=batch, fwd_s=t_f, bwd_s=t_b,
                           fwd_tflops=flops / t_f / 1e12, bwd_tflops=2.5 * flops / t_b / 1e12,
                           fwd_frac_gemm=flops / t_f / gemm_rate, bwd_frac_gemm=2.5 * flops / t_b / gemm_rate,
@@ -134,7 +138,7 @@ def _table_grid(out_dir, gemm, gemm_flops) -> None:
 
 def _causal_grid(out_dir, gemm) -> None:
     """gpu_causal_grid.py's shapes, loaded: 1 s of GEMMs before each length, 0.25 s before each shape."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.attention import SDPBackend
     table = Table(f"{out_dir}/causal_grid_loaded.csv", ["backend", "head_dim", "heads", "seq", "batch", "grid",
                                                         "fwd_s", "bwd_s", "gemm_s"])
     heads_of = {128: (8, 32) if QUICK else (4, 8, 16, 24, 32, 48, 64), 64: () if QUICK else (8, 16, 32, 64)}
@@ -148,21 +152,15 @@ def _causal_grid(out_dir, gemm) -> None:
                 cases += [("mb1", 1, h) for h in head_counts]
                 calls = 30 if seq <= 8192 else 10
                 for grid, batch, heads in cases:
-                    shape = (batch, heads, seq, head_dim)
                     try:
-                        q, k, v = (torch.randn(shape, device=DEV, dtype=BF16, requires_grad=True) for _ in range(3))
-                        dy = torch.randn(shape, device=DEV, dtype=BF16)
-                        with sdpa_kernel([backend]):
-                            fwd = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
-                            t_f, g_f = _loaded(fwd, gemm, calls, 0.25)
-                            t_fb, g_fb = _loaded(lambda: torch.autograd.grad(fwd(), (q, k, v), dy), gemm, calls, 0.25)
+                        t_f, t_b, t_g = _loaded_pass(backend, (batch, heads, seq, head_dim), gemm, calls, 0.25)
                     except RuntimeError as exc:
                         print(f"skip {name} d={head_dim} h={heads} s={seq}: {str(exc).splitlines()[0][:160]}",
                               flush=True)
                         torch.cuda.empty_cache()
                         continue
                     table.add(backend=name, head_dim=head_dim, heads=heads, seq=seq, batch=batch, grid=grid,
-                              fwd_s=t_f, bwd_s=max(t_fb - t_f, 1e-9), gemm_s=(g_f + g_fb) / 2)
+                              fwd_s=t_f, bwd_s=t_b, gemm_s=t_g)
                     torch.cuda.empty_cache()
 
 
