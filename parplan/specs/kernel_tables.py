@@ -139,11 +139,16 @@ def attention_kernels_from_dict(data: Any, what: str) -> Mapping[str, AttentionC
             if not heads:
                 raise ParplanError(f"{w}.{key}: no head size measured")
             passes[key] = MappingProxyType(heads)
-        blocks = number(curve, "forward_blocks_per_sm", w, required=False, integer=True, default=1, maximum=2)
+        blocks = number(curve, "forward_blocks_per_sm", w, required=False, integer=True, default=1)
+        if blocks not in (1, 2):
+            raise ParplanError(f"{w}: 'forward_blocks_per_sm' must be 1 or 2 (the schedules parplan has), "
+                               f"got {blocks!r}")
         lone = number(curve, "forward_lone_rate", w, required=False, default=1.0, maximum=1.0)
-        if lone < 0.5 or (blocks == 1 and lone != 1.0):
-            raise ParplanError(f"{w}: 'forward_lone_rate' must be in [0.5, 1] and needs 'forward_blocks_per_sm: 2', "
-                               f"got {lone!r}")
+        if lone < 0.5:
+            raise ParplanError(f"{w}: 'forward_lone_rate' must be in [0.5, 1] (a block alone gets at least its "
+                               f"half of the SM), got {lone!r}")
+        if blocks == 1 and lone != 1.0:
+            raise ParplanError(f"{w}: 'forward_lone_rate' needs 'forward_blocks_per_sm: 2'")
         out[str(kernel)] = AttentionCurve(tuple(float(x) for x in seq), passes["forward"], passes["backward"],
                                           int(blocks), float(lone))
     return MappingProxyType(out)

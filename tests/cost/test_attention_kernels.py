@@ -40,8 +40,17 @@ def test_two_blocks_share_an_sm_and_a_lone_one_runs_at_its_rate_by_hand():
     # 6 units in 2 x 4, whatever r.
     for r in (0.5, 0.6, 1.0):
         assert _shared_schedule(2, 2, 2, 0.0, False, r) == pytest.approx(0.75)
-    # Alone at the full rate on a grid of one tile an SM, two an SM cost nothing against one an SM.
-    assert _shared_schedule(4, 33, 132, 0.0, False, 1.0) == pytest.approx(_list_schedule(4, 33, 132, 0.0, False))
+
+
+def test_a_grid_that_never_fills_a_second_slot_runs_one_block_an_sm():
+    """4 heads of 2048 tokens: 64 tiles on 132 SMs, each alone from the start; measured alone and between GEMMs
+    it keeps near the SM's full rate, so the residency does not apply; 8 heads of 4096 (256 tiles) share."""
+    hw = load_hardware("h100-sxm")
+    two, one = (2, 0.55), (1, 1.0)
+    assert float(tile_utilization(hw, 2048, 2048, 4, True, False, two)) == \
+        float(tile_utilization(hw, 2048, 2048, 4, True, False, one))
+    assert float(tile_utilization(hw, 4096, 4096, 8, True, False, two)) < \
+        float(tile_utilization(hw, 4096, 4096, 8, True, False, one))
 
 
 def test_a_long_schedule_keeps_its_last_heads_exact():
@@ -137,7 +146,7 @@ def test_small_causal_grids_slow_as_measured_on_the_h100():
 
 def test_shapes_the_fit_never_saw_follow_the_schedule_on_the_h100():
     """Held out from ``CAUSAL_TILE_FIXED``'s fit: cuDNN at 3k-24k tokens over 6-40 heads of 128 and 12/40 of 64,
-    micro-batch 1 and 2 (measured 0.60-1.07 of the table grid's rate): within 10% at every point."""
+    micro-batch 1 and 2 (measured 0.51-1.07 of the table grid's rate): within 10% at every point."""
     hw = load_hardware("h100-sxm")
     rows = list(csv.DictReader(open(ROOT / "reports/gpu-checks/h100-2026-12-07e/causal_grid_holdout.csv")))
     table = {(r["head_dim"], r["seq"]): r for r in rows if r["grid"] == "table" and r["backend"] == "cudnn"}
@@ -161,11 +170,12 @@ def test_shapes_the_fit_never_saw_follow_the_schedule_on_the_h100():
 def test_flash_attention_2_forward_shares_its_sms_as_measured(path):
     """FlashAttention-2's forward on an H100, two blocks an SM (the profile's residency), over every grid from
     2048 tokens with more tiles than SMs: within 10% of the measured slowdown at every point, where one
-    block an SM missed it by up to 20% (6 heads of 3072 tokens: 0.33 of the table grid's rate, 0.55 so)."""
+    block an SM missed it by up to 40% (6 heads of 3072 tokens: 0.33 of the table grid's rate, 0.55 so). The
+    lone rate is fitted to the first file; the second is held out."""
     hw = load_hardware("h100-sxm")
     curve = hw.attention_kernels["flash2"]
     residency = (curve.forward_blocks_per_sm, curve.forward_lone_rate)
-    assert residency == (2, 0.6)
+    assert residency == (2, 0.55)
     rows = list(csv.DictReader(open(ROOT / "reports/gpu-checks" / path)))
     table = {(r["head_dim"], r["seq"]): r for r in rows if r["grid"] == "table" and r["backend"] == "flash"}
     checked = 0
