@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Whole-model training steps on one GPU through `parplan bench --suite step`: eager, torch.compile'd,
 # and compiled with torchao FP8 linears (per-tensor scales), for the models below at the sequence and
-# micro-batch each line gives; plus the element-wise kernels of scripts/gpu_stack_kernels.py.
+# micro-batch each line gives; plus the element-wise kernels of scripts/gpu_stack_kernels.py. Set c runs
+# the layer shapes of validated 7B-13B runs (scripts/step_models/: the models cut to the layers that fit
+# 80 GB beside fp32 AdamW) at the tokens a GPU of those runs holds.
 #
-# usage: scripts/gpu_step_suite.sh OUT_DIR [SET ...]     (SET: kernels, a, b; default: all)
+# usage: scripts/gpu_step_suite.sh OUT_DIR [SET ...]     (SET: kernels, a, b, c; default: kernels a b)
 # torchao travels as a wheel in .whl/ (the device has no registry); without it the FP8 modes are
 # skipped with a note. Rows: OUT_DIR/<set>/<name>/results.csv; logs beside them (pass $OUT itself as
 # OUT_DIR on the device machine: it returns files at most three folders deep).
@@ -34,6 +36,11 @@ for set in $sets; do
     b) step b llama3.2-1b-s16384 llama3.2-1b 16384 1     # long sequence: attention-bound
        step b llama3.2-3b-s4096 llama3.2-3b 4096 2
        step b mistral-7b-s2048 mistral-7b 2048 1 ;;      # 7B under fp32 AdamW: most of the 141 GB
+    c) m=scripts/step_models                               # 7B-13B layers at validated runs' tokens per GPU
+       step c llama2-7b-8l-s4096 $m/llama2-7b-8l.yaml 4096 1 4   # NeMo 24.07 Llama 2 7B: mb 1, accumulated
+       step c mpt-7b-8l-s2048 $m/mpt-7b-8l.yaml 2048 6           # llm-foundry MPT-7B on 8 H100: mb 6
+       step c llama3-8b-6l-s8192 $m/llama3-8b-6l.yaml 8192 1 2   # torchtitan / NeMo Llama 3 8B: mb 1
+       step c llama2-13b-6l-s4096 $m/llama2-13b-6l.yaml 4096 2 ;; # torchtitan Llama 2 13B: mb 2
     *) echo "unknown set $set" >&2 ;;
   esac
 done
