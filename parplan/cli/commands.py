@@ -13,7 +13,7 @@ from ..layouts.layout import CP_MODES, RECOMPUTE, SCHEDULES, TP_MODES
 from ..plan.emitters import TARGETS as EMIT_TARGETS
 from ..plan.search import OBJECTIVES
 from ..specs.dtypes import DTYPES
-from .common import one_line_errors, run
+from .common import HEADROOM, one_line_errors, run
 from .software_opts import pop_software, software_from, software_options
 from ..errors import ParplanError
 from .serve_cmd import inference_options
@@ -69,7 +69,7 @@ def layout_options(fn):
         click.option("--schedule", type=click.Choice(SCHEDULES), default="1f1b",
                      show_default=True),
         click.option("--ici", default=None, help=ICI_HELP),
-        click.option("--headroom", type=click.FloatRange(0, 0.9), default=0.10, show_default=True,
+        click.option("--headroom", type=HEADROOM, default=0.10, show_default=True,
                      help="Fraction of HBM kept free."),
         *budget_options(),
     ]
@@ -176,7 +176,7 @@ def _estimate_or_explain(model_name, hw, headroom, fmt, mode, inference, kw, exp
               show_default=True)
 @click.option("--objective", type=click.Choice(OBJECTIVES), default="throughput", show_default=True)
 @click.option("--top", type=click.IntRange(1, 1000), default=10, show_default=True)
-@click.option("--headroom", type=click.FloatRange(0, 0.9), default=0.10, show_default=True,
+@click.option("--headroom", type=HEADROOM, default=0.10, show_default=True,
               help="Fraction of HBM kept free.")
 @click.option("--allow-cross-node-tp", is_flag=True, help="Let tensor parallel span nodes.")
 @software_options

@@ -39,3 +39,16 @@ def run(command: click.Command, argv=None, prog_name: str = "parplan") -> None:
         fail(str(exc), 1)
     except BrokenPipeError:
         sys.exit(0)
+
+
+class FiniteRange(click.FloatRange):
+    """click's FloatRange, which lets NaN through (every comparison with NaN is false); this refuses it."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if number != number:
+            self.fail(f"{value!r} is not a number in the range {self._describe_range()}.", param, ctx)
+        return number
+
+
+HEADROOM = FiniteRange(0, 0.9)

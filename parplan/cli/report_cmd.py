@@ -12,7 +12,7 @@ import click
 
 from ..plan.search import OBJECTIVES
 from ..specs.dtypes import DTYPES
-from .common import one_line_errors
+from .common import HEADROOM, one_line_errors
 from .software_opts import pop_software, software_from, software_options
 from ..errors import ParplanError
 
@@ -57,7 +57,7 @@ def _command_line() -> str:
 @click.option("--objective", type=click.Choice(OBJECTIVES), default="throughput", show_default=True)
 @click.option("--top", type=click.IntRange(1, 20), default=5, show_default=True,
               help="Plans in the breakdown charts and tables.")
-@click.option("--headroom", type=click.FloatRange(0, 0.9), default=0.10, show_default=True,
+@click.option("--headroom", type=HEADROOM, default=0.10, show_default=True,
               help="Fraction of HBM kept free.")
 @click.option("--scaling/--no-scaling", default=True, show_default=True,
               help="Add the scaling curves (devices and global batch).")
@@ -98,7 +98,7 @@ def report(model_name, hw, global_batch, seq, dtype, objective, top, headroom, s
               help="Sequences per step when not varied (default: the default rule at each size).")
 @click.option("--dtype", type=click.Choice(DTYPES), default="bf16", show_default=True)
 @click.option("--objective", type=click.Choice(OBJECTIVES), default="throughput", show_default=True)
-@click.option("--headroom", type=click.FloatRange(0, 0.9), default=0.10, show_default=True,
+@click.option("--headroom", type=HEADROOM, default=0.10, show_default=True,
               help="Fraction of HBM kept free.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv"]), default="table", show_default=True,
               help="What to print (the CSV and the plot are written either way).")

@@ -274,6 +274,8 @@ def check_layout(layout: Layout, model: ModelSpec, cluster: Cluster, framework=N
     if layout.sp and layout.tp == 1:
         layout = replace(layout, sp=False)
     fw = getattr(framework, "framework", framework)  # a Software: its framework, judged with its choices
+    if layout.dtype == "fp8" and fw is not None:
+        cluster.hardware.check_fp8_recipe(getattr(framework, "fp8_recipe", None), fw.fp8.recipes)
     if fw is not None and fw.parallelism.sequence_parallel == "always" and layout.tp > 1 and layout.tp_mode == "1d":
         layout = replace(layout, sp=True)  # its tensor parallelism always shards the sequence
     if layout.vpp > 1 and layout.schedule == "1f1b":

@@ -23,14 +23,14 @@ from .dtypes import DTYPES
 from .kernel_tables import (AttentionCurve, MatmulCurve, attention_kernels_from_dict, curve_from_list,
                             eager_from_dict, fp8_from_dict, grouped_from_dict, misaligned_from_dict)
 from .registry import shipped, shipped_names
-from .yamlio import check_keys, names, number, read_yaml, require_mapping, suggest, text, text_mapping
+from .yamlio import check_keys, flag, names, number, read_yaml, require_mapping, suggest, text, text_mapping
 
 MAX_DEVICES = 1_000_000
 LINK_KINDS = ("nvlink", "xgmi", "pcie", "ici", "net")
 PROFILE_KEYS = ("name", "aliases", "description", "vendor", "kind", "compute_units", "peak_flops", "hbm_bytes",
                 "hbm_bandwidth", "devices_per_node", "scale_up_domain", "intra_node", "inter_node", "ici", "efficiency",
                 "kernel_overhead_s", "collective_overhead_s", "matmul_curve", "attention_kernels", "collective_fits",
-                "overlap", "grouped_gemm", "clocks", "host_link", "host_memory_bytes", "sources")
+                "overlap", "grouped_gemm", "clocks", "host_link", "host_memory_bytes", "mx_block_scaling", "sources")
 LINK_KEYS = ("name", "kind", "bandwidth", "latency_s", "efficiency", "in_switch_reduction")
 EFFICIENCY_KEYS = ("matmul", "hbm", "elementwise", "optimizer", "eager", "matmul_misaligned", "matmul_fp8")
 ICI_KEYS = ("dims", "link_bandwidth", "pod_devices", "max_slice", "wrap_rule", "wrap_side")
@@ -147,6 +147,9 @@ class Hardware:
     # The device's link to its host's memory (PCIe, NVLink-C2C), per direction; None: not stated.
     host_link: Link | None = None
     host_memory_bytes: float | None = None  # the host memory the standard server gives each device
+    # Tensor cores that apply OCP microscaling block scales (one shared exponent per 32 elements), which
+    # the MXFP8 recipe needs: NVIDIA compute capability 10.x (Blackwell), AMD gfx950. False: not stated.
+    mx_block_scaling: bool = False
     description: str = ""
     aliases: tuple[str, ...] = ()
     sources: Mapping[str, str] = field(default_factory=dict)
@@ -161,6 +164,14 @@ class Hardware:
             have = ", ".join(d for d in DTYPES if self.peak_flops.get(d))
             raise ParplanError(f"{self.name} has no dense {dtype} rate (it has {have})")
         return value
+
+    def check_fp8_recipe(self, recipe: str | None, offered: tuple[str, ...] = ()) -> None:
+        """Refuse an FP8 recipe this device's tensor cores cannot run; ``offered``: the framework's recipes."""
+        if recipe == "mxfp8" and not self.mx_block_scaling:
+            others = ", ".join(r for r in offered if r != "mxfp8") or "a per-tensor recipe"
+            raise ParplanError(f"the mxfp8 recipe needs tensor cores that apply MX block scales (NVIDIA Blackwell, "
+                               f"compute capability 10.0+); {self.name} has none (its profile's mx_block_scaling): "
+                               f"use {others}")
 
     def ratios(self, dtype: str = "bf16") -> dict[str, float]:
         """Derived ratios: FLOP per byte of HBM, of the scale-up link, of the network.
@@ -288,6 +299,7 @@ def hardware_from_dict(data: Any, what: str, path: str = "") -> Hardware:
         clocks=clocks_from_dict(data.get("clocks"), f"{what}: clocks"),
         host_link=_link(data["host_link"], f"{what}: host_link") if data.get("host_link") is not None else None,
         host_memory_bytes=number(data, "host_memory_bytes", what, required=False, maximum=1e15),
+        mx_block_scaling=flag(data, "mx_block_scaling", what, False),
         description=str(data.get("description", "")),
         aliases=names(data, "aliases", what),
         sources=MappingProxyType(text_mapping(data, "sources", what)),

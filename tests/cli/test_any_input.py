@@ -117,7 +117,7 @@ def _bad_flag(draw, argv, tmp, files):
         ("--tp", "0"), ("--tp", "7"), ("--pp", "-2"), ("--cp", "1000"), ("--micro-batch", "x"), ("--seq", "0"),
         ("--seq", "1000000000"), ("--global-batch", "512..64"), ("--global-batch", "0"), ("--zero", "5"),
         ("--vpp", "0"), ("--vpp", "5"), ("--shard-group", "3"), ("--mesh", "tp=x"), ("--mesh", "tp=2,tp=2"),
-        ("--mesh", "ep=2"), ("--framework", "megatorn"), ("--dtype", "int4"), ("--headroom", "0.95"),
+        ("--mesh", "ep=2"), ("--framework", "megatorn"), ("--dtype", "int4"), ("--headroom", "0.95"), ("--headroom", "nan"),
         ("--tokens", "-5"), ("--tokens", "nan"), ("--price-per-device-hour", "-1"), ("--schedule", "zb"),
         ("--input-len", "0"), ("--batch", "0"), ("--kv-dtype", "int3"), ("--top", "0")]))
     return argv + [name, value]
@@ -230,3 +230,10 @@ def tmp(tmp_path_factory):
 @given(data=st.data())
 def test_every_command_answers_or_says_why_in_one_line(tmp, data):
     answers_or_one_line_error(data.draw(command_line(tmp)))
+
+
+@pytest.mark.parametrize("command", ["estimate", "plan"])
+def test_headroom_refuses_nan_which_every_range_check_would_let_through(command):
+    code, out, err = run([command, "--model", "gpt3-350m", "--hw", "a100x8", "--headroom", "nan"])
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and "--headroom" in err and "not a number" in err
