@@ -98,9 +98,12 @@ def layer_activation_bytes(model: ModelSpec, d: LocalDims, dtype: str, flash_att
     else:
         core = scores * (2 * bpe + mask)                 # softmax output, dropout mask, dropout output
     full = outer + qkv + latents + proj_in + act_in + mlp_down_in + core
-    # An MoE layer keeps its block's tensors in the dense MLP's place (parplan.cost.moe.activation_bytes).
-    moe_extra = moe_mod.share(model, d) * (moe_mod.activation_bytes(model, d, bpe, tokens) -
-                                           moe_mod.dense_mlp_activation_bytes(model, d, bpe, tokens, gemm_in)) \
+    # An MoE layer keeps its block's tensors in the dense MLP's place (parplan.cost.moe.activation_bytes), and
+    # its pre-MLP norm output in 16 bits, not a linear's FP8 cast: Megatron-Core's router and the permutation read
+    # the norm's own output (a separate norm module, not fused into a linear).
+    moe_extra = moe_mod.share(model, d) * (moe_mod.activation_bytes(model, d, bpe, tokens, gemm_in) -
+                                           moe_mod.dense_mlp_activation_bytes(model, d, bpe, tokens, gemm_in) +
+                                           outside * (bpe - gemm_in)) \
         if model.is_moe else 0.0
     full = full + moe_extra if model.is_moe else full
     selective = full - (0.0 if flash_attention else core)
@@ -115,7 +118,8 @@ def layer_activation_bytes(model: ModelSpec, d: LocalDims, dtype: str, flash_att
     save_dots = save_dots + moe_extra if model.is_moe else save_dots
     norm_act = full  # a dense layer's norms are fused into its linears: nothing for Megatron to drop
     if model.is_moe:
-        norm_act = full - moe_mod.share(model, d) * (outside * gemm_in + moe_mod.activation_output_bytes(model, d, bpe))
+        norm_act = full - moe_mod.share(model, d) * (outside * bpe +
+                                                      moe_mod.activation_output_bytes(model, d, bpe, gemm_in))
     mla_up = full - qkv  # q, k, v rebuilt from the latents before the attention's backward
     code = recompute_code(recompute)
     return np.select([code == 2, code == 1, code == 3, code == 4, code == 5, code == 6, code == 7],

@@ -252,25 +252,33 @@ def block_kernels(model: ModelSpec, d, rows, activation_impl: str, balanced: boo
     return out
 
 
-def activation_bytes(model: ModelSpec, d, bpe: int, tokens_tp_region):
+def activation_bytes(model: ModelSpec, d, bpe: int, tokens_tp_region, gemm_in: float | None = None):
     """Bytes one MoE block keeps for its backward beyond the dense MLP's input, on the busiest device:
     the fp32 gate scores, the permuted rows (the experts' input), the gate/up output, the down
-    projection's input, the experts' output (for the scores' gradient) and the shared experts'."""
+    projection's input, the experts' output (for the scores' gradient) and the shared experts'.
+
+    ``gemm_in``: bytes per element of what a linear layer keeps of its input (``bpe``, or 1 where the
+    framework keeps the FP8-cast input): the experts' input and the down projections' inputs, as the dense
+    MLP's are counted. Transformer Engine's GroupedLinear saves its FP8-quantized inputs, column-wise only,
+    for the weight gradient (NVIDIA/TransformerEngine transformer_engine/pytorch/module/grouped_linear.py,
+    ``_GroupedLinear.forward``: ``inputmat.update_usage(rowwise_usage=False, columnwise_usage=True)``)."""
+    gemm_in = bpe if gemm_in is None else gemm_in
     p = parallel(model, d)
     tokens = tokens_held(d)
     rows = routed_rows(model, d) * imbalance(model, d)[0]
     width = model.expert_width / np.asarray(p.etp, float)
     up = 2 if model.activation == "swiglu" else 1
-    routed = tokens * model.experts * 4.0 + rows * (2 * model.hidden + (up + 1) * width) * bpe
+    routed = tokens * model.experts * 4.0 + rows * ((gemm_in + bpe) * model.hidden + up * width * bpe + width * gemm_in)
     shared = model.shared_experts * model.shared_width / np.asarray(p.tp, float)
-    return routed + tokens_tp_region * (up + 1) * shared * bpe
+    return routed + tokens_tp_region * shared * (up * bpe + gemm_in)
 
 
-def activation_output_bytes(model: ModelSpec, d, bpe: int):
-    """The routed experts' activation output on the busiest device (the down projection's input), the part of
-    :func:`activation_bytes` that Megatron-Core's ``moe_act`` recompute drops."""
+def activation_output_bytes(model: ModelSpec, d, bpe: int, gemm_in: float | None = None):
+    """The routed experts' activation output on the busiest device (the down projection's input, kept at
+    ``gemm_in`` bytes an element), the part of :func:`activation_bytes` that Megatron-Core's ``moe_act``
+    recompute drops."""
     rows = routed_rows(model, d) * imbalance(model, d)[0]
-    return rows * model.expert_width / np.asarray(parallel(model, d).etp, float) * bpe
+    return rows * model.expert_width / np.asarray(parallel(model, d).etp, float) * (bpe if gemm_in is None else gemm_in)
 
 
 def dense_mlp_activation_bytes(model: ModelSpec, d, bpe: int, tokens_tp_region, gemm_in: float):

@@ -333,6 +333,25 @@ def test_norm_act_recompute_drops_the_norm_outputs_and_the_expert_activation():
         parplan.estimate(parplan.load_model("llama3.1-8b"), cl, Layout(dp=8, global_batch=16, recompute="norm-act"))
 
 
+def test_fp8_saved_inputs_shrink_the_experts_inputs_as_they_shrink_the_dense_linears():
+    """Where the linears keep their FP8-cast inputs (Transformer Engine), an MoE layer keeps 1 byte, not 2, of
+    the QKV projection's input, the output projection's input (8 heads x 128), the experts' routed rows
+    (hidden 1024) and their down projections' inputs (width 2048); the pre-MLP norm's output stays 16-bit,
+    as the router reads it. Under norm-act that norm output (2 bytes) and the down inputs (1 byte) go."""
+    from parplan.cost.memory import layer_activation_bytes
+    m = _toy()
+    d = ops_mod.LocalDims(batch=1, seq=2048, seq_kv=2048, hidden=m.hidden, heads=m.heads, kv_heads=m.kv_heads,
+                          head_dim=m.head_dim, ffn=m.ffn_hidden, vocab=m.vocab, norm_shard=1,
+                          moe=moe_mod.MoeParallel(1, 1, 1), moe_share=1.0)
+
+    def kept(recompute, fp8):
+        return float(layer_activation_bytes(m, d, "bf16", True, False, recompute, fp8_inputs=fp8))
+
+    rows = 2048 * 2 * float(moe_mod.imbalance(m, d)[0])
+    assert kept("none", False) - kept("none", True) == pytest.approx(2048 * 1024 + 2048 * 1024 + rows * (1024 + 2048))
+    assert kept("none", True) - kept("norm-act", True) == pytest.approx(2048 * 1024 * 2 + rows * 2048)
+
+
 def test_fp8_casts_cover_the_routed_experts_and_not_a_dense_mlp():
     """Top-2 of 8 experts, 2048 tokens, fused casts (2 bytes per input, 4 per output gradient and weight):
     the casts are the attention GEMMs' operands plus the experts' 4096 routed rows and all 8 experts' weights."""
