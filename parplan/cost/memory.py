@@ -36,7 +36,7 @@ SELECTIVE_LAYER_EVERY = 2
 
 def layer_activation_bytes(model: ModelSpec, d: LocalDims, dtype: str, flash_attention: bool,
                            dropout: bool, recompute, elementwise=None, fp8_inputs: bool = False,
-                           autocast=False, projections: str = "fused"):
+                           autocast=False, projections: str = "fused", expert_fp8_inputs: bool = False):
     """Bytes one layer keeps for its backward, for one micro-batch, under ``recompute``.
 
     ``recompute`` is a mode name of :data:`RECOMPUTE_MODES` or an array of their codes:
@@ -55,7 +55,8 @@ def layer_activation_bytes(model: ModelSpec, d: LocalDims, dtype: str, flash_att
     rotary embedding) before its backward.
     ``elementwise``: ops run eager keep more (an eager RMSNorm its fp32 upcast and normalized
     output, 4 bytes per element over the fused kernel's 16-bit input; an eager SwiGLU the SiLU output).
-    ``fp8_inputs``: the linear layers keep their inputs cast to FP8 (Transformer Engine), 1 byte each.
+    ``fp8_inputs``: the linear layers keep their inputs cast to FP8 (Transformer Engine), 1 byte each;
+    ``expert_fp8_inputs``: an MoE layer's grouped expert GEMMs do too (Transformer Engine's GroupedLinear).
     ``autocast`` (array-able): eager autocast over fp32 parameters, where the residual stream and the norms'
     outputs are fp32: each norm keeps its fp32 input, and each linear its own 16-bit cast of the norm's
     output (``projections`` "separate": three for q, k, v and two for SwiGLU's gate and up). Measured per
@@ -98,14 +99,16 @@ def layer_activation_bytes(model: ModelSpec, d: LocalDims, dtype: str, flash_att
     else:
         core = scores * (2 * bpe + mask)                 # softmax output, dropout mask, dropout output
     full = outer + qkv + latents + proj_in + act_in + mlp_down_in + core
-    # An MoE layer keeps its block's tensors in the dense MLP's place (parplan.cost.moe.activation_bytes), and
-    # its pre-MLP norm output in 16 bits, not a linear's FP8 cast: Megatron-Core's router and the permutation read
-    # the norm's own output (a separate norm module, not fused into a linear).
-    moe_extra = moe_mod.share(model, d) * (moe_mod.activation_bytes(model, d, bpe, tokens, gemm_in) -
-                                           moe_mod.dense_mlp_activation_bytes(model, d, bpe, tokens, gemm_in) +
-                                           outside * (bpe - gemm_in)) \
+    # An MoE layer keeps its block's tensors in the dense MLP's place (parplan.cost.moe.activation_bytes).
+    expert_in = 1 if (fp8_inputs and expert_fp8_inputs) else bpe
+    moe_extra = moe_mod.share(model, d) * (moe_mod.activation_bytes(model, d, bpe, tokens, expert_in, gemm_in) -
+                                           moe_mod.dense_mlp_activation_bytes(model, d, bpe, tokens, gemm_in)) \
         if model.is_moe else 0.0
-    full = full + moe_extra if model.is_moe else full
+    # ... and its pre-MLP norm output in 16 bits, not a linear's FP8 cast: the router reads the norm's own output
+    # (a separate module, not fused into a linear); shared experts keep their first linear's FP8 cast beside it.
+    shared_cast = outside * gemm_in * (gemm_in < bpe) * (model.shared_experts > 0)
+    norm16 = moe_mod.share(model, d) * (outside * (bpe - gemm_in) + shared_cast) if model.is_moe else 0.0
+    full = full + moe_extra + norm16 if model.is_moe else full
     selective = full - (0.0 if flash_attention else core)
     kept_input = outside * bpe                           # full recompute keeps only the layer input
     saved_mm = tokens * (q_cols + kv_cols + d.ffn + (model.hidden / d.hidden_shard if swiglu else 0)) * bpe
@@ -118,8 +121,8 @@ def layer_activation_bytes(model: ModelSpec, d: LocalDims, dtype: str, flash_att
     save_dots = save_dots + moe_extra if model.is_moe else save_dots
     norm_act = full  # a dense layer's norms are fused into its linears: nothing for Megatron to drop
     if model.is_moe:
-        norm_act = full - moe_mod.share(model, d) * (outside * bpe +
-                                                      moe_mod.activation_output_bytes(model, d, bpe, gemm_in))
+        norm_act = full - moe_mod.share(model, d) * (outside * bpe + shared_cast +
+                                                      moe_mod.activation_output_bytes(model, d, bpe, expert_in))
     mla_up = full - qkv  # q, k, v rebuilt from the latents before the attention's backward
     code = recompute_code(recompute)
     return np.select([code == 2, code == 1, code == 3, code == 4, code == 5, code == 6, code == 7],

@@ -252,25 +252,30 @@ def block_kernels(model: ModelSpec, d, rows, activation_impl: str, balanced: boo
     return out
 
 
-def activation_bytes(model: ModelSpec, d, bpe: int, tokens_tp_region, gemm_in: float | None = None):
+def activation_bytes(model: ModelSpec, d, bpe: int, tokens_tp_region, expert_in: float | None = None,
+                     shared_in: float | None = None):
     """Bytes one MoE block keeps for its backward beyond the dense MLP's input, on the busiest device:
     the fp32 gate scores, the permuted rows (the experts' input), the gate/up output, the down
     projection's input, the experts' output (for the scores' gradient) and the shared experts'.
 
-    ``gemm_in``: bytes per element of what a linear layer keeps of its input (``bpe``, or 1 where the
-    framework keeps the FP8-cast input): the experts' input and the down projections' inputs, as the dense
-    MLP's are counted. Transformer Engine's GroupedLinear saves its FP8-quantized inputs, column-wise only,
-    for the weight gradient (NVIDIA/TransformerEngine transformer_engine/pytorch/module/grouped_linear.py,
-    ``_GroupedLinear.forward``: ``inputmat.update_usage(rowwise_usage=False, columnwise_usage=True)``)."""
-    gemm_in = bpe if gemm_in is None else gemm_in
+    ``expert_in`` / ``shared_in``: bytes per element of what the routed experts' grouped GEMMs / the shared
+    experts' linears keep of their inputs (``bpe``, or 1 where the framework keeps the FP8-cast input): the
+    experts' input rows and the down projections' inputs. Transformer Engine's GroupedLinear saves its
+    FP8-quantized inputs, column-wise only, for the weight gradient (NVIDIA/TransformerEngine
+    transformer_engine/pytorch/module/grouped_linear.py, ``_GroupedLinear.forward``:
+    ``inputmat.update_usage(rowwise_usage=False, columnwise_usage=True)``); torchao's float8 grouped GEMM keeps
+    its 16-bit input (``_Float8GroupedMM``: ``ctx.save_for_backward(A, B_t, offs)``)."""
+    expert_in = bpe if expert_in is None else expert_in
+    shared_in = bpe if shared_in is None else shared_in
     p = parallel(model, d)
     tokens = tokens_held(d)
     rows = routed_rows(model, d) * imbalance(model, d)[0]
     width = model.expert_width / np.asarray(p.etp, float)
     up = 2 if model.activation == "swiglu" else 1
-    routed = tokens * model.experts * 4.0 + rows * ((gemm_in + bpe) * model.hidden + up * width * bpe + width * gemm_in)
+    routed = tokens * model.experts * 4.0 + rows * ((expert_in + bpe) * model.hidden + up * width * bpe +
+                                                    width * expert_in)
     shared = model.shared_experts * model.shared_width / np.asarray(p.tp, float)
-    return routed + tokens_tp_region * shared * (up * bpe + gemm_in)
+    return routed + tokens_tp_region * shared * (up * bpe + shared_in)
 
 
 def activation_output_bytes(model: ModelSpec, d, bpe: int, gemm_in: float | None = None):

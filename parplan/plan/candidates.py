@@ -98,6 +98,8 @@ def candidates(model: ModelSpec, cluster: Cluster, space: SearchSpace) -> dict[s
     """All layouts that pass the layout rules, as parallel arrays."""
     n, gb, seq = cluster.devices, space.global_batch, space.seq_len
     fixed = space.fixed or {}
+    if space.dtype == "fp8" and space.software is not None:
+        cluster.hardware.check_fp8_recipe(space.software.fp8_recipe, space.software.framework.fp8.recipes)
     if not model.is_moe and (fixed.get("ep", 1) > 1 or fixed.get("etp", 1) > 1):
         axis = "ep" if fixed.get("ep", 1) > 1 else "etp"
         raise ParplanError(f"{axis}={fixed[axis]} shards experts, but {model.name} is a dense model (no "

@@ -129,8 +129,6 @@ def make_plan(model, cluster, *, global_batch=None, dtype="bf16", objective="thr
         note = default_batch_note(batches[0], seq)
     cluster.hardware.peak(dtype)
     software = software or default_software(cluster, dtype)
-    if dtype == "fp8":
-        cluster.hardware.check_fp8_recipe(software.fp8_recipe, software.framework.fp8.recipes)
     if (fixed or {}).get("recompute_layers") is not None:  # a block recompute is a full one of some layers
         fixed = {**fixed, "recompute": fixed.get("recompute", "full")}
         check_recompute_layers(fixed["recompute_layers"], fixed["recompute"], software.framework, model.layers)

@@ -208,12 +208,13 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
     # ---- a layer's saved activations (what its backward reads), and their copies to the host (parplan.step.offload)
     fp8_inputs = sw.fp8_saves_inputs
     autocast = sw_mod.casts_weights(sw, layout.dtype) & (np.asarray(layout.zero) == 0)  # FSDP casts instead
-    act_layer = layer_activation_bytes(model, dims, act, sw.flash_attention, use_dropout, rc, sw.elementwise,
-                                       fp8_inputs, autocast, fw.kernels.projections)
+    saved = dict(fp8_inputs=fp8_inputs, autocast=autocast, projections=fw.kernels.projections,
+                 expert_fp8_inputs=fp8_inputs and fw.fp8.experts_save_fp8_inputs)
+    act_layer = layer_activation_bytes(model, dims, act, sw.flash_attention, use_dropout, rc, sw.elementwise, **saved)
     act_full_layer = layer_activation_bytes(model, dims, act, sw.flash_attention, use_dropout, "none",
-                                            sw.elementwise, fp8_inputs, autocast, fw.kernels.projections)
+                                            sw.elementwise, **saved)
     act_kept = layer_activation_bytes(model, dims, act, sw.flash_attention, use_dropout, "full",
-                                      sw.elementwise, fp8_inputs, autocast, fw.kernels.projections)
+                                      sw.elementwise, **saved)
 
     def saved(share):  # a block recompute keeps its share of layers' inputs only, selective-layer half
         return np.where((rc == 2) | (rc == 4), share * act_kept + (1 - share) * act_full_layer, act_layer)

@@ -335,21 +335,33 @@ def test_norm_act_recompute_drops_the_norm_outputs_and_the_expert_activation():
 
 def test_fp8_saved_inputs_shrink_the_experts_inputs_as_they_shrink_the_dense_linears():
     """Where the linears keep their FP8-cast inputs (Transformer Engine), an MoE layer keeps 1 byte, not 2, of
-    the QKV projection's input, the output projection's input (8 heads x 128), the experts' routed rows
-    (hidden 1024) and their down projections' inputs (width 2048); the pre-MLP norm's output stays 16-bit,
-    as the router reads it. Under norm-act that norm output (2 bytes) and the down inputs (1 byte) go."""
+    the QKV projection's input and the output projection's input (8 heads x 128); where the grouped expert GEMMs
+    do too (TE's GroupedLinear, not torchao's), of the experts' routed rows (hidden 1024) and their down
+    projections' inputs (width 2048). The pre-MLP norm's output stays 16-bit, as the router reads it; a shared
+    expert (width 2048) keeps its first linear's 1-byte cast of it beside, and its down projection's input at
+    1 byte. Under norm-act the norm output (2 bytes), the shared cast (1) and the routed down inputs go."""
     from parplan.cost.memory import layer_activation_bytes
+
+    def kept(m, recompute, fp8, experts=False):
+        d = ops_mod.LocalDims(batch=1, seq=2048, seq_kv=2048, hidden=m.hidden, heads=m.heads, kv_heads=m.kv_heads,
+                              head_dim=m.head_dim, ffn=m.ffn_hidden, vocab=m.vocab, norm_shard=1,
+                              moe=moe_mod.MoeParallel(1, 1, 1), moe_share=1.0)
+        return float(layer_activation_bytes(m, d, "bf16", True, False, recompute, fp8_inputs=fp8,
+                                            expert_fp8_inputs=experts))
+
     m = _toy()
-    d = ops_mod.LocalDims(batch=1, seq=2048, seq_kv=2048, hidden=m.hidden, heads=m.heads, kv_heads=m.kv_heads,
-                          head_dim=m.head_dim, ffn=m.ffn_hidden, vocab=m.vocab, norm_shard=1,
-                          moe=moe_mod.MoeParallel(1, 1, 1), moe_share=1.0)
-
-    def kept(recompute, fp8):
-        return float(layer_activation_bytes(m, d, "bf16", True, False, recompute, fp8_inputs=fp8))
-
-    rows = 2048 * 2 * float(moe_mod.imbalance(m, d)[0])
-    assert kept("none", False) - kept("none", True) == pytest.approx(2048 * 1024 + 2048 * 1024 + rows * (1024 + 2048))
-    assert kept("none", True) - kept("norm-act", True) == pytest.approx(2048 * 1024 * 2 + rows * 2048)
+    rows = 2048 * 2 * float(moe_mod.imbalance(m, ops_mod.LocalDims(
+        batch=1, seq=2048, seq_kv=2048, hidden=1024, heads=8, kv_heads=8, head_dim=128, ffn=2048, vocab=32000,
+        norm_shard=1, moe=moe_mod.MoeParallel(1, 1, 1), moe_share=1.0))[0])
+    attention = 2048 * 1024 + 2048 * 1024
+    assert kept(m, "none", False) - kept(m, "none", True) == pytest.approx(attention)
+    assert kept(m, "none", False) - kept(m, "none", True, True) == pytest.approx(attention + rows * (1024 + 2048))
+    assert kept(m, "none", True, True) - kept(m, "norm-act", True, True) == pytest.approx(2048 * 1024 * 2 + rows * 2048)
+    shared = _toy(shared_experts=1)
+    assert kept(shared, "none", True, True) - kept(m, "none", True, True) == pytest.approx(
+        2048 * 2048 * (2 * 2 + 1) + 2048 * 1024)
+    assert kept(shared, "none", True, True) - kept(shared, "norm-act", True, True) == pytest.approx(
+        2048 * 1024 * (2 + 1) + rows * 2048)
 
 
 def test_fp8_casts_cover_the_routed_experts_and_not_a_dense_mlp():

@@ -29,7 +29,7 @@ def test_mxfp8_on_hopper_is_refused_with_the_recipes_that_would_run():
         _estimate("h100x8", "mxfp8")
     msg = str(err.value)
     assert "\n" not in msg and "h100-sxm" in msg and "mx_block_scaling" in msg
-    assert "use delayed, tensorwise, blockwise" in msg  # megatron-core's recipes, mxfp8 left out
+    assert "choose --fp8-recipe delayed, tensorwise, blockwise" in msg  # megatron-core's recipes, mxfp8 left out
 
 
 def test_mxfp8_runs_on_blackwell_and_other_recipes_run_on_hopper():
@@ -48,3 +48,11 @@ def test_the_key_must_be_true_or_false():
     data["mx_block_scaling"] = "yes"
     with pytest.raises(ParplanError, match="mx_block_scaling.*true or false"):
         hardware_from_dict(data, "b200")
+
+
+def test_a_sweep_says_why_at_every_point_instead_of_finding_nothing_that_fits(tmp_path):
+    res = CliRunner().invoke(cli, ["sweep", "--model", "llama3.1-405b", "--hw", "h100", "--vary", "devices=8",
+                                   "--dtype", "fp8", "--fp8-recipe", "mxfp8", "-o", str(tmp_path)])
+    assert res.exit_code == 0  # a batch job: it keeps the rows and says why in each
+    rows = (tmp_path / "sweep.csv").read_text()
+    assert "MX block scales" in rows and "no layout fits" not in rows
