@@ -170,8 +170,8 @@ class Hardware:
         if recipe == "mxfp8" and not self.mx_block_scaling:
             others = ", ".join(r for r in offered if r != "mxfp8") or "a per-tensor recipe"
             raise ParplanError(f"the mxfp8 recipe needs tensor cores that apply MX block scales (NVIDIA Blackwell, "
-                               f"compute capability 10.0+); {self.name} has none (its profile's mx_block_scaling): "
-                               f"use {others}")
+                               f"compute capability 10.x); {self.name} has none (its profile's mx_block_scaling): "
+                               f"choose --fp8-recipe {others}")
 
     def ratios(self, dtype: str = "bf16") -> dict[str, float]:
         """Derived ratios: FLOP per byte of HBM, of the scale-up link, of the network.
@@ -266,7 +266,7 @@ def hardware_from_dict(data: Any, what: str, path: str = "") -> Hardware:
         ici = require_mapping(data["ici"], f"{what}: ici")
         check_keys(ici, ICI_KEYS, f"{what}: ici")
         torus = _torus(ici, f"{what}: ici")
-    return Hardware(
+    hw = Hardware(
         name=name,
         vendor=text(data, "vendor", what, required=False, default="") or "",
         kind=kind,
@@ -305,6 +305,13 @@ def hardware_from_dict(data: Any, what: str, path: str = "") -> Hardware:
         sources=MappingProxyType(text_mapping(data, "sources", what)),
         path=path,
     )
+    for kernel, curve in hw.attention_kernels.items():
+        for part, table in (("forward", curve.forward), ("backward", curve.backward)):
+            top = max(max(v) for v in table.values())
+            if top * hw.matmul_efficiency > 1.0:
+                raise ParplanError(f"{what}: attention_kernels.{kernel}.{part}: {top:g} of the GEMM rate (efficiency "
+                                   f"{hw.matmul_efficiency:g}) runs faster than the peak")
+    return hw
 
 
 def hardware_names() -> list[str]:

@@ -133,8 +133,9 @@ def attention_kernels_from_dict(data: Any, what: str) -> Mapping[str, AttentionC
                 if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1:
                     raise ParplanError(f"{w}.{key}: keys must be head sizes, got {head_dim!r}")
                 if not isinstance(fractions, list) or len(fractions) != len(seq) or any(
-                        isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 < x <= 1 for x in fractions):
-                    raise ParplanError(f"{w}.{key}.{head_dim}: expected {len(seq)} fractions in (0, 1]")
+                        isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 < x <= 2 for x in fractions):
+                    raise ParplanError(f"{w}.{key}.{head_dim}: expected {len(seq)} fractions in (0, 2] of the GEMM "
+                                       f"rate")
                 heads[head_dim] = tuple(float(x) for x in fractions)
             if not heads:
                 raise ParplanError(f"{w}.{key}: no head size measured")

@@ -95,3 +95,17 @@ def test_an_attention_kernels_residency_is_one_or_two_blocks_with_a_sane_lone_ra
     path.write_text(bad)
     with pytest.raises(ParplanError, match=message):
         load_hardware(str(path))
+
+
+@pytest.mark.parametrize("value,message", [("2.5", r"fractions in \(0, 2\]"), ("0", r"fractions in \(0, 2\]"),
+                                           ("1.9", "runs faster than the peak")])
+def test_an_attention_table_entry_cannot_put_the_kernel_past_the_peak(tmp_path, value, message):
+    """An entry is a fraction of the profile's GEMM rate, which may exceed 1 (a kernel that outruns the typical
+    GEMM) but not carry the kernel past the peak: entry x matmul efficiency <= 1 (H100: 0.739, so 1.9 is too much)."""
+    text = open(load_hardware("h100-sxm").path).read()
+    bad = text.replace("      128: [0.637,", f"      128: [{value},", 1)
+    assert bad != text
+    path = tmp_path / "p.yaml"
+    path.write_text(bad)
+    with pytest.raises(ParplanError, match=message):
+        load_hardware(str(path))
