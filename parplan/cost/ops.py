@@ -1,20 +1,16 @@
 """The operations of one transformer layer (and the embedding, logits and loss) on one device.
 
-Each op carries its forward and backward FLOPs and HBM bytes for the *local*
-(sharded) shapes of one micro-batch, and, for matmuls, the GEMM shapes that the
-roofline turns into time. Matmul FLOPs follow Narayanan et al. 2021 (arXiv
-2104.04473, eq. 3 derivation): per layer forward ``24 b s h^2 + 4 b s^2 h`` for a
-GPT block; backward is twice forward (a data-gradient and a weight-gradient GEMM
-per forward GEMM). Element-wise byte counts follow the fused kernels of
-Megatron-LM (fused LayerNorm, bias-GeLU, bias-dropout-add, scale-mask-softmax):
-each reads its inputs once and writes its outputs once. Those fusions, and the
-data layout that spares the attention's head transposes, arrived with Narayanan
-et al. 2021 (Sec. 4.2); with ``fused=False`` the layer runs as Megatron-LM 2019
-wrote it in eager PyTorch (``mpu/transformer.py``): a separate bias add after
-each linear, copies that transpose q, k, v and the context, and the attention
-scores scaled, masked (a multiply and a subtract) and only then soft-maxed, each
-a full pass over the ``b a s^2`` scores. All dimension fields may be numpy arrays (one entry per
-candidate layout).
+Each op carries its forward and backward FLOPs and HBM bytes for the *local* (sharded) shapes of one micro-batch,
+and, for matmuls, the GEMM shapes that the roofline turns into time. Matmul FLOPs follow Narayanan et al. 2021
+(arXiv 2104.04473, eq. 3 derivation): per layer forward ``24 b s h^2 + 4 b s^2 h`` for a GPT block; backward is
+twice forward (a data-gradient and a weight-gradient GEMM per forward GEMM). Element-wise byte counts follow the
+fused kernels of Megatron-LM (fused LayerNorm, bias-GeLU, bias-dropout-add, scale-mask-softmax): each reads its
+inputs once and writes its outputs once. Those fusions, and the data layout that spares the attention's head
+transposes, arrived with Narayanan et al. 2021 (Sec. 4.2); with ``fused=False`` the layer runs as Megatron-LM 2019
+wrote it in eager PyTorch (``mpu/transformer.py``): a separate bias add after each linear, copies that transpose q,
+k, v and the context, and the attention scores scaled, masked (a multiply and a subtract) and only then soft-maxed,
+each a full pass over the ``b a s^2`` scores. All dimension fields may be numpy arrays (one entry per candidate
+layout).
 """
 from __future__ import annotations
 
@@ -88,6 +84,7 @@ class Fp8:
     weight_casts_per_microbatch: Any = 1.0
     weight_shard: Any = 1.0   # ZeRO-3 casts the local shard before gathering
     params: bool = False      # FP8 primary weights: no cast, only their transposes rebuilt
+    experts: bool = True      # the routed experts' GEMMs run in FP8 too (else 16-bit; shared experts follow lin)
 
 
 ALL_FUSED = {op: "fused" for op in ("norm", "rope", "activation", "residual", "bias", "softmax", "transposes")}
@@ -224,8 +221,8 @@ def layer_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", flash_attenti
         *_residual("mlp_residual", row, mask, bpe, impl["residual"], bias if "bias" in eager else 0.0),
     ]
     if model.is_moe:
-        ops = _with_moe(ops, mlp_at, model, d, rows, bpe, lin, impl["activation"], expert_gemms, moe_permute,
-                        moe_dispatcher)
+        ops = _with_moe(ops, mlp_at, model, d, rows, bpe, (lin, lin and fp8.experts), impl["activation"],
+                        expert_gemms, moe_permute, moe_dispatcher)
     if model.parallel_layers:
         ops = parallel_block(ops)
     if fp8:
@@ -261,18 +258,19 @@ DENSE_LINEAR = ("qkv_proj", "out_proj", "mlp_gate_up", "mlp_up", "mlp_down", "qk
 MLP_OPS = ("mlp_gate_up", "mlp_up", "swiglu", "gelu", "relu", "mlp_bias_add", "mlp_down")
 
 
-def _with_moe(ops: list[Op], at: int, model: ModelSpec, d: LocalDims, rows, bpe: int, fp8: bool,
+def _with_moe(ops: list[Op], at: int, model: ModelSpec, d: LocalDims, rows, bpe: int, fp8: tuple[bool, bool],
               activation: str, expert_gemms: str = GROUPED, permute: str = "fused",
               dispatcher: str = "none") -> list[Op]:
     """The layer's ops with the MoE block (:mod:`parplan.cost.moe`) in the dense MLP's place, each run by
-    the share of the layers that are MoE; the dense MLP's ops run by the rest (dropped when none is)."""
+    the share of the layers that are MoE; the dense MLP's ops run by the rest (dropped when none is). ``fp8``:
+    (the linears run in FP8, the routed experts' GEMMs do too)."""
     s = moe_mod.share(model, d)
     dense_share = 1.0 - np.asarray(s, float)
     keep = not (np.ndim(dense_share) == 0 and float(dense_share) == 0.0)
     out = []
     for i, o in enumerate(ops):
         if i == at:
-            out += [_build(k, bpe, fp8, s, expert_gemms)
+            out += [_build(k, bpe, fp8[1] if k.name.startswith("expert_") else fp8[0], s, expert_gemms)
                     for k in moe_mod.block_kernels(model, d, rows, activation, permute=permute,
                                                    dispatcher=dispatcher)]
         if o.name in MLP_OPS:

@@ -95,7 +95,7 @@ def layer_ops(model, dims, layout, sw: Software, dropout: bool, micro_batches, s
         per_step = fw.fp8.weight_cast == "per-step"
         fp8 = ops_mod.Fp8(recipe=sw.fp8_recipe, casts=sw.fp8_casts,
                           weight_casts_per_microbatch=1.0 / np.maximum(micro_batches, 1) if per_step else 1.0,
-                          weight_shard=shard, params=sw.fp8_params)
+                          weight_shard=shard, params=sw.fp8_params, experts=fw.fp8.experts)
     # Compiled, Inductor fuses the permute's gather and the unpermute's product and scatter-add [assumed].
     moe = {"expert_gemms": fw.moe.expert_gemms, "moe_permute": "fused" if sw.compiled else fw.moe.permute,
            "moe_dispatcher": sw.moe_dispatcher} if model.is_moe else {}

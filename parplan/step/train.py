@@ -209,7 +209,7 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, *, software: So
     fp8_inputs = sw.fp8_saves_inputs
     autocast = sw_mod.casts_weights(sw, layout.dtype) & (np.asarray(layout.zero) == 0)  # FSDP casts instead
     saved = dict(fp8_inputs=fp8_inputs, autocast=autocast, projections=fw.kernels.projections,
-                 expert_fp8_inputs=fp8_inputs and fw.fp8.experts_save_fp8_inputs)
+                 expert_fp8_inputs=fp8_inputs and fw.fp8.experts and fw.fp8.experts_save_fp8_inputs)
     act_layer = layer_activation_bytes(model, dims, act, sw.flash_attention, use_dropout, rc, sw.elementwise, **saved)
     act_full_layer = layer_activation_bytes(model, dims, act, sw.flash_attention, use_dropout, "none",
                                             sw.elementwise, **saved)

@@ -399,3 +399,30 @@ def test_received_rows_are_sorted_by_local_expert_only_with_several_local_expert
     assert [float(x) for x in sort.args] == pytest.approx([passes * rows * 1024] * 2)
     plain = {k.name for k in moe_mod.block_kernels(m, d, 2048, "fused")}
     assert "moe_sort_received" not in plain
+
+
+def test_torchtitan_float8_leaves_the_grouped_experts_in_bf16():
+    """torchtitan's float8 converter swaps nn.Linear only: the attention and shared-expert linears run in FP8,
+    the routed experts' grouped GEMMs in bf16 (so they take no FP8 cast and run at the bf16 rate); Megatron-Core
+    runs them in FP8. Same model, layout and recipe otherwise."""
+    m = _toy(shared_experts=1)
+    cl = parplan.load_cluster("h100x8")
+
+    def ops(framework):
+        sw = _software(framework, dtype="fp8", fp8_recipe="tensorwise")
+        est = parplan.estimate(m, cl, Layout(dp=8, micro_batch=1, global_batch=16, seq_len=2048, dtype="fp8",
+                                             axes=(("ep", 8), ("etp", 1))), software=sw)
+        return {o.name: o for o in est.ops}, est
+
+    titan, titan_est = ops("torchtitan")
+    core, _ = ops("megatron-core")
+    for name in ("expert_gate_up", "expert_down"):
+        assert core[name].fp8 and not titan[name].fp8
+        assert titan[name].fwd_bytes > core[name].fwd_bytes  # 16-bit operands, not 1-byte ones
+    for name in ("qkv_proj", "out_proj", "shared_gate_up", "shared_down"):
+        assert titan[name].fp8 and core[name].fp8
+    t = dict(zip([o.name for o in titan_est.ops], titan_est.op_times))
+    plain = parplan.estimate(m, cl, Layout(dp=8, micro_batch=1, global_batch=16, seq_len=2048, dtype="bf16",
+                                           axes=(("ep", 8), ("etp", 1))), software=_software("torchtitan"))
+    b = dict(zip([o.name for o in plain.ops], plain.op_times))
+    assert float(t["expert_gate_up"][0]) == pytest.approx(float(b["expert_gate_up"][0]))
