@@ -122,3 +122,18 @@ def test_save_dots_is_refused_on_moe_models():
         estimate(load_model("mixtral-8x7b"), load_cluster("tpu-v5px64"),
                  Layout(dp=64, zero=3, global_batch=64, seq_len=4096, recompute="save-dots"),
                  software=software("jax"))
+
+
+def test_fp8_linears_take_no_autocast_weight_copies():
+    """torchao's Float8Linear casts its fp32 weight straight to FP8 and saves the parameter itself, so
+    autocast keeps 16-bit copies of the other weights only: Llama 3.2 1B's embedding table (tied to the LM
+    head) and its norms, 2 bytes each, against every parameter in bf16."""
+    m, cl = load_model("llama3.2-1b"), load_cluster("h100x1")
+    lay = dict(global_batch=1, seq_len=2048)
+    bf16 = estimate(m, cl, Layout(dtype="bf16", **lay), software=software("torchtitan", dtype="bf16")).memory_bytes
+    fp8 = estimate(m, cl, Layout(dtype="fp8", **lay), software=software("torchtitan", dtype="fp8")).memory_bytes
+    n = m.total_params()
+    linears = m.layers * (m.hidden * (m.heads + 2 * m.kv_heads) * m.head_dim + m.heads * m.head_dim * m.hidden
+                          + 3 * m.hidden * m.ffn_hidden)
+    assert float(bf16["weight_copies"]) == pytest.approx(2 * n)
+    assert float(fp8["weight_copies"]) == pytest.approx(2 * (n - linears), rel=1e-3)
