@@ -5,7 +5,7 @@
 # the layer shapes of validated 7B-13B runs (scripts/step_models/: the models cut to the layers that fit
 # 80 GB beside fp32 AdamW) at the tokens a GPU of those runs holds.
 #
-# usage: scripts/gpu_step_suite.sh OUT_DIR [SET ...]     (SET: kernels, a, b, c; default: kernels a b)
+# usage: scripts/gpu_step_suite.sh OUT_DIR [SET ...]     (SET: kernels, a, b, c, d; default: kernels a b)
 # torchao travels as a wheel in .whl/ (the device has no registry); without it the FP8 modes are
 # skipped with a note. Rows: OUT_DIR/<set>/<name>/results.csv; logs beside them (pass $OUT itself as
 # OUT_DIR on the device machine: it returns files at most three folders deep).
@@ -22,9 +22,9 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv 
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" >> "$out/device.txt" 2>&1
 python3 -c "import torchao; print('torchao', torchao.__version__)" >> "$out/device.txt" 2>&1
 
-step() {  # step SET NAME MODEL SEQ MICRO_BATCH [MICRO_BATCHES]
+step() {  # step SET NAME MODEL SEQ MICRO_BATCH [MICRO_BATCHES]   (modes: $MODES, default eager, compiled, FP8)
   python3 -m parplan.bench --suite step --model "$3" --seq "$4" --micro-batch "$5" --micro-batches "${6:-1}" \
-    --iters 5 --warmup 3 --timeout 400 -o "$out/$1/$2" 2>&1 | tee "$out/$1/$2.log"
+    --step-modes "${MODES:-auto}" --iters 5 --warmup 3 --timeout 400 -o "$out/$1/$2" 2>&1 | tee "$out/$1/$2.log"
 }
 for set in $sets; do
   mkdir -p "$out/$set"
@@ -41,6 +41,11 @@ for set in $sets; do
        step c mpt-7b-8l-s2048 $m/mpt-7b-8l.yaml 2048 6           # llm-foundry MPT-7B on 8 H100: mb 6
        step c llama3-8b-6l-s8192 $m/llama3-8b-6l.yaml 8192 1 2   # torchtitan / NeMo Llama 3 8B: mb 1
        step c llama2-13b-6l-s4096 $m/llama2-13b-6l.yaml 4096 2 ;; # torchtitan Llama 2 13B: mb 2
+    d) m=scripts/step_models MODES=eager-fsdp,compiled-fsdp   # set c's steps under FSDP2 on one rank: its copies
+       step d llama2-7b-8l-s4096 $m/llama2-7b-8l.yaml 4096 1 4  # and hooks with no network (a group of one)
+       step d mpt-7b-8l-s2048 $m/mpt-7b-8l.yaml 2048 6
+       step d llama3-8b-6l-s8192 $m/llama3-8b-6l.yaml 8192 1 2
+       step d llama2-13b-6l-s4096 $m/llama2-13b-6l.yaml 4096 2 ;;
     *) echo "unknown set $set" >&2 ;;
   esac
 done

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Sequence
 
-from ..calibrate.rows import STEP_MODE, step_mode
+from ..calibrate.rows import STEP_MODE, step_mode, step_sharded
 from ..cost.collectives import OPS
 from ..errors import ParplanError
 from ..units import GIB, format_bytes
@@ -137,7 +137,8 @@ def parse_dtypes(text: str | Sequence[str] | None, what: str) -> tuple[str, ...]
 
 
 def parse_step_modes(text: str | Sequence[str] | None) -> tuple[str, ...]:
-    """Whole-step variants: ``eager``, ``compiled``, either with ``-fp8-tensorwise`` or ``-fp8-rowwise``.
+    """Whole-step variants: ``eager``, ``compiled``, either with ``-fp8-tensorwise`` or ``-fp8-rowwise``, and
+    any of them with ``-fsdp`` (FSDP2 on one rank too).
 
     ``()`` means the device's default (eager, compiled and compiled FP8 per tensor on a GPU; eager on a CPU).
     """
@@ -149,7 +150,7 @@ def parse_step_modes(text: str | Sequence[str] | None) -> tuple[str, ...]:
         key = name.lower()
         if not STEP_MODE.match(key):
             raise ParplanError(f"--step-modes: unknown mode {name!r}; choose from eager, compiled, "
-                               f"eager-fp8-tensorwise, compiled-fp8-tensorwise, compiled-fp8-rowwise, ...")
+                               f"eager-fp8-tensorwise, compiled-fp8-tensorwise, compiled-fp8-rowwise, eager-fsdp, ...")
         if key not in out:
             out.append(key)
     return tuple(out)
@@ -305,4 +306,4 @@ def resolve(config: BenchConfig, on_gpu: bool) -> BenchConfig:
 
 
 __all__ = ["BenchConfig", "parse_concurrency", "parse_dtypes", "parse_groups", "parse_layouts", "parse_ops",
-           "parse_shapes", "parse_step_modes", "parse_suites", "resolve", "step_mode"]
+           "parse_shapes", "parse_step_modes", "parse_suites", "resolve", "step_mode", "step_sharded"]

@@ -31,7 +31,7 @@ from .measure import TORCH_DTYPES, collective_case, copy_case, matmul_case, sync
 from .writer import ResultWriter, default_out_dir, finish, write_meta
 from ..calibrate.rows import Row, timing_fields
 from .state import EXIT_ERROR, EXIT_FAULT, STATE_DIR_ENV, Watchdog
-from .config import BenchConfig, resolve, step_mode
+from .config import BenchConfig, resolve, step_mode, step_sharded
 from .items import Fault, Item, build_plan
 
 PROGRESS_ENV = "PARPLAN_BENCH_PROGRESS"
@@ -210,7 +210,8 @@ class Runner:
         return self.measure_layer(item)
 
     def measure_step(self, item: Item) -> list[Row]:
-        """One whole training step of a model (``bench/step.py``): FSDP2 over the ranks when there are several.
+        """One whole training step of a model (``bench/step.py``): FSDP2 over the ranks when there are several
+        (or on one, in a ``-fsdp`` mode).
 
         A mode this machine cannot run (FP8 without torchao or without a GPU) or a step that runs out
         of memory is skipped with a one-line note on rank 0; the run goes on.
@@ -231,7 +232,7 @@ class Runner:
             try:
                 result = time_step(spec, seq, cfg.micro_batch, ctx.device, micro_batches=cfg.micro_batches,
                                    compile=compiled, fp8=fp8, iters=cfg.iters, warmup=cfg.warmup,
-                                   sharded=ctx.world > 1, barrier=ctx.barrier if ctx.world > 1 else None)
+                                   sharded=step_sharded(item.op, ctx.world), barrier=ctx.barrier if ctx.world > 1 else None)
             except torch.cuda.OutOfMemoryError:
                 skip = "out of memory"
             finally:

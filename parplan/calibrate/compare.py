@@ -27,7 +27,7 @@ from ..units import format_bytes
 from ..specs.dtypes import BYTES_PER_ELEMENT
 from ..specs.cluster import Cluster, load_cluster, make_cluster
 from ..specs.model import ModelSpec
-from .rows import Row, step_mode
+from .rows import Row, step_mode, step_sharded
 
 
 @dataclass(frozen=True)
@@ -152,7 +152,7 @@ def step_setup(row: Row, hw, framework: str = STEP_FRAMEWORK, links: Cluster | N
                            inter_node=links.inter_node if links else None)
     dtype = "fp8" if recipe else ("bf16" if row.dtype in ("bf16", "fp16") else "fp32")
     layout = Layout(dp=world, micro_batch=batch, global_batch=batch * micro_batches * world, seq_len=seq,
-                    zero=3 if world > 1 else 0, dtype=dtype)
+                    zero=3 if step_sharded(row.op, world) else 0, dtype=dtype)
     fw = load_framework(framework)
     if row.attention and row.attention != "math":  # the kernel SDPA ran, first in the framework's preference
         fw = replace(fw, kernels=replace(fw.kernels, attention=(row.attention,) + tuple(

@@ -32,8 +32,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import ParplanError
 
-# A whole training step's mode (``--suite step``): eager or torch.compile'd, optionally with torchao FP8 linears.
-STEP_MODE = re.compile(r"^(eager|compiled)(?:-fp8-(tensorwise|rowwise))?$")
+# A whole training step's mode (``--suite step``): eager or torch.compile'd, optionally with torchao FP8 linears,
+# and ``-fsdp``: every block under FSDP2 even on one rank (its copies and hooks without a network).
+STEP_MODE = re.compile(r"^(eager|compiled)(?:-fp8-(tensorwise|rowwise))?(-fsdp)?$")
 
 
 def step_mode(mode: str) -> tuple[bool, str]:
@@ -42,6 +43,14 @@ def step_mode(mode: str) -> tuple[bool, str]:
     if match is None:
         raise ParplanError(f"unknown step mode {mode!r}")
     return match.group(1) == "compiled", match.group(2) or ""
+
+
+def step_sharded(mode: str, world_size: int) -> bool:
+    """Whether a step row ran its blocks under FSDP2: always on several ranks, on one where the mode says ``-fsdp``."""
+    match = STEP_MODE.match(mode)
+    if match is None:
+        raise ParplanError(f"unknown step mode {mode!r}")
+    return world_size > 1 or match.group(3) is not None
 
 
 CSV_NAME = "results.csv"

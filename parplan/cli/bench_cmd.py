@@ -65,7 +65,8 @@ def measure_options(fn):
         click.option("--seq", type=int, default=0, help="Layer sequence length [the model's]."),
         click.option("--layer-dtype", default="", help="Layer dtype [bf16 on a GPU, fp32 on a CPU]."),
         click.option("--step-modes", default="auto", show_default=True,
-                     help="Whole steps: eager, compiled, and either with -fp8-tensorwise or -fp8-rowwise (torchao) "
+                     help="Whole steps: eager, compiled, and either with -fp8-tensorwise or -fp8-rowwise (torchao), "
+                          "any with -fsdp (FSDP2 on one rank too) "
                           "(auto: eager,compiled,compiled-fp8-tensorwise on a GPU, eager on a CPU)."),
         click.option("--micro-batches", type=int, default=1, show_default=True,
                      help="Micro-batches accumulated per whole step."),

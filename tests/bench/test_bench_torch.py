@@ -242,6 +242,26 @@ def test_step_suite_times_whole_fsdp2_steps_on_two_gloo_ranks_and_compare_predic
     assert got[0]["kind"] == "step" and float(got[0]["predicted_s"]) > 0
 
 
+def test_an_fsdp_mode_shards_one_rank_and_compare_predicts_zero3(tmp_path):
+    """``-fsdp`` wraps the blocks in FSDP2 on a single rank (its copies and hooks with no network); compare
+    then predicts the row as ZeRO-3 over a group of one (FSDP2's copies, no collective time)."""
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text("name: tiny\nlayers: 2\nhidden: 64\nheads: 4\nkv_heads: 2\nffn_hidden: 96\n"
+                    "activation: swiglu\nnorm: rmsnorm\nvocab: 1000\nseq_len: 32\n")
+    out = tmp_path / "run"
+    proc = run_bench("bench", "--nproc", "1", "--suite", "step", "--model", str(spec), "--seq", "16",
+                     "--micro-batch", "2", "--step-modes", "eager,eager-fsdp", "--iters", "2", "--warmup", "1",
+                     "--timeout", "120", "-o", str(out), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = load_results([out])
+    assert [(r.kind, r.op, r.world_size) for r in rows] == [("step", "eager", 1), ("step", "eager-fsdp", 1)]
+    from parplan.calibrate.compare import step_setup
+    from parplan.specs.hardware import load_hardware
+    hw = load_hardware("a100-80gb")
+    plain, sharded = (step_setup(r, hw)[2] for r in rows)
+    assert (plain.zero, sharded.zero, sharded.dp) == (0, 3, 1)
+
+
 def test_step_modes_are_checked():
     proc = run_bench("--suite", "step", "--model", "gpt3-125m", "--step-modes", "jit")
     assert "unknown mode 'jit'" in error_line(proc)
