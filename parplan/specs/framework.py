@@ -77,8 +77,8 @@ KERNEL_KEYS = ("attention", "flash_attention", "elementwise", "loss", "weight_ca
 # linear layers (torchtitan, transformers' Llama), which eager autocast feeds one 16-bit cast each.
 PROJECTIONS = ("fused", "separate")
 COMPILE_KEYS = ("available", "default", "elementwise", "loss", "host")
-FP8_KEYS = ("recipes", "default", "casts", "recipe_casts", "compiled_casts", "weight_cast", "all_gather", "params",
-            "saves_fp8_inputs", "compiled_saves_fp8_inputs", "experts_save_fp8_inputs", "experts", "wgrad")
+FP8_KEYS = ("recipes", "default", "casts", "recipe_casts", "compiled_casts", "weight_cast", "all_gather", "params", "wgrad",
+            "saves_fp8_inputs", "compiled_saves_fp8_inputs", "experts_save_fp8_inputs", "experts", "weights_from_master")
 DP_KEYS = ("zero", "zero3", "grad_reduce", "reduce_every_microbatch", "backward_prefetch", "gather_bucket_params",
            "reduce_bucket_params", "max_live_params", "grad_dtype", "overlap_param_gather")
 PP_KEYS = ("schedules", "send", "zero", "reduce_every_microbatch", "split", "micro_batch", "micro_batches")
@@ -141,8 +141,8 @@ class FP8:
     compiled_saves_fp8_inputs: bool = False  # the same once compiled (the loader's default: saves_fp8_inputs)
     experts_save_fp8_inputs: bool = False  # the grouped expert GEMMs do too (TE's GroupedLinear; not torchao's)
     experts: bool = True                # the recipe runs the routed experts' GEMMs in FP8 too
-    # Eager casts of a recipe that differ from ``casts`` (TE's current scaling: amax-fused).
-    recipe_casts: Mapping[str, str] = field(default_factory=dict)
+    recipe_casts: Mapping[str, str] = field(default_factory=dict)  # a recipe's casts unlike ``casts`` (TE current)
+    weights_from_master: bool = False   # FP8 linears cast the fp32 parameter itself: no 16-bit copy of theirs
     params: bool = False                # offers FP8 primary weights (--fp8-params: TE fp8_model_init)
 
 

@@ -240,6 +240,7 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
               compiled_saves_fp8_inputs=flag(f, "compiled_saves_fp8_inputs", f"{what}: fp8", saves),
               experts_save_fp8_inputs=flag(f, "experts_save_fp8_inputs", f"{what}: fp8", False),
               experts=flag(f, "experts", f"{what}: fp8", True),
+              weights_from_master=flag(f, "weights_from_master", f"{what}: fp8", False),
               recipe_casts=_recipe_casts(f, recipes, f"{what}: fp8.recipe_casts"))
     d = require_mapping(data.get("data_parallel") or {}, f"{what}: data_parallel")
     w = f"{what}: data_parallel"

@@ -164,18 +164,22 @@ def extra_memory(model, dims, layout, sw: Software, stage_layers, stage_params) 
     Transformer Engine's cached FP8 weights with their transposes (1 + 1 byte per parameter; FP8 primary
     weights, ``--fp8-params``, are the weights themselves: their transposes, 1 byte).
 
-    An FP8 linear casts its fp32 weight to FP8 itself and keeps the fp32 parameter for its backward
-    (torchao's Float8Linear hands ``self.weight.t()`` to its matmul and saves it: torchao 0.18
-    float8/float8_linear.py), so autocast copies only the weights outside the FP8 linears (an MoE layer's
-    experts too where the recipe leaves them in 16 bits)."""
+    Where the FP8 linears cast the fp32 parameter itself (``fp8.weights_from_master``: torchao's Float8Linear
+    hands ``self.weight.t()`` to its matmul and saves it, torchao 0.18 float8/float8_linear.py), autocast
+    copies only the other weights, an MoE layer's routed experts among them where the recipe leaves those in
+    16 bits; where a mixed-precision wrapper casts every weight first (FSDP1's, before Transformer Engine), all."""
     fw = sw.framework
     local = stage_params / np.asarray(layout.tp, float)
     z3 = np.asarray(layout.zero) == 3
     out = {}
     if casts_weights(sw, layout.dtype):
-        in_fp8 = sw.fp8_recipe and (fw.fp8.experts or not model.is_moe)
-        wide = 1.0 - (fp8_linear_share(model, stage_layers, stage_params) if in_fp8 else 0.0)
-        out["weight_copies"] = np.where(z3, 0.0, local * wide * BYTES_PER_ELEMENT[activation_dtype(layout.dtype)])
+        fp8 = 0.0
+        if sw.fp8_recipe and fw.fp8.weights_from_master:
+            fp8 = fp8_linear_share(model, stage_layers, stage_params)
+            if model.is_moe and not fw.fp8.experts:
+                routed = model.busiest_layers(stage_layers, moe_only=True) * model.expert_params()
+                fp8 = np.maximum(fp8 - routed / np.maximum(np.asarray(stage_params, float), 1.0), 0.0)
+        out["weight_copies"] = np.where(z3, 0.0, local * (1.0 - fp8) * BYTES_PER_ELEMENT[activation_dtype(layout.dtype)])
     if sw.fp8_recipe and fw.fp8.weight_cast == "per-step":
         share = fp8_linear_share(model, stage_layers, stage_params)
         out["fp8_weight_cache"] = local * share * (1.0 if sw.fp8_params else 2.0) / zero3_shard(layout)

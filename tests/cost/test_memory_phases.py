@@ -137,3 +137,21 @@ def test_fp8_linears_take_no_autocast_weight_copies():
                           + 3 * m.hidden * m.ffn_hidden)
     assert float(bf16["weight_copies"]) == pytest.approx(2 * n)
     assert float(fp8["weight_copies"]) == pytest.approx(2 * (n - linears), rel=1e-3)
+
+
+def test_a_wrapper_that_casts_every_weight_keeps_every_copy_and_bf16_experts_keep_theirs():
+    """llm-foundry's FSDP1 mixed precision casts the flat parameters to bf16 before Transformer Engine's FP8
+    linears see them, so its copies stay whole; torchtitan's float8 converter leaves an MoE's routed experts in
+    bf16 (fp8.experts false), so their copies stay while the attention and router linears' go."""
+    cl = load_cluster("h100x1")
+    m = load_model("llama3.2-1b")
+    lay = dict(global_batch=1, seq_len=2048)
+    foundry = {dt: estimate(m, cl, Layout(dtype=dt, **lay), software=software("llm-foundry", dtype=dt)).memory_bytes
+               for dt in ("bf16", "fp8")}
+    assert float(foundry["fp8"]["weight_copies"]) == pytest.approx(float(foundry["bf16"]["weight_copies"]))
+    moe = load_model("qwen3-30b-a3b")
+    assert moe.moe_layers == moe.layers
+    mem = estimate(moe, cl, Layout(dtype="fp8", **lay), software=software("torchtitan", dtype="fp8")).memory_bytes
+    routed = moe.layers * moe.expert_params()
+    outside = moe.total_params() - moe.layers * moe.moe_layer_params()  # embedding and LM head
+    assert float(mem["weight_copies"]) == pytest.approx(2 * (outside + routed), rel=1e-3)
