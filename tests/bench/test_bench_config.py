@@ -171,3 +171,15 @@ Root Cause (first observed failure):
     assert "rank 1" not in crashed
     early = diagnose({}, {}, 2, 1, Path("log"), "starting\nRuntimeError: address already in use\n")
     assert early == "torchrun failed with exit code 1: RuntimeError: address already in use (log: log)"
+
+
+def test_step_sharded_reads_the_fsdp_suffix_and_the_world():
+    from parplan.calibrate.rows import step_mode, step_sharded
+    from parplan.errors import ParplanError
+
+    assert step_sharded("eager", 1) is False and step_sharded("eager", 2) is True
+    assert step_sharded("eager-fsdp", 1) is True
+    assert step_sharded("compiled-fp8-tensorwise-fsdp", 1) is True
+    assert step_mode("compiled-fp8-rowwise-fsdp") == (True, "rowwise")
+    with pytest.raises(ParplanError, match="unknown step mode"):
+        step_sharded("compiled-fsdp-fp8-tensorwise", 1)
