@@ -41,11 +41,13 @@ for set in $sets; do
        step c mpt-7b-8l-s2048 $m/mpt-7b-8l.yaml 2048 6           # llm-foundry MPT-7B on 8 H100: mb 6
        step c llama3-8b-6l-s8192 $m/llama3-8b-6l.yaml 8192 1 2   # torchtitan / NeMo Llama 3 8B: mb 1
        step c llama2-13b-6l-s4096 $m/llama2-13b-6l.yaml 4096 2 ;; # torchtitan Llama 2 13B: mb 2
-    d) m=scripts/step_models MODES=eager-fsdp,compiled-fsdp   # set c's steps under FSDP2 on one rank: its copies
-       step d llama2-7b-8l-s4096 $m/llama2-7b-8l.yaml 4096 1 4  # and hooks with no network (a group of one)
+    d) m=scripts/step_models; given=${MODES-}   # set c's steps under FSDP2 on one rank: its copies and hooks
+       MODES=eager-fsdp,compiled-fsdp,compiled-fp8-tensorwise-fsdp   # with no network (a group of one)
+       step d llama2-7b-8l-s4096 $m/llama2-7b-8l.yaml 4096 1 4
        step d mpt-7b-8l-s2048 $m/mpt-7b-8l.yaml 2048 6
        step d llama3-8b-6l-s8192 $m/llama3-8b-6l.yaml 8192 1 2
-       step d llama2-13b-6l-s4096 $m/llama2-13b-6l.yaml 4096 2 ;;
+       step d llama2-13b-6l-s4096 $m/llama2-13b-6l.yaml 4096 2
+       MODES=$given ;;                          # the sets after it run the modes they were given
     *) echo "unknown set $set" >&2 ;;
   esac
 done
