@@ -21,7 +21,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _records(files) -> dict[str, dict]:
+def validation_records(files) -> dict[str, dict]:
+    """The records of these validation files (names under validation/), by id."""
     out = {}
     for name in files:
         data = yaml.safe_load((ROOT / "validation" / name).read_text())
@@ -36,7 +37,7 @@ def _records(files) -> dict[str, dict]:
 @click.option("--min-runs", default=3, show_default=True, help="Only groups with at least this many records.")
 def main(path: str, group: str, min_runs: int) -> None:
     result = json.loads(Path(path).read_text())
-    recs = _records(sorted({row["file"] for row in result["rows"]}))
+    recs = validation_records(sorted({row["file"] for row in result["rows"]}))
     groups = defaultdict(list)
     for row in result["rows"]:
         if row.get("error") is not None and group.lower() in row["group"].lower():

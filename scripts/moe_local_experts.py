@@ -18,20 +18,11 @@ import sys
 from pathlib import Path
 
 import click
-import yaml
 
 from parplan.specs.model import model_from_dict
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _records(files) -> dict[str, dict]:
-    out = {}
-    for name in files:
-        data = yaml.safe_load((ROOT / "validation" / name).read_text())
-        for rec in data["runs"] if isinstance(data, dict) else data:
-            out[rec["id"]] = rec
-    return out
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dp_reach import validation_records  # noqa: E402
 
 
 def shape(rec: dict) -> dict:
@@ -51,7 +42,7 @@ def shape(rec: dict) -> dict:
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
 def main(path: str) -> None:
     result = json.loads(Path(path).read_text())
-    recs = _records(sorted({row["file"] for row in result["rows"]}))
+    recs = validation_records(sorted({row["file"] for row in result["rows"]}))
     rows = [r for r in result["rows"] if r.get("error") is not None and recs[r["id"]]["model"].get("experts")]
     if not rows:
         raise click.ClickException("no predicted MoE record in this file")
