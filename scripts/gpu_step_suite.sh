@@ -5,7 +5,10 @@
 # the layer shapes of validated 7B-13B runs (scripts/step_models/: the models cut to the layers that fit
 # 80 GB beside fp32 AdamW) at the tokens a GPU of those runs holds.
 #
-# usage: scripts/gpu_step_suite.sh OUT_DIR [SET ...]     (SET: kernels, a, b, c, d; default: kernels a b)
+# Set moe times one MoE layer of five MoE models (every expert on the GPU) at two token counts, and whole
+# steps of Qwen3-30B-A3B and Mixtral 8x7B cut to the layers that fit.
+#
+# usage: scripts/gpu_step_suite.sh OUT_DIR [SET ...]     (SET: kernels, a, b, c, d, moe; default: kernels a b)
 # torchao travels as a wheel in .whl/ (the device has no registry); without it the FP8 modes are
 # skipped with a note. Rows: OUT_DIR/<set>/<name>/results.csv; logs beside them (pass $OUT itself as
 # OUT_DIR on the device machine: it returns files at most three folders deep).
@@ -48,6 +51,17 @@ for set in $sets; do
        step d llama3-8b-6l-s8192 $m/llama3-8b-6l.yaml 8192 1 2
        step d llama2-13b-6l-s4096 $m/llama2-13b-6l.yaml 4096 2
        MODES=$given ;;                          # the sets after it run the modes they were given
+    moe) m=scripts/step_models; given=${MODES-}
+       for model in qwen3-30b-a3b qwen3-235b-a22b mixtral-8x7b gpt-oss-120b llama4-scout; do
+         for mb in 1 4; do   # 4096 and 16384 tokens
+           python3 -m parplan.bench --suite layer --model $model --seq 4096 --micro-batch $mb --iters 10 \
+             --warmup 3 --timeout 300 -o "$out/moe/layer-$model-mb$mb" 2>&1 | tee "$out/moe/layer-$model-mb$mb.log"
+         done
+       done
+       MODES=eager,compiled
+       step moe qwen3-30b-a3b-4l-s4096 $m/qwen3-30b-a3b-4l.yaml 4096 1 2
+       step moe mixtral-8x7b-2l-s4096 $m/mixtral-8x7b-2l.yaml 4096 1 2
+       MODES=$given ;;
     *) echo "unknown set $set" >&2 ;;
   esac
 done

@@ -299,11 +299,18 @@ def resolve(config: BenchConfig, on_gpu: bool) -> BenchConfig:
     )
 
 
+def check_bench_model(spec) -> None:
+    """Refuse a model spec the bench's PyTorch model cannot run as the spec says (one line, the reason)."""
+    if spec.mla:
+        raise ParplanError(f"{spec.name}: the bench has no multi-head latent attention layer, and would time "
+                           "it as standard attention; pick a model without kv_lora_rank")
+
+
 # --------------------------------------------------------------------------- groups
 
 
 # --------------------------------------------------------------------------- the plan
 
 
-__all__ = ["BenchConfig", "parse_concurrency", "parse_dtypes", "parse_groups", "parse_layouts", "parse_ops",
+__all__ = ["BenchConfig", "check_bench_model", "parse_concurrency", "parse_dtypes", "parse_groups", "parse_layouts", "parse_ops",
            "parse_shapes", "parse_step_modes", "parse_suites", "resolve", "step_mode", "step_sharded"]

@@ -3,6 +3,8 @@
 Pre-norm: ``x + proj(attn(norm(x)))``, then ``x + mlp(norm(x))``; fused QKV projection,
 causal ``scaled_dot_product_attention`` with grouped KV heads, GELU / ReLU or SwiGLU MLP,
 LayerNorm or RMSNorm. Rotary embeddings are left out (elementwise, a small share of the time).
+A mixture-of-experts model's layer is one of its MoE layers: routed (and shared) experts in place of the MLP
+(:class:`parplan.bench.moe.MoeFeedForward`, every expert on this device).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..specs.model import ModelSpec
+from .moe import LOOP, MoeFeedForward, expert_launch
 
 
 class _RMSNorm(nn.Module):
@@ -28,7 +31,7 @@ class _RMSNorm(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, spec: ModelSpec):
+    def __init__(self, spec: ModelSpec, launch: str = LOOP):
         super().__init__()
         self.spec = spec
         h, q, kv, f = spec.hidden, spec.q_dim, spec.kv_dim, spec.ffn_hidden
@@ -37,8 +40,10 @@ class DecoderLayer(nn.Module):
         self.qkv = nn.Linear(h, q + 2 * kv, bias=spec.bias)
         self.proj = nn.Linear(q, h, bias=spec.bias)
         gated = spec.activation == "swiglu"
-        self.up = nn.Linear(h, 2 * f if gated else f, bias=spec.bias)
-        self.down = nn.Linear(f, h, bias=spec.bias)
+        self.moe = MoeFeedForward(spec, launch) if spec.is_moe else None
+        if self.moe is None:
+            self.up = nn.Linear(h, 2 * f if gated else f, bias=spec.bias)
+            self.down = nn.Linear(f, h, bias=spec.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.spec
@@ -50,6 +55,8 @@ class DecoderLayer(nn.Module):
         # Grouped KV heads are read in place by the attention kernel (no repeated copies).
         a = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=s.kv_heads != s.heads)
         x = x + self.proj(a.transpose(1, 2).reshape(b, t, s.q_dim))
+        if self.moe is not None:
+            return x + self.moe(self.norm2(x))
         u = self.up(self.norm2(x))
         if s.activation == "swiglu":
             gate, up = u.chunk(2, dim=-1)
@@ -59,17 +66,23 @@ class DecoderLayer(nn.Module):
         return x + self.down(u)
 
 
-def shape_text(spec: ModelSpec, batch: int, seq: int, dtype: str) -> str:
-    return (f"b={batch} s={seq} h={spec.hidden} heads={spec.heads} kv_heads={spec.kv_heads} "
+def shape_text(spec: ModelSpec, batch: int, seq: int, dtype: str, launch: str = LOOP) -> str:
+    """The layer's shape as ``compare`` reads it back (an MoE layer adds its experts and how they launch)."""
+    text = (f"b={batch} s={seq} h={spec.hidden} heads={spec.heads} kv_heads={spec.kv_heads} "
             f"head_dim={spec.head_dim} ffn={spec.ffn_hidden} act={spec.activation} norm={spec.norm} "
             f"bias={str(spec.bias).lower()} dtype={dtype}")
+    if spec.is_moe:
+        text += (f" experts={spec.experts} top_k={spec.top_k} expert_ffn={spec.expert_width} "
+                 f"shared={spec.shared_experts} shared_ffn={spec.shared_width} router={spec.router} "
+                 f"expert_gemms={launch}")
+    return text
 
 
 def time_layer(spec: ModelSpec, batch: int, seq: int, dtype: torch.dtype, device: torch.device,
                iters: int, warmup: int) -> tuple[list[float], list[float], int]:
     """Per-iteration forward and backward seconds, and the count of non-finite outputs."""
     torch.manual_seed(0)
-    layer = DecoderLayer(spec).to(device=device, dtype=dtype)
+    layer = DecoderLayer(spec, expert_launch(device, dtype)).to(device=device, dtype=dtype)
     x = torch.randn(batch, seq, spec.hidden, device=device, dtype=dtype, requires_grad=True)
     dy = torch.randn(batch, seq, spec.hidden, device=device, dtype=dtype)
     fwd, bwd = [], []

@@ -6,7 +6,8 @@ ops in fp32 (``LlamaRMSNorm``), rotary embeddings by ``rotate_half`` (four passe
 over k), SwiGLU as ``silu(gate) * up``, residual adds of their own, causal
 ``scaled_dot_product_attention`` reading grouped KV heads in place, and the loss as fp32
 logits into ``F.cross_entropy`` (``ForCausalLMLoss``). LayerNorm and GELU are one aten kernel
-each (``nn.LayerNorm``, ``F.gelu``), learned positions an embedding table. No dropout. ``checkpointed``
+each (``nn.LayerNorm``, ``F.gelu``), learned positions an embedding table. No dropout. A mixture-of-experts
+spec's MoE layers hold routed (and shared) experts in the MLP's place (:class:`parplan.bench.moe.MoeFeedForward`). ``checkpointed``
 runs the first N blocks under ``torch.utils.checkpoint`` (a block recompute; all of them: full recompute).
 ``torch.compile`` of each block (as torchtitan compiles them) fuses the element-wise chains.
 """
@@ -18,6 +19,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..specs.model import ModelSpec
+from .moe import LOOP, MoeFeedForward
 
 
 class RMSNorm(nn.Module):
@@ -53,7 +55,8 @@ class Block(nn.Module):
     """Pre-norm decoder block: ``x + o(attn(norm(x)))``, then ``x + mlp(norm(x))``; separate q, k, v
     projections (and gate, up for SwiGLU), as torchtitan and ``transformers`` hold them."""
 
-    def __init__(self, spec: ModelSpec):
+    def __init__(self, spec: ModelSpec, moe: str = ""):
+        """``moe``: how this block's experts launch (``grouped`` or ``loop``); empty for a dense block."""
         super().__init__()
         self.spec = spec
         h, q, kv, f = spec.hidden, spec.q_dim, spec.kv_dim, spec.ffn_hidden
@@ -63,10 +66,12 @@ class Block(nn.Module):
         self.wk = nn.Linear(h, kv, bias=spec.bias)
         self.wv = nn.Linear(h, kv, bias=spec.bias)
         self.wo = nn.Linear(q, h, bias=spec.bias)
-        self.w1 = nn.Linear(h, f, bias=spec.bias)
-        if spec.activation == "swiglu":
-            self.w3 = nn.Linear(h, f, bias=spec.bias)
-        self.w2 = nn.Linear(f, h, bias=spec.bias)
+        self.moe = MoeFeedForward(spec, moe) if moe else None
+        if self.moe is None:
+            self.w1 = nn.Linear(h, f, bias=spec.bias)
+            if spec.activation == "swiglu":
+                self.w3 = nn.Linear(h, f, bias=spec.bias)
+            self.w2 = nn.Linear(f, h, bias=spec.bias)
 
     def forward(self, x: torch.Tensor, cos=None, sin=None) -> torch.Tensor:
         s = self.spec
@@ -81,6 +86,8 @@ class Block(nn.Module):
         a = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=s.kv_heads != s.heads)
         x = x + self.wo(a.transpose(1, 2).contiguous().view(b, t, s.q_dim))
         y = self.ffn_norm(x)
+        if self.moe is not None:
+            return x + self.moe(y)
         if s.activation == "swiglu":
             u = F.silu(self.w1(y)) * self.w3(y)
         elif s.activation == "gelu":
@@ -93,13 +100,15 @@ class Block(nn.Module):
 class Transformer(nn.Module):
     """Embedding, ``spec.layers`` blocks, final norm and the LM head (tied to the embedding if the spec says)."""
 
-    def __init__(self, spec: ModelSpec, seq: int, checkpointed: int = 0):
+    def __init__(self, spec: ModelSpec, seq: int, checkpointed: int = 0, experts: str = LOOP):
+        """``experts``: how the MoE layers' experts launch (``grouped`` or ``loop``; a dense spec has none)."""
         super().__init__()
         self.spec, self.seq = spec, seq
         self.checkpointed = checkpointed  # the first N blocks recomputed in the backward (a block recompute)
         self.tok_embeddings = nn.Embedding(spec.vocab, spec.hidden)
         self.pos_embeddings = nn.Embedding(seq, spec.hidden) if spec.position == "learned" else None
-        self.layers = nn.ModuleList(Block(spec) for _ in range(spec.layers))
+        moe = set(spec.moe_layer_ids)
+        self.layers = nn.ModuleList(Block(spec, experts if i in moe else "") for i in range(spec.layers))
         self.norm = nn.LayerNorm(spec.hidden) if spec.norm == "layernorm" else RMSNorm(spec.hidden)
         self.output = nn.Linear(spec.hidden, spec.vocab, bias=False)
         if spec.tied_embeddings:

@@ -27,11 +27,12 @@ from ..errors import ParplanError
 from ..specs.model_loader import load_model
 from ..specs.model import with_seq_len
 from . import layer as layer_mod
+from .moe import expert_launch
 from .measure import TORCH_DTYPES, collective_case, copy_case, matmul_case, synchronize, time_iterations
 from .writer import ResultWriter, default_out_dir, finish, write_meta
 from ..calibrate.rows import Row, timing_fields
 from .state import EXIT_ERROR, EXIT_FAULT, STATE_DIR_ENV, Watchdog
-from .config import BenchConfig, resolve, step_mode, step_sharded
+from .config import BenchConfig, check_bench_model, resolve, step_mode, step_sharded
 from .items import Fault, Item, build_plan
 
 PROGRESS_ENV = "PARPLAN_BENCH_PROGRESS"
@@ -259,7 +260,8 @@ class Runner:
         fwd, bwd, bad = layer_mod.time_layer(spec, cfg.micro_batch, seq, TORCH_DTYPES[item.dtype],
                                              ctx.device, cfg.iters, cfg.warmup)
         flops = layer_forward_flops(spec, cfg.micro_batch, seq)
-        shape = layer_mod.shape_text(spec, cfg.micro_batch, seq, item.dtype)
+        shape = layer_mod.shape_text(spec, cfg.micro_batch, seq, item.dtype,
+                                     expert_launch(ctx.device, TORCH_DTYPES[item.dtype]))
         rows = []
         for op, times, work in (("forward", fwd, flops), ("backward", bwd, 2 * flops)):
             times, wrong = ctx.reduce_times(times, bad)
@@ -304,7 +306,7 @@ def run_worker(config: BenchConfig) -> int:
         watchdog.rank = rank
         config = resolve(config, ctx.device.type == "cuda")
         for name in config.models:
-            load_model(name)
+            check_bench_model(load_model(name))
         plan = build_plan(config, ctx.world, ctx.hosts)
         watchdog.begin("creating the process groups")
         runner = Runner(config, ctx)

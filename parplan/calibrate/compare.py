@@ -96,26 +96,42 @@ def predict(row: Row, base: Cluster) -> tuple[float | None, str]:
 
 
 def layer_spec(shape: str, name: str) -> tuple[ModelSpec, int, int]:
-    """The layer's model and (micro-batch, sequence) from a row's ``shape`` text."""
+    """The layer's model and (micro-batch, sequence) from a row's ``shape`` text (an MoE layer's experts too)."""
     fields = dict(part.split("=", 1) for part in shape.split() if "=" in part)
     try:
+        moe = {} if "experts" not in fields else dict(
+            experts=int(fields["experts"]), top_k=int(fields["top_k"]), expert_ffn=int(fields["expert_ffn"]),
+            shared_experts=int(fields.get("shared", 0)), shared_ffn=int(fields.get("shared_ffn", 0)),
+            router=fields.get("router", "softmax"))
         spec = ModelSpec(name=name or "layer", layers=1, hidden=int(fields["h"]), heads=int(fields["heads"]),
                          kv_heads=int(fields["kv_heads"]), head_dim=int(fields["head_dim"]),
                          ffn_hidden=int(fields["ffn"]), activation=fields["act"], vocab=1, seq_len=int(fields["s"]),
-                         norm=fields.get("norm", "layernorm"), bias=fields.get("bias", "true") == "true")
+                         norm=fields.get("norm", "layernorm"), bias=fields.get("bias", "true") == "true", **moe)
         return spec, int(fields["b"]), int(fields["s"])
     except (KeyError, ValueError):
         raise ParplanError(f"layer row has an unreadable shape {shape!r}") from None
 
 
 def layer_row_ops(row: Row) -> list:
-    """The planner's op list for a layer row: one layer on one device, no parallelism, no dropout."""
+    """The planner's op list for a layer row: one layer on one device, no parallelism, no dropout. An MoE
+    layer holds every expert (no expert parallelism) and runs as the bench's plain PyTorch block does: eager
+    permutes and activation, the experts as one grouped GEMM or a loop (the row's ``expert_gemms``)."""
+    from ..cost.moe import MoeParallel
     from ..cost.ops import LocalDims, layer_ops
 
     spec, batch, seq = layer_spec(row.shape, row.model)
     dims = LocalDims(batch=batch, seq=seq, seq_kv=seq, hidden=spec.hidden, heads=spec.heads,
-                     kv_heads=spec.kv_heads, head_dim=spec.head_dim, ffn=spec.ffn_hidden, vocab=1, norm_shard=1)
-    return layer_ops(spec, dims, row.dtype, dropout=False)
+                     kv_heads=spec.kv_heads, head_dim=spec.head_dim, ffn=spec.ffn_hidden, vocab=1, norm_shard=1,
+                     moe=MoeParallel() if spec.is_moe else None, moe_share=1.0 if spec.is_moe else None)
+    if not spec.is_moe:
+        return layer_ops(spec, dims, row.dtype, dropout=False)
+    from ..cost.ops import EXPERT_GEMMS, LOOP
+
+    launch = dict(part.split("=", 1) for part in row.shape.split() if "=" in part).get("expert_gemms", LOOP)
+    if launch not in EXPERT_GEMMS:
+        raise ParplanError(f"layer row has an unknown expert_gemms {launch!r} (choose from {', '.join(EXPERT_GEMMS)})")
+    return layer_ops(spec, dims, row.dtype, dropout=False, elementwise={"activation": "eager"},
+                     expert_gemms=launch, moe_permute="eager")
 
 
 def predict_layer(row: Row, hw) -> tuple[float | None, str]:

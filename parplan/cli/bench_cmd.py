@@ -119,10 +119,11 @@ def _max_bytes(text: str) -> int:
 
 
 def _check_models(config: BenchConfig) -> None:
+    from ..bench.config import check_bench_model
     from ..specs.model_loader import load_model
 
     for name in config.models:
-        load_model(name)
+        check_bench_model(load_model(name))
 
 
 # --------------------------------------------------------------------------- bench

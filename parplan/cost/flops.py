@@ -66,8 +66,9 @@ def recompute_flops_per_step(model: ModelSpec, seq, batch, recompute, dtype: str
 
 
 def layer_forward_flops(model: ModelSpec, batch: int, seq: int, dtype: str = "bf16") -> float:
-    """Matmul FLOPs of one layer's forward pass as it runs: projections, MLP and causal attention."""
+    """Matmul FLOPs of one layer's forward pass as it runs: projections, MLP (an MoE model's: one of its MoE
+    layers, every expert on this device) and causal attention."""
     d = ops_mod.LocalDims(batch=batch, seq=seq, seq_kv=seq, hidden=model.hidden, heads=model.heads,
                           kv_heads=model.kv_heads, head_dim=model.head_dim, ffn=model.ffn_hidden,
-                          vocab=model.vocab, norm_shard=1, causal=True)
+                          vocab=model.vocab, norm_shard=1, causal=True, moe_share=1.0 if model.is_moe else None)
     return float(ops_mod.total(ops_mod.layer_ops(model, d, dtype, flash_attention=True), "fwd_flops"))
