@@ -115,7 +115,7 @@ def layer_spec(shape: str, name: str) -> tuple[ModelSpec, int, int]:
 def layer_row_ops(row: Row) -> list:
     """The planner's op list for a layer row: one layer on one device, no parallelism, no dropout. An MoE
     layer holds every expert (no expert parallelism) and runs as the bench's plain PyTorch block does: eager
-    permutes and activation, the experts as one grouped GEMM or a loop (the row's ``expert_gemms``)."""
+    permutes, activation and expert biases, the experts as one grouped GEMM or a loop (``expert_gemms``)."""
     from ..cost.moe import MoeParallel
     from ..cost.ops import LocalDims, layer_ops
 
@@ -131,7 +131,7 @@ def layer_row_ops(row: Row) -> list:
     if launch not in EXPERT_GEMMS:
         raise ParplanError(f"layer row has an unknown expert_gemms {launch!r} (choose from {', '.join(EXPERT_GEMMS)})")
     return layer_ops(spec, dims, row.dtype, dropout=False, elementwise={"activation": "eager"},
-                     expert_gemms=launch, moe_permute="eager")
+                     expert_gemms=launch, moe_permute="eager", moe_bias="eager")
 
 
 def predict_layer(row: Row, hw) -> tuple[float | None, str]:

@@ -61,7 +61,8 @@ class MoeParallel:
 
 class Kernel(NamedTuple):
     """One kernel of the block as a shape: ``gemm`` (m, k, n, batch; batch > 1 is a grouped GEMM),
-    ``memory`` (forward and backward bytes) or ``traffic`` (an element-wise family over ``elems``)."""
+    ``memory`` (forward and backward elements moved), ``traffic`` (an element-wise family over ``elems``) or
+    ``streaming`` (forward and backward elements moved by eager streaming kernels, their family and launches)."""
 
     name: str
     kind: str
@@ -194,13 +195,15 @@ def received_tokens(model: ModelSpec, d):
 
 
 def block_kernels(model: ModelSpec, d, rows, activation_impl: str, balanced: bool = False,
-                  permute: str = "fused", dispatcher: str = "none") -> list[Kernel]:
+                  permute: str = "fused", dispatcher: str = "none", bias: str = "fused") -> list[Kernel]:
     """The kernels of one MoE block on one device, per micro-batch (module docstring); ``rows``: the
     tokens of the tensor-parallel region (the shared experts' GEMM rows); ``permute``: fused or eager;
     ``dispatcher`` (training): ``alltoall`` re-sorts the rows the dispatch brings from source-rank-major to
     expert-major order and back, as every training framework's all-to-all dispatcher does; ``deepep`` sends
     tokens, not their copies, and permutes the tokens it receives into expert rows (and back) on arrival
-    instead; ``none`` (serving) neither."""
+    instead; ``none`` (serving) neither. ``bias`` (a model with biases): ``eager`` adds each expert's biases to
+    its GEMMs' outputs apart, each a gather of the bias rows and an add (torchtitan's gpt-oss experts); ``fused``
+    in the GEMMs' epilogue (Transformer Engine's GroupedLinear), no pass of its own."""
     p = parallel(model, d)
     h, e = model.hidden, model.experts
     swiglu = model.activation == "swiglu"
@@ -229,6 +232,12 @@ def block_kernels(model: ModelSpec, d, rows, activation_impl: str, balanced: boo
         Kernel("moe_unpermute", "memory", ((sent + held) * h * eager["moe_unpermute"],
                                            (2 * sent + held) * h * eager["moe_unpermute"])),
     ]
+    if model.bias and bias == "eager":
+        # Per output of R rows x C columns, the bias rows gathered per row (write R C) and added (read 2 R C,
+        # write R C); backward the add passes its gradient through and the gather's sums it per expert (read R C).
+        # Streaming kernels as a residual add is: gather and add per output forward, one sum each backward.
+        cols = (2 if swiglu else 1) * width + h
+        out.insert(6, Kernel("expert_biases", "streaming", (4.0 * busiest * cols, busiest * cols, "residual", 4, 2)))
     if dispatcher == "alltoall":
         # With several local experts, the rows each source rank sends arrive together and are copied into
         # expert-major order before the grouped GEMMs and back after them, by every training framework's

@@ -121,7 +121,7 @@ def _traffic_op(name: str, family: str, impl: str, elems, bpe: int) -> Op:
 def layer_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", flash_attention: bool = True,
               dropout: bool = True, fused: bool = True, *, elementwise: Mapping[str, str] | None = None,
               fp8: Fp8 | None = None, weight_cast_shard=None, expert_gemms: str = GROUPED,
-              moe_permute: str = "fused", moe_dispatcher: str = "none") -> list[Op]:
+              moe_permute: str = "fused", moe_dispatcher: str = "none", moe_bias: str = "fused") -> list[Op]:
     """Ops of one transformer layer on one device for one micro-batch, in execution order.
 
     ``elementwise`` says for each element-wise op (norm, rope, activation, residual, bias, softmax,
@@ -132,8 +132,8 @@ def layer_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", flash_attenti
     ``weight_cast_shard``: autocast re-casts the fp32 weights every forward (on the ZeRO-3 shard,
     divided by this); None when weights are kept in 16 bits. ``expert_gemms``: how an MoE layer's experts
     launch (EXPERT_GEMMS: one grouped GEMM, one each over streams, a loop); ``moe_permute``: fused or eager;
-    ``moe_dispatcher``: how a training run's tokens reach their experts (:func:`parplan.cost.moe.block_kernels`).
-    """
+    ``moe_dispatcher``: how a training run's tokens reach their experts; ``moe_bias``: the experts' biases in
+    their GEMMs' epilogue (fused) or added apart (eager) (:func:`parplan.cost.moe.block_kernels`)."""
     impl = dict(ALL_FUSED if fused else ALL_EAGER)
     if elementwise is not None:
         impl.update(elementwise)
@@ -222,7 +222,7 @@ def layer_ops(model: ModelSpec, d: LocalDims, dtype: str = "bf16", flash_attenti
     ]
     if model.is_moe:
         ops = _with_moe(ops, mlp_at, model, d, rows, bpe, (lin, lin and fp8.experts), impl["activation"],
-                        expert_gemms, moe_permute, moe_dispatcher)
+                        expert_gemms, moe_permute, moe_dispatcher, moe_bias)
     if model.parallel_layers:
         ops = parallel_block(ops)
     if fp8:
@@ -245,8 +245,10 @@ def _build(k: moe_mod.Kernel, bpe: int, fp8: bool, share=1.0, expert_gemms: str 
         op = replace(_gemm(k.name, m, kk, n, bpe, batch, kind=BATCHED if grouped else MATMUL, fp8=fp8 and k.linear),
                      grouped=grouped)
     elif k.kind == "traffic":
-        family, impl, elems = k.args
-        op = _traffic_op(k.name, family, impl, elems, bpe)
+        op = _traffic_op(k.name, *k.args, bpe)   # family, implementation, elements
+    elif k.kind == "streaming":   # eager streaming kernels: elements moved, their family, launches
+        fwd, bwd, family, *launches = k.args
+        op = Op(k.name, MEMORY, 0.0, 0.0, fwd * bpe, bwd * bpe, streaming=True, kernels=tuple(launches), family=family)
     else:
         fwd, bwd = k.args
         op = Op(k.name, MEMORY, 0.0, 0.0, fwd * bpe, bwd * bpe)
@@ -260,7 +262,7 @@ MLP_OPS = ("mlp_gate_up", "mlp_up", "swiglu", "gelu", "relu", "mlp_bias_add", "m
 
 def _with_moe(ops: list[Op], at: int, model: ModelSpec, d: LocalDims, rows, bpe: int, fp8: tuple[bool, bool],
               activation: str, expert_gemms: str = GROUPED, permute: str = "fused",
-              dispatcher: str = "none") -> list[Op]:
+              dispatcher: str = "none", bias: str = "fused") -> list[Op]:
     """The layer's ops with the MoE block (:mod:`parplan.cost.moe`) in the dense MLP's place, each run by
     the share of the layers that are MoE; the dense MLP's ops run by the rest (dropped when none is). ``fp8``:
     (the linears run in FP8, the routed experts' GEMMs do too)."""
@@ -272,7 +274,7 @@ def _with_moe(ops: list[Op], at: int, model: ModelSpec, d: LocalDims, rows, bpe:
         if i == at:
             out += [_build(k, bpe, fp8[1] if k.name.startswith("expert_") else fp8[0], s, expert_gemms)
                     for k in moe_mod.block_kernels(model, d, rows, activation, permute=permute,
-                                                   dispatcher=dispatcher)]
+                                                   dispatcher=dispatcher, bias=bias)]
         if o.name in MLP_OPS:
             if keep:
                 out.append(replace(o, share=dense_share))

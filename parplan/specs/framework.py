@@ -17,9 +17,8 @@ its source:
   overlaps of its tensor-parallel collectives it offers;
 * ``recompute``: the activation-checkpointing modes it offers; ``recompute_layers``, a block of each chunk;
   ``activation_offload``, when it keeps layers' saved activations in host memory (:mod:`.offload`);
-* ``moe``: expert parallelism, the expert-tensor-parallel sizes, how the experts' GEMMs launch (one grouped
-  GEMM, a GEMM each over CUDA streams, or a loop), what the token all-to-all overlaps;
-* the vocabulary padding rule, the optimizer kernel, how master weights are kept, per-layer host overhead.
+* ``moe``: expert parallelism and tensor parallelism, how the experts' GEMMs launch, permute, add their biases,
+  what the token all-to-all overlaps; the vocabulary padding rule, the optimizer, master weights, host overhead.
 
 A :class:`Software` is one run's resolved choice: a framework plus the user's overrides
 (``--compile``, ``--fp8-recipe``, ``--fp8-params``, ``--flash-attention``, ``--tp-overlap``, ...).
@@ -43,8 +42,7 @@ FP8_RECIPES = ("delayed", "current", "tensorwise", "rowwise", "blockwise", "mxfp
 FP8_CASTS = ("fused", "amax-fused", "separate")
 WEIGHT_CASTS = ("per-step", "per-microbatch")
 ZERO3_IMPLS = ("flat", "per-parameter", "none")
-GRAD_REDUCE = ("overlapped", "after-backward")
-PREFETCH = ("before", "after")
+GRAD_REDUCE, PREFETCH = ("overlapped", "after-backward"), ("before", "after")
 PP_SENDS = ("scatter-gather", "full", "partitioned")
 MASTER_WEIGHTS = ("fp32-copy", "fp32-params")
 # Gradients between steps: kept in a buffer (Megatron's, DeepSpeed's) or freed by zero_grad(set_to_none=True) (PyTorch).
@@ -87,7 +85,7 @@ PARALLEL_KEYS = ("tp_modes", "cp_modes", "sequence_parallel", "activation_shard"
 ACTIVATION_SHARDS = ("sequence", "hidden")
 VOCAB_KEYS = ("multiple", "times_tp")
 MOE_KEYS = ("expert_parallel", "expert_tensor_parallel", "expert_gemms", "grouped_gemm", "overlaps", "overlap",
-            "permute", "dispatchers", "sync_s")
+            "permute", "bias", "dispatchers", "sync_s")
 # What a token all-to-all can hide under: nothing; its layer's shared experts (--moe-shared-expert-overlap); another
 # micro-batch's compute (--overlap-moe-expert-parallel-comm, the merged forward/backward 1F1B schedule).
 MOE_OVERLAPS = ("none", "shared-experts", "micro-batch")
@@ -213,8 +211,10 @@ class MoeSoftware:
     # (Transformer Engine's GroupedLinear), or one after another (EXPERT_GEMMS).
     expert_gemms: str = "loop"
     # The token permute and weighted unpermute: one fused kernel each (Transformer Engine's moe_permute /
-    # moe_unpermute) or eager PyTorch index, product and scatter-add kernels (parplan.cost.moe).
+    # moe_unpermute) or eager PyTorch index, product and scatter-add kernels (parplan.cost.moe). Expert biases
+    # (a model with biases): in the GEMMs' epilogue (fused), or a per-row gather and an add each (eager).
     permute: str = "fused"
+    bias: str = "fused"
     # What the token all-to-alls can run under (MOE_OVERLAPS), and what runs when the user names none:
     # "shared-experts", the same layer's shared experts; "micro-batch", another micro-batch's compute.
     overlaps: tuple[str, ...] = ("none",)

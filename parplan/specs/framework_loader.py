@@ -291,6 +291,7 @@ def framework_from_dict(data: Any, what: str, path: str = "") -> Framework:
                       expert_gemms=_expert_gemms(m, f"{what}: moe"),
                       permute=text(m, "permute", f"{what}: moe", required=False, choices=IMPLEMENTATIONS,
                                    default="fused"),
+                      bias=text(m, "bias", f"{what}: moe", required=False, choices=IMPLEMENTATIONS, default="fused"),
                       overlaps=choices(m, "overlaps", f"{what}: moe", MOE_OVERLAPS, ("none",)),
                       overlap=text(m, "overlap", f"{what}: moe", required=False, choices=MOE_OVERLAPS,
                                    default="none"),

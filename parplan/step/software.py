@@ -96,9 +96,11 @@ def layer_ops(model, dims, layout, sw: Software, dropout: bool, micro_batches, s
         fp8 = ops_mod.Fp8(recipe=sw.fp8_recipe, casts=sw.fp8_casts,
                           weight_casts_per_microbatch=1.0 / np.maximum(micro_batches, 1) if per_step else 1.0,
                           weight_shard=shard, params=sw.fp8_params, experts=fw.fp8.experts)
-    # Compiled, Inductor fuses the permute's gather and the unpermute's product and scatter-add [assumed].
+    # Compiled, Inductor fuses the permute's gather and the unpermute's product and scatter-add, and the experts'
+    # bias gathers and adds into the pointwise kernels beside them [assumed].
     moe = {"expert_gemms": fw.moe.expert_gemms, "moe_permute": "fused" if sw.compiled else fw.moe.permute,
-           "moe_dispatcher": sw.moe_dispatcher} if model.is_moe else {}
+           "moe_dispatcher": sw.moe_dispatcher, "moe_bias": "fused" if sw.compiled else fw.moe.bias} \
+        if model.is_moe else {}
     ops = ops_mod.layer_ops(model, dims, act, sw.flash_attention, dropout, elementwise=sw.elementwise, fp8=fp8,
                             weight_cast_shard=shard if casts_weights(sw, layout.dtype) else None, **moe)
     if fw.data_parallel.zero3 == "per-parameter":

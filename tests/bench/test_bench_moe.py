@@ -89,6 +89,9 @@ def test_layer_row_of_an_moe_model_is_predicted_as_moe():
     up = ops["expert_gate_up"]
     # 16 tokens x 2 copies over 4 experts: 8 rows each, 64 -> 2 x 32, in one launch per expert (a loop).
     assert up.fwd_flops == pytest.approx(2 * 16 * 2 * 64 * 64)
+    biased = Row(kind="layer", op="forward", dtype="fp32", model="b", time_s=1e-3,
+                 shape=shape_text(_spec(bias=True), 2, 8, "fp32", "loop"))
+    assert "expert_biases" in {o.name for o in layer_row_ops(biased)} and "expert_biases" not in ops
     with pytest.raises(Exception, match="expert_gemms"):
         layer_row_ops(Row(kind="layer", op="forward", dtype="fp32", model="m", shape=text.replace("=loop", "=bmm"),
                           time_s=1e-3))

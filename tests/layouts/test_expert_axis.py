@@ -426,3 +426,32 @@ def test_torchtitan_float8_leaves_the_grouped_experts_in_bf16():
                                            axes=(("ep", 8), ("etp", 1))), software=_software("torchtitan"))
     b = dict(zip([o.name for o in plain.ops], plain.op_times))
     assert float(t["expert_gate_up"][0]) == pytest.approx(float(b["expert_gate_up"][0]))
+
+
+def test_eager_expert_biases_are_a_gather_and_an_add_per_output():
+    """A model with biases under a framework that adds its experts' biases apart (torchtitan's grouped experts):
+    per output of R rows x C columns, forward 4 R C elements moved (gather written; add reads two, writes one),
+    backward R C (the gather's per-expert sum reads the gradient). By hand for top-2 of 8 experts, 2048 tokens,
+    hidden 1024, expert width 512, SwiGLU: R = 4096, C = 2 x 512 + 1024. Fused (Transformer Engine's epilogue),
+    compiled, or a model without biases: no such op."""
+    m = _toy(bias=True, expert_ffn=512)
+    d = ops_mod.LocalDims(batch=1, seq=2048, seq_kv=2048, hidden=1024, heads=8, kv_heads=8, head_dim=128,
+                          ffn=2048, vocab=32000, norm_shard=1, moe=moe_mod.MoeParallel(1, 1, 1), moe_share=1.0)
+    kernels = moe_mod.block_kernels(m, d, 2048, "fused", bias="eager")
+    names = [k.name for k in kernels]
+    assert names.index("expert_biases") == names.index("expert_down") + 1
+    fwd, bwd, family, *launches = kernels[names.index("expert_biases")].args
+    rows, cols = 2048 * 2, 2 * 512 + 1024
+    assert (fwd, bwd, family, launches) == (4 * rows * cols, rows * cols, "residual", [4, 2])
+    assert "expert_biases" not in {k.name for k in moe_mod.block_kernels(m, d, 2048, "fused")}
+    assert "expert_biases" not in {k.name for k in moe_mod.block_kernels(_toy(expert_ffn=512), d, 2048, "fused",
+                                                                         bias="eager")}
+    cl = parplan.load_cluster("h100x8")
+    lay = Layout(dp=8, micro_batch=1, global_batch=16, seq_len=2048, axes=(("ep", 8), ("etp", 1)))
+
+    def bias_ops(framework, **choices):
+        est = parplan.estimate(m, cl, lay, software=_software(framework, **choices))
+        return [o for o in est.ops if o.name == "expert_biases"]
+    op, = bias_ops("torchtitan")
+    assert op.streaming and op.family == "residual" and op.fwd_bytes == pytest.approx(4 * op.bwd_bytes)
+    assert bias_ops("megatron-core") == [] and bias_ops("torchtitan", compiled=True) == []
