@@ -46,15 +46,16 @@ SDPA_KERNELS = {"FLASH_ATTENTION": "flash2", "CUDNN_ATTENTION": "cudnn", "EFFICI
                 "MATH": "math", "OVERRIDEABLE": "other"}
 
 
-def sdpa_kernel(spec: ModelSpec, seq: int, micro_batch: int, device: torch.device) -> str:
+def sdpa_kernel(spec: ModelSpec, seq: int, micro_batch: int, device: torch.device,
+                dtype: torch.dtype = torch.bfloat16) -> str:
     """The backend scaled_dot_product_attention picks for this model's causal attention, as PyTorch's
     dispatcher chooses it (``torch._fused_sdp_choice``); empty where it cannot be asked."""
     if device.type != "cuda" or not hasattr(torch, "_fused_sdp_choice"):
         return ""
     from torch.nn.attention import SDPBackend
 
-    q = torch.empty(micro_batch, spec.heads, seq, spec.head_dim, device=device, dtype=torch.bfloat16)
-    kv = torch.empty(micro_batch, spec.kv_heads, seq, spec.head_dim, device=device, dtype=torch.bfloat16)
+    q = torch.empty(micro_batch, spec.heads, seq, spec.head_dim, device=device, dtype=dtype)
+    kv = torch.empty(micro_batch, spec.kv_heads, seq, spec.head_dim, device=device, dtype=dtype)
     try:
         choice = torch._fused_sdp_choice(q, kv, kv, None, 0.0, True, enable_gqa=spec.kv_heads != spec.heads)
     except (RuntimeError, TypeError):

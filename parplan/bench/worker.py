@@ -262,12 +262,15 @@ class Runner:
         flops = layer_forward_flops(spec, cfg.micro_batch, seq)
         shape = layer_mod.shape_text(spec, cfg.micro_batch, seq, item.dtype,
                                      expert_launch(ctx.device, TORCH_DTYPES[item.dtype]))
+        from .step import sdpa_kernel   # the attention kernel SDPA chose, which compare prices the layer with
+
+        attention = sdpa_kernel(spec, seq, cfg.micro_batch, ctx.device, TORCH_DTYPES[item.dtype])
         rows = []
         for op, times, work in (("forward", fwd, flops), ("backward", bwd, 2 * flops)):
             times, wrong = ctx.reduce_times(times, bad)
             timing = timing_fields(times)
             rows.append(Row(**dict(self.base(item, ctx.device), op=op), model=spec.name, shape=shape,
-                            flops=work, flops_per_s=work / timing["time_s"], **timing,
+                            flops=work, flops_per_s=work / timing["time_s"], **timing, attention=attention,
                             wrong=wrong, correct=wrong == 0))
         return rows
 

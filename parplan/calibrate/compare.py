@@ -123,22 +123,34 @@ def layer_row_ops(row: Row) -> list:
     dims = LocalDims(batch=batch, seq=seq, seq_kv=seq, hidden=spec.hidden, heads=spec.heads,
                      kv_heads=spec.kv_heads, head_dim=spec.head_dim, ffn=spec.ffn_hidden, vocab=1, norm_shard=1,
                      moe=MoeParallel() if spec.is_moe else None, moe_share=1.0 if spec.is_moe else None)
+    flash = row.attention != "math"   # SDPA's unfused math path: scores, softmax and context apart
     if not spec.is_moe:
-        return layer_ops(spec, dims, row.dtype, dropout=False)
+        return layer_ops(spec, dims, row.dtype, flash_attention=flash, dropout=False)
     from ..cost.ops import EXPERT_GEMMS, LOOP
 
     launch = dict(part.split("=", 1) for part in row.shape.split() if "=" in part).get("expert_gemms", LOOP)
     if launch not in EXPERT_GEMMS:
         raise ParplanError(f"layer row has an unknown expert_gemms {launch!r} (choose from {', '.join(EXPERT_GEMMS)})")
-    return layer_ops(spec, dims, row.dtype, dropout=False, elementwise={"activation": "eager"},
+    return layer_ops(spec, dims, row.dtype, flash_attention=flash, dropout=False, elementwise={"activation": "eager"},
                      expert_gemms=launch, moe_permute="eager", moe_bias="eager")
 
 
+def layer_row_env(row: Row):
+    """The kernels a layer row ran: the fused attention kernel SDPA chose where the row records it (a row
+    without one, FlashAttention-2, the planner's default)."""
+    from ..cost.kernels import DEFAULT_ENV, KernelEnv
+
+    if row.attention in ("", "math", "other"):
+        return DEFAULT_ENV
+    return KernelEnv(attention=(row.attention,) + tuple(k for k in DEFAULT_ENV.attention if k != row.attention))
+
+
 def predict_layer(row: Row, hw) -> tuple[float | None, str]:
-    """One layer on one device, no parallelism: the planner's own op list and op times."""
-    ops = layer_row_ops(row)
+    """One layer on one device, no parallelism: the planner's own op list and op times, with the attention
+    kernel the row ran."""
+    ops, env = layer_row_ops(row), layer_row_env(row)
     try:
-        times = [op_times(hw, op, row.dtype) for op in ops]
+        times = [op_times(hw, op, row.dtype, env=env) for op in ops]
     except ParplanError as exc:
         return None, str(exc)
     return float(sum(t[0 if row.op == "forward" else 1] for t in times)), ""

@@ -209,7 +209,7 @@ def in_layer_scale(rows: Sequence[Row], hw: Hardware) -> tuple[float, int] | Non
     """
     from ..cost.kernels import op_times
     from ..cost.ops import BATCHED, FLASH, MATMUL
-    from .compare import layer_row_ops
+    from .compare import layer_row_env, layer_row_ops
 
     ratios = []
     for r in rows:
@@ -219,8 +219,9 @@ def in_layer_scale(rows: Sequence[Row], hw: Hardware) -> tuple[float, int] | Non
         try:
             side = 0 if r.op == "forward" else 1
             gemm = other = 0.0
+            env = layer_row_env(r)
             for op in layer_row_ops(r):
-                t = float(op_times(hw, op, r.dtype)[side])
+                t = float(op_times(hw, op, r.dtype, env=env)[side])
                 if op.kind in (MATMUL, BATCHED, FLASH):
                     gemm += t
                 else:

@@ -116,3 +116,25 @@ def test_bench_refuses_latent_attention_with_one_line():
     assert proc.returncode != 0
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "multi-head latent attention" in lines[0], proc.stderr
+
+
+def test_a_layer_row_is_priced_with_the_attention_kernel_it_ran():
+    """A layer row records the kernel SDPA chose; compare prices its attention with that kernel's table (on an
+    H100, cuDNN's runs faster than FlashAttention-2's at 4096 tokens), every other op alike; a row without one
+    takes FlashAttention-2, and SDPA's math path is priced unfused (no flash-attention op)."""
+    from parplan.calibrate.compare import predict_layer
+    from parplan.cost.kernels import KernelEnv, op_times
+    from parplan.specs.hardware import load_hardware
+    from parplan.bench.layer import shape_text
+
+    hw = load_hardware("h100-sxm")
+    text = shape_text(_spec(hidden=4096, heads=32, kv_heads=8, head_dim=128), 1, 4096, "bf16", "grouped")
+
+    def row(attention):
+        return Row(kind="layer", op="backward", dtype="bf16", model="m", shape=text, time_s=1e-3, attention=attention)
+    (flash, _), (cudnn, _), (plain, _) = (predict_layer(row(a), hw) for a in ("flash2", "cudnn", ""))
+    attn = next(o for o in layer_row_ops(row("cudnn")) if o.attention_core and o.kind == "flash_attention")
+    expected = [float(op_times(hw, attn, "bf16", env=KernelEnv(attention=(k,)))[1]) for k in ("flash2", "cudnn")]
+    assert cudnn < flash == plain
+    assert flash - cudnn == pytest.approx(expected[0] - expected[1], rel=1e-9)
+    assert not any(o.kind == "flash_attention" for o in layer_row_ops(row("math")))
