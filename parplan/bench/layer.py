@@ -82,7 +82,8 @@ def time_layer(spec: ModelSpec, batch: int, seq: int, dtype: torch.dtype, device
                iters: int, warmup: int) -> tuple[list[float], list[float], int]:
     """Per-iteration forward and backward seconds, and the count of non-finite outputs."""
     torch.manual_seed(0)
-    layer = DecoderLayer(spec, expert_launch(device, dtype)).to(device=device, dtype=dtype)
+    with torch.device(device):   # built where it runs: an MoE layer's experts are gigabytes in fp32
+        layer = DecoderLayer(spec, expert_launch(device, dtype)).to(dtype=dtype)
     x = torch.randn(batch, seq, spec.hidden, device=device, dtype=dtype, requires_grad=True)
     dy = torch.randn(batch, seq, spec.hidden, device=device, dtype=dtype)
     fwd, bwd = [], []

@@ -1,8 +1,9 @@
 """The routed-expert block of a mixture-of-experts :class:`~parplan.specs.model.ModelSpec`, as plain PyTorch
 runs it on one device (every expert local, no expert parallelism).
 
-Router GEMM, fp32 gate scores (softmax, or sigmoid renormalized over the chosen experts as DeepSeek-V3's
-router does), top-k; the sort-based permute (the token copies sorted by expert); the experts' gate/up GEMMs,
+Router GEMM, fp32 gate scores (softmax or sigmoid), top-k (the chosen scores weight the experts' outputs;
+the renormalization over the k chosen some routers add is a per-token op on k values, left out: it moves no
+rows); the sort-based permute (the token copies sorted by expert); the experts' gate/up GEMMs,
 activation and down GEMMs; the weighted unpermute (index put, product with the gate scores, sum over the
 k copies); the shared experts on every token. These are the kernels parplan prices for an eager MoE block
 (:func:`parplan.cost.moe.block_kernels` with ``permute="eager"``; the eager passes' ratios were measured on
@@ -24,10 +25,12 @@ from ..specs.model import ModelSpec
 
 
 def expert_launch(device: torch.device, dtype: torch.dtype) -> str:
-    """``grouped`` where ``torch._grouped_mm`` runs for ``dtype`` on ``device``, else ``loop``."""
+    """``grouped`` where ``torch._grouped_mm`` runs as one grouped kernel for ``dtype`` on ``device`` (its bf16
+    CUTLASS kernels: compute capability 9.x and 10.x; elsewhere PyTorch copies the offsets to the host and loops
+    over its own GEMMs), else ``loop``."""
     if device.type != "cuda" or dtype != torch.bfloat16 or not hasattr(torch, "_grouped_mm"):
         return LOOP
-    return GROUPED if torch.cuda.get_device_capability(device)[0] >= 9 else LOOP
+    return GROUPED if torch.cuda.get_device_capability(device)[0] in (9, 10) else LOOP
 
 
 def _activation(spec: ModelSpec, u: torch.Tensor) -> torch.Tensor:
@@ -59,10 +62,10 @@ class MoeFeedForward(nn.Module):
             if shared else None
         self.shared_down = nn.Linear(shared, h, bias=spec.bias) if shared else None
 
-    def _experts(self, rows: torch.Tensor, w: torch.Tensor, b, counts: torch.Tensor) -> torch.Tensor:
+    def _experts(self, rows: torch.Tensor, w: torch.Tensor, b, counts: torch.Tensor, splits) -> torch.Tensor:
         """Each expert's rows (sorted by expert) times its weight (plus its bias), in autocast's dtype where it
         is on (a grouped GEMM is not on autocast's list, so its operands are cast here as autocast casts a
-        matmul's)."""
+        matmul's); ``splits``: the tokens per expert on the host (the loop's), read once per forward."""
         kind = rows.device.type
         dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else rows.dtype
         rows, w = rows.to(dtype), w.to(dtype)
@@ -71,7 +74,7 @@ class MoeFeedForward(nn.Module):
             out = torch._grouped_mm(rows, w, offs=offsets)
         else:
             outs, start = [], 0
-            for i, c in enumerate(counts.tolist()):  # the host reads the tokens per expert
+            for i, c in enumerate(splits):
                 outs.append(rows[start:start + c] @ w[i])
                 start += c
             out = torch.cat(outs)
@@ -87,15 +90,14 @@ class MoeFeedForward(nn.Module):
         logits = self.router(tokens).float()
         scores = torch.softmax(logits, dim=-1) if s.router == "softmax" else torch.sigmoid(logits)
         probs, chosen = torch.topk(scores, s.top_k, dim=-1)
-        if s.router != "softmax":
-            probs = probs / probs.sum(dim=-1, keepdim=True)
         flat = chosen.flatten()
         order = torch.argsort(flat)
         rows = tokens.repeat_interleave(s.top_k, dim=0)[order]
         counts = torch.zeros(s.experts, dtype=torch.int32, device=x.device).index_add_(
             0, flat, torch.ones_like(flat, dtype=torch.int32))
-        up = self._experts(rows, self.w_up, self.b_up, counts)
-        out = self._experts(_activation(s, up), self.w_down, self.b_down, counts)
+        splits = counts.tolist() if self.launch == LOOP else None   # the loop's one host read
+        up = self._experts(rows, self.w_up, self.b_up, counts, splits)
+        out = self._experts(_activation(s, up), self.w_down, self.b_down, counts, splits)
         back = torch.empty_like(out)
         back[order] = out
         y = (back.view(-1, s.top_k, shape[-1]) * probs.to(back.dtype).unsqueeze(-1)).sum(dim=1)

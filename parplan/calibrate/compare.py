@@ -97,12 +97,18 @@ def predict(row: Row, base: Cluster) -> tuple[float | None, str]:
 
 def layer_spec(shape: str, name: str) -> tuple[ModelSpec, int, int]:
     """The layer's model and (micro-batch, sequence) from a row's ``shape`` text (an MoE layer's experts too)."""
+    from ..specs.moe_spec import moe_fields
+
     fields = dict(part.split("=", 1) for part in shape.split() if "=" in part)
     try:
         moe = {} if "experts" not in fields else dict(
             experts=int(fields["experts"]), top_k=int(fields["top_k"]), expert_ffn=int(fields["expert_ffn"]),
             shared_experts=int(fields.get("shared", 0)), shared_ffn=int(fields.get("shared_ffn", 0)),
             router=fields.get("router", "softmax"))
+        if moe:   # the same checks a model spec's MoE fields pass: top-k within the experts, a known router, ...
+            moe = {k: v for k, v in moe_fields(moe, f"layer row shape {shape!r}", heads=int(fields["heads"]),
+                                               kv_heads=int(fields["kv_heads"]), head_dim=int(fields["head_dim"]),
+                                               layers=1).items() if k in moe}
         spec = ModelSpec(name=name or "layer", layers=1, hidden=int(fields["h"]), heads=int(fields["heads"]),
                          kv_heads=int(fields["kv_heads"]), head_dim=int(fields["head_dim"]),
                          ffn_hidden=int(fields["ffn"]), activation=fields["act"], vocab=1, seq_len=int(fields["s"]),

@@ -29,12 +29,11 @@ def _reference(block, x):
         logits = block.router(x[t]).float()
         scores = torch.softmax(logits, -1) if s.router == "softmax" else torch.sigmoid(logits)
         probs, chosen = torch.topk(scores, s.top_k)
-        if s.router != "softmax":
-            probs = probs / probs.sum()
         for p, e in zip(probs, chosen):
             u = x[t] @ block.w_up[e] + (0 if block.b_up is None else block.b_up[e])
             gate, up = u.chunk(2)
-            y = (torch.nn.functional.silu(gate) * up) @ block.w_down[e] + (0 if block.b_down is None else block.b_down[e])
+            y = (torch.nn.functional.silu(gate) * up) @ block.w_down[e]
+            y = y + (0 if block.b_down is None else block.b_down[e])
             out[t] += p * y
         if block.shared_up is not None:
             gate, up = block.shared_up(x[t]).chunk(2)
@@ -42,13 +41,24 @@ def _reference(block, x):
     return out
 
 
+def _grouped_runs_here() -> bool:
+    try:
+        torch._grouped_mm(torch.ones(4, 16), torch.ones(2, 16, 16), offs=torch.tensor([2, 4], dtype=torch.int32))
+        return True
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
+@pytest.mark.parametrize("launch", ["loop", "grouped"])
 @pytest.mark.parametrize("over", [{}, {"router": "sigmoid"}, {"shared_experts": 1}, {"experts": 2, "top_k": 2},
                                   {"bias": True, "shared_experts": 1}])
-def test_moe_block_matches_a_token_by_token_reference(over):
+def test_moe_block_matches_a_token_by_token_reference(over, launch):
     from parplan.bench.moe import MoeFeedForward
 
+    if launch == "grouped" and not _grouped_runs_here():
+        pytest.skip("torch._grouped_mm does not run on this device")
     torch.manual_seed(0)
-    block = MoeFeedForward(_spec(**over), "loop")
+    block = MoeFeedForward(_spec(**over), launch)
     with torch.no_grad():   # biases start at zero: give them values the reference must add
         for p in (block.b_up, block.b_down):
             if p is not None:
@@ -89,12 +99,28 @@ def test_layer_row_of_an_moe_model_is_predicted_as_moe():
     up = ops["expert_gate_up"]
     # 16 tokens x 2 copies over 4 experts: 8 rows each, 64 -> 2 x 32, in one launch per expert (a loop).
     assert up.fwd_flops == pytest.approx(2 * 16 * 2 * 64 * 64)
+    # (rows per expert: 32 over the experts 16 tokens are expected to touch, 4 (1 - (1/2)^16) of 4)
+    assert up.grouped == "" and up.kind == "matmul"
+    assert [float(x) for x in up.gemm[:3]] == pytest.approx([32 / (4 * (1 - 0.5 ** 16)), 64, 64])
+    grouped = {o.name: o for o in layer_row_ops(Row(kind="layer", op="forward", dtype="fp32", model="m",
+                                                       shape=text.replace("=loop", "=grouped"), time_s=1e-3))}
+    gate_up = grouped["expert_gate_up"]
+    assert gate_up.grouped == "grouped" and float(gate_up.gemm[3]) == pytest.approx(4 * (1 - 0.5 ** 16))
+    # The eager permute as the bench runs it: 2.8 fused passes over the 16 tokens and their 32 copies, fp32.
+    assert ops["moe_permute"].fwd_bytes == pytest.approx(2.8 * (16 + 32) * 64 * 4)
+    assert ops["expert_activation"].streaming and ops["expert_activation"].family
     biased = Row(kind="layer", op="forward", dtype="fp32", model="b", time_s=1e-3,
                  shape=shape_text(_spec(bias=True), 2, 8, "fp32", "loop"))
     assert "expert_biases" in {o.name for o in layer_row_ops(biased)} and "expert_biases" not in ops
-    with pytest.raises(Exception, match="expert_gemms"):
+    from parplan.errors import ParplanError
+
+    with pytest.raises(ParplanError, match="expert_gemms"):
         layer_row_ops(Row(kind="layer", op="forward", dtype="fp32", model="m", shape=text.replace("=loop", "=bmm"),
                           time_s=1e-3))
+    # Parseable but impossible experts are refused as a model spec's are, in one line.
+    for bad, why in (("top_k=2", "top_k=9"), ("router=softmax", "router=foo"), ("experts=4", "experts=-4")):
+        with pytest.raises(ParplanError):
+            layer_spec(text.replace(bad, why), "m")
 
 
 def test_layer_flops_of_an_moe_model_count_its_moe_layer():
