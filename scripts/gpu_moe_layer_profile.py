@@ -19,8 +19,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.getcwd())
-from parplan.bench.layer import DecoderLayer  # noqa: E402
-from parplan.bench.moe import expert_launch  # noqa: E402
+from parplan.bench.layer import build_layer  # noqa: E402
 from parplan.specs.model_loader import load_model  # noqa: E402
 
 DEFAULT = ("qwen3-30b-a3b:1", "qwen3-30b-a3b:4", "mixtral-8x7b:1", "gpt-oss-120b:1", "qwen3-30b-a3b:1:autocast")
@@ -46,8 +45,7 @@ def profile(name: str, micro_batch: int, autocast: bool = False):
     spec = load_model(name)
     dev, dtype = torch.device("cuda"), torch.bfloat16
     stored = torch.float32 if autocast else dtype
-    torch.manual_seed(0)
-    layer = DecoderLayer(spec, expert_launch(dev, dtype)).to(device=dev, dtype=stored)
+    layer = build_layer(spec, dev, stored, compute=dtype)
     x = torch.randn(micro_batch, SEQ, spec.hidden, device=dev, dtype=stored, requires_grad=True)
     dy = torch.randn_like(x)
 

@@ -312,5 +312,5 @@ def check_bench_model(spec) -> None:
 # --------------------------------------------------------------------------- the plan
 
 
-__all__ = ["BenchConfig", "check_bench_model", "parse_concurrency", "parse_dtypes", "parse_groups", "parse_layouts", "parse_ops",
-           "parse_shapes", "parse_step_modes", "parse_suites", "resolve", "step_mode", "step_sharded"]
+__all__ = ["BenchConfig", "check_bench_model", "parse_concurrency", "parse_dtypes", "parse_groups", "parse_layouts",
+           "parse_ops", "parse_shapes", "parse_step_modes", "parse_suites", "resolve", "step_mode", "step_sharded"]

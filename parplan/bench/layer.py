@@ -78,12 +78,20 @@ def shape_text(spec: ModelSpec, batch: int, seq: int, dtype: str, launch: str = 
     return text
 
 
+def build_layer(spec: ModelSpec, device: torch.device, dtype: torch.dtype,
+                compute: torch.dtype | None = None) -> DecoderLayer:
+    """The layer with its parameters in ``dtype`` on ``device`` (built there: an MoE layer's experts are
+    gigabytes in fp32); its experts launch as PyTorch can for the ``compute`` dtype (default ``dtype``; bf16
+    where autocast runs an fp32 layer)."""
+    torch.manual_seed(0)
+    with torch.device(device):
+        return DecoderLayer(spec, expert_launch(device, compute or dtype)).to(dtype=dtype)
+
+
 def time_layer(spec: ModelSpec, batch: int, seq: int, dtype: torch.dtype, device: torch.device,
                iters: int, warmup: int) -> tuple[list[float], list[float], int]:
     """Per-iteration forward and backward seconds, and the count of non-finite outputs."""
-    torch.manual_seed(0)
-    with torch.device(device):   # built where it runs: an MoE layer's experts are gigabytes in fp32
-        layer = DecoderLayer(spec, expert_launch(device, dtype)).to(dtype=dtype)
+    layer = build_layer(spec, device, dtype)
     x = torch.randn(batch, seq, spec.hidden, device=device, dtype=dtype, requires_grad=True)
     dy = torch.randn(batch, seq, spec.hidden, device=device, dtype=dtype)
     fwd, bwd = [], []

@@ -7,8 +7,8 @@ over k), SwiGLU as ``silu(gate) * up``, residual adds of their own, causal
 ``scaled_dot_product_attention`` reading grouped KV heads in place, and the loss as fp32
 logits into ``F.cross_entropy`` (``ForCausalLMLoss``). LayerNorm and GELU are one aten kernel
 each (``nn.LayerNorm``, ``F.gelu``), learned positions an embedding table. No dropout. A mixture-of-experts
-spec's MoE layers hold routed (and shared) experts in the MLP's place (:class:`parplan.bench.moe.MoeFeedForward`). ``checkpointed``
-runs the first N blocks under ``torch.utils.checkpoint`` (a block recompute; all of them: full recompute).
+spec's MoE layers hold routed (and shared) experts in the MLP's place (:class:`parplan.bench.moe.MoeFeedForward`).
+``checkpointed`` runs the first N blocks under ``torch.utils.checkpoint`` (a block recompute; all of them: full recompute).
 ``torch.compile`` of each block (as torchtitan compiles them) fuses the element-wise chains.
 """
 from __future__ import annotations

@@ -9,10 +9,10 @@ k copies); the shared experts on every token. These are the kernels parplan pric
 (:func:`parplan.cost.moe.block_kernels` with ``permute="eager"``; the eager passes' ratios were measured on
 this same sequence of ops, ``reports/moe/h100-2026-12-06``).
 
-The experts launch as one ``torch._grouped_mm`` where PyTorch has it for this device and dtype (CUDA with
-compute capability 9.0 or newer, bf16: torchtitan's ``GroupedExperts``), with the row offsets summed on the
-GPU, so the host never waits; elsewhere as a loop of one GEMM per expert, which reads the tokens per expert
-on the host first (a device-to-host sync every forward).
+The experts launch as one ``torch._grouped_mm`` where PyTorch has grouped kernels for this device and dtype
+(:func:`expert_launch`; torchtitan's ``GroupedExperts``), with the row offsets summed on the GPU, so the host
+never waits; elsewhere as a loop of one GEMM per expert, which reads the tokens per expert on the host once
+per forward (a device-to-host sync).
 """
 from __future__ import annotations
 

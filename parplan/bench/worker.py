@@ -233,7 +233,8 @@ class Runner:
             try:
                 result = time_step(spec, seq, cfg.micro_batch, ctx.device, micro_batches=cfg.micro_batches,
                                    compile=compiled, fp8=fp8, iters=cfg.iters, warmup=cfg.warmup,
-                                   sharded=step_sharded(item.op, ctx.world), barrier=ctx.barrier if ctx.world > 1 else None)
+                                   sharded=step_sharded(item.op, ctx.world),
+                                   barrier=ctx.barrier if ctx.world > 1 else None)
             except torch.cuda.OutOfMemoryError:
                 skip = "out of memory"
             finally:

@@ -95,11 +95,23 @@ def predict(row: Row, base: Cluster) -> tuple[float | None, str]:
     return None, f"no prediction for {row.kind} rows"
 
 
+def shape_fields(shape: str) -> dict[str, str]:
+    """A row's ``shape`` text (``b=4 s=2048 h=...``) as its ``key: value`` fields."""
+    return dict(part.split("=", 1) for part in shape.split() if "=" in part)
+
+
+def attention_first(attention: str, order: tuple[str, ...]) -> tuple[str, ...]:
+    """``order`` of attention kernels with the one a row ran (SDPA's choice) first; unchanged without one."""
+    if attention in ("", "math"):
+        return order
+    return (attention,) + tuple(k for k in order if k != attention)
+
+
 def layer_spec(shape: str, name: str) -> tuple[ModelSpec, int, int]:
     """The layer's model and (micro-batch, sequence) from a row's ``shape`` text (an MoE layer's experts too)."""
     from ..specs.moe_spec import moe_fields
 
-    fields = dict(part.split("=", 1) for part in shape.split() if "=" in part)
+    fields = shape_fields(shape)
     try:
         moe = {} if "experts" not in fields else dict(
             experts=int(fields["experts"]), top_k=int(fields["top_k"]), expert_ffn=int(fields["expert_ffn"]),
@@ -134,7 +146,7 @@ def layer_row_ops(row: Row) -> list:
         return layer_ops(spec, dims, row.dtype, flash_attention=flash, dropout=False)
     from ..cost.ops import EXPERT_GEMMS, LOOP
 
-    launch = dict(part.split("=", 1) for part in row.shape.split() if "=" in part).get("expert_gemms", LOOP)
+    launch = shape_fields(row.shape).get("expert_gemms", LOOP)
     if launch not in EXPERT_GEMMS:
         raise ParplanError(f"layer row has an unknown expert_gemms {launch!r} (choose from {', '.join(EXPERT_GEMMS)})")
     return layer_ops(spec, dims, row.dtype, flash_attention=flash, dropout=False, elementwise={"activation": "eager"},
@@ -146,9 +158,7 @@ def layer_row_env(row: Row):
     without one, FlashAttention-2, the planner's default)."""
     from ..cost.kernels import DEFAULT_ENV, KernelEnv
 
-    if row.attention in ("", "math", "other"):
-        return DEFAULT_ENV
-    return KernelEnv(attention=(row.attention,) + tuple(k for k in DEFAULT_ENV.attention if k != row.attention))
+    return KernelEnv(attention=attention_first(row.attention, DEFAULT_ENV.attention))
 
 
 def predict_layer(row: Row, hw) -> tuple[float | None, str]:
@@ -173,7 +183,7 @@ def step_setup(row: Row, hw, framework: str = STEP_FRAMEWORK, links: Cluster | N
     from ..specs.framework_loader import load_framework
     from ..specs.model_loader import load_model
 
-    fields = dict(part.split("=", 1) for part in row.shape.split() if "=" in part)
+    fields = shape_fields(row.shape)
     try:
         batch, seq, micro_batches = int(fields["b"]), int(fields["s"]), int(fields.get("m", 1))
     except (KeyError, ValueError):
@@ -188,9 +198,8 @@ def step_setup(row: Row, hw, framework: str = STEP_FRAMEWORK, links: Cluster | N
     layout = Layout(dp=world, micro_batch=batch, global_batch=batch * micro_batches * world, seq_len=seq,
                     zero=3 if step_sharded(row.op, world) else 0, dtype=dtype)
     fw = load_framework(framework)
-    if row.attention and row.attention != "math":  # the kernel SDPA ran, first in the framework's preference
-        fw = replace(fw, kernels=replace(fw.kernels, attention=(row.attention,) + tuple(
-            k for k in fw.kernels.attention if k != row.attention)))
+    # the kernel SDPA ran, first in the framework's preference
+    fw = replace(fw, kernels=replace(fw.kernels, attention=attention_first(row.attention, fw.kernels.attention)))
     software = resolve_software(fw, dtype=dtype, compiled=compiled, fp8_recipe=recipe or None,
                                 flash_attention=False if row.attention == "math" else None, device_kind=hw.kind)
     return model, cluster, layout, software

@@ -209,12 +209,12 @@ def in_layer_scale(rows: Sequence[Row], hw: Hardware) -> tuple[float, int] | Non
     """
     from ..cost.kernels import op_times
     from ..cost.ops import BATCHED, FLASH, MATMUL
-    from .compare import layer_row_env, layer_row_ops
+    from .compare import layer_row_env, layer_row_ops, shape_fields
 
     ratios = []
     for r in rows:
         if r.kind != "layer" or not r.correct or r.op not in ("forward", "backward") or r.time_s <= 0 \
-                or " experts=" in f" {r.shape}":
+                or "experts" in shape_fields(r.shape):
             continue
         try:
             side = 0 if r.op == "forward" else 1

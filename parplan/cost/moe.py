@@ -219,6 +219,13 @@ def block_kernels(model: ModelSpec, d, rows, activation_impl: str, balanced: boo
     if dispatcher == "deepep":  # or, under DeepEP, those the device receives; it permutes them into rows
         held = np.where(exchanges(model, d, deepep=True)[0], received_tokens(model, d), tokens)
         sent = busiest
+    biases = []
+    if model.bias and bias == "eager":
+        # Per output of R rows x C columns, the bias rows gathered per row (write R C) and added (read 2 R C,
+        # write R C); backward the add passes its gradient through and the gather's sums it per expert (read R C).
+        # Streaming kernels as a residual add is: gather and add per output forward, one sum each backward.
+        cols = (2 if swiglu else 1) * width + h
+        biases = [Kernel("expert_biases", "streaming", (4.0 * busiest * cols, busiest * cols, "residual", 4, 2))]
     out = [
         Kernel("router", "gemm", (tokens, h, e, 1)),
         # fp32 scores: read the logits, write the probabilities, read them for the top-k; backward the reverse.
@@ -229,15 +236,10 @@ def block_kernels(model: ModelSpec, d, rows, activation_impl: str, balanced: boo
                (per_expert, h, (2 if swiglu else 1) * width, local), True),
         Kernel("expert_activation", "traffic", (model.activation, activation_impl, busiest * width)),
         Kernel("expert_down", "gemm", (per_expert, width, h, local), True),
+        *biases,
         Kernel("moe_unpermute", "memory", ((sent + held) * h * eager["moe_unpermute"],
                                            (2 * sent + held) * h * eager["moe_unpermute"])),
     ]
-    if model.bias and bias == "eager":
-        # Per output of R rows x C columns, the bias rows gathered per row (write R C) and added (read 2 R C,
-        # write R C); backward the add passes its gradient through and the gather's sums it per expert (read R C).
-        # Streaming kernels as a residual add is: gather and add per output forward, one sum each backward.
-        cols = (2 if swiglu else 1) * width + h
-        out.insert(6, Kernel("expert_biases", "streaming", (4.0 * busiest * cols, busiest * cols, "residual", 4, 2)))
     if dispatcher == "alltoall":
         # With several local experts, the rows each source rank sends arrive together and are copied into
         # expert-major order before the grouped GEMMs and back after them, by every training framework's
